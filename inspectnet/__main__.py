@@ -1,0 +1,5 @@
+import sys
+
+from inspectnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""The ``inspectnet`` command: a thin layer over the library, one module per command group.
+
+Each module in this package defines ``register(subparsers)``; it is found automatically.
+"""
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import warnings
+
+from inspectnet.errors import InspectnetError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from inspectnet import __version__
+
+    parser = argparse.ArgumentParser(prog="inspectnet", description="Post-hoc inspection of pretrained "
+                                     "image classifiers (timm and torchvision zoos).")
+    parser.add_argument("--version", action="version", version=f"inspectnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_") or info.name == "options":
+            continue
+        importlib.import_module(f"{__name__}.{info.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input/failure, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            result = args.func(args)
+    except InspectnetError as exc:
+        print(f"inspectnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("inspectnet: interrupted; nothing complete was lost, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    return int(result or 0)

@@ -1,0 +1,27 @@
+"""``inspectnet layers MODEL``: names, types and output shapes of every layer."""
+
+import argparse
+
+from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.layers import list_layers
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("layers", help="list layer names, types and output shapes",
+                       description="List the dotted layer names (usable with --layers), their module types "
+                                   "and output shapes from one dummy forward.")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    zm = model_from_args(args)
+    rows = list_layers(zm.model, zm.data_config["input_size"])
+    width = max(len(r["name"]) for r in rows)
+    text = "\n".join(f"{r['name']:<{width}}  {r['type']:<22} {str(r['output_shape']):<22} {r['params']}"
+                     for r in rows)
+    header = f"{'name':<{width}}  {'type':<22} {'output shape':<22} params\n"
+    emit({"model": zm.spec, "head": zm.head_name, "layers": rows}, args.json,
+         header + text + f"\nhead (final linear layer): {zm.head_name}; aliases: pre_logits, head, last_conv")
+    return 0

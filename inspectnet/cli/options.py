@@ -1,0 +1,54 @@
+"""Options shared by the commands (model spec, data, device) and their translation to library calls."""
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from inspectnet.data import ImageDataset, load_data
+from inspectnet.zoo import ZooModel, load_model
+
+
+def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
+    if spec:
+        p.add_argument("model", help="timm name (resnet18, timm:resnet18), torchvision:NAME, or a saved folder")
+    p.add_argument("--weights", help="weights file (.safetensors, or a torch state dict read with weights_only)")
+    p.add_argument("--num-classes", type=int, help="number of classifier outputs")
+    p.add_argument("--in-chans", type=int, help="input channels (1 for grey images)")
+    p.add_argument("--input-size", type=int, help="square input resolution (overrides the model's default)")
+    p.add_argument("--pretrained", action="store_true", help="download the zoo's pretrained weights (needs network)")
+    p.add_argument("--reset-head", action="store_true",
+                   help="replace the classifier by a fresh one with --num-classes outputs (transfer)")
+
+
+def model_from_args(args: argparse.Namespace) -> ZooModel:
+    return load_model(args.model, weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
+                      pretrained=args.pretrained, input_size=args.input_size, reset_head=args.reset_head)
+
+
+def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    if data:
+        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, samples")
+    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+
+
+def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = None) -> ImageDataset:
+    ds = load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad)
+    check_channels(zm, ds)
+    return ds
+
+
+def check_channels(zm: ZooModel, ds: ImageDataset) -> None:
+    """Grey images feed 3-channel models and colour images 1-channel ones (converted); other mismatches fail."""
+    from inspectnet.errors import InspectnetError
+
+    if zm.in_chans not in (1, 3):
+        raise InspectnetError(f"model {zm.spec} takes {zm.in_chans} channels; images of {ds.spec!r} can only feed "
+                              f"1- or 3-channel models (check --in-chans)")
+
+
+def emit(obj: Any, as_json: bool, text: str) -> None:
+    """Print ``obj`` as JSON when asked, else the human-readable ``text``."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n" if as_json else text + ("\n" if text else ""))

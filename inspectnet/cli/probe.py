@@ -1,0 +1,37 @@
+"""``inspectnet probe MODEL DATA --layers L1,L2 --out DIR``: one streaming pass to a probe record."""
+
+import argparse
+
+from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
+from inspectnet.record import run_probe
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="record reduced activations, features and logits in one pass",
+                       description="Stream DATA through MODEL once and write per-sample reduced activations "
+                                   "of --layers, penultimate features, logits and labels to --out "
+                                   "(resumable: re-run the same command after an interruption).")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--layers", required=True, help="comma-separated layer names, globs or aliases")
+    p.add_argument("--out", required=True, help="record folder")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--reducer", default="absmean", choices=["absmean", "mean", "max"],
+                   help="per-filter reduction (absmean = spatial mean of |F|, EBP Eq. 1)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    zm = model_from_args(args)
+    ds = data_from_args(args, zm)
+    rec = run_probe(zm, ds, args.layers, args.out, batch_size=args.batch_size, limit=args.limit,
+                    device=args.device, reducer=args.reducer, num_workers=args.workers)
+    layers = ", ".join(f"{e['name']} {e['shape']}" for e in rec.manifest["layers"])
+    acc = ""
+    if (rec.labels >= 0).any() and len(rec.class_names) == len(ds.class_names):
+        acc = f"; accuracy {rec.accuracy():.4f}"
+    emit(rec.manifest, args.json, f"probe record {args.out}: {len(rec)} samples; layers {layers}; "
+                                  f"features {rec.manifest['features_dim']}{acc}")
+    return 0

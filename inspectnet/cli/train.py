@@ -1,0 +1,48 @@
+"""``inspectnet train MODEL DATA --epochs N --out DIR``: supervised training / fine-tuning."""
+
+import argparse
+
+from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
+from inspectnet.train import TrainConfig, train
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--optimizer", default=TrainConfig.optimizer, choices=["sgd", "adamw"])
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    p.add_argument("--schedule", default=TrainConfig.schedule, choices=["cosine", "constant"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval", dest="eval_data", help="labelled data to report accuracy on after each epoch")
+    p.add_argument("--out", required=True, help="output model folder (resumes if it holds a checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the per-epoch metrics as JSON")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                       weight_decay=args.weight_decay, seed=args.seed, limit=args.limit, schedule=args.schedule)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune with cross-entropy",
+                       description="Train MODEL on DATA and save it as a folder the zoo loads back. "
+                                   "Checkpoints every epoch; re-running the same command resumes.")
+    add_model_args(p)
+    add_data_args(p)
+    add_train_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    zm = model_from_args(args)
+    ds = data_from_args(args, zm)
+    if zm.class_names and len(ds.class_names) == zm.num_classes:
+        zm.class_names = list(ds.class_names)
+    eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None
+    config = config_from_args(args)
+    history = train(zm, ds, args.out, config, eval_data=eval_ds, device=args.device)
+    lines = [" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items())
+             for h in history]
+    emit(history, args.json, "\n".join(lines) + f"\nsaved model to {args.out}")
+    return 0

@@ -1,0 +1,59 @@
+"""Data specs to labelled datasets with a model's own preprocessing.
+
+A data spec is the path of an image folder (one sub-folder per class) or a built-in source:
+``mnist5k[:train|:test]``, ``digits[:train|:test]``, ``shapes[:train|:test][?n=2000&seed=0&task=square]``,
+``samples`` (unlabelled photos).
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from inspectnet.data.datasets import UNLABELLED, ArrayDataset, FilesDataset, FolderDataset, ImageDataset
+from inspectnet.data.sources import SOURCES
+from inspectnet.errors import InspectnetError
+
+__all__ = ["UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset", "load_data",
+           "parse_data_spec"]
+
+
+def parse_data_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
+    """Split ``NAME[:SPLIT][?k=v&...]`` into its parts.
+
+    >>> parse_data_spec("shapes:train?n=100&seed=3")
+    ('shapes', 'train', {'n': '100', 'seed': '3'})
+    """
+    head, _, query = spec.partition("?")
+    name, _, split = head.partition(":")
+    params = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise InspectnetError(f"data spec {spec!r}: parameter {part!r} is not key=value")
+        params[key] = value
+    if split not in ("", "train", "test"):
+        raise InspectnetError(f"data spec {spec!r}: split {split!r} is unknown; expected train or test")
+    return name, split or None, params
+
+
+def load_data(spec: str, transform: Callable | None = None, *, skip_bad: bool = False) -> ImageDataset:
+    """Resolve a data spec to an :class:`ImageDataset` whose items are ``(transform(image), label)``.
+
+    >>> ds = load_data("digits:test"); len(ds), ds.class_names[:3]
+    (359, ['0', '1', '2'])
+    """
+    if Path(spec).is_dir():
+        return FolderDataset(spec, transform, skip_bad=skip_bad)
+    name, split, params = parse_data_spec(spec)
+    if name not in SOURCES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(SOURCES), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise InspectnetError(f"data {spec!r} is neither a folder nor a built-in source "
+                              f"({', '.join(SOURCES)}){hint}")
+    try:
+        ds = SOURCES[name](spec, split, params)
+    except (TypeError, ValueError) as exc:
+        raise InspectnetError(f"data spec {spec!r}: {exc}") from exc
+    ds.transform = transform
+    return ds

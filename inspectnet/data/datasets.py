@@ -1,0 +1,147 @@
+"""Labelled image datasets: in-memory arrays (digits, MNIST, shapes, photos) and image folders."""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from inspectnet.errors import InspectnetError
+
+UNLABELLED = -1
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images + integer labels (``-1`` = unlabelled) + class names, with a model transform.
+
+    ``image(i)`` is the raw PIL image; ``dataset[i]`` is ``(transform(image), label)``.
+    """
+
+    spec: str = ""
+    class_names: list[str]
+    labels: np.ndarray
+    skipped: list[str]
+
+    def __init__(self, transform: Callable | None = None):
+        self.transform = transform
+        self.skipped = []
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        """A human-readable identifier of sample ``index`` (file name or ``spec#index``)."""
+        return f"{self.spec}#{index}"
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.image(index)
+        x = self.transform(img) if self.transform is not None else img
+        return x, int(self.labels[index])
+
+    def with_transform(self, transform: Callable | None) -> "ImageDataset":
+        """The same samples with another transform (a shallow copy)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.transform = transform
+        return clone
+
+
+class ArrayDataset(ImageDataset):
+    """Images held as uint8 arrays: (N, H, W) grey or (N, H, W, 3) RGB, or a list of differently sized ones."""
+
+    def __init__(self, spec: str, images: np.ndarray | list[np.ndarray], labels: np.ndarray,
+                 class_names: Sequence[str], transform: Callable | None = None, names: Sequence[str] | None = None):
+        super().__init__(transform)
+        if len(images) and images[0].dtype != np.uint8:
+            raise ValueError("ArrayDataset images must be uint8")
+        self.spec, self.images, self.labels = spec, images, np.asarray(labels, np.int64)
+        self.class_names = list(class_names)
+        self._names = list(names) if names is not None else None
+
+    def image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index])
+
+    def name(self, index: int) -> str:
+        return self._names[index] if self._names else super().name(index)
+
+    def subset(self, indices: np.ndarray, spec: str) -> "ArrayDataset":
+        names = [self._names[i] for i in indices] if self._names else None
+        images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
+        return ArrayDataset(spec, images, self.labels[indices], self.class_names, self.transform, names)
+
+
+class FolderDataset(ImageDataset):
+    """An image folder: one sub-folder per class, any Pillow-readable file inside.
+
+    Every file is checked when the folder is indexed; an unreadable one fails naming the file,
+    or, with ``skip_bad``, is left out and listed in ``skipped``.
+    """
+
+    def __init__(self, root: str | Path, transform: Callable | None = None, *, skip_bad: bool = False):
+        super().__init__(transform)
+        root = Path(root)
+        self.spec = str(root)
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise InspectnetError(f"image folder {root} has no class sub-folders; expected ROOT/CLASS/IMAGE")
+        self.class_names = classes
+        self.files: list[Path] = []
+        labels = []
+        for label, cls in enumerate(classes):
+            files = sorted(p for p in (root / cls).rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise InspectnetError(f"class folder {root / cls} is empty; every class needs at least one image")
+            for f in files:
+                if _readable(f):
+                    self.files.append(f)
+                    labels.append(label)
+                elif skip_bad:
+                    self.skipped.append(str(f))
+                else:
+                    raise InspectnetError(f"image {f} cannot be read by Pillow; fix or remove it, "
+                                          f"or pass --skip-bad to skip unreadable files")
+        self.labels = np.asarray(labels, np.int64)
+
+    def image(self, index: int) -> Image.Image:
+        path = self.files[index]
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im
+        except (OSError, UnidentifiedImageError) as exc:
+            raise InspectnetError(f"image {path} cannot be decoded: {exc}") from exc
+
+    def name(self, index: int) -> str:
+        return str(self.files[index])
+
+
+class FilesDataset(ImageDataset):
+    """Loose image files (unlabelled), e.g. the arguments of ``inspectnet predict``."""
+
+    def __init__(self, paths: Sequence[str | Path], transform: Callable | None = None):
+        super().__init__(transform)
+        self.files = [Path(p) for p in paths]
+        for f in self.files:
+            if not f.is_file():
+                raise InspectnetError(f"image {f} does not exist")
+            if not _readable(f):
+                raise InspectnetError(f"image {f} cannot be read by Pillow")
+        self.spec = "files"
+        self.class_names = []
+        self.labels = np.full(len(self.files), UNLABELLED, np.int64)
+
+    image = FolderDataset.image
+    name = FolderDataset.name
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return False
