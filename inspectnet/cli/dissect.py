@@ -1,0 +1,54 @@
+"""``inspectnet dissect MODEL CONCEPT_DATA --layers L1,L2 --out DIR``: Network Dissection report."""
+
+import argparse
+
+from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.concepts import load_concepts
+from inspectnet.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE, dissect, write_dissection
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dissect", help="which units detect which concepts (Network Dissection)",
+                       description="Threshold every unit of --layers at its top --quantile activation level "
+                                   "over the concept data, score its IoU with every concept mask over the "
+                                   "whole dataset, and write DIR/dissection.json, dissection.csv, iou.npz "
+                                   "and one HTML page per layer.")
+    add_model_args(p)
+    p.add_argument("concepts", metavar="CONCEPT_DATA",
+                   help="shapes[:train|:test][?n=..&seed=..] or a concept folder (concepts.json, images/, "
+                        "masks/ or segmentations/)")
+    p.add_argument("--layers", required=True, help="comma-separated layer names, globs or aliases")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
+                   help="top fraction of each unit's activations kept (default 0.005)")
+    p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD,
+                   help="a unit detects its best concept if IoU ≥ this (default 0.04)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+    p.add_argument("--resize-masks", action="store_true",
+                   help="resize masks whose size differs from their image (nearest, with a warning) "
+                        "instead of refusing them")
+    p.add_argument("--images-per-unit", type=int, default=4, help="top images shown per unit in the HTML")
+    p.add_argument("--max-units", type=int, default=512, help="units shown per HTML page (highest IoU first)")
+    p.add_argument("--no-html", action="store_true", help="write JSON, CSV and IoU matrices only")
+    p.add_argument("--json", action="store_true", help="print the per-layer summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    zm = model_from_args(args)
+    data = load_concepts(args.concepts, resize_masks=args.resize_masks)
+    result = dissect(zm, data, args.layers, quantile=args.quantile, iou_threshold=args.iou_threshold,
+                     batch_size=args.batch_size, device=args.device, limit=args.limit)
+    write_dissection(result, args.out, model=None if args.no_html else zm, data=data,
+                     images_per_unit=args.images_per_unit, max_units=args.max_units, device=args.device)
+    summary = {layer: {k: info[k] for k in ("num_units", "detectors", "unique_detectors", "unique_by_category")}
+               for layer, info in result.layers.items()}
+    lines = [f"dissection of {result.model} on {result.data} ({result.num_images} images) -> {args.out}"]
+    for layer, s in summary.items():
+        cats = ", ".join(f"{c} {n}" for c, n in s["unique_by_category"].items())
+        lines.append(f"  {layer}: {s['detectors']}/{s['num_units']} detectors, "
+                     f"{s['unique_detectors']} unique concepts ({cats})")
+    emit(summary, args.json, "\n".join(lines))
+    return 0
