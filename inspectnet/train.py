@@ -3,6 +3,12 @@
 Shuffling is derived from ``seed + epoch`` and the RNG state is saved with each checkpoint, so a run
 interrupted after epoch k and resumed continues exactly as an uninterrupted one would (on CPU).
 Extra loss terms (interpretability regularizers) plug in through :class:`TrainHooks`.
+
+On CUDA the forward pass runs under mixed precision (bf16 where supported, else fp16 with a
+gradient scaler) while hook losses run outside autocast in float32. Under ``torchrun`` (an
+initialised ``torch.distributed`` process group) the model is wrapped in DDP: each global batch of
+``batch_size`` samples is split across ranks and the loss is scaled so that the averaged gradient
+equals the one-process gradient of the whole batch; only rank 0 writes files.
 """
 
 import dataclasses
@@ -79,6 +85,13 @@ class TrainHooks:
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
+    def epoch_begin(self, epoch: int, model: nn.Module) -> None:
+        """Called after ``model.train()`` at the start of each epoch (e.g. to freeze BN statistics)."""
+
+    def identity(self) -> dict[str, Any]:
+        """What else keys resumption (plugin specs, freezing); a checkpoint of other hooks is refused."""
+        return {}
+
 
 def make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainHooks) -> torch.optim.Optimizer:
     groups = hooks.parameter_groups(model, config.weight_decay)
@@ -114,38 +127,101 @@ def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, devi
 
 def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: TrainConfig = TrainConfig(), *,
           eval_data: ImageDataset | None = None, device: str = "auto", hooks: TrainHooks | None = None,
-          stop_after: int | None = None) -> list[dict[str, Any]]:
+          stop_after: int | None = None, amp: bool | None = None) -> list[dict[str, Any]]:
     """Train ``zm`` on ``train_data``; save it to ``out`` (a model folder) and return per-epoch metrics.
 
     A checkpoint is written after every epoch; calling again with the same arguments resumes.
-    ``stop_after`` ends the run after that many epochs (as an interruption would).
+    ``stop_after`` ends the run after that many epochs (as an interruption would). ``amp`` turns
+    mixed precision on/off (default: on for CUDA devices only).
     """
     hooks = hooks or TrainHooks()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    world, rank = _world()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     _check_labels(zm, train_data)
     dev = resolve_device(device)
     zm.model.to(dev)
     optimizer = make_optimizer(zm.model, config, hooks)
+    precision = _Precision(dev, amp)
     identity = {"model": zm.spec, "data": train_data.spec, "config": dataclasses.asdict(config)}
-    start, history = _resume(out, identity, zm, optimizer, hooks)
+    if hooks.identity():
+        identity["hooks"] = hooks.identity()
+    start, history = _resume(out, identity, zm, optimizer, hooks, precision)
     n = len(train_data) if config.limit is None else min(config.limit, len(train_data))
     subset = torch.utils.data.Subset(train_data, range(n))
+    forward = _wrap_distributed(zm.model, dev) if world > 1 else zm.model
     for epoch in range(start, config.epochs):
         if stop_after is not None and epoch >= stop_after:
             return history
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
-        loader = torch.utils.data.DataLoader(subset, batch_size=config.batch_size,
-                                             sampler=order.tolist(), drop_last=False)
-        metrics = _train_epoch(zm, loader, optimizer, hooks, dev, epoch, config)
+        loader = torch.utils.data.DataLoader(subset, batch_sampler=_rank_batches(order, config.batch_size,
+                                                                                 world, rank))
+        metrics = _train_epoch(zm, loader, optimizer, hooks, dev, epoch, config, forward=forward,
+                               precision=precision, world=world, n=n)
         metrics.update(hooks.epoch_end(epoch))
-        if eval_data is not None:
+        if eval_data is not None and rank == 0:
             metrics["eval_accuracy"] = evaluate(zm, eval_data, device=str(dev))
         history.append(metrics)
-        _save_checkpoint(out, identity, zm, optimizer, hooks, epoch + 1, history)
+        if rank == 0:
+            _save_checkpoint(out, identity, zm, optimizer, hooks, epoch + 1, history, precision)
     zm.model.eval()
-    save_model(zm, out)
+    if rank == 0:
+        save_model(zm, out)
     return history
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of an initialised process group, else (1, 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _wrap_distributed(model: nn.Module, dev: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+    # broadcast_buffers=False: BN running statistics stay per rank (as with one process, they
+    # are a function of the samples each forward sees); parameters are broadcast at wrap time
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def _rank_batches(order: torch.Tensor, batch_size: int, world: int, rank: int) -> list[list[int]]:
+    """This rank's share of every global batch: global batch b is split into ``world`` contiguous
+    parts, so the union over ranks of each step's samples equals the one-process batch."""
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        part = chunk.tensor_split(world)[rank] if world > 1 else chunk
+        batches.append(part.tolist())
+    return batches
+
+
+class _Precision:
+    """Mixed-precision policy: autocast on CUDA (bf16 when supported, else fp16 + GradScaler)."""
+
+    def __init__(self, dev: torch.device, amp: bool | None):
+        self.enabled = (dev.type == "cuda") if amp is None else bool(amp)
+        if self.enabled and dev.type != "cuda":
+            raise InspectnetError("mixed precision (amp) needs a CUDA device")
+        self.device_type = dev.type
+        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.dtype == torch.float16 else None
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
 def _check_labels(zm: ZooModel, data: ImageDataset) -> None:
@@ -158,9 +234,14 @@ def _check_labels(zm: ZooModel, data: ImageDataset) -> None:
 
 
 def _train_epoch(zm: ZooModel, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,
-                 hooks: TrainHooks, dev: torch.device, epoch: int, config: TrainConfig) -> dict[str, Any]:
+                 hooks: TrainHooks, dev: torch.device, epoch: int, config: TrainConfig, *,
+                 forward: nn.Module | None = None, precision: "_Precision | None" = None, world: int = 1,
+                 n: int | None = None) -> dict[str, Any]:
     model = zm.model
+    forward = forward or model
+    precision = precision or _Precision(dev, False)
     model.train()
+    hooks.epoch_begin(epoch, model)
     ce_fn = nn.CrossEntropyLoss()
     sums: dict[str, float] = {"loss": 0.0, "ce": 0.0}
     correct = seen = 0
@@ -168,15 +249,21 @@ def _train_epoch(zm: ZooModel, loader: torch.utils.data.DataLoader, optimizer: t
     for step, (x, y) in enumerate(progress(loader, total=steps, desc=f"epoch {epoch + 1}")):
         _set_lr(optimizer, config, (epoch * steps + step) / (config.epochs * steps))
         x, y = x.to(dev), y.to(dev)
-        logits = model(x)
+        with precision.autocast():
+            logits = forward(x)
+        logits = logits.float()
         ce = ce_fn(logits, y)
-        extra = hooks.loss(x, y, logits)
+        extra = hooks.loss(x, y, logits)  # outside autocast: regularizers run in float32
         loss = ce + sum(extra.values(), torch.zeros((), device=dev))
         if not torch.isfinite(loss):
             raise InspectnetError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if world > 1:
+            # DDP averages gradients over ranks; weighting by this rank's share of the global batch
+            # makes the result the gradient of the global-batch mean, also for a short last batch
+            global_b = min(config.batch_size, (n or 0) - step * config.batch_size)
+            loss = loss * (len(y) * world / global_b)
+        precision.backward_step(loss, optimizer)
         b = len(y)
         sums["loss"] += loss.item() * b
         sums["ce"] += ce.item() * b
@@ -195,30 +282,47 @@ def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress_frac
 
 
 def _save_checkpoint(out: Path, identity: dict, zm: ZooModel, optimizer: torch.optim.Optimizer,
-                     hooks: TrainHooks, epoch: int, history: list[dict[str, Any]]) -> None:
+                     hooks: TrainHooks, epoch: int, history: list[dict[str, Any]],
+                     precision: "_Precision | None" = None) -> None:
     buf = io.BytesIO()
-    torch.save({"identity": json.dumps(identity, sort_keys=True), "epoch": epoch,
-                "model": zm.model.state_dict(), "optimizer": optimizer.state_dict(),
-                "hooks": hooks.state_dict(), "rng": torch.get_rng_state(),
-                "history": json.dumps(history)}, buf)
+    state = {"identity": json.dumps(identity, sort_keys=True), "epoch": epoch,
+             "model": zm.model.state_dict(), "optimizer": optimizer.state_dict(),
+             "hooks": hooks.state_dict(), "rng": torch.get_rng_state(),
+             "history": json.dumps(history)}
+    if precision is not None and precision.scaler is not None:
+        state["scaler"] = precision.scaler.state_dict()
+    if torch.cuda.is_available() and next(zm.model.parameters()).is_cuda:
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    torch.save(state, buf)
     atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
     atomic_write_text(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
 
 
 def _resume(out: Path, identity: dict, zm: ZooModel, optimizer: torch.optim.Optimizer,
-            hooks: TrainHooks) -> tuple[int, list[dict[str, Any]]]:
+            hooks: TrainHooks, precision: "_Precision | None" = None) -> tuple[int, list[dict[str, Any]]]:
     path = out / CHECKPOINT
     if not path.exists():
         return 0, []
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt["identity"] != json.dumps(identity, sort_keys=True):
-        raise InspectnetError(f"--out {out} holds a checkpoint of a different training run; choose another "
-                              f"folder or delete it")
+        raise InspectnetError(f"--out {out} holds a checkpoint of a different training run "
+                              f"({_identity_difference(json.loads(ckpt['identity']), identity)}); choose "
+                              f"another folder or delete it")
     zm.model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     hooks.load_state_dict(ckpt["hooks"])
     torch.set_rng_state(ckpt["rng"])
+    if "scaler" in ckpt and precision is not None and precision.scaler is not None:
+        precision.scaler.load_state_dict(ckpt["scaler"])
+    if "cuda_rng" in ckpt and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt["cuda_rng"])
     return int(ckpt["epoch"]), json.loads(ckpt["history"])
+
+
+def _identity_difference(saved: dict, wanted: dict) -> str:
+    """Which keys of the run identity differ, e.g. ``hooks: {...} != {...}``."""
+    keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    return "; ".join(f"{k}: saved {saved.get(k)!r}, now {wanted.get(k)!r}" for k in keys)
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""``inspectnet finetune MODEL DATA --plugin ebp:K=25,lam=1e-3,layer=layer4 --epochs N --out DIR``.
+
+Under ``torchrun --nproc-per-node N`` the same command trains with DDP (gloo on CPU, nccl on CUDA).
+"""
+
+import argparse
+import os
+
+from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
+from inspectnet.cli.train import add_train_args, config_from_args
+from inspectnet.finetune import finetune
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune with interpretability plugins (EBP, CGL, SAN, k-WTA, ...)",
+                       description="Fine-tune MODEL on DATA with one or more plugins (see `inspectnet plugins`). "
+                                   "Checkpoints every epoch; re-running the same command (or --resume) continues "
+                                   "where it stopped. Launch under torchrun for multi-process DDP.")
+    add_model_args(p)
+    add_data_args(p)
+    add_train_args(p)
+    p.add_argument("--plugin", action="append", default=[], metavar="NAME:K=V,...",
+                   help="plugin spec, e.g. ebp:K=25,lam=1e-3,layer=layer4 (repeatable; list values with |)")
+    p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics and affine parameters fixed")
+    p.add_argument("--freeze-until", metavar="LAYER", help="freeze every parameter up to and including LAYER")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="mixed precision (auto: on for CUDA); regularizers always run in float32")
+    p.add_argument("--resume", action="store_true",
+                   help="require a checkpoint in --out and continue from it (re-running also resumes)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from inspectnet.errors import InspectnetError
+    from inspectnet.train import CHECKPOINT
+
+    if args.resume and not os.path.exists(os.path.join(args.out, CHECKPOINT)):
+        raise InspectnetError(f"--resume: {args.out} holds no {CHECKPOINT} to continue from")
+    _init_distributed()
+    zm = model_from_args(args)
+    ds = data_from_args(args, zm)
+    eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None
+    amp = {"auto": None, "on": True, "off": False}[args.amp]
+    result = finetune(zm, ds, args.out, args.plugin, config_from_args(args), eval_data=eval_ds,
+                      device=_device(args.device), freeze_bn=args.freeze_bn, freeze_until_layer=args.freeze_until,
+                      amp=amp)
+    lines = [" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items())
+             for h in result.history]
+    emit(result.to_dict(), args.json, "\n".join(lines) + f"\nplugins: {', '.join(result.plugins) or '(none)'}"
+         f"\nsaved model to {args.out}")
+    return 0
+
+
+def _init_distributed() -> None:
+    """Join the process group torchrun describes in the environment (no-op when run directly)."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device

@@ -1,0 +1,28 @@
+"""``inspectnet plugins [--json]``: the fine-tuning plugins, their hyperparameters, defaults and papers."""
+
+import argparse
+
+from inspectnet.cli.options import emit
+from inspectnet.plugins import describe_plugins
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plugins", help="list fine-tuning plugins and their hyperparameters",
+                       description="List every plugin registered in the inspectnet.plugins entry-point group.")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    plugins = describe_plugins()
+    lines = []
+    for d in plugins:
+        lines.append(f"{d['name']}: {d['summary']}" + ("  [needs labels]" if d["needs_labels"] else ""))
+        lines.append(f"  paper: {d['paper']}")
+        for h in d["hyperparameters"]:
+            bounds = f" in {h['choices']}" if "choices" in h else ""
+            if "low" in h or "high" in h:
+                bounds = f" in [{h.get('low', '-inf')}, {h.get('high', 'inf')}]"
+            lines.append(f"  {h['name']}={h['default']!r} ({h['type']}{bounds}): {h['help']}")
+    emit(plugins, args.json, "\n".join(lines))
+    return 0

@@ -1,0 +1,308 @@
+"""The fine-tuning plugin contract and its registry (entry-point group ``inspectnet.plugins``).
+
+A plugin is a class with a ``name``, a ``paper``, typed hyperparameters with the paper's defaults,
+and five duties: ``attach`` to a model (hooks on named layers, possibly replacing a layer's
+output), contribute loss terms per step (``loss``), keep state that goes into checkpoints
+(``state_dict``), report metrics per epoch (``epoch_end``) and ``detach`` leaving the model
+exactly as before. First-party plugins live in the top-level ``plugins/`` folder (installed as
+``inspectnet_plugins``) and are registered through the same entry points as third-party ones:
+
+    [project.entry-points."inspectnet.plugins"]
+    myreg = "mypackage.module:MyPlugin"
+
+>>> spec = parse_plugin_spec("ebp:K=25,lam=1e-3,layer=layer4")
+>>> spec.name, spec.values
+('ebp', {'K': '25', 'lam': '1e-3', 'layer': 'layer4'})
+>>> make_plugin("ebp:K=10").hp["K"]
+10
+"""
+
+import dataclasses
+import difflib
+import importlib.metadata
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from inspectnet.errors import InspectnetError
+from inspectnet.layers import _first_tensor, resolve_layers
+
+ENTRY_POINT_GROUP = "inspectnet.plugins"
+
+_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class HParam:
+    """One typed hyperparameter: ``type`` is int, float, str or bool; ``low``/``high`` bound numbers
+    (inclusive), ``choices`` restricts strings; ``default`` is the paper's value."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def parse(self, plugin: str, raw: Any) -> Any:
+        """Convert ``raw`` (a string from the command line, or a Python value) and check its range."""
+        try:
+            if self.type == "bool":
+                value = raw if isinstance(raw, bool) else _parse_bool(str(raw))
+            elif self.type == "int" and isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            else:
+                value = _TYPES[self.type](raw)
+        except (ValueError, TypeError):
+            raise InspectnetError(f"plugin {plugin}: {self.name}={raw!r} is not a valid {self.type}") from None
+        if self.low is not None and value < self.low:
+            raise InspectnetError(f"plugin {plugin}: {self.name}={value} is below its minimum {self.low}")
+        if self.high is not None and value > self.high:
+            raise InspectnetError(f"plugin {plugin}: {self.name}={value} is above its maximum {self.high}")
+        if self.choices is not None and value not in self.choices:
+            raise InspectnetError(f"plugin {plugin}: {self.name}={value!r} is not one of "
+                                  f"{', '.join(self.choices)}")
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        d = {"name": self.name, "type": self.type, "default": self.default, "help": self.help}
+        for key in ("low", "high", "choices"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key) if key != "choices" else list(self.choices)
+        return d
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(s)
+
+
+class Plugin:
+    """Base class of fine-tuning plugins; subclasses set the class attributes and override hooks.
+
+    Lifecycle: ``__init__(**hyperparameters)`` -> ``attach(model, num_classes=)`` -> per step
+    ``loss(x, y, logits)`` -> per epoch ``epoch_end(epoch)`` -> ``detach()``.
+    Loss terms are means over the minibatch (so data-parallel gradient averaging is exact) and
+    are computed in float32 even under mixed precision.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    hparams: ClassVar[tuple[HParam, ...]] = ()
+    needs_labels: ClassVar[bool] = False
+
+    def __init__(self, **values: Any):
+        known = {h.name: h for h in self.hparams}
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            valid = ", ".join(known) or "(none)"
+            raise InspectnetError(f"plugin {self.name}: unknown hyperparameter {unknown[0]!r}; valid: {valid}")
+        self.hp: dict[str, Any] = {h.name: h.parse(self.name, values.get(h.name, h.default)) for h in self.hparams}
+        self.model: nn.Module | None = None
+        self.num_classes = 0
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, *, num_classes: int, head_name: str | None = None) -> "Plugin":
+        """Hook into ``model``; a failure part-way removes whatever was already added."""
+        if self.model is not None:
+            raise InspectnetError(f"plugin {self.name} is already attached to a model")
+        self.model, self.num_classes, self.head_name = model, num_classes, head_name
+        try:
+            self.setup(model)
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def setup(self, model: nn.Module) -> None:
+        """Subclass hook: resolve layers, register hooks (through :meth:`hook`), allocate state."""
+
+    def detach(self) -> None:
+        """Remove every hook; the model is exactly as before ``attach`` (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+        self.teardown()
+        self.model = None
+
+    def teardown(self) -> None:
+        """Subclass hook: undo anything not done through :meth:`hook`."""
+
+    # -- per step / epoch --------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra loss terms (name -> float32 scalar) for the batch just forwarded."""
+        return {}
+
+    def epoch_begin(self, epoch: int) -> None:
+        """Called before each epoch (reset per-epoch statistics)."""
+
+    def epoch_end(self, epoch: int) -> dict[str, float]:
+        """Metrics to log for the epoch, prefixed by the caller with the plugin name."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values to save in checkpoints (weights_only-loadable)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def decay_exempt(self) -> list[nn.Parameter]:
+        """Parameters this plugin regularizes itself, so the optimizer must not weight-decay them."""
+        return []
+
+    # -- helpers for subclasses ------------------------------------------------------------------
+    def layer(self, spec: str) -> str:
+        """Exactly one canonical layer name for ``spec`` (errors name the plugin)."""
+        names = self.layers(spec)
+        if len(names) != 1:
+            raise InspectnetError(f"plugin {self.name}: layer={spec!r} matches {len(names)} layers; name one")
+        return names[0]
+
+    def layers(self, spec: str | Sequence[str]) -> list[str]:
+        try:
+            names = resolve_layers(self.model, spec, head_name=self.head_name)
+        except InspectnetError as exc:
+            raise InspectnetError(f"plugin {self.name}: {exc}") from None
+        if "pre_logits" in names:
+            raise InspectnetError(f"plugin {self.name}: pre_logits is not a module; name a layer instead")
+        return names
+
+    def hook(self, layer: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> None:
+        """Forward hook on ``layer``: ``fn(output)`` may return a replacement output (inserting an
+        operation into the forward pass reversibly) or None to only observe."""
+        module = self.model.get_submodule(layer)
+
+        def _hook(_m: nn.Module, _i: Any, out: Any) -> Any:
+            t = _first_tensor(out)
+            new = fn(t)
+            if new is None or isinstance(out, torch.Tensor):
+                return new
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        self._handles.append(module.register_forward_hook(_hook))
+
+    def pre_hook(self, layer: str, fn: Callable[[torch.Tensor], None]) -> None:
+        """Observe the input of ``layer`` (e.g. a conv's pre-activation through a following BN)."""
+        module = self.model.get_submodule(layer)
+        self._handles.append(module.register_forward_pre_hook(lambda _m, args: fn(args[0])))
+
+    def spec(self) -> str:
+        """Canonical ``name:k=v,...`` string (all hyperparameters, sorted), used to key resumption."""
+        return f"{self.name}:" + ",".join(f"{k}={self.hp[k]}" for k in sorted(self.hp))
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {"name": cls.name, "summary": cls.summary, "paper": cls.paper, "needs_labels": cls.needs_labels,
+                "hyperparameters": [h.describe() for h in cls.hparams]}
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginSpec:
+    """A parsed ``name:k=v,k=v`` string (values stay strings until the plugin types them)."""
+
+    name: str
+    values: dict[str, str]
+
+
+def parse_plugin_spec(text: str) -> PluginSpec:
+    """Split ``"ebp:K=25,lam=1e-3,layer=layer4"``; a value may contain ``|`` lists or globs.
+
+    >>> parse_plugin_spec("kwta").values
+    {}
+    """
+    name, _, rest = text.strip().partition(":")
+    if not name:
+        raise InspectnetError(f"--plugin {text!r}: expected NAME or NAME:key=value,... (e.g. ebp:K=25,lam=1e-3)")
+    values: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise InspectnetError(f"--plugin {text!r}: {item!r} is not key=value")
+        values[key.strip()] = value.strip()
+    return PluginSpec(name.strip(), values)
+
+
+_REGISTERED: dict[str, type[Plugin]] = {}
+
+
+def register_plugin(cls: type[Plugin]) -> type[Plugin]:
+    """Register a plugin class in this process (decorator); entry points are the persistent way."""
+    if not (isinstance(cls, type) and issubclass(cls, Plugin)) or not cls.name:
+        raise InspectnetError(f"{cls!r} is not a Plugin subclass with a name")
+    _REGISTERED[cls.name] = cls
+    return cls
+
+
+def available_plugins() -> dict[str, type[Plugin]]:
+    """All plugins: those registered in-process plus every entry point of ``inspectnet.plugins``."""
+    found: dict[str, type[Plugin]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in found:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not break the others
+            raise InspectnetError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            raise InspectnetError(f"entry point {ep.name!r} ({ep.value}) is not an inspectnet Plugin class")
+        found[ep.name] = cls
+    found.update(_REGISTERED)
+    return dict(sorted(found.items()))
+
+
+def get_plugin(name: str) -> type[Plugin]:
+    plugins = available_plugins()
+    if name not in plugins:
+        close = difflib.get_close_matches(name, plugins, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise InspectnetError(f"unknown plugin {name!r}{hint}; available: {', '.join(plugins)}")
+    return plugins[name]
+
+
+def make_plugin(spec: "str | PluginSpec | Plugin") -> Plugin:
+    """A plugin instance from a spec string, a parsed spec, or an instance (returned as is)."""
+    if isinstance(spec, Plugin):
+        return spec
+    if isinstance(spec, str):
+        spec = parse_plugin_spec(spec)
+    return get_plugin(spec.name)(**spec.values)
+
+
+def describe_plugins() -> list[dict[str, Any]]:
+    """Name, summary, paper and hyperparameters (with defaults) of every available plugin."""
+    return [cls.describe() for cls in available_plugins().values()]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over the ranks of an initialised process group, in place (a no-op in one process).
+
+    Plugins call it on statistics that are sums (EBP's per-class accumulators) so every rank
+    sees the same values as one process given the whole global batch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def hoyer(a: torch.Tensor) -> torch.Tensor:
+    """Hoyer sparsity (√n − ‖a‖₁/‖a‖₂)/(√n − 1) of each row of ``a`` (1 = one-hot, 0 = flat);
+    an all-zero row counts as maximally sparse (1).
+
+    >>> hoyer(torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 1]])).tolist()
+    [1.0, 0.0]
+    """
+    a = a.double().flatten(1)
+    n = a.shape[1]
+    l1, l2 = a.abs().sum(1), a.norm(dim=1)
+    ratio = torch.where(l2 > 0, l1 / l2.clamp_min(1e-300), torch.ones_like(l1))
+    return ((n ** 0.5 - ratio) / (n ** 0.5 - 1)).clamp(0, 1) if n > 1 else torch.ones_like(l1)
