@@ -190,7 +190,7 @@ def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, re
             raise InspectnetError(f"saved model {path} needs modification {mod['kind']!r}, which this "
                                   f"inspectnet does not know")
         model = MODIFIERS[mod["kind"]](model, mod)
-    data_config = {**cfg["data_config"], "input_size": tuple(cfg["data_config"]["input_size"])}
+    data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["data_config"].items()}
     zm = ZooModel(model=model, source=cfg["source"], arch=cfg["arch"], num_classes=cfg["num_classes"],
                   in_chans=cfg["in_chans"], data_config=data_config, class_names=list(cfg["class_names"]),
                   head_name=cfg["head_name"], modifications=list(cfg.get("modifications", [])),
