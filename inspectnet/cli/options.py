@@ -35,18 +35,7 @@ def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
 
 
 def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = None) -> ImageDataset:
-    ds = load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad)
-    check_channels(zm, ds)
-    return ds
-
-
-def check_channels(zm: ZooModel, ds: ImageDataset) -> None:
-    """Grey images feed 3-channel models and colour images 1-channel ones (converted); other mismatches fail."""
-    from inspectnet.errors import InspectnetError
-
-    if zm.in_chans not in (1, 3):
-        raise InspectnetError(f"model {zm.spec} takes {zm.in_chans} channels; images of {ds.spec!r} can only feed "
-                              f"1- or 3-channel models (check --in-chans)")
+    return load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad)
 
 
 def emit(obj: Any, as_json: bool, text: str) -> None:

@@ -5,6 +5,8 @@ from typing import Any
 
 from PIL import Image
 
+from inspectnet.errors import InspectnetError
+
 
 def build_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], "object"]:
     """PIL image -> tensor: convert to the model's channels, resize/crop, normalize.
@@ -20,7 +22,8 @@ def build_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], "obj
     in_chans = data_config["input_size"][0]
     mode = {1: "L", 3: "RGB"}.get(in_chans)
     if mode is None:
-        raise ValueError(f"images can be fed to 1- or 3-channel models, not {in_chans}-channel ones")
+        raise InspectnetError(f"the model takes {in_chans} channels; images can only feed 1- or 3-channel "
+                              f"models (check --in-chans)")
     core = create_transform(
         input_size=tuple(data_config["input_size"]), interpolation=data_config.get("interpolation", "bilinear"),
         mean=tuple(data_config["mean"]), std=tuple(data_config["std"]),
