@@ -4,9 +4,11 @@ Network Dissection thresholds each unit at the top-q quantile of its activations
 of the dataset; holding all those values is out of the question for real datasets. Each unit keeps
 ``bins`` counts over ``[lo, lo + bins·width)``. The range is set from the first batch; a later value
 outside it doubles the width (adjacent bins merged pairwise, the old range kept as one half of the
-new one), so every count stays exact and no second pass for the range is needed. The quantile is
-read from the cumulative counts with linear interpolation inside its bin: its error is at most one
-bin width, i.e. ``(max - min) / bins`` up to a factor of two from the doublings.
+new one), so every count stays exact and no second pass for the range is needed. Each bin also
+keeps the smallest and largest value it received. The quantile is read from the cumulative counts
+with linear interpolation between its bin's smallest and largest value: its error is at most one
+bin width, i.e. ``(max - min) / bins`` up to a factor of two from the doublings, and a point mass
+(many pixels with the same value, e.g. ReLU zeros) gives exactly that value.
 
 >>> import torch
 >>> sketch = UnitQuantiles(units=2, bins=1024)
@@ -28,6 +30,8 @@ class UnitQuantiles:
             raise InspectnetError(f"quantile sketch bins must be an even number ≥ 2, got {bins}")
         self.units, self.bins = units, bins
         self.counts = torch.zeros(units, bins, dtype=torch.int64, device=device)
+        self.bmin = torch.full((units, bins), float("inf"), dtype=torch.float64, device=device)
+        self.bmax = torch.full((units, bins), float("-inf"), dtype=torch.float64, device=device)
         self.lo = torch.zeros(units, dtype=torch.float64, device=device)
         self.width = torch.zeros(units, dtype=torch.float64, device=device)
         self.total = 0
@@ -50,7 +54,10 @@ class UnitQuantiles:
         self._grow(vmin, vmax)
         idx = ((v - self.lo[:, None]) / self.width[:, None]).floor().clamp_(0, self.bins - 1).long()
         idx += torch.arange(self.units, device=idx.device)[:, None] * self.bins
-        self.counts += torch.bincount(idx.reshape(-1), minlength=self.units * self.bins).view(self.units, self.bins)
+        flat, vals = idx.reshape(-1), v.reshape(-1)
+        self.counts += torch.bincount(flat, minlength=self.units * self.bins).view(self.units, self.bins)
+        self.bmin.view(-1).scatter_reduce_(0, flat, vals, "amin")
+        self.bmax.view(-1).scatter_reduce_(0, flat, vals, "amax")
         self.total += values.shape[1]
 
     def _init_range(self, vmin: torch.Tensor, vmax: torch.Tensor) -> None:
@@ -68,12 +75,10 @@ class UnitQuantiles:
             grow = below | above
             if not grow.any():
                 return
-            merged = self.counts[grow].view(-1, half, 2).sum(dim=2)
-            fresh = torch.zeros(int(grow.sum()), self.bins, dtype=torch.int64, device=self.counts.device)
             down = below[grow]  # extend downwards: the old range becomes the upper half
-            fresh[down, half:] = merged[down]
-            fresh[~down, :half] = merged[~down]
-            self.counts[grow] = fresh
+            self.counts[grow] = _merge(self.counts[grow], down, "sum", 0)
+            self.bmin[grow] = _merge(self.bmin[grow], down, "amin", float("inf"))
+            self.bmax[grow] = _merge(self.bmax[grow], down, "amax", float("-inf"))
             span = self.width[grow] * self.bins
             self.lo[grow] = torch.where(down, self.lo[grow] - span, self.lo[grow])
             self.width[grow] = self.width[grow] * 2
@@ -94,7 +99,10 @@ class UnitQuantiles:
         before = torch.where(b > 0, prev, torch.zeros_like(prev))
         inside = self.counts.gather(1, b[:, None]).squeeze(1).to(torch.float64)
         frac = torch.where(inside > 0, (target - before) / inside.clamp(min=1), torch.zeros_like(inside))
-        est = self.lo + self.width * (b.to(torch.float64) + frac.clamp(0, 1))
+        lo_v = self.bmin.gather(1, b[:, None]).squeeze(1)
+        hi_v = self.bmax.gather(1, b[:, None]).squeeze(1)
+        est = torch.where(inside > 0, lo_v + (hi_v - lo_v) * frac.clamp(0, 1),
+                          self.lo + self.width * b.to(torch.float64))
         # the estimate never leaves the observed range
         return torch.minimum(torch.maximum(est, self.min), self.max)
 
@@ -102,3 +110,14 @@ class UnitQuantiles:
         """Current bin width per unit: the bound on the quantile error."""
         return self.width.clone()
 
+
+
+def _merge(rows: torch.Tensor, down: torch.Tensor, how: str, empty: float) -> torch.Tensor:
+    """Merge adjacent bin pairs of ``rows`` (n, bins) into one half; the other half becomes ``empty``."""
+    n, bins = rows.shape
+    pairs = rows.view(n, bins // 2, 2)
+    merged = pairs.sum(dim=2) if how == "sum" else pairs.amin(dim=2) if how == "amin" else pairs.amax(dim=2)
+    fresh = torch.full_like(rows, empty)
+    fresh[down, bins // 2:] = merged[down]
+    fresh[~down, :bins // 2] = merged[~down]
+    return fresh
