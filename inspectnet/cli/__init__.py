@@ -12,23 +12,35 @@ import warnings
 from inspectnet.errors import InspectnetError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; given ``argv`` whose command word names a module, only that module is imported.
+
+    Importing one command module instead of all keeps light commands light: ``inspectnet run``
+    (ONNX Runtime only) never imports torch. Help and unknown words still register every command.
+    """
     from inspectnet import __version__
 
     parser = argparse.ArgumentParser(prog="inspectnet", description="Post-hoc inspection of pretrained "
                                      "image classifiers (timm and torchvision zoos).")
     parser.add_argument("--version", action="version", version=f"inspectnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if info.name.startswith("_") or info.name == "options":
-            continue
-        importlib.import_module(f"{__name__}.{info.name}").register(sub)
+    names = [info.name for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name)
+             if not info.name.startswith("_") and info.name != "options"]
+    word = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    if word in names:
+        importlib.import_module(f"{__name__}.{word}").register(sub)
+        if word in sub.choices:
+            return parser
+        names.remove(word)
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input/failure, 130 interrupted)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():

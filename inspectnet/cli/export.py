@@ -1,0 +1,76 @@
+"""``inspectnet export MODEL --out model.onnx``: verified ONNX export, optionally int8."""
+
+import argparse
+
+from inspectnet.cli.options import add_model_args, emit, model_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export to a verified, self-describing ONNX file (optionally int8)",
+                       description="Export MODEL to ONNX (dynamic batch, input 'input', output 'logits', "
+                                   "preprocessing and class names in the file's metadata). The export is "
+                                   "checked with onnx.checker and ONNX Runtime vs PyTorch at batch 1 and 8 "
+                                   "before it is written; the report goes to <out stem>.export.json.")
+    add_model_args(p)
+    p.add_argument("--out", required=True, help="output .onnx file (its folder is created)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's own)")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="torch.onnx exporter (default dynamo)")
+    p.add_argument("--head-only", action="store_true",
+                   help="export only the head (penultimate features -> logits), e.g. a decomposed head")
+    p.add_argument("--int8", action="store_true",
+                   help="also write <out stem>.int8.onnx: static QDQ int8 calibrated on --calibration")
+    p.add_argument("--calibration", metavar="DATA", help="real images for int8 calibration (data spec)")
+    p.add_argument("--calibration-limit", type=int, default=256, help="calibration samples (default 256)")
+    p.add_argument("--eval-data", metavar="DATA",
+                   help="data for int8 top-1 agreement / accuracy (default: the calibration data)")
+    p.add_argument("--eval-limit", type=int, default=500, help="evaluation samples (default 500)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for torch AND ONNX Runtime when timing (kept equal; default 1)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--device", default="auto", help="ONNX Runtime provider for the gate: auto, cpu, cuda")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable calibration images")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from inspectnet.errors import InspectnetError
+    from inspectnet.export import calibration_inputs, export_onnx
+
+    if args.int8 and not args.calibration:
+        raise InspectnetError("--int8 needs --calibration DATA: real images (folder or data spec) that set "
+                              "the int8 activation ranges")
+    zm = model_from_args(args)
+    calibration = evaluation = None
+    if args.int8:
+        calibration, labels = calibration_inputs(zm, args.calibration, limit=args.calibration_limit,
+                                                 skip_bad=args.skip_bad)
+        evaluation = (calibration_inputs(zm, args.eval_data, limit=args.eval_limit, skip_bad=args.skip_bad)
+                      if args.eval_data else (calibration, labels))
+    res = export_onnx(zm, args.out, opset=args.opset, exporter=args.exporter, head_only=args.head_only,
+                      force=args.force, int8=args.int8, calibration=calibration, evaluation=evaluation,
+                      latency=not args.no_latency, threads=args.threads, device=args.device)
+    emit(res.to_dict(), args.json, summary(res.to_dict()))
+    return 0
+
+
+def summary(r: dict) -> str:
+    """Human-readable lines of an export report."""
+    p = r["parity"]
+    lines = [f"wrote {r['path']} ({r['size_bytes'] / 1e6:.1f} MB, opset {r['opset']}, {r['exporter']} exporter, "
+             f"input {r['input_name']} {r['input_shape']})",
+             f"gate passed: max |onnx - torch| {p['max_abs_diff']:.2e} (rel {p['max_rel_diff']:.2e}), "
+             f"top-1 agreement {p['top1_agreement']:.1%}; providers {', '.join(r['providers'])}"]
+    lat = r["latency_ms"]
+    for b in lat.get("torch_eager", {}):
+        row = ", ".join(f"{k} {v[b]:.2f} ms" for k, v in lat.items())
+        lines.append(f"latency batch {b} ({r['threads']} thread(s) each): {row}")
+    if r.get("int8"):
+        q = r["int8"]
+        acc = (f", accuracy fp32 {q['accuracy_fp32']:.1%} / int8 {q['accuracy_int8']:.1%}"
+               if "accuracy_int8" in q else "")
+        lines.append(f"int8 {q['path']} ({q['size_bytes'] / 1e6:.1f} MB): top-1 agreement with fp32 "
+                     f"{q['top1_agreement_with_fp32']:.1%} on {q['eval_samples']} {q['eval_on']}{acc}")
+    return "\n".join(lines)

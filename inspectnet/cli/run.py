@@ -1,0 +1,68 @@
+"""``inspectnet run model.onnx IMAGE...|FOLDER|DATA``: predict with ONNX Runtime only.
+
+This module and what it imports must stay torch-free (images and folders are read with Pillow and
+preprocessed with numpy from the file's own metadata). Only a built-in data spec such as
+``mnist5k:test`` goes through ``inspectnet.data``, which needs torch.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="predict with an exported ONNX file (ONNX Runtime, no torch)",
+                       description="Top-k classes for IMAGE files, an image folder (ROOT/CLASS/IMAGE gives "
+                                   "accuracy) or a built-in data spec, with the preprocessing and class names "
+                                   "stored in MODEL.onnx by `inspectnet export`.")
+    p.add_argument("model", help="ONNX file written by inspectnet export")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DATA", help="image files, one folder, or a data spec")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--device", default="auto", help="auto (CUDA provider when present), cpu, cuda")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    p.add_argument("--json", action="store_true",
+                   help='output {"model", "providers", "accuracy", "predictions": [{"image", "top"}]}')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from inspectnet.onnx_runtime import OnnxClassifier
+
+    clf = OnnxClassifier(args.model, device=args.device, threads=args.threads)
+    images, labels = _inputs(args.inputs, args.limit)
+    results = clf.predict(images, topk=args.topk, batch_size=args.batch_size)
+    accuracy = None
+    if labels is not None and len(labels) and min(labels) >= 0:
+        accuracy = sum(r["top"][0]["index"] == y for r, y in zip(results, labels)) / len(labels)
+    doc = {"model": str(args.model), "providers": clf.providers, "accuracy": accuracy, "predictions": results}
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        text = "\n".join(r["image"] + "\n" + "\n".join(f"  {t['prob']:.4f}  {t['index']:>4}  {t['label']}"
+                                                       for t in r["top"]) for r in results)
+        tail = f"\naccuracy {accuracy:.2%} on {len(results)} labelled images" if accuracy is not None else ""
+        sys.stdout.write(text + tail + "\n")
+    return 0
+
+
+def _inputs(inputs: list[str], limit: int | None) -> tuple[list, list[int] | None]:
+    """Image paths (or PIL images for a data spec) and labels where the input has them."""
+    from inspectnet.errors import InspectnetError
+    from inspectnet.onnx_runtime import collect_images
+
+    if len(inputs) == 1 and not Path(inputs[0]).exists() and not Path(inputs[0]).suffix:
+        from inspectnet.data import load_data  # built-in sources live in the torch-based data package
+
+        ds = load_data(inputs[0])
+        n = len(ds) if limit is None else min(limit, len(ds))
+        images = [ds.image(i) for i in range(n)]
+        return images, [int(y) for y in ds.labels[:n]]
+    files, labels, _ = collect_images(inputs)
+    if limit is not None:
+        if limit < 1:
+            raise InspectnetError(f"--limit must be at least 1, got {limit}")
+        files, labels = files[:limit], (labels[:limit] if labels is not None else None)
+    return files, labels

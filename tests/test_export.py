@@ -1,0 +1,208 @@
+"""ONNX export: the verification gate, metadata, int8 QDQ quantization, head-only/decomposed heads, breadth."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from inspectnet import load_model
+from inspectnet.errors import InspectnetError
+from inspectnet.export import calibration_inputs, export_onnx
+from inspectnet.onnx_runtime import KEY_CLASS_NAMES, KEY_PREPROCESSING, OnnxClassifier, make_session
+
+
+def tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    return load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One dynamo export with int8 (calibrated on real digits) shared by the tests below."""
+    zm = tiny()
+    cal, _ = calibration_inputs(zm, "digits:train", limit=64)
+    ev = calibration_inputs(zm, "digits:test", limit=120)
+    out = tmp_path_factory.mktemp("exp") / "sub" / "model.onnx"  # folder does not exist yet
+    res = export_onnx(zm, out, int8=True, calibration=cal, evaluation=ev)
+    return zm, out, res, ev
+
+
+def test_export_writes_verified_self_describing_file(exported):
+    zm, out, res, _ = exported
+    assert out.is_file() and res.size_bytes == out.stat().st_size
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 16, 16]  # dynamic batch only
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props[KEY_CLASS_NAMES]) == zm.class_names
+    assert json.loads(props[KEY_PREPROCESSING])["input_size"] == [1, 16, 16]
+    report = json.loads(out.with_name("model.export.json").read_text())
+    assert report["parity"]["top1_agreement"] == 1.0 and report["parity"]["max_abs_diff"] < 1e-4
+    assert set(report["parity"]["batches"]) == {"1", "8"}
+    assert set(report["latency_ms"]) == {"torch_eager", "ort_fp32", "ort_int8"}
+    assert all(set(v) == {"1", "32"} and min(v.values()) > 0 for v in report["latency_ms"].values())
+    assert report["providers"] == ["CPUExecutionProvider"] and report["exporter"] == "dynamo"
+
+
+def test_onnx_matches_torch_at_an_unseen_batch_size(exported):
+    zm, out, _, _ = exported
+    x = torch.randn(13, 1, 16, 16)
+    with torch.inference_mode():
+        ref = zm.model(x).numpy()
+    got = make_session(out).run(["logits"], {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_int8_is_static_qdq_per_channel_u8s8(exported):
+    _, out, res, (x_eval, y_eval) = exported
+    q = onnx.load(str(out.with_name("model.int8.onnx")))
+    ops = {n.op_type for n in q.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "ConvInteger" not in ops
+    inits = {t.name: t for t in q.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)  # unsigned activations
+    weight_dq = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weight_dq and any(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1
+                             for n in weight_dq)  # one scale per output channel
+    info = res.int8
+    assert info["eval_samples"] == len(x_eval) == 120 and info["calibration_samples"] == 64
+    # agreement recomputed independently from the two files
+    s32, s8 = make_session(out), make_session(out.with_name("model.int8.onnx"))
+    p32 = s32.run(["logits"], {"input": x_eval})[0].argmax(1)
+    p8 = s8.run(["logits"], {"input": x_eval})[0].argmax(1)
+    assert info["top1_agreement_with_fp32"] == pytest.approx((p32 == p8).mean())
+    assert info["accuracy_fp32"] == pytest.approx((p32 == y_eval).mean())
+    assert OnnxClassifier(out.with_name("model.int8.onnx")).class_names == [f"class_{i}" for i in range(10)]
+
+
+def test_existing_output_refused_without_force(exported, tmp_path):
+    _, out, _, _ = exported
+    before = out.stat().st_mtime_ns
+    with pytest.raises(InspectnetError, match="already exists"):
+        export_onnx(tiny(), out, latency=False)
+    assert out.stat().st_mtime_ns == before
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+    export_onnx(tiny(), target, latency=False, exporter="torchscript", force=True)
+    assert OnnxClassifier(target).info["spec"] == "timm:resnet18"
+
+
+class _DivergesWhenExported(nn.Module):
+    """Behaves differently under export than in eager mode: the gate must catch the wrong graph."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        y = self.inner(x)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            y = y + 0.5 * y.abs().mean()  # shift only inside the graph
+            y = y.flip(1)
+        return y
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_gate_failure_leaves_no_file(tmp_path, exporter):
+    zm = tiny()
+    zm.model, zm.head_name = _DivergesWhenExported(zm.model), "inner.fc"
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(InspectnetError, match="export gate failed"):
+        export_onnx(zm, out, exporter=exporter, latency=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_without_calibration_is_refused(tmp_path):
+    with pytest.raises(InspectnetError, match="calibration"):
+        export_onnx(tiny(), tmp_path / "m.onnx", int8=True)
+    assert not (tmp_path / "m.onnx").exists()
+    cli = subprocess.run([sys.executable, "-m", "inspectnet", "export", "resnet18", "--num-classes", "10",
+                          "--out", str(tmp_path / "m.onnx"), "--int8"], capture_output=True, text=True)
+    assert cli.returncode == 2 and "--calibration" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_head_only_exports_the_linear_head(tmp_path):
+    zm = tiny()
+    res = export_onnx(zm, tmp_path / "head.onnx", head_only=True, exporter="torchscript", latency=False)
+    assert res.input_name == "features" and res.input_shape == ["batch", 512]
+    f = torch.randn(6, 512)
+    with torch.inference_mode():
+        ref = zm.head(f).numpy()
+    clf = OnnxClassifier(tmp_path / "head.onnx")
+    np.testing.assert_allclose(clf.logits(f.numpy()), ref, atol=1e-5)
+    assert not clf.takes_images
+    with pytest.raises(InspectnetError, match="head-only"):
+        clf.predict([tmp_path / "head.onnx"])
+
+
+def test_decomposed_model_and_head_export(tmp_path):
+    decompose = pytest.importorskip("inspectnet.decompose")
+    from inspectnet.influence import InfluenceMap
+
+    zm = tiny()
+    rng = np.random.default_rng(0)
+    supports = [sorted(rng.choice(512, 5, replace=False).tolist()) for _ in range(10)]
+    dzm = decompose.decompose_model(zm, InfluenceMap.full(10, 512, supports=supports))
+    export_onnx(dzm, tmp_path / "full.onnx", exporter="torchscript", latency=False)
+    export_onnx(dzm, tmp_path / "head.onnx", head_only=True, exporter="torchscript", latency=False)
+    x = torch.randn(4, 1, 16, 16)
+    with torch.inference_mode():
+        ref = dzm.model(x).numpy()
+        feats = torch.nn.functional.adaptive_avg_pool2d(dzm.model.forward_features(x), 1).flatten(1)
+    np.testing.assert_allclose(OnnxClassifier(tmp_path / "full.onnx").logits(x.numpy()), ref, atol=1e-4)
+    head_logits = OnnxClassifier(tmp_path / "head.onnx").logits(feats.numpy())
+    np.testing.assert_allclose(head_logits, ref, atol=1e-4)
+    # the exported head only reads the union of used features: others do not move the logits
+    unused = np.setdiff1d(np.arange(512), np.unique(np.concatenate(supports)))
+    noisy = feats.numpy().copy()
+    noisy[:, unused] += 100.0
+    np.testing.assert_allclose(OnnxClassifier(tmp_path / "head.onnx").logits(noisy), head_logits, atol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "head.onnx")).metadata_props}
+    assert json.loads(meta["inspectnet.decomposition"])["indices"] == supports
+
+
+def test_unknown_exporter_and_bad_suffix(tmp_path):
+    with pytest.raises(InspectnetError, match="exporter"):
+        export_onnx(tiny(), tmp_path / "m.onnx", exporter="magic")
+    with pytest.raises(InspectnetError, match=".onnx"):
+        export_onnx(tiny(), tmp_path / "m.bin")
+
+
+ZOO = [("resnet18", 64), ("efficientnet_b0", 64), ("mobilenetv3_small_100", 64), ("convnext_atto", 64),
+       ("regnetx_002", 64), ("vit_tiny_patch16_224", None), ("torchvision:resnet18", 64),
+       ("torchvision:mobilenet_v3_small", 64), ("torchvision:densenet121", 64)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec,size", ZOO, ids=[s for s, _ in ZOO])
+def test_zoo_matrix_exports_and_passes_the_gate(tmp_path, spec, size):
+    torch.manual_seed(0)
+    zm = load_model(spec, num_classes=10, input_size=size)
+    res = export_onnx(zm, tmp_path / "m.onnx", latency=False)
+    assert res.parity["top1_agreement"] == 1.0
+    assert res.parity["max_abs_diff"] <= res.parity["atol"] + res.parity["rtol"] * 1e3
+
+
+@pytest.mark.slow
+def test_real_efficientnet_lite0_export_int8_and_runtime(tmp_path, lite0_weights):
+    zm = load_model("efficientnet_lite0", weights=lite0_weights)
+    cal, _ = calibration_inputs(zm, "samples", limit=8)
+    res = export_onnx(zm, tmp_path / "lite0.onnx", int8=True, calibration=cal, latency=False)
+    assert res.parity["top1_agreement"] == 1.0 and res.int8["top1_agreement_with_fp32"] >= 0.75
+    from inspectnet.data import load_data
+
+    ds = load_data("samples", zm.transform())
+    with torch.inference_mode():
+        ref = zm.model(torch.stack([ds[i][0] for i in range(len(ds))])).argmax(1).numpy()
+    clf = OnnxClassifier(tmp_path / "lite0.onnx")
+    got = [r["top"][0]["index"] for r in clf.predict([ds.image(i) for i in range(len(ds))])]
+    assert got == ref.tolist()  # numpy preprocessing + ORT reproduce torch end to end
