@@ -1,0 +1,176 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from inspectnet import InspectnetError, load_data, load_model, save_model
+from inspectnet.cli import main
+from inspectnet.decompose import (DecomposedLinear, class_contributions, decompose_model,
+                                  evaluate_decomposition, gathered_logits, linear_params, noise_ablation,
+                                  retrain_head, run_decomposition, top_contributions)
+from inspectnet.influence import InfluenceMap, fit_influence
+from inspectnet.record import run_probe
+
+
+def random_map(c, d, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sup = [sorted(torch.randperm(d, generator=g)[:k].tolist()) for _ in range(c)]
+    return InfluenceMap.full(c, d, k1=k, k2=k, supports=sup, frequencies=[[1.0] * k for _ in sup])
+
+
+def test_full_supports_equal_dense_head_exactly():
+    torch.manual_seed(0)
+    head = nn.Linear(64, 7)
+    dec = DecomposedLinear.from_linear(head, InfluenceMap.full(7, 64))
+    x = torch.randn(33, 64)
+    assert torch.equal(dec(x), head(x))
+
+
+def test_masked_forward_is_the_formula_and_gathered_form_agrees():
+    torch.manual_seed(1)
+    head = nn.Linear(50, 6)
+    imap = random_map(6, 50, 4)
+    dec = DecomposedLinear.from_linear(head, imap)
+    x = torch.randn(20, 50)
+    ref = gathered_logits(x, head.weight, head.bias, imap.supports)
+    torch.testing.assert_close(dec(x), ref, rtol=0, atol=1e-5)
+    # each class really ignores the features outside its support
+    x2 = x.clone()
+    off = [j for j in range(50) if j not in imap.supports[2]]
+    x2[:, off] = torch.randn(20, len(off))
+    assert torch.allclose(dec(x2)[:, 2], dec(x)[:, 2], atol=1e-5)
+    assert dec.supports() == imap.supports and dec.macs() == 24
+    meta = dec.decomposition()
+    assert meta["indices"] == imap.supports
+    assert meta["weights"][3] == pytest.approx(head.weight[3, imap.supports[3]].tolist())
+    gathered = dec.to_gathered()
+    assert gathered[1].in_features == len(imap.union())
+    torch.testing.assert_close(gathered(x), dec(x), rtol=0, atol=1e-5)
+
+
+def test_off_support_weights_are_zero_and_stay_zero_when_retrained():
+    torch.manual_seed(2)
+    # separable synthetic features: class c is marked by feature 3c
+    y = torch.randint(0, 4, (400,))
+    f = torch.randn(400, 16) * 0.3
+    f[torch.arange(400), 3 * y] += 2.0
+    head = nn.Linear(16, 4)
+    imap = InfluenceMap.full(4, 16, supports=[[3 * c, 3 * c + 1] for c in range(4)],
+                             frequencies=[[1.0, 1.0]] * 4)
+    dec = DecomposedLinear.from_linear(head, imap)
+    off = ~dec.mask
+    assert (dec.weight[off] == 0).all()
+    before = (dec(f).argmax(1) == y).float().mean()
+    retrain_head(dec, f.numpy(), y.numpy(), epochs=3, lr=0.1)
+    after = (dec(f).argmax(1) == y).float().mean()
+    assert (dec.weight[off] == 0).all() and after > 0.95 and after >= before
+    assert not torch.equal(dec.weight[~off], head.weight[~off])
+
+
+def test_contributions_sum_to_logits():
+    torch.manual_seed(3)
+    head = nn.Linear(10, 3)
+    f = torch.randn(5, 10)
+    contrib = class_contributions(head, f)
+    assert contrib.shape == (5, 3, 10)
+    torch.testing.assert_close(contrib.sum(-1) + head.bias, head(f).detach())
+    assert contrib[2, 1, 4] == pytest.approx(float(head.weight[1, 4].detach() * f[2, 4]))
+
+
+def test_non_linear_head_is_refused_by_name():
+    zm = load_model("resnet18", num_classes=4, in_chans=1, input_size=16)
+    zm.model.fc = nn.Sequential(nn.Linear(512, 4))
+    with pytest.raises(InspectnetError, match="head module 'fc'"):
+        decompose_model(zm, InfluenceMap.full(4, 512))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+    tmp = tmp_path_factory.mktemp("dec")
+    tr = run_probe(zm, load_data("digits:train", zm.transform()), "layer4", tmp / "train", limit=150, batch_size=75)
+    te = run_probe(zm, load_data("digits:test", zm.transform()), "layer4", tmp / "test", limit=80, batch_size=80)
+    return zm, tr, te, tmp
+
+
+def test_evaluation_full_map_and_hand_counts(setup):
+    zm, tr, te, _ = setup
+    w, b = linear_params(zm.head)
+    full = evaluate_decomposition(w, b, InfluenceMap.full(10, 512), te)
+    assert full["accuracy_decomposed"] == full["accuracy_full"] == pytest.approx(te.accuracy())
+    assert full["agreement"] == 1.0 and full["recorded_logits_max_abs_diff"] < 1e-4
+    imap = fit_influence(tr, 5, 3)
+    ev = evaluate_decomposition(w, b, imap, te)
+    assert ev["head_macs_full"] == 5120 and ev["head_macs_decomposed"] == sum(map(len, imap.supports))
+    assert ev["union_size"] == len(imap.union()) and ev["head_macs_gathered_dense"] == 10 * ev["union_size"]
+    labels = np.asarray(te.labels)
+    logits = np.asarray(te.features, dtype=np.float64) @ (w * imap.mask()).numpy().T + b.numpy()
+    assert ev["accuracy_decomposed"] == pytest.approx((logits.argmax(1) == labels).mean())
+    c = int(labels[0])
+    assert ev["per_class_accuracy_decomposed"][c] == pytest.approx((logits.argmax(1)[labels == c] == c).mean())
+
+
+def test_noise_ablation_is_seeded_and_counts_match(setup):
+    zm, tr, te, _ = setup
+    w, b = linear_params(zm.head)
+    imap = fit_influence(tr, 5, 5)
+    a = noise_ablation(w, b, imap, te, seed=3)
+    assert a == noise_ablation(w, b, imap, te, seed=3)
+    assert a["num_influential"] == a["num_non_influential"] == len(imap.union())
+    assert 0 <= a["influential"] <= 1 and 0 <= a["non_influential"] <= 1
+
+
+def test_decomposed_model_saves_loads_and_predicts(setup, tmp_path):
+    zm, tr, _, _ = setup
+    imap = fit_influence(tr, 5, 5)
+    dzm = decompose_model(zm, imap)
+    assert isinstance(dzm.head, DecomposedLinear) and not isinstance(zm.head, DecomposedLinear)
+    save_model(dzm, tmp_path / "m")
+    back = load_model(str(tmp_path / "m"))
+    assert isinstance(back.head, DecomposedLinear) and back.head.supports() == [sorted(s) for s in imap.supports]
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(back.model(x), dzm.model(x))
+    top = top_contributions(back, x, k=3)
+    assert len(top) == 4 and all(t["top"][0]["feature"] in imap.supports[t["class"]] or
+                                 t["top"][0]["contribution"] == 0 for t in top)
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype("uint8")).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "a.png"), "--topk", "2"]) == 0
+
+
+def test_fingerprint_mismatch_refused(setup, tmp_path):
+    zm, tr, te, _ = setup
+    other = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+    rec = run_probe(other, load_data("digits:test", other.transform()), "layer4", tmp_path / "o", limit=8)
+    with pytest.raises(InspectnetError, match="different models"):
+        run_decomposition(tr, rec, tmp_path / "out", zm=zm)
+    with pytest.raises(InspectnetError, match="pass the model the records were probed with"):
+        run_decomposition(tr, te, tmp_path / "out", zm=other)
+
+
+def test_command_writes_decomposition_json(setup, tmp_path, capsys):
+    zm, tr, te, tmp = setup
+    save_model(zm, tmp / "model")
+    out = tmp_path / "d"
+    rc = main(["decompose", "--fit", str(tr.root), "--eval", str(te.root), "--k1", "5", "--k2", "4",
+               "--model", str(tmp / "model"), "--out", str(out), "--retrain-epochs", "1", "--slim",
+               "--sweep-k", "2,5", "--data", "digits:test", "--limit", "40"])
+    assert rc == 0 and "rA=" in capsys.readouterr().out
+    doc = json.loads((out / "decomposition.json").read_text())
+    for key in ("k1", "k2", "num_classes", "supports", "accuracy_full", "accuracy_decomposed", "rA",
+                "agreement", "union_size", "head_macs_full", "head_macs_decomposed", "noise_ablation",
+                "accuracy_retrained"):
+        assert key in doc, key
+    assert set(doc["noise_ablation"]) >= {"influential", "non_influential"}
+    assert doc["k2"] == 4 and len(doc["supports"]) == 10
+    assert doc["slim"]["logits_max_abs_diff"] < 1e-4 and doc["slim"]["method"] == "resnet"
+    assert (out / "sweep.png").stat().st_size > 1000 and "| 5 | 2 |" in (out / "sweep.md").read_text()
+    slim = load_model(str(out / "slim_model"))
+    assert slim.head.in_features == doc["union_size"]
+    assert main(["decompose", "--fit", str(tr.root), "--eval", str(te.root), "--k1", "3", "--k2", "5",
+                 "--model", str(tmp / "model"), "--out", str(tmp_path / "e")]) == 2
+    assert "--k2 5 is larger than --k1 3" in capsys.readouterr().err
