@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from inspectnet.data import ImageDataset
+from inspectnet.devices import resolve_device
 from inspectnet.errors import InspectnetError
 from inspectnet.layers import resolve_layers
 from inspectnet.plugins import Plugin, PluginSpec, make_plugin
@@ -80,6 +81,7 @@ class PluginHooks(TrainHooks):
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay}]
         own = [p for p in params if id(p) in exempt]
+        own += [p for plugin in self.plugins for p in plugin.parameters()]
         if own:  # regularized by a plugin (e.g. CGL's block norm replaces weight decay there)
             groups.append({"params": own, "weight_decay": 0.0})
         return groups
@@ -134,6 +136,7 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
             raise InspectnetError(f"plugin {plugin.name} needs labels, but data {train_data.spec!r} has "
                                   f"unlabelled samples")
     frozen = freeze_until(zm.model, freeze_until_layer) if freeze_until_layer else 0
+    zm.model.to(resolve_device(device))  # before attaching: plugin parameters live on the model's device
     attached: list[Plugin] = []
     try:
         for plugin in instances:

@@ -158,6 +158,11 @@ class Plugin:
         """Parameters this plugin regularizes itself, so the optimizer must not weight-decay them."""
         return []
 
+    def parameters(self) -> list[nn.Parameter]:
+        """The plugin's own trainable parameters (e.g. CGL's sigmoid scale), optimized with the model
+        (no weight decay); their values belong in :meth:`state_dict`."""
+        return []
+
     # -- helpers for subclasses ------------------------------------------------------------------
     def layer(self, spec: str) -> str:
         """Exactly one canonical layer name for ``spec`` (errors name the plugin)."""

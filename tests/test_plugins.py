@@ -11,7 +11,7 @@ from inspectnet.errors import InspectnetError
 from inspectnet.plugins import (Plugin, available_plugins, describe_plugins, hoyer, make_plugin,
                                 parse_plugin_spec)
 
-FIRST_PARTY = {"ebp", "kwta", "san"}
+FIRST_PARTY = {"ebp", "kwta", "san", "cgl", "dutycycle", "easr", "sparseout"}
 
 
 class TinyNet(nn.Module):
@@ -170,3 +170,100 @@ def test_plugin_base_contract_defaults():
 
     p = Noop()
     assert p.loss(None, None, None) == {} and p.state_dict() == {} and p.spec() == "noop:"
+
+
+class BNNet(nn.Module):
+    def __init__(self, c: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(1, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(c, 2)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_cgl_block_norm_general_pq_leftover_and_beta():
+    model = BNNet(c=7)
+    plugin = make_plugin("cgl:groups=2,free=1,p=1,q=2,layers=conv").attach(model, num_classes=2)
+    assert plugin.split["conv"] == (2, 3, 1)  # 7 filters: 2 groups of 3, 1 free filter (explicit)
+    w = model.conv.weight.detach().flatten(1)
+    blocks = [w[0:3].abs().sum(), w[3:6].abs().sum(), w[6].abs().sum()]  # free filter = singleton block
+    r_bn, beta = plugin.block_norm("conv")
+    assert torch.allclose(r_bn, torch.stack(blocks).norm(p=2))
+    assert torch.allclose(beta, torch.stack([w[0:3].norm(), w[3:6].norm()]))
+    # block norm replaces weight decay on the regularized weights
+    assert [id(p) for p in plugin.decay_exempt()] == [id(model.conv.weight)]
+    plugin.detach()
+    with pytest.raises(InspectnetError, match="exceed the 7 filters"):
+        make_plugin("cgl:groups=7,free=1,layers=conv").attach(model, num_classes=2)
+
+
+def test_cgl_group_distance_is_one_minus_iou_and_spatial_loss():
+    from inspectnet_plugins.cgl import ConceptGroupLearning
+
+    plugin = make_plugin("cgl:groups=1,pairs=4")
+    # two binary maps per group (1 group of 2 filters): |A|=2, |B|=2, |A∩B|=1 -> 1 - IoU = 2/3
+    psi = torch.zeros(1, 2, 2, 2)
+    psi[0, 0, 0, 0] = psi[0, 0, 0, 1] = 1
+    psi[0, 1, 0, 1] = psi[0, 1, 1, 1] = 1
+    assert torch.allclose(plugin.group_loss(psi, 1, 2), torch.tensor(2 / 3))
+    # spatial loss: mass at (0,0) and (0,2) -> centre (0,1), mean distance 1
+    m = torch.zeros(1, 1, 3, 3)
+    m[0, 0, 0, 0] = m[0, 0, 0, 2] = 1
+    assert torch.allclose(ConceptGroupLearning.spatial_loss(m), torch.tensor(1.0))
+
+
+def test_cgl_bn_variant_finite_with_inplace_relu_and_seeded_pairs():
+    torch.manual_seed(0)
+    model = BNNet()
+    x = torch.randn(4, 1, 6, 6)
+    losses = []
+    for _ in range(2):
+        plugin = make_plugin("cgl:groups=2,layers=conv,seed=3").attach(model, num_classes=2)
+        with torch.no_grad():
+            model.bn.weight[0] = 0.0  # γ = 0 must not produce inf/nan
+        model(x)
+        terms = plugin.loss(x, None, None)
+        sum(terms.values()).backward()
+        assert all(torch.isfinite(v) for v in terms.values())
+        losses.append(terms["cgl_g"].item())
+        state = plugin.state_dict()
+        plugin.detach()
+    assert losses[0] == losses[1]  # same seed -> same random pairs
+    assert set(state) == {"P", "generator"}
+
+
+def test_dutycycle_boosts_rarely_winning_units():
+    model = nn.Sequential(nn.Identity())
+    plugin = make_plugin("dutycycle:density=0.5,boost=10,period=4,layer=0").attach(model, num_classes=1)
+    x = torch.tensor([[3.0, 2.0, 1.0, 0.5]] * 4)
+    first = model(x)
+    assert first[0].tolist() == [3.0, 2.0, 0, 0]  # duty cycles start equal: plain top-2
+    assert plugin.duty.tolist() == [1.0, 1.0, 0.0, 0.0]
+    second = model(x)  # units 0, 1 have won all the time: boost exp(10*(0.5-1)) makes 2, 3 win
+    assert second[0].tolist() == [0, 0, 1.0, 0.5]
+    restored = make_plugin("dutycycle:density=0.5,boost=10,period=4,layer=0")
+    restored.load_state_dict(plugin.state_dict())
+    assert torch.equal(restored.duty, plugin.duty)
+
+
+def test_easr_penalty_and_sparseout_expectation():
+    from inspectnet_plugins.sparseout import sparseout
+
+    model = nn.Sequential(nn.Identity())
+    plugin = make_plugin("easr:lam=1,p=0.5,layer=0").attach(model, num_classes=1)
+    x = torch.tensor([[1.0, -2.0], [3.0, 0.0]])
+    model(x)
+    assert torch.allclose(plugin.loss(x, None, None)["easr"], torch.tensor((0.5 - 2) ** 2 + (0.5 - 1) ** 2))
+    a = torch.full((200000,), 4.0)
+    g = torch.Generator().manual_seed(0)
+    out = sparseout(a, 0.5, 1.0, g)
+    # mean preserved; noise amplitude |a|^(q/2) = 2: values 4 ± 2
+    assert abs(out.mean().item() - 4.0) < 0.02 and set(out.unique().tolist()) == {2.0, 6.0}
+    plugin.detach()
+    so = make_plugin("sparseout:layer=0").attach(model, num_classes=1)
+    model.eval()
+    assert torch.equal(model(x), x)  # identity at evaluation
+    so.detach()

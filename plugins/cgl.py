@@ -1,0 +1,184 @@
+"""Concept Group Learning (Varshneya et al. 2021; TUKL report; DESIGN.md §5.3).
+
+The filters of each regularized conv layer are split into G consecutive groups of N_g filters;
+``free`` filters (plus any remainder C − free not divisible by G) are left outside the grouping
+explicitly: they take no part in L_g and count as singleton blocks in R_bn, so they are still
+regularized. Terms (loss = CE + λ_bn R_bn + λ_g L_g + λ_s L_s):
+
+- R_bn = Σ_l ‖(‖W_1‖_p, …, ‖W_G‖_p, ‖w_free,1‖_p, …)‖_q (p = 2, q = 1: Σ_g ‖W_g‖_F). It replaces
+  weight decay on the regularized layers' weights (the optimizer gets weight_decay 0 for them).
+- ψ = σ(P1 · a / S + P2) on the conv's output a, S = per-filter std over the minibatch (guarded);
+  BN variant (when a BatchNorm follows the conv): ψ = σ(P1 · τ + P2), τ = a_bn + β/γ = BN(a)/γ,
+  with |γ| clamped away from 0. P1, P2 are learned, shared by all layers.
+- L_g: per group, r = 3·N_g random pairs i ≠ j (seeded generator, resampled each step, state
+  checkpointed) of D(ψ_i, ψ_j) = 2‖ψ_i − ψ_j‖₁ / (‖ψ_i‖₁ + ‖ψ_j‖₁ + ‖ψ_i − ψ_j‖₁), norms over the
+  minibatch and space; averaged over pairs, then over groups and layers.
+- L_s: ψ-weighted mean distance of each map from its centre of mass, averaged over maps.
+
+Group relevance β_g = ‖W_g‖_F per layer is reported every epoch (``beta/<layer>``).
+
+Example::
+
+    inspectnet finetune model/ shapes:train --plugin cgl:groups=8,layers=conv1|conv2 --out ft/
+"""
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from inspectnet.errors import InspectnetError
+from inspectnet.plugins import HParam, Plugin
+
+_BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+class ConceptGroupLearning(Plugin):
+    name = "cgl"
+    paper = ("Varshneya, Ledent, Vandermeulen, Lei, Enders, Borth, Kloft: Learning Interpretable Concept "
+             "Groups in CNNs (IJCAI 2021); TUKL report on inducing interpretability (general block norm)")
+    summary = "concept groups: block-norm instead of weight decay + group activation + spatial losses"
+    hparams = (
+        HParam("layers", "str", "all", "conv layers to regularize: 'all' Conv2d, or names/globs joined by |"),
+        HParam("groups", "int", 8, "concept groups G per layer", low=1),
+        HParam("free", "int", 0, "filters per layer left outside the groups (the last ones)", low=0),
+        HParam("lam_bn", "float", 1e-4, "block-norm strength λ_bn", low=0.0),
+        HParam("lam_g", "float", 0.05, "group activation loss strength λ_g", low=0.0),
+        HParam("lam_s", "float", 0.01, "spatial loss strength λ_s", low=0.0),
+        HParam("p", "float", 2.0, "inner norm of a group's weights", low=1.0),
+        HParam("q", "float", 1.0, "outer norm over groups", low=1.0),
+        HParam("bn", "str", "auto", "BN variant: auto (where a BatchNorm follows), on, off",
+               choices=("auto", "on", "off")),
+        HParam("pairs", "float", 3.0, "random pairs per group as a multiple of N_g", low=0.0),
+        HParam("P1", "float", 1.0, "initial sigmoid scale (learned)"),
+        HParam("P2", "float", 0.0, "initial sigmoid shift (learned)"),
+        HParam("seed", "int", 0, "seed of the random pairs"),
+    )
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        self.gen = torch.Generator().manual_seed(self.hp["seed"])
+
+    def setup(self, model: nn.Module) -> None:
+        spec = self.hp["layers"]
+        names = ([n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)] if spec == "all"
+                 else self.layers(spec.split("|")))
+        if not names:
+            raise InspectnetError("plugin cgl: the model has no Conv2d layer to regularize")
+        all_names = [n for n, _ in model.named_modules()]
+        self.convs: dict[str, nn.Conv2d] = {}
+        self.split: dict[str, tuple[int, int, int]] = {}  # layer -> (G, N_g, free)
+        self._psi: dict[str, torch.Tensor] = {}
+        self.P = nn.Parameter(torch.tensor([self.hp["P1"], self.hp["P2"]], dtype=torch.float32,
+                                           device=next(model.parameters()).device))
+        for name in names:
+            conv = model.get_submodule(name)
+            if not isinstance(conv, nn.Conv2d):
+                raise InspectnetError(f"plugin cgl: layer {name!r} is a {type(conv).__name__}, not a Conv2d")
+            self.convs[name] = conv
+            self.split[name] = self._grouping(name, conv.out_channels)
+            bn = self._following_bn(model, all_names, name, conv)
+            if bn is not None:
+                self.hook(bn, lambda out, n=name, m=model.get_submodule(bn): self._capture_bn(n, out, m))
+            else:
+                if self.hp["bn"] == "on":
+                    raise InspectnetError(f"plugin cgl: bn=on but no BatchNorm2d follows {name!r}")
+                self.hook(name, lambda out, n=name: self._capture(n, out))
+
+    def _grouping(self, name: str, channels: int) -> tuple[int, int, int]:
+        G, free = self.hp["groups"], self.hp["free"]
+        if G + free > channels:
+            raise InspectnetError(f"plugin cgl: groups={G} + free={free} exceed the {channels} filters of {name!r}")
+        n_g = (channels - free) // G
+        return G, n_g, channels - G * n_g  # the remainder joins the free filters, explicitly
+
+    def _following_bn(self, model: nn.Module, names: list[str], name: str, conv: nn.Conv2d) -> str | None:
+        if self.hp["bn"] == "off":
+            return None
+        nxt = names[names.index(name) + 1] if names.index(name) + 1 < len(names) else None
+        m = model.get_submodule(nxt) if nxt else None
+        if isinstance(m, _BN) and m.num_features == conv.out_channels and m.affine:
+            return nxt
+        return None
+
+    def _capture(self, name: str, a: torch.Tensor) -> None:
+        a = a.float().clone()  # clone: a later in-place op must not rewrite what autograd saved
+        s = a.transpose(0, 1).flatten(1).std(dim=1).clamp_min(1e-6).view(1, -1, 1, 1)
+        self._psi[name] = torch.sigmoid(self.P[0] * a / s + self.P[1])
+
+    def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
+        gamma = bn.weight.float()
+        # τ = BN(a)/γ undoes the affine scale and shift; γ ≈ 0 is clamped, keeping its sign
+        safe = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3)).view(1, -1, 1, 1)
+        # clone: the ReLU(inplace=True) after a BN would rewrite the tensor autograd saved
+        self._psi[name] = torch.sigmoid(self.P[0] * out.float().clone() / safe + self.P[1])
+
+    # -- terms ---------------------------------------------------------------------------------------
+    def block_norm(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R_bn of the layer, β_g = ‖W_g‖_F per group)."""
+        w = self.convs[name].weight.float().flatten(1)
+        G, n_g, free = self.split[name]
+        blocks = w[: G * n_g].reshape(G, -1)
+        p, q = self.hp["p"], self.hp["q"]
+        norms = torch.cat([blocks.norm(p=p, dim=1), w[G * n_g:].norm(p=p, dim=1)]) if free else blocks.norm(p=p, dim=1)
+        return norms.norm(p=q), blocks.norm(dim=1).detach()
+
+    def group_loss(self, psi: torch.Tensor, G: int, n_g: int) -> torch.Tensor:
+        if n_g < 2:
+            return psi.new_zeros(())
+        r = max(1, round(self.hp["pairs"] * n_g))
+        i = torch.randint(0, n_g, (G, r), generator=self.gen)
+        j = (i + torch.randint(1, n_g, (G, r), generator=self.gen)) % n_g  # j != i
+        base = (torch.arange(G) * n_g).view(G, 1)
+        i, j = (i + base).flatten().to(psi.device), (j + base).flatten().to(psi.device)
+        maps = psi.transpose(0, 1).flatten(1)  # (C, B*H*W)
+        a, b = maps[i], maps[j]
+        diff = (a - b).abs().sum(1)
+        return (2 * diff / (a.sum(1) + b.sum(1) + diff).clamp_min(1e-12)).mean()
+
+    @staticmethod
+    def spatial_loss(psi: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = psi.shape
+        ys = torch.arange(H, device=psi.device, dtype=psi.dtype).view(H, 1).expand(H, W)
+        xs = torch.arange(W, device=psi.device, dtype=psi.dtype).view(1, W).expand(H, W)
+        mass = psi.sum((2, 3)).clamp_min(1e-12)
+        cy, cx = (psi * ys).sum((2, 3)) / mass, (psi * xs).sum((2, 3)) / mass
+        # clamp: √ has an infinite derivative at 0 (a 1×1 map sits exactly on its centre)
+        dist = ((ys - cy[..., None, None]) ** 2 + (xs - cx[..., None, None]) ** 2).clamp_min(1e-12).sqrt()
+        return ((psi * dist).sum((2, 3)) / mass).mean()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.convs if n not in self._psi]
+        if missing:
+            raise InspectnetError(f"plugin cgl: layer {missing[0]!r} did not run in the forward pass")
+        r_bn = sum(self.block_norm(n)[0] for n in self.convs)
+        l_g = torch.stack([self.group_loss(self._psi[n], *self.split[n][:2]) for n in self.convs]).mean()
+        l_s = torch.stack([self.spatial_loss(self._psi[n]) for n in self.convs]).mean()
+        self._psi.clear()
+        return {"cgl_bn": self.hp["lam_bn"] * r_bn, "cgl_g": self.hp["lam_g"] * l_g,
+                "cgl_s": self.hp["lam_s"] * l_s}
+
+    def group_relevance(self) -> dict[str, list[float]]:
+        """β_g = ‖W_g‖_F for each group of each regularized layer."""
+        return {n: self.block_norm(n)[1].tolist() for n in self.convs}
+
+    def epoch_end(self, epoch: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"P1": float(self.P[0].detach()), "P2": float(self.P[1].detach())}
+        for n, beta in self.group_relevance().items():
+            out[f"beta/{n}"] = [round(b, 6) for b in beta]
+        return out
+
+    def decay_exempt(self) -> list[nn.Parameter]:
+        return [c.weight for c in self.convs.values()]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.P]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"P": self.P.detach().cpu(), "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "P" in state:
+            with torch.no_grad():
+                self.P.copy_(state["P"])
+            self.gen.set_state(state["generator"])
