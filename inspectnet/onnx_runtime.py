@@ -238,9 +238,12 @@ class OnnxClassifier:
         """Raw logits (N, num_classes) for a preprocessed batch (or features for head-only files)."""
         return self.session.run([self.output_name], {self.input_name: np.asarray(x, np.float32)})[0]
 
-    def predict(self, images: Sequence[str | Path | Image.Image], *, topk: int = 5,
-                batch_size: int = 32) -> list[dict[str, Any]]:
-        """``[{"image", "top": [{"index", "label", "prob"}]}]`` for image files or PIL images."""
+    def predict(self, images: Sequence[str | Path | Image.Image], *, topk: int = 5, batch_size: int = 32,
+                names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """``[{"image", "top": [{"index", "label", "prob"}]}]`` for image files or PIL images.
+
+        ``names`` labels the items in the output (default: the path, or ``image#i`` for PIL images).
+        """
         if topk < 1:
             raise InspectnetError(f"--topk must be at least 1, got {topk}")
         self._check_takes_images()
@@ -251,7 +254,8 @@ class OnnxClassifier:
             probs = softmax(self.logits(self.preprocess_images(pil)))
             for offset, row in enumerate(probs):
                 item = chunk[offset]
-                name = str(item) if not isinstance(item, Image.Image) else f"image#{start + offset}"
+                name = (names[start + offset] if names is not None else
+                        str(item) if not isinstance(item, Image.Image) else f"image#{start + offset}")
                 results.append({"image": name, "top": self._top(row, topk)})
         return results
 

@@ -72,5 +72,5 @@ def summary(r: dict) -> str:
         acc = (f", accuracy fp32 {q['accuracy_fp32']:.1%} / int8 {q['accuracy_int8']:.1%}"
                if "accuracy_int8" in q else "")
         lines.append(f"int8 {q['path']} ({q['size_bytes'] / 1e6:.1f} MB): top-1 agreement with fp32 "
-                     f"{q['top1_agreement_with_fp32']:.1%} on {q['eval_samples']} {q['eval_on']}{acc}")
+                     f"{q['top1_agreement_with_fp32']:.1%} on {q['eval_samples']} samples of the {q['eval_on']}{acc}")
     return "\n".join(lines)

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.onnx_runtime import OnnxClassifier
 
     clf = OnnxClassifier(args.model, device=args.device, threads=args.threads)
-    images, labels = _inputs(args.inputs, args.limit)
-    results = clf.predict(images, topk=args.topk, batch_size=args.batch_size)
+    images, labels, names = _inputs(args.inputs, args.limit)
+    results = clf.predict(images, topk=args.topk, batch_size=args.batch_size, names=names)
     accuracy = None
     if labels is not None and len(labels) and min(labels) >= 0:
         accuracy = sum(r["top"][0]["index"] == y for r, y in zip(results, labels)) / len(labels)
@@ -48,21 +48,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inputs(inputs: list[str], limit: int | None) -> tuple[list, list[int] | None]:
-    """Image paths (or PIL images for a data spec) and labels where the input has them."""
+def _inputs(inputs: list[str], limit: int | None) -> tuple[list, list[int] | None, list[str] | None]:
+    """Image paths (or PIL images for a data spec), labels where the input has them, and item names."""
     from inspectnet.errors import InspectnetError
     from inspectnet.onnx_runtime import collect_images
 
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
     if len(inputs) == 1 and not Path(inputs[0]).exists() and not Path(inputs[0]).suffix:
         from inspectnet.data import load_data  # built-in sources live in the torch-based data package
 
         ds = load_data(inputs[0])
         n = len(ds) if limit is None else min(limit, len(ds))
         images = [ds.image(i) for i in range(n)]
-        return images, [int(y) for y in ds.labels[:n]]
+        return images, [int(y) for y in ds.labels[:n]], [ds.name(i) for i in range(n)]
     files, labels, _ = collect_images(inputs)
     if limit is not None:
-        if limit < 1:
-            raise InspectnetError(f"--limit must be at least 1, got {limit}")
         files, labels = files[:limit], (labels[:limit] if labels is not None else None)
-    return files, labels
+    return files, labels, None

