@@ -37,4 +37,4 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     d1 = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["hooks"]["ebp"]["D"]
     d2 = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["hooks"]["ebp"]["D"]
     # (after step 1 the weights differ by float rounding only, so the sums agree to ~1e-7)
-    assert torch.allclose(d1, d2, rtol=1e-5, atol=1e-9)
+    assert (d1 - d2).abs().max() <= 1e-5 * d1.abs().max(), (d1 - d2).abs().max()

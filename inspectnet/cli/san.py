@@ -1,0 +1,68 @@
+"""``inspectnet san DATA --activation peaks,max-pool-indices --kernel-sizes 3,5,7 --kernels q --out DIR``.
+
+Trains Sparsely Activated Networks on the images of DATA (or, with ``--model M --layer L``, on that
+layer's activation maps), selects each activation's kernel size by the lowest validation φ̄ and
+writes ``san.json``, ``san.md`` (φ̄ / CR⁻¹ / L̃ table) and ``kernels.png``.
+"""
+
+import argparse
+from pathlib import Path
+
+from inspectnet.cli.options import emit
+from inspectnet.sparse_activations import ACTIVATIONS
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("san", help="train Sparsely Activated Networks and select the kernel size by φ̄",
+                       description="Sparsely Activated Networks (DESIGN.md §5.4) on images or a layer's maps.")
+    p.add_argument("data", help="image data spec (mnist5k, digits, a folder, ...)")
+    p.add_argument("--model", help="probe this model's --layer maps instead of using the images")
+    p.add_argument("--layer", help="layer whose activation maps are the SAN inputs (with --model)")
+    p.add_argument("--channels", type=int, default=8, help="maps per image taken from --layer")
+    p.add_argument("--activation", default=",".join(ACTIVATIONS),
+                   help=f"comma-separated activations among {', '.join(ACTIVATIONS)}")
+    p.add_argument("--kernel-sizes", type=_ints, default=[3, 5, 7], help="odd kernel sizes to select from")
+    p.add_argument("--kernels", type=int, default=4, help="number of kernels q")
+    p.add_argument("--k", type=int, default=5, help="survivors per map for max-activations")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--limit", type=int, default=1000, help="use only the first N samples")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from inspectnet.data import load_data
+    from inspectnet.errors import InspectnetError
+    from inspectnet.san import images_tensor, layer_maps, san_select, save_kernel_picture
+
+    if not 0 < args.val_fraction < 1:
+        raise InspectnetError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
+    if args.model:
+        from inspectnet.zoo import load_model
+
+        if not args.layer:
+            raise InspectnetError("--model needs --layer (the layer whose maps SAN learns)")
+        zm = load_model(args.model)
+        x = layer_maps(zm, load_data(args.data, zm.transform()), args.layer, limit=args.limit,
+                       channels=args.channels)
+    else:
+        x = images_tensor(load_data(args.data), args.limit)
+    n_val = max(1, int(round(len(x) * args.val_fraction)))
+    result = san_select(x[:-n_val], x[-n_val:], [a.strip() for a in args.activation.split(",")],
+                        args.kernel_sizes, kernels=args.kernels, epochs=args.epochs, k=args.k, seed=args.seed,
+                        lr=args.lr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "san.json")
+    (out / "san.md").write_text(result.table() + "\n")
+    save_kernel_picture(result, out / "kernels.png")
+    emit(result.to_dict(), args.json, result.table() + f"\nwrote {out}/san.json, san.md, kernels.png")
+    return 0
