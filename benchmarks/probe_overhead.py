@@ -1,0 +1,99 @@
+"""Probe pass vs a plain forward, and probe memory vs dataset size (issue: foundation).
+
+1. Throughput: the probe pass (hooks on two layers, reduction, clone, chunked writes to disk) on
+   EfficientNet-Lite0 with its real weights, batch 32, versus a plain ``torch.inference_mode()``
+   forward over the same images with the same loader, alternated in one run (median of repeats).
+2. Streaming: peak resident memory of probing 5,000 vs 500 MNIST images, each in a fresh process.
+
+Run: python benchmarks/probe_overhead.py  (writes benchmarks/results/probe_overhead.{json,md})
+"""
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+OUT = Path(__file__).parent / "results"
+N_IMAGES, BATCH, REPEATS = 128, 32, 3
+
+
+def plain_forward(zm, loader) -> None:
+    with torch.inference_mode():
+        for x, _ in loader:
+            zm.model(x)
+
+
+def throughput() -> dict:
+    from inspectnet import load_data, load_model, run_probe
+
+    zm = load_model("shipped:efficientnet_lite0")
+    zm.model.eval()
+    ds = load_data(f"shapes?n={N_IMAGES}", zm.transform())
+    cached = torch.utils.data.TensorDataset(torch.stack([ds[i][0] for i in range(len(ds))]),
+                                            torch.as_tensor(ds.labels))
+    cached.spec, cached.skipped, cached.class_names = "shapes-cached", [], ds.class_names
+    loader = torch.utils.data.DataLoader(cached, batch_size=BATCH)
+    plain_forward(zm, loader)  # warm-up
+    t_plain, t_probe = [], []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        plain_forward(zm, loader)
+        t_plain.append(time.perf_counter() - t0)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run_probe(zm, cached, "blocks.5,conv_head", Path(tmp) / "rec", batch_size=BATCH, device="cpu")
+            t_probe.append(time.perf_counter() - t0)
+    plain, probe = statistics.median(t_plain), statistics.median(t_probe)
+    return {"model": "shipped:efficientnet_lite0 (224x224)", "images": N_IMAGES, "batch_size": BATCH,
+            "layers": ["blocks.5", "conv_head", "pre_logits"], "plain_s": plain, "probe_s": probe,
+            "throughput_ratio": plain / probe}
+
+
+def peak_rss_child(n: int) -> None:
+    from inspectnet import load_data, load_model, run_probe
+
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=28)
+    ds = load_data("mnist5k", zm.transform())
+    with tempfile.TemporaryDirectory() as tmp:
+        run_probe(zm, ds, "layer3,layer4", Path(tmp) / "rec", batch_size=64, limit=n, device="cpu")
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+
+def streaming() -> dict:
+    rss = {}
+    for n in (500, 5000):
+        out = subprocess.run([sys.executable, __file__, "--rss", str(n)], capture_output=True, text=True, check=True)
+        rss[n] = int(out.stdout.strip().splitlines()[-1]) / 1024
+    return {"peak_rss_mib_500": rss[500], "peak_rss_mib_5000": rss[5000],
+            "relative_difference": abs(rss[5000] - rss[500]) / rss[500]}
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    res = {"throughput": throughput(), "streaming": streaming(), "torch_threads": 2}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "probe_overhead.json").write_text(json.dumps(res, indent=2) + "\n")
+    t, s = res["throughput"], res["streaming"]
+    md = (f"| measurement | value |\n|---|---|\n"
+          f"| plain forward, {t['images']} images, batch {t['batch_size']} | {t['plain_s']:.2f} s |\n"
+          f"| probe pass (2 layers + features + logits to disk) | {t['probe_s']:.2f} s |\n"
+          f"| throughput ratio probe / plain (target >= 0.85) | {t['throughput_ratio']:.3f} |\n"
+          f"| peak RSS probing 500 MNIST images | {s['peak_rss_mib_500']:.0f} MiB |\n"
+          f"| peak RSS probing 5,000 MNIST images | {s['peak_rss_mib_5000']:.0f} MiB |\n"
+          f"| relative difference (target < 10 %) | {100 * s['relative_difference']:.1f} % |\n")
+    (OUT / "probe_overhead.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--rss":
+        torch.set_num_threads(2)
+        peak_rss_child(int(sys.argv[2]))
+    else:
+        main()
