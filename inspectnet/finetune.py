@@ -31,7 +31,7 @@ from inspectnet.errors import InspectnetError
 from inspectnet.layers import resolve_layers
 from inspectnet.plugins import Plugin, PluginSpec, make_plugin
 from inspectnet.results import Result
-from inspectnet.train import TrainConfig, TrainHooks, train
+from inspectnet.train import CHECKPOINT, TrainConfig, TrainHooks, train
 from inspectnet.zoo import ZooModel
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -160,3 +160,30 @@ def _rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def load_finetuned(out: str | Path, *, device: str = "cpu") -> tuple[ZooModel, list[Plugin]]:
+    """Load a fine-tuned model folder and re-attach the plugins that alter the forward pass
+    (k-WTA, SAN, Duty Cycle, ...; read from ``finetune.json``), so it computes what was trained.
+    Regularizer-only plugins (EBP, CGL, EASR) change nothing at inference and are not attached.
+
+    Returns the model and the attached plugins (``plugin.detach()`` removes them).
+    """
+    from inspectnet.zoo import load_model
+
+    out = Path(out)
+    zm = load_model(str(out))
+    zm.model.to(resolve_device(device))
+    record = out / "finetune.json"
+    if not record.is_file():
+        raise InspectnetError(f"{out} has no finetune.json; expected a folder written by `inspectnet finetune`")
+    plugins = [make_plugin(spec) for spec in FinetuneResult.load(record).plugins]
+    hooks = PluginHooks(plugins)
+    ckpt = out / CHECKPOINT
+    states = torch.load(ckpt, map_location="cpu", weights_only=True)["hooks"] if ckpt.is_file() else {}
+    attached = []
+    for key, plugin in zip(hooks.keys, plugins):
+        if plugin.alters_forward:
+            attached.append(plugin.attach(zm.model, num_classes=zm.num_classes, head_name=zm.head_name))
+            plugin.load_state_dict(states.get(key, {}))  # e.g. Duty Cycle's duty cycles
+    return zm, attached

@@ -97,6 +97,7 @@ class Plugin:
     summary: ClassVar[str] = ""
     hparams: ClassVar[tuple[HParam, ...]] = ()
     needs_labels: ClassVar[bool] = False
+    alters_forward: ClassVar[bool] = False  # inserts an operation (k-WTA, SAN, ...) into the forward pass
 
     def __init__(self, **values: Any):
         known = {h.name: h for h in self.hparams}
@@ -206,6 +207,7 @@ class Plugin:
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "summary": cls.summary, "paper": cls.paper, "needs_labels": cls.needs_labels,
+                "alters_forward": cls.alters_forward,
                 "hyperparameters": [h.describe() for h in cls.hparams]}
 
 

@@ -25,6 +25,7 @@ class DutyCycle(Plugin):
     name = "dutycycle"
     paper = "Ahmad & Scheinkman: How Can We Be So Dense? The Benefits of Using Highly Sparse Representations (2019)"
     summary = "k-winners activation with boosting of rarely active units (duty cycles)"
+    alters_forward = True
     hparams = (
         HParam("density", "float", 0.5, "fraction â of units active per sample", low=1e-6, high=1.0),
         HParam("boost", "float", 1.0, "boost strength β", low=0.0),

@@ -33,6 +33,7 @@ class KWinnersTakeAll(Plugin):
     name = "kwta"
     paper = "Xiao, Zhong, Zheng: Enhancing Adversarial Defense by k-Winners-Take-All (ICLR 2020)"
     summary = "activation keeping the top-k fraction of a layer's outputs per sample (ties pass)"
+    alters_forward = True
     hparams = (
         HParam("k", "float", 0.2, "density: fraction of activations kept", low=1e-6, high=1.0),
         HParam("layer", "str", "last_conv", "layer after which the activation is inserted"),

@@ -21,6 +21,7 @@ class SparseActivation(Plugin):
     name = "san"
     paper = "Bizopoulos & Koutsouris, Sparsely Activated Networks (IEEE TNNLS 2021)"
     summary = "sparse activation (identity, max-activations, max-pool-indices, peaks) after a layer"
+    alters_forward = True
     hparams = (
         HParam("activation", "str", "peaks", "sparse activation φ", choices=ACTIVATIONS),
         HParam("layer", "str", "last_conv", "layer whose output maps φ sparsifies"),

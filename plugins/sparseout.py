@@ -30,6 +30,7 @@ class Sparseout(Plugin):
     name = "sparseout"
     paper = "Khan, Yong, Stavness: Sparseout: Controlling Sparsity in Deep Networks (Canadian AI 2019)"
     summary = "Lq-noise dropout: multiplicative noise on |a|^(q/2), implicitly penalizing ‖a‖_q^q"
+    alters_forward = True
     hparams = (
         HParam("p", "float", 0.5, "drop probability", low=0.0, high=0.99),
         HParam("q", "float", 1.0, "norm exponent (2 = dropout)", low=0.1),

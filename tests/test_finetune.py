@@ -83,3 +83,17 @@ def test_freeze_until_counts_parameters():
     zm = _model()
     n = freeze_until(zm.model, "conv1")
     assert n == 1 and not zm.model.conv1.weight.requires_grad and zm.model.bn1.weight.requires_grad
+
+
+def test_load_finetuned_reattaches_forward_altering_plugins(tmp_path, digits):
+    from inspectnet.finetune import load_finetuned
+
+    zm = _model()
+    cfg = TrainConfig(epochs=1, batch_size=32, limit=32)
+    finetune(zm, digits, tmp_path, ["kwta:k=0.1,layer=layer4", "ebp:K=2,layer=layer4"], cfg, keep_attached=True)
+    x = torch.stack([digits[i][0] for i in range(4)])
+    zm.model.eval()
+    expected = zm.model(x)
+    again, attached = load_finetuned(tmp_path)
+    assert [p.name for p in attached] == ["kwta"]  # EBP does not change inference
+    assert torch.allclose(again.model.eval()(x), expected, atol=1e-6)

@@ -1,0 +1,158 @@
+"""Fine-tuning plugins on mnist5k with ResNet18: accuracy, Hoyer sparsity, step-time overhead.
+
+1. Train ResNet18 (1 channel, 28×28) on mnist5k:train for 3 epochs with `inspectnet train`'s
+   library call (cached in --work).
+2. From that checkpoint, fine-tune for the same short budget with no plugin (vanilla) and with
+   each plugin; report mnist5k:test accuracy and the Hoyer sparsity (mean over test images of the
+   Hoyer measure of A_i, the per-filter spatial mean of |F|) of layer4 and of the plugin's own layer,
+   measured with activation plugins still in the forward pass.
+3. Step time (forward + plugin losses + backward + SGD step, batch 64) of vanilla vs each plugin,
+   interleaved in one run; median of the rounds; ratios to vanilla.
+
+Run: python benchmarks/finetune_plugins.py [--epochs 1 --limit 2000 --steps 12]
+Writes benchmarks/results/finetune_plugins.{json,md}.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from inspectnet import load_data, load_model
+from inspectnet.finetune import PluginHooks, finetune
+from inspectnet.layers import eval_mode
+from inspectnet.plugins import hoyer, make_plugin
+from inspectnet.probes import Probe
+from inspectnet.train import TrainConfig, evaluate, train
+
+RESULTS = Path(__file__).parent / "results"
+
+PLUGINS = {
+    "vanilla": [],
+    "ebp": ["ebp:K=25,lam=1e-3,layer=layer4"],
+    "ebp_lam1e-2": ["ebp:K=25,lam=1e-2,layer=layer4"],
+    "kwta": ["kwta:k=0.2,layer=layer4"],
+    "san": ["san:activation=max-pool-indices,m=2,layer=layer3"],
+    "cgl": ["cgl:layers=all,groups=8"],
+    "dutycycle": ["dutycycle:density=0.5,boost=1.0,layer=layer4"],
+    "easr": ["easr:lam=1e-4,p=0.05,layer=layer4"],
+    "sparseout": ["sparseout:p=0.5,q=1.0,layer=layer4"],
+}
+OWN_LAYER = {"san": "layer3"}
+TIMED = ["vanilla", "ebp", "kwta", "san", "cgl"]
+
+
+def base_model(work: Path):
+    folder = work / "resnet18_mnist5k"
+    if not (folder / "model.safetensors").exists():
+        torch.manual_seed(0)
+        zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=28)
+        train(zm, load_data("mnist5k:train", zm.transform()), folder, TrainConfig(epochs=3, batch_size=64),
+              device="cpu")
+    return str(folder)
+
+
+def layer_hoyer(zm, data, layer: str, limit: int) -> float:
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(min(limit, len(data)))),
+                                         batch_size=200)
+    values = []
+    with eval_mode(zm.model), torch.inference_mode(), Probe(zm.model, [layer]) as probe:
+        for x, _ in loader:
+            zm.model(x)
+            values.append(hoyer(probe.outputs[layer]))
+    return float(torch.cat(values).mean())
+
+
+def quality(base: str, work: Path, args) -> dict[str, dict]:
+    rows = {}
+    cfg = TrainConfig(epochs=args.epochs, batch_size=64, lr=args.lr, limit=args.limit, seed=0)
+    for name, specs in PLUGINS.items():
+        zm = load_model(base)
+        train_ds = load_data("mnist5k:train", zm.transform())
+        test_ds = load_data("mnist5k:test", zm.transform())
+        out = work / f"ft_{name}"
+        t0 = time.perf_counter()
+        result = finetune(zm, train_ds, out, specs, cfg, device="cpu", keep_attached=True)
+        seconds = time.perf_counter() - t0
+        row = {"plugins": result.plugins, "accuracy": evaluate(zm, test_ds, device="cpu"),
+               "hoyer_layer4": layer_hoyer(zm, test_ds, "layer4", args.eval_limit), "finetune_s": seconds}
+        if name in OWN_LAYER:
+            row[f"hoyer_{OWN_LAYER[name]}"] = layer_hoyer(zm, test_ds, OWN_LAYER[name], args.eval_limit)
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)
+    base_zm = load_model(base)
+    test_ds = load_data("mnist5k:test", base_zm.transform())
+    rows["base (before fine-tuning)"] = {"plugins": [], "accuracy": evaluate(base_zm, test_ds, device="cpu"),
+                                         "hoyer_layer4": layer_hoyer(base_zm, test_ds, "layer4", args.eval_limit)}
+    return rows
+
+
+def step_times(base: str, args) -> dict[str, float]:
+    """Median seconds per training step for each plugin set, rounds interleaved."""
+    setups = {}
+    for name in TIMED:
+        zm = load_model(base)
+        plugins = [make_plugin(s).attach(zm.model, num_classes=10) for s in PLUGINS[name]]
+        hooks = PluginHooks(plugins)
+        opt = torch.optim.SGD(hooks.parameter_groups(zm.model, 1e-4), lr=1e-3, momentum=0.9)
+        setups[name] = (zm, hooks, opt)
+    ds = load_data("mnist5k:train", setups["vanilla"][0].transform())
+    x = torch.stack([ds[i][0] for i in range(64)])
+    y = torch.tensor([ds[i][1] for i in range(64)])
+    ce = torch.nn.CrossEntropyLoss()
+    times: dict[str, list[float]] = {n: [] for n in TIMED}
+    for step in range(args.steps + 2):
+        for name, (zm, hooks, opt) in setups.items():
+            zm.model.train()
+            t0 = time.perf_counter()
+            logits = zm.model(x)
+            loss = ce(logits, y) + sum(hooks.loss(x, y, logits).values(), torch.zeros(()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step >= 2:  # warm-up
+                times[name].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--limit", type=int, default=2000, help="fine-tuning samples")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--eval-limit", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--work", default="/tmp/inspectnet_bench_finetune")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    base = base_model(work)
+    timing = step_times(base, args)
+    rows = quality(base, work, args)
+    doc = {"setup": vars(args) | {"model": "resnet18 1x28x28, 3 epochs on mnist5k:train (sgd .05 cosine)",
+                                  "device": "cpu", "torch": torch.__version__},
+           "quality": rows, "step_seconds": timing,
+           "step_ratio": {n: timing[n] / timing["vanilla"] for n in timing}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "finetune_plugins.json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [f"Fine-tuning from one ResNet18 mnist5k checkpoint, {args.epochs} epoch(s) on {args.limit} samples, "
+             f"lr {args.lr}, CPU ({args.threads} thread). Hoyer: mean over {args.eval_limit} test images.", "",
+             "| run | plugins | test accuracy | Hoyer layer4 | Hoyer own layer |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        own = next((f"{v:.3f} ({k[6:]})" for k, v in r.items() if k.startswith("hoyer_") and k != "hoyer_layer4"),
+                   "")
+        lines.append(f"| {name} | {', '.join(r['plugins']) or '-'} | {r['accuracy']:.4f} | "
+                     f"{r['hoyer_layer4']:.3f} | {own} |")
+    lines += ["", f"Step time (batch 64, median of {args.steps} interleaved rounds):", "",
+              "| plugin | seconds/step | ratio to vanilla |", "|---|---|---|"]
+    lines += [f"| {n} | {timing[n]:.4f} | {timing[n] / timing['vanilla']:.2f}x |" for n in timing]
+    (RESULTS / "finetune_plugins.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
