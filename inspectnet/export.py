@@ -30,8 +30,16 @@ import torch
 from torch import nn
 
 from inspectnet.errors import InspectnetError
-from inspectnet.onnx_runtime import (FORMAT, FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_MODEL,
-                                     KEY_PREPROCESSING, default_providers, make_session)
+from inspectnet.onnx_runtime import (
+    FORMAT,
+    FORMAT_VERSION,
+    KEY_CLASS_NAMES,
+    KEY_FORMAT,
+    KEY_MODEL,
+    KEY_PREPROCESSING,
+    default_providers,
+    make_session,
+)
 from inspectnet.results import Result
 from inspectnet.storage import prepare_output_file
 from inspectnet.zoo import ZooModel
@@ -302,7 +310,7 @@ def measure_latency(module: nn.Module, fp32: Path, int8: Path | None, sample_sha
         for b in batches:
             x = rng.standard_normal((b, *sample_shape)).astype(np.float32)
             xt = torch.from_numpy(x)
-            out["torch_eager"][str(b)] = timed_ms(lambda: module(xt))
+            out["torch_eager"][str(b)] = timed_ms(lambda xt=xt: module(xt))
             for name, sess in sessions.items():
                 feed = {sess.get_inputs()[0].name: x}
                 out[name][str(b)] = timed_ms(lambda s=sess, f=feed: s.run([OUTPUT_NAME], f))
@@ -332,7 +340,7 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
     s8 = make_session(int8, providers=default_providers(device), threads=threads)
     p32 = _argmax_batches(s32, x_eval)
     p8 = _argmax_batches(s8, x_eval)
-    info: dict[str, Any] = {"calibration_samples": int(len(calibration)), "eval_samples": int(len(x_eval)),
+    info: dict[str, Any] = {"calibration_samples": len(calibration), "eval_samples": len(x_eval),
                             "eval_on": "evaluation data" if evaluation is not None else "calibration data",
                             "top1_agreement_with_fp32": float((p32 == p8).mean()),
                             "size_bytes": int(int8.stat().st_size), "format": "QDQ",

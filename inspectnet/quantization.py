@@ -24,8 +24,13 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     ``calibration`` holds model inputs (already preprocessed), at least one sample.
     """
     import_ort()
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     calibration = np.asarray(calibration, np.float32)
