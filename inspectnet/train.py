@@ -192,6 +192,9 @@ def _wrap_distributed(model: nn.Module, dev: torch.device) -> nn.Module:
 def _rank_batches(order: torch.Tensor, batch_size: int, world: int, rank: int) -> list[list[int]]:
     """This rank's share of every global batch: global batch b is split into ``world`` contiguous
     parts, so the union over ranks of each step's samples equals the one-process batch."""
+    if world > 1 and min(batch_size, len(order) - (len(order) - 1) // batch_size * batch_size) < world:
+        raise InspectnetError(f"the last batch of {len(order)} samples in batches of {batch_size} has fewer "
+                              f"samples than the {world} processes; change --batch-size or --limit")
     batches = []
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]

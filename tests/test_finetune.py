@@ -97,3 +97,14 @@ def test_load_finetuned_reattaches_forward_altering_plugins(tmp_path, digits):
     again, attached = load_finetuned(tmp_path)
     assert [p.name for p in attached] == ["kwta"]  # EBP does not change inference
     assert torch.allclose(again.model.eval()(x), expected, atol=1e-6)
+
+
+def test_cli_resume_without_checkpoint_and_bad_plugin_fail_cleanly(tmp_path, capsys):
+    from inspectnet.cli import main
+
+    base = ["finetune", "resnet18", "digits:train", "--num-classes", "10", "--in-chans", "1", "--input-size", "16",
+            "--limit", "8", "--epochs", "1", "--out", str(tmp_path / "o")]
+    assert main([*base, "--resume"]) == 2
+    assert "holds no checkpoint.pt" in capsys.readouterr().err
+    assert main([*base, "--plugin", "kwta:k=2"]) == 2
+    assert "k=2.0 is above its maximum" in capsys.readouterr().err

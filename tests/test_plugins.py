@@ -267,3 +267,14 @@ def test_easr_penalty_and_sparseout_expectation():
     model.eval()
     assert torch.equal(model(x), x)  # identity at evaluation
     so.detach()
+
+
+def test_plugins_command_lists_json(capsys):
+    import json
+
+    from inspectnet.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    doc = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert FIRST_PARTY <= set(doc) and doc["kwta"]["alters_forward"] and doc["ebp"]["needs_labels"]
+    assert main(["plugins"]) == 0 and "paper:" in capsys.readouterr().out
