@@ -144,10 +144,13 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
         hooks = PluginHooks(instances, freeze_bn=freeze_bn, freeze_until=freeze_until_layer)
         history = train(zm, train_data, out, config, eval_data=eval_data, device=device, hooks=hooks,
                         stop_after=stop_after, amp=amp)
-    finally:
-        if not keep_attached:
-            for plugin in reversed(attached):
-                plugin.detach()
+    except BaseException:
+        for plugin in reversed(attached):
+            plugin.detach()
+        raise
+    if not keep_attached:
+        for plugin in reversed(attached):
+            plugin.detach()
     trainable = sum(1 for p in zm.model.parameters() if p.requires_grad)
     result = FinetuneResult(out=str(out), plugins=[p.spec() for p in instances], history=history,
                             frozen_parameters=frozen, trainable_parameters=trainable)

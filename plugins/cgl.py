@@ -103,7 +103,7 @@ class ConceptGroupLearning(Plugin):
 
     def _capture(self, name: str, a: torch.Tensor) -> None:
         a = a.float().clone()  # clone: a later in-place op must not rewrite what autograd saved
-        s = a.transpose(0, 1).flatten(1).std(dim=1).clamp_min(1e-6).view(1, -1, 1, 1)
+        s = a.transpose(0, 1).flatten(1).std(dim=1, correction=0).clamp_min(1e-6).view(1, -1, 1, 1)
         self._psi[name] = torch.sigmoid(self.P[0] * a / s + self.P[1])
 
     def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
