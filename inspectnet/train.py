@@ -204,14 +204,17 @@ def _rank_batches(order: torch.Tensor, batch_size: int, world: int, rank: int) -
 
 
 class _Precision:
-    """Mixed-precision policy: autocast on CUDA (bf16 when supported, else fp16 + GradScaler)."""
+    """Mixed-precision policy: autocast on CUDA (bf16 when supported, else fp16 + GradScaler);
+    on CPU only when asked (bf16)."""
 
     def __init__(self, dev: torch.device, amp: bool | None):
         self.enabled = (dev.type == "cuda") if amp is None else bool(amp)
-        if self.enabled and dev.type != "cuda":
-            raise InspectnetError("mixed precision (amp) needs a CUDA device")
+        if self.enabled and dev.type not in ("cuda", "cpu"):
+            raise InspectnetError(f"mixed precision (amp) is not supported on {dev.type}")
         self.device_type = dev.type
-        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        # CPU autocast (asked for explicitly) runs bf16; it exists mainly to test the amp path
+        bf16 = dev.type == "cpu" or torch.cuda.is_bf16_supported()
+        self.dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.dtype == torch.float16 else None
 
     def autocast(self) -> Any:

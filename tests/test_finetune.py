@@ -108,3 +108,22 @@ def test_cli_resume_without_checkpoint_and_bad_plugin_fail_cleanly(tmp_path, cap
     assert "holds no checkpoint.pt" in capsys.readouterr().err
     assert main([*base, "--plugin", "kwta:k=2"]) == 2
     assert "k=2.0 is above its maximum" in capsys.readouterr().err
+
+
+def test_mixed_precision_keeps_regularizers_in_float32(tmp_path, digits):
+    """CPU bf16 autocast exercises the amp path: activations are bf16, the EBP term float32."""
+    from inspectnet_plugins.ebp import EliteBackProp
+
+    seen = {}
+
+    class Spy(EliteBackProp):
+        def loss(self, x, y, logits):
+            terms = super().loss(x, y, logits)
+            seen.setdefault("dtype", terms["ebp"].dtype)
+            return terms
+
+    zm = _model()
+    plugin = Spy(K=4, layer="layer4")
+    r = finetune(zm, digits, tmp_path, [plugin], TrainConfig(epochs=1, batch_size=32, limit=32), amp=True)
+    assert seen["dtype"] == torch.float32 and plugin.D.dtype == torch.float64
+    assert np.isfinite(r.history[0]["loss"])
