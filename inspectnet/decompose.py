@@ -196,7 +196,7 @@ def top_contributions(zm: ZooModel, x: torch.Tensor, k: int = 5) -> list[dict[st
     for i, c in enumerate(logits.argmax(1).tolist()):
         vals, idx = contrib[i, c].topk(min(k, feats.shape[1]))
         out.append({"class": c, "label": zm.class_names[c], "logit": float(logits[i, c]),
-                    "bias": float(head.bias[c]) if head.bias is not None else 0.0,
+                    "bias": float(head.bias[c].detach()) if head.bias is not None else 0.0,
                     "top": [{"feature": ids[j], "value": float(feats[i, j]), "contribution": float(v)}
                             for v, j in zip(vals.tolist(), idx.tolist())]})
     return out
@@ -265,7 +265,10 @@ def _logits(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def noise_ablation(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap, eval_record: Any, *,
                    seed: int = 0) -> dict[str, Any]:
     """Paper Table 8: accuracy of the full head when the influential features (∪ S_c), and separately
-    as many randomly chosen non-influential features, are replaced with N(0, 1) samples (seeded)."""
+    as many randomly chosen non-influential features, are replaced with N(0, 1) samples (seeded).
+
+    ``decomposed_head`` repeats both with the decomposed head on the same noisy features.
+    """
     from inspectnet.influence import record_labels
 
     labels = record_labels(eval_record, imap.num_classes)
@@ -274,20 +277,20 @@ def noise_ablation(weight: torch.Tensor, bias: torch.Tensor | None, imap: Influe
     infl = torch.tensor(imap.union(), dtype=torch.int64)
     rest = torch.tensor(sorted(set(range(imap.dim)) - set(imap.union())), dtype=torch.int64)
     non = rest[torch.randperm(len(rest), generator=gen)[:len(infl)]].sort().values
-
-    def acc_with_noise(cols: torch.Tensor) -> float:
+    masked = weight * imap.mask().double()
+    result: dict[str, Any] = {"decomposed_head": {}}
+    for key, cols in (("influential", infl), ("non_influential", non)):
         noisy = feats.clone()
         noisy[:, cols] = torch.randn(len(feats), len(cols), generator=gen, dtype=torch.float64)
-        return _accuracy(_logits(noisy, weight, bias).argmax(1).numpy(), labels)
-
-    return {"influential": acc_with_noise(infl), "non_influential": acc_with_noise(non),
-            "num_influential": len(infl), "num_non_influential": len(non), "seed": seed,
-            "note": "" if len(non) == len(infl) else
-            f"only {len(non)} non-influential features exist (fewer than the {len(infl)} influential ones)"}
+        result[key] = _accuracy(_logits(noisy, weight, bias).argmax(1).numpy(), labels)
+        result["decomposed_head"][key] = _accuracy(_logits(noisy, masked, bias).argmax(1).numpy(), labels)
+    note = "" if len(non) == len(infl) else \
+        f"only {len(non)} non-influential features exist (fewer than the {len(infl)} influential ones)"
+    return {**result, "num_influential": len(infl), "num_non_influential": len(non), "seed": seed, "note": note}
 
 
 def retrain_head(head: DecomposedLinear, features: np.ndarray, labels: np.ndarray, *, epochs: int = 1,
-                 lr: float = 0.01, batch_size: int = 64, seed: int = 0) -> list[dict[str, float]]:
+                 lr: float = 0.1, batch_size: int = 64, seed: int = 0) -> list[dict[str, float]]:
     """Fine-tune only the supported weights (and bias) of ``head`` in place with cross-entropy.
 
     The backbone is frozen and in eval mode, so training on a record's features is the same as
@@ -320,7 +323,7 @@ def retrain_head(head: DecomposedLinear, features: np.ndarray, labels: np.ndarra
 
 
 def sweep(fit_record: Any, eval_record: Any, weight: torch.Tensor, bias: torch.Tensor | None,
-          k1_values: list[int], k2_values: list[int]) -> list[dict[str, Any]]:
+          k1_values: list[int], k2_values: list[int], score: str = "magnitude") -> list[dict[str, Any]]:
     """Paper Fig. 3: A_d, rA and union size for every (k1, k2 <= k1) pair."""
     from inspectnet.influence import fit_influence
 
@@ -329,7 +332,7 @@ def sweep(fit_record: Any, eval_record: Any, weight: torch.Tensor, bias: torch.T
         for k2 in k2_values:
             if k2 > k1 or k1 > weight.shape[1]:
                 continue
-            imap = fit_influence(fit_record, k1, k2)
+            imap = fit_influence(fit_record, k1, k2, score=score, weight=weight)
             ev = evaluate_decomposition(weight, bias, imap, eval_record)
             rows.append({"k1": k1, "k2": k2, **{k: ev[k] for k in (
                 "accuracy_full", "accuracy_decomposed", "rA", "agreement", "union_size", "head_macs_decomposed")}})
@@ -363,9 +366,10 @@ def sweep_plot(rows: list[dict[str, Any]], path: Any) -> None:
 
 
 def run_decomposition(fit: Any, eval_record: Any, out: Any, *, zm: ZooModel | None, k1: int = 5, k2: int = 5,
-                      layer: str = PRE_LOGITS, retrain_epochs: int = 0, retrain_lr: float = 0.01,
+                      layer: str = PRE_LOGITS, retrain_epochs: int = 0, retrain_lr: float = 0.1,
                       slim: bool = False, sweep_k: list[int] | None = None, data: str | None = None,
-                      limit: int | None = None, device: str = "auto", seed: int = 0) -> dict[str, Any]:
+                      limit: int | None = None, device: str = "auto", seed: int = 0,
+                      score: str = "magnitude") -> dict[str, Any]:
     """Everything ``inspectnet decompose`` does; returns (and writes) ``out/decomposition.json``.
 
     Writes ``influence.json``, ``model/`` (the decomposed model), ``slim_model/`` with ``slim``, and
@@ -385,17 +389,19 @@ def run_decomposition(fit: Any, eval_record: Any, out: Any, *, zm: ZooModel | No
     check_same_model(fit_rec, eval_rec, zm)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    imap = fit_influence(fit_rec, k1, k2, layer=layer)
-    imap.save(out / "influence.json")
     if layer != PRE_LOGITS:
+        imap = fit_influence(fit_rec, k1, k2, layer=layer)
+        imap.save(out / "influence.json")
         return {"k1": k1, "k2": k2, "layer": layer, "num_classes": imap.num_classes, "supports": imap.supports}
     if zm is None:
         raise InspectnetError("decompose needs --model: the model the records were probed with (its head's "
                               "weights define the decomposed head)")
     weight, bias = linear_params(head_of(zm))
+    imap = fit_influence(fit_rec, k1, k2, layer=layer, score=score, weight=weight)
+    imap.save(out / "influence.json")
     ev = evaluate_decomposition(weight, bias, imap, eval_rec)
     doc: dict[str, Any] = {
-        "k1": k1, "k2": k2, "layer": layer, "num_classes": imap.num_classes, "class_names": imap.class_names,
+        "k1": k1, "k2": k2, "score": score, "layer": layer, "num_classes": imap.num_classes, "class_names": imap.class_names,
         "supports": imap.supports, "frequencies": imap.frequencies, "empty_classes": imap.empty_classes,
         **ev, "noise_ablation": noise_ablation(weight, bias, imap, eval_rec, seed=seed),
         "fit_record": str(fit_rec.root), "eval_record": str(eval_rec.root),
@@ -413,7 +419,7 @@ def run_decomposition(fit: Any, eval_record: Any, out: Any, *, zm: ZooModel | No
     save_model(dzm, out / "model")
     doc["model_dir"] = str(out / "model")
     if sweep_k:
-        rows = sweep(fit_rec, eval_rec, weight, bias, sweep_k, sweep_k)
+        rows = sweep(fit_rec, eval_rec, weight, bias, sweep_k, sweep_k, score=score)
         doc["sweep"] = rows
         atomic_write_text(out / "sweep.md", sweep_table(rows))
         sweep_plot(rows, out / "sweep.png")

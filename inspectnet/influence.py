@@ -23,8 +23,12 @@ from inspectnet.results import Result
 _CHUNK = 4096  # samples per topk/bincount step: bounds memory for d = 4096 and N in the millions
 
 
-def topk_counts(acts: np.ndarray, labels: np.ndarray, num_classes: int, k1: int) -> np.ndarray:
+def topk_counts(acts: np.ndarray, labels: np.ndarray, num_classes: int, k1: int,
+                weight: torch.Tensor | None = None) -> np.ndarray:
     """(C, d) float64 histogram: how often feature j is among a class-c sample's top-k1 by |value|.
+
+    With ``weight`` (the head's (C, d) matrix) a sample of class c ranks its features by
+    |W[c, j]·f_j|, the magnitude of their contribution to its own class logit, instead of |f_j|.
 
     Exactly-zero values are not counted (a feature that is 0 contributes nothing; counting it
     would only record topk's arbitrary tie order). Samples with label < 0 are ignored.
@@ -42,6 +46,8 @@ def topk_counts(acts: np.ndarray, labels: np.ndarray, num_classes: int, k1: int)
         a, y = a[keep], y[keep]
         if len(y) == 0:
             continue
+        if weight is not None:
+            a = a * weight.abs().float()[y]
         values, idx = a.topk(k1, dim=1)
         flat = (y[:, None] * d + idx)[values > 0]
         counts += torch.bincount(flat, minlength=num_classes * d).to(torch.float64)
@@ -74,6 +80,7 @@ class InfluenceMap(Result):
     class_names: list[str]
     record_fingerprint: str
     weights_fingerprint: str
+    score: str = "magnitude"
 
     def union(self) -> list[int]:
         """Sorted indices that some class uses (|∪ S_c|)."""
@@ -119,8 +126,17 @@ def record_labels(record: Any, num_classes: int) -> np.ndarray:
     return labels
 
 
-def fit_influence(record: Any, k1: int, k2: int, *, layer: str = PRE_LOGITS) -> InfluenceMap:
+SCORES = ("magnitude", "contribution")
+
+
+def fit_influence(record: Any, k1: int, k2: int, *, layer: str = PRE_LOGITS, score: str = "magnitude",
+                  weight: torch.Tensor | None = None) -> InfluenceMap:
     """Algorithm 1 on ``record`` (a :class:`~inspectnet.record.ProbeRecord`) at ``layer``.
+
+    ``score="magnitude"`` ranks each sample's features by |f_j| (the paper). ``"contribution"``
+    (beyond the paper) ranks them by |W[c, j]·f_j| for the sample's class c and needs the head's
+    ``weight``; it helps where a few large features dominate every class (e.g. a new head on a
+    frozen ImageNet backbone).
 
     >>> imap = fit_influence(rec, k1=5, k2=5)                  # doctest: +SKIP
     >>> imap.save("influence.json"); InfluenceMap.load("influence.json")   # doctest: +SKIP
@@ -133,7 +149,15 @@ def fit_influence(record: Any, k1: int, k2: int, *, layer: str = PRE_LOGITS) -> 
     dim = acts.shape[1]
     check_k(k1, k2, dim)
     labels = record_labels(record, num_classes)
-    counts = topk_counts(acts, labels, num_classes, k1)
+    if score not in SCORES:
+        raise InspectnetError(f"--score {score!r} is unknown; expected one of {', '.join(SCORES)}")
+    if score == "contribution":
+        if weight is None or layer != PRE_LOGITS:
+            raise InspectnetError("--score contribution needs the head's weights and the pre_logits layer")
+        if tuple(weight.shape) != (num_classes, dim):
+            raise InspectnetError(f"head weight of shape {tuple(weight.shape)} does not match the record's "
+                                  f"{num_classes} classes x {dim} features")
+    counts = topk_counts(acts, labels, num_classes, k1, weight if score == "contribution" else None)
     per_class = np.bincount(labels[labels >= 0], minlength=num_classes)
     supports = top_indices(counts, k2)
     freqs = [[float(counts[c, j] / per_class[c]) for j in s] for c, s in enumerate(supports)]
@@ -141,4 +165,4 @@ def fit_influence(record: Any, k1: int, k2: int, *, layer: str = PRE_LOGITS) -> 
         k1=k1, k2=k2, layer=layer, dim=dim, num_classes=num_classes, supports=supports, frequencies=freqs,
         class_counts=[int(v) for v in per_class], empty_classes=[int(c) for c in np.flatnonzero(per_class == 0)],
         class_names=record.class_names, record_fingerprint=record.fingerprint,
-        weights_fingerprint=record.manifest["identity"]["weights_fingerprint"])
+        weights_fingerprint=record.manifest["identity"]["weights_fingerprint"], score=score)

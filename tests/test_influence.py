@@ -7,12 +7,14 @@ from inspectnet.influence import InfluenceMap, fit_influence, top_indices, topk_
 from inspectnet.record import run_probe
 
 
-def naive_algorithm1(acts, labels, num_classes, k1, k2):
+def naive_algorithm1(acts, labels, num_classes, k1, k2, weight=None):
     """Algorithm 1 written as the paper states it: per sample sorted top-k1, histogram, top-k2."""
     counts = np.zeros((num_classes, acts.shape[1]))
     for a, y in zip(acts, labels):
         if y < 0:
             continue
+        if weight is not None:
+            a = a * np.abs(weight[y])
         order = sorted(range(len(a)), key=lambda j: -abs(a[j]))[:k1]
         for j in order:
             if a[j] != 0:
@@ -44,6 +46,17 @@ def test_matches_naive_reference_with_negative_features_and_unlabelled():
     assert counts.dtype == np.float64
     assert top_indices(counts, 3) == ref_sup
     assert all(s[0] == 7 for s in ref_sup)
+
+
+def test_contribution_score_matches_reference():
+    rng = np.random.default_rng(2)
+    acts = rng.normal(size=(200, 30)).astype(np.float32)
+    labels = rng.integers(0, 3, size=200)
+    w = rng.normal(size=(3, 30)).astype(np.float32)
+    counts = topk_counts(acts, labels, 3, 4, torch.from_numpy(w))
+    ref, ref_sup = naive_algorithm1(acts, labels, 3, 4, 3, weight=w)
+    np.testing.assert_array_equal(counts, ref)
+    assert top_indices(counts, 3) == ref_sup
 
 
 def test_large_dims_are_vectorized():
@@ -91,6 +104,10 @@ def test_bad_k_and_missing_labels(records):
     zm, rec, tmp = records
     with pytest.raises(InspectnetError, match="k2 6 is larger than --k1 5"):
         fit_influence(rec, k1=5, k2=6)
+    with pytest.raises(InspectnetError, match="contribution needs the head's weights"):
+        fit_influence(rec, k1=5, k2=5, score="contribution")
+    w = zm.head.weight.detach()
+    assert fit_influence(rec, k1=5, k2=5, score="contribution", weight=w).score == "contribution"
     with pytest.raises(InspectnetError, match="larger than the feature dimension 512"):
         fit_influence(rec, k1=600, k2=5)
     unl = run_probe(zm, load_data("samples", zm.transform()), "layer3", tmp / "unlabelled", limit=3)

@@ -28,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p, spec=False)
     p.add_argument("--layer", default="pre_logits",
                    help="fit at this probed layer (influential filters); only pre_logits decomposes the head")
+    p.add_argument("--score", default="magnitude", choices=["magnitude", "contribution"],
+                   help="rank a sample's features by |f_j| (the paper) or by |W[c,j] f_j| for its class c")
     p.add_argument("--retrain-epochs", type=int, default=0, help="fine-tune the decomposed head N epochs")
-    p.add_argument("--retrain-lr", type=float, default=0.01)
+    p.add_argument("--retrain-lr", type=float, default=0.1, help="SGD (momentum 0.9) learning rate")
     p.add_argument("--slim", action="store_true", help="remove penultimate channels no class uses")
     p.add_argument("--sweep-k", type=_ints, help="comma-separated k values: sweep table + plot over k1, k2")
     p.add_argument("--data", help="labelled image data to evaluate the saved model on end to end")
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     doc = run_decomposition(args.fit, args.eval_record, args.out, zm=zm, k1=args.k1, k2=args.k2,
                             layer=args.layer, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
                             slim=args.slim, sweep_k=args.sweep_k, data=args.data, limit=args.limit,
-                            device=args.device, seed=args.seed)
+                            device=args.device, seed=args.seed, score=args.score)
     if "accuracy_full" not in doc:
         emit(doc, args.json, f"influential filters of {args.layer} written to {args.out}/influence.json")
         return 0
@@ -54,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
              f"union {doc['union_size']}/{doc['feature_dim']} features; head MACs {doc['head_macs_full']} -> "
              f"{doc['head_macs_decomposed']}",
              f"noise: influential {doc['noise_ablation']['influential']:.4f}, "
-             f"non-influential {doc['noise_ablation']['non_influential']:.4f}"]
+             f"non-influential {doc['noise_ablation']['non_influential']:.4f} (full head); decomposed head "
+             f"{doc['noise_ablation']['decomposed_head']['influential']:.4f} / "
+             f"{doc['noise_ablation']['decomposed_head']['non_influential']:.4f}"]
     if "accuracy_retrained" in doc:
         lines.append(f"retrained head ({args.retrain_epochs} epochs): {doc['accuracy_retrained']:.4f}")
     if "slim" in doc:

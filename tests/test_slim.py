@@ -1,0 +1,96 @@
+import pytest
+import torch
+from torch import nn
+
+from inspectnet import InspectnetError, load_model, save_model
+from inspectnet.decompose import ChannelGather, DecomposedLinear, decompose_model
+from inspectnet.influence import InfluenceMap
+from inspectnet.slim import count_macs, slim_model
+
+
+def random_map(c, d, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sup = [sorted(torch.randperm(d, generator=g)[:k].tolist()) for _ in range(c)]
+    return InfluenceMap.full(c, d, k1=k, k2=k, supports=sup, frequencies=[[1.0] * k for _ in sup])
+
+
+def randomize_norms(model):
+    """Non-trivial BN statistics, so a wrongly sliced row would show in the logits."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+def decomposed(spec, size, k=5, **kw):
+    torch.manual_seed(0)
+    zm = load_model(spec, num_classes=10, input_size=size, **kw)
+    randomize_norms(zm.model)
+    return decompose_model(zm, random_map(10, zm.head.in_features, k))
+
+
+def check_roundtrip(szm, dzm, tmp_path, size):
+    x = torch.randn(3, 3, size, size)
+    save_model(szm, tmp_path / "s")
+    back = load_model(str(tmp_path / "s"))
+    with torch.no_grad():
+        ref = dzm.model(x)
+        torch.testing.assert_close(back.model(x), ref, rtol=0, atol=1e-4 * max(1, ref.abs().max()))
+        assert torch.equal(back.model(x), szm.model(x))
+    return back
+
+
+def test_efficientnet_conv_head_rows(tmp_path):
+    dzm = decomposed("efficientnet_lite0", 32)
+    szm, rep = slim_model(dzm, latency_reps=1, batch=2)
+    keep = dzm.head.union()
+    assert rep["method"] == "efficientnet" and rep["kept_channels"] == len(keep) <= 50
+    assert szm.model.conv_head.out_channels == len(keep) and szm.model.bn2.num_features == len(keep)
+    assert szm.head.feature_ids.tolist() == keep and szm.head.supports() == dzm.head.supports()
+    # conv_head is 1x1 over 320 channels on a 1x1 map at 32 px; the head keeps its nnz MACs
+    assert rep["macs_saved"] == (1280 - len(keep)) * 320 * 1
+    assert rep["logits_max_abs_diff"] < 1e-4 and rep["top1_agreement"] == 1.0 and rep["params_saved"] > 0
+    check_roundtrip(szm, dzm, tmp_path, 32)
+
+
+@pytest.mark.parametrize("spec", ["resnet18", "resnet10t", "resnet26"])
+def test_resnet_last_block(spec, tmp_path):
+    dzm = decomposed(spec, 32)
+    szm, rep = slim_model(dzm, latency_reps=1, batch=2)
+    assert rep["method"] == "resnet" and rep["logits_max_abs_diff"] < 1e-4 and rep["macs_saved"] > 0
+    block = szm.model.layer4[-1]
+    if spec == "resnet18":  # identity shortcut: gathered
+        assert isinstance(block.downsample, ChannelGather)
+    if spec == "resnet10t":  # the single last block has a downsample conv + BN: its rows are removed
+        assert block.downsample[-2].out_channels == rep["kept_channels"]
+    check_roundtrip(szm, dzm, tmp_path, 32)
+
+
+def test_plain_linear_before_head(tmp_path):
+    torch.manual_seed(0)
+    zm = load_model("torchvision:mobilenet_v3_small", num_classes=10, input_size=32)
+    dzm = decompose_model(zm, random_map(10, 1024, 3))
+    szm, rep = slim_model(dzm, latency_reps=1, batch=2)
+    assert rep["method"] == "linear" and szm.model.classifier[0].out_features == rep["kept_channels"]
+    assert rep["macs_saved"] == (1024 - rep["kept_channels"]) * 576  # the decomposed head's nnz is unchanged
+    check_roundtrip(szm, dzm, tmp_path, 32)
+
+
+def test_impossible_cases_are_explained():
+    with pytest.raises(InspectnetError, match="squeeze-excitation"):
+        slim_model(decomposed("seresnet18", 32), latency_reps=1)
+    with pytest.raises(InspectnetError, match="cannot slim .* exactly"):
+        slim_model(decomposed("convnext_atto", 32), latency_reps=1)
+    zm = load_model("resnet18", num_classes=10, input_size=32)
+    with pytest.raises(InspectnetError, match="needs a decomposed model"):
+        slim_model(zm)
+
+
+def test_count_macs_hand_computed():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
+    assert count_macs(m, (3, 5, 5)) == 4 * 25 * 27 + 100 * 2
+    dec = DecomposedLinear(6, 2)
+    dec.mask[0, 3:] = False
+    assert count_macs(nn.Sequential(dec), (6,)) == 9
