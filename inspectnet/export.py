@@ -125,8 +125,11 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
 
 
 def _export_target(zm: ZooModel, head_only: bool) -> tuple[nn.Module, torch.Tensor, str]:
-    """The module to export, an example input (batch 2: torch.export specialises batch 0/1) and its name."""
-    zm.model.eval()
+    """The module to export, an example input (batch 2: torch.export specialises batch 0/1) and its name.
+
+    The model is moved to the CPU: the gate compares it with ONNX Runtime on host arrays.
+    """
+    zm.model.cpu().eval()
     if not head_only:
         return zm.model, torch.randn(2, *zm.data_config["input_size"]), INPUT_NAME
     head = zm.model.get_submodule(zm.head_name)

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.onnx_runtime import OnnxClassifier
 
     clf = OnnxClassifier(args.model, device=args.device, threads=args.threads)
-    images, labels, names = _inputs(args.inputs, args.limit)
+    images, labels, names = _inputs(args.inputs, args.limit, clf.class_names)
     results = clf.predict(images, topk=args.topk, batch_size=args.batch_size, names=names)
     accuracy = None
     if labels is not None and len(labels) and min(labels) >= 0:
@@ -48,8 +48,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inputs(inputs: list[str], limit: int | None) -> tuple[list, list[int] | None, list[str] | None]:
-    """Image paths (or PIL images for a data spec), labels where the input has them, and item names."""
+def _inputs(inputs: list[str], limit: int | None,
+            model_classes: list[str]) -> tuple[list, list[int] | None, list[str] | None]:
+    """Image paths (or PIL images for a data spec), labels where the input has them, and item names.
+
+    A labelled folder's class sub-folders are matched to the model's class names by name when they
+    all appear there, else by sorted position (as training on that folder numbers them).
+    """
     from inspectnet.errors import InspectnetError
     from inspectnet.onnx_runtime import collect_images
 
@@ -62,7 +67,9 @@ def _inputs(inputs: list[str], limit: int | None) -> tuple[list, list[int] | Non
         n = len(ds) if limit is None else min(limit, len(ds))
         images = [ds.image(i) for i in range(n)]
         return images, [int(y) for y in ds.labels[:n]], [ds.name(i) for i in range(n)]
-    files, labels, _ = collect_images(inputs)
+    files, labels, classes = collect_images(inputs)
+    if labels is not None and set(classes) <= set(model_classes):
+        labels = [model_classes.index(classes[y]) for y in labels]
     if limit is not None:
         files, labels = files[:limit], (labels[:limit] if labels is not None else None)
     return files, labels, None
