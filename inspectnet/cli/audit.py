@@ -1,0 +1,72 @@
+"""``inspectnet audit MODEL DATA --out DIR [--eval DATA] [--layers ...] [--concepts DATA] [--export]``.
+
+Runs probe → decomposition → rules → sparsity → linear probes → attributions → dissection →
+export → card, reusing the stages already computed in DIR, and writes DIR/card.json, README.md
+and card.html. The work is done by :func:`inspectnet.audit.run_audit`.
+"""
+
+import argparse
+import shlex
+
+from inspectnet.audit import AuditConfig, run_audit
+from inspectnet.cli.options import add_model_args, emit, model_from_args
+
+_PARSER: argparse.ArgumentParser | None = None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="audit a model into an interpretability model card (JSON, Markdown, HTML)",
+                       description="Probe MODEL on DATA once, then influential features + decomposed head, rules, "
+                                   "sparsity, linear probes, attributions (and dissection / export when asked), "
+                                   "and write a model card into --out. Re-running reuses finished stages.")
+    add_model_args(p)
+    p.add_argument("data", help="labelled data the analyses are fitted on (folder, mnist5k:train, digits, ...)")
+    p.add_argument("--out", required=True, help="audit folder (cache + card); refused if it holds another model's")
+    p.add_argument("--eval", dest="eval_data", help="labelled data to evaluate on (default: DATA, in-sample)")
+    p.add_argument("--layers", help="comma-separated layers to probe (default: the model's stage outputs)")
+    p.add_argument("--limit", type=int, default=512, help="samples of DATA to use (default 512)")
+    p.add_argument("--eval-limit", type=int, help="samples of --eval data to use")
+    p.add_argument("--k1", type=int, default=5, help="top features per sample (Algorithm 1)")
+    p.add_argument("--k2", type=int, default=5, help="influential features per class")
+    p.add_argument("--retrain-epochs", type=int, default=0, help="retrain the decomposed head N epochs")
+    p.add_argument("--concepts", help="concept data for network dissection (shapes, or a concept folder)")
+    p.add_argument("--concept-limit", type=int, default=200, help="concept images to dissect")
+    p.add_argument("--export", action="store_true", help="export the decomposed model to ONNX and verify it")
+    p.add_argument("--images", type=int, default=6, help="images to explain with IG / Grad-CAM")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print card.json")
+    p.set_defaults(func=run)
+    global _PARSER
+    _PARSER = p
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The canonical command that reproduces this audit (options that differ from their defaults)."""
+    parts = ["inspectnet", "audit", args.model, args.data, "--out", args.out]
+    defaults = {a.dest: a for a in _PARSER._actions} if _PARSER else {}
+    for dest, action in defaults.items():
+        if dest in ("model", "data", "out", "help", "json", "func") or not action.option_strings:
+            continue
+        value = getattr(args, dest, None)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        parts += [flag] if value is True else [flag, str(value)]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    zm = model_from_args(args)
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    config = AuditConfig(data=args.data, eval_data=args.eval_data, layers=layers, limit=args.limit,
+                         eval_limit=args.eval_limit, k1=args.k1, k2=args.k2, retrain_epochs=args.retrain_epochs,
+                         concepts=args.concepts, concept_limit=args.concept_limit, export=args.export,
+                         attribution_images=args.images, batch_size=args.batch_size, device=args.device,
+                         seed=args.seed, command=command_line(args))
+    doc = run_audit(zm, config, args.out)
+    failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]
+    emit(doc, args.json, f"wrote {args.out}/card.json, README.md, card.html"
+         + (f"; failed sections: {', '.join(failed)}" if failed else ""))
+    return 0

@@ -1,0 +1,19 @@
+"""``inspectnet card DIR``: re-render DIR/README.md and DIR/card.html from DIR/card.json."""
+
+import argparse
+
+from inspectnet.card import rerender
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("card", help="re-render an audit's README.md and card.html from its card.json",
+                       description="Read DIR/card.json (the source of truth written by `inspectnet audit`) and "
+                                   "write DIR/README.md (Hugging Face format) and DIR/card.html again.")
+    p.add_argument("dir", help="audit folder holding card.json")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = rerender(args.dir)
+    print(f"wrote {paths['markdown']} and {paths['html']}")
+    return 0

@@ -1,0 +1,155 @@
+"""The audit pipeline: stages, cache reuse, failed stages in the card, another model's folder refused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inspectnet.audit import AuditConfig, SpreadSubset, run_audit
+from inspectnet.cli import main
+from inspectnet.errors import InspectnetError
+
+STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """ResNet18 (1 channel, 16 px) trained two short epochs on digits: predicts several classes."""
+    from inspectnet.data import load_data
+    from inspectnet.train import TrainConfig, train
+    from inspectnet.zoo import load_model
+
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+    out = tmp_path_factory.mktemp("model")
+    ds = SpreadSubset(load_data("digits:train", zm.transform()), 320)
+    train(zm, ds, out, TrainConfig(epochs=2, batch_size=32, lr=0.05), device="cpu")
+    return out
+
+
+def _config(**kw):
+    base = dict(data="digits:train", eval_data="digits:test", limit=64, eval_limit=64, attribution_images=2,
+                ig_steps=8, top_units=2, k1=5, k2=3)
+    return AuditConfig(**{**base, **kw})
+
+
+def _load(path):
+    from inspectnet.zoo import load_model
+
+    return load_model(str(path))
+
+
+def test_audit_writes_card_then_reuses_every_stage(trained, tmp_path):
+    out = tmp_path / "audit"
+    first = run_audit(_load(trained), _config(), out, log=None)
+    assert list(first["sections"]) == STAGES
+    assert all(s["status"] == "ok" and not s["cached"] for s in first["sections"].values()), \
+        {k: s.get("error") for k, s in first["sections"].items()}
+    for name in ("card.json", "README.md", "card.html"):
+        assert (out / name).exists()
+    page = (out / "card.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 + 1 + 1  # IG/Grad-CAM pictures, units, tree
+    assert 'src="attributions/' not in page  # self-contained: no file references
+    dec = first["sections"]["decomposition"]["result"]
+    assert dec["k2"] == 3 and all(len(p["features"]) <= 3 for p in dec["per_class"])
+    # the exact contributions: mean over class c of W[c, j] * f_j, recomputed here from the record
+    from inspectnet.record import ProbeRecord
+
+    ev = ProbeRecord.load(out / "probe" / "eval")
+    w = _load(trained).head.weight.detach().numpy()
+    p0 = next(p for p in dec["per_class"] if p["mean_contribution"])
+    sel = np.asarray(ev.labels) == p0["class"]
+    want = [float((np.asarray(ev.features)[sel, j] * w[p0["class"], j]).mean()) for j in p0["features"]]
+    np.testing.assert_allclose(p0["mean_contribution"], want, rtol=1e-4, atol=1e-6)
+
+    second = run_audit(_load(trained), _config(), out, log=None)
+    assert all(s["cached"] for s in second["sections"].values())  # every stage skipped, none re-run
+    assert second["timing"]["stages_run_seconds"] == 0.0
+    assert second["sections"]["rules"]["result"] == first["sections"]["rules"]["result"]
+
+    third = run_audit(_load(trained), _config(k2=2), out, log=None)  # only the decomposition and its readers
+    ran = [n for n, s in third["sections"].items() if not s["cached"]]
+    assert ran == ["decomposition", "attributions"]
+
+
+def test_failing_stage_is_marked_and_card_still_written(trained, tmp_path):
+    out = tmp_path / "audit"
+    doc = run_audit(_load(trained), _config(concepts=str(tmp_path / "no_such_concepts")), out, log=None)
+    sec = doc["sections"]["dissection"]
+    assert sec["status"] == "failed" and "no_such_concepts" in sec["error"]
+    assert doc["sections"]["rules"]["status"] == "ok"
+    card = json.loads((out / "card.json").read_text())
+    assert card["sections"]["dissection"]["status"] == "failed"
+    assert "This section failed" in (out / "card.html").read_text()
+    assert "This section failed" in (out / "README.md").read_text()
+    # a failed stage is not cached: the next run tries it again
+    again = run_audit(_load(trained), _config(concepts=str(tmp_path / "no_such_concepts")), out, log=None)
+    assert not again["sections"]["dissection"]["cached"] and again["sections"]["probe"]["cached"]
+
+
+def test_another_models_audit_is_refused(trained, tmp_path, tiny_digits_model):
+    out = tmp_path / "audit"
+    run_audit(_load(trained), _config(), out, log=None)
+    before = (out / "card.json").read_text()
+    with pytest.raises(InspectnetError, match="another model"):
+        run_audit(tiny_digits_model, _config(), out, log=None)
+    assert (out / "card.json").read_text() == before  # nothing mixed in
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(InspectnetError, match="holds no audit"):
+        run_audit(tiny_digits_model, _config(), other, log=None)
+
+
+def test_class_names_with_markup_are_escaped(tmp_path):
+    """A folder dataset whose class names and file names carry HTML/Markdown metacharacters."""
+    from inspectnet.data import load_data
+    from inspectnet.zoo import load_model
+
+    digits = load_data("digits")
+    evil = ["<script>alert(1)", 'b&"*_|`x']
+    for c, name in enumerate(evil):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in np.flatnonzero(np.asarray(digits.labels) == c)[:8]:
+            digits.image(int(i)).save(folder / f"<img src=x onerror=alert({i})>.png")
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=2, in_chans=1, input_size=16)
+    out = tmp_path / "audit"
+    doc = run_audit(zm, AuditConfig(data=str(tmp_path / "data"), limit=16, attribution_images=2, ig_steps=4,
+                                    top_units=1), out, log=None)
+    assert doc["model"]["class_names"] == sorted(evil)
+    page = (out / "card.html").read_text()
+    readme = (out / "README.md").read_text()
+    for text in (page, readme):
+        assert "<script>alert" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)" in page and "&lt;script&gt;alert(1)" in readme
+    assert page.count("<script>") == 1  # only the page's own table-sorting script
+
+
+def test_cli_audit_then_card_rerenders(trained, tmp_path, capsys):
+    out = tmp_path / "audit"
+    rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "48", "--eval-limit", "48",
+               "--images", "1", "--out", str(out)])
+    assert rc == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["reproduce"]["command"].startswith(f"inspectnet audit {trained} digits:train --out ")
+    assert "--limit 48" in card["reproduce"]["command"]
+    html_before, md_before = (out / "card.html").read_text(), (out / "README.md").read_text()
+    (out / "card.html").unlink()
+    (out / "README.md").unlink()
+    assert main(["card", str(out)]) == 0
+    assert (out / "card.html").read_text() == html_before and (out / "README.md").read_text() == md_before
+    assert main(["card", str(tmp_path / "missing")]) == 2
+
+
+def test_spread_subset_keeps_every_class():
+    from inspectnet.data import load_data
+
+    ds = load_data("mnist5k:test")
+    sub = SpreadSubset(ds, 50)
+    assert len(sub) == 50 and len(set(sub.labels.tolist())) == 10
+    assert sub.name(0) == ds.name(0) and sub.spec.endswith("?spread=50")
+    np.testing.assert_array_equal(np.asarray(sub.image(49)), np.asarray(ds.image(len(ds) - 1)))
