@@ -111,7 +111,9 @@ def main() -> None:
     paper = run_decomposition(train_rec, test_rec, work / "out_magnitude", zm=zm, k1=args.k, k2=args.k,
                               retrain_epochs=1, slim=True, score="magnitude")
     doc = run_decomposition(train_rec, test_rec, work / "out", zm=zm, k1=args.k, k2=args.k, retrain_epochs=1,
-                            slim=True, data="mnist5k:test", score="contribution")
+                            slim=True, data="mnist5k:test", score="contribution",
+                            sweep_k=[5, 10, 20, 50, 100])
+    shutil.copy(work / "out" / "sweep.png", RESULTS / "decompose_lite0_sweep.png")
     filters = fit_influence(train_rec, 5, 5, layer="conv_head")
     keys = ("k1", "k2", "accuracy_full", "accuracy_decomposed", "rA", "agreement", "union_size", "feature_dim",
             "head_macs_full", "head_macs_decomposed", "noise_ablation", "accuracy_retrained", "slim",
@@ -124,6 +126,7 @@ def main() -> None:
     result["timing"] = {"probe_pass_train_s": probe_s, "fit_influence_s": fit_s, "fit_over_probe": fit_s / probe_s,
                         "num_train_samples": len(train_rec), "threads": 1}
     result["influential_filters_conv_head_k5"] = filters.supports
+    result["sweep_contribution"] = doc["sweep"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "decompose_lite0.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
@@ -137,7 +140,8 @@ def main() -> None:
         f"| head transfer training on cached features | {head_s:.1f} s |",
         f"| probe pass over {len(train_rec)} train images | {probe_s:.2f} s |",
         f"| fit influence map (median of 5) | {fit_s * 1000:.1f} ms ({100 * fit_s / probe_s:.3f} % of the probe "
-        f"pass) |", ""]
+        f"pass) |", "", "## k1 / k2 sweep (score = contribution; larger k than the headline k <= 10)", "",
+        (work / "out" / "sweep.md").read_text(), "![sweep](decompose_lite0_sweep.png)", ""]
     (RESULTS / "decompose_lite0.md").write_text("\n".join(md))
     print("\n".join(md))
 

@@ -55,7 +55,7 @@ def test_efficientnet_conv_head_rows(tmp_path):
     check_roundtrip(szm, dzm, tmp_path, 32)
 
 
-@pytest.mark.parametrize("spec", ["resnet18", "resnet10t", "resnet26"])
+@pytest.mark.parametrize("spec", ["resnet18", "resnet10t", pytest.param("resnet26", marks=pytest.mark.slow)])
 def test_resnet_last_block(spec, tmp_path):
     dzm = decomposed(spec, 32)
     szm, rep = slim_model(dzm, latency_reps=1, batch=2)
