@@ -159,8 +159,15 @@ def _md_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _yaml(v: Any) -> str:
-    """A YAML flow scalar: JSON strings and numbers are valid YAML and carry their own escaping."""
-    return json.dumps(v, ensure_ascii=False)
+    """A YAML flow scalar: JSON strings and numbers are valid YAML and carry their own escaping
+    (markup characters become \\u escapes, so no renderer ever sees a raw tag)."""
+    text = json.dumps(v, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _md_code(text: str) -> str:
+    """A preformatted block as escaped HTML (a Markdown fence would show entities literally)."""
+    return f"<pre><code>{html.escape(text, quote=False)}</code></pre>\n"
 
 
 def front_matter(doc: dict[str, Any]) -> str:
@@ -221,7 +228,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     out.append(_md_table(["metric", "value"], [list(r) for r in rows]) if rows else "No headline numbers.\n")
     out += _md_sections(doc)
     out += ["## Caveats\n", "\n".join(f"- {md(c)}" for c in caveats(doc)) + "\n",
-            "## How to reproduce\n", "```\n" + doc["reproduce"]["command"].replace("```", "'''") + "\n```\n",
+            "## How to reproduce\n", _md_code(doc["reproduce"]["command"]),
             "Versions: " + ", ".join(f"{md(k)} {md(v)}" for k, v in doc["reproduce"]["versions"].items()) + "\n"]
     return "\n".join(out)
 
@@ -249,7 +256,7 @@ def _md_sections(doc: dict[str, Any]) -> list[str]:
             out.append(f"{r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters of "
                        f"`{md(r['layer'])}`), average depth {_f(r['avg_depth'], 2)}, fidelity {_f(r['fidelity'])}, "
                        f"extracted accuracy {_f(r['extracted_accuracy'])}.\n")
-            out.append("```\n" + "\n".join(t.replace("```", "'''") for t in r["rules_text"][:20]) + "\n```\n")
+            out.append(_md_code("\n".join(r["rules_text"][:20])))
         elif name == "sparsity":
             keys = ["hoyer", "lifetime_kurtosis", "population_kurtosis", "treves_rolls_population",
                     "treves_rolls_lifetime", "activity_sparseness"]
