@@ -102,8 +102,9 @@ def expand_methods(plugins: Sequence[str], *, layer: str | None = None,
         hp_names = {h.name for h in get_plugin(spec.name).hparams}  # unknown names fail here, listing the known
         values = dict(spec.values)
         shown = dict(values)
-        if layer and "layer" in hp_names and "layer" not in values:
-            values["layer"] = layer
+        for key in ("layer", "layers"):  # CGL names its layer list "layers"
+            if layer and key in hp_names and key not in values:
+                values[key] = layer
         todo = [None]
         if spec.name in sweeps:
             param, swept = sweeps.pop(spec.name)
@@ -140,6 +141,41 @@ class Comparison(Result):
     rules_options: dict[str, Any]
 
 
+class SampledDataset(ImageDataset):
+    """A fixed random subset of another dataset (a view: images are read from the base dataset).
+
+    Built-in sources are ordered by class, so "the first N samples" would hold one or two classes;
+    comparisons on a budget use a seeded random subset instead.
+
+    >>> from inspectnet import load_data
+    >>> sub = sample_dataset(load_data("digits:test"), 50, seed=0)
+    >>> len(sub), len(set(sub.labels.tolist())) > 5
+    (50, True)
+    """
+
+    def __init__(self, base: ImageDataset, indices: np.ndarray, spec: str):
+        super().__init__(base.transform)
+        self.base, self.indices, self.spec = base, np.asarray(indices, dtype=np.int64), spec
+        self.labels = np.asarray(base.labels)[self.indices]
+        self.class_names = list(base.class_names)
+
+    def image(self, index: int):
+        return self.base.image(int(self.indices[index]))
+
+    def name(self, index: int) -> str:
+        return self.base.name(int(self.indices[index]))
+
+
+def sample_dataset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
+    """``n`` samples of ``ds`` drawn without replacement (seeded), in random order; all when ``n`` is None."""
+    if n is None or n >= len(ds):
+        return ds
+    if n < 1:
+        raise InspectnetError(f"sample size must be at least 1, got {n}")
+    idx = np.random.default_rng(seed).permutation(len(ds))[:n]
+    return SampledDataset(ds, idx, f"{ds.spec}|sample(n={n},seed={seed})")
+
+
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_") or "run"
 
@@ -154,8 +190,14 @@ def run_one(make_model: Callable[[], ZooModel], method: Method, seed: int, train
     from inspectnet.plugins import make_plugin
 
     done = out / "run.json"
+    identity = {"method": method.spec or VANILLA, "seed": seed, "layer": layer, "config": dataclasses.asdict(config),
+                "train": train_ds.spec, "test": test_ds.spec, "probe_limit": probe_limit, "eval_limit": eval_limit,
+                "rules": dict(rules_kw or {})}
     if done.exists():
-        return read_json(done, what="comparison run")
+        row = read_json(done, what="comparison run")
+        if row.get("identity") != identity:
+            raise InspectnetError(f"{out} holds a run with other settings; use another --out or delete it")
+        return row
     torch.manual_seed(seed)  # plugin initialisation and stochastic plugins (dropout-like) per seed
     zm = make_model()
     plugins = [make_plugin(method.spec)] if method.spec else []
@@ -181,7 +223,7 @@ def run_one(make_model: Callable[[], ZooModel], method: Method, seed: int, train
            "model_accuracy": test_rec.accuracy(), "train_fidelity": rs.train_fidelity,
            "ccp_alpha": rs.selection.get("ccp_alpha"), "skipped_constant": rs.skipped_constant,
            "finetune_seconds": round(seconds, 2), "last_epoch": result.history[-1] if result.history else {},
-           "rules_text_top5": rs.rules_text[:5]}
+           "rules_text_top5": rs.rules_text[:5], "identity": identity}
     atomic_write_json(done, row)
     return row
 
@@ -197,7 +239,8 @@ def compare(make_model: Callable[[], ZooModel], train_ds: ImageDataset, test_ds:
     if not seeds:
         raise InspectnetError("--seeds must be at least 1")
     out = Path(out)
-    runs = []
+    runs: list[dict[str, Any]] = []
+    done_methods: list[Method] = []
     for method in methods:
         for seed in seeds:
             row = run_one(make_model, method, seed, train_ds, test_ds, layer, config,
@@ -207,13 +250,14 @@ def compare(make_model: Callable[[], ZooModel], train_ds: ImageDataset, test_ds:
             if log:
                 log(f"{method.label} seed {seed}: acc {row['model_accuracy']:.4f} fidelity {row['fidelity']:.4f} "
                     f"atoms {row['atoms']} rules {row['rules']} hoyer {_num(row['hoyer'])}")
-    zm = make_model()
-    result = Comparison(layer=runs[0]["layer"], seeds=list(seeds), config=dataclasses.asdict(config),
-                        model=zm.spec, data={"train": train_ds.spec, "test": test_ds.spec,
-                                             "probe_limit": probe_limit, "eval_limit": eval_limit},
-                        runs=runs, table=aggregate(runs, [m.label for m in methods]),
-                        rules_options=dict(rules_kw or {}))
-    write_comparison(result, out)
+        done_methods.append(method)
+        # tables are rewritten after every method, so an interrupted comparison still shows what finished
+        result = Comparison(layer=runs[0]["layer"], seeds=list(seeds), config=dataclasses.asdict(config),
+                            model=make_model().spec, data={"train": train_ds.spec, "test": test_ds.spec,
+                                                           "probe_limit": probe_limit, "eval_limit": eval_limit},
+                            runs=runs, table=aggregate(runs, [m.label for m in done_methods]),
+                            rules_options=dict(rules_kw or {}))
+        write_comparison(result, out)
     return result
 
 

@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.compare import compare, expand_methods, markdown_table, parse_sweep, split_plugin_list
+from inspectnet.compare import (compare, expand_methods, markdown_table, parse_sweep, sample_dataset,
+                                split_plugin_list)
 from inspectnet.errors import InspectnetError
 from inspectnet.train import TrainConfig
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1) per method")
-    p.add_argument("--eval-limit", type=int, help="use only the first N test samples")
+    p.add_argument("--eval-limit", type=int, help="use a random subset (seed 0) of N test samples")
     p.add_argument("--max-depth", type=int, help="fixed tree depth instead of cost-complexity pruning")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--json", action="store_true", help="print compare.json to stdout")
@@ -44,14 +45,14 @@ def run(args: argparse.Namespace) -> int:
     sweeps = dict(parse_sweep(s) for s in args.sweep)
     methods = expand_methods(plugins, layer=args.layer, sweeps=sweeps)
     zm = model_from_args(args)
-    train_ds = data_from_args(args, zm)
+    # --limit draws a seeded random subset: built-in sources are ordered by class, the first N are not a sample
+    train_ds = sample_dataset(data_from_args(args, zm), args.limit)
     eval_spec = args.eval_data or _test_spec(args.data)
-    test_ds = data_from_args(args, zm, eval_spec)
+    test_ds = sample_dataset(data_from_args(args, zm, eval_spec), args.eval_limit)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                         weight_decay=args.weight_decay, limit=args.limit)
+                         weight_decay=args.weight_decay)
     result = compare(lambda: model_from_args(args), train_ds, test_ds, methods, args.layer, args.out,
-                     config=config, seeds=list(range(args.seeds)), device=args.device, probe_limit=args.limit,
-                     eval_limit=args.eval_limit, rules_kw={"max_depth": args.max_depth} if args.max_depth else None,
+                     config=config, seeds=list(range(args.seeds)), device=args.device, rules_kw={"max_depth": args.max_depth} if args.max_depth else None,
                      log=None if args.json else lambda line: print(line, file=sys.stderr))
     emit(result.to_dict(), args.json, markdown_table(result) + f"\nwrote {args.out}/compare.md, compare.csv, "
                                                                f"compare.json, compare.png")
