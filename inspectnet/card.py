@@ -407,3 +407,40 @@ def _html_section(doc: dict[str, Any], name: str, r: dict[str, Any], root: Path)
     for fig in r.get("figures", []):
         parts.append(_img_file(root, fig["path"], fig["caption"]))
     return "".join(parts)
+
+
+def figure_paths(doc: dict[str, Any]) -> list[str]:
+    """Every figure path (relative to the audit folder) that the card refers to."""
+    found: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            p = v.get("path")
+            if isinstance(p, str) and p.endswith(".png"):
+                found.append(p)
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(doc["sections"])
+    return sorted(set(found))
+
+
+def publish(folder: str | Path, dest: str | Path) -> dict[str, Path]:
+    """Copy a card (card.json + its figures) out of an audit folder without the caches, and render it there.
+
+    >>> publish("runs/audit_mnist", "model_cards/mnist_resnet18")   # doctest: +SKIP
+    """
+    import shutil
+
+    folder, dest = Path(folder), Path(dest)
+    doc = load_card(folder)
+    for rel in figure_paths(doc):
+        src = (folder / rel).resolve()
+        if src.is_relative_to(folder.resolve()) and src.exists():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / rel)
+    dest.mkdir(parents=True, exist_ok=True)
+    return write_card(doc, dest)

@@ -1,22 +1,24 @@
 """The audit pipeline: stages, cache reuse, failed stages in the card, another model's folder refused."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from inspectnet.audit import AuditConfig, SpreadSubset, run_audit
 from inspectnet.cli import main
 from inspectnet.errors import InspectnetError
 
 STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions"]
+PARAMS = dict(data="digits:train", eval_data="digits:test", limit=64, eval_limit=64, layers=["layer4"],
+              attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """ResNet18 (1 channel, 16 px) trained two short epochs on digits: predicts several classes."""
+    """ResNet18 (1 channel, 16 px) trained briefly on digits, so that it predicts several classes."""
     from inspectnet.data import load_data
     from inspectnet.train import TrainConfig, train
     from inspectnet.zoo import load_model
@@ -24,15 +26,20 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
     out = tmp_path_factory.mktemp("model")
-    ds = SpreadSubset(load_data("digits:train", zm.transform()), 320)
+    ds = SpreadSubset(load_data("digits:train", zm.transform()), 256)
     train(zm, ds, out, TrainConfig(epochs=2, batch_size=32, lr=0.05), device="cpu")
     return out
 
 
+@pytest.fixture(scope="module")
+def audited(trained, tmp_path_factory):
+    """One finished audit (folder, card); tests work on copies of the folder."""
+    out = tmp_path_factory.mktemp("audit") / "a"
+    return out, run_audit(_load(trained), AuditConfig(**PARAMS), out, log=None)
+
+
 def _config(**kw):
-    base = dict(data="digits:train", eval_data="digits:test", limit=64, eval_limit=64, attribution_images=2,
-                ig_steps=8, top_units=2, k1=5, k2=3)
-    return AuditConfig(**{**base, **kw})
+    return AuditConfig(**{**PARAMS, **kw})
 
 
 def _load(path):
@@ -41,9 +48,14 @@ def _load(path):
     return load_model(str(path))
 
 
-def test_audit_writes_card_then_reuses_every_stage(trained, tmp_path):
-    out = tmp_path / "audit"
-    first = run_audit(_load(trained), _config(), out, log=None)
+def _copy(audited, tmp_path):
+    dest = tmp_path / "audit"
+    shutil.copytree(audited[0], dest)
+    return dest
+
+
+def test_first_audit_runs_every_stage_and_writes_the_card(audited, trained):
+    out, first = audited
     assert list(first["sections"]) == STAGES
     assert all(s["status"] == "ok" and not s["cached"] for s in first["sections"].values()), \
         {k: s.get("error") for k, s in first["sections"].items()}
@@ -63,20 +75,25 @@ def test_audit_writes_card_then_reuses_every_stage(trained, tmp_path):
     sel = np.asarray(ev.labels) == p0["class"]
     want = [float((np.asarray(ev.features)[sel, j] * w[p0["class"], j]).mean()) for j in p0["features"]]
     np.testing.assert_allclose(p0["mean_contribution"], want, rtol=1e-4, atol=1e-6)
+    assert first["sections"]["rules"]["result"]["layer"] == "layer4"
 
+
+def test_second_audit_reuses_every_stage(audited, trained, tmp_path):
+    out = _copy(audited, tmp_path)
+    first = audited[1]
     second = run_audit(_load(trained), _config(), out, log=None)
     assert all(s["cached"] for s in second["sections"].values())  # every stage skipped, none re-run
     assert second["timing"]["stages_run_seconds"] == 0.0
     assert second["sections"]["rules"]["result"] == first["sections"]["rules"]["result"]
-
     third = run_audit(_load(trained), _config(k2=2), out, log=None)  # only the decomposition and its readers
-    ran = [n for n, s in third["sections"].items() if not s["cached"]]
-    assert ran == ["decomposition", "attributions"]
+    assert [n for n, s in third["sections"].items() if not s["cached"]] == ["decomposition", "attributions"]
+    assert all(len(p["features"]) <= 2 for p in third["sections"]["decomposition"]["result"]["per_class"])
 
 
-def test_failing_stage_is_marked_and_card_still_written(trained, tmp_path):
-    out = tmp_path / "audit"
-    doc = run_audit(_load(trained), _config(concepts=str(tmp_path / "no_such_concepts")), out, log=None)
+def test_failing_stage_is_marked_and_card_still_written(audited, trained, tmp_path):
+    out = _copy(audited, tmp_path)
+    bad = str(tmp_path / "no_such_concepts")
+    doc = run_audit(_load(trained), _config(concepts=bad), out, log=None)
     sec = doc["sections"]["dissection"]
     assert sec["status"] == "failed" and "no_such_concepts" in sec["error"]
     assert doc["sections"]["rules"]["status"] == "ok"
@@ -84,14 +101,12 @@ def test_failing_stage_is_marked_and_card_still_written(trained, tmp_path):
     assert card["sections"]["dissection"]["status"] == "failed"
     assert "This section failed" in (out / "card.html").read_text()
     assert "This section failed" in (out / "README.md").read_text()
-    # a failed stage is not cached: the next run tries it again
-    again = run_audit(_load(trained), _config(concepts=str(tmp_path / "no_such_concepts")), out, log=None)
+    again = run_audit(_load(trained), _config(concepts=bad), out, log=None)  # failures are never cached
     assert not again["sections"]["dissection"]["cached"] and again["sections"]["probe"]["cached"]
 
 
-def test_another_models_audit_is_refused(trained, tmp_path, tiny_digits_model):
-    out = tmp_path / "audit"
-    run_audit(_load(trained), _config(), out, log=None)
+def test_another_models_audit_is_refused(audited, tmp_path, tiny_digits_model):
+    out = _copy(audited, tmp_path)
     before = (out / "card.json").read_text()
     with pytest.raises(InspectnetError, match="another model"):
         run_audit(tiny_digits_model, _config(), out, log=None)
@@ -118,8 +133,8 @@ def test_class_names_with_markup_are_escaped(tmp_path):
     torch.manual_seed(0)
     zm = load_model("resnet18", num_classes=2, in_chans=1, input_size=16)
     out = tmp_path / "audit"
-    doc = run_audit(zm, AuditConfig(data=str(tmp_path / "data"), limit=16, attribution_images=2, ig_steps=4,
-                                    top_units=1), out, log=None)
+    doc = run_audit(zm, AuditConfig(data=str(tmp_path / "data"), limit=16, layers=["layer4"], attribution_images=2,
+                                    ig_steps=4, top_units=1), out, log=None)
     assert doc["model"]["class_names"] == sorted(evil)
     page = (out / "card.html").read_text()
     readme = (out / "README.md").read_text()
@@ -129,27 +144,34 @@ def test_class_names_with_markup_are_escaped(tmp_path):
     assert page.count("<script>") == 1  # only the page's own table-sorting script
 
 
-def test_cli_audit_then_card_rerenders(trained, tmp_path, capsys):
-    out = tmp_path / "audit"
-    rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "48", "--eval-limit", "48",
-               "--images", "1", "--out", str(out)])
+def test_cli_audit_reuses_cache_then_card_rerenders(audited, trained, tmp_path, capsys):
+    out = _copy(audited, tmp_path)
+    rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "64", "--eval-limit", "64",
+               "--layers", "layer4", "--images", "2", "--ig-steps", "4", "--top-units", "2", "--k2", "3",
+               "--out", str(out)])
     assert rc == 0
     card = json.loads((out / "card.json").read_text())
-    assert card["reproduce"]["command"].startswith(f"inspectnet audit {trained} digits:train --out ")
-    assert "--limit 48" in card["reproduce"]["command"]
+    assert all(s["cached"] for s in card["sections"].values())  # the CLI keys its stages like the library
+    cmd = card["reproduce"]["command"]
+    assert cmd.startswith(f"inspectnet audit {trained} digits:train --out ") and "--k2 3" in cmd
     html_before, md_before = (out / "card.html").read_text(), (out / "README.md").read_text()
     (out / "card.html").unlink()
     (out / "README.md").unlink()
-    assert main(["card", str(out)]) == 0
+    assert main(["card", str(out), "--copy-to", str(tmp_path / "published")]) == 0
     assert (out / "card.html").read_text() == html_before and (out / "README.md").read_text() == md_before
+    pub = tmp_path / "published"
+    assert (pub / "rules" / "tree.png").exists() and not (pub / "probe").exists()
+    assert (pub / "card.html").read_text() == html_before
     assert main(["card", str(tmp_path / "missing")]) == 2
 
 
 def test_spread_subset_keeps_every_class():
     from inspectnet.data import load_data
 
-    ds = load_data("mnist5k:test")
-    sub = SpreadSubset(ds, 50)
-    assert len(sub) == 50 and len(set(sub.labels.tolist())) == 10
-    assert sub.name(0) == ds.name(0) and sub.spec.endswith("?spread=50")
-    np.testing.assert_array_equal(np.asarray(sub.image(49)), np.asarray(ds.image(len(ds) - 1)))
+    ds = load_data("digits:test")
+    sub = SpreadSubset(ds, 30)
+    assert len(sub) == 30 and len(set(sub.labels.tolist())) == 10
+    assert sub.name(0) == ds.name(0) and sub.spec.endswith("?spread=30")
+    np.testing.assert_array_equal(np.asarray(sub.image(29)), np.asarray(ds.image(len(ds) - 1)))
+    with pytest.raises(InspectnetError, match="--limit"):
+        SpreadSubset(ds, 0)

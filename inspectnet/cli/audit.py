@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concept-limit", type=int, default=200, help="concept images to dissect")
     p.add_argument("--export", action="store_true", help="export the decomposed model to ONNX and verify it")
     p.add_argument("--images", type=int, default=6, help="images to explain with IG / Grad-CAM")
+    p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients steps")
+    p.add_argument("--top-units", type=int, default=6, help="units shown with their receptive fields")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
     p.add_argument("--seed", type=int, default=0)
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     config = AuditConfig(data=args.data, eval_data=args.eval_data, layers=layers, limit=args.limit,
                          eval_limit=args.eval_limit, k1=args.k1, k2=args.k2, retrain_epochs=args.retrain_epochs,
                          concepts=args.concepts, concept_limit=args.concept_limit, export=args.export,
-                         attribution_images=args.images, batch_size=args.batch_size, device=args.device,
+                         attribution_images=args.images, ig_steps=args.ig_steps,
+                         top_units=args.top_units, batch_size=args.batch_size, device=args.device,
                          seed=args.seed, command=command_line(args))
     doc = run_audit(zm, config, args.out)
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]

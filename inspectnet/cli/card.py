@@ -1,8 +1,8 @@
-"""``inspectnet card DIR``: re-render DIR/README.md and DIR/card.html from DIR/card.json."""
+"""``inspectnet card DIR [--copy-to DEST]``: re-render DIR/README.md and DIR/card.html from DIR/card.json."""
 
 import argparse
 
-from inspectnet.card import rerender
+from inspectnet.card import publish, rerender
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -10,10 +10,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Read DIR/card.json (the source of truth written by `inspectnet audit`) and "
                                    "write DIR/README.md (Hugging Face format) and DIR/card.html again.")
     p.add_argument("dir", help="audit folder holding card.json")
+    p.add_argument("--copy-to", help="also write the card and its figures (no caches) into this folder")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     paths = rerender(args.dir)
     print(f"wrote {paths['markdown']} and {paths['html']}")
+    if args.copy_to:
+        copied = publish(args.dir, args.copy_to)
+        print(f"copied the card to {copied['json'].parent}")
     return 0
