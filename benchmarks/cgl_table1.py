@@ -14,9 +14,10 @@ for dissection), the head is a global max-pool (presence task) and the run is sh
 the paper gives no training details for this experiment (epochs, λ's, groups), so ours are stated
 in the output.
 
-CGL terms (DESIGN §5.3) are the small functions below (``psi``, ``group_loss``, ``spatial_loss``,
-``block_norm``); they are used unless the ``cgl`` plugin of ``inspectnet_plugins`` is importable
-and ``--use-plugin`` is given.
+CGL terms (DESIGN §5.3) come from the ``cgl`` fine-tuning plugin (``inspectnet_plugins.cgl``, its
+R_bn, ψ, L_g and L_s; regime (b) sets its λ_g = λ_s = 0). ``--terms local`` uses instead the small
+stand-alone functions below (``psi``, ``group_loss``, ``spatial_loss``, ``block_norm``; L_s there in
+[0, 1] map coordinates rather than pixels), written while the plugin did not exist yet.
 
     python benchmarks/cgl_table1.py            # -> benchmarks/results/cgl_table1.{json,md}
 """
@@ -123,9 +124,18 @@ def train_one(regime: str, seed: int, x: torch.Tensor, y: torch.Tensor, args) ->
     conv_w = [model.conv1.weight, model.conv2.weight]
     others = [p for p in model.parameters() if all(p is not w for w in conv_w)]
     wd_conv = args.weight_decay if regime == "weight_decay" else 0.0
+    plugin = None
+    if args.terms == "plugin" and regime != "weight_decay":
+        from inspectnet_plugins.cgl import ConceptGroupLearning
+
+        full = regime == "r_bn+l_g+l_s"
+        plugin = ConceptGroupLearning(layers="conv1|conv2", groups=args.groups, lam_bn=args.lam_bn,
+                                      lam_g=args.lam_g if full else 0.0, lam_s=args.lam_s if full else 0.0,
+                                      seed=seed).attach(model, num_classes=2)
+        p1, p2 = plugin.P, None  # the plugin's own learned (P1, P2)
     groups_ = [{"params": conv_w, "weight_decay": wd_conv},
                {"params": others, "weight_decay": args.weight_decay},
-               {"params": [p1, p2], "weight_decay": 0.0}]
+               {"params": [p1] if plugin else [p1, p2], "weight_decay": 0.0}]
     opt = torch.optim.Adam(groups_, lr=args.lr) if args.optimizer == "adam" else \
         torch.optim.SGD(groups_, lr=args.lr, momentum=0.9)
     pre: dict[str, torch.Tensor] = {}
@@ -144,11 +154,18 @@ def train_one(regime: str, seed: int, x: torch.Tensor, y: torch.Tensor, args) ->
             logits = model(x[idx])
             loss = F.cross_entropy(logits, y[idx])
             sums["ce"] += float(loss.detach())
-            if regime != "weight_decay":
+            if plugin is not None:
+                terms = plugin.loss(x[idx], y[idx], logits)
+                loss = loss + sum(terms.values())
+                sums["r_bn"] += float(terms["cgl_bn"].detach()) / args.lam_bn
+                if regime == "r_bn+l_g+l_s":
+                    sums["l_g"] += float(terms["cgl_g"].detach()) / args.lam_g
+                    sums["l_s"] += float(terms["cgl_s"].detach()) / args.lam_s
+            elif regime != "weight_decay":
                 r = sum(block_norm(convs[k].weight, groups[k]) for k in convs)
                 loss = loss + args.lam_bn * r
                 sums["r_bn"] += float(r.detach())
-            if regime == "r_bn+l_g+l_s":
+            if plugin is None and regime == "r_bn+l_g+l_s":
                 ps = {k: psi(pre[k], p1, p2) for k in convs}
                 lg = torch.stack([group_loss(ps[k], groups[k], gen) for k in convs]).mean()
                 ls = torch.stack([spatial_loss(ps[k]) for k in convs]).mean()
@@ -161,6 +178,8 @@ def train_one(regime: str, seed: int, x: torch.Tensor, y: torch.Tensor, args) ->
             steps += 1
     for h in hooks:
         h.remove()
+    if plugin is not None:
+        plugin.detach()
     model.eval()
     return model, {k: v / steps for k, v in sums.items()}
 
@@ -197,7 +216,9 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lam-bn", type=float, default=2e-3)
     p.add_argument("--lam-g", type=float, default=0.2)
-    p.add_argument("--lam-s", type=float, default=0.1)
+    p.add_argument("--lam-s", type=float, default=0.01, help="λ_s (L_s in pixels with the plugin)")
+    p.add_argument("--terms", default="plugin", choices=["plugin", "local"],
+                   help="CGL terms from the cgl plugin or from the local functions")
     p.add_argument("--groups", type=int, default=16, help="concept groups per conv layer")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--regimes", default="weight_decay,r_bn,r_bn+l_g+l_s")
@@ -239,7 +260,8 @@ def write(runs: list[dict], regimes: list[str], seeds: list[int], args, argv) ->
            "settings": {k: v for k, v in vars(args).items() if k != "out"},
            "network": (f"conv1 3→128 3×3 stride {args.stride}, ReLU, maxpool {args.pool}, conv2 128→256 3×3, ReLU, "
                        "global max, linear 256→2"),
-           "cgl_terms": "benchmarks/cgl_table1.py functions (psi, group_loss, spatial_loss, block_norm)",
+           "cgl_terms": ("inspectnet_plugins.cgl (plugin)" if args.terms == "plugin" else
+                         "benchmarks/cgl_table1.py functions (psi, group_loss, spatial_loss, block_norm)"),
            "paper": PAPER, "summary": summary, "runs": runs, "versions": library_versions()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +289,8 @@ def markdown(doc: dict, regimes: list[str], seeds: list[int]) -> str:
              f"{s['epochs']} epochs, {s['optimizer']} lr {s['lr']} cosine, batch {s['batch_size']}, "
              f"conv1 stride {s['stride']}, max-pool {s['pool']} after conv1; weight decay "
              f"{s['weight_decay']} (regime a: all weights; b, c: linear layer only), λ_bn {s['lam_bn']}, "
-             f"λ_g {s['lam_g']}, λ_s {s['lam_s']}, {s['groups']} groups per conv layer. "
+             f"λ_g {s['lam_g']}, λ_s {s['lam_s']}, {s['groups']} groups per conv layer, CGL terms from "
+             f"{doc['cgl_terms']}. "
              f"Network: {doc['network']}. Dissection: top 0.005 quantile, IoU ≥ 0.04, "
              f"{s['dissect_images']} held-out images. Values: mean ± std over seeds; paper in brackets.", "",
              "| regularizer | layer | colour | shape | colour-shape | total (of 15) | test acc. % |",
