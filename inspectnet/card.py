@@ -38,8 +38,6 @@ TITLES = {"probe": "Evaluation data and accuracy", "decomposition": "Influential
 def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fingerprint: str,
                total_seconds: float) -> dict[str, Any]:
     """The card document for an audit (see the module doc for its layout)."""
-    from inspectnet.results import library_versions
-
     sections = {}
     for name, entry in results.items():
         sections[name] = {k: entry[k] for k in ("status", "error", "result", "seconds", "cached") if k in entry}
@@ -60,8 +58,24 @@ def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fing
         "sections": sections,
         "timing": {"total_seconds": round(total_seconds, 3), "stages_run_seconds": round(run, 3),
                    "stages_cached_seconds": round(cached, 3)},
-        "reproduce": {"command": config.command, "versions": library_versions()},
+        "reproduce": {"command": config.command, "versions": installed_versions()},
     }
+
+
+def installed_versions() -> dict[str, str]:
+    """Versions of the libraries the audit used, read from package metadata (importing sklearn alone
+    would take seconds: a fully cached audit must stay near free)."""
+    import importlib.metadata as md_
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in ("inspectnet", "torch", "torchvision", "timm", "numpy", "scikit-learn", "captum", "onnx",
+                 "onnxruntime"):
+        try:
+            out[name] = md_.version(name)
+        except md_.PackageNotFoundError:
+            continue
+    return out
 
 
 def check_card(doc: Any, where: str = "card.json") -> dict[str, Any]:
