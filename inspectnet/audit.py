@@ -386,7 +386,8 @@ def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
                             [ctx.results.get(d, {}).get("status") for d in USES.get(stage, ())]])
         prev = state["stages"].get(stage, {})
         prefix = f"[{n}/{len(wanted)}] {stage}"
-        if prev.get("key") == keys[stage] and prev.get("status") == "ok":
+        files_there = stage == "sparsity" or (out / stage).is_dir()  # a deleted stage folder is recomputed
+        if prev.get("key") == keys[stage] and prev.get("status") == "ok" and files_there:
             ctx.results[stage] = {**prev, "cached": True}
             log(f"{prefix}: cached")
             continue

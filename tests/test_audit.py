@@ -88,6 +88,10 @@ def test_second_audit_reuses_every_stage(audited, trained, tmp_path):
     third = run_audit(_load(trained), _config(k2=2), out, log=None)  # only the decomposition and its readers
     assert [n for n, s in third["sections"].items() if not s["cached"]] == ["decomposition", "attributions"]
     assert all(len(p["features"]) <= 2 for p in third["sections"]["decomposition"]["result"]["per_class"])
+    shutil.rmtree(out / "rules")  # a stage whose files were deleted is recomputed, not trusted
+    fourth = run_audit(_load(trained), _config(k2=2), out, log=None)
+    assert [n for n, s in fourth["sections"].items() if not s["cached"]] == ["rules"]
+    assert (out / "rules" / "tree.png").exists()
 
 
 def test_failing_stage_is_marked_and_card_still_written(audited, trained, tmp_path):
