@@ -84,7 +84,7 @@ class AuditConfig:
                 "rules": {"seed": self.seed}, "sparsity": {}, "linear_probes": {},
                 "attributions": {"n": self.attribution_images, "steps": self.ig_steps, "units": self.top_units},
                 "dissection": {"concepts": self.concepts, "limit": self.concept_limit},
-                "export": {"export": self.export}}[stage]
+                "export": {"export": self.export, "format": 2}}[stage]
 
 
 @dataclasses.dataclass
@@ -300,7 +300,7 @@ def _stage_export(ctx: _Context) -> dict[str, Any]:
     dzm = load_model(str(ctx.out / dec["model_dir"]))
     res = export_onnx(dzm, ctx.out / "export" / "model.onnx", force=True, device=ctx.config.device)
     return {"path": ctx.rel(res.path), "exporter": res.exporter, "opset": res.opset, "parity": res.parity,
-            "latency_ms": res.latency_ms, "size_bytes": res.size_bytes, "model": "decomposed head"}
+            "latency_ms": res.latency_ms, "size_bytes": res.size_bytes, "model": "model with its decomposed head"}
 
 
 _RUNNERS: dict[str, Callable[[_Context], dict[str, Any]]] = {

@@ -294,11 +294,26 @@ def _md_sections(doc: dict[str, Any]) -> list[str]:
                                  [[k, v["num_units"], v["detectors"], v["unique_detectors"]]
                                   for k, v in r["layers"].items()]))
         elif name == "export":
-            out.append(f"ONNX ({md(r['exporter'])}, opset {r['opset']}, {r['size_bytes']} bytes): parity "
-                       f"{md(json.dumps(r['parity']))}; latency ms {md(json.dumps(r['latency_ms']))}\n")
+            out.append(f"ONNX of the {md(r.get('model', 'model'))} ({md(r['exporter'])} exporter, opset {r['opset']}, "
+                       f"{r['size_bytes']} bytes), verified against PyTorch:\n")
+            out.append(_md_table(["metric", "value"], export_rows(r)))
         for fig in r.get("figures", []) if isinstance(r, dict) else []:
             out.append(_md_fig(fig["path"], fig["caption"]))
     return out
+
+
+def export_rows(r: dict[str, Any]) -> list[list[Any]]:
+    """Parity and latency of an export section as (metric, value) rows."""
+    par = r.get("parity", {})
+    rows: list[list[Any]] = [["top-1 agreement ONNX Runtime vs PyTorch", par.get("top1_agreement")],
+                             ["max abs. logit difference", f"{par['max_abs_diff']:.2e}" if "max_abs_diff" in par else None]]
+    lat = r.get("latency_ms", {})
+    for batch in sorted({b for v in lat.values() if isinstance(v, dict) for b in v}, key=lambda b: int(b)):
+        cells = {k: v[batch] for k, v in lat.items() if isinstance(v, dict) and batch in v}
+        rows.append([f"latency ms at batch {batch}", ", ".join(f"{k} {v:.3g}" for k, v in cells.items())])
+        if "torch_eager" in cells and cells.get("ort_fp32"):
+            rows.append([f"speed-up ORT fp32 / torch at batch {batch}", f"{cells['torch_eager'] / cells['ort_fp32']:.2f}x"])
+    return rows
 
 
 def caveats(doc: dict[str, Any]) -> list[str]:
@@ -415,9 +430,7 @@ def _html_section(doc: dict[str, Any], name: str, r: dict[str, Any], root: Path)
                                 ", ".join(v["detector_concepts"])] for k, v in r["layers"].items()]))
     elif name == "export":
         parts.append(rh.table(["field", "value"], [["exporter", r["exporter"]], ["opset", r["opset"]],
-                                                   ["size (bytes)", r["size_bytes"]],
-                                                   ["parity", json.dumps(r["parity"])],
-                                                   ["latency (ms)", json.dumps(r["latency_ms"])]]))
+                                                   ["size (bytes)", r["size_bytes"]], *export_rows(r)]))
     for fig in r.get("figures", []):
         parts.append(_img_file(root, fig["path"], fig["caption"]))
     return "".join(parts)

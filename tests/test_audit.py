@@ -179,3 +179,25 @@ def test_spread_subset_keeps_every_class():
     np.testing.assert_array_equal(np.asarray(sub.image(29)), np.asarray(ds.image(len(ds) - 1)))
     with pytest.raises(InspectnetError, match="--limit"):
         SpreadSubset(ds, 0)
+
+
+def test_receptive_fields_use_each_units_quantile_and_top_images(tiny_digits_model, tmp_path):
+    from inspectnet.attributions import receptive_fields
+    from inspectnet.data import load_data
+    from inspectnet.layers import eval_mode
+    from inspectnet.probes import Probe
+
+    zm = tiny_digits_model
+    ds = load_data("digits", zm.transform())
+    acts = np.random.default_rng(0).random((40, 256))
+    rows = receptive_fields(zm, ds, acts, "layer3", [1, 5], tmp_path, top_n=3, quantile=0.9, sample=40,
+                            batch_size=16)
+    x = torch.stack([ds[i][0] for i in range(40)])
+    with eval_mode(zm.model), torch.no_grad(), Probe(zm.model, ["layer3"], reducer="full") as probe:
+        zm.model(x)
+        maps = probe.outputs["layer3"]
+    for row in rows:
+        k = row["unit"]
+        assert row["threshold"] == pytest.approx(float(torch.quantile(maps[:, k].flatten().float(), 0.9)), rel=1e-5)
+        assert row["top_images"] == [int(i) for i in np.argsort(-acts[:, k])[:3]]
+    assert (tmp_path / "receptive_fields.png").exists()
