@@ -104,14 +104,15 @@ class ConceptGroupLearning(Plugin):
     def _capture(self, name: str, a: torch.Tensor) -> None:
         a = a.float().clone()  # clone: a later in-place op must not rewrite what autograd saved
         s = a.transpose(0, 1).flatten(1).std(dim=1, correction=0).clamp_min(1e-6).view(1, -1, 1, 1)
-        self._psi[name] = torch.sigmoid(self.P[0] * a / s + self.P[1])
+        self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], a, self.P[0] / s))
 
     def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
         gamma = bn.weight.float()
         # τ = BN(a)/γ undoes the affine scale and shift; γ ≈ 0 is clamped, keeping its sign
         safe = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3)).view(1, -1, 1, 1)
-        # clone: the ReLU(inplace=True) after a BN would rewrite the tensor autograd saved
-        self._psi[name] = torch.sigmoid(self.P[0] * out.float().clone() / safe + self.P[1])
+        # clone: the ReLU(inplace=True) after a BN would rewrite the tensor autograd saved;
+        # addcmul fuses P1·τ + P2 with τ = out/γ into one pass over the map
+        self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], out.float().clone(), self.P[0] / safe))
 
     # -- terms ---------------------------------------------------------------------------------------
     def block_norm(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,20 +133,22 @@ class ConceptGroupLearning(Plugin):
         base = (torch.arange(G) * n_g).view(G, 1)
         i, j = (i + base).flatten().to(psi.device), (j + base).flatten().to(psi.device)
         maps = psi.transpose(0, 1).flatten(1)  # (C, B*H*W)
-        a, b = maps[i], maps[j]
-        diff = (a - b).abs().sum(1)
-        return (2 * diff / (a.sum(1) + b.sum(1) + diff).clamp_min(1e-12)).mean()
+        mass = maps.sum(1)  # ‖ψ_i‖₁ once per filter (ψ > 0), gathered per pair below
+        diff = (maps[i] - maps[j]).abs().sum(1)
+        return (2 * diff / (mass[i] + mass[j] + diff).clamp_min(1e-12)).mean()
 
     @staticmethod
     def spatial_loss(psi: torch.Tensor) -> torch.Tensor:
         B, C, H, W = psi.shape
-        ys = torch.arange(H, device=psi.device, dtype=psi.dtype).view(H, 1).expand(H, W)
-        xs = torch.arange(W, device=psi.device, dtype=psi.dtype).view(1, W).expand(H, W)
-        mass = psi.sum((2, 3)).clamp_min(1e-12)
-        cy, cx = (psi * ys).sum((2, 3)) / mass, (psi * xs).sum((2, 3)) / mass
+        ys = torch.arange(H, device=psi.device, dtype=psi.dtype)
+        xs = torch.arange(W, device=psi.device, dtype=psi.dtype)
+        rows, cols = psi.sum(3), psi.sum(2)  # marginals give the centre of mass cheaply
+        mass = rows.sum(2).clamp_min(1e-12)
+        cy, cx = (rows * ys).sum(2) / mass, (cols * xs).sum(2) / mass
+        # (B, C, H, 1) + (B, C, 1, W): one full-size pass for the squared distance;
         # clamp: √ has an infinite derivative at 0 (a 1×1 map sits exactly on its centre)
-        dist = ((ys - cy[..., None, None]) ** 2 + (xs - cx[..., None, None]) ** 2).clamp_min(1e-12).sqrt()
-        return ((psi * dist).sum((2, 3)) / mass).mean()
+        d2 = ((ys - cy[..., None]) ** 2)[..., None] + ((xs - cx[..., None]) ** 2)[..., None, :]
+        return ((psi * d2.clamp_min(1e-12).sqrt()).sum((2, 3)) / mass).mean()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         missing = [n for n in self.convs if n not in self._psi]
