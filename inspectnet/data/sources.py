@@ -18,15 +18,15 @@ SAMPLE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "cat", "h
 
 
 def _split_indices(n: int, split: str | None) -> np.ndarray:
-    if split is None:
-        return np.arange(n)
+    """A fixed seeded order (the source files are sorted by class, so ``--limit N`` must not take
+    the first classes only), cut 80/20 into train/test."""
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
     cut = int(round(TRAIN_FRACTION * n))
-    return np.sort(order[:cut] if split == "train" else order[cut:])
+    return {None: order, "train": order[:cut], "test": order[cut:]}[split]
 
 
 def _split(ds: ArrayDataset, split: str | None, spec: str) -> ArrayDataset:
-    return ds if split is None else ds.subset(_split_indices(len(ds), split), spec)
+    return ds.subset(_split_indices(len(ds), split), spec)
 
 
 def _need(module: str, package: str):
