@@ -12,7 +12,7 @@ from inspectnet.cli import main
 from inspectnet.errors import InspectnetError
 
 STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions"]
-PARAMS = dict(data="digits:train", eval_data="digits:test", limit=64, eval_limit=64, layers=["layer4"],
+PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit=48, layers=["layer4"],
               attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3)
 
 
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
     out = tmp_path_factory.mktemp("model")
-    ds = SpreadSubset(load_data("digits:train", zm.transform()), 256)
+    ds = SpreadSubset(load_data("digits:train", zm.transform()), 160)
     train(zm, ds, out, TrainConfig(epochs=2, batch_size=32, lr=0.05), device="cpu")
     return out
 
@@ -150,7 +150,7 @@ def test_class_names_with_markup_are_escaped(tmp_path):
 
 def test_cli_audit_reuses_cache_then_card_rerenders(audited, trained, tmp_path, capsys):
     out = _copy(audited, tmp_path)
-    rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "64", "--eval-limit", "64",
+    rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "48", "--eval-limit", "48",
                "--layers", "layer4", "--images", "2", "--ig-steps", "4", "--top-units", "2", "--k2", "3",
                "--out", str(out)])
     assert rc == 0
