@@ -27,7 +27,7 @@ from inspectnet.zoo import CONFIG_FILE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_PLUGINS = ("vanilla,ebp:K=25,lam=1e-2,kwta:k=0.2,dutycycle:density=0.7,boost=8,easr:lam=5e-5,"
-                   "sparseout:p=0.3,q=2.5,san,cgl")
+                   "sparseout:p=0.3,q=2.5,san,cgl:layers=layer4.*.conv*")
 
 
 def main() -> None:
