@@ -61,7 +61,8 @@ def shapes(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset
     n, seed, task = int(params.get("n", 2000)), int(params.get("seed", 0)), params.get("task", "square")
     images, masks, pairs = shapes_mod.generate(n, seed)
     labels, names = labels_for_task(pairs, task)
-    idx = _split_indices(n, split)
+    # generated in random order already: the whole set keeps the generator's order (index i = item i)
+    idx = np.arange(n) if split is None else _split_indices(n, split)
     ds = ArrayDataset(spec, images[idx], labels[idx], names)
     ds.masks, ds.pairs = masks[idx], pairs[idx]
     ds.concepts, ds.categories = shapes_mod.CONCEPTS, shapes_mod.CATEGORIES
