@@ -19,8 +19,14 @@ from pathlib import Path
 import torch
 
 from inspectnet import load_data, load_model
-from inspectnet.compare import (compare, expand_methods, markdown_table, parse_sweep, sample_dataset,
-                                split_plugin_list)
+from inspectnet.compare import (
+    compare,
+    expand_methods,
+    markdown_table,
+    parse_sweep,
+    sample_dataset,
+    split_plugin_list,
+)
 from inspectnet.storage import atomic_write_json, atomic_write_text
 from inspectnet.train import TrainConfig, train
 from inspectnet.zoo import CONFIG_FILE

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from finetune_plugins import base_model, layer_hoyer
+
 from inspectnet import load_data, load_model
 from inspectnet.finetune import finetune
 from inspectnet.train import TrainConfig, evaluate

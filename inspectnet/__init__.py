@@ -7,7 +7,7 @@ The main entry points::
 
 __version__ = "0.1.0"
 
-from inspectnet.errors import InspectnetError  # noqa: E402
+from inspectnet.errors import InspectnetError
 
 # Public names are imported on first use (PEP 562), so that torch-free parts such as
 # inspectnet.onnx_runtime (used by `inspectnet run`) do not pull in torch through this package.

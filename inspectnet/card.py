@@ -46,7 +46,7 @@ def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fing
     cfg = dataclasses.asdict(config)
     return {
         "schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION,
-        "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": {"spec": zm.spec, "source": zm.source, "arch": zm.arch, "base": zm.base,
                   "num_classes": zm.num_classes, "in_chans": zm.in_chans,
                   "input_size": list(zm.data_config.get("input_size", [])), "head": zm.head_name,

@@ -27,8 +27,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from inspectnet.data.datasets import open_image
 from inspectnet.errors import InspectnetError
 
 DEFAULT_CATEGORY = "concept"
@@ -120,7 +121,7 @@ class FolderConcepts(ConceptDataset):
         return str(self.images[index])
 
     def image(self, index: int) -> Image.Image:
-        return _open(self.images[index]).convert("RGB")
+        return open_image(self.images[index]).convert("RGB")
 
     def _check_annotation(self, img: Path) -> None:
         if self.mode == "segmentation":
@@ -146,12 +147,12 @@ class FolderConcepts(ConceptDataset):
         for c, concept in enumerate(self.concepts):
             f = self.root / "masks" / img_path.stem / f"{concept}.png"
             if f.is_file():
-                out[c] = np.asarray(self._fit(_open(f), size, f).convert("L")) > 0
+                out[c] = np.asarray(self._fit(open_image(f), size, f).convert("L")) > 0
         return out
 
     def _segmentation_masks(self, img_path: Path, size: tuple[int, int]) -> np.ndarray:
         f = self.root / "segmentations" / f"{img_path.stem}.png"
-        seg = self._fit(_open(f), size, f)
+        seg = self._fit(open_image(f), size, f)
         keys, inverse = _pixel_keys(seg)
         out = np.zeros((len(self.concepts), size[1] * size[0]), bool)
         for k, key in enumerate(keys):
@@ -171,15 +172,6 @@ class FolderConcepts(ConceptDataset):
         warnings.warn(f"mask {path} resized from {mask.size[0]}×{mask.size[1]} to its image's {size[0]}×{size[1]}",
                       stacklevel=3)
         return mask.resize(size, Image.NEAREST)
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InspectnetError(f"image {path} cannot be decoded: {exc}") from exc
 
 
 def _pixel_keys(seg: Image.Image) -> tuple[list[str], np.ndarray]:

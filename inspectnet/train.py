@@ -13,8 +13,8 @@ equals the one-process gradient of the whole batch; only rank 0 writes files.
 
 import dataclasses
 import io
-import math
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

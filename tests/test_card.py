@@ -9,8 +9,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from inspectnet.card import CARD_SCHEMA, CARD_SCHEMA_VERSION, check_card, load_card, md, render_markdown, \
-    rerender, write_card
+from inspectnet.card import (
+    CARD_SCHEMA,
+    CARD_SCHEMA_VERSION,
+    check_card,
+    load_card,
+    md,
+    render_markdown,
+    rerender,
+    write_card,
+)
 from inspectnet.errors import InspectnetError
 
 EVIL = '<script>alert("x")</script>'

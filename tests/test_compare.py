@@ -5,8 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from inspectnet.compare import (COLUMNS, Comparison, aggregate, compare, csv_table, expand_methods, markdown_table,
-                                parse_sweep, plot_comparison, split_plugin_list)
+from inspectnet.compare import (
+    COLUMNS,
+    Comparison,
+    aggregate,
+    compare,
+    csv_table,
+    expand_methods,
+    markdown_table,
+    parse_sweep,
+    plot_comparison,
+    split_plugin_list,
+)
 from inspectnet.errors import InspectnetError
 from inspectnet.train import TrainConfig
 

@@ -8,9 +8,18 @@ from torch import nn
 
 from inspectnet import InspectnetError, load_data, load_model, save_model
 from inspectnet.cli import main
-from inspectnet.decompose import (DecomposedLinear, class_contributions, decompose_model,
-                                  evaluate_decomposition, gathered_logits, linear_params, noise_ablation,
-                                  retrain_head, run_decomposition, top_contributions)
+from inspectnet.decompose import (
+    DecomposedLinear,
+    class_contributions,
+    decompose_model,
+    evaluate_decomposition,
+    gathered_logits,
+    linear_params,
+    noise_ablation,
+    retrain_head,
+    run_decomposition,
+    top_contributions,
+)
 from inspectnet.influence import InfluenceMap, fit_influence
 from inspectnet.record import run_probe
 

@@ -8,8 +8,14 @@ import torch
 from torch import nn
 
 from inspectnet.errors import InspectnetError
-from inspectnet.plugins import (Plugin, available_plugins, describe_plugins, hoyer, make_plugin,
-                                parse_plugin_spec)
+from inspectnet.plugins import (
+    Plugin,
+    available_plugins,
+    describe_plugins,
+    hoyer,
+    make_plugin,
+    parse_plugin_spec,
+)
 
 FIRST_PARTY = {"ebp", "kwta", "san", "cgl", "dutycycle", "easr", "sparseout"}
 

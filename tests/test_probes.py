@@ -53,13 +53,11 @@ def test_no_hook_survives_normal_exception_or_bad_argument():
         assert count_hooks(m) == 3
         m(torch.ones(1, 1, 2, 2))
     assert count_hooks(m) == 0
-    with pytest.raises(RuntimeError):
-        with Probe(m, ["conv"]):
-            m(torch.ones(1, 3, 2, 2))  # wrong channels: the forward raises inside the probe
+    with pytest.raises(RuntimeError), Probe(m, ["conv"]):
+        m(torch.ones(1, 3, 2, 2))  # wrong channels: the forward raises inside the probe
     assert count_hooks(m) == 0
-    with pytest.raises(InspectnetError):
-        with Probe(m, ["conv", "nope"]):
-            pass
+    with pytest.raises(InspectnetError), Probe(m, ["conv", "nope"]):
+        pass
     assert count_hooks(m) == 0
     with pytest.raises(InspectnetError, match="unknown reducer"):
         Probe(m, ["conv"], reducer="median")
@@ -69,10 +67,9 @@ def test_no_hook_survives_normal_exception_or_bad_argument():
 def test_eval_mode_restores_mixed_flags_even_on_error():
     m = ConvReLU().train()
     m.drop.eval()
-    with pytest.raises(ValueError):
-        with eval_mode(m):
-            assert not m.training and not m.conv.training
-            raise ValueError
+    with pytest.raises(ValueError), eval_mode(m):
+        assert not m.training and not m.conv.training
+        raise ValueError
     assert m.training and m.conv.training and not m.drop.training
 
 

@@ -5,8 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from inspectnet.errors import InspectnetError
-from inspectnet.sparse_activations import (get_activation, max_activations, max_pool_indices, peaks,
-                                           peaks_reference)
+from inspectnet.sparse_activations import (
+    get_activation,
+    max_activations,
+    max_pool_indices,
+    peaks,
+    peaks_reference,
+)
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -4,8 +4,14 @@ import argparse
 import sys
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.compare import (compare, expand_methods, markdown_table, parse_sweep, sample_dataset,
-                                split_plugin_list)
+from inspectnet.compare import (
+    compare,
+    expand_methods,
+    markdown_table,
+    parse_sweep,
+    sample_dataset,
+    split_plugin_list,
+)
 from inspectnet.errors import InspectnetError
 from inspectnet.train import TrainConfig
 

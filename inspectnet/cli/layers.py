@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     zm = model_from_args(args)
     rows = list_layers(zm.model, zm.data_config["input_size"])
     width = max(len(r["name"]) for r in rows)
-    text = "\n".join(f"{r['name']:<{width}}  {r['type']:<22} {str(r['output_shape']):<22} {r['params']}"
+    text = "\n".join(f"{r['name']:<{width}}  {r['type']:<22} {r['output_shape']!s:<22} {r['params']}"
                      for r in rows)
     header = f"{'name':<{width}}  {'type':<22} {'output shape':<22} params\n"
     emit({"model": zm.spec, "head": zm.head_name, "layers": rows}, args.json,

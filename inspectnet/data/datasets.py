@@ -107,13 +107,7 @@ class FolderDataset(ImageDataset):
         self.labels = np.asarray(labels, np.int64)
 
     def image(self, index: int) -> Image.Image:
-        path = self.files[index]
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return im
-        except (OSError, UnidentifiedImageError) as exc:
-            raise InspectnetError(f"image {path} cannot be decoded: {exc}") from exc
+        return open_image(self.files[index])
 
     def name(self, index: int) -> str:
         return str(self.files[index])
@@ -136,6 +130,16 @@ class FilesDataset(ImageDataset):
 
     image = FolderDataset.image
     name = FolderDataset.name
+
+
+def open_image(path: Path) -> Image.Image:
+    """Decode an image file fully (the file is closed on return), naming the file if it cannot be."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InspectnetError(f"image {path} cannot be decoded: {exc}") from exc
 
 
 def _readable(path: Path) -> bool:
