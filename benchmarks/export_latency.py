@@ -36,7 +36,7 @@ def interleaved_latency(engines: dict, x_by_batch: dict, threads: int, rounds: i
     """Median ms per engine and batch; each round times every engine once per batch, in turn."""
     times = {name: {b: [] for b in x_by_batch} for name in engines}
     with torch_threads(threads), torch.inference_mode():
-        for name, fn in engines.items():  # warm-up
+        for fn in engines.values():  # warm-up
             for x in x_by_batch.values():
                 fn(x)
         for _ in range(rounds):
@@ -122,7 +122,8 @@ def bench(label: str, zm, calib_specs: list[tuple[str, int]], eval_specs: list[t
     ratios = {str(b): {"ort_fp32_vs_torch": lat["torch_eager"][str(b)] / lat["ort_fp32"][str(b)],
                        "int8_vs_ort_fp32": lat["ort_fp32"][str(b)] / lat["ort_int8"][str(b)]} for b in BATCHES}
     return {"model": label, "spec": zm.spec, "input_size": list(shape), "parity": res.parity,
-            "int8": res.int8, "int8_agreement_by_source": by_source, "latency_ms": lat, "speedup": ratios, "size_bytes": res.size_bytes,
+            "int8": res.int8, "int8_agreement_by_source": by_source, "latency_ms": lat, "speedup": ratios,
+            "size_bytes": res.size_bytes,
             "calibration": calib_specs, "evaluation": eval_specs}
 
 

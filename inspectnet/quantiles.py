@@ -68,7 +68,6 @@ class UnitQuantiles:
         self.width = span * (1 + 1e-9) / self.bins
 
     def _grow(self, vmin: torch.Tensor, vmax: torch.Tensor) -> None:
-        half = self.bins // 2
         for _ in range(2048):
             hi = self.lo + self.width * self.bins
             below, above = vmin < self.lo, vmax >= hi

@@ -40,7 +40,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, digits):
         assert torch.equal(va, vc), k
     assert full.history == resumed.history
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l) for l in lines] == full.history
+    assert [json.loads(line) for line in lines] == full.history
     assert "ebp" in full.history[0] and "ebp/hoyer" in full.history[0] and "san/density" in full.history[0]
     saved = FinetuneResult.load(tmp_path / "b" / "finetune.json")
     assert saved.plugins[0].startswith("ebp:K=4")

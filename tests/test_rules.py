@@ -38,7 +38,9 @@ def planted(n: int, seed: int, k: int = 20) -> tuple[np.ndarray, np.ndarray, np.
     rng = np.random.default_rng(seed)
     a = rng.exponential(1.0, size=(n, k))
     # thresholds are fit on the train draw; a large n makes them ≈ those of the eval draw
-    on = lambda j: a[:, j] > 2.0
+    def on(j):
+        return a[:, j] > 2.0
+
     pred = np.where(on(3) & ~on(7), 2, np.where(~on(3) & on(5), 1, 0))
     labels = pred.copy()
     flip = rng.random(n) < 0.1

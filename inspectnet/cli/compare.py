@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                          weight_decay=args.weight_decay)
     result = compare(lambda: model_from_args(args), train_ds, test_ds, methods, args.layer, args.out,
-                     config=config, seeds=list(range(args.seeds)), device=args.device, rules_kw={"max_depth": args.max_depth} if args.max_depth else None,
+                     config=config, seeds=list(range(args.seeds)), device=args.device,
+                     rules_kw={"max_depth": args.max_depth} if args.max_depth else None,
                      log=None if args.json else lambda line: print(line, file=sys.stderr))
     emit(result.to_dict(), args.json, markdown_table(result) + f"\nwrote {args.out}/compare.md, compare.csv, "
                                                                f"compare.json, compare.png")
