@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from inspectnet.errors import InspectnetError
 from inspectnet.influence import InfluenceMap
 from inspectnet.layers import PRE_LOGITS
-from inspectnet.zoo import ZooModel, _set_submodule, register_modifier
+from inspectnet.zoo import ZooModel, register_modifier, set_submodule
 
 MODIFIER = "decomposed_head"
 
@@ -140,7 +140,7 @@ def decompose_model(zm: ZooModel, imap: InfluenceMap) -> ZooModel:
                               f"but the model {zm.spec} has weights {zm.fingerprint()}; probe this model again")
     dec = DecomposedLinear.from_linear(head, imap)
     model = copy.deepcopy(zm.model)
-    _set_submodule(model, zm.head_name, dec)
+    set_submodule(model, zm.head_name, dec)
     mod = {"kind": MODIFIER, "head_name": zm.head_name, "in_features": head.in_features,
            "out_features": head.out_features, "bias": head.bias is not None, "k1": imap.k1, "k2": imap.k2}
     return ZooModel(model=model, source=zm.source, arch=zm.arch, num_classes=zm.num_classes,
@@ -152,7 +152,7 @@ def decompose_model(zm: ZooModel, imap: InfluenceMap) -> ZooModel:
 def _rebuild_decomposed(model: nn.Module, mod: dict[str, Any]) -> nn.Module:
     """Put an empty DecomposedLinear of the saved shape in place; the weights fill it afterwards."""
     dec = DecomposedLinear(mod["in_features"], mod["out_features"], bias=mod["bias"])
-    _set_submodule(model, mod["head_name"], dec)
+    set_submodule(model, mod["head_name"], dec)
     return model
 
 

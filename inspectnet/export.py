@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from inspectnet.errors import InspectnetError
+from inspectnet.layers import PRE_LOGITS, eval_mode
 from inspectnet.onnx_runtime import (
     FORMAT,
     FORMAT_VERSION,
@@ -40,9 +41,10 @@ from inspectnet.onnx_runtime import (
     default_providers,
     make_session,
 )
+from inspectnet.probes import Probe
 from inspectnet.results import Result
 from inspectnet.storage import prepare_output_file
-from inspectnet.zoo import ZooModel
+from inspectnet.zoo import ZooModel, set_submodule
 
 EXPORTERS = ("dynamo", "torchscript")
 PARITY_BATCHES = (1, 8)
@@ -158,22 +160,12 @@ def export_form(zm: ZooModel, module: nn.Module, head_only: bool) -> nn.Module:
     return clone.eval()
 
 
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
 def head_features(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
-    """The head's input f(x) (penultimate features) for a batch of images, captured by a pre-hook."""
-    captured: list[torch.Tensor] = []
-    head = zm.model.get_submodule(zm.head_name)
-    handle = head.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach()))
-    try:
-        with torch.inference_mode():
-            zm.model.eval()(x)
-    finally:
-        handle.remove()
-    return captured[0].flatten(1) if captured[0].dim() > 2 else captured[0]
+    """The head's input f(x) (penultimate features) for a batch of images, captured by a probe."""
+    with eval_mode(zm.model), torch.inference_mode(), Probe(zm.model, [PRE_LOGITS], head_name=zm.head_name) as p:
+        zm.model(x)
+    f = p.outputs[PRE_LOGITS]
+    return f.flatten(1) if f.dim() > 2 else f
 
 
 def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None):

@@ -97,7 +97,7 @@ def list_layers(model: nn.Module, input_size: Sequence[int]) -> list[dict]:
 
     def hook(name: str):
         def fn(_m, _inp, out):
-            t = _first_tensor(out)
+            t = first_tensor(out)
             if t is not None and name not in shapes:
                 shapes[name] = list(t.shape)
         return fn
@@ -118,11 +118,12 @@ def list_layers(model: nn.Module, input_size: Sequence[int]) -> list[dict]:
             for n, m in named]
 
 
-def _first_tensor(out: object) -> torch.Tensor | None:
+def first_tensor(out: object) -> torch.Tensor | None:
+    """The first tensor in a module output (tensor, tuple/list or dict of them), else None."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)):
-        return next((t for t in map(_first_tensor, out) if t is not None), None)
+        return next((t for t in map(first_tensor, out) if t is not None), None)
     if isinstance(out, dict):
-        return next((t for t in map(_first_tensor, out.values()) if t is not None), None)
+        return next((t for t in map(first_tensor, out.values()) if t is not None), None)
     return None

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from inspectnet.errors import InspectnetError
-from inspectnet.layers import _first_tensor, resolve_layers
+from inspectnet.layers import first_tensor, resolve_layers
 
 ENTRY_POINT_GROUP = "inspectnet.plugins"
 
@@ -187,7 +187,7 @@ class Plugin:
         module = self.model.get_submodule(layer)
 
         def _hook(_m: nn.Module, _i: Any, out: Any) -> Any:
-            t = _first_tensor(out)
+            t = first_tensor(out)
             new = fn(t)
             if new is None or isinstance(out, torch.Tensor):
                 return new

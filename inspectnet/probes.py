@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from inspectnet.errors import InspectnetError
-from inspectnet.layers import PRE_LOGITS, _first_tensor, resolve_layers
+from inspectnet.layers import PRE_LOGITS, first_tensor, resolve_layers
 
 
 def _spatial_dims(t: torch.Tensor) -> tuple[int, ...]:
@@ -109,7 +109,7 @@ class Probe:
             head = self.model.get_submodule(self.head_name)
             return head.register_forward_pre_hook(lambda _m, args: self._store(PRE_LOGITS, args[0], raw=True))
         module = self.model.get_submodule(name)
-        return module.register_forward_hook(lambda _m, _i, out: self._store(name, _first_tensor(out)))
+        return module.register_forward_hook(lambda _m, _i, out: self._store(name, first_tensor(out)))
 
     def _store(self, name: str, t: torch.Tensor | None, raw: bool = False) -> None:
         if t is None:

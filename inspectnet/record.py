@@ -26,8 +26,8 @@ import torch
 from inspectnet.data import ImageDataset
 from inspectnet.devices import resolve_device
 from inspectnet.errors import InspectnetError
-from inspectnet.layers import PRE_LOGITS, eval_mode
-from inspectnet.probes import Probe
+from inspectnet.layers import PRE_LOGITS, eval_mode, resolve_layers
+from inspectnet.probes import Probe, get_reducer
 from inspectnet.progress import progress
 from inspectnet.results import SCHEMA_VERSION, library_versions
 from inspectnet.storage import atomic_write_json, read_json
@@ -164,8 +164,8 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
     out = Path(out)
-    probe = Probe(zm.model, layers, reducer=reducer, head_name=zm.head_name)
-    names = [n for n in probe.layers if n != PRE_LOGITS]
+    get_reducer(reducer)  # fail on a bad reducer before touching the output folder
+    names = [n for n in resolve_layers(zm.model, layers, head_name=zm.head_name) if n != PRE_LOGITS]
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise InspectnetError(f"data {dataset.spec!r} has no samples to probe")

@@ -25,7 +25,7 @@ from torch import nn
 from inspectnet.decompose import ChannelGather, DecomposedLinear
 from inspectnet.errors import InspectnetError
 from inspectnet.layers import eval_mode
-from inspectnet.zoo import ZooModel, _set_submodule, register_modifier
+from inspectnet.zoo import ZooModel, register_modifier, set_submodule
 
 MODIFIER = "slimmed"
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardswish,
@@ -147,7 +147,7 @@ def apply_slimming(model: nn.Module, head_name: str, method: str, keep: list[int
         new.feature_ids.copy_(head.feature_ids[idx])
         if head.bias is not None:
             new.bias.copy_(head.bias)
-    _set_submodule(model, head_name, new)
+    set_submodule(model, head_name, new)
     return model
 
 

@@ -15,7 +15,6 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,9 +328,3 @@ def _identity_difference(saved: dict, wanted: dict) -> str:
     """Which keys of the run identity differ, e.g. ``hooks: {...} != {...}``."""
     keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
     return "; ".join(f"{k}: saved {saved.get(k)!r}, now {wanted.get(k)!r}" for k in keys)
-
-
-def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:
-    """Samples per class (labels < 0 ignored)."""
-    labels = np.asarray(labels)
-    return np.bincount(labels[labels >= 0], minlength=num_classes)

@@ -261,12 +261,13 @@ def replace_head(zm: ZooModel, num_classes: int) -> None:
     """Swap the final linear layer for a freshly initialised one with ``num_classes`` outputs."""
     old = zm.head
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    _set_submodule(zm.model, zm.head_name, new)
+    set_submodule(zm.model, zm.head_name, new)
     zm.num_classes = num_classes
     zm.class_names = default_class_names(num_classes)
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` (e.g. ``head.fc``) by ``module``."""
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, leaf, module)
@@ -319,10 +320,10 @@ def _build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | No
 
     if pretrained:
         model = torchvision.models.get_model(arch, weights="DEFAULT")
-        if num_classes is not None and num_classes != model.get_submodule(find_head(model)).out_features:
-            head = find_head(model)
-            old = model.get_submodule(head)
-            _set_submodule(model, head, nn.Linear(old.in_features, num_classes))
+        head = find_head(model)
+        old = model.get_submodule(head)
+        if num_classes is not None and num_classes != old.out_features:
+            set_submodule(model, head, nn.Linear(old.in_features, num_classes))
     else:
         kwargs = {"num_classes": num_classes} if num_classes is not None else {}
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
@@ -345,7 +346,7 @@ def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
         new.weight.copy_(w.repeat(1, in_chans, 1, 1))
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
-    _set_submodule(model, name, new)
+    set_submodule(model, name, new)
 
 
 def _with_channels(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
