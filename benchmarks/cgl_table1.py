@@ -7,7 +7,7 @@ unique Network Dissection detectors per concept category at conv1 and conv2 (15 
 colours, 3 shapes, 9 colour-shapes). Paper, conv2: 10 / 12 / 14 of 15.
 
 This script trains the three regimes with the same seeds, data and epochs, dissects conv1 and
-conv2 with :func:`inspectnet.dissect.dissect` on held-out shapes images, and writes mean ± std over
+conv2 with :func:`inspectnet.analysis.dissect.dissection.dissect` on held-out shapes images, and writes mean ± std over
 seeds beside the paper's numbers. To stay within a few CPU minutes conv1 has stride 2 and is
 followed by a 2× max-pool (conv1 maps are 32×32, conv2 maps 16×16, both upsampled to the 64×64 masks
 for dissection), the head is a global max-pool (presence task) and the run is short;
@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectnet.concepts import ArrayConcepts
+from inspectnet.analysis.dissect.dissection import dissect
+from inspectnet.core.results import library_versions
 from inspectnet.data import shapes as shapes_mod
-from inspectnet.dissect import dissect
-from inspectnet.results import library_versions
+from inspectnet.data.concepts import ArrayConcepts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {  # Table 1: (colour, shape, colour-shape, total)

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from inspectnet import load_data, load_model
-from inspectnet.compare import (
+from inspectnet.core.storage import atomic_write_json, atomic_write_text
+from inspectnet.models.zoo import CONFIG_FILE
+from inspectnet.pipelines.compare import (
     compare,
     expand_methods,
     markdown_table,
@@ -27,9 +29,7 @@ from inspectnet.compare import (
     sample_dataset,
     split_plugin_list,
 )
-from inspectnet.storage import atomic_write_json, atomic_write_text
-from inspectnet.train import TrainConfig, train
-from inspectnet.zoo import CONFIG_FILE
+from inspectnet.training.loop import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_PLUGINS = ("vanilla,ebp:K=25,lam=1e-2,kwta:k=0.2,dutycycle:density=0.7,boost=8,easr:lam=5e-5,"

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from inspectnet import load_data, load_model
-from inspectnet.decompose import run_decomposition
-from inspectnet.influence import fit_influence
-from inspectnet.record import run_probe
-from inspectnet.train import TrainConfig, train
+from inspectnet.analysis.heads.decompose import run_decomposition
+from inspectnet.analysis.heads.influence import fit_influence
+from inspectnet.probe.record import run_probe
+from inspectnet.training.loop import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 

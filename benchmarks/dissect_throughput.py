@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from inspectnet.concepts import load_concepts
-from inspectnet.dissect import _Items, dissect, dissection_transform
-from inspectnet.layers import eval_mode
-from inspectnet.results import library_versions
-from inspectnet.zoo import load_model
+from inspectnet.analysis.dissect.dissection import _Items, dissect, dissection_transform
+from inspectnet.core.results import library_versions
+from inspectnet.data.concepts import load_concepts
+from inspectnet.models.layers import eval_mode
+from inspectnet.models.zoo import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

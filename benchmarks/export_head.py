@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from inspectnet import load_model
-from inspectnet.export import export_onnx, head_features, torch_threads
-from inspectnet.onnx_runtime import make_session
-from inspectnet.results import library_versions
-from inspectnet.storage import atomic_write_json, atomic_write_text
+from inspectnet.core.results import library_versions
+from inspectnet.core.storage import atomic_write_json, atomic_write_text
+from inspectnet.export.onnx import export_onnx, head_features, torch_threads
+from inspectnet.runtime.classifier import make_session
 
 sys.path.insert(0, str(Path(__file__).parent))
 from export_latency import BATCHES, _train_mnist, interleaved_latency
@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=5, help="k1 = k2 of the influence map")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from inspectnet.analysis.heads.decompose import decompose_model
+    from inspectnet.analysis.heads.influence import fit_influence
+    from inspectnet.analysis.heads.slim import slim_model
     from inspectnet.data import load_data
-    from inspectnet.decompose import decompose_model
-    from inspectnet.influence import fit_influence
-    from inspectnet.record import run_probe
-    from inspectnet.slim import slim_model
+    from inspectnet.probe.record import run_probe
 
     with tempfile.TemporaryDirectory(prefix="inspectnet-head-") as tmp:
         work = Path(tmp)

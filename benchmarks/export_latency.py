@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from inspectnet import load_model
-from inspectnet.export import calibration_inputs, export_onnx, torch_threads
-from inspectnet.onnx_runtime import make_session, softmax
-from inspectnet.results import library_versions
-from inspectnet.storage import atomic_write_json, atomic_write_text
+from inspectnet.core.results import library_versions
+from inspectnet.core.storage import atomic_write_json, atomic_write_text
+from inspectnet.export.onnx import calibration_inputs, export_onnx, torch_threads
+from inspectnet.runtime.classifier import make_session, softmax
 
 RESULTS = Path(__file__).parent / "results"
 BATCHES = (1, 32)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_mnist(out: Path) -> Path:
     from inspectnet.data import load_data
-    from inspectnet.train import TrainConfig, train
+    from inspectnet.training.loop import TrainConfig, train
 
     zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=28)
     train(zm, load_data("mnist5k:train", zm.transform()), out, TrainConfig(epochs=3, batch_size=64), device="cpu")

@@ -18,8 +18,8 @@ import torch
 from finetune_plugins import base_model, layer_hoyer
 
 from inspectnet import load_data, load_model
-from inspectnet.finetune import finetune
-from inspectnet.train import TrainConfig, evaluate
+from inspectnet.training.finetune import finetune
+from inspectnet.training.loop import TrainConfig, evaluate
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = {"vanilla": [], "ebp (λ=1e-3)": ["ebp:K=25,lam=1e-3,layer=layer4"],

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from inspectnet import load_data, load_model
-from inspectnet.finetune import PluginHooks, finetune
-from inspectnet.layers import eval_mode
+from inspectnet.models.layers import eval_mode
 from inspectnet.plugins import hoyer, make_plugin
-from inspectnet.probes import Probe
-from inspectnet.train import TrainConfig, evaluate, train
+from inspectnet.probe.hooks import Probe
+from inspectnet.training.finetune import PluginHooks, finetune
+from inspectnet.training.loop import TrainConfig, evaluate, train
 
 RESULTS = Path(__file__).parent / "results"
 

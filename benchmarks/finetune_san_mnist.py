@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from inspectnet.analysis.san.activations import peaks, peaks_reference
+from inspectnet.analysis.san.model import images_tensor, san_select
 from inspectnet.data import load_data
-from inspectnet.san import images_tensor, san_select
-from inspectnet.sparse_activations import peaks, peaks_reference
 
 RESULTS = Path(__file__).parent / "results"
 

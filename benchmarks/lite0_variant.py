@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from inspectnet import load_data, load_model
-from inspectnet.layers import eval_mode
+from inspectnet.models.layers import eval_mode
 
 TRUTH = {"chelsea": range(281, 286), "coffee": (967, 968), "rocket": (657, 744)}
 PREPROCESSING = {

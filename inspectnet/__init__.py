@@ -7,14 +7,14 @@ The main entry points::
 
 __version__ = "0.1.0"
 
-from inspectnet.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError
 
 # Public names are imported on first use (PEP 562), so that torch-free parts such as
-# inspectnet.onnx_runtime (used by `inspectnet run`) do not pull in torch through this package.
-_LAZY = {"load_data": "inspectnet.data", "Probe": "inspectnet.probes", "ProbeRecord": "inspectnet.record",
-         "run_probe": "inspectnet.record", "ZooModel": "inspectnet.zoo", "load_model": "inspectnet.zoo",
-         "save_model": "inspectnet.zoo", "OnnxClassifier": "inspectnet.onnx_runtime",
-         "export_onnx": "inspectnet.export"}
+# inspectnet.runtime.classifier (used by `inspectnet run`) do not pull in torch through this package.
+_LAZY = {"load_data": "inspectnet.data", "Probe": "inspectnet.probe.hooks", "ProbeRecord": "inspectnet.probe.record",
+         "run_probe": "inspectnet.probe.record", "ZooModel": "inspectnet.models.zoo", "load_model": "inspectnet.models.zoo",
+         "save_model": "inspectnet.models.zoo", "OnnxClassifier": "inspectnet.runtime.classifier",
+         "export_onnx": "inspectnet.export.onnx"}
 
 
 def __getattr__(name: str):

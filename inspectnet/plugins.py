@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from inspectnet.errors import InspectnetError
-from inspectnet.layers import first_tensor, resolve_layers
+from inspectnet.core.errors import InspectnetError
+from inspectnet.models.layers import first_tensor, resolve_layers
 
 ENTRY_POINT_GROUP = "inspectnet.plugins"
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inspectnet.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError
 from inspectnet.plugins import HParam, Plugin
 
 _BN = (nn.BatchNorm2d, nn.SyncBatchNorm)

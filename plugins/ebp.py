@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inspectnet.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError
 from inspectnet.plugins import HParam, Plugin, all_reduce_sum, hoyer
 
 

@@ -3,7 +3,7 @@
 The chosen layer's output maps pass through φ ∈ {identity, max-activations (top-k per map),
 max-pool-indices (one survivor per m×m window), peaks (greedy local maxima at distance ≥ d)}
 during training and evaluation while the plugin is attached (see
-:mod:`inspectnet.sparse_activations`).
+:mod:`inspectnet.analysis.san.activations`).
 
 Example::
 
@@ -13,8 +13,8 @@ Example::
 import torch
 from torch import nn
 
+from inspectnet.analysis.san.activations import ACTIVATIONS, get_activation
 from inspectnet.plugins import HParam, Plugin, hoyer
-from inspectnet.sparse_activations import ACTIVATIONS, get_activation
 
 
 class SparseActivation(Plugin):

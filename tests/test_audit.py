@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from inspectnet.audit import AuditConfig, SpreadSubset, run_audit
 from inspectnet.cli import main
-from inspectnet.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError
+from inspectnet.pipelines.audit import AuditConfig, SpreadSubset, run_audit
 
 STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions"]
 PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit=48, layers=["layer4"],
@@ -20,8 +20,8 @@ PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit
 def trained(tmp_path_factory):
     """ResNet18 (1 channel, 16 px) trained briefly on digits, so that it predicts several classes."""
     from inspectnet.data import load_data
-    from inspectnet.train import TrainConfig, train
-    from inspectnet.zoo import load_model
+    from inspectnet.models.zoo import load_model
+    from inspectnet.training.loop import TrainConfig, train
 
     torch.manual_seed(0)
     zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
@@ -43,7 +43,7 @@ def _config(**kw):
 
 
 def _load(path):
-    from inspectnet.zoo import load_model
+    from inspectnet.models.zoo import load_model
 
     return load_model(str(path))
 
@@ -67,7 +67,7 @@ def test_first_audit_runs_every_stage_and_writes_the_card(audited, trained):
     dec = first["sections"]["decomposition"]["result"]
     assert dec["k2"] == 3 and all(len(p["features"]) <= 3 for p in dec["per_class"])
     # the exact contributions: mean over class c of W[c, j] * f_j, recomputed here from the record
-    from inspectnet.record import ProbeRecord
+    from inspectnet.probe.record import ProbeRecord
 
     ev = ProbeRecord.load(out / "probe" / "eval")
     w = _load(trained).head.weight.detach().numpy()
@@ -125,7 +125,7 @@ def test_another_models_audit_is_refused(audited, tmp_path, tiny_digits_model):
 def test_class_names_with_markup_are_escaped(tmp_path):
     """A folder dataset whose class names and file names carry HTML/Markdown metacharacters."""
     from inspectnet.data import load_data
-    from inspectnet.zoo import load_model
+    from inspectnet.models.zoo import load_model
 
     digits = load_data("digits")
     evil = ["<script>alert(1)", 'b&"*_|`x']
@@ -182,10 +182,10 @@ def test_spread_subset_keeps_every_class():
 
 
 def test_receptive_fields_use_each_units_quantile_and_top_images(tiny_digits_model, tmp_path):
-    from inspectnet.attributions import receptive_fields
+    from inspectnet.analysis.attributions import receptive_fields
     from inspectnet.data import load_data
-    from inspectnet.layers import eval_mode
-    from inspectnet.probes import Probe
+    from inspectnet.models.layers import eval_mode
+    from inspectnet.probe.hooks import Probe
 
     zm = tiny_digits_model
     ds = load_data("digits", zm.transform())

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from inspectnet.card import (
+from inspectnet.core.errors import InspectnetError
+from inspectnet.reports.card import (
     CARD_SCHEMA,
     CARD_SCHEMA_VERSION,
     check_card,
@@ -19,7 +20,6 @@ from inspectnet.card import (
     rerender,
     write_card,
 )
-from inspectnet.errors import InspectnetError
 
 EVIL = '<script>alert("x")</script>'
 

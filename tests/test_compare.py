@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from inspectnet.compare import (
+from inspectnet.core.errors import InspectnetError
+from inspectnet.pipelines.compare import (
     COLUMNS,
     Comparison,
     aggregate,
@@ -17,8 +18,7 @@ from inspectnet.compare import (
     plot_comparison,
     split_plugin_list,
 )
-from inspectnet.errors import InspectnetError
-from inspectnet.train import TrainConfig
+from inspectnet.training.loop import TrainConfig
 
 
 def test_split_plugin_list_keeps_hyperparameters_with_their_plugin():
@@ -114,7 +114,7 @@ def test_markdown_and_csv_tables(tmp_path):
 
 def test_sample_dataset_is_a_seeded_random_subset():
     from inspectnet import load_data
-    from inspectnet.compare import sample_dataset
+    from inspectnet.pipelines.compare import sample_dataset
 
     full = load_data("digits:test")
     a, b = sample_dataset(full, 60, seed=0), sample_dataset(full, 60, seed=0)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inspectnet.concepts import FolderConcepts, load_concepts
+from inspectnet.core.errors import InspectnetError
 from inspectnet.data import shapes as shapes_mod
-from inspectnet.errors import InspectnetError
+from inspectnet.data.concepts import FolderConcepts, load_concepts
 
 
 def _write_mask_folder(root, *, mask_size=(8, 6), image_size=(8, 6)):

@@ -7,8 +7,7 @@ from PIL import Image
 from torch import nn
 
 from inspectnet import InspectnetError, load_data, load_model, save_model
-from inspectnet.cli import main
-from inspectnet.decompose import (
+from inspectnet.analysis.heads.decompose import (
     DecomposedLinear,
     class_contributions,
     decompose_model,
@@ -20,8 +19,9 @@ from inspectnet.decompose import (
     run_decomposition,
     top_contributions,
 )
-from inspectnet.influence import InfluenceMap, fit_influence
-from inspectnet.record import run_probe
+from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence
+from inspectnet.cli import main
+from inspectnet.probe.record import run_probe
 
 
 def random_map(c, d, k, seed=0):

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inspectnet.analysis.dissect.dissection import dissect, iou_from_counts, to_maps, unit_overlaps, write_dissection
+from inspectnet.analysis.dissect.sketch import UnitQuantiles
 from inspectnet.cli import main
-from inspectnet.concepts import ArrayConcepts, load_concepts
-from inspectnet.dissect import dissect, iou_from_counts, to_maps, unit_overlaps, write_dissection
-from inspectnet.errors import InspectnetError
-from inspectnet.quantiles import UnitQuantiles
+from inspectnet.core.errors import InspectnetError
+from inspectnet.data.concepts import ArrayConcepts, load_concepts
 
 PLAIN = {"input_size": (3, 64, 64), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 
@@ -108,7 +108,7 @@ def test_red_unit_detects_exactly_red(shapes_data):
 
 def _reference_iou(model, data, layer_maps, q, n):
     """Dissection written plainly: every map in memory, exact numpy quantile, per-image set ops."""
-    from inspectnet.dissect import dissection_transform
+    from inspectnet.analysis.dissect.dissection import dissection_transform
 
     t = dissection_transform(PLAIN)
     x = torch.stack([t(data.image(i)) for i in range(n)])

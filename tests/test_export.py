@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from inspectnet import load_model
-from inspectnet.errors import InspectnetError
-from inspectnet.export import calibration_inputs, export_onnx
-from inspectnet.onnx_runtime import KEY_CLASS_NAMES, KEY_PREPROCESSING, OnnxClassifier, make_session
+from inspectnet.core.errors import InspectnetError
+from inspectnet.export.onnx import calibration_inputs, export_onnx
+from inspectnet.runtime.classifier import KEY_CLASS_NAMES, KEY_PREPROCESSING, OnnxClassifier, make_session
 
 
 def tiny(seed: int = 0):
@@ -146,8 +146,8 @@ def test_head_only_exports_the_linear_head(tmp_path):
 
 
 def test_decomposed_model_and_head_export(tmp_path):
-    decompose = pytest.importorskip("inspectnet.decompose")
-    from inspectnet.influence import InfluenceMap
+    decompose = pytest.importorskip("inspectnet.analysis.heads.decompose")
+    from inspectnet.analysis.heads.influence import InfluenceMap
 
     zm = tiny()
     rng = np.random.default_rng(0)

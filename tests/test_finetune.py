@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from inspectnet import load_data, load_model
+from inspectnet.core.errors import InspectnetError
 from inspectnet.data.datasets import ArrayDataset
-from inspectnet.errors import InspectnetError
-from inspectnet.finetune import FinetuneResult, finetune, freeze_until
-from inspectnet.train import TrainConfig
+from inspectnet.training.finetune import FinetuneResult, finetune, freeze_until
+from inspectnet.training.loop import TrainConfig
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, limit=64, lr=0.05)
 PLUGINS = ["ebp:K=4,layer=layer4,lam=0.01", "san:activation=max-activations,k=2,layer=layer2"]
@@ -86,7 +86,7 @@ def test_freeze_until_counts_parameters():
 
 
 def test_load_finetuned_reattaches_forward_altering_plugins(tmp_path, digits):
-    from inspectnet.finetune import load_finetuned
+    from inspectnet.training.finetune import load_finetuned
 
     zm = _model()
     cfg = TrainConfig(epochs=1, batch_size=32, limit=32)

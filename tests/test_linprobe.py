@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from inspectnet.analysis.linprobe import linear_probes
 from inspectnet.cli import main
-from inspectnet.errors import InspectnetError
-from inspectnet.linprobe import linear_probes
+from inspectnet.core.errors import InspectnetError
 from tests.test_rules import write_record
 
 

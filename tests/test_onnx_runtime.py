@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from inspectnet import load_model
-from inspectnet.errors import InspectnetError
-from inspectnet.export import export_onnx
-from inspectnet.onnx_runtime import OnnxClassifier, preprocess
+from inspectnet.core.errors import InspectnetError
+from inspectnet.export.onnx import export_onnx
+from inspectnet.runtime.classifier import OnnxClassifier, preprocess
 
 
 def _photo(size, mode="RGB", seed=0):
@@ -143,14 +143,14 @@ def test_unreadable_image_is_named(model_file, tmp_path):
 def test_missing_onnxruntime_names_the_extras(model_file):
     _, out = model_file
     code = ("import sys; sys.modules['onnxruntime'] = None\n"
-            "from inspectnet.onnx_runtime import OnnxClassifier\n"
+            "from inspectnet.runtime.classifier import OnnxClassifier\n"
             f"OnnxClassifier({str(out)!r})")
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "inspectnet[cpu]" in proc.stderr and "inspectnet[gpu]" in proc.stderr
 
 
 def test_package_import_stays_light():
-    code = ("import sys, inspectnet, inspectnet.onnx_runtime, inspectnet.quantization\n"
+    code = ("import sys, inspectnet, inspectnet.runtime.classifier, inspectnet.export.int8\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n"
             "from inspectnet import load_model\n"
             "assert 'torch' in sys.modules and callable(load_model)")

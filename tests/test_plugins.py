@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from inspectnet.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError
 from inspectnet.plugins import (
     Plugin,
     available_plugins,

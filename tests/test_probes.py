@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from inspectnet import InspectnetError, Probe
-from inspectnet.layers import eval_mode, list_layers, resolve_layers
+from inspectnet.models.layers import eval_mode, list_layers, resolve_layers
 from tests.conftest import count_hooks
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from inspectnet import InspectnetError, ProbeRecord, load_data, run_probe
-from inspectnet.probes import absmean
+from inspectnet.probe.hooks import absmean
 
 
 def _direct(zm, ds, n):

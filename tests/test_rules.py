@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inspectnet.analysis.rules.binarize import fit_quantizer
+from inspectnet.analysis.rules.tree import extract_rules, fit_rules, format_rule
 from inspectnet.cli import main
-from inspectnet.errors import InspectnetError
-from inspectnet.quantize import fit_quantizer
-from inspectnet.record import ProbeRecord
-from inspectnet.rules import extract_rules, fit_rules, format_rule
+from inspectnet.core.errors import InspectnetError
+from inspectnet.probe.record import ProbeRecord
 
 CLASSES = ["zero", "one", "two"]
 
 
 def write_record(root: Path, layers: dict[str, np.ndarray], logits: np.ndarray, labels: np.ndarray,
                  class_names: list[str], fingerprint: str = "w0") -> ProbeRecord:
-    """A probe record folder in the on-disk format of :mod:`inspectnet.record`, from given arrays."""
+    """A probe record folder in the on-disk format of :mod:`inspectnet.probe.record`, from given arrays."""
     root.mkdir(parents=True)
     (root / "layers").mkdir()
     n = len(labels)

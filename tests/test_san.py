@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from inspectnet.analysis.san.model import SAN, san_metrics, san_select
 from inspectnet.cli import main
-from inspectnet.errors import InspectnetError
-from inspectnet.san import SAN, san_metrics, san_select
+from inspectnet.core.errors import InspectnetError
 
 
 def test_metrics_by_hand_with_a_delta_kernel():

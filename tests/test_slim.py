@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 from inspectnet import InspectnetError, load_model, save_model
-from inspectnet.decompose import ChannelGather, DecomposedLinear, decompose_model
-from inspectnet.influence import InfluenceMap
-from inspectnet.slim import count_macs, slim_model
+from inspectnet.analysis.heads.decompose import ChannelGather, DecomposedLinear, decompose_model
+from inspectnet.analysis.heads.influence import InfluenceMap
+from inspectnet.analysis.heads.slim import count_macs, slim_model
 
 
 def random_map(c, d, k, seed=0):

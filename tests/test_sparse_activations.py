@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inspectnet.errors import InspectnetError
-from inspectnet.sparse_activations import (
+from inspectnet.analysis.san.activations import (
     get_activation,
     max_activations,
     max_pool_indices,
     peaks,
     peaks_reference,
 )
+from inspectnet.core.errors import InspectnetError
 
 
 @pytest.mark.parametrize("seed", range(12))

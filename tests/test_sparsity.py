@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from inspectnet.analysis.sparsity import excess_kurtosis, hoyer, sparsity_metrics, treves_rolls
 from inspectnet.cli import main
-from inspectnet.errors import InspectnetError
-from inspectnet.sparsity import excess_kurtosis, hoyer, sparsity_metrics, treves_rolls
+from inspectnet.core.errors import InspectnetError
 from tests.test_rules import write_record
 
 
@@ -106,7 +106,7 @@ def test_sparsity_command(tmp_path, capsys):
 
 def test_real_probe_record(tmp_path, tiny_digits_model):
     from inspectnet import load_data, run_probe
-    from inspectnet.sparsity import record_sparsity
+    from inspectnet.analysis.sparsity import record_sparsity
 
     ds = load_data("digits:test", tiny_digits_model.transform())
     rec = run_probe(tiny_digits_model, ds, "layer3,layer4", tmp_path / "rec", limit=48, batch_size=16)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from inspectnet import InspectnetError, load_data, load_model
-from inspectnet.train import TrainConfig, evaluate, train
+from inspectnet.training.loop import TrainConfig, evaluate, train
 
 
 def _model():

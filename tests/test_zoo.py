@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from inspectnet import InspectnetError, load_data, load_model, save_model
-from inspectnet.predict import predict
-from inspectnet.zoo import find_head
+from inspectnet.models.predict import predict
+from inspectnet.models.zoo import find_head
 
 
 def test_unknown_model_suggests_close_names():

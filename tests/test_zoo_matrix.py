@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from inspectnet import load_data, load_model, run_probe
-from inspectnet.layers import list_layers
-from inspectnet.predict import predict
+from inspectnet.models.layers import list_layers
+from inspectnet.models.predict import predict
 
 MATRIX = [
     ("resnet18", 64), ("efficientnet_b0", 64), ("mobilenetv3_small_100", 64), ("convnext_atto", 64),

@@ -9,7 +9,7 @@ import pkgutil
 import sys
 import warnings
 
-from inspectnet.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -2,14 +2,14 @@
 
 Runs probe → decomposition → rules → sparsity → linear probes → attributions → dissection →
 export → card, reusing the stages already computed in DIR, and writes DIR/card.json, README.md
-and card.html. The work is done by :func:`inspectnet.audit.run_audit`.
+and card.html. The work is done by :func:`inspectnet.pipelines.audit.run_audit`.
 """
 
 import argparse
 import shlex
 
-from inspectnet.audit import AuditConfig, run_audit
 from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.pipelines.audit import AuditConfig, run_audit
 
 _PARSER: argparse.ArgumentParser | None = None
 

@@ -2,7 +2,7 @@
 
 import argparse
 
-from inspectnet.card import publish, rerender
+from inspectnet.reports.card import publish, rerender
 
 
 def register(sub: argparse._SubParsersAction) -> None:

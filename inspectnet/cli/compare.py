@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.compare import (
+from inspectnet.core.errors import InspectnetError
+from inspectnet.pipelines.compare import (
     compare,
     expand_methods,
     markdown_table,
@@ -12,8 +13,7 @@ from inspectnet.compare import (
     sample_dataset,
     split_plugin_list,
 )
-from inspectnet.errors import InspectnetError
-from inspectnet.train import TrainConfig
+from inspectnet.training.loop import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

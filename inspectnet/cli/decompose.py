@@ -7,8 +7,8 @@ plus the decomposed (and slimmed) model folders. The work is done by :func:`run_
 
 import argparse
 
+from inspectnet.analysis.heads.decompose import run_decomposition
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.decompose import run_decomposition
 
 
 def _ints(text: str) -> list[int]:

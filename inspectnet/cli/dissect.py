@@ -2,9 +2,9 @@
 
 import argparse
 
+from inspectnet.analysis.dissect.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE, dissect, write_dissection
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.concepts import load_concepts
-from inspectnet.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE, dissect, write_dissection
+from inspectnet.data.concepts import load_concepts
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectnet.errors import InspectnetError
-    from inspectnet.export import calibration_inputs, export_onnx
+    from inspectnet.core.errors import InspectnetError
+    from inspectnet.export.onnx import calibration_inputs, export_onnx
 
     if args.int8 and not args.calibration:
         raise InspectnetError("--int8 needs --calibration DATA: real images (folder or data spec) that set "

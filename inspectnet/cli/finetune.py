@@ -8,7 +8,7 @@ import os
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
 from inspectnet.cli.train import add_train_args, config_from_args
-from inspectnet.finetune import finetune
+from inspectnet.training.finetune import finetune
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectnet.errors import InspectnetError
-    from inspectnet.train import CHECKPOINT
+    from inspectnet.core.errors import InspectnetError
+    from inspectnet.training.loop import CHECKPOINT
 
     if args.resume and not os.path.exists(os.path.join(args.out, CHECKPOINT)):
         raise InspectnetError(f"--resume: {args.out} holds no {CHECKPOINT} to continue from")

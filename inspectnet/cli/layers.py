@@ -3,7 +3,7 @@
 import argparse
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.layers import list_layers
+from inspectnet.models.layers import list_layers
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,10 +3,10 @@
 import argparse
 from pathlib import Path
 
+from inspectnet.analysis.linprobe import format_table, linear_probes, plot
 from inspectnet.cli.options import emit
-from inspectnet.linprobe import format_table, linear_probes, plot
-from inspectnet.record import ProbeRecord
-from inspectnet.storage import atomic_write_text
+from inspectnet.core.storage import atomic_write_text
+from inspectnet.probe.record import ProbeRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from inspectnet.data import ImageDataset, load_data
-from inspectnet.zoo import ZooModel, load_model
+from inspectnet.models.zoo import ZooModel, load_model
 
 
 def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:

@@ -3,7 +3,7 @@
 import argparse
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.predict import predict
+from inspectnet.models.predict import predict
 
 
 def register(sub: argparse._SubParsersAction) -> None:

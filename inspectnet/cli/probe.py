@@ -3,7 +3,7 @@
 import argparse
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.record import run_probe
+from inspectnet.probe.record import run_probe
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -2,9 +2,9 @@
 
 import argparse
 
+from inspectnet.analysis.rules.tree import extract_rules, summary, write_rules
 from inspectnet.cli.options import emit
-from inspectnet.record import ProbeRecord
-from inspectnet.rules import extract_rules, summary, write_rules
+from inspectnet.probe.record import ProbeRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:

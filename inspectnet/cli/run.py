@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectnet.onnx_runtime import OnnxClassifier
+    from inspectnet.runtime.classifier import OnnxClassifier
 
     clf = OnnxClassifier(args.model, device=args.device, threads=args.threads)
     images, labels, names = _inputs(args.inputs, args.limit, clf.class_names)
@@ -55,8 +55,8 @@ def _inputs(inputs: list[str], limit: int | None,
     A labelled folder's class sub-folders are matched to the model's class names by name when they
     all appear there, else by sorted position (as training on that folder numbers them).
     """
-    from inspectnet.errors import InspectnetError
-    from inspectnet.onnx_runtime import collect_images
+    from inspectnet.core.errors import InspectnetError
+    from inspectnet.runtime.classifier import collect_images
 
     if limit is not None and limit < 1:
         raise InspectnetError(f"--limit must be at least 1, got {limit}")

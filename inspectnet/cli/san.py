@@ -8,8 +8,8 @@ writes ``san.json``, ``san.md`` (φ̄ / CR⁻¹ / L̃ table) and ``kernels.png``
 import argparse
 from pathlib import Path
 
+from inspectnet.analysis.san.activations import ACTIVATIONS
 from inspectnet.cli.options import emit
-from inspectnet.sparse_activations import ACTIVATIONS
 
 
 def _ints(text: str) -> list[int]:
@@ -39,14 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.analysis.san.model import images_tensor, layer_maps, san_select, save_kernel_picture
+    from inspectnet.core.errors import InspectnetError
     from inspectnet.data import load_data
-    from inspectnet.errors import InspectnetError
-    from inspectnet.san import images_tensor, layer_maps, san_select, save_kernel_picture
 
     if not 0 < args.val_fraction < 1:
         raise InspectnetError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
     if args.model:
-        from inspectnet.zoo import load_model
+        from inspectnet.models.zoo import load_model
 
         if not args.layer:
             raise InspectnetError("--model needs --layer (the layer whose maps SAN learns)")

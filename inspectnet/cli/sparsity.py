@@ -2,9 +2,9 @@
 
 import argparse
 
+from inspectnet.analysis.sparsity import format_table, record_sparsity
 from inspectnet.cli.options import emit
-from inspectnet.record import ProbeRecord
-from inspectnet.sparsity import format_table, record_sparsity
+from inspectnet.probe.record import ProbeRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:

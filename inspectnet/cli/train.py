@@ -3,7 +3,7 @@
 import argparse
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.train import TrainConfig, train
+from inspectnet.training.loop import TrainConfig, train
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:

@@ -8,9 +8,9 @@ A data spec is the path of an image folder (one sub-folder per class) or a built
 from collections.abc import Callable
 from pathlib import Path
 
+from inspectnet.core.errors import InspectnetError
 from inspectnet.data.datasets import UNLABELLED, ArrayDataset, FilesDataset, FolderDataset, ImageDataset
 from inspectnet.data.sources import SOURCES
-from inspectnet.errors import InspectnetError
 
 __all__ = ["UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset", "load_data",
            "parse_data_spec"]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from inspectnet.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError
 
 UNLABELLED = -1
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from inspectnet.core.errors import InspectnetError
 from inspectnet.data import shapes as shapes_mod
 from inspectnet.data.datasets import UNLABELLED, ArrayDataset
-from inspectnet.errors import InspectnetError
 
 SPLIT_SEED = 0
 TRAIN_FRACTION = 0.8

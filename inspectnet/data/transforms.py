@@ -5,7 +5,7 @@ from typing import Any
 
 from PIL import Image
 
-from inspectnet.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError
 
 
 def build_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], "object"]:

@@ -1,0 +1,227 @@
+"""Pictures that explain single predictions and single units, rendered as PNG overlays.
+
+* :func:`input_attributions` — captum Integrated Gradients (input pixels) and Layer Grad-CAM at the
+  last convolution, for chosen images, batched with an internal batch size.
+* :func:`influential_feature_maps` — the spatial maps (before global pooling) of each class's top
+  influential features S_c, upsampled over an image of that class ("Decomposing the Deep", Table 7).
+* :func:`receptive_fields` — for chosen units of a layer, their top images by activation with the
+  unit's thresholded map overlaid (the EBP / CGL figures); thresholding reuses dissection's
+  :func:`~inspectnet.analysis.dissect.dissection.unit_masks` with a per-unit top-quantile threshold.
+
+>>> figs = input_attributions(zm, ds, [0, 5], "out/attr")         # doctest: +SKIP
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.models.layers import eval_mode, resolve_layers
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """An RGB uint8 picture: ``heat`` (H, W, any range; normalised to [0, 1]) blended over ``image``.
+
+    >>> heat_overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2))).shape
+    (2, 2, 3)
+    """
+    import matplotlib
+
+    h = np.asarray(heat, dtype=np.float64)
+    span = h.max() - h.min()
+    h = (h - h.min()) / span if span > 0 else np.zeros_like(h)  # a flat map shows as "no evidence"
+    colour = matplotlib.colormaps[cmap](h)[..., :3] * 255.0
+    rgb = image.astype(np.float64)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    return np.clip((1 - alpha) * rgb + alpha * colour, 0, 255).round().astype(np.uint8)
+
+
+def display_image(dataset: Any, index: int, size: tuple[int, int]) -> np.ndarray:
+    """The dataset's original image ``index`` as RGB uint8 at ``size`` (H, W), for overlays."""
+    from PIL import Image
+
+    im = dataset.image(index).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im)
+
+
+def _grid_png(rows: list[list[np.ndarray]], titles: list[list[str]], path: Path, scale: float = 1.6) -> Path:
+    """Save a grid of RGB pictures with small titles as one PNG (matplotlib, no interactive backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows + 0.2), squeeze=False)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(rows[r]):
+                ax.imshow(rows[r][c], interpolation="nearest")
+                ax.set_title(titles[r][c], fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def choose_images(labels: np.ndarray, count: int) -> list[int]:
+    """Up to ``count`` indices, round-robin over classes (first samples of each class first).
+
+    >>> choose_images(np.array([0, 0, 1, 1, 2]), 4)
+    [0, 2, 4, 1]
+    """
+    labels = np.asarray(labels)
+    per_class = [list(np.flatnonzero(labels == c)) for c in sorted(set(labels.tolist()) - {-1})]
+    if not per_class:
+        per_class = [list(range(len(labels)))]
+    out: list[int] = []
+    depth = 0
+    while len(out) < count and any(depth < len(p) for p in per_class):
+        out += [int(p[depth]) for p in per_class if depth < len(p)][:count - len(out)]
+        depth += 1
+    return out
+
+
+def _batch(zm: Any, dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
+    xs, ys = zip(*(dataset[int(i)] for i in indices))
+    return torch.stack(list(xs)), np.asarray(ys)
+
+
+def input_attributions(zm: Any, dataset: Any, indices: Sequence[int], out: str | Path, *,
+                       n_steps: int = 32, internal_batch_size: int = 16, layer: str = "last_conv",
+                       class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Integrated Gradients and Layer Grad-CAM for ``indices`` of ``dataset``, w.r.t. the predicted class.
+
+    IG uses the all-zero baseline in normalised input space (the data mean); Grad-CAM is taken at
+    ``layer`` (default the last convolution) and upsampled bilinearly. Writes one PNG per image
+    (image | IG | Grad-CAM) into ``out`` and returns ``[{"index", "label", "prediction", "path", ...}]``.
+    """
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+
+    if not indices:
+        raise InspectnetError("no images chosen for attributions")
+    out = Path(out)
+    names = list(class_names or zm.class_names)
+    model = zm.model
+    conv_name = resolve_layers(model, layer, head_name=zm.head_name)[-1]
+    conv = model.get_submodule(conv_name)
+    x, y = _batch(zm, dataset, indices)
+    with eval_mode(model):
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        ig = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=pred, n_steps=n_steps,
+                                                  internal_batch_size=internal_batch_size)
+        cam = LayerGradCam(model, conv).attribute(x, target=pred, relu_attributions=True)
+        cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+    ig_map = ig.detach().abs().sum(1).numpy()
+    cam_map = cam.detach().sum(1).numpy()
+    rows = []
+    for j, i in enumerate(indices):
+        img = display_image(dataset, i, tuple(x.shape[2:]))
+        p, lab = int(pred[j]), int(y[j])
+        path = _grid_png([[img, heat_overlay(img, ig_map[j]), heat_overlay(img, cam_map[j])]],
+                         [["input", "Integrated Gradients", f"Grad-CAM {conv_name}"]], out / f"attr_{j:03d}.png")
+        rows.append({"index": int(i), "name": dataset.name(i), "label": lab,
+                     "label_name": names[lab] if 0 <= lab < len(names) else None, "prediction": p,
+                     "prediction_name": names[p] if p < len(names) else str(p), "path": str(path),
+                     "gradcam_layer": conv_name, "ig_steps": n_steps})
+    return rows
+
+
+def feature_maps(zm: Any, x: torch.Tensor) -> torch.Tensor:
+    """The (N, d, h, w) map whose global pooling gives the head's input features f(x).
+
+    Uses timm's ``forward_features``; refuses when its channels do not match the head's input
+    (e.g. models with a projection between the last map and the classifier).
+    """
+    model = zm.model
+    if not hasattr(model, "forward_features"):
+        raise InspectnetError(f"{zm.spec} has no forward_features(); the spatial maps of the penultimate "
+                              f"features cannot be located (timm models provide it)")
+    with eval_mode(model), torch.no_grad():
+        maps = model.forward_features(x)
+    d = zm.head.in_features
+    if maps.ndim != 4 or maps.shape[1] != d:
+        raise InspectnetError(f"{zm.spec}: forward_features gives shape {tuple(maps.shape)}, not (N, {d}, h, w); "
+                              f"the head's features are not a pooled map of it")
+    return maps
+
+
+def influential_feature_maps(zm: Any, dataset: Any, labels: np.ndarray, supports: list[list[int]], out: str | Path,
+                             *, per_class: int = 3, max_classes: int = 20,
+                             class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """For each class c: one image of class c and the maps of its top ``per_class`` features of S_c.
+
+    ``supports[c]`` is ordered by frequency (as :class:`~inspectnet.analysis.heads.influence.InfluenceMap` stores
+    it). Writes ``class_XXX.png`` per class and returns ``[{"class", "features", "index", "path"}]``.
+    """
+    out = Path(out)
+    names = list(class_names or zm.class_names)
+    labels = np.asarray(labels)
+    chosen = [(c, int(np.flatnonzero(labels == c)[0])) for c in range(len(supports))
+              if supports[c] and (labels == c).any()][:max_classes]
+    if not chosen:
+        raise InspectnetError("no class has both an influential feature set and an image to show it on")
+    x, _ = _batch(zm, dataset, [i for _, i in chosen])
+    maps = feature_maps(zm, x)
+    up = F.interpolate(maps, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False).numpy()
+    rows = []
+    for j, (c, i) in enumerate(chosen):
+        img = display_image(dataset, i, tuple(x.shape[2:]))
+        feats = supports[c][:per_class]
+        pics = [img] + [heat_overlay(img, up[j, f]) for f in feats]
+        path = _grid_png([pics], [["input"] + [f"feature {f}" for f in feats]], out / f"class_{c:03d}.png")
+        rows.append({"class": c, "class_name": names[c] if c < len(names) else str(c), "features": feats,
+                     "index": i, "path": str(path)})
+    return rows
+
+
+def receptive_fields(zm: Any, dataset: Any, activations: np.ndarray, layer: str, units: Sequence[int],
+                     out: str | Path, *, top_n: int = 4, quantile: float = 0.99, sample: int = 128,
+                     batch_size: int = 32) -> list[dict[str, Any]]:
+    """Top-``top_n`` images of each unit (by the record's per-image activation) with its thresholded map.
+
+    The threshold of unit k is its ``quantile`` over all pixels of its maps on the first ``sample``
+    images (Network Dissection's T_k on a sample); the mask is the bilinearly upsampled map > T_k.
+    ``activations`` is the (N, K) record matrix of ``layer`` for ``dataset``'s first N images.
+    """
+    from inspectnet.analysis.dissect.dissection import unit_masks
+    from inspectnet.probe.hooks import Probe
+    from inspectnet.reports.html import overlay
+
+    if not units:
+        raise InspectnetError(f"no units chosen for receptive fields of {layer!r}")
+    out = Path(out)
+    acts = np.asarray(activations)
+    unit_ids = torch.tensor(list(units), dtype=torch.long)
+    n = min(sample, len(acts))
+    model = zm.model
+    pixels: list[torch.Tensor] = []
+    with eval_mode(model), torch.inference_mode(), Probe(model, [layer], reducer="full",
+                                                         head_name=zm.head_name) as probe:
+        for s in range(0, n, batch_size):
+            x, _ = _batch(zm, dataset, range(s, min(n, s + batch_size)))
+            model(x)
+            pixels.append(probe.outputs[layer][:, unit_ids].transpose(0, 1).flatten(1).float())
+        thresholds = torch.quantile(torch.cat(pixels, dim=1), quantile, dim=1)
+        tops = {k: [int(i) for i in np.argsort(-acts[:, k], kind="stable")[:top_n]] for k in units}
+        rows, titles, meta = [], [], []
+        for k, t in zip(units, thresholds):
+            x, _ = _batch(zm, dataset, tops[k])
+            model(x)
+            size = tuple(x.shape[2:])
+            masks = unit_masks(probe.outputs[layer][:, [k]].float(), t.reshape(1), size)[:, 0].numpy()
+            rows.append([overlay(display_image(dataset, i, size), m) for i, m in zip(tops[k], masks)])
+            titles.append([f"unit {k}: {dataset.name(i)}"[:28] for i in tops[k]])
+            meta.append({"unit": int(k), "threshold": float(t), "top_images": tops[k],
+                         "mean_activation": float(acts[:, k].mean())})
+    path = _grid_png(rows, titles, out / "receptive_fields.png")
+    return [{**m, "path": str(path)} for m in meta]

@@ -1,0 +1,1 @@
+"""Concept alignment of units (Network Dissection): streaming thresholds and IoU."""

@@ -1,0 +1,425 @@
+"""Streaming Network Dissection (Bau et al. 2017; DESIGN §5.5): which units detect which concepts.
+
+For each unit k of each chosen layer:
+
+1. pass 1 streams the data once: a per-unit histogram sketch (:mod:`inspectnet.analysis.dissect.sketch`) of the
+   unit's activations over every pixel of every image gives the threshold T_k, the top-``quantile``
+   level (q = 0.005: P(a_k > T_k) = 0.005), and a running top-k of images by maximum activation;
+2. pass 2 streams it again: each map is upsampled (bilinear, ``align_corners=False``) to the mask
+   resolution in unit chunks, binarised as ``a_k > T_k``, and the dataset-wide intersection and union
+   with every concept mask are summed; IoU_{k,c} = Σ_i |S_k(x_i) ∩ L_c(x_i)| / Σ_i |S_k(x_i) ∪ L_c(x_i)|.
+
+A unit's concept is its best-IoU concept; it is a detector if that IoU ≥ ``iou_threshold`` (0.04).
+Unique detectors = distinct concepts among a layer's detectors. No activation map outlives its
+batch, so memory does not grow with the number of images. ViT-style token outputs (B, T, C) are
+reshaped to their patch grid after dropping prefix (class/register) tokens.
+
+>>> from inspectnet.models.zoo import load_model; from inspectnet.data.concepts import load_concepts
+>>> zm = load_model("resnet18", num_classes=2, input_size=64)
+>>> d = dissect(zm, load_concepts("shapes?n=16"), "layer1", batch_size=8)
+>>> d.layers["layer1"]["num_units"], d.layers["layer1"]["map_size"]
+(64, [16, 16])
+"""
+
+import dataclasses
+import io
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from inspectnet.analysis.dissect.sketch import UnitQuantiles
+from inspectnet.core.devices import resolve_device
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.progress import progress
+from inspectnet.core.results import Result
+from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
+from inspectnet.data.concepts import ConceptDataset
+from inspectnet.models.layers import PRE_LOGITS, eval_mode, resolve_layers
+from inspectnet.models.zoo import ZooModel, weights_fingerprint
+from inspectnet.probe.hooks import Probe
+
+DEFAULT_QUANTILE = 0.005
+DEFAULT_IOU_THRESHOLD = 0.04
+# elements of one upsampled unit chunk (B · units · H · W); bounds the per-batch working memory
+CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclasses.dataclass(frozen=True)
+class Dissection(Result):
+    """Dissection of one model on one concept dataset.
+
+    ``layers[name]`` holds ``units`` (per unit: unit, concept, category, iou, detector, threshold,
+    top_images), ``detectors``, ``unique_detectors``, ``unique_by_category``, ``detector_concepts``,
+    ``num_units`` and ``map_size``. ``iou[name]`` is the full (units × concepts) IoU matrix; it is
+    kept out of the JSON (see :func:`write_dissection`, which stores it as ``iou.npz``).
+    """
+
+    model: str
+    fingerprint: str
+    data: str
+    num_images: int
+    quantile: float
+    iou_threshold: float
+    mask_size: list[int]
+    concepts: list[str]
+    categories: dict[str, str]
+    empty_concepts: list[str]
+    layers: dict[str, dict[str, Any]]
+    iou: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "iou"}
+
+    def category_names(self) -> list[str]:
+        return list(dict.fromkeys(self.categories[c] for c in self.concepts))
+
+
+def dissection_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """The model's preprocessing without cropping: the whole image is resized to the input size, so
+    activation maps stay aligned with the masks (a centre crop would cut the masks' borders away)."""
+    from torchvision import transforms
+
+    c, h, w = data_config["input_size"]
+    mode = {1: "L", 3: "RGB"}.get(c)
+    if mode is None:
+        raise InspectnetError(f"dissection feeds 1- or 3-channel models, not {c}-channel ones")
+    interp = transforms.InterpolationMode.BICUBIC if data_config.get("interpolation") == "bicubic" \
+        else transforms.InterpolationMode.BILINEAR
+    return transforms.Compose([
+        transforms.Lambda(lambda im: im.convert(mode)), transforms.Resize((h, w), interpolation=interp),
+        transforms.ToTensor(), transforms.Normalize(tuple(data_config["mean"]), tuple(data_config["std"]))])
+
+
+class _Items(torch.utils.data.Dataset):
+    """(input tensor, masks (C, H, W) bool at the common mask size, index) for each image."""
+
+    def __init__(self, data: ConceptDataset, transform: Callable, mask_size: tuple[int, int], n: int):
+        self.data, self.transform, self.mask_size, self.n = data, transform, mask_size, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        m = torch.from_numpy(np.ascontiguousarray(self.data.masks(i)))
+        if tuple(m.shape[1:]) != self.mask_size:
+            # images of other sizes: image and masks are both stretched to a common frame
+            m = F.interpolate(m[None].float(), size=self.mask_size, mode="nearest")[0] > 0.5
+        return self.transform(self.data.image(i)), m, i
+
+
+def to_maps(t: torch.Tensor, layer: str, prefix_tokens: int | None = None) -> torch.Tensor:
+    """A layer output as (B, K, h, w) maps: NCHW as is, ViT tokens (B, T, C) reshaped to their grid.
+
+    >>> to_maps(torch.zeros(2, 1 + 16, 8), "blocks.0").shape
+    torch.Size([2, 8, 4, 4])
+    """
+    if t.dim() == 4:
+        return t
+    if t.dim() == 3:
+        b, n, c = t.shape
+        prefixes = [prefix_tokens] if prefix_tokens is not None else [0, 1, 2, 4, 5, 8]
+        for p in prefixes:
+            g = math.isqrt(max(n - p, 0))
+            if g > 0 and g * g == n - p:
+                return t[:, p:].transpose(1, 2).reshape(b, c, g, g)
+        raise InspectnetError(f"layer {layer!r} gives {n} tokens, which do not form a square grid after "
+                              f"{prefixes} prefix tokens; cannot dissect it")
+    raise InspectnetError(f"layer {layer!r} gives outputs of shape {tuple(t.shape)}, which have no spatial maps; "
+                          f"choose a convolutional layer or a transformer block (see `inspectnet layers MODEL`)")
+
+
+def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[str] | str, *,
+            data_config: dict[str, Any] | None = None, quantile: float = DEFAULT_QUANTILE,
+            iou_threshold: float = DEFAULT_IOU_THRESHOLD, batch_size: int = 32, device: str = "auto",
+            limit: int | None = None, top_k: int = 8, bins: int = 4096, num_workers: int = 0,
+            show_progress: bool | None = None) -> Dissection:
+    """Dissect ``layers`` of ``model`` on a concept dataset (two streaming passes, see module doc).
+
+    ``model`` is a :class:`ZooModel` or a plain module (then ``data_config`` gives input size,
+    mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005).
+    """
+    net, name, fp, cfg, prefix = _unpack(model, data_config)
+    if not 0 < quantile < 1:
+        raise InspectnetError(f"--quantile must be within (0, 1), got {quantile}")
+    if batch_size < 1:
+        raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
+    names = resolve_layers(net, layers, head_name=getattr(model, "head_name", None))
+    if PRE_LOGITS in names:
+        raise InspectnetError("layer 'pre_logits' is a feature vector without spatial maps; cannot dissect it")
+    n = len(data) if limit is None else min(limit, len(data))
+    if n == 0:
+        raise InspectnetError(f"concept data {data.spec!r} has no images")
+    mask_size = tuple(int(s) for s in data.masks(0).shape[1:])
+    dev = resolve_device(device)
+    items = _Items(data, dissection_transform(cfg), mask_size, n)
+    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    net.to(dev)
+    with eval_mode(net), torch.inference_mode(), Probe(net, names, reducer="full") as probe:
+        sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress)
+        thresholds = {k: s.quantile(1.0 - quantile) for k, s in sketches.items()}
+        inter, act_area, mask_area = _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size,
+                                               len(data.concepts), show_progress)
+    empty = [c for c, a in zip(data.concepts, mask_area.tolist()) if a == 0]
+    if len(empty) == len(data.concepts):
+        raise InspectnetError(f"concept data {data.spec!r}: no concept has any positive pixel in {n} images")
+    if empty:
+        warnings.warn(f"concepts without positive pixels (reported, never a detector): {', '.join(empty)}",
+                      stacklevel=2)
+    result_layers, ious = {}, {}
+    for layer in names:
+        iou = iou_from_counts(inter[layer], act_area[layer], mask_area)
+        ious[layer] = iou
+        result_layers[layer] = _summarise(iou, thresholds[layer], tops[layer], shapes[layer], data, mask_area,
+                                          iou_threshold)
+    return Dissection(model=name, fingerprint=fp, data=data.spec, num_images=n, quantile=quantile,
+                      iou_threshold=iou_threshold, mask_size=list(mask_size), concepts=list(data.concepts),
+                      categories=dict(data.categories), empty_concepts=empty, layers=result_layers, iou=ious)
+
+
+def _unpack(model: ZooModel | nn.Module, data_config: dict[str, Any] | None):
+    if isinstance(model, ZooModel):
+        net, cfg, name, fp = model.model, data_config or model.data_config, model.spec, model.fingerprint()
+    elif isinstance(model, nn.Module):
+        if data_config is None:
+            raise InspectnetError("dissecting a plain module needs data_config (input_size, mean, std)")
+        net, cfg, name, fp = model, data_config, type(model).__name__, weights_fingerprint(model)
+    else:
+        raise InspectnetError(f"cannot dissect a {type(model).__name__}; expected a ZooModel or nn.Module")
+    prefix = getattr(net, "num_prefix_tokens", None)
+    return net, name, fp, cfg, prefix
+
+
+def _forward_maps(net: nn.Module, probe: Probe, x: torch.Tensor, names: list[str], prefix: int | None,
+                  dev: torch.device) -> dict[str, torch.Tensor]:
+    net(x.to(dev, non_blocking=True))
+    return {k: to_maps(probe.outputs[k], k, prefix).float() for k in names}
+
+
+def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress):
+    """Pass 1: per-unit quantile sketches and the top-k images by maximum activation."""
+    sketches: dict[str, UnitQuantiles] = {}
+    tops: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    shapes: dict[str, list[int]] = {}
+    for x, _m, idx in progress(loader, total=len(loader), desc="dissect 1/2", enabled=show_progress):
+        maps = _forward_maps(net, probe, x, names, prefix, dev)
+        for k, a in maps.items():
+            b, units, h, w = a.shape
+            if k not in sketches:
+                sketches[k] = UnitQuantiles(units, bins=bins, device=dev)
+                tops[k] = (torch.full((units, 0), float("-inf"), device=dev),
+                           torch.zeros((units, 0), dtype=torch.long, device=dev))
+                shapes[k] = [h, w]
+            sketches[k].update(a.transpose(0, 1).reshape(units, -1))
+            vals = torch.cat([tops[k][0], a.amax(dim=(2, 3)).T], dim=1)
+            ids = torch.cat([tops[k][1], idx.to(dev)[None].expand(units, -1)], dim=1)
+            keep = vals.topk(min(top_k, vals.shape[1]), dim=1)
+            tops[k] = (keep.values, ids.gather(1, keep.indices))
+    return sketches, tops, shapes
+
+
+def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_concepts, show_progress):
+    """Pass 2: dataset-wide intersections (units × concepts), unit areas and concept areas."""
+    inter = {k: torch.zeros(len(thresholds[k]), n_concepts, dtype=torch.float64, device=dev) for k in names}
+    act_area = {k: torch.zeros(len(thresholds[k]), dtype=torch.float64, device=dev) for k in names}
+    mask_area = torch.zeros(n_concepts, dtype=torch.float64, device=dev)
+    for x, m, _idx in progress(loader, total=len(loader), desc="dissect 2/2", enabled=show_progress):
+        maps = _forward_maps(net, probe, x, names, prefix, dev)
+        masks = m.to(dev).flatten(2).float()  # (B, C, P)
+        mask_area += masks.sum(dim=(0, 2)).double()
+        for k, a in maps.items():
+            i_k, a_k = unit_overlaps(a, masks, thresholds[k], mask_size)
+            inter[k] += i_k
+            act_area[k] += a_k
+    return ({k: v.cpu() for k, v in inter.items()}, {k: v.cpu() for k, v in act_area.items()}, mask_area.cpu())
+
+
+def unit_overlaps(maps: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor,
+                  mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's intersections (K, C) and active areas (K,) of thresholded, upsampled unit maps.
+
+    ``maps`` (B, K, h, w), ``masks`` (B, C, H·W) float 0/1, ``thresholds`` (K,). A bilinear upsampling
+    never exceeds the largest value of its input map, so only (image, unit) pairs whose map maximum
+    reaches the threshold are upsampled at all: with a top-0.5 % threshold that is a small fraction,
+    and the result is the same as upsampling everything. Pairs are processed per image in chunks of at
+    most ``CHUNK_ELEMENTS`` upsampled values.
+    """
+    b, units = maps.shape[:2]
+    pixels = mask_size[0] * mask_size[1]
+    chunk = max(1, CHUNK_ELEMENTS // pixels)
+    inter = torch.zeros(units, masks.shape[1], dtype=torch.float64, device=maps.device)
+    area = torch.zeros(units, dtype=torch.float64, device=maps.device)
+    t = thresholds.to(maps.device, maps.dtype)
+    margin = 1e-5 * (t.abs() + 1)  # rounding slack: the exact test is made on the upsampled values
+    hit = maps.flatten(2).amax(dim=2) > (t - margin)[None, :]
+    for i in range(b):
+        ks = hit[i].nonzero().squeeze(1)
+        for s in range(0, len(ks), chunk):
+            kc = ks[s:s + chunk]
+            active = unit_masks(maps[i, kc][None], t[kc], mask_size)[0].flatten(1).float()  # (n, P)
+            area.index_add_(0, kc, active.sum(dim=1).double())
+            # per-image counts are at most H·W, far below 2**24: float32 products are exact
+            inter.index_add_(0, kc, (active @ masks[i].T).double())
+    return inter, area
+
+
+def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: tuple[int, int]) -> torch.Tensor:
+    """Binary unit masks S_k: maps (B, K, h, w) upsampled bilinearly to ``mask_size``, then ``> T_k``."""
+    if tuple(maps.shape[2:]) != tuple(mask_size):
+        maps = F.interpolate(maps, size=mask_size, mode="bilinear", align_corners=False)
+    return maps > thresholds.to(maps.device, maps.dtype)[None, :, None, None]
+
+
+def iou_from_counts(inter: torch.Tensor, act_area: torch.Tensor, mask_area: torch.Tensor) -> np.ndarray:
+    """IoU = Σ∩ / Σ∪ with Σ∪ = |S_k| + |L_c| − Σ∩; an empty union (nothing active, no concept pixel) gives 0.
+
+    >>> iou_from_counts(torch.tensor([[2.]]), torch.tensor([4.]), torch.tensor([3.]))
+    array([[0.4]])
+    """
+    inter = inter.double()
+    union = act_area.double()[:, None] + mask_area.double()[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+    return iou.numpy()
+
+
+def _summarise(iou: np.ndarray, thresholds: torch.Tensor, tops, shape, data: ConceptDataset,
+               mask_area: torch.Tensor, iou_threshold: float) -> dict[str, Any]:
+    valid = (mask_area > 0).numpy()
+    scored = np.where(valid[None, :], iou, -1.0)  # empty concepts are reported, never chosen
+    best = scored.argmax(axis=1)
+    units = []
+    for k in range(iou.shape[0]):
+        c = data.concepts[best[k]]
+        value = float(iou[k, best[k]])
+        units.append({"unit": k, "concept": c, "category": data.categories[c], "iou": round(value, 6),
+                      "detector": bool(value >= iou_threshold), "threshold": float(thresholds[k]),
+                      "top_images": [int(i) for i in tops[1][k].tolist()]})
+    detectors = [u for u in units if u["detector"]]
+    concepts = {}
+    for u in detectors:
+        concepts[u["concept"]] = concepts.get(u["concept"], 0) + 1
+    by_cat = {cat: 0 for cat in data.category_names}
+    for c in concepts:
+        by_cat[data.categories[c]] += 1
+    return {"num_units": len(units), "map_size": shape, "detectors": len(detectors),
+            "unique_detectors": len(concepts), "unique_by_category": by_cat,
+            "detector_concepts": dict(sorted(concepts.items(), key=lambda kv: -kv[1])), "units": units}
+
+
+def unit_overlays(model: ZooModel | nn.Module, data: ConceptDataset, layer: str, result: Dissection,
+                  units: Sequence[int], *, data_config: dict[str, Any] | None = None, device: str = "auto",
+                  batch_size: int = 32) -> dict[int, list[tuple[int, np.ndarray]]]:
+    """For each unit, its top images' binary masks S_k at mask resolution: ``{unit: [(image, mask)]}``.
+
+    Only the top images of the given units are run through the model (for report pictures).
+    """
+    net, _, _, cfg, prefix = _unpack(model, data_config)
+    info = {u["unit"]: u for u in result.layers[layer]["units"]}
+    wanted = sorted({i for k in units for i in info[k]["top_images"]})
+    mask_size = tuple(result.mask_size)
+    transform = dissection_transform(cfg)
+    thresholds = torch.tensor([u["threshold"] for u in result.layers[layer]["units"]])
+    dev = resolve_device(device)
+    net.to(dev)
+    per_image: dict[int, np.ndarray] = {}
+    unit_ids = torch.tensor(list(units), dtype=torch.long)
+    with eval_mode(net), torch.inference_mode(), Probe(net, [layer], reducer="full") as probe:
+        for s in range(0, len(wanted), batch_size):
+            ids = wanted[s:s + batch_size]
+            x = torch.stack([transform(data.image(i)) for i in ids])
+            maps = _forward_maps(net, probe, x, [layer], prefix, dev)[layer][:, unit_ids.to(dev)]
+            sel = unit_masks(maps, thresholds[unit_ids], mask_size).cpu().numpy()
+            for j, i in enumerate(ids):
+                per_image[i] = sel[j]
+    pos = {k: j for j, k in enumerate(units)}
+    return {k: [(i, per_image[i][pos[k]]) for i in info[k]["top_images"]] for k in units}
+
+
+def write_dissection(result: Dissection, out: str | Path, *, model: ZooModel | nn.Module | None = None,
+                     data: ConceptDataset | None = None, data_config: dict[str, Any] | None = None,
+                     images_per_unit: int = 4, max_units: int = 512, device: str = "auto") -> dict[str, Path]:
+    """Write ``dissection.json``, ``dissection.csv`` (one row per unit), ``iou.npz`` (full matrices) and,
+    when ``model`` and ``data`` are given, one self-contained HTML page per layer.
+
+    Each page shows the unique concepts per category as a bar chart and a sortable table of units
+    (sorted by IoU, at most ``max_units``) with their top images and thresholded unit mask overlaid.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": result.save(out / "dissection.json")}
+    rows = ["layer,unit,concept,category,iou,detector,threshold"]
+    for layer, info in result.layers.items():
+        for u in info["units"]:
+            rows.append(",".join([_csv(layer), str(u["unit"]), _csv(u["concept"]), _csv(u["category"]),
+                                  f"{u['iou']:.6f}", str(int(u["detector"])), f"{u['threshold']:.6g}"]))
+    paths["csv"] = atomic_write_text(out / "dissection.csv", "\n".join(rows) + "\n")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, concepts=np.array(result.concepts), **{_safe(k): v for k, v in result.iou.items()})
+    paths["iou"] = atomic_write_bytes(out / "iou.npz", buf.getvalue())
+    if model is not None and data is not None:
+        for layer in result.layers:
+            html_text = layer_page(result, layer, model, data, data_config=data_config,
+                                   images_per_unit=images_per_unit, max_units=max_units, device=device)
+            paths[f"html:{layer}"] = atomic_write_text(out / f"dissection_{_safe(layer)}.html", html_text)
+    return paths
+
+
+def layer_page(result: Dissection, layer: str, model: ZooModel | nn.Module, data: ConceptDataset, *,
+               data_config: dict[str, Any] | None = None, images_per_unit: int = 4, max_units: int = 512,
+               device: str = "auto") -> str:
+    """The HTML page of one layer (every text escaped, pictures embedded)."""
+    from inspectnet.reports import html as rh
+
+    info = result.layers[layer]
+    ranked = sorted(info["units"], key=lambda u: -u["iou"])[:max_units]
+    shown = [u["unit"] for u in ranked]
+    pics = unit_overlays(model, data, layer, result, shown, data_config=data_config, device=device)
+    cats = result.category_names()
+    chart = rh.bar_chart(cats, [info["unique_by_category"].get(c, 0) for c in cats],
+                         title=f"unique concepts per category in {layer}")
+    rows, keys = [], []
+    for u in ranked:
+        thumbs = "".join(rh.img(rh.overlay(_image_array(data, i, result.mask_size), m),
+                                title=f"{data.name(i)} (unit {u['unit']})", width=96)
+                         for i, m in pics[u["unit"]][:images_per_unit])
+        rows.append([u["unit"], u["concept"], u["category"], u["iou"], "yes" if u["detector"] else "no",
+                     rh.Raw(thumbs)])
+        keys.append([u["unit"], u["concept"], u["category"], u["iou"], int(u["detector"]), ""])
+    intro = (f"{result.model} on {result.data}: {result.num_images} images, threshold = top "
+             f"{result.quantile:g} quantile per unit, detector if IoU ≥ {result.iou_threshold:g}. "
+             f"{info['detectors']} of {info['num_units']} units are detectors of {info['unique_detectors']} "
+             f"unique concepts.")
+    note = "" if len(ranked) == len(info["units"]) else \
+        rh.paragraph(f"Showing the {len(ranked)} units with the highest IoU of {len(info['units'])}.")
+    empty = rh.paragraph("Concepts without positive pixels (never detectors): "
+                         + ", ".join(result.empty_concepts)) if result.empty_concepts else ""
+    return rh.page(f"Network dissection of {layer}", [
+        rh.heading("Unique concepts per category"), chart, empty, rh.heading("Units"),
+        rh.paragraph("Click a column header to sort. Pictures: the unit's top images by maximum activation, "
+                     "its thresholded map highlighted."), note,
+        rh.table(["unit", "concept", "category", "IoU", "detector", "top images"], rows, sortable=True,
+                 sort_keys=keys)], intro=intro)
+
+
+def _image_array(data: ConceptDataset, index: int, size: Sequence[int]) -> np.ndarray:
+    im = data.image(index).convert("RGB")
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im)
+
+
+def _csv(text: str) -> str:
+    text = str(text)
+    return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\n') else text
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of a layer name."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)

@@ -1,0 +1,1 @@
+"""Influential features, decomposed heads and exact slimming (Decomposing the Deep)."""

@@ -1,0 +1,109 @@
+"""Linear probes: how much class information each probed layer holds (Alain & Bengio, 2016).
+
+Per layer, a multinomial logistic regression (scikit-learn, L-BFGS, standardised inputs) is fit on
+the train record's reduced activations against the *labels* and scored on the eval record. The
+penultimate features (``pre_logits``) are probed too, so the last row shows how close a linear
+read-out of the layers gets to the model's own head.
+
+>>> from inspectnet.probe.record import ProbeRecord
+>>> res = linear_probes(ProbeRecord.load("rec_train"), ProbeRecord.load("rec_test"))   # doctest: +SKIP
+>>> [(r["layer"], r["test_accuracy"]) for r in res.rows]                                # doctest: +SKIP
+[('layer1', 0.71), ('layer2', 0.86), ('layer3', 0.95), ('layer4', 0.97), ('pre_logits', 0.97)]
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.results import Result
+from inspectnet.models.layers import PRE_LOGITS
+from inspectnet.probe.record import ProbeRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbeResult(Result):
+    """One row per layer, in depth order: dim, train and test accuracy of the linear probe."""
+
+    rows: list[dict[str, Any]]
+    model_accuracy: float | None
+    n_train: int
+    n_eval: int
+    C: float
+    identity: dict[str, Any]
+
+
+def probe_layer(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, *,
+                C: float = 1.0, max_iter: int = 500, seed: int = 0) -> dict[str, float]:
+    """Fit one standardised logistic-regression probe; returns train and test accuracy."""
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    clf.fit(np.asarray(x_train, dtype=np.float64), y_train)
+    return {"train_accuracy": float(clf.score(np.asarray(x_train, dtype=np.float64), y_train)),
+            "test_accuracy": float(clf.score(np.asarray(x_eval, dtype=np.float64), y_eval))}
+
+
+def linear_probes(train: ProbeRecord, eval_record: ProbeRecord, layers: list[str] | None = None, *,
+                  C: float = 1.0, max_iter: int = 500, include_features: bool = True) -> LinearProbeResult:
+    """Probe every layer of ``train`` (plus the penultimate features) and score on ``eval_record``."""
+    if C <= 0:
+        raise InspectnetError(f"--C must be positive, got {C}")
+    names = list(layers or train.layers)
+    if include_features and PRE_LOGITS not in names:
+        names.append(PRE_LOGITS)
+    y_tr, y_ev = np.asarray(train.labels), np.asarray(eval_record.labels)
+    m_tr, m_ev = y_tr >= 0, y_ev >= 0
+    if len(np.unique(y_tr[m_tr])) < 2:
+        raise InspectnetError(f"train record {train.root} needs labels of at least two classes for a linear probe")
+    if not m_ev.any():
+        raise InspectnetError(f"eval record {eval_record.root} has no labels to score the probes on")
+    rows = []
+    for name in names:
+        x_tr, x_ev = train.activations(name), eval_record.activations(name)
+        if x_tr.shape[1] != x_ev.shape[1]:
+            raise InspectnetError(f"layer {name!r} has {x_tr.shape[1]} dims in the train record but "
+                                  f"{x_ev.shape[1]} in the eval record")
+        scores = probe_layer(np.asarray(x_tr)[m_tr], y_tr[m_tr], np.asarray(x_ev)[m_ev], y_ev[m_ev],
+                             C=C, max_iter=max_iter)
+        rows.append({"layer": name, "dim": int(x_tr.shape[1]), **scores})
+    model_acc = float((eval_record.predictions[m_ev] == y_ev[m_ev]).mean())
+    return LinearProbeResult(rows=rows, model_accuracy=model_acc, n_train=int(m_tr.sum()), n_eval=int(m_ev.sum()),
+                             C=C, identity={"train": train.fingerprint, "eval": eval_record.fingerprint})
+
+
+def format_table(res: LinearProbeResult) -> str:
+    """Markdown table of the probes, with the model's own accuracy as the reference line."""
+    lines = ["| layer | dim | train acc. | test acc. |", "|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['dim']} | {r['train_accuracy']:.4f} | {r['test_accuracy']:.4f} |"
+              for r in res.rows]
+    if res.model_accuracy is not None:
+        lines.append(f"| model (head) | | | {res.model_accuracy:.4f} |")
+    return "\n".join(lines)
+
+
+def plot(res: LinearProbeResult, path: str | Path) -> Path:
+    """Test accuracy of the probe across depth, with the model's accuracy as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(res.rows) + 2), 3.2))
+    xs = range(len(res.rows))
+    ax.plot(xs, [r["test_accuracy"] for r in res.rows], "o-", label="linear probe (test)")
+    ax.plot(xs, [r["train_accuracy"] for r in res.rows], "s:", alpha=0.6, label="linear probe (train)")
+    if res.model_accuracy is not None:
+        ax.axhline(res.model_accuracy, color="k", ls="--", lw=1, label="model")
+    ax.set_xticks(list(xs), [r["layer"] for r in res.rows], rotation=30, ha="right")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,292 @@
+"""Rule extraction: a decision tree over quantized filter activations that mimics the model (EBP §4.1).
+
+Each filter of a probed layer becomes a binary atom ``fj`` (active if A_ij > μ_j + σ_j, see
+:mod:`inspectnet.analysis.rules.binarize`). A scikit-learn ``DecisionTreeClassifier(criterion="entropy")`` is fit
+on the atoms with the model's *own predictions* as target, so each root-to-leaf path is a rule
+``f12 ∧ ¬f40 ∧ f7 → 3`` that explains the model, not the labels. The tree size is chosen by
+cost-complexity pruning: the pruning path is computed on a fitting part of the train record, the
+alpha with the best fidelity on a held-out validation part is kept (ties go to the smaller tree),
+and the tree is refit on the whole train record with that alpha. A fixed ``max_depth`` is the
+alternative. Reported (on the eval record when given, else in-sample on the train record):
+extracted accuracy (tree vs labels), fidelity (tree vs model predictions), unique atoms (filters
+used in splits), rules (leaves), average leaf depth, and every rule with its support and confidence.
+
+>>> from inspectnet.probe.record import ProbeRecord
+>>> rs, model = extract_rules(ProbeRecord.load("rec_train"), "layer4",
+...                           ProbeRecord.load("rec_test"))          # doctest: +SKIP
+>>> rs.fidelity, rs.atoms, rs.rules_text[0]                           # doctest: +SKIP
+(0.93, 21, 'f12 ∧ ¬f40 ∧ f7 → 3  support=412 confidence=0.97')
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.tree import DecisionTreeClassifier
+
+from inspectnet.analysis.rules.binarize import Quantizer, fit_quantizer
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.results import Result
+from inspectnet.core.storage import atomic_write_text
+from inspectnet.probe.record import ProbeRecord
+
+AND, NOT, ARROW = " ∧ ", "¬", " → "
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSet(Result):
+    """What a rule extraction found; ``rules.json`` is this object."""
+
+    layer: str
+    evaluated_on: str
+    extracted_accuracy: float | None
+    fidelity: float
+    train_fidelity: float
+    model_accuracy: float | None
+    atoms: int
+    atom_filters: list[int]
+    rules: int
+    avg_depth: float
+    max_depth: int
+    rules_text: list[str]
+    rule_list: list[dict[str, Any]]
+    num_filters: int
+    skipped_constant: int
+    quantizer: dict[str, Any]
+    selection: dict[str, Any]
+    n_train: int
+    n_eval: int
+    class_names: list[str]
+    identity: dict[str, Any]
+
+
+@dataclasses.dataclass
+class RuleModel:
+    """A fitted quantizer + tree; ``predict`` maps raw activations to the tree's class."""
+
+    quantizer: Quantizer
+    tree: DecisionTreeClassifier
+    filters: np.ndarray          # original filter index of each tree feature (constant filters dropped)
+    class_names: list[str]
+
+    def atoms(self, activations: np.ndarray) -> np.ndarray:
+        return self.quantizer.transform(activations)[:, self.filters].astype(np.uint8)
+
+    def predict(self, activations: np.ndarray) -> np.ndarray:
+        return self.tree.predict(self.atoms(activations))
+
+    def used_filters(self) -> list[int]:
+        feats = self.tree.tree_.feature
+        return sorted({int(self.filters[f]) for f in feats if f >= 0})
+
+    def leaf_depths(self) -> dict[int, int]:
+        return {leaf: len(conds) for leaf, conds in self._paths().items()}
+
+    def _paths(self) -> dict[int, list[tuple[int, bool]]]:
+        """Leaf node id -> [(filter, active?)] from the root (right child = atom > 0.5 = active)."""
+        t = self.tree.tree_
+        paths: dict[int, list[tuple[int, bool]]] = {}
+        stack: list[tuple[int, list[tuple[int, bool]]]] = [(0, [])]
+        while stack:
+            node, conds = stack.pop()
+            if t.children_left[node] == -1:
+                paths[node] = conds
+                continue
+            f = int(self.filters[t.feature[node]])
+            stack.append((t.children_right[node], conds + [(f, True)]))
+            stack.append((t.children_left[node], conds + [(f, False)]))
+        return paths
+
+    def rule_list(self, activations: np.ndarray | None = None, predictions: np.ndarray | None = None
+                  ) -> list[dict[str, Any]]:
+        """One dict per leaf: conditions, class, support/confidence on the fitting data (and on
+        ``activations``/``predictions`` when given), sorted by support."""
+        t = self.tree.tree_
+        classes = self.tree.classes_
+        eval_leaves = self.tree.apply(self.atoms(activations)) if activations is not None else None
+        out = []
+        for leaf, conds in self._paths().items():
+            value = np.asarray(t.value[leaf][0], dtype=np.float64)
+            k = int(np.argmax(value))
+            cls = int(classes[k])
+            rule = {"conditions": [{"filter": f, "active": a} for f, a in conds],
+                    "class": cls, "class_name": _name(self.class_names, cls), "depth": len(conds),
+                    "support": int(t.n_node_samples[leaf]),
+                    "confidence": float(value[k] / value.sum()) if value.sum() > 0 else 0.0}
+            if eval_leaves is not None:
+                hit = eval_leaves == leaf
+                rule["eval_support"] = int(hit.sum())
+                rule["eval_confidence"] = (float((predictions[hit] == cls).mean()) if hit.any() else None)
+            rule["text"] = format_rule(conds, cls, self.class_names)
+            out.append(rule)
+        out.sort(key=lambda r: (-r["support"], r["text"]))
+        return out
+
+    def plot(self, path: str | Path, *, max_depth: int = 4) -> Path:
+        """Draw the tree (down to ``max_depth`` levels, deeper nodes elided) as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from sklearn.tree import plot_tree
+
+        shown = min(self.tree.get_depth(), max_depth)
+        width = max(6.0, min(40.0, 2.2 * 2 ** shown))
+        fig, ax = plt.subplots(figsize=(width, 2.2 * (shown + 1)))
+        names = [f"f{int(f)}" for f in self.filters]
+        cls = [_name(self.class_names, int(c)) for c in self.tree.classes_]
+        plot_tree(self.tree, feature_names=names, class_names=cls, filled=True, impurity=False,
+                  max_depth=max_depth, fontsize=7, ax=ax, proportion=False)
+        ax.set_title(f"decision tree over active filters ({self.tree.get_n_leaves()} rules, "
+                     f"depth {self.tree.get_depth()}); left = inactive, right = active")
+        path = Path(path)
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+
+def format_rule(conds: list[tuple[int, bool]], cls: int, class_names: list[str]) -> str:
+    """``[(12, True), (40, False)], 3`` -> ``f12 ∧ ¬f40 → 3 (name)`` (``⊤`` for the empty rule)."""
+    body = AND.join(f"f{f}" if active else f"{NOT}f{f}" for f, active in conds) or "⊤"
+    name = _name(class_names, cls)
+    return f"{body}{ARROW}{cls}" + ("" if name == str(cls) else f" ({name})")
+
+
+def _name(class_names: list[str], cls: int) -> str:
+    return class_names[cls] if 0 <= cls < len(class_names) else str(cls)
+
+
+def fit_rules(activations: np.ndarray, predictions: np.ndarray, *, class_names: list[str] | None = None,
+              quantize: str = "mean_std", quantize_param: float | None = None, max_depth: int | None = None,
+              val_fraction: float = 0.25, max_alphas: int = 40, seed: int = 0) -> tuple[RuleModel, dict]:
+    """Quantize ``activations`` (N × K) and fit the tree to ``predictions``; returns the model and
+    a description of how its size was chosen (``max_depth`` given: fixed depth, else pruning)."""
+    predictions = np.asarray(predictions).astype(np.int64)
+    if len(predictions) != len(activations):
+        raise InspectnetError(f"{len(activations)} activation rows but {len(predictions)} predictions")
+    predicted = np.unique(predictions)
+    if len(predicted) < 2:
+        raise InspectnetError(f"the model predicts a single class ({predicted.tolist()}) on all "
+                              f"{len(predictions)} samples; rules need at least two predicted classes")
+    if max_depth is not None and max_depth < 1:
+        raise InspectnetError(f"--max-depth must be at least 1, got {max_depth}")
+    quantizer = fit_quantizer(activations, quantize, quantize_param)
+    filters = np.setdiff1d(np.arange(np.asarray(activations).shape[1]), quantizer.constant)
+    if len(filters) == 0:
+        raise InspectnetError("every filter of the layer is constant on the train record; no atoms to build rules")
+    class_names = list(class_names or [])
+    x = quantizer.transform(activations)[:, filters].astype(np.uint8)
+    if max_depth is not None:
+        tree = _tree(seed, max_depth=max_depth).fit(x, predictions)
+        selection = {"method": "fixed_depth", "max_depth": max_depth, "ccp_alpha": 0.0}
+    else:
+        alpha, selection = _select_alpha(x, predictions, val_fraction, max_alphas, seed)
+        tree = _tree(seed, ccp_alpha=alpha).fit(x, predictions)
+    return RuleModel(quantizer, tree, filters, class_names), selection
+
+
+def _tree(seed: int, **kw: Any) -> DecisionTreeClassifier:
+    return DecisionTreeClassifier(criterion="entropy", random_state=seed, **kw)
+
+
+def _select_alpha(x: np.ndarray, y: np.ndarray, val_fraction: float, max_alphas: int, seed: int
+                  ) -> tuple[float, dict]:
+    """Cost-complexity pruning: the alpha whose tree (fit on the fitting part) has the best fidelity
+    on the validation part; among alphas within 1e-9 of the best, the largest (smallest tree)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise InspectnetError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.min() >= 2 else None
+    try:
+        x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed,
+                                                      stratify=stratify)
+    except ValueError:  # too few samples per class for a stratified split
+        x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed)
+    path = _tree(seed).cost_complexity_pruning_path(x_fit, y_fit)
+    alphas = np.unique(np.clip(path.ccp_alphas, 0.0, None))
+    if len(alphas) > max_alphas:  # evenly spaced along the path keeps both ends
+        alphas = alphas[np.unique(np.linspace(0, len(alphas) - 1, max_alphas).round().astype(int))]
+    scores = []
+    for a in alphas:
+        t = _tree(seed, ccp_alpha=float(a)).fit(x_fit, y_fit)
+        scores.append((float(a), float((t.predict(x_val) == y_val).mean()), int(t.get_n_leaves())))
+    best = max(s for _, s, _ in scores)
+    chosen = max(a for a, s, _ in scores if s >= best - 1e-9)
+    return chosen, {"method": "cost_complexity_pruning", "ccp_alpha": chosen, "val_fraction": val_fraction,
+                    "val_fidelity": best, "n_fit": len(y_fit), "n_val": len(y_val),
+                    "path": [{"ccp_alpha": a, "val_fidelity": s, "leaves": n} for a, s, n in scores]}
+
+
+def _check_record(rec: ProbeRecord, what: str) -> None:
+    if not (rec.root / "logits.npy").exists() or rec.logits.ndim != 2 or rec.logits.shape[1] < 1:
+        raise InspectnetError(f"{what} {rec.root} holds no model predictions (logits.npy); re-run "
+                              f"`inspectnet probe` to make a complete record")
+
+
+def extract_rules(train: ProbeRecord, layer: str, eval_record: ProbeRecord | None = None, *,
+                  quantize: str = "mean_std", quantize_param: float | None = None, max_depth: int | None = None,
+                  val_fraction: float = 0.25, max_alphas: int = 40, seed: int = 0) -> tuple[RuleSet, RuleModel]:
+    """Fit thresholds and tree on ``train``'s ``layer`` and report on ``eval_record`` (else in-sample)."""
+    _check_record(train, "train record")
+    a_train = np.asarray(train.activations(layer), dtype=np.float64)
+    p_train = train.predictions
+    model, selection = fit_rules(a_train, p_train, class_names=train.class_names, quantize=quantize,
+                                 quantize_param=quantize_param, max_depth=max_depth,
+                                 val_fraction=val_fraction, max_alphas=max_alphas, seed=seed)
+    ev, where = train, "train record (in-sample)"
+    if eval_record is not None:
+        _check_record(eval_record, "eval record")
+        _check_same_model(train, eval_record)
+        ev, where = eval_record, f"eval record {eval_record.root}"
+    a_eval = np.asarray(ev.activations(layer), dtype=np.float64)
+    if a_eval.shape[1] != a_train.shape[1]:
+        raise InspectnetError(f"layer {layer!r} has {a_train.shape[1]} filters in the train record but "
+                              f"{a_eval.shape[1]} in the eval record")
+    p_eval, labels = ev.predictions, np.asarray(ev.labels)
+    tree_eval = model.predict(a_eval)
+    labelled = labels >= 0
+    rule_list = model.rule_list(a_eval, p_eval)
+    depths = [r["depth"] for r in rule_list]
+    used = model.used_filters()
+    rs = RuleSet(
+        layer=layer, evaluated_on=where,
+        extracted_accuracy=float((tree_eval[labelled] == labels[labelled]).mean()) if labelled.any() else None,
+        fidelity=float((tree_eval == p_eval).mean()),
+        train_fidelity=float((model.predict(a_train) == p_train).mean()),
+        model_accuracy=float((p_eval[labelled] == labels[labelled]).mean()) if labelled.any() else None,
+        atoms=len(used), atom_filters=used, rules=len(rule_list), avg_depth=float(np.mean(depths)),
+        max_depth=int(max(depths)),
+        rules_text=[f"{r['text']}  support={r['support']} confidence={r['confidence']:.3f}" for r in rule_list],
+        rule_list=rule_list, num_filters=int(a_train.shape[1]), skipped_constant=len(model.quantizer.constant),
+        quantizer=model.quantizer.to_dict(), selection=selection, n_train=len(p_train), n_eval=len(p_eval),
+        class_names=train.class_names,
+        identity={"train": train.fingerprint, "eval": ev.fingerprint, "seed": seed})
+    return rs, model
+
+
+def _check_same_model(a: ProbeRecord, b: ProbeRecord) -> None:
+    fa = a.manifest["identity"]["weights_fingerprint"]
+    fb = b.manifest["identity"]["weights_fingerprint"]
+    if fa != fb:
+        raise InspectnetError(f"records {a.root} and {b.root} were made by different models "
+                              f"(weights {fa[:12]} vs {fb[:12]}); rules must be fit and evaluated on one model")
+
+
+def write_rules(rs: RuleSet, model: RuleModel, out: str | Path, *, plot_depth: int = 4) -> dict[str, Path]:
+    """Write ``rules.json``, ``rules.txt`` and ``tree.png`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": rs.save(out / "rules.json"), "text": atomic_write_text(out / "rules.txt", summary(rs) + "\n"),
+             "png": model.plot(out / "tree.png", max_depth=plot_depth)}
+    return paths
+
+
+def summary(rs: RuleSet) -> str:
+    """Human-readable report: the headline numbers, then one rule per line."""
+    acc = "n/a" if rs.extracted_accuracy is None else f"{rs.extracted_accuracy:.4f}"
+    head = (f"layer {rs.layer}: {rs.rules} rules over {rs.atoms} atoms (of {rs.num_filters} filters, "
+            f"{rs.skipped_constant} constant skipped), avg depth {rs.avg_depth:.2f}; on {rs.evaluated_on}: "
+            f"fidelity {rs.fidelity:.4f}, extracted accuracy {acc}")
+    return "\n".join([head, *rs.rules_text])

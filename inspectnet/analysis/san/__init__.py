@@ -1,0 +1,1 @@
+"""Sparsely Activated Networks: sparse activation functions and the SAN model."""

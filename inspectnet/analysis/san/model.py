@@ -1,0 +1,181 @@
+"""Sparsely Activated Networks as a model (Bizopoulos & Koutsouris, DESIGN.md §5.4).
+
+q kernels w_i (m×m); s_i = x ⋆ w_i; α_i = φ(ReLU(s_i)); x̂ = Σ_i α_i * w_i (the adjoint
+convolution); trained on the L1 reconstruction loss. Per sample:
+CR = n / (W + (dim(x) + 1)·A) with n = entries of x, W = q·m² weights, A = non-zero activations;
+L̃ = ‖x̂ − x‖₁ / ‖x‖₁; φ̄ = ½(CR⁻¹ + L̃), averaged over the validation samples. The kernel size
+with the lowest validation φ̄ is selected per activation. The hyperparameter of each φ follows
+the kernel size: peaks distance d = m, max-pool window = m; max-activations keeps ``k`` per map.
+
+>>> x = torch.rand(8, 1, 12, 12)
+>>> r = san_select(x[:6], x[6:], ["identity", "peaks"], [3], kernels=2, epochs=1)
+>>> [row["activation"] for row in r.rows]
+['identity', 'peaks']
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inspectnet.analysis.san.activations import ACTIVATIONS, get_activation
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.results import Result
+
+
+class SAN(nn.Module):
+    """``q`` kernels of size ``m`` and a sparse activation φ; ``forward(x)`` returns (x̂, α)."""
+
+    def __init__(self, kernels: int, size: int, activation: str, *, k: int = 5, in_chans: int = 1):
+        super().__init__()
+        if size % 2 == 0 or size < 1:
+            raise InspectnetError(f"SAN kernel size {size} must be odd and positive (same-size reconstruction)")
+        self.size, self.activation = size, activation
+        self.weight = nn.Parameter(torch.randn(kernels, in_chans, size, size) / size)
+        self.phi = get_activation(activation, k=k, m=size, d=size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = F.conv2d(x, self.weight, padding=self.size // 2)
+        alpha = self.phi(torch.relu(s))
+        return F.conv_transpose2d(alpha, self.weight, padding=self.size // 2), alpha
+
+
+def san_metrics(model: SAN, x: torch.Tensor) -> dict[str, float]:
+    """Mean φ̄, CR⁻¹ and L̃ of ``model`` on samples ``x`` (B, C, H, W)."""
+    with torch.no_grad():
+        x_hat, alpha = model(x)
+    n = x[0].numel()
+    weights = model.weight.numel()
+    dim = x.dim() - 2  # spatial dimensions of one sample (2 for images)
+    A = (alpha != 0).flatten(1).sum(1).double()
+    cr_inv = (weights + (dim + 1) * A) / n
+    l1 = (x_hat - x).abs().flatten(1).sum(1).double()
+    ref = x.abs().flatten(1).sum(1).double().clamp_min(1e-12)
+    l_tilde = l1 / ref
+    phi = 0.5 * (cr_inv + l_tilde)
+    return {"phi_bar": float(phi.mean()), "cr_inv": float(cr_inv.mean()), "l_tilde": float(l_tilde.mean()),
+            "activations_per_sample": float(A.mean())}
+
+
+def train_san(x: torch.Tensor, activation: str, size: int, *, kernels: int = 4, epochs: int = 5,
+              lr: float = 0.01, batch_size: int = 64, k: int = 5, seed: int = 0) -> SAN:
+    """Fit a SAN on ``x`` (B, C, H, W) with Adam on the L1 reconstruction loss."""
+    torch.manual_seed(seed)
+    model = SAN(kernels, size, activation, k=k, in_chans=x.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+            x_hat, _ = model(x[idx])
+            loss = (x_hat - x[idx]).abs().flatten(1).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class SANResult(Result):
+    """Validation φ̄ / CR⁻¹ / L̃ per (activation, kernel size) and the selected size per activation."""
+
+    rows: list[dict[str, Any]]
+    selected: dict[str, int]
+    kernels: int
+    train_samples: int
+    val_samples: int
+
+    def table(self) -> str:
+        """The paper's Table III layout: one row per activation at its selected kernel size."""
+        lines = ["| activation | kernel size | φ̄ | CR⁻¹ | L̃ |", "|---|---|---|---|---|"]
+        for row in self.rows:
+            if self.selected.get(row["activation"]) == row["size"]:
+                lines.append(f"| {row['activation']} | {row['size']} | {row['phi_bar']:.4f} | "
+                             f"{row['cr_inv']:.4f} | {row['l_tilde']:.4f} |")
+        return "\n".join(lines)
+
+
+def san_select(x_train: torch.Tensor, x_val: torch.Tensor, activations: Sequence[str] = ACTIVATIONS,
+               sizes: Sequence[int] = (3, 5, 7), *, kernels: int = 4, epochs: int = 5, k: int = 5,
+               seed: int = 0, lr: float = 0.01) -> SANResult:
+    """Train one SAN per (activation, kernel size); select each activation's size by lowest φ̄."""
+    bad = [a for a in activations if a not in ACTIVATIONS]
+    if bad:
+        raise InspectnetError(f"--activation {bad[0]!r} is unknown; expected one of {', '.join(ACTIVATIONS)}")
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise InspectnetError("SAN needs at least one training and one validation sample")
+    rows, models = [], {}
+    for act in activations:
+        for m in sizes:
+            model = train_san(x_train, act, m, kernels=kernels, epochs=epochs, k=k, seed=seed, lr=lr)
+            rows.append({"activation": act, "size": m, **san_metrics(model, x_val)})
+            models[act, m] = model
+    selected = {a: min((r for r in rows if r["activation"] == a), key=lambda r: r["phi_bar"])["size"]
+                for a in activations}
+    result = SANResult(rows=rows, selected=selected, kernels=kernels, train_samples=len(x_train),
+                       val_samples=len(x_val))
+    object.__setattr__(result, "_models", {a: models[a, m] for a, m in selected.items()})
+    return result
+
+
+def save_kernel_picture(result: SANResult, path: str | Path) -> Path:
+    """Grid of the selected models' kernels (one row per activation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = getattr(result, "_models", {})
+    acts = list(models)
+    fig, axes = plt.subplots(len(acts), result.kernels, figsize=(1.4 * result.kernels, 1.5 * len(acts)),
+                             squeeze=False)
+    for r, act in enumerate(acts):
+        w = models[act].weight.detach()
+        for c in range(result.kernels):
+            ax = axes[r][c]
+            ax.imshow(w[c].mean(0).numpy(), cmap="coolwarm")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"{act}\nm={models[act].size}", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def images_tensor(dataset: Any, limit: int | None = None) -> torch.Tensor:
+    """Grey images of an :class:`~inspectnet.data.ImageDataset` as (N, 1, H, W) floats in [0, 1]."""
+    import numpy as np
+
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    arrays = [np.asarray(dataset.image(i).convert("L"), dtype=np.float32) / 255.0 for i in range(n)]
+    if len({a.shape for a in arrays}) > 1:
+        raise InspectnetError(f"data {dataset.spec!r}: images differ in size; SAN needs equal sizes")
+    return torch.from_numpy(np.stack(arrays))[:, None]
+
+
+def layer_maps(zm: Any, dataset: Any, layer: str, *, limit: int | None = None, channels: int = 8) -> torch.Tensor:
+    """A probed layer's activation maps as SAN inputs: each of the first ``channels`` maps of every
+    image is one single-channel sample (N·channels, 1, H, W), scaled to max |value| 1 per map."""
+    from inspectnet.models.layers import eval_mode
+    from inspectnet.probe.hooks import Probe
+
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=64)
+    maps = []
+    with eval_mode(zm.model), torch.inference_mode(), Probe(zm.model, [layer], reducer="full",
+                                                            head_name=zm.head_name) as probe:
+        name = probe.layers[0]
+        for x, _ in loader:
+            zm.model(x)
+            out = probe.outputs[name]
+            if out.dim() != 4:
+                raise InspectnetError(f"layer {layer!r} gives {out.dim()}-D outputs; SAN needs (B, C, H, W) maps")
+            maps.append(out[:, :channels].reshape(-1, 1, *out.shape[2:]))
+    x = torch.cat(maps)
+    return x / x.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)

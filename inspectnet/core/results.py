@@ -1,0 +1,63 @@
+"""Frozen result objects with ``to_dict`` / ``save`` / ``load`` and the manifest that describes them."""
+
+import dataclasses
+import platform
+from pathlib import Path
+from typing import Any, Self
+
+from inspectnet.core.storage import atomic_write_json, read_json
+
+SCHEMA_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour a result depends on."""
+    import numpy
+    import sklearn
+    import timm
+    import torch
+    import torchvision
+
+    import inspectnet
+
+    return {
+        "inspectnet": inspectnet.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Base of every result: a frozen dataclass that round-trips through JSON.
+
+    Subclasses hold JSON-friendly fields (numbers, strings, lists, dicts).
+
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Acc(Result):
+    ...     accuracy: float
+    >>> Acc.from_dict(Acc(0.5).to_dict())
+    Acc(accuracy=0.5)
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``{"schema_version", "kind", "versions", **fields}`` as JSON, atomically."""
+        doc = {"schema_version": SCHEMA_VERSION, "kind": type(self).__name__,
+               "versions": library_versions(), **self.to_dict()}
+        return atomic_write_json(path, doc)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        return cls.from_dict(read_json(path, what=f"{cls.__name__} file"))

@@ -1,0 +1,81 @@
+"""Writing results to disk so that an interrupted run never leaves a file that looks complete."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from inspectnet.core.errors import InspectnetError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (all or nothing).
+
+    >>> p = atomic_write_bytes(Path(tempfile.mkdtemp()) / "a.bin", b"xy"); p.read_bytes()
+    b'xy'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path, *, what: str = "file") -> Any:
+    """Read a JSON file, failing with a message that names the file and the problem."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InspectnetError(f"{what} {path} does not exist") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InspectnetError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
+def prepare_output_file(path: str | Path, *, force: bool = False) -> Path:
+    """Check an output file path: its folder is created, an existing file is refused unless ``force``."""
+    path = Path(path)
+    if path.is_dir():
+        raise InspectnetError(f"output {path} is a folder; expected a file path")
+    if path.exists() and not force:
+        raise InspectnetError(f"output {path} already exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")

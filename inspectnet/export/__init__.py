@@ -1,0 +1,1 @@
+"""ONNX export with a parity gate, and static int8 quantization."""

@@ -1,0 +1,375 @@
+"""Export a zoo model (or just its head) to a verified, self-describing ONNX file, optionally int8.
+
+Every export passes a gate before the file appears under its final name: ``onnx.checker``, then
+ONNX Runtime against PyTorch at batch 1 and a larger batch (max abs/rel difference within
+tolerance, 100 % top-1 agreement outside numerical ties). A failed gate raises and leaves no file.
+The report (parity, latency at batch 1 and 32, size, providers, int8 agreement) goes next to the
+model as ``<name>.export.json``.
+
+    >>> from inspectnet import load_model
+    >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=32)
+    >>> res = export_onnx(zm, "out/model.onnx")          # doctest: +SKIP
+    >>> res.parity["top1_agreement"]                     # doctest: +SKIP
+    1.0
+"""
+
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.results import Result
+from inspectnet.core.storage import prepare_output_file
+from inspectnet.models.layers import PRE_LOGITS, eval_mode
+from inspectnet.models.zoo import ZooModel, set_submodule
+from inspectnet.probe.hooks import Probe
+from inspectnet.runtime.classifier import (
+    FORMAT,
+    FORMAT_VERSION,
+    KEY_CLASS_NAMES,
+    KEY_FORMAT,
+    KEY_MODEL,
+    KEY_PREPROCESSING,
+    default_providers,
+    make_session,
+)
+
+EXPORTERS = ("dynamo", "torchscript")
+PARITY_BATCHES = (1, 8)
+LATENCY_BATCHES = (1, 32)
+INPUT_NAME, FEATURES_NAME, OUTPUT_NAME = "input", "features", "logits"
+KEY_DECOMPOSITION = "inspectnet.decomposition"
+ATOL, RTOL = 1e-4, 1e-3  # |ort - torch| <= ATOL + RTOL * max|torch logits| (per batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult(Result):
+    """What ``export.json`` holds: the gate's parity, latencies (ms, per batch size), sizes, providers."""
+
+    path: str
+    model: str
+    fingerprint: str
+    exporter: str
+    opset: int
+    head_only: bool
+    input_name: str
+    input_shape: list
+    parity: dict
+    latency_ms: dict
+    threads: int
+    size_bytes: int
+    providers: list
+    int8: dict | None = None
+
+
+def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = "dynamo",
+                head_only: bool = False, force: bool = False, int8: bool = False,
+                calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
+                latency: bool = True, threads: int = 1, device: str = "auto") -> ExportResult:
+    """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
+
+    ``int8`` also writes ``<stem>.int8.onnx`` quantized on ``calibration`` (model inputs, see
+    :func:`calibration_inputs`); ``evaluation`` = (inputs, labels with -1 = unlabelled) measures its
+    top-1 agreement with fp32 (and accuracy when labelled). ``threads`` is used by both torch and
+    ONNX Runtime when timing, so the latency ratio compares like with like.
+    """
+    if exporter not in EXPORTERS:
+        raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {', '.join(EXPORTERS)}")
+    if int8 and (calibration is None or len(calibration) == 0):
+        raise InspectnetError("--int8 needs calibration data: pass --calibration DATA (real images the model "
+                              "will see, e.g. the training folder); static int8 ranges come from it")
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise InspectnetError(f"--out {out} must end in .onnx")
+    int8_path = out.with_name(out.stem + ".int8.onnx")
+    report_path = out.with_name(out.stem + ".export.json")
+    for p in [out, report_path] + ([int8_path] if int8 else []):
+        prepare_output_file(p, force=force)
+    module, example, input_name = _export_target(zm, head_only)
+    tmp = out.with_name(f".{out.name}.part")
+    tmp_int8 = int8_path.with_name(f".{int8_path.name}.part")
+    try:
+        proto = _to_onnx(export_form(zm, module, head_only), example, input_name, exporter, opset)
+        _add_metadata(proto, zm, head_only, input_name, list(example.shape[1:]))
+        _save(proto, tmp)
+        parity = verify(module, tmp, example.shape[1:], threads=threads, device=device)
+        int8_info = None
+        if int8:
+            int8_info = _quantize(zm, module, tmp, tmp_int8, calibration, evaluation, head_only, input_name,
+                                  threads, device)
+        lat = measure_latency(module, tmp, tmp_int8 if int8 else None, example.shape[1:], threads) if latency \
+            else {}
+        os.replace(tmp, out)
+        if int8:
+            os.replace(tmp_int8, int8_path)
+            int8_info["path"] = str(int8_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_int8.unlink(missing_ok=True)
+    result = ExportResult(path=str(out), model=zm.spec, fingerprint=zm.fingerprint(), exporter=exporter,
+                          opset=_opset_of(proto), head_only=head_only, input_name=input_name,
+                          input_shape=["batch", *example.shape[1:]], parity=parity, latency_ms=lat, threads=threads,
+                          size_bytes=out.stat().st_size, providers=parity.pop("providers"), int8=int8_info)
+    result.save(report_path)
+    return result
+
+
+def _export_target(zm: ZooModel, head_only: bool) -> tuple[nn.Module, torch.Tensor, str]:
+    """The module to export, an example input (batch 2: torch.export specialises batch 0/1) and its name.
+
+    The model is moved to the CPU: the gate compares it with ONNX Runtime on host arrays.
+    """
+    zm.model.cpu().eval()
+    if not head_only:
+        return zm.model, torch.randn(2, *zm.data_config["input_size"]), INPUT_NAME
+    head = zm.model.get_submodule(zm.head_name)
+    features = head_features(zm, torch.randn(2, *zm.data_config["input_size"]))
+    return head.eval(), torch.randn(2, *features.shape[1:]), FEATURES_NAME
+
+
+def is_decomposed(head: nn.Module) -> bool:
+    """A decomposed head (heads.decompose.DecomposedLinear) offers its decomposition and gathered form."""
+    return callable(getattr(head, "decomposition", None)) and callable(getattr(head, "to_gathered", None))
+
+
+def export_form(zm: ZooModel, module: nn.Module, head_only: bool) -> nn.Module:
+    """What goes into the graph: a decomposed head becomes a gather of the used features + dense Gemm.
+
+    DESIGN.md §7: that form beat gather/batched-matmul forms in ONNX Runtime; the result is the same
+    function, and the gate compares it with the original module.
+    """
+    head = zm.model.get_submodule(zm.head_name)
+    if not is_decomposed(head):
+        return module
+    if head_only:
+        return head.to_gathered().eval()
+    clone = copy.deepcopy(module)
+    set_submodule(clone, zm.head_name, head.to_gathered())
+    return clone.eval()
+
+
+def head_features(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
+    """The head's input f(x) (penultimate features) for a batch of images, captured by a probe."""
+    with eval_mode(zm.model), torch.inference_mode(), Probe(zm.model, [PRE_LOGITS], head_name=zm.head_name) as p:
+        zm.model(x)
+    f = p.outputs[PRE_LOGITS]
+    return f.flatten(1) if f.dim() > 2 else f
+
+
+def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None):
+    """Run torch.onnx.export with ``dynamo`` passed explicitly; any exporter error names the cause."""
+    import onnx
+
+    kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": [OUTPUT_NAME]}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=65536)
+                program = torch.onnx.export(module, (example,), None, dynamo=True, external_data=False,
+                                            dynamic_shapes=({0: batch},), verbose=False, **kwargs)
+                return program.model_proto
+            buf = io.BytesIO()
+            torch.onnx.export(module, (example,), buf, dynamo=False, do_constant_folding=True,
+                              dynamic_axes={input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **kwargs)
+            return onnx.load_from_string(buf.getvalue())
+    except InspectnetError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        other = "torchscript" if exporter == "dynamo" else "dynamo"
+        raise InspectnetError(f"{type(module).__name__} cannot be exported with the {exporter} exporter: "
+                              f"{type(exc).__name__}: {first} (try --exporter {other})") from exc
+
+
+def _add_metadata(proto, zm: ZooModel, head_only: bool, input_name: str, shape: list[int]) -> None:
+    """Make the file self-describing: preprocessing, class names and where it came from."""
+    import onnx
+
+    info = {"spec": zm.spec, "arch": zm.arch, "num_classes": zm.num_classes, "in_chans": zm.in_chans,
+            "fingerprint": zm.fingerprint(), "head_name": zm.head_name, "modifications": zm.modifications,
+            "input_kind": "features" if head_only else "image", "input_name": input_name,
+            "input_shape": ["batch", *shape], "output_name": OUTPUT_NAME}
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in zm.data_config.items()}
+    props = {KEY_FORMAT: f"{FORMAT}/{FORMAT_VERSION}", KEY_PREPROCESSING: json.dumps(config),
+             KEY_CLASS_NAMES: json.dumps(list(zm.class_names)), KEY_MODEL: json.dumps(info)}
+    head = zm.model.get_submodule(zm.head_name)
+    if is_decomposed(head):  # the decomposition itself, so other runtime forms can be chosen
+        props[KEY_DECOMPOSITION] = json.dumps(head.decomposition())
+    existing = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(proto, {**existing, **props})
+    proto.producer_name = proto.producer_name or "inspectnet"
+
+
+def _save(proto, path: Path) -> None:
+    import onnx
+
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise InspectnetError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+
+
+def _opset_of(proto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int = 1, device: str = "auto",
+           batches: tuple[int, ...] = PARITY_BATCHES, seed: int = 0) -> dict[str, Any]:
+    """The gate: ONNX Runtime vs PyTorch on seeded random inputs at each batch size; raises on failure.
+
+    Top-1 disagreements count as failures unless torch's own margin between the two classes is
+    within the tolerance (a numerical tie that no exporter can be blamed for).
+    """
+    session = make_session(path, providers=default_providers(device), threads=threads)
+    rng = np.random.default_rng(seed)
+    report: dict[str, Any] = {"batches": {}, "atol": ATOL, "rtol": RTOL}
+    worst_abs, worst_rel, agree, total, real_flips = 0.0, 0.0, 0, 0, 0
+    for b in batches:
+        x = rng.standard_normal((b, *sample_shape)).astype(np.float32)
+        with torch.inference_mode():
+            ref = module(torch.from_numpy(x)).float().numpy()
+        got = session.run([OUTPUT_NAME], {session.get_inputs()[0].name: x})[0]
+        if got.shape != ref.shape:
+            raise InspectnetError(f"export gate failed: ONNX output shape {got.shape} != torch {ref.shape} "
+                                  f"at batch {b}")
+        diff = np.abs(got.astype(np.float64) - ref)
+        scale = float(np.abs(ref).max())
+        tol = ATOL + RTOL * scale
+        t_top, o_top = ref.argmax(1), got.argmax(1)
+        margin = ref[np.arange(b), t_top] - ref[np.arange(b), o_top]
+        flips = int(((t_top != o_top) & (margin > 2 * tol)).sum())
+        max_abs, max_rel = float(diff.max()), float(diff.max() / max(scale, 1e-12))
+        report["batches"][str(b)] = {"max_abs_diff": max_abs, "max_rel_diff": max_rel,
+                                     "top1_agreement": float((t_top == o_top).mean()), "tolerance": tol}
+        if not np.isfinite(got).all() or max_abs > tol:
+            raise InspectnetError(f"export gate failed at batch {b}: max |onnx - torch| = {max_abs:.3g} exceeds "
+                                  f"{tol:.3g} (atol {ATOL} + rtol {RTOL} x max|logit| {scale:.3g}); no file written")
+        worst_abs, worst_rel = max(worst_abs, max_abs), max(worst_rel, max_rel)
+        agree, total, real_flips = agree + int((t_top == o_top).sum()), total + b, real_flips + flips
+    if real_flips:
+        raise InspectnetError(f"export gate failed: ONNX top-1 differs from torch on {real_flips} of {total} "
+                              f"inputs beyond numerical ties; no file written")
+    report.update(max_abs_diff=worst_abs, max_rel_diff=worst_rel, top1_agreement=agree / total,
+                  providers=list(session.get_providers()))
+    return report
+
+
+def timed_ms(fn: Callable[[], Any], *, min_reps: int = 3, max_reps: int = 30, budget_s: float = 1.5) -> float:
+    """Median wall time of ``fn`` in milliseconds after one warm-up call (reps bounded by ``budget_s``)."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Temporarily run torch with ``n`` intra-op threads (matched to ONNX Runtime's in comparisons)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def measure_latency(module: nn.Module, fp32: Path, int8: Path | None, sample_shape: tuple, threads: int,
+                    batches: tuple[int, ...] = LATENCY_BATCHES, device: str = "cpu") -> dict[str, dict[str, float]]:
+    """Latency (ms per batch) of torch eager, ORT fp32 and ORT int8, same thread count, CPU by default."""
+    sessions = {"ort_fp32": make_session(fp32, providers=default_providers(device), threads=threads)}
+    if int8 is not None:
+        sessions["ort_int8"] = make_session(int8, providers=default_providers(device), threads=threads)
+    out: dict[str, dict[str, float]] = {"torch_eager": {}, **{k: {} for k in sessions}}
+    rng = np.random.default_rng(1)
+    with torch_threads(threads), torch.inference_mode():
+        for b in batches:
+            x = rng.standard_normal((b, *sample_shape)).astype(np.float32)
+            xt = torch.from_numpy(x)
+            out["torch_eager"][str(b)] = timed_ms(lambda xt=xt: module(xt))
+            for name, sess in sessions.items():
+                feed = {sess.get_inputs()[0].name: x}
+                out[name][str(b)] = timed_ms(lambda s=sess, f=feed: s.run([OUTPUT_NAME], f))
+    return out
+
+
+def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibration: np.ndarray,
+              evaluation: tuple[np.ndarray, np.ndarray] | None, head_only: bool, input_name: str, threads: int,
+              device: str) -> dict[str, Any]:
+    """Quantize, re-stamp the metadata, check the graph, and compare int8 with fp32 on evaluation data."""
+    import onnx
+
+    from inspectnet.export.int8 import quantize_int8
+
+    if head_only:
+        calibration = _features_of(zm, calibration)
+        if evaluation is not None:
+            evaluation = (_features_of(zm, evaluation[0]), evaluation[1])
+    quantize_int8(fp32, int8, calibration)
+    proto = onnx.load(str(int8))
+    _add_metadata(proto, zm, head_only, input_name, list(calibration.shape[1:]))
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        "inspectnet.quantization": "int8-static-qdq-u8s8-per-channel"})
+    _save(proto, int8)
+    x_eval, y_eval = evaluation if evaluation is not None else (calibration, np.full(len(calibration), -1))
+    s32 = make_session(fp32, providers=default_providers(device), threads=threads)
+    s8 = make_session(int8, providers=default_providers(device), threads=threads)
+    p32 = _argmax_batches(s32, x_eval)
+    p8 = _argmax_batches(s8, x_eval)
+    info: dict[str, Any] = {"calibration_samples": len(calibration), "eval_samples": len(x_eval),
+                            "eval_on": "evaluation data" if evaluation is not None else "calibration data",
+                            "top1_agreement_with_fp32": float((p32 == p8).mean()),
+                            "size_bytes": int(int8.stat().st_size), "format": "QDQ",
+                            "activations": "QUInt8", "weights": "QInt8 per-channel"}
+    labelled = np.asarray(y_eval) >= 0
+    if labelled.any():
+        info["accuracy_fp32"] = float((p32[labelled] == y_eval[labelled]).mean())
+        info["accuracy_int8"] = float((p8[labelled] == y_eval[labelled]).mean())
+    return info
+
+
+def _argmax_batches(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run([OUTPUT_NAME], {name: x[i:i + batch_size]})[0].argmax(1)
+                           for i in range(0, len(x), batch_size)])
+
+
+def _features_of(zm: ZooModel, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return np.concatenate([head_features(zm, torch.from_numpy(images[i:i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)]).astype(np.float32)
+
+
+def calibration_inputs(zm: ZooModel, spec: str, *, limit: int | None = 256,
+                       skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed inputs (N, C, H, W) and labels (-1 = unlabelled) from a data spec, evenly spread.
+
+    Samples are taken at evenly spaced indices so that sorted folders still cover every class.
+    """
+    from inspectnet.data import load_data
+
+    ds = load_data(spec, zm.transform(), skip_bad=skip_bad)
+    if len(ds) == 0:
+        raise InspectnetError(f"calibration data {spec!r} holds no images")
+    n = len(ds) if limit is None else min(limit, len(ds))
+    idx = np.unique(np.linspace(0, len(ds) - 1, n).round().astype(int))
+    xs, ys = zip(*(ds[int(i)] for i in idx))
+    return torch.stack(list(xs)).numpy().astype(np.float32), np.asarray(ys, np.int64)

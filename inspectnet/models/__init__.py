@@ -1,0 +1,1 @@
+"""Models: the zoo (timm, torchvision, shipped, saved folders), weight files, layer addresses, prediction."""

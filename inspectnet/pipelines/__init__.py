@@ -1,0 +1,1 @@
+"""Multi-stage jobs built from the layers below: the audit and method comparisons."""

@@ -1,0 +1,120 @@
+"""Probes: forward hooks on named layers that capture (reduced) activations, as a context manager.
+
+Captured tensors are cloned, so an in-place op after the hooked layer (``ReLU(inplace=True)``)
+cannot change them; hooks are removed in ``finally``; the model's train/eval flags are untouched.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.models.layers import PRE_LOGITS, first_tensor, resolve_layers
+
+
+def _spatial_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """Dimensions averaged away per filter: H, W of (B, C, H, W); tokens of ViT-style (B, T, C)."""
+    if t.dim() == 4:
+        return (2, 3)
+    if t.dim() == 3:
+        return (1,)
+    if t.dim() == 2:
+        return ()
+    raise InspectnetError(f"cannot reduce an activation of shape {tuple(t.shape)}; expected 2-4 dims")
+
+
+def absmean(t: torch.Tensor) -> torch.Tensor:
+    """Per-filter spatial mean of |F| (Elite BackProp Eq. 1): (B, C, H, W) -> (B, C)."""
+    dims = _spatial_dims(t)
+    return t.abs().mean(dim=dims) if dims else t.abs()
+
+
+def spatial_mean(t: torch.Tensor) -> torch.Tensor:
+    """Per-filter spatial mean of F."""
+    dims = _spatial_dims(t)
+    return t.mean(dim=dims) if dims else t
+
+
+def spatial_max(t: torch.Tensor) -> torch.Tensor:
+    """Per-filter spatial maximum of F."""
+    dims = _spatial_dims(t)
+    return t.amax(dim=dims) if dims else t
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole map, unreduced (for dissection and receptive-field pictures)."""
+    return t
+
+
+REDUCERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "absmean": absmean, "mean": spatial_mean, "max": spatial_max, "full": full,
+}
+
+
+def get_reducer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in REDUCERS:
+        raise InspectnetError(f"unknown reducer {name!r}; expected one of {', '.join(REDUCERS)}")
+    return REDUCERS[name]
+
+
+class Probe:
+    """Capture activations of ``layers`` on every forward while inside ``with``.
+
+    ``outputs[name]`` holds the latest batch's reduced activation (detached, or attached to the
+    graph with ``keep_graph=True`` for losses). ``pre_logits`` captures the classifier's input.
+
+    >>> import torchvision
+    >>> m = torchvision.models.resnet18(num_classes=4).eval()
+    >>> with Probe(m, ["layer4", "pre_logits"]) as probe:
+    ...     _ = m(torch.zeros(2, 3, 64, 64))
+    >>> {k: tuple(v.shape) for k, v in probe.outputs.items()}
+    {'layer4': (2, 512), 'pre_logits': (2, 512)}
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module] | str, *,
+                 reducer: str | Callable[[torch.Tensor], torch.Tensor] = "absmean",
+                 head_name: str | None = None, keep_graph: bool = False):
+        self.model = model
+        self.head_name = head_name
+        self.layers = resolve_layers(model, layers, head_name=head_name)
+        self.reduce = get_reducer(reducer) if isinstance(reducer, str) else reducer
+        self.keep_graph = keep_graph
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> "Probe":
+        try:
+            for name in self.layers:
+                self._handles.append(self._attach(name))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook this probe added (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _attach(self, name: str) -> torch.utils.hooks.RemovableHandle:
+        if name == PRE_LOGITS:
+            if self.head_name is None:
+                from inspectnet.models.zoo import find_head
+
+                self.head_name = find_head(self.model)
+            head = self.model.get_submodule(self.head_name)
+            return head.register_forward_pre_hook(lambda _m, args: self._store(PRE_LOGITS, args[0], raw=True))
+        module = self.model.get_submodule(name)
+        return module.register_forward_hook(lambda _m, _i, out: self._store(name, first_tensor(out)))
+
+    def _store(self, name: str, t: torch.Tensor | None, raw: bool = False) -> None:
+        if t is None:
+            raise InspectnetError(f"layer {name!r} produced no tensor to probe")
+        value = t if raw else self.reduce(t)
+        value = value if self.keep_graph else value.detach()
+        # clone: later in-place ops (ReLU(inplace=True)) would otherwise rewrite what was captured
+        self.outputs[name] = value.clone()

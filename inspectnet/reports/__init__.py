@@ -1,0 +1,1 @@
+"""Model cards and HTML reports: rendered from result dictionaries only."""

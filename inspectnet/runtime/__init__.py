@@ -1,0 +1,1 @@
+"""Torch-free inference on exported ONNX files (ONNX Runtime, Pillow and numpy only)."""

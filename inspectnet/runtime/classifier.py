@@ -1,0 +1,274 @@
+"""Predict with an exported ONNX classifier using ONNX Runtime, Pillow and numpy only (no torch).
+
+Files written by :func:`inspectnet.export.onnx.export_onnx` carry their preprocessing (timm's data-config
+keys) and class names in the ONNX ``metadata_props``, so this module needs nothing but the file::
+
+    >>> clf = OnnxClassifier("model.onnx")                      # doctest: +SKIP
+    >>> clf.predict(["cat.jpg"], topk=3)[0]["top"][0]["label"]   # doctest: +SKIP
+    'tabby'
+
+This module must never import torch: ``inspectnet run`` relies on it for a light, fast start.
+"""
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from inspectnet.core.errors import InspectnetError
+
+FORMAT = "inspectnet-onnx"
+FORMAT_VERSION = 1
+# metadata_props keys (string values; JSON where structured)
+KEY_FORMAT = "inspectnet.format"
+KEY_PREPROCESSING = "inspectnet.preprocessing"
+KEY_CLASS_NAMES = "inspectnet.class_names"
+KEY_MODEL = "inspectnet.model"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+             "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+
+
+def import_ort():
+    """Import onnxruntime, or fail with the install command (it is an optional extra)."""
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as exc:
+        raise InspectnetError("ONNX Runtime is not installed; install it with pip install 'inspectnet[cpu]' "
+                              "(or 'inspectnet[gpu]' for CUDA)") from exc
+    return onnxruntime
+
+
+def default_providers(device: str = "auto") -> list[str]:
+    """Execution providers for ``device`` (auto: CUDA when ONNX Runtime offers it, else CPU)."""
+    available = import_ort().get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device in ("auto", "cuda"):
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device == "cuda":
+            raise InspectnetError("--device cuda asked for the CUDA provider, but this ONNX Runtime offers only "
+                                  f"{', '.join(available)}; install 'inspectnet[gpu]' (onnxruntime-gpu)")
+        return ["CPUExecutionProvider"]
+    raise InspectnetError(f"--device {device!r} is unknown; expected auto, cpu or cuda")
+
+
+def make_session(model: str | Path | bytes, *, providers: Sequence[str] | None = None,
+                 threads: int | None = None):
+    """An ``InferenceSession`` with full graph optimisation; ``threads`` sets intra-op threads.
+
+    Unreadable or invalid files fail with an :class:`InspectnetError` naming the file.
+    """
+    ort = import_ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    what = "model bytes" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes):
+        if not Path(model).is_file():
+            raise InspectnetError(f"ONNX file {model} does not exist")
+        model = str(model)
+    try:
+        return ort.InferenceSession(model, sess_options=opts, providers=list(providers or default_providers()))
+    except Exception as exc:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InspectnetError(f"{what} is not a loadable ONNX model: {first}") from exc
+
+
+def read_metadata(session) -> dict[str, Any]:
+    """The inspectnet metadata of a session's model: preprocessing, class_names and model info."""
+    props = session.get_modelmeta().custom_metadata_map
+    if props.get(KEY_FORMAT, "").split("/")[0] != FORMAT:
+        raise InspectnetError("this ONNX file was not written by inspectnet export (no inspectnet metadata); "
+                              "it has no stored preprocessing or class names. Re-export it with "
+                              "`inspectnet export MODEL --out FILE.onnx`")
+    try:
+        return {"preprocessing": json.loads(props[KEY_PREPROCESSING]),
+                "class_names": json.loads(props[KEY_CLASS_NAMES]), "model": json.loads(props[KEY_MODEL])}
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise InspectnetError(f"the inspectnet metadata of this ONNX file is damaged: {exc}") from exc
+
+
+def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
+    """One PIL image -> float32 (C, H, W) array, the same as timm's evaluation transform.
+
+    Converts to the model's channels, resizes the shorter side to ``size / crop_pct`` (``center``
+    crop mode) or both sides (``squash``), center-crops to ``input_size`` and normalizes.
+
+    >>> cfg = {"input_size": [1, 4, 4], "mean": [0.5], "std": [0.5], "crop_pct": 1.0,
+    ...        "interpolation": "bilinear", "crop_mode": "center"}
+    >>> preprocess(Image.new("RGB", (8, 6), "white"), cfg).shape
+    (1, 4, 4)
+    """
+    c, h, w = (int(v) for v in config["input_size"])
+    mode = {1: "L", 3: "RGB"}.get(c)
+    if mode is None:
+        raise InspectnetError(f"images can feed 1- or 3-channel models, not {c}-channel ones")
+    image = image.convert(mode)
+    crop_pct = float(config.get("crop_pct") or 0.875)
+    crop_mode = config.get("crop_mode") or "center"
+    resample = _RESAMPLE.get(str(config.get("interpolation", "bilinear")), Image.Resampling.BILINEAR)
+    scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
+    if crop_mode == "squash":
+        image = image.resize((scale[1], scale[0]), resample)
+    elif crop_mode == "center":
+        image = _resize_keep_ratio(image, scale, resample)
+    else:
+        raise InspectnetError(f"crop_mode {crop_mode!r} in the stored preprocessing is not supported; "
+                              f"expected center or squash")
+    image = _center_crop(image, h, w)
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+    mean = np.asarray(config["mean"], np.float32).reshape(-1, 1, 1)
+    std = np.asarray(config["std"], np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def _resize_keep_ratio(image: Image.Image, scale: tuple[int, int], resample) -> Image.Image:
+    """Shorter side to ``scale`` (torchvision's ``Resize(int)`` rule when the target is square)."""
+    width, height = image.size
+    if scale[0] == scale[1]:
+        short, long = min(width, height), max(width, height)
+        new_short, new_long = scale[0], int(scale[0] * long / short)
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+    else:  # timm's ResizeKeepRatio: the smaller ratio to the target wins
+        ratio = min(width / scale[1], height / scale[0])
+        size = (round(width / ratio), round(height / ratio))
+    return image.resize(size, resample)
+
+
+def _center_crop(image: Image.Image, h: int, w: int) -> Image.Image:
+    """Center crop to (h, w), padding with zeros first where the image is smaller (torchvision rule)."""
+    width, height = image.size
+    if width < w or height < h:
+        padded = Image.new(image.mode, (max(width, w), max(height, h)), 0)
+        left, top = (max(w - width, 0)) // 2, (max(h - height, 0)) // 2
+        padded.paste(image, (left, top))
+        image = padded
+        width, height = image.size
+    top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
+    return image.crop((left, top, left + w, top + h))
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file fully, failing with a message naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InspectnetError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise InspectnetError(f"image {path} cannot be decoded by Pillow: {exc}") from exc
+
+
+def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[int] | None, list[str]]:
+    """Image files from ``inputs``: files as given, or one folder (``ROOT/CLASS/IMAGE`` = labelled).
+
+    Returns ``(files, labels or None, folder class names)``.
+    """
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+        root = Path(inputs[0])
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if classes:
+            files, labels = [], []
+            for label, cls in enumerate(classes):
+                found = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+                files += found
+                labels += [label] * len(found)
+            return files, labels, classes
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InspectnetError(f"folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return files, None, []
+    return [Path(p) for p in inputs], None, []
+
+
+class OnnxClassifier:
+    """An exported inspectnet classifier run by ONNX Runtime (CUDA provider when present).
+
+    >>> clf = OnnxClassifier("model.onnx")                     # doctest: +SKIP
+    >>> clf.class_names[:2], clf.providers                     # doctest: +SKIP
+    (['0', '1'], ['CPUExecutionProvider'])
+    >>> logits = clf.logits(clf.preprocess_images([img]))       # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "auto", threads: int | None = None):
+        self.path = Path(path)
+        self.session = make_session(self.path, providers=default_providers(device), threads=threads)
+        meta = read_metadata(self.session)
+        self.preprocessing: dict[str, Any] = meta["preprocessing"]
+        self.class_names: list[str] = list(meta["class_names"])
+        self.info: dict[str, Any] = meta["model"]
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = "logits"
+        if self.output_name not in [o.name for o in self.session.get_outputs()]:
+            raise InspectnetError(f"ONNX file {self.path} has no output named 'logits'")
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    @property
+    def takes_images(self) -> bool:
+        """False for ``--head-only`` exports, which take penultimate features instead of images."""
+        return self.info.get("input_kind", "image") == "image"
+
+    def preprocess_images(self, images: Iterable[Image.Image]) -> np.ndarray:
+        """PIL images (any size) -> (N, C, H, W) float32 batch with the stored preprocessing."""
+        self._check_takes_images()
+        return np.stack([preprocess(im, self.preprocessing) for im in images])
+
+    def _check_takes_images(self) -> None:
+        if not self.takes_images:
+            raise InspectnetError(f"{self.path} is a head-only export: it takes penultimate features "
+                                  f"(N, {self.info.get('input_shape', ['N', '?'])[1]}), not images")
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Raw logits (N, num_classes) for a preprocessed batch (or features for head-only files)."""
+        return self.session.run([self.output_name], {self.input_name: np.asarray(x, np.float32)})[0]
+
+    def predict(self, images: Sequence[str | Path | Image.Image], *, topk: int = 5, batch_size: int = 32,
+                names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """``[{"image", "top": [{"index", "label", "prob"}]}]`` for image files or PIL images.
+
+        ``names`` labels the items in the output (default: the path, or ``image#i`` for PIL images).
+        """
+        if topk < 1:
+            raise InspectnetError(f"--topk must be at least 1, got {topk}")
+        self._check_takes_images()
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            pil = [im if isinstance(im, Image.Image) else load_image(im) for im in chunk]
+            probs = softmax(self.logits(self.preprocess_images(pil)))
+            for offset, row in enumerate(probs):
+                item = chunk[offset]
+                name = (names[start + offset] if names is not None else
+                        str(item) if not isinstance(item, Image.Image) else f"image#{start + offset}")
+                results.append({"image": name, "top": self._top(row, topk)})
+        return results
+
+    def _top(self, probs: np.ndarray, topk: int) -> list[dict[str, Any]]:
+        order = np.argsort(-probs, kind="stable")[:min(topk, len(probs))]
+        return [{"index": int(i), "label": self._label(int(i)), "prob": float(probs[i])} for i in order]
+
+    def _label(self, index: int) -> str:
+        return self.class_names[index] if index < len(self.class_names) else f"class_{index}"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed stably in float64."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

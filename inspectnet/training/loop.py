@@ -1,0 +1,330 @@
+"""Supervised training / fine-tuning with cross-entropy, checkpointed every epoch and resumable.
+
+Shuffling is derived from ``seed + epoch`` and the RNG state is saved with each checkpoint, so a run
+interrupted after epoch k and resumed continues exactly as an uninterrupted one would (on CPU).
+Extra loss terms (interpretability regularizers) plug in through :class:`TrainHooks`.
+
+On CUDA the forward pass runs under mixed precision (bf16 where supported, else fp16 with a
+gradient scaler) while hook losses run outside autocast in float32. Under ``torchrun`` (an
+initialised ``torch.distributed`` process group) the model is wrapped in DDP: each global batch of
+``batch_size`` samples is split across ranks and the loss is scaled so that the averaged gradient
+equals the one-process gradient of the whole batch; only rank 0 writes files.
+"""
+
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from inspectnet.core.devices import resolve_device
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.progress import progress
+from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
+from inspectnet.data import ImageDataset
+from inspectnet.models.layers import eval_mode
+from inspectnet.models.zoo import ZooModel, save_model
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`train` (all JSON-friendly; they key resumption)."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    seed: int = 0
+    limit: int | None = None
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise InspectnetError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise InspectnetError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise InspectnetError(f"--lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise InspectnetError(f"--schedule {self.schedule!r} is unknown; expected cosine or constant")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise InspectnetError(f"--optimizer {self.optimizer!r} is unknown; expected adamw or sgd")
+
+
+class TrainHooks:
+    """Extension points of the training loop; the default adds nothing.
+
+    ``loss`` returns extra loss terms for a batch (name -> scalar tensor), ``epoch_end`` returns
+    metrics to log, ``state_dict``/``load_state_dict`` carry state through checkpoints, and
+    ``parameter_groups`` may change which parameters get weight decay.
+    """
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def epoch_end(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+    def epoch_begin(self, epoch: int, model: nn.Module) -> None:
+        """Called after ``model.train()`` at the start of each epoch (e.g. to freeze BN statistics)."""
+
+    def identity(self) -> dict[str, Any]:
+        """What else keys resumption (plugin specs, freezing); a checkpoint of other hooks is refused."""
+        return {}
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainHooks) -> torch.optim.Optimizer:
+    groups = hooks.parameter_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, device: str = "auto",
+             limit: int | None = None) -> float:
+    """Top-1 accuracy of ``zm`` on a labelled dataset.
+
+    >>> from inspectnet import load_model, load_data
+    >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+    >>> 0.0 <= evaluate(zm, load_data("digits:test", zm.transform()), limit=32) <= 1.0
+    True
+    """
+    dev = resolve_device(device)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
+    correct = total = 0
+    zm.model.to(dev)
+    with eval_mode(zm.model), torch.inference_mode():
+        for x, y in progress(loader, total=len(loader), desc="evaluate"):
+            keep = y >= 0
+            pred = zm.model(x.to(dev)).argmax(1).cpu()
+            correct += int((pred[keep] == y[keep]).sum())
+            total += int(keep.sum())
+    if total == 0:
+        raise InspectnetError(f"data {dataset.spec!r} has no labelled samples to evaluate on")
+    return correct / total
+
+
+def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: TrainConfig = TrainConfig(), *,
+          eval_data: ImageDataset | None = None, device: str = "auto", hooks: TrainHooks | None = None,
+          stop_after: int | None = None, amp: bool | None = None) -> list[dict[str, Any]]:
+    """Train ``zm`` on ``train_data``; save it to ``out`` (a model folder) and return per-epoch metrics.
+
+    A checkpoint is written after every epoch; calling again with the same arguments resumes.
+    ``stop_after`` ends the run after that many epochs (as an interruption would). ``amp`` turns
+    mixed precision on/off (default: on for CUDA devices only).
+    """
+    hooks = hooks or TrainHooks()
+    out = Path(out)
+    world, rank = _world()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    _check_labels(zm, train_data)
+    dev = resolve_device(device)
+    zm.model.to(dev)
+    optimizer = make_optimizer(zm.model, config, hooks)
+    precision = _Precision(dev, amp)
+    identity = {"model": zm.spec, "data": train_data.spec, "config": dataclasses.asdict(config)}
+    if hooks.identity():
+        identity["hooks"] = hooks.identity()
+    start, history = _resume(out, identity, zm, optimizer, hooks, precision)
+    n = len(train_data) if config.limit is None else min(config.limit, len(train_data))
+    subset = torch.utils.data.Subset(train_data, range(n))
+    forward = _wrap_distributed(zm.model, dev) if world > 1 else zm.model
+    for epoch in range(start, config.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            return history
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+        loader = torch.utils.data.DataLoader(subset, batch_sampler=_rank_batches(order, config.batch_size,
+                                                                                 world, rank))
+        metrics = _train_epoch(zm, loader, optimizer, hooks, dev, epoch, config, forward=forward,
+                               precision=precision, world=world, n=n)
+        metrics.update(hooks.epoch_end(epoch))
+        if eval_data is not None and rank == 0:
+            metrics["eval_accuracy"] = evaluate(zm, eval_data, device=str(dev))
+        history.append(metrics)
+        if rank == 0:
+            _save_checkpoint(out, identity, zm, optimizer, hooks, epoch + 1, history, precision)
+    zm.model.eval()
+    if rank == 0:
+        save_model(zm, out)
+    return history
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of an initialised process group, else (1, 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _wrap_distributed(model: nn.Module, dev: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
+    # broadcast_buffers=False: BN running statistics stay per rank (as with one process, they
+    # are a function of the samples each forward sees); parameters are broadcast at wrap time
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def _rank_batches(order: torch.Tensor, batch_size: int, world: int, rank: int) -> list[list[int]]:
+    """This rank's share of every global batch: global batch b is split into ``world`` contiguous
+    parts, so the union over ranks of each step's samples equals the one-process batch."""
+    if world > 1 and min(batch_size, len(order) - (len(order) - 1) // batch_size * batch_size) < world:
+        raise InspectnetError(f"the last batch of {len(order)} samples in batches of {batch_size} has fewer "
+                              f"samples than the {world} processes; change --batch-size or --limit")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        part = chunk.tensor_split(world)[rank] if world > 1 else chunk
+        batches.append(part.tolist())
+    return batches
+
+
+class _Precision:
+    """Mixed-precision policy: autocast on CUDA (bf16 when supported, else fp16 + GradScaler);
+    on CPU only when asked (bf16)."""
+
+    def __init__(self, dev: torch.device, amp: bool | None):
+        self.enabled = (dev.type == "cuda") if amp is None else bool(amp)
+        if self.enabled and dev.type not in ("cuda", "cpu"):
+            raise InspectnetError(f"mixed precision (amp) is not supported on {dev.type}")
+        self.device_type = dev.type
+        # CPU autocast (asked for explicitly) runs bf16; it exists mainly to test the amp path
+        bf16 = dev.type == "cpu" or torch.cuda.is_bf16_supported()
+        self.dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.dtype == torch.float16 else None
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def _check_labels(zm: ZooModel, data: ImageDataset) -> None:
+    labels = np.asarray(data.labels)
+    if len(labels) == 0 or (labels < 0).all():
+        raise InspectnetError(f"data {data.spec!r} has no labels to train on")
+    if labels.max() >= zm.num_classes:
+        raise InspectnetError(f"data {data.spec!r} has labels up to {labels.max()} but the model has "
+                              f"{zm.num_classes} outputs; pass --num-classes {len(data.class_names)}")
+
+
+def _train_epoch(zm: ZooModel, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,
+                 hooks: TrainHooks, dev: torch.device, epoch: int, config: TrainConfig, *,
+                 forward: nn.Module | None = None, precision: "_Precision | None" = None, world: int = 1,
+                 n: int | None = None) -> dict[str, Any]:
+    model = zm.model
+    forward = forward or model
+    precision = precision or _Precision(dev, False)
+    model.train()
+    hooks.epoch_begin(epoch, model)
+    ce_fn = nn.CrossEntropyLoss()
+    sums: dict[str, float] = {"loss": 0.0, "ce": 0.0}
+    correct = seen = 0
+    steps = len(loader)
+    for step, (x, y) in enumerate(progress(loader, total=steps, desc=f"epoch {epoch + 1}")):
+        _set_lr(optimizer, config, (epoch * steps + step) / (config.epochs * steps))
+        x, y = x.to(dev), y.to(dev)
+        with precision.autocast():
+            logits = forward(x)
+        logits = logits.float()
+        ce = ce_fn(logits, y)
+        extra = hooks.loss(x, y, logits)  # outside autocast: regularizers run in float32
+        loss = ce + sum(extra.values(), torch.zeros((), device=dev))
+        if not torch.isfinite(loss):
+            raise InspectnetError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            # DDP averages gradients over ranks; weighting by this rank's share of the global batch
+            # makes the result the gradient of the global-batch mean, also for a short last batch
+            global_b = min(config.batch_size, (n or 0) - step * config.batch_size)
+            loss = loss * (len(y) * world / global_b)
+        precision.backward_step(loss, optimizer)
+        b = len(y)
+        sums["loss"] += loss.item() * b
+        sums["ce"] += ce.item() * b
+        for k, v in extra.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * b
+        correct += int((logits.argmax(1) == y).sum())
+        seen += b
+    return {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()}, "train_accuracy": correct / seen}
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, progress_fraction: float) -> None:
+    """Learning rate as a function of training progress alone, so resumed runs see the same values."""
+    scale = 0.5 * (1 + math.cos(math.pi * progress_fraction)) if config.schedule == "cosine" else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * scale
+
+
+def _save_checkpoint(out: Path, identity: dict, zm: ZooModel, optimizer: torch.optim.Optimizer,
+                     hooks: TrainHooks, epoch: int, history: list[dict[str, Any]],
+                     precision: "_Precision | None" = None) -> None:
+    buf = io.BytesIO()
+    state = {"identity": json.dumps(identity, sort_keys=True), "epoch": epoch,
+             "model": zm.model.state_dict(), "optimizer": optimizer.state_dict(),
+             "hooks": hooks.state_dict(), "rng": torch.get_rng_state(),
+             "history": json.dumps(history)}
+    if precision is not None and precision.scaler is not None:
+        state["scaler"] = precision.scaler.state_dict()
+    if torch.cuda.is_available() and next(zm.model.parameters()).is_cuda:
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    torch.save(state, buf)
+    atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
+    atomic_write_text(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
+
+
+def _resume(out: Path, identity: dict, zm: ZooModel, optimizer: torch.optim.Optimizer,
+            hooks: TrainHooks, precision: "_Precision | None" = None) -> tuple[int, list[dict[str, Any]]]:
+    path = out / CHECKPOINT
+    if not path.exists():
+        return 0, []
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["identity"] != json.dumps(identity, sort_keys=True):
+        raise InspectnetError(f"--out {out} holds a checkpoint of a different training run "
+                              f"({_identity_difference(json.loads(ckpt['identity']), identity)}); choose "
+                              f"another folder or delete it")
+    zm.model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    hooks.load_state_dict(ckpt["hooks"])
+    torch.set_rng_state(ckpt["rng"])
+    if "scaler" in ckpt and precision is not None and precision.scaler is not None:
+        precision.scaler.load_state_dict(ckpt["scaler"])
+    if "cuda_rng" in ckpt and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt["cuda_rng"])
+    return int(ckpt["epoch"]), json.loads(ckpt["history"])
+
+
+def _identity_difference(saved: dict, wanted: dict) -> str:
+    """Which keys of the run identity differ, e.g. ``hooks: {...} != {...}``."""
+    keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    return "; ".join(f"{k}: saved {saved.get(k)!r}, now {wanted.get(k)!r}" for k in keys)
