@@ -1,8 +1,11 @@
 """Model card rendering: schema checks, escaping of every user string, YAML front matter, re-rendering."""
 
 import base64
+import html
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from inspectnet.reports.card import (
     write_card,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 EVIL = '<script>alert("x")</script>'
 
 
@@ -132,3 +136,151 @@ def test_rerender_reproduces_files_and_refuses_paths_outside(folder):
     doc["sections"]["rules"]["result"]["figures"] = [{"path": "../../etc/passwd", "caption": "x"}]
     page = write_card(doc, folder)["html"].read_text()
     assert "picture missing: ../../etc/passwd" in page
+
+
+# ---------------------------------------------------------------- one view, two templates
+def _full_card(evil=EVIL):
+    """``_card`` plus every other audit stage, with markup in every name (figures only where files exist)."""
+    doc = _card(evil)
+    doc["model"]["modifications"] = [f"decomposed-{evil}"]
+    per_class = [{"class": c, "features": [3, 1], "frequencies": [0.875, 0.5], "mean_contribution": [0.25, -1e-6],
+                  "accuracy_full": 0.75, "accuracy_decomposed": 0.5} for c in range(2)]
+    doc["sections"].update({
+        "decomposition": {"status": "ok", "seconds": 2.0, "cached": True, "result": {
+            "k1": 2, "k2": 2, "accuracy_full": 0.625, "accuracy_decomposed": 0.5, "rA": 0.8, "agreement": 0.75,
+            "union_size": 2, "feature_dim": 4, "head_macs_full": 8, "head_macs_decomposed": 4,
+            "noise_ablation": {"influential": 0.125, "non_influential": 0.625}, "per_class": per_class,
+            "accuracy_retrained": 0.6, "retrain_epochs": 1}},
+        "linear_probes": {"status": "ok", "seconds": 1.0, "result": {
+            "rows": [{"layer": f"{evil}.conv_1", "dim": 4, "train_accuracy": 1.0, "test_accuracy": 0.4375}],
+            "model_accuracy": 0.5}},
+        "dissection": {"status": "ok", "seconds": 1.0, "result": {"layers": {evil: {
+            "num_units": 4, "detectors": 1, "unique_detectors": 1, "detector_concepts": [f"{evil}|red"]}}}},
+        "export": {"status": "ok", "seconds": 1.0, "result": {
+            "exporter": "dynamo", "opset": 20, "size_bytes": 1234, "model": f"model {evil}",
+            "parity": {"top1_agreement": 1.0, "max_abs_diff": 1.5e-7},
+            "latency_ms": {"torch_eager": {"1": 4.0}, "ort_fp32": {"1": 2.0}}}},
+    })
+    doc["sections"]["sparsity"] = {"status": "ok", "seconds": 0.5, "result": {"rows": [
+        {"layer": evil, "hoyer": 0.5, "lifetime_kurtosis": 12.25, "population_kurtosis": -0.5,
+         "treves_rolls_population": 0.25, "treves_rolls_lifetime": 0.125, "activity_sparseness": 2.5e-7}]}}
+    return doc
+
+
+def _texts(block):
+    """Every piece of text a block shows, formatted as a template shows it (before escaping)."""
+    from inspectnet.core.tables import format_value
+    from inspectnet.reports.blocks import BulletList, Failure, Figure, Paragraph, Preformatted, Table
+
+    if isinstance(block, Table):
+        return [*block.headers, *[format_value(c) for row in block.rows for c in row]]
+    if isinstance(block, Figure):
+        return [block.caption]
+    if isinstance(block, Failure):
+        return [block.what, block.reason]
+    if isinstance(block, BulletList):
+        return list(block.items)
+    assert isinstance(block, Paragraph | Preformatted)
+    return [block.text]
+
+
+def test_markdown_and_html_show_every_block_of_the_same_view(folder):
+    from inspectnet.reports.blocks import Preformatted
+    from inspectnet.reports.card import card_view, render_html
+
+    doc = _full_card()
+    view = card_view(doc)
+    page, text = render_html(doc, folder), render_markdown(doc)
+    titles = [s.title for s in view.sections]
+    assert {"Intended use", "Decomposition", "Sparsity", "Dissection", "Export"} <= set(titles)
+    checked = 0
+    for section in view.sections:
+        assert f"{'#' * section.level} {md(section.title)}\n" in text
+        assert f">{html.escape(section.title)}</h{section.level}>" in page
+        for block in section.blocks:
+            for piece in _texts(block):
+                as_html = html.escape(piece, quote=not isinstance(block, Preformatted))
+                assert html.escape(piece, quote=True) in page or as_html in page, (section.title, piece)
+                assert (html.escape(piece, quote=False) if isinstance(block, Preformatted) else md(piece)) in text, \
+                    (section.title, piece)
+                checked += 1
+    assert checked > 100
+    # the rows HTML lacked before (head, modifications) and the stage Markdown skipped (probe)
+    assert "| head | fc |" in text and "<td data-v=\"head\">head</td>" in page
+    assert f"decomposed-{html.escape(EVIL)}" in page and "### Probe" in text
+    assert "2.5e-07" in text and "2.5e-07" in page  # a tiny value is not shown as 0.0000
+
+
+def test_every_html_heading_is_a_markdown_heading(folder):
+    from inspectnet.reports.card import render_html
+
+    doc = _full_card()
+    page, text = render_html(doc, folder), render_markdown(doc)
+    headings = re.findall(r"<h([23])[^>]*>(.*?)</h\1>", page)
+    assert len(headings) == len(doc["sections"]) + 7
+    md_headings = [line for line in text.splitlines() if line.startswith("##")]
+    assert md_headings == [f"{'#' * int(level)} {md(html.unescape(title))}" for level, title in headings]
+
+
+def test_user_strings_with_markup_are_escaped_in_both_outputs(folder):
+    from inspectnet.reports.card import render_html
+
+    name = "<script>x</script>|*y*"
+    doc = _full_card(evil=name)
+    doc["model"]["class_names"] = [name, "ok"]
+    page, text = render_html(doc, folder), render_markdown(doc)
+    assert "<script>x" not in page and "<script>x" not in text
+    assert page.count("<script>") == 1
+    assert "&lt;script&gt;x&lt;/script&gt;|*y*" in page
+    assert "&lt;script&gt;x&lt;/script&gt;\\|\\*y\\*" in text
+    # a `|` in a name stays inside its cell: every table line has as many unescaped pipes as its header
+    for table in re.findall(r"(?:^\|.*\|\n)+", text, flags=re.M):
+        widths = {len(re.findall(r"(?<!\\)\|", line)) for line in table.splitlines()}
+        assert len(widths) == 1, table
+
+
+def test_section_titles_come_from_card_json_with_a_fallback(folder):
+    doc = _full_card()
+    doc["sections"]["rules"]["title"] = "Rules <extracted> from filters"
+    text = render_markdown(doc)
+    assert "### Rules &lt;extracted&gt; from filters\n" in text
+    assert "### Linear probes\n" in text  # an older card.json: no title, the humanised stage name
+
+
+def test_figure_links_cannot_break_out_of_markdown(folder):
+    doc = _card()
+    doc["sections"]["rules"]["result"]["figures"] = [{"path": "a b)/x.png", "caption": "tree"}]
+    assert "![tree](a%20b%29/x.png)" in render_markdown(doc)
+
+
+def test_published_cards_still_render():
+    """The cards under model_cards/ (card.json without section titles) render with every picture."""
+    from inspectnet.reports.card import render_html
+
+    folders = sorted(p.parent for p in (ROOT / "model_cards").glob("*/card.json"))
+    assert len(folders) >= 3
+    for folder in folders:
+        doc = load_card(folder)
+        page, text = render_html(doc, folder), render_markdown(doc)
+        assert "picture missing" not in page and page.count("data:image/png;base64,") >= 3
+        assert "### Decomposition" in text and 'id="sec-decomposition"' in page
+
+
+def test_templates_ship_in_the_built_package(tmp_path):
+    """What a wheel would hold (setuptools build_py on a copy of the sources) includes the templates."""
+    import shutil
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, src / name)
+    for name in ("inspectnet", "plugins"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    res = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py",
+                          "--build-lib", str(tmp_path / "lib")], cwd=src, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shipped = {p.name for p in (tmp_path / "lib" / "inspectnet" / "reports" / "templates").glob("*.j2")}
+    assert shipped == {p.name for p in (ROOT / "inspectnet" / "reports" / "templates").glob("*.j2")}
+    assert {"card.md.j2", "card.html.j2", "dissection.html.j2"} <= shipped

@@ -195,6 +195,23 @@ def test_report_files_and_escaping(tmp_path, shapes_data):
     assert rows[0].startswith("layer,unit,concept") and len(rows) == 4
 
 
+def test_csv_round_trips_names_with_commas_quotes_and_newlines(tmp_path, shapes_data):
+    import csv
+
+    cats = {c: 'colour, "warm"\nor not' if c == "red" else k for c, k in shapes_data.categories.items()}
+    images = np.stack([np.asarray(shapes_data.image(i)) for i in range(24)])
+    masks = np.stack([shapes_data.masks(i) for i in range(24)])
+    d = dissect(ColourUnits(), ArrayConcepts("s", images, masks, shapes_data.concepts, cats), "conv",
+                data_config=PLAIN, quantile=0.1)
+    with open(write_dissection(d, tmp_path)["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    units = d.layers["conv"]["units"]
+    assert [(r["layer"], int(r["unit"]), r["concept"], r["category"]) for r in rows] == \
+        [("conv", u["unit"], u["concept"], u["category"]) for u in units]
+    assert rows[0]["category"] == 'colour, "warm"\nor not'
+    assert [float(r["iou"]) for r in rows] == pytest.approx([u["iou"] for u in units], abs=1e-6)
+
+
 def test_cli_dissect_writes_report(tmp_path, capsys):
     out = tmp_path / "d"
     with warnings.catch_warnings():

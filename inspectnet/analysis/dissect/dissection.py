@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from markupsafe import Markup
 from PIL import Image
 from torch import nn
 
@@ -41,10 +42,14 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.results import Result
 from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
+from inspectnet.core.tables import csv_text
 from inspectnet.data.concepts import ConceptDataset
 from inspectnet.models.layers import PRE_LOGITS, eval_mode, resolve_layers
 from inspectnet.models.zoo import ZooModel, weights_fingerprint
 from inspectnet.probe.hooks import Probe
+from inspectnet.reports.blocks import Table
+from inspectnet.reports.html import bar_chart, img, overlay
+from inspectnet.reports.render import render_html_template
 
 DEFAULT_QUANTILE = 0.005
 DEFAULT_IOU_THRESHOLD = 0.04
@@ -354,12 +359,10 @@ def write_dissection(result: Dissection, out: str | Path, *, model: ZooModel | n
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": result.save(out / "dissection.json")}
-    rows = ["layer,unit,concept,category,iou,detector,threshold"]
-    for layer, info in result.layers.items():
-        for u in info["units"]:
-            rows.append(",".join([_csv(layer), str(u["unit"]), _csv(u["concept"]), _csv(u["category"]),
-                                  f"{u['iou']:.6f}", str(int(u["detector"])), f"{u['threshold']:.6g}"]))
-    paths["csv"] = atomic_write_text(out / "dissection.csv", "\n".join(rows) + "\n")
+    rows = [[layer, u["unit"], u["concept"], u["category"], f"{u['iou']:.6f}", int(u["detector"]),
+             f"{u['threshold']:.6g}"] for layer, info in result.layers.items() for u in info["units"]]
+    paths["csv"] = atomic_write_text(out / "dissection.csv", csv_text(
+        ["layer", "unit", "concept", "category", "iou", "detector", "threshold"], rows))
     buf = io.BytesIO()
     np.savez_compressed(buf, concepts=np.array(result.concepts), **{_safe(k): v for k, v in result.iou.items()})
     paths["iou"] = atomic_write_bytes(out / "iou.npz", buf.getvalue())
@@ -375,37 +378,29 @@ def layer_page(result: Dissection, layer: str, model: ZooModel | nn.Module, data
                data_config: dict[str, Any] | None = None, images_per_unit: int = 4, max_units: int = 512,
                device: str = "auto") -> str:
     """The HTML page of one layer (every text escaped, pictures embedded)."""
-    from inspectnet.reports import html as rh
-
     info = result.layers[layer]
     ranked = sorted(info["units"], key=lambda u: -u["iou"])[:max_units]
     shown = [u["unit"] for u in ranked]
     pics = unit_overlays(model, data, layer, result, shown, data_config=data_config, device=device)
     cats = result.category_names()
-    chart = rh.bar_chart(cats, [info["unique_by_category"].get(c, 0) for c in cats],
-                         title=f"unique concepts per category in {layer}")
     rows, keys = [], []
     for u in ranked:
-        thumbs = "".join(rh.img(rh.overlay(_image_array(data, i, result.mask_size), m),
-                                title=f"{data.name(i)} (unit {u['unit']})", width=96)
-                         for i, m in pics[u["unit"]][:images_per_unit])
-        rows.append([u["unit"], u["concept"], u["category"], u["iou"], "yes" if u["detector"] else "no",
-                     rh.Raw(thumbs)])
+        thumbs = Markup("").join(img(overlay(_image_array(data, i, result.mask_size), m),
+                                     title=f"{data.name(i)} (unit {u['unit']})", width=96)
+                                 for i, m in pics[u["unit"]][:images_per_unit])
+        rows.append([u["unit"], u["concept"], u["category"], u["iou"], "yes" if u["detector"] else "no", thumbs])
         keys.append([u["unit"], u["concept"], u["category"], u["iou"], int(u["detector"]), ""])
     intro = (f"{result.model} on {result.data}: {result.num_images} images, threshold = top "
              f"{result.quantile:g} quantile per unit, detector if IoU ≥ {result.iou_threshold:g}. "
              f"{info['detectors']} of {info['num_units']} units are detectors of {info['unique_detectors']} "
              f"unique concepts.")
-    note = "" if len(ranked) == len(info["units"]) else \
-        rh.paragraph(f"Showing the {len(ranked)} units with the highest IoU of {len(info['units'])}.")
-    empty = rh.paragraph("Concepts without positive pixels (never detectors): "
-                         + ", ".join(result.empty_concepts)) if result.empty_concepts else ""
-    return rh.page(f"Network dissection of {layer}", [
-        rh.heading("Unique concepts per category"), chart, empty, rh.heading("Units"),
-        rh.paragraph("Click a column header to sort. Pictures: the unit's top images by maximum activation, "
-                     "its thresholded map highlighted."), note,
-        rh.table(["unit", "concept", "category", "IoU", "detector", "top images"], rows, sortable=True,
-                 sort_keys=keys)], intro=intro)
+    return render_html_template(
+        "dissection.html.j2", title=f"Network dissection of {layer}", intro=intro,
+        chart=bar_chart(cats, [info["unique_by_category"].get(c, 0) for c in cats],
+                        title=f"unique concepts per category in {layer}"),
+        empty_concepts=", ".join(result.empty_concepts), shown=len(ranked), total=len(info["units"]),
+        units=Table(["unit", "concept", "category", "IoU", "detector", "top images"], rows, sortable=True,
+                    sort_keys=keys))
 
 
 def _image_array(data: ConceptDataset, index: int, size: Sequence[int]) -> np.ndarray:
@@ -413,11 +408,6 @@ def _image_array(data: ConceptDataset, index: int, size: Sequence[int]) -> np.nd
     if im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.BILINEAR)
     return np.asarray(im)
-
-
-def _csv(text: str) -> str:
-    text = str(text)
-    return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\n') else text
 
 
 def _safe(name: str) -> str:

@@ -1,0 +1,95 @@
+"""Render the report templates of ``inspectnet/reports/templates`` (Jinja2), one environment per output.
+
+HTML (``*.html.j2``): autoescape on, and every ``{{ value }}`` goes through :func:`escape_html`
+unless it is already :class:`~markupsafe.Markup` (macros, embedded pictures), so no template can
+forget to escape a user string. Markdown (``*.md.j2``) has no HTML autoescape; its templates
+escape each user string explicitly with the ``md`` filter and build tables with ``md_table``.
+
+Filters: ``cell_text`` (:func:`~inspectnet.core.tables.format_value`, Markup kept), ``sort_key``,
+``md``, ``md_table``, ``md_url``, ``pre`` (HTML-escaped text for a Markdown ``<pre>`` block) and
+``yaml`` (a YAML scalar for front matter).
+
+>>> render_html_template("_page.html.j2", title="A < B", intro="").count("&lt;")
+2
+"""
+
+import functools
+import html
+import json
+import urllib.parse
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from inspectnet.core.tables import escape_markdown, format_value, markdown_table
+
+
+def escape_html(value: Any) -> Markup:
+    """``value``'s text escaped for HTML text and attributes (quotes too); Markup passes unchanged.
+
+    >>> escape_html('<a href="x">') + escape_html(Markup("<b>"))
+    Markup('&lt;a href=&quot;x&quot;&gt;<b>')
+    """
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape(str(value), quote=True))
+
+
+def cell_text(value: Any) -> str:
+    """A table cell's text: Markup (a picture) as it is, anything else through ``format_value``."""
+    return value if isinstance(value, Markup) else format_value(value)
+
+
+def sort_key(value: Any) -> Any:
+    """What a sortable HTML table sorts a cell by: the raw value (full precision), nothing for Markup."""
+    return "" if isinstance(value, Markup) else value
+
+
+def yaml_scalar(value: Any) -> str:
+    """A YAML flow scalar: JSON strings and numbers are valid YAML and carry their own escaping
+    (markup characters become \\u escapes, so no renderer ever sees a raw tag).
+
+    >>> yaml_scalar("a<b")
+    '"a\\\\u003cb"'
+    """
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def markdown_url(path: str) -> str:
+    """A relative path as a Markdown link target (percent-encoded: a space or ``)`` cannot end the link)."""
+    return urllib.parse.quote(str(path), safe="/")
+
+
+def _table_markdown(table: Any) -> str:
+    return markdown_table(table.headers, table.rows)
+
+
+def _preformatted_html(text: Any) -> str:
+    return html.escape(str(text), quote=False)
+
+
+@functools.cache
+def _environment(markdown: bool) -> Environment:
+    loader = PackageLoader("inspectnet.reports", "templates")
+    if markdown:
+        env = Environment(loader=loader, autoescape=False, undefined=StrictUndefined, trim_blocks=True,
+                          lstrip_blocks=True, keep_trailing_newline=True)
+        env.filters.update(md=escape_markdown, md_table=_table_markdown, md_url=markdown_url,
+                           pre=_preformatted_html, yaml=yaml_scalar)
+    else:
+        env = Environment(loader=loader, autoescape=True, finalize=escape_html, undefined=StrictUndefined,
+                          trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(cell_text=cell_text, sort_key=sort_key)
+    return env
+
+
+def render_html_template(name: str, **context: Any) -> str:
+    """Render ``templates/<name>`` (an ``.html.j2``) with every value HTML-escaped."""
+    return _environment(markdown=False).get_template(name).render(**context)
+
+
+def render_markdown_template(name: str, **context: Any) -> str:
+    """Render ``templates/<name>`` (an ``.md.j2``); the template escapes with ``md``."""
+    return _environment(markdown=True).get_template(name).render(**context)
