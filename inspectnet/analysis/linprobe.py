@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
+from inspectnet.core.tables import markdown_table
 from inspectnet.models.layers import PRE_LOGITS
 from inspectnet.probe.record import ProbeRecord
 
@@ -77,12 +78,10 @@ def linear_probes(train: ProbeRecord, eval_record: ProbeRecord, layers: list[str
 
 def format_table(res: LinearProbeResult) -> str:
     """Markdown table of the probes, with the model's own accuracy as the reference line."""
-    lines = ["| layer | dim | train acc. | test acc. |", "|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['dim']} | {r['train_accuracy']:.4f} | {r['test_accuracy']:.4f} |"
-              for r in res.rows]
+    rows = [[r["layer"], r["dim"], r["train_accuracy"], r["test_accuracy"]] for r in res.rows]
     if res.model_accuracy is not None:
-        lines.append(f"| model (head) | | | {res.model_accuracy:.4f} |")
-    return "\n".join(lines)
+        rows.append(["model (head)", "", "", res.model_accuracy])
+    return markdown_table(["layer", "dim", "train acc.", "test acc."], rows)
 
 
 def plot(res: LinearProbeResult, path: str | Path) -> Path:

@@ -35,6 +35,7 @@ import numpy as np
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
+from inspectnet.core.tables import markdown_table
 
 METRICS = ("hoyer", "lifetime_kurtosis", "population_kurtosis", "treves_rolls_population",
            "treves_rolls_lifetime", "activity_sparseness")
@@ -134,11 +135,5 @@ def record_sparsity(record, layers: list[str] | None = None) -> list[SparsityMet
 
 def format_table(rows: list[SparsityMetrics]) -> str:
     """Markdown table, one row per layer."""
-    head = "| layer | " + " | ".join(LABELS[k] for k in METRICS) + " |"
-    sep = "|---" * (len(METRICS) + 1) + "|"
-    body = ["| " + r.layer + " | " + " | ".join(_fmt(getattr(r, k)) for k in METRICS) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4g}"
+    return markdown_table(["layer", *[LABELS[k] for k in METRICS]], [[r.layer, *[getattr(r, k) for k in METRICS]]
+                                                                     for r in rows])

@@ -17,9 +17,7 @@ Runs are resumable: a finished run's ``run.json`` is reused, and fine-tuning and
 ['vanilla', 'ebp:K=5,lam=1e-3', 'ebp:K=25,lam=1e-3']
 """
 
-import csv
 import dataclasses
-import io
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -33,9 +31,11 @@ from inspectnet.analysis.rules.tree import extract_rules
 from inspectnet.analysis.sparsity import LABELS as SPARSITY_LABELS
 from inspectnet.analysis.sparsity import METRICS as SPARSITY_METRICS
 from inspectnet.analysis.sparsity import sparsity_metrics
+from inspectnet.core import tables
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.core.storage import atomic_write_json, atomic_write_text, read_json
+from inspectnet.core.tables import format_value
 from inspectnet.data import ImageDataset
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.record import run_probe
@@ -249,7 +249,7 @@ def compare(make_model: Callable[[], ZooModel], train_ds: ImageDataset, test_ds:
             runs.append(row)
             if log:
                 log(f"{method.label} seed {seed}: acc {row['model_accuracy']:.4f} fidelity {row['fidelity']:.4f} "
-                    f"atoms {row['atoms']} rules {row['rules']} hoyer {_num(row['hoyer'])}")
+                    f"atoms {row['atoms']} rules {row['rules']} hoyer {format_value(row['hoyer'])}")
         done_methods.append(method)
         # tables are rewritten after every method, so an interrupted comparison still shows what finished
         result = Comparison(layer=runs[0]["layer"], seeds=list(seeds), config=dataclasses.asdict(config),
@@ -259,10 +259,6 @@ def compare(make_model: Callable[[], ZooModel], train_ds: ImageDataset, test_ds:
                             rules_options=dict(rules_kw or {}))
         write_comparison(result, out)
     return result
-
-
-def _num(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
 
 
 def aggregate(runs: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
@@ -293,20 +289,15 @@ def _cell(entry: dict[str, Any], key: str) -> str:
 
 def markdown_table(c: Comparison) -> str:
     """The paper's Table 1 layout: method × rule-extraction, sparsity and accuracy columns."""
-    head = "| Method | " + " | ".join(name for _, name in COLUMNS) + " |"
-    lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += ["| " + e["label"] + " | " + " | ".join(_cell(e, k) for k, _ in COLUMNS) + " |" for e in c.table]
-    return "\n".join(lines)
+    return tables.markdown_table(["Method", *[name for _, name in COLUMNS]],
+                                 [[e["label"], *[_cell(e, k) for k, _ in COLUMNS]] for e in c.table])
 
 
 def csv_table(c: Comparison) -> str:
-    buf = io.StringIO()
-    keys = [k for k, _ in COLUMNS]
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "n_seeds", *[x for k in keys for x in (k, f"{k}_std")]])
-    for e in c.table:
-        writer.writerow([e["label"], e["n_seeds"], *[e[x] for k in keys for x in (k, f"{k}_std")]])
-    return buf.getvalue()
+    """One row per method: the mean and the std over seeds of every column, at full precision."""
+    keys = [x for k, _ in COLUMNS for x in (k, f"{k}_std")]
+    return tables.csv_text(["method", "n_seeds", *keys], [[e["label"], e["n_seeds"], *[e[x] for x in keys]]
+                                                          for e in c.table])
 
 
 def plot_comparison(c: Comparison, path: str | Path) -> Path:

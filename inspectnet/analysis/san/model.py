@@ -25,6 +25,7 @@ from torch import nn
 from inspectnet.analysis.san.activations import ACTIVATIONS, get_activation
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
+from inspectnet.core.tables import markdown_table
 
 
 class SAN(nn.Module):
@@ -90,12 +91,9 @@ class SANResult(Result):
 
     def table(self) -> str:
         """The paper's Table III layout: one row per activation at its selected kernel size."""
-        lines = ["| activation | kernel size | φ̄ | CR⁻¹ | L̃ |", "|---|---|---|---|---|"]
-        for row in self.rows:
-            if self.selected.get(row["activation"]) == row["size"]:
-                lines.append(f"| {row['activation']} | {row['size']} | {row['phi_bar']:.4f} | "
-                             f"{row['cr_inv']:.4f} | {row['l_tilde']:.4f} |")
-        return "\n".join(lines)
+        return markdown_table(["activation", "kernel size", "φ̄", "CR⁻¹", "L̃"],
+                              [[r["activation"], r["size"], r["phi_bar"], r["cr_inv"], r["l_tilde"]] for r in self.rows
+                               if self.selected.get(r["activation"]) == r["size"]])
 
 
 def san_select(x_train: torch.Tensor, x_val: torch.Tensor, activations: Sequence[str] = ACTIVATIONS,
