@@ -50,14 +50,12 @@ def display_image(dataset: Any, index: int, size: tuple[int, int]) -> np.ndarray
 
 
 def _grid_png(rows: list[list[np.ndarray]], titles: list[list[str]], path: Path, scale: float = 1.6) -> Path:
-    """Save a grid of RGB pictures with small titles as one PNG (matplotlib, no interactive backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save a grid of RGB pictures with small titles as one PNG."""
+    from inspectnet.core.figures import new_figure, save_figure
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows + 0.2), squeeze=False)
+    fig = new_figure(figsize=(scale * n_cols, scale * n_rows + 0.2))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r in range(n_rows):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -66,10 +64,7 @@ def _grid_png(rows: list[list[np.ndarray]], titles: list[list[str]], path: Path,
                 ax.imshow(rows[r][c], interpolation="nearest")
                 ax.set_title(titles[r][c], fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def choose_images(labels: np.ndarray, count: int) -> list[int]:

@@ -86,12 +86,10 @@ def format_table(res: LinearProbeResult) -> str:
 
 def plot(res: LinearProbeResult, path: str | Path) -> Path:
     """Test accuracy of the probe across depth, with the model's accuracy as a dashed line."""
-    import matplotlib
+    from inspectnet.core.figures import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(res.rows) + 2), 3.2))
+    fig = new_figure(figsize=(max(4.0, 0.9 * len(res.rows) + 2), 3.2))
+    ax = fig.subplots()
     xs = range(len(res.rows))
     ax.plot(xs, [r["test_accuracy"] for r in res.rows], "o-", label="linear probe (test)")
     ax.plot(xs, [r["train_accuracy"] for r in res.rows], "s:", alpha=0.6, label="linear probe (train)")
@@ -101,8 +99,4 @@ def plot(res: LinearProbeResult, path: str | Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")

@@ -303,13 +303,11 @@ def csv_table(c: Comparison) -> str:
 def plot_comparison(c: Comparison, path: str | Path) -> Path:
     """Fig. 1 style: CNN accuracy, fidelity and atoms per method; swept families as lines over their
     hyperparameter (x axis), unswept methods as single points; error bars = std over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from inspectnet.core.figures import new_figure, save_figure
 
     panels = [("model_accuracy", "CNN accuracy (%)"), ("fidelity", "fidelity (%)"), ("atoms", "unique atoms")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = new_figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     families: dict[str, list[dict[str, Any]]] = {}
     for e in c.table:
         families.setdefault(e["family"], []).append(e)
@@ -343,10 +341,7 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
         ax.set_xticks([])
     axes[0].legend(fontsize=7)
     fig.suptitle(f"layer {c.layer}: mean ± std over {len(c.seeds)} seed(s)")
-    path = Path(path)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def write_comparison(c: Comparison, out: str | Path) -> dict[str, Path]:

@@ -126,25 +126,21 @@ class RuleModel:
 
     def plot(self, path: str | Path, *, max_depth: int = 4) -> Path:
         """Draw the tree (down to ``max_depth`` levels, deeper nodes elided) as a PNG."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         from sklearn.tree import plot_tree
+
+        from inspectnet.core.figures import new_figure, save_figure
 
         shown = min(self.tree.get_depth(), max_depth)
         width = max(6.0, min(40.0, 2.2 * 2 ** shown))
-        fig, ax = plt.subplots(figsize=(width, 2.2 * (shown + 1)))
+        fig = new_figure(figsize=(width, 2.2 * (shown + 1)))
+        ax = fig.subplots()
         names = [f"f{int(f)}" for f in self.filters]
         cls = [_name(self.class_names, int(c)) for c in self.tree.classes_]
         plot_tree(self.tree, feature_names=names, class_names=cls, filled=True, impurity=False,
                   max_depth=max_depth, fontsize=7, ax=ax, proportion=False)
         ax.set_title(f"decision tree over active filters ({self.tree.get_n_leaves()} rules, "
                      f"depth {self.tree.get_depth()}); left = inactive, right = active")
-        path = Path(path)
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
 def format_rule(conds: list[tuple[int, bool]], cls: int, class_names: list[str]) -> str:

@@ -121,15 +121,12 @@ def san_select(x_train: torch.Tensor, x_val: torch.Tensor, activations: Sequence
 
 def save_kernel_picture(result: SANResult, path: str | Path) -> Path:
     """Grid of the selected models' kernels (one row per activation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from inspectnet.core.figures import new_figure, save_figure
 
     models = getattr(result, "_models", {})
     acts = list(models)
-    fig, axes = plt.subplots(len(acts), result.kernels, figsize=(1.4 * result.kernels, 1.5 * len(acts)),
-                             squeeze=False)
+    fig = new_figure(figsize=(1.4 * result.kernels, 1.5 * len(acts)))
+    axes = fig.subplots(len(acts), result.kernels, squeeze=False)
     for r, act in enumerate(acts):
         w = models[act].weight.detach()
         for c in range(result.kernels):
@@ -140,10 +137,7 @@ def save_kernel_picture(result: SANResult, path: str | Path) -> Path:
             if c == 0:
                 ax.set_ylabel(f"{act}\nm={models[act].size}", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def images_tensor(dataset: Any, limit: int | None = None) -> torch.Tensor:

@@ -1,0 +1,32 @@
+"""Matplotlib figures that never touch global state: no pyplot, no ``matplotlib.use``.
+
+Each figure gets its own Agg canvas, so a library plot renders to PNG the same way whatever
+backend the user chose (an interactive one, a notebook's inline backend) and leaves it unchanged.
+
+>>> fig = new_figure(figsize=(2, 1))
+>>> ax = fig.subplots()
+>>> _ = ax.plot([0, 1], [1, 0])
+>>> save_figure(fig, "curve.png", dpi=50)    # doctest: +SKIP
+PosixPath('curve.png')
+"""
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A ``Figure(**kwargs)`` drawn by its own Agg canvas (a renderer for layout, PNG output)."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
+    """Write ``fig`` to ``path`` (parent folders created); ``kwargs`` go to ``Figure.savefig``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **kwargs)
+    return path
