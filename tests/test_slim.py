@@ -3,9 +3,10 @@ import torch
 from torch import nn
 
 from inspectnet import InspectnetError, load_model, save_model
-from inspectnet.analysis.heads.decompose import ChannelGather, DecomposedLinear, decompose_model
+from inspectnet.analysis.heads.decompose import decompose_model
 from inspectnet.analysis.heads.influence import InfluenceMap
 from inspectnet.analysis.heads.slim import count_macs, slim_model
+from inspectnet.models.heads import ChannelGather, DecomposedLinear
 
 
 def random_map(c, d, k, seed=0):

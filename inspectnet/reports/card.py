@@ -40,7 +40,8 @@ def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fing
     """The card document for an audit (see the module doc for its layout)."""
     sections = {}
     for name, entry in results.items():
-        sections[name] = {k: entry[k] for k in ("status", "error", "result", "seconds", "cached") if k in entry}
+        sections[name] = {k: entry[k] for k in ("title", "status", "error", "result", "seconds", "cached")
+                          if k in entry}
     run = sum(s.get("seconds", 0.0) for s in sections.values() if not s.get("cached"))
     cached = sum(s.get("seconds", 0.0) for s in sections.values() if s.get("cached"))
     cfg = dataclasses.asdict(config)
