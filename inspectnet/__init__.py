@@ -5,9 +5,8 @@ The main entry points::
     from inspectnet import load_model, load_data, run_probe, ProbeRecord, Probe
 """
 
-__version__ = "0.1.0"
-
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.version import __version__
 
 # Public names are imported on first use (PEP 562), so that torch-free parts such as
 # inspectnet.runtime.classifier (used by `inspectnet run`) do not pull in torch through this package.

@@ -3,7 +3,7 @@
 Every function returns an HTML string in which all caller text has been escaped; pictures are
 embedded as ``data:image/png;base64`` URIs, so a page is one file that opens anywhere offline.
 
->>> page("A < B", [table(["unit", "iou"], [[1, 0.5], ["<x>", 0.25]], sortable=True)])[:15]
+>>> page("A < B", [table(["unit", "iou"], [[1, 0.5], ["<x>", 0.25]], sortable=True)])[:16]
 '<!DOCTYPE html>\\n'
 >>> "&lt;x&gt;" in table(["unit"], [["<x>"]])
 True
