@@ -29,12 +29,18 @@ vector is well defined for Hoyer and Treves–Rolls (sparseness 0).
 (1.0, 1.0)
 """
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
+
+if TYPE_CHECKING:
+    from inspectnet.probe.record import ProbeRecord
 
 METRICS = ("hoyer", "lifetime_kurtosis", "population_kurtosis", "treves_rolls_population",
            "treves_rolls_lifetime", "activity_sparseness")
@@ -126,7 +132,7 @@ def sparsity_metrics(activations: np.ndarray, *, layer: str = "") -> SparsityMet
                            layer=layer)
 
 
-def record_sparsity(record, layers: list[str] | None = None) -> list[SparsityMetrics]:
+def record_sparsity(record: ProbeRecord, layers: list[str] | None = None) -> list[SparsityMetrics]:
     """Metrics for ``layers`` of a :class:`~inspectnet.probe.record.ProbeRecord` (default: every probed layer)."""
     names = layers or record.layers
     return [sparsity_metrics(record.activations(name), layer=name) for name in names]
