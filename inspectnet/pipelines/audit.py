@@ -338,7 +338,7 @@ STAGES: tuple[Stage, ...] = (
           uses=("decomposition", "rules")),
     Stage("dissection", "Concept detectors (network dissection)", _stage_dissection,
           lambda c: {"concepts": c.concepts, "limit": c.concept_limit}, needs=("probe",),
-          enabled=lambda c: c.concepts is not None),
+          enabled=lambda c: bool(c.concepts)),
     Stage("export", "Export (ONNX) parity and speed", _stage_export, lambda c: {"export": c.export, "format": 2},
           needs=("decomposition",), enabled=lambda c: c.export),
 )
