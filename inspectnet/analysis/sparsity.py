@@ -68,6 +68,9 @@ class SparsityMetrics(Result):
 def hoyer(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Hoyer sparseness of each vector along ``axis`` (NaN for all-zero vectors or length 1).
 
+    The one Hoyer of inspectnet: the card's sparsity and the plugins' training logs
+    (:class:`inspectnet.plugins.HoyerLog`) both use it, so they agree also when units are silent.
+
     >>> hoyer(np.array([[3., 0., 0.], [1., 1., 1.]])).tolist()
     [1.0, 0.0]
     """
