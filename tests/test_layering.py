@@ -13,21 +13,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Bottom-up. ``reports.html`` holds HTML primitives (escaping, tables, PNG data URIs) that the
-# analyses writing their own pages (dissection, attributions) use, so it sits just above core;
-# the card, which gathers every analysis, stays near the top. The package itself (the lazy public
-# facade) and ``__main__`` are the top: no module may go through ``inspectnet.X`` names.
+# Bottom-up. reports/ renders dictionaries and arrays only (the card from card.json, HTML pieces,
+# pictures), so it sits just above core: the analyses that write their own pages (dissection,
+# attributions) use it, and it can never reach into a model, a record or an analysis. The package
+# itself (the lazy public facade) and ``__main__`` are the top: no module may go through it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("inspectnet.core",),
     ("inspectnet.runtime",),
-    ("inspectnet.reports.html",),
+    ("inspectnet.reports",),
     ("inspectnet.data",),
     ("inspectnet.models",),
     ("inspectnet.probe",),
     ("inspectnet.analysis",),
     ("inspectnet.plugins", "inspectnet.training", "inspectnet_plugins"),
     ("inspectnet.export",),
-    ("inspectnet.reports",),
     ("inspectnet.pipelines",),
     ("inspectnet.cli",),
     ("inspectnet", "inspectnet.__main__"),
@@ -123,7 +122,7 @@ def test_the_contract_catches_what_it_forbids(tmp_path):
     found = imports_of("inspectnet.models.fake", src)
     assert ("inspectnet.pipelines.audit", 2) in found and ("torch.nn", 4) in found
     assert layer_of("inspectnet.pipelines.audit") > layer_of("inspectnet.models.fake")
-    assert layer_of("inspectnet.reports.html") < layer_of("inspectnet.data") < layer_of("inspectnet.reports.card")
+    assert layer_of("inspectnet.reports.card") < layer_of("inspectnet.data") < layer_of("inspectnet.analysis.sparsity")
     src.write_text("import importlib\nfor name in ('inspectnet.analysis.heads.slim',):\n    importlib.import_module(name)\n")
     assert ("inspectnet.analysis.heads.slim", 2) in imports_of("inspectnet.models.fake", src)
     src.write_text("from inspectnet.reports import html, card\n")
