@@ -20,15 +20,9 @@ import torch
 
 from inspectnet import load_data, load_model
 from inspectnet.core.storage import atomic_write_json, atomic_write_text
+from inspectnet.data.subsets import random_subset
 from inspectnet.models.zoo import CONFIG_FILE
-from inspectnet.pipelines.compare import (
-    compare,
-    expand_methods,
-    markdown_table,
-    parse_sweep,
-    sample_dataset,
-    split_plugin_list,
-)
+from inspectnet.pipelines.compare import compare, expand_methods, markdown_table, parse_sweep, split_plugin_list
 from inspectnet.training.loop import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,9 +57,9 @@ def main() -> None:
         train(zm, ds, base, TrainConfig(epochs=args.base_epochs, batch_size=64, lr=0.05), device="cpu")
     base_seconds = time.perf_counter() - t0
     zm = load_model(str(base))
-    # seeded random subsets: mnist5k is ordered by class, so the first N images would hold one or two digits
-    train_ds = sample_dataset(load_data("mnist5k:train", zm.transform()), args.limit)
-    test_ds = sample_dataset(load_data("mnist5k:test", zm.transform()), args.eval_limit)
+    # seeded random subsets, as `inspectnet compare --limit` draws them
+    train_ds = random_subset(load_data("mnist5k:train", zm.transform()), args.limit)
+    test_ds = random_subset(load_data("mnist5k:test", zm.transform()), args.eval_limit)
     methods = expand_methods(split_plugin_list(args.plugins), layer=args.layer,
                              sweeps=dict(parse_sweep(s) for s in args.sweep))
     config = TrainConfig(epochs=args.epochs, batch_size=64, lr=args.lr)

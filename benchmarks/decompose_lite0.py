@@ -22,9 +22,9 @@ import torch
 from torch.nn import functional as F
 
 from inspectnet import load_data, load_model
-from inspectnet.analysis.heads.decompose import run_decomposition
 from inspectnet.analysis.heads.influence import fit_influence
 from inspectnet.models.zoo import replace_head
+from inspectnet.pipelines.decompose import run_decomposition
 from inspectnet.probe.record import run_probe
 
 RESULTS = Path(__file__).parent / "results"

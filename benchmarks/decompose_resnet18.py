@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from inspectnet import load_data, load_model
-from inspectnet.analysis.heads.decompose import run_decomposition
 from inspectnet.analysis.heads.influence import fit_influence
+from inspectnet.pipelines.decompose import run_decomposition
 from inspectnet.probe.record import run_probe
 from inspectnet.training.loop import TrainConfig, train
 

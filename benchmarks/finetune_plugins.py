@@ -23,7 +23,7 @@ import torch
 
 from inspectnet import load_data, load_model
 from inspectnet.models.layers import eval_mode
-from inspectnet.plugins import hoyer, make_plugin
+from inspectnet.plugins import HoyerLog, make_plugin
 from inspectnet.probe.hooks import Probe
 from inspectnet.training.finetune import PluginHooks, finetune
 from inspectnet.training.loop import TrainConfig, evaluate, train
@@ -58,12 +58,12 @@ def base_model(work: Path):
 def layer_hoyer(zm, data, layer: str, limit: int) -> float:
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(min(limit, len(data)))),
                                          batch_size=200)
-    values = []
+    log = HoyerLog()
     with eval_mode(zm.model), torch.inference_mode(), Probe(zm.model, [layer]) as probe:
         for x, _ in loader:
             zm.model(x)
-            values.append(hoyer(probe.outputs[layer]))
-    return float(torch.cat(values).mean())
+            log.add(probe.outputs[layer])
+    return log.pop()["hoyer"]
 
 
 def quality(base: str, work: Path, args) -> dict[str, dict]:
@@ -121,7 +121,6 @@ def step_times(base: str, args) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=1)
-    # mnist5k:train is ordered by class: a --limit below 4000 drops classes (and causes forgetting)
     p.add_argument("--limit", type=int, default=None, help="fine-tuning samples (default: all 4000)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--eval-limit", type=int, default=1000)

@@ -1,20 +1,38 @@
 """inspectnet: post-hoc inspection of pretrained image classifiers.
 
-The main entry points::
+The main calls are importable from the package itself, e.g.::
 
-    from inspectnet import load_model, load_data, run_probe, ProbeRecord, Probe
+    from inspectnet import load_model, load_data, run_probe, fit_influence, decompose_model, run_audit
+
+They are imported on first use (PEP 562): ``import inspectnet`` alone does not import torch, so
+torch-free parts such as :mod:`inspectnet.runtime.classifier` (``inspectnet run``) stay light.
 """
 
-__version__ = "0.1.0"
-
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.version import __version__
 
-# Public names are imported on first use (PEP 562), so that torch-free parts such as
-# inspectnet.runtime.classifier (used by `inspectnet run`) do not pull in torch through this package.
-_LAZY = {"load_data": "inspectnet.data", "Probe": "inspectnet.probe.hooks", "ProbeRecord": "inspectnet.probe.record",
-         "run_probe": "inspectnet.probe.record", "ZooModel": "inspectnet.models.zoo", "load_model": "inspectnet.models.zoo",
-         "save_model": "inspectnet.models.zoo", "OnnxClassifier": "inspectnet.runtime.classifier",
-         "export_onnx": "inspectnet.export.onnx"}
+# public name -> the module that defines it (one home per name; the layout is in README "Architecture")
+_LAZY = {
+    "load_data": "inspectnet.data", "ImageDataset": "inspectnet.data",
+    "load_concepts": "inspectnet.data.concepts",
+    "ZooModel": "inspectnet.models.zoo", "load_model": "inspectnet.models.zoo", "save_model": "inspectnet.models.zoo",
+    "list_layers": "inspectnet.models.layers", "predict": "inspectnet.models.predict",
+    "Probe": "inspectnet.probe.hooks", "ProbeRecord": "inspectnet.probe.record", "run_probe": "inspectnet.probe.record",
+    "InfluenceMap": "inspectnet.analysis.heads.influence", "fit_influence": "inspectnet.analysis.heads.influence",
+    "decompose_model": "inspectnet.analysis.heads.decompose", "slim_model": "inspectnet.analysis.heads.slim",
+    "extract_rules": "inspectnet.analysis.rules.tree", "write_rules": "inspectnet.analysis.rules.tree",
+    "sparsity_metrics": "inspectnet.analysis.sparsity", "record_sparsity": "inspectnet.analysis.sparsity",
+    "linear_probes": "inspectnet.analysis.linprobe",
+    "dissect": "inspectnet.analysis.dissect.dissection", "write_dissection": "inspectnet.analysis.dissect.dissection",
+    "make_plugin": "inspectnet.plugins", "describe_plugins": "inspectnet.plugins",
+    "train": "inspectnet.training.loop", "TrainConfig": "inspectnet.training.loop", "evaluate": "inspectnet.training.loop",
+    "finetune": "inspectnet.training.finetune", "load_finetuned": "inspectnet.training.finetune",
+    "export_onnx": "inspectnet.export.onnx", "OnnxClassifier": "inspectnet.runtime.classifier",
+    "load_card": "inspectnet.reports.card", "write_card": "inspectnet.reports.card",
+    "run_decomposition": "inspectnet.pipelines.decompose",
+    "run_audit": "inspectnet.pipelines.audit", "AuditConfig": "inspectnet.pipelines.audit",
+    "compare": "inspectnet.pipelines.compare", "expand_methods": "inspectnet.pipelines.compare",
+}
 
 
 def __getattr__(name: str):
@@ -31,5 +49,9 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["InspectnetError", "OnnxClassifier", "Probe", "ProbeRecord", "ZooModel", "__version__", "export_onnx",
-           "load_data", "load_model", "run_probe", "save_model"]
+__all__ = ["AuditConfig", "ImageDataset", "InfluenceMap", "InspectnetError", "OnnxClassifier", "Probe", "ProbeRecord",
+           "TrainConfig", "ZooModel", "__version__", "compare", "decompose_model", "describe_plugins", "dissect",
+           "evaluate", "expand_methods", "export_onnx", "extract_rules", "finetune", "fit_influence", "linear_probes",
+           "list_layers", "load_card", "load_concepts", "load_data", "load_finetuned", "load_model", "make_plugin",
+           "predict", "record_sparsity", "run_audit", "run_decomposition", "run_probe", "save_model", "slim_model",
+           "sparsity_metrics", "train", "write_card", "write_dissection", "write_rules"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inspectnet.plugins import HParam, Plugin, all_reduce_sum, hoyer
+from inspectnet.plugins import HoyerLog, HParam, Plugin, all_reduce_sum
 
 
 class DutyCycle(Plugin):
@@ -37,7 +37,7 @@ class DutyCycle(Plugin):
         self.layer_name = self.layer(self.hp["layer"])
         self.duty: torch.Tensor | None = None
         self.seen = 0
-        self._hoyer: list[torch.Tensor] = []
+        self.hoyer_log = HoyerLog()
         self.hook(self.layer_name, self._apply)
 
     def _apply(self, out: torch.Tensor) -> torch.Tensor:
@@ -48,10 +48,11 @@ class DutyCycle(Plugin):
         boost = torch.exp(self.hp["boost"] * (self.hp["density"] - self.duty)).to(units.dtype)
         winners = (units.detach() * boost).topk(k, dim=1).indices
         mask = torch.zeros_like(units, dtype=torch.bool).scatter_(1, winners, True)
+        y = out * mask.view(*mask.shape, *([1] * (out.dim() - 2))).to(out.dtype)
         if self.model is not None and self.model.training:
             self._update_duty(mask)
-            self._hoyer.append(hoyer((units.detach() * mask).abs()).cpu())
-        return out * mask.view(*mask.shape, *([1] * (out.dim() - 2))).to(out.dtype)
+            self.hoyer_log.add(y)
+        return y
 
     def _update_duty(self, mask: torch.Tensor) -> None:
         counts = all_reduce_sum(torch.cat([mask.double().sum(0), mask.new_tensor([mask.shape[0]], dtype=torch.float64)]))
@@ -62,11 +63,8 @@ class DutyCycle(Plugin):
         self.duty = (self.duty * (period - n) + wins) / period
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        if not self._hoyer:
-            return {}
-        out = {"hoyer": float(torch.cat(self._hoyer).mean()), "min_duty": float(self.duty.min())}
-        self._hoyer = []
-        return out
+        logged = self.hoyer_log.pop()
+        return {**logged, "min_duty": float(self.duty.min())} if logged else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.duty is None else {"duty": self.duty.cpu(), "seen": self.seen}

@@ -13,7 +13,7 @@ Example::
 import torch
 from torch import nn
 
-from inspectnet.plugins import HParam, Plugin, hoyer
+from inspectnet.plugins import HoyerLog, HParam, Plugin
 
 
 class ExpectedActivationSparsity(Plugin):
@@ -29,7 +29,7 @@ class ExpectedActivationSparsity(Plugin):
     def setup(self, model: nn.Module) -> None:
         self.layer_name = self.layer(self.hp["layer"])
         self._act: torch.Tensor | None = None
-        self._hoyer: list[torch.Tensor] = []
+        self.hoyer_log = HoyerLog()
         self.hook(self.layer_name, self._capture)
 
     def _capture(self, out: torch.Tensor) -> None:
@@ -38,11 +38,8 @@ class ExpectedActivationSparsity(Plugin):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         a, self._act = self._act, None
-        self._hoyer.append(hoyer(a.detach()).cpu())
+        self.hoyer_log.add(a)
         return {"easr": self.hp["lam"] * (self.hp["p"] - a.mean(0)).pow(2).sum()}
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        if not self._hoyer:
-            return {}
-        value, self._hoyer = float(torch.cat(self._hoyer).mean()), []
-        return {"hoyer": value}
+        return self.hoyer_log.pop()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.plugins import HParam, Plugin, all_reduce_sum, hoyer
+from inspectnet.plugins import HoyerLog, HParam, Plugin, all_reduce_sum
 
 
 class EliteBackProp(Plugin):
@@ -39,7 +39,7 @@ class EliteBackProp(Plugin):
         self.layer_name = self.layer(self.hp["layer"])
         self.D: torch.Tensor | None = None  # (classes, filters) float64, created at the first batch
         self._act: torch.Tensor | None = None
-        self._epoch_hoyer: list[torch.Tensor] = []
+        self.hoyer_log = HoyerLog()
         self.ridge_params = self._next_layer_weights(model) if self.hp["ridge"] > 0 else []
         self.hook(self.layer_name, self._capture)
 
@@ -67,7 +67,7 @@ class EliteBackProp(Plugin):
         self._accumulate(a.detach(), y)
         weights = self.penalty_weights().to(a.device, torch.float32)
         reg = (weights[y] * a).sum(1).mean()
-        self._epoch_hoyer.append(hoyer(a.detach()).cpu())
+        self.hoyer_log.add(a)
         terms = {"ebp": self.hp["lam"] * reg}
         if self.ridge_params:
             terms["ebp_ridge"] = self.hp["ridge"] * sum(p.float().pow(2).sum() for p in self.ridge_params)
@@ -101,10 +101,7 @@ class EliteBackProp(Plugin):
         return self.D.topk(self.hp["K"], dim=1).indices.tolist()
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self._epoch_hoyer:
-            out["hoyer"] = float(torch.cat(self._epoch_hoyer).mean())
-            self._epoch_hoyer = []
+        out = self.hoyer_log.pop()
         if self.D is not None:
             out["distinct_elites"] = float(len({j for row in self.elites() for j in row}))
         return out

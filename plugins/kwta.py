@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from inspectnet.plugins import HParam, Plugin, hoyer
+from inspectnet.plugins import HoyerLog, HParam, Plugin
 
 
 def kwta(x: torch.Tensor, k: float) -> torch.Tensor:
@@ -41,18 +41,14 @@ class KWinnersTakeAll(Plugin):
 
     def setup(self, model: nn.Module) -> None:
         self.layer_name = self.layer(self.hp["layer"])
-        self._hoyer: list[torch.Tensor] = []
+        self.hoyer_log = HoyerLog()
         self.hook(self.layer_name, self._apply)
 
     def _apply(self, out: torch.Tensor) -> torch.Tensor:
         y = kwta(out, self.hp["k"])
         if self.model is not None and self.model.training:
-            a = y.detach().abs()
-            self._hoyer.append(hoyer(a.mean(dim=tuple(range(2, a.dim()))) if a.dim() > 2 else a).cpu())
+            self.hoyer_log.add(y)
         return y
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        if not self._hoyer:
-            return {}
-        value, self._hoyer = float(torch.cat(self._hoyer).mean()), []
-        return {"hoyer": value}
+        return self.hoyer_log.pop()

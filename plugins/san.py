@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from inspectnet.analysis.san.activations import ACTIVATIONS, get_activation
-from inspectnet.plugins import HParam, Plugin, hoyer
+from inspectnet.plugins import HoyerLog, HParam, Plugin
 
 
 class SparseActivation(Plugin):
@@ -33,21 +33,20 @@ class SparseActivation(Plugin):
     def setup(self, model: nn.Module) -> None:
         self.layer_name = self.layer(self.hp["layer"])
         self.phi = get_activation(self.hp["activation"], k=self.hp["k"], m=self.hp["m"], d=self.hp["d"])
-        self._hoyer: list[torch.Tensor] = []
+        self.hoyer_log = HoyerLog()
         self._density: list[float] = []
         self.hook(self.layer_name, self._apply)
 
     def _apply(self, out: torch.Tensor) -> torch.Tensor:
         y = self.phi(out) if out.dim() in (3, 4) else out
         if self.model is not None and self.model.training:
-            a = y.detach().abs()
-            self._density.append(float((a > 0).float().mean()))
-            self._hoyer.append(hoyer(a.mean(dim=tuple(range(2, a.dim()))) if a.dim() > 2 else a).cpu())
+            self._density.append(float((y.detach() != 0).float().mean()))
+            self.hoyer_log.add(y)
         return y
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        if not self._hoyer:
+        if not self._density:
             return {}
-        out = {"hoyer": float(torch.cat(self._hoyer).mean()), "density": sum(self._density) / len(self._density)}
-        self._hoyer, self._density = [], []
+        out = {**self.hoyer_log.pop(), "density": sum(self._density) / len(self._density)}
+        self._density = []
         return out

@@ -13,7 +13,7 @@ Example::
 import torch
 from torch import nn
 
-from inspectnet.plugins import HParam, Plugin, hoyer
+from inspectnet.plugins import HoyerLog, HParam, Plugin
 
 
 def sparseout(a: torch.Tensor, p: float, q: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -39,18 +39,14 @@ class Sparseout(Plugin):
 
     def setup(self, model: nn.Module) -> None:
         self.layer_name = self.layer(self.hp["layer"])
-        self._hoyer: list[torch.Tensor] = []
+        self.hoyer_log = HoyerLog()
         self.hook(self.layer_name, self._apply)
 
     def _apply(self, out: torch.Tensor) -> torch.Tensor | None:
         if self.model is None or not self.model.training:
             return None
-        a = out.detach().abs()
-        self._hoyer.append(hoyer(a.mean(dim=tuple(range(2, a.dim()))) if a.dim() > 2 else a).cpu())
+        self.hoyer_log.add(out)
         return sparseout(out, self.hp["p"], self.hp["q"])
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        if not self._hoyer:
-            return {}
-        value, self._hoyer = float(torch.cat(self._hoyer).mean()), []
-        return {"hoyer": value}
+        return self.hoyer_log.pop()

@@ -9,7 +9,8 @@ import torch
 
 from inspectnet.cli import main
 from inspectnet.core.errors import InspectnetError
-from inspectnet.pipelines.audit import AuditConfig, SpreadSubset, run_audit
+from inspectnet.data.subsets import spread_subset
+from inspectnet.pipelines.audit import AuditConfig, run_audit
 
 STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions"]
 PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit=48, layers=["layer4"],
@@ -26,7 +27,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
     out = tmp_path_factory.mktemp("model")
-    ds = SpreadSubset(load_data("digits:train", zm.transform()), 160)
+    ds = spread_subset(load_data("digits:train", zm.transform()), 160)
     train(zm, ds, out, TrainConfig(epochs=2, batch_size=32, lr=0.05), device="cpu")
     return out
 
@@ -76,6 +77,35 @@ def test_first_audit_runs_every_stage_and_writes_the_card(audited, trained):
     want = [float((np.asarray(ev.features)[sel, j] * w[p0["class"], j]).mean()) for j in p0["features"]]
     np.testing.assert_allclose(p0["mean_contribution"], want, rtol=1e-4, atol=1e-6)
     assert first["sections"]["rules"]["result"]["layer"] == "layer4"
+    assert first["sections"]["probe"]["result"]["analysed_layer"] == "layer4"  # the last probed layer
+    card = json.loads((out / "card.json").read_text())
+    assert card["sections"]["rules"]["title"] == "Rules extracted from the model's filters"
+    assert all(sec["title"] for sec in card["sections"].values()) and card["config"]["layer"] is None
+
+
+def test_explicit_layer_is_probed_and_analysed_by_rules_and_attributions(audited, trained, tmp_path):
+    out = _copy(audited, tmp_path)
+    doc = run_audit(_load(trained), _config(layer="layer3"), out, log=None)
+    probe = doc["sections"]["probe"]["result"]
+    assert probe["layers"] == ["layer4", "layer3"] and probe["analysed_layer"] == "layer3"
+    assert doc["sections"]["rules"]["result"]["layer"] == "layer3"
+    assert doc["sections"]["attributions"]["result"]["units"]["layer"] == "layer3"
+    assert not any(s["cached"] for s in doc["sections"].values())  # the probe key changed, so everything after it
+
+
+def test_probed_layers_resolve_the_analysed_layer_once(tiny_digits_model):
+    from inspectnet.pipelines.audit import probed_layers
+
+    zm = tiny_digits_model
+    assert probed_layers(zm, _config(layers=["layer2", "layer4"])) == (["layer2", "layer4"], "layer4")
+    assert probed_layers(zm, _config(layers=["layer2", "layer4"], layer="layer2")) == (["layer2", "layer4"], "layer2")
+    assert probed_layers(zm, _config(layers=["layer2"], layer="last_conv")) == (["layer2", "layer4.1.conv2"],
+                                                                               "layer4.1.conv2")
+    for bad in ("layer*", "pre_logits"):
+        with pytest.raises(InspectnetError, match="name one layer"):
+            probed_layers(zm, _config(layer=bad))
+    with pytest.raises(InspectnetError, match="closest"):
+        probed_layers(zm, _config(layer="layer44"))
 
 
 def test_second_audit_reuses_every_stage(audited, trained, tmp_path):
@@ -167,18 +197,6 @@ def test_cli_audit_reuses_cache_then_card_rerenders(audited, trained, tmp_path, 
     assert (pub / "rules" / "tree.png").exists() and not (pub / "probe").exists()
     assert (pub / "card.html").read_text() == html_before
     assert main(["card", str(tmp_path / "missing")]) == 2
-
-
-def test_spread_subset_keeps_every_class():
-    from inspectnet.data import load_data
-
-    ds = load_data("digits:test")
-    sub = SpreadSubset(ds, 30)
-    assert len(sub) == 30 and len(set(sub.labels.tolist())) == 10
-    assert sub.name(0) == ds.name(0) and sub.spec.endswith("?spread=30")
-    np.testing.assert_array_equal(np.asarray(sub.image(29)), np.asarray(ds.image(len(ds) - 1)))
-    with pytest.raises(InspectnetError, match="--limit"):
-        SpreadSubset(ds, 0)
 
 
 def test_receptive_fields_use_each_units_quantile_and_top_images(tiny_digits_model, tmp_path):

@@ -110,18 +110,3 @@ def test_markdown_and_csv_tables(tmp_path):
     assert "| vanilla | 60.00 ± 14.14 | 60.00 ± 14.14 | 0.6 ± 0.1 |" in md[2]
     assert csv_table(c).splitlines()[0].startswith("method,n_seeds,extracted_accuracy,extracted_accuracy_std")
     assert plot_comparison(c, tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_sample_dataset_is_a_seeded_random_subset():
-    from inspectnet import load_data
-    from inspectnet.pipelines.compare import sample_dataset
-
-    full = load_data("digits:test")
-    a, b = sample_dataset(full, 60, seed=0), sample_dataset(full, 60, seed=0)
-    assert len(a) == 60 and a.labels.tolist() == b.labels.tolist()
-    assert len(set(a.labels.tolist())) >= 8  # not the class-ordered head of the source
-    i = int(a.indices[5])
-    assert a.labels[5] == full.labels[i] and a.image(5).tobytes() == full.image(i).tobytes()
-    assert sample_dataset(full, None) is full and "sample(n=60,seed=0)" in a.spec
-    with pytest.raises(InspectnetError, match="at least 1"):
-        sample_dataset(full, 0)

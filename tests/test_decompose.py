@@ -8,19 +8,20 @@ from torch import nn
 
 from inspectnet import InspectnetError, load_data, load_model, save_model
 from inspectnet.analysis.heads.decompose import (
-    DecomposedLinear,
     class_contributions,
+    decompose_head,
     decompose_model,
     evaluate_decomposition,
     gathered_logits,
     linear_params,
     noise_ablation,
     retrain_head,
-    run_decomposition,
     top_contributions,
 )
 from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence
 from inspectnet.cli import main
+from inspectnet.models.heads import DecomposedLinear
+from inspectnet.pipelines.decompose import run_decomposition
 from inspectnet.probe.record import run_probe
 
 
@@ -33,7 +34,7 @@ def random_map(c, d, k, seed=0):
 def test_full_supports_equal_dense_head_exactly():
     torch.manual_seed(0)
     head = nn.Linear(64, 7)
-    dec = DecomposedLinear.from_linear(head, InfluenceMap.full(7, 64))
+    dec = decompose_head(head, InfluenceMap.full(7, 64))
     x = torch.randn(33, 64)
     assert torch.equal(dec(x), head(x))
 
@@ -42,7 +43,7 @@ def test_masked_forward_is_the_formula_and_gathered_form_agrees():
     torch.manual_seed(1)
     head = nn.Linear(50, 6)
     imap = random_map(6, 50, 4)
-    dec = DecomposedLinear.from_linear(head, imap)
+    dec = decompose_head(head, imap)
     x = torch.randn(20, 50)
     ref = gathered_logits(x, head.weight, head.bias, imap.supports)
     torch.testing.assert_close(dec(x), ref, rtol=0, atol=1e-5)
@@ -69,7 +70,7 @@ def test_off_support_weights_are_zero_and_stay_zero_when_retrained():
     head = nn.Linear(16, 4)
     imap = InfluenceMap.full(4, 16, supports=[[3 * c, 3 * c + 1] for c in range(4)],
                              frequencies=[[1.0, 1.0]] * 4)
-    dec = DecomposedLinear.from_linear(head, imap)
+    dec = decompose_head(head, imap)
     off = ~dec.mask
     assert (dec.weight[off] == 0).all()
     before = (dec(f).argmax(1) == y).float().mean()

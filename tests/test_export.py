@@ -146,7 +146,7 @@ def test_head_only_exports_the_linear_head(tmp_path):
 
 
 def test_decomposed_model_and_head_export(tmp_path):
-    decompose = pytest.importorskip("inspectnet.analysis.heads.decompose")
+    from inspectnet.analysis.heads import decompose
     from inspectnet.analysis.heads.influence import InfluenceMap
 
     zm = tiny()

@@ -3,16 +3,18 @@
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from inspectnet.analysis.sparsity import sparsity_metrics
 from inspectnet.core.errors import InspectnetError
 from inspectnet.plugins import (
+    HoyerLog,
     Plugin,
     available_plugins,
     describe_plugins,
-    hoyer,
     make_plugin,
     parse_plugin_spec,
 )
@@ -165,9 +167,38 @@ def test_kwta_ties_pass():
     assert kwta(torch.arange(8.0).view(1, 2, 2, 2), 0.25).flatten().tolist() == [0, 0, 0, 0, 0, 0, 6, 7]
 
 
-def test_hoyer_extremes():
-    h = hoyer(torch.tensor([[0.0, 0, 3, 0], [1, 1, 1, 1], [0, 0, 0, 0]]))
-    assert h.tolist() == [1.0, 0.0, 1.0]
+def test_hoyer_log_excludes_and_counts_all_zero_samples():
+    log = HoyerLog()
+    log.add(torch.tensor([[0.0, 0, 3, 0], [1, 1, 1, 1], [0, 0, 0, 0]]))  # one-hot 1, flat 0, silent: undefined
+    assert log.pop() == {"hoyer": 0.5, "hoyer_excluded": 1}  # never 1.0 for the silent sample
+    log.add(torch.zeros(2, 3, 4, 4))
+    assert log.pop() == {"hoyer_excluded": 2} and log.pop() == {}
+
+
+SPARSITY_LOGGING = ["kwta:k=1.0,layer=0", "san:activation=identity,layer=0", "sparseout:p=0.0,layer=0",
+                    "dutycycle:density=1.0,layer=0", "ebp:K=2,layer=0", "easr:layer=0"]
+
+
+@pytest.mark.parametrize("spec", SPARSITY_LOGGING, ids=[s.split(":")[0] for s in SPARSITY_LOGGING])
+def test_training_log_hoyer_equals_the_cards_sparsity_metric(spec):
+    """Each plugin's epoch log and sparsity_metrics (what the card shows) agree on the same activations,
+    with a dead unit and a sample whose every unit is silent (excluded and counted by both)."""
+    acts = np.random.default_rng(0).random((12, 6)) + 0.1
+    acts[:, 2] = 0.0   # a dead unit
+    acts[4] = 0.0      # a silent sample: no Hoyer sparsity
+    maps = torch.from_numpy(acts).float()[:, :, None, None].expand(12, 6, 3, 3).contiguous()  # absmean = acts
+    model = nn.Sequential(nn.Identity(), nn.Flatten()).train()
+    plugin = make_plugin(spec).attach(model, num_classes=2)
+    try:
+        for half in (slice(0, 6), slice(6, 12)):  # two batches in one epoch
+            model(maps[half])
+            plugin.loss(maps[half], torch.zeros(6, dtype=torch.long), None)
+        logged = plugin.epoch_end(0)
+    finally:
+        plugin.detach()
+    card = sparsity_metrics(acts)
+    assert logged["hoyer"] == pytest.approx(card.hoyer, rel=1e-6)
+    assert logged["hoyer_excluded"] == card.excluded["hoyer"] == 1
 
 
 def test_plugin_base_contract_defaults():

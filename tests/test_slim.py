@@ -3,9 +3,10 @@ import torch
 from torch import nn
 
 from inspectnet import InspectnetError, load_model, save_model
-from inspectnet.analysis.heads.decompose import ChannelGather, DecomposedLinear, decompose_model
+from inspectnet.analysis.heads.decompose import decompose_model
 from inspectnet.analysis.heads.influence import InfluenceMap
 from inspectnet.analysis.heads.slim import count_macs, slim_model
+from inspectnet.models.heads import ChannelGather, DecomposedLinear
 
 
 def random_map(c, d, k, seed=0):
@@ -94,3 +95,30 @@ def test_count_macs_hand_computed():
     dec = DecomposedLinear(6, 2)
     dec.mask[0, 3:] = False
     assert count_macs(nn.Sequential(dec), (6,)) == 9
+
+
+def test_saved_modifications_keep_their_format_and_load_without_the_analyses(tmp_path):
+    """Saved folders name their modifications by string: these keys are a file format."""
+    import json
+    import subprocess
+    import sys
+
+    dzm = decomposed("resnet18", 32, k=2)
+    szm, _ = slim_model(dzm, latency_reps=1, batch=2)
+    save_model(szm, tmp_path / "s")
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    keep = dzm.head.union()
+    assert config["modifications"] == [
+        {"kind": "decomposed_head", "head_name": "fc", "in_features": 512, "out_features": 10, "bias": True,
+         "k1": 2, "k2": 2},
+        {"kind": "slimmed", "method": "resnet", "head_name": "fc", "keep": keep}]
+    code = ("import sys; from inspectnet.models.zoo import load_model\n"
+            f"zm = load_model({str(tmp_path / 's')!r})\n"
+            "assert zm.head.in_features == len(zm.head.feature_ids) < 512\n"
+            "print(sorted(m for m in sys.modules if m.startswith('inspectnet.analysis')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr  # the zoo never imports an analysis
+    config["modifications"].append({"kind": "pruned"})
+    (tmp_path / "s" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InspectnetError, match="needs modification 'pruned'"):
+        load_model(str(tmp_path / "s"))

@@ -11,9 +11,11 @@
 >>> figs = input_attributions(zm, ds, [0, 5], "out/attr")         # doctest: +SKIP
 """
 
+from __future__ import annotations
+
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +23,10 @@ import torch.nn.functional as F
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.models.layers import eval_mode, resolve_layers
+
+if TYPE_CHECKING:
+    from inspectnet.data import ImageDataset
+    from inspectnet.models.zoo import ZooModel
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -41,7 +47,7 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cma
     return np.clip((1 - alpha) * rgb + alpha * colour, 0, 255).round().astype(np.uint8)
 
 
-def display_image(dataset: Any, index: int, size: tuple[int, int]) -> np.ndarray:
+def display_image(dataset: ImageDataset, index: int, size: tuple[int, int]) -> np.ndarray:
     """The dataset's original image ``index`` as RGB uint8 at ``size`` (H, W), for overlays."""
     from PIL import Image
 
@@ -85,12 +91,12 @@ def choose_images(labels: np.ndarray, count: int) -> list[int]:
     return out
 
 
-def _batch(zm: Any, dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
+def _batch(dataset: ImageDataset, indices: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
     xs, ys = zip(*(dataset[int(i)] for i in indices))
     return torch.stack(list(xs)), np.asarray(ys)
 
 
-def input_attributions(zm: Any, dataset: Any, indices: Sequence[int], out: str | Path, *,
+def input_attributions(zm: ZooModel, dataset: ImageDataset, indices: Sequence[int], out: str | Path, *,
                        n_steps: int = 32, internal_batch_size: int = 16, layer: str = "last_conv",
                        class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Integrated Gradients and Layer Grad-CAM for ``indices`` of ``dataset``, w.r.t. the predicted class.
@@ -108,7 +114,7 @@ def input_attributions(zm: Any, dataset: Any, indices: Sequence[int], out: str |
     model = zm.model
     conv_name = resolve_layers(model, layer, head_name=zm.head_name)[-1]
     conv = model.get_submodule(conv_name)
-    x, y = _batch(zm, dataset, indices)
+    x, y = _batch(dataset, indices)
     with eval_mode(model):
         with torch.no_grad():
             pred = model(x).argmax(1)
@@ -131,7 +137,7 @@ def input_attributions(zm: Any, dataset: Any, indices: Sequence[int], out: str |
     return rows
 
 
-def feature_maps(zm: Any, x: torch.Tensor) -> torch.Tensor:
+def feature_maps(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
     """The (N, d, h, w) map whose global pooling gives the head's input features f(x).
 
     Uses timm's ``forward_features``; refuses when its channels do not match the head's input
@@ -150,8 +156,8 @@ def feature_maps(zm: Any, x: torch.Tensor) -> torch.Tensor:
     return maps
 
 
-def influential_feature_maps(zm: Any, dataset: Any, labels: np.ndarray, supports: list[list[int]], out: str | Path,
-                             *, per_class: int = 3, max_classes: int = 20,
+def influential_feature_maps(zm: ZooModel, dataset: ImageDataset, labels: np.ndarray, supports: list[list[int]],
+                             out: str | Path, *, per_class: int = 3, max_classes: int = 20,
                              class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """For each class c: one image of class c and the maps of its top ``per_class`` features of S_c.
 
@@ -165,7 +171,7 @@ def influential_feature_maps(zm: Any, dataset: Any, labels: np.ndarray, supports
               if supports[c] and (labels == c).any()][:max_classes]
     if not chosen:
         raise InspectnetError("no class has both an influential feature set and an image to show it on")
-    x, _ = _batch(zm, dataset, [i for _, i in chosen])
+    x, _ = _batch(dataset, [i for _, i in chosen])
     maps = feature_maps(zm, x)
     up = F.interpolate(maps, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False).numpy()
     rows = []
@@ -179,7 +185,7 @@ def influential_feature_maps(zm: Any, dataset: Any, labels: np.ndarray, supports
     return rows
 
 
-def receptive_fields(zm: Any, dataset: Any, activations: np.ndarray, layer: str, units: Sequence[int],
+def receptive_fields(zm: ZooModel, dataset: ImageDataset, activations: np.ndarray, layer: str, units: Sequence[int],
                      out: str | Path, *, top_n: int = 4, quantile: float = 0.99, sample: int = 128,
                      batch_size: int = 32) -> list[dict[str, Any]]:
     """Top-``top_n`` images of each unit (by the record's per-image activation) with its thresholded map.
@@ -203,14 +209,14 @@ def receptive_fields(zm: Any, dataset: Any, activations: np.ndarray, layer: str,
     with eval_mode(model), torch.inference_mode(), Probe(model, [layer], reducer="full",
                                                          head_name=zm.head_name) as probe:
         for s in range(0, n, batch_size):
-            x, _ = _batch(zm, dataset, range(s, min(n, s + batch_size)))
+            x, _ = _batch(dataset, range(s, min(n, s + batch_size)))
             model(x)
             pixels.append(probe.outputs[layer][:, unit_ids].transpose(0, 1).flatten(1).float())
         thresholds = torch.quantile(torch.cat(pixels, dim=1), quantile, dim=1)
         tops = {k: [int(i) for i in np.argsort(-acts[:, k], kind="stable")[:top_n]] for k in units}
         rows, titles, meta = [], [], []
         for k, t in zip(units, thresholds):
-            x, _ = _batch(zm, dataset, tops[k])
+            x, _ = _batch(dataset, tops[k])
             model(x)
             size = tuple(x.shape[2:])
             masks = unit_masks(probe.outputs[layer][:, [k]].float(), t.reshape(1), size)[:, 0].numpy()

@@ -29,13 +29,19 @@ vector is well defined for Hoyer and Treves–Rolls (sparseness 0).
 (1.0, 1.0)
 """
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.core.tables import markdown_table
+
+if TYPE_CHECKING:
+    from inspectnet.probe.record import ProbeRecord
 
 METRICS = ("hoyer", "lifetime_kurtosis", "population_kurtosis", "treves_rolls_population",
            "treves_rolls_lifetime", "activity_sparseness")
@@ -62,6 +68,9 @@ class SparsityMetrics(Result):
 
 def hoyer(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Hoyer sparseness of each vector along ``axis`` (NaN for all-zero vectors or length 1).
+
+    The one Hoyer of inspectnet: the card's sparsity and the plugins' training logs
+    (:class:`inspectnet.plugins.HoyerLog`) both use it, so they agree also when units are silent.
 
     >>> hoyer(np.array([[3., 0., 0.], [1., 1., 1.]])).tolist()
     [1.0, 0.0]
@@ -127,7 +136,7 @@ def sparsity_metrics(activations: np.ndarray, *, layer: str = "") -> SparsityMet
                            layer=layer)
 
 
-def record_sparsity(record, layers: list[str] | None = None) -> list[SparsityMetrics]:
+def record_sparsity(record: ProbeRecord, layers: list[str] | None = None) -> list[SparsityMetrics]:
     """Metrics for ``layers`` of a :class:`~inspectnet.probe.record.ProbeRecord` (default: every probed layer)."""
     names = layers or record.layers
     return [sparsity_metrics(record.activations(name), layer=name) for name in names]

@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.version import __version__
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -18,8 +19,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     Importing one command module instead of all keeps light commands light: ``inspectnet run``
     (ONNX Runtime only) never imports torch. Help and unknown words still register every command.
     """
-    from inspectnet import __version__
-
     parser = argparse.ArgumentParser(prog="inspectnet", description="Post-hoc inspection of pretrained "
                                      "image classifiers (timm and torchvision zoos).")
     parser.add_argument("--version", action="version", version=f"inspectnet {__version__}")

@@ -1,4 +1,4 @@
-"""``inspectnet audit MODEL DATA --out DIR [--eval DATA] [--layers ...] [--concepts DATA] [--export]``.
+"""``inspectnet audit MODEL DATA --out DIR [--eval DATA] [--layers ...] [--layer L] [--concepts DATA] [--export]``.
 
 Runs probe → decomposition → rules → sparsity → linear probes → attributions → dissection →
 export → card, reusing the stages already computed in DIR, and writes DIR/card.json, README.md
@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="audit folder (cache + card); refused if it holds another model's")
     p.add_argument("--eval", dest="eval_data", help="labelled data to evaluate on (default: DATA, in-sample)")
     p.add_argument("--layers", help="comma-separated layers to probe (default: the model's stage outputs)")
+    p.add_argument("--layer", help="the layer that rules, receptive fields and dissection analyse (default: the "
+                                   "last probed layer; probed if not in --layers)")
     p.add_argument("--limit", type=int, default=512, help="samples of DATA to use (default 512)")
     p.add_argument("--eval-limit", type=int, help="samples of --eval data to use")
     p.add_argument("--k1", type=int, default=5, help="top features per sample (Algorithm 1)")
@@ -62,7 +64,7 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     zm = model_from_args(args)
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
-    config = AuditConfig(data=args.data, eval_data=args.eval_data, layers=layers, limit=args.limit,
+    config = AuditConfig(data=args.data, eval_data=args.eval_data, layers=layers, layer=args.layer, limit=args.limit,
                          eval_limit=args.eval_limit, k1=args.k1, k2=args.k2, retrain_epochs=args.retrain_epochs,
                          concepts=args.concepts, concept_limit=args.concept_limit, export=args.export,
                          attribution_images=args.images, ig_steps=args.ig_steps,

@@ -2,13 +2,14 @@
 
 Fits the influential features (Algorithm 1), evaluates the decomposed head, runs the noise
 ablation, optionally retrains the head and slims the model, and writes ``DIR/decomposition.json``
-plus the decomposed (and slimmed) model folders. The work is done by :func:`run_decomposition`.
+plus the decomposed (and slimmed) model folders. The work is done by
+:func:`inspectnet.pipelines.decompose.run_decomposition`.
 """
 
 import argparse
 
-from inspectnet.analysis.heads.decompose import run_decomposition
 from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.pipelines.decompose import run_decomposition
 
 
 def _ints(text: str) -> list[int]:

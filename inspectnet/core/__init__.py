@@ -1,1 +1,1 @@
-"""Lowest layer: errors, atomic storage, result containers, progress bars, device choice."""
+"""Lowest layer: errors, atomic storage, result containers, progress bars, device choice, timing, version."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from inspectnet.core.storage import atomic_write_json, read_json
+from inspectnet.core.version import __version__
 
 SCHEMA_VERSION = 1
 
@@ -18,10 +19,8 @@ def library_versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    import inspectnet
-
     return {
-        "inspectnet": inspectnet.__version__,
+        "inspectnet": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

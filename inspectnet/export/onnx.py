@@ -19,9 +19,7 @@ import dataclasses
 import io
 import json
 import os
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +30,13 @@ from torch import nn
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.core.storage import prepare_output_file
-from inspectnet.models.layers import PRE_LOGITS, eval_mode
-from inspectnet.models.zoo import ZooModel, set_submodule
+from inspectnet.core.timing import median_seconds
+from inspectnet.data import load_data
+from inspectnet.data.subsets import calibration_arrays
+from inspectnet.models.heads import DecomposedLinear
+from inspectnet.models.layers import PRE_LOGITS, eval_mode, model_state
+from inspectnet.models.surgery import set_submodule
+from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe
 from inspectnet.runtime.classifier import (
     FORMAT,
@@ -97,27 +100,30 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     report_path = out.with_name(out.stem + ".export.json")
     for p in [out, report_path] + ([int8_path] if int8 else []):
         prepare_output_file(p, force=force)
-    module, example, input_name = _export_target(zm, head_only)
     tmp = out.with_name(f".{out.name}.part")
     tmp_int8 = int8_path.with_name(f".{int8_path.name}.part")
-    try:
-        proto = _to_onnx(export_form(zm, module, head_only), example, input_name, exporter, opset)
-        _add_metadata(proto, zm, head_only, input_name, list(example.shape[1:]))
-        _save(proto, tmp)
-        parity = verify(module, tmp, example.shape[1:], threads=threads, device=device)
-        int8_info = None
-        if int8:
-            int8_info = _quantize(zm, module, tmp, tmp_int8, calibration, evaluation, head_only, input_name,
-                                  threads, device)
-        lat = measure_latency(module, tmp, tmp_int8 if int8 else None, example.shape[1:], threads) if latency \
-            else {}
-        os.replace(tmp, out)
-        if int8:
-            os.replace(tmp_int8, int8_path)
-            int8_info["path"] = str(int8_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_int8.unlink(missing_ok=True)
+    # the gate compares with ONNX Runtime on host arrays: the model runs on the CPU in eval mode,
+    # and goes back to the caller's device and train/eval flags afterwards
+    with model_state(zm.model, device="cpu", training=False):
+        module, example, input_name = _export_target(zm, head_only)
+        try:
+            proto = _to_onnx(export_form(zm, module, head_only), example, input_name, exporter, opset)
+            _add_metadata(proto, zm, head_only, input_name, list(example.shape[1:]))
+            _save(proto, tmp)
+            parity = verify(module, tmp, example.shape[1:], threads=threads, device=device)
+            int8_info = None
+            if int8:
+                int8_info = _quantize(zm, module, tmp, tmp_int8, calibration, evaluation, head_only, input_name,
+                                      threads, device)
+            lat = measure_latency(module, tmp, tmp_int8 if int8 else None, example.shape[1:], threads) \
+                if latency else {}
+            os.replace(tmp, out)
+            if int8:
+                os.replace(tmp_int8, int8_path)
+                int8_info["path"] = str(int8_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_int8.unlink(missing_ok=True)
     result = ExportResult(path=str(out), model=zm.spec, fingerprint=zm.fingerprint(), exporter=exporter,
                           opset=_opset_of(proto), head_only=head_only, input_name=input_name,
                           input_shape=["batch", *example.shape[1:]], parity=parity, latency_ms=lat, threads=threads,
@@ -127,21 +133,11 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
 
 
 def _export_target(zm: ZooModel, head_only: bool) -> tuple[nn.Module, torch.Tensor, str]:
-    """The module to export, an example input (batch 2: torch.export specialises batch 0/1) and its name.
-
-    The model is moved to the CPU: the gate compares it with ONNX Runtime on host arrays.
-    """
-    zm.model.cpu().eval()
+    """The module to export, an example input (batch 2: torch.export specialises batch 0/1) and its name."""
     if not head_only:
         return zm.model, torch.randn(2, *zm.data_config["input_size"]), INPUT_NAME
-    head = zm.model.get_submodule(zm.head_name)
     features = head_features(zm, torch.randn(2, *zm.data_config["input_size"]))
-    return head.eval(), torch.randn(2, *features.shape[1:]), FEATURES_NAME
-
-
-def is_decomposed(head: nn.Module) -> bool:
-    """A decomposed head (heads.decompose.DecomposedLinear) offers its decomposition and gathered form."""
-    return callable(getattr(head, "decomposition", None)) and callable(getattr(head, "to_gathered", None))
+    return zm.head, torch.randn(2, *features.shape[1:]), FEATURES_NAME
 
 
 def export_form(zm: ZooModel, module: nn.Module, head_only: bool) -> nn.Module:
@@ -151,7 +147,7 @@ def export_form(zm: ZooModel, module: nn.Module, head_only: bool) -> nn.Module:
     function, and the gate compares it with the original module.
     """
     head = zm.model.get_submodule(zm.head_name)
-    if not is_decomposed(head):
+    if not isinstance(head, DecomposedLinear):
         return module
     if head_only:
         return head.to_gathered().eval()
@@ -208,7 +204,7 @@ def _add_metadata(proto, zm: ZooModel, head_only: bool, input_name: str, shape: 
     props = {KEY_FORMAT: f"{FORMAT}/{FORMAT_VERSION}", KEY_PREPROCESSING: json.dumps(config),
              KEY_CLASS_NAMES: json.dumps(list(zm.class_names)), KEY_MODEL: json.dumps(info)}
     head = zm.model.get_submodule(zm.head_name)
-    if is_decomposed(head):  # the decomposition itself, so other runtime forms can be chosen
+    if isinstance(head, DecomposedLinear):  # the decomposition itself, so other runtime forms can be chosen
         props[KEY_DECOMPOSITION] = json.dumps(head.decomposition())
     existing = {p.key: p.value for p in proto.metadata_props}
     onnx.helper.set_model_props(proto, {**existing, **props})
@@ -270,18 +266,6 @@ def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int =
     return report
 
 
-def timed_ms(fn: Callable[[], Any], *, min_reps: int = 3, max_reps: int = 30, budget_s: float = 1.5) -> float:
-    """Median wall time of ``fn`` in milliseconds after one warm-up call (reps bounded by ``budget_s``)."""
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Temporarily run torch with ``n`` intra-op threads (matched to ONNX Runtime's in comparisons)."""
@@ -305,10 +289,10 @@ def measure_latency(module: nn.Module, fp32: Path, int8: Path | None, sample_sha
         for b in batches:
             x = rng.standard_normal((b, *sample_shape)).astype(np.float32)
             xt = torch.from_numpy(x)
-            out["torch_eager"][str(b)] = timed_ms(lambda xt=xt: module(xt))
+            out["torch_eager"][str(b)] = 1e3 * median_seconds(lambda xt=xt: module(xt))
             for name, sess in sessions.items():
                 feed = {sess.get_inputs()[0].name: x}
-                out[name][str(b)] = timed_ms(lambda s=sess, f=feed: s.run([OUTPUT_NAME], f))
+                out[name][str(b)] = 1e3 * median_seconds(lambda s=sess, f=feed: s.run([OUTPUT_NAME], f))
     return out
 
 
@@ -362,14 +346,7 @@ def calibration_inputs(zm: ZooModel, spec: str, *, limit: int | None = 256,
                        skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed inputs (N, C, H, W) and labels (-1 = unlabelled) from a data spec, evenly spread.
 
-    Samples are taken at evenly spaced indices so that sorted folders still cover every class.
+    Samples are taken at evenly spaced indices (:func:`inspectnet.data.subsets.calibration_arrays`)
+    so that sorted folders still cover every class.
     """
-    from inspectnet.data import load_data
-
-    ds = load_data(spec, zm.transform(), skip_bad=skip_bad)
-    if len(ds) == 0:
-        raise InspectnetError(f"calibration data {spec!r} holds no images")
-    n = len(ds) if limit is None else min(limit, len(ds))
-    idx = np.unique(np.linspace(0, len(ds) - 1, n).round().astype(int))
-    xs, ys = zip(*(ds[int(i)] for i in idx))
-    return torch.stack(list(xs)).numpy().astype(np.float32), np.asarray(ys, np.int64)
+    return calibration_arrays(load_data(spec, zm.transform(), skip_bad=skip_bad), limit)

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from inspectnet.core.devices import resolve_device
 from inspectnet.core.errors import InspectnetError
 
 PRE_LOGITS = "pre_logits"
@@ -19,15 +20,57 @@ ALIASES = (PRE_LOGITS, "head", "last_conv")
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, restoring each one's own flag afterwards (even on error)."""
+def model_state(model: nn.Module, *, device: str | torch.device | None = None,
+                training: bool | None = None) -> Iterator[nn.Module]:
+    """Run a block with ``model`` on ``device`` and/or in train (True) or eval (False) mode, then put it back.
+
+    On exit, normal or not, the model returns to the device it was on and every submodule gets
+    back its own ``training`` flag (also when the block changed them, as a training loop does).
+    Weights changed inside the block stay changed. A bad ``device`` fails before anything moves.
+
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+    >>> with model_state(m, device="cpu", training=False):
+    ...     m[1].training
+    False
+    >>> m[1].training, next(m.parameters()).device.type
+    (True, 'cpu')
+    """
+    target = resolve_device(device) if device is not None else None
+    home = _home_device(model) if target is not None else None
     flags = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
+        if target is not None:
+            model.to(target)
+        if training is not None:
+            model.train(training)
         yield model
     finally:
+        if home is not None:
+            model.to(home)
         for m, flag in flags:
             m.training = flag
+
+
+def _home_device(model: nn.Module) -> torch.device | None:
+    """The one device holding the model's tensors (None for a model without any)."""
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    if len(devices) > 1:
+        raise InspectnetError(f"the model's tensors are spread over {', '.join(sorted(map(str, devices)))}; "
+                              f"move it to one device first")
+    return next(iter(devices), None)
+
+
+def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Put every submodule in eval mode, restoring each one's own flag afterwards (even on error).
+
+    >>> m = nn.Dropout().train()
+    >>> with eval_mode(m):
+    ...     m.training
+    False
+    >>> m.training
+    True
+    """
+    return model_state(model, training=False)
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module] | str, *,

@@ -9,7 +9,7 @@ import torch
 from inspectnet.core.devices import resolve_device
 from inspectnet.core.errors import InspectnetError
 from inspectnet.data import FilesDataset, ImageDataset
-from inspectnet.models.layers import eval_mode
+from inspectnet.models.layers import model_state
 from inspectnet.models.zoo import ZooModel
 
 
@@ -27,10 +27,9 @@ def predict(zm: ZooModel, images: Sequence[str | Path] | ImageDataset, *, topk: 
     ds = ds.with_transform(zm.transform())
     k = min(topk, zm.num_classes)
     dev = resolve_device(device)
-    zm.model.to(dev)
     results = []
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
-    with eval_mode(zm.model), torch.inference_mode():
+    with model_state(zm.model, device=dev, training=False), torch.inference_mode():
         index = 0
         for x, _ in loader:
             probs = zm.model(x.to(dev)).float().softmax(dim=1).cpu()

@@ -20,6 +20,7 @@ from torch import nn
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, read_json
+from inspectnet.models.surgery import rebuild, set_submodule
 from inspectnet.models.weights import fit_state_dict, read_state_dict
 
 MODEL_FORMAT = "inspectnet-model"
@@ -39,26 +40,13 @@ SHIPPED = {
                                            "interpolation": "bicubic", "crop_pct": 0.875}},
 }
 
-# Changes a saved model carries on top of its architecture (e.g. a decomposed head). Each is
-# applied, in order, to the freshly built architecture before its weights are loaded.
-ModelModifier = Callable[[nn.Module, dict[str, Any]], nn.Module]
-MODIFIERS: dict[str, ModelModifier] = {}
-
-
-def register_modifier(kind: str) -> Callable[[ModelModifier], ModelModifier]:
-    """Register how to re-apply a saved model modification of type ``kind`` when loading."""
-    def deco(fn: ModelModifier) -> ModelModifier:
-        MODIFIERS[kind] = fn
-        return fn
-    return deco
-
-
 @dataclasses.dataclass
 class ZooModel:
     """A model with everything needed to feed it and read its output.
 
     ``data_config`` follows timm's keys: input_size (C, H, W), mean, std, interpolation, crop_pct,
-    crop_mode. ``modifications`` lists the saved changes on top of ``arch`` (see MODIFIERS).
+    crop_mode. ``modifications`` lists the saved changes on top of ``arch`` (see
+    :mod:`inspectnet.models.surgery`).
     """
 
     model: nn.Module
@@ -224,13 +212,7 @@ def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, re
         raise InspectnetError(f"--in-chans {in_chans} disagrees with the saved model's {cfg['in_chans']} channels")
     build = _build_timm if cfg["source"] == "timm" else _build_torchvision
     model, _ = build(cfg["arch"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"], pretrained=False)
-    for mod in cfg.get("modifications", []):
-        if mod["kind"] not in MODIFIERS:
-            _import_modifier_providers()
-        if mod["kind"] not in MODIFIERS:
-            raise InspectnetError(f"saved model {path} needs modification {mod['kind']!r}, which this "
-                                  f"inspectnet does not know")
-        model = MODIFIERS[mod["kind"]](model, mod)
+    model = rebuild(model, cfg.get("modifications", []), where=str(path))
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["data_config"].items()}
     zm = ZooModel(model=model, source=cfg["source"], arch=cfg["arch"], num_classes=cfg["num_classes"],
                   in_chans=cfg["in_chans"], data_config=data_config, class_names=list(cfg["class_names"]),
@@ -245,18 +227,6 @@ def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, re
     return zm
 
 
-def _import_modifier_providers() -> None:
-    """Modules that register modifiers are imported on demand (they are optional features)."""
-    import importlib
-
-    for name in ("inspectnet.analysis.heads.decompose", "inspectnet.analysis.heads.slim"):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-
-
 def replace_head(zm: ZooModel, num_classes: int) -> None:
     """Swap the final linear layer for a freshly initialised one with ``num_classes`` outputs."""
     old = zm.head
@@ -264,13 +234,6 @@ def replace_head(zm: ZooModel, num_classes: int) -> None:
     set_submodule(zm.model, zm.head_name, new)
     zm.num_classes = num_classes
     zm.class_names = default_class_names(num_classes)
-
-
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule at dotted ``name`` (e.g. ``head.fc``) by ``module``."""
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, leaf, module)
 
 
 def _split_spec(spec: str) -> tuple[str, str]:

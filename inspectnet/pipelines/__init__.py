@@ -1,1 +1,1 @@
-"""Multi-stage jobs built from the layers below: the audit and method comparisons."""
+"""Multi-stage jobs built from the layers below: the audit, the decompose command and method comparisons."""

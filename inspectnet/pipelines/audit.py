@@ -5,10 +5,20 @@ Stages, in order (each reads what the earlier ones wrote into ``DIR``)::
     probe → decomposition → rules → sparsity → linear_probes → attributions
           → dissection (with concept data) → export (when asked) → card
 
-Caching: ``DIR/audit.json`` stores, per stage, a key = sha256 of (model fingerprint, the stage's
-parameters, the keys of the stages it reads). A stage whose key is unchanged and whose last run
-succeeded is skipped (its stored result is reused), so a second audit is nearly free and a changed
-parameter re-runs only the stages that depend on it. Failed stages are never cached.
+Each stage is one :class:`Stage` in :data:`STAGES`: its name and card title, the parameters of the
+config that change its result, the stages it needs (their failure fails it) and uses (when they
+succeeded), whether it writes a folder ``DIR/<name>``, and the function that runs it. The driver
+reads nothing else.
+
+The analysed layer (rules, receptive fields, dissection) is chosen once: ``AuditConfig.layer``, by
+default the last probed layer. The probe stage resolves it, probes it, and records it as
+``analysed_layer`` in its section of the card.
+
+Caching: ``DIR/audit.json`` stores, per stage, a key = sha256 of (model fingerprint, class names,
+the stage's parameters, the keys of the stages it needs and uses). A stage whose key is unchanged
+and whose last run succeeded is skipped (its stored result is reused), so a second audit is nearly
+free and a changed parameter re-runs only the stages that depend on it. Failed stages are never
+cached.
 
 Safety: a ``DIR`` holding another model's audit (different weights fingerprint) is refused, and so
 is a non-empty folder that holds no audit. A stage that fails is recorded with its error; stages
@@ -17,9 +27,11 @@ that need it are marked failed with the reason; the card is written regardless.
 >>> from inspectnet.models.zoo import load_model
 >>> zm = load_model("runs/mnist_r18")                                           # doctest: +SKIP
 >>> doc = run_audit(zm, AuditConfig(data="mnist5k:train", eval_data="mnist5k:test", limit=512), "audit")  # doctest: +SKIP
->>> doc["sections"]["rules"]["status"]                                          # doctest: +SKIP
-'ok'
+>>> doc["sections"]["rules"]["status"], doc["sections"]["rules"]["title"]       # doctest: +SKIP
+('ok', "Rules extracted from the model's filters")
 """
+
+from __future__ import annotations
 
 import dataclasses
 import hashlib
@@ -36,29 +48,29 @@ import numpy as np
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, read_json
-from inspectnet.data import ImageDataset
-from inspectnet.models.zoo import ZooModel
+from inspectnet.data import ImageDataset, load_data
+from inspectnet.data.subsets import spread_subset
+from inspectnet.models.layers import PRE_LOGITS, resolve_layers
+from inspectnet.models.zoo import ZooModel, default_class_names
+from inspectnet.probe.record import ProbeRecord
 
 AUDIT_FILE = "audit.json"
 AUDIT_FORMAT = "inspectnet-audit"
-STAGES = ("probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions", "dissection", "export")
-# which earlier stages each stage needs (a failed one fails the stage; its key feeds the cache key)
-DEPENDS = {"probe": (), "decomposition": ("probe",), "rules": ("probe",), "sparsity": ("probe",),
-           "linear_probes": ("probe",), "attributions": ("probe",), "dissection": ("probe",),
-           "export": ("decomposition",)}
-# stages whose results are used when they succeeded (their keys feed the cache key, failure is tolerated)
-USES = {"attributions": ("decomposition", "rules")}
-# files a stage may leave in DIR besides audit.json/card files (checked before a folder is adopted)
-_OWN = {AUDIT_FILE, "card.json", "README.md", "card.html", *STAGES}
+CARD_FILES = ("card.json", "README.md", "card.html")
 
 
 @dataclasses.dataclass(frozen=True)
 class AuditConfig:
-    """What to audit and how. ``eval_data`` defaults to ``data`` (then every number is in-sample)."""
+    """What to audit and how. ``eval_data`` defaults to ``data`` (then every number is in-sample).
+
+    ``layers`` are probed (default: the model's stage outputs); ``layer`` is the one analysed by
+    rules, receptive fields and dissection (default: the last probed layer; probed if not listed).
+    """
 
     data: str
     eval_data: str | None = None
     layers: list[str] | None = None
+    layer: str | None = None
     limit: int | None = 512
     eval_limit: int | None = None
     k1: int = 5
@@ -75,17 +87,6 @@ class AuditConfig:
     seed: int = 0
     command: str = ""
 
-    def stage_params(self, stage: str) -> dict[str, Any]:
-        """The parameters that change ``stage``'s result (and nothing else: they key its cache)."""
-        probe = {"data": self.data, "eval": self.eval_data, "layers": self.layers, "limit": self.limit,
-                 "eval_limit": self.eval_limit}
-        return {"probe": probe,
-                "decomposition": {"k1": self.k1, "k2": self.k2, "retrain": self.retrain_epochs, "seed": self.seed},
-                "rules": {"seed": self.seed}, "sparsity": {}, "linear_probes": {},
-                "attributions": {"n": self.attribution_images, "steps": self.ig_steps, "units": self.top_units},
-                "dissection": {"concepts": self.concepts, "limit": self.concept_limit},
-                "export": {"export": self.export, "format": 2}}[stage]
-
 
 @dataclasses.dataclass
 class _Context:
@@ -95,51 +96,30 @@ class _Context:
     out: Path
     config: AuditConfig
     results: dict[str, Any]
-    _datasets: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _datasets: dict[str, ImageDataset] = dataclasses.field(default_factory=dict)
 
-    def dataset(self, spec: str, limit: int | None = None) -> Any:
+    def dataset(self, spec: str, limit: int | None = None) -> ImageDataset:
         """``spec`` loaded with the model's transform; with ``limit``, an evenly spread subset of that size."""
-        from inspectnet.data import load_data
-
         if spec not in self._datasets:
             self._datasets[spec] = load_data(spec, self.zm.transform())
-        ds = self._datasets[spec]
-        return ds if limit is None or limit >= len(ds) else SpreadSubset(ds, limit)
+        return spread_subset(self._datasets[spec], limit)
 
-    def records(self) -> tuple[Any, Any]:
-        from inspectnet.probe.record import ProbeRecord
+    def eval_dataset(self) -> ImageDataset:
+        """The evaluation data as probed: ``eval_data`` (or ``data``, in-sample) at its limit."""
+        cfg = self.config
+        return self.dataset(cfg.eval_data or cfg.data, cfg.eval_limit if cfg.eval_data else cfg.limit)
 
+    def records(self) -> tuple[ProbeRecord, ProbeRecord]:
         return ProbeRecord.load(self.out / "probe" / "train"), ProbeRecord.load(self.out / "probe" / "eval")
+
+    @property
+    def layer(self) -> str:
+        """The analysed layer, as the probe stage resolved it."""
+        return self.results["probe"]["result"]["analysed_layer"]
 
     def rel(self, path: str | Path) -> str:
         """A path relative to the audit folder (card.json stays valid when the folder moves)."""
         return str(Path(path).resolve().relative_to(self.out.resolve()))
-
-
-class SpreadSubset(ImageDataset):
-    """``n`` samples of ``base`` at evenly spaced indices: class-sorted data (mnist5k, folders) keep every class.
-
-    >>> from inspectnet.data import load_data
-    >>> sorted(set(SpreadSubset(load_data("digits"), 20).labels.tolist())) == list(range(10))
-    True
-    """
-
-    def __init__(self, base: ImageDataset, n: int):
-        if n < 1:
-            raise InspectnetError(f"--limit must be at least 1, got {n}")
-        super().__init__(base.transform)
-        self.base = base
-        self.index = np.unique(np.linspace(0, len(base) - 1, n).round().astype(np.int64))
-        self.labels = np.asarray(base.labels)[self.index]
-        self.class_names = list(base.class_names)
-        self.spec = f"{base.spec}?spread={len(self.index)}"
-        self.skipped = list(getattr(base, "skipped", []))
-
-    def image(self, index: int) -> Any:
-        return self.base.image(int(self.index[index]))
-
-    def name(self, index: int) -> str:
-        return self.base.name(int(self.index[index]))
 
 
 def default_layers(zm: ZooModel) -> list[str]:
@@ -156,35 +136,55 @@ def default_layers(zm: ZooModel) -> list[str]:
 
 
 # ---------------------------------------------------------------- stages
+# The analyses are imported inside each stage: a fully cached audit must not pay for importing
+# scikit-learn, captum or onnx.
 def _stage_probe(ctx: _Context) -> dict[str, Any]:
-    from inspectnet.models.layers import resolve_layers
     from inspectnet.probe.record import run_probe
 
     cfg, zm = ctx.config, ctx.zm
-    layers = resolve_layers(zm.model, cfg.layers or default_layers(zm), head_name=zm.head_name)
-    layers = [n for n in layers if n != "pre_logits"]
+    layers, analysed = probed_layers(zm, cfg)
     eval_spec = cfg.eval_data or cfg.data
     kw = dict(batch_size=cfg.batch_size, device=cfg.device, show_progress=None)
-    eval_limit = cfg.eval_limit if cfg.eval_data else cfg.limit
     train = run_probe(zm, ctx.dataset(cfg.data, cfg.limit), layers, ctx.out / "probe" / "train", **kw)
-    ev = run_probe(zm, ctx.dataset(eval_spec, eval_limit), layers, ctx.out / "probe" / "eval", **kw)
+    ev = run_probe(zm, ctx.eval_dataset(), layers, ctx.out / "probe" / "eval", **kw)
     labels = np.asarray(ev.labels)
-    return {"layers": layers, "train": {"data": cfg.data, "samples": len(train)},
+    return {"layers": layers, "analysed_layer": analysed, "train": {"data": cfg.data, "samples": len(train)},
             "eval": {"data": eval_spec, "samples": len(ev), "in_sample": cfg.eval_data is None},
             "accuracy": ev.accuracy() if (labels >= 0).any() else None,
             "feature_dim": int(ev.manifest["features_dim"])}
 
 
+def probed_layers(zm: ZooModel, config: AuditConfig) -> tuple[list[str], str]:
+    """The layers the audit probes and the one it analyses (``config.layer``, else the last probed).
+
+    >>> from inspectnet.models.zoo import load_model
+    >>> probed_layers(load_model("resnet18"), AuditConfig(data="digits", layers=["layer3"], layer="layer4"))
+    (['layer3', 'layer4'], 'layer4')
+    """
+    layers = [n for n in resolve_layers(zm.model, config.layers or default_layers(zm), head_name=zm.head_name)
+              if n != PRE_LOGITS]
+    if config.layer is None:
+        if not layers:
+            raise InspectnetError("no layer to probe besides pre_logits; name one with --layers")
+        return layers, layers[-1]
+    named = resolve_layers(zm.model, config.layer, head_name=zm.head_name)
+    if len(named) != 1 or named[0] == PRE_LOGITS:
+        raise InspectnetError(f"--layer {config.layer!r} names {len(named)} layer(s) ({', '.join(named)}); "
+                              f"name one layer with spatial maps (see `inspectnet layers MODEL`)")
+    return (layers if named[0] in layers else [*layers, named[0]]), named[0]
+
+
 def _stage_decomposition(ctx: _Context) -> dict[str, Any]:
-    from inspectnet.analysis.heads.decompose import class_contributions, head_of, run_decomposition
+    import torch
+
+    from inspectnet.analysis.heads.decompose import class_contributions, head_of
+    from inspectnet.pipelines.decompose import run_decomposition
 
     cfg = ctx.config
     train, ev = ctx.records()
     doc = run_decomposition(train, ev, ctx.out / "decomposition", zm=ctx.zm, k1=cfg.k1, k2=cfg.k2,
                             retrain_epochs=cfg.retrain_epochs, seed=cfg.seed)
     # exact mean contribution W[c, j] * f_j of each influential feature over class c's eval samples
-    import torch
-
     feats = torch.from_numpy(np.array(ev.features, dtype=np.float32))
     contrib = class_contributions(head_of(ctx.zm), feats).numpy()  # (N, C, d)
     labels = np.asarray(ev.labels)
@@ -207,14 +207,13 @@ def _stage_rules(ctx: _Context) -> dict[str, Any]:
     from inspectnet.analysis.rules.tree import extract_rules, write_rules
 
     train, ev = ctx.records()
-    layer = train.layers[-1]
-    rs, model = extract_rules(train, layer, ev, seed=ctx.config.seed)
+    rs, model = extract_rules(train, ctx.layer, ev, seed=ctx.config.seed)
     paths = write_rules(rs, model, ctx.out / "rules")
     keep = ("layer", "evaluated_on", "extracted_accuracy", "fidelity", "train_fidelity", "model_accuracy", "atoms",
             "atom_filters", "rules", "avg_depth", "max_depth", "num_filters")
     d = rs.to_dict()
     return {**{k: d[k] for k in keep}, "rules_text": rs.rules_text[:40], "rules_total": len(rs.rules_text),
-            "figures": [{"path": ctx.rel(paths["png"]), "caption": f"decision tree on {layer} (top levels)"}]}
+            "figures": [{"path": ctx.rel(paths["png"]), "caption": f"decision tree on {ctx.layer} (top levels)"}]}
 
 
 def _stage_sparsity(ctx: _Context) -> dict[str, Any]:
@@ -239,8 +238,7 @@ def _stage_attributions(ctx: _Context) -> dict[str, Any]:
 
     cfg, zm = ctx.config, ctx.zm
     _, ev = ctx.records()
-    cfg_eval = cfg.eval_data or cfg.data
-    ds = ctx.dataset(cfg_eval, cfg.eval_limit if cfg.eval_data else cfg.limit)
+    ds = ctx.eval_dataset()
     labels = np.asarray(ev.labels)
     out = ctx.out / "attributions"
     result: dict[str, Any] = {"errors": {}}
@@ -261,13 +259,12 @@ def _stage_attributions(ctx: _Context) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             result["errors"]["classes"] = _why(exc)
     try:
-        layer = ev.layers[-1]
-        acts = np.asarray(ev.activations(layer))
+        acts = np.asarray(ev.activations(ctx.layer))
         rules = ctx.results.get("rules", {})
         atoms = rules.get("result", {}).get("atom_filters", []) if rules.get("status") == "ok" else []
         units = list(atoms[:cfg.top_units]) or [int(k) for k in np.argsort(-acts.var(0))[:cfg.top_units]]
-        rows = at.receptive_fields(zm, ds, acts, layer, units, out / "units", batch_size=cfg.batch_size)
-        result["units"] = {"layer": layer, "chosen_by": "rule atoms" if atoms else "activation variance",
+        rows = at.receptive_fields(zm, ds, acts, ctx.layer, units, out / "units", batch_size=cfg.batch_size)
+        result["units"] = {"layer": ctx.layer, "chosen_by": "rule atoms" if atoms else "activation variance",
                            "rows": [{**r, "path": ctx.rel(r["path"])} for r in rows]}
     except Exception as exc:  # noqa: BLE001
         result["errors"]["units"] = _why(exc)
@@ -282,8 +279,7 @@ def _stage_dissection(ctx: _Context) -> dict[str, Any]:
 
     cfg = ctx.config
     data = load_concepts(cfg.concepts)
-    train, _ = ctx.records()
-    res = dissect(ctx.zm, data, [train.layers[-1]], limit=cfg.concept_limit, batch_size=cfg.batch_size,
+    res = dissect(ctx.zm, data, [ctx.layer], limit=cfg.concept_limit, batch_size=cfg.batch_size,
                   device=cfg.device, show_progress=None)
     write_dissection(res, ctx.out / "dissection")
     layers = {k: {kk: v[kk] for kk in ("num_units", "detectors", "unique_detectors", "unique_by_category",
@@ -303,10 +299,49 @@ def _stage_export(ctx: _Context) -> dict[str, Any]:
             "latency_ms": res.latency_ms, "size_bytes": res.size_bytes, "model": "model with its decomposed head"}
 
 
-_RUNNERS: dict[str, Callable[[_Context], dict[str, Any]]] = {
-    "probe": _stage_probe, "decomposition": _stage_decomposition, "rules": _stage_rules,
-    "sparsity": _stage_sparsity, "linear_probes": _stage_linear_probes, "attributions": _stage_attributions,
-    "dissection": _stage_dissection, "export": _stage_export}
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One audit stage and every fact the driver needs about it.
+
+    ``params(config)`` gives the parameters that change the stage's result (and nothing else: they
+    key its cache); ``needs`` are earlier stages that must have succeeded; ``uses`` are earlier
+    stages whose results it reads when they succeeded (a failure is tolerated). The keys of both
+    feed its cache key. ``enabled(config)`` says whether this audit runs it at all; ``writes_folder``
+    whether it leaves files in ``DIR/<name>`` (a deleted folder is recomputed, not trusted).
+    """
+
+    name: str
+    title: str
+    run: Callable[[_Context], dict[str, Any]]
+    params: Callable[[AuditConfig], dict[str, Any]]
+    needs: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
+    writes_folder: bool = True
+    enabled: Callable[[AuditConfig], bool] = lambda _config: True
+
+
+def _probe_params(c: AuditConfig) -> dict[str, Any]:
+    return {"data": c.data, "eval": c.eval_data, "layers": c.layers, "layer": c.layer, "limit": c.limit,
+            "eval_limit": c.eval_limit}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("probe", "Evaluation data and accuracy", _stage_probe, _probe_params),
+    Stage("decomposition", "Influential features and decomposed head", _stage_decomposition,
+          lambda c: {"k1": c.k1, "k2": c.k2, "retrain": c.retrain_epochs, "seed": c.seed}, needs=("probe",)),
+    Stage("rules", "Rules extracted from the model's filters", _stage_rules, lambda c: {"seed": c.seed},
+          needs=("probe",)),
+    Stage("sparsity", "Activation sparsity", _stage_sparsity, lambda c: {}, needs=("probe",), writes_folder=False),
+    Stage("linear_probes", "Linear probes across depth", _stage_linear_probes, lambda c: {}, needs=("probe",)),
+    Stage("attributions", "Attributions and receptive fields", _stage_attributions,
+          lambda c: {"n": c.attribution_images, "steps": c.ig_steps, "units": c.top_units}, needs=("probe",),
+          uses=("decomposition", "rules")),
+    Stage("dissection", "Concept detectors (network dissection)", _stage_dissection,
+          lambda c: {"concepts": c.concepts, "limit": c.concept_limit}, needs=("probe",),
+          enabled=lambda c: bool(c.concepts)),
+    Stage("export", "Export (ONNX) parity and speed", _stage_export, lambda c: {"export": c.export, "format": 2},
+          needs=("decomposition",), enabled=lambda c: c.export),
+)
 
 
 # ---------------------------------------------------------------- driver
@@ -333,7 +368,8 @@ def _open_folder(out: Path, zm: ZooModel, fingerprint: str) -> dict[str, Any]:
                 f"{str(state.get('model_fingerprint'))[:16]}), not of {zm.spec} (weights {fingerprint}); "
                 f"choose another folder or delete it")
         return state
-    if out.exists() and any(p.name not in _OWN for p in out.iterdir()):
+    own = {AUDIT_FILE, *CARD_FILES, *(s.name for s in STAGES if s.writes_folder)}
+    if out.exists() and any(p.name not in own for p in out.iterdir()):
         raise InspectnetError(f"--out {out} is not empty and holds no audit; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     return {"format": AUDIT_FORMAT, "model": zm.spec, "model_fingerprint": fingerprint, "stages": {}}
@@ -344,8 +380,6 @@ def _adopt_data_class_names(zm: ZooModel, ctx: _Context, state: dict[str, Any]) 
 
     The names are remembered in the audit state, so a fully cached audit never loads the data.
     """
-    from inspectnet.models.zoo import default_class_names
-
     known = state.setdefault("data_class_names", {})
     if ctx.config.data not in known:
         known[ctx.config.data] = list(ctx.dataset(ctx.config.data).class_names)
@@ -377,37 +411,26 @@ def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
         _adopt_data_class_names(zm, ctx, state)
     except Exception as exc:  # noqa: BLE001 - the probe stage reports a bad data spec properly
         log(f"note: could not read class names from {config.data}: {_why(exc)}")
-    wanted = [s for s in STAGES if (s != "dissection" or config.concepts) and (s != "export" or config.export)]
+    wanted = [s for s in STAGES if s.enabled(config)]
     keys: dict[str, str] = {}
     for n, stage in enumerate(wanted, 1):
-        deps = DEPENDS[stage]
-        keys[stage] = _key([fingerprint, zm.class_names, stage, config.stage_params(stage),
-                            [keys.get(d) for d in (*deps, *USES.get(stage, ()))],
-                            [ctx.results.get(d, {}).get("status") for d in USES.get(stage, ())]])
-        prev = state["stages"].get(stage, {})
-        prefix = f"[{n}/{len(wanted)}] {stage}"
-        files_there = stage == "sparsity" or (out / stage).is_dir()  # a deleted stage folder is recomputed
-        if prev.get("key") == keys[stage] and prev.get("status") == "ok" and files_there:
-            ctx.results[stage] = {**prev, "cached": True}
+        reads = (*stage.needs, *stage.uses)
+        keys[stage.name] = _key([fingerprint, zm.class_names, stage.name, stage.params(config),
+                                 [keys.get(d) for d in reads],
+                                 [ctx.results.get(d, {}).get("status") for d in stage.uses]])
+        prefix = f"[{n}/{len(wanted)}] {stage.name}"
+        prev = state["stages"].get(stage.name, {})
+        files_there = not stage.writes_folder or (out / stage.name).is_dir()
+        if prev.get("key") == keys[stage.name] and prev.get("status") == "ok" and files_there:
+            ctx.results[stage.name] = {**prev, "title": stage.title, "cached": True}
             log(f"{prefix}: cached")
             continue
-        bad = [d for d in deps if d in wanted and ctx.results.get(d, {}).get("status") != "ok"]
-        if bad:
-            entry = {"status": "failed", "error": f"needs stage {', '.join(bad)}, which failed", "seconds": 0.0}
-        else:
-            log(f"{prefix}: running")
-            shutil.rmtree(out / stage, ignore_errors=True)  # stale files of another key never mix in
-            t0 = time.perf_counter()
-            try:
-                entry = {"status": "ok", "result": _RUNNERS[stage](ctx)}
-            except Exception as exc:  # noqa: BLE001 - any failure becomes the section's reason
-                entry = {"status": "failed", "error": _why(exc),
-                         "traceback": traceback.format_exc(limit=4)}
-            entry["seconds"] = round(time.perf_counter() - t0, 3)
-        entry.update(key=keys[stage], cached=False)
-        ctx.results[stage] = entry
-        state["stages"][stage] = {k: v for k, v in entry.items() if k != "cached"}
+        failed = [d for d in stage.needs if d in keys and ctx.results[d]["status"] != "ok"]
+        entry = _failed_needs(failed) if failed else _run_stage(stage, ctx, log, prefix)
+        entry.update(key=keys[stage.name])
+        state["stages"][stage.name] = entry
         atomic_write_json(out / AUDIT_FILE, state)
+        ctx.results[stage.name] = {**entry, "title": stage.title, "cached": False}
         log(f"{prefix}: {entry['status']} ({entry['seconds']:.1f} s)"
             + (f" — {entry['error']}" if entry["status"] == "failed" else ""))
     atomic_write_json(out / AUDIT_FILE, state)
@@ -418,6 +441,24 @@ def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
     card_mod.write_card(doc, out)
     log(summary(doc))
     return doc
+
+
+def _failed_needs(failed: list[str]) -> dict[str, Any]:
+    return {"status": "failed", "error": f"needs stage {', '.join(failed)}, which failed", "seconds": 0.0}
+
+
+def _run_stage(stage: Stage, ctx: _Context, log: Callable[[str], None], prefix: str) -> dict[str, Any]:
+    """Run one stage into a fresh folder; any failure becomes the entry's error (the card still gets written)."""
+    log(f"{prefix}: running")
+    if stage.writes_folder:
+        shutil.rmtree(ctx.out / stage.name, ignore_errors=True)  # stale files of another key never mix in
+    t0 = time.perf_counter()
+    try:
+        entry = {"status": "ok", "result": stage.run(ctx)}
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the section's reason
+        entry = {"status": "failed", "error": _why(exc), "traceback": traceback.format_exc(limit=4)}
+    entry["seconds"] = round(time.perf_counter() - t0, 3)
+    return entry
 
 
 def summary(doc: dict[str, Any]) -> str:

@@ -141,41 +141,6 @@ class Comparison(Result):
     rules_options: dict[str, Any]
 
 
-class SampledDataset(ImageDataset):
-    """A fixed random subset of another dataset (a view: images are read from the base dataset).
-
-    Built-in sources are ordered by class, so "the first N samples" would hold one or two classes;
-    comparisons on a budget use a seeded random subset instead.
-
-    >>> from inspectnet import load_data
-    >>> sub = sample_dataset(load_data("digits:test"), 50, seed=0)
-    >>> len(sub), len(set(sub.labels.tolist())) > 5
-    (50, True)
-    """
-
-    def __init__(self, base: ImageDataset, indices: np.ndarray, spec: str):
-        super().__init__(base.transform)
-        self.base, self.indices, self.spec = base, np.asarray(indices, dtype=np.int64), spec
-        self.labels = np.asarray(base.labels)[self.indices]
-        self.class_names = list(base.class_names)
-
-    def image(self, index: int):
-        return self.base.image(int(self.indices[index]))
-
-    def name(self, index: int) -> str:
-        return self.base.name(int(self.indices[index]))
-
-
-def sample_dataset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
-    """``n`` samples of ``ds`` drawn without replacement (seeded), in random order; all when ``n`` is None."""
-    if n is None or n >= len(ds):
-        return ds
-    if n < 1:
-        raise InspectnetError(f"sample size must be at least 1, got {n}")
-    idx = np.random.default_rng(seed).permutation(len(ds))[:n]
-    return SampledDataset(ds, idx, f"{ds.spec}|sample(n={n},seed={seed})")
-
-
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_") or "run"
 

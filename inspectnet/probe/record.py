@@ -29,7 +29,7 @@ from inspectnet.core.progress import progress
 from inspectnet.core.results import SCHEMA_VERSION, library_versions
 from inspectnet.core.storage import atomic_write_json, read_json
 from inspectnet.data import ImageDataset
-from inspectnet.models.layers import PRE_LOGITS, eval_mode, resolve_layers
+from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe, get_reducer
 
@@ -176,10 +176,9 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     dev = resolve_device(device)
     subset = torch.utils.data.Subset(dataset, range(done, n))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    zm.model.to(dev)
     writers: dict[str, _NpyWriter] = {}
     try:
-        with eval_mode(zm.model), torch.inference_mode(), Probe(
+        with model_state(zm.model, device=dev, training=False), torch.inference_mode(), Probe(
                 zm.model, [*names, PRE_LOGITS], reducer=reducer, head_name=zm.head_name) as hooks:
             pos = done
             batches = progress(loader, total=len(loader), desc="probe")

@@ -16,6 +16,7 @@ freezing options, so a checkpoint of another plugin set is refused.
 ['ce', 'ebp', 'ebp/distinct_elites']
 """
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from inspectnet.core.devices import resolve_device
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.data import ImageDataset
-from inspectnet.models.layers import resolve_layers
+from inspectnet.models.layers import model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel
 from inspectnet.plugins import Plugin, PluginSpec, make_plugin
 from inspectnet.training.loop import CHECKPOINT, TrainConfig, TrainHooks, train
@@ -126,8 +127,9 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
     instances); writes the model folder, checkpoint, ``metrics.jsonl`` and ``finetune.json`` to
     ``out``. Re-running with the same arguments resumes bit-for-bit (on CPU).
 
-    Plugins are detached afterwards (the model is left as a plain model) unless
-    ``keep_attached=True``; activation plugins (k-WTA, SAN, ...) then stay in the forward pass.
+    Plugins are detached afterwards and the model goes back to its device and train/eval flags,
+    unless ``keep_attached=True``: then activation plugins (k-WTA, SAN, ...) stay in the forward
+    pass and the model stays on ``device`` with them (their state lives there).
     """
     instances = [make_plugin(p) for p in plugins]
     labels = np.asarray(train_data.labels)
@@ -135,13 +137,32 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
         if plugin.needs_labels and (len(labels) == 0 or (labels < 0).any()):
             raise InspectnetError(f"plugin {plugin.name} needs labels, but data {train_data.spec!r} has "
                                   f"unlabelled samples")
+    dev = resolve_device(device)
     frozen = freeze_until(zm.model, freeze_until_layer) if freeze_until_layer else 0
-    zm.model.to(resolve_device(device))  # before attaching: plugin parameters live on the model's device
+    restore = contextlib.nullcontext() if keep_attached else model_state(zm.model, device=dev)
+    with restore:
+        zm.model.to(dev)  # before attaching: plugin parameters are created on the model's device
+        history = _train_attached(zm, train_data, out, instances, config, eval_data=eval_data, device=device,
+                                  freeze_bn=freeze_bn, freeze_until_layer=freeze_until_layer, amp=amp,
+                                  stop_after=stop_after, keep_attached=keep_attached)
+    trainable = sum(1 for p in zm.model.parameters() if p.requires_grad)
+    result = FinetuneResult(out=str(out), plugins=[p.spec() for p in instances], history=history,
+                            frozen_parameters=frozen, trainable_parameters=trainable)
+    if Path(out).is_dir() and _rank() == 0:
+        result.save(Path(out) / "finetune.json")
+    return result
+
+
+def _train_attached(zm: ZooModel, train_data: ImageDataset, out: str | Path, plugins: list[Plugin],
+                    config: TrainConfig, *, eval_data: ImageDataset | None, device: str, freeze_bn: bool,
+                    freeze_until_layer: str | None, amp: bool | None, stop_after: int | None,
+                    keep_attached: bool) -> list[dict[str, Any]]:
+    """Attach ``plugins``, train, and detach them (always on failure; on success unless ``keep_attached``)."""
     attached: list[Plugin] = []
     try:
-        for plugin in instances:
+        for plugin in plugins:
             attached.append(plugin.attach(zm.model, num_classes=zm.num_classes, head_name=zm.head_name))
-        hooks = PluginHooks(instances, freeze_bn=freeze_bn, freeze_until=freeze_until_layer)
+        hooks = PluginHooks(plugins, freeze_bn=freeze_bn, freeze_until=freeze_until_layer)
         history = train(zm, train_data, out, config, eval_data=eval_data, device=device, hooks=hooks,
                         stop_after=stop_after, amp=amp)
     except BaseException:
@@ -151,12 +172,7 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
     if not keep_attached:
         for plugin in reversed(attached):
             plugin.detach()
-    trainable = sum(1 for p in zm.model.parameters() if p.requires_grad)
-    result = FinetuneResult(out=str(out), plugins=[p.spec() for p in instances], history=history,
-                            frozen_parameters=frozen, trainable_parameters=trainable)
-    if Path(out).is_dir() and _rank() == 0:
-        result.save(Path(out) / "finetune.json")
-    return result
+    return history
 
 
 def _rank() -> int:

@@ -27,7 +27,7 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
 from inspectnet.data import ImageDataset
-from inspectnet.models.layers import eval_mode
+from inspectnet.models.layers import model_state
 from inspectnet.models.zoo import ZooModel, save_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -112,8 +112,7 @@ def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, devi
     n = len(dataset) if limit is None else min(limit, len(dataset))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
     correct = total = 0
-    zm.model.to(dev)
-    with eval_mode(zm.model), torch.inference_mode():
+    with model_state(zm.model, device=dev, training=False), torch.inference_mode():
         for x, y in progress(loader, total=len(loader), desc="evaluate"):
             keep = y >= 0
             pred = zm.model(x.to(dev)).argmax(1).cpu()
@@ -131,7 +130,8 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
 
     A checkpoint is written after every epoch; calling again with the same arguments resumes.
     ``stop_after`` ends the run after that many epochs (as an interruption would). ``amp`` turns
-    mixed precision on/off (default: on for CUDA devices only).
+    mixed precision on/off (default: on for CUDA devices only). The weights are trained in place;
+    the model goes back to its device and train/eval flags afterwards.
     """
     hooks = hooks or TrainHooks()
     out = Path(out)
@@ -140,7 +140,14 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
         out.mkdir(parents=True, exist_ok=True)
     _check_labels(zm, train_data)
     dev = resolve_device(device)
-    zm.model.to(dev)
+    with model_state(zm.model, device=dev):
+        return _train_on_device(zm, train_data, out, config, eval_data=eval_data, dev=dev, hooks=hooks,
+                                stop_after=stop_after, amp=amp, world=world, rank=rank)
+
+
+def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: TrainConfig, *,
+                     eval_data: ImageDataset | None, dev: torch.device, hooks: TrainHooks, stop_after: int | None,
+                     amp: bool | None, world: int, rank: int) -> list[dict[str, Any]]:
     optimizer = make_optimizer(zm.model, config, hooks)
     precision = _Precision(dev, amp)
     identity = {"model": zm.spec, "data": train_data.spec, "config": dataclasses.asdict(config)}
@@ -164,7 +171,6 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
         history.append(metrics)
         if rank == 0:
             _save_checkpoint(out, identity, zm, optimizer, hooks, epoch + 1, history, precision)
-    zm.model.eval()
     if rank == 0:
         save_model(zm, out)
     return history

@@ -44,7 +44,7 @@ from inspectnet.core.results import Result
 from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
 from inspectnet.core.tables import csv_text
 from inspectnet.data.concepts import ConceptDataset
-from inspectnet.models.layers import PRE_LOGITS, eval_mode, resolve_layers
+from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel, weights_fingerprint
 from inspectnet.probe.hooks import Probe
 from inspectnet.reports.blocks import Table
@@ -166,8 +166,8 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     dev = resolve_device(device)
     items = _Items(data, dissection_transform(cfg), mask_size, n)
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    net.to(dev)
-    with eval_mode(net), torch.inference_mode(), Probe(net, names, reducer="full") as probe:
+    with model_state(net, device=dev, training=False), torch.inference_mode(), \
+            Probe(net, names, reducer="full") as probe:
         sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress)
         thresholds = {k: s.quantile(1.0 - quantile) for k, s in sketches.items()}
         inter, act_area, mask_area = _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size,
@@ -332,10 +332,10 @@ def unit_overlays(model: ZooModel | nn.Module, data: ConceptDataset, layer: str,
     transform = dissection_transform(cfg)
     thresholds = torch.tensor([u["threshold"] for u in result.layers[layer]["units"]])
     dev = resolve_device(device)
-    net.to(dev)
     per_image: dict[int, np.ndarray] = {}
     unit_ids = torch.tensor(list(units), dtype=torch.long)
-    with eval_mode(net), torch.inference_mode(), Probe(net, [layer], reducer="full") as probe:
+    with model_state(net, device=dev, training=False), torch.inference_mode(), \
+            Probe(net, [layer], reducer="full") as probe:
         for s in range(0, len(wanted), batch_size):
             ids = wanted[s:s + batch_size]
             x = torch.stack([transform(data.image(i)) for i in ids])

@@ -1,115 +1,55 @@
-"""Decomposed classifier heads: each class reads only its influential features (DESIGN.md §5.1).
+"""Decomposing a classifier head along influential features (DESIGN.md §5.1): the maths around it.
 
 logit_c = Σ_{j∈S_c} W[c, j]·f_j + b_c, built from the original linear head and an
-:class:`~inspectnet.analysis.heads.influence.InfluenceMap`. The decomposition is kept as metadata (per-class
-indices, weights, bias); the module computes it as a masked linear layer and can present itself
-as a dense zero-filled Linear over the gathered union of used features (the form that exports best).
+:class:`~inspectnet.analysis.heads.influence.InfluenceMap`. The head module itself,
+:class:`~inspectnet.models.heads.DecomposedLinear`, lives with the models (saved decomposed models
+load without this module); here are its evaluation on a probe record (A_f, A_d, rA), the noise
+ablation, retraining on recorded features, exact per-class contributions and the (k1, k2) sweep.
+``inspectnet decompose`` is :func:`inspectnet.pipelines.decompose.run_decomposition`.
 
 >>> from inspectnet.analysis.heads.influence import InfluenceMap
 >>> head = nn.Linear(4, 2)
->>> dec = DecomposedLinear.from_linear(head, InfluenceMap.full(2, 4))
+>>> dec = decompose_head(head, InfluenceMap.full(2, 4))
 >>> x = torch.randn(3, 4); bool(torch.equal(dec(x), head(x)))
 True
 """
 
+from __future__ import annotations
+
 import copy
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from inspectnet.analysis.heads.influence import InfluenceMap
+from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence, record_labels
 from inspectnet.core.errors import InspectnetError
-from inspectnet.models.layers import PRE_LOGITS
-from inspectnet.models.zoo import ZooModel, register_modifier, set_submodule
+from inspectnet.models.heads import DecomposedLinear
+from inspectnet.models.layers import PRE_LOGITS, eval_mode, model_state
+from inspectnet.models.surgery import DECOMPOSED, set_submodule
+from inspectnet.models.zoo import ZooModel
+from inspectnet.probe.hooks import Probe
 
-MODIFIER = "decomposed_head"
+if TYPE_CHECKING:
+    from inspectnet.probe.record import ProbeRecord
 
 
-class DecomposedLinear(nn.Linear):
-    """A linear head whose class c only sees the features where ``mask[c]`` is True.
+def decompose_head(head: nn.Module, imap: InfluenceMap) -> DecomposedLinear:
+    """A decomposed copy of the dense linear ``head`` along ``imap``'s supports (checked against its shape).
 
-    Weights off the support are stored as exact zeros and re-masked in ``forward`` (so training
-    cannot move them). ``feature_ids`` names the original feature index of each input column
-    (``arange`` unless the features were slimmed to the union).
+    >>> decompose_head(nn.Linear(3, 2), InfluenceMap.full(2, 3, supports=[[0], [1, 2]])).macs()
+    3
     """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__(in_features, out_features, bias=bias)
-        self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool))
-        self.register_buffer("feature_ids", torch.arange(in_features, dtype=torch.int64))
-
-    @classmethod
-    def from_linear(cls, head: nn.Linear, imap: InfluenceMap) -> "DecomposedLinear":
-        """Build from a dense head and per-class supports (checked against the head's shape)."""
-        if not isinstance(head, nn.Linear):
-            raise InspectnetError(f"the head {type(head).__name__} is not a linear layer; a decomposed head needs "
-                                  f"logits = W f + b")
-        if imap.layer != PRE_LOGITS:
-            raise InspectnetError(f"the influence map was fitted at layer {imap.layer!r}; decomposing the head "
-                                  f"needs one fitted at pre_logits (the head's input)")
-        if (imap.num_classes, imap.dim) != (head.out_features, head.in_features):
-            raise InspectnetError(f"influence map is for {imap.num_classes} classes x {imap.dim} features but the "
-                                  f"head is {head.out_features} x {head.in_features}")
-        dec = cls(head.in_features, head.out_features, bias=head.bias is not None)
-        mask = imap.mask().to(head.weight.device)
-        with torch.no_grad():
-            dec.weight.copy_(head.weight * mask)
-            if head.bias is not None:
-                dec.bias.copy_(head.bias)
-            dec.mask.copy_(mask)
-        return dec.to(head.weight.device)
-
-    def effective_weight(self) -> torch.Tensor:
-        return self.weight * self.mask
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
-
-    def supports(self) -> list[list[int]]:
-        """Per class, the original feature indices it uses."""
-        ids = self.feature_ids.tolist()
-        return [[ids[j] for j in torch.nonzero(row).flatten().tolist()] for row in self.mask]
-
-    def decomposition(self) -> dict[str, Any]:
-        """The decomposition as metadata: per-class indices and weights, and the bias."""
-        w = self.effective_weight().detach().cpu()
-        idx = [torch.nonzero(row).flatten().tolist() for row in self.mask.cpu()]
-        ids = self.feature_ids.tolist()
-        return {"indices": [[ids[j] for j in s] for s in idx],
-                "weights": [w[c, s].tolist() for c, s in enumerate(idx)],
-                "bias": self.bias.detach().cpu().tolist() if self.bias is not None else None}
-
-    def union(self) -> list[int]:
-        """Input columns (positions) that some class uses."""
-        return torch.nonzero(self.mask.any(dim=0)).flatten().tolist()
-
-    def macs(self) -> int:
-        """Multiply-accumulates per sample: one per supported (class, feature) pair."""
-        return int(self.mask.sum())
-
-    def to_gathered(self) -> nn.Module:
-        """Dense zero-filled Linear over the gathered union of used features (export-friendly form)."""
-        keep = torch.tensor(self.union(), dtype=torch.int64, device=self.weight.device)
-        lin = nn.Linear(len(keep), self.out_features, bias=self.bias is not None).to(self.weight.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.effective_weight()[:, keep])
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return nn.Sequential(ChannelGather(keep), lin)
-
-
-class ChannelGather(nn.Module):
-    """Select channels (dim 1) by index: (B, d, ...) -> (B, len(index), ...)."""
-
-    def __init__(self, index: torch.Tensor | list[int]):
-        super().__init__()
-        self.register_buffer("index", torch.as_tensor(index, dtype=torch.int64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(1, self.index)
+    if imap.layer != PRE_LOGITS:
+        raise InspectnetError(f"the influence map was fitted at layer {imap.layer!r}; decomposing the head "
+                              f"needs one fitted at pre_logits (the head's input)")
+    if isinstance(head, nn.Linear) and (imap.num_classes, imap.dim) != (head.out_features, head.in_features):
+        raise InspectnetError(f"influence map is for {imap.num_classes} classes x {imap.dim} features but the "
+                              f"head is {head.out_features} x {head.in_features}")
+    return DecomposedLinear.from_linear(head, imap.mask())
 
 
 def gathered_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -138,22 +78,14 @@ def decompose_model(zm: ZooModel, imap: InfluenceMap) -> ZooModel:
     if imap.weights_fingerprint and imap.weights_fingerprint != zm.fingerprint():
         raise InspectnetError(f"the influence map was fitted on a record of weights {imap.weights_fingerprint} "
                               f"but the model {zm.spec} has weights {zm.fingerprint()}; probe this model again")
-    dec = DecomposedLinear.from_linear(head, imap)
+    dec = decompose_head(head, imap)
     model = copy.deepcopy(zm.model)
     set_submodule(model, zm.head_name, dec)
-    mod = {"kind": MODIFIER, "head_name": zm.head_name, "in_features": head.in_features,
+    mod = {"kind": DECOMPOSED, "head_name": zm.head_name, "in_features": head.in_features,
            "out_features": head.out_features, "bias": head.bias is not None, "k1": imap.k1, "k2": imap.k2}
     return ZooModel(model=model, source=zm.source, arch=zm.arch, num_classes=zm.num_classes,
                     in_chans=zm.in_chans, data_config=dict(zm.data_config), class_names=list(zm.class_names),
                     head_name=zm.head_name, modifications=[*zm.modifications, mod], base=zm.base)
-
-
-@register_modifier(MODIFIER)
-def _rebuild_decomposed(model: nn.Module, mod: dict[str, Any]) -> nn.Module:
-    """Put an empty DecomposedLinear of the saved shape in place; the weights fill it afterwards."""
-    dec = DecomposedLinear(mod["in_features"], mod["out_features"], bias=mod["bias"])
-    set_submodule(model, mod["head_name"], dec)
-    return model
 
 
 def linear_params(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -183,9 +115,6 @@ def top_contributions(zm: ZooModel, x: torch.Tensor, k: int = 5) -> list[dict[st
     ``[{"class", "label", "logit", "bias", "top": [{"feature", "value", "contribution"}]}]``; feature
     indices are the original penultimate indices (also after slimming).
     """
-    from inspectnet.models.layers import eval_mode
-    from inspectnet.probe.hooks import Probe
-
     head = head_of(zm)
     with eval_mode(zm.model), torch.inference_mode(), Probe(zm.model, [PRE_LOGITS], head_name=zm.head_name) as p:
         logits = zm.model(x)
@@ -202,7 +131,7 @@ def top_contributions(zm: ZooModel, x: torch.Tensor, k: int = 5) -> list[dict[st
     return out
 
 
-def check_same_model(fit_record: Any, eval_record: Any, zm: ZooModel | None = None) -> None:
+def check_same_model(fit_record: ProbeRecord, eval_record: ProbeRecord, zm: ZooModel | None = None) -> None:
     """Fit and eval records (and the model, when given) must come from the same weights."""
     a = fit_record.manifest["identity"]["weights_fingerprint"]
     b = eval_record.manifest["identity"]["weights_fingerprint"]
@@ -229,14 +158,12 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 
 def evaluate_decomposition(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap,
-                           eval_record: Any) -> dict[str, Any]:
+                           eval_record: ProbeRecord) -> dict[str, Any]:
     """A_f, A_d, rA, agreement, per-class accuracy, union size and head MACs on ``eval_record``.
 
     ``weight``/``bias`` are the dense head's (see :func:`linear_params`); logits are recomputed
     from the record's features, so no model pass is needed.
     """
-    from inspectnet.analysis.heads.influence import record_labels
-
     labels = record_labels(eval_record, imap.num_classes)
     feats = torch.from_numpy(np.asarray(eval_record.features, dtype=np.float64))
     full = _logits(feats, weight, bias)
@@ -262,15 +189,13 @@ def _logits(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out + bias if bias is not None else out
 
 
-def noise_ablation(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap, eval_record: Any, *,
-                   seed: int = 0) -> dict[str, Any]:
+def noise_ablation(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap, eval_record: ProbeRecord,
+                   *, seed: int = 0) -> dict[str, Any]:
     """Paper Table 8: accuracy of the full head when the influential features (∪ S_c), and separately
     as many randomly chosen non-influential features, are replaced with N(0, 1) samples (seeded).
 
     ``decomposed_head`` repeats both with the decomposed head on the same noisy features.
     """
-    from inspectnet.analysis.heads.influence import record_labels
-
     labels = record_labels(eval_record, imap.num_classes)
     feats = torch.from_numpy(np.asarray(eval_record.features, dtype=np.float64))
     gen = torch.Generator().manual_seed(seed)
@@ -303,30 +228,31 @@ def retrain_head(head: DecomposedLinear, features: np.ndarray, labels: np.ndarra
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64)[keep]).to(head.weight.device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
-    history = []
-    head.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(y), generator=gen)
-        total = 0.0
-        for start in range(0, len(y), batch_size):
-            idx = order[start:start + batch_size]
-            loss = F.cross_entropy(head(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():  # belt and braces: the masked forward already gives them zero gradient
-                head.weight.mul_(head.mask)
-            total += loss.item() * len(idx)
-        history.append({"epoch": epoch + 1, "loss": total / len(y)})
-    head.eval()
-    return history
+    with model_state(head, training=True):
+        return [{"epoch": epoch + 1, "loss": _retrain_epoch(head, x, y, opt, gen, batch_size)}
+                for epoch in range(epochs)]
 
 
-def sweep(fit_record: Any, eval_record: Any, weight: torch.Tensor, bias: torch.Tensor | None,
+def _retrain_epoch(head: DecomposedLinear, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+                   gen: torch.Generator, batch_size: int) -> float:
+    """One shuffled pass; returns the mean loss."""
+    order = torch.randperm(len(y), generator=gen)
+    total = 0.0
+    for start in range(0, len(y), batch_size):
+        idx = order[start:start + batch_size]
+        loss = F.cross_entropy(head(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # belt and braces: the masked forward already gives them zero gradient
+            head.weight.mul_(head.mask)
+        total += loss.item() * len(idx)
+    return total / len(y)
+
+
+def sweep(fit_record: ProbeRecord, eval_record: ProbeRecord, weight: torch.Tensor, bias: torch.Tensor | None,
           k1_values: list[int], k2_values: list[int], score: str = "magnitude") -> list[dict[str, Any]]:
     """Paper Fig. 3: A_d, rA and union size for every (k1, k2 <= k1) pair."""
-    from inspectnet.analysis.heads.influence import fit_influence
-
     rows = []
     for k1 in k1_values:
         for k2 in k2_values:
@@ -347,14 +273,16 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
                           for r in rows)
 
 
-def sweep_plot(rows: list[dict[str, Any]], path: Any) -> None:
-    """rA against k2, one line per k1 (paper Fig. 3), as a PNG."""
-    import matplotlib
+def sweep_plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """rA against k2, one line per k1 (paper Fig. 3), as a PNG; returns its path.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on its own :class:`~matplotlib.figure.Figure` (Agg canvas), so the caller's pyplot state
+    and backend stay as they were.
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for k1 in sorted({r["k1"] for r in rows}):
         sel = [r for r in rows if r["k1"] == k1]
         ax.plot([r["k2"] for r in sel], [r["rA"] for r in sel], marker="o", label=f"k1={k1}")
@@ -362,85 +290,4 @@ def sweep_plot(rows: list[dict[str, Any]], path: Any) -> None:
     ax.grid(alpha=0.3), ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def run_decomposition(fit: Any, eval_record: Any, out: Any, *, zm: ZooModel | None, k1: int = 5, k2: int = 5,
-                      layer: str = PRE_LOGITS, retrain_epochs: int = 0, retrain_lr: float = 0.1,
-                      slim: bool = False, sweep_k: list[int] | None = None, data: str | None = None,
-                      limit: int | None = None, device: str = "auto", seed: int = 0,
-                      score: str = "magnitude") -> dict[str, Any]:
-    """Everything ``inspectnet decompose`` does; returns (and writes) ``out/decomposition.json``.
-
-    Writes ``influence.json``, ``model/`` (the decomposed model), ``slim_model/`` with ``slim``, and
-    ``sweep.md`` / ``sweep.png`` with ``sweep_k``.
-
-    >>> doc = run_decomposition("rec/train", "rec/test", "out", zm=zm, k1=5, k2=5)   # doctest: +SKIP
-    """
-    from pathlib import Path
-
-    from inspectnet.analysis.heads.influence import fit_influence
-    from inspectnet.core.storage import atomic_write_json, atomic_write_text
-    from inspectnet.models.zoo import save_model
-    from inspectnet.probe.record import ProbeRecord
-
-    fit_rec = fit if isinstance(fit, ProbeRecord) else ProbeRecord.load(fit)
-    eval_rec = eval_record if isinstance(eval_record, ProbeRecord) else ProbeRecord.load(eval_record)
-    check_same_model(fit_rec, eval_rec, zm)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if layer != PRE_LOGITS:
-        imap = fit_influence(fit_rec, k1, k2, layer=layer)
-        imap.save(out / "influence.json")
-        return {"k1": k1, "k2": k2, "layer": layer, "num_classes": imap.num_classes, "supports": imap.supports}
-    if zm is None:
-        raise InspectnetError("decompose needs --model: the model the records were probed with (its head's "
-                              "weights define the decomposed head)")
-    weight, bias = linear_params(head_of(zm))
-    imap = fit_influence(fit_rec, k1, k2, layer=layer, score=score, weight=weight)
-    imap.save(out / "influence.json")
-    ev = evaluate_decomposition(weight, bias, imap, eval_rec)
-    doc: dict[str, Any] = {
-        "k1": k1, "k2": k2, "score": score, "layer": layer, "num_classes": imap.num_classes, "class_names": imap.class_names,
-        "supports": imap.supports, "frequencies": imap.frequencies, "empty_classes": imap.empty_classes,
-        **ev, "noise_ablation": noise_ablation(weight, bias, imap, eval_rec, seed=seed),
-        "fit_record": str(fit_rec.root), "eval_record": str(eval_rec.root),
-        "weights_fingerprint": imap.weights_fingerprint,
-    }
-    dzm = decompose_model(zm, imap)
-    if retrain_epochs:
-        dhead = dzm.model.get_submodule(dzm.head_name)
-        doc["retrain_history"] = retrain_head(dhead, fit_rec.features, fit_rec.labels, epochs=retrain_epochs,
-                                              lr=retrain_lr, seed=seed)
-        w2, b2 = linear_params(dhead)
-        doc["accuracy_retrained"] = evaluate_decomposition(w2, b2, imap, eval_rec)["accuracy_decomposed"]
-        doc["retrain_epochs"] = retrain_epochs
-    doc["decomposition"] = dzm.model.get_submodule(dzm.head_name).decomposition()
-    save_model(dzm, out / "model")
-    doc["model_dir"] = str(out / "model")
-    if sweep_k:
-        rows = sweep(fit_rec, eval_rec, weight, bias, sweep_k, sweep_k, score=score)
-        doc["sweep"] = rows
-        atomic_write_text(out / "sweep.md", sweep_table(rows))
-        sweep_plot(rows, out / "sweep.png")
-    final = dzm
-    if slim:
-        from inspectnet.analysis.heads.slim import slim_model
-
-        try:
-            szm, report = slim_model(dzm)
-        except InspectnetError as exc:
-            doc["slim"] = {"error": str(exc)}
-        else:
-            save_model(szm, out / "slim_model")
-            doc["slim"] = {**report, "model_dir": str(out / "slim_model")}
-            final = szm
-    if data:
-        from inspectnet.data import load_data
-        from inspectnet.training.loop import evaluate
-
-        ds = load_data(data, final.transform())
-        doc["accuracy_model_on_data"] = {"data": data, "limit": limit,
-                                         "accuracy": evaluate(final, ds, device=device, limit=limit)}
-    atomic_write_json(out / "decomposition.json", doc)
-    return doc
+    return Path(path)

@@ -10,8 +10,10 @@ or on any probed layer of a record (influential filters per class).
 >>> imap.supports[3], imap.union()                                          # doctest: +SKIP
 """
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +21,9 @@ import torch
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.models.layers import PRE_LOGITS
+
+if TYPE_CHECKING:
+    from inspectnet.probe.record import ProbeRecord
 
 _CHUNK = 4096  # samples per topk/bincount step: bounds memory for d = 4096 and N in the millions
 
@@ -114,7 +119,7 @@ def check_k(k1: int, k2: int, dim: int) -> None:
         raise InspectnetError(f"--k1 {k1} is larger than the feature dimension {dim}")
 
 
-def record_labels(record: Any, num_classes: int) -> np.ndarray:
+def record_labels(record: ProbeRecord, num_classes: int) -> np.ndarray:
     """The record's labels, checked to be present and in range of the model's classes."""
     labels = np.asarray(record.labels)
     if len(labels) == 0 or (labels < 0).all():
@@ -129,7 +134,7 @@ def record_labels(record: Any, num_classes: int) -> np.ndarray:
 SCORES = ("magnitude", "contribution")
 
 
-def fit_influence(record: Any, k1: int, k2: int, *, layer: str = PRE_LOGITS, score: str = "magnitude",
+def fit_influence(record: ProbeRecord, k1: int, k2: int, *, layer: str = PRE_LOGITS, score: str = "magnitude",
                   weight: torch.Tensor | None = None) -> InfluenceMap:
     """Algorithm 1 on ``record`` (a :class:`~inspectnet.probe.record.ProbeRecord`) at ``layer``.
 

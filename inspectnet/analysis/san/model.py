@@ -13,10 +13,12 @@ the kernel size: peaks distance d = m, max-pool window = m; max-activations keep
 ['identity', 'peaks']
 """
 
+from __future__ import annotations
+
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,10 @@ from inspectnet.analysis.san.activations import ACTIVATIONS, get_activation
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.core.tables import markdown_table
+
+if TYPE_CHECKING:
+    from inspectnet.data import ImageDataset
+    from inspectnet.models.zoo import ZooModel
 
 
 class SAN(nn.Module):
@@ -140,7 +146,7 @@ def save_kernel_picture(result: SANResult, path: str | Path) -> Path:
     return save_figure(fig, path, dpi=100)
 
 
-def images_tensor(dataset: Any, limit: int | None = None) -> torch.Tensor:
+def images_tensor(dataset: ImageDataset, limit: int | None = None) -> torch.Tensor:
     """Grey images of an :class:`~inspectnet.data.ImageDataset` as (N, 1, H, W) floats in [0, 1]."""
     import numpy as np
 
@@ -151,7 +157,8 @@ def images_tensor(dataset: Any, limit: int | None = None) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays))[:, None]
 
 
-def layer_maps(zm: Any, dataset: Any, layer: str, *, limit: int | None = None, channels: int = 8) -> torch.Tensor:
+def layer_maps(zm: ZooModel, dataset: ImageDataset, layer: str, *, limit: int | None = None,
+               channels: int = 8) -> torch.Tensor:
     """A probed layer's activation maps as SAN inputs: each of the first ``channels`` maps of every
     image is one single-channel sample (N·channels, 1, H, W), scaled to max |value| 1 per map."""
     from inspectnet.models.layers import eval_mode

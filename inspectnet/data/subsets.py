@@ -1,0 +1,89 @@
+"""Subsets of a dataset: evenly spread, seeded random, and stacked calibration batches.
+
+Image folders are ordered by class (one sub-folder after another), so "the first N samples" of a
+folder hold one or two classes (built-in sources are already shuffled, see
+:mod:`inspectnet.data.sources`). Every place that works on part of a dataset takes it from here:
+
+* :func:`spread_subset`: N samples at evenly spaced indices (the audit's ``--limit``): on
+  class-sorted data every class with at least ``len/N`` samples is kept, and the choice is the same
+  on every run;
+* :func:`random_subset`: N samples drawn without replacement with a seed (``compare``'s budgets);
+* :func:`calibration_arrays`: an evenly spread subset stacked into model inputs and labels
+  (static int8 calibration and its evaluation in ``export``).
+
+>>> from inspectnet.data import ArrayDataset
+>>> ds = ArrayDataset("sorted", np.zeros((100, 8, 8), np.uint8), np.repeat(np.arange(10), 10), list("abcdefghij"))
+>>> ds.labels[:10].tolist(), sorted(set(spread_subset(ds, 10).labels.tolist()))
+([0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+>>> random_subset(ds, 50, seed=0).spec
+'sorted|sample(n=50,seed=0)'
+"""
+
+import numpy as np
+import torch
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.data.datasets import ImageDataset
+
+
+class SubsetDataset(ImageDataset):
+    """The samples of ``base`` at ``indices``, in that order (a view: images are read from ``base``)."""
+
+    def __init__(self, base: ImageDataset, indices: np.ndarray, spec: str):
+        super().__init__(base.transform)
+        self.base, self.indices, self.spec = base, np.asarray(indices, dtype=np.int64), spec
+        self.labels = np.asarray(base.labels)[self.indices]
+        self.class_names = list(base.class_names)
+        self.skipped = list(base.skipped)
+
+    def image(self, index: int):
+        return self.base.image(int(self.indices[index]))
+
+    def name(self, index: int) -> str:
+        return self.base.name(int(self.indices[index]))
+
+
+def spread_indices(size: int, n: int) -> np.ndarray:
+    """``min(n, size)`` distinct indices of ``range(size)`` at evenly spaced positions, first and last included.
+
+    >>> spread_indices(10, 4).tolist()
+    [0, 3, 6, 9]
+    """
+    _check_count(n)
+    return np.unique(np.linspace(0, size - 1, min(n, size)).round().astype(np.int64))
+
+
+def spread_subset(ds: ImageDataset, n: int | None) -> ImageDataset:
+    """``n`` evenly spread samples of ``ds``; ``ds`` itself when ``n`` is None or covers it."""
+    if n is not None:
+        _check_count(n)
+    if n is None or n >= len(ds):
+        return ds
+    idx = spread_indices(len(ds), n)
+    return SubsetDataset(ds, idx, f"{ds.spec}?spread={len(idx)}")
+
+
+def random_subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
+    """``n`` samples of ``ds`` drawn without replacement (seeded), in random order; ``ds`` itself when
+    ``n`` is None or covers it."""
+    if n is not None:
+        _check_count(n)
+    if n is None or n >= len(ds):
+        return ds
+    idx = np.random.default_rng(seed).permutation(len(ds))[:n]
+    return SubsetDataset(ds, idx, f"{ds.spec}|sample(n={n},seed={seed})")
+
+
+def calibration_arrays(ds: ImageDataset, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs (N, C, H, W) float32 and labels (-1 = unlabelled) of ``n`` evenly spread samples
+    (all when ``n`` is None), transformed by ``ds``'s transform."""
+    if len(ds) == 0:
+        raise InspectnetError(f"data {ds.spec!r} holds no images to calibrate on")
+    sub = spread_subset(ds, n)
+    xs, ys = zip(*(sub[i] for i in range(len(sub))))
+    return torch.stack(list(xs)).numpy().astype(np.float32), np.asarray(ys, np.int64)
+
+
+def _check_count(n: int) -> None:
+    if n < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {n}")

@@ -1,0 +1,116 @@
+"""``inspectnet decompose``: influence map → decomposed head → evaluation, ablation, retraining, slimming.
+
+The maths is in :mod:`inspectnet.analysis.heads` (influence, decompose, slim); this module runs it
+in order on two probe records and writes what each step gives into one output folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inspectnet.analysis.heads.decompose import (
+    check_same_model,
+    decompose_model,
+    evaluate_decomposition,
+    head_of,
+    linear_params,
+    noise_ablation,
+    retrain_head,
+    sweep,
+    sweep_plot,
+    sweep_table,
+)
+from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence
+from inspectnet.analysis.heads.slim import slim_model
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.storage import atomic_write_json, atomic_write_text
+from inspectnet.data import load_data
+from inspectnet.models.layers import PRE_LOGITS
+from inspectnet.models.zoo import ZooModel, save_model
+from inspectnet.probe.record import ProbeRecord
+from inspectnet.training.loop import evaluate
+
+
+def run_decomposition(fit: ProbeRecord | str | Path, eval_record: ProbeRecord | str | Path, out: str | Path, *,
+                      zm: ZooModel | None, k1: int = 5, k2: int = 5, layer: str = PRE_LOGITS,
+                      retrain_epochs: int = 0, retrain_lr: float = 0.1, slim: bool = False,
+                      sweep_k: list[int] | None = None, data: str | None = None, limit: int | None = None,
+                      device: str = "auto", seed: int = 0, score: str = "magnitude") -> dict[str, Any]:
+    """Everything ``inspectnet decompose`` does; returns (and writes) ``out/decomposition.json``.
+
+    Writes ``influence.json``, ``model/`` (the decomposed model), ``slim_model/`` with ``slim``, and
+    ``sweep.md`` / ``sweep.png`` with ``sweep_k``. At a ``layer`` other than ``pre_logits`` only the
+    influential filters are fitted (``influence.json``); no head is decomposed.
+
+    >>> doc = run_decomposition("rec/train", "rec/test", "out", zm=zm, k1=5, k2=5)   # doctest: +SKIP
+    """
+    fit_rec, eval_rec = _record(fit), _record(eval_record)
+    check_same_model(fit_rec, eval_rec, zm)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if layer != PRE_LOGITS:
+        imap = fit_influence(fit_rec, k1, k2, layer=layer)
+        imap.save(out / "influence.json")
+        return {"k1": k1, "k2": k2, "layer": layer, "num_classes": imap.num_classes, "supports": imap.supports}
+    if zm is None:
+        raise InspectnetError("decompose needs --model: the model the records were probed with (its head's "
+                              "weights define the decomposed head)")
+    weight, bias = linear_params(head_of(zm))
+    imap = fit_influence(fit_rec, k1, k2, layer=layer, score=score, weight=weight)
+    imap.save(out / "influence.json")
+    doc: dict[str, Any] = {
+        "k1": k1, "k2": k2, "score": score, "layer": layer, "num_classes": imap.num_classes,
+        "class_names": imap.class_names, "supports": imap.supports, "frequencies": imap.frequencies,
+        "empty_classes": imap.empty_classes, **evaluate_decomposition(weight, bias, imap, eval_rec),
+        "noise_ablation": noise_ablation(weight, bias, imap, eval_rec, seed=seed),
+        "fit_record": str(fit_rec.root), "eval_record": str(eval_rec.root),
+        "weights_fingerprint": imap.weights_fingerprint,
+    }
+    dzm = decompose_model(zm, imap)
+    if retrain_epochs:
+        doc.update(_retrain(dzm, fit_rec, eval_rec, imap, retrain_epochs, retrain_lr, seed))
+    doc["decomposition"] = dzm.head.decomposition()
+    save_model(dzm, out / "model")
+    doc["model_dir"] = str(out / "model")
+    if sweep_k:
+        doc["sweep"] = sweep(fit_rec, eval_rec, weight, bias, sweep_k, sweep_k, score=score)
+        atomic_write_text(out / "sweep.md", sweep_table(doc["sweep"]))
+        sweep_plot(doc["sweep"], out / "sweep.png")
+    final = dzm
+    if slim:
+        final, doc["slim"] = _slim(dzm, out / "slim_model")
+    if data:
+        doc["accuracy_model_on_data"] = _accuracy_on(final, data, limit, device)
+    atomic_write_json(out / "decomposition.json", doc)
+    return doc
+
+
+def _record(record: ProbeRecord | str | Path) -> ProbeRecord:
+    return record if isinstance(record, ProbeRecord) else ProbeRecord.load(record)
+
+
+def _retrain(dzm: ZooModel, fit_rec: ProbeRecord, eval_rec: ProbeRecord, imap: InfluenceMap, epochs: int,
+             lr: float, seed: int) -> dict[str, Any]:
+    """Retrain the decomposed head in place on the fit record's features; its history and new A_d."""
+    history = retrain_head(dzm.head, fit_rec.features, fit_rec.labels, epochs=epochs, lr=lr, seed=seed)
+    weight, bias = linear_params(dzm.head)
+    return {"retrain_history": history,
+            "accuracy_retrained": evaluate_decomposition(weight, bias, imap, eval_rec)["accuracy_decomposed"],
+            "retrain_epochs": epochs}
+
+
+def _slim(dzm: ZooModel, folder: Path) -> tuple[ZooModel, dict[str, Any]]:
+    """The slimmed model (saved to ``folder``) and its report, or the decomposed one and why not."""
+    try:
+        szm, report = slim_model(dzm)
+    except InspectnetError as exc:
+        return dzm, {"error": str(exc)}
+    save_model(szm, folder)
+    return szm, {**report, "model_dir": str(folder)}
+
+
+def _accuracy_on(zm: ZooModel, data: str, limit: int | None, device: str) -> dict[str, Any]:
+    """End-to-end accuracy of the saved model on labelled image data."""
+    ds = load_data(data, zm.transform())
+    return {"data": data, "limit": limit, "accuracy": evaluate(zm, ds, device=device, limit=limit)}
