@@ -13,10 +13,22 @@ Arrays are preallocated ``.npy`` files written batch by batch with plain file wr
 does not grow with the dataset. A re-run with the same arguments resumes after the last sample
 written; a folder holding a different record is refused. ``complete`` in the manifest is set
 only after the last batch is on disk.
+
+Every array is checked against the manifest (present, N rows, the recorded width and dtype, the
+file as long as its header says) when a record is loaded and before a run resumes: loading a
+damaged record fails naming the file, and re-running the command that made it repairs it (the
+damaged files are written again by a new pass over the data).
+
+The batch size is not part of a record's identity: a run may resume with another
+``--batch-size`` (after running out of memory, say). Batch composition changes only which
+floating-point kernels run, so such a record agrees with a one-pass record to float32 rounding
+(tested: |Δ| ≤ 1e-5 · max|value|, identical predictions); the manifest lists every batch size used
+(``batch_sizes``).
 """
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +41,7 @@ from inspectnet.core.progress import progress
 from inspectnet.core.results import SCHEMA_VERSION, library_versions
 from inspectnet.core.storage import atomic_write_json, read_json
 from inspectnet.data import ImageDataset
+from inspectnet.data.loading import check_workers, data_loader
 from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe, get_reducer
@@ -58,6 +71,11 @@ class ProbeRecord:
         if not manifest.get("complete"):
             raise InspectnetError(f"probe record {root} is incomplete (interrupted?); re-run the same "
                                   f"`inspectnet probe` command to finish it")
+        problems = list(damage(root, manifest).values())
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InspectnetError(f"probe record {root} is damaged: {problems[0]}{more}; re-run the "
+                                  f"`inspectnet probe` command that made it to repair it")
         return cls(root, manifest)
 
     def _array(self, rel: str) -> np.ndarray:
@@ -113,6 +131,50 @@ class ProbeRecord:
         return float((self.predictions[mask] == labels[mask]).mean())
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from a ``.npy`` file's header."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(fh)
+        return tuple(shape), np.dtype(dtype), fh.tell()
+
+
+def expected_arrays(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int | None, ...], np.dtype]]:
+    """Every array a record's manifest promises: relative name -> (shape, dtype); None = any width."""
+    n = int(manifest["num_samples"])
+    arrays = {FEATURES: ((n, int(manifest["features_dim"])), np.dtype(np.float32)),
+              LOGITS: ((n, None), np.dtype(np.float32)), LABELS: ((n,), np.dtype(np.int64))}
+    arrays.update({f"layers/{e['name']}": ((n, *e["shape"]), np.dtype(np.float32)) for e in manifest["layers"]})
+    return arrays
+
+
+def damage(root: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with each damaged array of a record (missing, another shape or dtype, truncated),
+    keyed by its file name relative to ``root``; empty when every array is intact."""
+    problems = {}
+    for rel, (shape, dtype) in expected_arrays(manifest).items():
+        name = f"{rel}.npy"
+        path = Path(root) / name
+        if not path.is_file():
+            problems[name] = f"{name} is missing"
+            continue
+        try:
+            got, got_dtype, offset = _npy_header(path)
+        except (OSError, ValueError, SyntaxError):
+            problems[name] = f"{name} has no valid .npy header"
+            continue
+        size = offset + int(np.prod(got, dtype=np.int64)) * got_dtype.itemsize
+        if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)) \
+                or got_dtype != dtype:
+            want = tuple("*" if w is None else w for w in shape)
+            problems[name] = f"{name} holds {got} {got_dtype}, expected {want} {dtype}"
+        elif path.stat().st_size < size:
+            problems[name] = f"{name} is truncated ({path.stat().st_size} of {size} bytes)"
+    return problems
+
+
 class _NpyWriter:
     """A preallocated ``.npy`` file filled by row blocks with ordinary writes (no resident memory)."""
 
@@ -122,12 +184,7 @@ class _NpyWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             arr = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=shape)
             del arr
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            got_shape, _, got_dtype = read_header(fh)
-            self.offset = fh.tell()
+        got_shape, got_dtype, self.offset = _npy_header(path)
         if tuple(got_shape) != shape or got_dtype != self.dtype:
             raise InspectnetError(f"{path} has shape {got_shape} {got_dtype}, expected {shape} {self.dtype}; "
                                   f"the folder holds a different record")
@@ -163,6 +220,9 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     """
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
+    check_workers(num_workers)
     out = Path(out)
     get_reducer(reducer)  # fail on a bad reducer before touching the output folder
     names = [n for n in resolve_layers(zm.model, layers, head_name=zm.head_name) if n != PRE_LOGITS]
@@ -170,12 +230,12 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     if n == 0:
         raise InspectnetError(f"data {dataset.spec!r} has no samples to probe")
     identity = _identity(zm, dataset, names, reducer, n)
-    done = _resume_point(out, identity)
-    if done == n and (out / MANIFEST).exists() and read_json(out / MANIFEST).get("complete"):
+    done = _repaired(out, _resume_point(out, identity), identity)
+    if done == n and read_json(out / MANIFEST).get("complete"):
         return ProbeRecord.load(out)
     dev = resolve_device(device)
     subset = torch.utils.data.Subset(dataset, range(done, n))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = data_loader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     writers: dict[str, _NpyWriter] = {}
     try:
         with model_state(zm.model, device=dev, training=False), torch.inference_mode(), Probe(
@@ -188,7 +248,7 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
                 block.update({f"layers/{k}": hooks.outputs[k] for k in names})
                 if not writers:
                     writers = _open_writers(out, block, n)
-                    _write_manifest(out, zm, dataset, identity, block, complete=False)
+                    _write_manifest(out, zm, dataset, identity, block, batch_size, complete=False)
                 for key, value in block.items():
                     writers[key].write(pos, value.float().cpu().numpy() if key != LABELS else value.numpy())
                 pos += len(y)
@@ -202,6 +262,28 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     manifest.update(complete=True, skipped_files=dataset.skipped)
     atomic_write_json(out / MANIFEST, manifest)
     return ProbeRecord.load(out)
+
+
+def _repaired(out: Path, done: int, identity: dict[str, Any]) -> int:
+    """``done``, or 0 after removing the damaged arrays of a record that has rows to keep.
+
+    Rows already written are trusted only when every array is intact; a missing or truncated file
+    (or a lost manifest) sends the run back to the first sample, rewriting the damaged files.
+    """
+    if done == 0:
+        return 0
+    manifest = read_json(out / MANIFEST, what="probe record manifest") if (out / MANIFEST).is_file() else None
+    problems = damage(out, manifest) if manifest is not None else {MANIFEST: f"{MANIFEST} is missing"}
+    if not problems:
+        return done
+    sys.stderr.write(f"probe record {out} is damaged ({'; '.join(problems.values())}); probing all "
+                     f"{identity['num_samples']} samples again to repair it\n")
+    if manifest is not None:
+        for name in problems:  # only arrays this record lists: the files inspectnet wrote
+            (out / name).unlink(missing_ok=True)
+        atomic_write_json(out / MANIFEST, {**manifest, "complete": False})
+    atomic_write_json(out / PROGRESS, {"identity": identity, "done": 0})
+    return 0
 
 
 def _resume_point(out: Path, identity: dict[str, Any]) -> int:
@@ -230,7 +312,8 @@ def _open_writers(out: Path, block: dict[str, torch.Tensor], n: int) -> dict[str
 
 
 def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: dict[str, Any],
-                    block: dict[str, torch.Tensor], *, complete: bool) -> None:
+                    block: dict[str, torch.Tensor], batch_size: int, *, complete: bool) -> None:
+    old = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
     manifest = {
         "format": "inspectnet-probe-record", "schema_version": SCHEMA_VERSION, "complete": complete,
         "identity": identity, "versions": library_versions(),
@@ -244,6 +327,7 @@ def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: di
         "layers": [{"name": k.split("/", 1)[1], "shape": list(v.shape[1:])}
                    for k, v in block.items() if k.startswith("layers/")],
         "features_dim": int(block[FEATURES].shape[1]),
+        "batch_sizes": sorted({*old.get("batch_sizes", []), batch_size}),
         "skipped_files": [],
     }
     atomic_write_json(out / MANIFEST, manifest)

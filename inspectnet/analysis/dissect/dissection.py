@@ -41,9 +41,10 @@ from inspectnet.core.devices import resolve_device
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.results import Result
-from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
+from inspectnet.core.storage import atomic_write_bytes, atomic_write_text, output_dir
 from inspectnet.core.tables import csv_text
 from inspectnet.data.concepts import ConceptDataset
+from inspectnet.data.loading import data_loader
 from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel, weights_fingerprint
 from inspectnet.probe.hooks import Probe
@@ -156,6 +157,10 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
         raise InspectnetError(f"--quantile must be within (0, 1), got {quantile}")
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
+    if not 0 <= iou_threshold <= 1:
+        raise InspectnetError(f"--iou-threshold must be within [0, 1], got {iou_threshold}")
     names = resolve_layers(net, layers, head_name=getattr(model, "head_name", None))
     if PRE_LOGITS in names:
         raise InspectnetError("layer 'pre_logits' is a feature vector without spatial maps; cannot dissect it")
@@ -165,7 +170,7 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     mask_size = tuple(int(s) for s in data.masks(0).shape[1:])
     dev = resolve_device(device)
     items = _Items(data, dissection_transform(cfg), mask_size, n)
-    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = data_loader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     with model_state(net, device=dev, training=False), torch.inference_mode(), \
             Probe(net, names, reducer="full") as probe:
         sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress)
@@ -356,8 +361,7 @@ def write_dissection(result: Dissection, out: str | Path, *, model: ZooModel | n
     Each page shows the unique concepts per category as a bar chart and a sortable table of units
     (sorted by IoU, at most ``max_units``) with their top images and thresholded unit mask overlaid.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     paths = {"json": result.save(out / "dissection.json")}
     rows = [[layer, u["unit"], u["concept"], u["category"], f"{u['iou']:.6f}", int(u["detector"]),
              f"{u['threshold']:.6g}"] for layer, info in result.layers.items() for u in info["units"]]
