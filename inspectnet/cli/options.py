@@ -21,9 +21,12 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
                    help="replace the classifier by a fresh one with --num-classes outputs (transfer)")
 
 
-def model_from_args(args: argparse.Namespace) -> ZooModel:
+def model_from_args(args: argparse.Namespace, seed: int | None = 0) -> ZooModel:
+    """The model the options describe; anything initialised at random is seeded (``--seed``, else
+    ``seed``; None = torch's global generator), so the same command always starts from the same weights."""
     return load_model(args.model, weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
-                      pretrained=args.pretrained, input_size=args.input_size, reset_head=args.reset_head)
+                      pretrained=args.pretrained, input_size=args.input_size, reset_head=args.reset_head,
+                      seed=getattr(args, "seed", seed))
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
@@ -35,7 +38,12 @@ def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
 
 
 def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = None) -> ImageDataset:
-    return load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad)
+    """The data the options name, with the model's preprocessing; files skipped by --skip-bad are counted."""
+    ds = load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad)
+    if ds.skipped:
+        sys.stderr.write(f"skipped {len(ds.skipped)} undecodable file(s) of {ds.spec} (--skip-bad), e.g. "
+                         f"{ds.skipped[0]}\n")
+    return ds
 
 
 def emit(obj: Any, as_json: bool, text: str) -> None:
