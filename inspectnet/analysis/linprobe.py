@@ -51,8 +51,8 @@ def probe_layer(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_
 def linear_probes(train: ProbeRecord, eval_record: ProbeRecord, layers: list[str] | None = None, *,
                   C: float = 1.0, max_iter: int = 500, include_features: bool = True) -> LinearProbeResult:
     """Probe every layer of ``train`` (plus the penultimate features) and score on ``eval_record``."""
-    if C <= 0:
-        raise InspectnetError(f"--C must be positive, got {C}")
+    if not C > 0 or not np.isfinite(C):  # nan passes a plain C <= 0 test
+        raise InspectnetError(f"--C must be a finite positive number, got {C}")
     names = list(layers or train.layers)
     if include_features and PRE_LOGITS not in names:
         names.append(PRE_LOGITS)

@@ -4,6 +4,7 @@ import argparse
 
 from inspectnet.analysis.dissect.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE, dissect, write_dissection
 from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.core.storage import check_output_dir
 from inspectnet.data.concepts import load_concepts
 
 
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out)
     zm = model_from_args(args)
     data = load_concepts(args.concepts, resize_masks=args.resize_masks)
     result = dissect(zm, data, args.layers, quantile=args.quantile, iou_threshold=args.iou_threshold,
