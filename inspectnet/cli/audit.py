@@ -9,6 +9,7 @@ import argparse
 import shlex
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.core.errors import IncompleteResult
 from inspectnet.pipelines.audit import AuditConfig, run_audit
 
 _PARSER: argparse.ArgumentParser | None = None
@@ -72,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
                          seed=args.seed, command=command_line(args))
     doc = run_audit(zm, config, args.out)
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]
-    emit(doc, args.json, f"wrote {args.out}/card.json, README.md, card.html"
-         + (f"; failed sections: {', '.join(failed)}" if failed else ""))
+    emit(doc, args.json, f"wrote {args.out}/card.json, README.md, card.html")
+    if failed:  # the card is written and says why; the exit status says that not everything asked for is there
+        first = doc["sections"][failed[0]]["error"]
+        raise IncompleteResult(f"audit section(s) failed: {', '.join(failed)} ({failed[0]}: {first}); the card "
+                               f"in {args.out} marks them")
     return 0

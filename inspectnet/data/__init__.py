@@ -12,8 +12,8 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.data.datasets import UNLABELLED, ArrayDataset, FilesDataset, FolderDataset, ImageDataset
 from inspectnet.data.sources import SOURCES
 
-__all__ = ["UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset", "load_data",
-           "parse_data_spec"]
+__all__ = ["UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset", "check_data_spec",
+           "load_data", "parse_data_spec"]
 
 
 def parse_data_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
@@ -35,6 +35,26 @@ def parse_data_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     return name, split or None, params
 
 
+def check_data_spec(spec: str) -> None:
+    """Refuse a spec that names neither a folder nor a built-in source, without loading anything.
+
+    >>> check_data_spec("digts")
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: data 'digts' is neither a folder nor a built-in source (...); did you ...
+    """
+    if Path(spec).is_dir():
+        return
+    name, _, _ = parse_data_spec(spec)
+    if name not in SOURCES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(SOURCES), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise InspectnetError(f"data {spec!r} is neither a folder nor a built-in source "
+                              f"({', '.join(SOURCES)}){hint}")
+
+
 def load_data(spec: str, transform: Callable | None = None, *, skip_bad: bool = False) -> ImageDataset:
     """Resolve a data spec to an :class:`ImageDataset` whose items are ``(transform(image), label)``.
 
@@ -43,14 +63,8 @@ def load_data(spec: str, transform: Callable | None = None, *, skip_bad: bool = 
     """
     if Path(spec).is_dir():
         return FolderDataset(spec, transform, skip_bad=skip_bad)
+    check_data_spec(spec)
     name, split, params = parse_data_spec(spec)
-    if name not in SOURCES:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(SOURCES), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise InspectnetError(f"data {spec!r} is neither a folder nor a built-in source "
-                              f"({', '.join(SOURCES)}){hint}")
     try:
         ds = SOURCES[name](spec, split, params)
     except (TypeError, ValueError) as exc:

@@ -20,9 +20,15 @@ and whose last run succeeded is skipped (its stored result is reused), so a seco
 free and a changed parameter re-runs only the stages that depend on it. Failed stages are never
 cached.
 
-Safety: a ``DIR`` holding another model's audit (different weights fingerprint) is refused, and so
-is a non-empty folder that holds no audit. A stage that fails is recorded with its error; stages
-that need it are marked failed with the reason; the card is written regardless.
+Safety: arguments that make a stage impossible (a limit below 1, unknown data or concept data, a
+bad layer, k2 > k1, ...) are refused by :func:`check_config` before anything runs. A ``DIR``
+holding another model's audit (different weights fingerprint) is refused, and so is a non-empty
+folder without ``audit.json``: a folder is an audit's only when inspectnet wrote that file (first,
+into an empty folder). Each stage's entry in ``audit.json`` lists the files the stage wrote, and
+re-running a stage removes exactly those (a stage killed mid-way is known by what appeared in its
+folder since it started), never anything else. An interrupted probe stage resumes its records. A
+stage that fails for a reason found later is recorded with its error; stages that need it are
+marked failed with the reason; the card is written regardless and ``inspectnet audit`` exits 3.
 
 >>> from inspectnet.models.zoo import load_model
 >>> zm = load_model("runs/mnist_r18")                                           # doctest: +SKIP
@@ -36,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import sys
 import time
 import traceback
@@ -46,9 +51,10 @@ from typing import Any
 
 import numpy as np
 
+from inspectnet.core.devices import resolve_device
 from inspectnet.core.errors import InspectnetError
-from inspectnet.core.storage import atomic_write_json, read_json
-from inspectnet.data import ImageDataset, load_data
+from inspectnet.core.storage import atomic_write_json, output_dir, read_json
+from inspectnet.data import ImageDataset, check_data_spec, load_data
 from inspectnet.data.subsets import spread_subset
 from inspectnet.models.layers import PRE_LOGITS, resolve_layers
 from inspectnet.models.zoo import ZooModel, default_class_names
@@ -318,6 +324,7 @@ class Stage:
     uses: tuple[str, ...] = ()
     writes_folder: bool = True
     enabled: Callable[[AuditConfig], bool] = lambda _config: True
+    resumable: bool = False  # an interrupted run (same key) continues from its files instead of clearing them
 
 
 def _probe_params(c: AuditConfig) -> dict[str, Any]:
@@ -326,7 +333,7 @@ def _probe_params(c: AuditConfig) -> dict[str, Any]:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("probe", "Evaluation data and accuracy", _stage_probe, _probe_params),
+    Stage("probe", "Evaluation data and accuracy", _stage_probe, _probe_params, resumable=True),
     Stage("decomposition", "Influential features and decomposed head", _stage_decomposition,
           lambda c: {"k1": c.k1, "k2": c.k2, "retrain": c.retrain_epochs, "seed": c.seed}, needs=("probe",)),
     Stage("rules", "Rules extracted from the model's filters", _stage_rules, lambda c: {"seed": c.seed},
@@ -353,14 +360,47 @@ def _key(parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_config(zm: ZooModel, config: AuditConfig) -> None:
+    """Refuse, before anything runs, the arguments that would make a stage impossible.
+
+    >>> from inspectnet.models.zoo import load_model
+    >>> check_config(load_model("resnet18"), AuditConfig(data="digits", limit=0))
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: --limit must be at least 1, got 0
+    """
+    from inspectnet.analysis.heads.influence import check_k
+    from inspectnet.data.concepts import check_concepts_spec
+
+    at_least = (("--limit", config.limit, 1), ("--eval-limit", config.eval_limit, 1),
+                ("--retrain-epochs", config.retrain_epochs, 0), ("--concept-limit", config.concept_limit, 1),
+                ("--images", config.attribution_images, 1), ("--ig-steps", config.ig_steps, 1),
+                ("--top-units", config.top_units, 1), ("--batch-size", config.batch_size, 1))
+    for option, value, low in at_least:
+        if value is not None and value < low:
+            raise InspectnetError(f"{option} must be at least {low}, got {value}")
+    check_k(config.k1, config.k2, getattr(zm.head, "in_features", config.k1))
+    for spec in (config.data, config.eval_data):
+        if spec is not None:
+            check_data_spec(spec)
+    if config.concepts:
+        check_concepts_spec(config.concepts)
+    probed_layers(zm, config)
+    resolve_device(config.device)
+
+
 def _open_folder(out: Path, zm: ZooModel, fingerprint: str) -> dict[str, Any]:
-    """The folder's audit state; refuses another model's audit and folders holding something else."""
+    """The folder's audit state; refuses another model's audit and folders that hold anything else.
+
+    A new audit writes ``audit.json`` into an empty folder before anything else, so a folder without
+    it was not made by an audit (not even an interrupted one) and is never adopted.
+    """
     if out.exists() and not out.is_dir():
         raise InspectnetError(f"--out {out} is a file; expected a folder for the audit")
     path = out / AUDIT_FILE
     if path.exists():
         state = read_json(path, what="audit state")
-        if state.get("format") != AUDIT_FORMAT:
+        if not isinstance(state, dict) or state.get("format") != AUDIT_FORMAT:
             raise InspectnetError(f"{path} is not an inspectnet audit state file")
         if state.get("model_fingerprint") != fingerprint:
             raise InspectnetError(
@@ -368,11 +408,35 @@ def _open_folder(out: Path, zm: ZooModel, fingerprint: str) -> dict[str, Any]:
                 f"{str(state.get('model_fingerprint'))[:16]}), not of {zm.spec} (weights {fingerprint}); "
                 f"choose another folder or delete it")
         return state
-    own = {AUDIT_FILE, *CARD_FILES, *(s.name for s in STAGES if s.writes_folder)}
-    if out.exists() and any(p.name not in own for p in out.iterdir()):
-        raise InspectnetError(f"--out {out} is not empty and holds no audit; choose an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return {"format": AUDIT_FORMAT, "model": zm.spec, "model_fingerprint": fingerprint, "stages": {}}
+    if out.exists() and any(out.iterdir()):
+        raise InspectnetError(f"--out {out} is not empty and holds no audit ({AUDIT_FILE}); choose an empty or "
+                              f"new folder")
+    state = {"format": AUDIT_FORMAT, "model": zm.spec, "model_fingerprint": fingerprint, "stages": {}}
+    output_dir(out)
+    atomic_write_json(path, state)
+    return state
+
+
+def _files_under(out: Path, folder: str) -> list[str]:
+    """Every file (and link) below ``out/folder``, as paths relative to ``out``."""
+    root = out / folder
+    return sorted(str(p.relative_to(out)) for p in root.rglob("*") if not p.is_dir()) if root.is_dir() else []
+
+
+def _remove_stage_files(out: Path, stage: Stage, previous: dict[str, Any]) -> None:
+    """Remove what the stage's previous run wrote, and nothing else (see the module docstring)."""
+    if "files" in previous:
+        ours = previous["files"]
+    else:  # a run that was killed: whatever appeared in its folder after it started
+        foreign = set(previous.get("foreign", _files_under(out, stage.name)))
+        ours = [f for f in _files_under(out, stage.name) if f not in foreign]
+    for rel in ours:
+        path = out / rel
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # folders it leaves empty, up to and including the stage's own
+            if parent == out or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def _adopt_data_class_names(zm: ZooModel, ctx: _Context, state: dict[str, Any]) -> None:
@@ -403,6 +467,7 @@ def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
 
     log = log or (lambda _m: None)
     out = Path(out)
+    check_config(zm, config)
     fingerprint = zm.fingerprint()
     state = _open_folder(out, zm, fingerprint)
     ctx = _Context(zm=zm, out=out, config=config, results={})
@@ -420,13 +485,15 @@ def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
                                  [ctx.results.get(d, {}).get("status") for d in stage.uses]])
         prefix = f"[{n}/{len(wanted)}] {stage.name}"
         prev = state["stages"].get(stage.name, {})
-        files_there = not stage.writes_folder or (out / stage.name).is_dir()
+        files_there = not stage.writes_folder or ((out / stage.name).is_dir()
+                                                  and all((out / f).exists() for f in prev.get("files", [])))
         if prev.get("key") == keys[stage.name] and prev.get("status") == "ok" and files_there:
             ctx.results[stage.name] = {**prev, "title": stage.title, "cached": True}
             log(f"{prefix}: cached")
             continue
         failed = [d for d in stage.needs if d in keys and ctx.results[d]["status"] != "ok"]
-        entry = _failed_needs(failed) if failed else _run_stage(stage, ctx, log, prefix)
+        entry = (_failed_needs(stage, out, prev, failed) if failed
+                 else _run_stage(stage, ctx, state, keys[stage.name], log, prefix))
         entry.update(key=keys[stage.name])
         state["stages"][stage.name] = entry
         atomic_write_json(out / AUDIT_FILE, state)
@@ -443,21 +510,42 @@ def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
     return doc
 
 
-def _failed_needs(failed: list[str]) -> dict[str, Any]:
-    return {"status": "failed", "error": f"needs stage {', '.join(failed)}, which failed", "seconds": 0.0}
-
-
-def _run_stage(stage: Stage, ctx: _Context, log: Callable[[str], None], prefix: str) -> dict[str, Any]:
-    """Run one stage into a fresh folder; any failure becomes the entry's error (the card still gets written)."""
-    log(f"{prefix}: running")
+def _failed_needs(stage: Stage, out: Path, previous: dict[str, Any], failed: list[str]) -> dict[str, Any]:
+    """The entry of a stage that cannot run; the files of its previous run go (they belong to other inputs)."""
+    entry = {"status": "failed", "error": f"needs stage {', '.join(failed)}, which failed", "seconds": 0.0}
     if stage.writes_folder:
-        shutil.rmtree(ctx.out / stage.name, ignore_errors=True)  # stale files of another key never mix in
+        _remove_stage_files(out, stage, previous)
+        entry["files"] = []
+    return entry
+
+
+def _run_stage(stage: Stage, ctx: _Context, state: dict[str, Any], key: str, log: Callable[[str], None],
+               prefix: str) -> dict[str, Any]:
+    """Run one stage; any failure becomes the entry's error (the card still gets written).
+
+    Before it runs, the files of the stage's previous run are removed (an interrupted resumable
+    stage keeps them) and ``audit.json`` records the files already in its folder, so that what the
+    stage writes is known even if it is killed; afterwards the entry lists the files it wrote.
+    """
+    log(f"{prefix}: running")
+    foreign: list[str] = []
+    if stage.writes_folder:
+        prev = state["stages"].get(stage.name, {})
+        if stage.resumable and prev.get("status") == "running" and prev.get("key") == key:
+            foreign = list(prev.get("foreign", []))
+        else:
+            _remove_stage_files(ctx.out, stage, prev)
+            foreign = _files_under(ctx.out, stage.name)
+        state["stages"][stage.name] = {"status": "running", "key": key, "foreign": foreign}
+        atomic_write_json(ctx.out / AUDIT_FILE, state)
     t0 = time.perf_counter()
     try:
         entry = {"status": "ok", "result": stage.run(ctx)}
     except Exception as exc:  # noqa: BLE001 - any failure becomes the section's reason
         entry = {"status": "failed", "error": _why(exc), "traceback": traceback.format_exc(limit=4)}
     entry["seconds"] = round(time.perf_counter() - t0, 3)
+    if stage.writes_folder:
+        entry["files"] = [f for f in _files_under(ctx.out, stage.name) if f not in set(foreign)]
     return entry
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.core.storage import atomic_write_json, atomic_write_text, read_json
+from inspectnet.core.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir, read_json
 from inspectnet.core.tables import escape_markdown as md  # noqa: F401 - the README's escaping rule, public here
 from inspectnet.core.tables import format_value
 from inspectnet.reports.blocks import Block, BulletList, Failure, Figure, Paragraph, Preformatted, Section, Table
@@ -411,14 +411,14 @@ def publish(folder: str | Path, dest: str | Path) -> dict[str, Path]:
 
     >>> publish("runs/audit_mnist", "model_cards/mnist_resnet18")   # doctest: +SKIP
     """
-    import shutil
-
     folder, dest = Path(folder), Path(dest)
     doc = load_card(folder)
+    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / "card.json").is_file())):
+        raise InspectnetError(f"--copy-to {dest} exists and holds no card; choose an empty or new folder (a "
+                              f"card is copied only over an earlier copy of a card)")
     for rel in figure_paths(doc):
         src = (folder / rel).resolve()
         if src.is_relative_to(folder.resolve()) and src.exists():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest / rel)
-    dest.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dest / rel, src.read_bytes())
+    output_dir(dest)
     return write_card(doc, dest)
