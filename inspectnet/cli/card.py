@@ -2,7 +2,7 @@
 
 import argparse
 
-from inspectnet.reports.card import publish, rerender
+from inspectnet.reports.card import check_copy_target, publish, rerender
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.copy_to:
+        check_copy_target(args.copy_to)  # before anything is written
     paths = rerender(args.dir)
     print(f"wrote {paths['markdown']} and {paths['html']}")
     if args.copy_to:
