@@ -430,6 +430,8 @@ TABLE: list[tuple[str, str, tuple[str, ...], str, int]] = [
      "needs --model", 2),
     ("decompose", "nothing", ("decompose", "--fit", "{train}", "--eval", "{other_rec}", "--model", "{model}",
                               "--out", "{ws}/out"), "different models", 2),
+    ("decompose", "nothing", ("decompose", "--fit", "{train}", "--eval", "{test}", "--model", "{model}", "--data",
+                              "digts", "--out", "{ws}/out"), "did you mean digits", 2),
     ("decompose", "--out is a file of the user's", ("decompose", "--fit", "{train}", "--eval", "{test}", "--model",
                                                     "{model}", "--out", "{ws}/out"), "is a file", 2),
     ("rules", "--out is a file of the user's", ("rules", "{train}", "--layer", "layer4", "--out", "{ws}/out"),

@@ -25,7 +25,7 @@ from inspectnet.analysis.heads.influence import InfluenceMap, check_k, fit_influ
 from inspectnet.analysis.heads.slim import slim_model
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, atomic_write_text, output_dir
-from inspectnet.data import load_data
+from inspectnet.data import check_data_spec, load_data
 from inspectnet.models.layers import PRE_LOGITS
 from inspectnet.models.zoo import ZooModel, save_model
 from inspectnet.probe.record import ProbeRecord
@@ -53,6 +53,10 @@ def run_decomposition(fit: ProbeRecord | str | Path, eval_record: ProbeRecord | 
     check_k(k1, k2, fit_rec.activations(layer).shape[1])
     if retrain_epochs < 0:
         raise InspectnetError(f"--retrain-epochs must be 0 or more, got {retrain_epochs}")
+    if data is not None:  # checked now: a bad spec found after model/ is saved would leave a partial result
+        check_data_spec(data)
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
     out = output_dir(out)
     if layer != PRE_LOGITS:
         imap = fit_influence(fit_rec, k1, k2, layer=layer)
