@@ -9,7 +9,6 @@ import argparse
 import shlex
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.pipelines.audit import AuditConfig, run_audit
 
 _PARSER: argparse.ArgumentParser | None = None
 
@@ -62,6 +61,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.pipelines.audit import AuditConfig, run_audit
+
     zm = model_from_args(args)
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
     config = AuditConfig(data=args.data, eval_data=args.eval_data, layers=layers, layer=args.layer, limit=args.limit,

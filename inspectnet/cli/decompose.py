@@ -9,7 +9,6 @@ plus the decomposed (and slimmed) model folders. The work is done by
 import argparse
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.pipelines.decompose import run_decomposition
 
 
 def _ints(text: str) -> list[int]:
@@ -44,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.pipelines.decompose import run_decomposition
+
     zm = model_from_args(args) if args.model else None
     doc = run_decomposition(args.fit, args.eval_record, args.out, zm=zm, k1=args.k1, k2=args.k2,
                             layer=args.layer, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,

@@ -3,7 +3,7 @@
 import argparse
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.training.loop import TrainConfig, train
+from inspectnet.training.config import TrainConfig
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.training.loop import train
+
     zm = model_from_args(args)
     ds = data_from_args(args, zm)
     if zm.class_names and len(ds.class_names) == zm.num_classes:

@@ -29,36 +29,10 @@ from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
 from inspectnet.data import ImageDataset
 from inspectnet.models.layers import model_state
 from inspectnet.models.zoo import ZooModel, save_model
+from inspectnet.training.config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of :func:`train` (all JSON-friendly; they key resumption)."""
-
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    seed: int = 0
-    limit: int | None = None
-    schedule: str = "cosine"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise InspectnetError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise InspectnetError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise InspectnetError(f"--lr must be positive, got {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
-            raise InspectnetError(f"--schedule {self.schedule!r} is unknown; expected cosine or constant")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise InspectnetError(f"--optimizer {self.optimizer!r} is unknown; expected adamw or sgd")
 
 
 class TrainHooks:

@@ -36,6 +36,7 @@ from markupsafe import Markup
 from PIL import Image
 from torch import nn
 
+from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
 from inspectnet.analysis.dissect.sketch import UnitQuantiles
 from inspectnet.core.devices import resolve_device
 from inspectnet.core.distributed import all_gather, all_reduce, shard_batches, share_from_main, watch_group, world
@@ -52,8 +53,6 @@ from inspectnet.reports.blocks import Table
 from inspectnet.reports.html import bar_chart, img, overlay
 from inspectnet.reports.render import render_html_template
 
-DEFAULT_QUANTILE = 0.005
-DEFAULT_IOU_THRESHOLD = 0.04
 # elements of one upsampled unit chunk (B · units · H · W); bounds the per-batch working memory
 CHUNK_ELEMENTS = 1 << 24
 
