@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from inspectnet.data import ImageDataset
-    from inspectnet.models.zoo import ZooModel
+    from inspectnet.models.zoo import ModelRef, ZooModel
 
 
 def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
@@ -29,10 +29,16 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
 
 
 def model_from_args(args: argparse.Namespace) -> ZooModel:
-    from inspectnet.models.zoo import load_model
+    return model_ref_from_args(args).load()
 
-    return load_model(args.model, weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
-                      pretrained=args.pretrained, input_size=args.input_size, reset_head=args.reset_head)
+
+def model_ref_from_args(args: argparse.Namespace) -> ModelRef:
+    """The model the arguments name, not loaded yet (see :class:`~inspectnet.models.zoo.ModelRef`)."""
+    from inspectnet.models.zoo import ModelRef
+
+    return ModelRef(args.model, dict(weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
+                                     pretrained=args.pretrained, input_size=args.input_size,
+                                     reset_head=args.reset_head))
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
