@@ -235,3 +235,31 @@ def test_rank_failure_is_not_a_hang_in_dissection(tmp_path, one_thread):
     assert results[1][1:3] == ("InspectnetError", "concept image 30 cannot be decoded")
     assert results[0][1] == RankFailed.__name__
     assert results[0][2].startswith("rank 1 of 2 failed during the dissection pass"), results[0][2]
+
+
+AUDIT = dict(data="digits:train", eval_data="digits:test", limit=120, eval_limit=40, layers=["layer3", "layer4"],
+             concepts="shapes?n=24", concept_limit=24, attribution_images=1, ig_steps=4, top_units=2, batch_size=16)
+
+
+def _sections(doc, folder):
+    """The card's sections without timings, the audit folder's path written as DIR."""
+    text = json.dumps({name: {k: v for k, v in sec.items() if k != "seconds"} for name, sec in doc["sections"].items()})
+    return json.loads(text.replace(str(folder), "DIR"))
+
+
+def test_two_rank_audit_equals_the_one_process_audit(tmp_path, digits_setup, one_thread):
+    from inspectnet.pipelines.audit import AuditConfig, run_audit
+
+    zm, _ = digits_setup
+    config = AuditConfig(**AUDIT)
+    one = run_audit(zm, config, tmp_path / "one", log=None)
+    results = run_ranks(tmp_path, lambda r: (lambda d: d and _sections(d, tmp_path / "two"))(
+        run_audit(zm, config, tmp_path / "two", log=None, shard_order="strided")))
+    assert results[1] == ("ok", None)                  # rank 1 leaves after the shared passes
+    kind, sections = results[0]
+    assert kind == "ok" and sections == _sections(one, tmp_path / "one")
+    assert {s["status"] for s in sections.values()} == {"ok"} and "dissection" in sections
+    for part in ("train", "eval"):
+        _same_record(ProbeRecord.load(tmp_path / "one" / "probe" / part),
+                     ProbeRecord.load(tmp_path / "two" / "probe" / part))
+    assert (tmp_path / "two" / "card.html").is_file()

@@ -424,15 +424,16 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def _from_main(fn: Callable[[], Any]) -> Any:
-    """``fn()`` on rank 0 only (in one process: simply ``fn()``); its error stops every rank, not just rank 0."""
+def _from_main(fn: Callable[[], Any], *, share: bool = True) -> Any:
+    """``fn()`` on rank 0 only (in one process: simply ``fn()``), its result (``share``) or error on every rank."""
     result, error = None, None
     if world()[1] == 0:
         try:
             result = fn()
         except InspectnetError as exc:
             error = str(exc)
-    error = share_from_main(error)
+    shared, error = share_from_main((result if share else None, error))
+    result = shared if share else result
     if error is not None:
         raise InspectnetError(error)
     return result
@@ -458,7 +459,7 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
     ctx = _Context(ref=ref, about=about, out=out, config=config, results={}, num_workers=num_workers,
                    shard_order=shard_order)
     t_all = time.perf_counter()
-    state = _from_main(lambda: _open_folder(out, about))
+    state = _from_main(lambda: _open_folder(out, about), share=False)  # the other ranks keep no state
     if main:
         try:
             _adopt_data_class_names(ctx, state)
@@ -472,12 +473,13 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
         if not (main or stage.distributed):
             continue
         prefix = f"[{n}/{len(wanted)}] {stage.name}"
-        runs = _from_main(lambda: _prepare(stage, ctx, state, keys, log, prefix))  # noqa: B023 - called at once
-        if not runs:
-            continue
-        entry = _run_stage(stage, ctx)
-        if main:
-            _record(stage, ctx, state, entry, keys, log, prefix)
+        prepare = lambda: _prepare(stage, ctx, state, keys, log, prefix)  # noqa: B023, E731 - called at once
+        if _from_main(prepare) if stage.distributed else prepare():  # rank 0 alone needs no collective
+            entry = _run_stage(stage, ctx)
+            if main:
+                _record(stage, ctx, state, entry, keys, log, prefix)
+        if stage.distributed and world()[0] > 1:  # later shared stages read it (e.g. the analysed layer)
+            ctx.results[stage.name] = share_from_main(ctx.results.get(stage.name))
     if not main:
         return None
     atomic_write_json(out / AUDIT_FILE, state)
