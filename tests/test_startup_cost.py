@@ -81,3 +81,33 @@ def test_generated_shapes_are_cached_with_their_masks(tmp_path, monkeypatch):
     second = load_data("shapes:test?n=50&seed=4")
     assert np.array_equal(first.images, second.images) and np.array_equal(first.masks, second.masks)
     assert second.masks.dtype == bool and second.masks.any()
+
+
+def test_saved_model_is_described_and_fingerprinted_from_its_files(tmp_path, tiny_digits_model):
+    from safetensors.torch import load_file, save_file
+
+    from inspectnet import save_model
+    from inspectnet.models.zoo import ModelRef, saved_weights_fingerprint
+
+    save_model(tiny_digits_model, tmp_path / "m")
+    about = ModelRef(str(tmp_path / "m")).about()
+    assert about.fingerprint() == tiny_digits_model.fingerprint()
+    assert (about.spec, about.head_name, about.num_classes) == ("timm:resnet18", "fc", 10)
+    # a folder written before the weights file recorded its order is described by loading it
+    save_file(load_file(tmp_path / "m" / "model.safetensors"), tmp_path / "m" / "model.safetensors")
+    assert saved_weights_fingerprint(tmp_path / "m") is None
+    assert ModelRef(str(tmp_path / "m")).about().fingerprint() == tiny_digits_model.fingerprint()
+
+
+def test_fully_cached_audit_imports_no_model_zoo_or_analysis_library(tmp_path, tiny_digits_model):
+    from inspectnet import save_model
+
+    save_model(tiny_digits_model, tmp_path / "m")
+    argv = ["audit", str(tmp_path / "m"), "digits:train", "--eval", "digits:test", "--limit", "48",
+            "--eval-limit", "24", "--layers", "layer4", "--images", "1", "--ig-steps", "2", "--top-units", "1",
+            "--out", str(tmp_path / "audit")]
+    first = subprocess.run([sys.executable, "-m", "inspectnet", *argv], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    heavy, stderr = _imports_after(f"from inspectnet.cli import main\nmain({argv!r})")
+    assert [line.endswith(": cached") for line in stderr.splitlines() if line.startswith("[")] == [True] * 6
+    assert heavy == ["torch"], heavy   # the weights are hashed with torch; timm, sklearn, captum stay out
