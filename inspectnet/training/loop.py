@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from inspectnet.core.devices import resolve_device
+from inspectnet.core.distributed import world as distributed_world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
@@ -109,7 +110,7 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
     """
     hooks = hooks or TrainHooks()
     out = Path(out)
-    world, rank = _world()
+    world, rank = distributed_world()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     _check_labels(zm, train_data)
@@ -148,15 +149,6 @@ def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: 
     if rank == 0:
         save_model(zm, out)
     return history
-
-
-def _world() -> tuple[int, int]:
-    """(world size, rank) of an initialised process group, else (1, 0)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def _wrap_distributed(model: nn.Module, dev: torch.device) -> nn.Module:
