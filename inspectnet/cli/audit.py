@@ -8,7 +8,7 @@ and card.html. The work is done by :func:`inspectnet.pipelines.audit.run_audit`.
 import argparse
 import shlex
 
-from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.cli.options import add_class_map_arg, add_model_args, class_map_from_args, emit, model_from_args
 from inspectnet.pipelines.audit import AuditConfig, run_audit
 
 _PARSER: argparse.ArgumentParser | None = None
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="labelled data the analyses are fitted on (folder, mnist5k:train, digits, ...)")
     p.add_argument("--out", required=True, help="audit folder (cache + card); refused if it holds another model's")
     p.add_argument("--eval", dest="eval_data", help="labelled data to evaluate on (default: DATA, in-sample)")
+    add_class_map_arg(p)
     p.add_argument("--layers", help="comma-separated layers to probe (default: the model's stage outputs)")
     p.add_argument("--layer", help="the layer that rules, receptive fields and dissection analyse (default: the "
                                    "last probed layer; probed if not in --layers)")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                          concepts=args.concepts, concept_limit=args.concept_limit, export=args.export,
                          attribution_images=args.images, ig_steps=args.ig_steps,
                          top_units=args.top_units, batch_size=args.batch_size, device=args.device,
-                         seed=args.seed, command=command_line(args))
+                         seed=args.seed, class_map=class_map_from_args(args), command=command_line(args))
     doc = run_audit(zm, config, args.out)
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]
     emit(doc, args.json, f"wrote {args.out}/card.json, README.md, card.html"

@@ -29,9 +29,7 @@ def run(args: argparse.Namespace) -> int:
     rec = run_probe(zm, ds, args.layers, args.out, batch_size=args.batch_size, limit=args.limit,
                     device=args.device, reducer=args.reducer, num_workers=args.workers)
     layers = ", ".join(f"{e['name']} {e['shape']}" for e in rec.manifest["layers"])
-    acc = ""
-    if (rec.labels >= 0).any() and len(rec.class_names) == len(ds.class_names):
-        acc = f"; accuracy {rec.accuracy():.4f}"
+    acc = f"; accuracy {rec.accuracy():.4f}" if (rec.labels >= 0).any() else ""
     emit(rec.manifest, args.json, f"probe record {args.out}: {len(rec)} samples; layers {layers}; "
                                   f"features {rec.manifest['features_dim']}{acc}")
     return 0
