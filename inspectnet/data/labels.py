@@ -225,7 +225,7 @@ def align_classes(data_classes: Sequence[str], model_classes: Sequence[str], *,
         return LabelMapping(data_classes, list(range(len(data_classes))), [INDEX_ORDER] * len(data_classes),
                             model_classes)
     if unmatched:
-        raise InspectnetError(_unmatched_message(unmatched, vocab, what))
+        raise InspectnetError(_unmatched_message(unmatched, len(data_classes), vocab, what))
     _refuse_duplicates(data_classes, indices, class_map, vocab, what)
     return LabelMapping(data_classes, [int(i) for i in indices], via, model_classes)
 
@@ -260,13 +260,15 @@ def _refuse_duplicates(data_classes: list[str], indices: list[int | None], class
                               f"them, or list each in --class-map FILE.json to say so")
 
 
-def _unmatched_message(unmatched: list[str], vocab: _Vocabulary, what: str) -> str:
+def _unmatched_message(unmatched: list[str], num_data: int, vocab: _Vocabulary, what: str) -> str:
     size = len(vocab.model_classes)
     if is_placeholder(vocab.model_classes):
         return (f"{what}: classes {_quoted(unmatched)} match none of the model's {size} placeholder class names "
                 f"(class_0 ...), and index order needs exactly {size} data classes; give the model a head of "
-                f"the data's size (--num-classes N --reset-head) or pass --class-map FILE.json")
-    parts = [f"{n!r} (closest: {', '.join(vocab.closest(n)) or 'none'})" for n in unmatched[:5]]
+                f"the data's size (--num-classes {num_data}, with --reset-head for a saved or pretrained model) "
+                f"or pass --class-map FILE.json")
+    parts = [f"{n!r}" + (f" (closest: {', '.join(near)})" if (near := vocab.closest(n)) else "")
+             for n in unmatched[:5]]
     more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
     head = (f"{what}: class {parts[0]} matches" if len(unmatched) == 1 else
             f"{what}: {len(unmatched)} classes {'; '.join(parts)}{more} match")

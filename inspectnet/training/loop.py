@@ -138,12 +138,12 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
     """
     hooks = hooks or TrainHooks()
     out = Path(out)
-    world, rank = _world()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
     train_data = train_data.aligned_to(zm.class_names)
     eval_data = eval_data.aligned_to(zm.class_names) if eval_data is not None else None
     _check_labels(train_data)
+    world, rank = _world()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     with model_state(zm.model, device=dev):
         return _train_on_device(zm, train_data, out, config, eval_data=eval_data, dev=dev, hooks=hooks,
