@@ -233,6 +233,7 @@ def _stage_rules(ctx: _Context) -> dict[str, Any]:
             "atom_filters", "rules", "avg_depth", "max_depth", "num_filters")
     d = rs.to_dict()
     return {**{k: d[k] for k in keep}, "rules_text": rs.rules_text[:40], "rules_total": len(rs.rules_text),
+            "classes": sorted({r["class"] for r in rs.rule_list}), "n_train": rs.n_train,
             "figures": [{"path": ctx.rel(paths["png"]), "caption": f"decision tree on {ctx.layer} (top levels)"}]}
 
 

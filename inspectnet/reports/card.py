@@ -325,9 +325,12 @@ def _listed(values: list[float]) -> str:
 
 
 def _rules_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    classes = r.get("classes")
+    named = (f" The tree, fitted to the model's own predictions on {r['n_train']} images, names {len(classes)} "
+             f"classes: {', '.join(_name(doc, c) for c in classes[:MAX_CLASS_NAMES])}." if classes else "")
     return [Paragraph(f"{r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters of {r['layer']}), "
                       f"average depth {format_value(r['avg_depth'], 2)}, fidelity {format_value(r['fidelity'])}, "
-                      f"extracted accuracy {format_value(r['extracted_accuracy'])}."),
+                      f"extracted accuracy {format_value(r['extracted_accuracy'])}.{named}"),
             Preformatted("\n".join(r["rules_text"]))]
 
 
