@@ -274,7 +274,9 @@ def _stage_attributions(ctx: _Context) -> dict[str, Any]:
     dec = ctx.results.get("decomposition", {})
     if dec.get("status") == "ok":
         try:
-            supports = [p["features"] for p in dec["result"]["per_class"]]
+            supports: list[list[int]] = [[] for _ in range(zm.num_classes)]  # per_class lists the classes with data
+            for row in dec["result"]["per_class"]:
+                supports[row["class"]] = row["features"]
             rows = at.influential_feature_maps(zm, ds, labels, supports, out / "classes")
             result["classes"] = [{**r, "path": ctx.rel(r["path"])} for r in rows]
         except Exception as exc:  # noqa: BLE001

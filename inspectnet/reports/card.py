@@ -201,8 +201,7 @@ def _label_blocks(doc: dict[str, Any]) -> list[Block]:
         mapping = probe[split].get("label_mapping")
         if not mapping or probe.get("index_order") or (split == "eval" and mapping == probe["train"]["label_mapping"]):
             continue
-        blocks += [Paragraph(f"Classes of {probe[split]['data']} mapped onto the model's {num} classes "
-                             f"({mapping['method']}):"),
+        blocks += [Paragraph(f"Classes of {probe[split]['data']} mapped onto the model's {num} classes:"),
                    Table(["data class", "model class", "index", "matched by"],
                          [[r["data"], r["model_class"], r["index"], r["via"]] for r in mapping["classes"]])]
     fit, ev = probe["train"]["classes_present"], probe["eval"]["classes_present"]
