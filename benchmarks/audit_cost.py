@@ -4,8 +4,8 @@
    over the audit's images (loaded from the same data spec with the same transform, loader and batch
    size) is timed before and after the audit; the audit's cost without attributions, export and
    dissection is its total time minus those stages (each stage's seconds are in card.json). Two models:
-   - the pretrained ``shipped:efficientnet_lite0`` at 224 px over ``--photos`` real 224-px photo crops
-     (random crops of scikit-image's photos, written as JPEG into one folder per photo), in-sample;
+   - the pretrained ``shipped:efficientnet_lite0`` at 224 px over ``--photos`` labelled photo crops
+     (the ``photos?n=N`` source: seeded crops of scikit-image photos with an ImageNet class), in-sample;
    - the MNIST ResNet18 (``--mnist-model``; trained for one epoch if absent) on 1,000 train + 500
      test digits.
    Attributions and export are reported against the same forward pass; dissection (``--concepts
@@ -27,29 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
 SPARE = ("attributions", "export", "dissection")
-
-
-def photo_crops(folder: Path, n: int, seed: int = 0) -> None:
-    """``n`` random square crops of scikit-image's photos, resized to 224 px, one folder per photo."""
-    from PIL import Image
-
-    from inspectnet.data import load_data
-
-    photos = load_data("samples")
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        k = i % len(photos)
-        img = photos.image(k).convert("RGB")
-        side = int(min(img.size) * rng.uniform(0.35, 1.0))
-        x, y = int(rng.integers(0, img.size[0] - side + 1)), int(rng.integers(0, img.size[1] - side + 1))
-        out = folder / photos.name(k)
-        out.mkdir(parents=True, exist_ok=True)
-        img.crop((x, y, x + side, y + side)).resize((224, 224), Image.BICUBIC).save(out / f"{i:05d}.jpg", quality=90)
 
 
 def plain_forward(zm, specs: list[tuple[str, int | None]], batch_size: int) -> tuple[float, int]:
@@ -135,13 +116,9 @@ def main() -> int:
     from inspectnet.pipelines.audit import AuditConfig
 
     work = Path(args.work)
-    crops = work / "photo_crops"
-    if len(list(crops.rglob("*.jpg"))) != args.photos:
-        shutil.rmtree(crops, ignore_errors=True)
-        photo_crops(crops, args.photos)
     common = dict(concepts="shapes", concept_limit=200, export=True, batch_size=32, device="cpu")
     rows = [audit_vs_forward("shipped:efficientnet_lite0 (224 px, 1000 classes)", load_model("shipped:efficientnet_lite0"),
-                             AuditConfig(data=str(crops), limit=args.photos, **common), work / "audit_lite0"),
+                             AuditConfig(data=f"photos?n={args.photos}", limit=args.photos, **common), work / "audit_lite0"),
             audit_vs_forward("MNIST ResNet18 (28 px, 10 classes)", mnist_model(Path(args.mnist_model)),
                              AuditConfig(data="mnist5k:train", eval_data="mnist5k:test", limit=1000, eval_limit=500,
                                          **common), work / "audit_mnist")]

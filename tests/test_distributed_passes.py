@@ -252,9 +252,11 @@ def test_two_rank_audit_equals_the_one_process_audit(tmp_path, digits_setup, one
 
     zm, _ = digits_setup
     config = AuditConfig(**AUDIT)
-    one = run_audit(zm, config, tmp_path / "one", log=None)
+    # the ranks fork first: an audit gives a placeholder-named model the data's class names, and both
+    # runs must start from the same model
     results = run_ranks(tmp_path, lambda r: (lambda d: d and _sections(d, tmp_path / "two"))(
         run_audit(zm, config, tmp_path / "two", log=None, shard_order="strided")))
+    one = run_audit(zm, config, tmp_path / "one", log=None)
     assert results[1] == ("ok", None)                  # rank 1 leaves after the shared passes
     kind, sections = results[0]
     assert kind == "ok" and sections == _sections(one, tmp_path / "one")

@@ -9,8 +9,10 @@ import argparse
 import shlex
 
 from inspectnet.cli.options import (
+    add_class_map_arg,
     add_model_args,
     add_pass_args,
+    class_map_from_args,
     emit,
     model_ref_from_args,
     start_distributed,
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="labelled data the analyses are fitted on (folder, mnist5k:train, digits, ...)")
     p.add_argument("--out", required=True, help="audit folder (cache + card); refused if it holds another model's")
     p.add_argument("--eval", dest="eval_data", help="labelled data to evaluate on (default: DATA, in-sample)")
+    add_class_map_arg(p)
     p.add_argument("--layers", help="comma-separated layers to probe (default: the model's stage outputs)")
     p.add_argument("--layer", help="the layer that rules, receptive fields and dissection analyse (default: the "
                                    "last probed layer; probed if not in --layers)")
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                          concepts=args.concepts, concept_limit=args.concept_limit, export=args.export,
                          attribution_images=args.images, ig_steps=args.ig_steps,
                          top_units=args.top_units, batch_size=args.batch_size, device=args.device,
-                         seed=args.seed, command=command_line(args))
+                         seed=args.seed, class_map=class_map_from_args(args), command=command_line(args))
     doc = run_audit(model_ref_from_args(args), config, args.out, num_workers=workers_from_args(args),
                     shard_order=args.shard_order)
     if not reports:

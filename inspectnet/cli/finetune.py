@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inspectnet.core.errors import InspectnetError
+    from inspectnet.models.zoo import adopt_class_names
     from inspectnet.training.finetune import finetune
     from inspectnet.training.loop import CHECKPOINT
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise InspectnetError(f"--resume: {args.out} holds no {CHECKPOINT} to continue from")
     start_distributed()
     zm = model_from_args(args)
-    ds = data_from_args(args, zm)
+    ds = adopt_class_names(zm, data_from_args(args, zm))
     eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None
     amp = {"auto": None, "on": True, "off": False}[args.amp]
     result = finetune(zm, ds, args.out, args.plugin, config_from_args(args), eval_data=eval_ds,

@@ -1,7 +1,7 @@
 """Options shared by the commands (model spec, data, device, data passes) and their translation to library calls.
 
-Nothing here imports torch: parsing, ``--help`` and argument errors stay fast; the library is
-imported when a command runs.
+Nothing here imports torch: parsing, ``--help`` and argument errors stay fast (``inspectnet run``
+shares ``--class-map``); the library is imported when a command runs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from inspectnet.data import ImageDataset
+    from inspectnet.data.datasets import ImageDataset
     from inspectnet.models.zoo import ModelRef, ZooModel
 
 
@@ -43,16 +43,32 @@ def model_ref_from_args(args: argparse.Namespace) -> ModelRef:
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     if data:
-        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, samples")
+        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, photos, samples")
     p.add_argument("--limit", type=int, help="use only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+    add_class_map_arg(p)
+
+
+def add_class_map_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class-map", metavar="FILE.json",
+                   help='{"data class": model index or class name}: how the data\'s classes map onto the model\'s '
+                        "(default: by WordNet id or class name; placeholder-named models take index order)")
+
+
+def class_map_from_args(args: argparse.Namespace) -> dict[str, int | str] | None:
+    from inspectnet.data.labels import read_class_map
+
+    return read_class_map(args.class_map) if getattr(args, "class_map", None) else None
 
 
 def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = None) -> ImageDataset:
+    """The data (``args.data``, or another ``spec`` such as --eval) with its classes mapped onto the
+    model's (see :mod:`inspectnet.data.labels`); --class-map keys must be classes of ``args.data``."""
     from inspectnet.data import load_data
 
-    return load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad)
+    return load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad, model_classes=zm.class_names,
+                     class_map=class_map_from_args(args), strict=spec is None)
 
 
 def worker_count(text: str) -> int:

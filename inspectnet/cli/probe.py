@@ -44,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if not reports:
         return 0
     layers = ", ".join(f"{e['name']} {e['shape']}" for e in rec.manifest["layers"])
-    acc = ""
-    if (rec.labels >= 0).any() and len(rec.class_names) == len(ds.class_names):
-        acc = f"; accuracy {rec.accuracy():.4f}"
+    acc = f"; accuracy {rec.accuracy():.4f}" if (rec.labels >= 0).any() else ""
     emit(rec.manifest, args.json, f"probe record {args.out}: {len(rec)} samples; layers {layers}; "
                                   f"features {rec.manifest['features_dim']}{acc}")
     return 0

@@ -21,11 +21,17 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_bytes
 from inspectnet.core.version import __version__
 from inspectnet.data import shapes as shapes_mod
-from inspectnet.data.datasets import UNLABELLED, ArrayDataset
+from inspectnet.data.datasets import UNLABELLED, ArrayDataset, CropDataset
 
 SPLIT_SEED = 0
 TRAIN_FRACTION = 0.8
 SAMPLE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "cat", "horse", "immunohistochemistry")
+# scikit-image photos whose ImageNet-1k class is clear, with its WordNet id. The others have none:
+# astronaut (a person in a flight suit), horse (a binary silhouette), coins, microscopy, textures;
+# "cat" is chelsea again. chelsea is an orange tabby; rocket a launch vehicle on its pad, which
+# ImageNet files under missile; camera ("cameraman") shows a camera on a tripod in the foreground.
+LABELLED_PHOTOS = (("chelsea", "n02123045"), ("coffee", "n07920052"), ("rocket", "n03773504"),
+                   ("camera", "n04485082"))
 
 
 def _split_indices(n: int, split: str | None) -> np.ndarray:
@@ -151,26 +157,73 @@ def labels_for_task(pairs: np.ndarray, task: str) -> tuple[np.ndarray, list[str]
         raise InspectnetError(str(exc)) from exc
 
 
-def samples(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
-    """scikit-image's real photos, unlabelled (chelsea, coffee, rocket, ...)."""
+def photo(name: str) -> np.ndarray:
+    """A scikit-image photo of :data:`SAMPLE_PHOTOS` as RGB uint8 (H, W, 3), read once (see module doc)."""
 
     def read() -> dict[str, np.ndarray]:
         data = _need("skimage.data", "scikit-image")
-        images = {}
-        for name in SAMPLE_PHOTOS:
-            img = np.asarray(getattr(data, name)())
-            if img.dtype == bool:
-                img = img.astype(np.uint8) * 255
-            if img.ndim == 2:
-                img = np.repeat(img[..., None], 3, axis=2)
-            images[name] = img[..., :3].astype(np.uint8)
-        return images
+        return {name: _rgb(np.asarray(getattr(data, name)())) for name in SAMPLE_PHOTOS}
 
-    photos = parsed_once("samples", "scikit-image", read)
-    images = [photos[name] for name in SAMPLE_PHOTOS]
+    return parsed_once("samples", "scikit-image", read)[name]
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return img[..., :3].astype(np.uint8)
+
+
+def samples(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
+    """scikit-image's real photos, unlabelled (chelsea, coffee, rocket, ...)."""
+    images = [photo(name) for name in SAMPLE_PHOTOS]
     return ArrayDataset(spec, images, np.full(len(images), UNLABELLED), [], names=SAMPLE_PHOTOS)
 
 
-SOURCES: dict[str, Callable[[str, str | None, dict[str, str]], ArrayDataset]] = {
-    "mnist5k": mnist5k, "digits": digits, "shapes": shapes, "samples": samples,
+def crop_boxes(width: int, height: int, count: int, rng: np.random.Generator, *, min_scale: float = 0.3
+               ) -> list[tuple[int, int, int, int, bool]]:
+    """``count`` distinct random crops (left, top, width, height, flipped) of a width x height image:
+    each side scaled by one factor in [min_scale, 1), then placed uniformly; half are mirrored.
+
+    >>> crop_boxes(100, 50, 2, np.random.default_rng(0))
+    [(13, 3, 74, 37, True), (12, 29, 31, 15, False)]
+    """
+    boxes: list[tuple[int, int, int, int, bool]] = []
+    while len(boxes) < count:
+        s = rng.uniform(min_scale, 1.0)
+        w, h = int(width * s), int(height * s)
+        left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        box = (left, top, w, h, bool(rng.random() < 0.5))
+        if box not in boxes:  # a crop is never drawn twice, so no crop is in both splits
+            boxes.append(box)
+    return boxes
+
+
+def photos(spec: str, split: str | None, params: dict[str, str]) -> CropDataset:
+    """Seeded random crops of the scikit-image photos with a known ImageNet class (:data:`LABELLED_PHOTOS`).
+
+    ``n`` crops in all (default 200, split evenly over the photos), ``seed`` (default 0). Class
+    names are WordNet ids, so the crops map onto any ImageNet model's classes. Each photo's crops
+    are distinct; its first 80 % form the ``train`` split and the rest ``test``, so the two never
+    share a crop.
+    """
+    n, seed = int(params.get("n", 200)), int(params.get("seed", 0))
+    if n < 2 * len(LABELLED_PHOTOS):
+        raise InspectnetError(f"data spec {spec!r}: n={n} is too small; at least {2 * len(LABELLED_PHOTOS)} "
+                              f"crops are needed (two per photo)")
+    rng = np.random.default_rng(seed)
+    images, items = [], []
+    for k, (name, _) in enumerate(LABELLED_PHOTOS):
+        images.append(photo(name))
+        count = n // len(LABELLED_PHOTOS) + (k < n % len(LABELLED_PHOTOS))
+        boxes = crop_boxes(images[-1].shape[1], images[-1].shape[0], count, rng)
+        cut = int(round(TRAIN_FRACTION * count))
+        keep = {None: range(count), "train": range(cut), "test": range(cut, count)}[split]
+        items += [(k, boxes[i], f"{name}_{i:03d}") for i in keep]
+    return CropDataset(spec, images, items, [wnid for _, wnid in LABELLED_PHOTOS])
+
+
+SOURCES: dict[str, Callable[[str, str | None, dict[str, str]], ArrayDataset | CropDataset]] = {
+    "mnist5k": mnist5k, "digits": digits, "shapes": shapes, "samples": samples, "photos": photos,
 }

@@ -21,6 +21,8 @@ from torch import nn
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, read_json
+from inspectnet.data.datasets import ImageDataset
+from inspectnet.data.labels import imagenet_names, placeholder_names
 from inspectnet.models.surgery import rebuild, set_submodule
 from inspectnet.models.weights import fit_state_dict, read_state_dict
 
@@ -444,12 +446,29 @@ def find_head(model: nn.Module) -> str:
 
 def default_class_names(num_classes: int) -> list[str]:
     """ImageNet class names for 1000-class models (shipped with timm), else ``class_0`` ..."""
-    if num_classes == 1000:
-        import timm.data
+    return imagenet_names() if num_classes == 1000 else placeholder_names(num_classes)
 
-        info = timm.data.ImageNetInfo()
-        return [info.index_to_description(i).split(",")[0] for i in range(1000)]
-    return [f"class_{i}" for i in range(num_classes)]
+
+def adopt_class_names(zm: ZooModel, dataset: ImageDataset) -> ImageDataset:
+    """A model with placeholder class names takes the names of data mapped onto it in index order.
+
+    That is ``train --num-classes N`` on a folder of N classes: the saved model then knows its
+    classes. Returns the dataset, its mapping now naming the adopted classes (still index order).
+
+    >>> import numpy as np; from inspectnet.data import ArrayDataset
+    >>> zm = load_model("resnet18", num_classes=2, in_chans=1, input_size=16)
+    >>> ds = ArrayDataset("d", np.zeros((2, 4, 4), np.uint8), [0, 1], ["cat", "dog"]).aligned_to(zm.class_names)
+    >>> adopt_class_names(zm, ds).label_mapping.method, zm.class_names
+    ('index order', ['cat', 'dog'])
+    """
+    mapping = dataset.label_mapping
+    if mapping is None or not mapping.index_order:
+        return dataset
+    zm.class_names = list(mapping.data_classes)
+    adopted = dataset.with_transform(dataset.transform)
+    adopted.class_names = list(zm.class_names)
+    adopted.label_mapping = dataclasses.replace(mapping, model_classes=list(zm.class_names))
+    return adopted
 
 
 def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -62,9 +62,10 @@ from inspectnet.core.distributed import share_from_main, world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, read_json
 from inspectnet.data import ImageDataset, load_data
+from inspectnet.data.labels import align_classes
 from inspectnet.data.subsets import spread_subset
 from inspectnet.models.layers import PRE_LOGITS, resolve_layers
-from inspectnet.models.zoo import ModelAbout, ModelRef, ZooModel, default_class_names
+from inspectnet.models.zoo import ModelAbout, ModelRef, ZooModel
 from inspectnet.probe.record import ProbeRecord
 
 AUDIT_FILE = "audit.json"
@@ -78,6 +79,8 @@ class AuditConfig:
 
     ``layers`` are probed (default: the model's stage outputs); ``layer`` is the one analysed by
     rules, receptive fields and dissection (default: the last probed layer; probed if not listed).
+    The data's classes are mapped onto the model's by name or WordNet id, or by ``class_map``
+    (``{"data class": model index or name}``; see :mod:`inspectnet.data.labels`).
     """
 
     data: str
@@ -98,6 +101,7 @@ class AuditConfig:
     batch_size: int = 32
     device: str = "cpu"
     seed: int = 0
+    class_map: dict[str, int | str] | None = None
     command: str = ""
 
 
@@ -112,6 +116,7 @@ class _Context:
     results: dict[str, Any]
     num_workers: int = 0
     shard_order: str = "contiguous"
+    index_order: bool = False
     _datasets: dict[str, ImageDataset] = dataclasses.field(default_factory=dict)
 
     @property
@@ -121,11 +126,17 @@ class _Context:
         zm.class_names = list(self.about.class_names)
         return zm
 
-    def dataset(self, spec: str, limit: int | None = None) -> ImageDataset:
-        """``spec`` loaded with the model's transform; with ``limit``, an evenly spread subset of that size."""
+    def raw_dataset(self, spec: str) -> ImageDataset:
+        """``spec`` loaded with the model's transform, its labels the data's own."""
         if spec not in self._datasets:
             self._datasets[spec] = load_data(spec, self.zm.transform())
-        return spread_subset(self._datasets[spec], limit)
+        return self._datasets[spec]
+
+    def dataset(self, spec: str, limit: int | None = None) -> ImageDataset:
+        """``spec`` with its classes mapped onto the model's; with ``limit``, an evenly spread subset of that size."""
+        ds = self.raw_dataset(spec).aligned_to(self.zm.class_names, class_map=self.config.class_map,
+                                               strict=spec == self.config.data)
+        return spread_subset(ds, limit)
 
     def eval_dataset(self) -> ImageDataset:
         """The evaluation data as probed: ``eval_data`` (or ``data``, in-sample) at its limit."""
@@ -141,6 +152,10 @@ class _Context:
     def layer(self) -> str:
         """The analysed layer, as the probe stage resolved it."""
         return self.results["probe"]["result"]["analysed_layer"]
+
+    def classes_present(self, split: str) -> list[int]:
+        """The model classes with labelled samples in the ``train`` or ``eval`` record."""
+        return self.results["probe"]["result"][split]["classes_present"]
 
     def rel(self, path: str | Path) -> str:
         """A path relative to the audit folder (card.json stays valid when the folder moves)."""
@@ -174,10 +189,19 @@ def _stage_probe(ctx: _Context) -> dict[str, Any]:
     train = run_probe(zm, ctx.dataset(cfg.data, cfg.limit), layers, ctx.out / "probe" / "train", **kw)
     ev = run_probe(zm, ctx.eval_dataset(), layers, ctx.out / "probe" / "eval", **kw) if cfg.eval_data else train
     labels = np.asarray(ev.labels)
-    return {"layers": layers, "analysed_layer": analysed, "train": {"data": cfg.data, "samples": len(train)},
-            "eval": {"data": eval_spec, "samples": len(ev), "in_sample": cfg.eval_data is None},
+    return {"layers": layers, "analysed_layer": analysed,
+            "train": {"data": cfg.data, "samples": len(train), **_classes_of(train)},
+            "eval": {"data": eval_spec, "samples": len(ev), "in_sample": cfg.eval_data is None, **_classes_of(ev)},
+            "num_classes": zm.num_classes, "index_order": ctx.index_order,
             "accuracy": ev.accuracy() if (labels >= 0).any() else None,
             "feature_dim": int(ev.manifest["features_dim"])}
+
+
+def _classes_of(record: ProbeRecord) -> dict[str, Any]:
+    """The model classes a record has labelled samples of, and how the data's classes were mapped."""
+    labels = np.asarray(record.labels)
+    return {"classes_present": [int(c) for c in np.unique(labels[labels >= 0])],
+            "label_mapping": record.manifest.get("label_mapping")}
 
 
 def probed_layers(zm: ZooModel, config: AuditConfig) -> tuple[list[str], str]:
@@ -201,35 +225,28 @@ def probed_layers(zm: ZooModel, config: AuditConfig) -> tuple[list[str], str]:
 
 
 def _stage_decomposition(ctx: _Context) -> dict[str, Any]:
-    import torch
-
-    from inspectnet.analysis.heads.decompose import head_of, linear_params
+    from inspectnet.analysis.heads.decompose import class_feature_means, head_of, linear_params, mean_contributions
     from inspectnet.pipelines.decompose import run_decomposition
 
     cfg = ctx.config
     train, ev = ctx.records()
     doc = run_decomposition(train, ev, ctx.out / "decomposition", zm=ctx.zm, k1=cfg.k1, k2=cfg.k2,
                             retrain_epochs=cfg.retrain_epochs, seed=cfg.seed)
-    # mean contribution W[c, j] * f_j of each influential feature over class c's eval samples, from
-    # per-class feature sums: O(C·d) memory, never a (samples, classes, features) array
-    w, _ = linear_params(head_of(ctx.zm))
-    labels = torch.from_numpy(np.array(ev.labels))
-    mine = (labels >= 0) & (labels < w.shape[0])
-    sums = torch.zeros_like(w).index_add_(0, labels[mine], torch.from_numpy(np.array(ev.features))[mine].double())
-    counts = torch.bincount(labels[mine], minlength=w.shape[0])
-    means = (w * sums / counts.clamp(min=1)[:, None]).numpy()
-    per_class = []
-    for c, support in enumerate(doc["supports"]):
-        mean = means[c] if counts[c] > 0 else None
-        per_class.append({"class": c, "features": support, "frequencies": doc["frequencies"][c],
-                          "mean_contribution": [float(mean[j]) for j in support] if mean is not None else None,
-                          "accuracy_full": doc["per_class_accuracy_full"][c],
-                          "accuracy_decomposed": doc["per_class_accuracy_decomposed"][c]})
-    keep = ("k1", "k2", "accuracy_full", "accuracy_decomposed", "rA", "agreement", "union_size", "feature_dim",
-            "head_macs_full", "head_macs_decomposed", "head_macs_gathered_dense", "noise_ablation",
-            "accuracy_retrained", "retrain_epochs", "empty_classes")
-    return {**{k: doc[k] for k in keep if k in doc}, "per_class": per_class,
-            "model_dir": ctx.rel(doc["model_dir"])}
+    # exact mean contribution W[c, j] * f_j of each influential feature over class c's eval samples,
+    # from per-class feature sums (memory O(C·d), not O(N·C·d))
+    means, counts = class_feature_means(ev, ctx.zm.num_classes)
+    contributions = mean_contributions(linear_params(head_of(ctx.zm))[0], means, doc["supports"])
+    present = sorted(set(ctx.classes_present("train")) | set(ctx.classes_present("eval")))
+    per_class = [{"class": c, "features": doc["supports"][c], "frequencies": doc["frequencies"][c],
+                  "mean_contribution": contributions[c] if counts[c] > 0 else None,
+                  "accuracy_full": doc["per_class_accuracy_full"][c],
+                  "accuracy_decomposed": doc["per_class_accuracy_decomposed"][c]} for c in present]
+    keep = ("k1", "k2", "accuracy_full", "accuracy_decomposed", "rA", "rA_undefined", "agreement", "union_size",
+            "features_used", "feature_dim", "dense_classes", "head_macs_full", "head_macs_decomposed",
+            "head_macs_gathered_dense", "among_fitted_classes", "noise_ablation", "accuracy_retrained",
+            "retrain_epochs")
+    return {**{k: doc[k] for k in keep if k in doc}, "num_classes": doc["num_classes"],
+            "classes_with_data": len(present), "per_class": per_class, "model_dir": ctx.rel(doc["model_dir"])}
 
 
 def _stage_rules(ctx: _Context) -> dict[str, Any]:
@@ -242,6 +259,7 @@ def _stage_rules(ctx: _Context) -> dict[str, Any]:
             "atom_filters", "rules", "avg_depth", "max_depth", "num_filters")
     d = rs.to_dict()
     return {**{k: d[k] for k in keep}, "rules_text": rs.rules_text[:40], "rules_total": len(rs.rules_text),
+            "classes": sorted({r["class"] for r in rs.rule_list}), "n_train": rs.n_train,
             "figures": [{"path": ctx.rel(paths["png"]), "caption": f"decision tree on {ctx.layer} (top levels)"}]}
 
 
@@ -282,7 +300,9 @@ def _stage_attributions(ctx: _Context) -> dict[str, Any]:
     dec = ctx.results.get("decomposition", {})
     if dec.get("status") == "ok":
         try:
-            supports = [p["features"] for p in dec["result"]["per_class"]]
+            supports: list[list[int]] = [[] for _ in range(zm.num_classes)]  # per_class lists the classes with data
+            for row in dec["result"]["per_class"]:
+                supports[row["class"]] = row["features"]
             rows = at.influential_feature_maps(zm, ds, labels, supports, out / "classes")
             result["classes"] = [{**r, "path": ctx.rel(r["path"])} for r in rows]
         except Exception as exc:  # noqa: BLE001
@@ -353,7 +373,7 @@ class Stage:
 
 def _probe_params(c: AuditConfig) -> dict[str, Any]:
     return {"data": c.data, "eval": c.eval_data, "layers": c.layers, "layer": c.layer, "limit": c.limit,
-            "eval_limit": c.eval_limit}
+            "eval_limit": c.eval_limit, "class_map": c.class_map}
 
 
 STAGES: tuple[Stage, ...] = (
@@ -406,17 +426,31 @@ def _open_folder(out: Path, about: ModelAbout) -> dict[str, Any]:
     return {"format": AUDIT_FORMAT, "model": about.spec, "model_fingerprint": about.fingerprint(), "stages": {}}
 
 
-def _adopt_data_class_names(ctx: _Context, state: dict[str, Any]) -> None:
-    """A model with placeholder class names takes the data's names when they fit (shown in the card).
+def _map_classes(ctx: _Context, state: dict[str, Any], log: Callable[[str], None]) -> tuple[list[str], bool]:
+    """Map the data's and the eval data's classes onto the model's before any stage runs; refuse what
+    cannot be mapped. Returns the model's class names for this audit and whether the data map in
+    index order: a model with placeholder class names takes the data's names then (the card says so).
 
-    The names are remembered in the audit state, so a fully cached audit never loads the data.
+    The data's class names are remembered in the audit state, so a fully cached audit never loads
+    the data.
     """
+    cfg = ctx.config
     known = state.setdefault("data_class_names", {})
-    if ctx.config.data not in known:
-        known[ctx.config.data] = list(ctx.dataset(ctx.config.data).class_names)
-    names, about = known[ctx.config.data], ctx.about
-    if len(names) == about.num_classes and about.class_names == default_class_names(about.num_classes):
-        about.class_names = list(names)
+    names, index_order = list(ctx.about.class_names), False
+    for spec in dict.fromkeys([cfg.data, cfg.eval_data or cfg.data]):
+        if spec not in known:
+            try:
+                known[spec] = list(ctx.raw_dataset(spec).class_names)
+            except Exception as exc:  # noqa: BLE001 - the probe stage reports a bad data spec properly
+                log(f"note: could not read class names from {spec}: {_why(exc)}")
+                continue
+        if not known[spec]:
+            continue  # unlabelled data
+        mapping = align_classes(known[spec], names, class_map=cfg.class_map, strict=spec == cfg.data,
+                                what=f"data {spec!r}")
+        if mapping.index_order:
+            names, index_order = list(mapping.data_classes), True
+    return names, index_order
 
 
 def _log(message: str) -> None:
@@ -460,11 +494,8 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
                    shard_order=shard_order)
     t_all = time.perf_counter()
     state = _from_main(lambda: _open_folder(out, about), share=False)  # the other ranks keep no state
-    if main:
-        try:
-            _adopt_data_class_names(ctx, state)
-        except Exception as exc:  # noqa: BLE001 - the probe stage reports a bad data spec properly
-            log(f"note: could not read class names from {config.data}: {_why(exc)}")
+    # every rank probes with the class names rank 0 settled on (the label mapping is in the record's identity)
+    about.class_names, ctx.index_order = _from_main(lambda: _map_classes(ctx, state, log))
     wanted = [s for s in STAGES if s.enabled(config)]
     if world()[0] > 1:  # the shared passes first: the other ranks are free once they are done
         wanted.sort(key=lambda s: not s.distributed)

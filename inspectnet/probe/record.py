@@ -37,6 +37,7 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.results import SCHEMA_VERSION, library_versions
 from inspectnet.core.storage import atomic_write_json, read_json
+from inspectnet.core.streaming import row_blocks
 from inspectnet.data import ImageDataset
 from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel
@@ -104,7 +105,9 @@ class ProbeRecord:
 
     @property
     def predictions(self) -> np.ndarray:
-        return np.asarray(self.logits).argmax(axis=1)
+        """Top-1 class per sample, read block by block (never the whole (N, C) logits in memory)."""
+        logits = self.logits
+        return np.concatenate([logits[rows].argmax(axis=1) for rows in row_blocks(len(logits))])
 
     @property
     def class_names(self) -> list[str]:
@@ -159,9 +162,11 @@ class _NpyWriter:
 
 
 def _identity(zm: ZooModel, dataset: ImageDataset, layers: list[str], reducer: str, n: int) -> dict[str, Any]:
+    mapping = dataset.label_mapping
     return {"model": zm.spec, "modifications": zm.modifications, "weights_fingerprint": zm.fingerprint(),
             "data": dataset.spec, "num_samples": n, "layers": layers, "reducer": reducer,
-            "input_size": list(zm.data_config["input_size"])}
+            "input_size": list(zm.data_config["input_size"]),
+            "label_mapping": mapping.identity() if mapping is not None else None}
 
 
 def _preallocate(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -185,6 +190,9 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     """Stream ``dataset`` through ``zm`` once and write a :class:`ProbeRecord` to ``out``.
 
     Re-running with the same arguments after an interruption resumes after the last batch written.
+    Labels are recorded in the model's label space: ``dataset`` is mapped onto ``zm.class_names``
+    (:meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`) unless it already is, and the mapping
+    is part of the record's identity (a folder probed with another mapping is refused).
     Under ``torchrun`` the ranks share the batches (``shard_order`` ``contiguous`` or ``strided``) and
     write into ``out`` (or, with ``shards``, into per-rank folders under ``out/shards``); every rank
     returns the record.
@@ -199,6 +207,7 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
         raise InspectnetError(f"--workers must be 0 or more data loader processes, got {num_workers}")
     out = Path(out)
     get_reducer(reducer)  # fail on a bad reducer before touching the output folder
+    dataset = dataset.aligned_to(zm.class_names)
     names = [n for n in resolve_layers(zm.model, layers, head_name=zm.head_name) if n != PRE_LOGITS]
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
@@ -446,7 +455,8 @@ def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: di
         "data": {"spec": dataset.spec, "num_samples": identity["num_samples"], "dataset_size": len(dataset)},
         "num_samples": identity["num_samples"],
         "class_names": zm.class_names,
-        "data_class_names": dataset.class_names,
+        "data_class_names": dataset.label_mapping.data_classes if dataset.label_mapping else dataset.class_names,
+        "label_mapping": dataset.label_mapping.describe() if dataset.label_mapping else None,
         "reducer": identity["reducer"],
         "layers": [{"name": k.split("/", 1)[1], "shape": list(v.shape[1:])}
                    for k, v in block.items() if k.startswith("layers/")],

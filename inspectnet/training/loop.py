@@ -76,7 +76,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainHooks) -> 
 
 def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, device: str = "auto",
              limit: int | None = None) -> float:
-    """Top-1 accuracy of ``zm`` on a labelled dataset.
+    """Top-1 accuracy of ``zm`` on a labelled dataset (its classes mapped onto the model's, see
+    :meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`).
 
     >>> from inspectnet import load_model, load_data
     >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
@@ -84,6 +85,7 @@ def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, devi
     True
     """
     dev = resolve_device(device)
+    dataset = dataset.aligned_to(zm.class_names)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
     correct = total = 0
@@ -106,14 +108,17 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
     A checkpoint is written after every epoch; calling again with the same arguments resumes.
     ``stop_after`` ends the run after that many epochs (as an interruption would). ``amp`` turns
     mixed precision on/off (default: on for CUDA devices only). The weights are trained in place;
-    the model goes back to its device and train/eval flags afterwards.
+    the model goes back to its device and train/eval flags afterwards. Both datasets' classes are
+    mapped onto the model's (:meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`).
     """
     hooks = hooks or TrainHooks()
     out = Path(out)
+    train_data = train_data.aligned_to(zm.class_names)
+    eval_data = eval_data.aligned_to(zm.class_names) if eval_data is not None else None
+    _check_labels(train_data)
     world, rank = distributed_world()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    _check_labels(zm, train_data)
     dev = resolve_device(device)
     with model_state(zm.model, device=dev):
         return _train_on_device(zm, train_data, out, config, eval_data=eval_data, dev=dev, hooks=hooks,
@@ -126,6 +131,8 @@ def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: 
     optimizer = make_optimizer(zm.model, config, hooks)
     precision = _Precision(dev, amp)
     identity = {"model": zm.spec, "data": train_data.spec, "config": dataclasses.asdict(config)}
+    if train_data.label_mapping is not None:  # resuming with the classes mapped otherwise is another run
+        identity["label_mapping"] = train_data.label_mapping.identity()
     if hooks.identity():
         identity["hooks"] = hooks.identity()
     start, history = _resume(out, identity, zm, optimizer, hooks, precision)
@@ -201,13 +208,10 @@ class _Precision:
         self.scaler.update()
 
 
-def _check_labels(zm: ZooModel, data: ImageDataset) -> None:
+def _check_labels(data: ImageDataset) -> None:
     labels = np.asarray(data.labels)
     if len(labels) == 0 or (labels < 0).all():
         raise InspectnetError(f"data {data.spec!r} has no labels to train on")
-    if labels.max() >= zm.num_classes:
-        raise InspectnetError(f"data {data.spec!r} has labels up to {labels.max()} but the model has "
-                              f"{zm.num_classes} outputs; pass --num-classes {len(data.class_names)}")
 
 
 def _train_epoch(zm: ZooModel, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,
