@@ -363,7 +363,7 @@ TABLE: list[tuple[str, str, tuple[str, ...], str, int]] = [
     ("probe", "nothing", (*PROBE, "--batch-size", "0"), "--batch-size must be at least 1", 2),
     ("probe", "nothing", (*PROBE, "--limit", "-5"), "--limit must be at least 1, got -5", 2),
     ("probe", "nothing", (*PROBE, "--limit", "0"), "--limit must be at least 1, got 0", 2),
-    ("probe", "nothing", (*PROBE, "--workers", "-1"), "--workers must be 0", 2),
+    ("probe", "nothing", (*PROBE, "--workers", "-1"), "--workers: expected 0 or more", 2),
     ("probe", "nothing", (*PROBE, "--device", "cuda:7"), "CUDA", 2),
     ("probe", "nothing", (*PROBE, "--device", "tpu"), "is not a device", 2),
     ("probe", "nothing", (*PROBE, "--reducer", "median"), "invalid choice: 'median'", 2),

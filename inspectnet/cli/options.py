@@ -1,12 +1,19 @@
-"""Options shared by the commands (model spec, data, device) and their translation to library calls."""
+"""Options shared by the commands (model spec, data, device, data passes) and their translation to library calls.
+
+Nothing here imports torch: parsing, ``--help`` and argument errors stay fast (``inspectnet run``
+shares ``--class-map``); the library is imported when a command runs.
+"""
+
+from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from inspectnet.data import ImageDataset, load_data
-from inspectnet.models.zoo import ZooModel, load_model
+if TYPE_CHECKING:
+    from inspectnet.data.datasets import ImageDataset
+    from inspectnet.models.zoo import ModelRef, ZooModel
 
 
 def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
@@ -24,22 +31,48 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
 def model_from_args(args: argparse.Namespace, seed: int | None = 0) -> ZooModel:
     """The model the options describe; anything initialised at random is seeded (``--seed``, else
     ``seed``; None = torch's global generator), so the same command always starts from the same weights."""
-    return load_model(args.model, weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
-                      pretrained=args.pretrained, input_size=args.input_size, reset_head=args.reset_head,
-                      seed=getattr(args, "seed", seed))
+    return model_ref_from_args(args, seed).load()
+
+
+def model_ref_from_args(args: argparse.Namespace, seed: int | None = 0) -> ModelRef:
+    """The model the arguments name, not loaded yet (see :class:`~inspectnet.models.zoo.ModelRef`),
+    seeded as in :func:`model_from_args`."""
+    from inspectnet.models.zoo import ModelRef
+
+    return ModelRef(args.model, dict(weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
+                                     pretrained=args.pretrained, input_size=args.input_size,
+                                     reset_head=args.reset_head, seed=getattr(args, "seed", seed)))
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     if data:
-        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, samples")
+        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, photos, samples")
     p.add_argument("--limit", type=int, help="use only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+    add_class_map_arg(p)
+
+
+def add_class_map_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class-map", metavar="FILE.json",
+                   help='{"data class": model index or class name}: how the data\'s classes map onto the model\'s '
+                        "(default: by WordNet id or class name; placeholder-named models take index order)")
+
+
+def class_map_from_args(args: argparse.Namespace) -> dict[str, int | str] | None:
+    from inspectnet.data.labels import read_class_map
+
+    return read_class_map(args.class_map) if getattr(args, "class_map", None) else None
 
 
 def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = None) -> ImageDataset:
-    """The data the options name, with the model's preprocessing; files skipped by --skip-bad are counted."""
-    ds = load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad)
+    """The data (``args.data``, or another ``spec`` such as --eval) with its classes mapped onto the
+    model's (see :mod:`inspectnet.data.labels`); --class-map keys must be classes of ``args.data``.
+    Files skipped by --skip-bad are counted on stderr."""
+    from inspectnet.data import load_data
+
+    ds = load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad, model_classes=zm.class_names,
+                   class_map=class_map_from_args(args), strict=spec is None)
     if ds.skipped:
         sys.stderr.write(f"skipped {len(ds.skipped)} undecodable file(s) of {ds.spec} (--skip-bad), e.g. "
                          f"{ds.skipped[0]}\n")

@@ -2,10 +2,8 @@
 
 import argparse
 
-from inspectnet.analysis.rules.tree import extract_rules, summary, write_rules
 from inspectnet.cli.options import emit
 from inspectnet.core.storage import check_output_dir
-from inspectnet.probe.record import ProbeRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.analysis.rules.tree import extract_rules, summary, write_rules
+    from inspectnet.probe.record import ProbeRecord
+
     check_output_dir(args.out)
     train = ProbeRecord.load(args.record)
     ev = ProbeRecord.load(args.eval_record) if args.eval_record else None

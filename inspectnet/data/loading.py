@@ -28,10 +28,11 @@ def check_workers(num_workers: int) -> int:
     >>> check_workers(-1)
     Traceback (most recent call last):
     ...
-    inspectnet.core.errors.InspectnetError: --workers must be 0 (load in the main process) or more, got -1
+    inspectnet.core.errors.InspectnetError: --workers must be 0 or more data loader processes (0 loads in the main ...
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise InspectnetError(f"--workers must be 0 (load in the main process) or more, got {num_workers!r}")
+        raise InspectnetError(f"--workers must be 0 or more data loader processes (0 loads in the main process), "
+                              f"got {num_workers!r}")
     return num_workers
 
 
