@@ -30,11 +30,11 @@ class DutyCycle(Plugin):
         HParam("density", "float", 0.5, "fraction â of units active per sample", low=1e-6, high=1.0),
         HParam("boost", "float", 1.0, "boost strength β", low=0.0),
         HParam("period", "int", 1000, "duty-cycle period T (samples)", low=1),
-        HParam("layer", "str", "last_conv", "layer after which the activation is inserted"),
+        HParam("layer", "str", "last_stage", "layer after which the activation is inserted"),
     )
 
     def setup(self, model: nn.Module) -> None:
-        self.layer_name = self.layer(self.hp["layer"])
+        self.layer_name = self.activation_layer(self.hp["layer"], penalty=False)
         self.duty: torch.Tensor | None = None
         self.seen = 0
         self.hoyer_log = HoyerLog()

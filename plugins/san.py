@@ -29,14 +29,14 @@ class SparseActivation(Plugin):
     alters_forward = True
     hparams = (
         HParam("activation", "str", "peaks", "sparse activation φ", choices=ACTIVATIONS),
-        HParam("layer", "str", "last_conv", "layer whose output maps φ sparsifies"),
+        HParam("layer", "str", "last_stage", "layer whose output maps φ sparsifies"),
         HParam("k", "int", 0, "max-activations: survivors per map (0: the paper's ⌊n/m⌋^dim)", low=0),
         HParam("m", "int", 2, "max-pool-indices: window size", low=1),
         HParam("d", "int", 2, "peaks: minimum peak distance mpd (kept peaks are > d apart)", low=1),
     )
 
     def setup(self, model: nn.Module) -> None:
-        self.layer_name = self.layer(self.hp["layer"])
+        self.layer_name = self.activation_layer(self.hp["layer"], penalty=False)
         self.phi = get_activation(self.hp["activation"], k=self.hp["k"], m=self.hp["m"], d=self.hp["d"])
         self.hoyer_log = HoyerLog()
         self._density: list[float] = []

@@ -1,5 +1,6 @@
 """Plugin contract, registry (entry points) and the EBP / k-WTA / SAN / baseline plugins."""
 
+import copy
 import sys
 import textwrap
 
@@ -157,6 +158,49 @@ def test_ebp_gradient_reaches_non_elite_filters_only():
     plugin.loss(x, torch.tensor([0, 0]), None)["ebp"].backward()
     g = model[0].weight.grad.flatten()
     assert g[0] == 0 and g[1] == 0 and g[2] > 0  # filters 0 and 1 are the elites
+
+
+def _scaled_before_norm(model: nn.Module, scale: float) -> nn.Module:
+    """A float64 copy with every conv that feeds a normalisation scaled: in train mode (batch statistics;
+    eps made negligible) the same function."""
+    from inspectnet.models.layers import following_normalisation
+
+    model = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d) and following_normalisation(model, name):
+                m.weight.mul_(scale)
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 1e-12
+    return model
+
+
+def test_ebp_default_layer_penalty_is_not_removable_by_rescaling_weights():
+    """The default layer is post-activation (ResNet: layer4), so scaling the pre-BN convs by 0.1, which
+    leaves the logits unchanged, leaves the penalty unchanged too; a pre-BN conv is refused."""
+    from inspectnet import load_model
+
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=3, in_chans=1, input_size=32)
+    x, y = torch.randn(8, 1, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    runs = []
+    for scale in (1.0, 0.1):
+        model = _scaled_before_norm(zm.model, scale).train()
+        plugin = make_plugin("ebp:K=4,lam=1").attach(model, num_classes=3, head_name=zm.head_name)
+        logits = model(x)
+        runs.append((plugin.layer_name, logits, plugin.loss(x, y, logits)["ebp"]))
+        plugin.detach()
+    (layer, logits1, pen1), (_, logits01, pen01) = runs
+    assert layer == "layer4"
+    assert torch.allclose(logits1, logits01, atol=1e-6)
+    assert pen1 > 0 and torch.allclose(pen1, pen01, rtol=1e-6)
+    with pytest.raises(InspectnetError, match="'layer4.1.conv2' is a Conv2d followed by 'layer4.1.bn2'"):
+        make_plugin("ebp:layer=layer4.1.conv2").attach(zm.model, num_classes=3)
+    with pytest.raises(InspectnetError, match="followed by"):
+        make_plugin("easr:layer=last_conv").attach(zm.model, num_classes=3)
+    with pytest.warns(UserWarning, match="shifts the zeros"):
+        make_plugin("kwta:layer=layer4.1.conv2").attach(zm.model, num_classes=3).detach()
+    assert _hooks(zm.model) == 0
 
 
 def test_kwta_ties_pass():
