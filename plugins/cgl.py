@@ -3,31 +3,47 @@
 The filters of each regularized conv layer are split into G consecutive groups of N_g filters;
 ``free`` filters (plus any remainder C − free not divisible by G) are left outside the grouping
 explicitly: they take no part in L_g and count as singleton blocks in R_bn, so they are still
-regularized. Terms (loss = CE + λ_bn R_bn + λ_g L_g + λ_s L_s):
+regularized. Loss = CE + λ_bn R_bn + λ_g L_g + λ_s L_s (Eq. 8), each term summed over layers:
 
-- R_bn = Σ_l ‖(‖W_1‖_p, …, ‖W_G‖_p, ‖w_free,1‖_p, …)‖_q (p = 2, q = 1: Σ_g ‖W_g‖_F). It replaces
-  weight decay on the regularized layers' weights (the optimizer gets weight_decay 0 for them).
-- ψ = σ(P1 · a / S + P2) on the conv's output a, S = per-filter std over the minibatch (guarded);
-  BN variant (when a BatchNorm follows the conv): ψ = σ(P1 · τ + P2), τ = a_bn + β/γ = BN(a)/γ,
-  with |γ| clamped away from 0. P1, P2 are learned, shared by all layers.
-- L_g: per group, r = 3·N_g random pairs i ≠ j (seeded generator, resampled each step, state
-  checkpointed) of D(ψ_i, ψ_j) = 2‖ψ_i − ψ_j‖₁ / (‖ψ_i‖₁ + ‖ψ_j‖₁ + ‖ψ_i − ψ_j‖₁), norms over the
-  minibatch and space; averaged over pairs, then over groups and layers.
-- L_s: ψ-weighted mean distance of each map from its centre of mass, averaged over maps.
+- R_bn = Σ_l ‖(‖W_1‖_p, …, ‖W_G‖_p, ‖w_free,1‖_p, …)‖_q (p = 2, q = 1: Eq. 6, Σ_l Σ_g ‖W_g‖_F). It
+  replaces weight decay on the regularized layers' weights (the optimizer gets weight_decay 0 for them).
+- ψ = σ(P1 · a / S + P2) on the conv's output a (Eq. 1), S = per-filter std over the minibatch
+  (guarded); BN variant (Eq. 4, when a BatchNorm follows the conv): ψ = σ(P1 · τ + P2),
+  τ = a_bn + β/γ = BN(a)/γ, with |γ| clamped away from 0. P1, P2 are shared by all layers.
+- L_g (Eq. 5, λ_2 = 0 as in the paper's experiments) = Σ_l Σ_g (1/r) Σ_{(i,j) ∈ R} D(ψ_i, ψ_j),
+  R = r = ``pairs``·N_g random pairs i ≠ j of the group (seeded generator, resampled every step,
+  state checkpointed), D(ψ_i, ψ_j) = 2‖ψ_i − ψ_j‖₁ / (‖ψ_i‖₁ + ‖ψ_j‖₁ + ‖ψ_i − ψ_j‖₁) with the norms
+  over the minibatch and space (a soft 1 − IoU).
+- L_s (§3.2) = Σ_l mean over the layer's maps of Σ_j ψ_j ‖j − c(ψ)‖₂ / Σ_j ψ_j, c(ψ) the ψ-weighted
+  centre of the map. Positions j are measured in units of the map's longer side (the paper's index
+  units would let the largest maps dominate the sum over layers): a spatially uniform ψ gives about
+  0.38 per layer, a ψ concentrated on one spot 0. A 1×1 map has no spatial extent (its L_s is 0;
+  a warning says so).
 
-Group relevance β_g = ‖W_g‖_F per layer is reported every epoch (``beta/<layer>``).
+**P1 and P2.** The paper learns them. ψ → σ(P2), a constant, makes every D and hence L_g zero
+without aligning any filter, so dL_g/dP1 > 0 and learned P1 drifts towards 0 while L_s (which a
+constant ψ sets to the uniform value) pulls the other way. Every epoch logs ``P1``, ``P2``, the
+unweighted ``L_g`` and ``L_s`` (means over the epoch's steps) and ``psi_std`` (the spread of ψ,
+averaged over layers: it falls towards 0 along the degenerate direction), so the drift is visible.
+``P=bounded`` keeps P1 ≥ ``P1_min`` (projected before every forward pass) and ``P=fixed`` keeps
+P1, P2 at their initial values. That closes the P1 direction only: the weights can still flatten ψ
+by saturating the sigmoid (a bias large against the map's spread, or β/γ large in the BN variant),
+which ``psi_std`` also shows. Group relevance β_g = ‖W_g‖_F per layer is logged too
+(``beta/<layer>``).
 
 Example::
 
-    inspectnet finetune model/ shapes:train --plugin cgl:groups=8,layers=conv1|conv2 --out ft/
+    inspectnet finetune model/ shapes:train --plugin cgl:groups=8,layers=conv1|conv2,P=bounded --out ft/
 """
 
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.models.layers import following_normalisation
 from inspectnet.plugins import HParam, Plugin
 
 _BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -43,15 +59,19 @@ class ConceptGroupLearning(Plugin):
         HParam("groups", "int", 8, "concept groups G per layer", low=1),
         HParam("free", "int", 0, "filters per layer left outside the groups (the last ones)", low=0),
         HParam("lam_bn", "float", 1e-4, "block-norm strength λ_bn", low=0.0),
-        HParam("lam_g", "float", 0.05, "group activation loss strength λ_g", low=0.0),
-        HParam("lam_s", "float", 0.01, "spatial loss strength λ_s", low=0.0),
+        HParam("lam_g", "float", 0.05, "group activation loss strength λ_g (L_g summed over groups, layers)",
+               low=0.0),
+        HParam("lam_s", "float", 0.05, "spatial loss strength λ_s (L_s summed over layers)", low=0.0),
         HParam("p", "float", 2.0, "inner norm of a group's weights", low=1.0),
         HParam("q", "float", 1.0, "outer norm over groups", low=1.0),
         HParam("bn", "str", "auto", "BN variant: auto (where a BatchNorm follows), on, off",
                choices=("auto", "on", "off")),
-        HParam("pairs", "float", 3.0, "random pairs per group as a multiple of N_g", low=0.0),
-        HParam("P1", "float", 1.0, "initial sigmoid scale (learned)"),
-        HParam("P2", "float", 0.0, "initial sigmoid shift (learned)"),
+        HParam("pairs", "float", 3.0, "random pairs per group r as a multiple of N_g", low=0.0),
+        HParam("P1", "float", 1.0, "initial sigmoid scale"),
+        HParam("P2", "float", 0.0, "initial sigmoid shift"),
+        HParam("P", "str", "learned", "P1, P2: learned (paper), bounded (P1 >= P1_min) or fixed",
+               choices=("learned", "bounded", "fixed")),
+        HParam("P1_min", "float", 0.5, "lower bound of P1 with P=bounded"),
         HParam("seed", "int", 0, "seed of the random pairs"),
     )
 
@@ -65,19 +85,27 @@ class ConceptGroupLearning(Plugin):
                  else self.layers(spec.split("|")))
         if not names:
             raise InspectnetError("plugin cgl: the model has no Conv2d layer to regularize")
-        all_names = [n for n, _ in model.named_modules()]
         self.convs: dict[str, nn.Conv2d] = {}
         self.split: dict[str, tuple[int, int, int]] = {}  # layer -> (G, N_g, free)
         self._psi: dict[str, torch.Tensor] = {}
+        self._epoch: dict[str, float] = {}
+        self._steps = 0
+        self._warned_flat = False
         self.P = nn.Parameter(torch.tensor([self.hp["P1"], self.hp["P2"]], dtype=torch.float32,
-                                           device=next(model.parameters()).device))
+                                           device=next(model.parameters()).device),
+                              requires_grad=self.hp["P"] != "fixed")
+        if self.hp["P"] == "bounded":
+            # projected gradient descent: P1 is put back on [P1_min, ∞) before each forward uses it
+            self._handles.append(model.register_forward_pre_hook(lambda _m, _a: self._project()))
         for name in names:
             conv = model.get_submodule(name)
             if not isinstance(conv, nn.Conv2d):
                 raise InspectnetError(f"plugin cgl: layer {name!r} is a {type(conv).__name__}, not a Conv2d")
             self.convs[name] = conv
             self.split[name] = self._grouping(name, conv.out_channels)
-            bn = self._following_bn(model, all_names, name, conv)
+            if self.hp["lam_g"] == 0 and self.hp["lam_s"] == 0:
+                continue  # R_bn alone: no soft receptive fields to compute
+            bn = self._following_bn(model, name, conv)
             if bn is not None:
                 self.hook(bn, lambda out, n=name, m=model.get_submodule(bn): self._capture_bn(n, out, m))
             else:
@@ -92,14 +120,18 @@ class ConceptGroupLearning(Plugin):
         n_g = (channels - free) // G
         return G, n_g, channels - G * n_g  # the remainder joins the free filters, explicitly
 
-    def _following_bn(self, model: nn.Module, names: list[str], name: str, conv: nn.Conv2d) -> str | None:
+    def _following_bn(self, model: nn.Module, name: str, conv: nn.Conv2d) -> str | None:
         if self.hp["bn"] == "off":
             return None
-        nxt = names[names.index(name) + 1] if names.index(name) + 1 < len(names) else None
-        m = model.get_submodule(nxt) if nxt else None
+        norm = following_normalisation(model, name)
+        m = model.get_submodule(norm) if norm else None
         if isinstance(m, _BN) and m.num_features == conv.out_channels and m.affine:
-            return nxt
+            return norm
         return None
+
+    def _project(self) -> None:
+        with torch.no_grad():
+            self.P[0].clamp_(min=self.hp["P1_min"])
 
     def _capture(self, name: str, a: torch.Tensor) -> None:
         a = a.float().clone()  # clone: a later in-place op must not rewrite what autograd saved
@@ -124,24 +156,33 @@ class ConceptGroupLearning(Plugin):
         norms = torch.cat([blocks.norm(p=p, dim=1), w[G * n_g:].norm(p=p, dim=1)]) if free else blocks.norm(p=p, dim=1)
         return norms.norm(p=q), blocks.norm(dim=1).detach()
 
-    def group_loss(self, psi: torch.Tensor, G: int, n_g: int) -> torch.Tensor:
-        if n_g < 2:
-            return psi.new_zeros(())
+    def sample_pairs(self, G: int, n_g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(i, j): r = ``pairs``·N_g random filter pairs i ≠ j in each of the G groups, as (G, r) indices
+        of the layer's filters (group g's filters are g·N_g … (g+1)·N_g − 1)."""
         r = max(1, round(self.hp["pairs"] * n_g))
         i = torch.randint(0, n_g, (G, r), generator=self.gen)
         j = (i + torch.randint(1, n_g, (G, r), generator=self.gen)) % n_g  # j != i
         base = (torch.arange(G) * n_g).view(G, 1)
-        i, j = (i + base).flatten().to(psi.device), (j + base).flatten().to(psi.device)
+        return i + base, j + base
+
+    def group_loss(self, psi: torch.Tensor, G: int, n_g: int) -> torch.Tensor:
+        """One layer's share of L_g (Eq. 5): Σ_g (1/r) Σ_{(i,j)} D(ψ_i, ψ_j) over sampled pairs."""
+        if n_g < 2:
+            return psi.new_zeros(())
+        i, j = (t.to(psi.device) for t in self.sample_pairs(G, n_g))
         maps = psi.transpose(0, 1).flatten(1)  # (C, B*H*W)
         mass = maps.sum(1)  # ‖ψ_i‖₁ once per filter (ψ > 0), gathered per pair below
-        diff = (maps[i] - maps[j]).abs().sum(1)
-        return (2 * diff / (mass[i] + mass[j] + diff).clamp_min(1e-12)).mean()
+        diff = (maps[i] - maps[j]).abs().sum(-1)  # (G, r)
+        return (2 * diff / (mass[i] + mass[j] + diff).clamp_min(1e-12)).mean(1).sum()
 
     @staticmethod
     def spatial_loss(psi: torch.Tensor) -> torch.Tensor:
+        """One layer's L_s: the mean over its maps of the ψ-weighted distance from the map's centre,
+        positions in units of the map's longer side."""
         B, C, H, W = psi.shape
-        ys = torch.arange(H, device=psi.device, dtype=psi.dtype)
-        xs = torch.arange(W, device=psi.device, dtype=psi.dtype)
+        unit = max(H, W)
+        ys = torch.arange(H, device=psi.device, dtype=psi.dtype) / unit
+        xs = torch.arange(W, device=psi.device, dtype=psi.dtype) / unit
         rows, cols = psi.sum(3), psi.sum(2)  # marginals give the centre of mass cheaply
         mass = rows.sum(2).clamp_min(1e-12)
         cy, cx = (rows * ys).sum(2) / mass, (cols * xs).sum(2) / mass
@@ -151,22 +192,46 @@ class ConceptGroupLearning(Plugin):
         return ((psi * d2.clamp_min(1e-12).sqrt()).sum((2, 3)) / mass).mean()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        r_bn = sum(self.block_norm(n)[0] for n in self.convs)
+        if self.hp["lam_g"] == 0 and self.hp["lam_s"] == 0:
+            return {"cgl_bn": self.hp["lam_bn"] * r_bn}
         missing = [n for n in self.convs if n not in self._psi]
         if missing:
             raise InspectnetError(f"plugin cgl: layer {missing[0]!r} did not run in the forward pass")
-        r_bn = sum(self.block_norm(n)[0] for n in self.convs)
-        l_g = torch.stack([self.group_loss(self._psi[n], *self.split[n][:2]) for n in self.convs]).mean()
-        l_s = torch.stack([self.spatial_loss(self._psi[n]) for n in self.convs]).mean()
+        self._warn_flat_maps()
+        l_g = torch.stack([self.group_loss(self._psi[n], *self.split[n][:2]) for n in self.convs]).sum()
+        l_s = torch.stack([self.spatial_loss(self._psi[n]) for n in self.convs]).sum()
+        self._log_step(l_g, l_s)
         self._psi.clear()
         return {"cgl_bn": self.hp["lam_bn"] * r_bn, "cgl_g": self.hp["lam_g"] * l_g,
                 "cgl_s": self.hp["lam_s"] * l_s}
+
+    def _warn_flat_maps(self) -> None:
+        flat = [n for n, psi in self._psi.items() if psi.shape[2] * psi.shape[3] == 1]
+        if flat and not self._warned_flat:
+            self._warned_flat = True
+            warnings.warn(f"plugin cgl: {len(flat)} regularized layer(s) give 1×1 maps ({flat[0]}, ...): L_s has no "
+                          f"spatial extent there (0), L_g compares them over the minibatch only", stacklevel=3)
+
+    def _log_step(self, l_g: torch.Tensor, l_s: torch.Tensor) -> None:
+        with torch.no_grad():
+            spread = torch.stack([psi.std() for psi in self._psi.values()]).mean()
+        for key, value in (("L_g", l_g), ("L_s", l_s), ("psi_std", spread)):
+            self._epoch[key] = self._epoch.get(key, 0.0) + float(value.detach())
+        self._steps += 1
 
     def group_relevance(self) -> dict[str, list[float]]:
         """β_g = ‖W_g‖_F for each group of each regularized layer."""
         return {n: self.block_norm(n)[1].tolist() for n in self.convs}
 
+    def epoch_begin(self, epoch: int) -> None:
+        self._epoch, self._steps = {}, 0
+
     def epoch_end(self, epoch: int) -> dict[str, Any]:
+        if self.hp["P"] == "bounded":
+            self._project()  # the value the next forward pass will use
         out: dict[str, Any] = {"P1": float(self.P[0].detach()), "P2": float(self.P[1].detach())}
+        out.update({k: v / self._steps for k, v in self._epoch.items()} if self._steps else {})
         for n, beta in self.group_relevance().items():
             out[f"beta/{n}"] = [round(b, 6) for b in beta]
         return out
@@ -175,7 +240,7 @@ class ConceptGroupLearning(Plugin):
         return [c.weight for c in self.convs.values()]
 
     def parameters(self) -> list[nn.Parameter]:
-        return [self.P]
+        return [self.P] if self.P.requires_grad else []
 
     def state_dict(self) -> dict[str, Any]:
         return {"P": self.P.detach().cpu(), "generator": self.gen.get_state()}
