@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from inspectnet_plugins.cgl import ConceptGroupLearning
 from paired_stats import describe, mean_std, paired
 from torch import nn
 
@@ -36,7 +37,6 @@ from inspectnet.analysis.dissect.dissection import dissect
 from inspectnet.core.results import library_versions
 from inspectnet.data import shapes as shapes_mod
 from inspectnet.data.concepts import ArrayConcepts
-from inspectnet_plugins.cgl import ConceptGroupLearning
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {  # Table 1: (colour, shape, colour-shape, total)
