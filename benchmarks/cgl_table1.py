@@ -14,8 +14,9 @@ plugin (``inspectnet_plugins.cgl``); regime (b) is the plugin with λ_g = λ_s =
 per-epoch log (P1, P2, L_g, L_s, spread of ψ) is kept for every run. To stay within a CPU budget
 conv1 has stride 2 and is followed by a 2× max-pool (conv1 maps are 32×32, conv2 maps 16×16, both
 upsampled to the 64×64 masks for dissection) and the head is a global max-pool (presence task);
-the paper gives no training details for this experiment (epochs, λ's, groups), so ours are
-stated in the output. CUDA is used when present.
+the widths are halved (64 and 128 filters; ``--widths 128,256`` is the paper's); the paper gives
+no training details for this experiment (epochs, λ's, groups), so ours are stated in the output.
+CUDA is used when present.
 
     python benchmarks/cgl_table1.py            # -> benchmarks/results/cgl_table1.{json,md}
 """
@@ -49,14 +50,14 @@ PLAIN = {"input_size": (3, 64, 64), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1
 
 
 class TwoLayerCNN(nn.Module):
-    """conv1 (3→128, 3×3, stride) → ReLU → max-pool → conv2 (128→256, 3×3) → ReLU → global max → linear."""
+    """conv1 (3→w1, 3×3, stride) → ReLU → max-pool → conv2 (w1→w2, 3×3) → ReLU → global max → linear."""
 
-    def __init__(self, num_classes: int = 2, pool: int = 2, stride: int = 2):
+    def __init__(self, num_classes: int = 2, pool: int = 2, stride: int = 2, widths: tuple[int, int] = (128, 256)):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 128, 3, stride=stride, padding=1)
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=stride, padding=1)
         self.pool = nn.MaxPool2d(pool) if pool > 1 else nn.Identity()
-        self.conv2 = nn.Conv2d(128, 256, 3, padding=1)
-        self.fc = nn.Linear(256, num_classes)
+        self.conv2 = nn.Conv2d(widths[0], widths[1], 3, padding=1)
+        self.fc = nn.Linear(widths[1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = F.relu(self.conv2(self.pool(F.relu(self.conv1(x)))))
@@ -76,7 +77,7 @@ def plugin_for(regime: str, seed: int, args) -> ConceptGroupLearning | None:
 def train_one(regime: str, seed: int, x: torch.Tensor, y: torch.Tensor, args,
               dev: torch.device) -> tuple[TwoLayerCNN, list[dict]]:
     torch.manual_seed(seed)
-    model = TwoLayerCNN(pool=args.pool, stride=args.stride).to(dev)
+    model = TwoLayerCNN(pool=args.pool, stride=args.stride, widths=args.widths).to(dev)
     plugin = plugin_for(regime, seed, args)
     if plugin is not None:
         plugin.attach(model, num_classes=2)
@@ -142,9 +143,11 @@ def uniform_spatial_loss(args) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--train-images", type=int, default=2000)
+    p.add_argument("--widths", type=lambda t: tuple(int(v) for v in t.split(",")), default=(64, 128),
+                   help="filters of conv1,conv2 (paper: 128,256; halved for the CPU budget)")
+    p.add_argument("--train-images", type=int, default=1500)
     p.add_argument("--dissect-images", type=int, default=300)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--pool", type=int, default=2, help="max-pool size between conv1 and conv2")
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lam-bn", type=float, default=2e-3)
     p.add_argument("--lam-g", type=float, default=0.01, help="λ_g (L_g summed over groups and layers)")
-    p.add_argument("--lam-s", type=float, default=0.5, help="λ_s (L_s summed over layers)")
+    p.add_argument("--lam-s", type=float, default=5.0, help="λ_s (L_s summed over layers)")
     p.add_argument("--groups", type=int, default=16, help="concept groups per conv layer")
     p.add_argument("--P", default="learned", choices=["learned", "bounded", "fixed"], help="the plugin's P1/P2 mode")
     p.add_argument("--threads", type=int, default=2)
@@ -195,8 +198,8 @@ def write(runs: list[dict], regimes: list[str], seeds: list[int], args, argv, de
     """Write the JSON and Markdown results of the runs finished so far (rewritten after every run)."""
     doc = {"command": "python benchmarks/cgl_table1.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "device": device, "settings": {k: v for k, v in vars(args).items() if k != "out"},
-           "network": (f"conv1 3→128 3×3 stride {args.stride}, ReLU, maxpool {args.pool}, conv2 128→256 3×3, ReLU, "
-                       "global max, linear 256→2"),
+           "network": (f"conv1 3→{args.widths[0]} 3×3 stride {args.stride}, ReLU, maxpool {args.pool}, conv2 "
+                       f"{args.widths[0]}→{args.widths[1]} 3×3, ReLU, global max, linear {args.widths[1]}→2"),
            "uniform_L_s": round(uniform_spatial_loss(args), 4),
            "paper": PAPER, "summary": summarise(runs, regimes), "paired": comparisons(runs, regimes),
            "runs": runs, "versions": library_versions()}
