@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lam-bn", type=float, default=2e-3)
     p.add_argument("--lam-g", type=float, default=0.01, help="λ_g (L_g summed over groups and layers)")
-    p.add_argument("--lam-s", type=float, default=5.0, help="λ_s (L_s summed over layers)")
+    p.add_argument("--lam-s", type=float, default=1.0, help="λ_s (L_s summed over layers)")
     p.add_argument("--groups", type=int, default=16, help="concept groups per conv layer")
     p.add_argument("--P", default="learned", choices=["learned", "bounded", "fixed"], help="the plugin's P1/P2 mode")
     p.add_argument("--threads", type=int, default=2)

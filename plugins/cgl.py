@@ -242,7 +242,7 @@ class ConceptGroupLearning(Plugin):
 
     def _capture(self, name: str, a: torch.Tensor) -> None:
         a = a.float().clone()  # clone: a later in-place op must not rewrite what autograd saved
-        s = a.transpose(0, 1).flatten(1).std(dim=1, correction=0).clamp_min(1e-6).view(1, -1, 1, 1)
+        s = a.std(dim=(0, 2, 3), correction=0, keepdim=True).clamp_min(1e-6)  # per filter, over batch and space
         self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], a, self.P[0] / s))
 
     def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
