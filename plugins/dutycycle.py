@@ -12,8 +12,9 @@ also applies at evaluation, as in the paper's reference implementation.
 
 The paper pairs the k-winners with sparse weights: in the layer that feeds it (the last Conv2d
 or Linear defined up to ``layer``) each output unit keeps a fixed random ``weight_density``
-fraction of its incoming weights; the others are zeroed before every forward pass, so they stay
-zero through training (``weight_density=1`` keeps the layer dense).
+fraction of its incoming weights; the others are set to zero when the plugin is attached (they
+stay zero after it is detached: the trained model is sparse) and their gradients are masked, so
+they stay zero through training (``weight_density=1`` keeps the layer dense).
 
 Example::
 
@@ -67,9 +68,13 @@ class DutyCycle(Plugin):
         self.weight_layer: str | None = None
         if self.hp["weight_density"] < 1:
             self.weight_layer = self._feeding_layer(model)
-            module = model.get_submodule(self.weight_layer)
-            self.weight_mask = self._sparse_mask(module.weight)
-            self._handles.append(module.register_forward_pre_hook(lambda m, _args: self._rezero(m)))
+            weight = model.get_submodule(self.weight_layer).weight
+            self.weight_mask = self._sparse_mask(weight)
+            with torch.no_grad():
+                weight.mul_(self.weight_mask.to(weight.dtype))
+            # masked gradients keep the zeros with SGD, Adam and AdamW (decay of a zero is zero), and the
+            # weights are never written during a forward pass (a saved model is the one that ran)
+            self._handles.append(weight.register_hook(lambda g: g * self.weight_mask.to(g.dtype)))
         self.hook(self.layer_name, self._apply)
 
     def _feeding_layer(self, model: nn.Module) -> str:
@@ -90,13 +95,6 @@ class DutyCycle(Plugin):
         if zeros:
             mask.scatter_(1, scores.topk(zeros, dim=1).indices, False)
         return mask.view_as(weight).to(weight.device)
-
-    def _rezero(self, module: nn.Module) -> None:
-        # only after an optimizer step moved a masked weight: an in-place write between a forward and
-        # its backward (a second forward in the same step) would invalidate the saved weights
-        with torch.no_grad():
-            if module.weight.masked_select(~self.weight_mask).any():
-                module.weight.mul_(self.weight_mask.to(module.weight.dtype))
 
     def _apply(self, out: torch.Tensor) -> torch.Tensor:
         if self.duty is None:
