@@ -37,7 +37,6 @@ from inspectnet.training.loop import TrainConfig
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("vanilla,ebp:K=10,kwta:k=0.2,easr:lam=5e-5,sparseout:p=0.3,q=2.5,"
            "dutycycle:density=0.7,boost=8")
-SWEEP = {"ebp": ("lam", ["1e-3", "1e-2", "1e-1"])}
 DATA = {"mnist5k": 28, "digits": 16}  # input side
 EPOCHS = {"mnist5k": 4, "digits": 8}
 LIMIT = {"mnist5k": 2000, "digits": None}  # training images (the first of the fixed split)
@@ -95,6 +94,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="training images (default: 2000 of mnist5k's 4000, all digits)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--ebp-lams", default="1e-3,1e-2,1e-1", help="EBP's λ sweep (the paper's grid)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/inspectnet_bench/ebp_table1")
     args = ap.parse_args()
@@ -107,7 +107,9 @@ def main() -> None:
     transform = probe.transform()
     train_ds = load_data(f"{args.data}:train", transform)
     test_ds = load_data(f"{args.data}:test", transform)
-    methods = expand_methods(split_plugin_list(args.methods), layer="features", sweeps=dict(SWEEP))
+    plugins = split_plugin_list(args.methods)
+    sweep = {"ebp": ("lam", args.ebp_lams.split(","))} if any(p.split(":")[0] == "ebp" for p in plugins) else {}
+    methods = expand_methods(plugins, layer="features", sweeps=sweep)
     config = TrainConfig(epochs=args.epochs, batch_size=64, lr=args.lr, optimizer="adamw", limit=args.limit)
     t0 = time.perf_counter()
     result = compare(lambda: make_model(size, list(train_ds.class_names)), train_ds, test_ds, methods, "features",
