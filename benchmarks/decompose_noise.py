@@ -36,6 +36,7 @@ from inspectnet import load_data, load_model
 from inspectnet.analysis.heads.decompose import linear_params, noise_ablation
 from inspectnet.analysis.heads.influence import fit_influence
 from inspectnet.data.datasets import ArrayDataset
+from inspectnet.data.labels import imagenet_synsets
 from inspectnet.probe.record import run_probe
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,11 +44,15 @@ PHOTOS = {"chelsea": 282, "coffee": 967, "rocket": 657, "camera": 872}  # Lite0'
 PAPER = {"ResNet20 / CIFAR-10": (91.17, 48.97, 82.24), "ResNet50 / ImageNet": (74.55, 12.52, 74.40)}
 
 
-def photo_crops(per_photo: int, seed: int, class_names: list[str]) -> ArrayDataset:
-    """Random crops (30–100 % of each side, random horizontal flips) of the labelled photos."""
+def photo_crops(per_photo: int, seed: int) -> ArrayDataset:
+    """Random crops (30–100 % of each side, random horizontal flips) of the labelled photos, their classes
+    named by WordNet id (the probe maps them onto the model's indices; ImageNet names such as 'crane' are
+    ambiguous)."""
+    synsets = imagenet_synsets()
+    wnids = [synsets[index][0] for index in PHOTOS.values()]
     rng = np.random.default_rng(seed)
     images, labels = [], []
-    for name, label in PHOTOS.items():
+    for label, name in enumerate(PHOTOS):
         im = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
         W, H = im.size
         for _ in range(per_photo):
@@ -58,7 +63,7 @@ def photo_crops(per_photo: int, seed: int, class_names: list[str]) -> ArrayDatas
                 crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             images.append(np.asarray(crop))
             labels.append(label)
-    return ArrayDataset(f"photo-crops?seed={seed}&n={per_photo}", images, np.array(labels), class_names)
+    return ArrayDataset(f"photo-crops?seed={seed}&n={per_photo}", images, np.array(labels), wnids)
 
 
 def ablation(zm, train_rec, test_rec, k: int, seeds: list[int]) -> dict:
@@ -95,10 +100,9 @@ def main() -> None:
                    batch_size=100, device=device)
     out["ResNet18 / mnist5k (10 classes)"] = ablation(r18, tr, te, 5, seeds)
     lite0 = load_model("shipped:efficientnet_lite0")
-    names = list(lite0.class_names)
-    tr = run_probe(lite0, photo_crops(args.crops, 1, names).with_transform(lite0.transform()), "pre_logits",
+    tr = run_probe(lite0, photo_crops(args.crops, 1).with_transform(lite0.transform()), "pre_logits",
                    work / "lite0_train", batch_size=32, device=device)
-    te = run_probe(lite0, photo_crops(max(1, 2 * args.crops // 3), 2, names).with_transform(lite0.transform()),
+    te = run_probe(lite0, photo_crops(max(1, 2 * args.crops // 3), 2).with_transform(lite0.transform()),
                    "pre_logits", work / "lite0_test", batch_size=32, device=device)
     out["EfficientNet-Lite0 / photo crops (1000 classes)"] = ablation(lite0, tr, te, 50, seeds)
     command = "python benchmarks/decompose_noise.py " + " ".join(sys.argv[1:])
