@@ -64,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
              f"union {doc['union_size']}/{doc['feature_dim']} features; head MACs {doc['head_macs_full']} -> "
              f"{doc['head_macs_decomposed']}",
              f"noise: influential {doc['noise_ablation']['influential']:.4f}, "
-             f"non-influential {doc['noise_ablation']['non_influential']:.4f} (full head); decomposed head "
-             f"{doc['noise_ablation']['decomposed_head']['influential']:.4f} / "
-             f"{doc['noise_ablation']['decomposed_head']['non_influential']:.4f}"]
+             f"non-influential {doc['noise_ablation']['non_influential']:.4f} (full head)"]
     if "accuracy_retrained" in doc:
         lines.append(f"retrained head ({args.retrain_epochs} epochs): {doc['accuracy_retrained']:.4f}")
     if "slim" in doc:

@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
                      for r in rows)
     header = f"{'name':<{width}}  {'type':<22} {'output shape':<22} params\n"
     emit({"model": zm.spec, "head": zm.head_name, "layers": rows}, args.json,
-         header + text + f"\nhead (final linear layer): {zm.head_name}; aliases: pre_logits, head, last_conv")
+         header + text + f"\nhead (final linear layer): {zm.head_name}; aliases: pre_logits, head, last_conv, last_stage")
     return 0

@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activation", help="comma-separated activations (default: every one; identity, "
                                          "max-activations, max-pool-indices, peaks, ...)")
     p.add_argument("--kernel-sizes", type=_ints, default=[3, 5, 7], help="odd kernel sizes to select from")
-    p.add_argument("--kernels", type=int, default=4, help="number of kernels q")
-    p.add_argument("--k", type=int, default=5, help="survivors per map for max-activations")
+    p.add_argument("--kernels", type=int, default=2, help="number of kernels q (paper, MNIST: 2)")
+    p.add_argument("--k", type=int, default=0,
+                   help="survivors per map for max-activations (0: the paper's ⌊n/m⌋^dim for kernel size m)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--limit", type=int, default=1000, help="use only the first N samples")
