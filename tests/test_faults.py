@@ -379,7 +379,7 @@ TABLE: list[tuple[str, str, tuple[str, ...], str, int]] = [
      "--limit must be at least 1", 2),
     ("train", "nothing", ("train", *M, "samples", "--out", "{ws}/out"), "has no labels to train on", 2),
     ("train", "good images", ("train", "test_resnet", IMGS, "--num-classes", "1", "--out", "{ws}/out"),
-     "pass --num-classes 2", 2),
+     "a head of the data's size (--num-classes 2", 2),
     ("train", "--out is a file of the user's", ("train", *M, "digits:train", "--out", "{ws}/out"), "is a file", 2),
     ("train", "--out holds the user's files", ("train", *M, "digits:train", "--out", "{ws}/out"),
      "holds no training checkpoint", 2),
@@ -413,10 +413,18 @@ TABLE: list[tuple[str, str, tuple[str, ...], str, int]] = [
     ("run", "bomb file", (*RUN, "{ws}/bomb.png"), "declares 30000×30000", 2),
     ("run", "truncated JPEG file", (*RUN, "{ws}/cut.jpg"), "image file is truncated", 2),
     ("run", "zero-byte file", (*RUN, "{ws}/zero.png"), "zero.png cannot be decoded", 2),
-    ("run", "good images", (*RUN, IMGS, "--topk", "0"), "--topk and --batch-size must be at least 1", 2),
-    ("run", "good images", (*RUN, IMGS, "--batch-size", "0"), "--topk and --batch-size must be at least 1", 2),
+    ("run", "good images", (*RUN, "{ws}/imgs/a/ok0.png", "--topk", "0"),
+     "--topk and --batch-size must be at least 1", 2),
+    ("run", "good images", (*RUN, "{ws}/imgs/a/ok0.png", "--batch-size", "0"),
+     "--topk and --batch-size must be at least 1", 2),
     ("run", "good images", (*RUN, IMGS, "--limit", "0"), "--limit must be at least 1", 2),
     ("run", "good images", (*RUN, IMGS, "--threads", "0"), "--threads must be at least 1", 2),
+    # --- writing data as a folder, merging a record's shards
+    ("folder", "nothing", ("folder", "digts", "--out", "{ws}/out"), "did you mean digits", 2),
+    ("folder", "nothing", ("folder", "digits", "--out", "{ws}/out", "--limit", "0"), "--limit must be at least 1", 2),
+    ("folder", "--out is a file of the user's", ("folder", "digits", "--out", "{ws}/out"), "is not an empty folder", 2),
+    ("merge", "nothing", ("merge", "{ws}/missing"), "missing/manifest.json does not exist", 2),
+    ("merge", "nothing", ("merge", "{train}"), "has no per-rank shards to merge", 2),
     # --- probe records
     ("decompose", "record without features.npy", DEC, "features.npy is missing", 2),
     ("decompose", "record with truncated layer array", DEC, "layers/layer4.npy is truncated", 2),
@@ -720,9 +728,18 @@ def _lines(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_audit_killed_at_random_points_gives_the_same_card(assets, tmp_path):
+def test_audit_killed_at_random_points_gives_the_same_card(tmp_path):
     """Three kills, each once a random number of stages has finished, plus a random delay."""
-    args = ["audit", str(assets.model), "digits:train", "--eval", "digits:test", "--limit", "64", "--eval-limit",
+    from inspectnet import load_data, load_model
+    from inspectnet.data.subsets import spread_subset
+    from inspectnet.training.loop import TrainConfig, train
+
+    # trained briefly, so that it predicts several classes: an untrained one predicts one class, and the
+    # rules stage rightly fails on it
+    zm = load_model("test_resnet", num_classes=10, in_chans=1, input_size=16, seed=0)
+    train(zm, spread_subset(load_data("digits:train", zm.transform()), 160), tmp_path / "model",
+          TrainConfig(epochs=2, batch_size=32, lr=0.05), device="cpu")
+    args = ["audit", str(tmp_path / "model"), "digits:train", "--eval", "digits:test", "--limit", "64", "--eval-limit",
             "48", "--layers", "layer3,layer4", "--images", "2", "--ig-steps", "4", "--top-units", "2"]
     assert _cli(*args, "--out", str(tmp_path / "ref")).returncode == 0
     part, rng, events = tmp_path / "part", np.random.default_rng(5), []
@@ -924,8 +941,9 @@ def test_repro_8_a_probe_resumed_with_another_batch_size_agrees_to_float32_round
 def test_repro_9_skip_bad_skips_every_undecodable_file_and_counts_it(assets, tmp_path, capfd):
     for bad in ("decompression bomb", "truncated JPEG", "zero-byte image", "symlink loop"):
         BAD_INPUTS[bad](tmp_path, assets)
+    (tmp_path / "map.json").write_text('{"a": 0, "b": 1}')  # the folder's classes onto the model's placeholders
     code = main(["probe", str(assets.model), str(tmp_path / "imgs"), "--layers", "layer4", "--skip-bad",
-                 "--out", str(tmp_path / "out")])
+                 "--class-map", str(tmp_path / "map.json"), "--out", str(tmp_path / "out")])
     _, err = capfd.readouterr()
     assert code == 0 and "skipped 4 undecodable file(s)" in err
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

@@ -79,6 +79,48 @@ def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = No
     return ds
 
 
+def worker_count(text: str) -> int:
+    """``--workers`` as given: a whole number of data loader processes, 0 or more.
+
+    >>> worker_count("3")
+    3
+    """
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more data loader processes (0 decodes in the main "
+                                          f"process), got {text!r}")
+    return n
+
+
+def add_pass_args(p: argparse.ArgumentParser, *, shards: bool = False) -> None:
+    """``--workers`` and, for commands that run a data pass under ``torchrun``, how ranks share it out."""
+    p.add_argument("--workers", type=worker_count, metavar="N",
+                   help="data loader processes decoding images (default: chosen from the CPU count)")
+    p.add_argument("--shard-order", choices=("contiguous", "strided"), default="contiguous",
+                   help="under torchrun, each rank takes a contiguous run of batches or every P-th batch")
+    if shards:
+        p.add_argument("--shards", action="store_true",
+                       help="under torchrun, each rank writes its rows into OUT/shards/rank-R-of-P (joined by "
+                            "`inspectnet merge OUT`, and by the loader) instead of into OUT's shared files")
+
+
+def workers_from_args(args: argparse.Namespace) -> int:
+    from inspectnet.core.devices import default_workers
+
+    return default_workers() if args.workers is None else args.workers
+
+
+def start_distributed() -> bool:
+    """Join the torchrun process group if launched by torchrun; True on the rank that reports (rank 0)."""
+    from inspectnet.core.distributed import init_from_env, world
+
+    init_from_env()
+    return world()[1] == 0
+
+
 def emit(obj: Any, as_json: bool, text: str) -> None:
     """Print ``obj`` as JSON when asked, else the human-readable ``text``."""
     sys.stdout.write(json.dumps(obj, indent=2) + "\n" if as_json else text + ("\n" if text else ""))

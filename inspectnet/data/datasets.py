@@ -208,6 +208,8 @@ def write_folder(dataset: ImageDataset, root: str | Path, *, limit: int | None =
     ['n02123045', 'n03773504', 'n04485082', 'n07920052']
     """
     root = Path(root)
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
     if not dataset.labelled:
         raise InspectnetError(f"data {dataset.spec!r} is unlabelled; an image folder needs a class per image")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):

@@ -263,6 +263,8 @@ def _stage_rules(ctx: _Context) -> dict[str, Any]:
     keep = ("layer", "evaluated_on", "extracted_accuracy", "fidelity", "train_fidelity", "model_accuracy", "atoms",
             "atom_filters", "rules", "avg_depth", "max_depth", "num_filters")
     d = rs.to_dict()
+    if ev is not train:  # named relative to the folder, like every path in the card (valid when it moves)
+        d["evaluated_on"] = f"eval record {ctx.rel(ev.root)}"
     return {**{k: d[k] for k in keep}, "rules_text": rs.rules_text[:40], "rules_total": len(rs.rules_text),
             "classes": sorted({r["class"] for r in rs.rule_list}), "n_train": rs.n_train,
             "figures": [{"path": ctx.rel(paths["png"]), "caption": f"decision tree on {ctx.layer} (top levels)"}]}
