@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inspectnet.analysis.dissect.dissection import dissect, iou_from_counts, to_maps, unit_overlaps, write_dissection
-from inspectnet.analysis.dissect.sketch import UnitQuantiles
+from inspectnet.analysis.dissect.sketch import TailSketch
 from inspectnet.cli import main
 from inspectnet.core.errors import InspectnetError
 from inspectnet.data.concepts import ArrayConcepts, load_concepts
@@ -42,7 +42,7 @@ def shapes_data():
 
 
 # ---------------------------------------------------------------- streaming quantile
-@pytest.mark.parametrize("q", [0.5, 0.9, 0.995])
+@pytest.mark.parametrize("q", [0.5, 0.1, 0.005])
 def test_streaming_quantile_matches_numpy_within_one_bin(q):
     rng = np.random.default_rng(0)
     batches = []
@@ -51,23 +51,48 @@ def test_streaming_quantile_matches_numpy_within_one_bin(q):
         relu = np.maximum(rng.standard_normal(3000) * scale, 0)          # mostly zeros, like ReLU maps
         heavy = rng.standard_cauchy(3000) * 0.1 - i                       # heavy tails, drifting down
         const = np.full(3000, 2.5)                                        # a constant unit
-        batches.append(np.stack([relu, heavy, const]))
-    sketch = UnitQuantiles(3, bins=2048)
+        batches.append(np.stack([relu, heavy, const]).astype(np.float32))
+    values = np.concatenate(batches, axis=1)
+    sketch = TailSketch(3, values.shape[1], q, bins=2048)
     for b in batches:
         sketch.update(torch.from_numpy(b))
-    values = np.concatenate(batches, axis=1)
-    exact = np.quantile(values, q, axis=1)
-    est = sketch.quantile(q).numpy()
-    width = sketch.bin_width().numpy()
-    assert sketch.counts.sum(dim=1).tolist() == [values.shape[1]] * 3   # no value lost by the doublings
+    exact = np.quantile(values.astype(np.float64), 1 - q, axis=1)
+    est = sketch.threshold().numpy()
+    width = sketch.width.numpy()
     assert np.all(np.abs(est - exact) <= width + 1e-9), (est, exact, width)
     assert est[2] == 2.5
+    # only the tail is binned (about q·(1 + ln 12) of the values), never fewer than the top q·N
+    kept = sketch.raw.counts.sum(dim=1).numpy()
+    assert np.all(kept >= q * values.shape[1]), kept
+    if q < 0.5:
+        assert kept[1] < 4 * q * values.shape[1], kept
 
 
-def test_quantile_sketch_rejects_nan():
-    sketch = UnitQuantiles(1, bins=16)
+def test_floor_never_passes_the_final_threshold():
+    """Sorted data (the largest values last) is the worst case for a floor set from early batches."""
+    values = torch.arange(20000, dtype=torch.float32).reshape(1, -1)
+    sketch = TailSketch(1, 20000, 0.005, bins=256)
+    for chunk in values.split(1000, dim=1):
+        sketch.update(chunk)
+        assert sketch.floor.item() <= 19900
+    assert abs(sketch.threshold().item() - np.quantile(values.numpy(), 0.995)) <= sketch.width.item()
+    reversed_sketch = TailSketch(1, 20000, 0.005, bins=256)
+    for chunk in values.flip(1).split(1000, dim=1):                      # the largest first: floor set at once
+        reversed_sketch.update(chunk)
+    assert reversed_sketch.floor.item() >= 19800
+    assert reversed_sketch.raw.counts.sum().item() < 200
+
+
+def test_quantile_sketch_rejects_nan_and_miscounts():
+    sketch = TailSketch(1, 4, 0.005, bins=32)
     with pytest.raises(InspectnetError, match="NaN"):
         sketch.update(torch.tensor([[1.0, float("nan")]]))
+    sketch = TailSketch(1, 4, 0.005, bins=32)
+    sketch.update(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(InspectnetError, match="holds 2 of the 4 values"):
+        sketch.threshold()
+    with pytest.raises(InspectnetError, match="told of 4 values"):
+        sketch.update(torch.tensor([[1.0, 2.0, 3.0]]))
 
 
 # ---------------------------------------------------------------- IoU by hand

@@ -1,13 +1,18 @@
 """Streaming Network Dissection (Bau et al. 2017; DESIGN §5.5): which units detect which concepts.
 
-For each unit k of each chosen layer:
+For each unit k of each chosen layer: T_k is the top-``quantile`` level of its activations over
+every pixel of the dataset (q = 0.005: P(a_k > T_k) = 0.005); S_k(x) is its map upsampled to the mask
+resolution (bilinear, ``align_corners=False``) and binarised as ``a_k > T_k``; IoU_{k,c} =
+Σ_i |S_k(x_i) ∩ L_c(x_i)| / Σ_i |S_k(x_i) ∪ L_c(x_i)| over the whole dataset.
 
-1. pass 1 streams the data once: a per-unit histogram sketch (:mod:`inspectnet.analysis.dissect.sketch`) of the
-   unit's activations over every pixel of every image gives the threshold T_k, the top-``quantile``
-   level (q = 0.005: P(a_k > T_k) = 0.005), and a running top-k of images by maximum activation;
-2. pass 2 streams it again: each map is upsampled (bilinear, ``align_corners=False``) to the mask
-   resolution in unit chunks, binarised as ``a_k > T_k``, and the dataset-wide intersection and union
-   with every concept mask are summed; IoU_{k,c} = Σ_i |S_k(x_i) ∩ L_c(x_i)| / Σ_i |S_k(x_i) ∪ L_c(x_i)|.
+One pass (default): the data is streamed once; per unit a tail sketch
+(:mod:`inspectnet.analysis.dissect.sketch`) keeps the histogram of its raw activations above a floor
+that provably stays below T_k, and on the same bins its upsampled pixels above that floor, overall and
+inside each concept; T_k, |S_k| and |S_k ∩ L_c| come out of these counts after the pass (error at
+most one bin). Only the upsampled cells that can exceed the floor are evaluated
+(:mod:`inspectnet.analysis.dissect.upsample`). Two passes (``passes=2``): the first gives T_k, the
+second counts the overlaps exactly at T_k; twice the forward cost, memory units × concepts instead
+of units × concepts × bins/16.
 
 A unit's concept is its best-IoU concept; it is a detector if that IoU ≥ ``iou_threshold`` (0.04).
 Unique detectors = distinct concepts among a layer's detectors. No activation map outlives its
@@ -36,7 +41,8 @@ from markupsafe import Markup
 from PIL import Image
 from torch import nn
 
-from inspectnet.analysis.dissect.sketch import UnitQuantiles
+from inspectnet.analysis.dissect.counts import DissectionCounts
+from inspectnet.analysis.dissect.upsample import CellUpsampler
 from inspectnet.core.devices import resolve_device
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
@@ -53,8 +59,6 @@ from inspectnet.reports.render import render_html_template
 
 DEFAULT_QUANTILE = 0.005
 DEFAULT_IOU_THRESHOLD = 0.04
-# elements of one upsampled unit chunk (B · units · H · W); bounds the per-batch working memory
-CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Dissection(Result):
     categories: dict[str, str]
     empty_concepts: list[str]
     layers: dict[str, dict[str, Any]]
+    passes: int = 1
     iou: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,18 +149,21 @@ def to_maps(t: torch.Tensor, layer: str, prefix_tokens: int | None = None) -> to
 def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[str] | str, *,
             data_config: dict[str, Any] | None = None, quantile: float = DEFAULT_QUANTILE,
             iou_threshold: float = DEFAULT_IOU_THRESHOLD, batch_size: int = 32, device: str = "auto",
-            limit: int | None = None, top_k: int = 8, bins: int = 4096, num_workers: int = 0,
+            limit: int | None = None, top_k: int = 8, bins: int = 4096, passes: int = 1, num_workers: int = 0,
             show_progress: bool | None = None) -> Dissection:
-    """Dissect ``layers`` of ``model`` on a concept dataset (two streaming passes, see module doc).
+    """Dissect ``layers`` of ``model`` on a concept dataset (one streaming pass, or two; see module doc).
 
     ``model`` is a :class:`ZooModel` or a plain module (then ``data_config`` gives input size,
-    mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005).
+    mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005); ``bins`` the
+    fine bins per unit of the tail sketch.
     """
     net, name, fp, cfg, prefix = _unpack(model, data_config)
     if not 0 < quantile < 1:
         raise InspectnetError(f"--quantile must be within (0, 1), got {quantile}")
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
+    if passes not in (1, 2):
+        raise InspectnetError(f"--passes must be 1 or 2, got {passes}")
     names = resolve_layers(net, layers, head_name=getattr(model, "head_name", None))
     if PRE_LOGITS in names:
         raise InspectnetError("layer 'pre_logits' is a feature vector without spatial maps; cannot dissect it")
@@ -166,12 +174,19 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     dev = resolve_device(device)
     items = _Items(data, dissection_transform(cfg), mask_size, n)
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    counts = DissectionCounts(n, mask_size, len(data.concepts), quantile=quantile, bins=bins, top_k=top_k,
+                              overlaps=passes == 1, device=dev)
     with model_state(net, device=dev, training=False), torch.inference_mode(), \
             Probe(net, names, reducer="full") as probe:
-        sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress)
-        thresholds = {k: s.quantile(1.0 - quantile) for k, s in sketches.items()}
-        inter, act_area, mask_area = _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size,
-                                               len(data.concepts), show_progress)
+        for x, m, idx in progress(loader, total=len(loader), desc="dissect" if passes == 1 else "dissect 1/2",
+                                  enabled=show_progress):
+            counts.accumulate(_forward_maps(net, probe, x, names, prefix, dev), m.to(dev), idx)
+        thresholds = counts.thresholds()
+        if passes == 1:
+            overlaps = counts.overlaps(thresholds)
+        else:
+            overlaps = _exact_overlaps(net, probe, loader, names, prefix, dev, thresholds, show_progress)
+    mask_area = counts.mask_area.cpu()
     empty = [c for c, a in zip(data.concepts, mask_area.tolist()) if a == 0]
     if len(empty) == len(data.concepts):
         raise InspectnetError(f"concept data {data.spec!r}: no concept has any positive pixel in {n} images")
@@ -180,13 +195,15 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
                       stacklevel=2)
     result_layers, ious = {}, {}
     for layer in names:
-        iou = iou_from_counts(inter[layer], act_area[layer], mask_area)
+        inter, act_area = overlaps[layer]
+        iou = iou_from_counts(inter.cpu(), act_area.cpu(), mask_area)
         ious[layer] = iou
-        result_layers[layer] = _summarise(iou, thresholds[layer], tops[layer], shapes[layer], data, mask_area,
-                                          iou_threshold)
+        result_layers[layer] = _summarise(iou, thresholds[layer].cpu(), counts.tops[layer][1].cpu(),
+                                          counts.map_sizes[layer], data, mask_area, iou_threshold)
     return Dissection(model=name, fingerprint=fp, data=data.spec, num_images=n, quantile=quantile,
                       iou_threshold=iou_threshold, mask_size=list(mask_size), concepts=list(data.concepts),
-                      categories=dict(data.categories), empty_concepts=empty, layers=result_layers, iou=ious)
+                      categories=dict(data.categories), empty_concepts=empty, layers=result_layers, passes=passes,
+                      iou=ious)
 
 
 def _unpack(model: ZooModel | nn.Module, data_config: dict[str, Any] | None):
@@ -208,70 +225,38 @@ def _forward_maps(net: nn.Module, probe: Probe, x: torch.Tensor, names: list[str
     return {k: to_maps(probe.outputs[k], k, prefix).float() for k in names}
 
 
-def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress):
-    """Pass 1: per-unit quantile sketches and the top-k images by maximum activation."""
-    sketches: dict[str, UnitQuantiles] = {}
-    tops: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    shapes: dict[str, list[int]] = {}
-    for x, _m, idx in progress(loader, total=len(loader), desc="dissect 1/2", enabled=show_progress):
-        maps = _forward_maps(net, probe, x, names, prefix, dev)
-        for k, a in maps.items():
-            b, units, h, w = a.shape
-            if k not in sketches:
-                sketches[k] = UnitQuantiles(units, bins=bins, device=dev)
-                tops[k] = (torch.full((units, 0), float("-inf"), device=dev),
-                           torch.zeros((units, 0), dtype=torch.long, device=dev))
-                shapes[k] = [h, w]
-            sketches[k].update(a.transpose(0, 1).reshape(units, -1))
-            vals = torch.cat([tops[k][0], a.amax(dim=(2, 3)).T], dim=1)
-            ids = torch.cat([tops[k][1], idx.to(dev)[None].expand(units, -1)], dim=1)
-            keep = vals.topk(min(top_k, vals.shape[1]), dim=1)
-            tops[k] = (keep.values, ids.gather(1, keep.indices))
-    return sketches, tops, shapes
-
-
-def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_concepts, show_progress):
-    """Pass 2: dataset-wide intersections (units × concepts), unit areas and concept areas."""
-    inter = {k: torch.zeros(len(thresholds[k]), n_concepts, dtype=torch.float64, device=dev) for k in names}
-    act_area = {k: torch.zeros(len(thresholds[k]), dtype=torch.float64, device=dev) for k in names}
-    mask_area = torch.zeros(n_concepts, dtype=torch.float64, device=dev)
+def _exact_overlaps(net, probe, loader, names, prefix, dev, thresholds, show_progress):
+    """The second pass of ``passes=2``: dataset-wide exact intersections (units × concepts) and unit areas."""
+    totals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for x, m, _idx in progress(loader, total=len(loader), desc="dissect 2/2", enabled=show_progress):
         maps = _forward_maps(net, probe, x, names, prefix, dev)
-        masks = m.to(dev).flatten(2).float()  # (B, C, P)
-        mask_area += masks.sum(dim=(0, 2)).double()
+        masks = m.to(dev).flatten(2)
         for k, a in maps.items():
-            i_k, a_k = unit_overlaps(a, masks, thresholds[k], mask_size)
-            inter[k] += i_k
-            act_area[k] += a_k
-    return ({k: v.cpu() for k, v in inter.items()}, {k: v.cpu() for k, v in act_area.items()}, mask_area.cpu())
+            i_k, a_k = unit_overlaps(a, masks, thresholds[k], tuple(m.shape[2:]))
+            totals[k] = (i_k, a_k) if k not in totals else (totals[k][0] + i_k, totals[k][1] + a_k)
+    return totals
 
 
 def unit_overlaps(maps: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor,
                   mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch's intersections (K, C) and active areas (K,) of thresholded, upsampled unit maps.
+    """One batch's intersections (K, C) and active areas (K,) (float64) of thresholded, upsampled unit maps.
 
-    ``maps`` (B, K, h, w), ``masks`` (B, C, H·W) float 0/1, ``thresholds`` (K,). A bilinear upsampling
-    never exceeds the largest value of its input map, so only (image, unit) pairs whose map maximum
-    reaches the threshold are upsampled at all: with a top-0.5 % threshold that is a small fraction,
-    and the result is the same as upsampling everything. Pairs are processed per image in chunks of at
-    most ``CHUNK_ELEMENTS`` upsampled values.
+    ``maps`` (B, K, h, w), ``masks`` (B, C, H·W) 0/1 or bool, ``thresholds`` (K,). Only the upsampled
+    cells whose corners exceed the threshold are evaluated (:class:`CellUpsampler`); the result is
+    that of upsampling everything.
+
+    >>> maps = torch.tensor([[[[0., 1.], [0., 1.]]]])
+    >>> unit_overlaps(maps, torch.ones(1, 1, 16), torch.tensor([0.5]), (4, 4))
+    (tensor([[8.]], dtype=torch.float64), tensor([8.], dtype=torch.float64))
     """
-    b, units = maps.shape[:2]
+    units, concepts = maps.shape[1], masks.shape[1]
     pixels = mask_size[0] * mask_size[1]
-    chunk = max(1, CHUNK_ELEMENTS // pixels)
-    inter = torch.zeros(units, masks.shape[1], dtype=torch.float64, device=maps.device)
+    table = masks.transpose(1, 2).reshape(-1, concepts).double()
+    inter = torch.zeros(units, concepts, dtype=torch.float64, device=maps.device)
     area = torch.zeros(units, dtype=torch.float64, device=maps.device)
-    t = thresholds.to(maps.device, maps.dtype)
-    margin = 1e-5 * (t.abs() + 1)  # rounding slack: the exact test is made on the upsampled values
-    hit = maps.flatten(2).amax(dim=2) > (t - margin)[None, :]
-    for i in range(b):
-        ks = hit[i].nonzero().squeeze(1)
-        for s in range(0, len(ks), chunk):
-            kc = ks[s:s + chunk]
-            active = unit_masks(maps[i, kc][None], t[kc], mask_size)[0].flatten(1).float()  # (n, P)
-            area.index_add_(0, kc, active.sum(dim=1).double())
-            # per-image counts are at most H·W, far below 2**24: float32 products are exact
-            inter.index_add_(0, kc, (active @ masks[i].T).double())
+    for sel in CellUpsampler(tuple(maps.shape[2:]), mask_size, maps.device).above(maps.float(), thresholds):
+        area.index_add_(0, sel.units, torch.ones_like(sel.values, dtype=torch.float64))
+        inter.index_add_(0, sel.units, table[sel.images * pixels + sel.pixels])
     return inter, area
 
 
@@ -294,7 +279,7 @@ def iou_from_counts(inter: torch.Tensor, act_area: torch.Tensor, mask_area: torc
     return iou.numpy()
 
 
-def _summarise(iou: np.ndarray, thresholds: torch.Tensor, tops, shape, data: ConceptDataset,
+def _summarise(iou: np.ndarray, thresholds: torch.Tensor, top_images: torch.Tensor, shape, data: ConceptDataset,
                mask_area: torch.Tensor, iou_threshold: float) -> dict[str, Any]:
     valid = (mask_area > 0).numpy()
     scored = np.where(valid[None, :], iou, -1.0)  # empty concepts are reported, never chosen
@@ -305,7 +290,7 @@ def _summarise(iou: np.ndarray, thresholds: torch.Tensor, tops, shape, data: Con
         value = float(iou[k, best[k]])
         units.append({"unit": k, "concept": c, "category": data.categories[c], "iou": round(value, 6),
                       "detector": bool(value >= iou_threshold), "threshold": float(thresholds[k]),
-                      "top_images": [int(i) for i in tops[1][k].tolist()]})
+                      "top_images": [int(i) for i in top_images[k].tolist()]})
     detectors = [u for u in units if u["detector"]]
     concepts = {}
     for u in detectors:
