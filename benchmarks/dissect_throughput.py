@@ -2,11 +2,12 @@
 
 All timings feed the same images (same preprocessing, same batch size, same thread count) to the
 same model: a plain forward, the one-pass dissection (default) and the two-pass one (exact overlaps),
-interleaved ``--repeats`` times; the fastest of each is reported, as wall time and as process CPU
-time (the machine is shared, so CPU time is the steadier of the two). The one-pass IoU is compared
-with the two-pass IoU (same thresholds). Memory: the process's resident set is sampled every 2 ms
-during ``dissect`` and the peak above the level just before the call is reported for growing image
-counts (the concept data itself is loaded before the baseline is taken).
+run back to back in each of ``--repeats`` rounds; the ratio to the forward of the same round is
+reported (median over rounds), as wall time and as process CPU time (the machine is shared, so CPU
+time is the steadier of the two). The one-pass IoU is compared with the two-pass IoU (same
+thresholds). Memory: each (method, image count) runs in a fresh process, whose resident set is
+sampled every 2 ms during ``dissect``; the peak above the level just before the call is reported
+(the model and concept data are loaded before that level is taken).
 
     python benchmarks/dissect_throughput.py            # writes benchmarks/results/dissect_throughput.{json,md}
 """
@@ -90,14 +91,21 @@ def main(argv=None) -> int:
     p.add_argument("--memory-images", default="128,512,2048", help="image counts for the memory check")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="interleaved timings of each; the fastest is kept")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of (forward, one pass, two passes)")
     p.add_argument("--out", default=str(RESULTS / "dissect_throughput"))
+    p.add_argument("--memory-of", nargs=2, type=int, metavar=("IMAGES", "PASSES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     zm = load_model(args.model, num_classes=2, input_size=64)
     counts = [int(c) for c in args.memory_images.split(",")]
     data = load_concepts(f"shapes?n={max(counts + [args.images])}&seed=0")
+    if args.memory_of:  # child process of the memory check
+        with PeakRSS() as m:
+            dissect(zm, data, args.layers, limit=args.memory_of[0], batch_size=args.batch_size,
+                    passes=args.memory_of[1])
+        print(json.dumps({"peak_extra_mib": round((m.peak - m.base) / 2**20, 1)}))
+        return 0
     n, bs = args.images, args.batch_size
     dissect(zm, data, args.layers, limit=bs, batch_size=bs)  # warm-up
     runs = {"forward": lambda: plain_forward(zm, data, n, bs),
@@ -109,24 +117,20 @@ def main(argv=None) -> int:
         for k, fn in runs.items():
             wall, cpu, results[k] = timed(fn)
             times[k].append((wall, cpu))
-    wall = {k: min(w for w, _ in v) for k, v in times.items()}
-    cpu = {k: min(c for _, c in v) for k, v in times.items()}
+    wall = {k: float(np.median([w for w, _ in v])) for k, v in times.items()}
+    cpu = {k: float(np.median([c for _, c in v])) for k, v in times.items()}
+    ratio = {f"{k}_over_forward": {
+        "wall": round(float(np.median([a[0] / f[0] for a, f in zip(times[k], times["forward"])])), 2),
+        "cpu": round(float(np.median([a[1] / f[1] for a, f in zip(times[k], times["forward"])])), 2)}
+        for k in ("one_pass", "two_pass")}
     units = sum(v["num_units"] for v in results["one_pass"].layers.values())
-    memory = []
-    for c in counts:
-        row = {"images": c}
-        for passes in (1, 2):
-            with PeakRSS() as m:
-                dissect(zm, data, args.layers, limit=c, batch_size=bs, passes=passes)
-            row[f"peak_extra_mib_{passes}_pass"] = round((m.peak - m.base) / 2**20, 1)
-        memory.append(row)
-    ratio = {f"{k}_over_forward": {"wall": round(wall[k] / wall["forward"], 2), "cpu": round(cpu[k] / cpu["forward"], 2)}
-             for k in ("one_pass", "two_pass")}
+    memory = [{"images": c, **{f"peak_extra_mib_{passes}_pass": _child_peak(argv, c, passes) for passes in (1, 2)}}
+              for c in counts]
     doc = {
         "command": "python benchmarks/dissect_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": zm.spec, "input": "shapes 64×64", "layers": args.layers, "units": units,
         "images": n, "batch_size": bs, "threads": args.threads, "device": "cpu", "repeats": args.repeats,
-        "wall_s": {k: round(v, 3) for k, v in wall.items()}, "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        "median_wall_s": {k: round(v, 3) for k, v in wall.items()}, "median_cpu_s": {k: round(v, 3) for k, v in cpu.items()},
         **ratio, "one_pass_vs_two_pass": agreement(results["one_pass"], results["two_pass"]),
         "memory": memory, "versions": library_versions(),
     }
@@ -137,8 +141,9 @@ def main(argv=None) -> int:
     lines = [
         "# Dissection throughput and memory", "",
         f"`{doc['command']}` — {zm.spec}, layers {args.layers} ({units} units), {n} shapes images 64×64, "
-        f"batch {bs}, {args.threads} CPU thread(s); forward, one-pass and two-pass dissection interleaved "
-        f"{args.repeats}× in one run, fastest of each (shared machine: CPU time is the steadier measure).", "",
+        f"batch {bs}, {args.threads} CPU thread(s); forward, one-pass and two-pass dissection back to back in "
+        f"each of {args.repeats} rounds of one run; medians, ratios to the same round's forward (shared, loaded "
+        f"machine: process CPU time is the steadier measure, wall time includes waiting for a core).", "",
         "| run | wall s | CPU s | wall / forward | CPU / forward |", "|---|---|---|---|---|",
         f"| plain forward | {wall['forward']:.2f} | {cpu['forward']:.2f} | 1 | 1 |",
         *[f"| dissection, {name} | {wall[k]:.2f} | {cpu[k]:.2f} | **{ratio[k + '_over_forward']['wall']:.2f}×** | "
@@ -148,12 +153,23 @@ def main(argv=None) -> int:
         f"{agree['mean_abs_iou_diff']}; units with the same detector status and detected concept: "
         f"{agree['units_same_detector_and_concept']}; unique detectors per layer (one, two): "
         f"{agree['unique_detectors']}.", "",
+        "Peak extra memory (fresh process each; the one pass holds the latest batches' maps, at most 64 MiB, "
+        "until later batches have raised the floors):", "",
         "| images | peak extra RSS, one pass (MiB) | two passes (MiB) |", "|---|---|---|",
         *[f"| {m['images']} | {m['peak_extra_mib_1_pass']} | {m['peak_extra_mib_2_pass']} |" for m in memory], "",
     ]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
+
+
+def _child_peak(argv, images: int, passes: int) -> float:
+    """Peak extra RSS of one dissection in a fresh process (no memory left over from earlier runs)."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--memory-of", str(images), str(passes)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_extra_mib"]
 
 
 if __name__ == "__main__":
