@@ -240,3 +240,20 @@ def test_calibration_missing_classes_is_warned_with_the_count():
 
     with pytest.warns(UserWarning, match="covers 3 of the model's 10 classes \\(4 samples\\)"):
         warn_uncovered_classes(np.array([0, 1, 2, 2]), 10)
+
+
+def test_int8_calibration_cache_reuses_the_ranges(tmp_path):
+    from inspectnet.export.int8 import quantize_int8
+
+    zm = tiny()
+    cal, _ = calibration_inputs(zm, "digits:train", limit=16)
+    export_onnx(zm, tmp_path / "m.onnx", latency=False)
+    cache = tmp_path / "ranges.json"
+    a = quantize_int8(tmp_path / "m.onnx", tmp_path / "a.onnx", cal, calibration_cache=cache)
+    b = quantize_int8(tmp_path / "m.onnx", tmp_path / "b.onnx", cal * 0 + 5, calibration_cache=cache)
+    c = quantize_int8(tmp_path / "m.onnx", tmp_path / "c.onnx", cal * 0 + 5)  # no cache: ranges from these inputs
+
+    def scales(p):
+        return {t.name: onnx.numpy_helper.to_array(t).tolist() for t in onnx.load(str(p)).graph.initializer
+                if t.name.endswith("_scale")}
+    assert cache.is_file() and scales(a) == scales(b) != scales(c)

@@ -22,11 +22,14 @@ WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,
-                  batch_size: int = 16, keep_fp32: Sequence[str] = ()) -> Path:
+                  batch_size: int = 16, keep_fp32: Sequence[str] = (),
+                  calibration_cache: str | Path | None = None) -> Path:
     """Write the static QDQ int8 version of ``fp32_path`` to ``out_path``, calibrated on ``calibration``.
 
     ``calibration`` holds model inputs (already preprocessed), at least one sample; ``keep_fp32`` names
-    nodes of the fp32 graph to leave in fp32 (an unknown name is refused, named).
+    nodes of the fp32 graph to leave in fp32 (an unknown name is refused, named). ``calibration_cache``
+    (a JSON file) stores the activation ranges on first use and reuses them afterwards, so quantizing
+    the same graph with different ``keep_fp32`` calibrates once.
     """
     import_ort()
     from onnxruntime.quantization import (
@@ -64,7 +67,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
                         nodes_to_exclude=keep_fp32,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"CalibTensorRangeSymmetric": False})
+                        extra_options={"CalibTensorRangeSymmetric": False},
+                        calibration_cache_path=None if calibration_cache is None else str(calibration_cache))
     return out_path
 
 
