@@ -297,11 +297,9 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     Plugins call it on statistics that are sums (EBP's per-class accumulators) so every rank
     sees the same values as one process given the whole global batch.
     """
-    import torch.distributed as dist
+    from inspectnet.core.distributed import all_reduce
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return all_reduce(t, "sum")
 
 
 class HoyerLog:

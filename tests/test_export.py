@@ -240,6 +240,8 @@ def test_calibration_missing_classes_is_warned_with_the_count():
 
     with pytest.warns(UserWarning, match="covers 3 of the model's 10 classes \\(4 samples\\)"):
         warn_uncovered_classes(np.array([0, 1, 2, 2]), 10)
+    with pytest.warns(UserWarning, match="covers at most 4 of the model's 10 classes"):   # unlabelled: by count
+        warn_uncovered_classes(np.full(4, -1), 10)
 
 
 def test_int8_calibration_cache_reuses_the_ranges(tmp_path):

@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     zm = model_from_args(args)
     calibration = evaluation = None
     if args.int8:
+        # calibration labels matter only where the calibration images also measure accuracy
         calibration, labels = calibration_inputs(zm, args.calibration, limit=args.calibration_limit,
-                                                 skip_bad=args.skip_bad)
+                                                 skip_bad=args.skip_bad, labelled=not args.eval_data)
         warn_uncovered_classes(labels, len(zm.class_names))
         evaluation = (calibration_inputs(zm, args.eval_data, limit=args.eval_limit, skip_bad=args.skip_bad)
                       if args.eval_data else (calibration, labels))
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def warn_uncovered_classes(labels: "Sequence[int]", num_classes: int) -> None:
-    """Warn when labelled calibration data leaves some of the model's classes without a sample.
+    """Warn when calibration data leaves some of the model's classes without a sample: by its labels
+    (in the model's label space) when labelled, else because it has fewer samples than classes.
 
         >>> warn_uncovered_classes([0, 1, 1], 2)   # every class has a sample: silent
     """
@@ -72,9 +74,12 @@ def warn_uncovered_classes(labels: "Sequence[int]", num_classes: int) -> None:
     import numpy as np
 
     labels = np.asarray(labels)
-    covered = len(np.unique(labels[labels >= 0]))
-    if labels.size and (labels >= 0).any() and covered < num_classes:
-        warnings.warn(f"--calibration covers {covered} of the model's {num_classes} classes ({len(labels)} samples); "
+    known = labels[labels >= 0]
+    covered = len(np.unique(known)) if known.size else min(len(labels), num_classes)
+    if covered < num_classes:
+        at_most = "" if known.size else "at most "
+        warnings.warn(f"--calibration covers {at_most}{covered} of the model's {num_classes} classes "
+                      f"({len(labels)} samples); "
                       "int8 ranges fitted to a subset may clip the others: raise --calibration-limit or add images",
                       stacklevel=2)
 

@@ -3,7 +3,6 @@
 import argparse
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.models.layers import list_layers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.models.layers import list_layers
+
     zm = model_from_args(args)
     rows = list_layers(zm.model, zm.data_config["input_size"])
     width = max(len(r["name"]) for r in rows)

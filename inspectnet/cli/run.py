@@ -1,14 +1,18 @@
 """``inspectnet run model.onnx IMAGE...|FOLDER|DATA``: predict with ONNX Runtime only.
 
 This module and what it imports must stay torch-free (images and folders are read with Pillow and
-preprocessed with numpy from the file's own metadata). Only a built-in data spec such as
-``mnist5k:test`` goes through ``inspectnet.data``, which needs torch.
+preprocessed with numpy from the file's own metadata; folder classes are mapped onto the model's by
+:mod:`inspectnet.data.labels`). Only a built-in data spec such as ``mnist5k:test`` loads the
+torch-based datasets.
 """
 
 import argparse
 import json
 import sys
 from pathlib import Path
+
+from inspectnet.cli.options import add_class_map_arg, class_map_from_args
+from inspectnet.data import load_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--device", default="auto", help="auto (CUDA provider when present), cpu, cuda")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    add_class_map_arg(p)
     p.add_argument("--json", action="store_true",
                    help='output {"model", "providers", "accuracy", "predictions": [{"image", "top"}]}')
     p.set_defaults(func=run)
@@ -32,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.runtime.classifier import OnnxClassifier
 
     clf = OnnxClassifier(args.model, device=args.device, threads=args.threads)
-    images, labels, names = _inputs(args.inputs, args.limit, clf.class_names)
+    images, labels, names = _inputs(args.inputs, args.limit, clf.class_names, class_map_from_args(args))
     results = clf.predict(images, topk=args.topk, batch_size=args.batch_size, names=names)
     accuracy = None
     if labels is not None and len(labels) and min(labels) >= 0:
@@ -48,28 +53,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inputs(inputs: list[str], limit: int | None,
-            model_classes: list[str]) -> tuple[list, list[int] | None, list[str] | None]:
+def _inputs(inputs: list[str], limit: int | None, model_classes: list[str],
+            class_map: dict[str, int | str] | None) -> tuple[list, list[int] | None, list[str] | None]:
     """Image paths (or PIL images for a data spec), labels where the input has them, and item names.
 
-    A labelled folder's class sub-folders are matched to the model's class names by name when they
-    all appear there, else by sorted position (as training on that folder numbers them).
+    Labels are in the model's label space: a labelled folder's class sub-folders are mapped onto the
+    model's class names (WordNet ids, names, ``--class-map``; see :mod:`inspectnet.data.labels`),
+    and refused, naming them, where they cannot be.
     """
     from inspectnet.core.errors import InspectnetError
+    from inspectnet.data.labels import align_classes
     from inspectnet.runtime.classifier import collect_images
 
     if limit is not None and limit < 1:
         raise InspectnetError(f"--limit must be at least 1, got {limit}")
     if len(inputs) == 1 and not Path(inputs[0]).exists() and not Path(inputs[0]).suffix:
-        from inspectnet.data import load_data  # built-in sources live in the torch-based data package
-
-        ds = load_data(inputs[0])
+        # built-in sources live in the torch-based datasets
+        ds = load_data(inputs[0], model_classes=model_classes, class_map=class_map)
         n = len(ds) if limit is None else min(limit, len(ds))
         images = [ds.image(i) for i in range(n)]
         return images, [int(y) for y in ds.labels[:n]], [ds.name(i) for i in range(n)]
     files, labels, classes = collect_images(inputs)
-    if labels is not None and set(classes) <= set(model_classes):
-        labels = [model_classes.index(classes[y]) for y in labels]
+    if labels is not None:
+        mapping = align_classes(classes, model_classes, class_map=class_map, what=f"folder {inputs[0]}")
+        labels = mapping.apply(labels).tolist()
     if limit is not None:
         files, labels = files[:limit], (labels[:limit] if labels is not None else None)
     return files, labels, None

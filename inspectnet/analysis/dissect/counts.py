@@ -4,7 +4,7 @@ and the concept areas.
 
 The split serves sharded passes: each process calls :meth:`DissectionCounts.accumulate` on its own
 batches (every count is a sum over images; the sketches are told the global number of images), then
-:meth:`DissectionCounts.all_reduce` once, then any process finalizes with
+:meth:`DissectionCounts.all_reduce` once (a no-op in one process), then any process finalizes with
 :meth:`~DissectionCounts.thresholds` and :meth:`~DissectionCounts.overlaps`.
 
 >>> import torch
@@ -21,8 +21,9 @@ from collections.abc import Mapping
 
 import torch
 
-from inspectnet.analysis.dissect.sketch import CONCEPT_GROUP, TailSketch
+from inspectnet.analysis.dissect.tail import CONCEPT_GROUP, TailSketch
 from inspectnet.analysis.dissect.upsample import CellUpsampler
+from inspectnet.core.distributed import all_gather, all_reduce, share_from_main, world
 from inspectnet.core.errors import InspectnetError
 
 # one-pass concept counts of one layer above this size are refused in favour of the two-pass method
@@ -91,9 +92,11 @@ class DissectionCounts:
                                      has_concept)
 
     def _sketch(self, name: str, a: torch.Tensor) -> TailSketch:
-        if name in self.sketches:
-            return self.sketches[name]
-        units, h, w = a.shape[1:]
+        if name not in self.sketches:
+            self._add_layer(name, *a.shape[1:])
+        return self.sketches[name]
+
+    def _add_layer(self, name: str, units: int, h: int, w: int) -> None:
         concepts = self.num_concepts if self.with_overlaps else 0
         need = units * concepts * (self.bins // CONCEPT_GROUP) * 2 * 4  # int32 counts, two kinds
         if need > MAX_CONCEPT_COUNT_BYTES:
@@ -103,38 +106,31 @@ class DissectionCounts:
                                          upsampled_total=self.num_images * self.mask_size[0] * self.mask_size[1],
                                          bins=self.bins, device=self.device)
         self.upsamplers[name] = CellUpsampler((h, w), self.mask_size, self.device)
-        self.tops[name] = (torch.full((units, 0), float("-inf"), device=self.device),
-                           torch.zeros((units, 0), dtype=torch.long, device=self.device))
+        self.tops[name] = no_images(units, self.device)
         self.map_sizes[name] = [h, w]
-        return self.sketches[name]
 
     def _keep_top(self, name: str, a: torch.Tensor, index: torch.Tensor) -> None:
         values, ids = self.tops[name]
         units = a.shape[1]
         values = torch.cat([values, a.amax(dim=(2, 3)).T], dim=1)
         ids = torch.cat([ids, index.to(ids.device)[None].expand(units, -1)], dim=1)
-        self.tops[name] = self._best(values, ids)
+        self.tops[name] = best_images(values, ids, self.top_k)
 
-    def _best(self, values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = values.topk(min(self.top_k, values.shape[1]), dim=1)
-        return keep.values, ids.gather(1, keep.indices)
-
-    def all_reduce(self, group=None) -> None:
-        """Combine the counts of every process of ``group`` (``torch.distributed``); each process must have
-        accumulated at least one batch (so that it knows every layer's shape)."""
-        import torch.distributed as dist
-
+    def all_reduce(self) -> None:
+        """Combine the counts of every ``torch.distributed`` rank (default group) into each; a no-op in one
+        process. A rank that had no batch learns the layers' shapes from rank 0, which has the first."""
         self._flush()
-        for sketch in self.sketches.values():
-            sketch.all_reduce(group)
-        dist.all_reduce(self.mask_area, group=group)
-        world = dist.get_world_size(group)
-        for name, (values, ids) in self.tops.items():
-            all_values = [torch.empty_like(values) for _ in range(world)]
-            all_ids = [torch.empty_like(ids) for _ in range(world)]
-            dist.all_gather(all_values, values.contiguous(), group=group)
-            dist.all_gather(all_ids, ids.contiguous(), group=group)
-            self.tops[name] = self._best(torch.cat(all_values, dim=1), torch.cat(all_ids, dim=1))
+        if world()[0] == 1:
+            return
+        shapes = share_from_main({k: [s.units, *self.map_sizes[k]] for k, s in self.sketches.items()})
+        for name, (units, h, w) in shapes.items():
+            if name not in self.sketches:
+                self._add_layer(name, units, h, w)
+            self.sketches[name].all_reduce()
+            vals, ids = padded_top(self.tops[name], self.top_k)
+            self.tops[name] = best_images(torch.cat(all_gather(vals), dim=1), torch.cat(all_gather(ids), dim=1),
+                                          self.top_k)
+        all_reduce(self.mask_area)
 
     def thresholds(self) -> dict[str, torch.Tensor]:
         """Per layer, each unit's top-``quantile`` activation level (float64)."""
@@ -149,3 +145,32 @@ class DissectionCounts:
 
 def _size(maps: Mapping[str, torch.Tensor], masks: torch.Tensor) -> int:
     return sum(a.numel() * a.element_size() for a in maps.values()) + masks.numel() * masks.element_size()
+
+
+def no_images(units: int, dev: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """An empty top-images pair (values, image ids) of ``units`` units."""
+    return (torch.full((units, 0), float("-inf"), device=dev), torch.zeros((units, 0), dtype=torch.long, device=dev))
+
+
+def padded_top(top: tuple[torch.Tensor, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A top-images pair padded to ``k`` columns with (-inf, -1), the same shape on every rank."""
+    vals, ids = top
+    missing = k - vals.shape[1]
+    return (torch.nn.functional.pad(vals, (0, missing), value=float("-inf")),
+            torch.nn.functional.pad(ids, (0, missing), value=-1))
+
+
+def best_images(vals: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, the ``k`` images with the largest value, ties to the smaller index (padding dropped).
+
+    The order is total, so the result does not depend on how the images were batched or shared out.
+
+    >>> best_images(torch.tensor([[1., 3., 3., 0.]]), torch.tensor([[5, 9, 2, 7]]), 2)
+    (tensor([[3., 3.]]), tensor([[2, 9]]))
+    """
+    by_id = torch.argsort(ids, dim=1, stable=True)
+    vals, ids = vals.gather(1, by_id), ids.gather(1, by_id)
+    order = torch.argsort(vals, dim=1, descending=True, stable=True)
+    real = int((ids[0] >= 0).sum()) if ids.shape[0] else 0
+    keep = order[:, :min(k, real)]
+    return vals.gather(1, keep), ids.gather(1, keep)

@@ -6,13 +6,14 @@ resolution (bilinear, ``align_corners=False``) and binarised as ``a_k > T_k``; I
 Σ_i |S_k(x_i) ∩ L_c(x_i)| / Σ_i |S_k(x_i) ∪ L_c(x_i)| over the whole dataset.
 
 One pass (default): the data is streamed once; per unit a tail sketch
-(:mod:`inspectnet.analysis.dissect.sketch`) keeps the histogram of its raw activations above a floor
+(:mod:`inspectnet.analysis.dissect.tail`) keeps the histogram of its raw activations above a floor
 that provably stays below T_k, and on the same bins its upsampled pixels above that floor, overall and
 inside each concept; T_k, |S_k| and |S_k ∩ L_c| come out of these counts after the pass (error at
 most one bin). Only the upsampled cells that can exceed the floor are evaluated
-(:mod:`inspectnet.analysis.dissect.upsample`). Two passes (``passes=2``): the first gives T_k, the
-second counts the overlaps exactly at T_k; twice the forward cost, memory units × concepts instead
-of units × concepts × bins/16.
+(:mod:`inspectnet.analysis.dissect.upsample`). Two passes (``passes=2``): the first gives T_k from an
+order-independent quantile sketch (:mod:`inspectnet.analysis.dissect.sketch`), the second counts the
+overlaps exactly at T_k; twice the forward cost, memory units × concepts instead of units × concepts
+× bins/16, and under ``torchrun`` a result equal bit for bit to one process's (one pass: within a bin).
 
 A unit's concept is its best-IoU concept; it is a detector if that IoU ≥ ``iou_threshold`` (0.04).
 Unique detectors = distinct concepts among a layer's detectors. No activation map outlives its
@@ -41,9 +42,12 @@ from markupsafe import Markup
 from PIL import Image
 from torch import nn
 
-from inspectnet.analysis.dissect.counts import DissectionCounts
+from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
+from inspectnet.analysis.dissect.counts import DissectionCounts, best_images, no_images, padded_top
+from inspectnet.analysis.dissect.sketch import UnitQuantiles
 from inspectnet.analysis.dissect.upsample import CellUpsampler
 from inspectnet.core.devices import resolve_device
+from inspectnet.core.distributed import all_gather, all_reduce, shard_batches, share_from_main, watch_group, world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.results import Result
@@ -56,9 +60,6 @@ from inspectnet.probe.hooks import Probe
 from inspectnet.reports.blocks import Table
 from inspectnet.reports.html import bar_chart, img, overlay
 from inspectnet.reports.render import render_html_template
-
-DEFAULT_QUANTILE = 0.005
-DEFAULT_IOU_THRESHOLD = 0.04
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,12 +151,13 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
             data_config: dict[str, Any] | None = None, quantile: float = DEFAULT_QUANTILE,
             iou_threshold: float = DEFAULT_IOU_THRESHOLD, batch_size: int = 32, device: str = "auto",
             limit: int | None = None, top_k: int = 8, bins: int = 4096, passes: int = 1, num_workers: int = 0,
-            show_progress: bool | None = None) -> Dissection:
+            show_progress: bool | None = None, shard_order: str = "contiguous") -> Dissection:
     """Dissect ``layers`` of ``model`` on a concept dataset (one streaming pass, or two; see module doc).
 
     ``model`` is a :class:`ZooModel` or a plain module (then ``data_config`` gives input size,
     mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005); ``bins`` the
-    fine bins per unit of the tail sketch.
+    fine bins per unit of the sketch. Under ``torchrun`` each rank streams its share of the batches
+    and the counts, sketches and top images are all-reduced: every rank returns the same result.
     """
     net, name, fp, cfg, prefix = _unpack(model, data_config)
     if not 0 < quantile < 1:
@@ -164,6 +166,8 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
     if passes not in (1, 2):
         raise InspectnetError(f"--passes must be 1 or 2, got {passes}")
+    if num_workers < 0:
+        raise InspectnetError(f"--workers must be 0 or more data loader processes, got {num_workers}")
     names = resolve_layers(net, layers, head_name=getattr(model, "head_name", None))
     if PRE_LOGITS in names:
         raise InspectnetError("layer 'pre_logits' is a feature vector without spatial maps; cannot dissect it")
@@ -173,20 +177,22 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     mask_size = tuple(int(s) for s in data.masks(0).shape[1:])
     dev = resolve_device(device)
     items = _Items(data, dissection_transform(cfg), mask_size, n)
-    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    counts = DissectionCounts(n, mask_size, len(data.concepts), quantile=quantile, bins=bins, top_k=top_k,
-                              overlaps=passes == 1, device=dev)
+    share = shard_batches(n, batch_size, *world(), shard_order)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=[list(b) for b in share], num_workers=num_workers)
     with model_state(net, device=dev, training=False), torch.inference_mode(), \
-            Probe(net, names, reducer="full") as probe:
-        for x, m, idx in progress(loader, total=len(loader), desc="dissect" if passes == 1 else "dissect 1/2",
-                                  enabled=show_progress):
-            counts.accumulate(_forward_maps(net, probe, x, names, prefix, dev), m.to(dev), idx)
-        thresholds = counts.thresholds()
+            Probe(net, names, reducer="full") as probe, watch_group("the dissection pass") as watch:
         if passes == 1:
-            overlaps = counts.overlaps(thresholds)
+            counts = DissectionCounts(n, mask_size, len(data.concepts), quantile=quantile, bins=bins, top_k=top_k,
+                                      device=dev)
+            _one_pass(net, probe, loader, names, prefix, dev, counts, show_progress, watch)
+            thresholds, tops, shapes = counts.thresholds(), counts.tops, counts.map_sizes
+            overlaps, mask_area = counts.overlaps(thresholds), counts.mask_area.cpu()
         else:
-            overlaps = _exact_overlaps(net, probe, loader, names, prefix, dev, thresholds, show_progress)
-    mask_area = counts.mask_area.cpu()
+            sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins,
+                                                      show_progress, watch)
+            thresholds = {k: s.quantile(1.0 - quantile) for k, s in sketches.items()}
+            overlaps, mask_area = _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size,
+                                            len(data.concepts), show_progress, watch)
     empty = [c for c, a in zip(data.concepts, mask_area.tolist()) if a == 0]
     if len(empty) == len(data.concepts):
         raise InspectnetError(f"concept data {data.spec!r}: no concept has any positive pixel in {n} images")
@@ -198,8 +204,8 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
         inter, act_area = overlaps[layer]
         iou = iou_from_counts(inter.cpu(), act_area.cpu(), mask_area)
         ious[layer] = iou
-        result_layers[layer] = _summarise(iou, thresholds[layer].cpu(), counts.tops[layer][1].cpu(),
-                                          counts.map_sizes[layer], data, mask_area, iou_threshold)
+        result_layers[layer] = _summarise(iou, thresholds[layer].cpu(), tops[layer][1].cpu(), shapes[layer], data,
+                                          mask_area, iou_threshold)
     return Dissection(model=name, fingerprint=fp, data=data.spec, num_images=n, quantile=quantile,
                       iou_threshold=iou_threshold, mask_size=list(mask_size), concepts=list(data.concepts),
                       categories=dict(data.categories), empty_concepts=empty, layers=result_layers, passes=passes,
@@ -225,16 +231,60 @@ def _forward_maps(net: nn.Module, probe: Probe, x: torch.Tensor, names: list[str
     return {k: to_maps(probe.outputs[k], k, prefix).float() for k in names}
 
 
-def _exact_overlaps(net, probe, loader, names, prefix, dev, thresholds, show_progress):
-    """The second pass of ``passes=2``: dataset-wide exact intersections (units × concepts) and unit areas."""
-    totals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+def _one_pass(net, probe, loader, names, prefix, dev, counts: DissectionCounts, show_progress, watch) -> None:
+    """The one-pass method: accumulate every batch of this rank into ``counts``, then combine the ranks."""
+    for x, m, idx in progress(loader, total=len(loader), desc="dissect", enabled=show_progress):
+        watch.check()
+        counts.accumulate(_forward_maps(net, probe, x, names, prefix, dev), m.to(dev), idx)
+    counts.all_reduce()
+
+
+def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress, watch):
+    """Pass 1 of two: per-unit quantile sketches and the top-k images by maximum activation (merged over ranks)."""
+    sketches: dict[str, UnitQuantiles] = {}
+    tops: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    shapes: dict[str, list[int]] = {}
+    for x, _m, idx in progress(loader, total=len(loader), desc="dissect 1/2", enabled=show_progress):
+        watch.check()
+        maps = _forward_maps(net, probe, x, names, prefix, dev)
+        for k, a in maps.items():
+            b, units, h, w = a.shape
+            if k not in sketches:
+                sketches[k] = UnitQuantiles(units, bins=bins, device=dev)
+                tops[k] = no_images(units, dev)
+                shapes[k] = [units, h, w]
+            sketches[k].update(a.transpose(0, 1).reshape(units, -1))
+            tops[k] = best_images(torch.cat([tops[k][0], a.amax(dim=(2, 3)).T], dim=1),
+                                  torch.cat([tops[k][1], idx.to(dev)[None].expand(units, -1)], dim=1), top_k)
+    # rank 0 always computes the first batch; a rank that had no batch learns the layers' shapes from it
+    shapes = share_from_main(shapes)
+    for k, (units, _h, _w) in shapes.items():
+        if k not in sketches:
+            sketches[k], tops[k] = UnitQuantiles(units, bins=bins, device=dev), no_images(units, dev)
+        sketches[k].all_reduce()
+        vals, ids = padded_top(tops[k], top_k)
+        tops[k] = best_images(torch.cat(all_gather(vals), dim=1), torch.cat(all_gather(ids), dim=1), top_k)
+    return sketches, tops, {k: v[1:] for k, v in shapes.items()}
+
+
+def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_concepts, show_progress, watch):
+    """Pass 2 of two: per layer exact (intersections (K, C), unit areas (K,)) and the concept areas, summed
+    over ranks."""
+    inter = {k: torch.zeros(len(thresholds[k]), n_concepts, dtype=torch.float64, device=dev) for k in names}
+    act_area = {k: torch.zeros(len(thresholds[k]), dtype=torch.float64, device=dev) for k in names}
+    mask_area = torch.zeros(n_concepts, dtype=torch.float64, device=dev)
     for x, m, _idx in progress(loader, total=len(loader), desc="dissect 2/2", enabled=show_progress):
+        watch.check()
         maps = _forward_maps(net, probe, x, names, prefix, dev)
         masks = m.to(dev).flatten(2)
+        mask_area += masks.sum(dim=(0, 2)).double()
         for k, a in maps.items():
-            i_k, a_k = unit_overlaps(a, masks, thresholds[k], tuple(m.shape[2:]))
-            totals[k] = (i_k, a_k) if k not in totals else (totals[k][0] + i_k, totals[k][1] + a_k)
-    return totals
+            i_k, a_k = unit_overlaps(a, masks, thresholds[k], mask_size)
+            inter[k] += i_k
+            act_area[k] += a_k
+    for t in (mask_area, *inter.values(), *act_area.values()):
+        all_reduce(t)  # float64 sums of whole pixel counts: exact in any order
+    return {k: (inter[k].cpu(), act_area[k].cpu()) for k in names}, mask_area.cpu()
 
 
 def unit_overlaps(maps: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor,
