@@ -73,7 +73,7 @@ def timed(fn) -> tuple[float, float, object]:
 
 
 def agreement(one, two) -> dict:
-    """How the one-pass result compares with the two-pass one (same thresholds, exact overlaps)."""
+    """How the one-pass result compares with the two-pass one (each threshold within a bin; exact overlaps)."""
     diff = np.concatenate([np.abs(one.iou[k] - two.iou[k]).ravel() for k in one.iou])
     same = [u1["detector"] == u2["detector"] and (not u1["detector"] or u1["concept"] == u2["concept"])
             for k in one.layers for u1, u2 in zip(one.layers[k]["units"], two.layers[k]["units"])]
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         *[f"| dissection, {name} | {wall[k]:.2f} | {cpu[k]:.2f} | **{ratio[k + '_over_forward']['wall']:.2f}×** | "
           f"**{ratio[k + '_over_forward']['cpu']:.2f}×** |"
           for k, name in (("one_pass", "one pass (default)"), ("two_pass", "two passes (exact overlaps)"))], "",
-        f"One pass vs two passes (same thresholds): max |ΔIoU| {agree['max_abs_iou_diff']}, mean "
+        f"One pass vs two passes (thresholds each within a bin): max |ΔIoU| {agree['max_abs_iou_diff']}, mean "
         f"{agree['mean_abs_iou_diff']}; units with the same detector status and detected concept: "
         f"{agree['units_same_detector_and_concept']}; unique detectors per layer (one, two): "
         f"{agree['unique_detectors']}.", "",
