@@ -1,10 +1,13 @@
 """Dissection cost vs a plain forward pass, and dissection memory vs number of images, in one run.
 
-Both timings feed the same images (same preprocessing, same batch size, same thread count) to the
-same model; dissection makes two passes (thresholds, then IoU) plus the upsampling and set counts,
-so ~2× a forward is its floor. Memory: the process's resident set is sampled every 2 ms during
-``dissect`` and the peak above the level just before the call is reported for growing image counts
-(the concept data itself is loaded before the baseline is taken).
+All timings feed the same images (same preprocessing, same batch size, same thread count) to the
+same model: a plain forward, the one-pass dissection (default) and the two-pass one (exact overlaps),
+run back to back in each of ``--repeats`` rounds; the ratio to the forward of the same round is
+reported (median over rounds), as wall time and as process CPU time (the machine is shared, so CPU
+time is the steadier of the two). The one-pass IoU is compared with the two-pass IoU (same
+thresholds). Memory: each (method, image count) runs in a fresh process, whose resident set is
+sampled every 2 ms during ``dissect``; the peak above the level just before the call is reported
+(the model and concept data are loaded before that level is taken).
 
     python benchmarks/dissect_throughput.py            # writes benchmarks/results/dissect_throughput.{json,md}
 """
@@ -16,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from inspectnet.analysis.dissect.dissection import _Items, dissect, dissection_transform
@@ -53,14 +57,30 @@ class PeakRSS:
         self.peak = max(self.peak, rss_bytes())
 
 
-def plain_forward(zm, data, n, batch_size) -> float:
+def plain_forward(zm, data, n, batch_size) -> None:
     items = _Items(data, dissection_transform(zm.data_config), tuple(data.masks(0).shape[1:]), n)
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size)
-    t0 = time.perf_counter()
     with eval_mode(zm.model), torch.inference_mode():
         for x, _m, _i in loader:
             zm.model(x)
-    return time.perf_counter() - t0
+
+
+def timed(fn) -> tuple[float, float, object]:
+    """(wall seconds, process CPU seconds, result) of one call."""
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w, time.process_time() - c, out
+
+
+def agreement(one, two) -> dict:
+    """How the one-pass result compares with the two-pass one (each threshold within a bin; exact overlaps)."""
+    diff = np.concatenate([np.abs(one.iou[k] - two.iou[k]).ravel() for k in one.iou])
+    same = [u1["detector"] == u2["detector"] and (not u1["detector"] or u1["concept"] == u2["concept"])
+            for k in one.layers for u1, u2 in zip(one.layers[k]["units"], two.layers[k]["units"])]
+    return {"max_abs_iou_diff": round(float(diff.max()), 4), "mean_abs_iou_diff": round(float(diff.mean()), 6),
+            "units_same_detector_and_concept": f"{sum(same)}/{len(same)}",
+            "unique_detectors": {k: [one.layers[k]["unique_detectors"], two.layers[k]["unique_detectors"]]
+                                 for k in one.layers}}
 
 
 def main(argv=None) -> int:
@@ -71,50 +91,85 @@ def main(argv=None) -> int:
     p.add_argument("--memory-images", default="128,512,2048", help="image counts for the memory check")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of (forward, one pass, two passes)")
     p.add_argument("--out", default=str(RESULTS / "dissect_throughput"))
+    p.add_argument("--memory-of", nargs=2, type=int, metavar=("IMAGES", "PASSES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     zm = load_model(args.model, num_classes=2, input_size=64)
     counts = [int(c) for c in args.memory_images.split(",")]
     data = load_concepts(f"shapes?n={max(counts + [args.images])}&seed=0")
-    n = args.images
-    dissect(zm, data, args.layers, limit=args.batch_size, batch_size=args.batch_size)  # warm-up
-    fwd = plain_forward(zm, data, n, args.batch_size)
-    t0 = time.perf_counter()
-    result = dissect(zm, data, args.layers, limit=n, batch_size=args.batch_size)
-    dis = time.perf_counter() - t0
-    units = sum(v["num_units"] for v in result.layers.values())
-    memory = []
-    for c in counts:
+    if args.memory_of:  # child process of the memory check
         with PeakRSS() as m:
-            dissect(zm, data, args.layers, limit=c, batch_size=args.batch_size)
-        memory.append({"images": c, "peak_extra_mib": round((m.peak - m.base) / 2**20, 1)})
+            dissect(zm, data, args.layers, limit=args.memory_of[0], batch_size=args.batch_size,
+                    passes=args.memory_of[1])
+        print(json.dumps({"peak_extra_mib": round((m.peak - m.base) / 2**20, 1)}))
+        return 0
+    n, bs = args.images, args.batch_size
+    dissect(zm, data, args.layers, limit=bs, batch_size=bs)  # warm-up
+    runs = {"forward": lambda: plain_forward(zm, data, n, bs),
+            "one_pass": lambda: dissect(zm, data, args.layers, limit=n, batch_size=bs),
+            "two_pass": lambda: dissect(zm, data, args.layers, limit=n, batch_size=bs, passes=2)}
+    times = {k: [] for k in runs}
+    results = {}
+    for _ in range(args.repeats):
+        for k, fn in runs.items():
+            wall, cpu, results[k] = timed(fn)
+            times[k].append((wall, cpu))
+    wall = {k: float(np.median([w for w, _ in v])) for k, v in times.items()}
+    cpu = {k: float(np.median([c for _, c in v])) for k, v in times.items()}
+    ratio = {f"{k}_over_forward": {
+        "wall": round(float(np.median([a[0] / f[0] for a, f in zip(times[k], times["forward"])])), 2),
+        "cpu": round(float(np.median([a[1] / f[1] for a, f in zip(times[k], times["forward"])])), 2)}
+        for k in ("one_pass", "two_pass")}
+    units = sum(v["num_units"] for v in results["one_pass"].layers.values())
+    memory = [{"images": c, **{f"peak_extra_mib_{passes}_pass": _child_peak(argv, c, passes) for passes in (1, 2)}}
+              for c in counts]
     doc = {
         "command": "python benchmarks/dissect_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": zm.spec, "input": "shapes 64×64", "layers": args.layers, "units": units,
-        "images": n, "batch_size": args.batch_size, "threads": args.threads, "device": "cpu",
-        "forward_s": round(fwd, 3), "dissect_s": round(dis, 3),
-        "forward_images_per_s": round(n / fwd, 1), "dissect_images_per_s": round(n / dis, 1),
-        "dissect_over_forward": round(dis / fwd, 2), "memory": memory, "versions": library_versions(),
+        "images": n, "batch_size": bs, "threads": args.threads, "device": "cpu", "repeats": args.repeats,
+        "median_wall_s": {k: round(v, 3) for k, v in wall.items()}, "median_cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        **ratio, "one_pass_vs_two_pass": agreement(results["one_pass"], results["two_pass"]),
+        "memory": memory, "versions": library_versions(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    agree = doc["one_pass_vs_two_pass"]
     lines = [
         "# Dissection throughput and memory", "",
         f"`{doc['command']}` — {zm.spec}, layers {args.layers} ({units} units), {n} shapes images 64×64, "
-        f"batch {args.batch_size}, {args.threads} CPU thread(s).", "",
-        "| pass | seconds | images/s |", "|---|---|---|",
-        f"| plain forward | {fwd:.2f} | {n / fwd:.1f} |",
-        f"| dissection (2 passes + IoU) | {dis:.2f} | {n / dis:.1f} |", "",
-        f"Dissection / forward time ratio: **{dis / fwd:.2f}×** (two forward passes are the floor).", "",
-        "| images | peak extra RSS during dissect (MiB) |", "|---|---|",
-        *[f"| {m['images']} | {m['peak_extra_mib']} |" for m in memory], "",
+        f"batch {bs}, {args.threads} CPU thread(s); forward, one-pass and two-pass dissection back to back in "
+        f"each of {args.repeats} rounds of one run; medians, ratios to the same round's forward (shared, loaded "
+        f"machine: process CPU time is the steadier measure, wall time includes waiting for a core).", "",
+        "| run | wall s | CPU s | wall / forward | CPU / forward |", "|---|---|---|---|---|",
+        f"| plain forward | {wall['forward']:.2f} | {cpu['forward']:.2f} | 1 | 1 |",
+        *[f"| dissection, {name} | {wall[k]:.2f} | {cpu[k]:.2f} | **{ratio[k + '_over_forward']['wall']:.2f}×** | "
+          f"**{ratio[k + '_over_forward']['cpu']:.2f}×** |"
+          for k, name in (("one_pass", "one pass (default)"), ("two_pass", "two passes (exact overlaps)"))], "",
+        f"One pass vs two passes (thresholds each within a bin): max |ΔIoU| {agree['max_abs_iou_diff']}, mean "
+        f"{agree['mean_abs_iou_diff']}; units with the same detector status and detected concept: "
+        f"{agree['units_same_detector_and_concept']}; unique detectors per layer (one, two): "
+        f"{agree['unique_detectors']}.", "",
+        "Peak extra memory (fresh process each; the one pass holds the latest batches' maps, at most 64 MiB, "
+        "until later batches have raised the floors):", "",
+        "| images | peak extra RSS, one pass (MiB) | two passes (MiB) |", "|---|---|---|",
+        *[f"| {m['images']} | {m['peak_extra_mib_1_pass']} | {m['peak_extra_mib_2_pass']} |" for m in memory], "",
     ]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
+
+
+def _child_peak(argv, images: int, passes: int) -> float:
+    """Peak extra RSS of one dissection in a fresh process (no memory left over from earlier runs)."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--memory-of", str(images), str(passes)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_extra_mib"]
 
 
 if __name__ == "__main__":

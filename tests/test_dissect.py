@@ -9,8 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectnet.analysis.dissect.dissection import dissect, iou_from_counts, to_maps, unit_overlaps, write_dissection
-from inspectnet.analysis.dissect.sketch import UnitQuantiles
+from inspectnet.analysis.dissect.counts import DissectionCounts
+from inspectnet.analysis.dissect.dissection import (
+    _Items,
+    dissect,
+    dissection_transform,
+    iou_from_counts,
+    to_maps,
+    unit_overlaps,
+    write_dissection,
+)
+from inspectnet.analysis.dissect.tail import TailSketch
+from inspectnet.analysis.dissect.upsample import CellUpsampler
 from inspectnet.cli import main
 from inspectnet.core.errors import InspectnetError
 from inspectnet.data.concepts import ArrayConcepts, load_concepts
@@ -42,7 +52,7 @@ def shapes_data():
 
 
 # ---------------------------------------------------------------- streaming quantile
-@pytest.mark.parametrize("q", [0.5, 0.9, 0.995])
+@pytest.mark.parametrize("q", [0.5, 0.1, 0.005])
 def test_streaming_quantile_matches_numpy_within_one_bin(q):
     rng = np.random.default_rng(0)
     batches = []
@@ -51,23 +61,48 @@ def test_streaming_quantile_matches_numpy_within_one_bin(q):
         relu = np.maximum(rng.standard_normal(3000) * scale, 0)          # mostly zeros, like ReLU maps
         heavy = rng.standard_cauchy(3000) * 0.1 - i                       # heavy tails, drifting down
         const = np.full(3000, 2.5)                                        # a constant unit
-        batches.append(np.stack([relu, heavy, const]))
-    sketch = UnitQuantiles(3, bins=2048)
+        batches.append(np.stack([relu, heavy, const]).astype(np.float32))
+    values = np.concatenate(batches, axis=1)
+    sketch = TailSketch(3, values.shape[1], q, bins=2048)
     for b in batches:
         sketch.update(torch.from_numpy(b))
-    values = np.concatenate(batches, axis=1)
-    exact = np.quantile(values, q, axis=1)
-    est = sketch.quantile(q).numpy()
-    width = sketch.bin_width().numpy()
-    assert sketch.counts.sum(dim=1).tolist() == [values.shape[1]] * 3   # no value lost by the doublings
+    exact = np.quantile(values.astype(np.float64), 1 - q, axis=1)
+    est = sketch.threshold().numpy()
+    width = sketch.width.numpy()
     assert np.all(np.abs(est - exact) <= width + 1e-9), (est, exact, width)
     assert est[2] == 2.5
+    # only the tail is binned (about q·(1 + ln 12) of the values), never fewer than the top q·N
+    kept = sketch.raw.counts.sum(dim=1).numpy()
+    assert np.all(kept >= q * values.shape[1]), kept
+    if q < 0.5:
+        assert kept[1] < 4 * q * values.shape[1], kept
 
 
-def test_quantile_sketch_rejects_nan():
-    sketch = UnitQuantiles(1, bins=16)
+def test_floor_never_passes_the_final_threshold():
+    """Sorted data (the largest values last) is the worst case for a floor set from early batches."""
+    values = torch.arange(20000, dtype=torch.float32).reshape(1, -1)
+    sketch = TailSketch(1, 20000, 0.005, bins=256)
+    for chunk in values.split(1000, dim=1):
+        sketch.update(chunk)
+        assert sketch.floor.item() <= 19900
+    assert abs(sketch.threshold().item() - np.quantile(values.numpy(), 0.995)) <= sketch.width.item()
+    reversed_sketch = TailSketch(1, 20000, 0.005, bins=256)
+    for chunk in values.flip(1).split(1000, dim=1):                      # the largest first: floor set at once
+        reversed_sketch.update(chunk)
+    assert reversed_sketch.floor.item() >= 19800
+    assert reversed_sketch.raw.counts.sum().item() < 200
+
+
+def test_quantile_sketch_rejects_nan_and_miscounts():
+    sketch = TailSketch(1, 4, 0.005, bins=32)
     with pytest.raises(InspectnetError, match="NaN"):
         sketch.update(torch.tensor([[1.0, float("nan")]]))
+    sketch = TailSketch(1, 4, 0.005, bins=32)
+    sketch.update(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(InspectnetError, match="holds 2 of the 4 values"):
+        sketch.threshold()
+    with pytest.raises(InspectnetError, match="told of 4 values"):
+        sketch.update(torch.tensor([[1.0, 2.0, 3.0]]))
 
 
 # ---------------------------------------------------------------- IoU by hand
@@ -89,6 +124,177 @@ def test_bilinear_upsampling_is_pinned():
     inter, area = unit_overlaps(maps, torch.ones(1, 1, 16), torch.tensor([0.5]), (4, 4))
     # align_corners=False: columns sample 0, .25, .75, 1 -> two of four columns exceed 0.5
     assert area.item() == 8.0
+
+
+# ---------------------------------------------------------------- one pass = two passes within one bin
+@pytest.mark.parametrize("size", [(16, 16, 64, 64), (2, 2, 64, 64), (7, 5, 64, 50), (10, 10, 7, 9), (64, 64, 64, 64)])
+def test_cell_upsampler_selects_what_full_upsampling_selects(size):
+    h, w, big_h, big_w = size
+    torch.manual_seed(0)
+    maps = torch.randn(3, 5, h, w).relu()
+    maps[0, 0] = 0.7                                                   # a constant map: one flat cell after another
+    floors = torch.rand(5) * 0.5
+    full = F.interpolate(maps, size=(big_h, big_w), mode="bilinear", align_corners=False)
+    expected = full > floors[None, :, None, None]
+    got = torch.zeros_like(expected)
+    values = torch.zeros_like(full)
+    flat = torch.zeros_like(expected)
+    for sel in CellUpsampler((h, w), (big_h, big_w)).above(maps, floors):
+        got.view(3, 5, -1)[sel.images, sel.units, sel.pixels] = True
+        values.view(3, 5, -1)[sel.images, sel.units, sel.pixels] = sel.values
+        flat.view(3, 5, -1)[sel.images, sel.units, sel.pixels] = sel.flat
+    assert torch.equal(got, expected)
+    assert (values[expected] - full[expected]).abs().max() <= 1e-6
+    if floors[0] < 0.7:
+        assert flat[0, 0].all() and (values[0, 0] == 0.7).all()        # exactly the constant, no rounding above
+
+
+def _layer_batches(model, data, layer, n, batch_size=32):
+    from inspectnet.probe.hooks import Probe
+
+    items = _Items(data, dissection_transform(PLAIN if not hasattr(model, "data_config") else model.data_config),
+                   tuple(data.masks(0).shape[1:]), n)
+    net = getattr(model, "model", model)
+    out = []
+    with torch.inference_mode(), Probe(net.eval(), [layer], reducer="full") as probe:
+        for x, m, i in torch.utils.data.DataLoader(items, batch_size=batch_size):
+            net(x)
+            out.append((to_maps(probe.outputs[layer], layer).float().clone(), m, i))
+    return out
+
+
+def _exact_counts(batches, thresholds, mask_size):
+    inter, area = 0, 0
+    for a, m, _ in batches:
+        i_k, a_k = unit_overlaps(a, m.flatten(2), thresholds, mask_size)
+        inter, area = inter + i_k, area + a_k
+    return inter, area
+
+
+def _check_within_one_bin(batches, n, mask_size, concepts):
+    """The one-pass counts lie between the exact counts at the edges of the bin holding the threshold:
+    a fine bin for |S_k|, a concept bin for |S_k ∩ L_c|."""
+    counts = DissectionCounts(n, mask_size, concepts, quantile=0.005)
+    for a, m, i in batches:
+        counts.accumulate({"layer": a}, m, i)
+    t = counts.thresholds()["layer"]
+    inter, area = counts.overlaps({"layer": t})["layer"]
+    s = counts.sketches["layer"]
+    fine = s._bin(torch.arange(s.units), t)
+    first = fine // s.group * s.group
+    edge = lambda b: (s.lo + s.width * b).float()                           # noqa: E731
+    area_hi, area_lo = _exact_counts(batches, edge(fine + 1), mask_size)[1], _exact_counts(batches, edge(fine),
+                                                                                             mask_size)[1]
+    inter_hi, inter_lo = _exact_counts(batches, edge(first + s.group), mask_size)[0], \
+        _exact_counts(batches, edge(first), mask_size)[0]
+    slack = 1e-6 * (1 + area_lo)
+    assert ((area >= area_hi - slack) & (area <= area_lo + slack)).all()
+    assert ((inter >= inter_hi - 1e-6) & (inter <= inter_lo + 1e-6)).all()
+    exact_inter, exact_area = _exact_counts(batches, t.float(), mask_size)
+    return inter, area, exact_inter, exact_area
+
+
+def test_one_pass_counts_are_the_exact_counts_within_one_bin(shapes_data):
+    """Random ResNet-18 on the shapes: flat colour regions give many equal activations (point masses)."""
+    from inspectnet.models.zoo import load_model
+
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=2, input_size=64)
+    for layer in ("layer1", "layer3"):
+        batches = _layer_batches(zm, shapes_data, layer, len(shapes_data))
+        inter, area, exact_inter, exact_area = _check_within_one_bin(batches, len(shapes_data), (64, 64), 15)
+        iou = iou_from_counts(inter, area, torch.tensor(np.stack([shapes_data.masks(i) for i in
+                                                                  range(len(shapes_data))]).sum(axis=(0, 2, 3))))
+        assert (area > 0).sum() > 0.9 * len(area)                       # the counts are not trivially empty
+        assert np.isfinite(iou).all()
+
+
+def test_one_pass_dissection_equals_two_pass_on_shapes_and_real_lite0(shapes_data, lite0_weights):
+    """Same detectors, same concepts, thresholds and IoU within a bin's error of the two-pass dissection (its
+    thresholds come from the order-independent sketch, its overlaps are exact)."""
+    from inspectnet.models.zoo import load_model
+
+    torch.manual_seed(0)
+    cases = [(load_model("resnet18", num_classes=2, input_size=64), "layer1,layer2,layer3,layer4"),
+             (load_model("efficientnet_lite0", weights=lite0_weights, input_size=128), "blocks.2,blocks.4,blocks.5")]
+    for zm, layers in cases:
+        one, two = dissect(zm, shapes_data, layers), dissect(zm, shapes_data, layers, passes=2)
+        assert (one.passes, two.passes) == (1, 2)
+        for layer in one.layers:
+            assert one.layers[layer]["unique_detectors"] == two.layers[layer]["unique_detectors"]
+            assert one.layers[layer]["detector_concepts"] == two.layers[layer]["detector_concepts"]
+            for u1, u2 in zip(one.layers[layer]["units"], two.layers[layer]["units"]):
+                # two sketches' bin widths (each ≤ 2·range/4095, the range a few times the threshold)
+                assert abs(u1["threshold"] - u2["threshold"]) <= 5e-3 * max(1.0, abs(u2["threshold"]))
+                assert u1["detector"] == u2["detector"]
+                if u1["detector"]:
+                    assert u1["concept"] == u2["concept"], (layer, u1, u2)
+            # within a bin's error (the bracket test above); at most a few hundredths where the threshold
+            # cuts a cluster of equal colour-region activations
+            diff = np.abs(one.iou[layer] - two.iou[layer])
+            assert diff.max() < 0.03 and diff.mean() < 1e-3, (layer, diff.max(), diff.mean())
+        assert sum(info["detectors"] for info in one.layers.values()) > 0   # something to agree on
+
+
+def test_shards_merge_to_the_whole(shapes_data):
+    """Counts of two shards, each told the global size, merged: the same result as one pass over all."""
+    model = ColourUnits(pool=4)
+    batches = _layer_batches(model, shapes_data, "pool", len(shapes_data), batch_size=16)
+    n = len(shapes_data)
+    whole, left, right = (DissectionCounts(n, (64, 64), 15, quantile=0.01) for _ in range(3))
+    for k, (a, m, i) in enumerate(batches):
+        whole.accumulate({"pool": a}, m, i)
+        (left if k % 2 else right).accumulate({"pool": a}, m, i)
+    left._flush(), right._flush()
+    left.sketches["pool"].merge(right.sketches["pool"])
+    t_whole, t_merged = whole.thresholds()["pool"], left.thresholds()["pool"]
+    assert torch.allclose(t_whole, t_merged, atol=float(left.sketches["pool"].width.max()))
+    i_whole, a_whole = whole.overlaps({"pool": t_whole})["pool"]
+    i_merged, a_merged = left.overlaps({"pool": t_whole})["pool"]
+    assert torch.allclose(a_whole, a_merged, rtol=0.05) and torch.allclose(i_whole, i_merged, rtol=0.05, atol=2)
+
+
+def _gloo_worker(rank, world, port, batches, n, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    counts = DissectionCounts(n, (64, 64), 15, quantile=0.01)
+    for k, (a, m, i) in enumerate(batches):
+        if k % world == rank:
+            counts.accumulate({"pool": a}, m, i)
+    counts.all_reduce()
+    t = counts.thresholds()["pool"]
+    inter, area = counts.overlaps({"pool": t})["pool"]
+    torch.save({"t": t, "inter": inter, "area": area, "top": counts.tops["pool"][0], "mask": counts.mask_area},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes (~20 s on the loaded 2-core machine)
+def test_gloo_all_reduce_matches_one_process(tmp_path, shapes_data):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    batches = _layer_batches(ColourUnits(pool=4), shapes_data, "pool", len(shapes_data), batch_size=16)
+    n = len(shapes_data)
+    one = DissectionCounts(n, (64, 64), 15, quantile=0.01)
+    for a, m, i in batches:
+        one.accumulate({"pool": a}, m, i)
+    t = one.thresholds()["pool"]
+    inter, area = one.overlaps({"pool": t})["pool"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_gloo_worker, args=(2, port, batches, n, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert torch.equal(ranks[0]["t"], ranks[1]["t"]) and torch.equal(ranks[0]["area"], ranks[1]["area"])
+    width = float(one.sketches["pool"].width.max()) * 2
+    assert torch.allclose(ranks[0]["t"], t, atol=width)
+    assert torch.allclose(ranks[0]["area"], area, rtol=0.05) and torch.allclose(ranks[0]["inter"], inter, rtol=0.05,
+                                                                                  atol=2)
+    assert torch.equal(ranks[0]["mask"], one.mask_area)
+    assert torch.equal(ranks[0]["top"], one.tops["pool"][0])          # the same top activations (ties may swap images)
 
 
 # ---------------------------------------------------------------- known detectors
@@ -157,6 +363,20 @@ def test_vit_model_dissects(shapes_data):
 
 
 # ---------------------------------------------------------------- bad input
+def test_passes_must_be_one_or_two(shapes_data):
+    with pytest.raises(InspectnetError, match="--passes must be 1 or 2, got 3"):
+        dissect(ColourUnits(), shapes_data, "conv", data_config=PLAIN, limit=4, passes=3)
+
+
+def test_one_pass_refuses_concept_counts_too_large_for_memory(shapes_data, monkeypatch):
+    import inspectnet.analysis.dissect.counts as counts
+
+    monkeypatch.setattr(counts, "MAX_CONCEPT_COUNT_BYTES", 1000)
+    with pytest.raises(InspectnetError, match="layer 'conv'.*passes=2"):
+        dissect(ColourUnits(), shapes_data, "conv", data_config=PLAIN, limit=4)
+    assert dissect(ColourUnits(), shapes_data, "conv", data_config=PLAIN, limit=4, passes=2).passes == 2
+
+
 def test_layer_without_spatial_maps_is_refused(shapes_data):
     with pytest.raises(InspectnetError, match="no spatial maps"):
         dissect(ColourUnits(), shapes_data, "fc", data_config=PLAIN, limit=4)

@@ -204,18 +204,23 @@ def test_two_rank_dissection_equals_one_process(tmp_path, one_thread):
     torch.manual_seed(0)
     zm = load_model("resnet18", num_classes=2, input_size=32)
     data = load_concepts("shapes?n=40&seed=2")
-    one = dissect(zm, data, "layer1,layer2", batch_size=8, device="cpu")
+    one, one_pass = (dissect(zm, data, "layer1,layer2", batch_size=8, device="cpu", passes=p) for p in (2, 1))
 
     def two(rank):
-        res = dissect(zm, data, "layer1,layer2", batch_size=8, device="cpu", shard_order="strided")
-        return res.to_dict(), res.iou
+        return [(res.to_dict(), res.iou) for res in (
+            dissect(zm, data, "layer1,layer2", batch_size=8, device="cpu", shard_order="strided", passes=p)
+            for p in (2, 1))]
 
     results = run_ranks(tmp_path, two)
-    for kind, (doc, iou) in results:
+    assert results[0][1][1][0] == results[1][1][1][0]   # one pass: every rank holds the same result
+    for kind, ((doc, iou), (doc1, iou1)) in results:
         assert kind == "ok"
-        assert doc == one.to_dict()                 # thresholds, top images, IoU, detectors: all equal
+        assert doc == one.to_dict()                 # two passes: thresholds, top images, IoU, detectors all equal
         for layer, matrix in one.iou.items():
             assert np.array_equal(iou[layer], matrix)
+        for layer, info in one_pass.layers.items():  # one pass: the same top images, IoU within a bin's error
+            assert [u["top_images"] for u in doc1["layers"][layer]["units"]] == [u["top_images"] for u in info["units"]]
+            assert np.abs(iou1[layer] - one_pass.iou[layer]).max() < 0.02
     assert any(u["iou"] > 0 for u in one.layers["layer2"]["units"])   # a non-trivial result was compared
 
 

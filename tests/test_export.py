@@ -207,3 +207,55 @@ def test_real_efficientnet_lite0_export_int8_and_runtime(tmp_path, lite0_weights
     clf = OnnxClassifier(tmp_path / "lite0.onnx")
     got = [r["top"][0]["index"] for r in clf.predict([ds.image(i) for i in range(len(ds))])]
     assert got == ref.tolist()  # numpy preprocessing + ORT reproduce torch end to end
+
+
+def test_int8_keeps_named_nodes_in_fp32_and_reports_them(tmp_path):
+    from inspectnet.export.int8 import quantizable_nodes
+
+    zm = tiny()
+    cal, _ = calibration_inputs(zm, "digits:train", limit=32)
+    fp32 = tmp_path / "plain.onnx"
+    export_onnx(zm, fp32, latency=False)
+    first, *rest = quantizable_nodes(fp32)
+    res = export_onnx(zm, tmp_path / "m.onnx", int8=True, calibration=cal, latency=False, int8_keep_fp32=[first])
+    assert res.int8["kept_fp32"] == {first: "requested (--int8-keep-fp32)"}
+    q = onnx.load(str(tmp_path / "m.int8.onnx"))
+    dq_outputs = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    weight_is_int8 = {n.name: n.input[1] in dq_outputs for n in q.graph.node if n.name in (first, rest[0])}
+    assert weight_is_int8 == {first: False, rest[0]: True}
+    assert not any(n.input[0] in dq_outputs for n in q.graph.node if n.name == first)  # float input too
+
+
+def test_int8_keep_fp32_refuses_unknown_nodes(tmp_path):
+    zm = tiny()
+    cal, _ = calibration_inputs(zm, "digits:train", limit=16)
+    with pytest.raises(InspectnetError, match="not Conv/Gemm/MatMul nodes of .*: no_such_node"):
+        export_onnx(zm, tmp_path / "m.onnx", int8=True, calibration=cal, latency=False,
+                    int8_keep_fp32=["no_such_node"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_calibration_missing_classes_is_warned_with_the_count():
+    from inspectnet.cli.export import warn_uncovered_classes
+
+    with pytest.warns(UserWarning, match="covers 3 of the model's 10 classes \\(4 samples\\)"):
+        warn_uncovered_classes(np.array([0, 1, 2, 2]), 10)
+    with pytest.warns(UserWarning, match="covers at most 4 of the model's 10 classes"):   # unlabelled: by count
+        warn_uncovered_classes(np.full(4, -1), 10)
+
+
+def test_int8_calibration_cache_reuses_the_ranges(tmp_path):
+    from inspectnet.export.int8 import quantize_int8
+
+    zm = tiny()
+    cal, _ = calibration_inputs(zm, "digits:train", limit=16)
+    export_onnx(zm, tmp_path / "m.onnx", latency=False)
+    cache = tmp_path / "ranges.json"
+    a = quantize_int8(tmp_path / "m.onnx", tmp_path / "a.onnx", cal, calibration_cache=cache)
+    b = quantize_int8(tmp_path / "m.onnx", tmp_path / "b.onnx", cal * 0 + 5, calibration_cache=cache)
+    c = quantize_int8(tmp_path / "m.onnx", tmp_path / "c.onnx", cal * 0 + 5)  # no cache: ranges from these inputs
+
+    def scales(p):
+        return {t.name: onnx.numpy_helper.to_array(t).tolist() for t in onnx.load(str(p)).graph.initializer
+                if t.name.endswith("_scale")}
+    assert cache.is_file() and scales(a) == scales(b) != scales(c)

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="top fraction of each unit's activations kept (default 0.005)")
     p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD,
                    help="a unit detects its best concept if IoU ≥ this (default 0.04)")
+    p.add_argument("--passes", type=int, default=1, choices=(1, 2),
+                   help="1: one pass over the data, IoU within one histogram bin (default); 2: a second "
+                        "pass counts the overlaps exactly (twice the model time, less memory for many concepts)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     zm = model_from_args(args)
     data = load_concepts(args.concepts, resize_masks=args.resize_masks)
     result = dissect(zm, data, args.layers, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                     batch_size=args.batch_size, device=args.device, limit=args.limit,
+                     batch_size=args.batch_size, device=args.device, limit=args.limit, passes=args.passes,
                      num_workers=workers_from_args(args), shard_order=args.shard_order)
     if not reports:  # every rank holds the same result; rank 0 writes it
         return 0

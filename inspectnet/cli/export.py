@@ -1,6 +1,7 @@
 """``inspectnet export MODEL --out model.onnx``: verified ONNX export, optionally int8."""
 
 import argparse
+from collections.abc import Sequence
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
 
@@ -22,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <out stem>.int8.onnx: static QDQ int8 calibrated on --calibration")
     p.add_argument("--calibration", metavar="DATA", help="real images for int8 calibration (data spec)")
     p.add_argument("--calibration-limit", type=int, default=256, help="calibration samples (default 256)")
+    p.add_argument("--int8-keep-fp32", metavar="NODE[,NODE]", default="",
+                   help="graph nodes (Conv/Gemm/MatMul names) left in fp32 in the int8 file, e.g. the ones "
+                        "benchmarks/int8_sensitivity.py finds most sensitive")
     p.add_argument("--eval-data", metavar="DATA",
                    help="data for int8 top-1 agreement / accuracy (default: the calibration data)")
     p.add_argument("--eval-limit", type=int, default=500, help="evaluation samples (default 500)")
@@ -51,13 +55,36 @@ def run(args: argparse.Namespace) -> int:
         # calibration labels matter only where the calibration images also measure accuracy
         calibration, labels = calibration_inputs(zm, args.calibration, limit=args.calibration_limit,
                                                  skip_bad=args.skip_bad, labelled=not args.eval_data)
+        warn_uncovered_classes(labels, len(zm.class_names))
         evaluation = (calibration_inputs(zm, args.eval_data, limit=args.eval_limit, skip_bad=args.skip_bad)
                       if args.eval_data else (calibration, labels))
     res = export_onnx(zm, args.out, opset=args.opset, exporter=args.exporter, head_only=args.head_only,
                       force=args.force, int8=args.int8, calibration=calibration, evaluation=evaluation,
-                      latency=not args.no_latency, threads=args.threads, device=args.device)
+                      latency=not args.no_latency, threads=args.threads, device=args.device,
+                      int8_keep_fp32=[n for n in args.int8_keep_fp32.split(",") if n])
     emit(res.to_dict(), args.json, summary(res.to_dict()))
     return 0
+
+
+def warn_uncovered_classes(labels: "Sequence[int]", num_classes: int) -> None:
+    """Warn when calibration data leaves some of the model's classes without a sample: by its labels
+    (in the model's label space) when labelled, else because it has fewer samples than classes.
+
+        >>> warn_uncovered_classes([0, 1, 1], 2)   # every class has a sample: silent
+    """
+    import warnings
+
+    import numpy as np
+
+    labels = np.asarray(labels)
+    known = labels[labels >= 0]
+    covered = len(np.unique(known)) if known.size else min(len(labels), num_classes)
+    if covered < num_classes:
+        at_most = "" if known.size else "at most "
+        warnings.warn(f"--calibration covers {at_most}{covered} of the model's {num_classes} classes "
+                      f"({len(labels)} samples); "
+                      "int8 ranges fitted to a subset may clip the others: raise --calibration-limit or add images",
+                      stacklevel=2)
 
 
 def summary(r: dict) -> str:
@@ -77,4 +104,6 @@ def summary(r: dict) -> str:
                if "accuracy_int8" in q else "")
         lines.append(f"int8 {q['path']} ({q['size_bytes'] / 1e6:.1f} MB): top-1 agreement with fp32 "
                      f"{q['top1_agreement_with_fp32']:.1%} on {q['eval_samples']} samples of the {q['eval_on']}{acc}")
+        if q.get("kept_fp32"):
+            lines.append(f"int8 nodes kept in fp32: {', '.join(f'{n} ({why})' for n, why in q['kept_fp32'].items())}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,14 @@ class ExportResult(Result):
 def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = "dynamo",
                 head_only: bool = False, force: bool = False, int8: bool = False,
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
-                latency: bool = True, threads: int = 1, device: str = "auto") -> ExportResult:
+                latency: bool = True, threads: int = 1, device: str = "auto",
+                int8_keep_fp32: Sequence[str] = ()) -> ExportResult:
     """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
 
     ``int8`` also writes ``<stem>.int8.onnx`` quantized on ``calibration`` (model inputs, see
     :func:`calibration_inputs`); ``evaluation`` = (inputs, labels with -1 = unlabelled) measures its
-    top-1 agreement with fp32 (and accuracy when labelled). ``threads`` is used by both torch and
+    top-1 agreement with fp32 (and accuracy when labelled); ``int8_keep_fp32`` names graph nodes left in
+    fp32 (listed in the report). ``threads`` is used by both torch and
     ONNX Runtime when timing, so the latency ratio compares like with like.
     """
     if exporter not in EXPORTERS:
@@ -125,7 +128,7 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
             int8_info = None
             if int8:
                 int8_info = _quantize(zm, module, tmp, tmp_int8, calibration, evaluation, head_only, input_name,
-                                      threads, device)
+                                      threads, device, list(int8_keep_fp32))
             lat = measure_latency(module, tmp, tmp_int8 if int8 else None, example.shape[1:], threads) \
                 if latency else {}
             os.replace(tmp, out)
@@ -327,7 +330,7 @@ def measure_latency(module: nn.Module, fp32: Path, int8: Path | None, sample_sha
 
 def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibration: np.ndarray,
               evaluation: tuple[np.ndarray, np.ndarray] | None, head_only: bool, input_name: str, threads: int,
-              device: str) -> dict[str, Any]:
+              device: str, keep_fp32: list[str]) -> dict[str, Any]:
     """Quantize, re-stamp the metadata, check the graph, and compare int8 with fp32 on evaluation data."""
     import onnx
 
@@ -337,7 +340,7 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
         calibration = _features_of(zm, calibration)
         if evaluation is not None:
             evaluation = (_features_of(zm, evaluation[0]), evaluation[1])
-    quantize_int8(fp32, int8, calibration)
+    quantize_int8(fp32, int8, calibration, keep_fp32=keep_fp32)
     proto = onnx.load(str(int8))
     _add_metadata(proto, zm, head_only, input_name, list(calibration.shape[1:]))
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
@@ -352,7 +355,8 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
                             "eval_on": "evaluation data" if evaluation is not None else "calibration data",
                             "top1_agreement_with_fp32": float((p32 == p8).mean()),
                             "size_bytes": int(int8.stat().st_size), "format": "QDQ",
-                            "activations": "QUInt8", "weights": "QInt8 per-channel"}
+                            "activations": "QUInt8", "weights": "QInt8 per-channel",
+                            "kept_fp32": {n: "requested (--int8-keep-fp32)" for n in keep_fp32}}
     labelled = np.asarray(y_eval) >= 0
     if labelled.any():
         info["accuracy_fp32"] = float((p32[labelled] == y_eval[labelled]).mean())

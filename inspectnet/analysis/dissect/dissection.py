@@ -1,13 +1,19 @@
 """Streaming Network Dissection (Bau et al. 2017; DESIGN §5.5): which units detect which concepts.
 
-For each unit k of each chosen layer:
+For each unit k of each chosen layer: T_k is the top-``quantile`` level of its activations over
+every pixel of the dataset (q = 0.005: P(a_k > T_k) = 0.005); S_k(x) is its map upsampled to the mask
+resolution (bilinear, ``align_corners=False``) and binarised as ``a_k > T_k``; IoU_{k,c} =
+Σ_i |S_k(x_i) ∩ L_c(x_i)| / Σ_i |S_k(x_i) ∪ L_c(x_i)| over the whole dataset.
 
-1. pass 1 streams the data once: a per-unit histogram sketch (:mod:`inspectnet.analysis.dissect.sketch`) of the
-   unit's activations over every pixel of every image gives the threshold T_k, the top-``quantile``
-   level (q = 0.005: P(a_k > T_k) = 0.005), and a running top-k of images by maximum activation;
-2. pass 2 streams it again: each map is upsampled (bilinear, ``align_corners=False``) to the mask
-   resolution in unit chunks, binarised as ``a_k > T_k``, and the dataset-wide intersection and union
-   with every concept mask are summed; IoU_{k,c} = Σ_i |S_k(x_i) ∩ L_c(x_i)| / Σ_i |S_k(x_i) ∪ L_c(x_i)|.
+One pass (default): the data is streamed once; per unit a tail sketch
+(:mod:`inspectnet.analysis.dissect.tail`) keeps the histogram of its raw activations above a floor
+that provably stays below T_k, and on the same bins its upsampled pixels above that floor, overall and
+inside each concept; T_k, |S_k| and |S_k ∩ L_c| come out of these counts after the pass (error at
+most one bin). Only the upsampled cells that can exceed the floor are evaluated
+(:mod:`inspectnet.analysis.dissect.upsample`). Two passes (``passes=2``): the first gives T_k from an
+order-independent quantile sketch (:mod:`inspectnet.analysis.dissect.sketch`), the second counts the
+overlaps exactly at T_k; twice the forward cost, memory units × concepts instead of units × concepts
+× bins/16, and under ``torchrun`` a result equal bit for bit to one process's (one pass: within a bin).
 
 A unit's concept is its best-IoU concept; it is a detector if that IoU ≥ ``iou_threshold`` (0.04).
 Unique detectors = distinct concepts among a layer's detectors. No activation map outlives its
@@ -37,7 +43,9 @@ from PIL import Image
 from torch import nn
 
 from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
+from inspectnet.analysis.dissect.counts import DissectionCounts, best_images, no_images, padded_top
 from inspectnet.analysis.dissect.sketch import UnitQuantiles
+from inspectnet.analysis.dissect.upsample import CellUpsampler
 from inspectnet.core.devices import resolve_device
 from inspectnet.core.distributed import all_gather, all_reduce, shard_batches, share_from_main, watch_group, world
 from inspectnet.core.errors import InspectnetError
@@ -53,9 +61,6 @@ from inspectnet.probe.hooks import Probe
 from inspectnet.reports.blocks import Table
 from inspectnet.reports.html import bar_chart, img, overlay
 from inspectnet.reports.render import render_html_template
-
-# elements of one upsampled unit chunk (B · units · H · W); bounds the per-batch working memory
-CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Dissection(Result):
     categories: dict[str, str]
     empty_concepts: list[str]
     layers: dict[str, dict[str, Any]]
+    passes: int = 1
     iou: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,14 +151,14 @@ def to_maps(t: torch.Tensor, layer: str, prefix_tokens: int | None = None) -> to
 def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[str] | str, *,
             data_config: dict[str, Any] | None = None, quantile: float = DEFAULT_QUANTILE,
             iou_threshold: float = DEFAULT_IOU_THRESHOLD, batch_size: int = 32, device: str = "auto",
-            limit: int | None = None, top_k: int = 8, bins: int = 4096, num_workers: int = 0,
+            limit: int | None = None, top_k: int = 8, bins: int = 4096, passes: int = 1, num_workers: int = 0,
             show_progress: bool | None = None, shard_order: str = "contiguous") -> Dissection:
-    """Dissect ``layers`` of ``model`` on a concept dataset (two streaming passes, see module doc).
+    """Dissect ``layers`` of ``model`` on a concept dataset (one streaming pass, or two; see module doc).
 
     ``model`` is a :class:`ZooModel` or a plain module (then ``data_config`` gives input size,
-    mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005). Under
-    ``torchrun`` each rank streams its share of the batches and the sketches, top images and
-    counts are all-reduced: every rank returns the result one process would.
+    mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005); ``bins`` the
+    fine bins per unit of the sketch. Under ``torchrun`` each rank streams its share of the batches
+    and the counts, sketches and top images are all-reduced: every rank returns the same result.
     """
     net, name, fp, cfg, prefix = _unpack(model, data_config)
     if not 0 < quantile < 1:
@@ -163,6 +169,8 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
         raise InspectnetError(f"--limit must be at least 1, got {limit}")
     if not 0 <= iou_threshold <= 1:
         raise InspectnetError(f"--iou-threshold must be within [0, 1], got {iou_threshold}")
+    if passes not in (1, 2):
+        raise InspectnetError(f"--passes must be 1 or 2, got {passes}")
     check_workers(num_workers)
     names = resolve_layers(net, layers, head_name=getattr(model, "head_name", None))
     if PRE_LOGITS in names:
@@ -177,11 +185,18 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     loader = data_loader(items, batch_sampler=[list(b) for b in share], num_workers=num_workers)
     with model_state(net, device=dev, training=False), torch.inference_mode(), \
             Probe(net, names, reducer="full") as probe, watch_group("the dissection pass") as watch:
-        sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress,
-                                                  watch)
-        thresholds = {k: s.quantile(1.0 - quantile) for k, s in sketches.items()}
-        inter, act_area, mask_area = _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size,
-                                               len(data.concepts), show_progress, watch)
+        if passes == 1:
+            counts = DissectionCounts(n, mask_size, len(data.concepts), quantile=quantile, bins=bins, top_k=top_k,
+                                      device=dev)
+            _one_pass(net, probe, loader, names, prefix, dev, counts, show_progress, watch)
+            thresholds, tops, shapes = counts.thresholds(), counts.tops, counts.map_sizes
+            overlaps, mask_area = counts.overlaps(thresholds), counts.mask_area.cpu()
+        else:
+            sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins,
+                                                      show_progress, watch)
+            thresholds = {k: s.quantile(1.0 - quantile) for k, s in sketches.items()}
+            overlaps, mask_area = _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size,
+                                            len(data.concepts), show_progress, watch)
     empty = [c for c, a in zip(data.concepts, mask_area.tolist()) if a == 0]
     if len(empty) == len(data.concepts):
         raise InspectnetError(f"concept data {data.spec!r}: no concept has any positive pixel in {n} images")
@@ -190,13 +205,15 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
                       stacklevel=2)
     result_layers, ious = {}, {}
     for layer in names:
-        iou = iou_from_counts(inter[layer], act_area[layer], mask_area)
+        inter, act_area = overlaps[layer]
+        iou = iou_from_counts(inter.cpu(), act_area.cpu(), mask_area)
         ious[layer] = iou
-        result_layers[layer] = _summarise(iou, thresholds[layer], tops[layer], shapes[layer], data, mask_area,
-                                          iou_threshold)
+        result_layers[layer] = _summarise(iou, thresholds[layer].cpu(), tops[layer][1].cpu(), shapes[layer], data,
+                                          mask_area, iou_threshold)
     return Dissection(model=name, fingerprint=fp, data=data.spec, num_images=n, quantile=quantile,
                       iou_threshold=iou_threshold, mask_size=list(mask_size), concepts=list(data.concepts),
-                      categories=dict(data.categories), empty_concepts=empty, layers=result_layers, iou=ious)
+                      categories=dict(data.categories), empty_concepts=empty, layers=result_layers, passes=passes,
+                      iou=ious)
 
 
 def _unpack(model: ZooModel | nn.Module, data_config: dict[str, Any] | None):
@@ -218,8 +235,16 @@ def _forward_maps(net: nn.Module, probe: Probe, x: torch.Tensor, names: list[str
     return {k: to_maps(probe.outputs[k], k, prefix).float() for k in names}
 
 
+def _one_pass(net, probe, loader, names, prefix, dev, counts: DissectionCounts, show_progress, watch) -> None:
+    """The one-pass method: accumulate every batch of this rank into ``counts``, then combine the ranks."""
+    for x, m, idx in progress(loader, total=len(loader), desc="dissect", enabled=show_progress):
+        watch.check()
+        counts.accumulate(_forward_maps(net, probe, x, names, prefix, dev), m.to(dev), idx)
+    counts.all_reduce()
+
+
 def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress, watch):
-    """Pass 1: per-unit quantile sketches and the top-k images by maximum activation (merged over ranks)."""
+    """Pass 1 of two: per-unit quantile sketches and the top-k images by maximum activation (merged over ranks)."""
     sketches: dict[str, UnitQuantiles] = {}
     tops: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     shapes: dict[str, list[int]] = {}
@@ -230,7 +255,7 @@ def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_p
             b, units, h, w = a.shape
             if k not in sketches:
                 sketches[k] = UnitQuantiles(units, bins=bins, device=dev)
-                tops[k] = _no_images(units, dev)
+                tops[k] = no_images(units, dev)
                 shapes[k] = [units, h, w]
             sketches[k].update(a.transpose(0, 1).reshape(units, -1))
             tops[k] = best_images(torch.cat([tops[k][0], a.amax(dim=(2, 3)).T], dim=1),
@@ -239,50 +264,23 @@ def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_p
     shapes = share_from_main(shapes)
     for k, (units, _h, _w) in shapes.items():
         if k not in sketches:
-            sketches[k], tops[k] = UnitQuantiles(units, bins=bins, device=dev), _no_images(units, dev)
+            sketches[k], tops[k] = UnitQuantiles(units, bins=bins, device=dev), no_images(units, dev)
         sketches[k].all_reduce()
-        vals, ids = _padded(tops[k], top_k)
+        vals, ids = padded_top(tops[k], top_k)
         tops[k] = best_images(torch.cat(all_gather(vals), dim=1), torch.cat(all_gather(ids), dim=1), top_k)
     return sketches, tops, {k: v[1:] for k, v in shapes.items()}
 
 
-def _no_images(units: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.full((units, 0), float("-inf"), device=dev), torch.zeros((units, 0), dtype=torch.long, device=dev))
-
-
-def _padded(top: tuple[torch.Tensor, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A top-images pair padded to ``k`` columns with (-inf, -1), the same shape on every rank."""
-    vals, ids = top
-    missing = k - vals.shape[1]
-    return (torch.nn.functional.pad(vals, (0, missing), value=float("-inf")),
-            torch.nn.functional.pad(ids, (0, missing), value=-1))
-
-
-def best_images(vals: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per unit, the ``k`` images with the largest value, ties to the smaller index (padding dropped).
-
-    The order is total, so the result does not depend on how the images were batched or shared out.
-
-    >>> best_images(torch.tensor([[1., 3., 3., 0.]]), torch.tensor([[5, 9, 2, 7]]), 2)
-    (tensor([[3., 3.]]), tensor([[2, 9]]))
-    """
-    by_id = torch.argsort(ids, dim=1, stable=True)
-    vals, ids = vals.gather(1, by_id), ids.gather(1, by_id)
-    order = torch.argsort(vals, dim=1, descending=True, stable=True)
-    real = int((ids[0] >= 0).sum()) if ids.shape[0] else 0
-    keep = order[:, :min(k, real)]
-    return vals.gather(1, keep), ids.gather(1, keep)
-
-
 def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_concepts, show_progress, watch):
-    """Pass 2: dataset-wide intersections (units × concepts), unit areas and concept areas (summed over ranks)."""
+    """Pass 2 of two: per layer exact (intersections (K, C), unit areas (K,)) and the concept areas, summed
+    over ranks."""
     inter = {k: torch.zeros(len(thresholds[k]), n_concepts, dtype=torch.float64, device=dev) for k in names}
     act_area = {k: torch.zeros(len(thresholds[k]), dtype=torch.float64, device=dev) for k in names}
     mask_area = torch.zeros(n_concepts, dtype=torch.float64, device=dev)
     for x, m, _idx in progress(loader, total=len(loader), desc="dissect 2/2", enabled=show_progress):
         watch.check()
         maps = _forward_maps(net, probe, x, names, prefix, dev)
-        masks = m.to(dev).flatten(2).float()  # (B, C, P)
+        masks = m.to(dev).flatten(2)
         mask_area += masks.sum(dim=(0, 2)).double()
         for k, a in maps.items():
             i_k, a_k = unit_overlaps(a, masks, thresholds[k], mask_size)
@@ -290,35 +288,29 @@ def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_c
             act_area[k] += a_k
     for t in (mask_area, *inter.values(), *act_area.values()):
         all_reduce(t)  # float64 sums of whole pixel counts: exact in any order
-    return ({k: v.cpu() for k, v in inter.items()}, {k: v.cpu() for k, v in act_area.items()}, mask_area.cpu())
+    return {k: (inter[k].cpu(), act_area[k].cpu()) for k in names}, mask_area.cpu()
 
 
 def unit_overlaps(maps: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor,
                   mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch's intersections (K, C) and active areas (K,) of thresholded, upsampled unit maps.
+    """One batch's intersections (K, C) and active areas (K,) (float64) of thresholded, upsampled unit maps.
 
-    ``maps`` (B, K, h, w), ``masks`` (B, C, H·W) float 0/1, ``thresholds`` (K,). A bilinear upsampling
-    never exceeds the largest value of its input map, so only (image, unit) pairs whose map maximum
-    reaches the threshold are upsampled at all: with a top-0.5 % threshold that is a small fraction,
-    and the result is the same as upsampling everything. Pairs are processed per image in chunks of at
-    most ``CHUNK_ELEMENTS`` upsampled values.
+    ``maps`` (B, K, h, w), ``masks`` (B, C, H·W) 0/1 or bool, ``thresholds`` (K,). Only the upsampled
+    cells whose corners exceed the threshold are evaluated (:class:`CellUpsampler`); the result is
+    that of upsampling everything.
+
+    >>> maps = torch.tensor([[[[0., 1.], [0., 1.]]]])
+    >>> unit_overlaps(maps, torch.ones(1, 1, 16), torch.tensor([0.5]), (4, 4))
+    (tensor([[8.]], dtype=torch.float64), tensor([8.], dtype=torch.float64))
     """
-    b, units = maps.shape[:2]
+    units, concepts = maps.shape[1], masks.shape[1]
     pixels = mask_size[0] * mask_size[1]
-    chunk = max(1, CHUNK_ELEMENTS // pixels)
-    inter = torch.zeros(units, masks.shape[1], dtype=torch.float64, device=maps.device)
+    table = masks.transpose(1, 2).reshape(-1, concepts).double()
+    inter = torch.zeros(units, concepts, dtype=torch.float64, device=maps.device)
     area = torch.zeros(units, dtype=torch.float64, device=maps.device)
-    t = thresholds.to(maps.device, maps.dtype)
-    margin = 1e-5 * (t.abs() + 1)  # rounding slack: the exact test is made on the upsampled values
-    hit = maps.flatten(2).amax(dim=2) > (t - margin)[None, :]
-    for i in range(b):
-        ks = hit[i].nonzero().squeeze(1)
-        for s in range(0, len(ks), chunk):
-            kc = ks[s:s + chunk]
-            active = unit_masks(maps[i, kc][None], t[kc], mask_size)[0].flatten(1).float()  # (n, P)
-            area.index_add_(0, kc, active.sum(dim=1).double())
-            # per-image counts are at most H·W, far below 2**24: float32 products are exact
-            inter.index_add_(0, kc, (active @ masks[i].T).double())
+    for sel in CellUpsampler(tuple(maps.shape[2:]), mask_size, maps.device).above(maps.float(), thresholds):
+        area.index_add_(0, sel.units, torch.ones_like(sel.values, dtype=torch.float64))
+        inter.index_add_(0, sel.units, table[sel.images * pixels + sel.pixels])
     return inter, area
 
 
@@ -341,7 +333,7 @@ def iou_from_counts(inter: torch.Tensor, act_area: torch.Tensor, mask_area: torc
     return iou.numpy()
 
 
-def _summarise(iou: np.ndarray, thresholds: torch.Tensor, tops, shape, data: ConceptDataset,
+def _summarise(iou: np.ndarray, thresholds: torch.Tensor, top_images: torch.Tensor, shape, data: ConceptDataset,
                mask_area: torch.Tensor, iou_threshold: float) -> dict[str, Any]:
     valid = (mask_area > 0).numpy()
     scored = np.where(valid[None, :], iou, -1.0)  # empty concepts are reported, never chosen
@@ -352,7 +344,7 @@ def _summarise(iou: np.ndarray, thresholds: torch.Tensor, tops, shape, data: Con
         value = float(iou[k, best[k]])
         units.append({"unit": k, "concept": c, "category": data.categories[c], "iou": round(value, 6),
                       "detector": bool(value >= iou_threshold), "threshold": float(thresholds[k]),
-                      "top_images": [int(i) for i in tops[1][k].tolist()]})
+                      "top_images": [int(i) for i in top_images[k].tolist()]})
     detectors = [u for u in units if u["detector"]]
     concepts = {}
     for u in detectors:
