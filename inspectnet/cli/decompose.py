@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
              f"{doc['noise_ablation']['decomposed_head']['influential']:.4f} / "
              f"{doc['noise_ablation']['decomposed_head']['non_influential']:.4f}"]
     if "accuracy_retrained" in doc:
-        lines.append(f"retrained head ({args.retrain_epochs} epochs): {doc['accuracy_retrained']:.4f}")
+        lines.append(f"retrained head ({args.retrain_epochs} epochs): {doc['accuracy_retrained']:.4f}; "
+                     f"{doc['model_choice']}")
     if "slim" in doc:
         s = doc["slim"]
         lines.append(f"slim: {s['error']}" if "error" in s else

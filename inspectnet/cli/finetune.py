@@ -7,9 +7,11 @@ import argparse
 import os
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.cli.train import add_train_args, config_from_args
+from inspectnet.cli.train import add_train_args, config_from_args, log_line
+from inspectnet.models.provenance import record_command
 from inspectnet.models.zoo import adopt_class_names
 from inspectnet.training.finetune import finetune
+from inspectnet.training.loop import epoch_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,10 +46,11 @@ def run(args: argparse.Namespace) -> int:
     amp = {"auto": None, "on": True, "off": False}[args.amp]
     result = finetune(zm, ds, args.out, args.plugin, config_from_args(args), eval_data=eval_ds,
                       device=_device(args.device), freeze_bn=args.freeze_bn, freeze_until_layer=args.freeze_until,
-                      amp=amp)
-    lines = [" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items())
-             for h in result.history]
-    emit(result.to_dict(), args.json, "\n".join(lines) + f"\nplugins: {', '.join(result.plugins) or '(none)'}"
+                      amp=amp, log=log_line)
+    if _rank_zero():
+        record_command(args.out, ["inspectnet", *args.argv], start=args.model)
+    emit(result.to_dict(), args.json, "\n".join(epoch_line(h) for h in result.history)
+         + f"\nplugins: {', '.join(result.plugins) or '(none)'}"
          f"\nsaved model to {args.out}")
     return 0
 
@@ -62,6 +65,12 @@ def _init_distributed() -> None:
         dist.init_process_group(backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _device(device: str) -> str:
