@@ -438,15 +438,30 @@ def _attribution_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [Figure(a["path"], f"{a['name']}: label {a['label_name']}, predicted {a['prediction_name']} "
                                              f"(input | Integrated Gradients | Grad-CAM {a['gradcam_layer']})")
                            for a in r.get("inputs", [])]
-    blocks += [Figure(c["path"], f"class {c['class_name']}: maps of features {c['features']}")
-               for c in r.get("classes", [])]
+    blocks += [Figure(c["path"], _feature_map_caption(c)) for c in r.get("classes", [])]
     units = r.get("units") or {}
     if units.get("rows"):
+        empty = sum(u.get("empty_tiles", 0) for u in units["rows"])
         blocks.append(Figure(units["rows"][0]["path"], f"receptive fields of {units['layer']} units "
                                                        f"({units['chosen_by']}): top images per unit, "
-                                                       "thresholded map highlighted"))
+                                                       "pixels above the unit's top-1 % threshold T_k highlighted"
+                                                       + (f"; {empty} tiles have no pixel above T_k (the unit's "
+                                                          "activation there is high on average but spread thinly)"
+                                                          if empty else "")))
     blocks += [Failure(err, what=f"{part} pictures failed") for part, err in r.get("errors", {}).items()]
     return blocks
+
+
+def _feature_map_caption(c: dict[str, Any]) -> str:
+    """Which features, at what resolution, and why a map is blank."""
+    text = f"class {c['class_name']}: maps of features {c['features']}"
+    if "map_size" in c:
+        (h, w), (ih, iw) = c["map_size"], c["input_size"]
+        text += (f"; each map is {h}×{w} cells, shown as blocks over the {ih}×{iw} input (no smoothing), "
+                 "its colour bar in the feature's own units")
+    if c.get("zero_features"):
+        text += f"; features {c['zero_features']} are 0 everywhere on this image (blank, not missing)"
+    return text
 
 
 def _dissection_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
