@@ -14,7 +14,7 @@ from inspectnet.cli import build_parser
 README = Path(__file__).resolve().parent.parent / "README.md"
 # (README text, what the test runs instead): only data and sizes change, never a call
 SMALL = [('"mnist5k:train"', '"digits:train"'), ('"mnist5k:test"', '"digits:test"'),
-         ("TrainConfig(epochs=3)", "TrainConfig(epochs=1, limit=64)"),
+         ("TrainConfig(epochs=3)", "TrainConfig(epochs=1, limit=320)"),
          ("TrainConfig(epochs=2)", "TrainConfig(epochs=1, limit=64)"), ("input_size=28", "input_size=16"),
          ("torch.randn(4, 1, 28, 28)", "torch.randn(4, 1, 16, 16)"),
          ("limit=1000, eval_limit=500", "limit=64, eval_limit=32"), ("shapes:test?n=2000", "shapes:test?n=40"),
