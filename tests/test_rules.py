@@ -175,6 +175,8 @@ def test_readable_depth_is_the_smallest_within_the_margin_of_the_best():
     assert depth == 4 and fid[4] == 1.0 and fid[3] < 1.0 and fid[2] < fid[3]
     assert how["n_val"] == 500 and how["curve"][-1]["depth"] is None
     assert select_depth(x, y, 0.99)[0] == 2
+    capped, how = select_depth(x, y, 0.0, depths=(2, 3))  # the unlimited tree is better than any of them
+    assert not how["within_margin"] and capped == 3 and how["best_val_fidelity"] == 1.0
     with pytest.raises(InspectnetError, match="margin"):
         select_depth(x, y, 1.5)
 

@@ -402,7 +402,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("decomposition", "Influential features and decomposed head", _stage_decomposition,
           lambda c: {"k1": c.k1, "k2": c.k2, "retrain": c.retrain_epochs, "seed": c.seed}, needs=("probe",)),
     Stage("rules", "Rules extracted from the model's filters", _stage_rules,
-          lambda c: {"seed": c.seed, "format": 2},
+          lambda c: {"seed": c.seed, "format": 3},
           needs=("probe",)),
     Stage("sparsity", "Activation sparsity", _stage_sparsity, lambda c: {}, needs=("probe",), writes_folder=False),
     Stage("linear_probes", "Linear probes across depth", _stage_linear_probes, lambda c: {}, needs=("probe",)),

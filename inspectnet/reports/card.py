@@ -395,7 +395,11 @@ def _rules_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
                   f"smallest depth, of {min(x['depth'] for x in sel['curve'] if x['depth'])}–"
                   f"{max(x['depth'] for x in sel['curve'] if x['depth'])}, whose fidelity on a held-out "
                   f"{sel['n_val']:,} of those images is within {100 * sel['margin']:.0f} percentage points of the "
-                  f"best ({format_percent(sel['best_val_fidelity'])}): depth {sel['max_depth']}."),
+                  f"best ({format_percent(sel['best_val_fidelity'])})"
+                  + (f": depth {sel['max_depth']}." if sel.get("within_margin", True) else
+                     f". No depth up to {max(x['depth'] for x in sel['curve'] if x['depth'])} is, so it is the most "
+                     f"faithful of them: depth {sel['max_depth']}, below the unlimited tree by "
+                     f"{100 * (sel['best_val_fidelity'] - _curve_at(sel, sel['max_depth'])):.1f} points.")),
         Paragraph(f"Readable tree: {r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters), average "
                   f"depth {format_value(r['avg_depth'], 2)}; on the evaluation data fidelity {_counted(r['fidelity'], n)}, "
                   f"accuracy against the labels {_counted(r['extracted_accuracy'], n)}."
@@ -416,6 +420,10 @@ def _rules_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
         if path and _relative(path):
             blocks.append(Download(path, text))
     return blocks
+
+
+def _curve_at(sel: dict[str, Any], depth: int) -> float:
+    return next(x["val_fidelity"] for x in sel["curve"] if x["depth"] == depth)
 
 
 def _relative(path: str) -> bool:

@@ -241,7 +241,8 @@ def select_depth(x: np.ndarray, y: np.ndarray, margin: float = READABLE_MARGIN, 
                  ) -> tuple[int, dict]:
     """The size–fidelity trade-off and a readable tree size: fidelity on a held-out part of ``x`` of a
     tree fitted (on the rest) at each depth in ``depths`` and without a depth limit; the smallest
-    depth whose fidelity is within ``margin`` of the best of them.
+    depth whose fidelity is within ``margin`` of the best of them, or, where none of ``depths`` is
+    (``within_margin`` false), the best of ``depths``.
 
     >>> rng = np.random.default_rng(0)
     >>> x = rng.integers(0, 2, size=(400, 6)).astype(np.uint8)
@@ -259,9 +260,11 @@ def select_depth(x: np.ndarray, y: np.ndarray, margin: float = READABLE_MARGIN, 
                       "leaves": int(t.get_n_leaves()), "tree_depth": int(t.get_depth())})
     best = max(r["val_fidelity"] for r in curve)
     within = [r["depth"] for r in curve[:-1] if r["val_fidelity"] >= best - margin - 1e-9]
-    chosen = within[0] if within else curve[-1]["tree_depth"]
+    # no small tree within the margin: a readable tree is still capped at the largest depth tried
+    chosen = within[0] if within else max(curve[:-1], key=lambda r: (r["val_fidelity"], -r["depth"]))["depth"]
     return chosen, {"method": "readable_depth", "max_depth": chosen, "margin": margin, "best_val_fidelity": best,
-                    "val_fraction": val_fraction, "n_fit": len(y_fit), "n_val": len(y_val), "curve": curve}
+                    "within_margin": bool(within), "val_fraction": val_fraction, "n_fit": len(y_fit),
+                    "n_val": len(y_val), "curve": curve}
 
 
 def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> list[np.ndarray]:
