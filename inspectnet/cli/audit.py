@@ -9,6 +9,7 @@ import argparse
 import shlex
 
 from inspectnet.cli.options import add_class_map_arg, add_model_args, class_map_from_args, emit, model_from_args
+from inspectnet.models.provenance import made_by
 from inspectnet.pipelines.audit import AuditConfig, run_audit
 
 _PARSER: argparse.ArgumentParser | None = None
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                          attribution_images=args.images, ig_steps=args.ig_steps,
                          top_units=args.top_units, batch_size=args.batch_size, device=args.device,
                          seed=args.seed, class_map=class_map_from_args(args), command=command_line(args))
-    doc = run_audit(zm, config, args.out)
+    doc = run_audit(zm, config, args.out, made_by=made_by(args.model))
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]
     emit(doc, args.json, f"wrote {args.out}/card.json, README.md, card.html"
          + (f"; failed sections: {', '.join(failed)}" if failed else ""))

@@ -52,7 +52,6 @@ from inspectnet.data import ImageDataset, load_data
 from inspectnet.data.labels import align_classes
 from inspectnet.data.subsets import spread_subset
 from inspectnet.models.layers import PRE_LOGITS, resolve_layers
-from inspectnet.models.provenance import made_by
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.record import ProbeRecord
 
@@ -480,10 +479,12 @@ def _log(message: str) -> None:
 
 
 def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
-              log: Callable[[str], None] | None = _log) -> dict[str, Any]:
+              log: Callable[[str], None] | None = _log, made_by: list[str] | None = None) -> dict[str, Any]:
     """Run (or reuse) every stage, write ``card.json``, ``README.md`` and ``card.html``; return the card.
 
-    ``log`` receives one line per stage (start, cached/ok/failed with seconds) and the summary.
+    ``log`` receives one line per stage (start, cached/ok/failed with seconds) and the summary;
+    ``made_by`` are the commands that made the model (``inspectnet.models.provenance.made_by(folder)``),
+    shown under "How to reproduce".
     """
     from inspectnet.reports import card as card_mod
 
@@ -518,7 +519,7 @@ def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
             + (f" — {entry['error']}" if entry["status"] == "failed" else ""))
     atomic_write_json(out / AUDIT_FILE, state)
     doc = card_mod.build_card(zm, config, ctx.results, fingerprint=fingerprint,
-                              total_seconds=time.perf_counter() - t_all, made_by=made_by(zm.spec))
+                              total_seconds=time.perf_counter() - t_all, made_by=made_by or [])
     card_mod.write_card(doc, out)
     doc["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 3)
     card_mod.write_card(doc, out)

@@ -355,8 +355,8 @@ def _decomposition_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]
                 f"{among['samples']} eval samples): A_f {format_value(among['accuracy_full'])}, A_d "
                 f"{format_value(among['accuracy_decomposed'])}, rA {_ratio(among)}."))
     per_class = [[_name(doc, p["class"]), ", ".join(map(str, p["features"])) or "none (no fitting data)",
-                  _listed(p["frequencies"]), _listed(p["mean_contribution"] or []), p["accuracy_full"],
-                  p["accuracy_decomposed"]] for p in r["per_class"]]
+                  _listed(p["frequencies"]), _listed(p["mean_contribution"] or []), format_percent(p["accuracy_full"]),
+                  format_percent(p["accuracy_decomposed"])] for p in r["per_class"]]
     return [*blocks,
             *_noise_blocks(r["noise_ablation"], n),
             Paragraph(f"Per class: the {len(per_class)} classes with data."),
@@ -438,8 +438,11 @@ def _sparsity_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
 
 
 def _linear_probe_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    return [Table(["layer", "dim", "train acc.", "test acc."],
-                  [[x["layer"], x["dim"], x["train_accuracy"], x["test_accuracy"]] for x in r["rows"]])]
+    n_train, n_eval = r.get("n_train"), r.get("n_eval")
+    return [Table(["layer", "dim", "train acc." + (f" (n = {n_train:,})" if n_train else ""),
+                   "test acc." + (f" (n = {n_eval:,})" if n_eval else "")],
+                  [[x["layer"], x["dim"], format_percent(x["train_accuracy"]), format_percent(x["test_accuracy"])]
+                   for x in r["rows"]])]
 
 
 def _attribution_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
@@ -579,14 +582,16 @@ def _png_embedder(root: Path) -> Callable[[str], str | None]:
 
 
 def figure_paths(doc: dict[str, Any]) -> list[str]:
-    """Every figure path (relative to the audit folder) that the card refers to."""
+    """Every figure (PNG) and text download (the rule lists) that the card refers to, relative to
+    the audit folder."""
     found: list[str] = []
 
     def walk(v: Any) -> None:
         if isinstance(v, dict):
-            p = v.get("path")
-            if isinstance(p, str) and p.endswith(".png"):
-                found.append(p)
+            for key in ("path", "rules_path"):
+                p = v.get(key)
+                if isinstance(p, str) and p.endswith((".png", ".txt")):
+                    found.append(p)
             for x in v.values():
                 walk(x)
         elif isinstance(v, list):
