@@ -132,9 +132,7 @@ def test_noise_ablation_is_seeded_and_counts_match(setup):
     assert a == noise_ablation(w, b, imap, te, seed=3)
     assert a["num_influential"] == a["num_non_influential"] == len(imap.union())
     assert 0 <= a["influential"] <= 1 and 0 <= a["non_influential"] <= 1
-    # the decomposed head reads only the influential features: noise on the others changes nothing
-    dec = evaluate_decomposition(w, b, imap, te)["accuracy_decomposed"]
-    assert a["decomposed_head"]["non_influential"] == dec
+    assert "decomposed_head" not in a  # noise outside S_c cannot reach a decomposed head: not an ablation
 
 
 def test_decomposed_model_saves_loads_and_predicts(setup, tmp_path):

@@ -10,7 +10,6 @@ import argparse
 
 from inspectnet.cli.options import add_class_map_arg, add_model_args, class_map_from_args, emit, model_from_args
 from inspectnet.core.tables import format_value
-from inspectnet.pipelines.decompose import run_decomposition
 
 
 def _ints(text: str) -> list[int]:
@@ -46,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.pipelines.decompose import run_decomposition
+
     zm = model_from_args(args) if args.model else None
     doc = run_decomposition(args.fit, args.eval_record, args.out, zm=zm, k1=args.k1, k2=args.k2,
                             layer=args.layer, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
@@ -61,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
              f"union {doc['union_size']}/{doc['feature_dim']} features; head MACs {doc['head_macs_full']} -> "
              f"{doc['head_macs_decomposed']}",
              f"noise: influential {doc['noise_ablation']['influential']:.4f}, "
-             f"non-influential {doc['noise_ablation']['non_influential']:.4f} (full head); decomposed head "
-             f"{doc['noise_ablation']['decomposed_head']['influential']:.4f} / "
-             f"{doc['noise_ablation']['decomposed_head']['non_influential']:.4f}"]
+             f"non-influential {doc['noise_ablation']['non_influential']:.4f} (full head)"]
     if "accuracy_retrained" in doc:
         lines.append(f"retrained head ({args.retrain_epochs} epochs): {doc['accuracy_retrained']:.4f}; "
                      f"{doc['model_choice']}")

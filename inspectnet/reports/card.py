@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.results import library_versions
 from inspectnet.core.storage import atomic_write_json, atomic_write_text, read_json
 from inspectnet.core.tables import escape_markdown as md  # noqa: F401 - the README's escaping rule, public here
 from inspectnet.core.tables import format_percent, format_value
@@ -72,24 +73,8 @@ def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fing
         "timing": {"total_seconds": round(total_seconds, 3), "stages_run_seconds": round(run, 3),
                    "stages_cached_seconds": round(cached, 3)},
         "reproduce": {"command": config.command, "model_made_by": list(made_by),
-                      "versions": installed_versions()},
+                      "versions": library_versions(("captum", "onnx", "onnxruntime"))},
     }
-
-
-def installed_versions() -> dict[str, str]:
-    """Versions of the libraries the audit used, read from package metadata (importing sklearn alone
-    would take seconds: a fully cached audit must stay near free)."""
-    import importlib.metadata as md_
-    import platform
-
-    out = {"python": platform.python_version()}
-    for name in ("inspectnet", "torch", "torchvision", "timm", "numpy", "scikit-learn", "captum", "onnx",
-                 "onnxruntime"):
-        try:
-            out[name] = md_.version(name)
-        except md_.PackageNotFoundError:
-            continue
-    return out
 
 
 def check_card(doc: Any, where: str = "card.json") -> dict[str, Any]:

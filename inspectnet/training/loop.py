@@ -25,42 +25,17 @@ import torch
 from torch import nn
 
 from inspectnet.core.devices import resolve_device
+from inspectnet.core.distributed import world as distributed_world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
 from inspectnet.data import ImageDataset
 from inspectnet.models.layers import model_state
 from inspectnet.models.zoo import ZooModel, save_model
+from inspectnet.training.config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of :func:`train` (all JSON-friendly; they key resumption)."""
-
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    seed: int = 0
-    limit: int | None = None
-    schedule: str = "cosine"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise InspectnetError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise InspectnetError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise InspectnetError(f"--lr must be positive, got {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
-            raise InspectnetError(f"--schedule {self.schedule!r} is unknown; expected cosine or constant")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise InspectnetError(f"--optimizer {self.optimizer!r} is unknown; expected adamw or sgd")
 
 
 class TrainHooks:
@@ -147,7 +122,7 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
     train_data = train_data.aligned_to(zm.class_names)
     eval_data = eval_data.aligned_to(zm.class_names) if eval_data is not None else None
     _check_labels(train_data)
-    world, rank = _world()
+    world, rank = distributed_world()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -202,15 +177,6 @@ def epoch_line(metrics: dict[str, Any]) -> str:
     'epoch=1 loss=0.2500 eval_accuracy=0.5000'
     """
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
-def _world() -> tuple[int, int]:
-    """(world size, rank) of an initialised process group, else (1, 0)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def _wrap_distributed(model: nn.Module, dev: torch.device) -> nn.Module:
