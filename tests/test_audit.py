@@ -218,4 +218,49 @@ def test_receptive_fields_use_each_units_quantile_and_top_images(tiny_digits_mod
         k = row["unit"]
         assert row["threshold"] == pytest.approx(float(torch.quantile(maps[:, k].flatten().float(), 0.9)), rel=1e-5)
         assert row["top_images"] == [int(i) for i in np.argsort(-acts[:, k])[:3]]
+        masks = [(maps[i, k].max() > row["threshold"]).item() for i in row["top_images"]]
+        assert row["empty_tiles"] == masks.count(False)
     assert (tmp_path / "receptive_fields.png").exists()
+
+
+def test_feature_maps_state_their_resolution_and_which_are_zero(tiny_digits_model, tmp_path):
+    """A blank map is named as zero on the image (checked against the maps themselves), and the map
+    size is the forward_features grid, not the input's."""
+    from inspectnet.analysis.attributions import feature_maps, influential_feature_maps
+    from inspectnet.data import load_data
+
+    zm = tiny_digits_model
+    ds = load_data("digits", zm.transform())
+    labels = np.asarray(ds.labels[:20])
+    x = torch.stack([ds[int(np.flatnonzero(labels == 3)[0])][0]])
+    maps = feature_maps(zm, x)[0]
+    zero = [int(f) for f in torch.nonzero(maps.flatten(1).abs().amax(1) == 0).flatten()][:2]
+    busy = [int(f) for f in torch.argsort(-maps.flatten(1).amax(1))[:1]]
+    supports = [[] for _ in range(10)]
+    supports[3] = busy + zero
+    rows = influential_feature_maps(zm, ds, labels, supports, tmp_path)
+    assert [r["class"] for r in rows] == [3]
+    assert len(zero) == 2 and rows[0]["zero_features"] == zero and rows[0]["map_size"] == list(maps.shape[1:])
+    assert rows[0]["map_size"] != rows[0]["input_size"] == [16, 16]
+    assert (tmp_path / "class_003.png").exists()
+
+
+def test_export_ships_the_better_decomposed_head_slimmed_and_the_card_names_it(audited, trained, tmp_path):
+    """With retraining and export: the exported ONNX is the slimmed form of the better of the retrained and
+    un-retrained decomposed heads (same accuracy as that head on the eval data), listed with its fingerprint,
+    accuracy and size next to the dense model; the card states the sample counts."""
+    out = _copy(audited, tmp_path)
+    doc = run_audit(_load(trained), _config(export=True, retrain_epochs=1), out, log=None)
+    dec, exp = doc["sections"]["decomposition"]["result"], doc["sections"]["export"]["result"]
+    best = max(dec["accuracy_decomposed"], dec["accuracy_retrained"])
+    assert ("retrained" in dec["model_form"]) == (dec["accuracy_retrained"] >= dec["accuracy_decomposed"])
+    assert exp["model"] == f"slimmed model, {dec['model_form']}" and "error" not in exp["slimming"]
+    dense, shipped = exp["models"]
+    assert dense["fingerprint"] == doc["model"]["fingerprint"] != shipped["fingerprint"]
+    assert shipped["accuracy"] == pytest.approx(best) and shipped["n"] == dense["n"] == 48
+    assert shipped["parameters"] < dense["parameters"]
+    text = (out / "README.md").read_text()
+    assert f"Exported: the slimmed model, {dec['model_form']}" in text
+    assert "48 of the" in text and "an evenly spread subset (--limit 48)" in text and "(n = 48)" in text
+    assert "full\\_tree/rules.txt" in text or "full_tree/rules.txt" in text
+    assert (out / "rules" / "full_tree" / "rules.txt").exists() and (out / "rules" / "fidelity_curve.png").exists()

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as typed, for the records that say how an output was made
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

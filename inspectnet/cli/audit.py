@@ -73,6 +73,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.models.provenance import made_by
     from inspectnet.pipelines.audit import AuditConfig, run_audit
 
     reports = start_distributed()
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                          top_units=args.top_units, batch_size=args.batch_size, device=args.device,
                          seed=args.seed, class_map=class_map_from_args(args), command=command_line(args))
     doc = run_audit(model_ref_from_args(args), config, args.out, num_workers=workers_from_args(args),
-                    shard_order=args.shard_order)
+                    shard_order=args.shard_order, made_by=made_by(args.model))
     if not reports:
         return 0
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]

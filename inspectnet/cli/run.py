@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_class_map_arg(p)
     p.add_argument("--json", action="store_true",
                    help='output {"model", "providers", "accuracy", "predictions": [{"image", "top"}]}')
+    p.add_argument("--per-image", action="store_true",
+                   help="print every image's top-k (the default for image files; a folder or data spec prints "
+                        "a summary)")
     p.set_defaults(func=run)
 
 
@@ -45,12 +48,37 @@ def run(args: argparse.Namespace) -> int:
     doc = {"model": str(args.model), "providers": clf.providers, "accuracy": accuracy, "predictions": results}
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
+    elif args.per_image or all(Path(i).is_file() for i in args.inputs):
         text = "\n".join(r["image"] + "\n" + "\n".join(f"  {t['prob']:.4f}  {t['index']:>4}  {t['label']}"
                                                        for t in r["top"]) for r in results)
         tail = f"\naccuracy {accuracy:.2%} on {len(results)} labelled images" if accuracy is not None else ""
         sys.stdout.write(text + tail + "\n")
+    else:
+        sys.stdout.write(summary(doc, args.limit) + "\n")
     return 0
+
+
+def summary(doc: dict, limit: int | None) -> str:
+    """A few lines for many images: how many, accuracy where labelled, the most predicted classes.
+
+    >>> print(summary({"model": "m.onnx", "providers": ["CPUExecutionProvider"], "accuracy": 0.5, "predictions": [
+    ...     {"image": "a", "top": [{"label": "cat"}]}, {"image": "b", "top": [{"label": "cat"}]}]}, None))
+    m.onnx (CPUExecutionProvider): 2 images
+    accuracy 50.00% on 2 labelled images
+    most predicted: cat 2
+    (--per-image or --json for every image's top-k)
+    """
+    from collections import Counter
+
+    preds = doc["predictions"]
+    which = f" (the first {len(preds)}: --limit {limit})" if limit is not None else ""
+    lines = [f"{doc['model']} ({', '.join(doc['providers'])}): {len(preds)} images{which}"]
+    if doc["accuracy"] is not None:
+        lines.append(f"accuracy {doc['accuracy']:.2%} on {len(preds)} labelled images")
+    top = Counter(r["top"][0]["label"] for r in preds).most_common(5)
+    lines += ["most predicted: " + ", ".join(f"{label} {n}" for label, n in top),
+              "(--per-image or --json for every image's top-k)"]
+    return "\n".join(lines)
 
 
 def _inputs(inputs: list[str], limit: int | None, model_classes: list[str],
