@@ -20,6 +20,7 @@ exactly as before. First-party plugins live in the top-level ``plugins/`` folder
 import dataclasses
 import difflib
 import importlib.metadata
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -63,6 +64,8 @@ class HParam:
                 value = _TYPES[self.type](raw)
         except (ValueError, TypeError):
             raise InspectnetError(f"plugin {plugin}: {self.name}={raw!r} is not a valid {self.type}") from None
+        if self.type == "float" and not math.isfinite(value):  # nan passes every range check
+            raise InspectnetError(f"plugin {plugin}: {self.name}={value} is not a finite number")
         if self.low is not None and value < self.low:
             raise InspectnetError(f"plugin {plugin}: {self.name}={value} is below its minimum {self.low}")
         if self.high is not None and value > self.high:

@@ -126,10 +126,13 @@ def test_second_audit_reuses_every_stage(audited, trained, tmp_path):
 
 def test_failing_stage_is_marked_and_card_still_written(audited, trained, tmp_path):
     out = _copy(audited, tmp_path)
-    bad = str(tmp_path / "no_such_concepts")
+    bad = tmp_path / "concepts_without_images"  # passes the up-front check (concepts.json), fails in the stage
+    bad.mkdir()
+    (bad / "concepts.json").write_text('{"concepts": {"red": "colour"}}')
+    bad = str(bad)
     doc = run_audit(_load(trained), _config(concepts=bad), out, log=None)
     sec = doc["sections"]["dissection"]
-    assert sec["status"] == "failed" and "no_such_concepts" in sec["error"]
+    assert sec["status"] == "failed" and "concepts_without_images has no images/" in sec["error"]
     assert doc["sections"]["rules"]["status"] == "ok"
     card = json.loads((out / "card.json").read_text())
     assert card["sections"]["dissection"]["status"] == "failed"
@@ -264,3 +267,39 @@ def test_export_ships_the_better_decomposed_head_slimmed_and_the_card_names_it(a
     assert "48 of the" in text and "an evenly spread subset (--limit 48)" in text and "(n = 48)" in text
     assert "full\\_tree/rules.txt" in text or "full_tree/rules.txt" in text
     assert (out / "rules" / "full_tree" / "rules.txt").exists() and (out / "rules" / "fidelity_curve.png").exists()
+
+
+def test_repro_1_a_stage_rerun_removes_only_the_files_it_wrote(audited, trained, tmp_path):
+    """Issue 17 item 1: inspectnet never removes what it did not write, also inside its own stage folders."""
+    out = _copy(audited, tmp_path)
+    state = json.loads((out / "audit.json").read_text())
+    assert state["stages"]["rules"]["files"] == ["rules/fidelity_curve.png", "rules/full_tree/rules.json",
+                                                 "rules/full_tree/rules.txt", "rules/rules.json", "rules/rules.txt",
+                                                 "rules/tree.png"]
+    (out / "rules" / "mine.txt").write_text("the user's notes")
+    (out / "notes.md").write_text("the user's notes")
+    doc = run_audit(_load(trained), _config(seed=1), out, log=None)  # the seed keys rules: it runs again
+    assert not doc["sections"]["rules"]["cached"] and doc["sections"]["rules"]["status"] == "ok"
+    assert (out / "rules" / "mine.txt").read_text() == "the user's notes"
+    assert (out / "notes.md").read_text() == "the user's notes"
+    state = json.loads((out / "audit.json").read_text())
+    assert "rules/mine.txt" not in state["stages"]["rules"]["files"] and (out / "rules" / "tree.png").exists()
+    (out / "rules" / "tree.png").unlink()  # a stage with a file missing is recomputed, not trusted
+    again = run_audit(_load(trained), _config(seed=1), out, log=None)
+    assert [n for n, s in again["sections"].items() if not s["cached"]] == ["rules"]
+
+
+def test_repro_6_a_section_that_fails_later_marks_the_card_and_exits_3(audited, trained, tmp_path, capfd):
+    out = _copy(audited, tmp_path)
+    concepts = tmp_path / "concepts_without_images"
+    concepts.mkdir()
+    (concepts / "concepts.json").write_text('{"concepts": {"red": "colour"}}')
+    capfd.readouterr()
+    rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "48", "--eval-limit", "48",
+               "--layers", "layer4", "--images", "2", "--ig-steps", "4", "--top-units", "2", "--k2", "3",
+               "--concepts", str(concepts), "--out", str(out)])
+    _, err = capfd.readouterr()
+    errors = [line for line in err.splitlines() if "inspectnet: error:" in line]
+    assert rc == 3 and len(errors) == 1 and "dissection" in errors[0] and "Traceback" not in err
+    card = json.loads((out / "card.json").read_text())
+    assert card["sections"]["dissection"]["status"] == "failed" and card["sections"]["rules"]["status"] == "ok"

@@ -39,7 +39,7 @@ def test_empty_class_folder_and_bad_image(tmp_path):
     with pytest.raises(InspectnetError, match="dog is empty"):
         load_data(str(root))
     _folder(root, {"dog/broken.png": b"not an image at all", "dog/ok.png": Image.new("RGB", (4, 4))})
-    with pytest.raises(InspectnetError, match="broken.png cannot be read.*--skip-bad"):
+    with pytest.raises(InspectnetError, match="broken.png cannot be decoded.*--skip-bad"):
         load_data(str(root))
     ds = load_data(str(root), skip_bad=True)
     assert len(ds) == 2 and ds.skipped == [str(root / "dog" / "broken.png")]

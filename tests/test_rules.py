@@ -25,8 +25,10 @@ def write_record(root: Path, layers: dict[str, np.ndarray], logits: np.ndarray, 
         np.save(root / "layers" / f"{name}.npy", arr.astype(np.float32))
     np.save(root / "logits.npy", logits.astype(np.float32))
     np.save(root / "labels.npy", labels.astype(np.int64))
-    np.save(root / "features.npy", np.concatenate(list(layers.values()), axis=1).astype(np.float32))
+    features = np.concatenate(list(layers.values()), axis=1).astype(np.float32)
+    np.save(root / "features.npy", features)
     manifest = {"format": "inspectnet-probe-record", "complete": True, "num_samples": n,
+                "features_dim": features.shape[1],
                 "identity": {"weights_fingerprint": fingerprint, "data": f"synthetic:{root.name}", "num_samples": n},
                 "class_names": class_names, "layers": [{"name": k, "shape": [v.shape[1]]} for k, v in layers.items()]}
     (root / "manifest.json").write_text(json.dumps(manifest))

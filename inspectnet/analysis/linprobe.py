@@ -71,8 +71,8 @@ def linear_probes(train: ProbeRecord, eval_record: ProbeRecord, layers: list[str
     Each probe is fitted on at most ``fit_samples`` evenly spread labelled rows of ``train``
     (``n_train`` says how many) and scored on every labelled row of ``eval_record``, block by block.
     """
-    if C <= 0:
-        raise InspectnetError(f"--C must be positive, got {C}")
+    if not C > 0 or not np.isfinite(C):  # nan passes a plain C <= 0 test
+        raise InspectnetError(f"--C must be a finite positive number, got {C}")
     names = list(layers or train.layers)
     if include_features and PRE_LOGITS not in names:
         names.append(PRE_LOGITS)

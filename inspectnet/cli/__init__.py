@@ -5,12 +5,24 @@ Each module in this package defines ``register(subparsers)``; it is found automa
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import warnings
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.version import __version__
+
+TRACEBACK_ENV = "INSPECTNET_TRACEBACK"
+EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become one :class:`InspectnetError` line like every other bad input."""
+
+    def error(self, message: str) -> None:
+        command = self.prog.partition(" ")[2]
+        raise InspectnetError(f"{command + ': ' if command else ''}{message} (see `{self.prog} --help`)")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -19,7 +31,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     Importing one command module instead of all keeps light commands light: ``inspectnet run``
     (ONNX Runtime only) never imports torch. Help and unknown words still register every command.
     """
-    parser = argparse.ArgumentParser(prog="inspectnet", description="Post-hoc inspection of pretrained "
+    parser = _Parser(prog="inspectnet", description="Post-hoc inspection of pretrained "
                                      "image classifiers (timm and torchvision zoos).")
     parser.add_argument("--version", action="version", version=f"inspectnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -37,20 +49,34 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad input/failure, 130 interrupted)."""
+    """Run the command line and return the exit status; errors print one ``inspectnet: error:`` line.
+
+    Exit codes: 0 ok, 2 bad input or an explained failure, 3 output written but an asked-for part
+    failed (see :mod:`inspectnet.core.errors`), 1 an unexpected internal error (set
+    ``INSPECTNET_TRACEBACK=1`` to see its traceback), 130 interrupted.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    args.argv = argv  # the command as typed, for the records that say how an output was made
     try:
+        args = build_parser(argv).parse_args(argv)
+        args.argv = argv  # the command as typed, for the records that say how an output was made
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             result = args.func(args)
     except InspectnetError as exc:
-        print(f"inspectnet: error: {exc}", file=sys.stderr)
-        return 2
+        _error(str(exc))
+        return exc.exit_code
     except KeyboardInterrupt:
         print("inspectnet: interrupted; nothing complete was lost, re-run the same command to resume",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: still one line, the traceback only when asked for
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        _error(f"internal error {type(exc).__name__}: {exc} (a bug; set {TRACEBACK_ENV}=1 to see where)")
+        return EXIT_INTERNAL
     return int(result or 0)
+
+
+def _error(message: str) -> None:
+    """One line on stderr, however many lines the message has."""
+    print("inspectnet: error: " + " ".join(message.split()), file=sys.stderr)

@@ -18,6 +18,7 @@ from inspectnet.cli.options import (
     start_distributed,
     workers_from_args,
 )
+from inspectnet.core.errors import IncompleteResult
 
 _PARSER: argparse.ArgumentParser | None = None
 
@@ -89,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if not reports:
         return 0
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]
-    emit(doc, args.json, f"wrote {args.out}/card.json, README.md, card.html"
-         + (f"; failed sections: {', '.join(failed)}" if failed else ""))
+    emit(doc, args.json, f"wrote {args.out}/card.json, README.md, card.html")
+    if failed:  # the card is written and says why; the exit status says that not everything asked for is there
+        first = doc["sections"][failed[0]]["error"]
+        raise IncompleteResult(f"audit section(s) failed: {', '.join(failed)} ({failed[0]}: {first}); the card "
+                               f"in {args.out} marks them")
     return 0

@@ -13,8 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectnet.reports.card import publish, rerender
+    from inspectnet.reports.card import check_copy_target, publish, rerender
 
+    if args.copy_to:
+        check_copy_target(args.copy_to)  # before anything is written
     paths = rerender(args.dir)
     print(f"wrote {paths['markdown']} and {paths['html']}")
     if args.copy_to:

@@ -5,6 +5,7 @@ import sys
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.storage import check_output_dir
 from inspectnet.training.config import TrainConfig
 
 
@@ -46,13 +47,15 @@ def run(args: argparse.Namespace) -> int:
     sweeps = dict(parse_sweep(s) for s in args.sweep)
     methods = expand_methods(plugins, layer=args.layer, sweeps=sweeps)
     zm = model_from_args(args)
+    check_output_dir(args.out)
     # --limit draws a seeded random subset: image folders are ordered by class, the first N are not a sample
     train_ds = random_subset(data_from_args(args, zm), args.limit)
     eval_spec = args.eval_data or _test_spec(args.data)
     test_ds = random_subset(data_from_args(args, zm, eval_spec), args.eval_limit)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                          weight_decay=args.weight_decay)
-    result = compare(lambda: model_from_args(args), train_ds, test_ds, methods, args.layer, args.out,
+    # each run seeds torch's generator itself (its seed), so the model is built from that generator
+    result = compare(lambda: model_from_args(args, seed=None), train_ds, test_ds, methods, args.layer, args.out,
                      config=config, seeds=list(range(args.seeds)), device=args.device,
                      rules_kw={"max_depth": args.max_depth} if args.max_depth else None,
                      log=None if args.json else lambda line: print(line, file=sys.stderr))

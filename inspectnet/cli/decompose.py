@@ -9,6 +9,7 @@ plus the decomposed (and slimmed) model folders. The work is done by
 import argparse
 
 from inspectnet.cli.options import add_class_map_arg, add_model_args, class_map_from_args, emit, model_from_args
+from inspectnet.core.storage import check_output_dir
 from inspectnet.core.tables import format_value
 
 
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from inspectnet.pipelines.decompose import run_decomposition
 
+    check_output_dir(args.out)
     zm = model_from_args(args) if args.model else None
     doc = run_decomposition(args.fit, args.eval_record, args.out, zm=zm, k1=args.k1, k2=args.k2,
                             layer=args.layer, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,

@@ -4,6 +4,7 @@ import argparse
 
 from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
 from inspectnet.cli.options import add_model_args, add_pass_args, emit, model_from_args, start_distributed, workers_from_args
+from inspectnet.core.storage import check_output_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.analysis.dissect.dissection import dissect, write_dissection
     from inspectnet.data.concepts import load_concepts
 
+    check_output_dir(args.out)
     reports = start_distributed()
     zm = model_from_args(args)
     data = load_concepts(args.concepts, resize_masks=args.resize_masks)

@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration:
         raise InspectnetError("--int8 needs --calibration DATA: real images (folder or data spec) that set "
                               "the int8 activation ranges")
+    for option, value in (("--calibration-limit", args.calibration_limit), ("--eval-limit", args.eval_limit)):
+        if value < 1:
+            raise InspectnetError(f"{option} must be at least 1, got {value}")
     zm = model_from_args(args)
     calibration = evaluation = None
     if args.int8:

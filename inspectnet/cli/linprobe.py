@@ -22,10 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inspectnet.analysis.linprobe import format_table, linear_probes, plot
-    from inspectnet.core.storage import atomic_write_text
+    from inspectnet.core.storage import atomic_write_text, check_output_dir
     from inspectnet.probe.record import ProbeRecord
 
     layers = [name for spec in args.layer or [] for name in spec.split(",") if name] or None
+    if args.out:
+        check_output_dir(args.out)
     res = linear_probes(ProbeRecord.load(args.record), ProbeRecord.load(args.eval_record), layers, C=args.C)
     text = format_table(res)
     if args.out:

@@ -28,17 +28,20 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
                    help="replace the classifier by a fresh one with --num-classes outputs (transfer)")
 
 
-def model_from_args(args: argparse.Namespace) -> ZooModel:
-    return model_ref_from_args(args).load()
+def model_from_args(args: argparse.Namespace, seed: int | None = 0) -> ZooModel:
+    """The model the options describe; anything initialised at random is seeded (``--seed``, else
+    ``seed``; None = torch's global generator), so the same command always starts from the same weights."""
+    return model_ref_from_args(args, seed).load()
 
 
-def model_ref_from_args(args: argparse.Namespace) -> ModelRef:
-    """The model the arguments name, not loaded yet (see :class:`~inspectnet.models.zoo.ModelRef`)."""
+def model_ref_from_args(args: argparse.Namespace, seed: int | None = 0) -> ModelRef:
+    """The model the arguments name, not loaded yet (see :class:`~inspectnet.models.zoo.ModelRef`),
+    seeded as in :func:`model_from_args`."""
     from inspectnet.models.zoo import ModelRef
 
     return ModelRef(args.model, dict(weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
                                      pretrained=args.pretrained, input_size=args.input_size,
-                                     reset_head=args.reset_head))
+                                     reset_head=args.reset_head, seed=getattr(args, "seed", seed)))
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
@@ -64,11 +67,16 @@ def class_map_from_args(args: argparse.Namespace) -> dict[str, int | str] | None
 
 def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = None) -> ImageDataset:
     """The data (``args.data``, or another ``spec`` such as --eval) with its classes mapped onto the
-    model's (see :mod:`inspectnet.data.labels`); --class-map keys must be classes of ``args.data``."""
+    model's (see :mod:`inspectnet.data.labels`); --class-map keys must be classes of ``args.data``.
+    Files skipped by --skip-bad are counted on stderr."""
     from inspectnet.data import load_data
 
-    return load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad, model_classes=zm.class_names,
-                     class_map=class_map_from_args(args), strict=spec is None)
+    ds = load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad, model_classes=zm.class_names,
+                   class_map=class_map_from_args(args), strict=spec is None)
+    if ds.skipped:
+        sys.stderr.write(f"skipped {len(ds.skipped)} undecodable file(s) of {ds.spec} (--skip-bad), e.g. "
+                         f"{ds.skipped[0]}\n")
+    return ds
 
 
 def worker_count(text: str) -> int:

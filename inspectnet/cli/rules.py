@@ -3,6 +3,7 @@
 import argparse
 
 from inspectnet.cli.options import emit
+from inspectnet.core.storage import check_output_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.analysis.rules.tree import extract_rules, summary, write_rules
     from inspectnet.probe.record import ProbeRecord
 
+    check_output_dir(args.out)
     train = ProbeRecord.load(args.record)
     ev = ProbeRecord.load(args.eval_record) if args.eval_record else None
     rs, model = extract_rules(train, args.layer, ev, quantize=args.quantize, quantize_param=args.quantize_param,

@@ -6,9 +6,9 @@ writes ``san.json``, ``san.md`` (φ̄ / CR⁻¹ / L̃ table) and ``kernels.png``
 """
 
 import argparse
-from pathlib import Path
 
 from inspectnet.cli.options import emit
+from inspectnet.core.storage import atomic_write_text, check_output_dir, output_dir
 
 
 def _ints(text: str) -> list[int]:
@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.val_fraction < 1:
         raise InspectnetError(f"--val-fraction {args.val_fraction} must be between 0 and 1")
+    if args.limit < 2:
+        raise InspectnetError(f"--limit must be at least 2 (training and validation samples), got {args.limit}")
+    check_output_dir(args.out)
     if args.model:
         from inspectnet.models.zoo import load_model
 
@@ -61,10 +64,9 @@ def run(args: argparse.Namespace) -> int:
     result = san_select(x[:-n_val], x[-n_val:], names,
                         args.kernel_sizes, kernels=args.kernels, epochs=args.epochs, k=args.k, seed=args.seed,
                         lr=args.lr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out)
     result.save(out / "san.json")
-    (out / "san.md").write_text(result.table() + "\n")
+    atomic_write_text(out / "san.md", result.table() + "\n")
     save_kernel_picture(result, out / "kernels.png")
     emit(result.to_dict(), args.json, result.table() + f"\nwrote {out}/san.json, san.md, kernels.png")
     return 0

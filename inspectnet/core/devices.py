@@ -23,6 +23,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise InspectnetError(f"--device {device!r} is not a device; expected auto, cpu or cuda[:N]") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InspectnetError(f"--device {device!r} asked for CUDA but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InspectnetError(f"--device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 

@@ -1,4 +1,10 @@
-"""The one exception type the command line turns into a one-line cause on stderr."""
+"""The exception types the command line turns into a one-line cause on stderr, and their exit codes.
+
+Exit codes of ``inspectnet``: 0 success; 2 bad input or a failure the message explains
+(:class:`InspectnetError`); 3 the command wrote its output but part of what was asked failed
+(:class:`IncompleteResult`, e.g. an audit section); 1 an unexpected internal error (a bug);
+130 interrupted.
+"""
 
 
 class InspectnetError(Exception):
@@ -9,3 +15,15 @@ class InspectnetError(Exception):
     ...
     inspectnet.core.errors.InspectnetError: unknown layer 'layer9'; closest: layer4, layer3
     """
+
+    exit_code = 2
+
+
+class IncompleteResult(InspectnetError):
+    """The output was written, but some asked-for part of it failed (the output says which).
+
+    >>> IncompleteResult("audit sections failed: rules").exit_code
+    3
+    """
+
+    exit_code = 3

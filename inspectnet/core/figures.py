@@ -10,11 +10,14 @@ backend the user chose (an interactive one, a notebook's inline backend) and lea
 PosixPath('curve.png')
 """
 
+import io
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from inspectnet.core.storage import atomic_write_bytes
 
 
 def new_figure(**kwargs: Any) -> Figure:
@@ -25,8 +28,8 @@ def new_figure(**kwargs: Any) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
-    """Write ``fig`` to ``path`` (parent folders created); ``kwargs`` go to ``Figure.savefig``."""
+    """Write ``fig`` to ``path`` atomically (parent folders created); ``kwargs`` go to ``Figure.savefig``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **kwargs)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **kwargs)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -16,8 +16,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     b'xy'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    output_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise InspectnetError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -25,9 +28,44 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, or ``path`` is a folder
+        Path(tmp).unlink(missing_ok=True)
+        raise InspectnetError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse an output folder path that is a file or lies under one, before any work is done.
+
+    >>> check_output_dir(__file__)
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: output ... is a file; expected a folder (choose another --out)
+    """
+    path = Path(path)
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise InspectnetError(f"output {path}{'' if place == path else f' lies under {place}, which'} "
+                                      f"is a file; expected a folder (choose another --out)")
+            break
+    return path
+
+
+def output_dir(path: str | Path) -> Path:
+    """Create the output folder ``path`` (and its parents) unless it exists; a file there is refused.
+
+    >>> output_dir(Path(tempfile.mkdtemp()) / "a" / "b").is_dir()
+    True
+    """
+    path = check_output_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, or no permission
+        raise InspectnetError(f"cannot create the output folder {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -65,7 +103,7 @@ def prepare_output_file(path: str | Path, *, force: bool = False) -> Path:
         raise InspectnetError(f"output {path} is a folder; expected a file path")
     if path.exists() and not force:
         raise InspectnetError(f"output {path} already exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(path.parent)
     return path
 
 

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 _LAZY = {name: "inspectnet.data.datasets"
          for name in ("UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset")}
 
-__all__ = ["UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset", "load_data",
-           "parse_data_spec"]
+__all__ = ["UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset", "check_data_spec",
+           "load_data", "parse_data_spec"]
 
 
 def __getattr__(name: str):
@@ -54,6 +54,28 @@ def parse_data_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     return name, split or None, params
 
 
+def check_data_spec(spec: str) -> None:
+    """Refuse a spec that names neither a folder nor a built-in source, without loading anything.
+
+    >>> check_data_spec("digts")
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: data 'digts' is neither a folder nor a built-in source (...); did you ...
+    """
+    from inspectnet.data.sources import SOURCES
+
+    if Path(spec).is_dir():
+        return
+    name, _, _ = parse_data_spec(spec)
+    if name not in SOURCES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(SOURCES), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise InspectnetError(f"data {spec!r} is neither a folder nor a built-in source "
+                              f"({', '.join(SOURCES)}){hint}")
+
+
 def load_data(spec: str, transform: Callable | None = None, *, skip_bad: bool = False,
               model_classes: Sequence[str] | None = None, class_map: dict[str, int | str] | None = None,
               strict: bool = True) -> "ImageDataset":
@@ -67,26 +89,21 @@ def load_data(spec: str, transform: Callable | None = None, *, skip_bad: bool = 
     (359, ['0', '1', '2'])
     """
     from inspectnet.data.datasets import FolderDataset
-    from inspectnet.data.sources import SOURCES
 
     if Path(spec).is_dir():
         ds = FolderDataset(spec, transform, skip_bad=skip_bad)
     else:
-        ds = _builtin(spec, SOURCES)
+        ds = _builtin(spec)
         ds.transform = transform
     return ds if model_classes is None else ds.aligned_to(model_classes, class_map=class_map, strict=strict)
 
 
-def _builtin(spec: str, sources: dict) -> "ImageDataset":
-    name, split, params = parse_data_spec(spec)
-    if name not in sources:
-        import difflib
+def _builtin(spec: str) -> "ImageDataset":
+    from inspectnet.data.sources import SOURCES
 
-        close = difflib.get_close_matches(name, list(sources), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise InspectnetError(f"data {spec!r} is neither a folder nor a built-in source "
-                              f"({', '.join(sources)}){hint}")
+    check_data_spec(spec)
+    name, split, params = parse_data_spec(spec)
     try:
-        return sources[name](spec, split, params)
+        return SOURCES[name](spec, split, params)
     except (TypeError, ValueError) as exc:
         raise InspectnetError(f"data spec {spec!r}: {exc}") from exc

@@ -30,11 +30,12 @@ import numpy as np
 from PIL import Image
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.data.datasets import open_image
+from inspectnet.core.images import decode_image, open_image
 
 DEFAULT_CATEGORY = "concept"
 CONFIG = "concepts.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MASKED_SOURCES = ("shapes",)  # built-in data sources that come with concept masks
 
 
 class ConceptDataset:
@@ -139,20 +140,20 @@ class FolderConcepts(ConceptDataset):
 
     def masks(self, index: int) -> np.ndarray:
         img_path = self.images[index]
-        with Image.open(img_path) as im:
-            size = im.size  # (W, H)
+        size = open_image(img_path).size  # (W, H)
         if self.mode == "segmentation":
             return self._segmentation_masks(img_path, size)
         out = np.zeros((len(self.concepts), size[1], size[0]), bool)
         for c, concept in enumerate(self.concepts):
             f = self.root / "masks" / img_path.stem / f"{concept}.png"
             if f.is_file():
-                out[c] = np.asarray(self._fit(open_image(f), size, f).convert("L")) > 0
+                # raw decode: Pillow's clipping conversion keeps every non-zero value of a 16-bit mask non-zero
+                out[c] = np.asarray(self._fit(decode_image(f), size, f).convert("L")) > 0
         return out
 
     def _segmentation_masks(self, img_path: Path, size: tuple[int, int]) -> np.ndarray:
         f = self.root / "segmentations" / f"{img_path.stem}.png"
-        seg = self._fit(open_image(f), size, f)
+        seg = self._fit(decode_image(f), size, f)  # raw: label values stay exact
         keys, inverse = _pixel_keys(seg)
         out = np.zeros((len(self.concepts), size[1] * size[0]), bool)
         for k, key in enumerate(keys):
@@ -238,6 +239,20 @@ def _legend_key(key: str, path: Path) -> str:
     if key.isdigit():
         return str(int(key))
     raise InspectnetError(f"{path}: legend key {key!r} is neither #rrggbb nor a palette index")
+
+
+def check_concepts_spec(spec: str) -> None:
+    """Refuse, without reading any image, concept data that cannot be: a folder without a valid
+    ``concepts.json``, or a spec that is not a built-in source with masks (``shapes``)."""
+    if Path(spec).is_dir():
+        _parse_concepts(_read_config(Path(spec) / CONFIG), Path(spec) / CONFIG)
+        return
+    from inspectnet.data import parse_data_spec
+
+    if parse_data_spec(spec)[0] not in MASKED_SOURCES:
+        raise InspectnetError(f"concept data {spec!r} is neither a concept folder (ROOT/concepts.json, images/, "
+                              f"masks/ or segmentations/) nor a built-in source with masks "
+                              f"({', '.join(MASKED_SOURCES)})")
 
 
 def load_concepts(spec: str, *, resize_masks: bool = False) -> ConceptDataset:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.images import max_pixels, open_image
 from inspectnet.data.labels import LabelMapping, align_classes
 
 UNLABELLED = -1
@@ -136,8 +137,10 @@ class CropDataset(ImageDataset):
 class FolderDataset(ImageDataset):
     """An image folder: one sub-folder per class, any Pillow-readable file inside.
 
-    Every file is checked when the folder is indexed; an unreadable one fails naming the file,
-    or, with ``skip_bad``, is left out and listed in ``skipped``.
+    Every file is decoded when the folder is indexed (:func:`inspectnet.core.images.open_image`:
+    a full decode within the pixel limit); an undecodable one fails naming the file and why, or,
+    with ``skip_bad``, is left out and listed in ``skipped``. Any entry that is not a folder counts
+    as a file, so a broken link or a link loop is reported rather than silently ignored.
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None, *, skip_bad: bool = False):
@@ -148,21 +151,25 @@ class FolderDataset(ImageDataset):
         if not classes:
             raise InspectnetError(f"image folder {root} has no class sub-folders; expected ROOT/CLASS/IMAGE")
         self.class_names = classes
+        max_pixels()  # a bad INSPECTNET_MAX_PIXELS fails here, not as if every image were bad
         self.files: list[Path] = []
         labels = []
         for label, cls in enumerate(classes):
-            files = sorted(p for p in (root / cls).rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = sorted(p for p in (root / cls).rglob("*") if not p.is_dir() and not p.name.startswith("."))
             if not files:
                 raise InspectnetError(f"class folder {root / cls} is empty; every class needs at least one image")
             for f in files:
-                if _readable(f):
+                why = _unreadable(f)
+                if why is None:
                     self.files.append(f)
                     labels.append(label)
                 elif skip_bad:
                     self.skipped.append(str(f))
                 else:
-                    raise InspectnetError(f"image {f} cannot be read by Pillow; fix or remove it, "
-                                          f"or pass --skip-bad to skip unreadable files")
+                    raise InspectnetError(f"{why}; fix or remove it, or pass --skip-bad to skip (and count) "
+                                          f"undecodable files")
+        if not self.files:
+            raise InspectnetError(f"image folder {root}: none of its {len(self.skipped)} files can be decoded")
         self.labels = np.asarray(labels, np.int64)
 
     def image(self, index: int) -> Image.Image:
@@ -179,10 +186,9 @@ class FilesDataset(ImageDataset):
         super().__init__(transform)
         self.files = [Path(p) for p in paths]
         for f in self.files:
-            if not f.is_file():
-                raise InspectnetError(f"image {f} does not exist")
-            if not _readable(f):
-                raise InspectnetError(f"image {f} cannot be read by Pillow")
+            why = _unreadable(f)
+            if why is not None:
+                raise InspectnetError(why)
         self.spec = "files"
         self.class_names = []
         self.labels = np.full(len(self.files), UNLABELLED, np.int64)
@@ -202,6 +208,8 @@ def write_folder(dataset: ImageDataset, root: str | Path, *, limit: int | None =
     ['n02123045', 'n03773504', 'n04485082', 'n07920052']
     """
     root = Path(root)
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
     if not dataset.labelled:
         raise InspectnetError(f"data {dataset.spec!r} is unlabelled; an image folder needs a class per image")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -222,20 +230,10 @@ def write_folder(dataset: ImageDataset, root: str | Path, *, limit: int | None =
     return written
 
 
-def open_image(path: Path) -> Image.Image:
-    """Decode an image file fully (the file is closed on return), naming the file if it cannot be."""
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be decoded as an image (None when it can)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InspectnetError(f"image {path} cannot be decoded: {exc}") from exc
-
-
-def _readable(path: Path) -> bool:
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-        return False
+        open_image(path)
+    except InspectnetError as exc:
+        return str(exc)
+    return None

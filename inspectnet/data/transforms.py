@@ -6,10 +6,11 @@ from typing import Any
 from PIL import Image
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.images import to_8bit
 
 
 def build_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], "object"]:
-    """PIL image -> tensor: convert to the model's channels, resize/crop, normalize.
+    """PIL image -> tensor: convert to the model's channels (16-bit grey scaled, not clipped), resize/crop, normalize.
 
     >>> t = build_transform({"input_size": (1, 28, 28), "mean": (0.5,), "std": (0.5,),
     ...                      "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"})
@@ -28,4 +29,4 @@ def build_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], "obj
         input_size=tuple(data_config["input_size"]), interpolation=data_config.get("interpolation", "bilinear"),
         mean=tuple(data_config["mean"]), std=tuple(data_config["std"]),
         crop_pct=data_config.get("crop_pct", 1.0), crop_mode=data_config.get("crop_mode", "center"))
-    return transforms.Compose([transforms.Lambda(lambda im: im.convert(mode)), core])
+    return transforms.Compose([transforms.Lambda(lambda im: to_8bit(im).convert(mode)), core])

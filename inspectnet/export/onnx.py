@@ -51,6 +51,9 @@ from inspectnet.runtime.classifier import (
 )
 
 EXPORTERS = ("dynamo", "torchscript")
+# opsets each exporter of torch 2.14 writes; the dynamo exporter's down-conversion below 18 can fall
+# back to 18 silently, so it is offered from 18 only
+OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
 PARITY_BATCHES = (1, 8)
 LATENCY_BATCHES = (1, 32)
 INPUT_NAME, FEATURES_NAME, OUTPUT_NAME = "input", "features", "logits"
@@ -93,6 +96,9 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     """
     if exporter not in EXPORTERS:
         raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {', '.join(EXPORTERS)}")
+    check_opset(opset, exporter)
+    if threads < 1:
+        raise InspectnetError(f"--threads must be at least 1, got {threads}")
     if int8 and (calibration is None or len(calibration) == 0):
         raise InspectnetError("--int8 needs calibration data: pass --calibration DATA (real images the model "
                               "will see, e.g. the training folder); static int8 ranges come from it")
@@ -105,12 +111,17 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
         prepare_output_file(p, force=force)
     tmp = out.with_name(f".{out.name}.part")
     tmp_int8 = int8_path.with_name(f".{int8_path.name}.part")
+    for stale in (tmp, tmp_int8):  # left behind by an export that was killed
+        stale.unlink(missing_ok=True)
     # the gate compares with ONNX Runtime on host arrays: the model runs on the CPU in eval mode,
     # and goes back to the caller's device and train/eval flags afterwards
     with model_state(zm.model, device="cpu", training=False):
         module, example, input_name = _export_target(zm, head_only)
         try:
             proto = _to_onnx(export_form(zm, module, head_only), example, input_name, exporter, opset)
+            if opset is not None and _opset_of(proto) != opset:
+                raise InspectnetError(f"the {exporter} exporter wrote opset {_opset_of(proto)}, not the --opset "
+                                      f"{opset} asked for; no file written")
             _add_metadata(proto, zm, head_only, input_name, list(example.shape[1:]))
             _save(proto, tmp)
             parity = verify(module, tmp, example.shape[1:], threads=threads, device=device)
@@ -133,6 +144,24 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                           size_bytes=out.stat().st_size, providers=parity.pop("providers"), int8=int8_info)
     result.save(report_path)
     return result
+
+
+def check_opset(opset: int | None, exporter: str) -> None:
+    """Refuse an opset the exporter cannot write (None = the exporter's default).
+
+    >>> check_opset(17, "dynamo")
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: --opset 17 is outside what the dynamo exporter writes (18-23); ...
+    """
+    if opset is None:
+        return
+    low, high = OPSETS[exporter]
+    if not low <= opset <= high:
+        other = next(e for e in EXPORTERS if e != exporter)
+        hint = f"; the {other} exporter writes it (--exporter {other})" \
+            if OPSETS[other][0] <= opset <= OPSETS[other][1] else ""
+        raise InspectnetError(f"--opset {opset} is outside what the {exporter} exporter writes ({low}-{high}){hint}")
 
 
 def _export_target(zm: ZooModel, head_only: bool) -> tuple[nn.Module, torch.Tensor, str]:

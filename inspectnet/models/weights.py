@@ -39,17 +39,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types
-            raise InspectnetError(f"weights file {path} is not a readable safetensors file: {exc}") from exc
+            raise InspectnetError(f"weights file {path} is not a readable safetensors file: {_first_line(exc)}"
+                                  ) from exc
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            code = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+            if not code:  # a pickle weights_only cannot read, but not because it would run code
+                raise InspectnetError(f"weights file {path} is not a torch checkpoint readable with "
+                                      f"weights_only=True: {_detail(exc)}") from exc
             raise InspectnetError(
-                f"weights file {path} needs arbitrary code to unpickle and was refused "
-                f"(loaded with weights_only=True); save it as a plain state dict or safetensors") from exc
-        except (RuntimeError, EOFError, ValueError) as exc:
-            raise InspectnetError(f"weights file {path} is not a readable torch checkpoint: {exc}") from exc
+                f"weights file {path} needs arbitrary code to unpickle and was refused ({code[0]}; loaded "
+                f"with weights_only=True); save it as a plain state dict or safetensors") from exc
+        except Exception as exc:  # noqa: BLE001 - damaged files make torch.load raise many types
+            raise InspectnetError(f"weights file {path} is not a readable torch checkpoint: "
+                                  f"{type(exc).__name__}: {_first_line(exc)}") from exc
     return _as_state_dict(obj, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _detail(exc: BaseException) -> str:
+    """The unpickler's own reason from torch's long weights_only message (its first line otherwise)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
+    return lines[marker + 1] if marker is not None and marker + 1 < len(lines) else _first_line(exc)
 
 
 def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -6,13 +6,14 @@ module plus its preprocessing, class names and the name of its final linear laye
 whose input is the penultimate feature vector f(x).
 """
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.core.storage import atomic_write_json, read_json
+from inspectnet.core.storage import atomic_write_json, output_dir, read_json
 from inspectnet.data.datasets import ImageDataset
 from inspectnet.data.labels import imagenet_names, placeholder_names
 from inspectnet.models.surgery import rebuild, set_submodule
@@ -89,10 +90,11 @@ class ZooModel:
 
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 (16 hex digits) over the state dict's names, shapes, dtypes and bytes."""
-    return _fingerprint(model.state_dict().items())
+    return state_fingerprint(model.state_dict().items())
 
 
-def _fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+def state_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """:func:`weights_fingerprint` of named tensors (a state dict's items, e.g. one read from a checkpoint)."""
     h = hashlib.sha256()
     for name, t in tensors:
         t = t.detach().cpu().contiguous()
@@ -112,7 +114,7 @@ def saved_weights_fingerprint(folder: str | Path) -> str | None:
         order = (f.metadata() or {}).get(_ORDER_KEY)
         if order is None:
             return None
-        return _fingerprint((name, f.get_tensor(name)) for name in json.loads(order))
+        return state_fingerprint((name, f.get_tensor(name)) for name in json.loads(order))
 
 
 @dataclasses.dataclass
@@ -144,7 +146,8 @@ class ModelRef:
         return self._model
 
     def about(self) -> "ModelAbout":
-        if self._model is None and not any(v not in (None, False) for v in self.options.values()) \
+        # a seed changes nothing of a saved folder loaded as saved: nothing in it is initialised at random
+        if self._model is None and not any(v not in (None, False) for k, v in self.options.items() if k != "seed") \
                 and Path(self.spec).is_dir():
             cfg = _saved_config(Path(self.spec))
             fingerprint = saved_weights_fingerprint(self.spec)
@@ -186,18 +189,44 @@ class ModelAbout:
 
 def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int | None = None,
                in_chans: int | None = None, pretrained: bool = False, input_size: int | None = None,
-               reset_head: bool = False, class_names: list[str] | None = None) -> ZooModel:
+               reset_head: bool = False, class_names: list[str] | None = None, seed: int | None = None) -> ZooModel:
     """Resolve a model spec to a :class:`ZooModel`.
 
     ``weights`` is a safetensors file or a torch state dict (``weights_only``); foreign key names
     are remapped by order when every shape agrees. With ``reset_head`` the checkpoint's classifier
     is dropped and a fresh one with ``num_classes`` outputs is kept (transfer learning).
-    ``input_size`` overrides the preprocessing resolution (square).
+    ``input_size`` overrides the preprocessing resolution (square). ``seed`` seeds whatever is
+    initialised at random (an untrained model, a new head), so two loads give the same weights;
+    it leaves the caller's random state as it was (without it, torch's global generator is used).
 
     >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=32)
     >>> zm.head_name, zm.data_config["input_size"]
     ('fc', (1, 32, 32))
+    >>> load_model("resnet18", seed=0).fingerprint() == load_model("resnet18", seed=0).fingerprint()
+    True
     """
+    for option, value in (("--num-classes", num_classes), ("--in-chans", in_chans)):
+        if value is not None and value < 1:
+            raise InspectnetError(f"{option} must be at least 1, got {value}")
+    with seeded(seed):
+        return _load_model(spec, weights=weights, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
+                           input_size=input_size, reset_head=reset_head, class_names=class_names)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run a block with torch's CPU generator seeded by ``seed``, restoring the caller's state after
+    (nothing happens when ``seed`` is None)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _load_model(spec: str, *, weights: str | Path | None, num_classes: int | None, in_chans: int | None,
+                pretrained: bool, input_size: int | None, reset_head: bool, class_names: list[str] | None) -> ZooModel:
     path = Path(spec)
     if path.is_dir():
         zm = _load_saved(path, num_classes=num_classes, in_chans=in_chans, reset_head=reset_head)
@@ -273,8 +302,7 @@ def save_model(zm: ZooModel, out_dir: str | Path) -> Path:
 
     from inspectnet.core.storage import atomic_write_bytes
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     (out / CONFIG_FILE).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in zm.model.state_dict().items()}
     tmp = out / f".{WEIGHTS_FILE}.part"

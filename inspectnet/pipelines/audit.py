@@ -20,11 +20,16 @@ and whose last run succeeded is skipped (its stored result is reused), so a seco
 free and a changed parameter re-runs only the stages that depend on it. Failed stages are never
 cached.
 
-Safety: a ``DIR`` holding another model's audit (different weights fingerprint) is refused, and so
-is a non-empty folder that holds no audit. A stage that fails is recorded with its error; stages
-that need it are marked failed with the reason; the card is written regardless. A stage that was
-interrupted (or failed) keeps its folder for the next attempt with the same key, so an interrupted
-probe pass resumes.
+Safety: arguments that make a stage impossible (a limit below 1, unknown data or concept data, a
+bad layer, k2 > k1, ...) are refused by :func:`check_config` before anything runs (those that need
+the model, on a folder that holds an audit already, by the stage that uses them). A ``DIR``
+holding another model's audit (different weights fingerprint) is refused, and so is a non-empty
+folder without ``audit.json``: a folder is an audit's only when inspectnet wrote that file (first,
+into an empty folder). Each stage's entry in ``audit.json`` lists the files the stage wrote, and
+re-running a stage removes exactly those (a stage killed mid-way is known by what appeared in its
+folder since it started), never anything else. An interrupted probe stage resumes its records. A
+stage that fails for a reason found later is recorded with its error; stages that need it are
+marked failed with the reason; the card is written regardless and ``inspectnet audit`` exits 3.
 
 Cost: the model is loaded only when a stage has to run; for a folder saved by inspectnet its
 fingerprint, classes and description are read from its files (:class:`~inspectnet.models.zoo.ModelRef`),
@@ -48,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import sys
 import time
 import traceback
@@ -58,10 +62,11 @@ from typing import Any
 
 import numpy as np
 
+from inspectnet.core.devices import resolve_device
 from inspectnet.core.distributed import share_from_main, world
 from inspectnet.core.errors import InspectnetError
-from inspectnet.core.storage import atomic_write_json, read_json
-from inspectnet.data import ImageDataset, load_data
+from inspectnet.core.storage import atomic_write_json, output_dir, read_json
+from inspectnet.data import ImageDataset, check_data_spec, load_data
 from inspectnet.data.labels import align_classes
 from inspectnet.data.subsets import spread_subset
 from inspectnet.models.layers import PRE_LOGITS, resolve_layers
@@ -273,6 +278,8 @@ def _stage_rules(ctx: _Context) -> dict[str, Any]:
     keep = ("layer", "evaluated_on", "extracted_accuracy", "fidelity", "train_fidelity", "model_accuracy", "atoms",
             "atom_filters", "rules", "avg_depth", "max_depth", "num_filters", "n_train", "n_eval")
     d = rs.to_dict()
+    if ev is not train:  # named relative to the folder, like every path in the card (valid when it moves)
+        d["evaluated_on"] = f"eval record {ctx.rel(ev.root)}"
     top = [{k: r[k] for k in ("text", "class", "support", "confidence", "eval_support", "eval_confidence")}
            for r in rs.rule_list[:TOP_RULES]]
     return {**{k: d[k] for k in keep}, "top_rules": top, "rules_path": ctx.rel(paths["text"]),
@@ -416,6 +423,7 @@ class Stage:
     uses: tuple[str, ...] = ()
     writes_folder: bool = True
     enabled: Callable[[AuditConfig], bool] = lambda _config: True
+    resumable: bool = False  # an interrupted run (same key) continues from its files instead of clearing them
     distributed: bool = False  # under torchrun every rank runs it (its data pass is shared out)
 
 
@@ -426,7 +434,7 @@ def _probe_params(c: AuditConfig) -> dict[str, Any]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("probe", "Probed samples and layers", _stage_probe, lambda c: {**_probe_params(c), "format": 2},
-          distributed=True),
+          resumable=True, distributed=True),
     Stage("decomposition", "Influential features and decomposed head", _stage_decomposition,
           lambda c: {"k1": c.k1, "k2": c.k2, "retrain": c.retrain_epochs, "seed": c.seed}, needs=("probe",)),
     Stage("rules", "Rules extracted from the model's filters", _stage_rules,
@@ -454,8 +462,43 @@ def _key(parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_config(config: AuditConfig, zm: ZooModel | None = None) -> None:
+    """Refuse, before anything runs, the arguments that would make a stage impossible; with ``zm``
+    also those that need the model (layer names, ``k1`` against its feature width).
+
+    >>> from inspectnet.models.zoo import load_model
+    >>> check_config(AuditConfig(data="digits", limit=0))
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: --limit must be at least 1, got 0
+    """
+    from inspectnet.analysis.heads.influence import check_k
+    from inspectnet.data.concepts import check_concepts_spec
+
+    at_least = (("--limit", config.limit, 1), ("--eval-limit", config.eval_limit, 1),
+                ("--retrain-epochs", config.retrain_epochs, 0), ("--concept-limit", config.concept_limit, 1),
+                ("--images", config.attribution_images, 1), ("--ig-steps", config.ig_steps, 1),
+                ("--top-units", config.top_units, 1), ("--batch-size", config.batch_size, 1))
+    for option, value, low in at_least:
+        if value is not None and value < low:
+            raise InspectnetError(f"{option} must be at least {low}, got {value}")
+    check_k(config.k1, config.k2, config.k1 if zm is None else getattr(zm.head, "in_features", config.k1))
+    for spec in (config.data, config.eval_data):
+        if spec is not None:
+            check_data_spec(spec)
+    if config.concepts:
+        check_concepts_spec(config.concepts)
+    resolve_device(config.device)
+    if zm is not None:
+        probed_layers(zm, config)
+
+
 def _open_folder(out: Path, about: ModelAbout) -> dict[str, Any]:
-    """The folder's audit state; refuses another model's audit and folders holding something else."""
+    """The folder's audit state; refuses another model's audit and folders that hold anything else.
+
+    A new audit writes ``audit.json`` into an empty folder before anything else, so a folder without
+    it was not made by an audit (not even an interrupted one) and is never adopted.
+    """
     if out.exists() and not out.is_dir():
         raise InspectnetError(f"--out {out} is a file; expected a folder for the audit")
     path = out / AUDIT_FILE
@@ -469,11 +512,35 @@ def _open_folder(out: Path, about: ModelAbout) -> dict[str, Any]:
                 f"{str(state.get('model_fingerprint'))[:16]}), not of {about.spec} (weights {about.fingerprint()}); "
                 f"choose another folder or delete it")
         return state
-    own = {AUDIT_FILE, *CARD_FILES, *(s.name for s in STAGES if s.writes_folder)}
-    if out.exists() and any(p.name not in own for p in out.iterdir()):
-        raise InspectnetError(f"--out {out} is not empty and holds no audit; choose an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return {"format": AUDIT_FORMAT, "model": about.spec, "model_fingerprint": about.fingerprint(), "stages": {}}
+    if out.exists() and any(out.iterdir()):
+        raise InspectnetError(f"--out {out} is not empty and holds no audit ({AUDIT_FILE}); choose an empty or "
+                              f"new folder")
+    state = {"format": AUDIT_FORMAT, "model": about.spec, "model_fingerprint": about.fingerprint(), "stages": {}}
+    output_dir(out)
+    atomic_write_json(path, state)
+    return state
+
+
+def _files_under(out: Path, folder: str) -> list[str]:
+    """Every file (and link) below ``out/folder``, as paths relative to ``out``."""
+    root = out / folder
+    return sorted(str(p.relative_to(out)) for p in root.rglob("*") if not p.is_dir()) if root.is_dir() else []
+
+
+def _remove_stage_files(out: Path, stage: Stage, previous: dict[str, Any]) -> None:
+    """Remove what the stage's previous run wrote, and nothing else (see the module docstring)."""
+    if "files" in previous:
+        ours = previous["files"]
+    else:  # a run that was killed: whatever appeared in its folder after it started
+        foreign = set(previous.get("foreign", _files_under(out, stage.name)))
+        ours = [f for f in _files_under(out, stage.name) if f not in foreign]
+    for rel in ours:
+        path = out / rel
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # folders it leaves empty, up to and including the stage's own
+            if parent == out or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def _map_classes(ctx: _Context, state: dict[str, Any], log: Callable[[str], None]) -> tuple[list[str], bool]:
@@ -541,6 +608,9 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
     log = log if (log and main) else (lambda _m: None)
     out = Path(out)
     ref = model if isinstance(model, ModelRef) else ModelRef.of(model)
+    # the arguments that need the model are checked now unless the folder holds an audit already (a
+    # fully cached audit never loads the model); the stages that use them check them as they run
+    check_config(config, None if (out / AUDIT_FILE).is_file() else ref.load())
     about = ref.about()
     ctx = _Context(ref=ref, about=about, out=out, config=config, results={}, num_workers=num_workers,
                    shard_order=shard_order)
@@ -580,16 +650,17 @@ def _prepare(stage: Stage, ctx: _Context, state: dict[str, Any], keys: dict[str,
              log: Callable[[str], None], prefix: str) -> bool:
     """Rank 0: whether ``stage`` must run now; a cached or unrunnable stage gets its entry here.
 
-    A stage about to run is marked ``running`` under its key first. Its folder is emptied only when
-    it holds the work of another key: an interrupted attempt with the same key resumes (e.g. the
-    probe pass).
+    A stage about to run first loses the files of its previous run (an interrupted resumable stage
+    with the same key keeps them, e.g. the probe pass) and is marked ``running`` under its key, with
+    the files already in its folder, so that what it writes is known even if it is killed.
     """
     reads = (*stage.needs, *stage.uses)
     keys[stage.name] = _key([ctx.about.fingerprint(), ctx.about.class_names, stage.name, stage.params(ctx.config),
                              [keys.get(d) for d in reads],
                              [ctx.results.get(d, {}).get("status") for d in stage.uses]])
     prev = state["stages"].get(stage.name, {})
-    files_there = not stage.writes_folder or (ctx.out / stage.name).is_dir()
+    files_there = not stage.writes_folder or ((ctx.out / stage.name).is_dir()
+                                              and all((ctx.out / f).exists() for f in prev.get("files", [])))
     if prev.get("key") == keys[stage.name] and prev.get("status") == "ok" and files_there:
         ctx.results[stage.name] = {**prev, "title": stage.title, "cached": True}
         log(f"{prefix}: cached")
@@ -597,11 +668,19 @@ def _prepare(stage: Stage, ctx: _Context, state: dict[str, Any], keys: dict[str,
     failed = [d for d in stage.needs if d in keys and ctx.results[d]["status"] != "ok"]
     if failed:
         entry = {"status": "failed", "error": f"needs stage {', '.join(failed)}, which failed", "seconds": 0.0}
+        if stage.writes_folder:  # the files of its previous run belong to other inputs
+            _remove_stage_files(ctx.out, stage, prev)
+            entry["files"] = []
         _record(stage, ctx, state, entry, keys, log, prefix)
         return False
-    if stage.writes_folder and prev.get("key") != keys[stage.name]:
-        shutil.rmtree(ctx.out / stage.name, ignore_errors=True)  # stale files of another key never mix in
-    state["stages"][stage.name] = {"status": "running", "key": keys[stage.name]}
+    foreign: list[str] = []
+    if stage.writes_folder:
+        if stage.resumable and prev.get("status") == "running" and prev.get("key") == keys[stage.name]:
+            foreign = list(prev.get("foreign", []))
+        else:
+            _remove_stage_files(ctx.out, stage, prev)
+            foreign = _files_under(ctx.out, stage.name)
+    state["stages"][stage.name] = {"status": "running", "key": keys[stage.name], "foreign": foreign}
     atomic_write_json(ctx.out / AUDIT_FILE, state)
     log(f"{prefix}: running")
     return True
@@ -609,8 +688,11 @@ def _prepare(stage: Stage, ctx: _Context, state: dict[str, Any], keys: dict[str,
 
 def _record(stage: Stage, ctx: _Context, state: dict[str, Any], entry: dict[str, Any], keys: dict[str, str],
             log: Callable[[str], None], prefix: str) -> None:
-    """Rank 0: store a stage's entry in the audit state and the card's results."""
+    """Rank 0: store a stage's entry (with the files it wrote) in the audit state and the card's results."""
     entry.update(key=keys[stage.name])
+    if stage.writes_folder and "files" not in entry:
+        foreign = set(state["stages"].get(stage.name, {}).get("foreign", []))
+        entry["files"] = [f for f in _files_under(ctx.out, stage.name) if f not in foreign]
     state["stages"][stage.name] = entry
     atomic_write_json(ctx.out / AUDIT_FILE, state)
     ctx.results[stage.name] = {**entry, "title": stage.title, "cached": False}

@@ -34,7 +34,7 @@ from inspectnet.analysis.sparsity import sparsity_metrics
 from inspectnet.core import tables
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
-from inspectnet.core.storage import atomic_write_json, atomic_write_text, read_json
+from inspectnet.core.storage import atomic_write_json, atomic_write_text, output_dir, read_json
 from inspectnet.core.tables import format_value
 from inspectnet.data import ImageDataset
 from inspectnet.models.zoo import ZooModel
@@ -88,7 +88,7 @@ def expand_methods(plugins: Sequence[str], *, layer: str | None = None,
                    sweeps: dict[str, tuple[str, list[str]]] | None = None) -> list[Method]:
     """Plugin specs -> methods; a swept family gives one method per value; ``layer`` fills in the
     ``layer`` hyperparameter of plugins that have one and were not given it."""
-    from inspectnet.plugins import get_plugin, parse_plugin_spec
+    from inspectnet.plugins import get_plugin, make_plugin, parse_plugin_spec
 
     sweeps = dict(sweeps or {})
     methods: list[Method] = []
@@ -118,6 +118,7 @@ def expand_methods(plugins: Sequence[str], *, layer: str | None = None,
                 v[sw[0]] = s[sw[0]] = sw[1]
             label = spec.name + (":" + ",".join(f"{k}={x}" for k, x in s.items()) if s else "")
             full = spec.name + (":" + ",".join(f"{k}={x}" for k, x in v.items()) if v else "")
+            make_plugin(full)  # types and ranges of every value are checked before anything trains
             methods.append(Method(label, spec.name, full, sw))
     if sweeps:
         raise InspectnetError(f"--sweep names plugin(s) not in --plugins: {', '.join(sweeps)}")
@@ -310,7 +311,6 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
 
 
 def write_comparison(c: Comparison, out: str | Path) -> dict[str, Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     return {"json": c.save(out / "compare.json"), "md": atomic_write_text(out / "compare.md", markdown_table(c) + "\n"),
             "csv": atomic_write_text(out / "compare.csv", csv_table(c)), "png": plot_comparison(c, out / "compare.png")}

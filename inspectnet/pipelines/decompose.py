@@ -22,11 +22,11 @@ from inspectnet.analysis.heads.decompose import (
     sweep_plot,
     sweep_table,
 )
-from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence
+from inspectnet.analysis.heads.influence import InfluenceMap, check_k, fit_influence
 from inspectnet.analysis.heads.slim import slim_model
 from inspectnet.core.errors import InspectnetError
-from inspectnet.core.storage import atomic_write_json, atomic_write_text
-from inspectnet.data import load_data
+from inspectnet.core.storage import atomic_write_json, atomic_write_text, output_dir
+from inspectnet.data import check_data_spec, load_data
 from inspectnet.models.layers import PRE_LOGITS
 from inspectnet.models.zoo import ZooModel, save_model
 from inspectnet.probe.record import ProbeRecord
@@ -50,15 +50,21 @@ def run_decomposition(fit: ProbeRecord | str | Path, eval_record: ProbeRecord | 
     """
     fit_rec, eval_rec = _record(fit), _record(eval_record)
     check_same_model(fit_rec, eval_rec, zm)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if layer == PRE_LOGITS and zm is None:
+        raise InspectnetError("decompose needs --model: the model the records were probed with (its head's "
+                              "weights define the decomposed head)")
+    check_k(k1, k2, fit_rec.activations(layer).shape[1])
+    if retrain_epochs < 0:
+        raise InspectnetError(f"--retrain-epochs must be 0 or more, got {retrain_epochs}")
+    if data is not None:  # checked now: a bad spec found after model/ is saved would leave a partial result
+        check_data_spec(data)
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
+    out = output_dir(out)
     if layer != PRE_LOGITS:
         imap = fit_influence(fit_rec, k1, k2, layer=layer)
         imap.save(out / "influence.json")
         return {"k1": k1, "k2": k2, "layer": layer, "num_classes": imap.num_classes, "supports": imap.supports}
-    if zm is None:
-        raise InspectnetError("decompose needs --model: the model the records were probed with (its head's "
-                              "weights define the decomposed head)")
     weight, bias = linear_params(head_of(zm))
     imap = fit_influence(fit_rec, k1, k2, layer=layer, score=score, weight=weight)
     imap.save(out / "influence.json")

@@ -14,6 +14,18 @@ does not grow with the dataset. A re-run with the same arguments resumes after t
 written; a folder holding a different record is refused. ``complete`` in the manifest is set
 only after the last batch is on disk.
 
+Every array is checked against the manifest (present, N rows, the recorded width and dtype, the
+file as long as its header says) when a record is loaded and before a run resumes: loading a
+damaged record fails naming the file, and re-running the command that made it repairs it (the
+damaged files are written again by a new pass over the data). Records split into per-rank shards
+are checked as each shard's file is read.
+
+The batch size is not part of a record's identity: a run may resume with another
+``--batch-size`` (after running out of memory, say). Batch composition changes only which
+floating-point kernels run, so such a record agrees with a one-pass record to float32 rounding
+(tested: |Δ| ≤ 1e-5 · max|value|, identical predictions); the manifest lists every batch size used
+(``batch_sizes``).
+
 Under ``torchrun`` (:mod:`inspectnet.core.distributed`) each rank computes its share of whole
 batches and writes its rows at their global positions of the same files, with its own
 ``progress-rank-R-of-P.json``; with ``shards=True`` each rank writes its rows into its own folder
@@ -25,6 +37,7 @@ complete once every rank is done; each rank resumes its own share.
 import dataclasses
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +52,7 @@ from inspectnet.core.results import SCHEMA_VERSION, library_versions
 from inspectnet.core.storage import atomic_write_json, read_json
 from inspectnet.core.streaming import row_blocks
 from inspectnet.data import ImageDataset
+from inspectnet.data.loading import check_workers, data_loader
 from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe, get_reducer
@@ -70,6 +84,11 @@ class ProbeRecord:
         if not manifest.get("complete"):
             raise InspectnetError(f"probe record {root} is incomplete (interrupted?); re-run the same "
                                   f"`inspectnet probe` command to finish it")
+        problems = [] if SHARDS in manifest else list(damage(root, manifest).values())  # shards: when read
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InspectnetError(f"probe record {root} is damaged: {problems[0]}{more}; re-run the "
+                                  f"`inspectnet probe` command that made it to repair it")
         return cls(root, manifest)
 
     def _array(self, rel: str) -> np.ndarray:
@@ -131,6 +150,50 @@ class ProbeRecord:
         return float((self.predictions[mask] == labels[mask]).mean())
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from a ``.npy`` file's header."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(fh)
+        return tuple(shape), np.dtype(dtype), fh.tell()
+
+
+def expected_arrays(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int | None, ...], np.dtype]]:
+    """Every array a record's manifest promises: relative name -> (shape, dtype); None = any width."""
+    n = int(manifest["num_samples"])
+    arrays = {FEATURES: ((n, int(manifest["features_dim"])), np.dtype(np.float32)),
+              LOGITS: ((n, None), np.dtype(np.float32)), LABELS: ((n,), np.dtype(np.int64))}
+    arrays.update({f"layers/{e['name']}": ((n, *e["shape"]), np.dtype(np.float32)) for e in manifest["layers"]})
+    return arrays
+
+
+def damage(root: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with each damaged array of a record (missing, another shape or dtype, truncated),
+    keyed by its file name relative to ``root``; empty when every array is intact."""
+    problems = {}
+    for rel, (shape, dtype) in expected_arrays(manifest).items():
+        name = f"{rel}.npy"
+        path = Path(root) / name
+        if not path.is_file():
+            problems[name] = f"{name} is missing"
+            continue
+        try:
+            got, got_dtype, offset = _npy_header(path)
+        except (OSError, ValueError, SyntaxError):
+            problems[name] = f"{name} has no valid .npy header"
+            continue
+        size = offset + int(np.prod(got, dtype=np.int64)) * got_dtype.itemsize
+        if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)) \
+                or got_dtype != dtype:
+            want = tuple("*" if w is None else w for w in shape)
+            problems[name] = f"{name} holds {got} {got_dtype}, expected {want} {dtype}"
+        elif path.stat().st_size < size:
+            problems[name] = f"{name} is truncated ({path.stat().st_size} of {size} bytes)"
+    return problems
+
+
 class _NpyWriter:
     """A preallocated ``.npy`` file filled by row blocks with ordinary writes (no resident memory)."""
 
@@ -138,12 +201,7 @@ class _NpyWriter:
         self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
         if not path.exists():
             _preallocate(path, shape, self.dtype)
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            got_shape, _, got_dtype = read_header(fh)
-            self.offset = fh.tell()
+        got_shape, got_dtype, self.offset = _npy_header(path)
         if tuple(got_shape) != shape or got_dtype != self.dtype:
             raise InspectnetError(f"{path} has shape {got_shape} {got_dtype}, expected {shape} {self.dtype}; "
                                   f"the folder holds a different record")
@@ -203,8 +261,9 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     """
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
-    if num_workers < 0:
-        raise InspectnetError(f"--workers must be 0 or more data loader processes, got {num_workers}")
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
+    check_workers(num_workers)
     out = Path(out)
     get_reducer(reducer)  # fail on a bad reducer before touching the output folder
     dataset = dataset.aligned_to(zm.class_names)
@@ -271,6 +330,8 @@ def _open_part(out: Path, identity: dict[str, Any], plan: dict[str, Any], rank: 
             diff = [k for k in identity if state.get("identity", {}).get(k) != identity[k]]
             raise InspectnetError(f"--out {out} holds a different probe record (differs in: {', '.join(diff)}); "
                                   f"choose another folder or delete it")
+    if plan["world"] == 1 and not plan["shards"]:
+        _repair(out, identity, plan)
     if _is_complete(out):
         return None
     for state in states:
@@ -300,6 +361,30 @@ def _open_part(out: Path, identity: dict[str, Any], plan: dict[str, Any], rank: 
         positions.append(local if plan["shards"] else b.start)
         local += len(b)
     return _Part(out, rank, plan, folder, progress, rows, batches, positions, done)
+
+
+def _repair(out: Path, identity: dict[str, Any], plan: dict[str, Any]) -> None:
+    """Before one process resumes or returns ``out`` (whose identity matched): rows already written
+    are trusted only when every array is intact. A missing or truncated file (or a lost manifest)
+    sends the run back to the first sample, the damaged files removed to be written again.
+    """
+    progress_path = out / PROGRESS
+    done = int(read_json(progress_path, what="probe progress file")["done"]) if progress_path.is_file() else 0
+    if done == 0 and not _is_complete(out):
+        return
+    manifest = read_json(out / MANIFEST, what="probe record manifest") if (out / MANIFEST).is_file() else None
+    if manifest is not None and SHARDS in manifest:
+        return  # its arrays are in the shard folders, each named when it is read
+    problems = damage(out, manifest) if manifest is not None else {MANIFEST: f"{MANIFEST} is missing"}
+    if not problems:
+        return
+    sys.stderr.write(f"probe record {out} is damaged ({'; '.join(problems.values())}); probing all "
+                     f"{identity['num_samples']} samples again to repair it\n")
+    if manifest is not None:
+        for name in problems:  # only arrays this record lists: the files inspectnet wrote
+            (out / name).unlink(missing_ok=True)
+        atomic_write_json(out / MANIFEST, {**manifest, "complete": False})
+    atomic_write_json(progress_path, {"identity": identity, "plan": plan, "done": 0})
 
 
 def _plan_key(plan: dict[str, Any]) -> tuple:
@@ -333,8 +418,7 @@ def _probe_part(zm: ZooModel, dataset: ImageDataset, names: list[str], reducer: 
     if not part.batches:
         return
     dev = resolve_device(device)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[list(b) for b in part.batches],
-                                         num_workers=num_workers)
+    loader = data_loader(dataset, batch_sampler=[list(b) for b in part.batches], num_workers=num_workers)
     writers: dict[str, _NpyWriter] = {}
     done = part.done
     try:
@@ -349,7 +433,8 @@ def _probe_part(zm: ZooModel, dataset: ImageDataset, names: list[str], reducer: 
                 if not writers:
                     writers = _open_writers(part.folder, block, part.rows)
                     if part.rank == 0:
-                        _write_manifest(part.root, zm, dataset, identity, block, complete=False)
+                        _write_manifest(part.root, zm, dataset, identity, block, part.plan["batch_size"],
+                                        complete=False)
                 for key, value in block.items():
                     writers[key].write(pos, value.float().cpu().numpy() if key != LABELS else value.numpy())
                 done += len(y)
@@ -446,7 +531,8 @@ def _open_writers(out: Path, block: dict[str, torch.Tensor], n: int) -> dict[str
 
 
 def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: dict[str, Any],
-                    block: dict[str, torch.Tensor], *, complete: bool) -> None:
+                    block: dict[str, torch.Tensor], batch_size: int, *, complete: bool) -> None:
+    old = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
     manifest = {
         "format": "inspectnet-probe-record", "schema_version": SCHEMA_VERSION, "complete": complete,
         "identity": identity, "versions": library_versions(),
@@ -461,6 +547,7 @@ def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: di
         "layers": [{"name": k.split("/", 1)[1], "shape": list(v.shape[1:])}
                    for k, v in block.items() if k.startswith("layers/")],
         "features_dim": int(block[FEATURES].shape[1]),
+        "batch_sizes": sorted({*old.get("batch_sizes", []), batch_size}),
         "skipped_files": [],
     }
     atomic_write_json(out / MANIFEST, manifest)

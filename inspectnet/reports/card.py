@@ -26,7 +26,7 @@ from typing import Any
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import library_versions
-from inspectnet.core.storage import atomic_write_json, atomic_write_text, read_json
+from inspectnet.core.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir, read_json
 from inspectnet.core.tables import escape_markdown as md  # noqa: F401 - the README's escaping rule, public here
 from inspectnet.core.tables import format_percent, format_value
 from inspectnet.reports.blocks import (
@@ -103,14 +103,33 @@ def write_card(doc: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     """Write ``card.json``, ``README.md`` and ``card.html`` into ``folder`` (figures are read from it)."""
     folder = Path(folder)
     check_card(doc)
+    markdown, html = render_markdown(doc), render_html(doc, folder)  # both render before anything is written
     return {"json": atomic_write_json(folder / "card.json", doc),
-            "markdown": atomic_write_text(folder / "README.md", render_markdown(doc)),
-            "html": atomic_write_text(folder / "card.html", render_html(doc, folder))}
+            "markdown": atomic_write_text(folder / "README.md", markdown),
+            "html": atomic_write_text(folder / "card.html", html)}
 
 
 def rerender(folder: str | Path) -> dict[str, Path]:
     """``inspectnet card DIR``: re-render README.md and card.html from card.json."""
-    return write_card(load_card(folder), folder)
+    return _write_loaded(load_card(folder), folder, folder)
+
+
+def _write_loaded(doc: dict[str, Any], source: str | Path, dest: str | Path) -> dict[str, Path]:
+    """:func:`write_card` for a card read from disk: a hand-damaged one is an error naming the file."""
+    try:
+        return write_card(doc, dest)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise InspectnetError(f"{Path(source) / 'card.json'} is damaged ({type(exc).__name__}: {exc}); re-run the "
+                              f"audit that wrote it") from None
+
+
+def check_copy_target(dest: str | Path) -> Path:
+    """Refuse a ``--copy-to`` folder that exists and holds anything but an earlier copy of a card."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / "card.json").is_file())):
+        raise InspectnetError(f"--copy-to {dest} exists and holds no card; choose an empty or new folder (a "
+                              f"card is copied only over an earlier copy of a card)")
+    return dest
 
 
 # ---------------------------------------------------------------- the view both templates render
@@ -592,14 +611,11 @@ def publish(folder: str | Path, dest: str | Path) -> dict[str, Path]:
 
     >>> publish("runs/audit_mnist", "model_cards/mnist_resnet18")   # doctest: +SKIP
     """
-    import shutil
-
-    folder, dest = Path(folder), Path(dest)
+    folder, dest = Path(folder), check_copy_target(dest)
     doc = load_card(folder)
     for rel in figure_paths(doc):
         src = (folder / rel).resolve()
         if src.is_relative_to(folder.resolve()) and src.exists():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest / rel)
-    dest.mkdir(parents=True, exist_ok=True)
-    return write_card(doc, dest)
+            atomic_write_bytes(dest / rel, src.read_bytes())
+    output_dir(dest)
+    return _write_loaded(doc, folder, dest)

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.images import open_image, to_8bit
 
 FORMAT = "inspectnet-onnx"
 FORMAT_VERSION = 1
@@ -69,6 +70,8 @@ def make_session(model: str | Path | bytes, *, providers: Sequence[str] | None =
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if threads is not None and threads < 1:
+        raise InspectnetError(f"--threads must be at least 1, got {threads}")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -113,7 +116,7 @@ def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
     mode = {1: "L", 3: "RGB"}.get(c)
     if mode is None:
         raise InspectnetError(f"images can feed 1- or 3-channel models, not {c}-channel ones")
-    image = image.convert(mode)
+    image = to_8bit(image).convert(mode)
     crop_pct = float(config.get("crop_pct") or 0.875)
     crop_mode = config.get("crop_mode") or "center"
     resample = _RESAMPLE.get(str(config.get("interpolation", "bilinear")), Image.Resampling.BILINEAR)
@@ -160,16 +163,8 @@ def _center_crop(image: Image.Image, h: int, w: int) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file fully, failing with a message naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InspectnetError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise InspectnetError(f"image {path} cannot be decoded by Pillow: {exc}") from exc
+    """Open an image file fully (the shared opener: pixel limit, 16-bit scaled), failing with a message naming it."""
+    return open_image(path)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[int] | None, list[str]]:
@@ -244,8 +239,8 @@ class OnnxClassifier:
 
         ``names`` labels the items in the output (default: the path, or ``image#i`` for PIL images).
         """
-        if topk < 1:
-            raise InspectnetError(f"--topk must be at least 1, got {topk}")
+        if topk < 1 or batch_size < 1:
+            raise InspectnetError(f"--topk and --batch-size must be at least 1, got {topk} and {batch_size}")
         self._check_takes_images()
         results = []
         for start in range(0, len(images), batch_size):

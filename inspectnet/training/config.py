@@ -1,6 +1,7 @@
 """The hyperparameters of a training run, importable without torch (the command line reads their defaults)."""
 
 import dataclasses
+import math
 
 from inspectnet.core.errors import InspectnetError
 
@@ -30,3 +31,9 @@ class TrainConfig:
             raise InspectnetError(f"--schedule {self.schedule!r} is unknown; expected cosine or constant")
         if self.optimizer not in ("adamw", "sgd"):
             raise InspectnetError(f"--optimizer {self.optimizer!r} is unknown; expected adamw or sgd")
+        if self.limit is not None and self.limit < 1:
+            raise InspectnetError(f"--limit must be at least 1, got {self.limit}")
+        for name in ("lr", "weight_decay", "momentum"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise InspectnetError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
+                                      f"got {getattr(self, name)}")

@@ -1,8 +1,15 @@
 """Supervised training / fine-tuning with cross-entropy, checkpointed every epoch and resumable.
 
-Shuffling is derived from ``seed + epoch`` and the RNG state is saved with each checkpoint, so a run
-interrupted after epoch k and resumed continues exactly as an uninterrupted one would (on CPU).
-Extra loss terms (interpretability regularizers) plug in through :class:`TrainHooks`.
+Shuffling is derived from ``seed + epoch``, torch's generator (dropout, stochastic plugins) is
+seeded with ``seed`` at the start of a run (the caller's random state is left as it was), and the
+generator's state is saved with each checkpoint, so a run interrupted after epoch k and resumed
+continues exactly as an uninterrupted one would (on CPU). Extra loss terms (interpretability
+regularizers) plug in through :class:`TrainHooks`.
+
+A run's identity is its model spec, starting weights (fingerprint), data, config and hooks: a
+checkpoint in ``out`` is resumed only by the same run (given its starting model, or the model as
+the run left it), and anything else is refused naming what differs. An ``out`` folder that holds
+other files but no checkpoint is refused, so a run never writes over a user's files.
 
 On CUDA the forward pass runs under mixed precision (bf16 where supported, else fp16 with a
 gradient scaler) while hook losses run outside autocast in float32. Under ``torchrun`` (an
@@ -28,10 +35,10 @@ from inspectnet.core.devices import resolve_device
 from inspectnet.core.distributed import world as distributed_world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
-from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
+from inspectnet.core.storage import atomic_write_bytes, atomic_write_text, check_output_dir, output_dir
 from inspectnet.data import ImageDataset
 from inspectnet.models.layers import model_state
-from inspectnet.models.zoo import ZooModel, save_model
+from inspectnet.models.zoo import ZooModel, save_model, state_fingerprint
 from inspectnet.training.config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -123,13 +130,23 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
     eval_data = eval_data.aligned_to(zm.class_names) if eval_data is not None else None
     _check_labels(train_data)
     world, rank = distributed_world()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    _check_run_folder(out)
     dev = resolve_device(device)
-    with model_state(zm.model, device=dev):
+    if rank == 0:
+        output_dir(out)
+    with model_state(zm.model, device=dev), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # a resumed run replaces this by the checkpoint's generator state
         return _train_on_device(zm, train_data, out, config, eval_data=eval_data, dev=dev, hooks=hooks,
                                 stop_after=stop_after, amp=amp, world=world, rank=rank,
                                 log=(log if rank == 0 and log else lambda _m: None))
+
+
+def _check_run_folder(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a folder holding files but no training checkpoint."""
+    check_output_dir(out)
+    if out.is_dir() and not (out / CHECKPOINT).exists() and any(out.iterdir()):
+        raise InspectnetError(f"--out {out} is not empty and holds no training checkpoint; choose an empty or "
+                              f"new folder (a run never writes over other files)")
 
 
 def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: TrainConfig, *,
@@ -137,7 +154,8 @@ def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: 
                      amp: bool | None, world: int, rank: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     optimizer = make_optimizer(zm.model, config, hooks)
     precision = _Precision(dev, amp)
-    identity = {"model": zm.spec, "data": train_data.spec, "config": dataclasses.asdict(config)}
+    identity = {"model": zm.spec, "start_weights": zm.fingerprint(), "data": train_data.spec,
+                "config": dataclasses.asdict(config)}
     if train_data.label_mapping is not None:  # resuming with the classes mapped otherwise is another run
         identity["label_mapping"] = train_data.label_mapping.identity()
     if hooks.identity():
@@ -305,11 +323,16 @@ def _resume(out: Path, identity: dict, zm: ZooModel, optimizer: torch.optim.Opti
     path = out / CHECKPOINT
     if not path.exists():
         return 0, []
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = _load_checkpoint(path)
+    saved = json.loads(ckpt["identity"])
+    if saved.get("start_weights") != identity["start_weights"] \
+            and state_fingerprint(ckpt["model"].items()) == identity["start_weights"]:
+        # the model is where this run left it (the same object trained in place): its start was the saved one
+        identity = {k: v for k, v in identity.items() if k != "start_weights"}
+        identity.update({k: saved[k] for k in ("start_weights",) if k in saved})
     if ckpt["identity"] != json.dumps(identity, sort_keys=True):
         raise InspectnetError(f"--out {out} holds a checkpoint of a different training run "
-                              f"({_identity_difference(json.loads(ckpt['identity']), identity)}); choose "
-                              f"another folder or delete it")
+                              f"({_identity_difference(saved, identity)}); choose another folder or delete it")
     zm.model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     hooks.load_state_dict(ckpt["hooks"])
@@ -321,7 +344,23 @@ def _resume(out: Path, identity: dict, zm: ZooModel, optimizer: torch.optim.Opti
     return int(ckpt["epoch"]), json.loads(ckpt["history"])
 
 
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes torch.load raise many types
+        raise InspectnetError(f"training checkpoint {path} cannot be read ({type(exc).__name__}); delete it to "
+                              f"start the run again") from None
+    if not isinstance(ckpt, dict) or not {"identity", "epoch", "model", "optimizer"} <= set(ckpt):
+        raise InspectnetError(f"{path} is not an inspectnet training checkpoint")
+    return ckpt
+
+
 def _identity_difference(saved: dict, wanted: dict) -> str:
-    """Which keys of the run identity differ, e.g. ``hooks: {...} != {...}``."""
+    """Which entries of the run identity differ, e.g. ``config.seed: saved 0, now 1`` (dicts compared per key)."""
+    def flat(d: dict) -> dict:
+        return {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in d.items()
+                for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+    saved, wanted = flat(saved), flat(wanted)
     keys = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
     return "; ".join(f"{k}: saved {saved.get(k)!r}, now {wanted.get(k)!r}" for k in keys)

@@ -51,9 +51,10 @@ from inspectnet.core.distributed import all_gather, all_reduce, shard_batches, s
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.results import Result
-from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
+from inspectnet.core.storage import atomic_write_bytes, atomic_write_text, output_dir
 from inspectnet.core.tables import csv_text
 from inspectnet.data.concepts import ConceptDataset
+from inspectnet.data.loading import check_workers, data_loader
 from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel, weights_fingerprint
 from inspectnet.probe.hooks import Probe
@@ -164,10 +165,13 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
         raise InspectnetError(f"--quantile must be within (0, 1), got {quantile}")
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise InspectnetError(f"--limit must be at least 1, got {limit}")
+    if not 0 <= iou_threshold <= 1:
+        raise InspectnetError(f"--iou-threshold must be within [0, 1], got {iou_threshold}")
     if passes not in (1, 2):
         raise InspectnetError(f"--passes must be 1 or 2, got {passes}")
-    if num_workers < 0:
-        raise InspectnetError(f"--workers must be 0 or more data loader processes, got {num_workers}")
+    check_workers(num_workers)
     names = resolve_layers(net, layers, head_name=getattr(model, "head_name", None))
     if PRE_LOGITS in names:
         raise InspectnetError("layer 'pre_logits' is a feature vector without spatial maps; cannot dissect it")
@@ -178,7 +182,7 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     dev = resolve_device(device)
     items = _Items(data, dissection_transform(cfg), mask_size, n)
     share = shard_batches(n, batch_size, *world(), shard_order)
-    loader = torch.utils.data.DataLoader(items, batch_sampler=[list(b) for b in share], num_workers=num_workers)
+    loader = data_loader(items, batch_sampler=[list(b) for b in share], num_workers=num_workers)
     with model_state(net, device=dev, training=False), torch.inference_mode(), \
             Probe(net, names, reducer="full") as probe, watch_group("the dissection pass") as watch:
         if passes == 1:
@@ -391,8 +395,7 @@ def write_dissection(result: Dissection, out: str | Path, *, model: ZooModel | n
     Each page shows the unique concepts per category as a bar chart and a sortable table of units
     (sorted by IoU, at most ``max_units``) with their top images and thresholded unit mask overlaid.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     paths = {"json": result.save(out / "dissection.json")}
     rows = [[layer, u["unit"], u["concept"], u["category"], f"{u['iou']:.6f}", int(u["detector"]),
              f"{u['threshold']:.6g}"] for layer, info in result.layers.items() for u in info["units"]]

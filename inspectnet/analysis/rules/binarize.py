@@ -58,6 +58,8 @@ def fit_quantizer(activations: np.ndarray, method: str = "mean_std", param: floa
         raise InspectnetError(f"quantization method {method!r} is unknown; expected one of {', '.join(METHODS)}")
     if a.shape[0] < 2:
         raise InspectnetError(f"need at least 2 samples to fit thresholds, got {a.shape[0]}")
+    if param is not None and not np.isfinite(float(param)):
+        raise InspectnetError(f"--quantize-param must be a finite number, got {param}")
     if method == "mean_std":
         param = 1.0 if param is None else float(param)
         thresholds = a.mean(axis=0) + param * a.std(axis=0)

@@ -30,7 +30,7 @@ from sklearn.tree import DecisionTreeClassifier
 from inspectnet.analysis.rules.binarize import Quantizer, fit_quantizer
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
-from inspectnet.core.storage import atomic_write_text
+from inspectnet.core.storage import atomic_write_text, output_dir
 from inspectnet.core.streaming import row_blocks
 from inspectnet.data.subsets import spread_indices
 from inspectnet.probe.record import ProbeRecord
@@ -204,13 +204,13 @@ def fit_rules(activations: np.ndarray, predictions: np.ndarray, *, class_names: 
     predictions = np.asarray(predictions).astype(np.int64)
     if len(predictions) != len(activations):
         raise InspectnetError(f"{len(activations)} activation rows but {len(predictions)} predictions")
+    if max_depth is not None and max_depth < 1:
+        raise InspectnetError(f"--max-depth must be at least 1, got {max_depth}")
+    quantizer = fit_quantizer(activations, quantize, quantize_param)
     predicted = np.unique(predictions)
     if len(predicted) < 2:
         raise InspectnetError(f"the model predicts a single class ({predicted.tolist()}) on all "
                               f"{len(predictions)} samples; rules need at least two predicted classes")
-    if max_depth is not None and max_depth < 1:
-        raise InspectnetError(f"--max-depth must be at least 1, got {max_depth}")
-    quantizer = fit_quantizer(activations, quantize, quantize_param)
     filters = np.setdiff1d(np.arange(np.asarray(activations).shape[1]), quantizer.constant)
     if len(filters) == 0:
         raise InspectnetError("every filter of the layer is constant on the train record; no atoms to build rules")
@@ -366,8 +366,7 @@ def _check_same_model(a: ProbeRecord, b: ProbeRecord) -> None:
 
 def write_rules(rs: RuleSet, model: RuleModel, out: str | Path, *, plot_depth: int | None = 3) -> dict[str, Path]:
     """Write ``rules.json``, ``rules.txt`` and (unless ``plot_depth`` is None) ``tree.png`` into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     paths = {"json": rs.save(out / "rules.json"), "text": atomic_write_text(out / "rules.txt", summary(rs) + "\n")}
     if plot_depth is not None:
         paths["png"] = model.plot(out / "tree.png", max_depth=plot_depth)
