@@ -12,9 +12,9 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.data.subsets import spread_subset
 from inspectnet.pipelines.audit import AuditConfig, run_audit
 
-STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions"]
+STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions", "explanations"]
 PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit=48, layers=["layer4"],
-              attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3)
+              attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3, explain_images=6, sanity_images=3)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,8 @@ def test_second_audit_reuses_every_stage(audited, trained, tmp_path):
     assert second["timing"]["stages_run_seconds"] == 0.0
     assert second["sections"]["rules"]["result"] == first["sections"]["rules"]["result"]
     third = run_audit(_load(trained), _config(k2=2), out, log=None)  # only the decomposition and its readers
-    assert [n for n, s in third["sections"].items() if not s["cached"]] == ["decomposition", "attributions"]
+    assert [n for n, s in third["sections"].items() if not s["cached"]] == ["decomposition", "attributions",
+                                                                            "explanations"]
     assert all(len(p["features"]) <= 2 for p in third["sections"]["decomposition"]["result"]["per_class"])
     shutil.rmtree(out / "rules")  # a stage whose files were deleted is recomputed, not trusted
     fourth = run_audit(_load(trained), _config(k2=2), out, log=None)
@@ -182,7 +183,7 @@ def test_cli_audit_reuses_cache_then_card_rerenders(audited, trained, tmp_path, 
     out = _copy(audited, tmp_path)
     rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "48", "--eval-limit", "48",
                "--layers", "layer4", "--images", "2", "--ig-steps", "4", "--top-units", "2", "--k2", "3",
-               "--out", str(out)])
+               "--explain-images", "6", "--sanity-images", "3", "--out", str(out)])
     assert rc == 0
     card = json.loads((out / "card.json").read_text())
     assert all(s["cached"] for s in card["sections"].values())  # the CLI keys its stages like the library

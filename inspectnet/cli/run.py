@@ -23,32 +23,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--device", default="auto", help="auto (CUDA provider when present), cpu, cuda")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    p.add_argument("--evidence", action="store_true",
+                   help="also write the class-evidence overlays of the exported top-k classes into --out "
+                        "(files exported with --evidence)")
+    p.add_argument("--out", help="folder for the --evidence overlays and evidence.json")
     p.add_argument("--json", action="store_true",
                    help='output {"model", "providers", "accuracy", "predictions": [{"image", "top"}]}')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.core.errors import InspectnetError
     from inspectnet.runtime.classifier import OnnxClassifier
 
+    if args.evidence and not args.out:
+        raise InspectnetError("--evidence writes overlays: name their folder with --out DIR")
     clf = OnnxClassifier(args.model, device=args.device, threads=args.threads)
-    images, labels, names = _inputs(args.inputs, args.limit, clf.class_names)
+    images, labels, names = image_inputs(args.inputs, args.limit, clf.class_names)
+    evidence = clf.explain(images, args.out, batch_size=args.batch_size, names=names) if args.evidence else None
     results = clf.predict(images, topk=args.topk, batch_size=args.batch_size, names=names)
     accuracy = None
     if labels is not None and len(labels) and min(labels) >= 0:
         accuracy = sum(r["top"][0]["index"] == y for r, y in zip(results, labels)) / len(labels)
     doc = {"model": str(args.model), "providers": clf.providers, "accuracy": accuracy, "predictions": results}
+    if evidence is not None:
+        doc["evidence"] = evidence
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         text = "\n".join(r["image"] + "\n" + "\n".join(f"  {t['prob']:.4f}  {t['index']:>4}  {t['label']}"
                                                        for t in r["top"]) for r in results)
         tail = f"\naccuracy {accuracy:.2%} on {len(results)} labelled images" if accuracy is not None else ""
+        if evidence is not None:
+            tail += f"\nwrote {sum(len(i['classes']) for i in evidence['images'])} evidence overlays and " \
+                    f"evidence.json to {args.out}"
         sys.stdout.write(text + tail + "\n")
     return 0
 
 
-def _inputs(inputs: list[str], limit: int | None,
+def image_inputs(inputs: list[str], limit: int | None,
             model_classes: list[str]) -> tuple[list, list[int] | None, list[str] | None]:
     """Image paths (or PIL images for a data spec), labels where the input has them, and item names.
 
