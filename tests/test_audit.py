@@ -83,6 +83,25 @@ def test_first_audit_runs_every_stage_and_writes_the_card(audited, trained):
     assert all(sec["title"] for sec in card["sections"].values()) and card["config"]["layer"] is None
 
 
+def test_explanations_stage_measures_every_form_and_reports_unrankable_maps(audited):
+    out, doc = audited
+    r = doc["sections"]["explanations"]["result"]
+    assert {f["name"]: f["status"] for f in r["forms"]} == {"full": "ok", "decomposed": "ok", "slimmed": "ok",
+                                                            "int8 (of slimmed)": "missing"}
+    assert "--export" in r["forms"][3]["error"]
+    rows = {(x["form"], x["method"], tuple(x["map_size"])): x for x in r["rows"]}
+    ig = rows[("full", "integrated_gradients", (16, 16))]
+    assert ig["evaluated"] == 6 and ig["forward_passes"] == 6 * 28 and "vs_random" in ig
+    evidence = rows[("decomposed", "evidence", (1, 1))]  # 16 px input: layer4 is 1x1, nothing to rank
+    assert evidence["evaluated"] == 0 and evidence["constant_maps"] == 6 and evidence["deletion_auc"] is None
+    assert r["sanity"]["full"]["methods"]["evidence"]["passes"] is None
+    assert r["sanity"]["full"]["methods"]["random"]["passes"] is None  # a 1x1 random map cannot be ranked either
+    assert r["cost"]["forward_passes_per_image_per_method"] == 28.0
+    assert all((out / f["path"]).exists() for f in r["figures"]) and len(r["figures"]) == 3
+    page = (out / "card.html").read_text()
+    assert "Explanation quality by model form" in page and page.count("data:image/png;base64,") >= 4 + 3
+
+
 def test_explicit_layer_is_probed_and_analysed_by_rules_and_attributions(audited, trained, tmp_path):
     out = _copy(audited, tmp_path)
     doc = run_audit(_load(trained), _config(layer="layer3"), out, log=None)

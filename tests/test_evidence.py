@@ -47,7 +47,7 @@ def _decomposed(zm, seed=0):
 def forms():
     zm = _dense()
     dzm = _decomposed(zm)
-    szm, _ = slim_model(dzm)
+    szm, _ = slim_model(dzm, latency_reps=1)
     return {"dense": zm, "decomposed": dzm, "slimmed": szm}
 
 
@@ -144,10 +144,10 @@ def test_bad_class_choices_are_refused(forms):
 
 @pytest.fixture(scope="module")
 def exported(forms, tmp_path_factory):
-    """Each form exported with the evidence output (top-2); dense by dynamo, the others by TorchScript."""
+    """Each form exported with the evidence output (top-2); slimmed by dynamo, the others by TorchScript."""
     out = tmp_path_factory.mktemp("evidence")
     files = {}
-    for name, exporter in (("dense", "dynamo"), ("decomposed", "torchscript"), ("slimmed", "dynamo")):
+    for name, exporter in (("dense", "torchscript"), ("decomposed", "torchscript"), ("slimmed", "dynamo")):
         files[name] = export_onnx(forms[name], out / f"{name}.onnx", evidence=2, exporter=exporter, latency=False)
     return files
 
@@ -168,13 +168,14 @@ def test_onnx_evidence_matches_torch_and_sums_to_the_logits(forms, exported, for
     np.testing.assert_allclose(maps, ref.maps.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_int8_export_keeps_the_evidence_output(forms, tmp_path):
     from inspectnet.export.onnx import calibration_inputs
 
     zm = forms["slimmed"]
     cal, labels = calibration_inputs(zm, "digits:train", limit=32)
     res = export_onnx(zm, tmp_path / "m.onnx", evidence=1, int8=True, calibration=cal, evaluation=(cal, labels),
-                      latency=False)
+                      latency=False, exporter="torchscript")
     clf = OnnxClassifier(res.int8["path"])
     logits, maps, classes = clf.evidence(cal[:4])
     assert maps.shape == (4, 1, 2, 2) and (classes[:, 0] == logits.argmax(1)).all()
@@ -195,11 +196,11 @@ def test_gate_catches_wrong_evidence(forms, tmp_path, monkeypatch):
 
     def skewed(self, features, classes):
         maps = original(self, features, classes)
-        return maps * 1.5 if torch.compiler.is_compiling() else maps
+        return maps * 1.5 if torch.jit.is_tracing() else maps
 
     monkeypatch.setattr(ClassEvidence, "maps_for", skewed)
     with pytest.raises(InspectnetError, match="evidence output"):
-        export_onnx(forms["dense"], tmp_path / "m.onnx", evidence=1, latency=False)
+        export_onnx(forms["dense"], tmp_path / "m.onnx", evidence=1, latency=False, exporter="torchscript")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -285,7 +286,7 @@ def test_run_evidence_writes_overlays_without_torch(forms, exported, tmp_path):
 
 
 def test_run_evidence_needs_an_evidence_export_and_a_folder(exported, tmp_path, capsys):
-    plain = export_onnx(_dense(), tmp_path / "plain.onnx", latency=False)
+    plain = export_onnx(_dense(), tmp_path / "plain.onnx", latency=False, exporter="torchscript")
     images = _digit_files(tmp_path / "img")
     assert main(["run", plain.path, str(images[0]), "--evidence", "--out", str(tmp_path / "o")]) == 2
     assert "has no evidence output" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def test_road_fill_on_large_inputs_solves_a_coarser_grid():
     x = torch.rand(2, 3, 96, 96)
     removed = torch.zeros(2, 1, 96, 96, dtype=torch.bool)
     removed[:, :, 30:60, 30:60] = True
-    filled = road_fill(x, removed, size=32)
+    filled = road_fill(x, removed, size=24)
     assert filled.shape == x.shape and torch.isfinite(filled).all()
     # inside the hole the fill is smooth: it stays within the range of the image around it
     assert filled[:, :, 40:50, 40:50].min() >= x.min() and filled[:, :, 40:50, 40:50].max() <= x.max()
@@ -168,10 +168,10 @@ def test_cascade_runs_from_the_head_down(tiny_digits_model):
 
 
 def test_randomise_is_seeded_and_leaves_the_global_generator_alone():
+    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
     torch.manual_seed(5)
     expected = torch.rand(1)
     torch.manual_seed(5)
-    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
     randomise(a, seed=1)
     randomise(b, seed=1)
     assert torch.equal(a.weight, b.weight) and torch.equal(torch.rand(1), expected)
@@ -182,16 +182,17 @@ def test_sanity_check_passes_model_dependent_maps_and_fails_the_random_control()
     from inspectnet.models.zoo import load_model
 
     torch.manual_seed(0)
-    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=64)
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=128)  # 4x4 maps: 16 positions to rank
     before = zm.fingerprint()
     ds = load_data("digits:test", zm.transform())
-    x = torch.stack([ds[i][0] for i in range(4)])
+    x = torch.stack([ds[i][0] for i in range(6)])
     targets = zm.model(x).argmax(1)
-    res = cascading_randomisation(zm, x, targets, ["gradcam", "evidence", "random"], indices=range(4), max_steps=3)
+    res = cascading_randomisation(zm, x, targets, ["gradcam", "evidence", "random"], indices=range(6), max_steps=3)
     assert res["blocks"][0] == "fc" and res["blocks"][-1] == "conv1" and res["steps"] == [1, 6, 11]
     methods = res["methods"]
-    assert methods["random"]["spearman"] == [1.0, 1.0, 1.0] and methods["random"]["passes"] is False
-    assert methods["evidence"]["passes"] and methods["evidence"]["abs_spearman_final"] < 0.5
+    assert methods["random"]["spearman"] == pytest.approx([1.0, 1.0, 1.0]) and methods["random"]["passes"] is False
+    for name in ("evidence", "gradcam"):
+        assert methods[name]["passes"] and methods[name]["abs_spearman_final"] < 0.5, methods[name]
     assert zm.fingerprint() == before  # the caller's model is never randomised
-    maps = explanation_maps("evidence", zm, x, targets, indices=range(4))
-    assert maps.shape == (4, 2, 2)
+    maps = explanation_maps("evidence", zm, x, targets, indices=range(6))
+    assert maps.shape == (6, 4, 4)

@@ -118,7 +118,10 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
         graph = export_form(zm, module, head_only)
         evidence_info = None
         if pooled is not None:
-            module, graph = ClassEvidence(module, pooled, evidence), ClassEvidence(graph, pooled, evidence)
+            # eval wrappers: the TorchScript exporter restores the wrapper's training flag recursively
+            # afterwards, which would put a shared (dense) model's BatchNorm into train mode for the gate
+            module = ClassEvidence(module, pooled, evidence).eval()
+            graph = module if graph is module.model else ClassEvidence(graph, pooled, evidence).eval()
             evidence_info = _evidence_metadata(module, example)
         try:
             proto = _to_onnx(graph, example, input_name, exporter, opset, evidence=pooled is not None)

@@ -17,8 +17,8 @@ relevant first (LeRF, higher is better) — and fills them by *noisy linear impu
 pixel equals the weighted mean of its 8 neighbours (weight 1/6 for the 4 direct, 1/12 for the
 diagonal ones), kept pixels fixed, plus N(0, noise²); the mask's shape then leaks no class
 information. :func:`linear_imputation` solves that linear system for a whole batch on the model's
-device (conjugate gradients from a coarse-to-fine start); inputs larger than ``road_size`` (64 px)
-are solved on a 64-px grid and upsampled (:func:`road_fill`: ROAD "where it fits" on a CPU).
+device (conjugate gradients from a coarse-to-fine start); inputs larger than ``road_size`` (32 px)
+are solved on a 32-px grid and upsampled (:func:`road_fill`: ROAD "where it fits" on a CPU).
 
 Maps that are constant (no ranking) or hold NaN are reported per image (``status``) and skipped,
 never crashed on. :func:`compare_to_control` pairs a method's per-image AUCs with the random
@@ -55,7 +55,7 @@ class FaithfulnessConfig:
     baseline: str = "blur"
     road_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     road_noise: float = 0.01
-    road_size: int = 64
+    road_size: int = 32
     batch_size: int = 64
     seed: int = 0
 
