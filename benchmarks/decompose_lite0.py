@@ -43,9 +43,6 @@ ROWS = [
     ("A_d after 1 epoch of head retraining", lambda d: f"{d['accuracy_retrained']:.4f}"),
     ("noise, full head: influential / non-influential",
      lambda d: f"{d['noise_ablation']['influential']:.4f} / {d['noise_ablation']['non_influential']:.4f}"),
-    ("noise, decomposed head: influential / non-influential",
-     lambda d: f"{d['noise_ablation']['decomposed_head']['influential']:.4f} / "
-               f"{d['noise_ablation']['decomposed_head']['non_influential']:.4f}"),
     ("union of S_c", lambda d: f"{d['union_size']} / {d['feature_dim']}"),
     ("head MACs", lambda d: f"{d['head_macs_full']} -> {d['head_macs_decomposed']}"),
     ("slimmed: model MACs", lambda d: _slim(d, lambda s: f"{s['macs_before']:,} -> {s['macs_after']:,} "

@@ -77,8 +77,6 @@ def main() -> None:
         f"| saved model, end to end on mnist5k:test | {doc['accuracy_model_on_data']['accuracy']:.4f} |",
         f"| noise on the {na['num_influential']} influential features (full head) | {na['influential']:.4f} |",
         f"| noise on {na['num_non_influential']} non-influential features (full head) | {na['non_influential']:.4f} |",
-        f"| same noise, decomposed head: influential / non-influential | "
-        f"{na['decomposed_head']['influential']:.4f} / {na['decomposed_head']['non_influential']:.4f} |",
         f"| union of S_c | {doc['union_size']} / {doc['feature_dim']} |",
         f"| head MACs | {doc['head_macs_full']} -> {doc['head_macs_decomposed']} |",
         f"| slimmed ({s.get('method')}): model MACs | {s.get('macs_before')} -> {s.get('macs_after')} |",

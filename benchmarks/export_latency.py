@@ -59,39 +59,32 @@ def photo_crops(zm, per_photo: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     from inspectnet.data import load_data
+    from inspectnet.data.sources import crop_boxes
 
     ds, t = load_data("samples"), zm.transform()
     rng = np.random.default_rng(seed)
     out = []
     for i in range(len(ds)):
         im = ds.image(i)
-        w_full, h_full = im.size
-        for _ in range(per_photo):
-            s = rng.uniform(0.3, 1.0)
-            w, h = int(w_full * s), int(h_full * s)
-            left, top = int(rng.integers(0, w_full - w + 1)), int(rng.integers(0, h_full - h + 1))
+        for left, top, w, h, flipped in crop_boxes(*im.size, per_photo, rng):
             crop = im.crop((left, top, left + w, top + h))
-            if rng.random() < 0.5:
-                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            out.append(t(crop).numpy())
+            out.append(t(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flipped else crop).numpy())
     return np.stack(out).astype(np.float32), np.full(len(out), -1)
 
 
-def _inputs(zm, spec: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(zm, spec: str, n: int, labelled: bool) -> tuple[np.ndarray, np.ndarray]:
     if spec.startswith("photo-crops"):  # photo-crops:SEED
         return photo_crops(zm, max(1, n // 8), int(spec.split(":")[1]))
-    return calibration_inputs(zm, spec, limit=n)
+    return calibration_inputs(zm, spec, limit=n, labelled=labelled)
 
 
 def bench(label: str, zm, calib_specs: list[tuple[str, int]], eval_specs: list[tuple[str, int]], threads: int,
           workdir: Path, labelled: bool = True) -> dict:
     """Export with int8, then time torch / ORT fp32 / ORT int8; labels count only when ``labelled``
     (MNIST or shapes labels mean nothing to an ImageNet model)."""
-    cal = np.concatenate([_inputs(zm, s, n)[0] for s, n in calib_specs])
-    evs = [_inputs(zm, s, n) for s, n in eval_specs]
+    cal = np.concatenate([_inputs(zm, s, n, False)[0] for s, n in calib_specs])
+    evs = [_inputs(zm, s, n, labelled) for s, n in eval_specs]
     ev = (np.concatenate([e[0] for e in evs]), np.concatenate([e[1] for e in evs]))
-    if not labelled:
-        ev = (ev[0], np.full(len(ev[1]), -1))
     out = workdir / f"{label}.onnx"
     res = export_onnx(zm, out, int8=True, calibration=cal, evaluation=ev, latency=False, threads=threads,
                       device="cpu", force=True)

@@ -42,7 +42,7 @@ PLUGINS = {
     "sparseout": ["sparseout:p=0.5,q=1.0,layer=layer4"],
 }
 OWN_LAYER = {"san": "layer3"}
-TIMED = ["vanilla", "ebp", "kwta", "san", "cgl"]
+TIMED = ["vanilla", "ebp", "kwta", "san"]  # CGL's step time: benchmarks/cgl_step.py
 
 
 def base_model(work: Path):

@@ -20,6 +20,7 @@ exactly as before. First-party plugins live in the top-level ``plugins/`` folder
 import dataclasses
 import difflib
 import importlib.metadata
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -29,12 +30,13 @@ from torch import nn
 
 from inspectnet.analysis.sparsity import hoyer
 from inspectnet.core.errors import InspectnetError
-from inspectnet.models.layers import first_tensor, resolve_layers
+from inspectnet.models.layers import first_tensor, following_normalisation, resolve_layers
 from inspectnet.probe.hooks import absmean
 
 ENTRY_POINT_GROUP = "inspectnet.plugins"
 
 _TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+_AFFINE = (nn.modules.conv._ConvNd, nn.Linear)  # output scale proportional to the weights' scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +177,28 @@ class Plugin:
             raise InspectnetError(f"plugin {self.name}: layer={spec!r} matches {len(names)} layers; name one")
         return names[0]
 
+    def activation_layer(self, spec: str, *, penalty: bool) -> str:
+        """:meth:`layer` for a plugin that acts on a layer's activations (the papers use a post-activation
+        output; the default ``last_stage`` is one). A convolution or linear layer followed by a
+        normalisation is refused for a ``penalty`` (rescaling its weights rescales the penalty and
+        leaves the model's function unchanged, so the penalty would only shrink weights) and warned
+        about otherwise (the normalisation shifts the zeros an activation makes, so nothing
+        downstream is sparse)."""
+        name = self.layer(spec)
+        module = self.model.get_submodule(name)
+        norm = following_normalisation(self.model, name) if isinstance(module, _AFFINE) else None
+        if norm is None:
+            return name
+        where = f"plugin {self.name}: layer {name!r} is a {type(module).__name__} followed by {norm!r}"
+        if penalty:
+            raise InspectnetError(f"{where}: the normalisation undoes the scale of its output, so scaling its weights "
+                                  f"down removes the penalty without changing the model; name a post-activation "
+                                  f"output (the default last_stage, or e.g. the block containing it)")
+        warnings.warn(f"{where}: the normalisation shifts the zeros this activation makes, so the layer's output "
+                      f"downstream is not sparse; a post-activation output (the default last_stage) avoids this",
+                      stacklevel=2)
+        return name
+
     def layers(self, spec: str | Sequence[str]) -> list[str]:
         try:
             names = resolve_layers(self.model, spec, head_name=self.head_name)
@@ -297,11 +321,9 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     Plugins call it on statistics that are sums (EBP's per-class accumulators) so every rank
     sees the same values as one process given the whole global batch.
     """
-    import torch.distributed as dist
+    from inspectnet.core.distributed import all_reduce
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return all_reduce(t, "sum")
 
 
 class HoyerLog:

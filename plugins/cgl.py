@@ -3,34 +3,156 @@
 The filters of each regularized conv layer are split into G consecutive groups of N_g filters;
 ``free`` filters (plus any remainder C − free not divisible by G) are left outside the grouping
 explicitly: they take no part in L_g and count as singleton blocks in R_bn, so they are still
-regularized. Terms (loss = CE + λ_bn R_bn + λ_g L_g + λ_s L_s):
+regularized. Loss = CE + λ_bn R_bn + λ_g L_g + λ_s L_s (Eq. 8), each term summed over layers:
 
-- R_bn = Σ_l ‖(‖W_1‖_p, …, ‖W_G‖_p, ‖w_free,1‖_p, …)‖_q (p = 2, q = 1: Σ_g ‖W_g‖_F). It replaces
-  weight decay on the regularized layers' weights (the optimizer gets weight_decay 0 for them).
-- ψ = σ(P1 · a / S + P2) on the conv's output a, S = per-filter std over the minibatch (guarded);
-  BN variant (when a BatchNorm follows the conv): ψ = σ(P1 · τ + P2), τ = a_bn + β/γ = BN(a)/γ,
-  with |γ| clamped away from 0. P1, P2 are learned, shared by all layers.
-- L_g: per group, r = 3·N_g random pairs i ≠ j (seeded generator, resampled each step, state
-  checkpointed) of D(ψ_i, ψ_j) = 2‖ψ_i − ψ_j‖₁ / (‖ψ_i‖₁ + ‖ψ_j‖₁ + ‖ψ_i − ψ_j‖₁), norms over the
-  minibatch and space; averaged over pairs, then over groups and layers.
-- L_s: ψ-weighted mean distance of each map from its centre of mass, averaged over maps.
+- R_bn = Σ_l ‖(‖W_1‖_p, …, ‖W_G‖_p, ‖w_free,1‖_p, …)‖_q (p = 2, q = 1: Eq. 6, Σ_l Σ_g ‖W_g‖_F). It
+  replaces weight decay on the regularized layers' weights (the optimizer gets weight_decay 0 for them).
+- ψ = σ(P1 · a / S + P2) on the conv's output a (Eq. 1), S = per-filter std over the minibatch
+  (guarded); BN variant (Eq. 4, when a BatchNorm follows the conv): ψ = σ(P1 · τ + P2),
+  τ = a_bn + β/γ = BN(a)/γ, with |γ| clamped away from 0. P1, P2 are shared by all layers.
+- L_g (Eq. 5, λ_2 = 0 as in the paper's experiments) = Σ_l Σ_g (1/r) Σ_{(i,j) ∈ R} D(ψ_i, ψ_j),
+  R: r = ``pairs``·N_g random pairs i ≠ j of the group (seeded generator, resampled every step,
+  state checkpointed), D(ψ_i, ψ_j) = 2‖ψ_i − ψ_j‖₁ / (‖ψ_i‖₁ + ‖ψ_j‖₁ + ‖ψ_i − ψ_j‖₁) with the norms
+  over the minibatch and space (a soft 1 − IoU).
+- L_s (§3.2) = Σ_l mean over the layer's maps of Σ_j ψ_j ‖j − c(ψ)‖₂ / Σ_j ψ_j, c(ψ) the ψ-weighted
+  centre of the map. Positions j are measured in units of the map's longer side (the paper's index
+  units would let the largest maps dominate the sum over layers): a spatially uniform ψ gives about
+  0.38 per layer, a ψ concentrated on one spot 0. A 1×1 map has no spatial extent (its L_s is 0;
+  a warning says so).
 
-Group relevance β_g = ‖W_g‖_F per layer is reported every epoch (``beta/<layer>``).
+**P1 and P2.** The paper learns them. ψ → σ(P2), a constant, makes every D and hence L_g zero
+without aligning any filter, so dL_g/dP1 > 0 and learned P1 drifts towards 0 while L_s (which a
+constant ψ sets to the uniform value) pulls the other way. Every epoch logs ``P1``, ``P2``, the
+unweighted ``L_g`` and ``L_s`` (means over the epoch's steps; a term whose λ is 0 is not computed
+and logs 0) and ``psi_std`` (the standard deviation of ψ, averaged over the layers grouped by map
+size, measured every 8th step: it falls towards 0 along the degenerate direction), so the drift is
+visible.
+``P=bounded`` keeps P1 ≥ ``P1_min`` (projected before every forward pass) and ``P=fixed`` keeps
+P1, P2 at their initial values. That closes the P1 direction only: the weights can still flatten ψ
+by saturating the sigmoid (a bias large against the map's spread, or β/γ large in the BN variant),
+which ``psi_std`` also shows. Group relevance β_g = ‖W_g‖_F per layer is logged too
+(``beta/<layer>``).
+
+**Cost.** Layers with maps of equal size are stacked and the pair distances, spatial spreads and
+block norms have hand-written backward passes, so a ResNet18 step with all 20 convs regularised
+costs about 1.5× a vanilla step (``benchmarks/cgl_step.py``); ``tests/test_cgl.py`` checks the terms
+against a layer-by-layer transcription of the equations.
 
 Example::
 
-    inspectnet finetune model/ shapes:train --plugin cgl:groups=8,layers=conv1|conv2 --out ft/
+    inspectnet finetune model/ shapes:train --plugin cgl:groups=8,layers=conv1|conv2,P=bounded --out ft/
 """
 
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.models.layers import following_normalisation
 from inspectnet.plugins import HParam, Plugin
 
 _BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
+_SPREAD_EVERY = 8  # steps between measurements of psi_std
+
+
+class _RowL2(torch.autograd.Function):
+    """Euclidean norm of each row of a (rows, n) weight matrix; the backward pass is one scaling,
+    w · g / ‖w‖ (0 for an all-zero row), where autograd's norm takes three passes over the weights."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        norms = torch.linalg.vector_norm(rows, dim=1)
+        ctx.save_for_backward(rows, norms)
+        return norms
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        rows, norms = ctx.saved_tensors
+        return rows * torch.where(norms > 0, grad / norms, 0.0)[:, None]
+
+
+class _PairL1(torch.autograd.Function):
+    """‖ψ_i − ψ_j‖₁ for each sampled pair (i_p, j_p), from ψ as one row per filter (C, batch·space).
+
+    Forward and backward in a few passes over the (pairs, batch·space) differences, where autograd
+    would keep two gathered copies, their difference and its absolute value, and scatter twice per
+    term; rows keep every gather and scatter contiguous.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        diff = rows.index_select(0, i)
+        diff.sub_(rows.index_select(0, j))
+        dist = torch.linalg.vector_norm(diff, ord=1, dim=1)
+        ctx.save_for_backward(diff.sign_(), i, j)
+        ctx.channels = rows.shape[0]
+        return dist
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        sign, i, j = ctx.saved_tensors
+        step = sign * grad[:, None]
+        out = step.new_zeros(ctx.channels, step.shape[1])
+        return out.index_add_(0, i, step).index_add_(0, j, step, alpha=-1), None, None
+
+
+class _SpatialSpread(torch.autograd.Function):
+    """Per map of ψ (B, C, H, W): Σ_j ψ_j ‖p_j − c‖₂ / Σ_j ψ_j with c the ψ-weighted centre, positions
+    p in units of the longer side; (B, C). The gradient, with M = Σψ, L the spread and
+    G = Σ_j ψ_j (c − p_j) / ‖p_j − c‖, is ∂L/∂ψ_k = (‖p_k − c‖ − L + G·(p_k − c) / M) / M (a
+    position exactly on the centre contributes no direction to G).
+
+    The maps are laid out as (positions, maps): reductions over positions are then column sums and
+    matrix-vector products, which stay fast for the many small maps of deep layers (PyTorch's
+    reductions over a short last dimension are slow)."""
+
+    @staticmethod
+    def forward(ctx, psi: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = psi.shape
+        cols = psi.reshape(B * C, H * W).t().contiguous()  # (positions, maps)
+        ys, xs, Y, X = _positions(psi)
+        mass = cols.sum(0).clamp_min(1e-12)
+        cy, cx = (Y @ cols) / mass, (X @ cols) / mass
+        dist = (((ys[:, None] - cy) ** 2)[:, None, :] + ((xs[:, None] - cx) ** 2)[None]).view(H * W, -1).sqrt_()
+        spread = torch.linalg.vecdot(cols, dist, dim=0) / mass
+        ctx.save_for_backward(cols, dist, mass, cy, cx, spread)
+        ctx.shape = psi.shape
+        return spread.view(B, C)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        cols, dist, mass, cy, cx, spread = ctx.saved_tensors
+        B, C, H, W = ctx.shape
+        ys, xs, Y, X = _positions(cols, (H, W))
+        w = torch.div(cols, dist).nan_to_num_(nan=0.0, posinf=0.0)  # ψ/‖p − c‖, 0 on the centre itself
+        w_sum = w.sum(0)
+        gy, gx = (cy * w_sum - Y @ w) / mass, (cx * w_sum - X @ w) / mass
+        lin = (((ys[:, None] - cy) * gy - spread)[:, None, :] + ((xs[:, None] - cx) * gx)[None]).view(H * W, -1)
+        out = (dist + lin).mul_(grad.reshape(-1) / mass)
+        return out.t().reshape(B, C, H, W)
+
+
+def _pair_loss(psi: torch.Tensor, i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
+    """Σ_p weight_p · D(ψ_{i_p}, ψ_{j_p}) over filter pairs of ψ (B, C, H, W), norms over batch and space."""
+    i, j = i.to(psi.device), j.to(psi.device)
+    weight = weight.to(psi.device) if isinstance(weight, torch.Tensor) else weight
+    rows = psi.transpose(0, 1).reshape(psi.shape[1], -1)  # (C, B*H*W)
+    mass = rows.sum(1)  # ‖ψ_i‖₁ once per filter (ψ > 0), gathered per pair below
+    diff = _PairL1.apply(rows, i, j)
+    return (weight * 2 * diff / (mass[i] + mass[j] + diff).clamp_min(1e-12)).sum()
+
+
+def _positions(like: torch.Tensor, size: tuple[int, int] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row and column coordinates of an H×W map in units of its longer side, per row/column (ys, xs)
+    and per position in row-major order (Y, X). ``size`` defaults to the last two sides of ``like``."""
+    H, W = size or like.shape[-2:]
+    unit = max(H, W)
+    ys = torch.arange(H, device=like.device, dtype=like.dtype) / unit
+    xs = torch.arange(W, device=like.device, dtype=like.dtype) / unit
+    return ys, xs, ys.repeat_interleave(W), xs.repeat(H)
 
 
 class ConceptGroupLearning(Plugin):
@@ -43,15 +165,19 @@ class ConceptGroupLearning(Plugin):
         HParam("groups", "int", 8, "concept groups G per layer", low=1),
         HParam("free", "int", 0, "filters per layer left outside the groups (the last ones)", low=0),
         HParam("lam_bn", "float", 1e-4, "block-norm strength λ_bn", low=0.0),
-        HParam("lam_g", "float", 0.05, "group activation loss strength λ_g", low=0.0),
-        HParam("lam_s", "float", 0.01, "spatial loss strength λ_s", low=0.0),
+        HParam("lam_g", "float", 0.05, "group activation loss strength λ_g (L_g summed over groups, layers)",
+               low=0.0),
+        HParam("lam_s", "float", 0.05, "spatial loss strength λ_s (L_s summed over layers)", low=0.0),
         HParam("p", "float", 2.0, "inner norm of a group's weights", low=1.0),
         HParam("q", "float", 1.0, "outer norm over groups", low=1.0),
         HParam("bn", "str", "auto", "BN variant: auto (where a BatchNorm follows), on, off",
                choices=("auto", "on", "off")),
-        HParam("pairs", "float", 3.0, "random pairs per group as a multiple of N_g", low=0.0),
-        HParam("P1", "float", 1.0, "initial sigmoid scale (learned)"),
-        HParam("P2", "float", 0.0, "initial sigmoid shift (learned)"),
+        HParam("pairs", "float", 3.0, "random pairs per group r as a multiple of N_g", low=0.0),
+        HParam("P1", "float", 1.0, "initial sigmoid scale"),
+        HParam("P2", "float", 0.0, "initial sigmoid shift"),
+        HParam("P", "str", "learned", "P1, P2: learned (paper), bounded (P1 >= P1_min) or fixed",
+               choices=("learned", "bounded", "fixed")),
+        HParam("P1_min", "float", 0.5, "lower bound of P1 with P=bounded"),
         HParam("seed", "int", 0, "seed of the random pairs"),
     )
 
@@ -65,19 +191,28 @@ class ConceptGroupLearning(Plugin):
                  else self.layers(spec.split("|")))
         if not names:
             raise InspectnetError("plugin cgl: the model has no Conv2d layer to regularize")
-        all_names = [n for n, _ in model.named_modules()]
         self.convs: dict[str, nn.Conv2d] = {}
         self.split: dict[str, tuple[int, int, int]] = {}  # layer -> (G, N_g, free)
         self._psi: dict[str, torch.Tensor] = {}
+        self._epoch: dict[str, float] = {}
+        self._steps = 0
+        self._spread: list[float] = []
+        self._warned_flat = False
         self.P = nn.Parameter(torch.tensor([self.hp["P1"], self.hp["P2"]], dtype=torch.float32,
-                                           device=next(model.parameters()).device))
+                                           device=next(model.parameters()).device),
+                              requires_grad=self.hp["P"] != "fixed")
+        if self.hp["P"] == "bounded":
+            # projected gradient descent: P1 is put back on [P1_min, ∞) before each forward uses it
+            self._handles.append(model.register_forward_pre_hook(lambda _m, _a: self._project()))
         for name in names:
             conv = model.get_submodule(name)
             if not isinstance(conv, nn.Conv2d):
                 raise InspectnetError(f"plugin cgl: layer {name!r} is a {type(conv).__name__}, not a Conv2d")
             self.convs[name] = conv
             self.split[name] = self._grouping(name, conv.out_channels)
-            bn = self._following_bn(model, all_names, name, conv)
+            if self.hp["lam_g"] == 0 and self.hp["lam_s"] == 0:
+                continue  # R_bn alone: no soft receptive fields to compute
+            bn = self._following_bn(model, name, conv)
             if bn is not None:
                 self.hook(bn, lambda out, n=name, m=model.get_submodule(bn): self._capture_bn(n, out, m))
             else:
@@ -92,18 +227,22 @@ class ConceptGroupLearning(Plugin):
         n_g = (channels - free) // G
         return G, n_g, channels - G * n_g  # the remainder joins the free filters, explicitly
 
-    def _following_bn(self, model: nn.Module, names: list[str], name: str, conv: nn.Conv2d) -> str | None:
+    def _following_bn(self, model: nn.Module, name: str, conv: nn.Conv2d) -> str | None:
         if self.hp["bn"] == "off":
             return None
-        nxt = names[names.index(name) + 1] if names.index(name) + 1 < len(names) else None
-        m = model.get_submodule(nxt) if nxt else None
+        norm = following_normalisation(model, name)
+        m = model.get_submodule(norm) if norm else None
         if isinstance(m, _BN) and m.num_features == conv.out_channels and m.affine:
-            return nxt
+            return norm
         return None
+
+    def _project(self) -> None:
+        with torch.no_grad():
+            self.P[0].clamp_(min=self.hp["P1_min"])
 
     def _capture(self, name: str, a: torch.Tensor) -> None:
         a = a.float().clone()  # clone: a later in-place op must not rewrite what autograd saved
-        s = a.transpose(0, 1).flatten(1).std(dim=1, correction=0).clamp_min(1e-6).view(1, -1, 1, 1)
+        s = a.std(dim=(0, 2, 3), correction=0, keepdim=True).clamp_min(1e-6)  # per filter, over batch and space
         self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], a, self.P[0] / s))
 
     def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
@@ -115,58 +254,123 @@ class ConceptGroupLearning(Plugin):
         self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], out.float().clone(), self.P[0] / safe))
 
     # -- terms ---------------------------------------------------------------------------------------
-    def block_norm(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R_bn of the layer, β_g = ‖W_g‖_F per group)."""
+    def block_norm(self, name: str) -> torch.Tensor:
+        """R_bn of one layer: the q-norm of its blocks' p-norms (groups, then each free filter alone)."""
         w = self.convs[name].weight.float().flatten(1)
         G, n_g, free = self.split[name]
-        blocks = w[: G * n_g].reshape(G, -1)
-        p, q = self.hp["p"], self.hp["q"]
-        norms = torch.cat([blocks.norm(p=p, dim=1), w[G * n_g:].norm(p=p, dim=1)]) if free else blocks.norm(p=p, dim=1)
-        return norms.norm(p=q), blocks.norm(dim=1).detach()
+        # without free filters no slice: its backward would write a zero-filled copy of the weights
+        rows = [w[: G * n_g].reshape(G, -1), w[G * n_g:]] if free else [w.reshape(G, -1)]
+        p = self.hp["p"]
+        norms = torch.cat([_RowL2.apply(r) if p == 2 else r.norm(p=p, dim=1) for r in rows])
+        return norms.norm(p=self.hp["q"])
 
-    def group_loss(self, psi: torch.Tensor, G: int, n_g: int) -> torch.Tensor:
-        if n_g < 2:
-            return psi.new_zeros(())
+    def sample_pairs(self, G: int, n_g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(i, j): r = ``pairs``·N_g random filter pairs i ≠ j in each of the G groups, as (G, r) indices
+        of the layer's filters (group g's filters are g·N_g … (g+1)·N_g − 1)."""
         r = max(1, round(self.hp["pairs"] * n_g))
         i = torch.randint(0, n_g, (G, r), generator=self.gen)
         j = (i + torch.randint(1, n_g, (G, r), generator=self.gen)) % n_g  # j != i
         base = (torch.arange(G) * n_g).view(G, 1)
-        i, j = (i + base).flatten().to(psi.device), (j + base).flatten().to(psi.device)
-        maps = psi.transpose(0, 1).flatten(1)  # (C, B*H*W)
-        mass = maps.sum(1)  # ‖ψ_i‖₁ once per filter (ψ > 0), gathered per pair below
-        diff = (maps[i] - maps[j]).abs().sum(1)
-        return (2 * diff / (mass[i] + mass[j] + diff).clamp_min(1e-12)).mean()
+        return i + base, j + base
+
+    def group_loss(self, psi: torch.Tensor, G: int, n_g: int) -> torch.Tensor:
+        """One layer's share of L_g (Eq. 5): Σ_g (1/r) Σ_{(i,j)} D(ψ_i, ψ_j) over sampled pairs."""
+        if n_g < 2:
+            return psi.new_zeros(())
+        i, j = self.sample_pairs(G, n_g)
+        return _pair_loss(psi, i.flatten(), j.flatten(), 1 / i.shape[1])
 
     @staticmethod
     def spatial_loss(psi: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = psi.shape
-        ys = torch.arange(H, device=psi.device, dtype=psi.dtype)
-        xs = torch.arange(W, device=psi.device, dtype=psi.dtype)
-        rows, cols = psi.sum(3), psi.sum(2)  # marginals give the centre of mass cheaply
-        mass = rows.sum(2).clamp_min(1e-12)
-        cy, cx = (rows * ys).sum(2) / mass, (cols * xs).sum(2) / mass
-        # (B, C, H, 1) + (B, C, 1, W): one full-size pass for the squared distance;
-        # clamp: √ has an infinite derivative at 0 (a 1×1 map sits exactly on its centre)
-        d2 = ((ys - cy[..., None]) ** 2)[..., None] + ((xs - cx[..., None]) ** 2)[..., None, :]
-        return ((psi * d2.clamp_min(1e-12).sqrt()).sum((2, 3)) / mass).mean()
+        """One layer's L_s: the mean over its maps of the ψ-weighted distance from the map's centre,
+        positions in units of the map's longer side (0 for 1×1 maps, which have no extent)."""
+        if psi.shape[2] * psi.shape[3] == 1:
+            return psi.new_zeros(())
+        return _SpatialSpread.apply(psi).mean()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        r_bn = sum(self.block_norm(n) for n in self.convs)
+        if self.hp["lam_g"] == 0 and self.hp["lam_s"] == 0:
+            return {"cgl_bn": self.hp["lam_bn"] * r_bn}
         missing = [n for n in self.convs if n not in self._psi]
         if missing:
             raise InspectnetError(f"plugin cgl: layer {missing[0]!r} did not run in the forward pass")
-        r_bn = sum(self.block_norm(n)[0] for n in self.convs)
-        l_g = torch.stack([self.group_loss(self._psi[n], *self.split[n][:2]) for n in self.convs]).mean()
-        l_s = torch.stack([self.spatial_loss(self._psi[n]) for n in self.convs]).mean()
+        self._warn_flat_maps()
+        l_g, l_s = self._activation_losses()
+        self._log_step(l_g, l_s)
         self._psi.clear()
         return {"cgl_bn": self.hp["lam_bn"] * r_bn, "cgl_g": self.hp["lam_g"] * l_g,
                 "cgl_s": self.hp["lam_s"] * l_s}
 
+    def _activation_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_g, L_s) over all layers (a term whose λ is 0 is skipped: 0). Layers whose maps have the
+        same size are stacked along the channels and computed in one call each (the terms are per
+        filter or per map, so stacking changes nothing but the number of operations); the random
+        pairs are drawn layer by layer in order, exactly as :meth:`group_loss` draws them."""
+        want_g, want_s = self.hp["lam_g"] > 0, self.hp["lam_s"] > 0
+        pairs = {n: self.sample_pairs(*self.split[n][:2]) for n in self.convs if want_g and self.split[n][1] >= 2}
+        stacks: dict[tuple[int, ...], list[str]] = {}
+        for n, psi in self._psi.items():
+            stacks.setdefault(tuple(psi.shape[2:]), []).append(n)
+        l_g = l_s = next(iter(self._psi.values())).new_zeros(())
+        spreads = []
+        for names in stacks.values():
+            psi = torch.cat([self._psi[n] for n in names], 1) if len(names) > 1 else self._psi[names[0]]
+            if self._steps % _SPREAD_EVERY == 0:  # a diagnostic: sampled steps suffice
+                with torch.no_grad():
+                    spreads.append(psi.std())
+            if any(n in pairs for n in names):
+                l_g = l_g + _pair_loss(psi, *self._stacked_pairs(names, pairs))
+            if want_s and psi.shape[2] * psi.shape[3] > 1:
+                # each layer's mean over its B·C_l maps
+                per_map = torch.cat([torch.full((self._psi[n].shape[1],), 1 / self._psi[n][..., 0, 0].numel())
+                                     for n in names]).to(psi.device)
+                l_s = l_s + torch.dot(_SpatialSpread.apply(psi).sum(0), per_map)
+        if spreads:
+            self._spread.append(float(torch.stack(spreads).mean()))
+        return l_g, l_s
+
+    def _stacked_pairs(self, names: list[str], pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(i, j, weight) of the layers ``names`` stacked along the channels: indices shifted by each
+        layer's first channel, weight 1/r (a group's mean over its r pairs)."""
+        i, j, w, base = [], [], [], 0
+        for n in names:
+            if n in pairs:
+                i.append(pairs[n][0].flatten() + base)
+                j.append(pairs[n][1].flatten() + base)
+                w.append(torch.full((i[-1].numel(),), 1 / pairs[n][0].shape[1]))
+            base += self._psi[n].shape[1]
+        return torch.cat(i), torch.cat(j), torch.cat(w)
+
+    def _warn_flat_maps(self) -> None:
+        flat = [n for n, psi in self._psi.items() if psi.shape[2] * psi.shape[3] == 1]
+        if flat and not self._warned_flat:
+            self._warned_flat = True
+            warnings.warn(f"plugin cgl: {len(flat)} regularized layer(s) give 1×1 maps ({flat[0]}, ...): L_s has no "
+                          f"spatial extent there (0), L_g compares them over the minibatch only", stacklevel=3)
+
+    def _log_step(self, l_g: torch.Tensor, l_s: torch.Tensor) -> None:
+        for key, value in (("L_g", l_g), ("L_s", l_s)):
+            self._epoch[key] = self._epoch.get(key, 0.0) + float(value.detach())
+        self._steps += 1
+
     def group_relevance(self) -> dict[str, list[float]]:
-        """β_g = ‖W_g‖_F for each group of each regularized layer."""
-        return {n: self.block_norm(n)[1].tolist() for n in self.convs}
+        """β_g = ‖W_g‖_F (Eq. 7) for each group of each regularized layer."""
+        with torch.no_grad():
+            return {n: c.weight.float()[: G * n_g].reshape(G, -1).norm(dim=1).tolist()
+                    for (n, c), (G, n_g, _) in zip(self.convs.items(), self.split.values())}
+
+    def epoch_begin(self, epoch: int) -> None:
+        self._epoch, self._steps, self._spread = {}, 0, []
 
     def epoch_end(self, epoch: int) -> dict[str, Any]:
+        if self.hp["P"] == "bounded":
+            self._project()  # the value the next forward pass will use
         out: dict[str, Any] = {"P1": float(self.P[0].detach()), "P2": float(self.P[1].detach())}
+        out.update({k: v / self._steps for k, v in self._epoch.items()} if self._steps else {})
+        if self._spread:
+            out["psi_std"] = sum(self._spread) / len(self._spread)
         for n, beta in self.group_relevance().items():
             out[f"beta/{n}"] = [round(b, 6) for b in beta]
         return out
@@ -175,7 +379,7 @@ class ConceptGroupLearning(Plugin):
         return [c.weight for c in self.convs.values()]
 
     def parameters(self) -> list[nn.Parameter]:
-        return [self.P]
+        return [self.P] if self.P.requires_grad else []
 
     def state_dict(self) -> dict[str, Any]:
         return {"P": self.P.detach().cpu(), "generator": self.gen.get_state()}

@@ -23,11 +23,11 @@ class ExpectedActivationSparsity(Plugin):
     hparams = (
         HParam("lam", "float", 1e-4, "regularization strength λ", low=0.0),
         HParam("p", "float", 0.05, "target expected activation", low=0.0),
-        HParam("layer", "str", "last_conv", "layer whose filters are regularized"),
+        HParam("layer", "str", "last_stage", "layer whose filters are regularized"),
     )
 
     def setup(self, model: nn.Module) -> None:
-        self.layer_name = self.layer(self.hp["layer"])
+        self.layer_name = self.activation_layer(self.hp["layer"], penalty=True)
         self._act: torch.Tensor | None = None
         self.hoyer_log = HoyerLog()
         self.hook(self.layer_name, self._capture)

@@ -1,6 +1,10 @@
 """Elite BackProp (Kasioumis et al. 2021, DESIGN.md §5.2): class-wise activation sparsity.
 
-A_ij = spatial mean of |F_ij| at the chosen layer (Eq. 1). Per class c the accumulator
+A_ij = spatial mean of |F_ij| at the chosen layer (Eq. 1), whose output F must be post-activation
+as in the paper ("followed by ReLU and maxpooling"): the default ``last_stage`` is the last block
+before global pooling (``layer4`` of a ResNet). A convolution followed by a normalisation is
+refused: its output scale is undone downstream, so shrinking its weights would remove the
+penalty without changing the model. Per class c the accumulator
 D^c += A_i for every training image of class c (Eq. 2, float64, summed over all ranks). The
 top-K filters of D^c are the elite E_c. Penalty R = mean_i Σ_j (1 − p_{j,c_i}) A_ij with
 1 − p_jc = [j ∉ E_c] · D^c_j / D^c_(K) (Eq. 3–4); loss = CE + λR (Eq. 5). The appendix variant
@@ -29,14 +33,15 @@ class EliteBackProp(Plugin):
     hparams = (
         HParam("K", "int", 25, "elite filters per class", low=1),
         HParam("lam", "float", 1e-3, "regularization strength λ", low=0.0),
-        HParam("layer", "str", "last_conv", "layer whose filters are regularized (paper: VGG16 conv13)"),
+        HParam("layer", "str", "last_stage",
+               "post-activation layer whose filters are regularized (paper: VGG16 conv13 + ReLU + max-pool)"),
         HParam("variant", "str", "elite", "elite: elites unpenalized (Eq. 4); all: appendix variant",
                choices=("elite", "all")),
         HParam("ridge", "float", 0.0, "ridge ‖W‖² strength on the layer after `layer` (appendix)", low=0.0),
     )
 
     def setup(self, model: nn.Module) -> None:
-        self.layer_name = self.layer(self.hp["layer"])
+        self.layer_name = self.activation_layer(self.hp["layer"], penalty=True)
         self.D: torch.Tensor | None = None  # (classes, filters) float64, created at the first batch
         self._act: torch.Tensor | None = None
         self.hoyer_log = HoyerLog()

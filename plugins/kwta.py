@@ -36,11 +36,11 @@ class KWinnersTakeAll(Plugin):
     alters_forward = True
     hparams = (
         HParam("k", "float", 0.2, "density: fraction of activations kept", low=1e-6, high=1.0),
-        HParam("layer", "str", "last_conv", "layer after which the activation is inserted"),
+        HParam("layer", "str", "last_stage", "layer after which the activation is inserted"),
     )
 
     def setup(self, model: nn.Module) -> None:
-        self.layer_name = self.layer(self.hp["layer"])
+        self.layer_name = self.activation_layer(self.hp["layer"], penalty=False)
         self.hoyer_log = HoyerLog()
         self.hook(self.layer_name, self._apply)
 

@@ -34,11 +34,11 @@ class Sparseout(Plugin):
     hparams = (
         HParam("p", "float", 0.5, "drop probability", low=0.0, high=0.99),
         HParam("q", "float", 1.0, "norm exponent (2 = dropout)", low=0.1),
-        HParam("layer", "str", "last_conv", "layer after which the noise is inserted"),
+        HParam("layer", "str", "last_stage", "layer after which the noise is inserted"),
     )
 
     def setup(self, model: nn.Module) -> None:
-        self.layer_name = self.layer(self.hp["layer"])
+        self.layer_name = self.activation_layer(self.hp["layer"], penalty=False)
         self.hoyer_log = HoyerLog()
         self.hook(self.layer_name, self._apply)
 

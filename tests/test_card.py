@@ -263,7 +263,8 @@ def test_published_cards_still_render():
         doc = load_card(folder)
         page, text = render_html(doc, folder), render_markdown(doc)
         assert "picture missing" not in page and page.count("data:image/png;base64,") >= 3
-        assert "### Decomposition" in text and 'id="sec-decomposition"' in page
+        title = doc["sections"]["decomposition"].get("title", "Decomposition")
+        assert f"### {title}\n" in text and 'id="sec-decomposition"' in page
 
 
 def test_templates_ship_in_the_built_package(tmp_path):

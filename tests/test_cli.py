@@ -45,7 +45,8 @@ def test_train_probe_predict_commands(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["probe", "resnet18", "digits", "--in-chans", "2", "--layers", "layer4", "--out", "X"], "2 channels"),
-    (["probe", "resnet18", "digits", "--layers", "layer9", "--out", "X"], "unknown layer 'layer9'"),
+    (["probe", "resnet18", "digits", "--num-classes", "10", "--layers", "layer9", "--out", "X"],
+     "unknown layer 'layer9'"),
     (["predict", "resnet18", "missing.png"], "missing.png does not exist"),
     (["train", "resnet18", "nowhere", "--out", "X"], "neither a folder nor a built-in source"),
 ])

@@ -175,7 +175,7 @@ def test_int8_export_keeps_the_evidence_output(forms, tmp_path):
     zm = forms["slimmed"]
     cal, labels = calibration_inputs(zm, "digits:train", limit=32)
     res = export_onnx(zm, tmp_path / "m.onnx", evidence=1, int8=True, calibration=cal, evaluation=(cal, labels),
-                      latency=False, exporter="torchscript")
+                      latency=False)
     clf = OnnxClassifier(res.int8["path"])
     logits, maps, classes = clf.evidence(cal[:4])
     assert maps.shape == (4, 1, 2, 2) and (classes[:, 0] == logits.argmax(1)).all()

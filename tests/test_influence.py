@@ -116,7 +116,7 @@ def test_bad_k_and_missing_labels(records):
 
 
 def test_class_without_samples_is_reported(tmp_path):
-    zm = load_model("resnet18", num_classes=12, in_chans=1, input_size=16)
+    zm = load_model("resnet18", num_classes=12, in_chans=1, input_size=16, class_names=[str(i) for i in range(12)])
     rec = run_probe(zm, load_data("digits:train", zm.transform()), "layer3", tmp_path / "r", limit=60)
     imap = fit_influence(rec, k1=5, k2=5)
     assert imap.empty_classes == [10, 11]

@@ -56,3 +56,10 @@ def test_linprobe_command(tmp_path, capsys):
     doc = json.loads((out / "linprobe.json").read_text())
     assert [r["layer"] for r in doc["rows"]] == ["late", "pre_logits"]
     assert (out / "linprobe.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probes_fit_a_bounded_spread_sample_and_score_every_eval_row(tmp_path):
+    train, test = records(tmp_path)
+    res = linear_probes(train, test, fit_samples=60)
+    assert res.n_train == 60 and res.n_eval == 150
+    assert {r["layer"]: r for r in res.rows}["late"]["test_accuracy"] > 0.9

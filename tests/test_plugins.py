@@ -1,5 +1,6 @@
 """Plugin contract, registry (entry points) and the EBP / k-WTA / SAN / baseline plugins."""
 
+import copy
 import sys
 import textwrap
 
@@ -159,6 +160,49 @@ def test_ebp_gradient_reaches_non_elite_filters_only():
     assert g[0] == 0 and g[1] == 0 and g[2] > 0  # filters 0 and 1 are the elites
 
 
+def _scaled_before_norm(model: nn.Module, scale: float) -> nn.Module:
+    """A float64 copy with every conv that feeds a normalisation scaled: in train mode (batch statistics;
+    eps made negligible) the same function."""
+    from inspectnet.models.layers import following_normalisation
+
+    model = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d) and following_normalisation(model, name):
+                m.weight.mul_(scale)
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 1e-12
+    return model
+
+
+def test_ebp_default_layer_penalty_is_not_removable_by_rescaling_weights():
+    """The default layer is post-activation (ResNet: layer4), so scaling the pre-BN convs by 0.1, which
+    leaves the logits unchanged, leaves the penalty unchanged too; a pre-BN conv is refused."""
+    from inspectnet import load_model
+
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=3, in_chans=1, input_size=32)
+    x, y = torch.randn(8, 1, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    runs = []
+    for scale in (1.0, 0.1):
+        model = _scaled_before_norm(zm.model, scale).train()
+        plugin = make_plugin("ebp:K=4,lam=1").attach(model, num_classes=3, head_name=zm.head_name)
+        logits = model(x)
+        runs.append((plugin.layer_name, logits, plugin.loss(x, y, logits)["ebp"]))
+        plugin.detach()
+    (layer, logits1, pen1), (_, logits01, pen01) = runs
+    assert layer == "layer4"
+    assert torch.allclose(logits1, logits01, atol=1e-6)
+    assert pen1 > 0 and torch.allclose(pen1, pen01, rtol=1e-6)
+    with pytest.raises(InspectnetError, match="'layer4.1.conv2' is a Conv2d followed by 'layer4.1.bn2'"):
+        make_plugin("ebp:layer=layer4.1.conv2").attach(zm.model, num_classes=3)
+    with pytest.raises(InspectnetError, match="followed by"):
+        make_plugin("easr:layer=last_conv").attach(zm.model, num_classes=3)
+    with pytest.warns(UserWarning, match="shifts the zeros"):
+        make_plugin("kwta:layer=layer4.1.conv2").attach(zm.model, num_classes=3).detach()
+    assert _hooks(zm.model) == 0
+
+
 def test_kwta_ties_pass():
     from inspectnet_plugins.kwta import kwta
 
@@ -176,7 +220,7 @@ def test_hoyer_log_excludes_and_counts_all_zero_samples():
 
 
 SPARSITY_LOGGING = ["kwta:k=1.0,layer=0", "san:activation=identity,layer=0", "sparseout:p=0.0,layer=0",
-                    "dutycycle:density=1.0,layer=0", "ebp:K=2,layer=0", "easr:layer=0"]
+                    "dutycycle:density=1.0,weight_density=1,layer=0", "ebp:K=2,layer=0", "easr:layer=0"]
 
 
 @pytest.mark.parametrize("spec", SPARSITY_LOGGING, ids=[s.split(":")[0] for s in SPARSITY_LOGGING])
@@ -209,81 +253,53 @@ def test_plugin_base_contract_defaults():
     assert p.loss(None, None, None) == {} and p.state_dict() == {} and p.spec() == "noop:"
 
 
-class BNNet(nn.Module):
-    def __init__(self, c: int = 7):
-        super().__init__()
-        self.conv = nn.Conv2d(1, c, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(c, 2)
-
-    def forward(self, x):
-        return self.fc(self.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-
-def test_cgl_block_norm_general_pq_leftover_and_beta():
-    model = BNNet(c=7)
-    plugin = make_plugin("cgl:groups=2,free=1,p=1,q=2,layers=conv").attach(model, num_classes=2)
-    assert plugin.split["conv"] == (2, 3, 1)  # 7 filters: 2 groups of 3, 1 free filter (explicit)
-    w = model.conv.weight.detach().flatten(1)
-    blocks = [w[0:3].abs().sum(), w[3:6].abs().sum(), w[6].abs().sum()]  # free filter = singleton block
-    r_bn, beta = plugin.block_norm("conv")
-    assert torch.allclose(r_bn, torch.stack(blocks).norm(p=2))
-    assert torch.allclose(beta, torch.stack([w[0:3].norm(), w[3:6].norm()]))
-    # block norm replaces weight decay on the regularized weights
-    assert [id(p) for p in plugin.decay_exempt()] == [id(model.conv.weight)]
-    plugin.detach()
-    with pytest.raises(InspectnetError, match="exceed the 7 filters"):
-        make_plugin("cgl:groups=7,free=1,layers=conv").attach(model, num_classes=2)
-
-
-def test_cgl_group_distance_is_one_minus_iou_and_spatial_loss():
-    from inspectnet_plugins.cgl import ConceptGroupLearning
-
-    plugin = make_plugin("cgl:groups=1,pairs=4")
-    # two binary maps per group (1 group of 2 filters): |A|=2, |B|=2, |A∩B|=1 -> 1 - IoU = 2/3
-    psi = torch.zeros(1, 2, 2, 2)
-    psi[0, 0, 0, 0] = psi[0, 0, 0, 1] = 1
-    psi[0, 1, 0, 1] = psi[0, 1, 1, 1] = 1
-    assert torch.allclose(plugin.group_loss(psi, 1, 2), torch.tensor(2 / 3))
-    # spatial loss: mass at (0,0) and (0,2) -> centre (0,1), mean distance 1
-    m = torch.zeros(1, 1, 3, 3)
-    m[0, 0, 0, 0] = m[0, 0, 0, 2] = 1
-    assert torch.allclose(ConceptGroupLearning.spatial_loss(m), torch.tensor(1.0))
-
-
-def test_cgl_bn_variant_finite_with_inplace_relu_and_seeded_pairs():
-    torch.manual_seed(0)
-    model = BNNet()
-    x = torch.randn(4, 1, 6, 6)
-    losses = []
-    for _ in range(2):
-        plugin = make_plugin("cgl:groups=2,layers=conv,seed=3").attach(model, num_classes=2)
-        with torch.no_grad():
-            model.bn.weight[0] = 0.0  # γ = 0 must not produce inf/nan
-        model(x)
-        terms = plugin.loss(x, None, None)
-        sum(terms.values()).backward()
-        assert all(torch.isfinite(v) for v in terms.values())
-        losses.append(terms["cgl_g"].item())
-        state = plugin.state_dict()
-        plugin.detach()
-    assert losses[0] == losses[1]  # same seed -> same random pairs
-    assert set(state) == {"P", "generator"}
-
-
 def test_dutycycle_boosts_rarely_winning_units():
     model = nn.Sequential(nn.Identity())
-    plugin = make_plugin("dutycycle:density=0.5,boost=10,period=4,layer=0").attach(model, num_classes=1)
+    plugin = make_plugin("dutycycle:density=0.5,boost=10,period=4,weight_density=1,layer=0").attach(model, num_classes=1)
     x = torch.tensor([[3.0, 2.0, 1.0, 0.5]] * 4)
     first = model(x)
     assert first[0].tolist() == [3.0, 2.0, 0, 0]  # duty cycles start equal: plain top-2
     assert plugin.duty.tolist() == [1.0, 1.0, 0.0, 0.0]
     second = model(x)  # units 0, 1 have won all the time: boost exp(10*(0.5-1)) makes 2, 3 win
     assert second[0].tolist() == [0, 0, 1.0, 0.5]
-    restored = make_plugin("dutycycle:density=0.5,boost=10,period=4,layer=0")
+    restored = make_plugin("dutycycle:density=0.5,boost=10,period=4,weight_density=1,layer=0")
     restored.load_state_dict(plugin.state_dict())
     assert torch.equal(restored.duty, plugin.duty)
+
+
+def test_dutycycle_conv_units_compete_per_position_with_channel_duty_cycles_and_sparse_weights():
+    """Paper's k-winners for conv layers: every (channel, position) competes, duty cycles are per channel
+    (fraction of its positions active); the feeding conv keeps a fixed fraction of its weights."""
+    torch.manual_seed(0)
+    model = TinyNet(c=4)
+    plugin = make_plugin("dutycycle:density=0.25,boost=0,weight_density=0.5,layer=relu").attach(model, num_classes=3)
+    assert plugin.weight_layer == "conv"
+    x = torch.rand(2, 1, 4, 4)
+    maps = []
+    plugin.hook("relu", lambda out: maps.append(out.detach().clone()))
+    model(x)
+    out = maps[0]
+    assert ((out != 0).flatten(1).sum(1) <= 16).all()  # k = 0.25 · 4·4·4 = 16 units per sample
+    with torch.no_grad():  # the winners are the 16 largest of the (boost 0) layer output
+        reference = torch.relu(model.conv(x))
+    top = reference.flatten(1).topk(16, dim=1).values[:, -1:]
+    assert torch.equal(out.flatten(1) != 0, (reference.flatten(1) >= top) & (reference.flatten(1) > 0))
+    expected_duty = (out > 0).flatten(2).double().mean(2).mean(0)
+    assert torch.allclose(plugin.duty, expected_duty)
+    # sparse weights: half of each filter's 9 inputs zeroed, still zero after optimizer steps, and no
+    # forward pass writes the weights (what a checkpoint saves is what runs)
+    zeros = (model.conv.weight == 0).flatten(1).sum(1)
+    assert zeros.tolist() == [4, 4, 4, 4] or zeros.tolist() == [5, 5, 5, 5]
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(2):
+        torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+        opt.step()
+        opt.zero_grad()
+    assert torch.equal((model.conv.weight == 0), ~plugin.weight_mask)
+    before = model.conv.weight.clone()
+    model(x)
+    assert torch.equal(model.conv.weight, before)
+    plugin.detach()
 
 
 def test_easr_penalty_and_sparseout_expectation():

@@ -151,3 +151,11 @@ def test_rules_command(tmp_path, capsys):
     assert "fidelity 1.0000" in capsys.readouterr().out
     assert main(["rules", str(tmp_path / "train"), "--layer", "nope", "--out", str(out)]) == 2
     assert "no layer 'nope'" in capsys.readouterr().err
+
+
+def test_tree_fits_a_bounded_spread_sample_and_evaluates_every_row(tmp_path):
+    train = planted_record(tmp_path / "train", 3000, 0)
+    test = planted_record(tmp_path / "test", 1000, 1)
+    rs, _ = extract_rules(train, "conv", test, fit_samples=800)
+    assert rs.n_train == 800 and rs.n_eval == 1000 and rs.fidelity == 1.0
+    assert sum(r["support"] for r in rs.rule_list) == 800 and sum(r["eval_support"] for r in rs.rule_list) == 1000

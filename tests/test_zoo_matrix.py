@@ -18,14 +18,14 @@ MATRIX = [
 @pytest.mark.parametrize("spec, size", MATRIX)
 def test_layers_probe_predict(spec, size, tmp_path):
     torch.manual_seed(0)
-    zm = load_model(spec, num_classes=5, input_size=size)
+    zm = load_model(spec, num_classes=2, input_size=size)  # the two classes of the shapes "square" task
     rows = list_layers(zm.model, zm.data_config["input_size"])
     assert rows[-1]["output_shape"] is not None
     ds = load_data("shapes?n=6&task=square", zm.transform())
     layers = "blocks.11,pre_logits" if "vit" in spec else "last_conv,pre_logits"  # ViT: tokens reduced
     rec = run_probe(zm, ds, layers, tmp_path / "r", batch_size=4)
     d = zm.head.in_features
-    assert rec.features.shape == (6, d) and rec.logits.shape == (6, 5)
+    assert rec.features.shape == (6, d) and rec.logits.shape == (6, 2)
     head = zm.head
     recon = rec.features @ head.weight.detach().numpy().T + head.bias.detach().numpy()
     np.testing.assert_allclose(recon, rec.logits, rtol=1e-4, atol=1e-4)

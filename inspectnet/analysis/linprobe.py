@@ -22,7 +22,9 @@ from sklearn.preprocessing import StandardScaler
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
+from inspectnet.core.streaming import row_blocks
 from inspectnet.core.tables import markdown_table
+from inspectnet.data.subsets import spread_indices
 from inspectnet.models.layers import PRE_LOGITS
 from inspectnet.probe.record import ProbeRecord
 
@@ -39,40 +41,59 @@ class LinearProbeResult(Result):
     identity: dict[str, Any]
 
 
+FIT_SAMPLES = 10_000
+
+
 def probe_layer(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, *,
                 C: float = 1.0, max_iter: int = 500, seed: int = 0) -> dict[str, float]:
-    """Fit one standardised logistic-regression probe; returns train and test accuracy."""
+    """Fit one standardised logistic-regression probe; returns train and test accuracy.
+
+    ``x_eval`` may be a record's memmap (rows with label -1 are skipped): it is scored block by block.
+    """
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     clf.fit(np.asarray(x_train, dtype=np.float64), y_train)
+    y_eval = np.asarray(y_eval)
+    hits = 0
+    for rows in row_blocks(len(y_eval)):
+        keep = y_eval[rows] >= 0
+        if keep.any():
+            pred = clf.predict(np.asarray(x_eval[rows], dtype=np.float64)[keep])
+            hits += int((pred == y_eval[rows][keep]).sum())
     return {"train_accuracy": float(clf.score(np.asarray(x_train, dtype=np.float64), y_train)),
-            "test_accuracy": float(clf.score(np.asarray(x_eval, dtype=np.float64), y_eval))}
+            "test_accuracy": hits / int((y_eval >= 0).sum())}
 
 
 def linear_probes(train: ProbeRecord, eval_record: ProbeRecord, layers: list[str] | None = None, *,
-                  C: float = 1.0, max_iter: int = 500, include_features: bool = True) -> LinearProbeResult:
-    """Probe every layer of ``train`` (plus the penultimate features) and score on ``eval_record``."""
+                  C: float = 1.0, max_iter: int = 500, include_features: bool = True,
+                  fit_samples: int = FIT_SAMPLES) -> LinearProbeResult:
+    """Probe every layer of ``train`` (plus the penultimate features) and score on ``eval_record``.
+
+    Each probe is fitted on at most ``fit_samples`` evenly spread labelled rows of ``train``
+    (``n_train`` says how many) and scored on every labelled row of ``eval_record``, block by block.
+    """
     if C <= 0:
         raise InspectnetError(f"--C must be positive, got {C}")
     names = list(layers or train.layers)
     if include_features and PRE_LOGITS not in names:
         names.append(PRE_LOGITS)
     y_tr, y_ev = np.asarray(train.labels), np.asarray(eval_record.labels)
-    m_tr, m_ev = y_tr >= 0, y_ev >= 0
-    if len(np.unique(y_tr[m_tr])) < 2:
+    labelled = np.flatnonzero(y_tr >= 0)
+    if len(np.unique(y_tr[labelled])) < 2:
         raise InspectnetError(f"train record {train.root} needs labels of at least two classes for a linear probe")
-    if not m_ev.any():
+    if not (y_ev >= 0).any():
         raise InspectnetError(f"eval record {eval_record.root} has no labels to score the probes on")
+    fit_rows = labelled[spread_indices(len(labelled), fit_samples)]
     rows = []
     for name in names:
         x_tr, x_ev = train.activations(name), eval_record.activations(name)
         if x_tr.shape[1] != x_ev.shape[1]:
             raise InspectnetError(f"layer {name!r} has {x_tr.shape[1]} dims in the train record but "
                                   f"{x_ev.shape[1]} in the eval record")
-        scores = probe_layer(np.asarray(x_tr)[m_tr], y_tr[m_tr], np.asarray(x_ev)[m_ev], y_ev[m_ev],
-                             C=C, max_iter=max_iter)
+        scores = probe_layer(x_tr[fit_rows], y_tr[fit_rows], x_ev, y_ev, C=C, max_iter=max_iter)
         rows.append({"layer": name, "dim": int(x_tr.shape[1]), **scores})
+    m_ev = y_ev >= 0
     model_acc = float((eval_record.predictions[m_ev] == y_ev[m_ev]).mean())
-    return LinearProbeResult(rows=rows, model_accuracy=model_acc, n_train=int(m_tr.sum()), n_eval=int(m_ev.sum()),
+    return LinearProbeResult(rows=rows, model_accuracy=model_acc, n_train=len(fit_rows), n_eval=int(m_ev.sum()),
                              C=C, identity={"train": train.fingerprint, "eval": eval_record.fingerprint})
 
 

@@ -8,8 +8,16 @@ and card.html. The work is done by :func:`inspectnet.pipelines.audit.run_audit`.
 import argparse
 import shlex
 
-from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.pipelines.audit import AuditConfig, run_audit
+from inspectnet.cli.options import (
+    add_class_map_arg,
+    add_model_args,
+    add_pass_args,
+    class_map_from_args,
+    emit,
+    model_ref_from_args,
+    start_distributed,
+    workers_from_args,
+)
 
 _PARSER: argparse.ArgumentParser | None = None
 
@@ -23,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="labelled data the analyses are fitted on (folder, mnist5k:train, digits, ...)")
     p.add_argument("--out", required=True, help="audit folder (cache + card); refused if it holds another model's")
     p.add_argument("--eval", dest="eval_data", help="labelled data to evaluate on (default: DATA, in-sample)")
+    add_class_map_arg(p)
     p.add_argument("--layers", help="comma-separated layers to probe (default: the model's stage outputs)")
     p.add_argument("--layer", help="the layer that rules, receptive fields and dissection analyse (default: the "
                                    "last probed layer; probed if not in --layers)")
@@ -48,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print card.json")
+    add_pass_args(p)
     p.set_defaults(func=run)
     global _PARSER
     _PARSER = p
@@ -58,7 +68,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["inspectnet", "audit", args.model, args.data, "--out", args.out]
     defaults = {a.dest: a for a in _PARSER._actions} if _PARSER else {}
     for dest, action in defaults.items():
-        if dest in ("model", "data", "out", "help", "json", "func") or not action.option_strings:
+        if dest in ("model", "data", "out", "help", "json", "func", "workers", "shard_order") \
+                or not action.option_strings:
             continue
         value = getattr(args, dest, None)
         if value == action.default:
@@ -69,7 +80,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    zm = model_from_args(args)
+    from inspectnet.pipelines.audit import AuditConfig, run_audit
+
+    reports = start_distributed()
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
     config = AuditConfig(data=args.data, eval_data=args.eval_data, layers=layers, layer=args.layer, limit=args.limit,
                          eval_limit=args.eval_limit, k1=args.k1, k2=args.k2, retrain_epochs=args.retrain_epochs,
@@ -78,8 +91,11 @@ def run(args: argparse.Namespace) -> int:
                          top_units=args.top_units, explain_images=args.explain_images,
                          deletion_steps=args.deletion_steps, baseline=args.baseline, sanity_images=args.sanity_images,
                          batch_size=args.batch_size, device=args.device,
-                         seed=args.seed, command=command_line(args))
-    doc = run_audit(zm, config, args.out)
+                         seed=args.seed, class_map=class_map_from_args(args), command=command_line(args))
+    doc = run_audit(model_ref_from_args(args), config, args.out, num_workers=workers_from_args(args),
+                    shard_order=args.shard_order)
+    if not reports:
+        return 0
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]
     emit(doc, args.json, f"wrote {args.out}/card.json, README.md, card.html"
          + (f"; failed sections: {', '.join(failed)}" if failed else ""))

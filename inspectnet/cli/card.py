@@ -2,8 +2,6 @@
 
 import argparse
 
-from inspectnet.reports.card import publish, rerender
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("card", help="re-render an audit's README.md and card.html from its card.json",
@@ -15,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.reports.card import publish, rerender
+
     paths = rerender(args.dir)
     print(f"wrote {paths['markdown']} and {paths['html']}")
     if args.copy_to:

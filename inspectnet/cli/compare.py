@@ -5,9 +5,7 @@ import sys
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
 from inspectnet.core.errors import InspectnetError
-from inspectnet.data.subsets import random_subset
-from inspectnet.pipelines.compare import compare, expand_methods, markdown_table, parse_sweep, split_plugin_list
-from inspectnet.training.loop import TrainConfig
+from inspectnet.training.config import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.data.subsets import random_subset
+    from inspectnet.pipelines.compare import compare, expand_methods, markdown_table, parse_sweep, split_plugin_list
+
     if args.seeds < 1:
         raise InspectnetError(f"--seeds must be at least 1, got {args.seeds}")
     plugins = [s for text in args.plugins for s in split_plugin_list(text)]

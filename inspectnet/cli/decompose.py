@@ -8,8 +8,8 @@ plus the decomposed (and slimmed) model folders. The work is done by
 
 import argparse
 
-from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.pipelines.decompose import run_decomposition
+from inspectnet.cli.options import add_class_map_arg, add_model_args, class_map_from_args, emit, model_from_args
+from inspectnet.core.tables import format_value
 
 
 def _ints(text: str) -> list[int]:
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep-k", type=_ints, help="comma-separated k values: sweep table + plot over k1, k2")
     p.add_argument("--data", help="labelled image data to evaluate the saved model on end to end")
     p.add_argument("--limit", type=int, help="use only the first N samples of --data")
+    add_class_map_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise ablation and retraining")
     p.add_argument("--json", action="store_true", help="print decomposition.json")
@@ -44,22 +45,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.pipelines.decompose import run_decomposition
+
     zm = model_from_args(args) if args.model else None
     doc = run_decomposition(args.fit, args.eval_record, args.out, zm=zm, k1=args.k1, k2=args.k2,
                             layer=args.layer, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
                             slim=args.slim, sweep_k=args.sweep_k, data=args.data, limit=args.limit,
+                            class_map=class_map_from_args(args),
                             device=args.device, seed=args.seed, score=args.score)
     if "accuracy_full" not in doc:
         emit(doc, args.json, f"influential filters of {args.layer} written to {args.out}/influence.json")
         return 0
     lines = [f"k1={doc['k1']} k2={doc['k2']}: A_f={doc['accuracy_full']:.4f} A_d={doc['accuracy_decomposed']:.4f} "
-             f"rA={doc['rA']:.4f} agreement={doc['agreement']:.4f}",
+             f"rA={format_value(doc['rA'])} agreement={doc['agreement']:.4f}"
+             + (f" ({doc['rA_undefined']})" if "rA_undefined" in doc else ""),
              f"union {doc['union_size']}/{doc['feature_dim']} features; head MACs {doc['head_macs_full']} -> "
              f"{doc['head_macs_decomposed']}",
              f"noise: influential {doc['noise_ablation']['influential']:.4f}, "
-             f"non-influential {doc['noise_ablation']['non_influential']:.4f} (full head); decomposed head "
-             f"{doc['noise_ablation']['decomposed_head']['influential']:.4f} / "
-             f"{doc['noise_ablation']['decomposed_head']['non_influential']:.4f}"]
+             f"non-influential {doc['noise_ablation']['non_influential']:.4f} (full head)"]
     if "accuracy_retrained" in doc:
         lines.append(f"retrained head ({args.retrain_epochs} epochs): {doc['accuracy_retrained']:.4f}")
     if "slim" in doc:

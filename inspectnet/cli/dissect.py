@@ -2,9 +2,8 @@
 
 import argparse
 
-from inspectnet.analysis.dissect.dissection import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE, dissect, write_dissection
-from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.data.concepts import load_concepts
+from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
+from inspectnet.cli.options import add_model_args, add_pass_args, emit, model_from_args, start_distributed, workers_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,14 +32,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-units", type=int, default=512, help="units shown per HTML page (highest IoU first)")
     p.add_argument("--no-html", action="store_true", help="write JSON, CSV and IoU matrices only")
     p.add_argument("--json", action="store_true", help="print the per-layer summary as JSON")
+    add_pass_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.analysis.dissect.dissection import dissect, write_dissection
+    from inspectnet.data.concepts import load_concepts
+
+    reports = start_distributed()
     zm = model_from_args(args)
     data = load_concepts(args.concepts, resize_masks=args.resize_masks)
     result = dissect(zm, data, args.layers, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                     batch_size=args.batch_size, device=args.device, limit=args.limit)
+                     batch_size=args.batch_size, device=args.device, limit=args.limit,
+                     num_workers=workers_from_args(args), shard_order=args.shard_order)
+    if not reports:  # every rank holds the same result; rank 0 writes it
+        return 0
     write_dissection(result, args.out, model=None if args.no_html else zm, data=data,
                      images_per_unit=args.images_per_unit, max_units=args.max_units, device=args.device)
     summary = {layer: {k: info[k] for k in ("num_units", "detectors", "unique_detectors", "unique_by_category")}

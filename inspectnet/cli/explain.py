@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.pipelines.explain import explain_images
 
     zm = model_from_args(args)
-    images, _, names = image_inputs(args.inputs, args.limit, zm.class_names)
+    images, _, names = image_inputs(args.inputs, args.limit, None)  # no labels needed
     doc = explain_images(zm, images, args.out, classes=args.classes, batch_size=args.batch_size, names=names)
     rows = [(img["image"], c) for img in doc["images"] for c in img["classes"]]
     worst = max(c["residual"] for _, c in rows)

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     zm = model_from_args(args)
     calibration = evaluation = None
     if args.int8:
+        # calibration labels matter only where the calibration images also measure accuracy
         calibration, labels = calibration_inputs(zm, args.calibration, limit=args.calibration_limit,
-                                                 skip_bad=args.skip_bad)
+                                                 skip_bad=args.skip_bad, labelled=not args.eval_data)
         evaluation = (calibration_inputs(zm, args.eval_data, limit=args.eval_limit, skip_bad=args.skip_bad)
                       if args.eval_data else (calibration, labels))
     res = export_onnx(zm, args.out, opset=args.opset, exporter=args.exporter, head_only=args.head_only,

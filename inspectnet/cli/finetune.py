@@ -6,9 +6,8 @@ Under ``torchrun --nproc-per-node N`` the same command trains with DDP (gloo on 
 import argparse
 import os
 
-from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
+from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args, start_distributed
 from inspectnet.cli.train import add_train_args, config_from_args
-from inspectnet.training.finetune import finetune
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,13 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inspectnet.core.errors import InspectnetError
+    from inspectnet.models.zoo import adopt_class_names
+    from inspectnet.training.finetune import finetune
     from inspectnet.training.loop import CHECKPOINT
 
     if args.resume and not os.path.exists(os.path.join(args.out, CHECKPOINT)):
         raise InspectnetError(f"--resume: {args.out} holds no {CHECKPOINT} to continue from")
-    _init_distributed()
+    start_distributed()
     zm = model_from_args(args)
-    ds = data_from_args(args, zm)
+    ds = adopt_class_names(zm, data_from_args(args, zm))
     eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None
     amp = {"auto": None, "on": True, "off": False}[args.amp]
     result = finetune(zm, ds, args.out, args.plugin, config_from_args(args), eval_data=eval_ds,
@@ -49,18 +50,6 @@ def run(args: argparse.Namespace) -> int:
     emit(result.to_dict(), args.json, "\n".join(lines) + f"\nplugins: {', '.join(result.plugins) or '(none)'}"
          f"\nsaved model to {args.out}")
     return 0
-
-
-def _init_distributed() -> None:
-    """Join the process group torchrun describes in the environment (no-op when run directly)."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _device(device: str) -> str:

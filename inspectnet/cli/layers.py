@@ -3,7 +3,6 @@
 import argparse
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.models.layers import list_layers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.models.layers import list_layers
+
     zm = model_from_args(args)
     rows = list_layers(zm.model, zm.data_config["input_size"])
     width = max(len(r["name"]) for r in rows)
@@ -23,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
                      for r in rows)
     header = f"{'name':<{width}}  {'type':<22} {'output shape':<22} params\n"
     emit({"model": zm.spec, "head": zm.head_name, "layers": rows}, args.json,
-         header + text + f"\nhead (final linear layer): {zm.head_name}; aliases: pre_logits, head, last_conv")
+         header + text + f"\nhead (final linear layer): {zm.head_name}; aliases: pre_logits, head, last_conv, last_stage")
     return 0

@@ -3,10 +3,7 @@
 import argparse
 from pathlib import Path
 
-from inspectnet.analysis.linprobe import format_table, linear_probes, plot
 from inspectnet.cli.options import emit
-from inspectnet.core.storage import atomic_write_text
-from inspectnet.probe.record import ProbeRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.analysis.linprobe import format_table, linear_probes, plot
+    from inspectnet.core.storage import atomic_write_text
+    from inspectnet.probe.record import ProbeRecord
+
     layers = [name for spec in args.layer or [] for name in spec.split(",") if name] or None
     res = linear_probes(ProbeRecord.load(args.record), ProbeRecord.load(args.eval_record), layers, C=args.C)
     text = format_table(res)

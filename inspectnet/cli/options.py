@@ -1,12 +1,19 @@
-"""Options shared by the commands (model spec, data, device) and their translation to library calls."""
+"""Options shared by the commands (model spec, data, device, data passes) and their translation to library calls.
+
+Nothing here imports torch: parsing, ``--help`` and argument errors stay fast (``inspectnet run``
+shares ``--class-map``); the library is imported when a command runs.
+"""
+
+from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from inspectnet.data import ImageDataset, load_data
-from inspectnet.models.zoo import ZooModel, load_model
+if TYPE_CHECKING:
+    from inspectnet.data.datasets import ImageDataset
+    from inspectnet.models.zoo import ModelRef, ZooModel
 
 
 def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
@@ -22,20 +29,88 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
 
 
 def model_from_args(args: argparse.Namespace) -> ZooModel:
-    return load_model(args.model, weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
-                      pretrained=args.pretrained, input_size=args.input_size, reset_head=args.reset_head)
+    return model_ref_from_args(args).load()
+
+
+def model_ref_from_args(args: argparse.Namespace) -> ModelRef:
+    """The model the arguments name, not loaded yet (see :class:`~inspectnet.models.zoo.ModelRef`)."""
+    from inspectnet.models.zoo import ModelRef
+
+    return ModelRef(args.model, dict(weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
+                                     pretrained=args.pretrained, input_size=args.input_size,
+                                     reset_head=args.reset_head))
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     if data:
-        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, samples")
+        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, photos, samples")
     p.add_argument("--limit", type=int, help="use only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+    add_class_map_arg(p)
+
+
+def add_class_map_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class-map", metavar="FILE.json",
+                   help='{"data class": model index or class name}: how the data\'s classes map onto the model\'s '
+                        "(default: by WordNet id or class name; placeholder-named models take index order)")
+
+
+def class_map_from_args(args: argparse.Namespace) -> dict[str, int | str] | None:
+    from inspectnet.data.labels import read_class_map
+
+    return read_class_map(args.class_map) if getattr(args, "class_map", None) else None
 
 
 def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = None) -> ImageDataset:
-    return load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad)
+    """The data (``args.data``, or another ``spec`` such as --eval) with its classes mapped onto the
+    model's (see :mod:`inspectnet.data.labels`); --class-map keys must be classes of ``args.data``."""
+    from inspectnet.data import load_data
+
+    return load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad, model_classes=zm.class_names,
+                     class_map=class_map_from_args(args), strict=spec is None)
+
+
+def worker_count(text: str) -> int:
+    """``--workers`` as given: a whole number of data loader processes, 0 or more.
+
+    >>> worker_count("3")
+    3
+    """
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more data loader processes (0 decodes in the main "
+                                          f"process), got {text!r}")
+    return n
+
+
+def add_pass_args(p: argparse.ArgumentParser, *, shards: bool = False) -> None:
+    """``--workers`` and, for commands that run a data pass under ``torchrun``, how ranks share it out."""
+    p.add_argument("--workers", type=worker_count, metavar="N",
+                   help="data loader processes decoding images (default: chosen from the CPU count)")
+    p.add_argument("--shard-order", choices=("contiguous", "strided"), default="contiguous",
+                   help="under torchrun, each rank takes a contiguous run of batches or every P-th batch")
+    if shards:
+        p.add_argument("--shards", action="store_true",
+                       help="under torchrun, each rank writes its rows into OUT/shards/rank-R-of-P (joined by "
+                            "`inspectnet merge OUT`, and by the loader) instead of into OUT's shared files")
+
+
+def workers_from_args(args: argparse.Namespace) -> int:
+    from inspectnet.core.devices import default_workers
+
+    return default_workers() if args.workers is None else args.workers
+
+
+def start_distributed() -> bool:
+    """Join the torchrun process group if launched by torchrun; True on the rank that reports (rank 0)."""
+    from inspectnet.core.distributed import init_from_env, world
+
+    init_from_env()
+    return world()[1] == 0
 
 
 def emit(obj: Any, as_json: bool, text: str) -> None:

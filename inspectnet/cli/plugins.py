@@ -3,7 +3,6 @@
 import argparse
 
 from inspectnet.cli.options import emit
-from inspectnet.plugins import describe_plugins
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.plugins import describe_plugins
+
     plugins = describe_plugins()
     lines = []
     for d in plugins:

@@ -3,7 +3,6 @@
 import argparse
 
 from inspectnet.cli.options import add_model_args, emit, model_from_args
-from inspectnet.models.predict import predict
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.models.predict import predict
+
     zm = model_from_args(args)
     results = predict(zm, args.images, topk=args.topk, device=args.device)
     text = "\n".join(r["image"] + "\n" + "\n".join(f"  {t['prob']:.4f}  {t['index']:>4}  {t['label']}"

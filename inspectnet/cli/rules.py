@@ -2,9 +2,7 @@
 
 import argparse
 
-from inspectnet.analysis.rules.tree import extract_rules, summary, write_rules
 from inspectnet.cli.options import emit
-from inspectnet.probe.record import ProbeRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.analysis.rules.tree import extract_rules, summary, write_rules
+    from inspectnet.probe.record import ProbeRecord
+
     train = ProbeRecord.load(args.record)
     ev = ProbeRecord.load(args.eval_record) if args.eval_record else None
     rs, model = extract_rules(train, args.layer, ev, quantize=args.quantize, quantize_param=args.quantize_param,

@@ -1,14 +1,18 @@
 """``inspectnet run model.onnx IMAGE...|FOLDER|DATA``: predict with ONNX Runtime only.
 
 This module and what it imports must stay torch-free (images and folders are read with Pillow and
-preprocessed with numpy from the file's own metadata). Only a built-in data spec such as
-``mnist5k:test`` goes through ``inspectnet.data``, which needs torch.
+preprocessed with numpy from the file's own metadata; folder classes are mapped onto the model's by
+:mod:`inspectnet.data.labels`). Only a built-in data spec such as ``mnist5k:test`` loads the
+torch-based datasets.
 """
 
 import argparse
 import json
 import sys
 from pathlib import Path
+
+from inspectnet.cli.options import add_class_map_arg, class_map_from_args
+from inspectnet.data import load_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write the class-evidence overlays of the exported top-k classes into --out "
                         "(files exported with --evidence)")
     p.add_argument("--out", help="folder for the --evidence overlays and evidence.json")
+    add_class_map_arg(p)
     p.add_argument("--json", action="store_true",
                    help='output {"model", "providers", "accuracy", "predictions": [{"image", "top"}]}')
     p.set_defaults(func=run)
@@ -39,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.evidence and not args.out:
         raise InspectnetError("--evidence writes overlays: name their folder with --out DIR")
     clf = OnnxClassifier(args.model, device=args.device, threads=args.threads)
-    images, labels, names = image_inputs(args.inputs, args.limit, clf.class_names)
+    images, labels, names = image_inputs(args.inputs, args.limit, clf.class_names, class_map_from_args(args))
     evidence = clf.explain(images, args.out, batch_size=args.batch_size, names=names) if args.evidence else None
     results = clf.predict(images, topk=args.topk, batch_size=args.batch_size, names=names)
     accuracy = None
@@ -61,28 +66,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def image_inputs(inputs: list[str], limit: int | None,
-            model_classes: list[str]) -> tuple[list, list[int] | None, list[str] | None]:
+def image_inputs(inputs: list[str], limit: int | None, model_classes: list[str] | None,
+                 class_map: dict[str, int | str] | None = None) -> tuple[list, list[int] | None, list[str] | None]:
     """Image paths (or PIL images for a data spec), labels where the input has them, and item names.
 
-    A labelled folder's class sub-folders are matched to the model's class names by name when they
-    all appear there, else by sorted position (as training on that folder numbers them).
+    Labels are in the model's label space: a labelled folder's class sub-folders are mapped onto the
+    model's class names (WordNet ids, names, ``--class-map``; see :mod:`inspectnet.data.labels`),
+    and refused, naming them, where they cannot be. ``model_classes=None`` (callers that need no
+    labels, such as ``inspectnet explain``) maps nothing and returns no labels for a folder.
     """
     from inspectnet.core.errors import InspectnetError
+    from inspectnet.data.labels import align_classes
     from inspectnet.runtime.classifier import collect_images
 
     if limit is not None and limit < 1:
         raise InspectnetError(f"--limit must be at least 1, got {limit}")
     if len(inputs) == 1 and not Path(inputs[0]).exists() and not Path(inputs[0]).suffix:
-        from inspectnet.data import load_data  # built-in sources live in the torch-based data package
-
-        ds = load_data(inputs[0])
+        # built-in sources live in the torch-based datasets
+        ds = load_data(inputs[0], model_classes=model_classes, class_map=class_map)
         n = len(ds) if limit is None else min(limit, len(ds))
         images = [ds.image(i) for i in range(n)]
         return images, [int(y) for y in ds.labels[:n]], [ds.name(i) for i in range(n)]
     files, labels, classes = collect_images(inputs)
-    if labels is not None and set(classes) <= set(model_classes):
-        labels = [model_classes.index(classes[y]) for y in labels]
+    if model_classes is None:
+        labels = None
+    elif labels is not None:
+        mapping = align_classes(classes, model_classes, class_map=class_map, what=f"folder {inputs[0]}")
+        labels = mapping.apply(labels).tolist()
     if limit is not None:
         files, labels = files[:limit], (labels[:limit] if labels is not None else None)
     return files, labels, None

@@ -8,7 +8,6 @@ writes ``san.json``, ``san.md`` (φ̄ / CR⁻¹ / L̃ table) and ``kernels.png``
 import argparse
 from pathlib import Path
 
-from inspectnet.analysis.san.activations import ACTIVATIONS
 from inspectnet.cli.options import emit
 
 
@@ -23,11 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="probe this model's --layer maps instead of using the images")
     p.add_argument("--layer", help="layer whose activation maps are the SAN inputs (with --model)")
     p.add_argument("--channels", type=int, default=8, help="maps per image taken from --layer")
-    p.add_argument("--activation", default=",".join(ACTIVATIONS),
-                   help=f"comma-separated activations among {', '.join(ACTIVATIONS)}")
+    p.add_argument("--activation", help="comma-separated activations (default: every one; identity, "
+                                         "max-activations, max-pool-indices, peaks, ...)")
     p.add_argument("--kernel-sizes", type=_ints, default=[3, 5, 7], help="odd kernel sizes to select from")
-    p.add_argument("--kernels", type=int, default=4, help="number of kernels q")
-    p.add_argument("--k", type=int, default=5, help="survivors per map for max-activations")
+    p.add_argument("--kernels", type=int, default=2, help="number of kernels q (paper, MNIST: 2)")
+    p.add_argument("--k", type=int, default=0,
+                   help="survivors per map for max-activations (0: the paper's ⌊n/m⌋^dim for kernel size m)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--limit", type=int, default=1000, help="use only the first N samples")
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.analysis.san.activations import ACTIVATIONS
     from inspectnet.analysis.san.model import images_tensor, layer_maps, san_select, save_kernel_picture
     from inspectnet.core.errors import InspectnetError
     from inspectnet.data import load_data
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         x = images_tensor(load_data(args.data), args.limit)
     n_val = max(1, int(round(len(x) * args.val_fraction)))
-    result = san_select(x[:-n_val], x[-n_val:], [a.strip() for a in args.activation.split(",")],
+    names = [a.strip() for a in args.activation.split(",")] if args.activation else list(ACTIVATIONS)
+    result = san_select(x[:-n_val], x[-n_val:], names,
                         args.kernel_sizes, kernels=args.kernels, epochs=args.epochs, k=args.k, seed=args.seed,
                         lr=args.lr)
     out = Path(args.out)

@@ -2,9 +2,7 @@
 
 import argparse
 
-from inspectnet.analysis.sparsity import format_table, record_sparsity
 from inspectnet.cli.options import emit
-from inspectnet.probe.record import ProbeRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.analysis.sparsity import format_table, record_sparsity
+    from inspectnet.probe.record import ProbeRecord
+
     rec = ProbeRecord.load(args.record)
     layers = [name for spec in args.layer or [] for name in spec.split(",") if name] or None
     rows = record_sparsity(rec, layers)

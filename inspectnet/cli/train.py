@@ -3,7 +3,7 @@
 import argparse
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
-from inspectnet.training.loop import TrainConfig, train
+from inspectnet.training.config import TrainConfig
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -35,10 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.models.zoo import adopt_class_names
+    from inspectnet.training.loop import train
+
     zm = model_from_args(args)
-    ds = data_from_args(args, zm)
-    if zm.class_names and len(ds.class_names) == zm.num_classes:
-        zm.class_names = list(ds.class_names)
+    ds = adopt_class_names(zm, data_from_args(args, zm))
     eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None
     config = config_from_args(args)
     history = train(zm, ds, args.out, config, eval_data=eval_ds, device=args.device)

@@ -1,5 +1,7 @@
 """Device selection: ``"auto"`` means CUDA when present, else CPU."""
 
+import os
+
 import torch
 
 from inspectnet.core.errors import InspectnetError
@@ -22,3 +24,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InspectnetError(f"--device {device!r} asked for CUDA but no CUDA device is available")
     return dev
+
+
+def default_workers() -> int:
+    """Data loader processes that decode images when ``--workers`` is not given.
+
+    One per CPU core this process may use beyond the one running the model, the cores shared among
+    the ``torchrun`` ranks of this machine, at most 8; 0 (decode in the main process) on one or two cores,
+    where a worker would only compete with the model's threads.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return 0 if per_rank <= 2 else min(8, per_rank - 1)

@@ -2,18 +2,37 @@
 
 A data spec is the path of an image folder (one sub-folder per class) or a built-in source:
 ``mnist5k[:train|:test]``, ``digits[:train|:test]``, ``shapes[:train|:test][?n=2000&seed=0&task=square]``,
+``photos[:train|:test][?n=200&seed=0]`` (labelled crops of real photos, ImageNet classes),
 ``samples`` (unlabelled photos).
+
+The dataset classes are imported on first use (PEP 562), so :mod:`inspectnet.data.labels` stays
+importable without torch (``inspectnet run``).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.data.datasets import UNLABELLED, ArrayDataset, FilesDataset, FolderDataset, ImageDataset
-from inspectnet.data.sources import SOURCES
+
+if TYPE_CHECKING:
+    from inspectnet.data.datasets import ImageDataset
+
+_LAZY = {name: "inspectnet.data.datasets"
+         for name in ("UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset")}
 
 __all__ = ["UNLABELLED", "ArrayDataset", "FilesDataset", "FolderDataset", "ImageDataset", "load_data",
            "parse_data_spec"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'inspectnet.data' has no attribute {name!r}")
 
 
 def parse_data_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
@@ -35,25 +54,39 @@ def parse_data_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     return name, split or None, params
 
 
-def load_data(spec: str, transform: Callable | None = None, *, skip_bad: bool = False) -> ImageDataset:
+def load_data(spec: str, transform: Callable | None = None, *, skip_bad: bool = False,
+              model_classes: Sequence[str] | None = None, class_map: dict[str, int | str] | None = None,
+              strict: bool = True) -> "ImageDataset":
     """Resolve a data spec to an :class:`ImageDataset` whose items are ``(transform(image), label)``.
+
+    With ``model_classes`` the labels are mapped onto that model's classes (by WordNet id, name,
+    or ``class_map``; see :mod:`inspectnet.data.labels`, also for ``strict``), never taken in
+    folder order silently.
 
     >>> ds = load_data("digits:test"); len(ds), ds.class_names[:3]
     (359, ['0', '1', '2'])
     """
+    from inspectnet.data.datasets import FolderDataset
+    from inspectnet.data.sources import SOURCES
+
     if Path(spec).is_dir():
-        return FolderDataset(spec, transform, skip_bad=skip_bad)
+        ds = FolderDataset(spec, transform, skip_bad=skip_bad)
+    else:
+        ds = _builtin(spec, SOURCES)
+        ds.transform = transform
+    return ds if model_classes is None else ds.aligned_to(model_classes, class_map=class_map, strict=strict)
+
+
+def _builtin(spec: str, sources: dict) -> "ImageDataset":
     name, split, params = parse_data_spec(spec)
-    if name not in SOURCES:
+    if name not in sources:
         import difflib
 
-        close = difflib.get_close_matches(name, list(SOURCES), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, list(sources), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise InspectnetError(f"data {spec!r} is neither a folder nor a built-in source "
-                              f"({', '.join(SOURCES)}){hint}")
+                              f"({', '.join(sources)}){hint}")
     try:
-        ds = SOURCES[name](spec, split, params)
+        return sources[name](spec, split, params)
     except (TypeError, ValueError) as exc:
         raise InspectnetError(f"data spec {spec!r}: {exc}") from exc
-    ds.transform = transform
-    return ds

@@ -1,5 +1,6 @@
 """Labelled image datasets: in-memory arrays (digits, MNIST, shapes, photos) and image folders."""
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.data.labels import LabelMapping, align_classes
 
 UNLABELLED = -1
 
@@ -15,13 +17,16 @@ UNLABELLED = -1
 class ImageDataset(torch.utils.data.Dataset):
     """Images + integer labels (``-1`` = unlabelled) + class names, with a model transform.
 
-    ``image(i)`` is the raw PIL image; ``dataset[i]`` is ``(transform(image), label)``.
+    ``image(i)`` is the raw PIL image; ``dataset[i]`` is ``(transform(image), label)``. Labels index
+    ``class_names``: the data's own classes, or, after :meth:`aligned_to`, a model's classes (then
+    ``label_mapping`` says how the data's classes were matched to them).
     """
 
     spec: str = ""
     class_names: list[str]
     labels: np.ndarray
     skipped: list[str]
+    label_mapping: LabelMapping | None = None
 
     def __init__(self, transform: Callable | None = None):
         self.transform = transform
@@ -49,6 +54,36 @@ class ImageDataset(torch.utils.data.Dataset):
         clone.transform = transform
         return clone
 
+    @property
+    def labelled(self) -> bool:
+        return bool(self.class_names) and bool((np.asarray(self.labels) >= 0).any())
+
+    def aligned_to(self, model_classes: Sequence[str], *, class_map: dict[str, int | str] | None = None,
+                   strict: bool = True) -> "ImageDataset":
+        """The same samples with labels in a model's label space (:func:`~inspectnet.data.labels.align_classes`).
+
+        Unlabelled data, and data already aligned to these classes, come back as they are. ``strict``:
+        see :func:`~inspectnet.data.labels.align_classes`.
+
+        >>> ds = ArrayDataset("d", np.zeros((2, 4, 4), np.uint8), [0, 1], ["n02123045", "espresso"])
+        >>> from inspectnet.data.labels import imagenet_names
+        >>> ds.aligned_to(imagenet_names()).labels.tolist()
+        [281, 967]
+        """
+        model_classes = list(model_classes)
+        if not self.labelled:
+            return self
+        if self.label_mapping is not None:
+            if self.label_mapping.model_classes == model_classes and class_map is None:
+                return self
+            raise InspectnetError(f"data {self.spec!r} is already mapped onto the classes of another model; "
+                                  f"load it again to map it onto this one")
+        mapping = align_classes(self.class_names, model_classes, class_map=class_map, strict=strict,
+                                what=f"data {self.spec!r}")
+        clone = self.with_transform(self.transform)
+        clone.labels, clone.class_names, clone.label_mapping = mapping.apply(self.labels), model_classes, mapping
+        return clone
+
 
 class ArrayDataset(ImageDataset):
     """Images held as uint8 arrays: (N, H, W) grey or (N, H, W, 3) RGB, or a list of differently sized ones."""
@@ -71,7 +106,31 @@ class ArrayDataset(ImageDataset):
     def subset(self, indices: np.ndarray, spec: str) -> "ArrayDataset":
         names = [self._names[i] for i in indices] if self._names else None
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
-        return ArrayDataset(spec, images, self.labels[indices], self.class_names, self.transform, names)
+        sub = ArrayDataset(spec, images, self.labels[indices], self.class_names, self.transform, names)
+        sub.label_mapping = self.label_mapping
+        return sub
+
+
+class CropDataset(ImageDataset):
+    """Crops of a few images: item i is ``(image index = label, (left, top, width, height, flipped), name)``.
+
+    The crops are cut when read, so many crops of large photos cost no memory.
+    """
+
+    def __init__(self, spec: str, images: Sequence[np.ndarray], items: Sequence[tuple[int, tuple, str]],
+                 class_names: Sequence[str], transform: Callable | None = None):
+        super().__init__(transform)
+        self.spec, self.images, self.items = spec, list(images), list(items)
+        self.labels = np.asarray([k for k, _, _ in self.items], np.int64)
+        self.class_names = list(class_names)
+
+    def image(self, index: int) -> Image.Image:
+        k, (left, top, w, h, flipped), _ = self.items[index]
+        crop = Image.fromarray(self.images[k]).crop((left, top, left + w, top + h))
+        return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flipped else crop
+
+    def name(self, index: int) -> str:
+        return self.items[index][2]
 
 
 class FolderDataset(ImageDataset):
@@ -130,6 +189,37 @@ class FilesDataset(ImageDataset):
 
     image = FolderDataset.image
     name = FolderDataset.name
+
+
+def write_folder(dataset: ImageDataset, root: str | Path, *, limit: int | None = None) -> list[Path]:
+    """Write a labelled dataset as an image folder, ``ROOT/CLASS/NAME.png``: the layout
+    :class:`FolderDataset` (and ``ImageNet``) uses; PNG keeps every pixel, so the folder holds the
+    same images. ``root`` must be new or empty; returns the files written.
+
+    >>> from inspectnet.data import load_data
+    >>> files = write_folder(load_data("photos:test?n=8"), "/tmp/photos_test")   # doctest: +SKIP
+    >>> sorted({f.parent.name for f in files})                                    # doctest: +SKIP
+    ['n02123045', 'n03773504', 'n04485082', 'n07920052']
+    """
+    root = Path(root)
+    if not dataset.labelled:
+        raise InspectnetError(f"data {dataset.spec!r} is unlabelled; an image folder needs a class per image")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise InspectnetError(f"--out {root} exists and is not an empty folder; choose a new one")
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    written: list[Path] = []
+    for i in range(n):
+        label = int(dataset.labels[i])
+        if label < 0:
+            continue
+        stem = re.sub(r"[^\w.-]+", "_", Path(dataset.name(i)).stem).strip("._") or "image"
+        path = root / dataset.class_names[label] / f"{stem}.png"
+        if path in written or path.exists():
+            path = path.with_name(f"{stem}_{i}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dataset.image(i).save(path)
+        written.append(path)
+    return written
 
 
 def open_image(path: Path) -> Image.Image:

@@ -34,6 +34,7 @@ class SubsetDataset(ImageDataset):
         self.base, self.indices, self.spec = base, np.asarray(indices, dtype=np.int64), spec
         self.labels = np.asarray(base.labels)[self.indices]
         self.class_names = list(base.class_names)
+        self.label_mapping = base.label_mapping
         self.skipped = list(base.skipped)
 
     def image(self, index: int):

@@ -436,11 +436,15 @@ def _features_of(zm: ZooModel, images: np.ndarray, batch_size: int = 64) -> np.n
                            for i in range(0, len(images), batch_size)]).astype(np.float32)
 
 
-def calibration_inputs(zm: ZooModel, spec: str, *, limit: int | None = 256,
-                       skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def calibration_inputs(zm: ZooModel, spec: str, *, limit: int | None = 256, skip_bad: bool = False,
+                       labelled: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed inputs (N, C, H, W) and labels (-1 = unlabelled) from a data spec, evenly spread.
 
     Samples are taken at evenly spaced indices (:func:`inspectnet.data.subsets.calibration_arrays`)
-    so that sorted folders still cover every class.
+    so that sorted folders still cover every class. Labels are in the model's label space (the
+    data's classes mapped onto its classes, see :mod:`inspectnet.data.labels`); with
+    ``labelled=False`` (images that only set activation ranges) they are all -1 and not mapped.
     """
-    return calibration_arrays(load_data(spec, zm.transform(), skip_bad=skip_bad), limit)
+    ds = load_data(spec, zm.transform(), skip_bad=skip_bad, model_classes=zm.class_names if labelled else None)
+    x, y = calibration_arrays(ds, limit)
+    return x, (y if labelled else np.full(len(y), -1, np.int64))

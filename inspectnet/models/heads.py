@@ -70,12 +70,20 @@ class DecomposedLinear(nn.Linear):
         return [[ids[j] for j in torch.nonzero(row).flatten().tolist()] for row in self.mask]
 
     def decomposition(self) -> dict[str, Any]:
-        """The decomposition as metadata: per-class indices and weights, and the bias."""
+        """The decomposition as metadata: per-class indices and weights, and the bias.
+
+        A class whose row uses every feature (a class without fitting data keeps its dense row) is
+        listed in ``dense_classes`` with ``None`` for its indices and weights: they are the head's own
+        row, and repeating 995 dense rows of an ImageNet head would make the metadata megabytes.
+        """
         w = self.effective_weight().detach().cpu()
-        idx = [torch.nonzero(row).flatten().tolist() for row in self.mask.cpu()]
+        mask = self.mask.cpu()
+        dense = mask.all(dim=1).tolist()
+        idx = [None if full else torch.nonzero(row).flatten().tolist() for row, full in zip(mask, dense)]
         ids = self.feature_ids.tolist()
-        return {"indices": [[ids[j] for j in s] for s in idx],
-                "weights": [w[c, s].tolist() for c, s in enumerate(idx)],
+        return {"indices": [None if s is None else [ids[j] for j in s] for s in idx],
+                "weights": [None if s is None else w[c, s].tolist() for c, s in enumerate(idx)],
+                "dense_classes": [c for c, full in enumerate(dense) if full],
                 "bias": self.bias.detach().cpu().tolist() if self.bias is not None else None}
 
     def union(self) -> list[int]:

@@ -1,7 +1,10 @@
 """Layer addresses: dotted ``named_modules()`` paths, globs, aliases, and listing with output shapes.
 
-Aliases: ``pre_logits`` (the input of the classifier, i.e. f(x)), ``head`` (the classifier) and
-``last_conv`` (the last ``Conv2d``). Unknown names fail with the closest real ones.
+Aliases: ``pre_logits`` (the input of the classifier, i.e. f(x)), ``head`` (the classifier),
+``last_conv`` (the last ``Conv2d``) and ``last_stage`` (the last top-level block before global
+pooling and the head: the feature extractor's post-activation output, e.g. ``layer4`` of a ResNet,
+``bn2`` (batch norm + activation) of a timm EfficientNet, ``features`` of a torchvision VGG).
+Unknown names fail with the closest real ones.
 """
 
 import contextlib
@@ -16,7 +19,10 @@ from inspectnet.core.devices import resolve_device
 from inspectnet.core.errors import InspectnetError
 
 PRE_LOGITS = "pre_logits"
-ALIASES = (PRE_LOGITS, "head", "last_conv")
+ALIASES = (PRE_LOGITS, "head", "last_conv", "last_stage")
+NORMALISATIONS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # BatchNorm*, InstanceNorm*, ...
+# top-level modules that follow the last stage without transforming its maps per unit
+_AFTER_LAST_STAGE = (nn.Identity, nn.Flatten, nn.Dropout, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 @contextlib.contextmanager
@@ -80,8 +86,8 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module] | str, *,
     ``pre_logits`` stays as the alias (it names a tensor, the head's input, not a module).
 
     >>> from torchvision.models import resnet18
-    >>> resolve_layers(resnet18(), "layer4.*.conv2,last_conv")
-    ['layer4.0.conv2', 'layer4.1.conv2']
+    >>> resolve_layers(resnet18(), "layer4.*.conv2,last_conv,last_stage")
+    ['layer4.0.conv2', 'layer4.1.conv2', 'layer4']
     """
     if isinstance(layers, str):
         layers = [s.strip() for s in layers.split(",") if s.strip()]
@@ -116,6 +122,8 @@ def _resolve_one(model: nn.Module, spec: str | nn.Module, names: list[str], by_i
         if not convs:
             raise InspectnetError("alias last_conv: the model has no Conv2d layer")
         return [convs[-1]]
+    if spec == "last_stage":
+        return [last_stage(model, head_name)]
     if spec in names:
         return [spec]
     if any(ch in spec for ch in "*?["):
@@ -126,6 +134,40 @@ def _resolve_one(model: nn.Module, spec: str | nn.Module, names: list[str], by_i
     close = difflib.get_close_matches(spec, names + list(ALIASES), n=5, cutoff=0.6)
     hint = f"; closest: {', '.join(close)}" if close else "; see `inspectnet layers MODEL`"
     raise InspectnetError(f"unknown layer {spec!r}{hint}")
+
+
+def last_stage(model: nn.Module, head_name: str | None = None) -> str:
+    """The last top-level child of ``model`` before its head, skipping global pooling, flattening,
+    dropout and identities (the ``last_stage`` alias): the output the head's pooled features come from.
+
+    >>> from torchvision.models import resnet18, vgg11
+    >>> last_stage(resnet18()), last_stage(vgg11())
+    ('layer4', 'features')
+    """
+    if head_name is None:
+        from inspectnet.models.zoo import find_head
+
+        head_name = find_head(model)
+    for name, child in reversed(list(model.named_children())):
+        skipped = isinstance(child, _AFTER_LAST_STAGE) or type(child).__name__.endswith("Pool2d")
+        if name != head_name and not head_name.startswith(name + ".") and not skipped:
+            return name
+    raise InspectnetError("alias last_stage: the model has no top-level block before its head; name a layer")
+
+
+def following_normalisation(model: nn.Module, name: str) -> str | None:
+    """The normalisation layer defined right after ``name`` (outside it), or None: a convolution or
+    linear layer followed by one has an output whose scale the normalisation undoes.
+
+    >>> from torchvision.models import resnet18
+    >>> following_normalisation(resnet18(), "layer4.1.conv2"), following_normalisation(resnet18(), "layer4")
+    ('layer4.1.bn2', None)
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    after = [n for n in names[names.index(name) + 1:] if not n.startswith(name + ".")]
+    if after and isinstance(model.get_submodule(after[0]), NORMALISATIONS):
+        return after[0]
+    return None
 
 
 def list_layers(model: nn.Module, input_size: Sequence[int]) -> list[dict]:

@@ -9,9 +9,10 @@ whose input is the penultimate feature vector f(x).
 import dataclasses
 import difflib
 import hashlib
+import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,15 @@ from torch import nn
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, read_json
+from inspectnet.data.datasets import ImageDataset
+from inspectnet.data.labels import imagenet_names, placeholder_names
 from inspectnet.models.surgery import rebuild, set_submodule
 from inspectnet.models.weights import fit_state_dict, read_state_dict
 
 MODEL_FORMAT = "inspectnet-model"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+_ORDER_KEY = "inspectnet.state_dict_order"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -85,12 +89,99 @@ class ZooModel:
 
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 (16 hex digits) over the state dict's names, shapes, dtypes and bytes."""
+    return _fingerprint(model.state_dict().items())
+
+
+def _fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
+    for name, t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def saved_weights_fingerprint(folder: str | Path) -> str | None:
+    """:func:`weights_fingerprint` of a saved model read from its weights file, without building the model.
+
+    None for folders saved before the file recorded its state-dict order (the hash follows that order).
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / WEIGHTS_FILE), framework="pt") as f:
+        order = (f.metadata() or {}).get(_ORDER_KEY)
+        if order is None:
+            return None
+        return _fingerprint((name, f.get_tensor(name)) for name in json.loads(order))
+
+
+@dataclasses.dataclass
+class ModelRef:
+    """A model spec with its :func:`load_model` options, loaded on first use of :meth:`load`.
+
+    :meth:`about` says what identifies and describes the model (spec, classes, head, weights
+    fingerprint): for a folder saved by inspectnet and loaded as saved it is read from the folder's
+    files without building the model (so without importing timm); otherwise the model is loaded.
+    A fully cached audit needs no more.
+
+    >>> ref = ModelRef("resnet18", {"num_classes": 10})
+    >>> ref.about().num_classes, ref.load().head_name
+    (10, 'fc')
+    """
+
+    spec: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _model: ZooModel | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, zm: ZooModel) -> "ModelRef":
+        """A reference to an already loaded model."""
+        return cls(zm.spec, {}, zm)
+
+    def load(self) -> ZooModel:
+        if self._model is None:
+            self._model = load_model(self.spec, **self.options)
+        return self._model
+
+    def about(self) -> "ModelAbout":
+        if self._model is None and not any(v not in (None, False) for v in self.options.values()) \
+                and Path(self.spec).is_dir():
+            cfg = _saved_config(Path(self.spec))
+            fingerprint = saved_weights_fingerprint(self.spec)
+            if fingerprint is not None:
+                return ModelAbout(source=cfg["source"], arch=cfg["arch"], num_classes=cfg["num_classes"],
+                                  in_chans=cfg["in_chans"], data_config=dict(cfg["data_config"]),
+                                  class_names=list(cfg["class_names"]), head_name=cfg["head_name"],
+                                  modifications=list(cfg.get("modifications", [])), base=cfg.get("base"),
+                                  weights=fingerprint)
+        zm = self.load()
+        return ModelAbout(source=zm.source, arch=zm.arch, num_classes=zm.num_classes, in_chans=zm.in_chans,
+                          data_config=dict(zm.data_config), class_names=list(zm.class_names),
+                          head_name=zm.head_name, modifications=list(zm.modifications), base=zm.base,
+                          weights=zm.fingerprint())
+
+
+@dataclasses.dataclass
+class ModelAbout:
+    """A :class:`ZooModel`'s description without its module (the same attribute names)."""
+
+    source: str
+    arch: str
+    num_classes: int
+    in_chans: int
+    data_config: dict[str, Any]
+    class_names: list[str]
+    head_name: str
+    modifications: list[dict[str, Any]]
+    base: str | None
+    weights: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.source}:{self.arch}"
+
+    def fingerprint(self) -> str:
+        return self.weights
 
 
 def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int | None = None,
@@ -187,7 +278,8 @@ def save_model(zm: ZooModel, out_dir: str | Path) -> Path:
     (out / CONFIG_FILE).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in zm.model.state_dict().items()}
     tmp = out / f".{WEIGHTS_FILE}.part"
-    save_file(state, str(tmp))
+    # the order lets saved_weights_fingerprint hash the file as weights_fingerprint hashes the model
+    save_file(state, str(tmp), metadata={_ORDER_KEY: json.dumps(list(state))})
     atomic_write_bytes(out / WEIGHTS_FILE, tmp.read_bytes())
     tmp.unlink()
     config = {
@@ -200,7 +292,7 @@ def save_model(zm: ZooModel, out_dir: str | Path) -> Path:
     return out
 
 
-def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, reset_head: bool) -> ZooModel:
+def _saved_config(path: Path) -> dict[str, Any]:
     cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
         raise InspectnetError(f"model folder {path} has no {CONFIG_FILE}; expected a folder written by "
@@ -208,6 +300,11 @@ def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, re
     cfg = read_json(cfg_path, what="model config")
     if cfg.get("format") != MODEL_FORMAT:
         raise InspectnetError(f"{cfg_path} is not an inspectnet model config (format={cfg.get('format')!r})")
+    return cfg
+
+
+def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, reset_head: bool) -> ZooModel:
+    cfg = _saved_config(path)
     if in_chans is not None and in_chans != cfg["in_chans"]:
         raise InspectnetError(f"--in-chans {in_chans} disagrees with the saved model's {cfg['in_chans']} channels")
     build = _build_timm if cfg["source"] == "timm" else _build_torchvision
@@ -349,12 +446,29 @@ def find_head(model: nn.Module) -> str:
 
 def default_class_names(num_classes: int) -> list[str]:
     """ImageNet class names for 1000-class models (shipped with timm), else ``class_0`` ..."""
-    if num_classes == 1000:
-        import timm.data
+    return imagenet_names() if num_classes == 1000 else placeholder_names(num_classes)
 
-        info = timm.data.ImageNetInfo()
-        return [info.index_to_description(i).split(",")[0] for i in range(1000)]
-    return [f"class_{i}" for i in range(num_classes)]
+
+def adopt_class_names(zm: ZooModel, dataset: ImageDataset) -> ImageDataset:
+    """A model with placeholder class names takes the names of data mapped onto it in index order.
+
+    That is ``train --num-classes N`` on a folder of N classes: the saved model then knows its
+    classes. Returns the dataset, its mapping now naming the adopted classes (still index order).
+
+    >>> import numpy as np; from inspectnet.data import ArrayDataset
+    >>> zm = load_model("resnet18", num_classes=2, in_chans=1, input_size=16)
+    >>> ds = ArrayDataset("d", np.zeros((2, 4, 4), np.uint8), [0, 1], ["cat", "dog"]).aligned_to(zm.class_names)
+    >>> adopt_class_names(zm, ds).label_mapping.method, zm.class_names
+    ('index order', ['cat', 'dog'])
+    """
+    mapping = dataset.label_mapping
+    if mapping is None or not mapping.index_order:
+        return dataset
+    zm.class_names = list(mapping.data_classes)
+    adopted = dataset.with_transform(dataset.transform)
+    adopted.class_names = list(zm.class_names)
+    adopted.label_mapping = dataclasses.replace(mapping, model_classes=list(zm.class_names))
+    return adopted
 
 
 def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,19 @@ cached.
 
 Safety: a ``DIR`` holding another model's audit (different weights fingerprint) is refused, and so
 is a non-empty folder that holds no audit. A stage that fails is recorded with its error; stages
-that need it are marked failed with the reason; the card is written regardless.
+that need it are marked failed with the reason; the card is written regardless. A stage that was
+interrupted (or failed) keeps its folder for the next attempt with the same key, so an interrupted
+probe pass resumes.
+
+Cost: the model is loaded only when a stage has to run; for a folder saved by inspectnet its
+fingerprint, classes and description are read from its files (:class:`~inspectnet.models.zoo.ModelRef`),
+so a fully cached audit imports neither timm nor any analysis library. With ``eval_data`` unset the
+evaluation record is the training record (probed once).
+
+Under ``torchrun`` (:mod:`inspectnet.core.distributed`) the probe and dissection stages run first,
+on every rank, each rank taking its share of the batches; rank 0 then runs the other stages and
+writes the card, and the other ranks return None. A failure inside a distributed stage ends the
+audit on every rank (one line naming the failed rank); re-running resumes.
 
 >>> from inspectnet.models.zoo import load_model
 >>> zm = load_model("runs/mnist_r18")                                           # doctest: +SKIP
@@ -46,12 +58,14 @@ from typing import Any
 
 import numpy as np
 
+from inspectnet.core.distributed import share_from_main, world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, read_json
 from inspectnet.data import ImageDataset, load_data
+from inspectnet.data.labels import align_classes
 from inspectnet.data.subsets import spread_subset
 from inspectnet.models.layers import PRE_LOGITS, resolve_layers
-from inspectnet.models.zoo import ZooModel, default_class_names
+from inspectnet.models.zoo import ModelAbout, ModelRef, ZooModel
 from inspectnet.probe.record import ProbeRecord
 
 AUDIT_FILE = "audit.json"
@@ -65,6 +79,8 @@ class AuditConfig:
 
     ``layers`` are probed (default: the model's stage outputs); ``layer`` is the one analysed by
     rules, receptive fields and dissection (default: the last probed layer; probed if not listed).
+    The data's classes are mapped onto the model's by name or WordNet id, or by ``class_map``
+    (``{"data class": model index or name}``; see :mod:`inspectnet.data.labels`).
     """
 
     data: str
@@ -89,6 +105,7 @@ class AuditConfig:
     batch_size: int = 32
     device: str = "cpu"
     seed: int = 0
+    class_map: dict[str, int | str] | None = None
     command: str = ""
 
 
@@ -96,17 +113,34 @@ class AuditConfig:
 class _Context:
     """What the stages share while one audit runs."""
 
-    zm: ZooModel
+    ref: ModelRef
+    about: ModelAbout
     out: Path
     config: AuditConfig
     results: dict[str, Any]
+    num_workers: int = 0
+    shard_order: str = "contiguous"
+    index_order: bool = False
     _datasets: dict[str, ImageDataset] = dataclasses.field(default_factory=dict)
 
-    def dataset(self, spec: str, limit: int | None = None) -> ImageDataset:
-        """``spec`` loaded with the model's transform; with ``limit``, an evenly spread subset of that size."""
+    @property
+    def zm(self) -> ZooModel:
+        """The model, loaded on first use, with the class names the audit settled on."""
+        zm = self.ref.load()
+        zm.class_names = list(self.about.class_names)
+        return zm
+
+    def raw_dataset(self, spec: str) -> ImageDataset:
+        """``spec`` loaded with the model's transform, its labels the data's own."""
         if spec not in self._datasets:
             self._datasets[spec] = load_data(spec, self.zm.transform())
-        return spread_subset(self._datasets[spec], limit)
+        return self._datasets[spec]
+
+    def dataset(self, spec: str, limit: int | None = None) -> ImageDataset:
+        """``spec`` with its classes mapped onto the model's; with ``limit``, an evenly spread subset of that size."""
+        ds = self.raw_dataset(spec).aligned_to(self.zm.class_names, class_map=self.config.class_map,
+                                               strict=spec == self.config.data)
+        return spread_subset(ds, limit)
 
     def eval_dataset(self) -> ImageDataset:
         """The evaluation data as probed: ``eval_data`` (or ``data``, in-sample) at its limit."""
@@ -114,12 +148,18 @@ class _Context:
         return self.dataset(cfg.eval_data or cfg.data, cfg.eval_limit if cfg.eval_data else cfg.limit)
 
     def records(self) -> tuple[ProbeRecord, ProbeRecord]:
-        return ProbeRecord.load(self.out / "probe" / "train"), ProbeRecord.load(self.out / "probe" / "eval")
+        """(train record, eval record); in-sample audits evaluate on the train record itself."""
+        train = ProbeRecord.load(self.out / "probe" / "train")
+        return train, (ProbeRecord.load(self.out / "probe" / "eval") if self.config.eval_data else train)
 
     @property
     def layer(self) -> str:
         """The analysed layer, as the probe stage resolved it."""
         return self.results["probe"]["result"]["analysed_layer"]
+
+    def classes_present(self, split: str) -> list[int]:
+        """The model classes with labelled samples in the ``train`` or ``eval`` record."""
+        return self.results["probe"]["result"][split]["classes_present"]
 
     def rel(self, path: str | Path) -> str:
         """A path relative to the audit folder (card.json stays valid when the folder moves)."""
@@ -148,14 +188,24 @@ def _stage_probe(ctx: _Context) -> dict[str, Any]:
     cfg, zm = ctx.config, ctx.zm
     layers, analysed = probed_layers(zm, cfg)
     eval_spec = cfg.eval_data or cfg.data
-    kw = dict(batch_size=cfg.batch_size, device=cfg.device, show_progress=None)
+    kw = dict(batch_size=cfg.batch_size, device=cfg.device, show_progress=None, num_workers=ctx.num_workers,
+              shard_order=ctx.shard_order)
     train = run_probe(zm, ctx.dataset(cfg.data, cfg.limit), layers, ctx.out / "probe" / "train", **kw)
-    ev = run_probe(zm, ctx.eval_dataset(), layers, ctx.out / "probe" / "eval", **kw)
+    ev = run_probe(zm, ctx.eval_dataset(), layers, ctx.out / "probe" / "eval", **kw) if cfg.eval_data else train
     labels = np.asarray(ev.labels)
-    return {"layers": layers, "analysed_layer": analysed, "train": {"data": cfg.data, "samples": len(train)},
-            "eval": {"data": eval_spec, "samples": len(ev), "in_sample": cfg.eval_data is None},
+    return {"layers": layers, "analysed_layer": analysed,
+            "train": {"data": cfg.data, "samples": len(train), **_classes_of(train)},
+            "eval": {"data": eval_spec, "samples": len(ev), "in_sample": cfg.eval_data is None, **_classes_of(ev)},
+            "num_classes": zm.num_classes, "index_order": ctx.index_order,
             "accuracy": ev.accuracy() if (labels >= 0).any() else None,
             "feature_dim": int(ev.manifest["features_dim"])}
+
+
+def _classes_of(record: ProbeRecord) -> dict[str, Any]:
+    """The model classes a record has labelled samples of, and how the data's classes were mapped."""
+    labels = np.asarray(record.labels)
+    return {"classes_present": [int(c) for c in np.unique(labels[labels >= 0])],
+            "label_mapping": record.manifest.get("label_mapping")}
 
 
 def probed_layers(zm: ZooModel, config: AuditConfig) -> tuple[list[str], str]:
@@ -179,32 +229,28 @@ def probed_layers(zm: ZooModel, config: AuditConfig) -> tuple[list[str], str]:
 
 
 def _stage_decomposition(ctx: _Context) -> dict[str, Any]:
-    import torch
-
-    from inspectnet.analysis.heads.decompose import class_contributions, head_of
+    from inspectnet.analysis.heads.decompose import class_feature_means, head_of, linear_params, mean_contributions
     from inspectnet.pipelines.decompose import run_decomposition
 
     cfg = ctx.config
     train, ev = ctx.records()
     doc = run_decomposition(train, ev, ctx.out / "decomposition", zm=ctx.zm, k1=cfg.k1, k2=cfg.k2,
                             retrain_epochs=cfg.retrain_epochs, seed=cfg.seed)
-    # exact mean contribution W[c, j] * f_j of each influential feature over class c's eval samples
-    feats = torch.from_numpy(np.array(ev.features, dtype=np.float32))
-    contrib = class_contributions(head_of(ctx.zm), feats).numpy()  # (N, C, d)
-    labels = np.asarray(ev.labels)
-    per_class = []
-    for c, support in enumerate(doc["supports"]):
-        sel = labels == c
-        mean = contrib[sel, c].mean(0) if sel.any() else None
-        per_class.append({"class": c, "features": support, "frequencies": doc["frequencies"][c],
-                          "mean_contribution": [float(mean[j]) for j in support] if mean is not None else None,
-                          "accuracy_full": doc["per_class_accuracy_full"][c],
-                          "accuracy_decomposed": doc["per_class_accuracy_decomposed"][c]})
-    keep = ("k1", "k2", "accuracy_full", "accuracy_decomposed", "rA", "agreement", "union_size", "feature_dim",
-            "head_macs_full", "head_macs_decomposed", "head_macs_gathered_dense", "noise_ablation",
-            "accuracy_retrained", "retrain_epochs", "empty_classes")
-    return {**{k: doc[k] for k in keep if k in doc}, "per_class": per_class,
-            "model_dir": ctx.rel(doc["model_dir"])}
+    # exact mean contribution W[c, j] * f_j of each influential feature over class c's eval samples,
+    # from per-class feature sums (memory O(C·d), not O(N·C·d))
+    means, counts = class_feature_means(ev, ctx.zm.num_classes)
+    contributions = mean_contributions(linear_params(head_of(ctx.zm))[0], means, doc["supports"])
+    present = sorted(set(ctx.classes_present("train")) | set(ctx.classes_present("eval")))
+    per_class = [{"class": c, "features": doc["supports"][c], "frequencies": doc["frequencies"][c],
+                  "mean_contribution": contributions[c] if counts[c] > 0 else None,
+                  "accuracy_full": doc["per_class_accuracy_full"][c],
+                  "accuracy_decomposed": doc["per_class_accuracy_decomposed"][c]} for c in present]
+    keep = ("k1", "k2", "accuracy_full", "accuracy_decomposed", "rA", "rA_undefined", "agreement", "union_size",
+            "features_used", "feature_dim", "dense_classes", "head_macs_full", "head_macs_decomposed",
+            "head_macs_gathered_dense", "among_fitted_classes", "noise_ablation", "accuracy_retrained",
+            "retrain_epochs")
+    return {**{k: doc[k] for k in keep if k in doc}, "num_classes": doc["num_classes"],
+            "classes_with_data": len(present), "per_class": per_class, "model_dir": ctx.rel(doc["model_dir"])}
 
 
 def _stage_rules(ctx: _Context) -> dict[str, Any]:
@@ -217,6 +263,7 @@ def _stage_rules(ctx: _Context) -> dict[str, Any]:
             "atom_filters", "rules", "avg_depth", "max_depth", "num_filters")
     d = rs.to_dict()
     return {**{k: d[k] for k in keep}, "rules_text": rs.rules_text[:40], "rules_total": len(rs.rules_text),
+            "classes": sorted({r["class"] for r in rs.rule_list}), "n_train": rs.n_train,
             "figures": [{"path": ctx.rel(paths["png"]), "caption": f"decision tree on {ctx.layer} (top levels)"}]}
 
 
@@ -257,7 +304,9 @@ def _stage_attributions(ctx: _Context) -> dict[str, Any]:
     dec = ctx.results.get("decomposition", {})
     if dec.get("status") == "ok":
         try:
-            supports = [p["features"] for p in dec["result"]["per_class"]]
+            supports: list[list[int]] = [[] for _ in range(zm.num_classes)]  # per_class lists the classes with data
+            for row in dec["result"]["per_class"]:
+                supports[row["class"]] = row["features"]
             rows = at.influential_feature_maps(zm, ds, labels, supports, out / "classes")
             result["classes"] = [{**r, "path": ctx.rel(r["path"])} for r in rows]
         except Exception as exc:  # noqa: BLE001
@@ -342,8 +391,9 @@ def _stage_dissection(ctx: _Context) -> dict[str, Any]:
     cfg = ctx.config
     data = load_concepts(cfg.concepts)
     res = dissect(ctx.zm, data, [ctx.layer], limit=cfg.concept_limit, batch_size=cfg.batch_size,
-                  device=cfg.device, show_progress=None)
-    write_dissection(res, ctx.out / "dissection")
+                  device=cfg.device, show_progress=None, num_workers=ctx.num_workers, shard_order=ctx.shard_order)
+    if world()[1] == 0:  # every rank holds the same result
+        write_dissection(res, ctx.out / "dissection")
     layers = {k: {kk: v[kk] for kk in ("num_units", "detectors", "unique_detectors", "unique_by_category",
                                        "detector_concepts")} for k, v in res.layers.items()}
     return {"data": res.data, "num_images": res.num_images, "iou_threshold": res.iou_threshold,
@@ -380,15 +430,16 @@ class Stage:
     uses: tuple[str, ...] = ()
     writes_folder: bool = True
     enabled: Callable[[AuditConfig], bool] = lambda _config: True
+    distributed: bool = False  # under torchrun every rank runs it (its data pass is shared out)
 
 
 def _probe_params(c: AuditConfig) -> dict[str, Any]:
     return {"data": c.data, "eval": c.eval_data, "layers": c.layers, "layer": c.layer, "limit": c.limit,
-            "eval_limit": c.eval_limit}
+            "eval_limit": c.eval_limit, "class_map": c.class_map}
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("probe", "Evaluation data and accuracy", _stage_probe, _probe_params),
+    Stage("probe", "Evaluation data and accuracy", _stage_probe, _probe_params, distributed=True),
     Stage("decomposition", "Influential features and decomposed head", _stage_decomposition,
           lambda c: {"k1": c.k1, "k2": c.k2, "retrain": c.retrain_epochs, "seed": c.seed}, needs=("probe",)),
     Stage("rules", "Rules extracted from the model's filters", _stage_rules, lambda c: {"seed": c.seed},
@@ -404,7 +455,7 @@ STAGES: tuple[Stage, ...] = (
           needs=("probe",), uses=("decomposition",), enabled=lambda c: c.explain_images > 0),
     Stage("dissection", "Concept detectors (network dissection)", _stage_dissection,
           lambda c: {"concepts": c.concepts, "limit": c.concept_limit}, needs=("probe",),
-          enabled=lambda c: bool(c.concepts)),
+          enabled=lambda c: bool(c.concepts), distributed=True),
     Stage("export", "Export (ONNX) parity and speed", _stage_export, lambda c: {"export": c.export, "format": 2},
           needs=("decomposition",), enabled=lambda c: c.export),
 )
@@ -419,7 +470,7 @@ def _key(parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _open_folder(out: Path, zm: ZooModel, fingerprint: str) -> dict[str, Any]:
+def _open_folder(out: Path, about: ModelAbout) -> dict[str, Any]:
     """The folder's audit state; refuses another model's audit and folders holding something else."""
     if out.exists() and not out.is_dir():
         raise InspectnetError(f"--out {out} is a file; expected a folder for the audit")
@@ -428,30 +479,44 @@ def _open_folder(out: Path, zm: ZooModel, fingerprint: str) -> dict[str, Any]:
         state = read_json(path, what="audit state")
         if state.get("format") != AUDIT_FORMAT:
             raise InspectnetError(f"{path} is not an inspectnet audit state file")
-        if state.get("model_fingerprint") != fingerprint:
+        if state.get("model_fingerprint") != about.fingerprint():
             raise InspectnetError(
                 f"--out {out} holds the audit of another model ({state.get('model')}, weights "
-                f"{str(state.get('model_fingerprint'))[:16]}), not of {zm.spec} (weights {fingerprint}); "
+                f"{str(state.get('model_fingerprint'))[:16]}), not of {about.spec} (weights {about.fingerprint()}); "
                 f"choose another folder or delete it")
         return state
     own = {AUDIT_FILE, *CARD_FILES, *(s.name for s in STAGES if s.writes_folder)}
     if out.exists() and any(p.name not in own for p in out.iterdir()):
         raise InspectnetError(f"--out {out} is not empty and holds no audit; choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    return {"format": AUDIT_FORMAT, "model": zm.spec, "model_fingerprint": fingerprint, "stages": {}}
+    return {"format": AUDIT_FORMAT, "model": about.spec, "model_fingerprint": about.fingerprint(), "stages": {}}
 
 
-def _adopt_data_class_names(zm: ZooModel, ctx: _Context, state: dict[str, Any]) -> None:
-    """A model with placeholder class names takes the data's names when they fit (shown in the card).
+def _map_classes(ctx: _Context, state: dict[str, Any], log: Callable[[str], None]) -> tuple[list[str], bool]:
+    """Map the data's and the eval data's classes onto the model's before any stage runs; refuse what
+    cannot be mapped. Returns the model's class names for this audit and whether the data map in
+    index order: a model with placeholder class names takes the data's names then (the card says so).
 
-    The names are remembered in the audit state, so a fully cached audit never loads the data.
+    The data's class names are remembered in the audit state, so a fully cached audit never loads
+    the data.
     """
+    cfg = ctx.config
     known = state.setdefault("data_class_names", {})
-    if ctx.config.data not in known:
-        known[ctx.config.data] = list(ctx.dataset(ctx.config.data).class_names)
-    names = known[ctx.config.data]
-    if zm.class_names == default_class_names(zm.num_classes) and len(names) == zm.num_classes:
-        zm.class_names = list(names)
+    names, index_order = list(ctx.about.class_names), False
+    for spec in dict.fromkeys([cfg.data, cfg.eval_data or cfg.data]):
+        if spec not in known:
+            try:
+                known[spec] = list(ctx.raw_dataset(spec).class_names)
+            except Exception as exc:  # noqa: BLE001 - the probe stage reports a bad data spec properly
+                log(f"note: could not read class names from {spec}: {_why(exc)}")
+                continue
+        if not known[spec]:
+            continue  # unlabelled data
+        mapping = align_classes(known[spec], names, class_map=cfg.class_map, strict=spec == cfg.data,
+                                what=f"data {spec!r}")
+        if mapping.index_order:
+            names, index_order = list(mapping.data_classes), True
+    return names, index_order
 
 
 def _log(message: str) -> None:
@@ -459,48 +524,64 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
-              log: Callable[[str], None] | None = _log) -> dict[str, Any]:
+def _from_main(fn: Callable[[], Any], *, share: bool = True) -> Any:
+    """``fn()`` on rank 0 only (in one process: simply ``fn()``), its result (``share``) or error on every rank."""
+    result, error = None, None
+    if world()[1] == 0:
+        try:
+            result = fn()
+        except InspectnetError as exc:
+            error = str(exc)
+    shared, error = share_from_main((result if share else None, error))
+    result = shared if share else result
+    if error is not None:
+        raise InspectnetError(error)
+    return result
+
+
+def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, *,
+              log: Callable[[str], None] | None = _log, num_workers: int = 0,
+              shard_order: str = "contiguous") -> dict[str, Any] | None:
     """Run (or reuse) every stage, write ``card.json``, ``README.md`` and ``card.html``; return the card.
 
-    ``log`` receives one line per stage (start, cached/ok/failed with seconds) and the summary.
+    ``model`` is a loaded model or a :class:`~inspectnet.models.zoo.ModelRef` (loaded only if a stage
+    must run). ``log`` receives one line per stage (start, cached/ok/failed with seconds) and the
+    summary. ``num_workers`` data loader processes decode images for the data passes; under
+    ``torchrun`` ranks share them out in ``shard_order`` and ranks other than 0 return None.
     """
     from inspectnet.reports import card as card_mod
 
-    log = log or (lambda _m: None)
+    main = world()[1] == 0
+    log = log if (log and main) else (lambda _m: None)
     out = Path(out)
-    fingerprint = zm.fingerprint()
-    state = _open_folder(out, zm, fingerprint)
-    ctx = _Context(zm=zm, out=out, config=config, results={})
+    ref = model if isinstance(model, ModelRef) else ModelRef.of(model)
+    about = ref.about()
+    ctx = _Context(ref=ref, about=about, out=out, config=config, results={}, num_workers=num_workers,
+                   shard_order=shard_order)
     t_all = time.perf_counter()
-    try:
-        _adopt_data_class_names(zm, ctx, state)
-    except Exception as exc:  # noqa: BLE001 - the probe stage reports a bad data spec properly
-        log(f"note: could not read class names from {config.data}: {_why(exc)}")
+    state = _from_main(lambda: _open_folder(out, about), share=False)  # the other ranks keep no state
+    # every rank probes with the class names rank 0 settled on (the label mapping is in the record's identity)
+    about.class_names, ctx.index_order = _from_main(lambda: _map_classes(ctx, state, log))
     wanted = [s for s in STAGES if s.enabled(config)]
+    if world()[0] > 1:  # the shared passes first: the other ranks are free once they are done
+        wanted.sort(key=lambda s: not s.distributed)
     keys: dict[str, str] = {}
     for n, stage in enumerate(wanted, 1):
-        reads = (*stage.needs, *stage.uses)
-        keys[stage.name] = _key([fingerprint, zm.class_names, stage.name, stage.params(config),
-                                 [keys.get(d) for d in reads],
-                                 [ctx.results.get(d, {}).get("status") for d in stage.uses]])
-        prefix = f"[{n}/{len(wanted)}] {stage.name}"
-        prev = state["stages"].get(stage.name, {})
-        files_there = not stage.writes_folder or (out / stage.name).is_dir()
-        if prev.get("key") == keys[stage.name] and prev.get("status") == "ok" and files_there:
-            ctx.results[stage.name] = {**prev, "title": stage.title, "cached": True}
-            log(f"{prefix}: cached")
+        if not (main or stage.distributed):
             continue
-        failed = [d for d in stage.needs if d in keys and ctx.results[d]["status"] != "ok"]
-        entry = _failed_needs(failed) if failed else _run_stage(stage, ctx, log, prefix)
-        entry.update(key=keys[stage.name])
-        state["stages"][stage.name] = entry
-        atomic_write_json(out / AUDIT_FILE, state)
-        ctx.results[stage.name] = {**entry, "title": stage.title, "cached": False}
-        log(f"{prefix}: {entry['status']} ({entry['seconds']:.1f} s)"
-            + (f" — {entry['error']}" if entry["status"] == "failed" else ""))
+        prefix = f"[{n}/{len(wanted)}] {stage.name}"
+        prepare = lambda: _prepare(stage, ctx, state, keys, log, prefix)  # noqa: B023, E731 - called at once
+        if _from_main(prepare) if stage.distributed else prepare():  # rank 0 alone needs no collective
+            entry = _run_stage(stage, ctx)
+            if main:
+                _record(stage, ctx, state, entry, keys, log, prefix)
+        if stage.distributed and world()[0] > 1:  # later shared stages read it (e.g. the analysed layer)
+            ctx.results[stage.name] = share_from_main(ctx.results.get(stage.name))
+    if not main:
+        return None
     atomic_write_json(out / AUDIT_FILE, state)
-    doc = card_mod.build_card(zm, config, ctx.results, fingerprint=fingerprint,
+    results = {s.name: ctx.results[s.name] for s in STAGES if s.name in ctx.results}  # the card's order
+    doc = card_mod.build_card(about, config, results, fingerprint=about.fingerprint(),
                               total_seconds=time.perf_counter() - t_all)
     card_mod.write_card(doc, out)
     doc["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 3)
@@ -509,19 +590,60 @@ def run_audit(zm: ZooModel, config: AuditConfig, out: str | Path, *,
     return doc
 
 
-def _failed_needs(failed: list[str]) -> dict[str, Any]:
-    return {"status": "failed", "error": f"needs stage {', '.join(failed)}, which failed", "seconds": 0.0}
+def _prepare(stage: Stage, ctx: _Context, state: dict[str, Any], keys: dict[str, str],
+             log: Callable[[str], None], prefix: str) -> bool:
+    """Rank 0: whether ``stage`` must run now; a cached or unrunnable stage gets its entry here.
 
-
-def _run_stage(stage: Stage, ctx: _Context, log: Callable[[str], None], prefix: str) -> dict[str, Any]:
-    """Run one stage into a fresh folder; any failure becomes the entry's error (the card still gets written)."""
-    log(f"{prefix}: running")
-    if stage.writes_folder:
+    A stage about to run is marked ``running`` under its key first. Its folder is emptied only when
+    it holds the work of another key: an interrupted attempt with the same key resumes (e.g. the
+    probe pass).
+    """
+    reads = (*stage.needs, *stage.uses)
+    keys[stage.name] = _key([ctx.about.fingerprint(), ctx.about.class_names, stage.name, stage.params(ctx.config),
+                             [keys.get(d) for d in reads],
+                             [ctx.results.get(d, {}).get("status") for d in stage.uses]])
+    prev = state["stages"].get(stage.name, {})
+    files_there = not stage.writes_folder or (ctx.out / stage.name).is_dir()
+    if prev.get("key") == keys[stage.name] and prev.get("status") == "ok" and files_there:
+        ctx.results[stage.name] = {**prev, "title": stage.title, "cached": True}
+        log(f"{prefix}: cached")
+        return False
+    failed = [d for d in stage.needs if d in keys and ctx.results[d]["status"] != "ok"]
+    if failed:
+        entry = {"status": "failed", "error": f"needs stage {', '.join(failed)}, which failed", "seconds": 0.0}
+        _record(stage, ctx, state, entry, keys, log, prefix)
+        return False
+    if stage.writes_folder and prev.get("key") != keys[stage.name]:
         shutil.rmtree(ctx.out / stage.name, ignore_errors=True)  # stale files of another key never mix in
+    state["stages"][stage.name] = {"status": "running", "key": keys[stage.name]}
+    atomic_write_json(ctx.out / AUDIT_FILE, state)
+    log(f"{prefix}: running")
+    return True
+
+
+def _record(stage: Stage, ctx: _Context, state: dict[str, Any], entry: dict[str, Any], keys: dict[str, str],
+            log: Callable[[str], None], prefix: str) -> None:
+    """Rank 0: store a stage's entry in the audit state and the card's results."""
+    entry.update(key=keys[stage.name])
+    state["stages"][stage.name] = entry
+    atomic_write_json(ctx.out / AUDIT_FILE, state)
+    ctx.results[stage.name] = {**entry, "title": stage.title, "cached": False}
+    log(f"{prefix}: {entry['status']} ({entry['seconds']:.1f} s)"
+        + (f" — {entry['error']}" if entry["status"] == "failed" else ""))
+
+
+def _run_stage(stage: Stage, ctx: _Context) -> dict[str, Any]:
+    """Run one stage; any failure becomes the entry's error (the card still gets written).
+
+    Under torchrun a failure of a stage every rank runs ends the audit instead: the ranks could no
+    longer agree on what runs next.
+    """
     t0 = time.perf_counter()
     try:
         entry = {"status": "ok", "result": stage.run(ctx)}
     except Exception as exc:  # noqa: BLE001 - any failure becomes the section's reason
+        if stage.distributed and world()[0] > 1:
+            raise
         entry = {"status": "failed", "error": _why(exc), "traceback": traceback.format_exc(limit=4)}
     entry["seconds"] = round(time.perf_counter() - t0, 3)
     return entry

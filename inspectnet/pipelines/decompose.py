@@ -36,11 +36,13 @@ def run_decomposition(fit: ProbeRecord | str | Path, eval_record: ProbeRecord | 
                       zm: ZooModel | None, k1: int = 5, k2: int = 5, layer: str = PRE_LOGITS,
                       retrain_epochs: int = 0, retrain_lr: float = 0.1, slim: bool = False,
                       sweep_k: list[int] | None = None, data: str | None = None, limit: int | None = None,
-                      device: str = "auto", seed: int = 0, score: str = "magnitude") -> dict[str, Any]:
+                      class_map: dict[str, int | str] | None = None, device: str = "auto", seed: int = 0,
+                      score: str = "magnitude") -> dict[str, Any]:
     """Everything ``inspectnet decompose`` does; returns (and writes) ``out/decomposition.json``.
 
     Writes ``influence.json``, ``model/`` (the decomposed model), ``slim_model/`` with ``slim``, and
-    ``sweep.md`` / ``sweep.png`` with ``sweep_k``. At a ``layer`` other than ``pre_logits`` only the
+    ``sweep.md`` / ``sweep.png`` with ``sweep_k``. ``data`` (its classes mapped onto the model's, by
+    name or ``class_map``) measures the saved model end to end. At a ``layer`` other than ``pre_logits`` only the
     influential filters are fitted (``influence.json``); no head is decomposed.
 
     >>> doc = run_decomposition("rec/train", "rec/test", "out", zm=zm, k1=5, k2=5)   # doctest: +SKIP
@@ -81,7 +83,7 @@ def run_decomposition(fit: ProbeRecord | str | Path, eval_record: ProbeRecord | 
     if slim:
         final, doc["slim"] = _slim(dzm, out / "slim_model")
     if data:
-        doc["accuracy_model_on_data"] = _accuracy_on(final, data, limit, device)
+        doc["accuracy_model_on_data"] = _accuracy_on(final, data, limit, device, class_map)
     atomic_write_json(out / "decomposition.json", doc)
     return doc
 
@@ -110,7 +112,8 @@ def _slim(dzm: ZooModel, folder: Path) -> tuple[ZooModel, dict[str, Any]]:
     return szm, {**report, "model_dir": str(folder)}
 
 
-def _accuracy_on(zm: ZooModel, data: str, limit: int | None, device: str) -> dict[str, Any]:
+def _accuracy_on(zm: ZooModel, data: str, limit: int | None, device: str,
+                 class_map: dict[str, int | str] | None) -> dict[str, Any]:
     """End-to-end accuracy of the saved model on labelled image data."""
-    ds = load_data(data, zm.transform())
+    ds = load_data(data, zm.transform(), model_classes=zm.class_names, class_map=class_map)
     return {"data": data, "limit": limit, "accuracy": evaluate(zm, ds, device=device, limit=limit)}

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.results import library_versions
 from inspectnet.core.storage import atomic_write_json, atomic_write_text, read_json
 from inspectnet.core.tables import escape_markdown as md  # noqa: F401 - the README's escaping rule, public here
 from inspectnet.core.tables import format_value
@@ -60,24 +61,8 @@ def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fing
         "sections": sections,
         "timing": {"total_seconds": round(total_seconds, 3), "stages_run_seconds": round(run, 3),
                    "stages_cached_seconds": round(cached, 3)},
-        "reproduce": {"command": config.command, "versions": installed_versions()},
+        "reproduce": {"command": config.command, "versions": library_versions(("captum", "onnx", "onnxruntime"))},
     }
-
-
-def installed_versions() -> dict[str, str]:
-    """Versions of the libraries the audit used, read from package metadata (importing sklearn alone
-    would take seconds: a fully cached audit must stay near free)."""
-    import importlib.metadata as md_
-    import platform
-
-    out = {"python": platform.python_version()}
-    for name in ("inspectnet", "torch", "torchvision", "timm", "numpy", "scikit-learn", "captum", "onnx",
-                 "onnxruntime"):
-        try:
-            out[name] = md_.version(name)
-        except md_.PackageNotFoundError:
-            continue
-    return out
 
 
 def check_card(doc: Any, where: str = "card.json") -> dict[str, Any]:
@@ -152,7 +137,7 @@ def card_view(doc: dict[str, Any]) -> CardView:
         meta=front_matter_fields(doc),
         sections=[Section("Model details", _model_blocks(m)),
                   Section("Intended use", [Paragraph(INTENDED_USE)]),
-                  Section("Evaluation data", [Paragraph(_data_text(doc["data"]))]),
+                  Section("Evaluation data", [Paragraph(_data_text(doc["data"])), *_label_blocks(doc)]),
                   Section("Quantitative analyses", [Table(["metric", "value"], [list(r) for r in rows])] if rows
                           else [Paragraph("No headline numbers.")]),
                   Section("Model examination", []),
@@ -187,6 +172,33 @@ def _data_text(d: dict[str, Any]) -> str:
             + (" — in-sample: no separate evaluation data was given." if d["in_sample"] else "."))
 
 
+def _label_blocks(doc: dict[str, Any]) -> list[Block]:
+    """How the data's classes were mapped onto the model's, and which classes have data."""
+    probe = _ok(doc, "probe")
+    if not probe or "classes_present" not in probe["train"]:
+        return []
+    blocks: list[Block] = []
+    num = probe["num_classes"]
+    if probe.get("index_order"):
+        blocks.append(Paragraph(f"The model's class names were placeholders (class_0 …): the data's {num} classes "
+                                "were taken in index order (folder k is class k) and their names adopted."))
+    for split in ("train", "eval"):
+        mapping = probe[split].get("label_mapping")
+        if not mapping or probe.get("index_order") or (split == "eval" and mapping == probe["train"]["label_mapping"]):
+            continue
+        blocks += [Paragraph(f"Classes of {probe[split]['data']} mapped onto the model's {num} classes:"),
+                   Table(["data class", "model class", "index", "matched by"],
+                         [[r["data"], r["model_class"], r["index"], r["via"]] for r in mapping["classes"]])]
+    fit, ev = probe["train"]["classes_present"], probe["eval"]["classes_present"]
+    present = sorted(set(fit) | set(ev))
+    text = (f"Classes with data: {len(present)} of the model's {num}"
+            + (f" ({', '.join(_name(doc, c) for c in present[:MAX_CLASS_NAMES])}"
+               + (" …" if len(present) > MAX_CLASS_NAMES else "") + ")" if len(present) < num else "")
+            + f"; {len(fit)} in the fitting data, {len(ev)} in the evaluation data. Accuracy is top-1 over all "
+              f"{num} classes; per-class analyses cover the classes with data.")
+    return [*blocks, Paragraph(text)]
+
+
 def _stage_section(doc: dict[str, Any], name: str, sec: dict[str, Any]) -> Section:
     blocks: list[Block] = [Paragraph(f"status: {sec['status']}" + (" (cached)" if sec.get("cached") else "")
                                      + f", {sec.get('seconds', 0.0):.2f} s")]
@@ -219,7 +231,7 @@ def headline(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if dec:
         rows += [("decomposed-head accuracy A_d (k1=%d, k2=%d)" % (dec["k1"], dec["k2"]),
                   format_value(dec["accuracy_decomposed"])),
-                 ("rA = A_d / A_f", format_value(dec["rA"])),
+                 ("rA = A_d / A_f", _ratio(dec)),
                  ("features used by some class (union)", f"{dec['union_size']} / {dec['feature_dim']}"),
                  ("head MACs full -> decomposed", f"{dec['head_macs_full']} -> {dec['head_macs_decomposed']}")]
         if "accuracy_retrained" in dec:
@@ -280,20 +292,38 @@ def _probe_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
             Paragraph("probed layers: " + ", ".join(r["layers"]))]
 
 
+def _ratio(r: dict[str, Any]) -> str:
+    """rA, or why it is undefined."""
+    return format_value(r["rA"]) if r.get("rA") is not None else f"undefined ({r.get('rA_undefined', 'n/a')})"
+
+
 def _decomposition_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
     na = r["noise_ablation"]
-    summary = [["A_f", r["accuracy_full"]], ["A_d", r["accuracy_decomposed"]], ["rA", r["rA"]],
+    summary = [["A_f", r["accuracy_full"]], ["A_d", r["accuracy_decomposed"]], ["rA", _ratio(r)],
                ["agreement", r["agreement"]], ["union", f"{r['union_size']} / {r['feature_dim']}"],
                ["head MACs", f"{r['head_macs_full']} -> {r['head_macs_decomposed']}"]]
     if "accuracy_retrained" in r:
         summary.append(["retrained", r["accuracy_retrained"]])
-    per_class = [[_name(doc, p["class"]), ", ".join(map(str, p["features"])), _listed(p["frequencies"]),
-                  _listed(p["mean_contribution"] or []), p["accuracy_full"], p["accuracy_decomposed"]]
-                 for p in r["per_class"]]
-    return [Table(["metric", "value"], summary),
+    blocks: list[Block] = [Table(["metric", "value"], summary)]
+    if r.get("dense_classes"):
+        blocks.append(Paragraph(
+            f"{r['num_classes'] - r['dense_classes']} of the model's {r['num_classes']} classes had fitting data and "
+            f"were decomposed; the other {r['dense_classes']} keep their dense rows (nothing says which of their "
+            f"features matter), which the head MACs count and which win most top-1 decisions over all classes."))
+        among = r.get("among_fitted_classes") or {}
+        if among.get("samples"):
+            blocks.append(Paragraph(
+                f"Among the {among['num_classes']} decomposed classes only (top-1 among them, on their "
+                f"{among['samples']} eval samples): A_f {format_value(among['accuracy_full'])}, A_d "
+                f"{format_value(among['accuracy_decomposed'])}, rA {_ratio(among)}."))
+    per_class = [[_name(doc, p["class"]), ", ".join(map(str, p["features"])) or "none (no fitting data)",
+                  _listed(p["frequencies"]), _listed(p["mean_contribution"] or []), p["accuracy_full"],
+                  p["accuracy_decomposed"]] for p in r["per_class"]]
+    return [*blocks,
             Paragraph(f"Noise ablation: influential features replaced by N(0,1) → accuracy "
                       f"{format_value(na['influential'])}; as many non-influential ones → "
                       f"{format_value(na['non_influential'])}."),
+            Paragraph(f"Per class: the {len(per_class)} classes with data."),
             Table(["class", "influential features S_c", "frequency in top-k1", "mean contribution W·f", "acc. full",
                    "acc. decomposed"], per_class, sortable=True)]
 
@@ -303,9 +333,12 @@ def _listed(values: list[float]) -> str:
 
 
 def _rules_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    classes = r.get("classes")
+    named = (f" The tree, fitted to the model's own predictions on {r['n_train']} images, names {len(classes)} "
+             f"classes: {', '.join(_name(doc, c) for c in classes[:MAX_CLASS_NAMES])}." if classes else "")
     return [Paragraph(f"{r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters of {r['layer']}), "
                       f"average depth {format_value(r['avg_depth'], 2)}, fidelity {format_value(r['fidelity'])}, "
-                      f"extracted accuracy {format_value(r['extracted_accuracy'])}."),
+                      f"extracted accuracy {format_value(r['extracted_accuracy'])}.{named}"),
             Preformatted("\n".join(r["rules_text"]))]
 
 
@@ -453,6 +486,12 @@ def caveats(doc: dict[str, Any]) -> list[str]:
         out.append("All numbers are in-sample (no --eval data): they overstate generalisation.")
     if doc["data"].get("limit"):
         out.append(f"Only the first {doc['data']['limit']} samples were used (--limit).")
+    probe = _ok(doc, "probe")
+    if probe and "classes_present" in probe["train"]:
+        present = len(set(probe["train"]["classes_present"]) | set(probe["eval"]["classes_present"]))
+        if present < probe["num_classes"]:
+            out.append(f"The data cover {present} of the model's {probe['num_classes']} classes: per-class findings "
+                       f"say nothing about the others.")
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]
     if failed:
         out.append("Failed sections: " + ", ".join(failed) + " (see each section for why).")

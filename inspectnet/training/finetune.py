@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from inspectnet.core.devices import resolve_device
+from inspectnet.core.distributed import world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.data import ImageDataset
@@ -148,7 +149,7 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
     trainable = sum(1 for p in zm.model.parameters() if p.requires_grad)
     result = FinetuneResult(out=str(out), plugins=[p.spec() for p in instances], history=history,
                             frozen_parameters=frozen, trainable_parameters=trainable)
-    if Path(out).is_dir() and _rank() == 0:
+    if Path(out).is_dir() and world()[1] == 0:
         result.save(Path(out) / "finetune.json")
     return result
 
@@ -173,12 +174,6 @@ def _train_attached(zm: ZooModel, train_data: ImageDataset, out: str | Path, plu
         for plugin in reversed(attached):
             plugin.detach()
     return history
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def load_finetuned(out: str | Path, *, device: str = "cpu") -> tuple[ZooModel, list[Plugin]]:

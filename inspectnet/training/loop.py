@@ -23,42 +23,17 @@ import torch
 from torch import nn
 
 from inspectnet.core.devices import resolve_device
+from inspectnet.core.distributed import world as distributed_world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.storage import atomic_write_bytes, atomic_write_text
 from inspectnet.data import ImageDataset
 from inspectnet.models.layers import model_state
 from inspectnet.models.zoo import ZooModel, save_model
+from inspectnet.training.config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of :func:`train` (all JSON-friendly; they key resumption)."""
-
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    seed: int = 0
-    limit: int | None = None
-    schedule: str = "cosine"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise InspectnetError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise InspectnetError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise InspectnetError(f"--lr must be positive, got {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
-            raise InspectnetError(f"--schedule {self.schedule!r} is unknown; expected cosine or constant")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise InspectnetError(f"--optimizer {self.optimizer!r} is unknown; expected adamw or sgd")
 
 
 class TrainHooks:
@@ -101,7 +76,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainHooks) -> 
 
 def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, device: str = "auto",
              limit: int | None = None) -> float:
-    """Top-1 accuracy of ``zm`` on a labelled dataset.
+    """Top-1 accuracy of ``zm`` on a labelled dataset (its classes mapped onto the model's, see
+    :meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`).
 
     >>> from inspectnet import load_model, load_data
     >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
@@ -109,6 +85,7 @@ def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, devi
     True
     """
     dev = resolve_device(device)
+    dataset = dataset.aligned_to(zm.class_names)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
     correct = total = 0
@@ -131,14 +108,17 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
     A checkpoint is written after every epoch; calling again with the same arguments resumes.
     ``stop_after`` ends the run after that many epochs (as an interruption would). ``amp`` turns
     mixed precision on/off (default: on for CUDA devices only). The weights are trained in place;
-    the model goes back to its device and train/eval flags afterwards.
+    the model goes back to its device and train/eval flags afterwards. Both datasets' classes are
+    mapped onto the model's (:meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`).
     """
     hooks = hooks or TrainHooks()
     out = Path(out)
-    world, rank = _world()
+    train_data = train_data.aligned_to(zm.class_names)
+    eval_data = eval_data.aligned_to(zm.class_names) if eval_data is not None else None
+    _check_labels(train_data)
+    world, rank = distributed_world()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    _check_labels(zm, train_data)
     dev = resolve_device(device)
     with model_state(zm.model, device=dev):
         return _train_on_device(zm, train_data, out, config, eval_data=eval_data, dev=dev, hooks=hooks,
@@ -151,6 +131,8 @@ def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: 
     optimizer = make_optimizer(zm.model, config, hooks)
     precision = _Precision(dev, amp)
     identity = {"model": zm.spec, "data": train_data.spec, "config": dataclasses.asdict(config)}
+    if train_data.label_mapping is not None:  # resuming with the classes mapped otherwise is another run
+        identity["label_mapping"] = train_data.label_mapping.identity()
     if hooks.identity():
         identity["hooks"] = hooks.identity()
     start, history = _resume(out, identity, zm, optimizer, hooks, precision)
@@ -174,15 +156,6 @@ def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: 
     if rank == 0:
         save_model(zm, out)
     return history
-
-
-def _world() -> tuple[int, int]:
-    """(world size, rank) of an initialised process group, else (1, 0)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def _wrap_distributed(model: nn.Module, dev: torch.device) -> nn.Module:
@@ -235,13 +208,10 @@ class _Precision:
         self.scaler.update()
 
 
-def _check_labels(zm: ZooModel, data: ImageDataset) -> None:
+def _check_labels(data: ImageDataset) -> None:
     labels = np.asarray(data.labels)
     if len(labels) == 0 or (labels < 0).all():
         raise InspectnetError(f"data {data.spec!r} has no labels to train on")
-    if labels.max() >= zm.num_classes:
-        raise InspectnetError(f"data {data.spec!r} has labels up to {labels.max()} but the model has "
-                              f"{zm.num_classes} outputs; pass --num-classes {len(data.class_names)}")
 
 
 def _train_epoch(zm: ZooModel, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,

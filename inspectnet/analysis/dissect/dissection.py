@@ -36,8 +36,10 @@ from markupsafe import Markup
 from PIL import Image
 from torch import nn
 
+from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
 from inspectnet.analysis.dissect.sketch import UnitQuantiles
 from inspectnet.core.devices import resolve_device
+from inspectnet.core.distributed import all_gather, all_reduce, shard_batches, share_from_main, watch_group, world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.results import Result
@@ -51,8 +53,6 @@ from inspectnet.reports.blocks import Table
 from inspectnet.reports.html import bar_chart, img, overlay
 from inspectnet.reports.render import render_html_template
 
-DEFAULT_QUANTILE = 0.005
-DEFAULT_IOU_THRESHOLD = 0.04
 # elements of one upsampled unit chunk (B · units · H · W); bounds the per-batch working memory
 CHUNK_ELEMENTS = 1 << 24
 
@@ -145,17 +145,21 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
             data_config: dict[str, Any] | None = None, quantile: float = DEFAULT_QUANTILE,
             iou_threshold: float = DEFAULT_IOU_THRESHOLD, batch_size: int = 32, device: str = "auto",
             limit: int | None = None, top_k: int = 8, bins: int = 4096, num_workers: int = 0,
-            show_progress: bool | None = None) -> Dissection:
+            show_progress: bool | None = None, shard_order: str = "contiguous") -> Dissection:
     """Dissect ``layers`` of ``model`` on a concept dataset (two streaming passes, see module doc).
 
     ``model`` is a :class:`ZooModel` or a plain module (then ``data_config`` gives input size,
-    mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005).
+    mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005). Under
+    ``torchrun`` each rank streams its share of the batches and the sketches, top images and
+    counts are all-reduced: every rank returns the result one process would.
     """
     net, name, fp, cfg, prefix = _unpack(model, data_config)
     if not 0 < quantile < 1:
         raise InspectnetError(f"--quantile must be within (0, 1), got {quantile}")
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise InspectnetError(f"--workers must be 0 or more data loader processes, got {num_workers}")
     names = resolve_layers(net, layers, head_name=getattr(model, "head_name", None))
     if PRE_LOGITS in names:
         raise InspectnetError("layer 'pre_logits' is a feature vector without spatial maps; cannot dissect it")
@@ -165,13 +169,15 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     mask_size = tuple(int(s) for s in data.masks(0).shape[1:])
     dev = resolve_device(device)
     items = _Items(data, dissection_transform(cfg), mask_size, n)
-    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    share = shard_batches(n, batch_size, *world(), shard_order)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=[list(b) for b in share], num_workers=num_workers)
     with model_state(net, device=dev, training=False), torch.inference_mode(), \
-            Probe(net, names, reducer="full") as probe:
-        sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress)
+            Probe(net, names, reducer="full") as probe, watch_group("the dissection pass") as watch:
+        sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress,
+                                                  watch)
         thresholds = {k: s.quantile(1.0 - quantile) for k, s in sketches.items()}
         inter, act_area, mask_area = _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size,
-                                               len(data.concepts), show_progress)
+                                               len(data.concepts), show_progress, watch)
     empty = [c for c, a in zip(data.concepts, mask_area.tolist()) if a == 0]
     if len(empty) == len(data.concepts):
         raise InspectnetError(f"concept data {data.spec!r}: no concept has any positive pixel in {n} images")
@@ -208,34 +214,69 @@ def _forward_maps(net: nn.Module, probe: Probe, x: torch.Tensor, names: list[str
     return {k: to_maps(probe.outputs[k], k, prefix).float() for k in names}
 
 
-def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress):
-    """Pass 1: per-unit quantile sketches and the top-k images by maximum activation."""
+def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress, watch):
+    """Pass 1: per-unit quantile sketches and the top-k images by maximum activation (merged over ranks)."""
     sketches: dict[str, UnitQuantiles] = {}
     tops: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     shapes: dict[str, list[int]] = {}
     for x, _m, idx in progress(loader, total=len(loader), desc="dissect 1/2", enabled=show_progress):
+        watch.check()
         maps = _forward_maps(net, probe, x, names, prefix, dev)
         for k, a in maps.items():
             b, units, h, w = a.shape
             if k not in sketches:
                 sketches[k] = UnitQuantiles(units, bins=bins, device=dev)
-                tops[k] = (torch.full((units, 0), float("-inf"), device=dev),
-                           torch.zeros((units, 0), dtype=torch.long, device=dev))
-                shapes[k] = [h, w]
+                tops[k] = _no_images(units, dev)
+                shapes[k] = [units, h, w]
             sketches[k].update(a.transpose(0, 1).reshape(units, -1))
-            vals = torch.cat([tops[k][0], a.amax(dim=(2, 3)).T], dim=1)
-            ids = torch.cat([tops[k][1], idx.to(dev)[None].expand(units, -1)], dim=1)
-            keep = vals.topk(min(top_k, vals.shape[1]), dim=1)
-            tops[k] = (keep.values, ids.gather(1, keep.indices))
-    return sketches, tops, shapes
+            tops[k] = best_images(torch.cat([tops[k][0], a.amax(dim=(2, 3)).T], dim=1),
+                                  torch.cat([tops[k][1], idx.to(dev)[None].expand(units, -1)], dim=1), top_k)
+    # rank 0 always computes the first batch; a rank that had no batch learns the layers' shapes from it
+    shapes = share_from_main(shapes)
+    for k, (units, _h, _w) in shapes.items():
+        if k not in sketches:
+            sketches[k], tops[k] = UnitQuantiles(units, bins=bins, device=dev), _no_images(units, dev)
+        sketches[k].all_reduce()
+        vals, ids = _padded(tops[k], top_k)
+        tops[k] = best_images(torch.cat(all_gather(vals), dim=1), torch.cat(all_gather(ids), dim=1), top_k)
+    return sketches, tops, {k: v[1:] for k, v in shapes.items()}
 
 
-def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_concepts, show_progress):
-    """Pass 2: dataset-wide intersections (units × concepts), unit areas and concept areas."""
+def _no_images(units: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.full((units, 0), float("-inf"), device=dev), torch.zeros((units, 0), dtype=torch.long, device=dev))
+
+
+def _padded(top: tuple[torch.Tensor, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A top-images pair padded to ``k`` columns with (-inf, -1), the same shape on every rank."""
+    vals, ids = top
+    missing = k - vals.shape[1]
+    return (torch.nn.functional.pad(vals, (0, missing), value=float("-inf")),
+            torch.nn.functional.pad(ids, (0, missing), value=-1))
+
+
+def best_images(vals: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, the ``k`` images with the largest value, ties to the smaller index (padding dropped).
+
+    The order is total, so the result does not depend on how the images were batched or shared out.
+
+    >>> best_images(torch.tensor([[1., 3., 3., 0.]]), torch.tensor([[5, 9, 2, 7]]), 2)
+    (tensor([[3., 3.]]), tensor([[2, 9]]))
+    """
+    by_id = torch.argsort(ids, dim=1, stable=True)
+    vals, ids = vals.gather(1, by_id), ids.gather(1, by_id)
+    order = torch.argsort(vals, dim=1, descending=True, stable=True)
+    real = int((ids[0] >= 0).sum()) if ids.shape[0] else 0
+    keep = order[:, :min(k, real)]
+    return vals.gather(1, keep), ids.gather(1, keep)
+
+
+def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_concepts, show_progress, watch):
+    """Pass 2: dataset-wide intersections (units × concepts), unit areas and concept areas (summed over ranks)."""
     inter = {k: torch.zeros(len(thresholds[k]), n_concepts, dtype=torch.float64, device=dev) for k in names}
     act_area = {k: torch.zeros(len(thresholds[k]), dtype=torch.float64, device=dev) for k in names}
     mask_area = torch.zeros(n_concepts, dtype=torch.float64, device=dev)
     for x, m, _idx in progress(loader, total=len(loader), desc="dissect 2/2", enabled=show_progress):
+        watch.check()
         maps = _forward_maps(net, probe, x, names, prefix, dev)
         masks = m.to(dev).flatten(2).float()  # (B, C, P)
         mask_area += masks.sum(dim=(0, 2)).double()
@@ -243,6 +284,8 @@ def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_c
             i_k, a_k = unit_overlaps(a, masks, thresholds[k], mask_size)
             inter[k] += i_k
             act_area[k] += a_k
+    for t in (mask_area, *inter.values(), *act_area.values()):
+        all_reduce(t)  # float64 sums of whole pixel counts: exact in any order
     return ({k: v.cpu() for k, v in inter.items()}, {k: v.cpu() for k, v in act_area.items()}, mask_area.cpu())
 
 

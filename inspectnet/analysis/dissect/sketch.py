@@ -1,14 +1,21 @@
-"""Streaming per-unit quantiles: a fixed-bin histogram per unit whose range doubles as data arrives.
+"""Streaming per-unit quantiles: a fixed-bin histogram per unit on a power-of-two grid that coarsens as data arrives.
 
 Network Dissection thresholds each unit at the top-q quantile of its activations over every pixel
 of the dataset; holding all those values is out of the question for real datasets. Each unit keeps
-``bins`` counts over ``[lo, lo + bins·width)``. The range is set from the first batch; a later value
-outside it doubles the width (adjacent bins merged pairwise, the old range kept as one half of the
-new one), so every count stays exact and no second pass for the range is needed. Each bin also
-keeps the smallest and largest value it received. The quantile is read from the cumulative counts
-with linear interpolation between its bin's smallest and largest value: its error is at most one
-bin width, i.e. ``(max - min) / bins`` up to a factor of two from the doublings, and a point mass
-(many pixels with the same value, e.g. ReLU zeros) gives exactly that value.
+``bins`` counts over ``[s·2^e, (s + bins)·2^e)``: bin ``i`` holds the values ``v`` with
+``floor(v / 2^e) = s + i``. The grid (``e``, ``s``) is a function of the smallest and largest value
+seen so far only: ``e`` is the smallest exponent whose window fits both (and not below the values'
+magnitude · 2^-40). When a batch widens the range, ``e`` grows and every old bin falls inside
+exactly one new bin (power-of-two grids nest), so counts stay exact and no second pass for the
+range is needed. Because the final grid depends only on the overall minimum and maximum, the
+histogram does not depend on the order or the grouping of the data: sketches of the parts of a
+dataset (e.g. one per ``torchrun`` rank) re-binned to the common grid and summed
+(:meth:`UnitQuantiles.all_reduce`) equal, bit for bit, the sketch of the whole.
+
+Each bin also keeps the smallest and largest value it received. The quantile is read from the
+cumulative counts with linear interpolation between its bin's smallest and largest value: its error
+is at most one bin width, ``2^e`` ≤ 2·(max − min)/(bins − 1), and a point mass (many pixels with the
+same value, e.g. ReLU zeros) gives exactly that value.
 
 >>> import torch
 >>> sketch = UnitQuantiles(units=2, bins=1024)
@@ -19,21 +26,25 @@ bin width, i.e. ``(max - min) / bins`` up to a factor of two from the doublings,
 
 import torch
 
+from inspectnet.core.distributed import all_reduce
 from inspectnet.core.errors import InspectnetError
+
+# bins are never narrower than a value's magnitude · 2^-40, so v / 2^e stays an exact integer in float64
+_RELATIVE_FLOOR = 40
 
 
 class UnitQuantiles:
     """Per-unit histograms of streamed values (``update(values)`` with ``values`` of shape (K, M))."""
 
     def __init__(self, units: int, bins: int = 4096, device: torch.device | str = "cpu"):
-        if bins < 2 or bins % 2:
-            raise InspectnetError(f"quantile sketch bins must be an even number ≥ 2, got {bins}")
+        if bins < 2:
+            raise InspectnetError(f"quantile sketch bins must be at least 2, got {bins}")
         self.units, self.bins = units, bins
         self.counts = torch.zeros(units, bins, dtype=torch.int64, device=device)
         self.bmin = torch.full((units, bins), float("inf"), dtype=torch.float64, device=device)
         self.bmax = torch.full((units, bins), float("-inf"), dtype=torch.float64, device=device)
-        self.lo = torch.zeros(units, dtype=torch.float64, device=device)
-        self.width = torch.zeros(units, dtype=torch.float64, device=device)
+        self.exp = torch.zeros(units, dtype=torch.int64, device=device)    # bin width 2^exp
+        self.start = torch.zeros(units, dtype=torch.int64, device=device)  # first bin = [start·2^exp, ...)
         self.total = 0
         self.min = torch.full((units,), float("inf"), dtype=torch.float64, device=device)
         self.max = torch.full((units,), float("-inf"), dtype=torch.float64, device=device)
@@ -47,41 +58,73 @@ class UnitQuantiles:
         v = values.detach().to(self.counts.device, torch.float64)
         if torch.isnan(v).any():
             raise InspectnetError("activations contain NaN; cannot compute dissection thresholds")
-        vmin, vmax = v.amin(dim=1), v.amax(dim=1)
-        self.min, self.max = torch.minimum(self.min, vmin), torch.maximum(self.max, vmax)
-        if self.total == 0:
-            self._init_range(vmin, vmax)
-        self._grow(vmin, vmax)
-        idx = ((v - self.lo[:, None]) / self.width[:, None]).floor().clamp_(0, self.bins - 1).long()
+        if torch.isinf(v).any():
+            raise InspectnetError("activations contain inf; cannot compute dissection thresholds")
+        self._regrid(torch.minimum(self.min, v.amin(dim=1)), torch.maximum(self.max, v.amax(dim=1)))
+        idx = self._cell(v) - self.start[:, None]
         idx += torch.arange(self.units, device=idx.device)[:, None] * self.bins
         flat, vals = idx.reshape(-1), v.reshape(-1)
-        self.counts += torch.bincount(flat, minlength=self.units * self.bins).view(self.units, self.bins)
-        self.bmin.view(-1).scatter_reduce_(0, flat, vals, "amin")
-        self.bmax.view(-1).scatter_reduce_(0, flat, vals, "amax")
+        self._add(flat, torch.ones_like(flat), vals, vals)
         self.total += values.shape[1]
 
-    def _init_range(self, vmin: torch.Tensor, vmax: torch.Tensor) -> None:
-        span = vmax - vmin
-        # a constant unit gets a tiny positive span around its value; widened later if needed
-        span = torch.where(span > 0, span, vmin.abs().clamp(min=1.0) * 1e-6)
-        self.lo = vmin.clone()
-        self.width = span * (1 + 1e-9) / self.bins
+    def all_reduce(self) -> None:
+        """Merge the sketches of every ``torchrun`` rank into each (no-op in one process).
 
-    def _grow(self, vmin: torch.Tensor, vmax: torch.Tensor) -> None:
-        for _ in range(2048):
-            hi = self.lo + self.width * self.bins
-            below, above = vmin < self.lo, vmax >= hi
-            grow = below | above
-            if not grow.any():
-                return
-            down = below[grow]  # extend downwards: the old range becomes the upper half
-            self.counts[grow] = _merge(self.counts[grow], down, "sum", 0)
-            self.bmin[grow] = _merge(self.bmin[grow], down, "amin", float("inf"))
-            self.bmax[grow] = _merge(self.bmax[grow], down, "amax", float("-inf"))
-            span = self.width[grow] * self.bins
-            self.lo[grow] = torch.where(down, self.lo[grow] - span, self.lo[grow])
-            self.width[grow] = self.width[grow] * 2
-        raise InspectnetError("activation range grew beyond what the quantile sketch can represent (inf?)")
+        Every rank re-bins to the grid of the overall range, then counts are summed and bin
+        extremes reduced: the result equals one sketch fed all the data.
+        """
+        lo, hi = all_reduce(self.min.clone(), "min"), all_reduce(self.max.clone(), "max")
+        self._regrid(lo, hi)
+        for t, op in ((self.counts, "sum"), (self.bmin, "min"), (self.bmax, "max")):
+            all_reduce(t, op)
+        total = all_reduce(torch.tensor([self.total], dtype=torch.int64), "sum")
+        self.total = int(total.item())
+
+    def _cell(self, v: torch.Tensor) -> torch.Tensor:
+        """Index of the width-2^exp grid cell holding each value: floor(v / 2^exp), exact."""
+        return torch.floor(torch.ldexp(v, -self.exp[:, None].to(v.dtype))).long()
+
+    def _regrid(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Move to the grid of the range [lo, hi] (per unit), folding the current bins into it."""
+        exp, start = self._grid(lo, hi)
+        moved = (exp != self.exp) | (start != self.start)
+        self.min, self.max = torch.minimum(self.min, lo), torch.maximum(self.max, hi)
+        if not moved.any():
+            return
+        counts, bmin, bmax = self.counts.clone(), self.bmin.clone(), self.bmax.clone()
+        old = self.start[:, None] + torch.arange(self.bins, device=counts.device)[None, :]
+        shift = (exp - self.exp)[:, None]
+        new = (old >> shift) - start[:, None]  # an arithmetic shift floors: the nested coarser cell
+        keep = moved[:, None] & (counts > 0)
+        self.counts[moved] = 0
+        self.bmin[moved] = float("inf")
+        self.bmax[moved] = float("-inf")
+        self.exp, self.start = exp, start
+        flat = (new + torch.arange(self.units, device=new.device)[:, None] * self.bins)[keep]
+        self._add(flat, counts[keep], bmin[keep], bmax[keep])
+
+    def _grid(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(exp, start) of the smallest power-of-two window of ``bins`` cells holding [lo, hi]."""
+        seen = torch.isfinite(lo)
+        lo, hi = torch.where(seen, lo, 0.0), torch.where(seen, hi, 0.0)
+        scale = torch.maximum(lo.abs(), hi.abs())
+        floor_exp = torch.frexp(scale).exponent.long() - _RELATIVE_FLOOR
+        _, span_exp = torch.frexp((hi - lo) / (self.bins - 1))
+        exp = torch.where(hi > lo, torch.maximum(floor_exp, span_exp.long() - 1), floor_exp)
+        for _ in range(4):  # frexp's rounding may leave the window one doubling short
+            start = torch.floor(torch.ldexp(lo, -exp.to(lo.dtype))).long()
+            last = torch.floor(torch.ldexp(hi, -exp.to(hi.dtype))).long()
+            short = last - start >= self.bins
+            if not short.any():
+                return exp, start
+            exp = exp + short.long()
+        raise InspectnetError("activation range cannot be represented by the quantile sketch")
+
+    def _add(self, flat: torch.Tensor, counts: torch.Tensor, vmin: torch.Tensor, vmax: torch.Tensor) -> None:
+        """Add ``counts`` and fold the extremes ``vmin``/``vmax`` into the bins at flat indices ``flat``."""
+        self.counts.view(-1).index_add_(0, flat, counts)
+        self.bmin.view(-1).scatter_reduce_(0, flat, vmin, "amin")
+        self.bmax.view(-1).scatter_reduce_(0, flat, vmax, "amax")
 
     def quantile(self, q: float) -> torch.Tensor:
         """Per-unit estimate of the ``q`` quantile (float64, shape (K,)), e.g. ``q = 0.995`` for top 0.5 %."""
@@ -100,23 +143,12 @@ class UnitQuantiles:
         frac = torch.where(inside > 0, (target - before) / inside.clamp(min=1), torch.zeros_like(inside))
         lo_v = self.bmin.gather(1, b[:, None]).squeeze(1)
         hi_v = self.bmax.gather(1, b[:, None]).squeeze(1)
-        est = torch.where(inside > 0, lo_v + (hi_v - lo_v) * frac.clamp(0, 1),
-                          self.lo + self.width * b.to(torch.float64))
+        edge = torch.ldexp((self.start + b).to(torch.float64), self.exp.to(torch.float64))
+        est = torch.where(inside > 0, lo_v + (hi_v - lo_v) * frac.clamp(0, 1), edge)
         # the estimate never leaves the observed range
         return torch.minimum(torch.maximum(est, self.min), self.max)
 
     def bin_width(self) -> torch.Tensor:
         """Current bin width per unit: the bound on the quantile error."""
-        return self.width.clone()
-
-
-
-def _merge(rows: torch.Tensor, down: torch.Tensor, how: str, empty: float) -> torch.Tensor:
-    """Merge adjacent bin pairs of ``rows`` (n, bins) into one half; the other half becomes ``empty``."""
-    n, bins = rows.shape
-    pairs = rows.view(n, bins // 2, 2)
-    merged = pairs.sum(dim=2) if how == "sum" else pairs.amin(dim=2) if how == "amin" else pairs.amax(dim=2)
-    fresh = torch.full_like(rows, empty)
-    fresh[down, bins // 2:] = merged[down]
-    fresh[~down, :bins // 2] = merged[~down]
-    return fresh
+        return torch.ldexp(torch.ones(self.units, dtype=torch.float64, device=self.exp.device),
+                           self.exp.to(torch.float64))

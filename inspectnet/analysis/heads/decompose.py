@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ from torch.nn import functional as F
 
 from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence, record_labels
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.streaming import row_blocks
+from inspectnet.core.tables import format_value
 from inspectnet.models.heads import DecomposedLinear
 from inspectnet.models.layers import PRE_LOGITS, eval_mode, model_state
 from inspectnet.models.surgery import DECOMPOSED, set_submodule
@@ -157,31 +160,80 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
     return out
 
 
+def retention(accuracy_decomposed: float, accuracy_full: float) -> tuple[float | None, str | None]:
+    """rA = A_d / A_f, or None with the reason where it is undefined (never NaN).
+
+    >>> retention(0.5, 0.8), retention(0.0, 0.0)[1]
+    ((0.625, None), 'A_f = 0: the full head classifies no eval sample correctly, so A_d / A_f is undefined')
+    """
+    if accuracy_full > 0:
+        return accuracy_decomposed / accuracy_full, None
+    return None, "A_f = 0: the full head classifies no eval sample correctly, so A_d / A_f is undefined"
+
+
+def _feature_blocks(record: ProbeRecord) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The record's features block by block, as float64 tensors (memory bounded by the block)."""
+    feats = record.features
+    for rows in row_blocks(len(feats)):
+        yield rows, torch.from_numpy(np.array(feats[rows], dtype=np.float64))
+
+
 def evaluate_decomposition(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap,
                            eval_record: ProbeRecord) -> dict[str, Any]:
     """A_f, A_d, rA, agreement, per-class accuracy, union size and head MACs on ``eval_record``.
 
     ``weight``/``bias`` are the dense head's (see :func:`linear_params`); logits are recomputed
-    from the record's features, so no model pass is needed.
+    from the record's features block by block, so no model pass is needed and memory stays
+    O(C·d + block). Accuracy is top-1 over all C classes. Classes without fitting data keep their
+    dense rows (``dense_classes``); the decomposed MACs count them.
     """
     labels = record_labels(eval_record, imap.num_classes)
-    feats = torch.from_numpy(np.asarray(eval_record.features, dtype=np.float64))
-    full = _logits(feats, weight, bias)
-    dec = _logits(feats, weight * imap.mask().double(), bias)
-    pf, pd = full.argmax(1).numpy(), dec.argmax(1).numpy()
+    mask = imap.mask()
+    masked = weight * mask.double()
+    fitted = torch.tensor(sorted(set(range(imap.num_classes)) - set(imap.empty_classes)), dtype=torch.int64)
+    recorded = eval_record.logits
+    preds = {key: np.empty(len(labels), np.int64) for key in ("full", "decomposed", "full_fitted", "decomposed_fitted")}
+    max_diff = 0.0
+    for rows, feats in _feature_blocks(eval_record):
+        logits = {"full": _logits(feats, weight, bias), "decomposed": _logits(feats, masked, bias)}
+        for key, z in logits.items():
+            preds[key][rows] = z.argmax(1).numpy()
+            preds[f"{key}_fitted"][rows] = fitted[z[:, fitted].argmax(1)].numpy()
+        max_diff = max(max_diff, float((logits["full"] - torch.from_numpy(np.array(recorded[rows], np.float64)))
+                                       .abs().max()))
+    pf, pd = preds["full"], preds["decomposed"]
     a_f, a_d = _accuracy(pf, labels), _accuracy(pd, labels)
+    r_a, why = retention(a_d, a_f)
     c, d = weight.shape
-    return {
-        "accuracy_full": a_f, "accuracy_decomposed": a_d, "rA": a_d / a_f if a_f > 0 else float("nan"),
+    used = int(mask.any(dim=0).sum())
+    doc = {
+        "accuracy_full": a_f, "accuracy_decomposed": a_d, "rA": r_a, **({"rA_undefined": why} if why else {}),
         "agreement": float((pf == pd).mean()),
         "per_class_accuracy_full": per_class_accuracy(pf, labels, c),
         "per_class_accuracy_decomposed": per_class_accuracy(pd, labels, c),
-        "union_size": len(imap.union()), "feature_dim": d,
-        "head_macs_full": c * d, "head_macs_decomposed": sum(len(s) for s in imap.supports),
-        "head_macs_gathered_dense": c * len(imap.union()),
-        "recorded_logits_max_abs_diff": float((full - torch.from_numpy(
-            np.asarray(eval_record.logits, dtype=np.float64))).abs().max()),
+        "union_size": len(imap.union()), "features_used": used, "feature_dim": d,
+        "dense_classes": len(imap.empty_classes),
+        "head_macs_full": c * d, "head_macs_decomposed": int(mask.sum()), "head_macs_gathered_dense": c * used,
+        "recorded_logits_max_abs_diff": max_diff,
     }
+    if imap.empty_classes:
+        doc["among_fitted_classes"] = _among_fitted(preds, labels, fitted)
+    return doc
+
+
+def _among_fitted(preds: dict[str, np.ndarray], labels: np.ndarray, fitted: torch.Tensor) -> dict[str, Any]:
+    """A_f, A_d and rA when only the classes with fitting data compete (top-1 among them), on the eval
+    samples of those classes: how well the influential sets separate the classes the data covers,
+    where the dense rows of the other classes would otherwise win the top-1 over all C."""
+    keep = np.isin(labels, fitted.numpy())
+    if not keep.any():
+        return {"num_classes": len(fitted), "samples": 0,
+                "why": "no eval sample belongs to a class with fitting data"}
+    a_f = _accuracy(preds["full_fitted"][keep], labels[keep])
+    a_d = _accuracy(preds["decomposed_fitted"][keep], labels[keep])
+    r_a, why = retention(a_d, a_f)
+    return {"num_classes": len(fitted), "samples": int(keep.sum()), "accuracy_full": a_f,
+            "accuracy_decomposed": a_d, "rA": r_a, **({"rA_undefined": why} if why else {})}
 
 
 def _logits(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -189,26 +241,57 @@ def _logits(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out + bias if bias is not None else out
 
 
+def class_feature_means(record: ProbeRecord, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean of the features, (C, d) float64, and the per-class sample counts (C,).
+
+    Sums are accumulated block by block with ``index_add_`` in float64, so memory is O(C·d), never
+    O(N·C·d); a class without samples has mean 0 and count 0.
+
+    >>> means, counts = class_feature_means(rec, 10)         # doctest: +SKIP
+    """
+    labels = np.asarray(record.labels)
+    sums = torch.zeros(num_classes, record.features.shape[1], dtype=torch.float64)
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for rows, feats in _feature_blocks(record):
+        y = torch.from_numpy(np.array(labels[rows], dtype=np.int64))
+        keep = y >= 0
+        sums.index_add_(0, y[keep], feats[keep])
+        counts.index_add_(0, y[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+    return sums / counts.clamp(min=1)[:, None], counts
+
+
+def mean_contributions(weight: torch.Tensor, means: torch.Tensor, supports: list[list[int]]) -> list[list[float]]:
+    """Mean over class c's samples of W[c, j]·f_j for each j ∈ S_c: exactly W[c, j]·mean_c(f_j), as the
+    head is linear (means from :func:`class_feature_means`).
+
+    >>> mean_contributions(torch.tensor([[2.0, 1.0]]), torch.tensor([[3.0, 5.0]]), [[1, 0]])
+    [[5.0, 6.0]]
+    """
+    return [[float(weight[c, j] * means[c, j]) for j in s] for c, s in enumerate(supports)]
+
+
 def noise_ablation(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap, eval_record: ProbeRecord,
                    *, seed: int = 0) -> dict[str, Any]:
-    """Paper Table 8: accuracy of the full head when the influential features (∪ S_c), and separately
-    as many randomly chosen non-influential features, are replaced with N(0, 1) samples (seeded).
+    """Paper Table 8: accuracy of the original model's full head when the influential features (∪ S_c),
+    and separately as many randomly chosen non-influential features, are replaced with N(0, 1)
+    samples (seeded: the noise and the non-influential subset).
 
-    ``decomposed_head`` repeats both with the decomposed head on the same noisy features.
+    The record is read block by block (noise is drawn per block, in order). A decomposed head reads
+    only the influential features, so noise elsewhere cannot change it: the ablation is about the
+    original model.
     """
     labels = record_labels(eval_record, imap.num_classes)
-    feats = torch.from_numpy(np.asarray(eval_record.features, dtype=np.float64))
     gen = torch.Generator().manual_seed(seed)
     infl = torch.tensor(imap.union(), dtype=torch.int64)
     rest = torch.tensor(sorted(set(range(imap.dim)) - set(imap.union())), dtype=torch.int64)
     non = rest[torch.randperm(len(rest), generator=gen)[:len(infl)]].sort().values
-    masked = weight * imap.mask().double()
-    result: dict[str, Any] = {"decomposed_head": {}}
-    for key, cols in (("influential", infl), ("non_influential", non)):
-        noisy = feats.clone()
-        noisy[:, cols] = torch.randn(len(feats), len(cols), generator=gen, dtype=torch.float64)
-        result[key] = _accuracy(_logits(noisy, weight, bias).argmax(1).numpy(), labels)
-        result["decomposed_head"][key] = _accuracy(_logits(noisy, masked, bias).argmax(1).numpy(), labels)
+    preds = {key: np.empty(len(labels), np.int64) for key in ("influential", "non_influential")}
+    for rows, feats in _feature_blocks(eval_record):
+        for key, cols in (("influential", infl), ("non_influential", non)):
+            noisy = feats.clone()
+            noisy[:, cols] = torch.randn(len(feats), len(cols), generator=gen, dtype=torch.float64)
+            preds[key][rows] = _logits(noisy, weight, bias).argmax(1).numpy()
+    result: dict[str, Any] = {key: _accuracy(p, labels) for key, p in preds.items()}
     note = "" if len(non) == len(infl) else \
         f"only {len(non)} non-influential features exist (fewer than the {len(infl)} influential ones)"
     return {**result, "num_influential": len(infl), "num_non_influential": len(non), "seed": seed, "note": note}
@@ -220,34 +303,40 @@ def retrain_head(head: DecomposedLinear, features: np.ndarray, labels: np.ndarra
 
     The backbone is frozen and in eval mode, so training on a record's features is the same as
     training through the backbone, without re-running it. Off-support weights stay exactly zero.
+    ``features`` may be a record's memory-mapped array: each mini-batch reads only its own rows.
     """
     if epochs < 1:
         raise InspectnetError(f"--retrain-epochs must be at least 1, got {epochs}")
-    keep = np.asarray(labels) >= 0
-    x = torch.from_numpy(np.asarray(features, dtype=np.float32)[keep]).to(head.weight.device)
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64)[keep]).to(head.weight.device)
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = np.flatnonzero(labels >= 0)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
+
+    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = rows[idx.numpy()]
+        x = torch.from_numpy(np.asarray(features[pick], dtype=np.float32)).to(head.weight.device)
+        return x, torch.from_numpy(labels[pick]).to(head.weight.device)
+
     with model_state(head, training=True):
-        return [{"epoch": epoch + 1, "loss": _retrain_epoch(head, x, y, opt, gen, batch_size)}
+        return [{"epoch": epoch + 1, "loss": _retrain_epoch(head, batch, len(rows), opt, gen, batch_size)}
                 for epoch in range(epochs)]
 
 
-def _retrain_epoch(head: DecomposedLinear, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+def _retrain_epoch(head: DecomposedLinear, batch, n: int, opt: torch.optim.Optimizer,
                    gen: torch.Generator, batch_size: int) -> float:
-    """One shuffled pass; returns the mean loss."""
-    order = torch.randperm(len(y), generator=gen)
+    """One shuffled pass over ``n`` samples read by ``batch(indices)``; returns the mean loss."""
+    order = torch.randperm(n, generator=gen)
     total = 0.0
-    for start in range(0, len(y), batch_size):
-        idx = order[start:start + batch_size]
-        loss = F.cross_entropy(head(x[idx]), y[idx])
+    for start in range(0, n, batch_size):
+        x, y = batch(order[start:start + batch_size])
+        loss = F.cross_entropy(head(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():  # belt and braces: the masked forward already gives them zero gradient
             head.weight.mul_(head.mask)
-        total += loss.item() * len(idx)
-    return total / len(y)
+        total += loss.item() * len(y)
+    return total / n
 
 
 def sweep(fit_record: ProbeRecord, eval_record: ProbeRecord, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -269,8 +358,8 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of a :func:`sweep`."""
     head = "| k1 | k2 | A_f | A_d | rA | agreement | union | head MACs |\n|---|---|---|---|---|---|---|---|\n"
     return head + "".join(f"| {r['k1']} | {r['k2']} | {r['accuracy_full']:.4f} | {r['accuracy_decomposed']:.4f} | "
-                          f"{r['rA']:.4f} | {r['agreement']:.4f} | {r['union_size']} | {r['head_macs_decomposed']} |\n"
-                          for r in rows)
+                          f"{format_value(r['rA'])} | {r['agreement']:.4f} | {r['union_size']} | "
+                          f"{r['head_macs_decomposed']} |\n" for r in rows)
 
 
 def sweep_plot(rows: list[dict[str, Any]], path: str | Path) -> Path:

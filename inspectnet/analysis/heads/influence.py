@@ -70,7 +70,9 @@ class InfluenceMap(Result):
     """Per-class influential feature sets S_c fitted on a probe record (see :func:`fit_influence`).
 
     ``frequencies[c][i]`` is the fraction of class-c samples whose top-k1 contains ``supports[c][i]``.
-    ``empty_classes`` had no samples in the fit record (their support is empty).
+    ``empty_classes`` had no samples in the fit record (the usual case for data covering a few of a
+    pretrained model's classes): nothing says which of their features matter, so their support is
+    empty and a decomposed head keeps their dense rows (:meth:`mask`).
     """
 
     k1: int
@@ -88,14 +90,20 @@ class InfluenceMap(Result):
     score: str = "magnitude"
 
     def union(self) -> list[int]:
-        """Sorted indices that some class uses (|∪ S_c|)."""
+        """Sorted indices that some class's influential set holds (|∪ S_c|, classes with data)."""
         return sorted({j for s in self.supports for j in s})
 
     def mask(self) -> torch.Tensor:
-        """(C, d) bool: ``mask[c, j]`` is True when j ∈ S_c."""
+        """(C, d) bool: ``mask[c, j]`` is True when j ∈ S_c; the rows of ``empty_classes`` are all True
+        (a class without fitting data keeps its dense row).
+
+        >>> InfluenceMap.full(2, 3, supports=[[1], []], empty_classes=[1]).mask().int().tolist()
+        [[0, 1, 0], [1, 1, 1]]
+        """
         m = torch.zeros(self.num_classes, self.dim, dtype=torch.bool)
         for c, s in enumerate(self.supports):
             m[c, s] = True
+        m[self.empty_classes] = True
         return m
 
     @classmethod

@@ -30,6 +30,8 @@ from inspectnet.analysis.rules.binarize import Quantizer, fit_quantizer
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.core.storage import atomic_write_text
+from inspectnet.core.streaming import row_blocks
+from inspectnet.data.subsets import spread_indices
 from inspectnet.probe.record import ProbeRecord
 
 AND, NOT, ARROW = " ∧ ", "¬", " → "
@@ -75,7 +77,13 @@ class RuleModel:
         return self.quantizer.transform(activations)[:, self.filters].astype(np.uint8)
 
     def predict(self, activations: np.ndarray) -> np.ndarray:
-        return self.tree.predict(self.atoms(activations))
+        """The tree's class per row, read block by block (a record's memmap stays on disk)."""
+        return np.concatenate([self.tree.predict(self.atoms(activations[rows]))
+                               for rows in row_blocks(len(activations))])
+
+    def leaves(self, activations: np.ndarray) -> np.ndarray:
+        """The leaf (rule) each row falls into, read block by block."""
+        return np.concatenate([self.tree.apply(self.atoms(activations[rows])) for rows in row_blocks(len(activations))])
 
     def used_filters(self) -> list[int]:
         feats = self.tree.tree_.feature
@@ -105,7 +113,7 @@ class RuleModel:
         ``activations``/``predictions`` when given), sorted by support."""
         t = self.tree.tree_
         classes = self.tree.classes_
-        eval_leaves = self.tree.apply(self.atoms(activations)) if activations is not None else None
+        eval_leaves = self.leaves(activations) if activations is not None else None
         out = []
         for leaf, conds in self._paths().items():
             value = np.asarray(t.value[leaf][0], dtype=np.float64)
@@ -221,13 +229,22 @@ def _check_record(rec: ProbeRecord, what: str) -> None:
                               f"`inspectnet probe` to make a complete record")
 
 
+FIT_SAMPLES = 10_000
+
+
 def extract_rules(train: ProbeRecord, layer: str, eval_record: ProbeRecord | None = None, *,
                   quantize: str = "mean_std", quantize_param: float | None = None, max_depth: int | None = None,
-                  val_fraction: float = 0.25, max_alphas: int = 40, seed: int = 0) -> tuple[RuleSet, RuleModel]:
-    """Fit thresholds and tree on ``train``'s ``layer`` and report on ``eval_record`` (else in-sample)."""
+                  val_fraction: float = 0.25, max_alphas: int = 40, seed: int = 0,
+                  fit_samples: int = FIT_SAMPLES) -> tuple[RuleSet, RuleModel]:
+    """Fit thresholds and tree on ``train``'s ``layer`` and report on ``eval_record`` (else in-sample).
+
+    The tree is fitted on at most ``fit_samples`` evenly spread rows of ``train`` (a tree needs its
+    data in memory; ``n_train`` says how many); the evaluation reads every row, block by block.
+    """
     _check_record(train, "train record")
-    a_train = np.asarray(train.activations(layer), dtype=np.float64)
-    p_train = train.predictions
+    fit_rows = spread_indices(len(train), fit_samples)
+    a_train = np.asarray(train.activations(layer)[fit_rows], dtype=np.float64)
+    p_train = train.predictions[fit_rows]
     model, selection = fit_rules(a_train, p_train, class_names=train.class_names, quantize=quantize,
                                  quantize_param=quantize_param, max_depth=max_depth,
                                  val_fraction=val_fraction, max_alphas=max_alphas, seed=seed)
@@ -236,7 +253,7 @@ def extract_rules(train: ProbeRecord, layer: str, eval_record: ProbeRecord | Non
         _check_record(eval_record, "eval record")
         _check_same_model(train, eval_record)
         ev, where = eval_record, f"eval record {eval_record.root}"
-    a_eval = np.asarray(ev.activations(layer), dtype=np.float64)
+    a_eval = ev.activations(layer)
     if a_eval.shape[1] != a_train.shape[1]:
         raise InspectnetError(f"layer {layer!r} has {a_train.shape[1]} filters in the train record but "
                               f"{a_eval.shape[1]} in the eval record")

@@ -5,20 +5,24 @@ per (sample, channel), and return a tensor of the same shape that is zero except
 (which keep their input value, so gradients flow through them):
 
 - ``identity``: everything survives.
-- ``max_activations(s, k)``: the k largest entries of each map (ties broken by position).
+- ``max_activations(s, k)``: the k largest entries of each map (ties broken by position); the paper
+  sets k = ⌊n/m⌋^dim (:func:`paper_k`) so that it keeps about as many as max-pool indices.
 - ``max_pool_indices(s, m)``: one survivor per m×m window, the entry of largest |s|:
   max_pool(|s|) with indices → gather s → max_unpool (not the paper code's one-window bug).
-- ``peaks(s, d)``: local maxima (≥ their 3×3 / 3-neighbourhood, > 0), taken greedily by amplitude
-  (ties: lower flat index first); a peak suppresses every other within Chebyshev distance < d.
-  Vectorized iterative suppression, exact to that greedy definition (see :func:`peaks_reference`).
+- ``peaks(s, mpd)``: the paper's Algorithm 4. Candidates are the zero crossings of the first
+  derivative from + to − (s[t−1] < s[t] > s[t+1]; along both axes for images, so no map border is
+  a candidate); taken greedily by amplitude (ties: lower flat index first), each kept peak
+  suppresses every other candidate within distance ≤ mpd (Chebyshev for images). Vectorized
+  iterative suppression, equal to :func:`peaks_algorithm4`, the line-by-line transcription.
 
 >>> s = torch.tensor([[[0.0, 3, 1, 2, 0, 5, 4]]])
->>> peaks(s, 2).tolist()
+>>> peaks(s, 1).tolist()
 [[[0.0, 3.0, 0.0, 2.0, 0.0, 5.0, 0.0]]]
->>> peaks(s, 3).tolist()
+>>> peaks(s, 2).tolist()
 [[[0.0, 3.0, 0.0, 0.0, 0.0, 5.0, 0.0]]]
 """
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -39,6 +43,24 @@ def _as_2d(s: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def identity(s: torch.Tensor) -> torch.Tensor:
     return s
+
+
+def paper_k(shape: tuple[int, ...], m: int) -> int:
+    """Max-Activations' k in the paper: ⌊n/m⌋^dim for maps of side n, i.e. Π ⌊n_i/m⌋ over the spatial
+    sides of ``shape`` (the trailing 1 or 2 dimensions of a (B, C, L) or (B, C, H, W) map), at least 1.
+
+    >>> paper_k((64, 2, 28, 28), 3), paper_k((8, 1, 100), 7)
+    (81, 14)
+    """
+    if m < 1:
+        raise InspectnetError(f"max-activations: kernel size m={m} must be at least 1")
+    sides = shape[2:]
+    if len(sides) not in (1, 2):
+        raise InspectnetError(f"sparse activations take (B, C, L) or (B, C, H, W) maps, got shape {tuple(shape)}")
+    k = 1
+    for n in sides:
+        k *= n // m
+    return max(1, k)
 
 
 def max_activations(s: torch.Tensor, k: int) -> torch.Tensor:
@@ -74,7 +96,7 @@ def max_pool_indices(s: torch.Tensor, m: int) -> torch.Tensor:
 
 def _priority(x: torch.Tensor) -> torch.Tensor:
     """Unique rank of each entry within its map: higher value first, then lower flat index (as float64,
-    exact for maps of up to 2^53 entries), so max-pooling priorities never ties."""
+    exact for maps of up to 2^53 entries), so max-pooling priorities never tie."""
     flat = x.flatten(2)
     order = torch.sort(flat, dim=2, descending=True, stable=True).indices
     n = flat.shape[2]
@@ -82,68 +104,109 @@ def _priority(x: torch.Tensor) -> torch.Tensor:
     return (n - ranks).to(torch.float64).view_as(x)
 
 
-def peaks(s: torch.Tensor, d: int) -> torch.Tensor:
-    """Greedy peak picking with minimum distance ``d`` (see the module docstring), vectorized.
+def _rises_then_falls(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x[t−1] < x[t] > x[t+1] along ``dim``; the first and last entry have no two-sided derivative."""
+    n = x.shape[dim]
+    z = torch.zeros_like(x, dtype=torch.bool)
+    if n > 2:
+        ds = x.diff(dim=dim)
+        z.narrow(dim, 1, n - 2).copy_((ds.narrow(dim, 0, n - 2) > 0) & (ds.narrow(dim, 1, n - 2) < 0))
+    return z
+
+
+def peaks(s: torch.Tensor, mpd: int) -> torch.Tensor:
+    """Peak detection with minimum peak distance ``mpd`` (Algorithm 4), vectorized over maps.
 
     Each round keeps every undecided candidate whose priority is the highest among undecided
-    candidates within distance < d (greedy would keep it: every higher one nearby is already
-    suppressed), then suppresses the undecided candidates near a kept peak. Each round keeps at
-    least the best undecided candidate, so the loop ends; it takes a few rounds in practice.
+    candidates within distance ≤ mpd (the greedy pass would keep it: every higher one nearby is
+    already suppressed), then suppresses the undecided candidates within mpd of a kept peak. Each
+    round keeps at least the best undecided candidate, so the loop ends; it takes a few rounds.
     """
-    if d < 1:
-        raise InspectnetError(f"peaks: minimum distance d={d} must be at least 1")
+    if mpd < 1:
+        raise InspectnetError(f"peaks: minimum peak distance mpd={mpd} must be at least 1")
     x, one_d = _as_2d(s)
-    win = (1, 2 * d - 1) if one_d else (2 * d - 1, 2 * d - 1)
-    pad = (0, d - 1) if one_d else (d - 1, d - 1)
-    nb = (1, 3) if one_d else (3, 3)
+    win = (1, 2 * mpd + 1) if one_d else (2 * mpd + 1, 2 * mpd + 1)
+    pad = (0, mpd) if one_d else (mpd, mpd)
     xd = x.detach()
-    local_max = xd >= F.max_pool2d(xd, nb, stride=1, padding=(0, 1) if one_d else (1, 1))
-    undecided = local_max & (xd > 0)
+    undecided = _rises_then_falls(xd, 3) if one_d else _rises_then_falls(xd, 3) & _rises_then_falls(xd, 2)
     kept = torch.zeros_like(undecided)
     prio = _priority(xd)
     while bool(undecided.any()):
         live = torch.where(undecided, prio, torch.zeros_like(prio))
-        best_near = F.max_pool2d(live, win, stride=1, padding=pad)
-        new = undecided & (live == best_near)
+        new = undecided & (live == F.max_pool2d(live, win, stride=1, padding=pad))
         kept |= new
-        near_new = F.max_pool2d(new.to(x.dtype if x.is_floating_point() else torch.float32), win, stride=1,
-                                padding=pad) > 0
-        undecided &= ~near_new
+        undecided &= ~(F.max_pool2d(new.to(torch.float32), win, stride=1, padding=pad) > 0)
     out = x * kept
     return out.squeeze(2) if one_d else out
 
 
-def peaks_reference(s: torch.Tensor, d: int) -> torch.Tensor:
-    """Straightforward per-map Python loop of the greedy Peaks definition (slow; for tests)."""
+def peaks_algorithm4(s: torch.Tensor, mpd: int) -> torch.Tensor:
+    """The paper's Algorithm 4 transcribed line by line, one map at a time (slow; the test reference).
+
+    A position is a tuple of coordinates (t) for signals or (row, column) for images; lines 1 and
+    8–10 apply to every coordinate, which for a signal is the algorithm as printed.
+    """
     x, one_d = _as_2d(s.detach())
     out = torch.zeros_like(x)
     B, C, H, W = x.shape
     for b in range(B):
         for c in range(C):
-            m = x[b, c]
-            cands = []
-            for i in range(H):
-                for j in range(W):
-                    v = float(m[i, j])
-                    if v <= 0:
-                        continue
-                    rows = range(max(0, i - 1), min(H, i + 2)) if not one_d else [i]
-                    if all(v >= float(m[r, q]) for r in rows for q in range(max(0, j - 1), min(W, j + 2))):
-                        cands.append((-v, i * W + j, i, j))
-            chosen: list[tuple[int, int]] = []
-            for _v, _f, i, j in sorted(cands):
-                if all(max(abs(i - a), abs(j - b2)) >= d for a, b2 in chosen):
-                    chosen.append((i, j))
-                    out[b, c, i, j] = m[i, j]
+            m = x[b, c, 0] if one_d else x[b, c]
+            out[b, c] = _algorithm4(m, mpd).view_as(out[b, c])
     return out.squeeze(2) if one_d else out
 
 
-def get_activation(name: str, *, k: int = 1, m: int = 2, d: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
-    """φ by name (``identity``, ``max-activations`` with k, ``max-pool-indices`` with m, ``peaks`` with d)."""
+def _algorithm4(s: torch.Tensor, mpd: int) -> torch.Tensor:
+    """Algorithm 4 on one map ``s`` of 1 or 2 dimensions."""
+    # 1: z ← ds/dt > 0 ∧ ds/dt < 0: the derivative is positive before t and negative after it
+    z = torch.zeros_like(s, dtype=torch.bool)
+    for pos in itertools.product(*(range(n) for n in s.shape)):
+        z[pos] = True
+        for axis, t in enumerate(pos):
+            if not 0 < t < s.shape[axis] - 1:  # no derivative on one side: not a zero crossing
+                z[pos] = False
+                continue
+            before, after = list(pos), list(pos)
+            before[axis], after[axis] = t - 1, t + 1
+            z[pos] &= bool(s[pos] - s[tuple(before)] > 0) and bool(s[tuple(after)] - s[pos] < 0)
+    # 2: p_i ← z > 0 (positions of the candidates, row-major)
+    p_i = z.nonzero()
+    # 3: p_ii ← sort(z), by amplitude, descending (stable: equal amplitudes keep row-major order)
+    p_ii = torch.sort(s[tuple(p_i.T)], descending=True, stable=True).indices
+    # 4: p_isorted ← p_i(p_ii)
+    p_isorted = p_i[p_ii]
+    # 5: q_i ← 0
+    q = torch.zeros(len(p_isorted), dtype=torch.bool)
+    # 6: for i = 0 to |p|
+    for i in range(len(p_isorted)):
+        # 7: if ¬q_i
+        if not q[i]:
+            # 8: p_ir ← p_i ≥ p_ii − mpd
+            p_ir = (p_isorted >= p_isorted[i] - mpd).all(dim=1)
+            # 9: p_il ← p_i ≤ p_ii + mpd
+            p_il = (p_isorted <= p_isorted[i] + mpd).all(dim=1)
+            # 10: p_im ← p_ir ∧ p_il
+            p_im = p_ir & p_il
+            # 11: q ← q ∨ p_im
+            q = q | p_im
+            # 12: q_i ← 0
+            q[i] = False
+    # 15: u_ind ← p_isorted(¬q)
+    u_ind = p_isorted[~q]
+    # 16: u_i ← 0
+    u = torch.zeros_like(s)
+    # 17: u(u_ind) ← s(u_ind)
+    u[tuple(u_ind.T)] = s[tuple(u_ind.T)]
+    return u
+
+
+def get_activation(name: str, *, k: int = 0, m: int = 2, d: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """φ by name: ``identity``, ``max-activations`` (keeps ``k``; k = 0 is the paper's ⌊n/m⌋^dim of each
+    map's size), ``max-pool-indices`` (window ``m``), ``peaks`` (minimum peak distance ``d``)."""
     if name == "identity":
         return identity
     if name == "max-activations":
-        return lambda s: max_activations(s, k)
+        return lambda s: max_activations(s, k or paper_k(tuple(s.shape), m))
     if name == "max-pool-indices":
         return lambda s: max_pool_indices(s, m)
     if name == "peaks":

@@ -1,11 +1,13 @@
 """Sparsely Activated Networks as a model (Bizopoulos & Koutsouris, DESIGN.md §5.4).
 
-q kernels w_i (m×m); s_i = x ⋆ w_i; α_i = φ(ReLU(s_i)); x̂ = Σ_i α_i * w_i (the adjoint
-convolution); trained on the L1 reconstruction loss. Per sample:
+q kernels w_i (m×m, initialised from N(0, 0.1) as in the paper); s_i = x ⋆ w_i; α_i = φ(ReLU(s_i));
+x̂ = Σ_i α_i * w_i (the adjoint convolution); trained with Adam on the L1 reconstruction loss. Per sample:
 CR = n / (W + (dim(x) + 1)·A) with n = entries of x, W = q·m² weights, A = non-zero activations;
 L̃ = ‖x̂ − x‖₁ / ‖x‖₁; φ̄ = ½(CR⁻¹ + L̃), averaged over the validation samples. The kernel size
 with the lowest validation φ̄ is selected per activation. The hyperparameter of each φ follows
-the kernel size: peaks distance d = m, max-pool window = m; max-activations keeps ``k`` per map.
+the kernel size as in the paper: peaks minimum distance mpd = m, max-pool window = m, and
+max-activations keeps k = ⌊n/m⌋^dim per map (n = side of the map), so the sparse activations are
+compared at about equal activation counts; ``k`` > 0 overrides that.
 
 >>> x = torch.rand(8, 1, 12, 12)
 >>> r = san_select(x[:6], x[6:], ["identity", "peaks"], [3], kernels=2, epochs=1)
@@ -37,12 +39,12 @@ if TYPE_CHECKING:
 class SAN(nn.Module):
     """``q`` kernels of size ``m`` and a sparse activation φ; ``forward(x)`` returns (x̂, α)."""
 
-    def __init__(self, kernels: int, size: int, activation: str, *, k: int = 5, in_chans: int = 1):
+    def __init__(self, kernels: int, size: int, activation: str, *, k: int = 0, in_chans: int = 1):
         super().__init__()
         if size % 2 == 0 or size < 1:
             raise InspectnetError(f"SAN kernel size {size} must be odd and positive (same-size reconstruction)")
         self.size, self.activation = size, activation
-        self.weight = nn.Parameter(torch.randn(kernels, in_chans, size, size) / size)
+        self.weight = nn.Parameter(0.1 * torch.randn(kernels, in_chans, size, size))  # paper §IV: N(0, 0.1)
         self.phi = get_activation(activation, k=k, m=size, d=size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +70,8 @@ def san_metrics(model: SAN, x: torch.Tensor) -> dict[str, float]:
             "activations_per_sample": float(A.mean())}
 
 
-def train_san(x: torch.Tensor, activation: str, size: int, *, kernels: int = 4, epochs: int = 5,
-              lr: float = 0.01, batch_size: int = 64, k: int = 5, seed: int = 0) -> SAN:
+def train_san(x: torch.Tensor, activation: str, size: int, *, kernels: int = 2, epochs: int = 5,
+              lr: float = 0.01, batch_size: int = 64, k: int = 0, seed: int = 0) -> SAN:
     """Fit a SAN on ``x`` (B, C, H, W) with Adam on the L1 reconstruction loss."""
     torch.manual_seed(seed)
     model = SAN(kernels, size, activation, k=k, in_chans=x.shape[1])
@@ -103,7 +105,7 @@ class SANResult(Result):
 
 
 def san_select(x_train: torch.Tensor, x_val: torch.Tensor, activations: Sequence[str] = ACTIVATIONS,
-               sizes: Sequence[int] = (3, 5, 7), *, kernels: int = 4, epochs: int = 5, k: int = 5,
+               sizes: Sequence[int] = (3, 5, 7), *, kernels: int = 2, epochs: int = 5, k: int = 0,
                seed: int = 0, lr: float = 0.01) -> SANResult:
     """Train one SAN per (activation, kernel size); select each activation's size by lowest φ̄."""
     bad = [a for a in activations if a not in ACTIVATIONS]

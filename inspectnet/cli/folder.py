@@ -1,0 +1,24 @@
+"""``inspectnet folder DATA --out DIR``: write labelled data as an image folder (ROOT/CLASS/IMAGE.png)."""
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("folder", help="write labelled data (e.g. photos:train) as an image folder",
+                       description="Write DATA as ROOT/CLASS/IMAGE.png, one sub-folder per class named as DATA "
+                                   "names it (photos: WordNet ids, as in ImageNet), so any command can read "
+                                   "it back as a folder.")
+    p.add_argument("data", help="labelled data: photos[:train|:test], mnist5k, digits, shapes, or a folder")
+    p.add_argument("--out", required=True, help="new (or empty) folder to write")
+    p.add_argument("--limit", type=int, help="write only the first N images")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from inspectnet.data import load_data
+    from inspectnet.data.datasets import write_folder
+
+    files = write_folder(load_data(args.data), args.out, limit=args.limit)
+    classes = sorted({f.parent.name for f in files})
+    print(f"wrote {len(files)} images in {len(classes)} class folders to {args.out}: {', '.join(classes)}")
+    return 0

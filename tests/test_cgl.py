@@ -1,0 +1,236 @@
+"""Concept Group Learning plugin: the terms against a literal reference of the paper's equations
+(also the equality check of the optimised implementation), P1/P2 modes, and L_s acting."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from inspectnet_plugins.cgl import ConceptGroupLearning
+from torch import nn
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.plugins import make_plugin
+
+
+class BNNet(nn.Module):
+    def __init__(self, c: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(1, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(c, 2)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class TwoConv(nn.Module):
+    """Two convs without BatchNorm (ψ from a / S, Eq. 1), the second on half-size maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, stride=2)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv2(F.relu(self.conv1(x)))).amax((2, 3)))
+
+
+def _reference_terms(model: nn.Module, x: torch.Tensor, spec: str) -> dict[str, torch.Tensor]:
+    """The paper's terms computed directly and layer by layer from the conv (or BN) outputs: ψ (Eq. 1 or
+    Eq. 4), L_g = Σ_l Σ_g (1/r) Σ_pairs D (Eq. 5), L_s = Σ_l mean over maps of the ψ-weighted distance
+    from the centre (positions in units of the map's longer side), R_bn = Σ_l Σ_g ‖W_g‖_F (Eq. 6)."""
+    pairs = make_plugin(spec)  # an identically seeded instance draws the same random pairs
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    modules = dict(model.named_modules())
+    order = [n for n, _ in model.named_modules()]
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: outputs.__setitem__(n, o.clone()))
+               for n in order if n]
+    logits = model(x)
+    for h in handles:
+        h.remove()
+    P1, P2 = pairs.hp["P1"], pairs.hp["P2"]
+    l_g = l_s = r_bn = torch.zeros((), dtype=torch.float64)
+    for name in names:
+        follower = order[order.index(name) + 1 + len([n for n in order if n.startswith(name + ".")])] \
+            if order.index(name) + 1 < len(order) else None
+        bn = modules.get(follower)
+        if isinstance(bn, nn.BatchNorm2d):
+            gamma = bn.weight.detach().double()
+            gamma = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3))
+            psi = torch.sigmoid(P1 * outputs[follower].double() / gamma.view(1, -1, 1, 1) + P2)
+        else:
+            a = outputs[name].double()
+            S = torch.stack([a[:, c].std(correction=0) for c in range(a.shape[1])]).clamp_min(1e-6)
+            psi = torch.sigmoid(P1 * a / S.view(1, -1, 1, 1) + P2)
+        C = psi.shape[1]
+        G = pairs.hp["groups"]
+        n_g = C // G
+        i, j = pairs.sample_pairs(G, n_g)
+        flat = psi.transpose(0, 1).flatten(1)  # ψ_i over the minibatch and space
+        for g in range(G):
+            pa, pb = flat[i[g]], flat[j[g]]
+            diff = (pa - pb).abs().sum(1)
+            l_g = l_g + (2 * diff / (pa.sum(1) + pb.sum(1) + diff)).sum() / len(i[g])
+            r_bn = r_bn + modules[name].weight.detach().double()[g * n_g:(g + 1) * n_g].norm()
+        H, W = psi.shape[2:]
+        ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                                indexing="ij")
+        ys, xs = ys / max(H, W), xs / max(H, W)
+        mass = psi.sum((2, 3), keepdim=True)
+        cy, cx = (psi * ys).sum((2, 3), keepdim=True) / mass, (psi * xs).sum((2, 3), keepdim=True) / mass
+        spread = (psi * ((ys - cy) ** 2 + (xs - cx) ** 2).sqrt()).sum((2, 3)) / mass[..., 0, 0]
+        l_s = l_s + spread.mean()
+    hp = pairs.hp
+    return {"logits": logits, "cgl_bn": hp["lam_bn"] * r_bn, "cgl_g": hp["lam_g"] * l_g, "cgl_s": hp["lam_s"] * l_s}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "twoconv"])
+def test_cgl_terms_equal_the_literal_equations_on_a_fixed_batch(arch):
+    """Every conv of ResNet18 (BN variant, incl. the shortcut convs) or two plain convs; the optimised
+    plugin's three terms equal the layer-by-layer reference on the same batch and pairs."""
+    from inspectnet import load_model
+
+    torch.manual_seed(0)
+    model = load_model("resnet18", num_classes=2, in_chans=1, input_size=64).model if arch == "resnet18" \
+        else TwoConv()
+    model.train()
+    x = torch.randn(4, 1, 64, 64)
+    spec = "cgl:groups=2,lam_bn=0.5,lam_g=0.7,lam_s=0.3,P1=1.3,P2=-0.2,seed=5"
+    reference = _reference_terms(model, x, spec)
+    plugin = make_plugin(spec).attach(model, num_classes=2)
+    if arch == "resnet18":
+        assert len(plugin.convs) == 20
+    logits = model(x)
+    terms = plugin.loss(x, None, logits)
+    plugin.detach()
+    assert torch.equal(logits, reference["logits"])
+    for key in ("cgl_bn", "cgl_g", "cgl_s"):
+        assert terms[key].double().item() == pytest.approx(reference[key].item(), rel=1e-5), key
+
+
+def test_cgl_group_distance_is_one_minus_iou_and_spatial_loss():
+    plugin = make_plugin("cgl:groups=1,pairs=4")
+    # two binary maps per group (1 group of 2 filters): |A|=2, |B|=2, |A∩B|=1 -> 1 - IoU = 2/3
+    psi = torch.zeros(1, 2, 2, 2)
+    psi[0, 0, 0, 0] = psi[0, 0, 0, 1] = 1
+    psi[0, 1, 0, 1] = psi[0, 1, 1, 1] = 1
+    assert torch.allclose(plugin.group_loss(psi, 1, 2), torch.tensor(2 / 3))
+    # two groups: Eq. 5 sums their (1/r)-averaged distances (identical maps: 0; disjoint maps: 1)
+    two = torch.zeros(1, 4, 2, 2)
+    two[0, :2, 0, 0] = 1
+    two[0, 2, 0, 0], two[0, 3, 1, 1] = 1, 1
+    assert torch.allclose(plugin.group_loss(two, 2, 2), torch.tensor(1.0))
+    # spatial loss: mass at (0,0) and (0,2) of a 3×3 map -> centre (0,1), mean distance 1 pixel = 1/3 side
+    m = torch.zeros(1, 1, 3, 3)
+    m[0, 0, 0, 0] = m[0, 0, 0, 2] = 1
+    assert torch.allclose(ConceptGroupLearning.spatial_loss(m), torch.tensor(1 / 3))
+    assert ConceptGroupLearning.spatial_loss(torch.ones(1, 1, 64, 64)).item() == pytest.approx(0.3826, abs=2e-3)
+
+
+def test_cgl_block_norm_general_pq_leftover_and_beta():
+    model = BNNet(c=7)
+    plugin = make_plugin("cgl:groups=2,free=1,p=1,q=2,layers=conv").attach(model, num_classes=2)
+    assert plugin.split["conv"] == (2, 3, 1)  # 7 filters: 2 groups of 3, 1 free filter (explicit)
+    w = model.conv.weight.detach().flatten(1)
+    blocks = [w[0:3].abs().sum(), w[3:6].abs().sum(), w[6].abs().sum()]  # free filter = singleton block
+    assert torch.allclose(plugin.block_norm("conv"), torch.stack(blocks).norm(p=2))
+    assert plugin.group_relevance()["conv"] == pytest.approx([w[0:3].norm().item(), w[3:6].norm().item()])
+    # block norm replaces weight decay on the regularized weights
+    assert [id(p) for p in plugin.decay_exempt()] == [id(model.conv.weight)]
+    plugin.detach()
+    with pytest.raises(InspectnetError, match="exceed the 7 filters"):
+        make_plugin("cgl:groups=7,free=1,layers=conv").attach(model, num_classes=2)
+
+
+def test_cgl_bn_variant_finite_with_inplace_relu_and_seeded_pairs():
+    torch.manual_seed(0)
+    model = BNNet()
+    x = torch.randn(4, 1, 6, 6)
+    losses = []
+    for _ in range(2):
+        plugin = make_plugin("cgl:groups=2,layers=conv,seed=3").attach(model, num_classes=2)
+        with torch.no_grad():
+            model.bn.weight[0] = 0.0  # γ = 0 must not produce inf/nan
+        model(x)
+        terms = plugin.loss(x, None, None)
+        sum(terms.values()).backward()
+        assert all(torch.isfinite(v) for v in terms.values())
+        losses.append(terms["cgl_g"].item())
+        state = plugin.state_dict()
+        plugin.detach()
+    assert losses[0] == losses[1]  # same seed -> same random pairs
+    assert set(state) == {"P", "generator"}
+
+
+def _train_cgl(spec: str, steps: int, x: torch.Tensor) -> tuple[ConceptGroupLearning, list[dict]]:
+    """Adam on the CGL terms alone (no task loss) for ``steps`` steps; the epoch log after each step."""
+    torch.manual_seed(0)
+    model = TwoConv()
+    plugin = make_plugin(spec).attach(model, num_classes=2)
+    opt = torch.optim.Adam(list(model.parameters()) + plugin.parameters(), lr=0.05)
+    logs = []
+    for _ in range(steps):
+        plugin.epoch_begin(0)
+        model(x)
+        loss = sum(plugin.loss(x, None, None).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        logs.append(plugin.epoch_end(0))
+    plugin.detach()
+    return plugin, logs
+
+
+def test_cgl_learned_P_drifts_along_the_degenerate_direction_bounded_and_fixed_P_do_not():
+    """A constant ψ = σ(P2) zeroes L_g without aligning filters, so dL_g/dP1 > 0 and learned P1 falls;
+    the log shows it (P1 and the collapsing spread of ψ); P=bounded keeps P1 ≥ P1_min, P=fixed keeps P1, P2."""
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = TwoConv()
+    plugin = make_plugin("cgl:groups=2,lam_g=1,lam_s=0,lam_bn=0").attach(model, num_classes=2)
+    model(x)
+    plugin.loss(x, None, None)["cgl_g"].backward()
+    assert plugin.P.grad[0] > 0
+    plugin.detach()
+    spec = "cgl:groups=2,lam_g=1,lam_s=0,lam_bn=0,P1_min=0.9"
+    learned = _train_cgl(spec, 20, x)[1]
+    bounded = _train_cgl(spec + ",P=bounded", 20, x)[1]
+    fixed_plugin, fixed = _train_cgl(spec + ",P=fixed", 20, x)
+    assert {"P1", "P2", "L_g", "L_s", "psi_std"} <= set(learned[-1])
+    assert learned[-1]["P1"] < 0.5 and learned[-1]["psi_std"] < 0.5 * learned[0]["psi_std"]
+    assert min(log["P1"] for log in bounded) >= 0.9 - 1e-6
+    assert (fixed[-1]["P1"], fixed[-1]["P2"]) == (1.0, 0.0) and fixed_plugin.parameters() == []
+
+
+def test_cgl_spatial_loss_acts_it_concentrates_psi():
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    logs = _train_cgl("cgl:groups=2,lam_g=0,lam_s=1,lam_bn=0", 30, x)[1]
+    assert logs[-1]["L_s"] < 0.6 * logs[0]["L_s"]
+    assert logs[0]["L_s"] > 0.5  # two layers of near-uniform ψ to start with (≈ 0.38 each)
+
+
+def test_cgl_refuses_non_conv_layers_and_warns_on_1x1_maps():
+    model = TwoConv()
+    with pytest.raises(InspectnetError, match="'fc' is a Linear, not a Conv2d"):
+        make_plugin("cgl:layers=fc").attach(model, num_classes=2)
+    plugin = make_plugin("cgl:groups=2,layers=conv2").attach(model, num_classes=2)
+    model(torch.rand(2, 1, 2, 2))
+    with pytest.warns(UserWarning, match="1×1 maps"):
+        plugin.loss(None, None, None)
+    plugin.detach()
+
+
+def test_cgl_fused_pair_distance_and_spatial_spread_gradients_match_autograd():
+    """The hand-written backward passes (the speed-up) against numerical gradients (float64)."""
+    from inspectnet_plugins.cgl import _PairL1, _RowL2, _SpatialSpread
+
+    g = torch.Generator().manual_seed(0)
+    psi = torch.rand(5, 12, dtype=torch.float64, generator=g).requires_grad_()
+    i, j = torch.tensor([0, 1, 3, 4, 0]), torch.tensor([2, 0, 4, 1, 3])
+    assert torch.autograd.gradcheck(lambda t: _PairL1.apply(t, i, j), (psi,))
+    maps = (torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=g) + 0.05).requires_grad_()
+    assert torch.autograd.gradcheck(_SpatialSpread.apply, (maps,))
+    rows = torch.randn(3, 7, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(_RowL2.apply, (rows,))

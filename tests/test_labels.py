@@ -1,0 +1,195 @@
+"""Label alignment (issue 11): a dataset's classes are mapped onto a model's classes by WordNet id, name or
+class map, never by silent folder order; what cannot be mapped is refused with one line naming it."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inspectnet import InspectnetError, load_data, load_model
+from inspectnet.cli import main
+from inspectnet.data.datasets import FolderDataset, write_folder
+from inspectnet.data.labels import align_classes, imagenet_names, is_placeholder, placeholder_names, read_class_map
+from inspectnet.data.sources import LABELLED_PHOTOS
+from inspectnet.probe.record import run_probe
+
+IMAGENET = imagenet_names()
+
+
+def test_imagenet_names_are_timms_descriptions_read_without_importing_timm():
+    import timm.data
+
+    info = timm.data.ImageNetInfo()
+    assert IMAGENET == [info.index_to_description(i).split(",")[0] for i in range(1000)]
+    code = ("import sys\nfrom inspectnet.data.labels import align_classes, imagenet_names\n"
+            "m = align_classes(['n02123045', 'tabby cat'], imagenet_names(), class_map={'tabby cat': 282})\n"
+            "assert m.indices == [281, 282], m.indices\n"
+            "assert not any(k.split('.')[0] in ('torch', 'timm') for k in sys.modules), 'torch or timm imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("folder, index, via", [
+    ("n02123045", 281, "WordNet id"), ("tabby", 281, "model class name"), ("Tabby_Cat", 281, "ImageNet synonym"),
+    ("tabby cat", 281, "ImageNet synonym"), ("Egyptian_cat", 285, "model class name"),
+    ("egyptian-cat", 285, "model class name"), ("espresso", 967, "model class name"),
+])
+def test_imagenet_folders_map_by_wnid_name_or_synonym(folder, index, via):
+    m = align_classes([folder], IMAGENET)
+    assert (m.indices, m.via, m.method) == ([index], [via], "by name")
+
+
+def test_mapping_applies_to_labels_and_describes_itself():
+    m = align_classes(["n07920052", "n02123045"], IMAGENET)
+    assert m.apply(np.array([0, 1, -1, 1])).tolist() == [967, 281, -1, 281]
+    assert m.describe()["classes"][1] == {"data": "n02123045", "index": 281, "model_class": "tabby",
+                                          "via": "WordNet id"}
+    assert m.identity() == {"method": "by name", "classes": {"n07920052": 967, "n02123045": 281},
+                            "num_model_classes": 1000}
+
+
+def test_placeholder_names_keep_index_order_only_for_equal_counts():
+    m = align_classes(["b", "a", "c"], placeholder_names(3))
+    assert m.indices == [0, 1, 2] and m.index_order and m.method == "index order"
+    assert is_placeholder(placeholder_names(4)) and not is_placeholder(["a"])
+    with pytest.raises(InspectnetError, match=r"placeholder class names .* index order needs exactly 4"):
+        align_classes(["a", "b", "c"], placeholder_names(4))
+
+
+def test_unmatched_classes_are_refused_naming_them_and_the_closest_names():
+    with pytest.raises(InspectnetError) as err:
+        align_classes(["n02123045", "tabbby", "espreso_cup"], IMAGENET, what="data 'photos/'")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("data 'photos/': 2 classes 'tabbby'")
+    assert "closest: tabby (281, n02123045)" in msg and "espresso (967, n07920052)" in msg
+    assert "--class-map" in msg and "n02123045'" not in msg
+
+
+def test_names_of_several_classes_are_refused_as_ambiguous():
+    with pytest.raises(InspectnetError, match=r"'crane' could be crane \(134, n02012849\) or crane \(517, n03126707\)"):
+        align_classes(["crane"], IMAGENET)
+
+
+def test_two_folders_on_one_class_are_refused_unless_the_class_map_says_so():
+    with pytest.raises(InspectnetError, match=r"classes 'n02123045', 'tabby' all map to model class tabby \(281"):
+        align_classes(["n02123045", "tabby"], IMAGENET)
+    m = align_classes(["n02123045", "tabby"], IMAGENET, class_map={"n02123045": 281, "tabby": "tabby cat"})
+    assert m.indices == [281, 281] and m.via == ["class map", "class map"]
+
+
+def test_class_map_indices_names_and_mistakes():
+    m = align_classes(["cats", "cups"], IMAGENET, class_map={"cats": 285, "cups": "n07930864"})
+    assert m.indices == [285, 968]
+    with pytest.raises(InspectnetError, match=r"'cats' maps to index 1000, but the model has 1000 classes \(0-999\)"):
+        align_classes(["cats"], IMAGENET, class_map={"cats": 1000})
+    with pytest.raises(InspectnetError, match="maps to True; expected a model class index or name"):
+        align_classes(["cats"], IMAGENET, class_map={"cats": True})
+    with pytest.raises(InspectnetError, match=r"'cats' maps to 'kitten', which matches no class"):
+        align_classes(["cats"], IMAGENET, class_map={"cats": "kitten"})
+    with pytest.raises(InspectnetError, match=r"--class-map names 'dogs', which data does not have"):
+        align_classes(["cats"], IMAGENET, class_map={"cats": 281, "dogs": 207})
+    # evaluation data may hold only some of the classes the map names
+    assert align_classes(["cats"], IMAGENET, class_map={"cats": 281, "dogs": 207}, strict=False).indices == [281]
+
+
+def test_class_map_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "map.json"
+    bad.write_text("{not json")
+    with pytest.raises(InspectnetError, match="is not valid JSON"):
+        read_class_map(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(InspectnetError, match="must be a non-empty JSON object"):
+        read_class_map(bad)
+    bad.write_text('{"cats": 281}')
+    assert read_class_map(bad) == {"cats": 281}
+
+
+def _folder(root, classes, per_class=2, size=20):
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            rng = np.random.default_rng(10 * c + i)
+            Image.fromarray(rng.integers(0, 255, (size, size + 3, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_record_probed_with_one_mapping_is_not_reused_with_another(tmp_path):
+    torch.manual_seed(0)
+    zm = load_model("resnet18", input_size=16)  # 1000 ImageNet-named classes
+    root = _folder(tmp_path / "data", ["n02123045", "n07920052"])
+    rec = run_probe(zm, load_data(str(root), zm.transform(), model_classes=zm.class_names), "layer4", tmp_path / "r")
+    assert sorted(set(rec.labels.tolist())) == [281, 967] and rec.manifest["label_mapping"]["method"] == "by name"
+    assert rec.manifest["data_class_names"] == ["n02123045", "n07920052"]
+    other = load_data(str(root), zm.transform(), model_classes=zm.class_names,
+                      class_map={"n02123045": 282, "n07920052": 967})
+    with pytest.raises(InspectnetError, match="holds a different probe record .*label_mapping"):
+        run_probe(zm, other, "layer4", tmp_path / "r")
+
+
+def test_python_api_maps_data_itself_and_refuses_unmappable_data(tmp_path):
+    zm = load_model("resnet18", input_size=16)
+    root = _folder(tmp_path / "data", ["0", "1"])
+    with pytest.raises(InspectnetError, match=r"data '.*data': 2 classes '0'; '1' match no class of the model"):
+        run_probe(zm, load_data(str(root), zm.transform()), "layer4", tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    from inspectnet.training.loop import evaluate
+    with pytest.raises(InspectnetError, match="match no class of the model"):
+        evaluate(zm, load_data(str(root), zm.transform()))
+
+
+def test_cli_refuses_bad_class_maps_with_one_line(capsys, tmp_path):
+    root = _folder(tmp_path / "data", ["cats", "cups"])
+    cmap = tmp_path / "map.json"
+    cmap.write_text(json.dumps({"cats": 281, "cups": 1000}))
+    code = main(["probe", "resnet18", str(root), "--input-size", "16", "--layers", "layer4", "--out",
+                 str(tmp_path / "r"), "--class-map", str(cmap)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "'cups' maps to index 1000, but the model has 1000 classes" in err
+    cmap.write_text(json.dumps({"cats": "tabby", "cups": "espresso"}))
+    code = main(["probe", "resnet18", str(root), "--input-size", "16", "--layers", "layer4", "--out",
+                 str(tmp_path / "r"), "--class-map", str(cmap)])
+    out = capsys.readouterr().out
+    assert code == 0 and "accuracy" in out
+
+
+def test_train_adopts_folder_names_only_in_index_order(capsys, tmp_path):
+    root = _folder(tmp_path / "data", ["zq_one", "zq_two"], per_class=3)  # ("ant", "bee" are ImageNet classes)
+    assert main(["train", "resnet18", str(root), "--num-classes", "2", "--input-size", "16", "--epochs", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "m")]) == 0
+    assert load_model(str(tmp_path / "m")).class_names == ["zq_one", "zq_two"]
+    # a 1000-class ImageNet model is not retrained on folders it cannot name
+    code = main(["train", "resnet18", str(root), "--input-size", "16", "--epochs", "1", "--out", str(tmp_path / "x")])
+    assert code == 2 and "'zq_one'" in capsys.readouterr().err and not (tmp_path / "x" / "config.json").exists()
+
+
+def test_photos_source_crops_are_labelled_by_wordnet_id_and_never_shared():
+    train, test, whole = (load_data(f"photos{s}?n=40&seed=3") for s in (":train", ":test", ""))
+    assert train.class_names == [w for _, w in LABELLED_PHOTOS] and (len(train), len(test), len(whole)) == (32, 8, 40)
+    assert not {train.name(i) for i in range(len(train))} & {test.name(i) for i in range(len(test))}
+    boxes = [item[:2] for item in whole.items]
+    assert len(set(boxes)) == len(boxes)
+    assert np.bincount(whole.labels).tolist() == [10, 10, 10, 10]
+    again = load_data("photos:train?n=40&seed=3")
+    assert np.array_equal(np.asarray(train.image(5)), np.asarray(again.image(5)))
+    assert load_data("photos?n=40&seed=4").items != whole.items
+    with pytest.raises(InspectnetError, match="n=3 is too small"):
+        load_data("photos?n=3")
+
+
+def test_written_folder_reads_back_the_same_images(tmp_path, capsys):
+    assert main(["folder", "photos:test?n=16", "--out", str(tmp_path / "f")]) == 0
+    assert "wrote 4 images in 4 class folders" in capsys.readouterr().out
+    ds, back = load_data("photos:test?n=16"), FolderDataset(tmp_path / "f")
+    assert back.class_names == sorted(w for _, w in LABELLED_PHOTOS)
+    for i in range(len(ds)):
+        j = [f.stem for f in back.files].index(ds.name(i))
+        assert np.array_equal(np.asarray(ds.image(i)), np.asarray(back.image(j).convert("RGB")))
+        assert back.class_names[back.labels[j]] == ds.class_names[ds.labels[i]]
+    with pytest.raises(InspectnetError, match="is not an empty folder"):
+        write_folder(ds, tmp_path / "f")
+    with pytest.raises(InspectnetError, match="is unlabelled"):
+        write_folder(load_data("samples"), tmp_path / "g")

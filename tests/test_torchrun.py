@@ -1,0 +1,99 @@
+"""The commands under real ``torchrun`` (2 gloo processes on CPU): an audit equal to the one-process audit, a
+rank dying mid-pass on a corrupt image (the other stops naming it), and the re-run that resumes."""
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inspectnet import ProbeRecord, load_data, load_model, run_probe, save_model
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def _inspectnet(args, *, torchrun=False):
+    cmd = [*(TORCHRUN if torchrun else [sys.executable]), "-m", "inspectnet", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def _corrupt_png(path):
+    """A PNG whose chunks and checksums are valid (Pillow's verify passes) but whose pixels cannot be decoded."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    at = data.find(b"IDAT")
+    size = struct.unpack(">I", data[at - 4:at])[0]
+    data[at + 6:at + 4 + size] = b"\xff" * (size - 2)
+    data[at + 4 + size:at + 8 + size] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 4 + size])))
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def folder_and_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchrun")
+    digits = load_data("digits:test")
+    for i in range(60):
+        cls = root / "digits" / str(digits.labels[i])
+        cls.mkdir(parents=True, exist_ok=True)
+        digits.image(i).save(cls / f"{i:03d}.png")
+    torch.manual_seed(0)
+    save_model(load_model("resnet18", num_classes=10, in_chans=1, input_size=16), root / "model")
+    return root
+
+
+@pytest.mark.slow  # two torchrun launches (~1 min on a loaded 2-core machine)
+def test_rank_dying_mid_pass_stops_the_other_naming_it_and_the_rerun_resumes(folder_and_model, tmp_path):
+    root = folder_and_model
+    last = sorted((root / "digits").rglob("*.png"))[-1]       # the last image: in rank 1's share
+    good = last.read_bytes()
+    _corrupt_png(last)
+    args = ["probe", root / "model", root / "digits", "--layers", "layer4", "--out", tmp_path / "rec",
+            "--batch-size", "8", "--workers", "0"]
+    try:
+        failed = _inspectnet(args, torchrun=True)
+    finally:
+        last.write_bytes(good)
+    assert failed.returncode != 0
+    assert f"inspectnet: error: image {last} cannot be decoded" in failed.stderr          # rank 1's own line
+    assert "inspectnet: error: rank 1 of 2 failed during the probe pass (InspectnetError: image" in failed.stderr
+    progress = {p.name: json.loads(p.read_text())["done"] for p in (tmp_path / "rec").glob("progress-rank-*")}
+    # rank 1's three batches before the corrupt image are kept for the re-run; how far rank 0 got
+    # before it saw the failure depends on when each process started (whole batches either way)
+    assert progress["progress-rank-1-of-2.json"] == 24
+    assert progress["progress-rank-0-of-2.json"] % 8 == 0
+    resumed = _inspectnet(args, torchrun=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    torch.set_num_threads(1)  # as each torchrun process
+    zm = load_model(str(root / "model"))
+    one = run_probe(zm, load_data(str(root / "digits"), zm.transform()), "layer4", tmp_path / "one", batch_size=8)
+    two = ProbeRecord.load(tmp_path / "rec")
+    for name in ("features", "logits", "labels"):
+        assert np.array_equal(getattr(one, name), getattr(two, name)), name
+    assert np.array_equal(one.activations("layer4"), two.activations("layer4"))
+
+
+@pytest.mark.slow  # a torchrun launch and a one-process audit (~1 min)
+def test_torchrun_audit_equals_the_one_process_audit(folder_and_model, tmp_path):
+    root = folder_and_model
+    args = ["audit", root / "model", root / "digits", "--limit", "48", "--layers", "layer3,layer4",
+            "--concepts", "shapes?n=16", "--concept-limit", "16", "--images", "1", "--ig-steps", "4",
+            "--top-units", "2", "--batch-size", "8", "--workers", "0"]
+    two = _inspectnet([*args, "--out", tmp_path / "two", "--shard-order", "strided"], torchrun=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _inspectnet([*args, "--out", tmp_path / "one"])
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    def sections(folder):
+        doc = json.loads((folder / "card.json").read_text())
+        text = json.dumps({k: {kk: v for kk, v in s.items() if kk != "seconds"} for k, s in doc["sections"].items()})
+        return json.loads(text.replace(str(folder), "DIR"))
+
+    assert sections(tmp_path / "two") == sections(tmp_path / "one")
+    assert json.loads((tmp_path / "two" / "card.json").read_text())["sections"]["dissection"]["status"] == "ok"
