@@ -12,9 +12,9 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.data.subsets import spread_subset
 from inspectnet.pipelines.audit import AuditConfig, run_audit
 
-STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions"]
+STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions", "explanations"]
 PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit=48, layers=["layer4"],
-              attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3)
+              attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3, explain_images=6, sanity_images=3)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,25 @@ def test_first_audit_runs_every_stage_and_writes_the_card(audited, trained):
     assert all(sec["title"] for sec in card["sections"].values()) and card["config"]["layer"] is None
 
 
+def test_explanations_stage_measures_every_form_and_reports_unrankable_maps(audited):
+    out, doc = audited
+    r = doc["sections"]["explanations"]["result"]
+    assert {f["name"]: f["status"] for f in r["forms"]} == {"full": "ok", "decomposed": "ok", "slimmed": "ok",
+                                                            "int8 (of slimmed)": "missing"}
+    assert "--export" in r["forms"][3]["error"]
+    rows = {(x["form"], x["method"], tuple(x["map_size"])): x for x in r["rows"]}
+    ig = rows[("full", "integrated_gradients", (16, 16))]
+    assert ig["evaluated"] == 6 and ig["forward_passes"] == 6 * 28 and "vs_random" in ig
+    evidence = rows[("decomposed", "evidence", (1, 1))]  # 16 px input: layer4 is 1x1, nothing to rank
+    assert evidence["evaluated"] == 0 and evidence["constant_maps"] == 6 and evidence["deletion_auc"] is None
+    assert r["sanity"]["full"]["methods"]["evidence"]["passes"] is None
+    assert r["sanity"]["full"]["methods"]["random"]["passes"] is None  # a 1x1 random map cannot be ranked either
+    assert r["cost"]["forward_passes_per_image_per_method"] == 28.0
+    assert all((out / f["path"]).exists() for f in r["figures"]) and len(r["figures"]) == 3
+    page = (out / "card.html").read_text()
+    assert "Explanation quality by model form" in page and page.count("data:image/png;base64,") >= 4 + 3
+
+
 def test_explicit_layer_is_probed_and_analysed_by_rules_and_attributions(audited, trained, tmp_path):
     out = _copy(audited, tmp_path)
     doc = run_audit(_load(trained), _config(layer="layer3"), out, log=None)
@@ -116,7 +135,8 @@ def test_second_audit_reuses_every_stage(audited, trained, tmp_path):
     assert second["timing"]["stages_run_seconds"] == 0.0
     assert second["sections"]["rules"]["result"] == first["sections"]["rules"]["result"]
     third = run_audit(_load(trained), _config(k2=2), out, log=None)  # only the decomposition and its readers
-    assert [n for n, s in third["sections"].items() if not s["cached"]] == ["decomposition", "attributions"]
+    assert [n for n, s in third["sections"].items() if not s["cached"]] == ["decomposition", "attributions",
+                                                                            "explanations"]
     assert all(len(p["features"]) <= 2 for p in third["sections"]["decomposition"]["result"]["per_class"])
     shutil.rmtree(out / "rules")  # a stage whose files were deleted is recomputed, not trusted
     fourth = run_audit(_load(trained), _config(k2=2), out, log=None)
@@ -185,7 +205,7 @@ def test_cli_audit_reuses_cache_then_card_rerenders(audited, trained, tmp_path, 
     out = _copy(audited, tmp_path)
     rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "48", "--eval-limit", "48",
                "--layers", "layer4", "--images", "2", "--ig-steps", "4", "--top-units", "2", "--k2", "3",
-               "--out", str(out)])
+               "--explain-images", "6", "--sanity-images", "3", "--out", str(out)])
     assert rc == 0
     card = json.loads((out / "card.json").read_text())
     assert all(s["cached"] for s in card["sections"].values())  # the CLI keys its stages like the library

@@ -2,7 +2,7 @@
 
 Stages, in order (each reads what the earlier ones wrote into ``DIR``)::
 
-    probe → decomposition → rules → sparsity → linear_probes → attributions
+    probe → decomposition → rules → sparsity → linear_probes → attributions → explanations
           → dissection (with concept data) → export (when asked) → card
 
 Each stage is one :class:`Stage` in :data:`STAGES`: its name and card title, the parameters of the
@@ -103,6 +103,10 @@ class AuditConfig:
     attribution_images: int = 6
     ig_steps: int = 32
     top_units: int = 6
+    explain_images: int = 64
+    deletion_steps: int = 10
+    baseline: str = "blur"
+    sanity_images: int = 8
     batch_size: int = 32
     device: str = "cpu"
     seed: int = 0
@@ -351,6 +355,64 @@ def _stage_attributions(ctx: _Context) -> dict[str, Any]:
     return result
 
 
+def _stage_explanations(ctx: _Context) -> dict[str, Any]:
+    from inspectnet.analysis.explain.faithfulness import FaithfulnessConfig
+    from inspectnet.analysis.explain.methods import MethodConfig
+    from inspectnet.pipelines.explain import QualityConfig, explanation_quality
+
+    cfg = ctx.config
+    data = spread_subset(ctx.eval_dataset(), cfg.explain_images)
+    quality = QualityConfig(images=cfg.explain_images, sanity_images=cfg.sanity_images,
+                            faithfulness=FaithfulnessConfig(steps=cfg.deletion_steps, baseline=cfg.baseline,
+                                                            batch_size=cfg.batch_size, seed=cfg.seed),
+                            method=MethodConfig(ig_steps=cfg.ig_steps, internal_batch_size=cfg.batch_size,
+                                                seed=cfg.seed))
+    doc = explanation_quality(_model_forms(ctx), data, ctx.out / "explanations", quality)
+    doc["figures"] = [{**f, "path": ctx.rel(f["path"])} for f in doc["figures"]]
+    return doc
+
+
+def _model_forms(ctx: _Context) -> list[Any]:
+    """The full model, its decomposed and slimmed forms, and the int8 ONNX export of the last of them
+    (with --export); a form that cannot be built says why."""
+    from inspectnet.analysis.heads.slim import slim_model
+    from inspectnet.models.zoo import load_model
+    from inspectnet.pipelines.explain import ModelForm
+
+    forms = [ModelForm("full", ctx.zm)]
+    dec = ctx.results.get("decomposition", {})
+    if dec.get("status") != "ok":
+        return forms + [ModelForm(n, missing="the decomposition stage failed") for n in ("decomposed", "slimmed", "int8")]
+    dzm = load_model(str(ctx.out / dec["result"]["model_dir"])).to(ctx.config.device)
+    forms.append(ModelForm("decomposed", dzm))
+    last = dzm
+    try:
+        last, _ = slim_model(dzm)
+        forms.append(ModelForm("slimmed", last))
+    except Exception as exc:  # noqa: BLE001 - the card says why this form is missing
+        forms.append(ModelForm("slimmed", missing=_why(exc)))
+    forms.append(_int8_form(ctx, last, "slimmed" if last is not dzm else "decomposed"))
+    return forms
+
+
+def _int8_form(ctx: _Context, zm: ZooModel, of: str) -> Any:
+    """int8 ONNX export (with the evidence output) of ``zm``, calibrated on the fitting data."""
+    from inspectnet.data.subsets import calibration_arrays
+    from inspectnet.export.onnx import export_onnx
+    from inspectnet.pipelines.explain import ModelForm
+
+    name = f"int8 (of {of})"
+    if not ctx.config.export:
+        return ModelForm(name, missing="not evaluated: run the audit with --export")
+    try:
+        calibration, _ = calibration_arrays(ctx.dataset(ctx.config.data), 64)
+        res = export_onnx(zm, ctx.out / "explanations" / "int8" / "model.onnx", evidence=1, int8=True,
+                          calibration=calibration, latency=False, force=True, device=ctx.config.device)
+    except Exception as exc:  # noqa: BLE001 - the card says why this form is missing
+        return ModelForm(name, missing=_why(exc))
+    return ModelForm(name, onnx=Path(res.int8["path"]))
+
+
 def _stage_dissection(ctx: _Context) -> dict[str, Any]:
     from inspectnet.analysis.dissect.dissection import dissect, write_dissection
     from inspectnet.data.concepts import load_concepts
@@ -445,6 +507,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("attributions", "Attributions and receptive fields", _stage_attributions,
           lambda c: {"n": c.attribution_images, "steps": c.ig_steps, "units": c.top_units}, needs=("probe",),
           uses=("decomposition", "rules")),
+    Stage("explanations", "Explanation faithfulness and sanity checks", _stage_explanations,
+          lambda c: {"n": c.explain_images, "steps": c.deletion_steps, "baseline": c.baseline, "ig": c.ig_steps,
+                     "sanity": c.sanity_images, "int8": c.export, "seed": c.seed},
+          needs=("probe",), uses=("decomposition",), enabled=lambda c: c.explain_images > 0),
     Stage("dissection", "Concept detectors (network dissection)", _stage_dissection,
           lambda c: {"concepts": c.concepts, "limit": c.concept_limit}, needs=("probe",),
           enabled=lambda c: bool(c.concepts), distributed=True),

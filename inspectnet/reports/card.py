@@ -306,7 +306,30 @@ def headline(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if rules:
         rows += [(f"rule fidelity, readable tree ({rules['layer']})", _counted(rules["fidelity"], rules.get("n_eval"))),
                  ("rules / atoms (readable tree)", f"{rules['rules']} / {rules['atoms']}")]
+    for label, _kind, value in faithfulness_metrics(doc):
+        rows.append((label, format_value(value)))
     return rows
+
+
+def faithfulness_metrics(doc: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """(label, metric type, value): deletion/insertion AUC of the full model's class evidence and of its random
+    control (the headline and the Hugging Face ``model-index``)."""
+    r = _ok(doc, "explanations")
+    if not r:
+        return []
+    rows = [x for x in r["rows"] if x["form"] == r["forms"][0]["name"] and x["status"] == "ok"]
+    evidence = next((x for x in rows if x["method"] == "evidence" and x["deletion_auc"] is not None), None)
+    if evidence is None:
+        return []
+    size = evidence["map_size"]
+    control = next((x for x in rows if x["method"] == "random" and x["map_size"] == size), None)
+    out = []
+    for who, row in (("class-evidence map", evidence), ("random control", control)):
+        for kind in ("deletion_auc", "insertion_auc"):
+            if row is not None and row[kind] is not None:
+                out.append((f"{kind.split('_')[0]} AUC of the {who} ({r['faithfulness']['baseline']}, "
+                            f"{'lower' if kind == 'deletion_auc' else 'higher'} is better)", kind, row[kind]))
+    return out
 
 
 def front_matter_fields(doc: dict[str, Any]) -> dict[str, Any]:
@@ -320,6 +343,7 @@ def front_matter_fields(doc: dict[str, Any]) -> dict[str, Any]:
         metrics.append(("accuracy", "decomposed head accuracy", dec["accuracy_decomposed"]))
     if rules:
         metrics.append(("fidelity", "rule fidelity", rules["fidelity"]))
+    metrics += [(kind, label, value) for label, kind, value in faithfulness_metrics(doc)]
     base = m.get("base")
     return {"library_name": "timm" if m["source"] == "timm" else "pytorch",
             "base_model": base if base and re.fullmatch(r"[\w.-]+/[\w.-]+", str(base)) else None,
@@ -479,6 +503,83 @@ def _feature_map_caption(c: dict[str, Any]) -> str:
     return text
 
 
+ARROWS = "↓ lower is better, ↑ higher is better"
+
+
+def _explanation_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    f = r["faithfulness"]
+    blocks: list[Block] = [Paragraph(
+        f"{r['images']} images of {r.get('data') or 'the evaluation data'}, each explained for the class its model form "
+        f"predicts. Deletion / insertion: the pixels, most relevant first, are replaced by the {f['baseline']} baseline "
+        f"(insertion: restored onto it) in {f['steps']} steps; the area under the curve of the class probability "
+        f"is shown. ROAD: {', '.join(f'{int(100 * x)} %' for x in f['road_fractions'])} of the pixels removed by noisy "
+        f"linear imputation, most (MoRF) or least (LeRF) relevant first; the mean probability is shown. "
+        f"Every method is compared with a random map of its own resolution on the same images (paired "
+        f"difference); it beats the control when both deletion and insertion are better by more than two "
+        f"standard errors. {ARROWS}.")]
+    ok = [x for x in r["rows"] if x["status"] == "ok"]
+    blocks.append(Table(["method", "model form", "map", "deletion AUC ↓", "insertion AUC ↑", "ROAD MoRF ↓",
+                         "ROAD LeRF ↑", "Δ deletion vs random", "Δ insertion vs random", "beats random",
+                         "maps ranked (constant, NaN)"],
+                        [[x["method"], x["form"], "x".join(map(str, x["map_size"])), x["deletion_auc"],
+                          x["insertion_auc"], x["road_morf"], x["road_lerf"], *_versus(x.get("vs_random")),
+                          f"{x['evaluated']} of {x['images']} ({x['constant_maps']}, {x['nan_maps']})"] for x in ok],
+                        sortable=True))
+    blocks.append(Paragraph("Explanation quality by model form: what decomposing, slimming and int8 export cost in "
+                            "faithfulness of the class-evidence map, beside accuracy."))
+    blocks.append(Table(["model form", "engine", "accuracy", "top-1 agreement with full", "evidence deletion AUC ↓",
+                         "evidence insertion AUC ↑", "evidence ROAD MoRF ↓", "random deletion AUC",
+                         "random insertion AUC", "evidence beats random", "evidence sanity check"],
+                        [_form_row(r, form) for form in r["forms"]]))
+    if r.get("sanity"):
+        blocks.append(Paragraph("Sanity check (Adebayo et al. 2018): the model is randomised block by block from the "
+                                "head down and each method's maps are compared with the trained model's by the "
+                                "Spearman rank correlation ρ (mean over images); a method passes when |ρ| after the "
+                                "whole cascade is below the threshold. The random control does not depend on the "
+                                "model and must fail."))
+        blocks.append(Table(["method", "model form", "ρ after the head", "ρ after the whole cascade",
+                             "mean |ρ| at the end", "threshold", "passes"],
+                            [[m, form, v["spearman"][0], v["spearman"][-1], v["abs_spearman_final"], s["threshold"],
+                              _verdict(v["passes"])] for form, s in r["sanity"].items() for m, v in s["methods"].items()]))
+    cost = r.get("cost", {})
+    if cost.get("forward_passes_per_image_per_method") is not None:
+        blocks.append(Paragraph(f"Cost of the metrics: {format_value(cost['forward_passes_per_image_per_method'], 1)} "
+                                f"forward passes per image per method (counted; planned {cost['planned']})."))
+    notes = [f"{x['name']}: {x['error']}" for x in r["forms"] if x["status"] != "ok"]
+    notes += [f"{x['method']} on {x['form']}: {x['error']}" for x in r["rows"] if x["status"] != "ok"]
+    if notes:
+        blocks.append(BulletList(notes))
+    return blocks
+
+
+def _versus(v: dict[str, Any] | None) -> list[Any]:
+    if not v:
+        return ["n/a", "n/a", "n/a"]
+    return [_plus_minus(v["deletion_auc"], v["deletion_auc_se"]), _plus_minus(v["insertion_auc"], v["insertion_auc_se"]),
+            "yes" if v["beats_control"] else "no"]
+
+
+def _plus_minus(value: float | None, se: float | None) -> str:
+    return "n/a" if value is None else format_value(value, 3) + (f" ± {format_value(se, 3)}" if se is not None else "")
+
+
+def _verdict(passes: bool | None) -> str:
+    return {True: "pass", False: "fail", None: "undetermined (maps cannot be ranked)"}[passes]
+
+
+def _form_row(r: dict[str, Any], form: dict[str, Any]) -> list[Any]:
+    if form["status"] != "ok":
+        return [form["name"], "—", "not evaluated", "", "", "", "", "", "", "", ""]
+    rows = {x["method"] if x["method"] != "random" else "random " + "x".join(map(str, x["map_size"])): x
+            for x in r["rows"] if x["form"] == form["name"] and x["status"] == "ok"}
+    ev = rows.get("evidence", {})
+    rand = rows.get("random " + "x".join(map(str, ev.get("map_size", []))), {})
+    sanity = r.get("sanity", {}).get(form["name"], {}).get("methods", {}).get("evidence")
+    return [form["name"], form["engine"], form["accuracy"], form["agreement_with_full"], ev.get("deletion_auc"),
+            ev.get("insertion_auc"), ev.get("road_morf"), rand.get("deletion_auc"), rand.get("insertion_auc"),
+            _versus(ev.get("vs_random"))[2], _verdict(sanity["passes"]) if sanity else "n/a"]
+
+
 def _dissection_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
     return [Table(["layer", "units", "detectors", "unique concepts", "concepts"],
                   [[k, v["num_units"], v["detectors"], v["unique_detectors"], ", ".join(v["detector_concepts"])]
@@ -511,7 +612,7 @@ def _no_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
 _STAGE_BLOCKS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Block]]] = {
     "probe": _probe_blocks, "decomposition": _decomposition_blocks, "rules": _rules_blocks,
     "sparsity": _sparsity_blocks, "linear_probes": _linear_probe_blocks, "attributions": _attribution_blocks,
-    "dissection": _dissection_blocks, "export": _export_blocks}
+    "explanations": _explanation_blocks, "dissection": _dissection_blocks, "export": _export_blocks}
 
 
 def export_rows(r: dict[str, Any]) -> list[list[Any]]:
