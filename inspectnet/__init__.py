@@ -31,6 +31,8 @@ _LAZY = {
     "load_card": "inspectnet.reports.card", "write_card": "inspectnet.reports.card",
     "run_decomposition": "inspectnet.pipelines.decompose",
     "run_audit": "inspectnet.pipelines.audit", "AuditConfig": "inspectnet.pipelines.audit",
+    "class_evidence": "inspectnet.analysis.explain.evidence", "explain_images": "inspectnet.pipelines.explain",
+    "explanation_quality": "inspectnet.pipelines.explain",
     "compare": "inspectnet.pipelines.compare", "expand_methods": "inspectnet.pipelines.compare",
 }
 
@@ -50,8 +52,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["AuditConfig", "ImageDataset", "InfluenceMap", "InspectnetError", "OnnxClassifier", "Probe", "ProbeRecord",
-           "TrainConfig", "ZooModel", "__version__", "compare", "decompose_model", "describe_plugins", "dissect",
-           "evaluate", "expand_methods", "export_onnx", "extract_rules", "finetune", "fit_influence", "linear_probes",
+           "TrainConfig", "ZooModel", "__version__", "class_evidence", "compare", "decompose_model", "describe_plugins",
+           "dissect", "evaluate", "expand_methods", "explain_images", "explanation_quality", "export_onnx",
+           "extract_rules", "finetune", "fit_influence", "linear_probes",
            "list_layers", "load_card", "load_concepts", "load_data", "load_finetuned", "load_model", "make_plugin",
            "predict", "record_sparsity", "run_audit", "run_decomposition", "run_probe", "save_model", "slim_model",
            "sparsity_metrics", "train", "write_card", "write_dissection", "write_rules"]

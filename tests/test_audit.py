@@ -12,9 +12,9 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.data.subsets import spread_subset
 from inspectnet.pipelines.audit import AuditConfig, run_audit
 
-STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions"]
+STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions", "explanations"]
 PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit=48, layers=["layer4"],
-              attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3)
+              attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3, explain_images=6, sanity_images=3)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,25 @@ def test_first_audit_runs_every_stage_and_writes_the_card(audited, trained):
     assert all(sec["title"] for sec in card["sections"].values()) and card["config"]["layer"] is None
 
 
+def test_explanations_stage_measures_every_form_and_reports_unrankable_maps(audited):
+    out, doc = audited
+    r = doc["sections"]["explanations"]["result"]
+    assert {f["name"]: f["status"] for f in r["forms"]} == {"full": "ok", "decomposed": "ok", "slimmed": "ok",
+                                                            "int8 (of slimmed)": "missing"}
+    assert "--export" in r["forms"][3]["error"]
+    rows = {(x["form"], x["method"], tuple(x["map_size"])): x for x in r["rows"]}
+    ig = rows[("full", "integrated_gradients", (16, 16))]
+    assert ig["evaluated"] == 6 and ig["forward_passes"] == 6 * 28 and "vs_random" in ig
+    evidence = rows[("decomposed", "evidence", (1, 1))]  # 16 px input: layer4 is 1x1, nothing to rank
+    assert evidence["evaluated"] == 0 and evidence["constant_maps"] == 6 and evidence["deletion_auc"] is None
+    assert r["sanity"]["full"]["methods"]["evidence"]["passes"] is None
+    assert r["sanity"]["full"]["methods"]["random"]["passes"] is None  # a 1x1 random map cannot be ranked either
+    assert r["cost"]["forward_passes_per_image_per_method"] == 28.0
+    assert all((out / f["path"]).exists() for f in r["figures"]) and len(r["figures"]) == 3
+    page = (out / "card.html").read_text()
+    assert "Explanation quality by model form" in page and page.count("data:image/png;base64,") >= 4 + 3
+
+
 def test_explicit_layer_is_probed_and_analysed_by_rules_and_attributions(audited, trained, tmp_path):
     out = _copy(audited, tmp_path)
     doc = run_audit(_load(trained), _config(layer="layer3"), out, log=None)
@@ -116,7 +135,8 @@ def test_second_audit_reuses_every_stage(audited, trained, tmp_path):
     assert second["timing"]["stages_run_seconds"] == 0.0
     assert second["sections"]["rules"]["result"] == first["sections"]["rules"]["result"]
     third = run_audit(_load(trained), _config(k2=2), out, log=None)  # only the decomposition and its readers
-    assert [n for n, s in third["sections"].items() if not s["cached"]] == ["decomposition", "attributions"]
+    assert [n for n, s in third["sections"].items() if not s["cached"]] == ["decomposition", "attributions",
+                                                                            "explanations"]
     assert all(len(p["features"]) <= 2 for p in third["sections"]["decomposition"]["result"]["per_class"])
     shutil.rmtree(out / "rules")  # a stage whose files were deleted is recomputed, not trusted
     fourth = run_audit(_load(trained), _config(k2=2), out, log=None)
@@ -185,7 +205,7 @@ def test_cli_audit_reuses_cache_then_card_rerenders(audited, trained, tmp_path, 
     out = _copy(audited, tmp_path)
     rc = main(["audit", str(trained), "digits:train", "--eval", "digits:test", "--limit", "48", "--eval-limit", "48",
                "--layers", "layer4", "--images", "2", "--ig-steps", "4", "--top-units", "2", "--k2", "3",
-               "--out", str(out)])
+               "--explain-images", "6", "--sanity-images", "3", "--out", str(out)])
     assert rc == 0
     card = json.loads((out / "card.json").read_text())
     assert all(s["cached"] for s in card["sections"].values())  # the CLI keys its stages like the library
@@ -221,14 +241,61 @@ def test_receptive_fields_use_each_units_quantile_and_top_images(tiny_digits_mod
         k = row["unit"]
         assert row["threshold"] == pytest.approx(float(torch.quantile(maps[:, k].flatten().float(), 0.9)), rel=1e-5)
         assert row["top_images"] == [int(i) for i in np.argsort(-acts[:, k])[:3]]
+        masks = [(maps[i, k].max() > row["threshold"]).item() for i in row["top_images"]]
+        assert row["empty_tiles"] == masks.count(False)
     assert (tmp_path / "receptive_fields.png").exists()
+
+
+def test_feature_maps_state_their_resolution_and_which_are_zero(tiny_digits_model, tmp_path):
+    """A blank map is named as zero on the image (checked against the maps themselves), and the map
+    size is the forward_features grid, not the input's."""
+    from inspectnet.analysis.attributions import feature_maps, influential_feature_maps
+    from inspectnet.data import load_data
+
+    zm = tiny_digits_model
+    ds = load_data("digits", zm.transform())
+    labels = np.asarray(ds.labels[:20])
+    x = torch.stack([ds[int(np.flatnonzero(labels == 3)[0])][0]])
+    maps = feature_maps(zm, x)[0]
+    zero = [int(f) for f in torch.nonzero(maps.flatten(1).abs().amax(1) == 0).flatten()][:2]
+    busy = [int(f) for f in torch.argsort(-maps.flatten(1).amax(1))[:1]]
+    supports = [[] for _ in range(10)]
+    supports[3] = busy + zero
+    rows = influential_feature_maps(zm, ds, labels, supports, tmp_path)
+    assert [r["class"] for r in rows] == [3]
+    assert len(zero) == 2 and rows[0]["zero_features"] == zero and rows[0]["map_size"] == list(maps.shape[1:])
+    assert rows[0]["map_size"] != rows[0]["input_size"] == [16, 16]
+    assert (tmp_path / "class_003.png").exists()
+
+
+def test_export_ships_the_better_decomposed_head_slimmed_and_the_card_names_it(audited, trained, tmp_path):
+    """With retraining and export: the exported ONNX is the slimmed form of the better of the retrained and
+    un-retrained decomposed heads (same accuracy as that head on the eval data), listed with its fingerprint,
+    accuracy and size next to the dense model; the card states the sample counts."""
+    out = _copy(audited, tmp_path)
+    doc = run_audit(_load(trained), _config(export=True, retrain_epochs=1), out, log=None)
+    dec, exp = doc["sections"]["decomposition"]["result"], doc["sections"]["export"]["result"]
+    best = max(dec["accuracy_decomposed"], dec["accuracy_retrained"])
+    assert ("retrained" in dec["model_form"]) == (dec["accuracy_retrained"] >= dec["accuracy_decomposed"])
+    assert exp["model"] == f"slimmed model, {dec['model_form']}" and "error" not in exp["slimming"]
+    dense, shipped = exp["models"]
+    assert dense["fingerprint"] == doc["model"]["fingerprint"] != shipped["fingerprint"]
+    assert shipped["accuracy"] == pytest.approx(best) and shipped["n"] == dense["n"] == 48
+    assert shipped["parameters"] < dense["parameters"]
+    text = (out / "README.md").read_text()
+    assert f"Exported: the slimmed model, {dec['model_form']}" in text
+    assert "48 of the" in text and "an evenly spread subset (--limit 48)" in text and "(n = 48)" in text
+    assert "full\\_tree/rules.txt" in text or "full_tree/rules.txt" in text
+    assert (out / "rules" / "full_tree" / "rules.txt").exists() and (out / "rules" / "fidelity_curve.png").exists()
 
 
 def test_repro_1_a_stage_rerun_removes_only_the_files_it_wrote(audited, trained, tmp_path):
     """Issue 17 item 1: inspectnet never removes what it did not write, also inside its own stage folders."""
     out = _copy(audited, tmp_path)
     state = json.loads((out / "audit.json").read_text())
-    assert state["stages"]["rules"]["files"] == ["rules/rules.json", "rules/rules.txt", "rules/tree.png"]
+    assert state["stages"]["rules"]["files"] == ["rules/fidelity_curve.png", "rules/full_tree/rules.json",
+                                                 "rules/full_tree/rules.txt", "rules/rules.json", "rules/rules.txt",
+                                                 "rules/tree.png"]
     (out / "rules" / "mine.txt").write_text("the user's notes")
     (out / "notes.md").write_text("the user's notes")
     doc = run_audit(_load(trained), _config(seed=1), out, log=None)  # the seed keys rules: it runs again

@@ -158,9 +158,27 @@ def _full_card(evil=EVIL):
             "num_units": 4, "detectors": 1, "unique_detectors": 1, "detector_concepts": [f"{evil}|red"]}}}},
         "export": {"status": "ok", "seconds": 1.0, "result": {
             "exporter": "dynamo", "opset": 20, "size_bytes": 1234, "model": f"model {evil}",
+            "path": f"export/{evil}.onnx", "model_choice": f"kept {evil}", "slimming": {"error": f"no {evil}"},
+            "models": [{"model": f"dense {evil}", "fingerprint": "f" * 64, "accuracy": 0.625, "n": 8,
+                        "parameters": 1000, "weights_bytes": 4000},
+                       {"model": f"exported {evil}", "fingerprint": "e" * 64, "accuracy": 0.5, "n": 8,
+                        "parameters": 900, "weights_bytes": 3600}],
             "parity": {"top1_agreement": 1.0, "max_abs_diff": 1.5e-7},
             "latency_ms": {"torch_eager": {"1": 4.0}, "ort_fp32": {"1": 2.0}}}},
     })
+    doc["sections"]["probe"]["result"]["train"].update(available=6, limit=8)
+    doc["sections"]["probe"]["result"]["eval"].update(available=6, limit=8)
+    doc["sections"]["decomposition"]["result"]["model_choice"] = f"retraining lowered A_d {evil}"
+    curve = [{"depth": d, "val_fidelity": 0.5 + d / 20, "leaves": 2 ** d, "tree_depth": d} for d in (2, 3)]
+    doc["sections"]["rules"]["result"].update(
+        n_train=8, n_eval=8, classes=[0, 1], rules_path=f"rules/{evil}.txt",
+        selection={"max_depth": 2, "margin": 0.02, "best_val_fidelity": 0.65, "n_val": 2, "val_fraction": 0.25,
+                   "n_fit": 6, "curve": [*curve, {"depth": None, "val_fidelity": 0.6, "leaves": 5, "tree_depth": 4}]},
+        top_rules=[{"text": f"f0 → {evil}", "class": 0, "support": 5, "confidence": 0.8, "eval_support": 4,
+                    "eval_confidence": 0.75}],
+        full_tree={"rules": 5, "atoms": 3, "max_depth": 4, "avg_depth": 3.2, "fidelity": 0.6,
+                   "extracted_accuracy": 0.5, "path": "rules/full_tree/rules.txt"})
+    doc["reproduce"]["model_made_by"] = [f"inspectnet train {evil} --out m"]
     doc["sections"]["sparsity"] = {"status": "ok", "seconds": 0.5, "result": {"rows": [
         {"layer": evil, "hoyer": 0.5, "lifetime_kurtosis": 12.25, "population_kurtosis": -0.5,
          "treves_rolls_population": 0.25, "treves_rolls_lifetime": 0.125, "activity_sparseness": 2.5e-7}]}}
@@ -170,7 +188,7 @@ def _full_card(evil=EVIL):
 def _texts(block):
     """Every piece of text a block shows, formatted as a template shows it (before escaping)."""
     from inspectnet.core.tables import format_value
-    from inspectnet.reports.blocks import BulletList, Failure, Figure, Paragraph, Preformatted, Table
+    from inspectnet.reports.blocks import BulletList, Download, Failure, Figure, Paragraph, Preformatted, Table
 
     if isinstance(block, Table):
         return [*block.headers, *[format_value(c) for row in block.rows for c in row]]
@@ -180,6 +198,8 @@ def _texts(block):
         return [block.what, block.reason]
     if isinstance(block, BulletList):
         return list(block.items)
+    if isinstance(block, Download):
+        return [block.text]
     assert isinstance(block, Paragraph | Preformatted)
     return [block.text]
 

@@ -220,3 +220,23 @@ def test_classes_without_fitting_data_keep_dense_rows_counted_in_the_macs(tmp_pa
     for c in range(10):
         ref = per_sample[labels == c, c].double().mean(0)[imap.supports[c]]
         np.testing.assert_allclose(got[c], ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lr, kept", [(1e4, "model"), (1e-9, "retrained_model")])
+def test_the_better_of_retrained_and_unretrained_head_is_kept_and_named(setup, tmp_path, lr, kept):
+    """A retraining that lowers A_d (a huge step) keeps the un-retrained head; one that changes nothing
+    (a tiny step) keeps the retrained one. Both are saved; model_dir names the kept one."""
+    zm, tr, te, _ = setup
+    doc = run_decomposition(tr, te, tmp_path / "d", zm=zm, retrain_epochs=1, retrain_lr=lr)
+    assert (tmp_path / "d" / "model").is_dir() and (tmp_path / "d" / "retrained_model").is_dir()
+    assert doc["model_dir"] == str(tmp_path / "d" / kept)
+    if kept == "model":
+        assert doc["accuracy_retrained"] < doc["accuracy_decomposed"] and "lowered" in doc["model_choice"]
+        assert doc["model_form"] == "decomposed head"
+    else:
+        assert doc["accuracy_retrained"] >= doc["accuracy_decomposed"] and "retrained 1 epochs" in doc["model_form"]
+    kept_model = load_model(doc["model_dir"])
+    weight, bias = linear_params(kept_model.head)
+    imap = InfluenceMap.load(tmp_path / "d" / "influence.json")
+    assert evaluate_decomposition(weight, bias, imap, te)["accuracy_decomposed"] == \
+        max(doc["accuracy_retrained"], doc["accuracy_decomposed"])

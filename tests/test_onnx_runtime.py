@@ -111,6 +111,19 @@ def test_run_cli_never_imports_torch(model_file, image_folder):
     assert status == {"rc": 0, "torch": False} and "ant" in proc.stdout
 
 
+def test_run_prints_a_summary_for_a_folder_and_every_image_when_asked(model_file, image_folder):
+    """A folder gives a few summary lines by default; --per-image gives five lines per image (top-5)."""
+    _, out = model_file
+    proc, status = _run(out, image_folder, "--limit", "4")
+    assert status["rc"] == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 and "4 images (the first 4: --limit 4)" in lines[0]
+    assert lines[1].startswith("accuracy ") and lines[1].endswith("on 4 labelled images")
+    assert lines[2].startswith("most predicted: ") and "--per-image" in lines[3]
+    proc, _ = _run(out, image_folder, "--per-image", "--topk", "3")
+    assert len(proc.stdout.splitlines()) == 6 * 4 + 1 and "ant/0.png" in proc.stdout
+
+
 def test_run_refuses_corrupt_and_foreign_onnx(tmp_path, image_folder):
     img = image_folder / "ant" / "0.png"
     bad = tmp_path / "bad.onnx"

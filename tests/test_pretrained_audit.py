@@ -18,7 +18,7 @@ from inspectnet.cli import main
 from inspectnet.data.labels import imagenet_names
 
 IMAGENET = imagenet_names()
-FAST_AUDIT = ["--images", "1", "--ig-steps", "2", "--top-units", "1"]
+FAST_AUDIT = ["--images", "1", "--ig-steps", "2", "--top-units", "1", "--explain-images", "4", "--sanity-images", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,12 @@ def test_wnid_folder_audit_reports_what_predict_gives(folders, tmp_path, capsys)
     assert card["sections"]["rules"]["status"] == "ok"
     attributions = card["sections"]["attributions"]["result"]
     assert not attributions["errors"] and [c["class"] for c in attributions["classes"]] == [281, 657, 872, 967]
+    # explanations of the 1000-class model on the photos: every form measured, the evidence maps ranked
+    forms = card["sections"]["explanations"]["result"]["forms"]
+    assert [f["status"] for f in forms] == ["ok", "ok", "ok", "missing"]
+    rows = card["sections"]["explanations"]["result"]["rows"]
+    assert {(r["form"], r["method"]) for r in rows if r["evaluated"] == 4} >= {("full", "evidence"),
+                                                                                 ("decomposed", "evidence")}
 
 
 def test_class_name_folders_give_the_same_accuracy_as_predict(folders, tmp_path, capsys):

@@ -161,3 +161,45 @@ def test_tree_fits_a_bounded_spread_sample_and_evaluates_every_row(tmp_path):
     rs, _ = extract_rules(train, "conv", test, fit_samples=800)
     assert rs.n_train == 800 and rs.n_eval == 1000 and rs.fidelity == 1.0
     assert sum(r["support"] for r in rs.rule_list) == 800 and sum(r["eval_support"] for r in rs.rule_list) == 1000
+
+
+def test_readable_depth_is_the_smallest_within_the_margin_of_the_best():
+    """Class = 4 binary atoms read as a number mod 10: depth 4 reaches 100 % held-out fidelity, depth
+    2 and 3 cannot (they see at most 3 atoms on any path); a margin of 0 picks depth 4, a wide margin
+    the smallest depth on the curve."""
+    from inspectnet.analysis.rules.tree import select_depth
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, size=(2000, 12)).astype(np.uint8)
+    y = (x[:, :4] @ np.array([1, 2, 4, 8])) % 10
+    depth, how = select_depth(x, y, 0.0)
+    fid = {r["depth"]: r["val_fidelity"] for r in how["curve"]}
+    assert depth == 4 and fid[4] == 1.0 and fid[3] < 1.0 and fid[2] < fid[3]
+    assert how["n_val"] == 500 and how["curve"][-1]["depth"] is None
+    assert select_depth(x, y, 0.99)[0] == 2
+    capped, how = select_depth(x, y, 0.0, depths=(2, 3))  # the unlimited tree is better than any of them
+    assert not how["within_margin"] and capped == 3 and how["best_val_fidelity"] == 1.0
+    with pytest.raises(InspectnetError, match="margin"):
+        select_depth(x, y, 1.5)
+
+
+def test_tree_picture_boxes_do_not_overlap_with_many_classes():
+    """The drawn levels of a deep 10-class tree: every node box lies apart from every other."""
+    import itertools
+
+    from matplotlib.text import Text
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(800, 40))
+    pred = (a[:, :8] > 0.7).astype(int) @ np.arange(1, 9) % 10
+    model, _ = fit_rules(a, pred, class_names=[f"a long class name {c}" for c in range(10)], max_depth=8)
+    assert model.tree.get_depth() > 4
+    fig, boxes = model.figure(max_depth=3)
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    extents = [(b.get_bbox_patch() or b).get_window_extent(renderer) if b.get_bbox_patch()
+               else Text.get_window_extent(b, renderer) for b in boxes]
+    assert len(extents) >= 15
+    assert not [(i, j) for (i, p), (j, q) in itertools.combinations(enumerate(extents), 2) if p.overlaps(q)]
+    assert all("value" not in b.get_text() for b in boxes)
+    assert fig.get_size_inches()[0] * 100 <= 1400  # a readable width at the saved dpi

@@ -59,3 +59,22 @@ def test_resnet18_learns_mnist(tmp_path):
     train(zm, load_data("mnist5k:train", t), tmp_path / "m", TrainConfig(epochs=3, batch_size=64))
     acc = evaluate(load_model(str(tmp_path / "m")), load_data("mnist5k:test", t))
     assert acc >= 0.96, acc
+
+
+def test_train_command_prints_a_start_line_and_one_line_per_epoch_without_a_terminal(tmp_path, capfd):
+    """stderr is no terminal here (tqdm shows no bar): the start and per-epoch lines still come, and
+    the model folder records the command that made it (a fine-tune after it keeps both)."""
+    from inspectnet.cli import main
+    from inspectnet.models.provenance import made_by
+
+    args = ["resnet18", "digits:train", "--num-classes", "10", "--in-chans", "1", "--input-size", "16",
+            "--limit", "32", "--batch-size", "16", "--epochs", "2"]
+    assert main(["train", *args, "--out", str(tmp_path / "m")]) == 0
+    err = capfd.readouterr().err.splitlines()
+    assert err[0].startswith("training timm:resnet18 on 32 samples of digits:train for 2 epochs on cpu")
+    assert [line.split(":")[0] for line in err[1:3]] == ["epoch 1/2", "epoch 2/2"]
+    assert "loss=" in err[1] and err[1].endswith(" s)")
+    assert made_by(tmp_path / "m") == ["inspectnet train " + " ".join(args) + f" --out {tmp_path / 'm'}"]
+    assert main(["finetune", str(tmp_path / "m"), "digits:train", "--limit", "32", "--epochs", "1",
+                 "--out", str(tmp_path / "f")]) == 0
+    assert made_by(tmp_path / "f")[0] == made_by(tmp_path / "m")[0] and "finetune" in made_by(tmp_path / "f")[1]

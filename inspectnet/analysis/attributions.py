@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from inspectnet.models.zoo import ZooModel
 
 
-def heat_overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+HEAT_CMAP = "jet"
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cmap: str = HEAT_CMAP) -> np.ndarray:
     """An RGB uint8 picture: ``heat`` (H, W, any range; normalised to [0, 1]) blended over ``image``.
 
     >>> heat_overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2))).shape
@@ -55,12 +58,17 @@ def display_image(dataset: ImageDataset, index: int, size: tuple[int, int]) -> n
     return np.asarray(im)
 
 
-def _grid_png(rows: list[list[np.ndarray]], titles: list[list[str]], path: Path, scale: float = 1.6) -> Path:
-    """Save a grid of RGB pictures with small titles as one PNG."""
+def _grid_png(rows: list[list[np.ndarray]], titles: list[list[str]], path: Path, scale: float = 1.6,
+              scales: list[list[tuple[float, float] | None]] | None = None) -> Path:
+    """Save a grid of RGB pictures with small titles as one PNG; where ``scales[r][c]`` is a (low,
+    high) range, the picture gets a colour bar from low to high (the heat map's own values)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     from inspectnet.core.figures import new_figure, save_figure
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig = new_figure(figsize=(scale * n_cols, scale * n_rows + 0.2))
+    fig = new_figure(figsize=(scale * n_cols * (1.25 if scales else 1.0), scale * n_rows + 0.2))
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r in range(n_rows):
         for c in range(n_cols):
@@ -69,6 +77,10 @@ def _grid_png(rows: list[list[np.ndarray]], titles: list[list[str]], path: Path,
             if c < len(rows[r]):
                 ax.imshow(rows[r][c], interpolation="nearest")
                 ax.set_title(titles[r][c], fontsize=7)
+                span = scales[r][c] if scales and c < len(scales[r]) else None
+                if span is not None:
+                    bar = fig.colorbar(ScalarMappable(Normalize(*span), HEAT_CMAP), ax=ax, fraction=0.046, pad=0.03)
+                    bar.ax.tick_params(labelsize=6)
     fig.tight_layout()
     return save_figure(fig, path, dpi=90)
 
@@ -162,7 +174,10 @@ def influential_feature_maps(zm: ZooModel, dataset: ImageDataset, labels: np.nda
     """For each class c: one image of class c and the maps of its top ``per_class`` features of S_c.
 
     ``supports[c]`` is ordered by frequency (as :class:`~inspectnet.analysis.heads.influence.InfluenceMap` stores
-    it). Writes ``class_XXX.png`` per class and returns ``[{"class", "features", "index", "path"}]``.
+    it). Each map is shown at its own resolution, upsampled by repeating cells (nearest: a 2×2 map
+    shows as four blocks, not as a smooth blob), with a colour bar of its values; a feature that is
+    zero everywhere on the image is titled so. Writes ``class_XXX.png`` per class and returns
+    ``[{"class", "features", "zero_features", "map_size", "index", "path"}]``.
     """
     out = Path(out)
     names = list(class_names or zm.class_names)
@@ -173,14 +188,19 @@ def influential_feature_maps(zm: ZooModel, dataset: ImageDataset, labels: np.nda
         raise InspectnetError("no class has both an influential feature set and an image to show it on")
     x, _ = _batch(dataset, [i for _, i in chosen])
     maps = feature_maps(zm, x)
-    up = F.interpolate(maps, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False).numpy()
+    up = F.interpolate(maps, size=tuple(x.shape[2:]), mode="nearest").numpy()
+    map_size = [int(v) for v in maps.shape[2:]]
     rows = []
     for j, (c, i) in enumerate(chosen):
         img = display_image(dataset, i, tuple(x.shape[2:]))
         feats = supports[c][:per_class]
+        zero = [f for f in feats if not maps[j, f].abs().max() > 0]
         pics = [img] + [heat_overlay(img, up[j, f]) for f in feats]
-        path = _grid_png([pics], [["input"] + [f"feature {f}" for f in feats]], out / f"class_{c:03d}.png")
+        titles = ["input"] + [f"feature {f}" + (": 0 here" if f in zero else "") for f in feats]
+        scales = [None] + [(float(maps[j, f].min()), float(maps[j, f].max())) for f in feats]
+        path = _grid_png([pics], [titles], out / f"class_{c:03d}.png", scales=[scales])
         rows.append({"class": c, "class_name": names[c] if c < len(names) else str(c), "features": feats,
+                     "zero_features": zero, "map_size": map_size, "input_size": list(x.shape[2:]),
                      "index": i, "path": str(path)})
     return rows
 
@@ -192,7 +212,9 @@ def receptive_fields(zm: ZooModel, dataset: ImageDataset, activations: np.ndarra
 
     The threshold of unit k is its ``quantile`` over all pixels of its maps on the first ``sample``
     images (Network Dissection's T_k on a sample); the mask is the bilinearly upsampled map > T_k.
-    ``activations`` is the (N, K) record matrix of ``layer`` for ``dataset``'s first N images.
+    ``activations`` is the (N, K) record matrix of ``layer`` for ``dataset``'s first N images. A tile
+    whose map nowhere exceeds T_k (a high mean activation spread thinly) has no highlight; it is
+    titled so and counted in ``empty_tiles``.
     """
     from inspectnet.analysis.dissect.dissection import unit_masks
     from inspectnet.probe.hooks import Probe
@@ -221,8 +243,10 @@ def receptive_fields(zm: ZooModel, dataset: ImageDataset, activations: np.ndarra
             size = tuple(x.shape[2:])
             masks = unit_masks(probe.outputs[layer][:, [k]].float(), t.reshape(1), size)[:, 0].numpy()
             rows.append([overlay(display_image(dataset, i, size), m) for i, m in zip(tops[k], masks)])
-            titles.append([f"unit {k}: {dataset.name(i)}"[:28] for i in tops[k]])
+            titles.append([f"unit {k}: " + (dataset.name(i)[:18] if m.any() else "nothing > T_k")
+                           for i, m in zip(tops[k], masks)])
             meta.append({"unit": int(k), "threshold": float(t), "top_images": tops[k],
-                         "mean_activation": float(acts[:, k].mean())})
+                         "mean_activation": float(acts[:, k].mean()),
+                         "empty_tiles": int(sum(not m.any() for m in masks))})
     path = _grid_png(rows, titles, out / "receptive_fields.png")
     return [{**m, "path": str(path)} for m in meta]

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser(argv).parse_args(argv)
+        args.argv = argv  # the command as typed, for the records that say how an output was made
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             result = args.func(args)

@@ -1,7 +1,7 @@
 """``inspectnet audit MODEL DATA --out DIR [--eval DATA] [--layers ...] [--layer L] [--concepts DATA] [--export]``.
 
-Runs probe → decomposition → rules → sparsity → linear probes → attributions → dissection →
-export → card, reusing the stages already computed in DIR, and writes DIR/card.json, README.md
+Runs probe → decomposition → rules → sparsity → linear probes → attributions → explanations →
+dissection → export → card, reusing the stages already computed in DIR, and writes DIR/card.json, README.md
 and card.html. The work is done by :func:`inspectnet.pipelines.audit.run_audit`.
 """
 
@@ -47,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=6, help="images to explain with IG / Grad-CAM")
     p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients steps")
     p.add_argument("--top-units", type=int, default=6, help="units shown with their receptive fields")
+    p.add_argument("--explain-images", type=int, default=64,
+                   help="images on which every explanation's faithfulness is measured (0 skips the stage)")
+    p.add_argument("--deletion-steps", type=int, default=10, help="steps of the deletion and insertion curves")
+    p.add_argument("--baseline", choices=("blur", "mean"), default="blur",
+                   help="what deleted pixels become: a blurred image or its mean colour")
+    p.add_argument("--sanity-images", type=int, default=8,
+                   help="images for the cascading-randomisation sanity check (0 skips it)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +81,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.models.provenance import made_by
     from inspectnet.pipelines.audit import AuditConfig, run_audit
 
     reports = start_distributed()
@@ -82,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
                          eval_limit=args.eval_limit, k1=args.k1, k2=args.k2, retrain_epochs=args.retrain_epochs,
                          concepts=args.concepts, concept_limit=args.concept_limit, export=args.export,
                          attribution_images=args.images, ig_steps=args.ig_steps,
-                         top_units=args.top_units, batch_size=args.batch_size, device=args.device,
+                         top_units=args.top_units, explain_images=args.explain_images,
+                         deletion_steps=args.deletion_steps, baseline=args.baseline, sanity_images=args.sanity_images,
+                         batch_size=args.batch_size, device=args.device,
                          seed=args.seed, class_map=class_map_from_args(args), command=command_line(args))
     doc = run_audit(model_ref_from_args(args), config, args.out, num_workers=workers_from_args(args),
-                    shard_order=args.shard_order)
+                    shard_order=args.shard_order, made_by=made_by(args.model))
     if not reports:
         return 0
     failed = [n for n, s in doc["sections"].items() if s["status"] != "ok"]

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
              f"noise: influential {doc['noise_ablation']['influential']:.4f}, "
              f"non-influential {doc['noise_ablation']['non_influential']:.4f} (full head)"]
     if "accuracy_retrained" in doc:
-        lines.append(f"retrained head ({args.retrain_epochs} epochs): {doc['accuracy_retrained']:.4f}")
+        lines.append(f"retrained head ({args.retrain_epochs} epochs): {doc['accuracy_retrained']:.4f}; "
+                     f"{doc['model_choice']}")
     if "slim" in doc:
         s = doc["slim"]
         lines.append(f"slim: {s['error']}" if "error" in s else

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", metavar="DATA",
                    help="data for int8 top-1 agreement / accuracy (default: the calibration data)")
     p.add_argument("--eval-limit", type=int, default=500, help="evaluation samples (default 500)")
+    p.add_argument("--evidence", type=int, nargs="?", const=1, metavar="K",
+                   help="add the outputs 'evidence' (B, K, H, W): exact class-evidence maps of the top-K classes "
+                        "(default K=1), and 'evidence_classes' (B, K); checked against torch by the gate")
     p.add_argument("--threads", type=int, default=1,
                    help="threads for torch AND ONNX Runtime when timing (kept equal; default 1)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     res = export_onnx(zm, args.out, opset=args.opset, exporter=args.exporter, head_only=args.head_only,
                       force=args.force, int8=args.int8, calibration=calibration, evaluation=evaluation,
                       latency=not args.no_latency, threads=args.threads, device=args.device,
-                      int8_keep_fp32=[n for n in args.int8_keep_fp32.split(",") if n])
+                      int8_keep_fp32=[n for n in args.int8_keep_fp32.split(",") if n],
+                      evidence=args.evidence)
     emit(res.to_dict(), args.json, summary(res.to_dict()))
     return 0
 
@@ -94,6 +98,9 @@ def summary(r: dict) -> str:
              f"input {r['input_name']} {r['input_shape']})",
              f"gate passed: max |onnx - torch| {p['max_abs_diff']:.2e} (rel {p['max_rel_diff']:.2e}), "
              f"top-1 agreement {p['top1_agreement']:.1%}; providers {', '.join(r['providers'])}"]
+    if r.get("evidence"):
+        lines.append(f"evidence output: top-{r['evidence']['k']} maps of {r['evidence']['grid']}, max |onnx - torch| "
+                     f"{p['evidence_max_abs_diff']:.2e}, |sum(E) + offset - logit| {p['evidence_sum_residual']:.2e}")
     lat = r["latency_ms"]
     for b in lat.get("torch_eager", {}):
         row = ", ".join(f"{k} {v[b]:.2f} ms" for k, v in lat.items())

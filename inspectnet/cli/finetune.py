@@ -7,7 +7,7 @@ import argparse
 import os
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args, start_distributed
-from inspectnet.cli.train import add_train_args, config_from_args
+from inspectnet.cli.train import add_train_args, config_from_args, log_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from inspectnet.core.errors import InspectnetError
+    from inspectnet.models.provenance import record_command
     from inspectnet.models.zoo import adopt_class_names
     from inspectnet.training.finetune import finetune
-    from inspectnet.training.loop import CHECKPOINT
+    from inspectnet.training.loop import CHECKPOINT, epoch_line
 
     if args.resume and not os.path.exists(os.path.join(args.out, CHECKPOINT)):
         raise InspectnetError(f"--resume: {args.out} holds no {CHECKPOINT} to continue from")
@@ -44,12 +45,19 @@ def run(args: argparse.Namespace) -> int:
     amp = {"auto": None, "on": True, "off": False}[args.amp]
     result = finetune(zm, ds, args.out, args.plugin, config_from_args(args), eval_data=eval_ds,
                       device=_device(args.device), freeze_bn=args.freeze_bn, freeze_until_layer=args.freeze_until,
-                      amp=amp)
-    lines = [" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items())
-             for h in result.history]
-    emit(result.to_dict(), args.json, "\n".join(lines) + f"\nplugins: {', '.join(result.plugins) or '(none)'}"
+                      amp=amp, log=log_line)
+    if _rank_zero():
+        record_command(args.out, ["inspectnet", *args.argv], start=args.model)
+    emit(result.to_dict(), args.json, "\n".join(epoch_line(h) for h in result.history)
+         + f"\nplugins: {', '.join(result.plugins) or '(none)'}"
          f"\nsaved model to {args.out}")
     return 0
+
+
+def _rank_zero() -> bool:
+    from inspectnet.core.distributed import world
+
+    return world()[1] == 0
 
 
 def _device(device: str) -> str:

@@ -1,9 +1,15 @@
 """``inspectnet train MODEL DATA --epochs N --out DIR``: supervised training / fine-tuning."""
 
 import argparse
+import sys
 
 from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
 from inspectnet.training.config import TrainConfig
+
+
+def log_line(message: str) -> None:
+    """A progress line on stderr (stdout carries the result)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -35,15 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.models.provenance import record_command
     from inspectnet.models.zoo import adopt_class_names
-    from inspectnet.training.loop import train
+    from inspectnet.training.loop import epoch_line, train
 
     zm = model_from_args(args)
     ds = adopt_class_names(zm, data_from_args(args, zm))
     eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None
     config = config_from_args(args)
-    history = train(zm, ds, args.out, config, eval_data=eval_ds, device=args.device)
-    lines = [" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items())
-             for h in history]
-    emit(history, args.json, "\n".join(lines) + f"\nsaved model to {args.out}")
+    history = train(zm, ds, args.out, config, eval_data=eval_ds, device=args.device, log=log_line)
+    record_command(args.out, ["inspectnet", *args.argv], start=args.model)
+    emit(history, args.json, "\n".join(epoch_line(h) for h in history) + f"\nsaved model to {args.out}")
     return 0

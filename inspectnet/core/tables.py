@@ -48,6 +48,15 @@ def format_value(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def format_percent(value: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage (``n/a`` for None).
+
+    >>> format_percent(0.9433), format_percent(1.0), format_percent(None)
+    ('94.3 %', '100.0 %', 'n/a')
+    """
+    return "n/a" if value is None else f"{100 * float(value):.{digits}f} %"
+
+
 def escape_markdown(text: Any) -> str:
     """Escape text for Markdown: HTML entities first (raw HTML renders on Hugging Face and GitHub),
     then Markdown metacharacters; a newline becomes a space (it would end a table row).

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, pooled_head
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.core.storage import prepare_output_file
@@ -40,6 +41,8 @@ from inspectnet.models.surgery import set_submodule
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe
 from inspectnet.runtime.classifier import (
+    EVIDENCE,
+    EVIDENCE_CLASSES,
     FORMAT,
     FORMAT_VERSION,
     KEY_CLASS_NAMES,
@@ -79,26 +82,32 @@ class ExportResult(Result):
     size_bytes: int
     providers: list
     int8: dict | None = None
+    evidence: dict | None = None
 
 
 def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = "dynamo",
                 head_only: bool = False, force: bool = False, int8: bool = False,
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                 latency: bool = True, threads: int = 1, device: str = "auto",
-                int8_keep_fp32: Sequence[str] = ()) -> ExportResult:
+                int8_keep_fp32: Sequence[str] = (), evidence: int | None = None
+                ) -> ExportResult:
     """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
 
     ``int8`` also writes ``<stem>.int8.onnx`` quantized on ``calibration`` (model inputs, see
     :func:`calibration_inputs`); ``evaluation`` = (inputs, labels with -1 = unlabelled) measures its
     top-1 agreement with fp32 (and accuracy when labelled); ``int8_keep_fp32`` names graph nodes left in
     fp32 (listed in the report). ``threads`` is used by both torch and
-    ONNX Runtime when timing, so the latency ratio compares like with like.
+    ONNX Runtime when timing, so the latency ratio compares like with like. ``evidence`` = k adds
+    the outputs ``evidence`` (B, k, H, W), the exact class-evidence maps of the top-k classes, and
+    ``evidence_classes`` (B, k) (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); the
+    gate checks them against torch like the logits.
     """
     if exporter not in EXPORTERS:
         raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {', '.join(EXPORTERS)}")
     check_opset(opset, exporter)
     if threads < 1:
         raise InspectnetError(f"--threads must be at least 1, got {threads}")
+    pooled = _evidence_head(zm, evidence, head_only)
     if int8 and (calibration is None or len(calibration) == 0):
         raise InspectnetError("--int8 needs calibration data: pass --calibration DATA (real images the model "
                               "will see, e.g. the training folder); static int8 ranges come from it")
@@ -117,18 +126,26 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     # and goes back to the caller's device and train/eval flags afterwards
     with model_state(zm.model, device="cpu", training=False):
         module, example, input_name = _export_target(zm, head_only)
+        graph = export_form(zm, module, head_only)
+        evidence_info = None
+        if pooled is not None:
+            # eval wrappers: the TorchScript exporter restores the wrapper's training flag recursively
+            # afterwards, which would put a shared (dense) model's BatchNorm into train mode for the gate
+            module = ClassEvidence(module, pooled, evidence).eval()
+            graph = module if graph is module.model else ClassEvidence(graph, pooled, evidence).eval()
+            evidence_info = _evidence_metadata(module, example)
         try:
-            proto = _to_onnx(export_form(zm, module, head_only), example, input_name, exporter, opset)
+            proto = _to_onnx(graph, example, input_name, exporter, opset, evidence=pooled is not None)
             if opset is not None and _opset_of(proto) != opset:
                 raise InspectnetError(f"the {exporter} exporter wrote opset {_opset_of(proto)}, not the --opset "
                                       f"{opset} asked for; no file written")
-            _add_metadata(proto, zm, head_only, input_name, list(example.shape[1:]))
+            _add_metadata(proto, zm, head_only, input_name, list(example.shape[1:]), evidence_info)
             _save(proto, tmp)
             parity = verify(module, tmp, example.shape[1:], threads=threads, device=device)
             int8_info = None
             if int8:
                 int8_info = _quantize(zm, module, tmp, tmp_int8, calibration, evaluation, head_only, input_name,
-                                      threads, device, list(int8_keep_fp32))
+                                      threads, device, list(int8_keep_fp32), evidence_info)
             lat = measure_latency(module, tmp, tmp_int8 if int8 else None, example.shape[1:], threads) \
                 if latency else {}
             os.replace(tmp, out)
@@ -141,7 +158,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     result = ExportResult(path=str(out), model=zm.spec, fingerprint=zm.fingerprint(), exporter=exporter,
                           opset=_opset_of(proto), head_only=head_only, input_name=input_name,
                           input_shape=["batch", *example.shape[1:]], parity=parity, latency_ms=lat, threads=threads,
-                          size_bytes=out.stat().st_size, providers=parity.pop("providers"), int8=int8_info)
+                          size_bytes=out.stat().st_size, providers=parity.pop("providers"), int8=int8_info,
+                          evidence={k: v for k, v in evidence_info.items() if k != "offset"} if evidence_info else None)
     result.save(report_path)
     return result
 
@@ -162,6 +180,28 @@ def check_opset(opset: int | None, exporter: str) -> None:
         hint = f"; the {other} exporter writes it (--exporter {other})" \
             if OPSETS[other][0] <= opset <= OPSETS[other][1] else ""
         raise InspectnetError(f"--opset {opset} is outside what the {exporter} exporter writes ({low}-{high}){hint}")
+
+
+def _evidence_head(zm: ZooModel, k: int | None, head_only: bool) -> PooledHead | None:
+    """The pooled head that ``--evidence k`` reads, or None without it; bad requests are refused first."""
+    if k is None:
+        return None
+    if head_only:
+        raise InspectnetError("--evidence needs the whole model: the maps come from the last spatial map, which a "
+                              "--head-only export never sees")
+    if not 1 <= k <= zm.num_classes:
+        raise InspectnetError(f"--evidence {k} asks for the maps of the top-{k} classes, but {zm.spec} has "
+                              f"{zm.num_classes} classes; expected 1 to {zm.num_classes}")
+    return pooled_head(zm)
+
+
+def _evidence_metadata(module: ClassEvidence, example: torch.Tensor) -> dict[str, Any]:
+    with torch.inference_mode():
+        maps = module(example[:1])[1]
+        offset = module.offset()
+    return {"k": module.k, "grid": list(maps.shape[2:]), "outputs": [OUTPUT_NAME, EVIDENCE, EVIDENCE_CLASSES],
+            "offset": [float(v) for v in offset.detach()], "definition": "E_c(h,w) = sum_j W[c,j] A_j(h,w) / (H W); "
+            "sum_hw E_c + offset_c = logit_c"}
 
 
 def _export_target(zm: ZooModel, head_only: bool) -> tuple[nn.Module, torch.Tensor, str]:
@@ -196,11 +236,13 @@ def head_features(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
     return f.flatten(1) if f.dim() > 2 else f
 
 
-def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None):
+def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None, *,
+             evidence: bool = False):
     """Run torch.onnx.export with ``dynamo`` passed explicitly; any exporter error names the cause."""
     import onnx
 
-    kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": [OUTPUT_NAME]}
+    outputs = [OUTPUT_NAME, EVIDENCE, EVIDENCE_CLASSES] if evidence else [OUTPUT_NAME]
+    kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": outputs}
     if opset is not None:
         kwargs["opset_version"] = opset
     try:
@@ -213,7 +255,7 @@ def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter
                 return program.model_proto
             buf = io.BytesIO()
             torch.onnx.export(module, (example,), buf, dynamo=False, do_constant_folding=True,
-                              dynamic_axes={input_name: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **kwargs)
+                              dynamic_axes={name: {0: "batch"} for name in [input_name, *outputs]}, **kwargs)
             return onnx.load_from_string(buf.getvalue())
     except InspectnetError:
         raise
@@ -224,14 +266,17 @@ def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter
                               f"{type(exc).__name__}: {first} (try --exporter {other})") from exc
 
 
-def _add_metadata(proto, zm: ZooModel, head_only: bool, input_name: str, shape: list[int]) -> None:
-    """Make the file self-describing: preprocessing, class names and where it came from."""
+def _add_metadata(proto, zm: ZooModel, head_only: bool, input_name: str, shape: list[int],
+                  evidence: dict[str, Any] | None = None) -> None:
+    """Make the file self-describing: preprocessing, class names, where it came from, the evidence outputs."""
     import onnx
 
     info = {"spec": zm.spec, "arch": zm.arch, "num_classes": zm.num_classes, "in_chans": zm.in_chans,
             "fingerprint": zm.fingerprint(), "head_name": zm.head_name, "modifications": zm.modifications,
             "input_kind": "features" if head_only else "image", "input_name": input_name,
             "input_shape": ["batch", *shape], "output_name": OUTPUT_NAME}
+    if evidence is not None:
+        info["evidence"] = evidence
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in zm.data_config.items()}
     props = {KEY_FORMAT: f"{FORMAT}/{FORMAT_VERSION}", KEY_PREPROCESSING: json.dumps(config),
              KEY_CLASS_NAMES: json.dumps(list(zm.class_names)), KEY_MODEL: json.dumps(info)}
@@ -262,17 +307,21 @@ def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int =
     """The gate: ONNX Runtime vs PyTorch on seeded random inputs at each batch size; raises on failure.
 
     Top-1 disagreements count as failures unless torch's own margin between the two classes is
-    within the tolerance (a numerical tie that no exporter can be blamed for).
+    within the tolerance (a numerical tie that no exporter can be blamed for). A
+    :class:`ClassEvidence` module's evidence output is checked the same way (:func:`_verify_evidence`).
     """
     session = make_session(path, providers=default_providers(device), threads=threads)
+    names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
     report: dict[str, Any] = {"batches": {}, "atol": ATOL, "rtol": RTOL}
     worst_abs, worst_rel, agree, total, real_flips = 0.0, 0.0, 0, 0, 0
     for b in batches:
         x = rng.standard_normal((b, *sample_shape)).astype(np.float32)
         with torch.inference_mode():
-            ref = module(torch.from_numpy(x)).float().numpy()
-        got = session.run([OUTPUT_NAME], {session.get_inputs()[0].name: x})[0]
+            out = module(torch.from_numpy(x))
+        ref = (out[0] if isinstance(out, tuple) else out).float().numpy()
+        outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x})))
+        got = outputs[OUTPUT_NAME]
         if got.shape != ref.shape:
             raise InspectnetError(f"export gate failed: ONNX output shape {got.shape} != torch {ref.shape} "
                                   f"at batch {b}")
@@ -288,6 +337,8 @@ def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int =
         if not np.isfinite(got).all() or max_abs > tol:
             raise InspectnetError(f"export gate failed at batch {b}: max |onnx - torch| = {max_abs:.3g} exceeds "
                                   f"{tol:.3g} (atol {ATOL} + rtol {RTOL} x max|logit| {scale:.3g}); no file written")
+        if isinstance(module, ClassEvidence):
+            report["batches"][str(b)].update(_verify_evidence(module, x, ref, outputs, tol))
         worst_abs, worst_rel = max(worst_abs, max_abs), max(worst_rel, max_rel)
         agree, total, real_flips = agree + int((t_top == o_top).sum()), total + b, real_flips + flips
     if real_flips:
@@ -295,7 +346,35 @@ def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int =
                               f"inputs beyond numerical ties; no file written")
     report.update(max_abs_diff=worst_abs, max_rel_diff=worst_rel, top1_agreement=agree / total,
                   providers=list(session.get_providers()))
+    if isinstance(module, ClassEvidence):
+        report["evidence_max_abs_diff"] = max(v["evidence_max_abs_diff"] for v in report["batches"].values())
+        report["evidence_sum_residual"] = max(v["evidence_sum_residual"] for v in report["batches"].values())
     return report
+
+
+def _verify_evidence(module: ClassEvidence, x: np.ndarray, ref_logits: np.ndarray, outputs: dict[str, np.ndarray],
+                     logit_tol: float) -> dict[str, Any]:
+    """The evidence part of the gate: ONNX's maps against torch's maps of the same classes, its classes
+    against torch's top-k (ties within the logit tolerance excepted), and Σ E + offset = logit in ONNX."""
+    classes, maps, logits = outputs[EVIDENCE_CLASSES], outputs[EVIDENCE], outputs[OUTPUT_NAME]
+    with torch.inference_mode():
+        ref = module.evidence(torch.from_numpy(x), classes=torch.from_numpy(classes).long())
+        offset = ref.offset.double().numpy()
+    ref_maps = ref.maps.double().numpy()
+    tol = ATOL + RTOL * float(np.abs(ref_maps).max())
+    max_abs = float(np.abs(maps - ref_maps).max())
+    residual = float(np.abs(maps.astype(np.float64).sum((2, 3)) + offset
+                            - np.take_along_axis(logits, classes, 1)).max())
+    want = np.argsort(-ref_logits, axis=1, kind="stable")[:, :module.k]
+    rows = np.arange(len(x))[:, None]
+    gap = np.abs(ref_logits[rows, want] - ref_logits[rows, classes])
+    flips = int(((want != classes) & (gap > 2 * logit_tol)).sum())
+    if not np.isfinite(maps).all() or max_abs > tol or residual > logit_tol or flips:
+        raise InspectnetError(f"export gate failed on the evidence output: max |onnx - torch| = {max_abs:.3g} "
+                              f"(tolerance {tol:.3g}), |sum(E) + offset - logit| = {residual:.3g} (tolerance "
+                              f"{logit_tol:.3g}), {flips} top-{module.k} classes differ beyond ties; no file written")
+    return {"evidence_max_abs_diff": max_abs, "evidence_sum_residual": residual, "evidence_tolerance": tol,
+            "evidence_class_agreement": float((want == classes).mean())}
 
 
 @contextlib.contextmanager
@@ -324,13 +403,13 @@ def measure_latency(module: nn.Module, fp32: Path, int8: Path | None, sample_sha
             out["torch_eager"][str(b)] = 1e3 * median_seconds(lambda xt=xt: module(xt))
             for name, sess in sessions.items():
                 feed = {sess.get_inputs()[0].name: x}
-                out[name][str(b)] = 1e3 * median_seconds(lambda s=sess, f=feed: s.run([OUTPUT_NAME], f))
+                out[name][str(b)] = 1e3 * median_seconds(lambda s=sess, f=feed: s.run(None, f))  # every output
     return out
 
 
 def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibration: np.ndarray,
               evaluation: tuple[np.ndarray, np.ndarray] | None, head_only: bool, input_name: str, threads: int,
-              device: str, keep_fp32: list[str]) -> dict[str, Any]:
+              device: str, keep_fp32: list[str], evidence: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize, re-stamp the metadata, check the graph, and compare int8 with fp32 on evaluation data."""
     import onnx
 
@@ -342,7 +421,7 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
             evaluation = (_features_of(zm, evaluation[0]), evaluation[1])
     quantize_int8(fp32, int8, calibration, keep_fp32=keep_fp32)
     proto = onnx.load(str(int8))
-    _add_metadata(proto, zm, head_only, input_name, list(calibration.shape[1:]))
+    _add_metadata(proto, zm, head_only, input_name, list(calibration.shape[1:]), evidence)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                         "inspectnet.quantization": "int8-static-qdq-u8s8-per-channel"})
     _save(proto, int8)
@@ -361,7 +440,22 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
     if labelled.any():
         info["accuracy_fp32"] = float((p32[labelled] == y_eval[labelled]).mean())
         info["accuracy_int8"] = float((p8[labelled] == y_eval[labelled]).mean())
+    if evidence is not None:
+        info["evidence_correlation_with_fp32"] = _evidence_correlation(s32, s8, x_eval)
     return info
+
+
+def _evidence_correlation(s32, s8, x: np.ndarray, batch_size: int = 64) -> float | None:
+    """Mean Pearson correlation of the int8 and fp32 top-1 evidence maps, over inputs whose top-1 agree."""
+    name, found = s32.get_inputs()[0].name, []
+    for i in range(0, len(x), batch_size):
+        feed = {name: x[i:i + batch_size]}
+        (m32, c32), (m8, c8) = (s.run([EVIDENCE, EVIDENCE_CLASSES], feed) for s in (s32, s8))
+        for a, b in zip(m32[c32[:, 0] == c8[:, 0], 0], m8[c32[:, 0] == c8[:, 0], 0]):
+            a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+            if a.std() > 0 and b.std() > 0:
+                found.append(float(np.corrcoef(a, b)[0, 1]))
+    return float(np.mean(found)) if found else None
 
 
 def _argmax_batches(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Stages, in order (each reads what the earlier ones wrote into ``DIR``)::
 
-    probe → decomposition → rules → sparsity → linear_probes → attributions
+    probe → decomposition → rules → sparsity → linear_probes → attributions → explanations
           → dissection (with concept data) → export (when asked) → card
 
 Each stage is one :class:`Stage` in :data:`STAGES`: its name and card title, the parameters of the
@@ -103,6 +103,10 @@ class AuditConfig:
     attribution_images: int = 6
     ig_steps: int = 32
     top_units: int = 6
+    explain_images: int = 64
+    deletion_steps: int = 10
+    baseline: str = "blur"
+    sanity_images: int = 8
     batch_size: int = 32
     device: str = "cpu"
     seed: int = 0
@@ -139,9 +143,12 @@ class _Context:
 
     def dataset(self, spec: str, limit: int | None = None) -> ImageDataset:
         """``spec`` with its classes mapped onto the model's; with ``limit``, an evenly spread subset of that size."""
-        ds = self.raw_dataset(spec).aligned_to(self.zm.class_names, class_map=self.config.class_map,
-                                               strict=spec == self.config.data)
-        return spread_subset(ds, limit)
+        return spread_subset(self.aligned(spec), limit)
+
+    def aligned(self, spec: str) -> ImageDataset:
+        """``spec`` whole, its classes mapped onto the model's."""
+        return self.raw_dataset(spec).aligned_to(self.zm.class_names, class_map=self.config.class_map,
+                                                 strict=spec == self.config.data)
 
     def eval_dataset(self) -> ImageDataset:
         """The evaluation data as probed: ``eval_data`` (or ``data``, in-sample) at its limit."""
@@ -194,9 +201,12 @@ def _stage_probe(ctx: _Context) -> dict[str, Any]:
     train = run_probe(zm, ctx.dataset(cfg.data, cfg.limit), layers, ctx.out / "probe" / "train", **kw)
     ev = run_probe(zm, ctx.eval_dataset(), layers, ctx.out / "probe" / "eval", **kw) if cfg.eval_data else train
     labels = np.asarray(ev.labels)
+    eval_limit = cfg.eval_limit if cfg.eval_data else cfg.limit
     return {"layers": layers, "analysed_layer": analysed,
-            "train": {"data": cfg.data, "samples": len(train), **_classes_of(train)},
-            "eval": {"data": eval_spec, "samples": len(ev), "in_sample": cfg.eval_data is None, **_classes_of(ev)},
+            "train": {"data": cfg.data, "samples": len(train), "available": len(ctx.aligned(cfg.data)),
+                      "limit": cfg.limit, **_classes_of(train)},
+            "eval": {"data": eval_spec, "samples": len(ev), "available": len(ctx.aligned(eval_spec)),
+                     "limit": eval_limit, "in_sample": cfg.eval_data is None, **_classes_of(ev)},
             "num_classes": zm.num_classes, "index_order": ctx.index_order,
             "accuracy": ev.accuracy() if (labels >= 0).any() else None,
             "feature_dim": int(ev.manifest["features_dim"])}
@@ -249,25 +259,41 @@ def _stage_decomposition(ctx: _Context) -> dict[str, Any]:
     keep = ("k1", "k2", "accuracy_full", "accuracy_decomposed", "rA", "rA_undefined", "agreement", "union_size",
             "features_used", "feature_dim", "dense_classes", "head_macs_full", "head_macs_decomposed",
             "head_macs_gathered_dense", "among_fitted_classes", "noise_ablation", "accuracy_retrained",
-            "retrain_epochs")
+            "retrain_epochs", "model_form", "model_choice")
     return {**{k: doc[k] for k in keep if k in doc}, "num_classes": doc["num_classes"],
             "classes_with_data": len(present), "per_class": per_class, "model_dir": ctx.rel(doc["model_dir"])}
 
 
+TOP_RULES = 10
+
+
 def _stage_rules(ctx: _Context) -> dict[str, Any]:
-    from inspectnet.analysis.rules.tree import extract_rules, write_rules
+    """A readable tree (the smallest depth within a margin of the best held-out fidelity), its top
+    rules by support and the size–fidelity curve; the full pruned tree is written as a download."""
+    from inspectnet.analysis.rules.tree import READABLE_MARGIN, extract_rules, plot_curve, write_rules
 
     train, ev = ctx.records()
-    rs, model = extract_rules(train, ctx.layer, ev, seed=ctx.config.seed)
-    paths = write_rules(rs, model, ctx.out / "rules")
+    seed, folder = ctx.config.seed, ctx.out / "rules"
+    rs, model = extract_rules(train, ctx.layer, ev, readable_margin=READABLE_MARGIN, seed=seed)
+    paths = write_rules(rs, model, folder)
+    full, full_model = extract_rules(train, ctx.layer, ev, seed=seed)
+    full_paths = write_rules(full, full_model, folder / "full_tree", plot_depth=None)
+    curve = plot_curve(rs.selection, folder / "fidelity_curve.png")
     keep = ("layer", "evaluated_on", "extracted_accuracy", "fidelity", "train_fidelity", "model_accuracy", "atoms",
-            "atom_filters", "rules", "avg_depth", "max_depth", "num_filters")
+            "atom_filters", "rules", "avg_depth", "max_depth", "num_filters", "n_train", "n_eval")
     d = rs.to_dict()
     if ev is not train:  # named relative to the folder, like every path in the card (valid when it moves)
         d["evaluated_on"] = f"eval record {ctx.rel(ev.root)}"
-    return {**{k: d[k] for k in keep}, "rules_text": rs.rules_text[:40], "rules_total": len(rs.rules_text),
-            "classes": sorted({r["class"] for r in rs.rule_list}), "n_train": rs.n_train,
-            "figures": [{"path": ctx.rel(paths["png"]), "caption": f"decision tree on {ctx.layer} (top levels)"}]}
+    top = [{k: r[k] for k in ("text", "class", "support", "confidence", "eval_support", "eval_confidence")}
+           for r in rs.rule_list[:TOP_RULES]]
+    return {**{k: d[k] for k in keep}, "top_rules": top, "rules_path": ctx.rel(paths["text"]),
+            "classes": sorted({r["class"] for r in rs.rule_list}),
+            "selection": {k: v for k, v in rs.selection.items() if k != "method"},
+            "full_tree": {"rules": full.rules, "atoms": full.atoms, "max_depth": full.max_depth,
+                          "avg_depth": full.avg_depth, "fidelity": full.fidelity,
+                          "extracted_accuracy": full.extracted_accuracy, "path": ctx.rel(full_paths["text"])},
+            "figures": [{"path": ctx.rel(curve), "caption": f"size–fidelity trade-off of the rules on {ctx.layer}"},
+                        {"path": ctx.rel(paths["png"]), "caption": f"the readable tree on {ctx.layer} (top levels)"}]}
 
 
 def _stage_sparsity(ctx: _Context) -> dict[str, Any]:
@@ -329,6 +355,64 @@ def _stage_attributions(ctx: _Context) -> dict[str, Any]:
     return result
 
 
+def _stage_explanations(ctx: _Context) -> dict[str, Any]:
+    from inspectnet.analysis.explain.faithfulness import FaithfulnessConfig
+    from inspectnet.analysis.explain.methods import MethodConfig
+    from inspectnet.pipelines.explain import QualityConfig, explanation_quality
+
+    cfg = ctx.config
+    data = spread_subset(ctx.eval_dataset(), cfg.explain_images)
+    quality = QualityConfig(images=cfg.explain_images, sanity_images=cfg.sanity_images,
+                            faithfulness=FaithfulnessConfig(steps=cfg.deletion_steps, baseline=cfg.baseline,
+                                                            batch_size=cfg.batch_size, seed=cfg.seed),
+                            method=MethodConfig(ig_steps=cfg.ig_steps, internal_batch_size=cfg.batch_size,
+                                                seed=cfg.seed))
+    doc = explanation_quality(_model_forms(ctx), data, ctx.out / "explanations", quality)
+    doc["figures"] = [{**f, "path": ctx.rel(f["path"])} for f in doc["figures"]]
+    return doc
+
+
+def _model_forms(ctx: _Context) -> list[Any]:
+    """The full model, its decomposed and slimmed forms, and the int8 ONNX export of the last of them
+    (with --export); a form that cannot be built says why."""
+    from inspectnet.analysis.heads.slim import slim_model
+    from inspectnet.models.zoo import load_model
+    from inspectnet.pipelines.explain import ModelForm
+
+    forms = [ModelForm("full", ctx.zm)]
+    dec = ctx.results.get("decomposition", {})
+    if dec.get("status") != "ok":
+        return forms + [ModelForm(n, missing="the decomposition stage failed") for n in ("decomposed", "slimmed", "int8")]
+    dzm = load_model(str(ctx.out / dec["result"]["model_dir"])).to(ctx.config.device)
+    forms.append(ModelForm("decomposed", dzm))
+    last = dzm
+    try:
+        last, _ = slim_model(dzm)
+        forms.append(ModelForm("slimmed", last))
+    except Exception as exc:  # noqa: BLE001 - the card says why this form is missing
+        forms.append(ModelForm("slimmed", missing=_why(exc)))
+    forms.append(_int8_form(ctx, last, "slimmed" if last is not dzm else "decomposed"))
+    return forms
+
+
+def _int8_form(ctx: _Context, zm: ZooModel, of: str) -> Any:
+    """int8 ONNX export (with the evidence output) of ``zm``, calibrated on the fitting data."""
+    from inspectnet.data.subsets import calibration_arrays
+    from inspectnet.export.onnx import export_onnx
+    from inspectnet.pipelines.explain import ModelForm
+
+    name = f"int8 (of {of})"
+    if not ctx.config.export:
+        return ModelForm(name, missing="not evaluated: run the audit with --export")
+    try:
+        calibration, _ = calibration_arrays(ctx.dataset(ctx.config.data), 64)
+        res = export_onnx(zm, ctx.out / "explanations" / "int8" / "model.onnx", evidence=1, int8=True,
+                          calibration=calibration, latency=False, force=True, device=ctx.config.device)
+    except Exception as exc:  # noqa: BLE001 - the card says why this form is missing
+        return ModelForm(name, missing=_why(exc))
+    return ModelForm(name, onnx=Path(res.int8["path"]))
+
+
 def _stage_dissection(ctx: _Context) -> dict[str, Any]:
     from inspectnet.analysis.dissect.dissection import dissect, write_dissection
     from inspectnet.data.concepts import load_concepts
@@ -346,14 +430,40 @@ def _stage_dissection(ctx: _Context) -> dict[str, Any]:
 
 
 def _stage_export(ctx: _Context) -> dict[str, Any]:
+    """ONNX of what users ship: the decomposition's model (the better of retrained and not), slimmed
+    where slimming is exact, else as it is (named, with the reason); its accuracy, fingerprint and
+    size next to the dense model's."""
+    from inspectnet.analysis.heads.slim import slim_model
     from inspectnet.export.onnx import export_onnx
     from inspectnet.models.zoo import load_model
+    from inspectnet.training.loop import evaluate
 
     dec = ctx.results["decomposition"]["result"]
     dzm = load_model(str(ctx.out / dec["model_dir"]))
-    res = export_onnx(dzm, ctx.out / "export" / "model.onnx", force=True, device=ctx.config.device)
+    form = dec.get("model_form", "decomposed head")
+    try:
+        shipped, slim = slim_model(dzm)
+        form, slimming = f"slimmed model, {form}", {k: slim[k] for k in ("method", "kept_channels", "feature_dim",
+                                                                          "logits_max_abs_diff", "macs_before",
+                                                                          "macs_after")}
+    except InspectnetError as exc:
+        shipped, slimming = dzm, {"error": str(exc)}
+    res = export_onnx(shipped, ctx.out / "export" / "model.onnx", force=True, device=ctx.config.device)
+    ev = ctx.eval_dataset()
+    probe = ctx.results["probe"]["result"]
     return {"path": ctx.rel(res.path), "exporter": res.exporter, "opset": res.opset, "parity": res.parity,
-            "latency_ms": res.latency_ms, "size_bytes": res.size_bytes, "model": "model with its decomposed head"}
+            "latency_ms": res.latency_ms, "size_bytes": res.size_bytes, "model": form,
+            "model_choice": dec.get("model_choice"), "slimming": slimming,
+            "models": [_model_row("dense model (as audited)", ctx.zm, probe["accuracy"], probe["eval"]["samples"]),
+                       _model_row(f"exported: {form}", shipped,
+                                  evaluate(shipped, ev, batch_size=ctx.config.batch_size, device=ctx.config.device),
+                                  len(ev))]}
+
+
+def _model_row(name: str, zm: ZooModel, accuracy: float | None, n: int) -> dict[str, Any]:
+    params = sum(p.numel() for p in zm.model.parameters())
+    return {"model": name, "fingerprint": zm.fingerprint(), "accuracy": accuracy, "n": n, "parameters": params,
+            "weights_bytes": sum(p.numel() * p.element_size() for p in zm.model.parameters())}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,20 +495,26 @@ def _probe_params(c: AuditConfig) -> dict[str, Any]:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("probe", "Evaluation data and accuracy", _stage_probe, _probe_params, resumable=True, distributed=True),
+    Stage("probe", "Probed samples and layers", _stage_probe, lambda c: {**_probe_params(c), "format": 2},
+          resumable=True, distributed=True),
     Stage("decomposition", "Influential features and decomposed head", _stage_decomposition,
           lambda c: {"k1": c.k1, "k2": c.k2, "retrain": c.retrain_epochs, "seed": c.seed}, needs=("probe",)),
-    Stage("rules", "Rules extracted from the model's filters", _stage_rules, lambda c: {"seed": c.seed},
+    Stage("rules", "Rules extracted from the model's filters", _stage_rules,
+          lambda c: {"seed": c.seed, "format": 3},
           needs=("probe",)),
     Stage("sparsity", "Activation sparsity", _stage_sparsity, lambda c: {}, needs=("probe",), writes_folder=False),
     Stage("linear_probes", "Linear probes across depth", _stage_linear_probes, lambda c: {}, needs=("probe",)),
     Stage("attributions", "Attributions and receptive fields", _stage_attributions,
           lambda c: {"n": c.attribution_images, "steps": c.ig_steps, "units": c.top_units}, needs=("probe",),
           uses=("decomposition", "rules")),
+    Stage("explanations", "Explanation faithfulness and sanity checks", _stage_explanations,
+          lambda c: {"n": c.explain_images, "steps": c.deletion_steps, "baseline": c.baseline, "ig": c.ig_steps,
+                     "sanity": c.sanity_images, "int8": c.export, "seed": c.seed},
+          needs=("probe",), uses=("decomposition",), enabled=lambda c: c.explain_images > 0),
     Stage("dissection", "Concept detectors (network dissection)", _stage_dissection,
           lambda c: {"concepts": c.concepts, "limit": c.concept_limit}, needs=("probe",),
           enabled=lambda c: bool(c.concepts), distributed=True),
-    Stage("export", "Export (ONNX) parity and speed", _stage_export, lambda c: {"export": c.export, "format": 2},
+    Stage("export", "Export (ONNX) parity and speed", _stage_export, lambda c: {"export": c.export, "format": 3},
           needs=("decomposition",), enabled=lambda c: c.export),
 )
 
@@ -542,13 +658,15 @@ def _from_main(fn: Callable[[], Any], *, share: bool = True) -> Any:
 
 def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, *,
               log: Callable[[str], None] | None = _log, num_workers: int = 0,
-              shard_order: str = "contiguous") -> dict[str, Any] | None:
+              shard_order: str = "contiguous", made_by: list[str] | None = None) -> dict[str, Any] | None:
     """Run (or reuse) every stage, write ``card.json``, ``README.md`` and ``card.html``; return the card.
 
     ``model`` is a loaded model or a :class:`~inspectnet.models.zoo.ModelRef` (loaded only if a stage
     must run). ``log`` receives one line per stage (start, cached/ok/failed with seconds) and the
-    summary. ``num_workers`` data loader processes decode images for the data passes; under
-    ``torchrun`` ranks share them out in ``shard_order`` and ranks other than 0 return None.
+    summary; ``made_by`` are the commands that made the model
+    (``inspectnet.models.provenance.made_by(folder)``), shown under "How to reproduce".
+    ``num_workers`` data loader processes decode images for the data passes; under ``torchrun``
+    ranks share them out in ``shard_order`` and ranks other than 0 return None.
     """
     from inspectnet.reports import card as card_mod
 
@@ -586,7 +704,7 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
     atomic_write_json(out / AUDIT_FILE, state)
     results = {s.name: ctx.results[s.name] for s in STAGES if s.name in ctx.results}  # the card's order
     doc = card_mod.build_card(about, config, results, fingerprint=about.fingerprint(),
-                              total_seconds=time.perf_counter() - t_all)
+                              total_seconds=time.perf_counter() - t_all, made_by=made_by or [])
     card_mod.write_card(doc, out)
     doc["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 3)
     card_mod.write_card(doc, out)

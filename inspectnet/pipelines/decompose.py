@@ -6,6 +6,7 @@ in order on two probe records and writes what each step gives into one output fo
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,12 @@ def run_decomposition(fit: ProbeRecord | str | Path, eval_record: ProbeRecord | 
         "weights_fingerprint": imap.weights_fingerprint,
     }
     dzm = decompose_model(zm, imap)
-    if retrain_epochs:
-        doc.update(_retrain(dzm, fit_rec, eval_rec, imap, retrain_epochs, retrain_lr, seed))
-    doc["decomposition"] = dzm.head.decomposition()
     save_model(dzm, out / "model")
     doc["model_dir"] = str(out / "model")
+    doc["model_form"] = "decomposed head"
+    if retrain_epochs:
+        dzm = _keep_better(dzm, doc, fit_rec, eval_rec, imap, retrain_epochs, retrain_lr, seed, out)
+    doc["decomposition"] = dzm.head.decomposition()
     if sweep_k:
         doc["sweep"] = sweep(fit_rec, eval_rec, weight, bias, sweep_k, sweep_k, score=score)
         atomic_write_text(out / "sweep.md", sweep_table(doc["sweep"]))
@@ -98,14 +100,25 @@ def _record(record: ProbeRecord | str | Path) -> ProbeRecord:
     return record if isinstance(record, ProbeRecord) else ProbeRecord.load(record)
 
 
-def _retrain(dzm: ZooModel, fit_rec: ProbeRecord, eval_rec: ProbeRecord, imap: InfluenceMap, epochs: int,
-             lr: float, seed: int) -> dict[str, Any]:
-    """Retrain the decomposed head in place on the fit record's features; its history and new A_d."""
-    history = retrain_head(dzm.head, fit_rec.features, fit_rec.labels, epochs=epochs, lr=lr, seed=seed)
-    weight, bias = linear_params(dzm.head)
-    return {"retrain_history": history,
-            "accuracy_retrained": evaluate_decomposition(weight, bias, imap, eval_rec)["accuracy_decomposed"],
-            "retrain_epochs": epochs}
+def _keep_better(dzm: ZooModel, doc: dict[str, Any], fit_rec: ProbeRecord, eval_rec: ProbeRecord, imap: InfluenceMap,
+                 epochs: int, lr: float, seed: int, out: Path) -> ZooModel:
+    """Retrain a copy of the decomposed head on the fit record's features (saved to ``retrained_model/``);
+    ``doc``'s ``model_dir``/``model_form`` name the better of the two on the eval record (ties: retrained),
+    and ``model_choice`` says why. Returns that model."""
+    retrained = copy.deepcopy(dzm)
+    history = retrain_head(retrained.head, fit_rec.features, fit_rec.labels, epochs=epochs, lr=lr, seed=seed)
+    weight, bias = linear_params(retrained.head)
+    acc = evaluate_decomposition(weight, bias, imap, eval_rec)["accuracy_decomposed"]
+    save_model(retrained, out / "retrained_model")
+    doc.update(retrain_history=history, accuracy_retrained=acc, retrain_epochs=epochs)
+    before = doc["accuracy_decomposed"]
+    if acc >= before:
+        doc.update(model_dir=str(out / "retrained_model"), model_form=f"decomposed head retrained {epochs} epochs",
+                   model_choice=f"retraining kept or raised A_d ({before:.4f} -> {acc:.4f})")
+        return retrained
+    doc["model_choice"] = (f"retraining {epochs} epochs lowered A_d ({before:.4f} -> {acc:.4f}); the un-retrained "
+                           f"decomposed head is kept (the retrained one is in retrained_model/)")
+    return dzm
 
 
 def _slim(dzm: ZooModel, folder: Path) -> tuple[ZooModel, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The neutral view a report template renders: sections made of a few kinds of blocks.
 
 A block says *what* to show (a paragraph, a table, a figure, preformatted text, a failure reason,
-a bullet list), never *how*; ``card.md.j2`` and ``card.html.j2`` render the same blocks, so the
+a link to a file, a bullet list), never *how*; ``card.md.j2`` and ``card.html.j2`` render the same blocks, so the
 Markdown and the HTML carry the same content. Text in blocks is raw: the templates escape it.
 
 >>> Section("Caveats", [BulletList(["in-sample numbers"])]).blocks[0].kind
@@ -55,12 +55,21 @@ class Failure:
 
 
 @dataclasses.dataclass(frozen=True)
+class Download:
+    """A file in the report's folder offered as a link, not shown inline (e.g. the full rule list)."""
+
+    path: str
+    text: str
+    kind: ClassVar[str] = "download"
+
+
+@dataclasses.dataclass(frozen=True)
 class BulletList:
     items: list[str]
     kind: ClassVar[str] = "bullets"
 
 
-Block = Paragraph | Table | Figure | Preformatted | Failure | BulletList
+Block = Paragraph | Table | Figure | Preformatted | Failure | Download | BulletList
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,8 +28,18 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import library_versions
 from inspectnet.core.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir, read_json
 from inspectnet.core.tables import escape_markdown as md  # noqa: F401 - the README's escaping rule, public here
-from inspectnet.core.tables import format_value
-from inspectnet.reports.blocks import Block, BulletList, Failure, Figure, Paragraph, Preformatted, Section, Table
+from inspectnet.core.tables import format_percent, format_value
+from inspectnet.reports.blocks import (
+    Block,
+    BulletList,
+    Download,
+    Failure,
+    Figure,
+    Paragraph,
+    Preformatted,
+    Section,
+    Table,
+)
 from inspectnet.reports.render import render_html_template, render_markdown_template
 
 CARD_SCHEMA = "inspectnet-model-card"
@@ -38,8 +48,9 @@ CARD_SCHEMA_VERSION = 1
 
 # ---------------------------------------------------------------- building and storing
 def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fingerprint: str,
-               total_seconds: float) -> dict[str, Any]:
-    """The card document for an audit (see the module doc for its layout)."""
+               total_seconds: float, made_by: list[str] = ()) -> dict[str, Any]:
+    """The card document for an audit (see the module doc for its layout); ``made_by`` are the
+    commands that made the model (see :mod:`inspectnet.models.provenance`)."""
     sections = {}
     for name, entry in results.items():
         sections[name] = {k: entry[k] for k in ("title", "status", "error", "result", "seconds", "cached")
@@ -61,7 +72,8 @@ def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fing
         "sections": sections,
         "timing": {"total_seconds": round(total_seconds, 3), "stages_run_seconds": round(run, 3),
                    "stages_cached_seconds": round(cached, 3)},
-        "reproduce": {"command": config.command, "versions": library_versions(("captum", "onnx", "onnxruntime"))},
+        "reproduce": {"command": config.command, "model_made_by": list(made_by),
+                      "versions": library_versions(("captum", "onnx", "onnxruntime"))},
     }
 
 
@@ -156,15 +168,22 @@ def card_view(doc: dict[str, Any]) -> CardView:
         meta=front_matter_fields(doc),
         sections=[Section("Model details", _model_blocks(m)),
                   Section("Intended use", [Paragraph(INTENDED_USE)]),
-                  Section("Evaluation data", [Paragraph(_data_text(doc["data"])), *_label_blocks(doc)]),
+                  Section("Evaluation data", [Paragraph(_data_text(doc)), *_label_blocks(doc)]),
                   Section("Quantitative analyses", [Table(["metric", "value"], [list(r) for r in rows])] if rows
                           else [Paragraph("No headline numbers.")]),
                   Section("Model examination", []),
                   *[_stage_section(doc, name, sec) for name, sec in doc["sections"].items()],
                   Section("Caveats", [BulletList(caveats(doc))]),
-                  Section("How to reproduce", [Preformatted(doc["reproduce"]["command"]),
-                                               Table(["library", "version"],
-                                                     [[k, v] for k, v in doc["reproduce"]["versions"].items()])])])
+                  Section("How to reproduce", _reproduce_blocks(doc["reproduce"]))])
+
+
+def _reproduce_blocks(rep: dict[str, Any]) -> list[Block]:
+    made = rep.get("model_made_by") or []
+    blocks: list[Block] = [Paragraph("How the model was made:"), Preformatted("\n".join(made))] if made else \
+        [Paragraph("The model was not made by inspectnet train/finetune (a zoo model, or a folder without "
+                   "made_by.json).")]
+    return [*blocks, Paragraph("The audit:"), Preformatted(rep["command"]),
+            Table(["library", "version"], [[k, v] for k, v in rep["versions"].items()])]
 
 
 def section_title(name: str, sec: dict[str, Any]) -> str:
@@ -186,9 +205,36 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
             Paragraph(f"Class names: {shown}")]
 
 
-def _data_text(d: dict[str, Any]) -> str:
-    return (f"Fitted on {d['train']} (limit {d['limit']}), evaluated on {d['eval']}"
-            + (" — in-sample: no separate evaluation data was given." if d["in_sample"] else "."))
+def _data_text(doc: dict[str, Any]) -> str:
+    """Which samples were fitted and evaluated: how many of how many, and how they were chosen."""
+    d, probe = doc["data"], _ok(doc, "probe")
+    if not probe or "available" not in probe["train"]:
+        return (f"Fitted on {d['train']} (limit {d['limit']}), evaluated on {d['eval']}"
+                + (" — in-sample: no separate evaluation data was given." if d["in_sample"] else "."))
+    ev = probe["eval"]
+    text = f"Fitted on {sample_text(probe['train'], '--limit')}"
+    if ev["in_sample"]:
+        return text + " and evaluated on the same samples — in-sample: no separate evaluation data was given."
+    return text + f"; evaluated on {sample_text(ev, '--eval-limit')}."
+
+
+def sample_text(split: dict[str, Any], option: str) -> str:
+    """``300 of the 1,000 samples of mnist5k:test, an evenly spread subset (--eval-limit 300)``.
+
+    >>> sample_text({"data": "digits:test", "samples": 50, "available": 50, "limit": 80}, "--limit")
+    'all 50 samples of digits:test (--limit 80 exceeds the 50 available)'
+    """
+    n, total, limit = split["samples"], split["available"], split["limit"]
+    if n >= total:
+        why = f" (--limit {limit} exceeds the {total:,} available)".replace("--limit", option) \
+            if limit is not None and limit > total else ""
+        return f"all {total:,} samples of {split['data']}{why}"
+    return f"{n:,} of the {total:,} samples of {split['data']}, an evenly spread subset ({option} {limit})"
+
+
+def _counted(fraction: float | None, n: int | None) -> str:
+    """``94.3 % (n = 300)``."""
+    return format_percent(fraction) + (f" (n = {n:,})" if n is not None else "")
 
 
 def _label_blocks(doc: dict[str, Any]) -> list[Block]:
@@ -244,22 +290,46 @@ def headline(doc: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs of the headline numbers ("Quantitative analyses")."""
     rows = []
     probe, dec, rules = _ok(doc, "probe"), _ok(doc, "decomposition"), _ok(doc, "rules")
+    n = probe["eval"]["samples"] if probe else None
     if probe:
-        rows.append(("accuracy on " + probe["eval"]["data"] + (" (in-sample)" if probe["eval"]["in_sample"] else ""),
-                     format_value(probe["accuracy"])))
+        rows.append(("accuracy A_f on " + probe["eval"]["data"] + (" (in-sample)" if probe["eval"]["in_sample"] else ""),
+                     _counted(probe["accuracy"], n)))
     if dec:
         rows += [("decomposed-head accuracy A_d (k1=%d, k2=%d)" % (dec["k1"], dec["k2"]),
-                  format_value(dec["accuracy_decomposed"])),
+                  _counted(dec["accuracy_decomposed"], n)),
                  ("rA = A_d / A_f", _ratio(dec)),
                  ("features used by some class (union)", f"{dec['union_size']} / {dec['feature_dim']}"),
                  ("head MACs full -> decomposed", f"{dec['head_macs_full']} -> {dec['head_macs_decomposed']}")]
         if "accuracy_retrained" in dec:
             rows.append((f"decomposed head retrained {dec['retrain_epochs']} epochs",
-                         format_value(dec["accuracy_retrained"])))
+                         _counted(dec["accuracy_retrained"], n)))
     if rules:
-        rows += [(f"rule fidelity ({rules['layer']})", format_value(rules["fidelity"])),
-                 ("rules / atoms", f"{rules['rules']} / {rules['atoms']}")]
+        rows += [(f"rule fidelity, readable tree ({rules['layer']})", _counted(rules["fidelity"], rules.get("n_eval"))),
+                 ("rules / atoms (readable tree)", f"{rules['rules']} / {rules['atoms']}")]
+    for label, _kind, value in faithfulness_metrics(doc):
+        rows.append((label, format_value(value)))
     return rows
+
+
+def faithfulness_metrics(doc: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """(label, metric type, value): deletion/insertion AUC of the full model's class evidence and of its random
+    control (the headline and the Hugging Face ``model-index``)."""
+    r = _ok(doc, "explanations")
+    if not r:
+        return []
+    rows = [x for x in r["rows"] if x["form"] == r["forms"][0]["name"] and x["status"] == "ok"]
+    evidence = next((x for x in rows if x["method"] == "evidence" and x["deletion_auc"] is not None), None)
+    if evidence is None:
+        return []
+    size = evidence["map_size"]
+    control = next((x for x in rows if x["method"] == "random" and x["map_size"] == size), None)
+    out = []
+    for who, row in (("class-evidence map", evidence), ("random control", control)):
+        for kind in ("deletion_auc", "insertion_auc"):
+            if row is not None and row[kind] is not None:
+                out.append((f"{kind.split('_')[0]} AUC of the {who} ({r['faithfulness']['baseline']}, "
+                            f"{'lower' if kind == 'deletion_auc' else 'higher'} is better)", kind, row[kind]))
+    return out
 
 
 def front_matter_fields(doc: dict[str, Any]) -> dict[str, Any]:
@@ -273,6 +343,7 @@ def front_matter_fields(doc: dict[str, Any]) -> dict[str, Any]:
         metrics.append(("accuracy", "decomposed head accuracy", dec["accuracy_decomposed"]))
     if rules:
         metrics.append(("fidelity", "rule fidelity", rules["fidelity"]))
+    metrics += [(kind, label, value) for label, kind, value in faithfulness_metrics(doc)]
     base = m.get("base")
     return {"library_name": "timm" if m["source"] == "timm" else "pytorch",
             "base_model": base if base and re.fullmatch(r"[\w.-]+/[\w.-]+", str(base)) else None,
@@ -293,13 +364,13 @@ def _ratio(r: dict[str, Any]) -> str:
 
 
 def _decomposition_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    na = r["noise_ablation"]
-    summary = [["A_f", r["accuracy_full"]], ["A_d", r["accuracy_decomposed"]], ["rA", _ratio(r)],
-               ["agreement", r["agreement"]], ["union", f"{r['union_size']} / {r['feature_dim']}"],
-               ["head MACs", f"{r['head_macs_full']} -> {r['head_macs_decomposed']}"]]
-    if "accuracy_retrained" in r:
-        summary.append(["retrained", r["accuracy_retrained"]])
-    blocks: list[Block] = [Table(["metric", "value"], summary)]
+    n = (_ok(doc, "probe") or {}).get("eval", {}).get("samples")
+    blocks: list[Block] = [Paragraph(
+        f"A_f, A_d, rA, the union and the head MACs are under Quantitative analyses. Top-1 agreement of the "
+        f"decomposed head with the full one: {_counted(r['agreement'], n)}.")]
+    if r.get("model_choice"):
+        blocks.append(Paragraph(f"Decomposed head after retraining: {_counted(r.get('accuracy_retrained'), n)}; "
+                                f"{r['model_choice']}."))
     if r.get("dense_classes"):
         blocks.append(Paragraph(
             f"{r['num_classes'] - r['dense_classes']} of the model's {r['num_classes']} classes had fitting data and "
@@ -312,15 +383,27 @@ def _decomposition_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]
                 f"{among['samples']} eval samples): A_f {format_value(among['accuracy_full'])}, A_d "
                 f"{format_value(among['accuracy_decomposed'])}, rA {_ratio(among)}."))
     per_class = [[_name(doc, p["class"]), ", ".join(map(str, p["features"])) or "none (no fitting data)",
-                  _listed(p["frequencies"]), _listed(p["mean_contribution"] or []), p["accuracy_full"],
-                  p["accuracy_decomposed"]] for p in r["per_class"]]
+                  _listed(p["frequencies"]), _listed(p["mean_contribution"] or []), format_percent(p["accuracy_full"]),
+                  format_percent(p["accuracy_decomposed"])] for p in r["per_class"]]
     return [*blocks,
-            Paragraph(f"Noise ablation: influential features replaced by N(0,1) → accuracy "
-                      f"{format_value(na['influential'])}; as many non-influential ones → "
-                      f"{format_value(na['non_influential'])}."),
+            *_noise_blocks(r["noise_ablation"], n),
             Paragraph(f"Per class: the {len(per_class)} classes with data."),
             Table(["class", "influential features S_c", "frequency in top-k1", "mean contribution W·f", "acc. full",
                    "acc. decomposed"], per_class, sortable=True)]
+
+
+def _noise_blocks(na: dict[str, Any], n: int | None) -> list[Block]:
+    """The noise ablation, each number labelled with the head it was measured on."""
+    rows = [["the original model's full head", _counted(na["influential"], n), _counted(na["non_influential"], n)]]
+    if "decomposed_head" in na:
+        rows.append(["the decomposed head", _counted(na["decomposed_head"]["influential"], n),
+                     _counted(na["decomposed_head"]["non_influential"], n)])
+    count = na.get("num_influential")
+    return [Paragraph("Noise ablation: accuracy when the influential features (∪ S_c"
+                      + (f", {count}" if count is not None else "") + ") or as many randomly chosen "
+                      "non-influential ones are replaced by N(0, 1) noise" + (f" ({na['note']})" if na.get("note") else "")
+                      + "."),
+            Table(["head", "noise on influential", "noise on non-influential"], rows)]
 
 
 def _listed(values: list[float]) -> str:
@@ -328,13 +411,53 @@ def _listed(values: list[float]) -> str:
 
 
 def _rules_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    classes = r.get("classes")
-    named = (f" The tree, fitted to the model's own predictions on {r['n_train']} images, names {len(classes)} "
-             f"classes: {', '.join(_name(doc, c) for c in classes[:MAX_CLASS_NAMES])}." if classes else "")
-    return [Paragraph(f"{r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters of {r['layer']}), "
-                      f"average depth {format_value(r['avg_depth'], 2)}, fidelity {format_value(r['fidelity'])}, "
-                      f"extracted accuracy {format_value(r['extracted_accuracy'])}.{named}"),
-            Preformatted("\n".join(r["rules_text"]))]
+    if "selection" not in r:  # card.json of an older audit: one pruned tree
+        return [Paragraph(f"{r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters of {r['layer']}), "
+                          f"average depth {format_value(r['avg_depth'], 2)}, fidelity {format_percent(r['fidelity'])}."),
+                Preformatted("\n".join(r.get("rules_text", [])))]
+    sel, full, n = r["selection"], r["full_tree"], r["n_eval"]
+    classes = r.get("classes") or []
+    blocks: list[Block] = [
+        Paragraph(f"A decision tree over binarised filters of {r['layer']} (a filter is an atom, active above μ + σ), "
+                  f"fitted to the model's own predictions on {r['n_train']:,} images. The readable tree is the "
+                  f"smallest depth, of {min(x['depth'] for x in sel['curve'] if x['depth'])}–"
+                  f"{max(x['depth'] for x in sel['curve'] if x['depth'])}, whose fidelity on a held-out "
+                  f"{sel['n_val']:,} of those images is within {100 * sel['margin']:.0f} percentage points of the "
+                  f"best ({format_percent(sel['best_val_fidelity'])})"
+                  + (f": depth {sel['max_depth']}." if sel.get("within_margin", True) else
+                     f". No depth up to {max(x['depth'] for x in sel['curve'] if x['depth'])} is, so it is the most "
+                     f"faithful of them: depth {sel['max_depth']}, below the unlimited tree by "
+                     f"{100 * (sel['best_val_fidelity'] - _curve_at(sel, sel['max_depth'])):.1f} points.")),
+        Paragraph(f"Readable tree: {r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters), average "
+                  f"depth {format_value(r['avg_depth'], 2)}; on the evaluation data fidelity {_counted(r['fidelity'], n)}, "
+                  f"accuracy against the labels {_counted(r['extracted_accuracy'], n)}."
+                  + (f" It names {len(classes)} classes: {', '.join(_name(doc, c) for c in classes[:MAX_CLASS_NAMES])}."
+                     if classes else "")),
+        Table(["depth", "rules", "held-out fidelity"],
+              [[x["depth"] or f"no limit ({x['tree_depth']})", x["leaves"], format_percent(x["val_fidelity"])]
+               for x in sel["curve"]]),
+        Paragraph(f"Top {len(r['top_rules'])} rules of the readable tree by support (images of the fitting data that "
+                  "reach the rule; confidence = share of them the model gives the rule's class):"),
+        Table(["rule", "support", "confidence", f"eval support (of {n:,})", "eval confidence"],
+              [[t["text"], t["support"], format_percent(t["confidence"]), t["eval_support"],
+                format_percent(t["eval_confidence"])] for t in r["top_rules"]]),
+        Paragraph(f"The full tree (cost-complexity pruning, no depth limit) has {full['rules']} rules over "
+                  f"{full['atoms']} atoms, depth {full['max_depth']} (average {format_value(full['avg_depth'], 1)}), "
+                  f"fidelity {_counted(full['fidelity'], n)}: too large to read, it is a download only.")]
+    for path, text in ((full["path"], "full tree: every rule (text)"), (r.get("rules_path"), "readable tree: every rule")):
+        if path and _relative(path):
+            blocks.append(Download(path, text))
+    return blocks
+
+
+def _curve_at(sel: dict[str, Any], depth: int) -> float:
+    return next(x["val_fidelity"] for x in sel["curve"] if x["depth"] == depth)
+
+
+def _relative(path: str) -> bool:
+    """A plain relative path inside the card's folder (no scheme, no absolute path, no ``..``)."""
+    p = Path(path)
+    return ":" not in path and not p.is_absolute() and ".." not in p.parts
 
 
 def _sparsity_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
@@ -343,23 +466,118 @@ def _sparsity_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
 
 
 def _linear_probe_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    return [Table(["layer", "dim", "train acc.", "test acc."],
-                  [[x["layer"], x["dim"], x["train_accuracy"], x["test_accuracy"]] for x in r["rows"]])]
+    n_train, n_eval = r.get("n_train"), r.get("n_eval")
+    return [Table(["layer", "dim", "train acc." + (f" (n = {n_train:,})" if n_train else ""),
+                   "test acc." + (f" (n = {n_eval:,})" if n_eval else "")],
+                  [[x["layer"], x["dim"], format_percent(x["train_accuracy"]), format_percent(x["test_accuracy"])]
+                   for x in r["rows"]])]
 
 
 def _attribution_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [Figure(a["path"], f"{a['name']}: label {a['label_name']}, predicted {a['prediction_name']} "
                                              f"(input | Integrated Gradients | Grad-CAM {a['gradcam_layer']})")
                            for a in r.get("inputs", [])]
-    blocks += [Figure(c["path"], f"class {c['class_name']}: maps of features {c['features']}")
-               for c in r.get("classes", [])]
+    blocks += [Figure(c["path"], _feature_map_caption(c)) for c in r.get("classes", [])]
     units = r.get("units") or {}
     if units.get("rows"):
+        empty = sum(u.get("empty_tiles", 0) for u in units["rows"])
         blocks.append(Figure(units["rows"][0]["path"], f"receptive fields of {units['layer']} units "
                                                        f"({units['chosen_by']}): top images per unit, "
-                                                       "thresholded map highlighted"))
+                                                       "pixels above the unit's top-1 % threshold T_k highlighted"
+                                                       + (f"; {empty} tiles have no pixel above T_k (the unit's "
+                                                          "activation there is high on average but spread thinly)"
+                                                          if empty else "")))
     blocks += [Failure(err, what=f"{part} pictures failed") for part, err in r.get("errors", {}).items()]
     return blocks
+
+
+def _feature_map_caption(c: dict[str, Any]) -> str:
+    """Which features, at what resolution, and why a map is blank."""
+    text = f"class {c['class_name']}: maps of features {c['features']}"
+    if "map_size" in c:
+        (h, w), (ih, iw) = c["map_size"], c["input_size"]
+        text += (f"; each map is {h}×{w} cells, shown as blocks over the {ih}×{iw} input (no smoothing), "
+                 "its colour bar in the feature's own units")
+    if c.get("zero_features"):
+        text += f"; features {c['zero_features']} are 0 everywhere on this image (blank, not missing)"
+    return text
+
+
+ARROWS = "↓ lower is better, ↑ higher is better"
+
+
+def _explanation_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    f = r["faithfulness"]
+    blocks: list[Block] = [Paragraph(
+        f"{r['images']} images of {r.get('data') or 'the evaluation data'}, each explained for the class its model form "
+        f"predicts. Deletion / insertion: the pixels, most relevant first, are replaced by the {f['baseline']} baseline "
+        f"(insertion: restored onto it) in {f['steps']} steps; the area under the curve of the class probability "
+        f"is shown. ROAD: {', '.join(f'{int(100 * x)} %' for x in f['road_fractions'])} of the pixels removed by noisy "
+        f"linear imputation, most (MoRF) or least (LeRF) relevant first; the mean probability is shown. "
+        f"Every method is compared with a random map of its own resolution on the same images (paired "
+        f"difference); it beats the control when both deletion and insertion are better by more than two "
+        f"standard errors. {ARROWS}.")]
+    ok = [x for x in r["rows"] if x["status"] == "ok"]
+    blocks.append(Table(["method", "model form", "map", "deletion AUC ↓", "insertion AUC ↑", "ROAD MoRF ↓",
+                         "ROAD LeRF ↑", "Δ deletion vs random", "Δ insertion vs random", "beats random",
+                         "maps ranked (constant, NaN)"],
+                        [[x["method"], x["form"], "x".join(map(str, x["map_size"])), x["deletion_auc"],
+                          x["insertion_auc"], x["road_morf"], x["road_lerf"], *_versus(x.get("vs_random")),
+                          f"{x['evaluated']} of {x['images']} ({x['constant_maps']}, {x['nan_maps']})"] for x in ok],
+                        sortable=True))
+    blocks.append(Paragraph("Explanation quality by model form: what decomposing, slimming and int8 export cost in "
+                            "faithfulness of the class-evidence map, beside accuracy."))
+    blocks.append(Table(["model form", "engine", "accuracy", "top-1 agreement with full", "evidence deletion AUC ↓",
+                         "evidence insertion AUC ↑", "evidence ROAD MoRF ↓", "random deletion AUC",
+                         "random insertion AUC", "evidence beats random", "evidence sanity check"],
+                        [_form_row(r, form) for form in r["forms"]]))
+    if r.get("sanity"):
+        blocks.append(Paragraph("Sanity check (Adebayo et al. 2018): the model is randomised block by block from the "
+                                "head down and each method's maps are compared with the trained model's by the "
+                                "Spearman rank correlation ρ (mean over images); a method passes when |ρ| after the "
+                                "whole cascade is below the threshold. The random control does not depend on the "
+                                "model and must fail."))
+        blocks.append(Table(["method", "model form", "ρ after the head", "ρ after the whole cascade",
+                             "mean |ρ| at the end", "threshold", "passes"],
+                            [[m, form, v["spearman"][0], v["spearman"][-1], v["abs_spearman_final"], s["threshold"],
+                              _verdict(v["passes"])] for form, s in r["sanity"].items() for m, v in s["methods"].items()]))
+    cost = r.get("cost", {})
+    if cost.get("forward_passes_per_image_per_method") is not None:
+        blocks.append(Paragraph(f"Cost of the metrics: {format_value(cost['forward_passes_per_image_per_method'], 1)} "
+                                f"forward passes per image per method (counted; planned {cost['planned']})."))
+    notes = [f"{x['name']}: {x['error']}" for x in r["forms"] if x["status"] != "ok"]
+    notes += [f"{x['method']} on {x['form']}: {x['error']}" for x in r["rows"] if x["status"] != "ok"]
+    if notes:
+        blocks.append(BulletList(notes))
+    return blocks
+
+
+def _versus(v: dict[str, Any] | None) -> list[Any]:
+    if not v:
+        return ["n/a", "n/a", "n/a"]
+    return [_plus_minus(v["deletion_auc"], v["deletion_auc_se"]), _plus_minus(v["insertion_auc"], v["insertion_auc_se"]),
+            "yes" if v["beats_control"] else "no"]
+
+
+def _plus_minus(value: float | None, se: float | None) -> str:
+    return "n/a" if value is None else format_value(value, 3) + (f" ± {format_value(se, 3)}" if se is not None else "")
+
+
+def _verdict(passes: bool | None) -> str:
+    return {True: "pass", False: "fail", None: "undetermined (maps cannot be ranked)"}[passes]
+
+
+def _form_row(r: dict[str, Any], form: dict[str, Any]) -> list[Any]:
+    if form["status"] != "ok":
+        return [form["name"], "—", "not evaluated", "", "", "", "", "", "", "", ""]
+    rows = {x["method"] if x["method"] != "random" else "random " + "x".join(map(str, x["map_size"])): x
+            for x in r["rows"] if x["form"] == form["name"] and x["status"] == "ok"}
+    ev = rows.get("evidence", {})
+    rand = rows.get("random " + "x".join(map(str, ev.get("map_size", []))), {})
+    sanity = r.get("sanity", {}).get(form["name"], {}).get("methods", {}).get("evidence")
+    return [form["name"], form["engine"], form["accuracy"], form["agreement_with_full"], ev.get("deletion_auc"),
+            ev.get("insertion_auc"), ev.get("road_morf"), rand.get("deletion_auc"), rand.get("insertion_auc"),
+            _versus(ev.get("vs_random"))[2], _verdict(sanity["passes"]) if sanity else "n/a"]
 
 
 def _dissection_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
@@ -369,9 +587,22 @@ def _dissection_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
 
 
 def _export_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    return [Paragraph(f"ONNX of the {r.get('model', 'model')} ({r['exporter']} exporter, opset {r['opset']}, "
-                      f"{r['size_bytes']} bytes), verified against PyTorch:"),
-            Table(["metric", "value"], export_rows(r))]
+    blocks: list[Block] = [Paragraph(f"Exported: the {r.get('model', 'model')} ({r['exporter']} exporter, opset "
+                                     f"{r['opset']}, {r['path']}, {r['size_bytes'] / 1e6:.2f} MB).")]
+    if r.get("model_choice"):
+        blocks.append(Paragraph(f"Which decomposed head: {r['model_choice']}."))
+    slim = r.get("slimming") or {}
+    if "error" in slim:
+        blocks.append(Paragraph(f"Not slimmed: {slim['error']}."))
+    elif slim:
+        blocks.append(Paragraph(f"Slimmed exactly ({slim['method']}): {slim['kept_channels']} of {slim['feature_dim']} "
+                                f"penultimate channels kept, logits within {slim['logits_max_abs_diff']:.1e} of the "
+                                f"decomposed model's, MACs {slim['macs_before']:,} -> {slim['macs_after']:,}."))
+    if r.get("models"):
+        blocks.append(Table(["model", "weights fingerprint", "accuracy", "parameters", "weights (float32)"],
+                            [[m["model"], m["fingerprint"][:16], _counted(m["accuracy"], m["n"]), f"{m['parameters']:,}",
+                              f"{m['weights_bytes'] / 1e6:.2f} MB"] for m in r["models"]]))
+    return [*blocks, Paragraph("The ONNX file verified against PyTorch:"), Table(["metric", "value"], export_rows(r))]
 
 
 def _no_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
@@ -381,13 +612,14 @@ def _no_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
 _STAGE_BLOCKS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Block]]] = {
     "probe": _probe_blocks, "decomposition": _decomposition_blocks, "rules": _rules_blocks,
     "sparsity": _sparsity_blocks, "linear_probes": _linear_probe_blocks, "attributions": _attribution_blocks,
-    "dissection": _dissection_blocks, "export": _export_blocks}
+    "explanations": _explanation_blocks, "dissection": _dissection_blocks, "export": _export_blocks}
 
 
 def export_rows(r: dict[str, Any]) -> list[list[Any]]:
     """Parity and latency of an export section as (metric, value) rows."""
     par = r.get("parity", {})
-    rows: list[list[Any]] = [["top-1 agreement ONNX Runtime vs PyTorch", par.get("top1_agreement")],
+    agree = par.get("top1_agreement")
+    rows: list[list[Any]] = [["top-1 agreement ONNX Runtime vs PyTorch", None if agree is None else format_percent(agree)],
                              ["max abs. logit difference", f"{par['max_abs_diff']:.2e}" if "max_abs_diff" in par else None]]
     lat = r.get("latency_ms", {})
     for batch in sorted({b for v in lat.values() if isinstance(v, dict) for b in v}, key=lambda b: int(b)):
@@ -402,9 +634,18 @@ def caveats(doc: dict[str, Any]) -> list[str]:
     out = []
     if doc["data"]["in_sample"]:
         out.append("All numbers are in-sample (no --eval data): they overstate generalisation.")
-    if doc["data"].get("limit"):
-        out.append(f"Only the first {doc['data']['limit']} samples were used (--limit).")
     probe = _ok(doc, "probe")
+    if probe and "available" in probe["train"]:
+        subsets = [s for s in (probe["train"], probe["eval"]) if s["samples"] < s["available"]]
+        if subsets:
+            out.append("Evenly spread subsets were analysed (" + "; ".join(
+                f"{s['samples']:,} of {s['available']:,} samples of {s['data']}" for s in subsets) + "), not the first N "
+                "samples: `inspectnet run … --limit N` takes the first N, so its accuracy can differ from the card's.")
+        splits = [probe["train"]] if probe["eval"]["in_sample"] else [probe["train"], probe["eval"]]
+        out += [f"The limit {s['limit']} exceeds the {s['available']:,} samples of {s['data']}: all of them were used."
+                for s in splits if s["limit"] is not None and s["limit"] > s["available"]]
+    elif doc["data"].get("limit"):
+        out.append(f"At most {doc['data']['limit']} samples were used (--limit).")
     if probe and "classes_present" in probe["train"]:
         present = len(set(probe["train"]["classes_present"]) | set(probe["eval"]["classes_present"]))
         if present < probe["num_classes"]:
@@ -446,14 +687,16 @@ def _png_embedder(root: Path) -> Callable[[str], str | None]:
 
 
 def figure_paths(doc: dict[str, Any]) -> list[str]:
-    """Every figure path (relative to the audit folder) that the card refers to."""
+    """Every figure (PNG) and text download (the rule lists) that the card refers to, relative to
+    the audit folder."""
     found: list[str] = []
 
     def walk(v: Any) -> None:
         if isinstance(v, dict):
-            p = v.get("path")
-            if isinstance(p, str) and p.endswith(".png"):
-                found.append(p)
+            for key in ("path", "rules_path"):
+                p = v.get(key)
+                if isinstance(p, str) and p.endswith((".png", ".txt")):
+                    found.append(p)
             for x in v.values():
                 walk(x)
         elif isinstance(v, list):

@@ -29,6 +29,8 @@ KEY_FORMAT = "inspectnet.format"
 KEY_PREPROCESSING = "inspectnet.preprocessing"
 KEY_CLASS_NAMES = "inspectnet.class_names"
 KEY_MODEL = "inspectnet.model"
+# output names; the evidence outputs exist only in files exported with --evidence
+LOGITS, EVIDENCE, EVIDENCE_CLASSES = "logits", "evidence", "evidence_classes"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
@@ -112,6 +114,20 @@ def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
     >>> preprocess(Image.new("RGB", (8, 6), "white"), cfg).shape
     (1, 4, 4)
     """
+    x = np.asarray(crop_view(image, config), dtype=np.float32) / 255.0
+    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+    mean = np.asarray(config["mean"], np.float32).reshape(-1, 1, 1)
+    std = np.asarray(config["std"], np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def crop_view(image: Image.Image, config: dict[str, Any]) -> Image.Image:
+    """The picture the model sees, before normalisation: the model's channels, resized and center-cropped
+    to ``input_size`` (what evidence overlays are drawn on).
+
+    >>> crop_view(Image.new("RGB", (8, 6)), {"input_size": [3, 4, 4], "crop_pct": 1.0}).size
+    (4, 4)
+    """
     c, h, w = (int(v) for v in config["input_size"])
     mode = {1: "L", 3: "RGB"}.get(c)
     if mode is None:
@@ -128,12 +144,7 @@ def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
     else:
         raise InspectnetError(f"crop_mode {crop_mode!r} in the stored preprocessing is not supported; "
                               f"expected center or squash")
-    image = _center_crop(image, h, w)
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-    mean = np.asarray(config["mean"], np.float32).reshape(-1, 1, 1)
-    std = np.asarray(config["std"], np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+    return _center_crop(image, h, w)
 
 
 def _resize_keep_ratio(image: Image.Image, scale: tuple[int, int], resample) -> Image.Image:
@@ -206,8 +217,9 @@ class OnnxClassifier:
         self.class_names: list[str] = list(meta["class_names"])
         self.info: dict[str, Any] = meta["model"]
         self.input_name = self.session.get_inputs()[0].name
-        self.output_name = "logits"
-        if self.output_name not in [o.name for o in self.session.get_outputs()]:
+        self.output_name = LOGITS
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if self.output_name not in self.output_names:
             raise InspectnetError(f"ONNX file {self.path} has no output named 'logits'")
 
     @property
@@ -232,6 +244,53 @@ class OnnxClassifier:
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw logits (N, num_classes) for a preprocessed batch (or features for head-only files)."""
         return self.session.run([self.output_name], {self.input_name: np.asarray(x, np.float32)})[0]
+
+    @property
+    def evidence_info(self) -> dict[str, Any] | None:
+        """``{"k", "grid": [H, W], "offset": [per class]}`` for files exported with ``--evidence``, else None."""
+        info = self.info.get("evidence")
+        return info if info and EVIDENCE in self.output_names else None
+
+    def _needs_evidence(self) -> dict[str, Any]:
+        if self.evidence_info is None:
+            raise InspectnetError(f"{self.path} has no evidence output; re-export it with "
+                                  f"`inspectnet export MODEL --out FILE.onnx --evidence [K]`")
+        return self.evidence_info
+
+    def evidence(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits (N, C), evidence maps (N, k, H, W), their classes (N, k)) for a preprocessed batch."""
+        self._needs_evidence()
+        logits, maps, classes = self.session.run([LOGITS, EVIDENCE, EVIDENCE_CLASSES],
+                                                 {self.input_name: np.asarray(x, np.float32)})
+        return logits, maps, classes
+
+    def explain(self, images: Sequence[str | Path | Image.Image], out: str | Path, *, batch_size: int = 32,
+                names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Write the evidence overlays of the exported top-k classes for each image into ``out``.
+
+        Returns the ``evidence.json`` document (see :func:`inspectnet.runtime.overlays.write_overlays`).
+        Images smaller than the evidence grid are refused before anything is written.
+        """
+        from inspectnet.runtime.overlays import check_image_size, write_overlays
+
+        info = self._needs_evidence()
+        pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        labels = list(names) if names is not None else [str(im) if not isinstance(im, Image.Image) else f"image#{i}"
+                                                         for i, im in enumerate(images)]
+        for name, im in zip(labels, pil):
+            check_image_size(name, (im.size[1], im.size[0]), tuple(info["grid"]))
+        offsets = np.asarray(info["offset"], dtype=np.float64)
+        items = []
+        for start in range(0, len(pil), batch_size):
+            chunk = pil[start:start + batch_size]
+            logits, maps, classes = self.evidence(self.preprocess_images(chunk))
+            for j, im in enumerate(chunk):
+                view = np.asarray(crop_view(im, self.preprocessing).convert("RGB"))
+                items.append({"name": labels[start + j], "view": view, "maps": maps[j], "classes": classes[j],
+                              "logits": logits[j], "offset": offsets[classes[j]]})
+        return write_overlays(out, items, self.class_names,
+                              {"model": str(self.path), "engine": "onnxruntime", "providers": self.providers,
+                               "k": int(info["k"]), "grid": list(info["grid"])})
 
     def predict(self, images: Sequence[str | Path | Image.Image], *, topk: int = 5, batch_size: int = 32,
                 names: Sequence[str] | None = None) -> list[dict[str, Any]]:

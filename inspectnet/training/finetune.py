@@ -18,7 +18,7 @@ freezing options, so a checkpoint of another plugin set is refused.
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +123,16 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
              plugins: Sequence[str | PluginSpec | Plugin] = (), config: TrainConfig = TrainConfig(), *,
              eval_data: ImageDataset | None = None, device: str = "auto", freeze_bn: bool = False,
              freeze_until_layer: str | None = None, amp: bool | None = None,
-             stop_after: int | None = None, keep_attached: bool = False) -> FinetuneResult:
+             stop_after: int | None = None, keep_attached: bool = False,
+             log: Callable[[str], None] | None = None) -> FinetuneResult:
     """Fine-tune ``zm`` with ``plugins`` (spec strings like ``"ebp:K=25,lam=1e-3,layer=layer4"`` or
     instances); writes the model folder, checkpoint, ``metrics.jsonl`` and ``finetune.json`` to
     ``out``. Re-running with the same arguments resumes bit-for-bit (on CPU).
 
     Plugins are detached afterwards and the model goes back to its device and train/eval flags,
     unless ``keep_attached=True``: then activation plugins (k-WTA, SAN, ...) stay in the forward
-    pass and the model stays on ``device`` with them (their state lives there).
+    pass and the model stays on ``device`` with them (their state lives there). ``log`` gets the
+    training's start and per-epoch lines (:func:`~inspectnet.training.loop.train`).
     """
     instances = [make_plugin(p) for p in plugins]
     labels = np.asarray(train_data.labels)
@@ -145,7 +147,7 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
         zm.model.to(dev)  # before attaching: plugin parameters are created on the model's device
         history = _train_attached(zm, train_data, out, instances, config, eval_data=eval_data, device=device,
                                   freeze_bn=freeze_bn, freeze_until_layer=freeze_until_layer, amp=amp,
-                                  stop_after=stop_after, keep_attached=keep_attached)
+                                  stop_after=stop_after, keep_attached=keep_attached, log=log)
     trainable = sum(1 for p in zm.model.parameters() if p.requires_grad)
     result = FinetuneResult(out=str(out), plugins=[p.spec() for p in instances], history=history,
                             frozen_parameters=frozen, trainable_parameters=trainable)
@@ -157,7 +159,7 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
 def _train_attached(zm: ZooModel, train_data: ImageDataset, out: str | Path, plugins: list[Plugin],
                     config: TrainConfig, *, eval_data: ImageDataset | None, device: str, freeze_bn: bool,
                     freeze_until_layer: str | None, amp: bool | None, stop_after: int | None,
-                    keep_attached: bool) -> list[dict[str, Any]]:
+                    keep_attached: bool, log: Callable[[str], None] | None) -> list[dict[str, Any]]:
     """Attach ``plugins``, train, and detach them (always on failure; on success unless ``keep_attached``)."""
     attached: list[Plugin] = []
     try:
@@ -165,7 +167,7 @@ def _train_attached(zm: ZooModel, train_data: ImageDataset, out: str | Path, plu
             attached.append(plugin.attach(zm.model, num_classes=zm.num_classes, head_name=zm.head_name))
         hooks = PluginHooks(plugins, freeze_bn=freeze_bn, freeze_until=freeze_until_layer)
         history = train(zm, train_data, out, config, eval_data=eval_data, device=device, hooks=hooks,
-                        stop_after=stop_after, amp=amp)
+                        stop_after=stop_after, amp=amp, log=log)
     except BaseException:
         for plugin in reversed(attached):
             plugin.detach()

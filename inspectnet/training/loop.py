@@ -22,6 +22,8 @@ import dataclasses
 import io
 import json
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +111,12 @@ def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, devi
 
 def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: TrainConfig = TrainConfig(), *,
           eval_data: ImageDataset | None = None, device: str = "auto", hooks: TrainHooks | None = None,
-          stop_after: int | None = None, amp: bool | None = None) -> list[dict[str, Any]]:
+          stop_after: int | None = None, amp: bool | None = None,
+          log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Train ``zm`` on ``train_data``; save it to ``out`` (a model folder) and return per-epoch metrics.
+
+    ``log`` receives a start line and one line per epoch (metrics, seconds) whatever the terminal:
+    the progress bars show only where stderr is one.
 
     A checkpoint is written after every epoch; calling again with the same arguments resumes.
     ``stop_after`` ends the run after that many epochs (as an interruption would). ``amp`` turns
@@ -131,7 +137,8 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
     with model_state(zm.model, device=dev), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)  # a resumed run replaces this by the checkpoint's generator state
         return _train_on_device(zm, train_data, out, config, eval_data=eval_data, dev=dev, hooks=hooks,
-                                stop_after=stop_after, amp=amp, world=world, rank=rank)
+                                stop_after=stop_after, amp=amp, world=world, rank=rank,
+                                log=(log if rank == 0 and log else lambda _m: None))
 
 
 def _check_run_folder(out: Path) -> None:
@@ -144,7 +151,7 @@ def _check_run_folder(out: Path) -> None:
 
 def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: TrainConfig, *,
                      eval_data: ImageDataset | None, dev: torch.device, hooks: TrainHooks, stop_after: int | None,
-                     amp: bool | None, world: int, rank: int) -> list[dict[str, Any]]:
+                     amp: bool | None, world: int, rank: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     optimizer = make_optimizer(zm.model, config, hooks)
     precision = _Precision(dev, amp)
     identity = {"model": zm.spec, "start_weights": zm.fingerprint(), "data": train_data.spec,
@@ -157,7 +164,10 @@ def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: 
     n = len(train_data) if config.limit is None else min(config.limit, len(train_data))
     subset = torch.utils.data.Subset(train_data, range(n))
     forward = _wrap_distributed(zm.model, dev) if world > 1 else zm.model
+    log(f"training {zm.spec} on {n:,} samples of {train_data.spec} for {config.epochs} epochs on {dev}"
+        + (f" (resuming after epoch {start})" if start else "") + f"; checkpoints in {out}")
     for epoch in range(start, config.epochs):
+        t0 = time.perf_counter()
         if stop_after is not None and epoch >= stop_after:
             return history
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
@@ -169,11 +179,22 @@ def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: 
         if eval_data is not None and rank == 0:
             metrics["eval_accuracy"] = evaluate(zm, eval_data, device=str(dev))
         history.append(metrics)
+        shown = {k: v for k, v in metrics.items() if k != "epoch"}
+        log(f"epoch {epoch + 1}/{config.epochs}: {epoch_line(shown)} ({time.perf_counter() - t0:.1f} s)")
         if rank == 0:
             _save_checkpoint(out, identity, zm, optimizer, hooks, epoch + 1, history, precision)
     if rank == 0:
         save_model(zm, out)
     return history
+
+
+def epoch_line(metrics: dict[str, Any]) -> str:
+    """``loss=0.1234 train_accuracy=0.9000``: an epoch's metrics as one line.
+
+    >>> epoch_line({"epoch": 1, "loss": 0.25, "eval_accuracy": 0.5})
+    'epoch=1 loss=0.2500 eval_accuracy=0.5000'
+    """
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
 def _wrap_distributed(model: nn.Module, dev: torch.device) -> nn.Module:

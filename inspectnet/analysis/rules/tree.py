@@ -19,6 +19,7 @@ used in splits), rules (leaves), average leaf depth, and every rule with its sup
 """
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from inspectnet.data.subsets import spread_indices
 from inspectnet.probe.record import ProbeRecord
 
 AND, NOT, ARROW = " ∧ ", "¬", " → "
+MAX_DRAWN_LEAVES = 12
+_KEPT_LINE = re.compile(r"f\d+ <=|samples =|class =|\(\.\.\.\)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,23 +135,51 @@ class RuleModel:
         out.sort(key=lambda r: (-r["support"], r["text"]))
         return out
 
-    def plot(self, path: str | Path, *, max_depth: int = 4) -> Path:
-        """Draw the tree (down to ``max_depth`` levels, deeper nodes elided) as a PNG."""
+    def figure(self, *, max_depth: int = 3) -> tuple[Any, list[Any]]:
+        """The tree down to ``max_depth`` levels (deeper nodes elided as ``(...)``): the figure and
+        its node boxes. Each box shows the split atom, the samples and the majority class (no
+        per-class counts: with many classes they would make every box wider than its slot)."""
         from sklearn.tree import plot_tree
 
-        from inspectnet.core.figures import new_figure, save_figure
+        from inspectnet.core.figures import new_figure
 
+        # plot_tree gives every drawn leaf (an elided ``(...)`` child included) an equal slot of the
+        # width, and a box needs about two slots of 1.1 inch: fewer levels are drawn where more would not fit
+        max_depth = next((d for d in range(max_depth, 0, -1) if self._drawn_leaves(d) <= MAX_DRAWN_LEAVES), 1)
         shown = min(self.tree.get_depth(), max_depth)
-        width = max(6.0, min(40.0, 2.2 * 2 ** shown))
-        fig = new_figure(figsize=(width, 2.2 * (shown + 1)))
+        fig = new_figure(figsize=(max(6.0, 1.1 * self._drawn_leaves(max_depth)), 1.5 * (shown + 1.5)))
         ax = fig.subplots()
         names = [f"f{int(f)}" for f in self.filters]
-        cls = [_name(self.class_names, int(c)) for c in self.tree.classes_]
-        plot_tree(self.tree, feature_names=names, class_names=cls, filled=True, impurity=False,
-                  max_depth=max_depth, fontsize=7, ax=ax, proportion=False)
-        ax.set_title(f"decision tree over active filters ({self.tree.get_n_leaves()} rules, "
-                     f"depth {self.tree.get_depth()}); left = inactive, right = active")
-        return save_figure(fig, path, dpi=90, bbox_inches="tight")
+        cls = [_name(self.class_names, int(c))[:14] for c in self.tree.classes_]
+        boxes = plot_tree(self.tree, feature_names=names, class_names=cls, filled=True, impurity=False,
+                          max_depth=max_depth, fontsize=8, ax=ax, proportion=False)
+        for box in boxes:  # drop the per-class counts (``value = [...]``, wrapped over lines)
+            box.set_text("\n".join(line for line in box.get_text().split("\n") if _KEPT_LINE.search(line)))
+        ax.set_title(f"decision tree over active filters ({self.tree.get_n_leaves()} rules, depth "
+                     f"{self.tree.get_depth()}, top {shown} levels drawn); left = inactive, right = active",
+                     fontsize=9)
+        return fig, boxes
+
+    def _drawn_leaves(self, max_depth: int) -> int:
+        """Leaves of the tree as drawn down to ``max_depth`` (a node there with children shows two)."""
+        t = self.tree.tree_
+        count, stack = 0, [(0, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if t.children_left[node] == -1:
+                count += 1
+            elif depth == max_depth:
+                count += 2
+            else:
+                stack += [(t.children_left[node], depth + 1), (t.children_right[node], depth + 1)]
+        return count
+
+    def plot(self, path: str | Path, *, max_depth: int = 3) -> Path:
+        """Draw the tree (down to ``max_depth`` levels, deeper nodes elided) as a PNG."""
+        from inspectnet.core.figures import save_figure
+
+        fig, _ = self.figure(max_depth=max_depth)
+        return save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def format_rule(conds: list[tuple[int, bool]], cls: int, class_names: list[str]) -> str:
@@ -164,9 +195,12 @@ def _name(class_names: list[str], cls: int) -> str:
 
 def fit_rules(activations: np.ndarray, predictions: np.ndarray, *, class_names: list[str] | None = None,
               quantize: str = "mean_std", quantize_param: float | None = None, max_depth: int | None = None,
-              val_fraction: float = 0.25, max_alphas: int = 40, seed: int = 0) -> tuple[RuleModel, dict]:
+              readable_margin: float | None = None, val_fraction: float = 0.25, max_alphas: int = 40,
+              seed: int = 0) -> tuple[RuleModel, dict]:
     """Quantize ``activations`` (N × K) and fit the tree to ``predictions``; returns the model and
-    a description of how its size was chosen (``max_depth`` given: fixed depth, else pruning)."""
+    a description of how its size was chosen: ``max_depth`` given, that depth; ``readable_margin``
+    given, the smallest depth within that margin of the best held-out fidelity (:func:`select_depth`);
+    else cost-complexity pruning."""
     predictions = np.asarray(predictions).astype(np.int64)
     if len(predictions) != len(activations):
         raise InspectnetError(f"{len(activations)} activation rows but {len(predictions)} predictions")
@@ -185,6 +219,9 @@ def fit_rules(activations: np.ndarray, predictions: np.ndarray, *, class_names: 
     if max_depth is not None:
         tree = _tree(seed, max_depth=max_depth).fit(x, predictions)
         selection = {"method": "fixed_depth", "max_depth": max_depth, "ccp_alpha": 0.0}
+    elif readable_margin is not None:
+        depth, selection = select_depth(x, predictions, readable_margin, val_fraction=val_fraction, seed=seed)
+        tree = _tree(seed, max_depth=depth).fit(x, predictions)
     else:
         alpha, selection = _select_alpha(x, predictions, val_fraction, max_alphas, seed)
         tree = _tree(seed, ccp_alpha=alpha).fit(x, predictions)
@@ -195,19 +232,58 @@ def _tree(seed: int, **kw: Any) -> DecisionTreeClassifier:
     return DecisionTreeClassifier(criterion="entropy", random_state=seed, **kw)
 
 
-def _select_alpha(x: np.ndarray, y: np.ndarray, val_fraction: float, max_alphas: int, seed: int
-                  ) -> tuple[float, dict]:
-    """Cost-complexity pruning: the alpha whose tree (fit on the fitting part) has the best fidelity
-    on the validation part; among alphas within 1e-9 of the best, the largest (smallest tree)."""
+CURVE_DEPTHS = tuple(range(2, 9))
+READABLE_MARGIN = 0.02
+
+
+def select_depth(x: np.ndarray, y: np.ndarray, margin: float = READABLE_MARGIN, *,
+                 depths: tuple[int, ...] = CURVE_DEPTHS, val_fraction: float = 0.25, seed: int = 0
+                 ) -> tuple[int, dict]:
+    """The size–fidelity trade-off and a readable tree size: fidelity on a held-out part of ``x`` of a
+    tree fitted (on the rest) at each depth in ``depths`` and without a depth limit; the smallest
+    depth whose fidelity is within ``margin`` of the best of them, or, where none of ``depths`` is
+    (``within_margin`` false), the best of ``depths``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.integers(0, 2, size=(400, 6)).astype(np.uint8)
+    >>> depth, how = select_depth(x, x[:, 0] * 2 + x[:, 1])    # two atoms decide the class
+    >>> depth, [(r["depth"], r["val_fidelity"]) for r in how["curve"][:2]]
+    (2, [(2, 1.0), (3, 1.0)])
+    """
+    if not 0.0 <= margin < 1.0:
+        raise InspectnetError(f"readable-tree margin must be in [0, 1), got {margin}")
+    x_fit, x_val, y_fit, y_val = _split(x, y, val_fraction, seed)
+    curve = []
+    for depth in (*depths, None):
+        t = _tree(seed, max_depth=depth).fit(x_fit, y_fit)
+        curve.append({"depth": depth, "val_fidelity": float((t.predict(x_val) == y_val).mean()),
+                      "leaves": int(t.get_n_leaves()), "tree_depth": int(t.get_depth())})
+    best = max(r["val_fidelity"] for r in curve)
+    within = [r["depth"] for r in curve[:-1] if r["val_fidelity"] >= best - margin - 1e-9]
+    # no small tree within the margin: a readable tree is still capped at the largest depth tried
+    chosen = within[0] if within else max(curve[:-1], key=lambda r: (r["val_fidelity"], -r["depth"]))["depth"]
+    return chosen, {"method": "readable_depth", "max_depth": chosen, "margin": margin, "best_val_fidelity": best,
+                    "within_margin": bool(within), "val_fraction": val_fraction, "n_fit": len(y_fit),
+                    "n_val": len(y_val), "curve": curve}
+
+
+def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> list[np.ndarray]:
+    """Fitting and validation parts (stratified by class where every class has two samples)."""
     if not 0.0 < val_fraction < 1.0:
         raise InspectnetError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     _, counts = np.unique(y, return_counts=True)
     stratify = y if counts.min() >= 2 else None
     try:
-        x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed,
-                                                      stratify=stratify)
+        return train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=stratify)
     except ValueError:  # too few samples per class for a stratified split
-        x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed)
+        return train_test_split(x, y, test_size=val_fraction, random_state=seed)
+
+
+def _select_alpha(x: np.ndarray, y: np.ndarray, val_fraction: float, max_alphas: int, seed: int
+                  ) -> tuple[float, dict]:
+    """Cost-complexity pruning: the alpha whose tree (fit on the fitting part) has the best fidelity
+    on the validation part; among alphas within 1e-9 of the best, the largest (smallest tree)."""
+    x_fit, x_val, y_fit, y_val = _split(x, y, val_fraction, seed)
     path = _tree(seed).cost_complexity_pruning_path(x_fit, y_fit)
     alphas = np.unique(np.clip(path.ccp_alphas, 0.0, None))
     if len(alphas) > max_alphas:  # evenly spaced along the path keeps both ends
@@ -234,8 +310,8 @@ FIT_SAMPLES = 10_000
 
 def extract_rules(train: ProbeRecord, layer: str, eval_record: ProbeRecord | None = None, *,
                   quantize: str = "mean_std", quantize_param: float | None = None, max_depth: int | None = None,
-                  val_fraction: float = 0.25, max_alphas: int = 40, seed: int = 0,
-                  fit_samples: int = FIT_SAMPLES) -> tuple[RuleSet, RuleModel]:
+                  readable_margin: float | None = None, val_fraction: float = 0.25, max_alphas: int = 40,
+                  seed: int = 0, fit_samples: int = FIT_SAMPLES) -> tuple[RuleSet, RuleModel]:
     """Fit thresholds and tree on ``train``'s ``layer`` and report on ``eval_record`` (else in-sample).
 
     The tree is fitted on at most ``fit_samples`` evenly spread rows of ``train`` (a tree needs its
@@ -247,7 +323,8 @@ def extract_rules(train: ProbeRecord, layer: str, eval_record: ProbeRecord | Non
     p_train = train.predictions[fit_rows]
     model, selection = fit_rules(a_train, p_train, class_names=train.class_names, quantize=quantize,
                                  quantize_param=quantize_param, max_depth=max_depth,
-                                 val_fraction=val_fraction, max_alphas=max_alphas, seed=seed)
+                                 readable_margin=readable_margin, val_fraction=val_fraction,
+                                 max_alphas=max_alphas, seed=seed)
     ev, where = train, "train record (in-sample)"
     if eval_record is not None:
         _check_record(eval_record, "eval record")
@@ -287,12 +364,39 @@ def _check_same_model(a: ProbeRecord, b: ProbeRecord) -> None:
                               f"(weights {fa[:12]} vs {fb[:12]}); rules must be fit and evaluated on one model")
 
 
-def write_rules(rs: RuleSet, model: RuleModel, out: str | Path, *, plot_depth: int = 4) -> dict[str, Path]:
-    """Write ``rules.json``, ``rules.txt`` and ``tree.png`` into ``out``."""
+def write_rules(rs: RuleSet, model: RuleModel, out: str | Path, *, plot_depth: int | None = 3) -> dict[str, Path]:
+    """Write ``rules.json``, ``rules.txt`` and (unless ``plot_depth`` is None) ``tree.png`` into ``out``."""
     out = output_dir(out)
-    paths = {"json": rs.save(out / "rules.json"), "text": atomic_write_text(out / "rules.txt", summary(rs) + "\n"),
-             "png": model.plot(out / "tree.png", max_depth=plot_depth)}
+    paths = {"json": rs.save(out / "rules.json"), "text": atomic_write_text(out / "rules.txt", summary(rs) + "\n")}
+    if plot_depth is not None:
+        paths["png"] = model.plot(out / "tree.png", max_depth=plot_depth)
     return paths
+
+
+def plot_curve(selection: dict[str, Any], path: str | Path) -> Path:
+    """The size–fidelity trade-off of :func:`select_depth` as a curve: held-out fidelity and rules
+    (leaves) against the tree depth, the readable depth marked."""
+    from inspectnet.core.figures import new_figure, save_figure
+
+    rows = [r for r in selection["curve"] if r["depth"] is not None]
+    fig = new_figure(figsize=(6.0, 3.2))
+    ax = fig.subplots()
+    depths = [r["depth"] for r in rows]
+    ax.plot(depths, [100 * r["val_fidelity"] for r in rows], marker="o", color="tab:blue")
+    ax.axhline(100 * (selection["best_val_fidelity"] - selection["margin"]), color="tab:blue", ls=":", lw=1,
+               label=f"best − {100 * selection['margin']:.0f} points")
+    ax.axvline(selection["max_depth"], color="tab:green", ls="--", lw=1, label=f"readable tree: depth "
+                                                                               f"{selection['max_depth']}")
+    ax.set_xlabel("tree depth")
+    ax.set_ylabel(f"fidelity on held-out {selection['n_val']} (%)", color="tab:blue")
+    twin = ax.twinx()
+    twin.plot(depths, [r["leaves"] for r in rows], marker="s", color="tab:orange", alpha=0.7)
+    twin.set_ylabel("rules (leaves)", color="tab:orange")
+    unlimited = selection["curve"][-1]
+    ax.set_title(f"size–fidelity trade-off (no depth limit: depth {unlimited['tree_depth']}, {unlimited['leaves']} "
+                 f"rules, {100 * unlimited['val_fidelity']:.1f} %)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def summary(rs: RuleSet) -> str:

@@ -1,0 +1,295 @@
+"""Exact class-evidence maps for heads that average-pool the last map and then apply a linear layer.
+
+With A the last spatial map (B, d, H, W), f = mean_hw A and logit_c = Σ_j W[c, j]·f_j + b_c, the
+evidence of class c at position (h, w) is::
+
+    E_c(h, w) = Σ_{j∈S_c} W[c, j]·A_j(h, w) / (H·W)        Σ_hw E_c(h, w) = logit_c − b_c   (exactly)
+
+S_c is every feature for a dense head and the influential set for a decomposed one (its weights off
+S_c are exact zeros). Where a LayerNorm follows the pooling (timm ConvNeXt, ViT with average
+pooling), f = γ ⊙ (m − μ)/σ + β is affine in the pooled map m with the per-image scalars μ, σ, so
+``E_c(h, w) = Σ_j W[c, j]·γ_j·(A_j(h, w) − ā(h, w)) / (σ·H·W)`` with ā the channel mean at (h, w),
+and the maps sum to logit_c − b_c − (Wβ)_c. :attr:`ClassEvidence.offset` is that constant part
+(b, or b + Wβ), so ``E.sum((2, 3)) + offset[classes] == logits[classes]`` in every case.
+
+ViT: the patch tokens form the grid (class and register tokens are not positions); only average
+pooling over the patch tokens is exact; a class-token head is refused, as are max/attention
+pooling and hidden layers between the pooling and the classifier (the reason is in the error).
+
+>>> from inspectnet.models.zoo import load_model
+>>> zm = load_model("resnet18", num_classes=3, input_size=32)
+>>> ev = class_evidence(zm, torch.randn(2, 3, 32, 32), classes="all")
+>>> ev.maps.shape, bool(torch.allclose(ev.maps.sum((2, 3)) + ev.offset, ev.logits, atol=1e-4))
+(torch.Size([2, 3, 1, 1]), True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.models.heads import ChannelGather, DecomposedLinear
+from inspectnet.models.layers import eval_mode
+from inspectnet.runtime.overlays import check_image_size
+
+if TYPE_CHECKING:
+    from inspectnet.models.zoo import ZooModel
+
+ClassChoice = str | Sequence[int] | torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class PooledHead:
+    """Where the last map is and what lies between its average and the classifier.
+
+    ``tokens``: the map is a token sequence (ViT) whose first ``prefix_tokens`` are not positions;
+    ``norm``: the name of the LayerNorm applied to the pooled vector, or None. Names, not modules,
+    so the description also holds for a copy of the model (the export form).
+    """
+
+    head_name: str
+    tokens: bool = False
+    prefix_tokens: int = 0
+    norm: str | None = None
+
+
+def pooled_head(zm: ZooModel) -> PooledHead:
+    """Read how ``zm`` turns its last map into logits, or refuse with the reason.
+
+    The reading is then checked on a seeded random input: the evidence must sum to the model's own
+    logits (to float tolerance), so an architecture read wrongly is refused, never explained wrongly.
+
+    >>> from inspectnet.models.zoo import load_model
+    >>> pooled_head(load_model("resnet18", input_size=32)).head_name
+    'fc'
+    """
+    model = zm.model
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        raise InspectnetError(f"{zm.spec} has no forward_features/forward_head split (timm models have one); its "
+                              f"last spatial map and pooling cannot be located, so class-evidence maps are refused")
+    head = model.get_submodule(zm.head_name)
+    if not isinstance(head, nn.Linear):
+        raise InspectnetError(f"the head {zm.head_name!r} of {zm.spec} is a {type(head).__name__}, not a linear "
+                              f"layer; class-evidence maps need logits = W·mean(A) + b")
+    found = _read_head(zm)
+    _check_exact(zm, found)
+    return found
+
+
+def _read_head(zm: ZooModel) -> PooledHead:
+    model = zm.model
+    pool = getattr(model, "global_pool", None)
+    if isinstance(pool, str):  # timm ViT family: pooling named by a string over tokens
+        if getattr(model, "attn_pool", None) is not None:
+            raise _refuse(zm, "pools its tokens with attention (the weights depend on every token jointly)")
+        if pool != "avg":
+            reason = ("reads the class token, whose dependence on each patch goes through attention"
+                      if pool == "token" else f"pools its tokens with {pool!r} pooling")
+            raise _refuse(zm, reason, hint="build it with global_pool='avg' for the exact token-grid version")
+        if getattr(model, "pool_include_prefix", False):
+            raise _refuse(zm, "averages the class/register tokens together with the patches")
+        return PooledHead(zm.head_name, tokens=True, prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
+                          norm=_layer_norm(zm, "fc_norm"))
+    norm = None
+    head_block = getattr(model, "head", None)
+    if pool is None and head_block is not None and hasattr(head_block, "global_pool"):  # ConvNeXt-style head
+        pool = head_block.global_pool
+        if not isinstance(getattr(head_block, "pre_logits", nn.Identity()), nn.Identity):
+            raise _refuse(zm, "has a hidden layer between the pooling and the classifier (not linear in the map)")
+        norm = _layer_norm(zm, "head.norm")
+    pool_type = getattr(pool, "pool_type", None)
+    if pool_type is None:
+        raise _refuse(zm, "has no global pooling that inspectnet recognises (timm SelectAdaptivePool2d)")
+    if pool_type != "avg":
+        raise _refuse(zm, f"pools its last map with {pool_type!r} pooling; the sum over positions is exact "
+                          f"only for average pooling")
+    return PooledHead(zm.head_name, norm=norm)
+
+
+def _layer_norm(zm: ZooModel, name: str) -> str | None:
+    """``name`` when it is a LayerNorm over the features, None when absent or an Identity; else refused."""
+    try:
+        module = zm.model.get_submodule(name)
+    except AttributeError:
+        return None
+    if isinstance(module, nn.Identity):
+        return None
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return name
+    raise _refuse(zm, f"normalises the pooled features with {type(module).__name__}, which is not affine in them")
+
+
+def _refuse(zm: ZooModel, reason: str, hint: str = "") -> InspectnetError:
+    return InspectnetError(f"{zm.spec} {reason}: its head is not average pooling + linear, so exact class-evidence "
+                           f"maps are refused" + (f" ({hint})" if hint else "") + "; the other metrics still run")
+
+
+def _check_exact(zm: ZooModel, found: PooledHead) -> None:
+    module = ClassEvidence(zm.model, found, k=1)
+    size = tuple(zm.data_config["input_size"])
+    device = next(zm.model.parameters()).device
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    with eval_mode(zm.model), torch.no_grad():
+        want = zm.model(x)
+        got = module.evidence(x, torch.arange(want.shape[1], device=device).expand(2, -1))
+    total = got.maps.sum((2, 3)) + got.offset
+    diff = float((total - want).abs().max())
+    if diff > 1e-3 * (1.0 + float(want.abs().max())):
+        raise _refuse(zm, f"does not compute its logits as read (evidence sums differ from the logits by {diff:.3g})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """Class-evidence maps (B, k, H, W) of ``classes`` (B, k), the logits (B, C) and the offsets (B, k):
+    ``maps.sum((2, 3)) + offset == logits.gather(1, classes)``."""
+
+    maps: torch.Tensor
+    classes: torch.Tensor
+    logits: torch.Tensor
+    offset: torch.Tensor
+
+
+class ClassEvidence(nn.Module):
+    """``model`` with a second output: ``forward(x) -> (logits, evidence (B, k, H, W), classes (B, k))``
+    for its top-``k`` classes. This is what ``inspectnet export --evidence`` puts into the ONNX graph.
+
+    The head may be a dense Linear, a :class:`DecomposedLinear` or its export form (a gather of the
+    used features followed by a Linear): the weights are read from the module at ``head_name``, so
+    the evidence always matches what the logits use. The maps cost B·k·d·H·W multiply-adds.
+    """
+
+    def __init__(self, model: nn.Module, pooled: PooledHead, k: int = 1):
+        super().__init__()
+        self.model, self.pooled, self.k = model, pooled, int(k)
+
+    def _weights(self) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """(channels the head reads or None for all, W over those channels, bias)."""
+        head = self.model.get_submodule(self.pooled.head_name)
+        if isinstance(head, nn.Sequential) and len(head) == 2 and isinstance(head[0], ChannelGather):
+            return head[0].index, head[1].weight, head[1].bias
+        if isinstance(head, DecomposedLinear):
+            return None, head.effective_weight(), head.bias
+        return None, head.weight, head.bias
+
+    def _norm(self) -> nn.LayerNorm | None:
+        return self.model.get_submodule(self.pooled.norm) if self.pooled.norm else None
+
+    def offset(self) -> torch.Tensor:
+        """Per class, the part of the logit that no position carries: b (+ Wβ after a LayerNorm)."""
+        channels, w, b = self._weights()
+        out = b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        norm = self._norm()
+        if norm is not None and norm.bias is not None:
+            beta = norm.bias if channels is None else norm.bias.index_select(0, channels)
+            out = out + w @ beta
+        return out
+
+    def grid(self, features: torch.Tensor) -> torch.Tensor:
+        """The map (B, d, H, W) that the head averages, from ``forward_features`` output."""
+        if not self.pooled.tokens:
+            return features
+        patches = features[:, self.pooled.prefix_tokens:]
+        gh, gw = self.model.patch_embed.grid_size
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], gh, gw)
+
+    def _positions(self, grid: torch.Tensor) -> torch.Tensor:
+        """What W multiplies at each position, (B, d', H·W): the map itself, or its LayerNorm-folded form."""
+        channels, _, _ = self._weights()
+        norm = self._norm()
+        if norm is not None:
+            pooled = grid.mean((2, 3))
+            sigma = torch.sqrt(pooled.var(1, unbiased=False) + norm.eps)
+            grid = grid - grid.mean(1, keepdim=True)
+            gamma = norm.weight if norm.weight is not None else torch.ones_like(pooled[0])
+            grid = grid * gamma[None, :, None, None] / sigma[:, None, None, None]
+        if channels is not None:
+            grid = grid.index_select(1, channels)
+        return grid.flatten(2)
+
+    def maps_for(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Evidence (B, k, H, W) of ``classes`` (B, k) from ``forward_features`` output."""
+        grid = self.grid(features)
+        _, w, _ = self._weights()
+        h, wd = grid.shape[2], grid.shape[3]
+        return torch.matmul(w[classes], self._positions(grid)).unflatten(2, (h, wd)) / (h * wd)
+
+    def evidence(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> Evidence:
+        """Logits and the evidence of ``classes`` (B, k); the top-``k`` classes when None."""
+        features = self.model.forward_features(x)
+        logits = self.model.forward_head(features)
+        if classes is None:
+            classes = logits.topk(self.k, dim=1).indices
+        maps = self.maps_for(features, classes)
+        return Evidence(maps=maps, classes=classes, logits=logits, offset=self.offset()[classes])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ev = self.evidence(x)
+        return ev.logits, ev.maps, ev.classes
+
+
+def choose_classes(choice: ClassChoice, logits: torch.Tensor, class_names: Sequence[str] | None = None) -> torch.Tensor:
+    """(B, k) class indices: ``"top1"`` / ``"topK"``, ``"all"``, a list of indices or names ("3,7"), or a tensor.
+
+    >>> choose_classes("top2", torch.tensor([[0.1, 0.9, 0.5]])).tolist()
+    [[1, 2]]
+    >>> choose_classes("0,2", torch.zeros(2, 3)).tolist()
+    [[0, 2], [0, 2]]
+    """
+    b, c = logits.shape
+    if isinstance(choice, torch.Tensor):
+        chosen = choice.to(logits.device, torch.int64)
+        chosen = chosen.expand(b, -1) if chosen.dim() == 1 else chosen
+    elif isinstance(choice, str) and choice == "all":
+        chosen = torch.arange(c, device=logits.device).expand(b, -1)
+    elif isinstance(choice, str) and choice.startswith("top") and choice[3:].isdigit():
+        k = int(choice[3:])
+        if not 1 <= k <= c:
+            raise InspectnetError(f"--classes {choice}: the model has {c} classes; expected top1 to top{c}")
+        return logits.topk(k, dim=1).indices
+    else:
+        items = [s.strip() for s in choice.split(",") if s.strip()] if isinstance(choice, str) else list(choice)
+        chosen = torch.tensor([_class_index(i, c, class_names) for i in items], dtype=torch.int64,
+                              device=logits.device).expand(b, -1)
+    if chosen.numel() == 0 or chosen.shape[0] != b:
+        raise InspectnetError(f"--classes chose no class for {b} image(s); expected top1, all or indices like 0,3")
+    bad = chosen[(chosen < 0) | (chosen >= c)]
+    if bad.numel():
+        raise InspectnetError(f"--classes names class {int(bad[0])}, but the model has classes 0..{c - 1}")
+    return chosen
+
+
+def _class_index(item: int | str, num_classes: int, class_names: Sequence[str] | None) -> int:
+    if isinstance(item, int) or (isinstance(item, str) and item.lstrip("-").isdigit()):
+        return int(item)
+    if class_names is not None and item in class_names:
+        return list(class_names).index(item)
+    raise InspectnetError(f"--classes: {item!r} is neither a class index (0..{num_classes - 1}) nor a class name "
+                          f"of the model")
+
+
+def class_evidence(zm: ZooModel, x: torch.Tensor, classes: ClassChoice = "top1", *,
+                   pooled: PooledHead | None = None) -> Evidence:
+    """Exact class-evidence maps of ``classes`` for the batch ``x`` (see the module doc), without gradients.
+
+    ``classes``: ``"top1"``/``"topK"`` (per image), ``"all"``, indices or names. ``pooled`` (from
+    :func:`pooled_head`) skips re-reading the head when called in a loop.
+
+    >>> ev = class_evidence(zm, x, "top1")        # doctest: +SKIP
+    >>> ev.maps.shape                              # doctest: +SKIP
+    torch.Size([8, 1, 7, 7])
+    """
+    pooled = pooled or pooled_head(zm)
+    module = ClassEvidence(zm.model, pooled)
+    with eval_mode(zm.model), torch.no_grad():
+        features = zm.model.forward_features(x)
+        logits = zm.model.forward_head(features)
+        chosen = choose_classes(classes, logits, zm.class_names)
+        maps = module.maps_for(features, chosen)
+    if x.shape[2] < maps.shape[2] or x.shape[3] < maps.shape[3]:
+        check_image_size("input", (x.shape[2], x.shape[3]), (maps.shape[2], maps.shape[3]))
+    return Evidence(maps=maps, classes=chosen, logits=logits, offset=module.offset()[chosen].detach())

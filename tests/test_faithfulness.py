@@ -1,0 +1,198 @@
+"""Faithfulness metrics (deletion, insertion, ROAD) and the cascading-randomisation sanity check."""
+
+import numpy as np
+import pytest
+import scipy.sparse
+import scipy.sparse.linalg
+import scipy.stats
+import torch
+from torch import nn
+
+from inspectnet.analysis.explain.faithfulness import (
+    FaithfulnessConfig,
+    baseline_images,
+    compare_to_control,
+    faithfulness_curves,
+    linear_imputation,
+    pixel_ranks,
+    road_fill,
+    summarise,
+)
+from inspectnet.analysis.explain.methods import explanation_maps, random_maps
+from inspectnet.analysis.explain.sanity import (
+    average_ranks,
+    cascade_blocks,
+    cascading_randomisation,
+    randomise,
+    spearman,
+)
+from inspectnet.core.errors import InspectnetError
+
+
+def _exact_imputation(image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """ROAD's linear system built entry by entry and solved directly (the reference for the CG solver)."""
+    h, w = image.shape
+    unknown = np.argwhere(~known)
+    index = {tuple(p): n for n, p in enumerate(unknown)}
+    rows, cols, vals, rhs = [], [], [], np.zeros(len(unknown))
+    for n, (i, j) in enumerate(unknown):
+        total = 0.0
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                ii, jj = i + di, j + dj
+                if (di, dj) == (0, 0) or not (0 <= ii < h and 0 <= jj < w):
+                    continue
+                weight = 1 / 6 if di == 0 or dj == 0 else 1 / 12
+                total += weight
+                if known[ii, jj]:
+                    rhs[n] += weight * image[ii, jj]
+                else:
+                    rows.append(n), cols.append(index[(ii, jj)]), vals.append(-weight)
+        rows.append(n), cols.append(n), vals.append(total)
+    matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(unknown), len(unknown)))
+    out = image.copy()
+    out[~known] = scipy.sparse.linalg.spsolve(matrix, rhs)
+    return out
+
+
+@pytest.mark.parametrize("size,fraction", [(16, 0.2), (28, 0.8), (40, 0.5)])
+def test_linear_imputation_solves_roads_system(size, fraction):
+    rng = np.random.default_rng(size)
+    image = rng.random((size, size))
+    blocky = torch.nn.functional.interpolate(torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(size)),
+                                             size=(size, size), mode="bilinear")[0, 0].numpy()
+    known = blocky >= np.quantile(blocky, fraction)
+    got = linear_imputation(torch.tensor(image)[None, None].double(), torch.tensor(known)[None, None])
+    np.testing.assert_allclose(got[0, 0].numpy(), _exact_imputation(image, known), atol=2e-3)
+    assert (got[0, 0].numpy()[known] == image[known]).all()  # kept pixels untouched
+
+
+def test_road_fill_on_large_inputs_solves_a_coarser_grid():
+    x = torch.rand(2, 3, 96, 96)
+    removed = torch.zeros(2, 1, 96, 96, dtype=torch.bool)
+    removed[:, :, 30:60, 30:60] = True
+    filled = road_fill(x, removed, size=24)
+    assert filled.shape == x.shape and torch.isfinite(filled).all()
+    # inside the hole the fill is smooth: it stays within the range of the image around it
+    assert filled[:, :, 40:50, 40:50].min() >= x.min() and filled[:, :, 40:50, 40:50].max() <= x.max()
+
+
+def test_pixel_ranks_order_by_relevance_and_break_ties_at_random():
+    maps = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    ranks = pixel_ranks(maps, (2, 2), seed=0)[0]
+    assert ranks[1] == 0 and sorted(ranks.tolist()) == [0, 1, 2, 3]
+    flat = torch.zeros(1, 8, 8)
+    orders = {tuple(pixel_ranks(flat, (8, 8), seed=s)[0].tolist()) for s in range(4)}
+    assert len(orders) == 4  # ties are not removed in raster order
+
+
+class _RegionModel(nn.Module):
+    """Class 1's logit grows with the brightness of the top-left quarter, class 0's is constant: the quarter
+    is exactly where the evidence for class 1 lies."""
+
+    def forward(self, x):
+        s = (x[:, :, :8, :8].mean((1, 2, 3)) - 1.5) * 4.0
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def _region_images(n, seed):
+    """Dark images whose top-left quarter is bright (+ a little noise)."""
+    x = torch.zeros(n, 1, 16, 16)
+    x[:, :, :8, :8] = 3.0
+    return x + 0.1 * torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _region_maps(n, good):
+    m = torch.zeros(n, 4, 4)
+    if good:
+        m[:, :2, :2] = 1.0
+    else:
+        m[:, 2:, 2:] = 1.0
+    return m + 1e-3 * torch.rand(n, 4, 4, generator=torch.Generator().manual_seed(0))
+
+
+def test_the_right_map_beats_random_and_the_wrong_one():
+    targets = torch.ones(12, dtype=torch.long)
+    config = FaithfulnessConfig(steps=8, baseline="mean", road_fractions=(0.25, 0.5))
+    model = _RegionModel()
+    right = faithfulness_curves(model, _region_images(12, 0), _region_maps(12, True), targets, config)
+    wrong = faithfulness_curves(model, _region_images(12, 1), _region_maps(12, False), targets, config)
+    control = faithfulness_curves(model, _region_images(12, 2), random_maps(range(12), (4, 4)), targets, config)
+    s_right, s_wrong = summarise(right), summarise(wrong)
+    assert s_right["deletion_auc"] < summarise(control)["deletion_auc"] < s_wrong["deletion_auc"]
+    assert s_right["insertion_auc"] > s_wrong["insertion_auc"]
+    assert s_right["road_morf"] < s_right["road_lerf"]  # removing the region hurts, removing the rest does not
+    assert compare_to_control(right, control)["beats_control"] and not compare_to_control(wrong, control)["beats_control"]
+    assert right.forward_passes == 12 * config.passes_per_image() == 12 * (2 * 8 + 2 * 2)
+
+
+def test_constant_and_nan_maps_are_reported_not_scored():
+    x = torch.rand(3, 1, 16, 16)
+    maps = torch.stack([torch.ones(4, 4), torch.full((4, 4), float("nan")), torch.rand(4, 4)])
+    c = faithfulness_curves(_RegionModel(), x, maps, torch.ones(3, dtype=torch.long), FaithfulnessConfig(steps=4))
+    s = summarise(c)
+    assert c.status == ["constant", "nan", "ok"] and (s["evaluated"], s["constant_maps"], s["nan_maps"]) == (1, 1, 1)
+    assert np.isnan(c.deletion[:2]).all() and np.isfinite(c.deletion[2]).all()
+    assert c.forward_passes == FaithfulnessConfig(steps=4).passes_per_image()  # nothing spent on skipped maps
+
+
+@pytest.mark.parametrize("kwargs,match", [({"steps": 0}, "at least 1"), ({"steps": -3}, "at least 1"),
+                                          ({"baseline": "zeros"}, "blur or mean"),
+                                          ({"road_fractions": (0.5, 1.0)}, "strictly between")])
+def test_bad_faithfulness_settings_are_refused(kwargs, match):
+    with pytest.raises(InspectnetError, match=match):
+        faithfulness_curves(_RegionModel(), torch.rand(1, 1, 8, 8), torch.rand(1, 2, 2), torch.ones(1, dtype=torch.long),
+                            FaithfulnessConfig(**kwargs))
+
+
+def test_baselines_keep_flat_images_and_remove_detail():
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    assert torch.allclose(baseline_images(flat, "blur"), flat) and torch.allclose(baseline_images(flat, "mean"), flat)
+    noisy = torch.rand(1, 3, 32, 32)
+    assert baseline_images(noisy, "blur").std() < 0.3 * noisy.std()
+    assert torch.allclose(baseline_images(noisy, "mean")[0, :, 0, 0], noisy.mean((2, 3))[0])
+
+
+def test_average_ranks_and_spearman_match_scipy():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, 50).astype(float)
+    b = rng.random(50)
+    np.testing.assert_allclose(average_ranks(a), scipy.stats.rankdata(a))
+    assert spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic)
+    assert spearman(np.ones(4), np.arange(4.0)) == 0.0 and np.isnan(spearman(np.ones(4), np.ones(4)))
+
+
+def test_cascade_runs_from_the_head_down(tiny_digits_model):
+    blocks = cascade_blocks(tiny_digits_model.model, "fc")
+    assert blocks[:3] == ["fc", "layer4.1", "layer4.0"] and blocks[-2:] == ["bn1", "conv1"]
+
+
+def test_randomise_is_seeded_and_leaves_the_global_generator_alone():
+    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    randomise(a, seed=1)
+    randomise(b, seed=1)
+    assert torch.equal(a.weight, b.weight) and torch.equal(torch.rand(1), expected)
+
+
+def test_sanity_check_passes_model_dependent_maps_and_fails_the_random_control():
+    from inspectnet.data import load_data
+    from inspectnet.models.zoo import load_model
+
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=128)  # 4x4 maps: 16 positions to rank
+    before = zm.fingerprint()
+    ds = load_data("digits:test", zm.transform())
+    x = torch.stack([ds[i][0] for i in range(6)])
+    targets = zm.model(x).argmax(1)
+    res = cascading_randomisation(zm, x, targets, ["gradcam", "evidence", "random"], indices=range(6), max_steps=3)
+    assert res["blocks"][0] == "fc" and res["blocks"][-1] == "conv1" and res["steps"] == [1, 6, 11]
+    methods = res["methods"]
+    assert methods["random"]["spearman"] == pytest.approx([1.0, 1.0, 1.0]) and methods["random"]["passes"] is False
+    for name in ("evidence", "gradcam"):
+        assert methods[name]["passes"] and methods[name]["abs_spearman_final"] < 0.5, methods[name]
+    assert zm.fingerprint() == before  # the caller's model is never randomised
+    maps = explanation_maps("evidence", zm, x, targets, indices=range(6))
+    assert maps.shape == (6, 4, 4)
