@@ -419,6 +419,16 @@ TABLE: list[tuple[str, str, tuple[str, ...], str, int]] = [
      "--topk and --batch-size must be at least 1", 2),
     ("run", "good images", (*RUN, IMGS, "--limit", "0"), "--limit must be at least 1", 2),
     ("run", "good images", (*RUN, IMGS, "--threads", "0"), "--threads must be at least 1", 2),
+    # --- explain
+    ("explain", "nothing", ("explain", "{model}", "{ws}/missing.png", "--out", "{ws}/out"), "missing.png does not exist",
+     2),
+    ("explain", "bomb file", ("explain", "{model}", "{ws}/bomb.png", "--out", "{ws}/out"), "declares 30000×30000", 2),
+    ("explain", "good images", ("explain", "{model}", "{ws}/imgs/a/ok0.png", "--classes", "99", "--out", "{ws}/out"),
+     "--classes names class 99", 2),
+    ("explain", "nothing", ("explain", "{model}", "digits:test", "--limit", "0", "--out", "{ws}/out"),
+     "--limit must be at least 1", 2),
+    ("explain", "--out is a file of the user's", ("explain", "{model}", "digits:test", "--limit", "1", "--out",
+                                                   "{ws}/out"), "is a file", 2),
     # --- writing data as a folder, merging a record's shards
     ("folder", "nothing", ("folder", "digts", "--out", "{ws}/out"), "did you mean digits", 2),
     ("folder", "nothing", ("folder", "digits", "--out", "{ws}/out", "--limit", "0"), "--limit must be at least 1", 2),
