@@ -502,6 +502,8 @@ TABLE: list[tuple[str, str, tuple[str, ...], str, int]] = [
     ("export", "--out.onnx exists", EXPORT, "pass --force to overwrite it", 2),
     ("export", "nothing", (*EXPORT, "--int8"), "--int8 needs --calibration", 2),
     ("export", "nothing", (*EXPORT, "--threads", "0"), "--threads must be at least 1", 2),
+    ("export", "nothing", (*EXPORT, "--int8", "--calibration", "digits:train", "--evidence", "--exporter",
+                           "torchscript"), "--int8 with --evidence needs the dynamo exporter", 2),
     ("export", "nothing", (*EXPORT, "--int8", "--calibration", "digits", "--calibration-limit", "0"),
      "--calibration-limit must be at least 1", 2),
     ("export", "decompression bomb", (*EXPORT, "--int8", "--calibration", IMGS), "above the limit", 2),

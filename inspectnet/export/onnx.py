@@ -108,6 +108,10 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     if threads < 1:
         raise InspectnetError(f"--threads must be at least 1, got {threads}")
     pooled = _evidence_head(zm, evidence, head_only)
+    if int8 and pooled is not None and exporter == "torchscript":
+        # ONNX Runtime's quantizer writes a per-axis QuantizeLinear onto this exporter's evidence Gather
+        raise InspectnetError("--int8 with --evidence needs the dynamo exporter (the default): ONNX Runtime cannot "
+                              "quantize the torchscript exporter's evidence graph; drop --exporter torchscript")
     if int8 and (calibration is None or len(calibration) == 0):
         raise InspectnetError("--int8 needs calibration data: pass --calibration DATA (real images the model "
                               "will see, e.g. the training folder); static int8 ranges come from it")
