@@ -24,3 +24,19 @@ def tiny_digits_model():
 
 def count_hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+@pytest.fixture
+def interrupt_at():
+    """``interrupt_at(ds, i)``: the same samples as ``ds``, but sample ``i`` raises as if the user pressed Ctrl-C."""
+    def make(ds, index: int):
+        class Stopping(type(ds)):
+            def __getitem__(self, i):
+                if i == index:
+                    raise KeyboardInterrupt
+                return super().__getitem__(i)
+
+        stopping = ds.with_transform(ds.transform)
+        stopping.__class__ = Stopping
+        return stopping
+    return make

@@ -924,7 +924,7 @@ def test_repro_7_the_written_opset_is_the_one_asked_for(assets, tmp_path):
     assert res.opset == 17 and written[""] == 17
 
 
-def test_repro_8_a_probe_resumed_with_another_batch_size_agrees_to_float32_rounding(assets, tmp_path):
+def test_repro_8_a_probe_resumed_with_another_batch_size_agrees_to_float32_rounding(assets, tmp_path, interrupt_at):
     """The batch size is not part of a record's identity; the difference it makes is bounded and recorded."""
     from inspectnet import load_data, load_model, run_probe
 
@@ -932,14 +932,7 @@ def test_repro_8_a_probe_resumed_with_another_batch_size_agrees_to_float32_round
     ds = load_data("digits:train", zm.transform())
     fresh = run_probe(zm, ds, "layer2,layer4", tmp_path / "fresh", batch_size=8, limit=40)
 
-    class Stopping(type(ds)):
-        def __getitem__(self, i):
-            if i == 21:
-                raise KeyboardInterrupt
-            return super().__getitem__(i)
-
-    stopping = ds.with_transform(ds.transform)
-    stopping.__class__ = Stopping
+    stopping = interrupt_at(ds, 21)
     with pytest.raises(KeyboardInterrupt):
         run_probe(zm, stopping, "layer2,layer4", tmp_path / "mixed", batch_size=8, limit=40)
     mixed = run_probe(zm, ds, "layer2,layer4", tmp_path / "mixed", batch_size=5, limit=40)

@@ -35,21 +35,12 @@ def test_record_matches_direct_forward(tmp_path, tiny_digits_model):
     assert isinstance(rec.activations("layer3"), np.memmap)
 
 
-def test_interrupted_probe_resumes_to_identical_record(tmp_path, tiny_digits_model):
+def test_interrupted_probe_resumes_to_identical_record(tmp_path, tiny_digits_model, interrupt_at):
     zm = tiny_digits_model
     ds = load_data("digits", zm.transform())
     full = run_probe(zm, ds, "layer4", tmp_path / "full", batch_size=8, limit=40)
 
-    class Stopping(type(ds)):
-        """The same samples, but sample 21 raises as if the user pressed Ctrl-C."""
-
-        def __getitem__(self, i):
-            if i == 21:
-                raise KeyboardInterrupt
-            return super().__getitem__(i)
-
-    stopping = ds.with_transform(ds.transform)
-    stopping.__class__ = Stopping
+    stopping = interrupt_at(ds, 21)
     with pytest.raises(KeyboardInterrupt):
         run_probe(zm, stopping, "layer4", tmp_path / "part", batch_size=8, limit=40)
     with pytest.raises(InspectnetError, match="incomplete"):
