@@ -18,7 +18,8 @@ SMALL = [('"mnist5k:train"', '"digits:train"'), ('"mnist5k:test"', '"digits:test
          ("TrainConfig(epochs=2)", "TrainConfig(epochs=1, limit=64)"), ("input_size=28", "input_size=16"),
          ("torch.randn(4, 1, 28, 28)", "torch.randn(4, 1, 16, 16)"),
          ("limit=1000, eval_limit=500", "limit=64, eval_limit=32"), ("shapes:test?n=2000", "shapes:test?n=40"),
-         ("limit=256", "limit=32")]
+         ("limit=256", "limit=32"),
+         ("QualityConfig(images=100)", "QualityConfig(images=8, sanity_images=4)")]
 
 
 def blocks(language: str) -> list[str]:

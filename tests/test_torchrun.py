@@ -1,38 +1,42 @@
 """The commands under real ``torchrun`` (2 gloo processes on CPU): an audit equal to the one-process audit, a
-rank dying mid-pass on a corrupt image (the other stops naming it), and the re-run that resumes."""
+rank failing mid-pass on an image that turned undecodable (the other stops naming it), and the re-run that resumes."""
 
-import io
 import json
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from inspectnet import ProbeRecord, load_data, load_model, run_probe, save_model
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
-def _inspectnet(args, *, torchrun=False):
-    cmd = [*(TORCHRUN if torchrun else [sys.executable]), "-m", "inspectnet", *map(str, args)]
+def _inspectnet(args, *, torchrun=False, launcher=("-m", "inspectnet")):
+    cmd = [*(TORCHRUN if torchrun else [sys.executable]), *launcher, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
-def _corrupt_png(path):
-    """A PNG whose chunks and checksums are valid (Pillow's verify passes) but whose pixels cannot be decoded."""
-    buf = io.BytesIO()
-    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    at = data.find(b"IDAT")
-    size = struct.unpack(">I", data[at - 4:at])[0]
-    data[at + 6:at + 4 + size] = b"\xff" * (size - 2)
-    data[at + 4 + size:at + 8 + size] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 4 + size])))
-    path.write_bytes(bytes(data))
+# The CLI, with ``path`` turning undecodable in rank 1 after the folder was indexed (as a file on a shared
+# disk being rewritten would): a folder is indexed by decoding every file, so a file corrupt from the
+# start stops every rank before the pass. Only this one read is injected; torchrun, gloo and the store are real.
+FAILS_IN_RANK_1 = """
+import os, sys
+from pathlib import Path
+import inspectnet.data.datasets as datasets
+from inspectnet.cli import main
+from inspectnet.core.errors import InspectnetError
+target, real, reads = Path(sys.argv.pop(1)), datasets.open_image, []
+def open_image(path):
+    reads.append(Path(path) == target)
+    if os.environ["RANK"] == "1" and Path(path) == target and sum(reads) > 1:
+        raise InspectnetError(f"image {path} cannot be decoded: broken data stream when reading image file")
+    return real(path)
+datasets.open_image = open_image
+sys.exit(main())
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +56,11 @@ def folder_and_model(tmp_path_factory):
 def test_rank_dying_mid_pass_stops_the_other_naming_it_and_the_rerun_resumes(folder_and_model, tmp_path):
     root = folder_and_model
     last = sorted((root / "digits").rglob("*.png"))[-1]       # the last image: in rank 1's share
-    good = last.read_bytes()
-    _corrupt_png(last)
     args = ["probe", root / "model", root / "digits", "--layers", "layer4", "--out", tmp_path / "rec",
             "--batch-size", "8", "--workers", "0"]
-    try:
-        failed = _inspectnet(args, torchrun=True)
-    finally:
-        last.write_bytes(good)
+    wrapper = tmp_path / "fails_in_rank_1.py"
+    wrapper.write_text(FAILS_IN_RANK_1)
+    failed = _inspectnet([last, *args], torchrun=True, launcher=(wrapper,))
     assert failed.returncode != 0
     assert f"inspectnet: error: image {last} cannot be decoded" in failed.stderr          # rank 1's own line
     assert "inspectnet: error: rank 1 of 2 failed during the probe pass (InspectnetError: image" in failed.stderr
