@@ -155,7 +155,7 @@ def measure(name: str, threads: int, work: Path) -> dict:
         s8 = int8(keep)
         kept.append({"k": k, "nodes": keep, **row(s8), "int8_speedup_batch1": batch1_ratio(s32, s8, ev)})
         print(kept[-1], file=sys.stderr)
-    return {"model": zm.spec, "data": setup["data"], "recipes": recipes, "labelled_photos": labelled,
+    return {"model": zm.base or zm.spec, "data": setup["data"], "recipes": recipes, "labelled_photos": labelled,
             "keep_one_in_fp32": per_node, "keep_top_k_in_fp32": kept}
 
 

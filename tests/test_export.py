@@ -257,6 +257,27 @@ def test_int8_bias_correction_removes_the_mean_weight_error(tmp_path):
     assert offset[True] < 0.6 * offset[False]
 
 
+def test_int8_node_kept_in_fp32_stays_fp32_at_run_time(tmp_path):
+    """ONNX Runtime's WeightBiasQuantization pass would give a kept depthwise Conv fed by a DequantizeLinear
+    per-tensor int8 weights at load time; make_session turns it off, so the run matches the graph as written."""
+    import onnxruntime as ort
+
+    from inspectnet.export.int8 import quantizable_nodes, quantize_int8
+
+    torch.manual_seed(0)
+    zm = load_model("mobilenetv2_050", num_classes=10, in_chans=1, input_size=32)
+    cal, _ = calibration_inputs(zm, "digits:train", limit=32)
+    export_onnx(zm, tmp_path / "m.onnx", latency=False)
+    kept = quantizable_nodes(tmp_path / "m.onnx")[1]  # the first depthwise Conv, its input from a DequantizeLinear
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", cal, keep_fp32=[kept], bias_correction=False)
+    literal = ort.SessionOptions()
+    literal.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # QDQ math exactly as written
+    ref = ort.InferenceSession(str(tmp_path / "q.onnx"), literal, providers=["CPUExecutionProvider"])
+    ref = ref.run(["logits"], {"input": cal})[0]
+    got = make_session(tmp_path / "q.onnx").run(["logits"], {"input": cal})[0]
+    assert np.abs(got - ref).max() < 0.04 * np.abs(ref).max()  # re-quantized weights: 0.086 here
+
+
 def test_int8_keep_fp32_refuses_unknown_nodes(tmp_path):
     zm = tiny()
     cal, _ = calibration_inputs(zm, "digits:train", limit=16)
