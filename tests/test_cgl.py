@@ -224,13 +224,19 @@ def test_cgl_refuses_non_conv_layers_and_warns_on_1x1_maps():
 
 def test_cgl_fused_pair_distance_and_spatial_spread_gradients_match_autograd():
     """The hand-written backward passes (the speed-up) against numerical gradients (float64)."""
-    from inspectnet_plugins.cgl import _PairL1, _RowL2, _SpatialSpread
+    from inspectnet_plugins.cgl import _FilterSigmoid, _PairL1, _RowL2, _SpatialSpread
 
     g = torch.Generator().manual_seed(0)
-    psi = torch.rand(5, 12, dtype=torch.float64, generator=g).requires_grad_()
+    psi = torch.rand(3, 5, 4, dtype=torch.float64, generator=g).requires_grad_()
     i, j = torch.tensor([0, 1, 3, 4, 0]), torch.tensor([2, 0, 4, 1, 3])
     assert torch.autograd.gradcheck(lambda t: _PairL1.apply(t, i, j), (psi,))
+    # several images per chunk and one image per chunk give the same distances
+    assert torch.allclose(_PairL1.apply(psi, i, j), (psi[:, i] - psi[:, j]).abs().sum((0, 2)))
     maps = (torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=g) + 0.05).requires_grad_()
     assert torch.autograd.gradcheck(_SpatialSpread.apply, (maps,))
     rows = torch.randn(3, 7, dtype=torch.float64, generator=g).requires_grad_()
     assert torch.autograd.gradcheck(_RowL2.apply, (rows,))
+    conv_out = torch.randn(3, 4, 2, 5, dtype=torch.float64, generator=g)
+    conv_out[:, 3] = 0.5  # a filter with no spread: S clamped, no gradient through it
+    P = torch.tensor([1.3, -0.2], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_FilterSigmoid.apply, (conv_out.requires_grad_(), P))
