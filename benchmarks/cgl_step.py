@@ -12,6 +12,7 @@ self time), which is where the speed-up work started. Writes benchmarks/results/
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ def main() -> None:
             for _ in range(3):
                 step(*runs["cgl"], x, y)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    load_start = os.getloadavg()[0]  # the machine is shared: its load goes beside the figures
     times: dict[str, list[float]] = {name: [] for name in runs}
     walls: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds + 3):
@@ -77,14 +79,15 @@ def main() -> None:
            "plugin": SPEC, "model": "timm resnet18, 1x28x28, 10 classes, train mode", "batch": 64,
            "threads": args.threads, "rounds": args.rounds, "median_step_cpu_s": med, "ratio": ratio,
            "median_step_wall_s": wall, "ratio_wall": wall["cgl"] / wall["vanilla"],
-           "torch": torch.__version__}
+           "load_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)], "torch": torch.__version__}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cgl_step.json").write_text(json.dumps(doc, indent=2) + "\n")
     text = (f"CGL step / vanilla step, ResNet18 1×28×28, all 20 Conv2d regularised (`{SPEC}`), batch 64, "
             f"CPU {args.threads} thread(s), median of {args.rounds} alternated rounds on a shared machine, "
             f"process CPU time per step: vanilla {med['vanilla'] * 1000:.1f} ms, CGL {med['cgl'] * 1000:.1f} ms, "
             f"**ratio {ratio:.2f}×** (target ≤ 1.6×); wall clock {doc['ratio_wall']:.2f}× "
-            f"({wall['vanilla'] * 1000:.0f} / {wall['cgl'] * 1000:.0f} ms).\n\n`{doc['command']}`\n")
+            f"({wall['vanilla'] * 1000:.0f} / {wall['cgl'] * 1000:.0f} ms); load (1-minute average) "
+            f"{doc['load_1min'][0]} at the start, {doc['load_1min'][1]} at the end.\n\n`{doc['command']}`\n")
     (RESULTS / "cgl_step.md").write_text(text)
     print(text)
 

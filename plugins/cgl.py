@@ -44,6 +44,7 @@ Example::
 """
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -114,37 +115,41 @@ class _FilterSigmoid(torch.autograd.Function):
 class _PairL1(torch.autograd.Function):
     """‖ψ_i − ψ_j‖₁ for each pair (i_p, j_p), from ψ as (batch, C, space), summed over batch and space.
 
-    The differences are formed a few images at a time (``_chunk``), where one (pairs, batch·space)
-    tensor would be tens of MB for early layers: a block that stays in cache, reused for every
-    chunk, and no transposed copy of ψ (each image's (C, space) slice is already contiguous). The
-    backward pass forms the differences again instead of keeping their signs.
+    The differences are formed a few images at a time (:func:`_row_chunks`): one (pairs, batch·space)
+    tensor would be tens of MB for early layers, written and read several times; a chunk's stays in
+    cache. The backward pass forms the differences again instead of keeping their signs.
     """
 
     @staticmethod
     def forward(ctx, maps: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         dist = maps.new_zeros(len(i))
-        for block in _chunk(maps, len(i)):
-            diff = block.index_select(1, i).sub_(block.index_select(1, j))
-            dist += diff.abs_().sum(2).sum(0)
+        for _, rows in _row_chunks(maps, len(i)):
+            dist += torch.linalg.vector_norm(rows.index_select(0, i).sub_(rows.index_select(0, j)), ord=1, dim=1)
         ctx.save_for_backward(maps, i, j)
         return dist
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         maps, i, j = ctx.saved_tensors
-        out = torch.zeros_like(maps)
-        start = 0
-        for block in _chunk(maps, len(i)):
-            step = block.index_select(1, i).sub_(block.index_select(1, j)).sign_().mul_(grad[:, None])
-            out[start:start + len(block)].index_add_(1, i, step).index_add_(1, j, step, alpha=-1)
-            start += len(block)
+        out = torch.empty_like(maps)
+        for block, rows in _row_chunks(maps, len(i)):
+            step = rows.index_select(0, i).sub_(rows.index_select(0, j)).sign_().mul_(grad[:, None])
+            rows_grad = torch.zeros_like(rows).index_add_(0, i, step).index_add_(0, j, step, alpha=-1)
+            out[block] = rows_grad.view(rows.shape[0], -1, maps.shape[2]).transpose(0, 1)
         return out, None, None
 
 
-def _chunk(maps: torch.Tensor, pairs: int, elements: int = 1 << 16) -> tuple[torch.Tensor, ...]:
-    """``maps`` (batch, C, space) split along the batch so that one chunk's pair differences,
-    (images, pairs, space), hold about ``elements`` values (at least one image per chunk)."""
-    return maps.split(max(1, elements // max(1, pairs * maps.shape[2])))
+def _row_chunks(maps: torch.Tensor, pairs: int, elements: int = 1 << 18, row: int = 256
+                ) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(batch slice, rows) for chunks of ``maps`` (batch, C, space) along the batch, rows = the chunk
+    as (C, images·space), so a pair's values are two contiguous rows. A chunk's pair differences,
+    (pairs, images·space), hold about ``elements`` values, and its rows at least ``row`` (reductions
+    and gathers over short rows are slow; small maps therefore take the whole batch at once)."""
+    B, C, N = maps.shape
+    step = max(-(-row // N), elements // max(1, pairs * N))
+    for start in range(0, B, step):
+        block = slice(start, min(B, start + step))
+        yield block, maps[block].transpose(0, 1).reshape(C, -1)
 
 
 class _SpatialSpread(torch.autograd.Function):
