@@ -230,8 +230,16 @@ def test_cgl_fused_pair_distance_and_spatial_spread_gradients_match_autograd():
     psi = torch.rand(3, 5, 4, dtype=torch.float64, generator=g).requires_grad_()
     i, j = torch.tensor([0, 1, 3, 4, 0]), torch.tensor([2, 0, 4, 1, 3])
     assert torch.autograd.gradcheck(lambda t: _PairL1.apply(t, i, j), (psi,))
-    # several images per chunk and one image per chunk give the same distances
-    assert torch.allclose(_PairL1.apply(psi, i, j), (psi[:, i] - psi[:, j]).abs().sum((0, 2)))
+    # maps large enough to be cut into chunks of 3 + 1 images: values and gradients as in one piece
+    big = torch.rand(4, 6, 300, dtype=torch.float64, generator=g).requires_grad_()
+    i, j = torch.randint(0, 6, (240,), generator=g), torch.randint(0, 6, (240,), generator=g)
+    weights = torch.rand(240, dtype=torch.float64, generator=g)
+    (_PairL1.apply(big, i, j) * weights).sum().backward()
+    chunked = big.grad.clone()
+    big.grad = None
+    reference = (big[:, i] - big[:, j]).abs().sum((0, 2))
+    (reference * weights).sum().backward()
+    assert torch.allclose(_PairL1.apply(big, i, j), reference) and torch.allclose(chunked, big.grad)
     maps = (torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=g) + 0.05).requires_grad_()
     assert torch.autograd.gradcheck(_SpatialSpread.apply, (maps,))
     rows = torch.randn(3, 7, dtype=torch.float64, generator=g).requires_grad_()
