@@ -164,6 +164,22 @@ def test_cgl_bn_variant_finite_with_inplace_relu_and_seeded_pairs():
     assert set(state) == {"P", "generator"}
 
 
+def test_cgl_plain_variant_unaffected_by_an_inplace_relu_after_the_conv():
+    """ψ's backward keeps its own tensors: a ReLU(inplace=True) right after the conv (no BatchNorm)
+    changes neither the terms nor the conv's gradient."""
+    grads = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.Flatten(), nn.LazyLinear(2))
+        plugin = make_plugin("cgl:groups=2,layers=0,lam_g=1,lam_s=1").attach(model, num_classes=2)
+        x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+        logits = model(x)
+        sum(plugin.loss(x, None, logits).values()).backward()
+        grads.append(model[0].weight.grad.clone())
+        plugin.detach()
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
 def _train_cgl(spec: str, steps: int, x: torch.Tensor) -> tuple[ConceptGroupLearning, list[dict]]:
     """Adam on the CGL terms alone (no task loss) for ``steps`` steps; the epoch log after each step."""
     torch.manual_seed(0)
