@@ -4,14 +4,20 @@ step, the two steps alternated in one run on the same batch; median of the round
 timed by this process's CPU time (one thread), which other jobs on a shared machine disturb far
 less than wall-clock time; the wall-clock medians are reported too.
 
-    python benchmarks/cgl_step.py [--rounds 30] [--threads 1] [--profile]
+``--net table1`` times the network of ``cgl_table1.py`` instead (conv1 3→64 stride 2 with 32×32
+maps, conv2 64→128 on 16×16, batch 32 of 3×64×64, regime (c)'s plugin: groups 16, λ_s 1): there
+the convolutions are cheap and ψ and L_g on the large early maps dominate.
+
+    python benchmarks/cgl_step.py [--rounds 30] [--threads 1] [--net resnet18|table1] [--profile]
 
 ``--profile`` prints torch.profiler's table of the CGL step's most expensive operators (CPU
-self time), which is where the speed-up work started. Writes benchmarks/results/cgl_step.{json,md}.
+self time), which is where the speed-up work started. Writes benchmarks/results/cgl_step.{json,md}
+(``cgl_step_table1.*`` for ``--net table1``).
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,16 +29,28 @@ from inspectnet.plugins import make_plugin
 from inspectnet.training.finetune import PluginHooks
 
 RESULTS = Path(__file__).parent / "results"
-SPEC = "cgl:layers=all,groups=8"
+NETS = {  # name: (what it is, batch shape, classes, CGL plugin)
+    "resnet18": ("timm resnet18, 1x28x28, 10 classes, train mode", (64, 1, 28, 28), 10, "cgl:layers=all,groups=8"),
+    "table1": ("cgl_table1's two-conv network (64, 128 filters), 3x64x64, 2 classes", (32, 3, 64, 64), 2,
+               "cgl:layers=conv1|conv2,groups=16,lam_bn=2e-3,lam_g=0.01,lam_s=1"),
+}
 
 
-def setup(spec: str | None):
+def build(net: str) -> torch.nn.Module:
+    if net == "table1":
+        from cgl_table1 import TwoLayerCNN
+
+        return TwoLayerCNN(widths=(64, 128))
+    return load_model("resnet18", num_classes=10, in_chans=1, input_size=28).model
+
+
+def setup(net: str, spec: str | None):
     torch.manual_seed(0)
-    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=28)
-    plugins = [make_plugin(spec).attach(zm.model, num_classes=10)] if spec else []
+    model = build(net)
+    plugins = [make_plugin(spec).attach(model, num_classes=NETS[net][2])] if spec else []
     hooks = PluginHooks(plugins)
-    opt = torch.optim.SGD(hooks.parameter_groups(zm.model, 1e-4), lr=1e-3, momentum=0.9)
-    return zm.model.train(), hooks, opt
+    opt = torch.optim.SGD(hooks.parameter_groups(model, 1e-4), lr=1e-3, momentum=0.9)
+    return model.train(), hooks, opt
 
 
 def step(model, hooks, opt, x, y) -> None:
@@ -47,12 +65,14 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--net", default="resnet18", choices=sorted(NETS))
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
-    runs = {"vanilla": setup(None), "cgl": setup(SPEC)}
+    what, shape, classes, spec = NETS[args.net]
+    x, y = torch.rand(*shape, generator=g), torch.randint(0, classes, shape[:1], generator=g)
+    runs = {"vanilla": setup(args.net, None), "cgl": setup(args.net, spec)}
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -61,6 +81,7 @@ def main() -> None:
             for _ in range(3):
                 step(*runs["cgl"], x, y)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    load_start = os.getloadavg()[0]  # the machine is shared: its load goes beside the figures
     times: dict[str, list[float]] = {name: [] for name in runs}
     walls: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds + 3):
@@ -73,19 +94,23 @@ def main() -> None:
     med = {name: statistics.median(v) for name, v in times.items()}
     wall = {name: statistics.median(v) for name, v in walls.items()}
     ratio = med["cgl"] / med["vanilla"]
-    doc = {"command": "python benchmarks/cgl_step.py " + f"--rounds {args.rounds} --threads {args.threads}",
-           "plugin": SPEC, "model": "timm resnet18, 1x28x28, 10 classes, train mode", "batch": 64,
+    flag = "" if args.net == "resnet18" else f" --net {args.net}"
+    doc = {"command": f"python benchmarks/cgl_step.py --rounds {args.rounds} --threads {args.threads}{flag}",
+           "plugin": spec, "model": what, "batch": shape[0],
            "threads": args.threads, "rounds": args.rounds, "median_step_cpu_s": med, "ratio": ratio,
            "median_step_wall_s": wall, "ratio_wall": wall["cgl"] / wall["vanilla"],
-           "torch": torch.__version__}
+           "load_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)], "torch": torch.__version__}
+    out = RESULTS / ("cgl_step" if args.net == "resnet18" else f"cgl_step_{args.net}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cgl_step.json").write_text(json.dumps(doc, indent=2) + "\n")
-    text = (f"CGL step / vanilla step, ResNet18 1×28×28, all 20 Conv2d regularised (`{SPEC}`), batch 64, "
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    target = " (target ≤ 1.6×)" if args.net == "resnet18" else ""
+    text = (f"CGL step / vanilla step, {what}, regularised by `{spec}`, batch {shape[0]}, "
             f"CPU {args.threads} thread(s), median of {args.rounds} alternated rounds on a shared machine, "
             f"process CPU time per step: vanilla {med['vanilla'] * 1000:.1f} ms, CGL {med['cgl'] * 1000:.1f} ms, "
-            f"**ratio {ratio:.2f}×** (target ≤ 1.6×); wall clock {doc['ratio_wall']:.2f}× "
-            f"({wall['vanilla'] * 1000:.0f} / {wall['cgl'] * 1000:.0f} ms).\n\n`{doc['command']}`\n")
-    (RESULTS / "cgl_step.md").write_text(text)
+            f"**ratio {ratio:.2f}×**{target}; wall clock {doc['ratio_wall']:.2f}× "
+            f"({wall['vanilla'] * 1000:.0f} / {wall['cgl'] * 1000:.0f} ms); load (1-minute average) "
+            f"{doc['load_1min'][0]} at the start, {doc['load_1min'][1]} at the end.\n\n`{doc['command']}`\n")
+    out.with_suffix(".md").write_text(text)
     print(text)
 
 

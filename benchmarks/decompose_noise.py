@@ -5,11 +5,12 @@
    k1 = k2 = 5 on mnist5k:train, evaluated on mnist5k:test. The union of the S_c is a small part of
    the 512 features, and the other features still classify.
 2. Where the paper's effect is expected: the shipped EfficientNet-Lite0 (real ImageNet weights) in
-   its own 1000-class label space on real photos. scikit-image ships four photos of an ImageNet
-   class that Lite0 recognises (chelsea: tiger cat 282, coffee: espresso 967, rocket: missile 657,
-   camera: tripod 872); random crops of them (30–100 % of each side, random flips) make the data,
-   S_c is fitted with the paper's ImageNet k1 = k2 = 50 on one set of crops and the ablation runs
-   on another (disjoint seeds). Accuracy is top-1 over all 1000 classes against these labels.
+   its own 1000-class label space on real photos: the ``photos`` data source (seeded crops of the
+   four scikit-image photos with a known ImageNet class, labelled by WordNet id: chelsea tabby 281,
+   coffee espresso 967, rocket missile 657, camera tripod 872). S_c is fitted with the paper's
+   ImageNet k1 = k2 = 50 on ``photos:train`` and the ablation runs on ``photos:test`` (the source's
+   split: no crop in both). Accuracy is top-1 over all 1000 classes against these labels (Lite0
+   calls the whole chelsea photo a tiger cat, 282, so part of the chelsea crops count as errors).
 
 Each ablation replaces the chosen features of every test sample with N(0, 1) draws
 (:func:`inspectnet.analysis.heads.decompose.noise_ablation`); the non-influential features are a
@@ -26,44 +27,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import torch
 from decompose_resnet18 import trained_model
 from paired_stats import describe, mean_std, paired
-from PIL import Image
 
 from inspectnet import load_data, load_model
 from inspectnet.analysis.heads.decompose import linear_params, noise_ablation
 from inspectnet.analysis.heads.influence import fit_influence
-from inspectnet.data.datasets import ArrayDataset
-from inspectnet.data.labels import imagenet_synsets
+from inspectnet.data.sources import LABELLED_PHOTOS
 from inspectnet.probe.record import run_probe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PHOTOS = {"chelsea": 282, "coffee": 967, "rocket": 657, "camera": 872}  # Lite0's top-1 on the whole photo
 PAPER = {"ResNet20 / CIFAR-10": (91.17, 48.97, 82.24), "ResNet50 / ImageNet": (74.55, 12.52, 74.40)}
-
-
-def photo_crops(per_photo: int, seed: int) -> ArrayDataset:
-    """Random crops (30–100 % of each side, random horizontal flips) of the labelled photos, their classes
-    named by WordNet id (the probe maps them onto the model's indices; ImageNet names such as 'crane' are
-    ambiguous)."""
-    synsets = imagenet_synsets()
-    wnids = [synsets[index][0] for index in PHOTOS.values()]
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for label, name in enumerate(PHOTOS):
-        im = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        W, H = im.size
-        for _ in range(per_photo):
-            w, h = (int(s * f) for s, f in zip((W, H), rng.uniform(0.3, 1.0, size=2)))
-            left, top = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
-            crop = im.crop((left, top, left + w, top + h))
-            if rng.random() < 0.5:
-                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            images.append(np.asarray(crop))
-            labels.append(label)
-    return ArrayDataset(f"photo-crops?seed={seed}&n={per_photo}", images, np.array(labels), wnids)
 
 
 def ablation(zm, train_rec, test_rec, k: int, seeds: list[int]) -> dict:
@@ -85,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/inspectnet_bench/decompose_noise")
     ap.add_argument("--seeds", type=int, default=5, help="noise seeds")
-    ap.add_argument("--crops", type=int, default=60, help="training crops per photo (test: 2/3 of it)")
+    ap.add_argument("--crops", type=int, default=800, help="photos crops in all (80 %% train, 20 %% test)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,14 +75,12 @@ def main() -> None:
                    batch_size=100, device=device)
     out["ResNet18 / mnist5k (10 classes)"] = ablation(r18, tr, te, 5, seeds)
     lite0 = load_model("shipped:efficientnet_lite0")
-    tr = run_probe(lite0, photo_crops(args.crops, 1).with_transform(lite0.transform()), "pre_logits",
-                   work / "lite0_train", batch_size=32, device=device)
-    te = run_probe(lite0, photo_crops(max(1, 2 * args.crops // 3), 2).with_transform(lite0.transform()),
-                   "pre_logits", work / "lite0_test", batch_size=32, device=device)
-    out["EfficientNet-Lite0 / photo crops (1000 classes)"] = ablation(lite0, tr, te, 50, seeds)
+    tr, te = (run_probe(lite0, load_data(f"photos:{split}?n={args.crops}", lite0.transform()), "pre_logits",
+                        work / f"lite0_photos_{split}", batch_size=32, device=device) for split in ("train", "test"))
+    out["EfficientNet-Lite0 / photos (1000 classes)"] = ablation(lite0, tr, te, 50, seeds)
     command = "python benchmarks/decompose_noise.py " + " ".join(sys.argv[1:])
     doc = {"command": command.strip(), "device": device, "settings": out, "paper": PAPER,
-           "photos": PHOTOS}
+           "photos": dict(LABELLED_PHOTOS)}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "decompose_noise.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = ["# Decomposing the Deep, Table 8: noise on influential vs as many non-influential features", "",

@@ -33,10 +33,12 @@ by saturating the sigmoid (a bias large against the map's spread, or β/γ large
 which ``psi_std`` also shows. Group relevance β_g = ‖W_g‖_F per layer is logged too
 (``beta/<layer>``).
 
-**Cost.** Layers with maps of equal size are stacked and the pair distances, spatial spreads and
-block norms have hand-written backward passes, so a ResNet18 step with all 20 convs regularised
-costs about 1.5× a vanilla step (``benchmarks/cgl_step.py``); ``tests/test_cgl.py`` checks the terms
-against a layer-by-layer transcription of the equations.
+**Cost.** Layers with maps of equal size are stacked; ψ with its per-filter std, the pair distances
+(a few images at a time, each unordered pair once), spatial spreads and block norms have
+hand-written backward passes. A ResNet18 step with all 20 convs regularised costs about 1.7× a
+vanilla step (``benchmarks/cgl_step.py``); on the Table 1 network, whose large early maps make ψ
+and L_g costly next to a cheap convolution, about 4.3× a weight-decay step (was 8.4×).
+``tests/test_cgl.py`` checks the terms against a layer-by-layer transcription of the equations.
 
 Example::
 
@@ -44,6 +46,7 @@ Example::
 """
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -73,29 +76,82 @@ class _RowL2(torch.autograd.Function):
         return rows * torch.where(norms > 0, grad / norms, 0.0)[:, None]
 
 
-class _PairL1(torch.autograd.Function):
-    """‖ψ_i − ψ_j‖₁ for each sampled pair (i_p, j_p), from ψ as one row per filter (C, batch·space).
+class _FilterSigmoid(torch.autograd.Function):
+    """ψ = σ(P1 · a / S + P2) (Eq. 1) for a conv output a (B, C, H, W), S the per-filter population
+    std over batch and space (clamped at 1e-6, below which it carries no gradient), P = (P1, P2).
 
-    Forward and backward in a few passes over the (pairs, batch·space) differences, where autograd
-    would keep two gathered copies, their difference and its absolute value, and scatter twice per
-    term; rows keep every gather and scatter contiguous.
+    One function, where autograd took a std over the batch and spatial dimensions (a strided
+    reduction several times slower than the convolution on early layers' large maps) and kept
+    separate tensors for each step. It keeps a − mean (its own tensor, so a later in-place op on
+    a, such as ReLU(inplace=True), cannot change what the backward pass reads) and ψ. With
+    g = ∂L/∂z, z the sigmoid's input, per filter: ∂L/∂S = −P1 Σ g·a / S², ∂S/∂a = (a − mean) / (n S).
     """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        diff = rows.index_select(0, i)
-        diff.sub_(rows.index_select(0, j))
-        dist = torch.linalg.vector_norm(diff, ord=1, dim=1)
-        ctx.save_for_backward(diff.sign_(), i, j)
-        ctx.channels = rows.shape[0]
+    def forward(ctx, a: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        B, C = a.shape[:2]
+        rows = a.reshape(B, C, -1)
+        n = rows.shape[0] * rows.shape[2]
+        mean = rows.sum(2).sum(0) / n  # sums over the contiguous axis first: fast
+        centred = rows - mean[:, None]
+        std = (centred.square().sum(2).sum(0) / n).sqrt_()
+        scale = P[0] / std.clamp_min(1e-6)
+        psi = torch.addcmul((P[1] + scale * mean)[:, None], centred, scale[:, None]).sigmoid_()
+        ctx.save_for_backward(centred, psi, P, mean, std)
+        return psi.view(a.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        centred, psi, P, mean, std = ctx.saved_tensors
+        n = centred.shape[0] * centred.shape[2]
+        S = std.clamp_min(1e-6)
+        g = torch.ops.aten.sigmoid_backward(grad.reshape(psi.shape), psi)
+        sum_g = g.sum(2).sum(0)
+        sum_ga = torch.linalg.vecdot(g, centred, dim=2).sum(0) + mean * sum_g  # Σ g·a per filter
+        d_std = torch.where(std > 1e-6, -P[0] * sum_ga / S**2, 0.0)
+        d_a = g.mul_((P[0] / S)[:, None]).addcmul_(centred, (d_std / (n * S))[:, None])
+        d_P = torch.stack([(sum_ga / S).sum(), sum_g.sum()]) if ctx.needs_input_grad[1] else None
+        return d_a.view(grad.shape), d_P
+
+
+class _PairL1(torch.autograd.Function):
+    """‖ψ_i − ψ_j‖₁ for each pair (i_p, j_p), from ψ as (batch, C, space), summed over batch and space.
+
+    The differences are formed a few images at a time (:func:`_row_chunks`): one (pairs, batch·space)
+    tensor would be tens of MB for early layers, written and read several times; a chunk's stays in
+    cache. The backward pass forms the differences again instead of keeping their signs.
+    """
+
+    @staticmethod
+    def forward(ctx, maps: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        dist = maps.new_zeros(len(i))
+        for _, rows in _row_chunks(maps, len(i)):
+            dist += torch.linalg.vector_norm(rows.index_select(0, i).sub_(rows.index_select(0, j)), ord=1, dim=1)
+        ctx.save_for_backward(maps, i, j)
         return dist
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        sign, i, j = ctx.saved_tensors
-        step = sign * grad[:, None]
-        out = step.new_zeros(ctx.channels, step.shape[1])
-        return out.index_add_(0, i, step).index_add_(0, j, step, alpha=-1), None, None
+        maps, i, j = ctx.saved_tensors
+        out = torch.empty_like(maps)
+        for block, rows in _row_chunks(maps, len(i)):
+            step = rows.index_select(0, i).sub_(rows.index_select(0, j)).sign_().mul_(grad[:, None])
+            rows_grad = torch.zeros_like(rows).index_add_(0, i, step).index_add_(0, j, step, alpha=-1)
+            out[block] = rows_grad.view(rows.shape[0], -1, maps.shape[2]).transpose(0, 1)
+        return out, None, None
+
+
+def _row_chunks(maps: torch.Tensor, pairs: int, elements: int = 1 << 18, row: int = 256
+                ) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(batch slice, rows) for chunks of ``maps`` (batch, C, space) along the batch, rows = the chunk
+    as (C, images·space), so a pair's values are two contiguous rows. A chunk's pair differences,
+    (pairs, images·space), hold about ``elements`` values, and its rows at least ``row`` (reductions
+    and gathers over short rows are slow; small maps therefore take the whole batch at once)."""
+    B, C, N = maps.shape
+    step = max(-(-row // N), elements // max(1, pairs * N))
+    for start in range(0, B, step):
+        block = slice(start, min(B, start + step))
+        yield block, maps[block].transpose(0, 1).reshape(C, -1)
 
 
 class _SpatialSpread(torch.autograd.Function):
@@ -135,12 +191,18 @@ class _SpatialSpread(torch.autograd.Function):
 
 
 def _pair_loss(psi: torch.Tensor, i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
-    """Σ_p weight_p · D(ψ_{i_p}, ψ_{j_p}) over filter pairs of ψ (B, C, H, W), norms over batch and space."""
-    i, j = i.to(psi.device), j.to(psi.device)
-    weight = weight.to(psi.device) if isinstance(weight, torch.Tensor) else weight
-    rows = psi.transpose(0, 1).reshape(psi.shape[1], -1)  # (C, B*H*W)
-    mass = rows.sum(1)  # ‖ψ_i‖₁ once per filter (ψ > 0), gathered per pair below
-    diff = _PairL1.apply(rows, i, j)
+    """Σ_p weight_p · D(ψ_{i_p}, ψ_{j_p}) over filter pairs of ψ (B, C, H, W), norms over batch and space.
+
+    D is symmetric, so each unordered pair drawn more than once (common: r = 3·N_g draws from
+    N_g(N_g − 1)/2 pairs) is computed once with its draws' weights summed: the same sum, fewer passes."""
+    C = psi.shape[1]
+    weight = torch.as_tensor(weight, dtype=psi.dtype).expand(len(i))
+    keys, slot = torch.unique(torch.minimum(i, j) * C + torch.maximum(i, j), return_inverse=True)
+    weight = weight.new_zeros(len(keys)).index_add_(0, slot, weight).to(psi.device)
+    i, j = (keys // C).to(psi.device), (keys % C).to(psi.device)
+    maps = psi.reshape(psi.shape[0], C, -1)
+    mass = maps.sum(2).sum(0)  # ‖ψ_i‖₁ once per filter (ψ > 0), gathered per pair below
+    diff = _PairL1.apply(maps, i, j)
     return (weight * 2 * diff / (mass[i] + mass[j] + diff).clamp_min(1e-12)).sum()
 
 
@@ -241,9 +303,7 @@ class ConceptGroupLearning(Plugin):
             self.P[0].clamp_(min=self.hp["P1_min"])
 
     def _capture(self, name: str, a: torch.Tensor) -> None:
-        a = a.float().clone()  # clone: a later in-place op must not rewrite what autograd saved
-        s = a.std(dim=(0, 2, 3), correction=0, keepdim=True).clamp_min(1e-6)  # per filter, over batch and space
-        self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], a, self.P[0] / s))
+        self._psi[name] = _FilterSigmoid.apply(a.float(), self.P)
 
     def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
         gamma = bn.weight.float()

@@ -164,6 +164,22 @@ def test_cgl_bn_variant_finite_with_inplace_relu_and_seeded_pairs():
     assert set(state) == {"P", "generator"}
 
 
+def test_cgl_plain_variant_unaffected_by_an_inplace_relu_after_the_conv():
+    """ψ's backward keeps its own tensors: a ReLU(inplace=True) right after the conv (no BatchNorm)
+    changes neither the terms nor the conv's gradient."""
+    grads = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.Flatten(), nn.LazyLinear(2))
+        plugin = make_plugin("cgl:groups=2,layers=0,lam_g=1,lam_s=1").attach(model, num_classes=2)
+        x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+        logits = model(x)
+        sum(plugin.loss(x, None, logits).values()).backward()
+        grads.append(model[0].weight.grad.clone())
+        plugin.detach()
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
 def _train_cgl(spec: str, steps: int, x: torch.Tensor) -> tuple[ConceptGroupLearning, list[dict]]:
     """Adam on the CGL terms alone (no task loss) for ``steps`` steps; the epoch log after each step."""
     torch.manual_seed(0)
@@ -224,13 +240,27 @@ def test_cgl_refuses_non_conv_layers_and_warns_on_1x1_maps():
 
 def test_cgl_fused_pair_distance_and_spatial_spread_gradients_match_autograd():
     """The hand-written backward passes (the speed-up) against numerical gradients (float64)."""
-    from inspectnet_plugins.cgl import _PairL1, _RowL2, _SpatialSpread
+    from inspectnet_plugins.cgl import _FilterSigmoid, _PairL1, _RowL2, _SpatialSpread
 
     g = torch.Generator().manual_seed(0)
-    psi = torch.rand(5, 12, dtype=torch.float64, generator=g).requires_grad_()
+    psi = torch.rand(3, 5, 4, dtype=torch.float64, generator=g).requires_grad_()
     i, j = torch.tensor([0, 1, 3, 4, 0]), torch.tensor([2, 0, 4, 1, 3])
     assert torch.autograd.gradcheck(lambda t: _PairL1.apply(t, i, j), (psi,))
+    # maps large enough to be cut into chunks of 3 + 1 images: values and gradients as in one piece
+    big = torch.rand(4, 6, 300, dtype=torch.float64, generator=g).requires_grad_()
+    i, j = torch.randint(0, 6, (240,), generator=g), torch.randint(0, 6, (240,), generator=g)
+    weights = torch.rand(240, dtype=torch.float64, generator=g)
+    (_PairL1.apply(big, i, j) * weights).sum().backward()
+    chunked = big.grad.clone()
+    big.grad = None
+    reference = (big[:, i] - big[:, j]).abs().sum((0, 2))
+    (reference * weights).sum().backward()
+    assert torch.allclose(_PairL1.apply(big, i, j), reference) and torch.allclose(chunked, big.grad)
     maps = (torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=g) + 0.05).requires_grad_()
     assert torch.autograd.gradcheck(_SpatialSpread.apply, (maps,))
     rows = torch.randn(3, 7, dtype=torch.float64, generator=g).requires_grad_()
     assert torch.autograd.gradcheck(_RowL2.apply, (rows,))
+    conv_out = torch.randn(3, 4, 2, 5, dtype=torch.float64, generator=g)
+    conv_out[:, 3] = 0.5  # a filter with no spread: S clamped, no gradient through it
+    P = torch.tensor([1.3, -0.2], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_FilterSigmoid.apply, (conv_out.requires_grad_(), P))

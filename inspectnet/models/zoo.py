@@ -7,6 +7,7 @@ whose input is the penultimate feature vector f(x).
 """
 
 import contextlib
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -45,16 +46,12 @@ SHIPPED = {
                                            "interpolation": "bicubic", "crop_pct": 0.875}},
 }
 
-@dataclasses.dataclass
-class ZooModel:
-    """A model with everything needed to feed it and read its output.
+@dataclasses.dataclass(kw_only=True)
+class ModelDescription:
+    """What describes a model apart from its module: where it comes from, how to feed it, its classes
+    and head. ``modifications`` lists the saved changes on top of ``arch`` (see
+    :mod:`inspectnet.models.surgery`)."""
 
-    ``data_config`` follows timm's keys: input_size (C, H, W), mean, std, interpolation, crop_pct,
-    crop_mode. ``modifications`` lists the saved changes on top of ``arch`` (see
-    :mod:`inspectnet.models.surgery`).
-    """
-
-    model: nn.Module
     source: str
     arch: str
     num_classes: int
@@ -68,6 +65,21 @@ class ZooModel:
     @property
     def spec(self) -> str:
         return f"{self.source}:{self.arch}"
+
+    def description(self) -> dict[str, Any]:
+        """The description's fields as a new dict (copies: changing it changes nothing here)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(ModelDescription)}
+
+
+@dataclasses.dataclass(kw_only=True)
+class ZooModel(ModelDescription):
+    """A model with everything needed to feed it and read its output.
+
+    ``data_config`` follows timm's keys: input_size (C, H, W), mean, std, interpolation, crop_pct,
+    crop_mode.
+    """
+
+    model: nn.Module
 
     @property
     def head(self) -> nn.Linear:
@@ -152,36 +164,17 @@ class ModelRef:
             cfg = _saved_config(Path(self.spec))
             fingerprint = saved_weights_fingerprint(self.spec)
             if fingerprint is not None:
-                return ModelAbout(source=cfg["source"], arch=cfg["arch"], num_classes=cfg["num_classes"],
-                                  in_chans=cfg["in_chans"], data_config=dict(cfg["data_config"]),
-                                  class_names=list(cfg["class_names"]), head_name=cfg["head_name"],
-                                  modifications=list(cfg.get("modifications", [])), base=cfg.get("base"),
-                                  weights=fingerprint)
+                fields = {f.name: cfg[f.name] for f in dataclasses.fields(ModelDescription) if f.name in cfg}
+                return ModelAbout(**fields, weights=fingerprint)
         zm = self.load()
-        return ModelAbout(source=zm.source, arch=zm.arch, num_classes=zm.num_classes, in_chans=zm.in_chans,
-                          data_config=dict(zm.data_config), class_names=list(zm.class_names),
-                          head_name=zm.head_name, modifications=list(zm.modifications), base=zm.base,
-                          weights=zm.fingerprint())
+        return ModelAbout(**zm.description(), weights=zm.fingerprint())
 
 
-@dataclasses.dataclass
-class ModelAbout:
-    """A :class:`ZooModel`'s description without its module (the same attribute names)."""
+@dataclasses.dataclass(kw_only=True)
+class ModelAbout(ModelDescription):
+    """A :class:`ZooModel`'s description without its module, and its weights fingerprint."""
 
-    source: str
-    arch: str
-    num_classes: int
-    in_chans: int
-    data_config: dict[str, Any]
-    class_names: list[str]
-    head_name: str
-    modifications: list[dict[str, Any]]
-    base: str | None
     weights: str
-
-    @property
-    def spec(self) -> str:
-        return f"{self.source}:{self.arch}"
 
     def fingerprint(self) -> str:
         return self.weights
