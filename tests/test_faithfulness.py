@@ -23,6 +23,7 @@ from inspectnet.analysis.explain.sanity import (
     average_ranks,
     cascade_blocks,
     cascading_randomisation,
+    data_randomisation,
     randomise,
     spearman,
 )
@@ -196,3 +197,47 @@ def test_sanity_check_passes_model_dependent_maps_and_fails_the_random_control()
     assert zm.fingerprint() == before  # the caller's model is never randomised
     maps = explanation_maps("evidence", zm, x, targets, indices=range(6))
     assert maps.shape == (6, 4, 4)
+
+
+def test_shuffled_labels_keep_images_and_class_counts_but_not_the_pairing():
+    from inspectnet.data import load_data
+    from inspectnet.data.subsets import shuffle_labels
+
+    ds = load_data("digits:train")
+    shuffled = shuffle_labels(ds, seed=0)
+    assert sorted(shuffled.labels.tolist()) == sorted(ds.labels.tolist())
+    assert (shuffled.labels != ds.labels).mean() > 0.8  # chance keeps ~1 in 10 in place
+    assert np.array_equal(np.asarray(shuffled.image(3)), np.asarray(ds.image(3)))
+    assert np.array_equal(shuffle_labels(ds, seed=0).labels, shuffled.labels)
+    with pytest.raises(InspectnetError, match="unlabelled"):
+        shuffle_labels(load_data("digits:train").subset(np.arange(0), "empty"))
+
+
+def test_data_randomisation_tells_the_label_shuffled_model_from_the_trained_one(tmp_path):
+    import copy
+
+    from inspectnet.data import load_data
+    from inspectnet.data.subsets import shuffle_labels, spread_subset
+    from inspectnet.models.zoo import load_model
+    from inspectnet.training.config import TrainConfig
+    from inspectnet.training.loop import train
+
+    models = {}
+    for kind in ("true", "shuffled"):  # same architecture, initialisation and recipe; only the labels differ
+        zm = load_model("test_resnet", num_classes=10, in_chans=1, input_size=64, seed=0)
+        fit = spread_subset(load_data("digits:train", zm.transform()), 96)
+        train(zm, shuffle_labels(fit, seed=0) if kind == "shuffled" else fit, tmp_path / kind,
+              TrainConfig(epochs=3, batch_size=32, seed=0), device="cpu")
+        models[kind] = zm
+    test = load_data("digits:test", models["true"].transform())
+    x, targets = torch.stack([test[i][0] for i in range(6)]), torch.as_tensor(test.labels[:6])
+    methods = ["integrated_gradients", "gradcam", "evidence", "random"]
+    res = data_randomisation(models["true"], models["shuffled"], x, targets, methods, indices=range(6))["methods"]
+    assert res["random"]["spearman"] == pytest.approx(1.0) and res["random"]["passes"] is False
+    for name in ("integrated_gradients", "gradcam", "evidence"):
+        assert res[name]["spearman"] < 0.95, (name, res[name])  # the two models' maps differ
+    same = data_randomisation(models["true"], copy.deepcopy(models["true"]), x, targets, methods, indices=range(6))
+    for name, r in same["methods"].items():  # the measure itself: one model's maps twice are identical
+        assert r["spearman"] == pytest.approx(1.0) and r["passes"] is False, (name, r)
+    with pytest.raises(InspectnetError, match="same model twice"):
+        data_randomisation(models["true"], models["true"], x, targets, methods, indices=range(6))

@@ -1,4 +1,4 @@
-"""Subsets of a dataset: evenly spread, seeded random, and stacked calibration batches.
+"""Subsets of a dataset: evenly spread, seeded random, stacked calibration batches, and shuffled labels.
 
 Image folders are ordered by class (one sub-folder after another), so "the first N samples" of a
 folder hold one or two classes (built-in sources are already shuffled, see
@@ -9,7 +9,8 @@ folder hold one or two classes (built-in sources are already shuffled, see
   on every run;
 * :func:`random_subset`: N samples drawn without replacement with a seed (``compare``'s budgets);
 * :func:`calibration_arrays`: an evenly spread subset stacked into model inputs and labels
-  (static int8 calibration and its evaluation in ``export``).
+  (static int8 calibration and its evaluation in ``export``);
+* :func:`shuffle_labels`: every sample with its labels permuted (the data-randomisation sanity check).
 
 >>> from inspectnet.data import ArrayDataset
 >>> ds = ArrayDataset("sorted", np.zeros((100, 8, 8), np.uint8), np.repeat(np.arange(10), 10), list("abcdefghij"))
@@ -73,6 +74,23 @@ def random_subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDatase
         return ds
     idx = np.random.default_rng(seed).permutation(len(ds))[:n]
     return SubsetDataset(ds, idx, f"{ds.spec}|sample(n={n},seed={seed})")
+
+
+def shuffle_labels(ds: ImageDataset, seed: int = 0) -> ImageDataset:
+    """The same images with their labels permuted (seeded): the data of the data-randomisation sanity
+    check (Adebayo et al. 2018), where no image's label can be learnt from the image.
+
+    >>> from inspectnet.data.datasets import ArrayDataset
+    >>> ds = ArrayDataset("d", np.zeros((6, 2, 2), np.uint8), [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
+    >>> sorted(shuffle_labels(ds).labels.tolist()) == ds.labels.tolist()
+    True
+    """
+    if not ds.labelled:
+        raise InspectnetError(f"data {ds.spec!r} is unlabelled; shuffling labels needs labelled data")
+    clone = ds.with_transform(ds.transform)
+    clone.labels = np.random.default_rng(seed).permutation(np.asarray(ds.labels))
+    clone.spec = f"{ds.spec}|shuffled_labels(seed={seed})"
+    return clone
 
 
 def calibration_arrays(ds: ImageDataset, n: int | None) -> tuple[np.ndarray, np.ndarray]:

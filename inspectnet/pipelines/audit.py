@@ -772,14 +772,15 @@ def _run_stage(stage: Stage, ctx: _Context) -> dict[str, Any]:
     Under torchrun a failure of a stage every rank runs ends the audit instead: the ranks could no
     longer agree on what runs next.
     """
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         entry = {"status": "ok", "result": stage.run(ctx)}
     except Exception as exc:  # noqa: BLE001 - any failure becomes the section's reason
         if stage.distributed and world()[0] > 1:
             raise
         entry = {"status": "failed", "error": _why(exc), "traceback": traceback.format_exc(limit=4)}
-    entry["seconds"] = round(time.perf_counter() - t0, 3)
+    # CPU time beside wall time: on a shared machine the wall time of a stage says little of its cost
+    entry["seconds"], entry["cpu_seconds"] = round(time.perf_counter() - t0, 3), round(time.process_time() - cpu0, 3)
     return entry
 
 

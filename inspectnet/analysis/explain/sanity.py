@@ -1,4 +1,5 @@
-"""Sanity checks for saliency maps (Adebayo et al. 2018): cascading model-parameter randomisation.
+"""Sanity checks for saliency maps (Adebayo et al. 2018): cascading model-parameter randomisation and
+data randomisation.
 
 A copy of the model is randomised block by block from the head down (each block's layers re-drawn
 with their own initialisers, seeded); after each step every method's maps are recomputed for the
@@ -12,9 +13,16 @@ no shared ranking and ρ counts as 0 (the map changed completely); pairs of cons
 rank, e.g. a 1×1 map) and maps with NaN are left out and counted; a method left with no pair is
 neither passed nor failed (``passes`` None).
 
+*Data randomisation* compares the maps of a model trained on the true labels with those of the same
+architecture trained by the same recipe on a label-shuffled copy of its data
+(:func:`~inspectnet.data.subsets.shuffle_labels`), for the same images and target classes; the
+verdict is read the same way (mean |ρ| below ``threshold``).
+
 >>> res = cascading_randomisation(zm, x, targets, ["gradcam", "evidence"], indices=range(len(x)))   # doctest: +SKIP
 >>> res["methods"]["evidence"]["passes"]                                                           # doctest: +SKIP
 True
+>>> data_randomisation(zm, shuffled_zm, x, targets, ["evidence"], indices=range(len(x)))["methods"]  # doctest: +SKIP
+{'evidence': {'spearman': 0.08, 'abs_spearman': 0.31, 'passes': True, 'skipped': 0}}
 """
 
 from __future__ import annotations
@@ -128,17 +136,47 @@ def cascading_randomisation(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor
             randomise(copy_zm.model.get_submodule(blocks[i]), seed + i)
         done = step + 1
         for m in methods:
-            maps = explanation_maps(m, copy_zm, x, targets, indices=indices, config=config).numpy()
-            rho = np.array([spearman(a, b) for a, b in zip(trained[m], maps)])
-            curves[m].append(float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"))
+            found = _similarity(trained[m], explanation_maps(m, copy_zm, x, targets, indices=indices, config=config))
+            curves[m].append(found["spearman"])
             if step == steps[-1]:
-                skipped[m] = int((~np.isfinite(rho)).sum())
-                abs_final[m] = float(np.nanmean(np.abs(rho))) if np.isfinite(rho).any() else float("nan")
+                skipped[m], abs_final[m] = found["skipped"], found["abs_spearman"]
     return {"blocks": [blocks[s] for s in steps], "steps": [s + 1 for s in steps], "total_blocks": len(blocks),
             "threshold": threshold, "images": len(x),
             "methods": {m: {"spearman": curves[m], "abs_spearman_final": abs_final[m],
-                            "passes": bool(abs_final[m] < threshold) if np.isfinite(abs_final[m]) else None,
-                            "skipped": skipped[m]} for m in methods}}
+                            "passes": _verdict(abs_final[m], threshold), "skipped": skipped[m]} for m in methods}}
+
+
+def data_randomisation(real: ZooModel, shuffled: ZooModel, x: torch.Tensor, targets: torch.Tensor,
+                       methods: Sequence[str], *, indices: Sequence[int], config: MethodConfig = MethodConfig(),
+                       threshold: float = THRESHOLD) -> dict[str, Any]:
+    """Per method, the Spearman ρ between ``real``'s maps and ``shuffled``'s (the same architecture trained
+    on shuffled labels) for the same inputs ``x`` and classes ``targets``, per image, averaged.
+
+    Returns ``{"threshold", "images", "methods": {name: {"spearman", "abs_spearman", "passes", "skipped"}}}``.
+    """
+    if not methods:
+        raise InspectnetError("the sanity check needs at least one explanation method")
+    if real.model is shuffled.model:
+        raise InspectnetError("the data-randomisation check needs two models (trained on true and on shuffled "
+                              "labels); got the same model twice")
+    found = {m: _similarity(explanation_maps(m, real, x, targets, indices=indices, config=config).numpy(),
+                            explanation_maps(m, shuffled, x, targets, indices=indices, config=config))
+             for m in methods}
+    return {"threshold": threshold, "images": len(x),
+            "methods": {m: {**f, "passes": _verdict(f["abs_spearman"], threshold)} for m, f in found.items()}}
+
+
+def _similarity(reference: np.ndarray, maps: torch.Tensor) -> dict[str, Any]:
+    """Mean ρ and mean |ρ| of paired maps over the images that can be ranked, and how many could not."""
+    rho = np.array([spearman(a, b) for a, b in zip(reference, maps.numpy())])
+    ok = np.isfinite(rho)
+    return {"spearman": float(rho[ok].mean()) if ok.any() else float("nan"),
+            "abs_spearman": float(np.abs(rho[ok]).mean()) if ok.any() else float("nan"), "skipped": int((~ok).sum())}
+
+
+def _verdict(abs_rho: float, threshold: float) -> bool | None:
+    """Passes when the maps changed (mean |ρ| below the threshold); None when nothing could be ranked."""
+    return bool(abs_rho < threshold) if np.isfinite(abs_rho) else None
 
 
 def _spread(n: int, k: int | None) -> list[int]:
