@@ -28,11 +28,12 @@ from pathlib import Path
 import inspectnet.data.datasets as datasets
 from inspectnet.cli import main
 from inspectnet.core.errors import InspectnetError
-target, real, reads = Path(sys.argv.pop(1)), datasets.open_image, []
+target, real, target_reads = Path(sys.argv.pop(1)), datasets.open_image, [0]
 def open_image(path):
-    reads.append(Path(path) == target)
-    if os.environ["RANK"] == "1" and Path(path) == target and sum(reads) > 1:
-        raise InspectnetError(f"image {path} cannot be decoded: broken data stream when reading image file")
+    if Path(path) == target:
+        target_reads[0] += 1
+        if os.environ["RANK"] == "1" and target_reads[0] > 1:  # the first read is the folder's indexing
+            raise InspectnetError(f"image {path} cannot be decoded: broken data stream when reading image file")
     return real(path)
 datasets.open_image = open_image
 sys.exit(main())
