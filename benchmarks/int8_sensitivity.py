@@ -219,7 +219,25 @@ def table(doc: dict) -> str:
         lines += [f"| {r['index']} | {r['node']} | {r['top1_agreement']:.1%} | {_pct(r['agreement_where_confident'])} |"
                   for r in m["keep_one_in_fp32"]]
         lines.append("")
+    if "adaround" in doc:
+        lines += _adaround_table(doc["adaround"], conf)
     return "\n".join(lines)
+
+
+def _adaround_table(a: dict, conf: str) -> list[str]:
+    """benchmarks/int8_adaround.py's rows: Lite0, bias-corrected, nearest vs learned rounding."""
+    stable = a["rows"][0]["fp32_stable"]
+    lines = ["## lite0: AdaRound (learned rounding of the int8 weights), bias-corrected", "",
+             f"`{a['command']}` — same crops and calibration as above; load average "
+             f"{', '.join(map(str, a['load_average']))} at the end. Extra statistic, not the issue's target: "
+             f"agreement on the {stable} fp32-stable crops (fp32 top-1 unchanged under ±1 grey level). "
+             "The graph is unchanged, so the int8 speed is the bias-corrected row's.", "",
+             f"| AdaRound | top-1 agreement (all) | {conf} (n) | on fp32-stable crops | mean abs logit error | "
+             "export time |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['adaround']} | {r['top1_agreement']:.1%} | {_pct(r['agreement_where_confident'])} "
+              f"({r['confident']}) | {r['agreement_fp32_stable']:.1%} | {r['mean_abs_logit_error']:.3f} | "
+              f"{r['export_seconds']:.0f} s |" for r in a["rows"]]
+    return lines + [""]
 
 
 if __name__ == "__main__":

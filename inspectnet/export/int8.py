@@ -25,18 +25,22 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.runtime.classifier import import_ort
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+ADAROUND_SCOPES = ("off", "depthwise", "all")
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,
                   batch_size: int = 16, keep_fp32: Sequence[str] = (),
-                  calibration_cache: str | Path | None = None, bias_correction: bool = True) -> Path:
+                  calibration_cache: str | Path | None = None, bias_correction: bool = True,
+                  adaround: str = "off", adaround_iterations: int = 300) -> Path:
     """Write the static QDQ int8 version of ``fp32_path`` to ``out_path``, calibrated on ``calibration``.
 
     ``calibration`` holds model inputs (already preprocessed), at least one sample; ``keep_fp32`` names
     nodes of the fp32 graph to leave in fp32 (an unknown name is refused, named). ``calibration_cache``
     (a JSON file) stores the activation ranges on first use and reuses them afterwards, so quantizing
     the same graph with different ``keep_fp32`` calibrates once. ``bias_correction`` quantizes twice: the
-    second time with the biases moved by the mean error of the first one's int8 weights.
+    second time with the biases moved by the mean error of the first one's int8 weights. ``adaround``
+    ("off", "depthwise" or "all" convs) learns those layers' rounding (:mod:`inspectnet.export.adaround`,
+    ``adaround_iterations`` Adam steps per layer) before the bias correction measures what error is left.
 
         >>> quantize_int8("m.onnx", "m.int8.onnx", calib, keep_fp32=["node_conv2d"])   # doctest: +SKIP
         PosixPath('m.int8.onnx')
@@ -44,6 +48,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     calibration = np.asarray(calibration, np.float32)
     if len(calibration) == 0:
         raise InspectnetError("int8 quantization needs calibration samples; got none (check --calibration)")
+    if adaround not in ADAROUND_SCOPES:
+        raise InspectnetError(f"--int8-adaround must be one of {', '.join(ADAROUND_SCOPES)}; got {adaround!r}")
     keep_fp32 = list(keep_fp32)
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="inspectnet-quant-") as tmp:
@@ -52,14 +58,40 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
         # the second pass reuses the first one's ranges: the bias shifts move activations by far less than a step
         cache = Path(calibration_cache) if calibration_cache is not None else Path(tmp) / "ranges.json"
         _quantize_static(prepared, out_path, calibration, batch_size, keep_fp32, cache)
+        rounding = _adaround(prepared, out_path, calibration, adaround, adaround_iterations,
+                                                Path(tmp)) if adaround != "off" else {}
+        if rounding:  # the quantized file must carry the learned integers before the bias correction measures it
+            _quantize_static(Path(tmp) / "rounded.onnx", out_path, calibration, batch_size, keep_fp32, cache)
         if bias_correction:
             from inspectnet.export.bias_correction import correct_biases
 
             corrected = Path(tmp) / "corrected.onnx"
             correct_biases(prepared, out_path, calibration, corrected, batch_size=batch_size)
+            if rounding:  # the corrected graph holds the original weights: put the learned ones back
+                from inspectnet.export.adaround import write_rounded_weights
+
+                write_rounded_weights(corrected, rounding, corrected)
             _quantize_static(corrected, out_path, calibration, batch_size, keep_fp32, cache)
+        if rounding:
+            from inspectnet.export.adaround import check_rounding
+
+            check_rounding(out_path, rounding)
     _float_graph_outputs(out_path)
     return out_path
+
+
+def _adaround(prepared: Path, quantized: Path, calibration: np.ndarray, scope: str, iterations: int,
+              tmp: Path) -> dict:
+    """Learn the rounding of the ``scope`` convs against ``quantized``'s grid; write tmp/rounded.onnx with it."""
+    import onnx
+
+    from inspectnet.export.adaround import AdaRoundConfig, depthwise_convs, learn_rounding, write_rounded_weights
+
+    nodes = depthwise_convs(prepared) if scope == "depthwise" else \
+        [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
+    rounding = learn_rounding(prepared, quantized, calibration, nodes, AdaRoundConfig(iterations=iterations))
+    write_rounded_weights(prepared, rounding, tmp / "rounded.onnx")
+    return rounding
 
 
 def _prepared(fp32_path: Path, prepared: Path) -> Path:
