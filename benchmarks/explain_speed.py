@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, choices=BATCHES, default=1, help="batch size for --lite0-rounds")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.lite0_batch1_rounds:
+    if args.lite0_rounds:
         return main_rounds(args.lite0_rounds, args.threads, args.batch)
     with tempfile.TemporaryDirectory(prefix="inspectnet-explain-") as tmp:
         work = Path(tmp)
