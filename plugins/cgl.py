@@ -114,30 +114,72 @@ class _FilterSigmoid(torch.autograd.Function):
         return d_a.view(grad.shape), d_P
 
 
+class _AffineSigmoid(torch.autograd.Function):
+    """ψ = σ(P1 · τ + P2) with τ = y / γ' (Eq. 4) for a BatchNorm output y (B, C, H, W) and its weight γ,
+    γ' = γ with |γ| clamped at 1e-3 (sign kept; a clamped γ gets no gradient).
+
+    One function, where autograd kept a clone of y (a ReLU(inplace=True) follows the BatchNorm) and
+    in its backward pass formed g·τ as a full map only to reduce it per filter with a strided sum.
+    It keeps τ (its own tensor) and ψ; with g = ∂L/∂z, z the sigmoid's input and per filter sums
+    Σg, Σg·τ: ∂L/∂y = g P1 / γ', ∂L/∂P1 = Σ g·τ, ∂L/∂P2 = Σ g, ∂L/∂γ' = −P1 Σ g·τ / γ'.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, gamma: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+        safe = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3))
+        tau = y * (1 / safe).view(1, -1, 1, 1)
+        psi = torch.addcmul(P[1], tau, P[0]).sigmoid_()
+        ctx.save_for_backward(tau, psi, gamma, safe, P)
+        return psi
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        tau, psi, gamma, safe, P = ctx.saved_tensors
+        B, C = psi.shape[:2]
+        g = torch.ops.aten.sigmoid_backward(grad, psi).reshape(B, C, -1)
+        sum_g = g.sum(2).sum(0)  # sums over the contiguous axis first: fast
+        sum_gt = torch.linalg.vecdot(g, tau.reshape(B, C, -1), dim=2).sum(0)
+        d_gamma = None
+        if ctx.needs_input_grad[1]:
+            unclamped = (gamma >= 1e-3) | (gamma <= -1e-3)
+            d_gamma = torch.where(unclamped, -P[0] * sum_gt / safe, 0.0)
+        d_P = torch.stack([sum_gt.sum(), sum_g.sum()]) if ctx.needs_input_grad[2] else None
+        d_y = g.mul_((P[0] / safe)[:, None]).view(psi.shape)
+        return d_y, d_gamma, d_P
+
+
 class _PairL1(torch.autograd.Function):
     """‖ψ_i − ψ_j‖₁ for each pair (i_p, j_p), from ψ as (batch, C, space), summed over batch and space.
 
     The differences are formed a few images at a time (:func:`_row_chunks`): one (pairs, batch·space)
     tensor would be tens of MB for early layers, written and read several times; a chunk's stays in
-    cache. The backward pass forms the differences again instead of keeping their signs.
+    cache. Each chunk keeps the signs of its differences as int8 for the backward pass (a quarter of
+    the floats' memory), which then needs no gathers: forming the differences again cost two gathers
+    and a subtraction over (pairs, batch·space) per chunk.
     """
 
     @staticmethod
     def forward(ctx, maps: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         dist = maps.new_zeros(len(i))
-        for _, rows in _row_chunks(maps, len(i)):
-            dist += torch.linalg.vector_norm(rows.index_select(0, i).sub_(rows.index_select(0, j)), ord=1, dim=1)
-        ctx.save_for_backward(maps, i, j)
+        ctx.blocks, ctx.signs = [], []
+        for block, rows in _row_chunks(maps, len(i)):
+            diff = rows.index_select(0, i).sub_(rows.index_select(0, j))
+            dist += torch.linalg.vector_norm(diff, ord=1, dim=1)
+            ctx.blocks.append(block)
+            ctx.signs.append(diff.sign_().to(torch.int8))
+        ctx.save_for_backward(i, j)
+        ctx.shape = maps.shape
         return dist
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        maps, i, j = ctx.saved_tensors
-        out = torch.empty_like(maps)
-        for block, rows in _row_chunks(maps, len(i)):
-            step = rows.index_select(0, i).sub_(rows.index_select(0, j)).sign_().mul_(grad[:, None])
-            rows_grad = torch.zeros_like(rows).index_add_(0, i, step).index_add_(0, j, step, alpha=-1)
-            out[block] = rows_grad.view(rows.shape[0], -1, maps.shape[2]).transpose(0, 1)
+        i, j = ctx.saved_tensors
+        B, C, N = ctx.shape
+        out = grad.new_empty(ctx.shape)
+        for block, signs in zip(ctx.blocks, ctx.signs):
+            step = torch.mul(signs, grad[:, None])  # int8 × float: one pass, a float result
+            rows_grad = step.new_zeros(C, signs.shape[1]).index_add_(0, i, step).index_add_(0, j, step, alpha=-1)
+            out[block] = rows_grad.view(C, -1, N).transpose(0, 1)
         return out, None, None
 
 
@@ -160,17 +202,18 @@ class _SpatialSpread(torch.autograd.Function):
     G = Σ_j ψ_j (c − p_j) / ‖p_j − c‖, is ∂L/∂ψ_k = (‖p_k − c‖ − L + G·(p_k − c) / M) / M (a
     position exactly on the centre contributes no direction to G).
 
-    The maps are laid out as (positions, maps): reductions over positions are then column sums and
-    matrix-vector products, which stay fast for the many small maps of deep layers (PyTorch's
-    reductions over a short last dimension are slow)."""
+    The maps are laid out as (positions, maps): the reductions over positions are then products with
+    a (3, positions) basis, which stay fast for the many small maps of deep layers (PyTorch's
+    reductions over a short last dimension are slow), and the gradient's linear part is one addmm."""
 
     @staticmethod
     def forward(ctx, psi: torch.Tensor) -> torch.Tensor:
         B, C, H, W = psi.shape
         cols = psi.reshape(B * C, H * W).t().contiguous()  # (positions, maps)
-        ys, xs, Y, X = _positions(psi)
-        mass = cols.sum(0).clamp_min(1e-12)
-        cy, cx = (Y @ cols) / mass, (X @ cols) / mass
+        ys, xs, basis = _positions(psi)
+        mass, cy, cx = basis @ cols  # Σψ, Σψ·y, Σψ·x per map: one pass over the maps
+        mass = mass.clamp_min(1e-12)
+        cy, cx = cy / mass, cx / mass
         dist = (((ys[:, None] - cy) ** 2)[:, None, :] + ((xs[:, None] - cx) ** 2)[None]).view(H * W, -1).sqrt_()
         spread = torch.linalg.vecdot(cols, dist, dim=0) / mass
         ctx.save_for_backward(cols, dist, mass, cy, cx, spread)
@@ -181,13 +224,13 @@ class _SpatialSpread(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         cols, dist, mass, cy, cx, spread = ctx.saved_tensors
         B, C, H, W = ctx.shape
-        ys, xs, Y, X = _positions(cols, (H, W))
+        basis = _positions(cols, (H, W))[2]
         w = torch.div(cols, dist).nan_to_num_(nan=0.0, posinf=0.0)  # ψ/‖p − c‖, 0 on the centre itself
-        w_sum = w.sum(0)
-        gy, gx = (cy * w_sum - Y @ w) / mass, (cx * w_sum - X @ w) / mass
-        lin = (((ys[:, None] - cy) * gy - spread)[:, None, :] + ((xs[:, None] - cx) * gx)[None]).view(H * W, -1)
-        out = (dist + lin).mul_(grad.reshape(-1) / mass)
-        return out.t().reshape(B, C, H, W)
+        w_sum, w_y, w_x = basis @ w
+        gy, gx = (cy * w_sum - w_y) / mass, (cx * w_sum - w_x) / mass
+        # ‖p_k − c‖ − L + G·(p_k − c) = ‖p_k − c‖ + (1, y_k, x_k) · (−L − G·c, gy, gx): one matrix product
+        out = torch.addmm(dist, basis.t(), torch.stack([-spread - cy * gy - cx * gx, gy, gx]))
+        return out.mul_(grad.reshape(-1) / mass).t().reshape(B, C, H, W)
 
 
 def _pair_loss(psi: torch.Tensor, i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
@@ -207,14 +250,17 @@ def _pair_loss(psi: torch.Tensor, i: torch.Tensor, j: torch.Tensor, weight: torc
 
 
 def _positions(like: torch.Tensor, size: tuple[int, int] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row and column coordinates of an H×W map in units of its longer side, per row/column (ys, xs)
-    and per position in row-major order (Y, X). ``size`` defaults to the last two sides of ``like``."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row and column coordinates of an H×W map in units of its longer side, per row/column (ys, xs),
+    and the (3, H·W) basis whose rows are 1, y and x per position in row-major order (its product with
+    maps laid out as (positions, maps) gives each map's mass and first moments). ``size`` defaults to
+    the last two sides of ``like``."""
     H, W = size or like.shape[-2:]
     unit = max(H, W)
     ys = torch.arange(H, device=like.device, dtype=like.dtype) / unit
     xs = torch.arange(W, device=like.device, dtype=like.dtype) / unit
-    return ys, xs, ys.repeat_interleave(W), xs.repeat(H)
+    return ys, xs, torch.stack([torch.ones(H * W, device=like.device, dtype=like.dtype),
+                                ys.repeat_interleave(W), xs.repeat(H)])
 
 
 class ConceptGroupLearning(Plugin):
@@ -306,12 +352,7 @@ class ConceptGroupLearning(Plugin):
         self._psi[name] = _FilterSigmoid.apply(a.float(), self.P)
 
     def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
-        gamma = bn.weight.float()
-        # τ = BN(a)/γ undoes the affine scale and shift; γ ≈ 0 is clamped, keeping its sign
-        safe = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3)).view(1, -1, 1, 1)
-        # clone: the ReLU(inplace=True) after a BN would rewrite the tensor autograd saved;
-        # addcmul fuses P1·τ + P2 with τ = out/γ into one pass over the map
-        self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], out.float().clone(), self.P[0] / safe))
+        self._psi[name] = _AffineSigmoid.apply(out.float(), bn.weight.float(), self.P)
 
     # -- terms ---------------------------------------------------------------------------------------
     def block_norm(self, name: str) -> torch.Tensor:
