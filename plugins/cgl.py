@@ -114,40 +114,6 @@ class _FilterSigmoid(torch.autograd.Function):
         return d_a.view(grad.shape), d_P
 
 
-class _AffineSigmoid(torch.autograd.Function):
-    """ψ = σ(P1 · τ + P2) with τ = y / γ' (Eq. 4) for a BatchNorm output y (B, C, H, W) and its weight γ,
-    γ' = γ with |γ| clamped at 1e-3 (sign kept; a clamped γ gets no gradient).
-
-    One function, where autograd kept a clone of y (a ReLU(inplace=True) follows the BatchNorm) and
-    in its backward pass formed g·τ as a full map only to reduce it per filter with a strided sum.
-    It keeps τ (its own tensor) and ψ; with g = ∂L/∂z, z the sigmoid's input and per filter sums
-    Σg, Σg·τ: ∂L/∂y = g P1 / γ', ∂L/∂P1 = Σ g·τ, ∂L/∂P2 = Σ g, ∂L/∂γ' = −P1 Σ g·τ / γ'.
-    """
-
-    @staticmethod
-    def forward(ctx, y: torch.Tensor, gamma: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
-        safe = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3))
-        tau = y * (1 / safe).view(1, -1, 1, 1)
-        psi = torch.addcmul(P[1], tau, P[0]).sigmoid_()
-        ctx.save_for_backward(tau, psi, gamma, safe, P)
-        return psi
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        tau, psi, gamma, safe, P = ctx.saved_tensors
-        B, C = psi.shape[:2]
-        g = torch.ops.aten.sigmoid_backward(grad, psi).reshape(B, C, -1)
-        sum_g = g.sum(2).sum(0)  # sums over the contiguous axis first: fast
-        sum_gt = torch.linalg.vecdot(g, tau.reshape(B, C, -1), dim=2).sum(0)
-        d_gamma = None
-        if ctx.needs_input_grad[1]:
-            unclamped = (gamma >= 1e-3) | (gamma <= -1e-3)
-            d_gamma = torch.where(unclamped, -P[0] * sum_gt / safe, 0.0)
-        d_P = torch.stack([sum_gt.sum(), sum_g.sum()]) if ctx.needs_input_grad[2] else None
-        d_y = g.mul_((P[0] / safe)[:, None]).view(psi.shape)
-        return d_y, d_gamma, d_P
-
-
 class _PairL1(torch.autograd.Function):
     """‖ψ_i − ψ_j‖₁ for each pair (i_p, j_p), from ψ as (batch, C, space), summed over batch and space.
 
@@ -352,7 +318,12 @@ class ConceptGroupLearning(Plugin):
         self._psi[name] = _FilterSigmoid.apply(a.float(), self.P)
 
     def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
-        self._psi[name] = _AffineSigmoid.apply(out.float(), bn.weight.float(), self.P)
+        gamma = bn.weight.float()
+        # τ = BN(a)/γ undoes the affine scale and shift; γ ≈ 0 is clamped, keeping its sign
+        safe = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3)).view(1, -1, 1, 1)
+        # clone: the ReLU(inplace=True) after a BN would rewrite the tensor autograd saved;
+        # addcmul fuses P1·τ + P2 with τ = out/γ into one pass over the map
+        self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], out.float().clone(), self.P[0] / safe))
 
     # -- terms ---------------------------------------------------------------------------------------
     def block_norm(self, name: str) -> torch.Tensor:
