@@ -34,10 +34,11 @@ which ``psi_std`` also shows. Group relevance β_g = ‖W_g‖_F per layer is lo
 (``beta/<layer>``).
 
 **Cost.** Layers with maps of equal size are stacked; ψ with its per-filter std, the pair distances
-(a few images at a time, each unordered pair once), spatial spreads and block norms have
-hand-written backward passes. A ResNet18 step with all 20 convs regularised costs about 1.7× a
-vanilla step (``benchmarks/cgl_step.py``); on the Table 1 network, whose large early maps make ψ
-and L_g costly next to a cheap convolution, about 4.3× a weight-decay step (was 8.4×).
+(a few images at a time, each unordered pair once, their signs kept as int8 for the backward
+pass), spatial spreads and block norms have hand-written backward passes. A ResNet18 step with all
+20 convs regularised costs about 1.6–1.7× a vanilla step (``benchmarks/cgl_step.py``); on the
+Table 1 network, whose large early maps make ψ and L_g costly next to a cheap convolution, about
+4× a weight-decay step (was 8.4×).
 ``tests/test_cgl.py`` checks the terms against a layer-by-layer transcription of the equations.
 
 Example::
