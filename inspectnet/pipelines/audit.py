@@ -479,8 +479,8 @@ def _dense_instead(ctx: _Context, form: str, accuracy: float, n: int, dense: flo
     if dense is None or accuracy >= dense - drop:
         return None
     dec = ctx.results["decomposition"]["result"]
-    why = (f"the {form} scores {accuracy:.1%} on the {n} evaluation samples against the dense model's {dense:.1%}, "
-           f"more than --export-max-drop {drop:.1%} below")
+    why = (f"the {form} scores {accuracy * 100:.1f} % on the {n} evaluation samples against the dense model's "
+           f"{dense * 100:.1f} %, more than --export-max-drop {drop:g} ({drop * 100:.1f} points) below")
     total = dec["num_classes"]
     with_data = dec.get("classes_with_data", total)
     if with_data < total:
