@@ -1,25 +1,34 @@
 """What an audit costs next to one plain forward pass, and what a cached audit and the command line cost.
 
-1. Audit vs forward (in one process, side by side): one plain ``torch.inference_mode()`` forward pass
-   over the audit's images (loaded from the same data spec with the same transform, loader and batch
-   size) is timed before and after the audit; the audit's cost without attributions, export and
-   dissection is its total time minus those stages (each stage's seconds are in card.json). Two models:
+1. Audit vs forward (in one process, side by side, both warm): the audit's images are loaded as its
+   probe stage loads them (the same data specs mapped onto the model's classes, the same evenly spread
+   subsets, transform, ``data_loader``, batch size and ``--workers``), a plain ``torch.inference_mode()``
+   forward over the first batches warms the model up (not timed), then plain forward passes over all
+   the images alternate with ``--repeats`` audits, each into a fresh folder: F, A, F, A, ..., F. Each
+   audit's cost without attributions, export and dissection (its total minus those stages' seconds in
+   card.json) is divided by the mean of the two forward passes either side of it; the median of these
+   ratios is the figure. The first audit runs every stage (attributions, export and dissection are
+   reported as separate ratios); the others skip export and dissection (attributions cannot be
+   skipped; their seconds are subtracted). The first audit also pays the first import of the stages'
+   libraries (scikit-learn, matplotlib, ...), as a fresh ``inspectnet audit`` process would.
+   Two models:
    - the pretrained ``shipped:efficientnet_lite0`` at 224 px over ``--photos`` labelled photo crops
      (the ``photos?n=N`` source: seeded crops of scikit-image photos with an ImageNet class), in-sample;
    - the MNIST ResNet18 (``--mnist-model``; trained for one epoch if absent) on 1,000 train + 500
      test digits.
-   Attributions and export are reported against the same forward pass; dissection (``--concepts
-   shapes``, 200 images) against a plain forward over the concept images.
+   Dissection (``--concepts shapes``, 200 images) is reported against a plain forward over the concept images.
 2. Cached second audit (the MNIST one, as a fresh process) vs ``python -c 'import torch'``, alternated.
 3. ``inspectnet --help`` and an argument error vs ``python -c pass``, alternated.
 
-Run: python benchmarks/audit_cost.py [--photos 1000] [--work runs/bench_audit_cost]
+Run: OMP_NUM_THREADS=1 python benchmarks/audit_cost.py [--photos 1000] [--threads 1] [--repeats 2]
 (writes benchmarks/results/audit_cost.{json,md}). Wall times on a shared machine are noisy: only
-ratios measured side by side in this one run are reported.
+ratios measured side by side in this one run are reported, with the load average before and after.
 """
 
 import argparse
+import dataclasses
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -31,21 +40,51 @@ import torch
 
 RESULTS = Path(__file__).parent / "results"
 SPARE = ("attributions", "export", "dissection")
+WARM_BATCHES = 2
 
 
-def plain_forward(zm, specs: list[tuple[str, int | None]], batch_size: int) -> tuple[float, int]:
-    """(seconds, images) to load ``specs`` (data spec, limit) and run one inference-mode forward over them."""
+def probed_datasets(zm, config) -> list:
+    """The datasets the audit's probe stage feeds the model: each spec mapped onto the model's classes, at its limit."""
     from inspectnet.data import load_data
     from inspectnet.data.subsets import spread_subset
 
-    t0, images = time.perf_counter(), 0
+    specs = [(config.data, config.limit)] + ([(config.eval_data, config.eval_limit)] if config.eval_data else [])
+    return [spread_subset(load_data(spec, zm.transform(), model_classes=zm.class_names), limit)
+            for spec, limit in specs]
+
+
+class StageClock:
+    """Process CPU seconds of each audit stage, read off ``run_audit``'s log lines (start and end of each stage)."""
+
+    def __init__(self):
+        self.cpu: dict[str, float] = {}
+        self._start = 0.0
+
+    def __call__(self, line: str) -> None:
+        if not line.startswith("["):
+            return
+        stage, _, what = line.split("] ", 1)[1].partition(": ")
+        if what == "running":
+            self._start = time.process_time()
+        elif not what.startswith("cached"):
+            self.cpu[stage] = round(time.process_time() - self._start, 2)
+
+
+def plain_forward(zm, datasets: list, batch_size: int, workers: int,
+                  batches: int | None = None) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one inference-mode forward over ``datasets`` (its first ``batches``
+    only, if given), loaded as the probe stage loads them."""
+    from inspectnet.data.loading import data_loader
+
+    zm.model.eval()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
-        for spec, limit in specs:
-            ds = spread_subset(load_data(spec, zm.transform()), limit)
-            images += len(ds)
-            for x, _ in torch.utils.data.DataLoader(ds, batch_size=batch_size):
+        for ds in datasets:
+            for b, (x, _) in enumerate(data_loader(ds, batch_size=batch_size, num_workers=workers)):
+                if batches is not None and b >= batches:
+                    break
                 zm.model(x)
-    return time.perf_counter() - t0, images
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def concept_forward(zm, spec: str, limit: int, batch_size: int) -> float:
@@ -61,26 +100,41 @@ def concept_forward(zm, spec: str, limit: int, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def audit_vs_forward(name: str, zm, config, out: Path) -> dict:
+def audit_vs_forward(name: str, zm, config, out: Path, repeats: int, workers: int) -> dict:
+    """Forward passes alternated with ``repeats`` audits (the first with every stage); ratios to the adjacent forwards."""
     from inspectnet.pipelines.audit import run_audit
 
-    specs = [(config.data, config.limit)] + ([(config.eval_data, config.eval_limit)] if config.eval_data else [])
-    shutil.rmtree(out, ignore_errors=True)
-    before, images = plain_forward(zm, specs, config.batch_size)
-    doc = run_audit(zm, config, out, log=None)
-    after, _ = plain_forward(zm, specs, config.batch_size)
+    datasets = probed_datasets(zm, config)
+    plain_forward(zm, datasets, config.batch_size, workers, batches=WARM_BATCHES)
+    forwards, audits = [plain_forward(zm, datasets, config.batch_size, workers)], []
+    for r in range(repeats):
+        cfg = config if r == 0 else dataclasses.replace(config, concepts=None, export=False)
+        shutil.rmtree(out / f"run{r}", ignore_errors=True)
+        clock, c0 = StageClock(), time.process_time()
+        doc = run_audit(zm, cfg, out / f"run{r}", log=clock, num_workers=workers)
+        cpu_total = time.process_time() - c0
+        seconds = {k: s["seconds"] for k, s in doc["sections"].items()}
+        core = doc["timing"]["total_seconds"] - sum(seconds.get(k, 0.0) for k in SPARE)
+        core_cpu = cpu_total - sum(clock.cpu.get(k, 0.0) for k in SPARE)
+        audits.append({"core_s": round(core, 2), "core_cpu_s": round(core_cpu, 2), "stage_s": seconds,
+                       "stage_cpu_s": clock.cpu, "statuses": {k: s["status"] for k, s in doc["sections"].items()}})
+        forwards.append(plain_forward(zm, datasets, config.batch_size, workers))
+    ratios = [a["core_s"] / ((forwards[r][0] + forwards[r + 1][0]) / 2) for r, a in enumerate(audits)]
+    cpu_ratios = [a["core_cpu_s"] / ((forwards[r][1] + forwards[r + 1][1]) / 2) for r, a in enumerate(audits)]
+    first, forward = audits[0]["stage_s"], statistics.mean(f for f, _ in forwards)
     concepts = concept_forward(zm, config.concepts, config.concept_limit, config.batch_size)
-    forward = (before + after) / 2
-    seconds = {k: s["seconds"] for k, s in doc["sections"].items()}
-    core = doc["timing"]["total_seconds"] - sum(seconds.get(k, 0.0) for k in SPARE)
-    return {"model": name, "images": images,
-            "forward_s": {"before": round(before, 2), "after": round(after, 2)},
-            "concept_forward_s": round(concepts, 2), "audit_total_s": doc["timing"]["total_seconds"],
-            "stage_s": seconds, "statuses": {k: s["status"] for k, s in doc["sections"].items()},
-            "ratio_audit_without_attributions_export_dissection": round(core / forward, 3),
-            "ratio_attributions": round(seconds["attributions"] / forward, 3),
-            "ratio_export": round(seconds.get("export", float("nan")) / forward, 3),
-            "ratio_dissection_vs_concept_forward": round(seconds.get("dissection", float("nan")) / concepts, 3)}
+    return {"model": name, "images": sum(len(ds) for ds in datasets),
+            "forward_s": [round(f, 2) for f, _ in forwards], "forward_cpu_s": [round(c, 2) for _, c in forwards],
+            "audits": audits,
+            "ratios_audit_without_attributions_export_dissection": [round(q, 3) for q in ratios],
+            "ratio_audit_without_attributions_export_dissection": round(statistics.median(ratios), 3),
+            "cpu_ratios_audit_without_attributions_export_dissection": [round(q, 3) for q in cpu_ratios],
+            "cpu_ratio_audit_without_attributions_export_dissection": round(statistics.median(cpu_ratios), 3),
+            "concept_forward_s": round(concepts, 2),
+            "stage_s": first, "statuses": audits[0]["statuses"],
+            "ratio_attributions": round(first["attributions"] / forward, 3),
+            "ratio_export": round(first.get("export", float("nan")) / forward, 3),
+            "ratio_dissection_vs_concept_forward": round(first.get("dissection", float("nan")) / concepts, 3)}
 
 
 def alternated(commands: dict[str, list[str]], repeats: int) -> dict[str, float]:
@@ -106,51 +160,78 @@ def mnist_model(path: Path):
 
 
 def main() -> int:
+    from inspectnet.core.devices import default_workers
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--photos", type=int, default=1000)
     ap.add_argument("--work", default="runs/bench_audit_cost")
     ap.add_argument("--mnist-model", default="runs/mnist_r18")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="audits per model, alternated with forward passes")
+    ap.add_argument("--cli-repeats", type=int, default=3, help="alternated runs of each command-line measurement")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared machine's fair share)")
+    ap.add_argument("--workers", type=int, default=default_workers(), help="data loader processes, both sides")
+    ap.add_argument("--models", default="lite0,mnist", help="which of lite0, mnist to measure")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     from inspectnet import load_model
     from inspectnet.pipelines.audit import AuditConfig
 
-    work = Path(args.work)
+    work, models, load_before = Path(args.work), args.models.split(","), os.getloadavg()
     common = dict(concepts="shapes", concept_limit=200, export=True, batch_size=32, device="cpu")
-    rows = [audit_vs_forward("shipped:efficientnet_lite0 (224 px, 1000 classes)", load_model("shipped:efficientnet_lite0"),
-                             AuditConfig(data=f"photos?n={args.photos}", limit=args.photos, **common), work / "audit_lite0"),
-            audit_vs_forward("MNIST ResNet18 (28 px, 10 classes)", mnist_model(Path(args.mnist_model)),
-                             AuditConfig(data="mnist5k:train", eval_data="mnist5k:test", limit=1000, eval_limit=500,
-                                         **common), work / "audit_mnist")]
-    cached_cmd = [sys.executable, "-m", "inspectnet", "audit", args.mnist_model, "mnist5k:train", "--eval",
-                  "mnist5k:test", "--limit", "1000", "--eval-limit", "500", "--concepts", "shapes", "--export",
-                  "--out", str(work / "audit_mnist")]
-    wall = alternated({"cached_audit": cached_cmd, "import_torch": [sys.executable, "-c", "import torch"],
-                       "help": [sys.executable, "-m", "inspectnet", "--help"],
-                       "argument_error": [sys.executable, "-m", "inspectnet", "probe", "m", "d", "--workers", "-1"],
-                       "python": [sys.executable, "-c", "pass"]}, args.repeats)
-    doc = {"rows": rows, "wall_s": wall,
-           "cached_audit_minus_import_torch_s": round(wall["cached_audit"] - wall["import_torch"], 3),
-           "torch_threads": torch.get_num_threads(),
-           "note": "shared 2-core machine under load from other jobs; each ratio is measured side by side in one run"}
+    rows = []
+    if "lite0" in models:
+        rows.append(audit_vs_forward(
+            "shipped:efficientnet_lite0 (224 px, 1000 classes)", load_model("shipped:efficientnet_lite0"),
+            AuditConfig(data=f"photos?n={args.photos}", limit=args.photos, **common), work / "audit_lite0",
+            args.repeats, args.workers))
+    if "mnist" in models:
+        rows.append(audit_vs_forward(
+            "MNIST ResNet18 (28 px, 10 classes)", mnist_model(Path(args.mnist_model)),
+            AuditConfig(data="mnist5k:train", eval_data="mnist5k:test", limit=1000, eval_limit=500, **common),
+            work / "audit_mnist", args.repeats, args.workers))
+    wall = {}
+    if "mnist" in models:
+        cached_cmd = [sys.executable, "-m", "inspectnet", "audit", args.mnist_model, "mnist5k:train", "--eval",
+                      "mnist5k:test", "--limit", "1000", "--eval-limit", "500", "--concepts", "shapes", "--export",
+                      "--out", str(work / "audit_mnist" / "run0")]
+        wall = alternated({"cached_audit": cached_cmd, "import_torch": [sys.executable, "-c", "import torch"],
+                           "help": [sys.executable, "-m", "inspectnet", "--help"],
+                           "argument_error": [sys.executable, "-m", "inspectnet", "probe", "m", "d", "--workers", "-1"],
+                           "python": [sys.executable, "-c", "pass"]}, args.cli_repeats)
+    load = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]}
+    doc = {"rows": rows, "wall_s": wall, "torch_threads": torch.get_num_threads(), "workers": args.workers,
+           "load_average_1_5_15_min": load,
+           "note": "shared 2-core machine; each ratio is measured side by side in one run"}
+    if wall:
+        doc["cached_audit_minus_import_torch_s"] = round(wall["cached_audit"] - wall["import_torch"], 3)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "audit_cost.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = ["# Audit cost vs one plain forward pass", "",
-             "| model | images | plain forward s | audit w/o attributions, export, dissection | attributions | "
-             "export | dissection (vs forward over 200 concept images) |", "|---|---|---|---|---|---|---|"]
+    lines = ["# Audit cost vs one warm plain forward pass", "",
+             f"torch threads {doc['torch_threads']}, data loader workers {args.workers}, load average "
+             f"{load['before']} before, {load['after']} after.", "",
+             "| model | images | warm plain forward s (F, A, F, ...) | audit w/o attributions, export, dissection "
+             "(median; each audit vs the forwards either side) | same in process CPU time | attributions | export | "
+             "dissection (vs forward over 200 concept images) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        f = r["forward_s"]
-        lines.append(f"| {r['model']} | {r['images']} | {f['before']} / {f['after']} | "
-                     f"**{r['ratio_audit_without_attributions_export_dissection']}×** | {r['ratio_attributions']}× | "
-                     f"{r['ratio_export']}× | {r['ratio_dissection_vs_concept_forward']}× |")
-    lines += ["", "| stage seconds | " + " | ".join(r["model"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
-    for stage in rows[0]["stage_s"]:
-        lines.append(f"| {stage} | " + " | ".join(f"{r['stage_s'].get(stage, 0):.2f} ({r['statuses'].get(stage)})"
-                                                  for r in rows) + " |")
-    lines += ["", "| command (median wall s, alternated) | s |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in wall.items()]
-    lines += ["", f"cached audit − `import torch` = {doc['cached_audit_minus_import_torch_s']} s (target ≤ 2 s); "
-                  f"{doc['note']}."]
+        each = ", ".join(f"{q}×" for q in r["ratios_audit_without_attributions_export_dissection"])
+        each_cpu = ", ".join(f"{q}×" for q in r["cpu_ratios_audit_without_attributions_export_dissection"])
+        lines.append(f"| {r['model']} | {r['images']} | {' / '.join(map(str, r['forward_s']))} | "
+                     f"**{r['ratio_audit_without_attributions_export_dissection']}×** ({each}) | "
+                     f"{r['cpu_ratio_audit_without_attributions_export_dissection']}× ({each_cpu}) | "
+                     f"{r['ratio_attributions']}× | {r['ratio_export']}× | {r['ratio_dissection_vs_concept_forward']}× |")
+    runs = [(f"{r['model'].split(' (')[0]} audit {i + 1}", a) for r in rows for i, a in enumerate(r["audits"])]
+    lines += ["", "| stage seconds | " + " | ".join(name for name, _ in runs) + " |", "|---|" + "---|" * len(runs)]
+    for stage in dict.fromkeys(k for _, a in runs for k in a["stage_s"]):
+        lines.append(f"| {stage} | " + " | ".join(f"{a['stage_s'][stage]:.2f} ({a['statuses'][stage]})"
+                                                  if stage in a["stage_s"] else "–" for _, a in runs) + " |")
+    lines.append("| **without attributions, export, dissection** | " + " | ".join(f"**{a['core_s']}**" for _, a in runs)
+                 + " |")
+    lines.append("| same, process CPU s | " + " | ".join(str(a["core_cpu_s"]) for _, a in runs) + " |")
+    if wall:
+        lines += ["", "| command (median wall s, alternated) | s |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in wall.items()]
+        lines += ["", f"cached audit − `import torch` = {doc['cached_audit_minus_import_torch_s']} s (target ≤ 2 s)."]
+    lines += ["", f"{doc['note']}."]
     (RESULTS / "audit_cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

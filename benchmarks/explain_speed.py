@@ -13,9 +13,9 @@ Lite0 runs on random crops of scikit-image's real photos (224 px), the MNIST Res
 
     python benchmarks/explain_speed.py --mnist-model runs/mnist_r18 [--threads 1]
 
-Writes benchmarks/results/explain_speed.{json,md}. With ``--lite0-batch1-rounds N`` it measures only
-item 1 for Lite0 at batch 1 (fp32 and int8), in N interleaved rounds whose engine order alternates,
-and reports the median and spread of the per-round ratios (benchmarks/results/explain_speed_lite0_b1.{json,md}).
+Writes benchmarks/results/explain_speed.{json,md}. With ``--lite0-rounds N [--batch B]`` it measures only
+item 1 for Lite0 at batch B (default 1; fp32 and int8), in N interleaved rounds whose engine order alternates,
+and reports the median and spread of the per-round ratios (benchmarks/results/explain_speed_lite0_bB.{json,md}).
 """
 
 import argparse
@@ -79,11 +79,11 @@ def latency(label: str, zm, images: np.ndarray, threads: int, work: Path) -> dic
             "gradcam_layer": gradcam_layer(zm), "latency_ms": lat, "ratios": ratios}
 
 
-def batch1_overhead(zm, images: np.ndarray, threads: int, rounds: int, work: Path) -> dict:
-    """Per-round ORT latency ratio with / without the evidence output at batch 1, fp32 and int8.
+def rounds_overhead(zm, images: np.ndarray, threads: int, rounds: int, work: Path, batch: int = 1) -> dict:
+    """Per-round ORT latency ratio with / without the evidence output at ``batch``, fp32 and int8.
 
-    Each round times plain and evidence back to back (20 runs each), the order flipped every round, so
-    a load change between the two halves of a round biases neither side on average.
+    Each round times plain and evidence back to back (20 runs each at batch 1, one above), the order
+    flipped every round, so a load change between the two halves of a round biases neither side on average.
     """
     engines = {}
     for evidence in (None, 1):
@@ -92,16 +92,17 @@ def batch1_overhead(zm, images: np.ndarray, threads: int, rounds: int, work: Pat
         for kind, path in (("fp32", res.path), ("int8", res.int8["path"])):
             engines[(kind, bool(evidence))] = _runner(make_session(path, providers=["CPUExecutionProvider"],
                                                                    threads=threads))
-    x, ratios, ms = np.ascontiguousarray(images[:1]), {"fp32": [], "int8": []}, {k: [] for k in engines}
+    x, ratios, ms = np.ascontiguousarray(images[:batch]), {"fp32": [], "int8": []}, {k: [] for k in engines}
+    reps = 20 if batch == 1 else 1
     for fn in engines.values():
         fn(x)
     for r in range(rounds):
         for kind in ratios:
             pair = [(kind, False), (kind, True)][:: 1 if r % 2 == 0 else -1]
-            lat = interleaved_latency({k: engines[k] for k in pair}, {1: x}, threads, rounds=1, reps={1: 20})
+            lat = interleaved_latency({k: engines[k] for k in pair}, {batch: x}, threads, rounds=1, reps={batch: reps})
             for k in pair:
-                ms[k].append(lat[k]["1"])
-            ratios[kind].append(lat[(kind, True)]["1"] / lat[(kind, False)]["1"])
+                ms[k].append(lat[k][str(batch)])
+            ratios[kind].append(lat[(kind, True)][str(batch)] / lat[(kind, False)][str(batch)])
     summary = {kind: {"median": float(np.median(v)), "q25": float(np.percentile(v, 25)),
                       "q75": float(np.percentile(v, 75)), "min": float(np.min(v)), "max": float(np.max(v)),
                       "rounds": len(v), "within_1_1": float(np.mean(np.asarray(v) <= 1.1))}
@@ -110,11 +111,12 @@ def batch1_overhead(zm, images: np.ndarray, threads: int, rounds: int, work: Pat
             "median_ms": {f"{k[0]}_{'evidence' if k[1] else 'plain'}": float(np.median(v)) for k, v in ms.items()}}
 
 
-def batch1_table(doc: dict) -> str:
-    r = doc["result"]
-    lines = [f"# Lite0 at batch 1: ORT latency with / without the evidence output ({doc['threads']} thread(s))", "",
-             f"{doc['rounds']} interleaved rounds (20 runs of each engine per round, order alternating), one crop of "
-             f"a real photo, 224 px; load average before / after: {doc['load_before']} / {doc['load_after']} "
+def rounds_table(doc: dict) -> str:
+    r, b = doc["result"], doc["batch"]
+    runs = "20 runs" if b == 1 else "one run"
+    lines = [f"# Lite0 at batch {b}: ORT latency with / without the evidence output ({doc['threads']} thread(s))", "",
+             f"{doc['rounds']} interleaved rounds ({runs} of each engine per round, order alternating), {b} crop(s) "
+             f"of real photos, 224 px; load average before / after: {doc['load_before']} / {doc['load_after']} "
              "(2 shared cores). Target: with evidence ≤ 1.1× without.", "",
              "| model | median ratio | interquartile range | min – max | rounds ≤ 1.1× | median ms plain / evidence |",
              "|---|---|---|---|---|---|"]
@@ -122,7 +124,7 @@ def batch1_table(doc: dict) -> str:
         lines.append(f"| ORT {kind} | {q['median']:.3f}× | {q['q25']:.3f}–{q['q75']:.3f}× | {q['min']:.2f}–{q['max']:.2f}× "
                      f"| {100 * q['within_1_1']:.0f} % | {r['median_ms'][kind + '_plain']:.2f} / "
                      f"{r['median_ms'][kind + '_evidence']:.2f} |")
-    lines += ["", f"Reproduce: `python benchmarks/explain_speed.py --lite0-batch1-rounds {doc['rounds']} "
+    lines += ["", f"Reproduce: `python benchmarks/explain_speed.py --lite0-rounds {doc['rounds']} --batch {b} "
               f"--threads {doc['threads']}`"]
     return "\n".join(lines) + "\n"
 
@@ -193,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mnist-model", help="folder of a ResNet18 trained on MNIST (trained here when absent)")
     ap.add_argument("--images", type=int, default=100, help="digits for the faithfulness cost")
-    ap.add_argument("--lite0-batch1-rounds", type=int, help="only the Lite0 batch-1 evidence overhead, in N rounds")
+    ap.add_argument("--lite0-rounds", type=int, help="only the Lite0 evidence overhead at --batch, in N rounds")
+    ap.add_argument("--batch", type=int, choices=BATCHES, default=1, help="batch size for --lite0-rounds")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.lite0_batch1_rounds:
-        return main_batch1(args.lite0_batch1_rounds, args.threads)
+    if args.lite0_rounds:
+        return main_rounds(args.lite0_rounds, args.threads, args.batch)
     with tempfile.TemporaryDirectory(prefix="inspectnet-explain-") as tmp:
         work = Path(tmp)
         lite0 = load_model("shipped:efficientnet_lite0")
@@ -219,17 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main_batch1(rounds: int, threads: int) -> int:
+def main_rounds(rounds: int, threads: int, batch: int) -> int:
     load_before = " ".join(f"{v:.1f}" for v in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="inspectnet-explain-") as tmp:
         lite0 = load_model("shipped:efficientnet_lite0")
-        result = batch1_overhead(lite0, photo_crops(lite0, 8, seed=3)[0], threads, rounds, Path(tmp))
-    doc = {"threads": threads, "rounds": rounds, "machine": platform.processor() or platform.machine(),
+        result = rounds_overhead(lite0, photo_crops(lite0, 8, seed=3)[0], threads, rounds, Path(tmp), batch)
+    doc = {"threads": threads, "rounds": rounds, "batch": batch, "machine": platform.processor() or platform.machine(),
            "load_before": load_before, "load_after": " ".join(f"{v:.1f}" for v in os.getloadavg()),
            "versions": library_versions(), "result": result}
-    atomic_write_json(RESULTS / "explain_speed_lite0_b1.json", doc)
-    atomic_write_text(RESULTS / "explain_speed_lite0_b1.md", batch1_table(doc))
-    print(batch1_table(doc))
+    atomic_write_json(RESULTS / f"explain_speed_lite0_b{batch}.json", doc)
+    atomic_write_text(RESULTS / f"explain_speed_lite0_b{batch}.md", rounds_table(doc))
+    print(rounds_table(doc))
     return 0
 
 

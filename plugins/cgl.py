@@ -34,10 +34,11 @@ which ``psi_std`` also shows. Group relevance β_g = ‖W_g‖_F per layer is lo
 (``beta/<layer>``).
 
 **Cost.** Layers with maps of equal size are stacked; ψ with its per-filter std, the pair distances
-(a few images at a time, each unordered pair once), spatial spreads and block norms have
-hand-written backward passes. A ResNet18 step with all 20 convs regularised costs about 1.7× a
-vanilla step (``benchmarks/cgl_step.py``); on the Table 1 network, whose large early maps make ψ
-and L_g costly next to a cheap convolution, about 4.3× a weight-decay step (was 8.4×).
+(a few images at a time, each unordered pair once, their signs kept as int8 for the backward
+pass), spatial spreads and block norms have hand-written backward passes. A ResNet18 step with all
+20 convs regularised costs about 1.6–1.7× a vanilla step (``benchmarks/cgl_step.py``); on the
+Table 1 network, whose large early maps make ψ and L_g costly next to a cheap convolution, about
+4× a weight-decay step (was 8.4×).
 ``tests/test_cgl.py`` checks the terms against a layer-by-layer transcription of the equations.
 
 Example::
@@ -119,25 +120,33 @@ class _PairL1(torch.autograd.Function):
 
     The differences are formed a few images at a time (:func:`_row_chunks`): one (pairs, batch·space)
     tensor would be tens of MB for early layers, written and read several times; a chunk's stays in
-    cache. The backward pass forms the differences again instead of keeping their signs.
+    cache. Each chunk keeps the signs of its differences as int8 for the backward pass (a quarter of
+    the floats' memory), which then needs no gathers: forming the differences again cost two gathers
+    and a subtraction over (pairs, batch·space) per chunk.
     """
 
     @staticmethod
     def forward(ctx, maps: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         dist = maps.new_zeros(len(i))
-        for _, rows in _row_chunks(maps, len(i)):
-            dist += torch.linalg.vector_norm(rows.index_select(0, i).sub_(rows.index_select(0, j)), ord=1, dim=1)
-        ctx.save_for_backward(maps, i, j)
+        ctx.blocks, ctx.signs = [], []
+        for block, rows in _row_chunks(maps, len(i)):
+            diff = rows.index_select(0, i).sub_(rows.index_select(0, j))
+            dist += torch.linalg.vector_norm(diff, ord=1, dim=1)
+            ctx.blocks.append(block)
+            ctx.signs.append(diff.sign_().to(torch.int8))
+        ctx.save_for_backward(i, j)
+        ctx.shape = maps.shape
         return dist
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        maps, i, j = ctx.saved_tensors
-        out = torch.empty_like(maps)
-        for block, rows in _row_chunks(maps, len(i)):
-            step = rows.index_select(0, i).sub_(rows.index_select(0, j)).sign_().mul_(grad[:, None])
-            rows_grad = torch.zeros_like(rows).index_add_(0, i, step).index_add_(0, j, step, alpha=-1)
-            out[block] = rows_grad.view(rows.shape[0], -1, maps.shape[2]).transpose(0, 1)
+        i, j = ctx.saved_tensors
+        B, C, N = ctx.shape
+        out = grad.new_empty(ctx.shape)
+        for block, signs in zip(ctx.blocks, ctx.signs):
+            step = torch.mul(signs, grad[:, None])  # int8 × float: one pass, a float result
+            rows_grad = step.new_zeros(C, signs.shape[1]).index_add_(0, i, step).index_add_(0, j, step, alpha=-1)
+            out[block] = rows_grad.view(C, -1, N).transpose(0, 1)
         return out, None, None
 
 
@@ -160,17 +169,18 @@ class _SpatialSpread(torch.autograd.Function):
     G = Σ_j ψ_j (c − p_j) / ‖p_j − c‖, is ∂L/∂ψ_k = (‖p_k − c‖ − L + G·(p_k − c) / M) / M (a
     position exactly on the centre contributes no direction to G).
 
-    The maps are laid out as (positions, maps): reductions over positions are then column sums and
-    matrix-vector products, which stay fast for the many small maps of deep layers (PyTorch's
-    reductions over a short last dimension are slow)."""
+    The maps are laid out as (positions, maps): the reductions over positions are then products with
+    a (3, positions) basis, which stay fast for the many small maps of deep layers (PyTorch's
+    reductions over a short last dimension are slow), and the gradient's linear part is one addmm."""
 
     @staticmethod
     def forward(ctx, psi: torch.Tensor) -> torch.Tensor:
         B, C, H, W = psi.shape
         cols = psi.reshape(B * C, H * W).t().contiguous()  # (positions, maps)
-        ys, xs, Y, X = _positions(psi)
-        mass = cols.sum(0).clamp_min(1e-12)
-        cy, cx = (Y @ cols) / mass, (X @ cols) / mass
+        ys, xs, basis = _positions(psi)
+        mass, cy, cx = basis @ cols  # Σψ, Σψ·y, Σψ·x per map: one pass over the maps
+        mass = mass.clamp_min(1e-12)
+        cy, cx = cy / mass, cx / mass
         dist = (((ys[:, None] - cy) ** 2)[:, None, :] + ((xs[:, None] - cx) ** 2)[None]).view(H * W, -1).sqrt_()
         spread = torch.linalg.vecdot(cols, dist, dim=0) / mass
         ctx.save_for_backward(cols, dist, mass, cy, cx, spread)
@@ -181,13 +191,13 @@ class _SpatialSpread(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         cols, dist, mass, cy, cx, spread = ctx.saved_tensors
         B, C, H, W = ctx.shape
-        ys, xs, Y, X = _positions(cols, (H, W))
+        basis = _positions(cols, (H, W))[2]
         w = torch.div(cols, dist).nan_to_num_(nan=0.0, posinf=0.0)  # ψ/‖p − c‖, 0 on the centre itself
-        w_sum = w.sum(0)
-        gy, gx = (cy * w_sum - Y @ w) / mass, (cx * w_sum - X @ w) / mass
-        lin = (((ys[:, None] - cy) * gy - spread)[:, None, :] + ((xs[:, None] - cx) * gx)[None]).view(H * W, -1)
-        out = (dist + lin).mul_(grad.reshape(-1) / mass)
-        return out.t().reshape(B, C, H, W)
+        w_sum, w_y, w_x = basis @ w
+        gy, gx = (cy * w_sum - w_y) / mass, (cx * w_sum - w_x) / mass
+        # ‖p_k − c‖ − L + G·(p_k − c) = ‖p_k − c‖ + (1, y_k, x_k) · (−L − G·c, gy, gx): one matrix product
+        out = torch.addmm(dist, basis.t(), torch.stack([-spread - cy * gy - cx * gx, gy, gx]))
+        return out.mul_(grad.reshape(-1) / mass).t().reshape(B, C, H, W)
 
 
 def _pair_loss(psi: torch.Tensor, i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
@@ -207,14 +217,17 @@ def _pair_loss(psi: torch.Tensor, i: torch.Tensor, j: torch.Tensor, weight: torc
 
 
 def _positions(like: torch.Tensor, size: tuple[int, int] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row and column coordinates of an H×W map in units of its longer side, per row/column (ys, xs)
-    and per position in row-major order (Y, X). ``size`` defaults to the last two sides of ``like``."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row and column coordinates of an H×W map in units of its longer side, per row/column (ys, xs),
+    and the (3, H·W) basis whose rows are 1, y and x per position in row-major order (its product with
+    maps laid out as (positions, maps) gives each map's mass and first moments). ``size`` defaults to
+    the last two sides of ``like``."""
     H, W = size or like.shape[-2:]
     unit = max(H, W)
     ys = torch.arange(H, device=like.device, dtype=like.dtype) / unit
     xs = torch.arange(W, device=like.device, dtype=like.dtype) / unit
-    return ys, xs, ys.repeat_interleave(W), xs.repeat(H)
+    return ys, xs, torch.stack([torch.ones(H * W, device=like.device, dtype=like.dtype),
+                                ys.repeat_interleave(W), xs.repeat(H)])
 
 
 class ConceptGroupLearning(Plugin):

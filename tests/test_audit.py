@@ -11,6 +11,7 @@ from inspectnet.cli import main
 from inspectnet.core.errors import InspectnetError
 from inspectnet.data.subsets import spread_subset
 from inspectnet.pipelines.audit import AuditConfig, run_audit
+from inspectnet.runtime.classifier import OnnxClassifier
 
 STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions", "explanations"]
 PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit=48, layers=["layer4"],
@@ -287,6 +288,30 @@ def test_export_ships_the_better_decomposed_head_slimmed_and_the_card_names_it(a
     assert "48 of the" in text and "an evenly spread subset (--limit 48)" in text and "(n = 48)" in text
     assert "full\\_tree/rules.txt" in text or "full_tree/rules.txt" in text
     assert (out / "rules" / "full_tree" / "rules.txt").exists() and (out / "rules" / "fidelity_curve.png").exists()
+
+
+def test_export_ships_the_dense_model_when_the_decomposed_one_loses_more_than_the_allowed_drop(audited, trained,
+                                                                                              tmp_path):
+    """A decomposed head that scores below the dense model by more than --export-max-drop is not shipped: the
+    dense model is exported (its ONNX fingerprint-equal twin), and the card says why with both accuracies."""
+    out = _copy(audited, tmp_path)
+    doc = run_audit(_load(trained), _config(export=True, k2=1, export_max_drop=0.0), out, log=None)
+    exp = doc["sections"]["export"]["result"]
+    dense, candidate = exp["models"]
+    assert candidate["accuracy"] < dense["accuracy"]  # one feature per class: the decomposed head loses accuracy
+    assert exp["model"] == "dense model (as audited)" and dense["model"] == "exported: dense model (as audited)"
+    assert f"scores {candidate['accuracy'] * 100:.1f} %" in exp["dense_instead"]
+    assert f"the dense model's {dense['accuracy'] * 100:.1f} %" in exp["dense_instead"]
+    x = torch.rand(3, 1, 16, 16)
+    with torch.inference_mode():
+        want = _load(trained).model.eval()(x).numpy()
+    got = OnnxClassifier(out / exp["path"]).logits(x.numpy())
+    assert abs(got - want).max() < 1e-4  # the dense model's logits, not the decomposed one's
+    assert "Not the decomposed model: the " in (out / "README.md").read_text()
+    lenient = run_audit(_load(trained), _config(export=True, k2=1, export_max_drop=1.0), out, log=None)
+    assert not lenient["sections"]["export"]["result"]["dense_instead"]
+    with pytest.raises(InspectnetError, match="--export-max-drop"):
+        run_audit(_load(trained), _config(export=True, export_max_drop=1.5), out, log=None)
 
 
 def test_repro_1_a_stage_rerun_removes_only_the_files_it_wrote(audited, trained, tmp_path):

@@ -247,8 +247,11 @@ def test_cgl_fused_pair_distance_and_spatial_spread_gradients_match_autograd():
     i, j = torch.tensor([0, 1, 3, 4, 0]), torch.tensor([2, 0, 4, 1, 3])
     assert torch.autograd.gradcheck(lambda t: _PairL1.apply(t, i, j), (psi,))
     # maps large enough to be cut into chunks of 3 + 1 images: values and gradients as in one piece
-    big = torch.rand(4, 6, 300, dtype=torch.float64, generator=g).requires_grad_()
+    big = torch.rand(4, 6, 300, dtype=torch.float64, generator=g)
+    big[:, 5, :100] = big[:, 4, :100]  # ties: |ψ_i − ψ_j| has gradient 0 there, as autograd's abs
+    big.requires_grad_()
     i, j = torch.randint(0, 6, (240,), generator=g), torch.randint(0, 6, (240,), generator=g)
+    i[:3], j[:3] = torch.tensor([4, 5, 4]), torch.tensor([5, 4, 4])
     weights = torch.rand(240, dtype=torch.float64, generator=g)
     (_PairL1.apply(big, i, j) * weights).sum().backward()
     chunked = big.grad.clone()
@@ -264,3 +267,4 @@ def test_cgl_fused_pair_distance_and_spatial_spread_gradients_match_autograd():
     conv_out[:, 3] = 0.5  # a filter with no spread: S clamped, no gradient through it
     P = torch.tensor([1.3, -0.2], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_FilterSigmoid.apply, (conv_out.requires_grad_(), P))
+

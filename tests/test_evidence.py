@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 import timm
 import torch
@@ -20,7 +21,7 @@ from inspectnet.export.onnx import export_onnx
 from inspectnet.models.heads import DecomposedLinear
 from inspectnet.models.surgery import DECOMPOSED, set_submodule
 from inspectnet.models.zoo import ZooModel, load_model
-from inspectnet.runtime.classifier import OnnxClassifier
+from inspectnet.runtime.classifier import OnnxClassifier, make_session
 from inspectnet.runtime.overlays import evidence_overlay, map_status, write_overlays
 
 
@@ -180,6 +181,56 @@ def test_int8_export_keeps_the_evidence_output(forms, tmp_path):
     logits, maps, classes = clf.evidence(cal[:4])
     assert maps.shape == (4, 1, 2, 2) and (classes[:, 0] == logits.argmax(1)).all()
     assert -1.0 <= res.int8["evidence_correlation_with_fp32"] <= 1.0
+
+
+def _branch_and_logits_side(graph):
+    """(nodes only the evidence output depends on, nodes the logits depend on), as node names."""
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def ancestors(name):
+        found, stack = {}, [name]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.name not in found:
+                found[node.name] = node
+                stack.extend(node.input)
+        return found
+
+    evidence, logits = ancestors("evidence"), ancestors("logits")
+    return [n for name, n in evidence.items() if name not in logits], logits
+
+
+def test_int8_evidence_branch_dequantizes_only_the_gathered_rows(forms, tmp_path):
+    """In the int8 graph the evidence branch reads no dequantized C x d classifier weight (ONNX Runtime would
+    dequantize all of it on every call), holds no Q/DQ pair, and its maps are exactly the dequantized rows of
+    the chosen classes times the feature map it multiplies."""
+    from onnx import helper, numpy_helper
+
+    from inspectnet.export.onnx import calibration_inputs
+
+    zm = forms["decomposed"]  # after quantization its row gather reads the classifier weight's DequantizeLinear
+    cal, labels = calibration_inputs(zm, "digits:train", limit=32)
+    res = export_onnx(zm, tmp_path / "m.onnx", evidence=2, int8=True, calibration=cal, evaluation=(cal, labels),
+                      latency=False)
+    model = onnx.load(res.int8["path"])
+    graph, inits = model.graph, {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    branch, logits_side = _branch_and_logits_side(graph)
+    gemm = next(n for n in logits_side.values() if n.op_type == "Gemm")
+    weight_dq = next(n for n in graph.node if n.output[0] == gemm.input[1])
+    assert weight_dq.op_type == "DequantizeLinear" and inits[weight_dq.input[0]].dtype == np.int8
+    assert not [n.name for n in graph.node if weight_dq.output[0] in n.input and n.name not in logits_side]
+    assert not [n.op_type for n in branch if n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul")]
+    # the branch's product in float, from the int8 rows: expose the map it multiplies and recompute the maps
+    matmul = next(n for n in branch if n.op_type == "MatMul")
+    graph.output.append(helper.make_tensor_value_info(matmul.input[1], onnx.TensorProto.FLOAT, None))
+    x = cal[:8]
+    logits, maps, classes, features = make_session(model.SerializeToString()).run(None, {"input": x})
+    q, scale, zp = (inits[name] for name in weight_dq.input)
+    rows = (q[classes].astype(np.float64) - zp[classes][..., None]) * scale[classes][..., None]
+    want = np.einsum("bkd,bdp->bkp", rows, features.astype(np.float64)).reshape(maps.shape)
+    want /= maps.shape[2] * maps.shape[3]
+    np.testing.assert_allclose(maps, want, rtol=1e-5, atol=1e-7)
+    assert np.abs(maps).max() > 0 and (classes == np.argsort(-logits, 1)[:, :2]).all()
 
 
 @pytest.mark.parametrize("kwargs,match", [({"evidence": 11}, "has 10 classes"), ({"evidence": 0}, "expected 1 to 10"),

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concepts", help="concept data for network dissection (shapes, or a concept folder)")
     p.add_argument("--concept-limit", type=int, default=200, help="concept images to dissect")
     p.add_argument("--export", action="store_true", help="export the decomposed model to ONNX and verify it")
+    p.add_argument("--export-max-drop", type=float, default=0.05,
+                   help="export the dense model instead when the decomposed one's accuracy is more than this "
+                        "below it (default 0.05 = 5 points)")
     p.add_argument("--images", type=int, default=6, help="images to explain with IG / Grad-CAM")
     p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients steps")
     p.add_argument("--top-units", type=int, default=6, help="units shown with their receptive fields")
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     config = AuditConfig(data=args.data, eval_data=args.eval_data, layers=layers, layer=args.layer, limit=args.limit,
                          eval_limit=args.eval_limit, k1=args.k1, k2=args.k2, retrain_epochs=args.retrain_epochs,
                          concepts=args.concepts, concept_limit=args.concept_limit, export=args.export,
+                         export_max_drop=args.export_max_drop,
                          attribution_images=args.images, ig_steps=args.ig_steps,
                          top_units=args.top_units, explain_images=args.explain_images,
                          deletion_steps=args.deletion_steps, baseline=args.baseline, sanity_images=args.sanity_images,

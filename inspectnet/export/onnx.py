@@ -418,12 +418,15 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
     import onnx
 
     from inspectnet.export.int8 import quantize_int8
+    from inspectnet.export.int8_evidence import float_evidence_branch
 
     if head_only:
         calibration = _features_of(zm, calibration)
         if evaluation is not None:
             evaluation = (_features_of(zm, evaluation[0]), evaluation[1])
     quantize_int8(fp32, int8, calibration, keep_fp32=keep_fp32)
+    if evidence is not None:
+        float_evidence_branch(int8)
     proto = onnx.load(str(int8))
     _add_metadata(proto, zm, head_only, input_name, list(calibration.shape[1:]), evidence)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
@@ -448,6 +451,7 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
         info["accuracy_fp32"] = float((p32[labelled] == y_eval[labelled]).mean())
         info["accuracy_int8"] = float((p8[labelled] == y_eval[labelled]).mean())
     if evidence is not None:
+        info["evidence_branch"] = "float: the k weight rows are gathered quantized and dequantized alone"
         info["evidence_correlation_with_fp32"] = _evidence_correlation(s32, s8, x_eval)
     return info
 

@@ -100,6 +100,9 @@ class AuditConfig:
     concepts: str | None = None
     concept_limit: int | None = 200
     export: bool = False
+    # the export ships the dense model instead of the decomposed one when the latter's accuracy falls
+    # more than this below the dense model's (e.g. K of C classes with data: dense rows outscore sparse ones)
+    export_max_drop: float = 0.05
     attribution_images: int = 6
     ig_steps: int = 32
     top_units: int = 6
@@ -431,33 +434,59 @@ def _stage_dissection(ctx: _Context) -> dict[str, Any]:
 
 def _stage_export(ctx: _Context) -> dict[str, Any]:
     """ONNX of what users ship: the decomposition's model (the better of retrained and not), slimmed
-    where slimming is exact, else as it is (named, with the reason); its accuracy, fingerprint and
-    size next to the dense model's."""
-    from inspectnet.analysis.heads.slim import slim_model
+    where slimming is exact, else as it is (named, with the reason); the dense model instead when the
+    decomposed one loses more than ``export_max_drop`` of accuracy (said, with the numbers). Its
+    accuracy, fingerprint and size are listed next to the dense model's."""
     from inspectnet.export.onnx import export_onnx
-    from inspectnet.models.zoo import load_model
     from inspectnet.training.loop import evaluate
+
+    candidate, form, slimming = _decomposed_candidate(ctx)
+    ev, probe = ctx.eval_dataset(), ctx.results["probe"]["result"]
+    dense = _model_row("dense model (as audited)", ctx.zm, probe["accuracy"], probe["eval"]["samples"])
+    accuracy = evaluate(candidate, ev, batch_size=ctx.config.batch_size, device=ctx.config.device)
+    rows = [dense, _model_row(form, candidate, accuracy, len(ev))]
+    fallback = _dense_instead(ctx, form, accuracy, len(ev), probe["accuracy"])
+    shipped = ctx.zm if fallback else candidate
+    res = export_onnx(shipped, ctx.out / "export" / "model.onnx", force=True, device=ctx.config.device)
+    exported = rows[0 if fallback else 1]
+    exported["model"] = f"exported: {exported['model']}"
+    return {"path": ctx.rel(res.path), "exporter": res.exporter, "opset": res.opset, "parity": res.parity,
+            "latency_ms": res.latency_ms, "size_bytes": res.size_bytes,
+            "model": "dense model (as audited)" if fallback else form, "decomposed_form": form,
+            "dense_instead": fallback, "model_choice": ctx.results["decomposition"]["result"].get("model_choice"),
+            "slimming": slimming, "models": rows}
+
+
+def _decomposed_candidate(ctx: _Context) -> tuple[ZooModel, str, dict[str, Any]]:
+    """The decomposition's saved model, slimmed where that is exact: (model, its form, slimming facts)."""
+    from inspectnet.analysis.heads.slim import slim_model
+    from inspectnet.models.zoo import load_model
 
     dec = ctx.results["decomposition"]["result"]
     dzm = load_model(str(ctx.out / dec["model_dir"]))
     form = dec.get("model_form", "decomposed head")
     try:
-        shipped, slim = slim_model(dzm)
-        form, slimming = f"slimmed model, {form}", {k: slim[k] for k in ("method", "kept_channels", "feature_dim",
-                                                                          "logits_max_abs_diff", "macs_before",
-                                                                          "macs_after")}
+        slimmed, slim = slim_model(dzm)
     except InspectnetError as exc:
-        shipped, slimming = dzm, {"error": str(exc)}
-    res = export_onnx(shipped, ctx.out / "export" / "model.onnx", force=True, device=ctx.config.device)
-    ev = ctx.eval_dataset()
-    probe = ctx.results["probe"]["result"]
-    return {"path": ctx.rel(res.path), "exporter": res.exporter, "opset": res.opset, "parity": res.parity,
-            "latency_ms": res.latency_ms, "size_bytes": res.size_bytes, "model": form,
-            "model_choice": dec.get("model_choice"), "slimming": slimming,
-            "models": [_model_row("dense model (as audited)", ctx.zm, probe["accuracy"], probe["eval"]["samples"]),
-                       _model_row(f"exported: {form}", shipped,
-                                  evaluate(shipped, ev, batch_size=ctx.config.batch_size, device=ctx.config.device),
-                                  len(ev))]}
+        return dzm, form, {"error": str(exc)}
+    keys = ("method", "kept_channels", "feature_dim", "logits_max_abs_diff", "macs_before", "macs_after")
+    return slimmed, f"slimmed model, {form}", {k: slim[k] for k in keys}
+
+
+def _dense_instead(ctx: _Context, form: str, accuracy: float, n: int, dense: float | None) -> str | None:
+    """Why the dense model is exported instead of the decomposed ``form``, or None when it is not."""
+    drop = ctx.config.export_max_drop
+    if dense is None or accuracy >= dense - drop:
+        return None
+    dec = ctx.results["decomposition"]["result"]
+    why = (f"the {form} scores {accuracy * 100:.1f} % on the {n} evaluation samples against the dense model's "
+           f"{dense * 100:.1f} %, more than --export-max-drop {drop:g} ({drop * 100:.1f} points) below")
+    total = dec["num_classes"]
+    with_data = dec.get("classes_with_data", total)
+    if with_data < total:
+        why += (f"; only {with_data} of the model's {total} classes have data, and the {total - with_data} others "
+                f"keep dense rows that outscore the {dec['k2']}-feature rows")
+    return why + " (raise --k2, retrain with --retrain-epochs, or accept the loss with a larger --export-max-drop)"
 
 
 def _model_row(name: str, zm: ZooModel, accuracy: float | None, n: int) -> dict[str, Any]:
@@ -514,7 +543,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("dissection", "Concept detectors (network dissection)", _stage_dissection,
           lambda c: {"concepts": c.concepts, "limit": c.concept_limit}, needs=("probe",),
           enabled=lambda c: bool(c.concepts), distributed=True),
-    Stage("export", "Export (ONNX) parity and speed", _stage_export, lambda c: {"export": c.export, "format": 3},
+    Stage("export", "Export (ONNX) parity and speed", _stage_export,
+          lambda c: {"export": c.export, "max_drop": c.export_max_drop, "format": 4},
           needs=("decomposition",), enabled=lambda c: c.export),
 )
 
@@ -548,6 +578,8 @@ def check_config(config: AuditConfig, zm: ZooModel | None = None) -> None:
     for option, value, low in at_least:
         if value is not None and value < low:
             raise InspectnetError(f"{option} must be at least {low}, got {value}")
+    if not 0.0 <= config.export_max_drop <= 1.0:
+        raise InspectnetError(f"--export-max-drop must be an accuracy difference in [0, 1], got {config.export_max_drop}")
     check_k(config.k1, config.k2, config.k1 if zm is None else getattr(zm.head, "in_features", config.k1))
     for spec in (config.data, config.eval_data):
         if spec is not None:

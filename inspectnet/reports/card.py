@@ -589,6 +589,8 @@ def _dissection_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
 def _export_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [Paragraph(f"Exported: the {r.get('model', 'model')} ({r['exporter']} exporter, opset "
                                      f"{r['opset']}, {r['path']}, {r['size_bytes'] / 1e6:.2f} MB).")]
+    if r.get("dense_instead"):
+        blocks.append(Paragraph(f"Not the decomposed model: {r['dense_instead']}."))
     if r.get("model_choice"):
         blocks.append(Paragraph(f"Which decomposed head: {r['model_choice']}."))
     slim = r.get("slimming") or {}
