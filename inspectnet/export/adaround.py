@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.export.qdq import int8_weights
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper eq. 23)
 ACTIVATIONS = ("Relu", "Clip")
@@ -129,22 +130,13 @@ def _weight_grids(model, quantized, nodes: list[str], *, from_quantized: bool = 
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    q_inits = {t.name: t for t in quantized.graph.initializer}
-    dequantizers = {n.output[0]: n for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    q_nodes = {n.name: n for n in quantized.graph.node}
     grids = {}
-    for node in model.graph.node:
-        if node.name not in nodes or node.op_type != "Conv":
-            continue
-        dq = dequantizers.get(q_nodes[node.name].input[1]) if node.name in q_nodes else None
-        if dq is None or dq.input[0] not in q_inits:  # weight kept in fp32
-            continue
-        ints, scale, zero = (numpy_helper.to_array(q_inits[name]) for name in dq.input[:3])
-        if np.any(zero != 0) or scale.ndim != 1:
+    for node, q in int8_weights(model, quantized, ("Conv",), nodes):
+        if np.any(q.zero_point != 0) or q.scale.ndim != 1:
             raise InspectnetError(f"AdaRound expects symmetric per-channel int8 weights; node {node.name} has "
-                                  f"zero points {np.unique(zero)[:3]} and scales of shape {scale.shape}")
-        w = ints.astype(np.float32) if from_quantized else numpy_helper.to_array(inits[node.input[1]])
-        grids[node.name] = (ints.astype(np.int64), scale.astype(np.float32), w)
+                                  f"zero points {np.unique(q.zero_point)[:3]} and scales of shape {q.scale.shape}")
+        w = q.ints.astype(np.float32) if from_quantized else numpy_helper.to_array(inits[node.input[1]])
+        grids[node.name] = (q.ints.astype(np.int64), q.scale.astype(np.float32), w)
     return grids
 
 

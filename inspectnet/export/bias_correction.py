@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inspectnet.export.qdq import int8_weights
 from inspectnet.runtime.classifier import make_session
 
 BIASED_OPS = ("Conv", "Gemm")  # MatMul carries no bias to move
@@ -68,24 +69,15 @@ def _weight_errors(model, quantized) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    q_inits = {t.name: t for t in quantized.graph.initializer}
-    dequantizers = {n.output[0]: n for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    q_nodes = {n.name: n for n in quantized.graph.node}
     errors = {}
-    for node in model.graph.node:
-        q_node = q_nodes.get(node.name)
-        if node.op_type not in BIASED_OPS or q_node is None or node.input[1] not in inits \
-                or (_has_bias(node) and node.input[2] not in inits):
-            continue
-        dq = dequantizers.get(q_node.input[1])
-        if dq is None or dq.input[0] not in q_inits:  # weight kept in fp32
+    for node, q in int8_weights(model, quantized, BIASED_OPS):
+        if node.input[1] not in inits or (_has_bias(node) and node.input[2] not in inits):
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        w_int, scale, zero = (numpy_helper.to_array(q_inits[name]).astype(np.float64) for name in dq.input[:3])
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
         shape = [1] * w.ndim
-        if scale.ndim:  # per-channel: scales run along ``axis``
-            shape[axis] = -1
+        if q.scale.ndim:  # per-channel: scales run along ``axis``
+            shape[q.axis] = -1
+        w_int, scale, zero = (a.astype(np.float64) for a in (q.ints, q.scale, q.zero_point))
         errors[node.name] = (w_int - zero.reshape(shape)) * scale.reshape(shape) - w
     return errors
 
