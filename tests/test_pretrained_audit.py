@@ -110,3 +110,23 @@ def test_onnx_run_on_wnid_folder_prints_the_same_accuracy_without_torch(folders,
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"rc": 0, "torch": False}, proc.stderr
     wnid_index = {"n02123045": 281, "n07920052": 967, "n03773504": 657, "n04485082": 872}
     assert json.loads(proc.stdout)["accuracy"] == pytest.approx(predict_accuracy(top1, root / "test", wnid_index))
+
+
+@pytest.mark.slow
+def test_export_of_a_subset_audit_ships_the_dense_model_and_says_why(folders, tmp_path, capsys):
+    """4 of 1000 classes with data: the decomposed head's 996 dense rows outscore its 5-feature rows, so it
+    loses far more than --export-max-drop; the audit exports the pretrained model itself and the card says why."""
+    root, top1 = folders
+    code = main(["audit", "shipped:efficientnet_lite0", str(root / "train"), "--eval", str(root / "test"),
+                 "--out", str(tmp_path / "audit"), "--export", "--images", "1", "--ig-steps", "2", "--top-units", "1"])
+    assert code == 0, capsys.readouterr().err
+    card = json.loads((tmp_path / "audit" / "card.json").read_text())
+    exp = card["sections"]["export"]["result"]
+    dense, candidate = exp["models"]
+    wnid_index = {"n02123045": 281, "n07920052": 967, "n03773504": 657, "n04485082": 872}
+    assert dense["accuracy"] == pytest.approx(predict_accuracy(top1, root / "test", wnid_index))
+    assert candidate["accuracy"] < dense["accuracy"] - 0.05
+    assert exp["model"] == "dense model (as audited)" and dense["fingerprint"] == card["model"]["fingerprint"]
+    assert "only 4 of the model's 1000 classes have data" in exp["dense_instead"]
+    assert exp["parity"]["top1_agreement"] == 1.0
+    assert "Not the decomposed model: " in (tmp_path / "audit" / "README.md").read_text()
