@@ -20,7 +20,7 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -39,6 +39,10 @@ def init_from_env() -> None:
     """Join the process group torchrun describes in the environment (no-op when run directly)."""
     import torch.distributed as dist
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # torchrun stops the others with SIGTERM when one process fails, wherever they are (still
+        # loading data, between passes): each must still say which rank failed, not die silently
+        signal.signal(signal.SIGTERM, _stop_naming_the_peer("the command"))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
@@ -126,14 +130,14 @@ def watch_group(what: str) -> Iterator["GroupWatch"]:
     if watch.size == 1:
         yield watch
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, _stop_naming_the_peer(what))
     try:
         yield watch
     except RankFailed:
         raise
     except BaseException as exc:
-        # stopped by torchrun, or a collective broke because a peer is gone: the peer is the cause
-        if isinstance(exc, _Terminated) or watch.peer_failed():
+        # a collective broke because a peer is gone: the peer is the cause
+        if watch.peer_failed():
             raise watch.peer_failure() from exc
         watch.announce(exc)
         raise
@@ -192,12 +196,13 @@ class GroupWatch:
                           f"command to resume")
 
 
-class _Terminated(BaseException):
-    """SIGTERM received (torchrun stops the surviving processes after one failed)."""
+def _stop_naming_the_peer(what: str) -> Callable[[int, object], None]:
+    """A SIGTERM handler: torchrun stops the surviving processes after one failed; stop with its name."""
 
+    def handler(_signum: int, _frame: object) -> None:
+        raise GroupWatch(what).peer_failure()
 
-def _raise_terminated(_signum: int, _frame: object) -> None:
-    raise _Terminated()
+    return handler
 
 
 def _store():
