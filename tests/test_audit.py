@@ -97,6 +97,10 @@ def test_explanations_stage_measures_every_form_and_reports_unrankable_maps(audi
     assert evidence["evaluated"] == 0 and evidence["constant_maps"] == 6 and evidence["deletion_auc"] is None
     assert r["sanity"]["full"]["methods"]["evidence"]["passes"] is None
     assert r["sanity"]["full"]["methods"]["random"]["passes"] is None  # a 1x1 random map cannot be ranked either
+    # the cascade's 3 images spread over the 6 explained ones (first and last in), not the first 3: folders
+    # are class-sorted, so the first few would be one class
+    assert r["sanity"]["full"]["samples"] == [0, 2, 5] and r["sanity"]["full"]["images"] == 3
+    assert "Images: 3 of the 6 explained images, evenly spread." in (out / "README.md").read_text()
     assert r["cost"]["forward_passes_per_image_per_method"] == 28.0
     assert all((out / f["path"]).exists() for f in r["figures"]) and len(r["figures"]) == 3
     page = (out / "card.html").read_text()

@@ -32,6 +32,7 @@ from inspectnet.analysis.explain.methods import MethodConfig, explanation_maps, 
 from inspectnet.analysis.explain.plots import plot_curves, plot_examples, plot_sanity
 from inspectnet.analysis.explain.sanity import cascading_randomisation
 from inspectnet.core.errors import InspectnetError
+from inspectnet.data.subsets import spread_indices
 from inspectnet.models.layers import eval_mode
 from inspectnet.models.surgery import DECOMPOSED
 from inspectnet.runtime.classifier import OnnxClassifier, crop_view, load_image
@@ -218,11 +219,15 @@ def _engine(form: ModelForm, x: torch.Tensor, config: QualityConfig):
 
 def _sanity(zm: ZooModel, x: torch.Tensor, preds: np.ndarray, indices: list[int], config: QualityConfig,
             rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cascading-randomisation check of the methods this form could run."""
+    """The cascading-randomisation check of the methods this form could run, on ``sanity_images`` of the
+    explained images spread over them (the explained images follow the data's class order, so the first
+    few would often be one class); ``samples`` says which."""
     methods = [*dict.fromkeys(r["method"] for r in rows if r["status"] == "ok")]
-    n = min(config.sanity_images, len(x))
-    return cascading_randomisation(zm, x[:n], torch.as_tensor(preds[:n]), methods, indices=indices[:n],
-                                   config=config.method, max_steps=config.sanity_steps)
+    pick = spread_indices(len(x), config.sanity_images)
+    found = cascading_randomisation(zm, x[pick], torch.as_tensor(preds[pick]), methods,
+                                    indices=[indices[i] for i in pick], config=config.method,
+                                    max_steps=config.sanity_steps)
+    return {**found, "samples": pick.tolist()}
 
 
 def _cost(rows: list[dict[str, Any]], config: QualityConfig) -> dict[str, Any]:

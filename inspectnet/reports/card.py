@@ -536,7 +536,7 @@ def _explanation_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
                                 "head down and each method's maps are compared with the trained model's by the "
                                 "Spearman rank correlation ρ (mean over images); a method passes when |ρ| after the "
                                 "whole cascade is below the threshold. The random control does not depend on the "
-                                "model and must fail."))
+                                f"model and must fail. Images: {_sanity_images(r)}."))
         blocks.append(Table(["method", "model form", "ρ after the head", "ρ after the whole cascade",
                              "mean |ρ| at the end", "threshold", "passes"],
                             [[m, form, v["spearman"][0], v["spearman"][-1], v["abs_spearman_final"], s["threshold"],
@@ -565,6 +565,12 @@ def _plus_minus(value: float | None, se: float | None) -> str:
 
 def _verdict(passes: bool | None) -> str:
     return {True: "pass", False: "fail", None: "undetermined (maps cannot be ranked)"}[passes]
+
+
+def _sanity_images(r: dict[str, Any]) -> str:
+    """How many of the explained images the cascade ran on (the same for every form)."""
+    n = next(iter(r["sanity"].values()))["images"]
+    return f"all {n} explained images" if n == r["images"] else f"{n} of the {r['images']} explained images, evenly spread"
 
 
 def _form_row(r: dict[str, Any], form: dict[str, Any]) -> list[Any]:
