@@ -417,20 +417,22 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
     """Quantize, re-stamp the metadata, check the graph, and compare int8 with fp32 on evaluation data."""
     import onnx
 
-    from inspectnet.export.int8 import quantize_int8
+    from inspectnet.export.int8 import int8_weight_bits, quantize_int8
     from inspectnet.export.int8_evidence import float_evidence_branch
 
     if head_only:
         calibration = _features_of(zm, calibration)
         if evaluation is not None:
             evaluation = (_features_of(zm, evaluation[0]), evaluation[1])
-    quantize_int8(fp32, int8, calibration, keep_fp32=keep_fp32)
+    bits = int8_weight_bits()
+    quantize_int8(fp32, int8, calibration, keep_fp32=keep_fp32, weight_bits=bits)
     if evidence is not None:
         float_evidence_branch(int8)
     proto = onnx.load(str(int8))
     _add_metadata(proto, zm, head_only, input_name, list(calibration.shape[1:]), evidence)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                        "inspectnet.quantization": "int8-static-qdq-u8s8-per-channel-bias-corrected"})
+                                        "inspectnet.quantization": f"int8-static-qdq-u8s8-per-channel-{bits}bit-weights-"
+                                                                   "bias-corrected"})
     _save(proto, int8)
     x_eval, y_eval = evaluation if evaluation is not None else (calibration, np.full(len(calibration), -1))
     s32 = make_session(fp32, providers=default_providers(device), threads=threads)
@@ -441,7 +443,8 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
                             "eval_on": "evaluation data" if evaluation is not None else "calibration data",
                             "top1_agreement_with_fp32": float((p32 == p8).mean()),
                             "size_bytes": int(int8.stat().st_size), "format": "QDQ",
-                            "activations": "QUInt8", "weights": "QInt8 per-channel", "calibration": "MinMax",
+                            "activations": "QUInt8", "weights": f"QInt8 per-channel, {bits}-bit",
+                            "weight_bits_why": _WEIGHT_BITS_WHY[bits], "calibration": "MinMax",
                             "bias_correction": "weight-rounding mean error measured on the calibration data and "
                                                "removed from the biases (Nagel et al. 2019)",
                             "outputs": "float (no QDQ pair on the graph outputs)",
@@ -454,6 +457,12 @@ def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibrati
         info["evidence_branch"] = "float: the k weight rows are gathered quantized and dequantized alone"
         info["evidence_correlation_with_fp32"] = _evidence_correlation(s32, s8, x_eval)
     return info
+
+
+_WEIGHT_BITS_WHY = {8: "this CPU's int8 kernels add 8-bit products without clipping (VNNI, or not x86 AVX2); on an "
+                       "x86 CPU with AVX2 but no VNNI they would clip: export there for such machines",
+                    7: "this CPU (x86 AVX2 without VNNI) adds pairs of u8 x s8 products in 16 bits and clips "
+                       "what does not fit; 7-bit weights keep every pair in range"}
 
 
 def _evidence_correlation(s32, s8, x: np.ndarray, batch_size: int = 64) -> float | None:
