@@ -41,9 +41,9 @@ def saturating_int8_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
     >>> import tempfile, pathlib
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "cpuinfo"
-    >>> _ = f.write_text("flags : fpu sse2 avx2 fma\n"); saturating_int8_cpu(f)
+    >>> _ = f.write_text("flags : fpu sse2 avx2 fma\\n"); saturating_int8_cpu(f)
     True
-    >>> _ = f.write_text("flags : fpu sse2 avx2 avx512f avx512_vnni\n"); saturating_int8_cpu(f)
+    >>> _ = f.write_text("flags : fpu sse2 avx2 avx512f avx512_vnni\\n"); saturating_int8_cpu(f)
     False
     """
     try:
