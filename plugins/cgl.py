@@ -33,13 +33,16 @@ by saturating the sigmoid (a bias large against the map's spread, or β/γ large
 which ``psi_std`` also shows. Group relevance β_g = ‖W_g‖_F per layer is logged too
 (``beta/<layer>``).
 
-**Cost.** Layers with maps of equal size are stacked; ψ with its per-filter std, the pair distances
-(a few images at a time, each unordered pair once, their signs kept as int8 for the backward
-pass), spatial spreads and block norms have hand-written backward passes. A ResNet18 step with all
-20 convs regularised costs about 1.6–1.7× a vanilla step (``benchmarks/cgl_step.py``); on the
-Table 1 network, whose large early maps make ψ and L_g costly next to a cheap convolution, about
-4× a weight-decay step (was 8.4×).
-``tests/test_cgl.py`` checks the terms against a layer-by-layer transcription of the equations.
+**Cost.** Layers with maps of equal size are stacked: one autograd function per stack computes L_g
+and L_s from one channel-major copy of the layers' ψ and writes both gradients into one buffer (the
+pair distances a few images at a time, each unordered pair once, their signs kept as int8 for the
+backward pass; the spatial moments as products with a position basis). ψ (either variant) and the
+block norms have hand-written backward passes too. ``benchmarks/cgl_step.py`` times a ResNet18 step
+with all 20 convs regularised against a vanilla step (README, "CGL step time"); on the Table 1
+network, whose large early maps make ψ and L_g costly next to a cheap convolution, about 4× a
+weight-decay step (was 8.4×; not re-run since).
+``tests/test_cgl.py`` checks the terms and their gradients against a layer-by-layer transcription
+of the equations.
 
 Example::
 
