@@ -121,7 +121,7 @@ class _ShiftedSigmoid(torch.autograd.Function):
     """ψ = σ(x · scale + shift) for x (B, C, H, W), ``scale`` per filter (C,) and ``shift`` a 0-dim tensor:
     the BN variant (Eq. 4), x the BatchNorm's output, scale = P1/γ, shift = P2.
 
-    One function, where autograd kept x + γ-scaled copy, the sum and the sigmoid as separate tensors
+    One function, where autograd kept a copy of x, the affine map and the sigmoid as separate tensors
     and reduced the scale's gradient over the batch and space as a strided broadcast reduction. It
     keeps its own copy of x (the ReLU(inplace=True) after a BN rewrites x) and ψ; with g = ∂L/∂z,
     z the sigmoid's input: ∂L/∂x = g · scale, ∂L/∂scale = Σ g·x per filter, ∂L/∂shift = Σ g."""
@@ -149,8 +149,8 @@ class _StackTerms(torch.autograd.Function):
     size, with one backward pass writing both terms' gradients into one buffer.
 
     The maps are copied once into channel-major rows (C, B, N), C = Σ C_l, N = H·W: a filter's values
-    over the minibatch and space are one row (L_g's pair distances), each map a contiguous block of
-    it (L_s's moments). Autograd through separate pair and spread functions cost a concatenation,
+    over the minibatch and space are one row (L_g's pair distances), and L_s takes its (positions,
+    maps) copy from them. Autograd through separate pair and spread functions cost a concatenation,
     a transposed copy for each term, the sum of their two gradients and strided sigmoid backward
     passes.
 
@@ -175,14 +175,13 @@ class _StackTerms(torch.autograd.Function):
         if i is not None:
             mass = rows.view(C, -1).sum(1)  # ‖ψ_c‖₁ (ψ > 0)
             l_g, ctx.pairs = _pair_terms(rows, mass, *_unique_pairs(i, j, weight, C, rows))
-        ctx.save_for_backward(rows)
+        ctx.rows = (rows.shape, rows.dtype, rows.device)  # the rows themselves are not needed again
         return l_g, l_s
 
     @staticmethod
     def backward(ctx, grad_g: torch.Tensor, grad_s: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (rows,) = ctx.saved_tensors
-        C, B, N = rows.shape
-        per_channel = rows.new_zeros(C)  # a gradient constant over a filter's whole row (L_g's masses)
+        (C, B, N), dtype, device = ctx.rows
+        per_channel = torch.zeros(C, dtype=dtype, device=device)  # constant over a filter's row (L_g's masses)
         pair_d = None
         if ctx.pairs is not None:
             pair_d, d_mass = _pair_backward(ctx.pairs, grad_g, C)
