@@ -33,13 +33,16 @@ by saturating the sigmoid (a bias large against the map's spread, or β/γ large
 which ``psi_std`` also shows. Group relevance β_g = ‖W_g‖_F per layer is logged too
 (``beta/<layer>``).
 
-**Cost.** Layers with maps of equal size are stacked; ψ with its per-filter std, the pair distances
-(a few images at a time, each unordered pair once, their signs kept as int8 for the backward
-pass), spatial spreads and block norms have hand-written backward passes. A ResNet18 step with all
-20 convs regularised costs about 1.6–1.7× a vanilla step (``benchmarks/cgl_step.py``); on the
-Table 1 network, whose large early maps make ψ and L_g costly next to a cheap convolution, about
-4× a weight-decay step (was 8.4×).
-``tests/test_cgl.py`` checks the terms against a layer-by-layer transcription of the equations.
+**Cost.** Layers with maps of equal size are stacked: one autograd function per stack computes L_g
+and L_s from one channel-major copy of the layers' ψ and writes both gradients into one buffer (the
+pair distances a few images at a time, each unordered pair once, their signs kept as int8 for the
+backward pass; the spatial moments as products with a position basis). ψ (either variant) and the
+block norms have hand-written backward passes too. ``benchmarks/cgl_step.py`` times a ResNet18 step
+with all 20 convs regularised against a vanilla step (README, "CGL step time"); on the Table 1
+network, whose large early maps make ψ and L_g costly next to a cheap convolution, about 4× a
+weight-decay step (was 8.4×; not re-run since).
+``tests/test_cgl.py`` checks the terms and their gradients against a layer-by-layer transcription
+of the equations.
 
 Example::
 
@@ -47,7 +50,6 @@ Example::
 """
 
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -115,105 +117,197 @@ class _FilterSigmoid(torch.autograd.Function):
         return d_a.view(grad.shape), d_P
 
 
-class _PairL1(torch.autograd.Function):
-    """‖ψ_i − ψ_j‖₁ for each pair (i_p, j_p), from ψ as (batch, C, space), summed over batch and space.
+class _ShiftedSigmoid(torch.autograd.Function):
+    """ψ = σ(x · scale + shift) for x (B, C, H, W), ``scale`` per filter (C,) and ``shift`` a 0-dim tensor:
+    the BN variant (Eq. 4), x the BatchNorm's output, scale = P1/γ, shift = P2.
 
-    The differences are formed a few images at a time (:func:`_row_chunks`): one (pairs, batch·space)
-    tensor would be tens of MB for early layers, written and read several times; a chunk's stays in
-    cache. Each chunk keeps the signs of its differences as int8 for the backward pass (a quarter of
-    the floats' memory), which then needs no gathers: forming the differences again cost two gathers
-    and a subtraction over (pairs, batch·space) per chunk.
-    """
-
-    @staticmethod
-    def forward(ctx, maps: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        dist = maps.new_zeros(len(i))
-        ctx.blocks, ctx.signs = [], []
-        for block, rows in _row_chunks(maps, len(i)):
-            diff = rows.index_select(0, i).sub_(rows.index_select(0, j))
-            dist += torch.linalg.vector_norm(diff, ord=1, dim=1)
-            ctx.blocks.append(block)
-            ctx.signs.append(diff.sign_().to(torch.int8))
-        ctx.save_for_backward(i, j)
-        ctx.shape = maps.shape
-        return dist
+    One function, where autograd kept a copy of x, the affine map and the sigmoid as separate tensors
+    and reduced the scale's gradient over the batch and space as a strided broadcast reduction. It
+    keeps its own copy of x (the ReLU(inplace=True) after a BN rewrites x) and ψ; with g = ∂L/∂z,
+    z the sigmoid's input: ∂L/∂x = g · scale, ∂L/∂scale = Σ g·x per filter, ∂L/∂shift = Σ g."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        i, j = ctx.saved_tensors
-        B, C, N = ctx.shape
-        out = grad.new_empty(ctx.shape)
-        for block, signs in zip(ctx.blocks, ctx.signs):
-            step = torch.mul(signs, grad[:, None])  # int8 × float: one pass, a float result
-            rows_grad = step.new_zeros(C, signs.shape[1]).index_add_(0, i, step).index_add_(0, j, step, alpha=-1)
-            out[block] = rows_grad.view(C, -1, N).transpose(0, 1)
-        return out, None, None
-
-
-def _row_chunks(maps: torch.Tensor, pairs: int, elements: int = 1 << 18, row: int = 256
-                ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(batch slice, rows) for chunks of ``maps`` (batch, C, space) along the batch, rows = the chunk
-    as (C, images·space), so a pair's values are two contiguous rows. A chunk's pair differences,
-    (pairs, images·space), hold about ``elements`` values, and its rows at least ``row`` (reductions
-    and gathers over short rows are slow; small maps therefore take the whole batch at once)."""
-    B, C, N = maps.shape
-    step = max(-(-row // N), elements // max(1, pairs * N))
-    for start in range(0, B, step):
-        block = slice(start, min(B, start + step))
-        yield block, maps[block].transpose(0, 1).reshape(C, -1)
-
-
-class _SpatialSpread(torch.autograd.Function):
-    """Per map of ψ (B, C, H, W): Σ_j ψ_j ‖p_j − c‖₂ / Σ_j ψ_j with c the ψ-weighted centre, positions
-    p in units of the longer side; (B, C). The gradient, with M = Σψ, L the spread and
-    G = Σ_j ψ_j (c − p_j) / ‖p_j − c‖, is ∂L/∂ψ_k = (‖p_k − c‖ − L + G·(p_k − c) / M) / M (a
-    position exactly on the centre contributes no direction to G).
-
-    The maps are laid out as (positions, maps): the reductions over positions are then products with
-    a (3, positions) basis, which stay fast for the many small maps of deep layers (PyTorch's
-    reductions over a short last dimension are slow), and the gradient's linear part is one addmm."""
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        psi = torch.addcmul(shift, x, scale.view(1, -1, 1, 1)).sigmoid_()
+        ctx.save_for_backward(x.clone(), psi, scale)
+        return psi
 
     @staticmethod
-    def forward(ctx, psi: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = psi.shape
-        cols = psi.reshape(B * C, H * W).t().contiguous()  # (positions, maps)
-        ys, xs, basis = _positions(psi)
-        mass, cy, cx = basis @ cols  # Σψ, Σψ·y, Σψ·x per map: one pass over the maps
-        mass = mass.clamp_min(1e-12)
-        cy, cx = cy / mass, cx / mass
-        dist = (((ys[:, None] - cy) ** 2)[:, None, :] + ((xs[:, None] - cx) ** 2)[None]).view(H * W, -1).sqrt_()
-        spread = torch.linalg.vecdot(cols, dist, dim=0) / mass
-        ctx.save_for_backward(cols, dist, mass, cy, cx, spread)
-        ctx.shape = psi.shape
-        return spread.view(B, C)
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        x, psi, scale = ctx.saved_tensors
+        # into a tensor of ψ's layout: the incoming gradient may be a strided view (see _StackTerms)
+        g = torch.ops.aten.sigmoid_backward.grad_input(grad, psi, grad_input=torch.empty_like(psi))
+        B, C = psi.shape[:2]
+        d_scale = torch.linalg.vecdot(g.view(B, C, -1), x.view(B, C, -1), dim=2).sum(0) \
+            if ctx.needs_input_grad[1] else None
+        d_shift = g.sum() if ctx.needs_input_grad[2] else None
+        return g.mul_(scale.view(1, -1, 1, 1)), d_scale, d_shift
+
+
+class _StackTerms(torch.autograd.Function):
+    """The L_g and L_s shares (l_g, l_s) of a stack of layers whose ψ maps (B, C_l, H, W) have the same
+    size, with one backward pass writing both terms' gradients into one buffer.
+
+    The maps are copied once into channel-major rows (C, B, N), C = Σ C_l, N = H·W: a filter's values
+    over the minibatch and space are one row (L_g's pair distances), and L_s takes its (positions,
+    maps) copy from them. Autograd through separate pair and spread functions cost a concatenation,
+    a transposed copy for each term, the sum of their two gradients and strided sigmoid backward
+    passes.
+
+    Inputs: ``i``, ``j``, ``weight``: L_g's sampled pairs as stacked channel indices and each draw's
+    weight (1/r), or None for no L_g; ``map_weight``: (C,) the weight of each map of a channel in L_s
+    (the layer's 1/(B·C_l), a mean over its maps), or None for no L_s; then the layers' ψ.
+    l_g = Σ_p weight_p · D(ψ_{i_p}, ψ_{j_p}) (:func:`_pair_terms`), l_s = Σ map_weight · spread
+    (:func:`_spread_forward`)."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        cols, dist, mass, cy, cx, spread = ctx.saved_tensors
-        B, C, H, W = ctx.shape
-        basis = _positions(cols, (H, W))[2]
-        w = torch.div(cols, dist).nan_to_num_(nan=0.0, posinf=0.0)  # ψ/‖p − c‖, 0 on the centre itself
-        w_sum, w_y, w_x = basis @ w
-        gy, gx = (cy * w_sum - w_y) / mass, (cx * w_sum - w_x) / mass
-        # ‖p_k − c‖ − L + G·(p_k − c) = ‖p_k − c‖ + (1, y_k, x_k) · (−L − G·c, gy, gx): one matrix product
-        out = torch.addmm(dist, basis.t(), torch.stack([-spread - cy * gy - cx * gx, gy, gx]))
-        return out.mul_(grad.reshape(-1) / mass).t().reshape(B, C, H, W)
+    def forward(ctx, i: torch.Tensor | None, j: torch.Tensor | None, weight: torch.Tensor | None,
+                map_weight: torch.Tensor | None, *psis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = _channel_rows(psis)
+        C, B, N = rows.shape
+        ctx.shapes = [p.shape for p in psis]
+        l_g = l_s = rows.new_zeros(())
+        ctx.spread = ctx.pairs = None
+        if map_weight is not None and N > 1:
+            spread, saved = _spread_forward(rows.view(C * B, N), psis[0].shape[2:])
+            l_s = torch.dot(spread.view(C, B).sum(1), map_weight)
+            ctx.spread = (map_weight.repeat_interleave(B), *saved)
+        if i is not None:
+            mass = rows.view(C, -1).sum(1)  # ‖ψ_c‖₁ (ψ > 0)
+            l_g, ctx.pairs = _pair_terms(rows, mass, *_unique_pairs(i, j, weight, C, rows))
+        ctx.rows = (rows.shape, rows.dtype, rows.device)  # the rows themselves are not needed again
+        return l_g, l_s
+
+    @staticmethod
+    def backward(ctx, grad_g: torch.Tensor, grad_s: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (C, B, N), dtype, device = ctx.rows
+        per_channel = torch.zeros(C, dtype=dtype, device=device)  # constant over a filter's row (L_g's masses)
+        pair_d = None
+        if ctx.pairs is not None:
+            pair_d, d_mass = _pair_backward(ctx.pairs, grad_g, C)
+            per_channel += d_mass
+        if ctx.spread is not None:
+            out = _spread_backward(ctx.spread, grad_s, per_channel.repeat_interleave(B))
+        else:
+            out = per_channel[:, None].expand(C, B * N).clone()
+        out = out.view(C, B, N)
+        if pair_d is not None:
+            _scatter_signs(out, ctx.pairs, pair_d)
+        grads, start = [], 0
+        for k, shape in enumerate(ctx.shapes):
+            part = out[start:start + shape[1]].transpose(0, 1).view(shape) if ctx.needs_input_grad[4 + k] else None
+            grads.append(part)
+            start += shape[1]
+        return None, None, None, None, *grads
 
 
-def _pair_loss(psi: torch.Tensor, i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
-    """Σ_p weight_p · D(ψ_{i_p}, ψ_{j_p}) over filter pairs of ψ (B, C, H, W), norms over batch and space.
+def _channel_rows(psis: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The layers' maps (B, C_l, H, W) copied into one contiguous (Σ C_l, B, H·W) tensor."""
+    B, N = psis[0].shape[0], psis[0].shape[2] * psis[0].shape[3]
+    return torch.cat([p.reshape(B, -1, N).transpose(0, 1) for p in psis])
 
-    D is symmetric, so each unordered pair drawn more than once (common: r = 3·N_g draws from
-    N_g(N_g − 1)/2 pairs) is computed once with its draws' weights summed: the same sum, fewer passes."""
-    C = psi.shape[1]
-    weight = torch.as_tensor(weight, dtype=psi.dtype).expand(len(i))
+
+def _unique_pairs(i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor, C: int, like: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(i, j, weight) with each unordered pair once and its draws' weights summed: D is symmetric, and
+    r = 3·N_g draws from N_g(N_g − 1)/2 pairs often repeat one, so the same sum takes fewer passes."""
     keys, slot = torch.unique(torch.minimum(i, j) * C + torch.maximum(i, j), return_inverse=True)
-    weight = weight.new_zeros(len(keys)).index_add_(0, slot, weight).to(psi.device)
-    i, j = (keys // C).to(psi.device), (keys % C).to(psi.device)
-    maps = psi.reshape(psi.shape[0], C, -1)
-    mass = maps.sum(2).sum(0)  # ‖ψ_i‖₁ once per filter (ψ > 0), gathered per pair below
-    diff = _PairL1.apply(maps, i, j)
-    return (weight * 2 * diff / (mass[i] + mass[j] + diff).clamp_min(1e-12)).sum()
+    weight = weight.new_zeros(len(keys)).index_add_(0, slot, weight).to(like)
+    return (keys // C).to(like.device), (keys % C).to(like.device), weight
+
+
+def _image_blocks(shape: torch.Size, pairs: int, elements: int = 1 << 18, row: int = 256) -> list[slice]:
+    """Slices of the minibatch for rows (C, B, N): a block's pair differences, (pairs, images·N), hold
+    about ``elements`` values and stay in cache; its rows at least ``row`` (reductions and gathers over
+    short rows are slow; small maps therefore take the whole batch at once)."""
+    C, B, N = shape
+    step = max(-(-row // N), elements // max(1, pairs * N))
+    return [slice(start, min(B, start + step)) for start in range(0, B, step)]
+
+
+def _pair_terms(rows: torch.Tensor, mass: torch.Tensor, i: torch.Tensor, j: torch.Tensor, weight: torch.Tensor
+                ) -> tuple[torch.Tensor, tuple]:
+    """Σ_p weight_p · D_p, D_p = 2‖ψ_i − ψ_j‖₁ / (‖ψ_i‖₁ + ‖ψ_j‖₁ + ‖ψ_i − ψ_j‖₁) over rows (C, B, N),
+    and what the backward pass needs: each image block's signs of ψ_i − ψ_j as int8 (a quarter of the
+    floats' memory; forming the differences again would cost two gathers and a subtraction)."""
+    dist = rows.new_zeros(len(i))
+    signs = []
+    for block in _image_blocks(rows.shape, len(i)):
+        chunk = rows[:, block].view(rows.shape[0], -1)
+        diff = chunk.index_select(0, i).sub_(chunk.index_select(0, j))
+        dist += diff.abs().sum(1)  # 2–8× faster than vector_norm(ord=1) on these shapes
+        signs.append((block, diff.sign_().to(torch.int8)))
+    raw = mass[i] + mass[j] + dist
+    den = raw.clamp_min(1e-12)
+    return (weight * 2 * dist / den).sum(), (i, j, weight, dist, den, raw >= 1e-12, signs)
+
+
+def _pair_backward(pairs: tuple, grad: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂/∂‖ψ_i − ψ_j‖₁ per pair, ∂/∂‖ψ_c‖₁ per filter) of ``grad`` · Σ_p weight_p D_p."""
+    i, j, weight, dist, den, live, _ = pairs
+    w = grad * weight * 2 / den
+    d_den = torch.where(live, -w * dist / den, 0.0)  # the clamp passes no gradient below 1e-12
+    return w + d_den, d_den.new_zeros(C).index_add_(0, i, d_den).index_add_(0, j, d_den)
+
+
+def _scatter_signs(out: torch.Tensor, pairs: tuple, pair_d: torch.Tensor) -> None:
+    """Adds ∂‖ψ_i − ψ_j‖₁ = ±sign(ψ_i − ψ_j) · pair_d to rows i and j of ``out`` (C, B, N), in place."""
+    i, j, signs = pairs[0], pairs[1], pairs[-1]
+    for block, s in signs:
+        step = torch.mul(s, pair_d[:, None])  # int8 × float: one pass, a float result
+        target = out[:, block].view(out.shape[0], -1)
+        # index_add_ into a strided view (a block of images) takes a scatter path 5× slower than into
+        # a contiguous tensor, more than the extra add of a contiguous block costs
+        part = target if target.is_contiguous() else step.new_zeros(target.shape)
+        part.index_add_(0, i, step).index_add_(0, j, step, alpha=-1)
+        if part is not target:
+            target.add_(part)
+
+
+def _spread_forward(maps: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple]:
+    """Per map (row of ``maps``, positions of an H×W map in row-major order): Σ_j ψ_j ‖p_j − c‖₂ / Σ_j ψ_j,
+    c the ψ-weighted centre, positions in units of the longer side; and what the backward pass needs.
+
+    The maps are laid out as (positions, maps) for this: the moments are then a product with the
+    (3, positions) basis of :func:`_positions` and the distances a broadcast over a long inner
+    dimension, both several times faster for the many small maps of deep layers than over rows of
+    positions (for 2×2 maps, 10×), which pays for the transposed copy."""
+    H, W = size
+    cols = maps.t().contiguous()
+    ys, xs, basis = _positions(maps, size)
+    mass, cy, cx = basis @ cols  # Σψ, Σψ·y, Σψ·x per map
+    mass = mass.clamp_min(1e-12)
+    cy, cx = cy / mass, cx / mass
+    dist = (((ys[:, None] - cy) ** 2)[:, None, :] + ((xs[:, None] - cx) ** 2)[None]).view(H * W, -1).sqrt_()
+    spread = torch.linalg.vecdot(cols, dist, dim=0) / mass
+    return spread, (basis, cols, dist, mass, cy, cx, spread)
+
+
+def _spread_backward(saved: tuple, grad: torch.Tensor, constant: torch.Tensor) -> torch.Tensor:
+    """∂/∂ψ of grad · Σ map_weight · spread, plus ``constant`` per map, as (maps, positions).
+
+    With M = Σψ, L the spread and G = Σ_j ψ_j (c − p_j) / ‖p_j − c‖, ∂L/∂ψ_k = (‖p_k − c‖ − L +
+    G·(p_k − c) / M) / M (a position exactly on the centre contributes no direction to G): its part
+    linear in the position is one product with the basis."""
+    map_weight, basis, cols, dist, mass, cy, cx, spread = saved
+    w = torch.div(cols, dist).nan_to_num_(nan=0.0, posinf=0.0)  # ψ/‖p − c‖, 0 on the centre itself
+    w_sum, w_y, w_x = basis @ w
+    gy, gx = (cy * w_sum - w_y) / mass, (cx * w_sum - w_x) / mass
+    # ‖p_k − c‖ − L + G·(p_k − c) = ‖p_k − c‖ + (1, y_k, x_k) · (−L − G·c, gy, gx): one matrix product
+    out = torch.addmm(dist, basis.t(), torch.stack([-spread - cy * gy - cx * gx, gy, gx]))
+    # scaled in this layout, then one transposed copy (a blocked transpose: writing the transposed
+    # layout from an elementwise op is 5× slower)
+    return torch.addcmul(constant, out, grad * map_weight / mass, out=out).t().contiguous()
+
+
+def _pooled_std(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The standard deviation of all the values of ``tensors`` together (as ``torch.cat(...).std()``),
+    from each one's sum and sum of squares: no concatenated copy."""
+    with torch.no_grad():
+        n = sum(t.numel() for t in tensors)
+        total = sum(t.sum(dtype=torch.float64) for t in tensors)
+        squares = sum(torch.linalg.vector_norm(t, dtype=torch.float64) ** 2 for t in tensors)
+        return ((squares - total**2 / n) / (n - 1)).clamp_min(0).sqrt()
 
 
 def _positions(like: torch.Tensor, size: tuple[int, int] | None = None
@@ -321,10 +415,8 @@ class ConceptGroupLearning(Plugin):
     def _capture_bn(self, name: str, out: torch.Tensor, bn: nn.Module) -> None:
         gamma = bn.weight.float()
         # τ = BN(a)/γ undoes the affine scale and shift; γ ≈ 0 is clamped, keeping its sign
-        safe = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3)).view(1, -1, 1, 1)
-        # clone: the ReLU(inplace=True) after a BN would rewrite the tensor autograd saved;
-        # addcmul fuses P1·τ + P2 with τ = out/γ into one pass over the map
-        self._psi[name] = torch.sigmoid(torch.addcmul(self.P[1], out.float().clone(), self.P[0] / safe))
+        safe = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3))
+        self._psi[name] = _ShiftedSigmoid.apply(out.float(), self.P[0] / safe, self.P[1])
 
     # -- terms ---------------------------------------------------------------------------------------
     def block_norm(self, name: str) -> torch.Tensor:
@@ -351,15 +443,14 @@ class ConceptGroupLearning(Plugin):
         if n_g < 2:
             return psi.new_zeros(())
         i, j = self.sample_pairs(G, n_g)
-        return _pair_loss(psi, i.flatten(), j.flatten(), 1 / i.shape[1])
+        return _StackTerms.apply(i.flatten(), j.flatten(), torch.full((i.numel(),), 1 / i.shape[1]), None, psi)[0]
 
     @staticmethod
     def spatial_loss(psi: torch.Tensor) -> torch.Tensor:
         """One layer's L_s: the mean over its maps of the ψ-weighted distance from the map's centre,
         positions in units of the map's longer side (0 for 1×1 maps, which have no extent)."""
-        if psi.shape[2] * psi.shape[3] == 1:
-            return psi.new_zeros(())
-        return _SpatialSpread.apply(psi).mean()
+        per_map = torch.full((psi.shape[1],), 1 / psi[..., 0, 0].numel(), dtype=psi.dtype, device=psi.device)
+        return _StackTerms.apply(None, None, None, per_map, psi)[1]
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         r_bn = sum(self.block_norm(n) for n in self.convs)
@@ -386,21 +477,16 @@ class ConceptGroupLearning(Plugin):
         for n, psi in self._psi.items():
             stacks.setdefault(tuple(psi.shape[2:]), []).append(n)
         l_g = l_s = next(iter(self._psi.values())).new_zeros(())
-        spreads = []
         for names in stacks.values():
-            psi = torch.cat([self._psi[n] for n in names], 1) if len(names) > 1 else self._psi[names[0]]
-            if self._steps % _SPREAD_EVERY == 0:  # a diagnostic: sampled steps suffice
-                with torch.no_grad():
-                    spreads.append(psi.std())
-            if any(n in pairs for n in names):
-                l_g = l_g + _pair_loss(psi, *self._stacked_pairs(names, pairs))
-            if want_s and psi.shape[2] * psi.shape[3] > 1:
-                # each layer's mean over its B·C_l maps
-                per_map = torch.cat([torch.full((self._psi[n].shape[1],), 1 / self._psi[n][..., 0, 0].numel())
-                                     for n in names]).to(psi.device)
-                l_s = l_s + torch.dot(_SpatialSpread.apply(psi).sum(0), per_map)
-        if spreads:
-            self._spread.append(float(torch.stack(spreads).mean()))
+            psis = [self._psi[n] for n in names]
+            stacked = self._stacked_pairs(names, pairs) if any(n in pairs for n in names) else (None, None, None)
+            # each layer's L_s is the mean over its B·C_l maps
+            per_map = torch.cat([torch.full((p.shape[1],), 1 / p[..., 0, 0].numel()) for p in psis]).to(psis[0])
+            g, s = _StackTerms.apply(*stacked, per_map if want_s else None, *psis)
+            l_g, l_s = l_g + g, l_s + s
+        if self._steps % _SPREAD_EVERY == 0:  # a diagnostic: sampled steps suffice
+            self._spread.append(float(torch.stack([_pooled_std([self._psi[n] for n in names])
+                                                   for names in stacks.values()]).mean()))
         return l_g, l_s
 
     def _stacked_pairs(self, names: list[str], pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]

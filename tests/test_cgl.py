@@ -36,10 +36,12 @@ class TwoConv(nn.Module):
         return self.fc(F.relu(self.conv2(F.relu(self.conv1(x)))).amax((2, 3)))
 
 
-def _reference_terms(model: nn.Module, x: torch.Tensor, spec: str) -> dict[str, torch.Tensor]:
+def _reference_terms(model: nn.Module, x: torch.Tensor, spec: str, P: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
     """The paper's terms computed directly and layer by layer from the conv (or BN) outputs: ψ (Eq. 1 or
     Eq. 4), L_g = Σ_l Σ_g (1/r) Σ_pairs D (Eq. 5), L_s = Σ_l mean over maps of the ψ-weighted distance
-    from the centre (positions in units of the map's longer side), R_bn = Σ_l Σ_g ‖W_g‖_F (Eq. 6)."""
+    from the centre (positions in units of the map's longer side), R_bn = Σ_l Σ_g ‖W_g‖_F (Eq. 6). In
+    float64 and differentiable with respect to the model's parameters and ``P`` (default: the spec's)."""
     pairs = make_plugin(spec)  # an identically seeded instance draws the same random pairs
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     modules = dict(model.named_modules())
@@ -50,14 +52,14 @@ def _reference_terms(model: nn.Module, x: torch.Tensor, spec: str) -> dict[str, 
     logits = model(x)
     for h in handles:
         h.remove()
-    P1, P2 = pairs.hp["P1"], pairs.hp["P2"]
+    P1, P2 = P if P is not None else (pairs.hp["P1"], pairs.hp["P2"])
     l_g = l_s = r_bn = torch.zeros((), dtype=torch.float64)
     for name in names:
         follower = order[order.index(name) + 1 + len([n for n in order if n.startswith(name + ".")])] \
             if order.index(name) + 1 < len(order) else None
         bn = modules.get(follower)
         if isinstance(bn, nn.BatchNorm2d):
-            gamma = bn.weight.detach().double()
+            gamma = bn.weight.double()
             gamma = torch.where(gamma >= 0, gamma.clamp_min(1e-3), gamma.clamp_max(-1e-3))
             psi = torch.sigmoid(P1 * outputs[follower].double() / gamma.view(1, -1, 1, 1) + P2)
         else:
@@ -73,7 +75,7 @@ def _reference_terms(model: nn.Module, x: torch.Tensor, spec: str) -> dict[str, 
             pa, pb = flat[i[g]], flat[j[g]]
             diff = (pa - pb).abs().sum(1)
             l_g = l_g + (2 * diff / (pa.sum(1) + pb.sum(1) + diff)).sum() / len(i[g])
-            r_bn = r_bn + modules[name].weight.detach().double()[g * n_g:(g + 1) * n_g].norm()
+            r_bn = r_bn + modules[name].weight.double()[g * n_g:(g + 1) * n_g].norm()
         H, W = psi.shape[2:]
         ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
                                 indexing="ij")
@@ -81,7 +83,8 @@ def _reference_terms(model: nn.Module, x: torch.Tensor, spec: str) -> dict[str, 
         mass = psi.sum((2, 3), keepdim=True)
         cy, cx = (psi * ys).sum((2, 3), keepdim=True) / mass, (psi * xs).sum((2, 3), keepdim=True) / mass
         spread = (psi * ((ys - cy) ** 2 + (xs - cx) ** 2).sqrt()).sum((2, 3)) / mass[..., 0, 0]
-        l_s = l_s + spread.mean()
+        if H * W > 1:  # a 1×1 map has no extent: its spread is 0, and sqrt(0) has no gradient
+            l_s = l_s + spread.mean()
     hp = pairs.hp
     return {"logits": logits, "cgl_bn": hp["lam_bn"] * r_bn, "cgl_g": hp["lam_g"] * l_g, "cgl_s": hp["lam_s"] * l_s}
 
@@ -108,6 +111,44 @@ def test_cgl_terms_equal_the_literal_equations_on_a_fixed_batch(arch):
     assert torch.equal(logits, reference["logits"])
     for key in ("cgl_bn", "cgl_g", "cgl_s"):
         assert terms[key].double().item() == pytest.approx(reference[key].item(), rel=1e-5), key
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "twoconv"])
+def test_cgl_gradients_equal_autograd_through_the_literal_equations(arch):
+    """The hand-written backward passes end to end: the gradients of λ_bn R_bn + λ_g L_g + λ_s L_s with
+    respect to every parameter of the model (convs, BatchNorm γ and β) and to P equal autograd's
+    through the literal transcription (float64, from the same forward pass of the float32 model)."""
+    from inspectnet import load_model
+
+    torch.manual_seed(0)
+    # 32×32 input: ResNet18's maps are 8×8, 4×4, 2×2 and 1×1 (stacks of several layers, L_s 0 on 1×1)
+    model = load_model("resnet18", num_classes=2, in_chans=1, input_size=32).model if arch == "resnet18" \
+        else TwoConv()
+    model.train()
+    with torch.no_grad():  # β ≠ 0: ψ = σ(P1·(BN(a) − β)/γ + P1·β/γ + P2) then depends on γ (at β = 0 it does not)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.5)
+    x = torch.randn(3, 1, 32, 32)
+    spec = "cgl:groups=2,lam_bn=0.5,lam_g=0.7,lam_s=0.3,P1=1.3,P2=-0.2,seed=5"
+    names, params = zip(*model.named_parameters())
+    P = torch.tensor([1.3, -0.2], dtype=torch.float64, requires_grad=True)
+    reference = _reference_terms(model, x, spec, P)
+    expected = torch.autograd.grad(reference["cgl_bn"] + reference["cgl_g"] + reference["cgl_s"],
+                                   [*params, P], allow_unused=True)
+    plugin = make_plugin(spec).attach(model, num_classes=2)
+    model(x)
+    got = torch.autograd.grad(sum(plugin.loss(x, None, None).values()), [*params, plugin.P], allow_unused=True)
+    plugin.detach()
+    scale = max(float(want.abs().max()) for want in expected if want is not None)
+    checked = 0
+    for name, want, have in zip([*names, "P"], expected, got):
+        assert (want is None) == (have is None), name
+        if want is not None:
+            assert torch.allclose(have.double(), want.double(), rtol=1e-3, atol=1e-6 * scale), name
+            checked += float(want.abs().max()) > 1e-4 * scale
+    assert checked >= (60 if arch == "resnet18" else 4)  # every conv weight, γ and β, and P
 
 
 def test_cgl_group_distance_is_one_minus_iou_and_spatial_loss():
@@ -238,29 +279,27 @@ def test_cgl_refuses_non_conv_layers_and_warns_on_1x1_maps():
     plugin.detach()
 
 
-def test_cgl_fused_pair_distance_and_spatial_spread_gradients_match_autograd():
-    """The hand-written backward passes (the speed-up) against numerical gradients (float64)."""
-    from inspectnet_plugins.cgl import _FilterSigmoid, _PairL1, _RowL2, _SpatialSpread
+def test_cgl_fused_terms_and_sigmoid_gradients_match_autograd():
+    """The hand-written backward passes (the speed-up) against numerical gradients (float64): both terms
+    of a stack of two layers together and each alone, duplicate pairs, and ψ of the BN variant."""
+    from inspectnet_plugins.cgl import _FilterSigmoid, _RowL2, _ShiftedSigmoid, _StackTerms
 
     g = torch.Generator().manual_seed(0)
-    psi = torch.rand(3, 5, 4, dtype=torch.float64, generator=g).requires_grad_()
-    i, j = torch.tensor([0, 1, 3, 4, 0]), torch.tensor([2, 0, 4, 1, 3])
-    assert torch.autograd.gradcheck(lambda t: _PairL1.apply(t, i, j), (psi,))
-    # maps large enough to be cut into chunks of 3 + 1 images: values and gradients as in one piece
-    big = torch.rand(4, 6, 300, dtype=torch.float64, generator=g)
-    big[:, 5, :100] = big[:, 4, :100]  # ties: |ψ_i − ψ_j| has gradient 0 there, as autograd's abs
-    big.requires_grad_()
-    i, j = torch.randint(0, 6, (240,), generator=g), torch.randint(0, 6, (240,), generator=g)
-    i[:3], j[:3] = torch.tensor([4, 5, 4]), torch.tensor([5, 4, 4])
-    weights = torch.rand(240, dtype=torch.float64, generator=g)
-    (_PairL1.apply(big, i, j) * weights).sum().backward()
-    chunked = big.grad.clone()
-    big.grad = None
-    reference = (big[:, i] - big[:, j]).abs().sum((0, 2))
-    (reference * weights).sum().backward()
-    assert torch.allclose(_PairL1.apply(big, i, j), reference) and torch.allclose(chunked, big.grad)
+    first = (torch.rand(3, 4, 2, 3, dtype=torch.float64, generator=g) + 0.05).requires_grad_()
+    second = (torch.rand(3, 2, 2, 3, dtype=torch.float64, generator=g) + 0.05).requires_grad_()
+    i, j = torch.tensor([0, 1, 3, 4, 0, 2, 1]), torch.tensor([2, 0, 1, 5, 3, 0, 0])  # (0, 2) drawn twice
+    weight = torch.rand(7, dtype=torch.float64, generator=g)
+    map_weight = torch.rand(6, dtype=torch.float64, generator=g)
+    for pairs, per_map in (((i, j, weight), map_weight), ((i, j, weight), None), ((None,) * 3, map_weight)):
+        assert torch.autograd.gradcheck(
+            lambda a, b, pairs=pairs, per_map=per_map: torch.stack(_StackTerms.apply(*pairs, per_map, a, b)),
+            (first, second))
     maps = (torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=g) + 0.05).requires_grad_()
-    assert torch.autograd.gradcheck(_SpatialSpread.apply, (maps,))
+    assert torch.autograd.gradcheck(lambda m: _StackTerms.apply(None, None, None, map_weight[:3], m)[1], (maps,))
+    x = torch.randn(3, 4, 2, 5, dtype=torch.float64, generator=g).requires_grad_()
+    scale = torch.randn(4, dtype=torch.float64, generator=g).requires_grad_()
+    shift = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_ShiftedSigmoid.apply, (x, scale, shift))
     rows = torch.randn(3, 7, dtype=torch.float64, generator=g).requires_grad_()
     assert torch.autograd.gradcheck(_RowL2.apply, (rows,))
     conv_out = torch.randn(3, 4, 2, 5, dtype=torch.float64, generator=g)
@@ -268,3 +307,28 @@ def test_cgl_fused_pair_distance_and_spatial_spread_gradients_match_autograd():
     P = torch.tensor([1.3, -0.2], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_FilterSigmoid.apply, (conv_out.requires_grad_(), P))
 
+
+def test_cgl_pair_distances_in_image_blocks_equal_one_piece():
+    """Maps large enough for L_g to be cut into several blocks of images: value and gradient as autograd's
+    through the whole minibatch at once, also where ψ_i = ψ_j (|ψ_i − ψ_j| has gradient 0 there)."""
+    from inspectnet_plugins.cgl import _image_blocks, _StackTerms
+
+    g = torch.Generator().manual_seed(0)
+    psi = torch.rand(4, 40, 20, 15, dtype=torch.float64, generator=g)
+    psi[:, 5, :5] = psi[:, 4, :5]  # ties
+    psi.requires_grad_()
+    i, j = torch.randint(0, 40, (600,), generator=g), torch.randint(0, 40, (600,), generator=g)
+    j = torch.where(i == j, (j + 1) % 40, j)
+    i[:3], j[:3] = torch.tensor([4, 5, 4]), torch.tensor([5, 4, 5])
+    weight = torch.rand(600, dtype=torch.float64, generator=g)
+    pairs = len(torch.unique(torch.minimum(i, j) * 40 + torch.maximum(i, j)))
+    assert len(_image_blocks((40, 4, 300), pairs)) > 1
+    _StackTerms.apply(i, j, weight, None, psi)[0].backward()
+    blocked = psi.grad.clone()
+    psi.grad = None
+    flat = psi.transpose(0, 1).flatten(1)
+    diff = (flat[i] - flat[j]).abs().sum(1)
+    reference = (weight * 2 * diff / (flat[i].sum(1) + flat[j].sum(1) + diff)).sum()
+    reference.backward()
+    assert torch.allclose(_StackTerms.apply(i, j, weight, None, psi)[0], reference)
+    assert torch.allclose(blocked, psi.grad)
