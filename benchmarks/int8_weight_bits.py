@@ -1,0 +1,80 @@
+"""int8 EfficientNet-Lite0 with 8-bit and 7-bit weights on this CPU: fused kernels vs the file's QDQ maths.
+
+On x86 AVX2 without VNNI ONNX Runtime's fused u8 x s8 kernels add pairs of products in 16 bits and clip
+(inspectnet therefore quantizes weights to 7 bits there, :func:`inspectnet.export.int8.saturating_int8_cpu`).
+This measures, on the crops of ``int8_sensitivity.py`` (calibration 96 crops seed 1, agreement 120 crops
+seed 2), top-1 agreement with fp32 for each weight precision, run fused (ORT's default) and unfused
+(ORT_DISABLE_ALL: DequantizeLinear + float ops, the QDQ maths a VNNI CPU's fused kernels match), and the
+batch-1 speed of the fused int8 file against fp32, timed interleaved.
+
+    python benchmarks/int8_weight_bits.py --threads 1
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from export_latency import photo_crops  # noqa: E402
+from int8_sensitivity import RESULTS, agreement, batch1_ratio, logits  # noqa: E402
+
+from inspectnet import load_model  # noqa: E402
+from inspectnet.export.int8 import quantize_int8, saturating_int8_cpu  # noqa: E402
+from inspectnet.export.onnx import export_onnx  # noqa: E402
+
+
+def session(path: Path, threads: int, fused: bool = True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    if not fused:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    zm = load_model("shipped:efficientnet_lite0")
+    cal, x = photo_crops(zm, 12, seed=1)[0], photo_crops(zm, 15, seed=2)[0]
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
+    doc = {"cpu": flags.split(":", 1)[-1].strip(), "saturating_int8_cpu": saturating_int8_cpu(), "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "m.onnx"
+        export_onnx(zm, fp32, latency=False)
+        s32 = session(fp32, args.threads)
+        l32 = logits(s32, x)
+        for bits in (8, 7):
+            q = Path(tmp) / f"m{bits}.onnx"
+            quantize_int8(fp32, q, cal, weight_bits=bits)
+            fused = session(q, args.threads)
+            row = {"weight_bits": bits, "fused": agreement(l32, logits(fused, x)),
+                   "unfused": agreement(l32, logits(session(q, args.threads, fused=False), x)),
+                   "int8_speedup_batch1": batch1_ratio(s32, fused, x)}
+            doc["rows"].append(row)
+            print(json.dumps(row), flush=True)
+    (RESULTS / "int8_weight_bits.json").write_text(json.dumps(doc, indent=2))
+    lines = [f"# int8 Lite0: 8-bit vs 7-bit weights, fused vs QDQ maths ({doc['cpu']}; saturating: "
+             f"{doc['saturating_int8_cpu']})", "", f"`python benchmarks/int8_weight_bits.py --threads {args.threads}` "
+             "— calibration 96 photo crops (seed 1), agreement 120 crops (seed 2), bias-corrected.", "",
+             "| weights | agreement fused (ORT default) | where fp32 prob ≥ 0.3 | agreement unfused (QDQ maths) | "
+             "where fp32 prob ≥ 0.3 | int8 / fp32 speed, batch 1 |", "|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        f, u = r["fused"], r["unfused"]
+        lines.append(f"| {r['weight_bits']}-bit | {f['top1_agreement']:.1%} | {f['agreement_where_confident']:.1%} "
+                     f"({f['confident']}) | {u['top1_agreement']:.1%} | {u['agreement_where_confident']:.1%} | "
+                     f"{r['int8_speedup_batch1']}× |")
+    (RESULTS / "int8_weight_bits.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
