@@ -24,16 +24,7 @@ from int8_sensitivity import RESULTS, agreement, batch1_ratio, logits  # noqa: E
 from inspectnet import load_model  # noqa: E402
 from inspectnet.export.int8 import quantize_int8, saturating_int8_cpu  # noqa: E402
 from inspectnet.export.onnx import export_onnx  # noqa: E402
-
-
-def session(path: Path, threads: int, fused: bool = True):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    if not fused:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+from inspectnet.runtime.classifier import make_session  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "m.onnx"
         export_onnx(zm, fp32, latency=False)
-        s32 = session(fp32, args.threads)
+        s32 = make_session(fp32, threads=args.threads)
         l32 = logits(s32, x)
         for bits in (8, 7):
             q = Path(tmp) / f"m{bits}.onnx"
             quantize_int8(fp32, q, cal, weight_bits=bits)
-            fused = session(q, args.threads)
+            fused = make_session(q, threads=args.threads)
             row = {"weight_bits": bits, "fused": agreement(l32, logits(fused, x)),
-                   "unfused": agreement(l32, logits(session(q, args.threads, fused=False), x)),
+                   "unfused": agreement(l32, logits(make_session(q, threads=args.threads, optimize=False), x)),
                    "int8_speedup_batch1": batch1_ratio(s32, fused, x)}
             doc["rows"].append(row)
             print(json.dumps(row), flush=True)

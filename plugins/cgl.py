@@ -300,6 +300,11 @@ def _spread_backward(saved: tuple, grad: torch.Tensor, constant: torch.Tensor) -
     return torch.addcmul(constant, out, grad * map_weight / mass, out=out).t().contiguous()
 
 
+def _map_weights(psi: torch.Tensor) -> torch.Tensor:
+    """(C,): each channel's weight in a layer's L_s, 1/(B·C) for ψ (B, C, H, W): L_s is the mean over its maps."""
+    return torch.full((psi.shape[1],), 1 / psi[..., 0, 0].numel(), dtype=psi.dtype, device=psi.device)
+
+
 def _pooled_std(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The standard deviation of all the values of ``tensors`` together (as ``torch.cat(...).std()``),
     from each one's sum and sum of squares: no concatenated copy."""
@@ -449,8 +454,7 @@ class ConceptGroupLearning(Plugin):
     def spatial_loss(psi: torch.Tensor) -> torch.Tensor:
         """One layer's L_s: the mean over its maps of the ψ-weighted distance from the map's centre,
         positions in units of the map's longer side (0 for 1×1 maps, which have no extent)."""
-        per_map = torch.full((psi.shape[1],), 1 / psi[..., 0, 0].numel(), dtype=psi.dtype, device=psi.device)
-        return _StackTerms.apply(None, None, None, per_map, psi)[1]
+        return _StackTerms.apply(None, None, None, _map_weights(psi), psi)[1]
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         r_bn = sum(self.block_norm(n) for n in self.convs)
@@ -480,9 +484,8 @@ class ConceptGroupLearning(Plugin):
         for names in stacks.values():
             psis = [self._psi[n] for n in names]
             stacked = self._stacked_pairs(names, pairs) if any(n in pairs for n in names) else (None, None, None)
-            # each layer's L_s is the mean over its B·C_l maps
-            per_map = torch.cat([torch.full((p.shape[1],), 1 / p[..., 0, 0].numel()) for p in psis]).to(psis[0])
-            g, s = _StackTerms.apply(*stacked, per_map if want_s else None, *psis)
+            per_map = torch.cat([_map_weights(p) for p in psis]) if want_s else None
+            g, s = _StackTerms.apply(*stacked, per_map, *psis)
             l_g, l_s = l_g + g, l_s + s
         if self._steps % _SPREAD_EVERY == 0:  # a diagnostic: sampled steps suffice
             self._spread.append(float(torch.stack([_pooled_std([self._psi[n] for n in names])

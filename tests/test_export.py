@@ -261,8 +261,6 @@ def test_int8_runs_its_qdq_maths_fused_where_8_bit_products_would_clip(tmp_path)
     """On x86 AVX2 without VNNI ONNX Runtime's fused u8 x s8 kernels clip pairs of 8-bit products (this test
     failed there with 8-bit weights: fused logits 3x further from fp32 than the same file run unfused); the
     automatic choice quantizes weights to 7 bits on such a CPU, so the fused run equals the QDQ maths."""
-    import onnxruntime as ort
-
     from inspectnet.export.int8 import int8_weight_bits, quantize_int8
     from inspectnet.export.qdq import int8_weights
 
@@ -276,11 +274,8 @@ def test_int8_runs_its_qdq_maths_fused_where_8_bit_products_would_clip(tmp_path)
                                                                      onnx.load(str(tmp_path / "q.onnx")), ("Conv",))])
     # 7 bits: two u8 x s8 products always fit the 16-bit sum VPMADDUBSW makes
     assert bits == 8 or 2 * 255 * np.abs(ints.astype(np.int64)).max() <= 2 ** 15 - 1
-    unfused = ort.SessionOptions()
-    unfused.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    literal = ort.InferenceSession(str(tmp_path / "q.onnx"), unfused, providers=["CPUExecutionProvider"])
     l8 = make_session(tmp_path / "q.onnx").run(["logits"], {"input": cal})[0]
-    lq = literal.run(["logits"], {"input": cal})[0]
+    lq = make_session(tmp_path / "q.onnx", optimize=False).run(["logits"], {"input": cal})[0]
     l32 = make_session(tmp_path / "m.onnx").run(["logits"], {"input": cal})[0]
     assert np.abs(l8 - lq).mean() < 0.25 * np.abs(lq - l32).mean()  # fused = the QDQ maths, up to rounding
     with pytest.raises(InspectnetError, match="7 or 8"):
@@ -290,8 +285,6 @@ def test_int8_runs_its_qdq_maths_fused_where_8_bit_products_would_clip(tmp_path)
 def test_int8_node_kept_in_fp32_stays_fp32_at_run_time(tmp_path):
     """ONNX Runtime's WeightBiasQuantization pass would give a kept depthwise Conv fed by a DequantizeLinear
     per-tensor int8 weights at load time; make_session turns it off, so the run matches the graph as written."""
-    import onnxruntime as ort
-
     from inspectnet.export.int8 import quantizable_nodes, quantize_int8
 
     torch.manual_seed(0)
@@ -300,10 +293,7 @@ def test_int8_node_kept_in_fp32_stays_fp32_at_run_time(tmp_path):
     export_onnx(zm, tmp_path / "m.onnx", latency=False)
     kept = quantizable_nodes(tmp_path / "m.onnx")[1]  # the first depthwise Conv, its input from a DequantizeLinear
     quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", cal, keep_fp32=[kept], bias_correction=False)
-    literal = ort.SessionOptions()
-    literal.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # QDQ math exactly as written
-    ref = ort.InferenceSession(str(tmp_path / "q.onnx"), literal, providers=["CPUExecutionProvider"])
-    ref = ref.run(["logits"], {"input": cal})[0]
+    ref = make_session(tmp_path / "q.onnx", optimize=False).run(["logits"], {"input": cal})[0]  # QDQ math as written
     got = make_session(tmp_path / "q.onnx").run(["logits"], {"input": cal})[0]
     assert np.abs(got - ref).max() < 0.04 * np.abs(ref).max()  # re-quantized weights: 0.086 here
 

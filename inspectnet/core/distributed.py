@@ -39,11 +39,12 @@ def init_from_env() -> None:
     """Join the process group torchrun describes in the environment (no-op when run directly)."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched:
         # torchrun stops the others with SIGTERM when one process fails, wherever they are (still
         # loading data, between passes): each must still say which rank failed, not die silently
         signal.signal(signal.SIGTERM, _stop_naming_the_peer("the command"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if launched and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
         if torch.cuda.is_available():

@@ -63,8 +63,11 @@ def default_providers(device: str = "auto") -> list[str]:
 
 
 def make_session(model: str | Path | bytes, *, providers: Sequence[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, optimize: bool = True):
     """An ``InferenceSession`` with full graph optimisation; ``threads`` sets intra-op threads.
+
+    ``optimize=False`` runs the graph as written (no fusion): an int8 QDQ file then computes its literal
+    DequantizeLinear + float maths, the reference its fused int8 kernels should match.
 
     Unreadable or invalid files fail with an :class:`InspectnetError` naming the file. ONNX Runtime's
     ``WeightBiasQuantization`` pass is off: it gives a float-weight Conv fed by a DequantizeLinear per-tensor
@@ -75,7 +78,8 @@ def make_session(model: str | Path | bytes, *, providers: Sequence[str] | None =
     """
     ort = import_ort()
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 3
     if threads is not None and threads < 1:
         raise InspectnetError(f"--threads must be at least 1, got {threads}")
