@@ -1,0 +1,78 @@
+"""What the stages of one audit share while it runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from inspectnet.data import ImageDataset, load_data
+from inspectnet.data.subsets import spread_subset
+from inspectnet.models.zoo import ModelAbout, ModelRef, ZooModel
+from inspectnet.pipelines.audit.config import AuditConfig
+from inspectnet.probe.record import ProbeRecord
+
+
+@dataclasses.dataclass
+class AuditContext:
+    """What the stages share while one audit runs."""
+
+    ref: ModelRef
+    about: ModelAbout
+    out: Path
+    config: AuditConfig
+    results: dict[str, Any]
+    num_workers: int = 0
+    shard_order: str = "contiguous"
+    index_order: bool = False
+    _datasets: dict[str, ImageDataset] = dataclasses.field(default_factory=dict)
+
+    @property
+    def zm(self) -> ZooModel:
+        """The model, loaded on first use, with the class names the audit settled on."""
+        zm = self.ref.load()
+        zm.class_names = list(self.about.class_names)
+        return zm
+
+    def raw_dataset(self, spec: str) -> ImageDataset:
+        """``spec`` loaded with the model's transform, its labels the data's own."""
+        if spec not in self._datasets:
+            self._datasets[spec] = load_data(spec, self.zm.transform())
+        return self._datasets[spec]
+
+    def dataset(self, spec: str, limit: int | None = None) -> ImageDataset:
+        """``spec`` with its classes mapped onto the model's; with ``limit``, an evenly spread subset of that size."""
+        return spread_subset(self.aligned(spec), limit)
+
+    def aligned(self, spec: str) -> ImageDataset:
+        """``spec`` whole, its classes mapped onto the model's."""
+        return self.raw_dataset(spec).aligned_to(self.zm.class_names, class_map=self.config.class_map,
+                                                 strict=spec == self.config.data)
+
+    def eval_dataset(self) -> ImageDataset:
+        """The evaluation data as probed: ``eval_data`` (or ``data``, in-sample) at its limit."""
+        cfg = self.config
+        return self.dataset(cfg.eval_data or cfg.data, cfg.eval_limit if cfg.eval_data else cfg.limit)
+
+    def records(self) -> tuple[ProbeRecord, ProbeRecord]:
+        """(train record, eval record); in-sample audits evaluate on the train record itself."""
+        train = ProbeRecord.load(self.out / "probe" / "train")
+        return train, (ProbeRecord.load(self.out / "probe" / "eval") if self.config.eval_data else train)
+
+    @property
+    def layer(self) -> str:
+        """The analysed layer, as the probe stage resolved it."""
+        return self.results["probe"]["result"]["analysed_layer"]
+
+    def classes_present(self, split: str) -> list[int]:
+        """The model classes with labelled samples in the ``train`` or ``eval`` record."""
+        return self.results["probe"]["result"][split]["classes_present"]
+
+    def rel(self, path: str | Path) -> str:
+        """A path relative to the audit folder (card.json stays valid when the folder moves)."""
+        return str(Path(path).resolve().relative_to(self.out.resolve()))
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+

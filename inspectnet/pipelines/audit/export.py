@@ -1,0 +1,73 @@
+"""The export stage: the ONNX file users ship, with its parity, speed and size beside the dense model's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.models.zoo import ZooModel
+from inspectnet.pipelines.audit.context import AuditContext
+
+
+def stage_export(ctx: AuditContext) -> dict[str, Any]:
+    """ONNX of what users ship: the decomposition's model (the better of retrained and not), slimmed
+    where slimming is exact, else as it is (named, with the reason); the dense model instead when the
+    decomposed one loses more than ``export_max_drop`` of accuracy (said, with the numbers). Its
+    accuracy, fingerprint and size are listed next to the dense model's."""
+    from inspectnet.export.onnx import export_onnx
+    from inspectnet.training.loop import evaluate
+
+    candidate, form, slimming = _decomposed_candidate(ctx)
+    ev, probe = ctx.eval_dataset(), ctx.results["probe"]["result"]
+    dense = _model_row("dense model (as audited)", ctx.zm, probe["accuracy"], probe["eval"]["samples"])
+    accuracy = evaluate(candidate, ev, batch_size=ctx.config.batch_size, device=ctx.config.device)
+    rows = [dense, _model_row(form, candidate, accuracy, len(ev))]
+    fallback = _dense_instead(ctx, form, accuracy, len(ev), probe["accuracy"])
+    shipped = ctx.zm if fallback else candidate
+    res = export_onnx(shipped, ctx.out / "export" / "model.onnx", force=True, device=ctx.config.device)
+    exported = rows[0 if fallback else 1]
+    exported["model"] = f"exported: {exported['model']}"
+    return {"path": ctx.rel(res.path), "exporter": res.exporter, "opset": res.opset, "parity": res.parity,
+            "latency_ms": res.latency_ms, "size_bytes": res.size_bytes,
+            "model": "dense model (as audited)" if fallback else form, "decomposed_form": form,
+            "dense_instead": fallback, "model_choice": ctx.results["decomposition"]["result"].get("model_choice"),
+            "slimming": slimming, "models": rows}
+
+
+def _decomposed_candidate(ctx: AuditContext) -> tuple[ZooModel, str, dict[str, Any]]:
+    """The decomposition's saved model, slimmed where that is exact: (model, its form, slimming facts)."""
+    from inspectnet.analysis.heads.slim import slim_model
+    from inspectnet.models.zoo import load_model
+
+    dec = ctx.results["decomposition"]["result"]
+    dzm = load_model(str(ctx.out / dec["model_dir"]))
+    form = dec.get("model_form", "decomposed head")
+    try:
+        slimmed, slim = slim_model(dzm)
+    except InspectnetError as exc:
+        return dzm, form, {"error": str(exc)}
+    keys = ("method", "kept_channels", "feature_dim", "logits_max_abs_diff", "macs_before", "macs_after")
+    return slimmed, f"slimmed model, {form}", {k: slim[k] for k in keys}
+
+
+def _dense_instead(ctx: AuditContext, form: str, accuracy: float, n: int, dense: float | None) -> str | None:
+    """Why the dense model is exported instead of the decomposed ``form``, or None when it is not."""
+    drop = ctx.config.export_max_drop
+    if dense is None or accuracy >= dense - drop:
+        return None
+    dec = ctx.results["decomposition"]["result"]
+    why = (f"the {form} scores {accuracy * 100:.1f} % on the {n} evaluation samples against the dense model's "
+           f"{dense * 100:.1f} %, more than --export-max-drop {drop:g} ({drop * 100:.1f} points) below")
+    total = dec["num_classes"]
+    with_data = dec.get("classes_with_data", total)
+    if with_data < total:
+        why += (f"; only {with_data} of the model's {total} classes have data, and the {total - with_data} others "
+                f"keep dense rows that outscore the {dec['k2']}-feature rows")
+    return why + " (raise --k2, retrain with --retrain-epochs, or accept the loss with a larger --export-max-drop)"
+
+
+def _model_row(name: str, zm: ZooModel, accuracy: float | None, n: int) -> dict[str, Any]:
+    params = sum(p.numel() for p in zm.model.parameters())
+    return {"model": name, "fingerprint": zm.fingerprint(), "accuracy": accuracy, "n": n, "parameters": params,
+            "weights_bytes": sum(p.numel() * p.element_size() for p in zm.model.parameters())}
+

@@ -1,0 +1,66 @@
+"""The audit folder: its state file, which files each stage wrote, and their removal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.core.storage import atomic_write_json, output_dir, read_json
+from inspectnet.models.zoo import ModelAbout
+from inspectnet.pipelines.audit.stages import Stage
+
+AUDIT_FILE = "audit.json"
+AUDIT_FORMAT = "inspectnet-audit"
+CARD_FILES = ("card.json", "README.md", "card.html")
+
+
+def open_folder(out: Path, about: ModelAbout) -> dict[str, Any]:
+    """The folder's audit state; refuses another model's audit and folders that hold anything else.
+
+    A new audit writes ``audit.json`` into an empty folder before anything else, so a folder without
+    it was not made by an audit (not even an interrupted one) and is never adopted.
+    """
+    if out.exists() and not out.is_dir():
+        raise InspectnetError(f"--out {out} is a file; expected a folder for the audit")
+    path = out / AUDIT_FILE
+    if path.exists():
+        state = read_json(path, what="audit state")
+        if state.get("format") != AUDIT_FORMAT:
+            raise InspectnetError(f"{path} is not an inspectnet audit state file")
+        if state.get("model_fingerprint") != about.fingerprint():
+            raise InspectnetError(
+                f"--out {out} holds the audit of another model ({state.get('model')}, weights "
+                f"{str(state.get('model_fingerprint'))[:16]}), not of {about.spec} (weights {about.fingerprint()}); "
+                f"choose another folder or delete it")
+        return state
+    if out.exists() and any(out.iterdir()):
+        raise InspectnetError(f"--out {out} is not empty and holds no audit ({AUDIT_FILE}); choose an empty or "
+                              f"new folder")
+    state = {"format": AUDIT_FORMAT, "model": about.spec, "model_fingerprint": about.fingerprint(), "stages": {}}
+    output_dir(out)
+    atomic_write_json(path, state)
+    return state
+
+
+def files_under(out: Path, folder: str) -> list[str]:
+    """Every file (and link) below ``out/folder``, as paths relative to ``out``."""
+    root = out / folder
+    return sorted(str(p.relative_to(out)) for p in root.rglob("*") if not p.is_dir()) if root.is_dir() else []
+
+
+def remove_stage_files(out: Path, stage: Stage, previous: dict[str, Any]) -> None:
+    """Remove what the stage's previous run wrote, and nothing else (see the module docstring)."""
+    if "files" in previous:
+        ours = previous["files"]
+    else:  # a run that was killed: whatever appeared in its folder after it started
+        foreign = set(previous.get("foreign", files_under(out, stage.name)))
+        ours = [f for f in files_under(out, stage.name) if f not in foreign]
+    for rel in ours:
+        path = out / rel
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # folders it leaves empty, up to and including the stage's own
+            if parent == out or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+

@@ -1,0 +1,44 @@
+"""The probe stage: one streaming pass that records every probed layer for the train and eval data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from inspectnet.pipelines.audit.config import probed_layers
+from inspectnet.pipelines.audit.context import AuditContext
+from inspectnet.probe.record import ProbeRecord
+
+
+# The analyses are imported inside each stage: a fully cached audit must not pay for importing
+# scikit-learn, captum or onnx.
+def stage_probe(ctx: AuditContext) -> dict[str, Any]:
+    from inspectnet.probe.record import run_probe
+
+    cfg, zm = ctx.config, ctx.zm
+    layers, analysed = probed_layers(zm, cfg)
+    eval_spec = cfg.eval_data or cfg.data
+    kw = dict(batch_size=cfg.batch_size, device=cfg.device, show_progress=None, num_workers=ctx.num_workers,
+              shard_order=ctx.shard_order)
+    train = run_probe(zm, ctx.dataset(cfg.data, cfg.limit), layers, ctx.out / "probe" / "train", **kw)
+    ev = run_probe(zm, ctx.eval_dataset(), layers, ctx.out / "probe" / "eval", **kw) if cfg.eval_data else train
+    labels = np.asarray(ev.labels)
+    eval_limit = cfg.eval_limit if cfg.eval_data else cfg.limit
+    return {"layers": layers, "analysed_layer": analysed,
+            "train": {"data": cfg.data, "samples": len(train), "available": len(ctx.aligned(cfg.data)),
+                      "limit": cfg.limit, **_classes_of(train)},
+            "eval": {"data": eval_spec, "samples": len(ev), "available": len(ctx.aligned(eval_spec)),
+                     "limit": eval_limit, "in_sample": cfg.eval_data is None, **_classes_of(ev)},
+            "num_classes": zm.num_classes, "index_order": ctx.index_order,
+            "accuracy": ev.accuracy() if (labels >= 0).any() else None,
+            "feature_dim": int(ev.manifest["features_dim"])}
+
+
+def _classes_of(record: ProbeRecord) -> dict[str, Any]:
+    """The model classes a record has labelled samples of, and how the data's classes were mapped."""
+    labels = np.asarray(record.labels)
+    return {"classes_present": [int(c) for c in np.unique(labels[labels >= 0])],
+            "label_mapping": record.manifest.get("label_mapping")}
+
+
