@@ -25,7 +25,7 @@ from inspectnet import load_data, load_model
 from inspectnet.analysis.heads.influence import fit_influence
 from inspectnet.models.zoo import replace_head
 from inspectnet.pipelines.decompose import run_decomposition
-from inspectnet.probe.record import run_probe
+from inspectnet.probe.recorder import run_probe
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -35,7 +35,7 @@ from inspectnet import load_data, load_model
 from inspectnet.analysis.heads.decompose import linear_params, noise_ablation
 from inspectnet.analysis.heads.influence import fit_influence
 from inspectnet.data.sources import LABELLED_PHOTOS
-from inspectnet.probe.record import run_probe
+from inspectnet.probe.recorder import run_probe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {"ResNet20 / CIFAR-10": (91.17, 48.97, 82.24), "ResNet50 / ImageNet": (74.55, 12.52, 74.40)}

@@ -20,7 +20,7 @@ import torch
 from inspectnet import load_data, load_model
 from inspectnet.analysis.heads.influence import fit_influence
 from inspectnet.pipelines.decompose import run_decomposition
-from inspectnet.probe.record import run_probe
+from inspectnet.probe.recorder import run_probe
 from inspectnet.training.loop import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from inspectnet.analysis.heads.influence import fit_influence
     from inspectnet.analysis.heads.slim import slim_model
     from inspectnet.data import load_data
-    from inspectnet.probe.record import run_probe
+    from inspectnet.probe.recorder import run_probe
 
     with tempfile.TemporaryDirectory(prefix="inspectnet-head-") as tmp:
         work = Path(tmp)

@@ -17,7 +17,7 @@ _LAZY = {
     "load_concepts": "inspectnet.data.concepts",
     "ZooModel": "inspectnet.models.zoo", "load_model": "inspectnet.models.zoo", "save_model": "inspectnet.models.zoo",
     "list_layers": "inspectnet.models.layers", "predict": "inspectnet.models.predict",
-    "Probe": "inspectnet.probe.hooks", "ProbeRecord": "inspectnet.probe.record", "run_probe": "inspectnet.probe.record",
+    "Probe": "inspectnet.probe.hooks", "ProbeRecord": "inspectnet.probe.record", "run_probe": "inspectnet.probe.recorder",
     "InfluenceMap": "inspectnet.analysis.heads.influence", "fit_influence": "inspectnet.analysis.heads.influence",
     "decompose_model": "inspectnet.analysis.heads.decompose", "slim_model": "inspectnet.analysis.heads.slim",
     "extract_rules": "inspectnet.analysis.rules.tree", "write_rules": "inspectnet.analysis.rules.tree",

@@ -22,7 +22,7 @@ from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence
 from inspectnet.cli import main
 from inspectnet.models.heads import DecomposedLinear
 from inspectnet.pipelines.decompose import run_decomposition
-from inspectnet.probe.record import run_probe
+from inspectnet.probe.recorder import run_probe
 
 
 def random_map(c, d, k, seed=0):

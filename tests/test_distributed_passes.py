@@ -19,7 +19,7 @@ from inspectnet.analysis.dissect.dissection import dissect
 from inspectnet.analysis.dissect.sketch import UnitQuantiles
 from inspectnet.core.distributed import RankFailed, shard_batches
 from inspectnet.data import ArrayDataset
-from inspectnet.probe.record import merge_shards
+from inspectnet.probe.recorder import merge_shards
 
 LAYERS = "layer3,layer4"
 

@@ -4,7 +4,7 @@ import torch
 
 from inspectnet import InspectnetError, load_data, load_model
 from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence, top_indices, topk_counts
-from inspectnet.probe.record import run_probe
+from inspectnet.probe.recorder import run_probe
 
 
 def naive_algorithm1(acts, labels, num_classes, k1, k2, weight=None):

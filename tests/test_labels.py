@@ -15,7 +15,7 @@ from inspectnet.cli import main
 from inspectnet.data.datasets import FolderDataset, write_folder
 from inspectnet.data.labels import align_classes, imagenet_names, is_placeholder, placeholder_names, read_class_map
 from inspectnet.data.sources import LABELLED_PHOTOS
-from inspectnet.probe.record import run_probe
+from inspectnet.probe.recorder import run_probe
 
 IMAGENET = imagenet_names()
 

@@ -101,7 +101,7 @@ def test_library_calls_give_the_model_back_as_it_was(train_mode_model, tmp_path)
     from inspectnet.data.concepts import load_concepts
     from inspectnet.export.onnx import export_onnx
     from inspectnet.models.predict import predict
-    from inspectnet.probe.record import run_probe
+    from inspectnet.probe.recorder import run_probe
     from inspectnet.training.finetune import finetune
     from inspectnet.training.loop import TrainConfig, evaluate, train
 
@@ -131,7 +131,7 @@ def test_library_calls_on_cuda_move_the_model_back_to_the_cpu(train_mode_model, 
     from inspectnet.data import load_data
     from inspectnet.data.concepts import load_concepts
     from inspectnet.models.predict import predict
-    from inspectnet.probe.record import run_probe
+    from inspectnet.probe.recorder import run_probe
     from inspectnet.training.finetune import finetune
     from inspectnet.training.loop import TrainConfig, evaluate, train
 

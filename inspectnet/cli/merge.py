@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectnet.probe.record import merge_shards
+    from inspectnet.probe.recorder import merge_shards
 
     rec = merge_shards(args.record)
     emit(rec.manifest, args.json, f"merged probe record {args.record}: {len(rec)} samples")

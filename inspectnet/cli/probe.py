@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectnet.probe.record import run_probe
+    from inspectnet.probe.recorder import run_probe
 
     reports = start_distributed()
     zm = model_from_args(args)

@@ -38,7 +38,7 @@ from inspectnet.core.storage import atomic_write_json, atomic_write_text, output
 from inspectnet.core.tables import format_value
 from inspectnet.data import ImageDataset
 from inspectnet.models.zoo import ZooModel
-from inspectnet.probe.record import run_probe
+from inspectnet.probe.recorder import run_probe
 from inspectnet.training.loop import TrainConfig
 
 VANILLA = "vanilla"

@@ -14,7 +14,7 @@ from inspectnet.probe.record import ProbeRecord
 # The analyses are imported inside each stage: a fully cached audit must not pay for importing
 # scikit-learn, captum or onnx.
 def stage_probe(ctx: AuditContext) -> dict[str, Any]:
-    from inspectnet.probe.record import run_probe
+    from inspectnet.probe.recorder import run_probe
 
     cfg, zm = ctx.config, ctx.zm
     layers, analysed = probed_layers(zm, cfg)
