@@ -31,7 +31,8 @@ batches and writes its rows at their global positions of the same files, with it
 ``progress-rank-R-of-P.json``; with ``shards=True`` each rank writes its rows into its own folder
 ``shards/rank-R-of-P/`` instead (same files, its rows only), which
 :func:`~inspectnet.probe.recorder.merge_shards` (``inspectnet merge``) joins into one record and
-:class:`ProbeRecord` joins in memory. Rank 0 marks the record complete once every rank is done; each rank resumes its own share.
+:class:`ProbeRecord` joins in memory. Rank 0 marks the record complete once every rank is done; each
+rank resumes its own share.
 """
 
 import dataclasses
