@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inspectnet.reports.card import write_card
+from inspectnet.pipelines.audit.card import write_card
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

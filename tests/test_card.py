@@ -13,16 +13,8 @@ import yaml
 from PIL import Image
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.reports.card import (
-    CARD_SCHEMA,
-    CARD_SCHEMA_VERSION,
-    check_card,
-    load_card,
-    md,
-    render_markdown,
-    rerender,
-    write_card,
-)
+from inspectnet.pipelines.audit.card import card_sections, render_markdown, rerender, write_card
+from inspectnet.reports.card import CARD_SCHEMA, CARD_SCHEMA_VERSION, check_card, load_card, md
 
 ROOT = Path(__file__).resolve().parent.parent
 EVIL = '<script>alert("x")</script>'
@@ -35,9 +27,9 @@ def _png(path):
 
 
 def _card(evil=EVIL):
-    """A hand-built card whose every user-provided string carries markup."""
+    """A hand-built card whose every user-provided string carries markup (version 1: no section titles, one rule tree)."""
     return {
-        "schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION, "generated": "2026-01-01T00:00:00Z",
+        "schema": CARD_SCHEMA, "schema_version": 1, "generated": "2026-01-01T00:00:00Z",
         "model": {"spec": f"timm:{evil}", "source": "timm", "arch": evil, "base": None, "num_classes": 2,
                   "in_chans": 1, "input_size": [1, 16, 16], "head": "fc", "fingerprint": "abc",
                   "class_names": [evil, "b|*_c"], "modifications": []},
@@ -125,6 +117,20 @@ def test_schema_is_checked(folder):
         load_card(folder / "nowhere")
 
 
+@pytest.mark.parametrize("version, advice", [(0, "re-run the audit"), (3, "upgrade inspectnet"), (True, "re-run the audit"),
+                                             ("2", "re-run the audit")])
+def test_only_the_card_versions_that_exist_are_read(version, advice):
+    with pytest.raises(InspectnetError, match=f"schema_version .*reads versions 1, 2 \\({advice}"):
+        check_card({**_card(), "schema_version": version})
+
+
+def test_a_current_card_needs_every_section_title_and_an_older_one_falls_back_to_the_stage_name():
+    doc = {**_card(), "schema_version": CARD_SCHEMA_VERSION}
+    with pytest.raises(InspectnetError, match="lacks sections.probe.title, sections.rules.title"):
+        check_card(doc)
+    assert "### Probe\n" in render_markdown(_card())  # version 1: the humanised stage name
+
+
 def test_rerender_reproduces_files_and_refuses_paths_outside(folder):
     paths = write_card(_card(), folder)
     before = {k: p.read_text() for k, p in paths.items()}
@@ -205,11 +211,12 @@ def _texts(block):
 
 
 def test_markdown_and_html_show_every_block_of_the_same_view(folder):
+    from inspectnet.pipelines.audit.card import render_html
     from inspectnet.reports.blocks import Preformatted
-    from inspectnet.reports.card import card_view, render_html
+    from inspectnet.reports.card import card_view
 
     doc = _full_card()
-    view = card_view(doc)
+    view = card_view(doc, card_sections())
     page, text = render_html(doc, folder), render_markdown(doc)
     titles = [s.title for s in view.sections]
     assert {"Intended use", "Decomposition", "Sparsity", "Dissection", "Export"} <= set(titles)
@@ -232,7 +239,7 @@ def test_markdown_and_html_show_every_block_of_the_same_view(folder):
 
 
 def test_every_html_heading_is_a_markdown_heading(folder):
-    from inspectnet.reports.card import render_html
+    from inspectnet.pipelines.audit.card import render_html
 
     doc = _full_card()
     page, text = render_html(doc, folder), render_markdown(doc)
@@ -243,7 +250,7 @@ def test_every_html_heading_is_a_markdown_heading(folder):
 
 
 def test_user_strings_with_markup_are_escaped_in_both_outputs(folder):
-    from inspectnet.reports.card import render_html
+    from inspectnet.pipelines.audit.card import render_html
 
     name = "<script>x</script>|*y*"
     doc = _full_card(evil=name)
@@ -275,7 +282,7 @@ def test_figure_links_cannot_break_out_of_markdown(folder):
 
 def test_published_cards_still_render():
     """The cards under model_cards/ (card.json without section titles) render with every picture."""
-    from inspectnet.reports.card import render_html
+    from inspectnet.pipelines.audit.card import render_html
 
     folders = sorted(p.parent for p in (ROOT / "model_cards").glob("*/card.json"))
     assert len(folders) >= 3

@@ -3,15 +3,8 @@ by huggingface_hub's own ModelCard / ModelCardData), and escaping of every name 
 
 import pytest
 
-from inspectnet.reports.card import (
-    CARD_SCHEMA,
-    CARD_SCHEMA_VERSION,
-    card_view,
-    faithfulness_metrics,
-    render_html,
-    render_markdown,
-    write_card,
-)
+from inspectnet.pipelines.audit.card import card_sections, render_html, render_markdown, write_card
+from inspectnet.reports.card import CARD_SCHEMA, CARD_SCHEMA_VERSION, card_view, faithfulness_metrics
 
 EVIL = '<script>alert("x")</script>'
 
@@ -43,7 +36,7 @@ def _card(evil=EVIL):
                   "input_size": [1, 64, 64], "head": "fc", "fingerprint": "abc", "class_names": [evil, "b"],
                   "modifications": []},
         "data": {"train": evil, "eval": evil, "limit": 8, "in_sample": True}, "config": {},
-        "sections": {"probe": {"status": "ok", "seconds": 1.0, "result": {
+        "sections": {"probe": {"status": "ok", "seconds": 1.0, "title": "Probed samples and layers", "result": {
             "layers": ["layer4"], "train": {"data": evil, "samples": 8},
             "eval": {"data": evil, "samples": 8, "in_sample": True}, "accuracy": 0.5, "feature_dim": 4}}},
         "timing": {"total_seconds": 3.1, "stages_run_seconds": 3.1, "stages_cached_seconds": 0.0},
@@ -96,7 +89,7 @@ def test_faithfulness_metrics_take_the_full_models_evidence_and_its_control():
 
 
 def test_section_shows_the_auc_table_the_forms_and_the_sanity_verdicts(tmp_path):
-    view = card_view(_card("plain"))
+    view = card_view(_card("plain"), card_sections())
     section = next(s for s in view.sections if s.anchor == "sec-explanations")
     tables = [b for b in section.blocks if b.kind == "table"]
     auc, forms, sanity = tables

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectnet.reports.card import check_copy_target, publish, rerender
+    from inspectnet.pipelines.audit.card import publish, rerender
+    from inspectnet.reports.card import check_copy_target
 
     if args.copy_to:
         check_copy_target(args.copy_to)  # before anything is written

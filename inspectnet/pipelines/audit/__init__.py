@@ -5,10 +5,27 @@ Stages, in order (each reads what the earlier ones wrote into ``DIR``)::
     probe → decomposition → rules → sparsity → linear_probes → attributions → explanations
           → dissection (with concept data) → export (when asked) → card
 
-Each stage is one :class:`Stage` in :data:`STAGES`: its name and card title, the parameters of the
-config that change its result, the stages it needs (their failure fails it) and uses (when they
-succeeded), whether it writes a folder ``DIR/<name>``, and the function that runs it. The driver
-reads nothing else.
+Each stage is one module of this package declaring ``STAGE``, a :class:`Stage`: its name and card
+title, the parameters of the config that change its result, the stages it needs (their failure fails
+it) and uses (when they succeeded), whether it writes a folder ``DIR/<name>``, the function that runs
+it (``run(ctx)``, its result is stored in card.json) and the one that renders its card section
+(``blocks(doc, result)``). :data:`STAGES` lists them in order; the driver and the card read nothing
+else, so the card's sections follow the stage list.
+
+Adding a stage is one module and one line in :mod:`~inspectnet.pipelines.audit.stages`. The smallest,
+``sparsity``::
+
+    def run(ctx: AuditContext) -> dict[str, Any]:
+        from inspectnet.analysis.sparsity import record_sparsity   # imported here: cached audits skip it
+
+        _, ev = ctx.records()
+        return {"rows": [m.to_dict() for m in record_sparsity(ev)]}
+
+    def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+        return [Table(["layer", *SPARSITY_KEYS], [[row["layer"], *[row[k] for k in SPARSITY_KEYS]] for row in r["rows"]])]
+
+    STAGE = Stage("sparsity", "Activation sparsity", run, blocks=blocks, params=lambda c: {}, needs=("probe",),
+                  writes_folder=False)
 
 The analysed layer (rules, receptive fields, dissection) is chosen once: ``AuditConfig.layer``, by
 default the last probed layer. The probe stage resolves it, probes it, and records it as
@@ -50,10 +67,13 @@ audit on every rank (one line naming the failed rank); re-running resumes.
 
 from __future__ import annotations
 
+from inspectnet.pipelines.audit.card import card_sections
 from inspectnet.pipelines.audit.config import AuditConfig, check_config, default_layers, probed_layers
 from inspectnet.pipelines.audit.driver import run_audit, summary
 from inspectnet.pipelines.audit.folder import AUDIT_FILE, AUDIT_FORMAT, CARD_FILES
-from inspectnet.pipelines.audit.stages import STAGES, Stage
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.pipelines.audit.stages import STAGES
 
-__all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "CARD_FILES", "STAGES", "AuditConfig", "Stage", "check_config", "default_layers",
+__all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "CARD_FILES", "STAGES", "AuditConfig", "Stage", "card_sections", "check_config",
+           "default_layers",
            "probed_layers", "run_audit", "summary"]

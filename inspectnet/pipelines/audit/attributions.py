@@ -8,9 +8,13 @@ import numpy as np
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.pipelines.audit.context import AuditContext, describe_error
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.reports.blocks import Block, Failure, Figure
 
 
-def stage_attributions(ctx: AuditContext) -> dict[str, Any]:
+def run(ctx: AuditContext) -> dict[str, Any]:
+    """Input attributions, influential-feature maps and receptive fields of the top units; each family of pictures
+    fails alone."""
     from inspectnet.analysis import attributions as at
 
     cfg, zm = ctx.config, ctx.zm
@@ -51,3 +55,38 @@ def stage_attributions(ctx: AuditContext) -> dict[str, Any]:
         raise InspectnetError("every attribution picture failed: " + "; ".join(result["errors"].values()))
     return result
 
+
+def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    """The attribution pictures, with what failed."""
+    blocks: list[Block] = [Figure(a["path"], f"{a['name']}: label {a['label_name']}, predicted {a['prediction_name']} "
+                                             f"(input | Integrated Gradients | Grad-CAM {a['gradcam_layer']})")
+                           for a in r.get("inputs", [])]
+    blocks += [Figure(c["path"], _feature_map_caption(c)) for c in r.get("classes", [])]
+    units = r.get("units") or {}
+    if units.get("rows"):
+        empty = sum(u.get("empty_tiles", 0) for u in units["rows"])
+        blocks.append(Figure(units["rows"][0]["path"], f"receptive fields of {units['layer']} units "
+                                                       f"({units['chosen_by']}): top images per unit, "
+                                                       "pixels above the unit's top-1 % threshold T_k highlighted"
+                                                       + (f"; {empty} tiles have no pixel above T_k (the unit's "
+                                                          "activation there is high on average but spread thinly)"
+                                                          if empty else "")))
+    blocks += [Failure(err, what=f"{part} pictures failed") for part, err in r.get("errors", {}).items()]
+    return blocks
+
+
+def _feature_map_caption(c: dict[str, Any]) -> str:
+    """Which features, at what resolution, and why a map is blank."""
+    text = f"class {c['class_name']}: maps of features {c['features']}"
+    if "map_size" in c:
+        (h, w), (ih, iw) = c["map_size"], c["input_size"]
+        text += (f"; each map is {h}×{w} cells, shown as blocks over the {ih}×{iw} input (no smoothing), "
+                 "its colour bar in the feature's own units")
+    if c.get("zero_features"):
+        text += f"; features {c['zero_features']} are 0 everywhere on this image (blank, not missing)"
+    return text
+
+
+STAGE = Stage("attributions", "Attributions and receptive fields", run, blocks=blocks,
+              params=lambda c: {"n": c.attribution_images, "steps": c.ig_steps, "units": c.top_units},
+              needs=("probe",), uses=("decomposition", "rules"))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from inspectnet.core.tables import format_percent, format_value
 from inspectnet.pipelines.audit.context import AuditContext
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.reports.blocks import Block, Paragraph, Table
+from inspectnet.reports.card.fields import class_label, counted, ok_result, ratio_text
 
 
-def stage_decomposition(ctx: AuditContext) -> dict[str, Any]:
+def run(ctx: AuditContext) -> dict[str, Any]:
+    """Algorithm 1's influential features per class, the decomposed head, and each feature's exact mean contribution."""
     from inspectnet.analysis.heads.decompose import class_feature_means, head_of, linear_params, mean_contributions
     from inspectnet.pipelines.decompose import run_decomposition
 
@@ -31,3 +36,54 @@ def stage_decomposition(ctx: AuditContext) -> dict[str, Any]:
     return {**{k: doc[k] for k in keep if k in doc}, "num_classes": doc["num_classes"],
             "classes_with_data": len(present), "per_class": per_class, "model_dir": ctx.rel(doc["model_dir"])}
 
+
+def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    """Agreement, retraining, dense classes and the per-class influential features."""
+    n = (ok_result(doc, "probe") or {}).get("eval", {}).get("samples")
+    blocks: list[Block] = [Paragraph(
+        f"A_f, A_d, rA, the union and the head MACs are under Quantitative analyses. Top-1 agreement of the "
+        f"decomposed head with the full one: {counted(r['agreement'], n)}.")]
+    if r.get("model_choice"):
+        blocks.append(Paragraph(f"Decomposed head after retraining: {counted(r.get('accuracy_retrained'), n)}; "
+                                f"{r['model_choice']}."))
+    if r.get("dense_classes"):
+        blocks.append(Paragraph(
+            f"{r['num_classes'] - r['dense_classes']} of the model's {r['num_classes']} classes had fitting data and "
+            f"were decomposed; the other {r['dense_classes']} keep their dense rows (nothing says which of their "
+            f"features matter), which the head MACs count and which win most top-1 decisions over all classes."))
+        among = r.get("among_fitted_classes") or {}
+        if among.get("samples"):
+            blocks.append(Paragraph(
+                f"Among the {among['num_classes']} decomposed classes only (top-1 among them, on their "
+                f"{among['samples']} eval samples): A_f {format_value(among['accuracy_full'])}, A_d "
+                f"{format_value(among['accuracy_decomposed'])}, rA {ratio_text(among)}."))
+    per_class = [[class_label(doc, p["class"]), ", ".join(map(str, p["features"])) or "none (no fitting data)",
+                  _listed(p["frequencies"]), _listed(p["mean_contribution"] or []), format_percent(p["accuracy_full"]),
+                  format_percent(p["accuracy_decomposed"])] for p in r["per_class"]]
+    return [*blocks,
+            *_noise_blocks(r["noise_ablation"], n),
+            Paragraph(f"Per class: the {len(per_class)} classes with data."),
+            Table(["class", "influential features S_c", "frequency in top-k1", "mean contribution W·f", "acc. full",
+                   "acc. decomposed"], per_class, sortable=True)]
+
+
+def _noise_blocks(na: dict[str, Any], n: int | None) -> list[Block]:
+    """The noise ablation, each number labelled with the head it was measured on."""
+    rows = [["the original model's full head", counted(na["influential"], n), counted(na["non_influential"], n)]]
+    if "decomposed_head" in na:
+        rows.append(["the decomposed head", counted(na["decomposed_head"]["influential"], n),
+                     counted(na["decomposed_head"]["non_influential"], n)])
+    count = na.get("num_influential")
+    return [Paragraph("Noise ablation: accuracy when the influential features (∪ S_c"
+                      + (f", {count}" if count is not None else "") + ") or as many randomly chosen "
+                      "non-influential ones are replaced by N(0, 1) noise" + (f" ({na['note']})" if na.get("note") else "")
+                      + "."),
+            Table(["head", "noise on influential", "noise on non-influential"], rows)]
+
+
+def _listed(values: list[float]) -> str:
+    return ", ".join(format_value(v, 3) for v in values)
+
+
+STAGE = Stage("decomposition", "Influential features and decomposed head", run, blocks=blocks,
+              params=lambda c: {"k1": c.k1, "k2": c.k2, "retrain": c.retrain_epochs, "seed": c.seed}, needs=("probe",))

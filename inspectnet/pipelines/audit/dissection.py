@@ -6,10 +6,14 @@ from typing import Any
 
 from inspectnet.core.distributed import world
 from inspectnet.pipelines.audit.context import AuditContext
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.reports.blocks import Block, Table
 
 
-def stage_dissection(ctx: AuditContext) -> dict[str, Any]:
-    from inspectnet.analysis.dissect.dissection import dissect, write_dissection
+def run(ctx: AuditContext) -> dict[str, Any]:
+    """Network dissection of the analysed layer against the concept data (every rank under torchrun)."""
+    from inspectnet.analysis.dissect.dissection import dissect
+    from inspectnet.analysis.dissect.pages import write_dissection
     from inspectnet.data.concepts import load_concepts
 
     cfg = ctx.config
@@ -23,3 +27,14 @@ def stage_dissection(ctx: AuditContext) -> dict[str, Any]:
     return {"data": res.data, "num_images": res.num_images, "iou_threshold": res.iou_threshold,
             "quantile": res.quantile, "layers": layers}
 
+
+def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    """Detectors and unique concepts per layer."""
+    return [Table(["layer", "units", "detectors", "unique concepts", "concepts"],
+                  [[k, v["num_units"], v["detectors"], v["unique_detectors"], ", ".join(v["detector_concepts"])]
+                   for k, v in r["layers"].items()])]
+
+
+STAGE = Stage("dissection", "Concept detectors (network dissection)", run, blocks=blocks,
+              params=lambda c: {"concepts": c.concepts, "limit": c.concept_limit}, needs=("probe",),
+              enabled=lambda c: bool(c.concepts), distributed=True)

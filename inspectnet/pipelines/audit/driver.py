@@ -19,7 +19,8 @@ from inspectnet.models.zoo import ModelRef, ZooModel
 from inspectnet.pipelines.audit.config import AuditConfig, check_config
 from inspectnet.pipelines.audit.context import AuditContext, describe_error
 from inspectnet.pipelines.audit.folder import AUDIT_FILE, files_under, open_folder, remove_stage_files
-from inspectnet.pipelines.audit.stages import STAGES, Stage
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.pipelines.audit.stages import STAGES
 
 
 def _key(parts: Any) -> str:
@@ -85,7 +86,8 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
     ``num_workers`` data loader processes decode images for the data passes; under ``torchrun``
     ranks share them out in ``shard_order`` and ranks other than 0 return None.
     """
-    from inspectnet.reports import card as card_mod
+    from inspectnet.pipelines.audit.card import write_card
+    from inspectnet.reports.card import build_card
 
     main = world()[1] == 0
     log = log if (log and main) else (lambda _m: None)
@@ -120,11 +122,11 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
         return None
     atomic_write_json(out / AUDIT_FILE, state)
     results = {s.name: ctx.results[s.name] for s in STAGES if s.name in ctx.results}  # the card's order
-    doc = card_mod.build_card(about, config, results, fingerprint=about.fingerprint(),
-                              total_seconds=time.perf_counter() - t_all, made_by=made_by or [])
-    card_mod.write_card(doc, out)
+    doc = build_card(about, config, results, fingerprint=about.fingerprint(),
+                     total_seconds=time.perf_counter() - t_all, made_by=made_by or [])
+    write_card(doc, out)
     doc["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 3)
-    card_mod.write_card(doc, out)
+    write_card(doc, out)
     log(summary(doc))
     return doc
 

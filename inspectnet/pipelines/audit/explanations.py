@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from inspectnet.core.tables import format_value
 from inspectnet.data.subsets import spread_subset
 from inspectnet.models.zoo import ZooModel
 from inspectnet.pipelines.audit.context import AuditContext, describe_error
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.reports.blocks import Block, BulletList, Paragraph, Table
 
 
-def stage_explanations(ctx: AuditContext) -> dict[str, Any]:
+def run(ctx: AuditContext) -> dict[str, Any]:
     from inspectnet.analysis.explain.faithfulness import FaithfulnessConfig
     from inspectnet.analysis.explain.methods import MethodConfig
     from inspectnet.pipelines.explain import QualityConfig, explanation_quality
@@ -67,3 +70,92 @@ def _int8_form(ctx: AuditContext, zm: ZooModel, of: str) -> Any:
         return ModelForm(name, missing=describe_error(exc))
     return ModelForm(name, onnx=Path(res.int8["path"]))
 
+
+ARROWS = "↓ lower is better, ↑ higher is better"
+
+
+def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    """The deletion/insertion table against the random control, the model forms and the sanity verdicts."""
+    f = r["faithfulness"]
+    blocks: list[Block] = [Paragraph(
+        f"{r['images']} images of {r.get('data') or 'the evaluation data'}, each explained for the class its model form "
+        f"predicts. Deletion / insertion: the pixels, most relevant first, are replaced by the {f['baseline']} baseline "
+        f"(insertion: restored onto it) in {f['steps']} steps; the area under the curve of the class probability "
+        f"is shown. ROAD: {', '.join(f'{int(100 * x)} %' for x in f['road_fractions'])} of the pixels removed by noisy "
+        f"linear imputation, most (MoRF) or least (LeRF) relevant first; the mean probability is shown. "
+        f"Every method is compared with a random map of its own resolution on the same images (paired "
+        f"difference); it beats the control when both deletion and insertion are better by more than two "
+        f"standard errors. {ARROWS}.")]
+    ok = [x for x in r["rows"] if x["status"] == "ok"]
+    blocks.append(Table(["method", "model form", "map", "deletion AUC ↓", "insertion AUC ↑", "ROAD MoRF ↓",
+                         "ROAD LeRF ↑", "Δ deletion vs random", "Δ insertion vs random", "beats random",
+                         "maps ranked (constant, NaN)"],
+                        [[x["method"], x["form"], "x".join(map(str, x["map_size"])), x["deletion_auc"],
+                          x["insertion_auc"], x["road_morf"], x["road_lerf"], *_versus(x.get("vs_random")),
+                          f"{x['evaluated']} of {x['images']} ({x['constant_maps']}, {x['nan_maps']})"] for x in ok],
+                        sortable=True))
+    blocks.append(Paragraph("Explanation quality by model form: what decomposing, slimming and int8 export cost in "
+                            "faithfulness of the class-evidence map, beside accuracy."))
+    blocks.append(Table(["model form", "engine", "accuracy", "top-1 agreement with full", "evidence deletion AUC ↓",
+                         "evidence insertion AUC ↑", "evidence ROAD MoRF ↓", "random deletion AUC",
+                         "random insertion AUC", "evidence beats random", "evidence sanity check"],
+                        [_form_row(r, form) for form in r["forms"]]))
+    if r.get("sanity"):
+        blocks.append(Paragraph("Sanity check (Adebayo et al. 2018): the model is randomised block by block from the "
+                                "head down and each method's maps are compared with the trained model's by the "
+                                "Spearman rank correlation ρ (mean over images); a method passes when |ρ| after the "
+                                "whole cascade is below the threshold. The random control does not depend on the "
+                                f"model and must fail. Images: {_sanity_images(r)}."))
+        blocks.append(Table(["method", "model form", "ρ after the head", "ρ after the whole cascade",
+                             "mean |ρ| at the end", "threshold", "passes"],
+                            [[m, form, v["spearman"][0], v["spearman"][-1], v["abs_spearman_final"], s["threshold"],
+                              _verdict(v["passes"])] for form, s in r["sanity"].items() for m, v in s["methods"].items()]))
+    cost = r.get("cost", {})
+    if cost.get("forward_passes_per_image_per_method") is not None:
+        blocks.append(Paragraph(f"Cost of the metrics: {format_value(cost['forward_passes_per_image_per_method'], 1)} "
+                                f"forward passes per image per method (counted; planned {cost['planned']})."))
+    notes = [f"{x['name']}: {x['error']}" for x in r["forms"] if x["status"] != "ok"]
+    notes += [f"{x['method']} on {x['form']}: {x['error']}" for x in r["rows"] if x["status"] != "ok"]
+    if notes:
+        blocks.append(BulletList(notes))
+    return blocks
+
+
+def _versus(v: dict[str, Any] | None) -> list[Any]:
+    if not v:
+        return ["n/a", "n/a", "n/a"]
+    return [_plus_minus(v["deletion_auc"], v["deletion_auc_se"]), _plus_minus(v["insertion_auc"], v["insertion_auc_se"]),
+            "yes" if v["beats_control"] else "no"]
+
+
+def _plus_minus(value: float | None, se: float | None) -> str:
+    return "n/a" if value is None else format_value(value, 3) + (f" ± {format_value(se, 3)}" if se is not None else "")
+
+
+def _verdict(passes: bool | None) -> str:
+    return {True: "pass", False: "fail", None: "undetermined (maps cannot be ranked)"}[passes]
+
+
+def _sanity_images(r: dict[str, Any]) -> str:
+    """How many of the explained images the cascade ran on (the same for every form)."""
+    n = next(iter(r["sanity"].values()))["images"]
+    return f"all {n} explained images" if n == r["images"] else f"{n} of the {r['images']} explained images, evenly spread"
+
+
+def _form_row(r: dict[str, Any], form: dict[str, Any]) -> list[Any]:
+    if form["status"] != "ok":
+        return [form["name"], "—", "not evaluated", "", "", "", "", "", "", "", ""]
+    rows = {x["method"] if x["method"] != "random" else "random " + "x".join(map(str, x["map_size"])): x
+            for x in r["rows"] if x["form"] == form["name"] and x["status"] == "ok"}
+    ev = rows.get("evidence", {})
+    rand = rows.get("random " + "x".join(map(str, ev.get("map_size", []))), {})
+    sanity = r.get("sanity", {}).get(form["name"], {}).get("methods", {}).get("evidence")
+    return [form["name"], form["engine"], form["accuracy"], form["agreement_with_full"], ev.get("deletion_auc"),
+            ev.get("insertion_auc"), ev.get("road_morf"), rand.get("deletion_auc"), rand.get("insertion_auc"),
+            _versus(ev.get("vs_random"))[2], _verdict(sanity["passes"]) if sanity else "n/a"]
+
+
+STAGE = Stage("explanations", "Explanation faithfulness and sanity checks", run, blocks=blocks,
+              params=lambda c: {"n": c.explain_images, "steps": c.deletion_steps, "baseline": c.baseline,
+                                "ig": c.ig_steps, "sanity": c.sanity_images, "int8": c.export, "seed": c.seed},
+              needs=("probe",), uses=("decomposition",), enabled=lambda c: c.explain_images > 0)

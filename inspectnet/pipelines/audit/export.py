@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.tables import format_percent
 from inspectnet.models.zoo import ZooModel
 from inspectnet.pipelines.audit.context import AuditContext
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.reports.blocks import Block, Paragraph, Table
+from inspectnet.reports.card.fields import counted
 
 
-def stage_export(ctx: AuditContext) -> dict[str, Any]:
+def run(ctx: AuditContext) -> dict[str, Any]:
     """ONNX of what users ship: the decomposition's model (the better of retrained and not), slimmed
     where slimming is exact, else as it is (named, with the reason); the dense model instead when the
     decomposed one loses more than ``export_max_drop`` of accuracy (said, with the numbers). Its
@@ -71,3 +75,44 @@ def _model_row(name: str, zm: ZooModel, accuracy: float | None, n: int) -> dict[
     return {"model": name, "fingerprint": zm.fingerprint(), "accuracy": accuracy, "n": n, "parameters": params,
             "weights_bytes": sum(p.numel() * p.element_size() for p in zm.model.parameters())}
 
+
+def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    """What was exported and why, its parity and speed, beside the dense model."""
+    blocks: list[Block] = [Paragraph(f"Exported: the {r.get('model', 'model')} ({r['exporter']} exporter, opset "
+                                     f"{r['opset']}, {r['path']}, {r['size_bytes'] / 1e6:.2f} MB).")]
+    if r.get("dense_instead"):
+        blocks.append(Paragraph(f"Not the decomposed model: {r['dense_instead']}."))
+    if r.get("model_choice"):
+        blocks.append(Paragraph(f"Which decomposed head: {r['model_choice']}."))
+    slim = r.get("slimming") or {}
+    if "error" in slim:
+        blocks.append(Paragraph(f"Not slimmed: {slim['error']}."))
+    elif slim:
+        blocks.append(Paragraph(f"Slimmed exactly ({slim['method']}): {slim['kept_channels']} of {slim['feature_dim']} "
+                                f"penultimate channels kept, logits within {slim['logits_max_abs_diff']:.1e} of the "
+                                f"decomposed model's, MACs {slim['macs_before']:,} -> {slim['macs_after']:,}."))
+    if r.get("models"):
+        blocks.append(Table(["model", "weights fingerprint", "accuracy", "parameters", "weights (float32)"],
+                            [[m["model"], m["fingerprint"][:16], counted(m["accuracy"], m["n"]), f"{m['parameters']:,}",
+                              f"{m['weights_bytes'] / 1e6:.2f} MB"] for m in r["models"]]))
+    return [*blocks, Paragraph("The ONNX file verified against PyTorch:"), Table(["metric", "value"], export_rows(r))]
+
+
+def export_rows(r: dict[str, Any]) -> list[list[Any]]:
+    """Parity and latency of an export section as (metric, value) rows."""
+    par = r.get("parity", {})
+    agree = par.get("top1_agreement")
+    rows: list[list[Any]] = [["top-1 agreement ONNX Runtime vs PyTorch", None if agree is None else format_percent(agree)],
+                             ["max abs. logit difference", f"{par['max_abs_diff']:.2e}" if "max_abs_diff" in par else None]]
+    lat = r.get("latency_ms", {})
+    for batch in sorted({b for v in lat.values() if isinstance(v, dict) for b in v}, key=lambda b: int(b)):
+        cells = {k: v[batch] for k, v in lat.items() if isinstance(v, dict) and batch in v}
+        rows.append([f"latency ms at batch {batch}", ", ".join(f"{k} {v:.3g}" for k, v in cells.items())])
+        if "torch_eager" in cells and cells.get("ort_fp32"):
+            rows.append([f"speed-up ORT fp32 / torch at batch {batch}", f"{cells['torch_eager'] / cells['ort_fp32']:.2f}x"])
+    return rows
+
+
+STAGE = Stage("export", "Export (ONNX) parity and speed", run, blocks=blocks,
+              params=lambda c: {"export": c.export, "max_drop": c.export_max_drop, "format": 4},
+              needs=("decomposition",), enabled=lambda c: c.export)

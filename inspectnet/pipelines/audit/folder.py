@@ -8,7 +8,7 @@ from typing import Any
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, output_dir, read_json
 from inspectnet.models.zoo import ModelAbout
-from inspectnet.pipelines.audit.stages import Stage
+from inspectnet.pipelines.audit.stage import Stage
 
 AUDIT_FILE = "audit.json"
 AUDIT_FORMAT = "inspectnet-audit"

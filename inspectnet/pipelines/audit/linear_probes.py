@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from inspectnet.core.tables import format_percent
 from inspectnet.pipelines.audit.context import AuditContext
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.reports.blocks import Block, Table
 
 
-def stage_linear_probes(ctx: AuditContext) -> dict[str, Any]:
+def run(ctx: AuditContext) -> dict[str, Any]:
+    """A linear probe per probed layer, fitted on the train record and scored on the eval record."""
     from inspectnet.analysis.linprobe import linear_probes, plot
 
     train, ev = ctx.records()
@@ -16,3 +20,15 @@ def stage_linear_probes(ctx: AuditContext) -> dict[str, Any]:
     return {"rows": res.rows, "model_accuracy": res.model_accuracy, "n_train": res.n_train, "n_eval": res.n_eval,
             "figures": [{"path": ctx.rel(path), "caption": "linear-probe accuracy across depth"}]}
 
+
+def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    """Linear-probe accuracy per layer."""
+    n_train, n_eval = r.get("n_train"), r.get("n_eval")
+    return [Table(["layer", "dim", "train acc." + (f" (n = {n_train:,})" if n_train else ""),
+                   "test acc." + (f" (n = {n_eval:,})" if n_eval else "")],
+                  [[x["layer"], x["dim"], format_percent(x["train_accuracy"]), format_percent(x["test_accuracy"])]
+                   for x in r["rows"]])]
+
+
+STAGE = Stage("linear_probes", "Linear probes across depth", run, blocks=blocks, params=lambda c: {},
+              needs=("probe",))

@@ -6,14 +6,17 @@ from typing import Any
 
 import numpy as np
 
-from inspectnet.pipelines.audit.config import probed_layers
+from inspectnet.pipelines.audit.config import AuditConfig, probed_layers
 from inspectnet.pipelines.audit.context import AuditContext
+from inspectnet.pipelines.audit.stage import Stage
 from inspectnet.probe.record import ProbeRecord
+from inspectnet.reports.blocks import Block, Paragraph, Table
 
 
 # The analyses are imported inside each stage: a fully cached audit must not pay for importing
 # scikit-learn, captum or onnx.
-def stage_probe(ctx: AuditContext) -> dict[str, Any]:
+def run(ctx: AuditContext) -> dict[str, Any]:
+    """Probe the train and eval data in one streaming pass each; the eval record is the train record when in-sample."""
     from inspectnet.probe.recorder import run_probe
 
     cfg, zm = ctx.config, ctx.zm
@@ -42,3 +45,17 @@ def _classes_of(record: ProbeRecord) -> dict[str, Any]:
             "label_mapping": record.manifest.get("label_mapping")}
 
 
+def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    """The fit/eval sizes and the probed layers."""
+    return [Table(["split", "data", "samples"], [["fit", r["train"]["data"], r["train"]["samples"]],
+                                                 ["eval", r["eval"]["data"], r["eval"]["samples"]]]),
+            Paragraph("probed layers: " + ", ".join(r["layers"]))]
+
+
+def _probe_params(c: AuditConfig) -> dict[str, Any]:
+    return {"data": c.data, "eval": c.eval_data, "layers": c.layers, "layer": c.layer, "limit": c.limit,
+            "eval_limit": c.eval_limit, "class_map": c.class_map}
+
+
+STAGE = Stage("probe", "Probed samples and layers", run, blocks=blocks,
+              params=lambda c: {**_probe_params(c), "format": 2}, resumable=True, distributed=True)

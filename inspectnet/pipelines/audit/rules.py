@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from inspectnet.core.tables import format_percent, format_value
 from inspectnet.pipelines.audit.context import AuditContext
+from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.reports.blocks import Block, Download, Paragraph, Preformatted, Table
+from inspectnet.reports.card.fields import MAX_CLASS_NAMES, class_label, counted
 
 TOP_RULES = 10
 
 
-def stage_rules(ctx: AuditContext) -> dict[str, Any]:
+def run(ctx: AuditContext) -> dict[str, Any]:
     """A readable tree (the smallest depth within a margin of the best held-out fidelity), its top
     rules by support and the size–fidelity curve; the full pruned tree is written as a download."""
     from inspectnet.analysis.rules.tree import READABLE_MARGIN, extract_rules, plot_curve, write_rules
@@ -37,3 +42,57 @@ def stage_rules(ctx: AuditContext) -> dict[str, Any]:
             "figures": [{"path": ctx.rel(curve), "caption": f"size–fidelity trade-off of the rules on {ctx.layer}"},
                         {"path": ctx.rel(paths["png"]), "caption": f"the readable tree on {ctx.layer} (top levels)"}]}
 
+
+def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    """The readable tree's selection, its top rules and the downloads."""
+    if "selection" not in r:  # a version-1 card: one pruned tree
+        return [Paragraph(f"{r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters of {r['layer']}), "
+                          f"average depth {format_value(r['avg_depth'], 2)}, fidelity {format_percent(r['fidelity'])}."),
+                Preformatted("\n".join(r.get("rules_text", [])))]
+    sel, full, n = r["selection"], r["full_tree"], r["n_eval"]
+    classes = r.get("classes") or []
+    blocks: list[Block] = [
+        Paragraph(f"A decision tree over binarised filters of {r['layer']} (a filter is an atom, active above μ + σ), "
+                  f"fitted to the model's own predictions on {r['n_train']:,} images. The readable tree is the "
+                  f"smallest depth, of {min(x['depth'] for x in sel['curve'] if x['depth'])}–"
+                  f"{max(x['depth'] for x in sel['curve'] if x['depth'])}, whose fidelity on a held-out "
+                  f"{sel['n_val']:,} of those images is within {100 * sel['margin']:.0f} percentage points of the "
+                  f"best ({format_percent(sel['best_val_fidelity'])})"
+                  + (f": depth {sel['max_depth']}." if sel.get("within_margin", True) else
+                     f". No depth up to {max(x['depth'] for x in sel['curve'] if x['depth'])} is, so it is the most "
+                     f"faithful of them: depth {sel['max_depth']}, below the unlimited tree by "
+                     f"{100 * (sel['best_val_fidelity'] - _curve_at(sel, sel['max_depth'])):.1f} points.")),
+        Paragraph(f"Readable tree: {r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters), average "
+                  f"depth {format_value(r['avg_depth'], 2)}; on the evaluation data fidelity {counted(r['fidelity'], n)}, "
+                  f"accuracy against the labels {counted(r['extracted_accuracy'], n)}."
+                  + (f" It names {len(classes)} classes: "
+                     f"{', '.join(class_label(doc, c) for c in classes[:MAX_CLASS_NAMES])}." if classes else "")),
+        Table(["depth", "rules", "held-out fidelity"],
+              [[x["depth"] or f"no limit ({x['tree_depth']})", x["leaves"], format_percent(x["val_fidelity"])]
+               for x in sel["curve"]]),
+        Paragraph(f"Top {len(r['top_rules'])} rules of the readable tree by support (images of the fitting data that "
+                  "reach the rule; confidence = share of them the model gives the rule's class):"),
+        Table(["rule", "support", "confidence", f"eval support (of {n:,})", "eval confidence"],
+              [[t["text"], t["support"], format_percent(t["confidence"]), t["eval_support"],
+                format_percent(t["eval_confidence"])] for t in r["top_rules"]]),
+        Paragraph(f"The full tree (cost-complexity pruning, no depth limit) has {full['rules']} rules over "
+                  f"{full['atoms']} atoms, depth {full['max_depth']} (average {format_value(full['avg_depth'], 1)}), "
+                  f"fidelity {counted(full['fidelity'], n)}: too large to read, it is a download only.")]
+    for path, text in ((full["path"], "full tree: every rule (text)"), (r.get("rules_path"), "readable tree: every rule")):
+        if path and _relative(path):
+            blocks.append(Download(path, text))
+    return blocks
+
+
+def _curve_at(sel: dict[str, Any], depth: int) -> float:
+    return next(x["val_fidelity"] for x in sel["curve"] if x["depth"] == depth)
+
+
+def _relative(path: str) -> bool:
+    """A plain relative path inside the card's folder (no scheme, no absolute path, no ``..``)."""
+    p = Path(path)
+    return ":" not in path and not p.is_absolute() and ".." not in p.parts
+
+
+STAGE = Stage("rules", "Rules extracted from the model's filters", run, blocks=blocks,
+              params=lambda c: {"seed": c.seed, "format": 3}, needs=("probe",))

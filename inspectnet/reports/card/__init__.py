@@ -12,6 +12,9 @@ preformatted text and failure reasons) through two templates, ``templates/card.m
 names, file names, data specs, errors) is escaped: HTML metacharacters always (autoescape), Markdown
 metacharacters in the README (the ``md`` filter), JSON quoting in its YAML header.
 
+The audit's writers (:mod:`inspectnet.pipelines.audit.card`) bind each stage's section renderer:
+
+>>> from inspectnet.pipelines.audit.card import write_card
 >>> doc = load_card("audit")          # doctest: +SKIP
 >>> write_card(doc, "audit")          # re-render README.md and card.html from card.json   # doctest: +SKIP
 """
@@ -29,7 +32,7 @@ from inspectnet.reports.card.document import (
     rerender,
     write_card,
 )
-from inspectnet.reports.card.sections import SPARSITY_KEYS, export_rows, section_title
+from inspectnet.reports.card.sections import SectionBlocks, section_title
 from inspectnet.reports.card.view import (
     INTENDED_USE,
     CardView,
@@ -43,7 +46,7 @@ from inspectnet.reports.card.view import (
     sample_text,
 )
 
-__all__ = ["CARD_SCHEMA", "CARD_SCHEMA_VERSION", "INTENDED_USE", "SPARSITY_KEYS", "CardView", "build_card", "card_view",
-           "caveats", "check_card", "check_copy_target", "export_rows", "faithfulness_metrics", "figure_paths",
+__all__ = ["CARD_SCHEMA", "CARD_SCHEMA_VERSION", "INTENDED_USE", "CardView", "SectionBlocks", "build_card", "card_view",
+           "caveats", "check_card", "check_copy_target", "faithfulness_metrics", "figure_paths",
            "front_matter_fields", "headline", "load_card", "md", "publish", "render_html", "render_markdown", "rerender",
            "sample_text", "section_title", "write_card"]

@@ -2,28 +2,45 @@
 
 import dataclasses
 import datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import library_versions
 from inspectnet.core.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, output_dir, read_json
+from inspectnet.reports.card.schema import (
+    CARD_SCHEMA,
+    CARD_SCHEMA_VERSION,
+    READABLE_VERSIONS,
+    AuditedModel,
+    AuditSettings,
+    CardDocument,
+    CardSection,
+)
+from inspectnet.reports.card.sections import SectionBlocks
 from inspectnet.reports.card.view import render_html, render_markdown
 
-CARD_SCHEMA = "inspectnet-model-card"
 
+def build_card(zm: AuditedModel, config: AuditSettings, results: Mapping[str, Mapping[str, Any]], *,
+               fingerprint: str, total_seconds: float, made_by: Sequence[str] = ()) -> CardDocument:
+    """The card document for an audit (layout: :class:`~inspectnet.reports.card.schema.CardDocument`).
 
-CARD_SCHEMA_VERSION = 1
+    Args:
+        zm: the audited model (or its description).
+        config: the audit's configuration (a dataclass: every field is recorded under ``config``).
+        results: stage name -> its entry (status, result or error, seconds, cached), in the card's order.
+        fingerprint: the model's weights fingerprint.
+        total_seconds: the audit's wall time.
+        made_by: the commands that made the model (see :mod:`inspectnet.models.provenance`).
 
-
-def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fingerprint: str,
-               total_seconds: float, made_by: list[str] = ()) -> dict[str, Any]:
-    """The card document for an audit (see the module doc for its layout); ``made_by`` are the
-    commands that made the model (see :mod:`inspectnet.models.provenance`)."""
-    sections = {}
+    Returns:
+        The card document, ready for :func:`write_card`.
+    """
+    sections: dict[str, CardSection] = {}
     for name, entry in results.items():
-        sections[name] = {k: entry[k] for k in ("title", "status", "error", "result", "seconds", "cached")
-                         if k in entry}
+        sections[name] = CardSection(**{k: entry[k] for k in ("title", "status", "error", "result", "seconds",
+                                                               "cached") if k in entry})
     run = sum(s.get("seconds", 0.0) for s in sections.values() if not s.get("cached"))
     cached = sum(s.get("seconds", 0.0) for s in sections.values() if s.get("cached"))
     cfg = dataclasses.asdict(config)
@@ -47,14 +64,36 @@ def build_card(zm: Any, config: Any, results: dict[str, dict[str, Any]], *, fing
 
 
 def check_card(doc: Any, where: str = "card.json") -> dict[str, Any]:
-    """Validate the schema name, version and required keys; returns ``doc``."""
+    """Validate the schema name, version and required keys; returns ``doc``.
+
+    Args:
+        doc: a parsed card.json.
+        where: how to name it in a refusal.
+
+    Returns:
+        ``doc`` itself.
+
+    Raises:
+        InspectnetError: naming the first problem (not a card, a version this inspectnet does not read, a missing key).
+
+    >>> try:
+    ...     check_card({"schema": "inspectnet-model-card", "schema_version": 9})
+    ... except InspectnetError as exc:
+    ...     print(exc)
+    card.json has schema_version 9; this inspectnet reads versions 1, 2 (upgrade inspectnet)
+    """
     if not isinstance(doc, dict) or doc.get("schema") != CARD_SCHEMA:
         raise InspectnetError(f"{where} is not an inspectnet model card (schema {CARD_SCHEMA!r} expected)")
     version = doc.get("schema_version")
-    if not isinstance(version, int) or version > CARD_SCHEMA_VERSION:
-        raise InspectnetError(f"{where} has schema_version {version!r}; this inspectnet reads up to "
-                              f"{CARD_SCHEMA_VERSION} (upgrade inspectnet)")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > CARD_SCHEMA_VERSION
+        raise InspectnetError(f"{where} has schema_version {version!r}; this inspectnet reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))} "
+                              + ("(upgrade inspectnet)" if newer else "(re-run the audit that wrote it)"))
     missing = [k for k in ("model", "data", "sections", "timing", "reproduce") if k not in doc]
+    if version >= 2:
+        missing += [f"sections.{name}.title" for name, sec in doc.get("sections", {}).items()
+                    if isinstance(sec, dict) and "title" not in sec]
     if missing:
         raise InspectnetError(f"{where} lacks {', '.join(missing)}")
     return doc
@@ -68,25 +107,29 @@ def load_card(folder: str | Path) -> dict[str, Any]:
     return check_card(read_json(path, what="model card"), str(path))
 
 
-def write_card(doc: dict[str, Any], folder: str | Path) -> dict[str, Path]:
-    """Write ``card.json``, ``README.md`` and ``card.html`` into ``folder`` (figures are read from it)."""
+def write_card(doc: dict[str, Any], folder: str | Path,
+               sections: Mapping[str, SectionBlocks]) -> dict[str, Path]:
+    """Write ``card.json``, ``README.md`` and ``card.html`` into ``folder`` (figures are read from it);
+    ``sections`` renders each stage's section (``inspectnet.pipelines.audit.card_sections()``)."""
     folder = Path(folder)
     check_card(doc)
-    markdown, html = render_markdown(doc), render_html(doc, folder)  # both render before anything is written
+    # both render before anything is written
+    markdown, html = render_markdown(doc, sections), render_html(doc, folder, sections)
     return {"json": atomic_write_json(folder / "card.json", doc),
             "markdown": atomic_write_text(folder / "README.md", markdown),
             "html": atomic_write_text(folder / "card.html", html)}
 
 
-def rerender(folder: str | Path) -> dict[str, Path]:
+def rerender(folder: str | Path, sections: Mapping[str, SectionBlocks]) -> dict[str, Path]:
     """``inspectnet card DIR``: re-render README.md and card.html from card.json."""
-    return _write_loaded(load_card(folder), folder, folder)
+    return _write_loaded(load_card(folder), folder, folder, sections)
 
 
-def _write_loaded(doc: dict[str, Any], source: str | Path, dest: str | Path) -> dict[str, Path]:
+def _write_loaded(doc: dict[str, Any], source: str | Path, dest: str | Path,
+                  sections: Mapping[str, SectionBlocks]) -> dict[str, Path]:
     """:func:`write_card` for a card read from disk: a hand-damaged one is an error naming the file."""
     try:
-        return write_card(doc, dest)
+        return write_card(doc, dest, sections)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise InspectnetError(f"{Path(source) / 'card.json'} is damaged ({type(exc).__name__}: {exc}); re-run the "
                               f"audit that wrote it") from None
@@ -122,10 +165,11 @@ def figure_paths(doc: dict[str, Any]) -> list[str]:
     return sorted(set(found))
 
 
-def publish(folder: str | Path, dest: str | Path) -> dict[str, Path]:
+def publish(folder: str | Path, dest: str | Path, sections: Mapping[str, SectionBlocks]) -> dict[str, Path]:
     """Copy a card (card.json + its figures) out of an audit folder without the caches, and render it there.
 
-    >>> publish("runs/audit_mnist", "model_cards/mnist_resnet18")   # doctest: +SKIP
+    >>> from inspectnet.pipelines.audit import card_sections
+    >>> publish("runs/audit_mnist", "model_cards/mnist_resnet18", card_sections())   # doctest: +SKIP
     """
     folder, dest = Path(folder), check_copy_target(dest)
     doc = load_card(folder)
@@ -134,4 +178,4 @@ def publish(folder: str | Path, dest: str | Path) -> dict[str, Path]:
         if src.is_relative_to(folder.resolve()) and src.exists():
             atomic_write_bytes(dest / rel, src.read_bytes())
     output_dir(dest)
-    return _write_loaded(doc, folder, dest)
+    return _write_loaded(doc, folder, dest, sections)

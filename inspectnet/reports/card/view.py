@@ -3,7 +3,7 @@
 import base64
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from inspectnet.reports.blocks import (
     Table,
 )
 from inspectnet.reports.card.fields import MAX_CLASS_NAMES, class_label, counted, ok_result, ratio_text
-from inspectnet.reports.card.sections import stage_section
+from inspectnet.reports.card.sections import SectionBlocks, stage_section
 from inspectnet.reports.render import render_html_template, render_markdown_template
 
 INTENDED_USE = ("Image classification over the classes above. This card documents what the model relies on; "
@@ -35,10 +35,12 @@ class CardView:
     sections: list[Section]
 
 
-def card_view(doc: dict[str, Any]) -> CardView:
-    """The card's content as sections of blocks (Mitchell et al. sections, then one per audit stage).
+def card_view(doc: dict[str, Any], sections: Mapping[str, SectionBlocks]) -> CardView:
+    """The card's content as sections of blocks (Mitchell et al. sections, then one per audit stage, each
+    rendered by ``sections[stage name]``).
 
-    >>> view = card_view(load_card("audit"))    # doctest: +SKIP
+    >>> from inspectnet.pipelines.audit import card_sections
+    >>> view = card_view(load_card("audit"), card_sections())    # doctest: +SKIP
     >>> [s.title for s in view.sections][:2]    # doctest: +SKIP
     ['Model details', 'Intended use']
     """
@@ -55,7 +57,7 @@ def card_view(doc: dict[str, Any]) -> CardView:
                   Section("Quantitative analyses", [Table(["metric", "value"], [list(r) for r in rows])] if rows
                           else [Paragraph("No headline numbers.")]),
                   Section("Model examination", []),
-                  *[stage_section(doc, name, sec) for name, sec in doc["sections"].items()],
+                  *[stage_section(doc, name, sec, sections) for name, sec in doc["sections"].items()],
                   Section("Caveats", [BulletList(caveats(doc))]),
                   Section("How to reproduce", _reproduce_blocks(doc["reproduce"]))])
 
@@ -226,14 +228,14 @@ def caveats(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_markdown(doc: dict[str, Any]) -> str:
+def render_markdown(doc: dict[str, Any], sections: Mapping[str, SectionBlocks]) -> str:
     """README.md: YAML front matter, then the card's sections (``templates/card.md.j2``)."""
-    return render_markdown_template("card.md.j2", card=card_view(doc))
+    return render_markdown_template("card.md.j2", card=card_view(doc, sections))
 
 
-def render_html(doc: dict[str, Any], root: str | Path) -> str:
+def render_html(doc: dict[str, Any], root: str | Path, sections: Mapping[str, SectionBlocks]) -> str:
     """card.html: one self-contained page (``templates/card.html.j2``; PNGs from ``root`` embedded)."""
-    view = card_view(doc)
+    view = card_view(doc, sections)
     return render_html_template("card.html.j2", card=view, title=view.title, intro=view.intro,
                                 embed=_png_embedder(Path(root)))
 
