@@ -17,8 +17,8 @@ from inspectnet.analysis.dissect.dissection import (
     iou_from_counts,
     to_maps,
     unit_overlaps,
-    write_dissection,
 )
+from inspectnet.analysis.dissect.pages import write_dissection
 from inspectnet.analysis.dissect.tail import TailSketch
 from inspectnet.analysis.dissect.upsample import CellUpsampler
 from inspectnet.cli import main

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectnet.analysis.dissect.dissection import dissect, write_dissection
+    from inspectnet.analysis.dissect.dissection import dissect
+    from inspectnet.analysis.dissect.pages import write_dissection
     from inspectnet.data.concepts import load_concepts
 
     check_output_dir(args.out)
