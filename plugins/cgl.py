@@ -1,4 +1,4 @@
-"""Concept Group Learning (Varshneya et al. 2021; TUKL report; DESIGN.md §5.3).
+"""Concept Group Learning (Varshneya et al. 2021; TUKL report).
 
 The filters of each regularized conv layer are split into G consecutive groups of N_g filters;
 ``free`` filters (plus any remainder C − free not divisible by G) are left outside the grouping
