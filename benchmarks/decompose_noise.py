@@ -58,7 +58,7 @@ def ablation(zm, train_rec, test_rec, k: int, seeds: list[int]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="/tmp/inspectnet_bench/decompose_noise")
+    ap.add_argument("--work", default="runs/bench/decompose_noise")
     ap.add_argument("--seeds", type=int, default=5, help="noise seeds")
     ap.add_argument("--crops", type=int, default=800, help="photos crops in all (80 %% train, 20 %% test)")
     ap.add_argument("--threads", type=int, default=2)

@@ -35,8 +35,8 @@ def trained_model(path: Path):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="/tmp/bench_decompose/r18")
-    ap.add_argument("--work", default="/tmp/bench_decompose/r18_run")
+    ap.add_argument("--model", default="runs/bench/decompose_r18_model")
+    ap.add_argument("--work", default="runs/bench/decompose_r18")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -62,7 +62,8 @@ def main() -> None:
     result["timing"] = {"probe_pass_train_s": probe_s, "fit_influence_s": fit_s, "fit_over_probe": fit_s / probe_s,
                         "num_train_samples": len(train_rec), "threads": 1}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "decompose_resnet18.json").write_text(json.dumps(result, indent=2) + "\n")
+    # the scratch folder is no part of the result: the JSON names it by its option
+    (RESULTS / "decompose_resnet18.json").write_text(json.dumps(result, indent=2).replace(str(work), "<--work>") + "\n")
     s = doc["slim"]
     na = doc["noise_ablation"]
     md = [

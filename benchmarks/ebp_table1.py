@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ebp-lams", default="1e-3,1e-2,1e-1", help="EBP's λ sweep (the paper's grid)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default="/tmp/inspectnet_bench/ebp_table1")
+    ap.add_argument("--work", default="runs/bench/ebp_table1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -14,7 +14,7 @@ Lite0 runs on random crops of scikit-image's real photos (224 px), the MNIST Res
     python benchmarks/explain_speed.py --mnist-model runs/mnist_r18 [--threads 1]
 
 Writes benchmarks/results/explain_speed.{json,md}. With ``--lite0-rounds N [--batch B]`` it measures only
-item 1 for Lite0 at batch B (default 1; fp32 and int8), in N interleaved rounds whose engine order alternates,
+measurement 1 for Lite0 at batch B (default 1; fp32 and int8), in N interleaved rounds whose engine order alternates,
 and reports the median and spread of the per-round ratios (benchmarks/results/explain_speed_lite0_bB.{json,md}).
 """
 

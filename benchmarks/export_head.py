@@ -127,8 +127,8 @@ def table(doc: dict, threads: int) -> str:
                          f"{h['latency_ms']['ort_fp32'][b]:.4f} | {share:.2%} |")
     lines += ["", "At C = 10 the head costs a fraction of a percent of the model: decomposing it changes "
               "interpretability, not speed. Slimming removes the unused channels of the last block. The decomposed and "
-              "slimmed accuracy is that of the decomposition itself (k = 5, no head retraining; see the decompose "
-              "issue); the gate parity of each export is in export_head.json.",
+              "slimmed accuracy is that of the decomposition itself (k = 5, no head retraining; see "
+              "benchmarks/results/decompose_resnet18.md); the gate parity of each export is in export_head.json.",
               "", f"Reproduce: `python benchmarks/export_head.py --threads {threads}`"]
     return "\n".join(lines) + "\n"
 

@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench("resnet18_mnist", r18, [("mnist5k:train", 256)], [("mnist5k:test", 1000)],
                           args.threads, work))
         print(json.dumps(rows[-1]["speedup"]), rows[-1]["int8"]["top1_agreement_with_fp32"], file=sys.stderr)
+    for row in rows:   # the files lived in a temporary folder, gone now: keep only their names
+        row["int8"]["path"] = Path(row["int8"]["path"]).name
     doc = {"threads": {"torch": args.threads, "onnxruntime_intra_op": args.threads}, "batches": list(BATCHES),
            "machine": platform.processor() or platform.machine(), "versions": {**library_versions(),
                                                                                "onnxruntime": _ort_version()},

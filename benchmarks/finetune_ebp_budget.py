@@ -28,7 +28,7 @@ RUNS = {"vanilla": [], "ebp (λ=1e-3)": ["ebp:K=25,lam=1e-3,layer=layer4"],
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--work", default="/tmp/inspectnet_bench_finetune")
+    p.add_argument("--work", default="runs/bench/finetune")
     args = p.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)

@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--eval-limit", type=int, default=1000)
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--work", default="/tmp/inspectnet_bench_finetune")
+    p.add_argument("--work", default="runs/bench/finetune")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timing-only", action="store_true",
                    help="only the step-time ratios, to results/finetune_plugins_timing.{json,md}")

@@ -1,7 +1,7 @@
 """AdaRound (Nagel et al. 2020) vs nearest rounding for EfficientNet-Lite0's int8 weights: agreement with fp32, cost.
 
 Same crops and calibration as ``int8_sensitivity.py --model lite0`` (96 calibration crops seed 1, 120 agreement
-crops seed 2); both rows are bias-corrected (the product recipe). Agreement is given on all crops (the issue's
+crops seed 2); both rows are bias-corrected (the product recipe). Agreement is given on all crops (the
 target), where fp32's top-1 probability is ≥ 0.3, and, as an extra statistic, on the fp32-stable crops (fp32's
 top-1 unchanged under ±1 grey level of uniform noise). AdaRound leaves the graph's structure as it is (only which
 integers the int8 weights hold changes), so the int8 speed is the product recipe's. The rows are stored under

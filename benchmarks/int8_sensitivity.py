@@ -38,7 +38,7 @@ from inspectnet.export.onnx import calibration_inputs, export_onnx
 from inspectnet.runtime.classifier import make_session, softmax
 
 RESULTS = Path(__file__).parent / "results"
-CONFIDENT = 0.3  # the issue's bar: agreement where fp32's top-1 probability is at least this
+CONFIDENT = 0.3  # the target's bar: agreement where fp32's top-1 probability is at least this
 GREY_LEVEL = 2 / 255  # one 8-bit step of a [0, 1] image after a 0.5 std normalisation (larger for ImageNet std)
 
 
@@ -229,7 +229,7 @@ def _adaround_table(a: dict, conf: str) -> list[str]:
     stable = a["rows"][0]["fp32_stable"]
     lines = ["## lite0: AdaRound (learned rounding of the int8 weights), bias-corrected", "",
              f"`{a['command']}` — same crops and calibration as above; load average "
-             f"{', '.join(map(str, a['load_average']))} at the end. Extra statistic, not the issue's target: "
+             f"{', '.join(map(str, a['load_average']))} at the end. Extra statistic, not the target: "
              f"agreement on the {stable} fp32-stable crops (fp32 top-1 unchanged under ±1 grey level). "
              "The graph is unchanged, so the int8 speed is the bias-corrected row's.", "",
              f"| AdaRound | top-1 agreement (all) | {conf} (n) | on fp32-stable crops | mean abs logit error | "

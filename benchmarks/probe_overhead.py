@@ -1,4 +1,4 @@
-"""Probe pass vs a plain forward, and probe memory vs dataset size (issue: foundation).
+"""Probe pass vs a plain forward, and probe memory vs dataset size.
 
 1. Throughput: the probe pass (hooks on two layers, reduction, clone, chunked writes to disk) on
    EfficientNet-Lite0 with its real weights, batch 32, versus a plain ``torch.inference_mode()``

@@ -11,7 +11,7 @@ torch-free parts such as :mod:`inspectnet.runtime.classifier` (``inspectnet run`
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.version import __version__
 
-# public name -> the module that defines it (one home per name; the layout is in README "Architecture")
+# public name -> the module that defines it (one home per name; the layout is in docs/architecture.md)
 _LAZY = {
     "load_data": "inspectnet.data", "ImageDataset": "inspectnet.data",
     "load_concepts": "inspectnet.data.concepts",

@@ -1,4 +1,4 @@
-"""Concept Group Learning (Varshneya et al. 2021; TUKL report; DESIGN.md §5.3).
+"""Concept Group Learning (Varshneya et al. 2021; TUKL report).
 
 The filters of each regularized conv layer are split into G consecutive groups of N_g filters;
 ``free`` filters (plus any remainder C − free not divisible by G) are left outside the grouping
@@ -38,7 +38,7 @@ and L_s from one channel-major copy of the layers' ψ and writes both gradients 
 pair distances a few images at a time, each unordered pair once, their signs kept as int8 for the
 backward pass; the spatial moments as products with a position basis). ψ (either variant) and the
 block norms have hand-written backward passes too. ``benchmarks/cgl_step.py`` times a ResNet18 step
-with all 20 convs regularised against a vanilla step (README, "CGL step time"); on the Table 1
+with all 20 convs regularised against a vanilla step (docs/results.md, "CGL step time"); on the Table 1
 network, whose large early maps make ψ and L_g costly next to a cheap convolution, about 4× a
 weight-decay step (was 8.4×; not re-run since).
 ``tests/test_cgl.py`` checks the terms and their gradients against a layer-by-layer transcription

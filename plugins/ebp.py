@@ -1,4 +1,4 @@
-"""Elite BackProp (Kasioumis et al. 2021, DESIGN.md §5.2): class-wise activation sparsity.
+"""Elite BackProp (Kasioumis et al. 2021): class-wise activation sparsity.
 
 A_ij = spatial mean of |F_ij| at the chosen layer (Eq. 1), whose output F must be post-activation
 as in the paper ("followed by ReLU and maxpooling"): the default ``last_stage`` is the last block

@@ -318,8 +318,8 @@ def test_export_ships_the_dense_model_when_the_decomposed_one_loses_more_than_th
         run_audit(_load(trained), _config(export=True, export_max_drop=1.5), out, log=None)
 
 
-def test_repro_1_a_stage_rerun_removes_only_the_files_it_wrote(audited, trained, tmp_path):
-    """Issue 17 item 1: inspectnet never removes what it did not write, also inside its own stage folders."""
+def test_a_stage_rerun_removes_only_the_files_it_wrote(audited, trained, tmp_path):
+    """inspectnet never removes what it did not write, also inside its own stage folders."""
     out = _copy(audited, tmp_path)
     state = json.loads((out / "audit.json").read_text())
     assert state["stages"]["rules"]["files"] == ["rules/fidelity_curve.png", "rules/full_tree/rules.json",
@@ -338,7 +338,7 @@ def test_repro_1_a_stage_rerun_removes_only_the_files_it_wrote(audited, trained,
     assert [n for n, s in again["sections"].items() if not s["cached"]] == ["rules"]
 
 
-def test_repro_6_a_section_that_fails_later_marks_the_card_and_exits_3(audited, trained, tmp_path, capfd):
+def test_a_section_that_fails_later_marks_the_card_and_exits_3(audited, trained, tmp_path, capfd):
     out = _copy(audited, tmp_path)
     concepts = tmp_path / "concepts_without_images"
     concepts.mkdir()

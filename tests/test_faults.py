@@ -1,4 +1,4 @@
-"""Fault injection (issue 17): every command, fed bad input, fails with one line and harms nothing.
+"""Fault injection: every command, fed bad input, fails with one line and harms nothing.
 
 :data:`TABLE` is the one table: (command, bad input, arguments, expected message fragment, expected
 exit code). The bad input names a builder in :data:`BAD_INPUTS` that makes it in the case's
@@ -777,8 +777,8 @@ def test_audit_killed_at_random_points_gives_the_same_card(tmp_path):
     assert on_disk == written, events  # every file in a stage folder is one a finished stage recorded
 
 
-# ---------------------------------------------------------------- the issue's repros, by number
-def test_repro_1_audit_never_adopts_a_folder_of_user_files(assets, tmp_path):
+# ---------------------------------------------------------------- defects once found, each kept fixed
+def test_audit_never_adopts_a_folder_of_user_files(assets, tmp_path):
     """A folder whose entries carry the audit's own names, but holds no audit.json, is refused untouched."""
     from inspectnet import load_model
     from inspectnet.pipelines.audit import AuditConfig, run_audit
@@ -802,7 +802,7 @@ def _train(model: Path, out: Path):
                  device="cpu")
 
 
-def test_repro_2_a_run_folder_refuses_another_starting_model(assets, tmp_path):
+def test_a_run_folder_refuses_another_starting_model(assets, tmp_path):
     """train/finetune into a folder holding a run that started from other weights: refused, naming them."""
     _train(assets.model, tmp_path / "run")
     with pytest.raises(InspectnetError, match="different training run .*start_weights: saved '[0-9a-f]{16}', now"):
@@ -817,7 +817,7 @@ def test_repro_2_a_run_folder_refuses_another_starting_model(assets, tmp_path):
     _train(assets.model, tmp_path / "run")  # the same start resumes (here: finds the run complete)
 
 
-def test_repro_3_train_is_seeded_by_seed(tmp_path, capfd):
+def test_train_is_seeded_by_seed(tmp_path, capfd):
     argv = ["train", "test_resnet", "digits:train", "--in-chans", "1", "--num-classes", "10", "--input-size", "16",
             "--epochs", "1", "--limit", "32", "--batch-size", "16", "--device", "cpu"]
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
@@ -835,7 +835,7 @@ def _grey16(path: Path) -> np.ndarray:
     return np.clip(np.rint(ramp / 257.0), 0, 255).astype(np.uint8)
 
 
-def test_repro_4_sixteen_bit_pngs_are_scaled_on_every_path(assets, tmp_path):
+def test_sixteen_bit_pngs_are_scaled_on_every_path(assets, tmp_path):
     """Torch datasets, `inspectnet predict` and the torch-free `inspectnet run` see the picture, not white."""
     from inspectnet import load_data, load_model
     from inspectnet.models.predict import predict
@@ -864,7 +864,7 @@ def test_repro_4_sixteen_bit_pngs_are_scaled_on_every_path(assets, tmp_path):
     (lambda r: _truncate(r / "layers" / "layer4.npy", 1000), "layers/layer4.npy is truncated"),
     (lambda r: np.save(r / "labels.npy", np.zeros(3, np.int64)), "labels.npy holds (3,)"),
 ], ids=["deleted", "truncated", "replaced"])
-def test_repro_5_damaged_record_is_refused_then_repaired(assets, tmp_path, damage, named):
+def test_damaged_record_is_refused_then_repaired(assets, tmp_path, damage, named):
     from inspectnet import ProbeRecord, load_data, load_model, run_probe
 
     rec = _copy(assets.train, tmp_path / "rec")
@@ -879,7 +879,7 @@ def test_repro_5_damaged_record_is_refused_then_repaired(assets, tmp_path, damag
     assert np.array_equal(repaired.activations("layer4"), original.activations("layer4"))
 
 
-def test_repro_5_an_interrupted_record_with_a_lost_array_starts_over(assets, tmp_path):
+def test_an_interrupted_record_with_a_lost_array_starts_over(assets, tmp_path):
     """Resuming trusts the rows already written only when every array is intact."""
     import inspectnet.probe.record as record
     from inspectnet import ProbeRecord, load_data, load_model, run_probe
@@ -897,7 +897,7 @@ def test_repro_5_an_interrupted_record_with_a_lost_array_starts_over(assets, tmp
     assert np.array_equal(resumed.logits, ProbeRecord.load(assets.train).logits)  # rows 0-15 too, not zeros
 
 
-def test_repro_6_impossible_audit_arguments_are_refused_before_anything_runs(assets, tmp_path):
+def test_impossible_audit_arguments_are_refused_before_anything_runs(assets, tmp_path):
     from inspectnet import load_model
     from inspectnet.pipelines.audit import AuditConfig, run_audit
 
@@ -910,7 +910,7 @@ def test_repro_6_impossible_audit_arguments_are_refused_before_anything_runs(ass
         assert not (tmp_path / "out").exists()
 
 
-def test_repro_7_the_written_opset_is_the_one_asked_for(assets, tmp_path):
+def test_the_written_opset_is_the_one_asked_for(assets, tmp_path):
     import onnx
 
     from inspectnet import export_onnx, load_model
@@ -924,7 +924,7 @@ def test_repro_7_the_written_opset_is_the_one_asked_for(assets, tmp_path):
     assert res.opset == 17 and written[""] == 17
 
 
-def test_repro_8_a_probe_resumed_with_another_batch_size_agrees_to_float32_rounding(assets, tmp_path, interrupt_at):
+def test_a_probe_resumed_with_another_batch_size_agrees_to_float32_rounding(assets, tmp_path, interrupt_at):
     """The batch size is not part of a record's identity; the difference it makes is bounded and recorded."""
     from inspectnet import load_data, load_model, run_probe
 
@@ -943,7 +943,7 @@ def test_repro_8_a_probe_resumed_with_another_batch_size_agrees_to_float32_round
     assert np.array_equal(fresh.predictions, mixed.predictions)
 
 
-def test_repro_9_skip_bad_skips_every_undecodable_file_and_counts_it(assets, tmp_path, capfd):
+def test_skip_bad_skips_every_undecodable_file_and_counts_it(assets, tmp_path, capfd):
     for bad in ("decompression bomb", "truncated JPEG", "zero-byte image", "symlink loop"):
         BAD_INPUTS[bad](tmp_path, assets)
     (tmp_path / "map.json").write_text('{"a": 0, "b": 1}')  # the folder's classes onto the model's placeholders
@@ -970,7 +970,7 @@ def test_the_pixel_limit_can_be_lowered_and_raised(tmp_path, monkeypatch):
     assert PILImage.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's own setting is left as it was
 
 
-def test_repro_12_bad_limits_leave_nothing_and_killed_exports_are_cleaned(assets, tmp_path, capfd):
+def test_bad_limits_leave_nothing_and_killed_exports_are_cleaned(assets, tmp_path, capfd):
     from inspectnet import export_onnx, load_model
 
     assert main(["probe", str(assets.model), "digits", "--layers", "layer4", "--limit", "-5",
@@ -986,7 +986,7 @@ def test_repro_12_bad_limits_leave_nothing_and_killed_exports_are_cleaned(assets
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["m.export.json", "m.onnx"]
 
 
-def test_repro_12_a_failed_finetune_leaves_the_model_as_it_was(assets, tmp_path):
+def test_a_failed_finetune_leaves_the_model_as_it_was(assets, tmp_path):
     from inspectnet import load_data, load_model
     from inspectnet.training.finetune import finetune
     from inspectnet.training.loop import TrainConfig

@@ -1,4 +1,4 @@
-"""Label alignment (issue 11): a dataset's classes are mapped onto a model's classes by WordNet id, name or
+"""Label alignment: a dataset's classes are mapped onto a model's classes by WordNet id, name or
 class map, never by silent folder order; what cannot be mapped is refused with one line naming it."""
 
 import json

@@ -3,7 +3,7 @@
 Every ``import`` statement of every module in ``inspectnet/`` and ``plugins/`` counts, wherever it
 stands (module level, inside functions, under ``TYPE_CHECKING``), read from the source with ``ast``.
 A module belongs to the layer of its longest matching prefix in :data:`LAYERS` and may import its
-own layer and the ones below. README.md ("Architecture") explains the order.
+own layer and the ones below. docs/architecture.md explains the order.
 """
 
 import ast

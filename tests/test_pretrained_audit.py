@@ -1,4 +1,4 @@
-"""Issue 11 as a user meets it: the shipped pretrained EfficientNet-Lite0 audited in its own 1000-class label
+"""A pretrained model as a user meets it: the shipped pretrained EfficientNet-Lite0 audited in its own 1000-class label
 space on real photo crops in ImageNet's folder layout (one WordNet-id folder per class).
 
 The audit's accuracy must be what ``inspectnet predict`` gives on the same files, with WordNet-id folders

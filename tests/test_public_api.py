@@ -1,4 +1,4 @@
-"""The public names: ``from inspectnet import ...`` for the main calls, and README's imports are true."""
+"""The public names: ``from inspectnet import ...`` for the main calls, and the documentation's imports are true."""
 
 import ast
 import importlib
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import inspectnet
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def test_every_public_name_is_the_object_of_its_home_module():
@@ -18,9 +19,10 @@ def test_every_public_name_is_the_object_of_its_home_module():
     assert set(inspectnet.__all__) <= set(dir(inspectnet))
 
 
-def readme_imports() -> list[str]:
-    """Every import statement in README.md's Python blocks."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def documented_imports() -> list[str]:
+    """Every import statement in the Python blocks of README.md and docs/."""
+    blocks = [block for page in PAGES
+              for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
     found = []
     for block in blocks:
         for node in ast.walk(ast.parse(block)):
@@ -29,8 +31,8 @@ def readme_imports() -> list[str]:
     return found
 
 
-def test_readme_python_imports_all_work():
-    imports = readme_imports()
+def test_documented_python_imports_all_work():
+    imports = documented_imports()
     assert len(imports) >= 10 and any("run_audit" in s for s in imports)
     for statement in imports:
-        exec(statement, {})  # noqa: S102 - our own README, checking that it names real modules and names
+        exec(statement, {})  # noqa: S102 - our own documentation, checking that it names real modules and names

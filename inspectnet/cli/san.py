@@ -17,7 +17,7 @@ def _ints(text: str) -> list[int]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("san", help="train Sparsely Activated Networks and select the kernel size by φ̄",
-                       description="Sparsely Activated Networks (DESIGN.md §5.4) on images or a layer's maps.")
+                       description="Sparsely Activated Networks (Bizopoulos & Koutsouris) on images or a layer's maps.")
     p.add_argument("data", help="image data spec (mnist5k, digits, a folder, ...)")
     p.add_argument("--model", help="probe this model's --layer maps instead of using the images")
     p.add_argument("--layer", help="layer whose activation maps are the SAN inputs (with --model)")

@@ -203,7 +203,7 @@ def write_folder(dataset: ImageDataset, root: str | Path, *, limit: int | None =
     same images. ``root`` must be new or empty; returns the files written.
 
     >>> from inspectnet.data import load_data
-    >>> files = write_folder(load_data("photos:test?n=8"), "/tmp/photos_test")   # doctest: +SKIP
+    >>> files = write_folder(load_data("photos:test?n=8"), "data/photos_test")   # doctest: +SKIP
     >>> sorted({f.parent.name for f in files})                                    # doctest: +SKIP
     ['n02123045', 'n03773504', 'n04485082', 'n07920052']
     """

@@ -1,6 +1,6 @@
 """int8 static quantization of an exported classifier with ONNX Runtime (QDQ, calibrated on real data).
 
-The recipe of DESIGN.md §7: QDQ format, per-channel int8 weights (QInt8) and **unsigned** int8
+The recipe: QDQ format, per-channel int8 weights (QInt8) and **unsigned** int8
 activations (QUInt8, the U8S8 kernels that fuse convolutions on x86), MinMax calibration on
 batches of real preprocessed inputs. ``quantize_dynamic`` is not used: it turns convolutions into
 slow ConvInteger nodes. ``keep_fp32`` names graph nodes left unquantized (their inputs and weights stay

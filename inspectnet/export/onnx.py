@@ -219,7 +219,7 @@ def _export_target(zm: ZooModel, head_only: bool) -> tuple[nn.Module, torch.Tens
 def export_form(zm: ZooModel, module: nn.Module, head_only: bool) -> nn.Module:
     """What goes into the graph: a decomposed head becomes a gather of the used features + dense Gemm.
 
-    DESIGN.md §7: that form beat gather/batched-matmul forms in ONNX Runtime; the result is the same
+    That form beat gather/batched-matmul forms in ONNX Runtime; the result is the same
     function, and the gate compares it with the original module.
     """
     head = zm.model.get_submodule(zm.head_name)

@@ -1,7 +1,7 @@
 """Modules that saved models are rebuilt with: the decomposed head and a channel gather.
 
 A :class:`DecomposedLinear` is a linear head whose class c reads only the features in its support
-S_c (DESIGN.md §5.1): logit_c = Σ_{j∈S_c} W[c, j]·f_j + b_c. It computes this as a masked linear
+S_c ("Decomposing the Deep"): logit_c = Σ_{j∈S_c} W[c, j]·f_j + b_c. It computes this as a masked linear
 layer, keeps the decomposition as metadata (per-class indices, weights, bias), and can present
 itself as a dense zero-filled Linear over the gathered union of used features (the form that
 exports best). How the supports are chosen is the analysis's business

@@ -13,7 +13,7 @@ loaded. Choosing what to decompose or slim is analysis (:mod:`inspectnet.analysi
 surgery lives here so that loading a model never imports an analysis.
 
 Slimming removes the penultimate channels that no class uses, exactly: such a channel only feeds
-the head, where every class multiplies it by zero. Supported producers (DESIGN.md §7):
+the head, where every class multiplies it by zero. Supported producers:
 
 * ``efficientnet``: timm EfficientNet/MobileNet-style ``conv_head`` + ``bn2`` (rows removed);
 * ``resnet``: the last block of ``layer4`` (its output conv + BN rows removed, the shortcut

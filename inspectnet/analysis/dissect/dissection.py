@@ -1,4 +1,4 @@
-"""Streaming Network Dissection (Bau et al. 2017; DESIGN §5.5): which units detect which concepts.
+"""Streaming Network Dissection (Bau et al. 2017): which units detect which concepts.
 
 For each unit k of each chosen layer: T_k is the top-``quantile`` level of its activations over
 every pixel of the dataset (q = 0.005: P(a_k > T_k) = 0.005); S_k(x) is its map upsampled to the mask

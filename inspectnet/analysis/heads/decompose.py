@@ -1,4 +1,4 @@
-"""Decomposing a classifier head along influential features (DESIGN.md §5.1): the maths around it.
+"""Decomposing a classifier head along influential features ("Decomposing the Deep", Badola et al.): the maths around it.
 
 logit_c = Σ_{j∈S_c} W[c, j]·f_j + b_c, built from the original linear head and an
 :class:`~inspectnet.analysis.heads.influence.InfluenceMap`. The head module itself,

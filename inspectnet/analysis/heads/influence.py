@@ -1,4 +1,4 @@
-"""Influential features per class (Algorithm 1 of "Decomposing the Deep", DESIGN.md §5.1).
+"""Influential features per class (Algorithm 1 of "Decomposing the Deep", Badola et al.).
 
 For every training sample of class c take the indices of its top-``k1`` features by magnitude;
 histogram those indices over the samples of class c; the ``k2`` most frequent indices form

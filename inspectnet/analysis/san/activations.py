@@ -1,4 +1,4 @@
-"""Sparse activation functions φ of Sparsely Activated Networks (Bizopoulos & Koutsouris, DESIGN.md §5.4).
+"""Sparse activation functions φ of Sparsely Activated Networks (Bizopoulos & Koutsouris).
 
 All act on maps of shape (B, C, L) (1-D signals) or (B, C, H, W) (images / feature maps), one map
 per (sample, channel), and return a tensor of the same shape that is zero except at survivors

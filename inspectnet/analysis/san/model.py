@@ -1,4 +1,4 @@
-"""Sparsely Activated Networks as a model (Bizopoulos & Koutsouris, DESIGN.md §5.4).
+"""Sparsely Activated Networks as a model (Bizopoulos & Koutsouris).
 
 q kernels w_i (m×m, initialised from N(0, 0.1) as in the paper); s_i = x ⋆ w_i; α_i = φ(ReLU(s_i));
 x̂ = Σ_i α_i * w_i (the adjoint convolution); trained with Adam on the L1 reconstruction loss. Per sample:

@@ -1,5 +1,6 @@
-"""The README's code blocks as written: every ``inspectnet`` command line parses, and the Python
-blocks run in order as one session (digits for MNIST, smaller sizes; each swap must still apply)."""
+"""The documentation's code blocks as written (README.md and the guide pages): every ``inspectnet`` command line
+parses, and the Python blocks run in order as one program (digits for MNIST, smaller sizes; each swap must still
+apply)."""
 
 import re
 import shlex
@@ -11,8 +12,13 @@ import pytest
 
 from inspectnet.cli import build_parser
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-# (README text, what the test runs instead): only data and sizes change, never a call
+ROOT = Path(__file__).resolve().parent.parent
+# the pages whose Python blocks build on each other, in the order they run (the guide's reading order)
+PAGES = [ROOT / "README.md", *(ROOT / "docs" / "guide" / f"{name}.md" for name in (
+    "models-and-data", "probes-and-records", "torchrun", "features-and-heads", "finetuning", "writing-a-plugin",
+    "rules-and-sparsity",
+    "dissection", "export-and-run", "explanations", "audit-and-cards"))]
+# (documented text, what the test runs instead): only data and sizes change, never a call
 SMALL = [('"mnist5k:train"', '"digits:train"'), ('"mnist5k:test"', '"digits:test"'),
          ("TrainConfig(epochs=3)", "TrainConfig(epochs=1, limit=320)"),
          ("TrainConfig(epochs=2)", "TrainConfig(epochs=1, limit=64)"), ("input_size=28", "input_size=16"),
@@ -23,7 +29,8 @@ SMALL = [('"mnist5k:train"', '"digits:train"'), ('"mnist5k:test"', '"digits:test
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    return [block for page in PAGES
+            for block in re.findall(rf"^```{language}\n(.*?)^```", page.read_text(), flags=re.S | re.M)]
 
 
 def commands() -> list[list[str]]:
@@ -42,21 +49,21 @@ def commands() -> list[list[str]]:
     return found
 
 
-def test_every_readme_command_parses():
+def test_every_documented_command_parses():
     cmds = commands()
     assert len(cmds) >= 20
     for argv in cmds:
         try:
             build_parser(argv).parse_args(argv)
         except SystemExit:
-            pytest.fail(f"README command does not parse: inspectnet {shlex.join(argv)}")
+            pytest.fail(f"documented command does not parse: inspectnet {shlex.join(argv)}")
 
 
 @pytest.mark.slow
-def test_readme_python_blocks_run_as_one_session(tmp_path):
+def test_documented_python_blocks_run_in_order(tmp_path):
     code = "\n".join(blocks("python"))
     for old, new in SMALL:
-        assert old in code, f"the README no longer says {old!r}; update SMALL"
+        assert old in code, f"the documentation no longer says {old!r}; update SMALL"
         code = code.replace(old, new)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
