@@ -532,14 +532,14 @@ def _open_writers(out: Path, block: dict[str, torch.Tensor], n: int) -> dict[str
 
 def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: dict[str, Any],
                     block: dict[str, torch.Tensor], batch_size: int, *, complete: bool) -> None:
-    old = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
+    old, n = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}, identity["num_samples"]
     manifest = {
         "format": "inspectnet-probe-record", "schema_version": SCHEMA_VERSION, "complete": complete,
         "identity": identity, "versions": library_versions(),
         "model": {"spec": zm.spec, "fingerprint": identity["weights_fingerprint"], "head": zm.head_name,
                   "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in zm.data_config.items()}},
-        "data": {"spec": dataset.spec, "num_samples": identity["num_samples"], "dataset_size": len(dataset)},
-        "num_samples": identity["num_samples"],
+        "data": {"spec": dataset.spec, "num_samples": n, "dataset_size": len(dataset), "label_set": dataset.label_set},
+        "num_samples": n,
         "class_names": zm.class_names,
         "data_class_names": dataset.label_mapping.data_classes if dataset.label_mapping else dataset.class_names,
         "label_mapping": dataset.label_mapping.describe() if dataset.label_mapping else None,
