@@ -100,7 +100,7 @@ def test_data_without_masks_gets_no_localisation(tmp_path):
     from inspectnet.models.zoo import load_model
     from inspectnet.pipelines.explain import ModelForm, QualityConfig, explanation_quality
 
-    zm = load_model("test_resnet", num_classes=10, in_chans=1, input_size=32, seed=0)
+    zm = load_model("test_resnet", num_classes=10, in_chans=1, input_size=64, seed=0)
     config = QualityConfig(images=3, sanity_images=0, methods=("evidence",),
                            faithfulness=FaithfulnessConfig(steps=2, road_fractions=(0.5,)))
     doc = explanation_quality([ModelForm("full", zm)], load_data("digits:test", zm.transform()), tmp_path, config)
