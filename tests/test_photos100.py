@@ -82,8 +82,8 @@ def test_fit_and_eval_crops_never_share_a_crop():
 def test_lite0_top1_on_the_crops_is_what_predict_gives(tmp_path, capsys, lite0_weights):
     """The shipped Lite0's top-1 on the in-memory crops (a probe record, as the audit makes) equals
     ``inspectnet predict`` on the same crops written as files."""
+    from inspectnet import run_probe
     from inspectnet.models.zoo import load_model
-    from inspectnet.probe.record import run_probe
 
     spec = "photos100:test?crops=3"
     assert main(["folder", spec, "--out", str(tmp_path / "crops")]) == 0
