@@ -109,3 +109,18 @@ def test_every_name_in_the_section_is_escaped(tmp_path):
     for rendered in (page, text):
         assert "<script>alert" not in rendered and "&lt;script&gt;alert" in rendered
     assert page.count("<script>") == 1
+
+
+def test_section_shows_the_pointing_game_beside_the_random_control_where_masks_exist(tmp_path):
+    doc = _card("plain")
+    res = doc["sections"]["explanations"]["result"]
+    res["localisation"] = {"object_share": 0.25}
+    for row in res["rows"]:
+        if row.get("status", "ok") == "ok":
+            row["localisation"] = {"energy_pointing_game": 0.625, "energy_pointing_game_se": 0.05,
+                                   "vs_random": {"difference": 0.375, "difference_se": 0.1}}
+    text = render_markdown(doc)
+    assert "objects' share of the image, 25.0 %" in text
+    assert "pointing game ↑" in text and "Δ pointing game vs random" in text
+    assert "0.625 ± 0.05" in text and "0.375 ± 0.1" in text
+    assert "pointing game" not in render_markdown(_card("plain"))  # no masks, no columns

@@ -8,7 +8,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Write DATA as ROOT/CLASS/IMAGE.png, one sub-folder per class named as DATA "
                                    "names it (photos: WordNet ids, as in ImageNet), so any command can read "
                                    "it back as a folder.")
-    p.add_argument("data", help="labelled data: photos[:train|:test], mnist5k, digits, shapes, or a folder")
+    p.add_argument("data", help="labelled data: photos[:train|:test], photos100, mnist5k, digits, shapes, or a folder")
     p.add_argument("--out", required=True, help="new (or empty) folder to write")
     p.add_argument("--limit", type=int, help="write only the first N images")
     p.set_defaults(func=run)

@@ -46,7 +46,7 @@ def model_ref_from_args(args: argparse.Namespace, seed: int | None = 0) -> Model
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     if data:
-        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, photos, samples")
+        p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, photos, photos100, samples")
     p.add_argument("--limit", type=int, help="use only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")

@@ -3,6 +3,7 @@
 A data spec is the path of an image folder (one sub-folder per class) or a built-in source:
 ``mnist5k[:train|:test]``, ``digits[:train|:test]``, ``shapes[:train|:test][?n=2000&seed=0&task=square]``,
 ``photos[:train|:test][?n=200&seed=0]`` (labelled crops of real photos, ImageNet classes),
+``photos100[:train|:test][?labels=sure|all&crops=10&seed=0]`` (crops of 100 real photos, one ImageNet class each),
 ``samples`` (unlabelled photos).
 
 The dataset classes are imported on first use (PEP 562), so :mod:`inspectnet.data.labels` stays

@@ -28,6 +28,8 @@ class ImageDataset(torch.utils.data.Dataset):
     labels: np.ndarray
     skipped: list[str]
     label_mapping: LabelMapping | None = None
+    # which of a source's labelled subsets the data holds, where it offers several (photos100: "sure" or "all")
+    label_set: str | None = None
 
     def __init__(self, transform: Callable | None = None):
         self.transform = transform
@@ -42,6 +44,22 @@ class ImageDataset(torch.utils.data.Dataset):
     def name(self, index: int) -> str:
         """A human-readable identifier of sample ``index`` (file name or ``spec#index``)."""
         return f"{self.spec}#{index}"
+
+    def object_mask(self, index: int) -> np.ndarray | None:
+        """The pixels of the objects in image ``index``, (H, W) bool at the image's resolution; None where
+        the data has no object masks (only generated data knows its objects exactly).
+
+        Args:
+            index: the sample.
+
+        Returns:
+            The mask, or None.
+
+        >>> from inspectnet.data import load_data
+        >>> load_data("shapes?n=4").object_mask(0).shape, load_data("digits").object_mask(0)
+        ((64, 64), None)
+        """
+        return None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self.image(index)
@@ -98,17 +116,25 @@ class ArrayDataset(ImageDataset):
         self.class_names = list(class_names)
         self._names = list(names) if names is not None else None
 
+    # per-concept pixel masks (N, concepts, H, W) where the source generates them (shapes)
+    masks: np.ndarray | None = None
+
     def image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index])
 
     def name(self, index: int) -> str:
         return self._names[index] if self._names else super().name(index)
 
+    def object_mask(self, index: int) -> np.ndarray | None:
+        # every object pixel carries at least one concept (its colour), so the union is the objects
+        return None if self.masks is None else np.asarray(self.masks[index]).any(0)
+
     def subset(self, indices: np.ndarray, spec: str) -> "ArrayDataset":
         names = [self._names[i] for i in indices] if self._names else None
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
         sub = ArrayDataset(spec, images, self.labels[indices], self.class_names, self.transform, names)
-        sub.label_mapping = self.label_mapping
+        sub.label_mapping, sub.label_set = self.label_mapping, self.label_set
+        sub.masks = None if self.masks is None else self.masks[indices]
         return sub
 
 

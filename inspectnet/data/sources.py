@@ -11,7 +11,7 @@ takes seconds; the cached arrays load in milliseconds, and every split of a sour
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -212,18 +212,51 @@ def photos(spec: str, split: str | None, params: dict[str, str]) -> CropDataset:
     if n < 2 * len(LABELLED_PHOTOS):
         raise InspectnetError(f"data spec {spec!r}: n={n} is too small; at least {2 * len(LABELLED_PHOTOS)} "
                               f"crops are needed (two per photo)")
-    rng = np.random.default_rng(seed)
-    images, items = [], []
-    for k, (name, _) in enumerate(LABELLED_PHOTOS):
-        images.append(photo(name))
-        count = n // len(LABELLED_PHOTOS) + (k < n % len(LABELLED_PHOTOS))
-        boxes = crop_boxes(images[-1].shape[1], images[-1].shape[0], count, rng)
-        cut = int(round(TRAIN_FRACTION * count))
-        keep = {None: range(count), "train": range(cut), "test": range(cut, count)}[split]
-        items += [(k, boxes[i], f"{name}_{i:03d}") for i in keep]
+    images = [photo(name) for name, _ in LABELLED_PHOTOS]
+    counts = [n // len(images) + (k < n % len(images)) for k in range(len(images))]
+    rng = np.random.default_rng(seed)  # one generator, drawn photo by photo
+    items = seeded_crops(images, [name for name, _ in LABELLED_PHOTOS], counts, split, [rng] * len(images))
     return CropDataset(spec, images, items, [wnid for _, wnid in LABELLED_PHOTOS])
+
+
+def seeded_crops(images: list[np.ndarray], stems: list[str], counts: list[int], split: str | None,
+                 rngs: Sequence[np.random.Generator], *, min_scale: float = 0.3) -> list[tuple[int, tuple, str]]:
+    """The :class:`CropDataset` items of ``split``: ``counts[k]`` distinct crops of image k (label k),
+    named ``STEM_INDEX``; the first 80 % of each image's crops are ``train``, the rest ``test``, so the
+    two splits never share a crop.
+
+    Args:
+        images: the photos, RGB uint8 (H, W, 3).
+        stems: one name per photo, the prefix of its crops' names.
+        counts: crops drawn per photo (all splits together).
+        split: ``"train"``, ``"test"`` or None (every crop).
+        rngs: per photo, the generator that places its crops (one may be repeated: the photos then draw
+            from it in turn).
+        min_scale: the smallest crop side, as a fraction of the photo's side.
+
+    Returns:
+        (image index, (left, top, width, height, flipped), name) per crop of the split.
+
+    >>> seeded_crops([np.zeros((10, 20, 3), np.uint8)], ["a"], [5], "test", [np.random.default_rng(0)])
+    [(0, (1, 0, 18, 9, False), 'a_004')]
+    """
+    items = []
+    for k, (image, stem, count, rng) in enumerate(zip(images, stems, counts, rngs)):
+        boxes = crop_boxes(image.shape[1], image.shape[0], count, rng, min_scale=min_scale)
+        cut = min(int(round(TRAIN_FRACTION * count)), count - 1)  # two crops: one in each split
+        keep = {None: range(count), "train": range(cut), "test": range(cut, count)}[split]
+        items += [(k, boxes[i], f"{stem}_{i:03d}") for i in keep]
+    return items
+
+
+def photos100(spec: str, split: str | None, params: dict[str, str]) -> CropDataset:
+    """Seeded crops of the 100 photos of the ai-benchmark package (see :mod:`inspectnet.data.photos100`)."""
+    from inspectnet.data.photos100 import photos100_crops
+
+    return photos100_crops(spec, split, params)
 
 
 SOURCES: dict[str, Callable[[str, str | None, dict[str, str]], ArrayDataset | CropDataset]] = {
     "mnist5k": mnist5k, "digits": digits, "shapes": shapes, "samples": samples, "photos": photos,
+    "photos100": photos100,
 }

@@ -35,11 +35,14 @@ class SubsetDataset(ImageDataset):
         self.base, self.indices, self.spec = base, np.asarray(indices, dtype=np.int64), spec
         self.labels = np.asarray(base.labels)[self.indices]
         self.class_names = list(base.class_names)
-        self.label_mapping = base.label_mapping
+        self.label_mapping, self.label_set = base.label_mapping, base.label_set
         self.skipped = list(base.skipped)
 
     def image(self, index: int):
         return self.base.image(int(self.indices[index]))
+
+    def object_mask(self, index: int) -> np.ndarray | None:
+        return self.base.object_mask(int(self.indices[index]))
 
     def name(self, index: int) -> str:
         return self.base.name(int(self.indices[index]))

@@ -28,8 +28,9 @@ from inspectnet.analysis.explain.faithfulness import (
     faithfulness_curves,
     summarise,
 )
+from inspectnet.analysis.explain.localisation import energy_pointing_game, localisation_summary, mask_view
 from inspectnet.analysis.explain.methods import MethodConfig, explanation_maps, random_maps
-from inspectnet.analysis.explain.plots import plot_curves, plot_examples, plot_sanity
+from inspectnet.analysis.explain.plots import plot_curves, plot_examples, plot_localisation, plot_sanity
 from inspectnet.analysis.explain.sanity import cascading_randomisation
 from inspectnet.core.errors import InspectnetError
 from inspectnet.data.subsets import spread_indices
@@ -112,6 +113,8 @@ def explanation_quality(forms: Sequence[ModelForm], data: ImageDataset, out: str
                         config: QualityConfig = QualityConfig()) -> dict[str, Any]:
     """Faithfulness (deletion, insertion, ROAD, against the random control) of every method on every
     form, the cascading-randomisation sanity check of the torch forms, and their pictures in ``out``.
+    On data with object masks (``data.object_mask``), every row also holds its ``localisation``: the
+    energy-based pointing game (:mod:`~inspectnet.analysis.explain.localisation`), method and control.
 
     ``forms[0]`` is the reference (the full model): each form's top-1 agreement is measured against
     it. Targets are each form's own predictions. A method that a form cannot run (e.g. evidence on a
@@ -127,9 +130,15 @@ def explanation_quality(forms: Sequence[ModelForm], data: ImageDataset, out: str
     doc: dict[str, Any] = {"images": len(indices), "data": getattr(data, "spec", None),
                            "faithfulness": dataclasses.asdict(config.faithfulness),
                            "ig_steps": config.method.ig_steps, "forms": [], "rows": [], "sanity": {}}
+    masks = _object_masks(data, indices, forms)
+    if masks is not None:
+        doc["localisation"] = {"metric": "energy-based pointing game", "images": len(indices),
+                               "object_share": float(masks.double().mean())}
     reference, curves, examples = None, {}, {}
     for form in forms:
         entry, rows, found = _evaluate_form(form, x, labels, indices, config, reference)
+        if masks is not None:
+            _localise(rows, found, masks)
         reference = reference if reference is not None else entry.get("predictions")
         doc["forms"].append({k: v for k, v in entry.items() if k != "predictions"})
         doc["rows"] += rows
@@ -176,6 +185,27 @@ def _evaluate_form(form: ModelForm, x: torch.Tensor, labels: np.ndarray, indices
             if row["status"] == "ok" and row["method"] != "random" and tuple(row["map_size"]) == size:
                 row["vs_random"] = compare_to_control(found[row["method"]][0], control[0])
     return entry, rows, found
+
+
+def _object_masks(data: ImageDataset, indices: list[int], forms: Sequence[ModelForm]) -> torch.Tensor | None:
+    """The explained images' object masks as the model's input sees them (N, H, W), or None when the data
+    has no masks for them."""
+    config = next((f.zm.data_config for f in forms if f.zm is not None), None)
+    found = [data.object_mask(i) for i in indices] if hasattr(data, "object_mask") else [None]
+    if config is None or any(m is None for m in found):
+        return None
+    return torch.stack([mask_view(m, config) for m in found])
+
+
+def _localise(rows: list[dict[str, Any]], found: dict[str, tuple[Any, np.ndarray]], masks: torch.Tensor) -> None:
+    """Adds to each measured row its pointing-game summary, paired with the random control of its resolution."""
+    scores = {key: energy_pointing_game(torch.from_numpy(maps), masks) for key, (_, maps) in found.items()}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        control = scores.get("random " + "x".join(map(str, row["map_size"])))
+        own = control if row["method"] == "random" else scores[row["method"]]
+        row["localisation"] = localisation_summary(own, masks, None if row["method"] == "random" else control)
 
 
 def _measure(form: str, method: str, maps: torch.Tensor, seconds: float, score, x: torch.Tensor, preds: torch.Tensor,
@@ -249,6 +279,9 @@ def _figures(doc: dict[str, Any], curves: dict, examples: dict[str, np.ndarray],
         figures.append({"path": str(plot_sanity(doc["sanity"], out / "sanity_cascade.png")),
                         "caption": "cascading parameter randomisation (Adebayo et al. 2018): rank correlation of each "
                                    "method's maps with the trained model's"})
+    localisation = _localisation_figure(doc, out) if doc.get("localisation") else None
+    if localisation is not None:
+        figures.append(localisation)
     config = next((f.zm.data_config for f in forms if f.zm is not None), None)
     if examples and config is not None:
         shown = indices[:4]
@@ -258,3 +291,28 @@ def _figures(doc: dict[str, Any], curves: dict, examples: dict[str, np.ndarray],
                         "caption": "each method's map on the first images (evidence: red for the predicted class, blue "
                                    "against)"})
     return figures
+
+
+def _localisation_figure(doc: dict[str, Any], out: Path) -> dict[str, str] | None:
+    """The pointing game of every measured map (bars), its caption listing the values of the first form;
+    None when no map had positive energy to place."""
+    rows = [r for r in doc["rows"] if r.get("localisation", {}).get("energy_pointing_game") is not None]
+    if not rows:
+        return None
+    label = {id(r): f"{r['method'] if r['method'] != 'random' else 'random ' + 'x'.join(map(str, r['map_size']))} "
+                    f"({r['form']})" for r in rows}
+    path = plot_localisation({label[id(r)]: (r["localisation"]["energy_pointing_game"],
+                                             r["localisation"]["energy_pointing_game_se"]) for r in rows},
+                             doc["localisation"]["object_share"], out / "localisation.png")
+    first = [r for r in rows if r["form"] == doc["forms"][0]["name"]]
+    values = "; ".join(f"{label[id(r)]} {_percent(r['localisation'])}" for r in first)
+    return {"path": str(path), "caption": f"localisation on the object masks (energy-based pointing game, Wang et al. "
+                                          f"2020): share of each map's positive energy inside the objects, mean over "
+                                          f"{doc['localisation']['images']} images, higher is better; a map spread "
+                                          f"evenly scores the objects' share of the image, "
+                                          f"{100 * doc['localisation']['object_share']:.1f} %. {values}"}
+
+
+def _percent(loc: dict[str, Any]) -> str:
+    se = loc["energy_pointing_game_se"]
+    return f"{100 * loc['energy_pointing_game']:.1f} %" + (f" ± {100 * se:.1f}" if se is not None else "")

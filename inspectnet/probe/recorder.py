@@ -61,7 +61,7 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
 
     >>> from inspectnet.models.zoo import load_model; from inspectnet.data import load_data
     >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=28)
-    >>> rec = run_probe(zm, load_data("digits", zm.transform()), "layer3,layer4", "/tmp/rec", limit=64)  # doctest: +SKIP
+    >>> rec = run_probe(zm, load_data("digits", zm.transform()), "layer3,layer4", "runs/rec", limit=64)  # doctest: +SKIP
     """
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
@@ -320,7 +320,8 @@ def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: di
         "identity": identity, "versions": library_versions(),
         "model": {"spec": zm.spec, "fingerprint": identity["weights_fingerprint"], "head": zm.head_name,
                   "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in zm.data_config.items()}},
-        "data": {"spec": dataset.spec, "num_samples": identity["num_samples"], "dataset_size": len(dataset)},
+        "data": {"spec": dataset.spec, "num_samples": identity["num_samples"], "dataset_size": len(dataset),
+                 "label_set": dataset.label_set},
         "num_samples": identity["num_samples"],
         "class_names": zm.class_names,
         "data_class_names": dataset.label_mapping.data_classes if dataset.label_mapping else dataset.class_names,

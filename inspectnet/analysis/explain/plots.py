@@ -1,4 +1,5 @@
-"""The card's explanation pictures: mean deletion/insertion curves, the sanity-check cascade, example maps.
+"""The card's explanation pictures: mean deletion/insertion curves, the sanity-check cascade, example maps,
+the pointing game.
 
 >>> plot_curves({"evidence": curves}, "out/curves.png")      # doctest: +SKIP
 """
@@ -94,3 +95,34 @@ def _signed(name: str, m: np.ndarray) -> np.ndarray:
     """Evidence keeps its sign; other maps are relevance ≥ 0 (shifted so their minimum shows no colour)."""
     m = np.asarray(m, dtype=np.float64)
     return m if "evidence" in name or not np.isfinite(m).all() else m - m.min()
+
+
+def plot_localisation(scores: dict[str, tuple[float, float | None]], chance: float, path: str | Path) -> Path:
+    """Energy-based pointing game per method and form (bars, ± one standard error), with the chance level
+    (the objects' share of the image: what a map spread evenly scores) as a dotted line.
+
+    Args:
+        scores: label (``"method (form)"``) -> (mean proportion, its standard error or None).
+        chance: the mean share of the image inside the object masks.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    >>> plot_localisation({"evidence (full)": (0.6, 0.05), "random 4x4 (full)": (0.2, None)}, 0.2, "l.png")  # doctest: +SKIP
+    """
+    labels = list(scores)
+    fig = new_figure(figsize=(7.2, 1.1 + 0.28 * len(labels)))
+    ax = fig.subplots()
+    means = [scores[k][0] for k in labels]
+    errors = [scores[k][1] or 0.0 for k in labels]
+    ax.barh(range(len(labels)), means, xerr=errors, color=["grey" if "random" in k else "tab:red" for k in labels])
+    ax.axvline(chance, color="black", linewidth=0.8, linestyle=":", label="a map spread evenly (objects' share)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(range(len(labels)), [_plain(k) for k in labels], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the map's positive energy inside the objects", fontsize=8)
+    ax.set_title("energy-based pointing game: higher is better", fontsize=9)
+    ax.tick_params(labelsize=7)
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")  # long method names: fit the labels, not the axes

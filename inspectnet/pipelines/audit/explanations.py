@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inspectnet.core.tables import format_value
+from inspectnet.core.tables import format_percent, format_value
 from inspectnet.data.subsets import spread_subset
 from inspectnet.models.zoo import ZooModel
 from inspectnet.pipelines.audit.context import AuditContext, describe_error
@@ -87,11 +87,19 @@ def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
         f"difference); it beats the control when both deletion and insertion are better by more than two "
         f"standard errors. {ARROWS}.")]
     ok = [x for x in r["rows"] if x["status"] == "ok"]
+    loc = r.get("localisation")
+    if loc:
+        blocks.append(Paragraph(
+            "Localisation on the object masks: the energy-based pointing game (Wang et al. 2020) is the share of a "
+            "map's positive part inside the objects; a map spread evenly scores the objects' share of the image, "
+            f"{format_percent(loc['object_share'])}."))
+    pointing = ["pointing game ↑", "Δ pointing game vs random"] if loc else []
     blocks.append(Table(["method", "model form", "map", "deletion AUC ↓", "insertion AUC ↑", "ROAD MoRF ↓",
-                         "ROAD LeRF ↑", "Δ deletion vs random", "Δ insertion vs random", "beats random",
+                         "ROAD LeRF ↑", "Δ deletion vs random", "Δ insertion vs random", "beats random", *pointing,
                          "maps ranked (constant, NaN)"],
                         [[x["method"], x["form"], "x".join(map(str, x["map_size"])), x["deletion_auc"],
                           x["insertion_auc"], x["road_morf"], x["road_lerf"], *_versus(x.get("vs_random")),
+                          *(_pointing(x.get("localisation")) if loc else []),
                           f"{x['evaluated']} of {x['images']} ({x['constant_maps']}, {x['nan_maps']})"] for x in ok],
                         sortable=True))
     blocks.append(Paragraph("Explanation quality by model form: what decomposing, slimming and int8 export cost in "
@@ -126,6 +134,15 @@ def _versus(v: dict[str, Any] | None) -> list[Any]:
         return ["n/a", "n/a", "n/a"]
     return [_plus_minus(v["deletion_auc"], v["deletion_auc_se"]), _plus_minus(v["insertion_auc"], v["insertion_auc_se"]),
             "yes" if v["beats_control"] else "no"]
+
+
+def _pointing(loc: dict[str, Any] | None) -> list[str]:
+    """The pointing game of one row and its paired difference from the random control."""
+    if not loc:
+        return ["n/a", "n/a"]
+    v = loc.get("vs_random")
+    return [_plus_minus(loc["energy_pointing_game"], loc["energy_pointing_game_se"]),
+            _plus_minus(v["difference"], v["difference_se"]) if v else "—"]
 
 
 def _plus_minus(value: float | None, se: float | None) -> str:

@@ -42,7 +42,7 @@ def _classes_of(record: ProbeRecord) -> dict[str, Any]:
     """The model classes a record has labelled samples of, and how the data's classes were mapped."""
     labels = np.asarray(record.labels)
     return {"classes_present": [int(c) for c in np.unique(labels[labels >= 0])],
-            "label_mapping": record.manifest.get("label_mapping")}
+            "label_mapping": record.manifest.get("label_mapping"), "label_set": record.manifest["data"].get("label_set")}
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:

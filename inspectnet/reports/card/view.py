@@ -132,6 +132,9 @@ def _label_blocks(doc: dict[str, Any]) -> list[Block]:
                + (" …" if len(present) > MAX_CLASS_NAMES else "") + ")" if len(present) < num else "")
             + f"; {len(fit)} in the fitting data, {len(ev)} in the evaluation data. Accuracy is top-1 over all "
               f"{num} classes; per-class analyses cover the classes with data.")
+    chosen = [f"{probe[s]['data']}: {probe[s]['label_set']!r}" for s in ("train", "eval") if probe[s].get("label_set")]
+    if chosen:
+        text += f" Label set of the source: {'; '.join(dict.fromkeys(chosen))}."
     return [*blocks, Paragraph(text)]
 
 
