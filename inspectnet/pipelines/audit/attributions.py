@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -12,7 +12,16 @@ from inspectnet.pipelines.audit.stage import Stage
 from inspectnet.reports.blocks import Block, Failure, Figure
 
 
-def run(ctx: AuditContext) -> dict[str, Any]:
+class AttributionsResult(TypedDict, total=False):
+    """The attributions stage's result in card.json: each family of pictures, or why it failed."""
+
+    errors: dict[str, str]
+    inputs: list[dict[str, Any]]
+    classes: list[dict[str, Any]]
+    units: dict[str, Any]
+
+
+def run(ctx: AuditContext) -> AttributionsResult:
     """Input attributions, influential-feature maps and receptive fields of the top units; each family of pictures
     fails alone."""
     from inspectnet.analysis import attributions as at

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from inspectnet.core.tables import format_percent, format_value
 from inspectnet.pipelines.audit.context import AuditContext
@@ -11,7 +11,37 @@ from inspectnet.reports.blocks import Block, Paragraph, Table
 from inspectnet.reports.card.fields import class_label, counted, ok_result, ratio_text
 
 
-def run(ctx: AuditContext) -> dict[str, Any]:
+class DecompositionResult(TypedDict, total=False):
+    """The decomposition stage's result in card.json (the keys of the decomposition report it keeps, and the
+    per-class influential features of the classes with data)."""
+
+    k1: int
+    k2: int
+    accuracy_full: float | None
+    accuracy_decomposed: float | None
+    rA: float | None
+    rA_undefined: str
+    agreement: float | None
+    union_size: int
+    features_used: list[int]
+    feature_dim: int
+    dense_classes: list[int]
+    head_macs_full: int
+    head_macs_decomposed: int
+    head_macs_gathered_dense: int
+    among_fitted_classes: dict[str, Any]
+    noise_ablation: dict[str, Any]
+    accuracy_retrained: float | None
+    retrain_epochs: int
+    model_form: str
+    model_choice: str
+    num_classes: int
+    classes_with_data: int
+    per_class: list[dict[str, Any]]
+    model_dir: str
+
+
+def run(ctx: AuditContext) -> DecompositionResult:
     """Algorithm 1's influential features per class, the decomposed head, and each feature's exact mean contribution."""
     from inspectnet.analysis.heads.decompose import class_feature_means, head_of, linear_params, mean_contributions
     from inspectnet.pipelines.decompose import run_decomposition

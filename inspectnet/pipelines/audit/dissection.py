@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from inspectnet.core.distributed import world
 from inspectnet.pipelines.audit.context import AuditContext
@@ -10,7 +10,17 @@ from inspectnet.pipelines.audit.stage import Stage
 from inspectnet.reports.blocks import Block, Table
 
 
-def run(ctx: AuditContext) -> dict[str, Any]:
+class DissectionResult(TypedDict):
+    """The dissection stage's result in card.json: detectors per analysed layer."""
+
+    data: str
+    num_images: int
+    iou_threshold: float
+    quantile: float
+    layers: dict[str, dict[str, Any]]
+
+
+def run(ctx: AuditContext) -> DissectionResult:
     """Network dissection of the analysed layer against the concept data (every rank under torchrun)."""
     from inspectnet.analysis.dissect.dissection import dissect
     from inspectnet.analysis.dissect.pages import write_dissection

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from inspectnet.core.tables import format_percent, format_value
 from inspectnet.data.subsets import spread_subset
@@ -13,7 +13,23 @@ from inspectnet.pipelines.audit.stage import Stage
 from inspectnet.reports.blocks import Block, BulletList, Paragraph, Table
 
 
-def run(ctx: AuditContext) -> dict[str, Any]:
+class ExplanationsResult(TypedDict, total=False):
+    """The explanations stage's result in card.json (the report of
+    :func:`~inspectnet.pipelines.explain.explanation_quality`, figure paths relative to the audit folder)."""
+
+    images: int
+    data: str
+    ig_steps: int
+    faithfulness: dict[str, Any]
+    forms: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    sanity: dict[str, Any]
+    cost: dict[str, Any]
+    localisation: dict[str, Any]
+    figures: list[dict[str, str]]
+
+
+def run(ctx: AuditContext) -> ExplanationsResult:
     from inspectnet.analysis.explain.faithfulness import FaithfulnessConfig
     from inspectnet.analysis.explain.methods import MethodConfig
     from inspectnet.pipelines.explain import QualityConfig, explanation_quality

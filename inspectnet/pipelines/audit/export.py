@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.tables import format_percent
@@ -13,7 +13,24 @@ from inspectnet.reports.blocks import Block, Paragraph, Table
 from inspectnet.reports.card.fields import counted
 
 
-def run(ctx: AuditContext) -> dict[str, Any]:
+class ExportResult(TypedDict):
+    """The export stage's result in card.json: what was exported and why, its parity, speed and size."""
+
+    path: str
+    exporter: str
+    opset: int
+    parity: dict[str, Any]
+    latency_ms: dict[str, Any]
+    size_bytes: int
+    model: str
+    decomposed_form: str
+    dense_instead: str | None
+    model_choice: str | None
+    slimming: dict[str, Any]
+    models: list[dict[str, Any]]
+
+
+def run(ctx: AuditContext) -> ExportResult:
     """ONNX of what users ship: the decomposition's model (the better of retrained and not), slimmed
     where slimming is exact, else as it is (named, with the reason); the dense model instead when the
     decomposed one loses more than ``export_max_drop`` of accuracy (said, with the numbers). Its

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from inspectnet.core.tables import format_percent
 from inspectnet.pipelines.audit.context import AuditContext
@@ -10,7 +10,17 @@ from inspectnet.pipelines.audit.stage import Stage
 from inspectnet.reports.blocks import Block, Table
 
 
-def run(ctx: AuditContext) -> dict[str, Any]:
+class LinearProbesResult(TypedDict):
+    """The linear-probes stage's result in card.json."""
+
+    rows: list[dict[str, Any]]
+    model_accuracy: float | None
+    n_train: int
+    n_eval: int
+    figures: list[dict[str, str]]
+
+
+def run(ctx: AuditContext) -> LinearProbesResult:
     """A linear probe per probed layer, fitted on the train record and scored on the eval record."""
     from inspectnet.analysis.linprobe import linear_probes, plot
 

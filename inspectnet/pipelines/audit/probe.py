@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -15,7 +15,33 @@ from inspectnet.reports.blocks import Block, Paragraph, Table
 
 # The analyses are imported inside each stage: a fully cached audit must not pay for importing
 # scikit-learn, captum or onnx.
-def run(ctx: AuditContext) -> dict[str, Any]:
+class SplitFacts(TypedDict):
+    """One split (fit or eval) as probed."""
+
+    data: str
+    samples: int
+    available: int
+    limit: int | None
+    in_sample: NotRequired[bool]
+    classes_present: list[int]
+    label_mapping: dict[str, Any] | None
+    label_set: str | None
+
+
+class ProbeResult(TypedDict):
+    """The probe stage's result in card.json."""
+
+    layers: list[str]
+    analysed_layer: str
+    train: SplitFacts
+    eval: SplitFacts
+    num_classes: int
+    index_order: bool
+    accuracy: float | None
+    feature_dim: int
+
+
+def run(ctx: AuditContext) -> ProbeResult:
     """Probe the train and eval data in one streaming pass each; the eval record is the train record when in-sample."""
     from inspectnet.probe.recorder import run_probe
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from inspectnet.core.tables import format_percent, format_value
 from inspectnet.pipelines.audit.context import AuditContext
@@ -14,7 +14,32 @@ from inspectnet.reports.card.fields import MAX_CLASS_NAMES, class_label, counted
 TOP_RULES = 10
 
 
-def run(ctx: AuditContext) -> dict[str, Any]:
+class RulesResult(TypedDict):
+    """The rules stage's result in card.json: the readable tree, its top rules, the selection curve, the full tree."""
+
+    layer: str
+    evaluated_on: str
+    extracted_accuracy: float
+    fidelity: float
+    train_fidelity: float
+    model_accuracy: float
+    atoms: int
+    atom_filters: list[int]
+    rules: int
+    avg_depth: float
+    max_depth: int
+    num_filters: int
+    n_train: int
+    n_eval: int
+    top_rules: list[dict[str, Any]]
+    rules_path: str
+    classes: list[int]
+    selection: dict[str, Any]
+    full_tree: dict[str, Any]
+    figures: list[dict[str, str]]
+
+
+def run(ctx: AuditContext) -> RulesResult:
     """A readable tree (the smallest depth within a margin of the best held-out fidelity), its top
     rules by support and the size–fidelity curve; the full pruned tree is written as a download."""
     from inspectnet.analysis.rules.tree import READABLE_MARGIN, extract_rules, plot_curve, write_rules

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from inspectnet.pipelines.audit.context import AuditContext
 from inspectnet.pipelines.audit.stage import Stage
 from inspectnet.reports.blocks import Block, Table
 
 
-def run(ctx: AuditContext) -> dict[str, Any]:
+class SparsityResult(TypedDict):
+    """The sparsity stage's result in card.json: one row of measures per probed layer."""
+
+    rows: list[dict[str, Any]]
+
+
+def run(ctx: AuditContext) -> SparsityResult:
     """The sparsity measures of every probed layer, on the evaluation record."""
     from inspectnet.analysis.sparsity import record_sparsity
 

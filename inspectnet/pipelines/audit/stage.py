@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from inspectnet.pipelines.audit.config import AuditConfig
@@ -25,7 +25,7 @@ class Stage:
 
     name: str
     title: str
-    run: Callable[[AuditContext], dict[str, Any]]
+    run: Callable[[AuditContext], Mapping[str, Any]]  # a stage's typed result (a TypedDict), stored in card.json
     params: Callable[[AuditConfig], dict[str, Any]]
     blocks: SectionBlocks
     needs: tuple[str, ...] = ()
