@@ -112,8 +112,9 @@ class TokenDecomposition:
 
     ``evidence`` (B, C, gh, gw) + ``remainder`` (B, C) + ``bias`` (C,) sums to ``logits`` (B, C);
     ``parts`` splits the remainder (each (B, C), see :data:`REMAINDER_PARTS`); ``heads`` (B, L, H, C)
-    is each attention head's direct effect (all source tokens, projection bias excluded) and ``mlps``
-    (B, L, C) each MLP's direct effect on the tokens the head reads.
+    is each attention head's direct effect (all source tokens, projection bias excluded), ``mlps``
+    (B, L, C) each MLP's direct effect on the tokens the head reads and ``embeddings`` (B, C) that of the
+    embeddings, so ``heads.sum((1, 2)) + mlps.sum(1) + embeddings + parts["constant"] + bias == logits``.
     """
 
     logits: torch.Tensor
@@ -123,6 +124,7 @@ class TokenDecomposition:
     parts: dict[str, torch.Tensor]
     heads: torch.Tensor
     mlps: torch.Tensor
+    embeddings: torch.Tensor
 
     def total(self) -> torch.Tensor:
         """Σ evidence + remainder + bias: equal to ``logits`` up to float rounding."""
@@ -275,7 +277,7 @@ class TokenEvidence(nn.Module):
         remainder = sum(parts[k] for k in REMAINDER_PARTS)
         return TokenDecomposition(logits=logits, evidence=evidence, remainder=remainder, bias=self.bias(),
                                   parts=parts, heads=project(torch.stack(heads, 2)),
-                                  mlps=project(torch.stack(mlps, 2)))
+                                  mlps=project(torch.stack(mlps, 2)), embeddings=by_token["embedding"].sum(1))
 
     def _read_token_scale(self, inv_tok: torch.Tensor) -> torch.Tensor:
         """1/σ of the one token each readout reads (B, K): the per-token norm's scale applied after the fact."""

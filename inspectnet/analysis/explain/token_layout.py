@@ -88,8 +88,8 @@ def read_layout(model: nn.Module, head_name: str) -> TokenLayout:
             raise InspectnetError("pools its tokens with attention (MAP/PRR head): the pooling weights depend on "
                                   "every token jointly")
     else:
-        raise InspectnetError(f"is a {name}, not a timm ViT, DeiT or BEiT token transformer (no plain "
-                              f"pre-norm attention blocks reading patch tokens)")
+        raise InspectnetError(f"is a {type(model).__module__}.{name}, not a timm ViT, DeiT or BEiT token "
+                              f"transformer (no plain pre-norm attention blocks reading patch tokens)")
     for i, blk in enumerate(model.blocks):
         _check_block(family, blk, i)
     readouts = _readouts(model, head_name)
@@ -179,9 +179,9 @@ def head_weights(head: nn.Module, width: int) -> tuple[torch.Tensor, torch.Tenso
     elif isinstance(head, nn.Linear):
         w, b = head.weight, head.bias
     else:
-        raise InspectnetError(f"its classifier is a {type(head).__name__}, not a linear layer")
+        raise InspectnetError(f"has a {type(head).__name__} classifier, not a linear layer")
     if w.shape[1] != width:
-        raise InspectnetError(f"its classifier reads {w.shape[1]} features, not the token width {width}")
+        raise InspectnetError(f"has a classifier reading {w.shape[1]} features, not the token width {width}")
     return w, (b if b is not None else w.new_zeros(w.shape[0]))
 
 
