@@ -4,6 +4,7 @@ the direct-effect decomposition, and hold in ONNX Runtime."""
 
 import io
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -67,7 +68,19 @@ def _beit() -> ZooModel:
     return _zoo(_non_trivial(m, 3))
 
 
-FAMILIES = {"vit": _vit, "deit": _deit, "beit": _beit, "vit_registers": lambda: _vit(reg_tokens=2),
+def _torchvision_vit() -> ZooModel:
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    m = VisionTransformer(image_size=SIZE, patch_size=16, num_layers=2, num_heads=3, hidden_dim=48, mlp_dim=96,
+                          num_classes=CLASSES)
+    zm = _zoo(_non_trivial(m, 4))
+    zm.source = "torchvision"
+    return zm
+
+
+FAMILIES = {"vit": _vit, "torchvision_vit": _torchvision_vit, "deit": _deit, "beit": _beit,
+            "vit_registers": lambda: _vit(reg_tokens=2),
             "vit_avg_token_norm": lambda: _vit(global_pool="avg", fc_norm=False)}
 
 
@@ -95,55 +108,87 @@ def test_token_evidence_sums_to_the_models_own_logits(family):
     assert float(dec.bias.abs().min()) > 0.0 and token_evidence_supported(zm) is None
 
 
+def _family(model: nn.Module) -> str:
+    if type(model).__module__.startswith("torchvision."):
+        return "torchvision"
+    return "beit" if "Beit" in type(model).__name__ else "vit"
+
+
+def _model_view(model: nn.Module) -> SimpleNamespace:
+    """The model's blocks, final norms, prefix tokens and heads (name, ρ as a function of N, factor)."""
+    if _family(model) == "torchvision":
+        return SimpleNamespace(blocks=list(model.encoder.layers), norm=model.encoder.ln, fc=None, prefix=1,
+                               readouts=lambda n: [("heads.head", {0: 1.0}, 1.0)])
+    p = model.num_prefix_tokens
+    if getattr(model, "head_dist", None) is not None:
+        readouts = lambda n: [("head", {0: 1.0}, 0.5), ("head_dist", {1: 1.0}, 0.5)]  # noqa: E731
+    elif model.global_pool == "token":
+        readouts = lambda n: [("head", {0: 1.0}, 1.0)]  # noqa: E731
+    else:
+        readouts = lambda n: [("head", {t: 1.0 / (n - p) for t in range(p, n)}, 1.0)]  # noqa: E731
+    fc = model.fc_norm if isinstance(model.fc_norm, nn.LayerNorm) else None
+    return SimpleNamespace(blocks=list(model.blocks), norm=model.norm, fc=fc, prefix=p, readouts=readouts)
+
+
+def _block_view(fam: str, blk: nn.Module, shared) -> SimpleNamespace:
+    """One block's weights by role, read from its own modules (the layer scales as vectors or 1)."""
+    if fam == "torchvision":
+        mha = blk.self_attention
+        return SimpleNamespace(norm1=blk.ln_1, w=mha.in_proj_weight, b=mha.in_proj_bias, heads=mha.num_heads,
+                               scale=mha.head_dim ** -0.5, proj=mha.out_proj, ls1=1.0, ls2=1.0, norm2=blk.ln_2,
+                               rel=None, attend=lambda n1: mha(n1, n1, n1, need_weights=False)[0])
+    attn = blk.attn
+    if fam == "beit":
+        return SimpleNamespace(norm1=blk.norm1, w=attn.qkv.weight, b=torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)),
+                               heads=attn.num_heads, scale=attn.scale, proj=attn.proj, ls1=blk.gamma_1,
+                               ls2=blk.gamma_2, norm2=blk.norm2, attend=lambda n1: attn(n1, shared_rel_pos_bias=shared),
+                               rel=attn._get_rel_pos_bias()[0] + (shared[0] if shared is not None else 0.0))
+    return SimpleNamespace(norm1=blk.norm1, w=attn.qkv.weight, b=attn.qkv.bias, heads=attn.num_heads, scale=attn.scale,
+                           proj=attn.proj, ls1=getattr(blk.ls1, "gamma", 1.0), ls2=getattr(blk.ls2, "gamma", 1.0),
+                           norm2=blk.norm2, rel=None, attend=attn)
+
+
 def _literal_terms(zm: ZooModel, x: torch.Tensor) -> tuple[list, list, torch.Tensor]:
     """Every term written into the read tokens' residual streams, for one image, one at a time.
 
-    Returns (terms, readouts, real final stream): a term is (readout weight ρ_t, read token t, source,
-    vector); source is a patch index (0-based over patches) or None (not attributable to a patch).
+    Returns (terms, readouts, real final stream): a term is (kind, read token t, source, vector); source
+    is a patch index (0-based over patches) or None (not attributable to a patch).
     """
-    model, fam = zm.model, "beit" if "Beit" in type(zm.model).__name__ else "vit"
-    p = model.num_prefix_tokens
+    model, fam = zm.model, _family(zm.model)
+    view = _model_view(model)
+    p = view.prefix
     seen = {}
     hooks = [blk.register_forward_pre_hook(lambda mod, a, i=i: seen.__setitem__(i, a[0][0].detach()))
-             for i, blk in enumerate(model.blocks)]
-    hooks.append(model.norm.register_forward_pre_hook(lambda mod, a: seen.__setitem__("final", a[0][0].detach())))
+             for i, blk in enumerate(view.blocks)]
+    hooks.append(view.norm.register_forward_pre_hook(lambda mod, a: seen.__setitem__("final", a[0][0].detach())))
     with torch.no_grad():
         model(x[:1])
     for h in hooks:
         h.remove()
     n = seen[0].shape[0]
-    if getattr(model, "head_dist", None) is not None:
-        readouts = [("head", {0: 1.0}, 0.5), ("head_dist", {1: 1.0}, 0.5)]
-    elif model.global_pool == "token":
-        readouts = [("head", {0: 1.0}, 1.0)]
-    else:
-        readouts = [("head", {t: 1.0 / (n - p) for t in range(p, n)}, 1.0)]
+    readouts = view.readouts(n)
     read = sorted({t for _, rho, _ in readouts for t in rho})
-    shared = model.rel_pos_bias() if getattr(model, "rel_pos_bias", None) is not None else None
+    shared = model.rel_pos_bias() if isinstance(getattr(model, "rel_pos_bias", None), nn.Module) else None
     terms = [("emb", t, t - p if t >= p else None, seen[0][t]) for t in read]
-    for layer, blk in enumerate(model.blocks):
-        stream, attn = seen[layer], blk.attn
-        ls1 = blk.gamma_1 if fam == "beit" else getattr(blk.ls1, "gamma", torch.ones(1))
-        ls2 = blk.gamma_2 if fam == "beit" else getattr(blk.ls2, "gamma", torch.ones(1))
-        n1 = blk.norm1(stream)
-        qkv_bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)) if fam == "beit" else attn.qkv.bias
-        q, k, v = (n1 @ attn.qkv.weight.T + qkv_bias).chunk(3, dim=-1)
-        dh = q.shape[1] // attn.num_heads
-        for h in range(attn.num_heads):
+    for layer, blk in enumerate(view.blocks):
+        stream, bv = seen[layer], _block_view(fam, blk, shared)
+        n1 = bv.norm1(stream)
+        q, k, v = (n1 @ bv.w.T + bv.b).chunk(3, dim=-1)
+        dh = q.shape[1] // bv.heads
+        for h in range(bv.heads):
             sl = slice(h * dh, (h + 1) * dh)
             for t in read:
-                scores = torch.stack([(q[t, sl] @ k[j, sl]) * attn.scale for j in range(n)])
-                if fam == "beit":
-                    scores = scores + attn._get_rel_pos_bias()[0, h, t]
-                    scores = scores + (shared[0, h, t] if shared is not None else 0.0)
+                scores = torch.stack([(q[t, sl] @ k[j, sl]) * bv.scale for j in range(n)])
+                if bv.rel is not None:
+                    scores = scores + bv.rel[h, t]
                 a = torch.softmax(scores, 0)
                 for j in range(n):
-                    vec = ls1 * (attn.proj.weight[:, sl] @ (a[j] * v[j, sl]))
+                    vec = bv.ls1 * (bv.proj.weight[:, sl] @ (a[j] * v[j, sl]))
                     terms.append((("attn", layer, h), t, j - p if j >= p else None, vec))
-        mid = stream + ls1 * attn(n1[None], **({"shared_rel_pos_bias": shared} if fam == "beit" else {}))[0]
-        mlp = ls2 * blk.mlp(blk.norm2(mid))
+        mid = stream + bv.ls1 * bv.attend(n1[None])[0]
+        mlp = bv.ls2 * blk.mlp(bv.norm2(mid))
         for t in read:
-            terms.append((("bias", layer), t, None, ls1 * attn.proj.bias))
+            terms.append((("bias", layer), t, None, bv.ls1 * bv.proj.bias))
             terms.append((("mlp", layer), t, t - p if t >= p else None, mlp[t]))
     return terms, readouts, seen["final"]
 
@@ -168,11 +213,11 @@ class _Reader:
 
 def _literal(zm: ZooModel, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Logits, evidence (C, Np), remainder (C,) and bias of the first image, transcribed term by term."""
-    model = zm.model
+    model, view = zm.model, _model_view(zm.model)
     terms, readouts, final = _literal_terms(zm, x)
-    norm = model.norm if isinstance(model.norm, nn.LayerNorm) else None
-    fc = model.fc_norm if isinstance(model.fc_norm, nn.LayerNorm) else None
-    npatch = final.shape[0] - model.num_prefix_tokens
+    norm = view.norm if isinstance(view.norm, nn.LayerNorm) else None
+    fc = view.fc
+    npatch = final.shape[0] - view.prefix
     evidence = torch.zeros(CLASSES, npatch)
     remainder, logits, bias = torch.zeros(CLASSES), torch.zeros(CLASSES), torch.zeros(CLASSES)
     for t in range(final.shape[0]):  # the terms rebuild the real final stream of every read token
@@ -257,7 +302,7 @@ def test_invariant_fails_when_the_layernorm_mean_is_not_subtracted(monkeypatch):
     assert "evidence sums" in token_evidence_supported(zm)
 
 
-@pytest.mark.parametrize("make", [_vit, _deit, _beit], ids=["vit", "deit", "beit"])
+@pytest.mark.parametrize("make", [_vit, _deit, _beit, _torchvision_vit], ids=["vit", "deit", "beit", "torchvision"])
 def test_onnx_runtime_gives_the_same_three_outputs_and_they_sum_to_the_logits(make):
     from inspectnet.runtime.classifier import make_session
 
@@ -299,7 +344,12 @@ def test_unsupported_heads_and_blocks_are_refused_naming_the_property():
     assert "'max' pooling" in _refused("vit_tiny_patch16_224", global_pool="max", **tiny)
     assert "post-norm blocks" in _refused("vit_tiny_patch16_224", block_fn=ResPostBlock, **tiny)
     assert "rotary position embeddings" in _refused("eva02_tiny_patch14_224", depth=1, img_size=28)
-    assert "not a timm ViT" in _refused("resnet18")
+    assert "timm.models.resnet.ResNet, not a ViT, DeiT or BEiT" in _refused("resnet18")
+    from torchvision.models import VisionTransformer
+
+    tv = VisionTransformer(image_size=SIZE, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8,
+                           num_classes=CLASSES, representation_size=4)
+    assert "hidden tanh layer (pre_logits)" in token_evidence_supported(_zoo(tv))
     zm = _vit()
     zm.model.head = nn.Sequential(nn.Linear(192, 8), nn.ReLU(), nn.Linear(8, CLASSES))
     reason = token_evidence_supported(zm)

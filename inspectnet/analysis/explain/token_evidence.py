@@ -51,6 +51,7 @@ from inspectnet.analysis.explain.token_layout import (
     head_weights,
     mlp_step,
     read_layout,
+    run_blocks,
     shared_position_bias,
 )
 from inspectnet.core.errors import InspectnetError
@@ -140,7 +141,8 @@ class TokenEvidence(nn.Module):
     and heads. Refuses (:class:`InspectnetError`, the property named) what :func:`read_layout` refuses.
 
     Args:
-        zm: a timm ViT (class token or mean pooling), DeiT-distilled or BEiT, in eval mode when used.
+        zm: a timm ViT (class token or mean pooling, registers), DeiT-distilled, BEiT or torchvision's ViT, in
+            eval mode when used.
     """
 
     def __init__(self, zm: ZooModel):
@@ -175,7 +177,7 @@ class TokenEvidence(nn.Module):
 
     def bias(self) -> torch.Tensor:
         """The logits' constant b (C,): the heads' biases (averaged for DeiT's two heads)."""
-        return sum(r.factor * head_weights(self.model.get_submodule(r.head), self.model.embed_dim)[1]
+        return sum(r.factor * head_weights(self.model.get_submodule(r.head), self.layout.width)[1]
                    for r in self.layout.readouts)
 
     def _projections(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -183,7 +185,7 @@ class TokenEvidence(nn.Module):
         tok, pooled = self._norm(self.layout.token_norm), self._norm(self.layout.pooled_norm)
         res, beta_proj, beta2 = [], [], []
         for r in self.layout.readouts:
-            w, _ = head_weights(self.model.get_submodule(r.head), self.model.embed_dim)
+            w, _ = head_weights(self.model.get_submodule(r.head), self.layout.width)
             w = w * r.factor
             beta2.append(w @ pooled.bias if pooled is not None and pooled.bias is not None else w.new_zeros(w.shape[0]))
             if pooled is not None:
@@ -208,12 +210,6 @@ class TokenEvidence(nn.Module):
             logits = logits + r.factor * head(pooled(state) if pooled is not None else state)
         return logits, inv_tok, torch.stack(inv_pool, dim=1)
 
-    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        shared = shared_position_bias(self.model)
-        for blk in self.model.blocks:
-            x = blk(x, shared_rel_pos_bias=shared) if self.layout.family == "beit" else blk(x)
-        return x
-
     def decompose(self, x: torch.Tensor) -> TokenDecomposition:
         """The full :class:`TokenDecomposition` of the batch ``x`` (B, C_in, H, W).
 
@@ -232,7 +228,7 @@ class TokenEvidence(nn.Module):
         b, n, d = tokens.shape
         rho = self._readout_weights(n, tokens.device)
         if self.two_pass:
-            inv_tok = _inverse_sigma(self._run_blocks(tokens), self._norm(self.layout.token_norm))
+            inv_tok = _inverse_sigma(run_blocks(self.layout, self.model, tokens)[-1], self._norm(self.layout.token_norm))
             weights = rho[None] * inv_tok[:, None, :]                                      # (B, K, N)
         else:
             weights = rho[None].expand(b, -1, -1)
@@ -244,7 +240,7 @@ class TokenEvidence(nn.Module):
         heads, mlps = [], []
         shared = shared_position_bias(self.model)
         stream = tokens
-        for blk in self.model.blocks:
+        for blk in self.model.get_submodule(self.layout.blocks):
             step = attention_step(fam, blk, stream, shared)
             through = torch.einsum("bki,bhij->bkhj", weights, step.probs)                 # (B, K, H, N)
             moved = moved + torch.einsum("bkhj,bhjd->bkjd", through, step.values)

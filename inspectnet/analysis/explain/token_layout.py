@@ -1,5 +1,6 @@
-"""How a timm token transformer (ViT, DeiT-distilled, BEiT) turns its token states into logits, read
-from its modules, and each block recomputed with its attention probabilities and value vectors exposed.
+"""How a token transformer (timm's ViT, DeiT-distilled and BEiT, torchvision's ViT) turns its token
+states into logits, read from its modules, and each block recomputed with its attention probabilities
+and value vectors exposed.
 
 :func:`read_layout` refuses, with the property named, every architecture whose blocks or head are not
 covered: class-attention layers (CaiT), windowed channels-last attention (Swin), post-norm or parallel
@@ -49,21 +50,24 @@ class Readout:
 
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
-    """Family (``vit`` or ``beit``), leading non-patch tokens (class, distillation, registers), the
-    heads' readouts, and the LayerNorms on every token (``token_norm``) and after pooling (``pooled_norm``)."""
+    """Family (``vit``, ``beit`` or ``torchvision``), leading non-patch tokens (class, distillation,
+    registers), the heads' readouts, the LayerNorms on every token (``token_norm``) and after pooling
+    (``pooled_norm``), where the blocks are (``blocks``) and the token width."""
 
     family: str
     prefix_tokens: int
     readouts: tuple[Readout, ...]
     token_norm: str | None
     pooled_norm: str | None
+    blocks: str = "blocks"
+    width: int = 0
 
 
 def read_layout(model: nn.Module, head_name: str) -> TokenLayout:
     """Read ``model``'s token layout, or raise :class:`InspectnetError` naming the property that prevents it.
 
     Args:
-        model: a timm VisionTransformer, VisionTransformerDistilled or Beit.
+        model: a timm VisionTransformer, VisionTransformerDistilled or Beit, or a torchvision VisionTransformer.
         head_name: dotted name of its classifier (the linear head).
 
     Returns:
@@ -74,12 +78,24 @@ def read_layout(model: nn.Module, head_name: str) -> TokenLayout:
         ... # doctest: +SKIP
         (Readout(head='head', token=None, start=1, factor=1.0),)
     """
-    from timm.models.beit import Beit
-    from timm.models.vision_transformer import VisionTransformer
-
     name = type(model).__name__
     if name in _REFUSED:
         raise InspectnetError(_REFUSED[name])
+    if type(model).__module__.startswith("torchvision."):
+        layout = _torchvision_layout(model, head_name)
+    else:
+        layout = _timm_layout(model, head_name)
+    for i, blk in enumerate(model.get_submodule(layout.blocks)):
+        _check_block(layout.family, blk, i)
+    for r in layout.readouts:
+        head_weights(model.get_submodule(r.head), layout.width)
+    return layout
+
+
+def _timm_layout(model: nn.Module, head_name: str) -> TokenLayout:
+    from timm.models.beit import Beit
+    from timm.models.vision_transformer import VisionTransformer
+
     if isinstance(model, Beit):
         family = "beit"
     elif isinstance(model, VisionTransformer):
@@ -88,19 +104,24 @@ def read_layout(model: nn.Module, head_name: str) -> TokenLayout:
             raise InspectnetError("pools its tokens with attention (MAP/PRR head): the pooling weights depend on "
                                   "every token jointly")
     else:
-        raise InspectnetError(f"is a {type(model).__module__}.{name}, not a timm ViT, DeiT or BEiT token "
-                              f"transformer (no plain pre-norm attention blocks reading patch tokens)")
-    for i, blk in enumerate(model.blocks):
-        _check_block(family, blk, i)
-    readouts = _readouts(model, head_name)
-    for r in readouts:
-        head_weights(model.get_submodule(r.head), _width(model))
-    return TokenLayout(family=family, prefix_tokens=int(model.num_prefix_tokens), readouts=readouts,
-                       token_norm=_layer_norm(model, "norm"), pooled_norm=_layer_norm(model, "fc_norm"))
+        raise InspectnetError(f"is a {type(model).__module__}.{type(model).__name__}, not a ViT, DeiT or BEiT "
+                              f"token transformer (no plain pre-norm attention blocks reading patch tokens)")
+    return TokenLayout(family=family, prefix_tokens=int(model.num_prefix_tokens), readouts=_readouts(model, head_name),
+                       token_norm=_layer_norm(model, "norm"), pooled_norm=_layer_norm(model, "fc_norm"),
+                       width=int(model.embed_dim))
 
 
-def _width(model: nn.Module) -> int:
-    return int(model.embed_dim)
+def _torchvision_layout(model: nn.Module, head_name: str) -> TokenLayout:
+    from torchvision.models import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        raise InspectnetError(f"is a {type(model).__module__}.{type(model).__name__}, not a ViT, DeiT or BEiT "
+                              f"token transformer (no plain pre-norm attention blocks reading patch tokens)")
+    if len(model.heads) != 1:
+        raise InspectnetError("has a hidden tanh layer (pre_logits) between its class token and its classifier")
+    return TokenLayout(family="torchvision", prefix_tokens=1, readouts=(Readout(head_name, 0),),
+                       token_norm=_layer_norm(model, "encoder.ln"), pooled_norm=None, blocks="encoder.layers",
+                       width=int(model.hidden_dim))
 
 
 def _readouts(model: nn.Module, head_name: str) -> tuple[Readout, ...]:
@@ -117,8 +138,11 @@ def _readouts(model: nn.Module, head_name: str) -> tuple[Readout, ...]:
 
 
 def _layer_norm(model: nn.Module, name: str) -> str | None:
-    module = getattr(model, name, None)
-    if module is None or isinstance(module, nn.Identity):
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None
+    if isinstance(module, nn.Identity):
         return None
     if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
         return name
@@ -133,6 +157,9 @@ def _check_block(family: str, blk: nn.Module, index: int) -> None:
     from timm.models.vision_transformer import Block
 
     where = f"block {index} ({type(blk).__name__})"
+    if family == "torchvision":
+        _check_torchvision_block(blk, where)
+        return
     if family == "beit":
         if type(blk) is not BeitBlock or type(blk.attn) is not BeitAttention:
             raise InspectnetError(f"{where} is not a BEiT pre-norm attention block")
@@ -149,6 +176,16 @@ def _check_block(family: str, blk: nn.Module, index: int) -> None:
         raise InspectnetError(f"{where} gates or normalises the attention output before its projection")
     if attn.proj.in_features != attn.num_heads * attn.head_dim:
         raise InspectnetError(f"{where} projects {attn.proj.in_features} features, not its heads' values")
+
+
+def _check_torchvision_block(blk: nn.Module, where: str) -> None:
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    mha = getattr(blk, "self_attention", None)
+    if type(blk) is not EncoderBlock or not isinstance(mha, nn.MultiheadAttention):
+        raise InspectnetError(f"{where} is not a torchvision pre-norm encoder block")
+    if not (mha._qkv_same_embed_dim and mha.batch_first) or mha.bias_k is not None or mha.add_zero_attn:
+        raise InspectnetError(f"{where} adds key/value biases or zero attention, or has separate q/k/v widths")
 
 
 def head_weights(head: nn.Module, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,19 +240,48 @@ def layer_scales(family: str, blk: nn.Module) -> tuple[torch.Tensor | None, torc
     """The per-channel layer scales of a block's attention and MLP branches (None where there is none).
 
     Example:
-        >>> layer_scales("vit", blk)    # doctest: +SKIP
+        >>> layer_scales("torchvision", blk)    # doctest: +SKIP
         (None, None)
     """
     if family == "beit":
         return blk.gamma_1, blk.gamma_2
+    if family == "torchvision":
+        return None, None
     return tuple(getattr(ls, "gamma", None) for ls in (blk.ls1, blk.ls2))
+
+
+@dataclasses.dataclass
+class _Projections:
+    """Where a block keeps its attention weights: the joint q/k/v projection, heads, output projection."""
+
+    norm: nn.Module
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    heads: int
+    scale: float
+    out: nn.Linear
+    q_norm: nn.Module = dataclasses.field(default_factory=nn.Identity)
+    k_norm: nn.Module = dataclasses.field(default_factory=nn.Identity)
+
+
+def _projections(family: str, blk: nn.Module) -> _Projections:
+    if family == "torchvision":
+        mha = blk.self_attention
+        return _Projections(blk.ln_1, mha.in_proj_weight, mha.in_proj_bias, mha.num_heads, mha.head_dim ** -0.5,
+                            mha.out_proj)
+    attn = blk.attn
+    if family == "beit":
+        bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)) if attn.q_bias is not None else None
+        return _Projections(blk.norm1, attn.qkv.weight, bias, attn.num_heads, attn.scale, attn.proj)
+    return _Projections(blk.norm1, attn.qkv.weight, attn.qkv.bias, attn.num_heads, attn.scale, attn.proj,
+                        attn.q_norm, attn.k_norm)
 
 
 def attention_step(family: str, blk: nn.Module, x: torch.Tensor, shared_bias: torch.Tensor | None) -> AttentionStep:
     """Recompute ``blk``'s attention on the residual stream ``x`` (B, N, D) from the block's own weights.
 
     Args:
-        family: ``vit`` or ``beit``.
+        family: ``vit``, ``beit`` or ``torchvision``.
         blk: the block.
         x: the block's input.
         shared_bias: BEiT's relative position bias shared by all blocks, or None.
@@ -226,26 +292,20 @@ def attention_step(family: str, blk: nn.Module, x: torch.Tensor, shared_bias: to
     Example:
         >>> step = attention_step("vit", model.blocks[0], tokens, None)    # doctest: +SKIP
     """
-    attn = blk.attn
-    n1 = blk.norm1(x)
+    pr = _projections(family, blk)
     b, n, _ = x.shape
-    if family == "beit" and attn.q_bias is not None:
-        qkv_bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
-    else:
-        qkv_bias = attn.qkv.bias
-    qkv = F.linear(n1, attn.qkv.weight, qkv_bias).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    qkv = F.linear(pr.norm(x), pr.weight, pr.bias).reshape(b, n, 3, pr.heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    if family == "vit":
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    scores = (q * attn.scale) @ k.transpose(-2, -1)
-    if family == "beit" and attn.relative_position_bias_table is not None:
-        scores = scores + attn._get_rel_pos_bias()
+    q, k = pr.q_norm(q), pr.k_norm(k)
+    scores = (q * pr.scale) @ k.transpose(-2, -1)
+    if family == "beit" and blk.attn.relative_position_bias_table is not None:
+        scores = scores + blk.attn._get_rel_pos_bias()
     if shared_bias is not None:
         scores = scores + shared_bias
     probs = scores.softmax(dim=-1)
-    proj = attn.proj.weight.reshape(attn.proj.out_features, attn.num_heads, -1)  # (D, H, head_dim)
+    proj = pr.out.weight.reshape(pr.out.out_features, pr.heads, -1)  # (D, H, head_dim)
     values = torch.einsum("bhjk,dhk->bhjd", v, proj)
-    bias = attn.proj.bias if attn.proj.bias is not None else proj.new_zeros(proj.shape[0])
+    bias = pr.out.bias if pr.out.bias is not None else proj.new_zeros(proj.shape[0])
     scale, _ = layer_scales(family, blk)
     if scale is not None:
         values, bias = values * scale, bias * scale
@@ -259,7 +319,7 @@ def mlp_step(family: str, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
         >>> mlp_step("vit", model.blocks[0], tokens).shape    # doctest: +SKIP
         torch.Size([2, 5, 192])
     """
-    out = blk.mlp(blk.norm2(x))
+    out = blk.mlp(blk.ln_2(x) if family == "torchvision" else blk.norm2(x))
     _, scale = layer_scales(family, blk)
     return out * scale if scale is not None else out
 
@@ -267,7 +327,22 @@ def mlp_step(family: str, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def shared_position_bias(model: nn.Module) -> torch.Tensor | None:
     """BEiT's relative position bias shared by every block, or None."""
     rel = getattr(model, "rel_pos_bias", None)
-    return rel() if rel is not None else None
+    return rel() if isinstance(rel, nn.Module) else None
+
+
+def run_blocks(layout: TokenLayout, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The real residual stream after each block (each (B, N, D)), the blocks run as the model runs them.
+
+    Example:
+        >>> run_blocks(layout, model, tokens)[-1].shape    # doctest: +SKIP
+        torch.Size([2, 5, 192])
+    """
+    shared = shared_position_bias(model)
+    out = []
+    for blk in model.get_submodule(layout.blocks):
+        x = blk(x, shared_rel_pos_bias=shared) if layout.family == "beit" else blk(x)
+        out.append(x)
+    return out
 
 
 def embed(layout: TokenLayout, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -277,6 +352,11 @@ def embed(layout: TokenLayout, model: nn.Module, images: torch.Tensor) -> tuple[
         >>> embed(layout, model, torch.zeros(1, 3, 32, 32))[1]    # doctest: +SKIP
         (2, 2)
     """
+    if layout.family == "torchvision":
+        grid = (images.shape[2] // model.patch_size, images.shape[3] // model.patch_size)
+        tokens = model._process_input(images)
+        tokens = torch.cat((model.class_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
+        return model.encoder.dropout(tokens + model.encoder.pos_embedding), grid
     tokens = model.patch_embed(images)
     grid = tuple(int(s) for s in (tokens.shape[1:3] if tokens.dim() == 4 else model.patch_embed.grid_size))
     if layout.family == "beit":
@@ -284,8 +364,7 @@ def embed(layout: TokenLayout, model: nn.Module, images: torch.Tensor) -> tuple[
         if model.pos_embed is not None:
             tokens = tokens + model.pos_embed
         return model.pos_drop(tokens), grid
-    tokens = model.norm_pre(model.patch_drop(model._pos_embed(tokens)))
-    return tokens, grid
+    return model.norm_pre(model.patch_drop(model._pos_embed(tokens))), grid
 
 
 def block_mismatch(layout: TokenLayout, model: nn.Module, images: torch.Tensor) -> float:
@@ -306,8 +385,7 @@ def block_mismatch(layout: TokenLayout, model: nn.Module, images: torch.Tensor) 
     x, _ = embed(layout, model, images)
     shared = shared_position_bias(model)
     worst = 0.0
-    for blk in model.blocks:
-        real = blk(x, shared_rel_pos_bias=shared) if layout.family == "beit" else blk(x)
+    for blk, real in zip(model.get_submodule(layout.blocks), run_blocks(layout, model, x)):
         mid = x + attention_step(layout.family, blk, x, shared).output()
         mine = mid + mlp_step(layout.family, blk, mid)
         worst = max(worst, float((real - mine).abs().max()) / (1.0 + float(real.abs().max())))
