@@ -261,19 +261,21 @@ class TokenEvidence(nn.Module):
             out = torch.einsum("kcd,bkmd->bmc", res, flat)
             return out.reshape(*terms.shape[:1], *terms.shape[2:-1], out.shape[-1])
 
-        by_token = {"attention": project(moved), "mlp": project(on_token), "embedding": project(embedded)}
-        patches = (by_token["attention"] + by_token["mlp"] + by_token["embedding"])[:, p:]     # (B, Np, C)
+        # one projection of all terms per token (the costly one: N·C·D per readout); the parts only
+        # project the few prefix tokens' sums
+        patches = project(moved + on_token + embedded)[:, p:]                              # (B, Np, C)
         evidence = patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid)
         tok = self._norm(self.layout.token_norm)
         beta = beta2.sum(0)[None]
         if tok is not None and tok.bias is not None:
             beta = beta + torch.einsum("kcd,d,bk->bc", beta_proj, tok.bias, inv_pool)
-        parts = {f"prefix_{kind}": value[:, :p].sum(1) for kind, value in by_token.items()}
+        kinds = {"attention": moved, "mlp": on_token, "embedding": embedded}
+        parts = {f"prefix_{kind}": project(terms[:, :, :p].sum(2)) for kind, terms in kinds.items()}
         parts["constant"] = project(constant)[:, 0] + beta
         remainder = sum(parts[k] for k in REMAINDER_PARTS)
         return TokenDecomposition(logits=logits, evidence=evidence, remainder=remainder, bias=self.bias(),
                                   parts=parts, heads=project(torch.stack(heads, 2)),
-                                  mlps=project(torch.stack(mlps, 2)), embeddings=by_token["embedding"].sum(1))
+                                  mlps=project(torch.stack(mlps, 2)), embeddings=project(embedded.sum(2)))
 
     def _read_token_scale(self, inv_tok: torch.Tensor) -> torch.Tensor:
         """1/σ of the one token each readout reads (B, K): the per-token norm's scale applied after the fact."""

@@ -239,6 +239,13 @@ class AttentionStep:
 def layer_scales(family: str, blk: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The per-channel layer scales of a block's attention and MLP branches (None where there is none).
 
+    Args:
+        family: ``vit``, ``beit`` or ``torchvision``.
+        blk: the block.
+
+    Returns:
+        (attention branch scale, MLP branch scale), each (D,) or None.
+
     Example:
         >>> layer_scales("torchvision", blk)    # doctest: +SKIP
         (None, None)
@@ -313,7 +320,15 @@ def attention_step(family: str, blk: nn.Module, x: torch.Tensor, shared_bias: to
 
 
 def mlp_step(family: str, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The block's MLP output written into the residual stream (B, N, D), layer scale included.
+    """The block's MLP output written into the residual stream, layer scale included.
+
+    Args:
+        family: ``vit``, ``beit`` or ``torchvision``.
+        blk: the block.
+        x: the stream after the block's attention (B, N, D).
+
+    Returns:
+        (B, N, D).
 
     Example:
         >>> mlp_step("vit", model.blocks[0], tokens).shape    # doctest: +SKIP
@@ -325,13 +340,32 @@ def mlp_step(family: str, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def shared_position_bias(model: nn.Module) -> torch.Tensor | None:
-    """BEiT's relative position bias shared by every block, or None."""
+    """BEiT's relative position bias shared by every block.
+
+    Args:
+        model: the model.
+
+    Returns:
+        (1, H, N, N), or None when the model shares none.
+
+    Example:
+        >>> shared_position_bias(timm.create_model("vit_tiny_patch16_224")) is None    # doctest: +SKIP
+        True
+    """
     rel = getattr(model, "rel_pos_bias", None)
     return rel() if isinstance(rel, nn.Module) else None
 
 
 def run_blocks(layout: TokenLayout, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The real residual stream after each block (each (B, N, D)), the blocks run as the model runs them.
+    """The real residual stream after each block, the blocks run as the model runs them.
+
+    Args:
+        layout: from :func:`read_layout`.
+        model: the model.
+        x: the stream before the first block (B, N, D).
+
+    Returns:
+        One (B, N, D) tensor per block.
 
     Example:
         >>> run_blocks(layout, model, tokens)[-1].shape    # doctest: +SKIP
@@ -346,7 +380,15 @@ def run_blocks(layout: TokenLayout, model: nn.Module, x: torch.Tensor) -> list[t
 
 
 def embed(layout: TokenLayout, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The residual stream before the first block (B, N, D) and the patch grid (gh, gw).
+    """The residual stream before the first block and the patch grid, computed by the model's own modules.
+
+    Args:
+        layout: from :func:`read_layout`.
+        model: the model.
+        images: model inputs (B, C, H, W).
+
+    Returns:
+        (tokens (B, N, D), (gh, gw)).
 
     Example:
         >>> embed(layout, model, torch.zeros(1, 3, 32, 32))[1]    # doctest: +SKIP
