@@ -356,3 +356,21 @@ def test_unsupported_heads_and_blocks_are_refused_naming_the_property():
     assert "Sequential classifier, not a linear layer" in reason and "\n" not in reason
     with pytest.raises(InspectnetError, match="refused"):
         TokenEvidence(zm)
+
+
+def test_decomposed_and_gathered_heads_keep_the_evidence_exact():
+    """A decomposed head (class c reads only its support) and its export form (gather + Linear) are read as
+    the affine maps they are: the sums still equal the model's logits."""
+    from inspectnet.models.heads import DecomposedLinear
+
+    zm = _vit()
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    mask = torch.rand(CLASSES, 192, generator=torch.Generator().manual_seed(7)) < 0.2
+    decomposed = DecomposedLinear.from_linear(zm.model.head, mask)
+    for head in (decomposed, decomposed.to_gathered()):
+        zm.model.head = head
+        dec = explain_tokens(zm, x)
+        with torch.no_grad():
+            want = zm.model(x)
+        assert _close(dec.logits, want) and _close(dec.total(), want)
+        assert token_evidence_supported(zm) is None

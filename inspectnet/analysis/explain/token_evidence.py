@@ -77,7 +77,7 @@ def token_evidence_supported(zm: ZooModel) -> str | None:
 
     Example:
         >>> token_evidence_supported(load_model("resnet18", input_size=32))    # doctest: +SKIP
-        'timm:resnet18 is a ResNet, not a timm ViT, DeiT or BEiT token transformer …'
+        'timm:resnet18 is a timm.models.resnet.ResNet, not a ViT, DeiT or BEiT token transformer …'
     """
     try:
         module = TokenEvidence(zm)
@@ -163,11 +163,11 @@ class TokenEvidence(nn.Module):
     def _norm(self, name: str | None) -> nn.LayerNorm | None:
         return self.model.get_submodule(name) if name else None
 
-    def _readout_weights(self, n: int, device: torch.device) -> torch.Tensor:
+    def _readout_weights(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """ρ (K, N): how much each readout reads each token's final (normed) state."""
         rows = []
         for r in self.layout.readouts:
-            row = torch.zeros(n, device=device)
+            row = like.new_zeros(n)
             if r.token is not None:
                 row[r.token] = 1.0
             else:
@@ -226,7 +226,7 @@ class TokenEvidence(nn.Module):
         fam, p = self.layout.family, self.layout.prefix_tokens
         tokens, grid = embed(self.layout, self.model, x)
         b, n, d = tokens.shape
-        rho = self._readout_weights(n, tokens.device)
+        rho = self._readout_weights(n, tokens)
         if self.two_pass:
             inv_tok = _inverse_sigma(run_blocks(self.layout, self.model, tokens)[-1], self._norm(self.layout.token_norm))
             weights = rho[None] * inv_tok[:, None, :]                                      # (B, K, N)
