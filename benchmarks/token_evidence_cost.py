@@ -56,8 +56,8 @@ def measure(name: str, spec: str, rounds: int, batch: int) -> dict:
     zm = load_model(spec, seed=0)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, m in zm.model.named_modules():
-            if isinstance(m, torch.nn.Linear) and name in ("head", "head_dist", "heads.head"):
+        for path, m in zm.model.named_modules():
+            if isinstance(m, torch.nn.Linear) and path in ("head", "head_dist", "heads.head"):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * m.in_features ** -0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
     module = TokenEvidence(zm).eval()

@@ -1,6 +1,6 @@
-"""Exact token evidence for transformer heads (ViT class token, DeiT-distilled, BEiT mean pooling):
-the maps and remainder sum to the logits, match a literal per-(layer, head, token) transcription of
-the direct-effect decomposition, and hold in ONNX Runtime."""
+"""Exact token evidence for transformer heads (ViT class token, registers and mean pooling, DeiT-distilled,
+BEiT, torchvision's ViT): the maps and remainder sum to the logits, match a literal per-(layer, head,
+token) transcription of the direct-effect decomposition, and hold in ONNX Runtime."""
 
 import io
 import warnings
