@@ -351,6 +351,9 @@ def test_unsupported_heads_and_blocks_are_refused_naming_the_property():
                            num_classes=CLASSES, representation_size=4)
     assert "hidden tanh layer (pre_logits)" in token_evidence_supported(_zoo(tv))
     zm = _vit()
+    zm.model.norm = nn.RMSNorm(192)
+    assert "RMSNorm (norm), not a LayerNorm" in token_evidence_supported(zm)
+    zm = _vit()
     zm.model.head = nn.Sequential(nn.Linear(192, 8), nn.ReLU(), nn.Linear(8, CLASSES))
     reason = token_evidence_supported(zm)
     assert "Sequential classifier, not a linear layer" in reason and "\n" not in reason

@@ -138,16 +138,14 @@ def _readouts(model: nn.Module, head_name: str) -> tuple[Readout, ...]:
 
 
 def _layer_norm(model: nn.Module, name: str) -> str | None:
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        return None
+    """``name`` when that module is a LayerNorm over the features; None when absent or an Identity."""
+    module = dict(model.named_modules()).get(name, nn.Identity())
     if isinstance(module, nn.Identity):
         return None
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
-        return name
-    raise InspectnetError(f"normalises its final tokens with {type(module).__name__} ({name}), not a LayerNorm "
-                          f"over the features, so the final state is not affine in the residual terms")
+    if not (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1):
+        raise InspectnetError(f"normalises its final tokens with {type(module).__name__} ({name}), not a "
+                              f"LayerNorm over the features, so the final state is not affine in the residual terms")
+    return name
 
 
 def _check_block(family: str, blk: nn.Module, index: int) -> None:
