@@ -66,7 +66,9 @@ def _load() -> list[float] | None:
 def _commit() -> str | None:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+        # results written by earlier runs do not change the code that ran: only the rest of the tree counts
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                f":(exclude){RESULTS.relative_to(ROOT).as_posix()}"], cwd=ROOT, capture_output=True,
                                text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
