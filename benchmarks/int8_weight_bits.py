@@ -6,9 +6,10 @@ This measures, on the crops of the int8_sensitivity benchmark (calibration 96 cr
 seed 2), top-1 agreement with fp32 for each weight precision, run fused (ORT's default) and unfused
 (ORT_DISABLE_ALL: DequantizeLinear + float ops, the QDQ maths a VNNI CPU's fused kernels match), and the
 batch-1 speed of the fused int8 file against fp32, timed interleaved. The CPU model and its flags
-(AVX2, AVX-512 VNNI, ...) are in the result's environment.
+(AVX2, AVX-512 VNNI, ...) are in the result's environment; ``--name`` keeps runs on CPUs of either
+kind side by side.
 
-Run: python -m benchmarks int8_weight_bits --threads 1
+Run: python -m benchmarks int8_weight_bits --threads 1 [--name int8_weight_bits_vnni]
 """
 
 import argparse
@@ -28,6 +29,8 @@ from inspectnet.runtime.classifier import make_session
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="int8_weight_bits",
+                   help="results name: keep runs on CPUs of different int8 kernels (AVX2 only, VNNI) side by side")
     args = p.parse_args(argv)
     run = harness.start()
     import torch
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['weight_bits']}-bit | {f['top1_agreement']:.1%} | {f['agreement_where_confident']:.1%} "
                      f"({f['confident']}) | {u['top1_agreement']:.1%} | {u['agreement_where_confident']:.1%} | "
                      f"{r['int8_speedup_batch1']}× |")
-    harness.write_results("int8_weight_bits", doc, "\n".join(lines), run)
+    harness.write_results(args.name, doc, "\n".join(lines), run)
     print("\n".join(lines))
     return 0
 
