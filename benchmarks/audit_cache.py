@@ -5,7 +5,7 @@ Needs the trained model (``inspectnet train resnet18 mnist5k:train --in-chans 1 
 folder, as subprocesses (wall time includes start-up and model loading), and reads each stage's
 time from card.json. Writes benchmarks/results/audit_cache.{json,md}.
 
-    python benchmarks/audit_cache.py [--model runs/mnist_r18] [--out runs/audit_mnist]
+Run: python -m benchmarks audit_cache [--model runs/mnist_r18] [--out runs/audit_mnist]
 """
 
 import argparse
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks import harness
 
 
 def audit_command(model: str, out: str, extra: list[str]) -> list[str]:
@@ -33,12 +33,13 @@ def timed(cmd: list[str]) -> tuple[float, dict]:
     return wall, json.loads((Path(cmd[cmd.index("--out") + 1]) / "card.json").read_text())
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="runs/mnist_r18")
     ap.add_argument("--out", default="runs/audit_mnist")
     ap.add_argument("--export", action="store_true", help="include the ONNX export stage")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = harness.start()
     shutil.rmtree(args.out, ignore_errors=True)
     cmd = audit_command(args.model, args.out, ["--export"] if args.export else [])
     wall1, card1 = timed(cmd)
@@ -53,9 +54,7 @@ def main() -> int:
            "stage_seconds_first_run": stages,
            "second_run_cached": {n: bool(s.get("cached")) for n, s in card2["sections"].items()},
            "statuses": {n: s["status"] for n, s in card1["sections"].items()},
-           "cpu_note": "shared 2-core machine, OMP_NUM_THREADS=1; wall times include Python start-up and imports"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "audit_cache.json").write_text(json.dumps(doc, indent=2) + "\n")
+           "cpu_note": "OMP_NUM_THREADS=1; wall times include Python start-up and imports"}
     rows = "\n".join(f"| {n} | {s:.2f} | {'yes' if doc['second_run_cached'][n] else 'no'} |" for n, s in stages.items())
     md = (f"# audit: first vs cached second run\n\n`{doc['command']}`\n\n"
           f"| | first | second (cached) |\n|---|---|---|\n"
@@ -64,7 +63,7 @@ def main() -> int:
           f"Second audit total / sum of stages run separately = {doc['ratio_second_total_over_sum_of_stages']:.4f}; "
           f"second / first wall = {doc['wall_ratio_second_over_first']:.4f}.\n\n"
           f"| stage | seconds (first run) | cached in second run |\n|---|---|---|\n{rows}\n\n{doc['cpu_note']}\n")
-    (RESULTS / "audit_cache.md").write_text(md)
+    harness.write_results("audit_cache", doc, md, run)
     print(md)
     return 0
 

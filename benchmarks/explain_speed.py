@@ -11,7 +11,7 @@ torch and ONNX Runtime both use ``--threads`` intra-op threads (default 1: this 
 are shared); engines are timed interleaved, round by round, so load spikes hit all of them.
 Lite0 runs on random crops of scikit-image's real photos (224 px), the MNIST ResNet18 on digits.
 
-    python benchmarks/explain_speed.py --mnist-model runs/mnist_r18 [--threads 1]
+Run: python -m benchmarks explain_speed --mnist-model runs/mnist_r18 [--threads 1]
 
 Writes benchmarks/results/explain_speed.{json,md}. With ``--lite0-rounds N [--batch B]`` it measures only
 measurement 1 for Lite0 at batch B (default 1; fp32 and int8), in N interleaved rounds whose engine order alternates,
@@ -20,8 +20,6 @@ and reports the median and spread of the per-round ratios (benchmarks/results/ex
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,20 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from export_latency import BATCHES, _train_mnist, interleaved_latency, photo_crops  # noqa: E402
-
-from inspectnet import load_model  # noqa: E402
-from inspectnet.analysis.explain.faithfulness import FaithfulnessConfig, faithfulness_curves  # noqa: E402
-from inspectnet.analysis.explain.methods import MethodConfig, explanation_maps, gradcam_layer  # noqa: E402
-from inspectnet.core.results import library_versions  # noqa: E402
-from inspectnet.core.storage import atomic_write_json, atomic_write_text  # noqa: E402
-from inspectnet.data import load_data  # noqa: E402
-from inspectnet.data.subsets import calibration_arrays, spread_subset  # noqa: E402
-from inspectnet.export.onnx import export_onnx, torch_threads  # noqa: E402
-from inspectnet.runtime.classifier import make_session  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
+from benchmarks import harness
+from benchmarks.export_latency import BATCHES, _train_mnist, interleaved_latency, photo_crops
+from inspectnet import load_model
+from inspectnet.analysis.explain.faithfulness import FaithfulnessConfig, faithfulness_curves
+from inspectnet.analysis.explain.methods import MethodConfig, explanation_maps, gradcam_layer
+from inspectnet.data import load_data
+from inspectnet.data.subsets import calibration_arrays, spread_subset
+from inspectnet.export.onnx import export_onnx, torch_threads
+from inspectnet.runtime.classifier import make_session
 
 
 def latency(label: str, zm, images: np.ndarray, threads: int, work: Path) -> dict:
@@ -116,15 +109,15 @@ def rounds_table(doc: dict) -> str:
     runs = "20 runs" if b == 1 else "one run"
     lines = [f"# Lite0 at batch {b}: ORT latency with / without the evidence output ({doc['threads']} thread(s))", "",
              f"{doc['rounds']} interleaved rounds ({runs} of each engine per round, order alternating), {b} crop(s) "
-             f"of real photos, 224 px; load average before / after: {doc['load_before']} / {doc['load_after']} "
-             "(2 shared cores). Target: with evidence ≤ 1.1× without.", "",
+             f"of real photos, 224 px (machine and load average: Environment below). "
+             "Target: with evidence ≤ 1.1× without.", "",
              "| model | median ratio | interquartile range | min – max | rounds ≤ 1.1× | median ms plain / evidence |",
              "|---|---|---|---|---|---|"]
     for kind, q in r["ratios"].items():
         lines.append(f"| ORT {kind} | {q['median']:.3f}× | {q['q25']:.3f}–{q['q75']:.3f}× | {q['min']:.2f}–{q['max']:.2f}× "
                      f"| {100 * q['within_1_1']:.0f} % | {r['median_ms'][kind + '_plain']:.2f} / "
                      f"{r['median_ms'][kind + '_evidence']:.2f} |")
-    lines += ["", f"Reproduce: `python benchmarks/explain_speed.py --lite0-rounds {doc['rounds']} --batch {b} "
+    lines += ["", f"Reproduce: `python -m benchmarks explain_speed --lite0-rounds {doc['rounds']} --batch {b} "
               f"--threads {doc['threads']}`"]
     return "\n".join(lines) + "\n"
 
@@ -185,7 +178,7 @@ def table(doc: dict) -> str:
         lines.append(f"| {r['method']} | {'x'.join(map(str, r['map_size']))} | {r['evaluated']} | "
                      + (f"{r['passes_per_image']:.1f} | {r['in_plain_forward_passes']:.1f} |" if r["evaluated"]
                         else "— (constant maps are reported, not scored) | — |"))
-    lines += ["", "Reproduce: `python benchmarks/explain_speed.py --mnist-model " + doc["mnist_model"]
+    lines += ["", "Reproduce: `python -m benchmarks explain_speed --mnist-model " + doc["mnist_model"]
               + f" --threads {t}`"]
     return "\n".join(lines) + "\n"
 
@@ -198,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lite0-rounds", type=int, help="only the Lite0 evidence overhead at --batch, in N rounds")
     ap.add_argument("--batch", type=int, choices=BATCHES, default=1, help="batch size for --lite0-rounds")
     args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
     if args.lite0_rounds:
-        return main_rounds(args.lite0_rounds, args.threads, args.batch)
+        return main_rounds(args.lite0_rounds, args.threads, args.batch, run)
     with tempfile.TemporaryDirectory(prefix="inspectnet-explain-") as tmp:
         work = Path(tmp)
         lite0 = load_model("shipped:efficientnet_lite0")
@@ -212,26 +206,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(latency("resnet18_mnist", r18, digits, args.threads, work))
         print(json.dumps(rows[-1]["ratios"]), file=sys.stderr)
         cost = faithfulness_cost(r18, args.images, args.threads)
-    doc = {"threads": args.threads, "batches": list(BATCHES), "machine": platform.processor() or platform.machine(),
-           "versions": library_versions(), "mnist_model": str(args.mnist_model or "trained by the script"),
-           "latency": rows, "faithfulness_cost": cost}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "explain_speed.json", doc)
-    atomic_write_text(RESULTS / "explain_speed.md", table(doc))
+    doc = {"threads": args.threads, "batches": list(BATCHES),
+           "mnist_model": str(args.mnist_model or "trained by the script"), "latency": rows, "faithfulness_cost": cost}
+    harness.write_results("explain_speed", doc, table(doc), run)
     print(table(doc))
     return 0
 
 
-def main_rounds(rounds: int, threads: int, batch: int) -> int:
-    load_before = " ".join(f"{v:.1f}" for v in os.getloadavg())
+def main_rounds(rounds: int, threads: int, batch: int, run: dict) -> int:
     with tempfile.TemporaryDirectory(prefix="inspectnet-explain-") as tmp:
         lite0 = load_model("shipped:efficientnet_lite0")
         result = rounds_overhead(lite0, photo_crops(lite0, 8, seed=3)[0], threads, rounds, Path(tmp), batch)
-    doc = {"threads": threads, "rounds": rounds, "batch": batch, "machine": platform.processor() or platform.machine(),
-           "load_before": load_before, "load_after": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-           "versions": library_versions(), "result": result}
-    atomic_write_json(RESULTS / f"explain_speed_lite0_b{batch}.json", doc)
-    atomic_write_text(RESULTS / f"explain_speed_lite0_b{batch}.md", rounds_table(doc))
+    doc = {"threads": threads, "rounds": rounds, "batch": batch, "result": result}
+    harness.write_results(f"explain_speed_lite0_b{batch}", doc, rounds_table(doc), run)
     print(rounds_table(doc))
     return 0
 

@@ -6,29 +6,23 @@ as a gather of the used features + dense Gemm; the slimmed model drops the unuse
 torch and ONNX Runtime use the same intra-op thread count (--threads, default 1).
 Honest note: with C = 10 classes the head is a negligible share of the model's time.
 
-    python benchmarks/export_head.py [--threads 1] [--mnist-model DIR]
+Run: python -m benchmarks export_head [--threads 1] [--mnist-model DIR]
 
 Writes benchmarks/results/export_head.{json,md}.
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import harness
+from benchmarks.export_latency import BATCHES, _train_mnist, interleaved_latency
 from inspectnet import load_model
-from inspectnet.core.results import library_versions
-from inspectnet.core.storage import atomic_write_json, atomic_write_text
 from inspectnet.export.onnx import export_onnx, head_features, torch_threads
 from inspectnet.runtime.classifier import make_session
-
-sys.path.insert(0, str(Path(__file__).parent))
-from export_latency import BATCHES, _train_mnist, interleaved_latency
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mnist-model")
     ap.add_argument("--k", type=int, default=5, help="k1 = k2 of the influence map")
     args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
     from inspectnet.analysis.heads.decompose import decompose_model
     from inspectnet.analysis.heads.influence import fit_influence
@@ -88,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     union = len(dzm.model.get_submodule(dzm.head_name).union())
     doc = {"threads": {"torch": args.threads, "onnxruntime_intra_op": args.threads}, "k1": args.k, "k2": args.k,
            "feature_dim": int(feats.shape[1]), "union_size": union, "slim": _jsonable(slim_report),
-           "models": rows, "heads": heads, "versions": library_versions()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "export_head.json", doc)
-    atomic_write_text(RESULTS / "export_head.md", table(doc, args.threads))
+           "models": rows, "heads": heads}
+    harness.write_results("export_head", doc, table(doc, args.threads), run)
     print(table(doc, args.threads))
     return 0
 
@@ -129,7 +122,7 @@ def table(doc: dict, threads: int) -> str:
               "interpretability, not speed. Slimming removes the unused channels of the last block. The decomposed and "
               "slimmed accuracy is that of the decomposition itself (k = 5, no head retraining; see "
               "benchmarks/results/decompose_resnet18.md); the gate parity of each export is in export_head.json.",
-              "", f"Reproduce: `python benchmarks/export_head.py --threads {threads}`"]
+              "", f"Reproduce: `python -m benchmarks export_head --threads {threads}`"]
     return "\n".join(lines) + "\n"
 
 

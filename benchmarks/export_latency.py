@@ -3,51 +3,46 @@
 Models: EfficientNet-Lite0 with its real ImageNet weights (224 px), and a ResNet18 trained on MNIST
 (28 px, trained by this script when no folder is given: 3 epochs on mnist5k:train, ~1 min).
 torch and ONNX Runtime use the SAME number of intra-op threads (--threads, default 1: this machine's
-2 cores are shared). Engines are timed interleaved, round by round, so load spikes hit all of them.
+2 cores are shared). Engines are timed interleaved, round by round (:func:`benchmarks.harness.alternate`),
+so load spikes hit all of them.
 
-    python benchmarks/export_latency.py [--threads 1] [--mnist-model DIR]
+Run: python -m benchmarks export_latency [--threads 1] [--mnist-model DIR]
 
 Writes benchmarks/results/export_latency.{json,md}.
 """
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import harness
 from inspectnet import load_model
-from inspectnet.core.results import library_versions
-from inspectnet.core.storage import atomic_write_json, atomic_write_text
 from inspectnet.export.onnx import calibration_inputs, export_onnx, torch_threads
 from inspectnet.runtime.classifier import make_session, softmax
 
-RESULTS = Path(__file__).parent / "results"
 BATCHES = (1, 32)
 
 
 def interleaved_latency(engines: dict, x_by_batch: dict, threads: int, rounds: int = 5,
                         reps: dict | None = None) -> dict:
-    """Median ms per engine and batch; each round times every engine once per batch, in turn."""
-    times = {name: {b: [] for b in x_by_batch} for name in engines}
-    with torch_threads(threads), torch.inference_mode():
-        for fn in engines.values():  # warm-up
-            for x in x_by_batch.values():
+    """Median ms per engine and batch: each round times every (engine, batch) once, ``reps[batch]`` calls
+    (default 3), alternated by :func:`benchmarks.harness.alternate` after one untimed call of each."""
+    def repeated(fn, x, n):
+        def call():
+            for _ in range(n):
                 fn(x)
-        for _ in range(rounds):
-            for b, x in x_by_batch.items():
-                for name, fn in engines.items():
-                    n = (reps or {}).get(b, 3)
-                    t0 = time.perf_counter()
-                    for _ in range(n):
-                        fn(x)
-                    times[name][b].append((time.perf_counter() - t0) * 1e3 / n)
-    return {name: {str(b): float(np.median(v)) for b, v in per.items()} for name, per in times.items()}
+        return call
+
+    n = {b: (reps or {}).get(b, 3) for b in x_by_batch}
+    calls = {(name, b): repeated(fn, x, n[b]) for name, fn in engines.items() for b, x in x_by_batch.items()}
+    with torch_threads(threads), torch.inference_mode():
+        timed = harness.alternate(calls, rounds)
+    return {name: {str(b): timed[name, b]["median_s"] * 1e3 / n[b] for b in x_by_batch} for name in engines}
 
 
 def photo_crops(zm, per_photo: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +146,7 @@ def table(rows: list[dict], threads: int) -> str:
         "(calibration and evaluation images are disjoint; for Lite0, photo-crops:SEED are random crops "
         "of scikit-image's 8 photos with different seeds for calibration and evaluation, and MNIST digits / "
         "shapes are out-of-distribution inputs whose ImageNet predictions have small margins).",
-        "", "Reproduce: `python benchmarks/export_latency.py --threads " + str(threads) + "`"]
+        "", "Reproduce: `python -m benchmarks export_latency --threads " + str(threads) + "`"]
     return "\n".join(lines) + "\n"
 
 
@@ -160,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mnist-model", help="folder of a ResNet18 trained on MNIST (trained here when absent)")
     args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
 
     rows = []
@@ -179,12 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:   # the files lived in a temporary folder, gone now: keep only their names
         row["int8"]["path"] = Path(row["int8"]["path"]).name
     doc = {"threads": {"torch": args.threads, "onnxruntime_intra_op": args.threads}, "batches": list(BATCHES),
-           "machine": platform.processor() or platform.machine(), "versions": {**library_versions(),
-                                                                               "onnxruntime": _ort_version()},
            "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "export_latency.json", doc)
-    atomic_write_text(RESULTS / "export_latency.md", table(rows, args.threads))
+    harness.write_results("export_latency", doc, table(rows, args.threads), run)
     print(table(rows, args.threads))
     return 0
 
@@ -196,12 +188,6 @@ def _train_mnist(out: Path) -> Path:
     zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=28)
     train(zm, load_data("mnist5k:train", zm.transform()), out, TrainConfig(epochs=3, batch_size=64), device="cpu")
     return out
-
-
-def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
 
 
 if __name__ == "__main__":

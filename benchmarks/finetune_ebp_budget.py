@@ -1,11 +1,11 @@
 """EBP vs vanilla at a longer budget: 2 epochs, lr 0.05, all of mnist5k:train, from the ResNet18 checkpoint
-that benchmarks/finetune_plugins.py trains (cached in --work; trained here if missing).
+that ``python -m benchmarks finetune_plugins`` trains (cached in --work; trained here if missing).
 
 Reports mnist5k:test accuracy and the Hoyer sparsity of layer4 (mean over the test images of the
 Hoyer measure of A_i = per-filter spatial mean of |F|), for vanilla, EBP with the paper's λ = 1e-3,
 and EBP with λ = 0.1 (K = 25 throughout).
 
-Run: python benchmarks/finetune_ebp_budget.py
+Run: python -m benchmarks finetune_ebp_budget [--work runs/bench/finetune]
 Writes benchmarks/results/finetune_ebp_budget.{json,md}.
 """
 
@@ -15,21 +15,22 @@ import time
 from pathlib import Path
 
 import torch
-from finetune_plugins import base_model, layer_hoyer
 
+from benchmarks import harness
+from benchmarks.finetune_plugins import base_model, layer_hoyer
 from inspectnet import load_data, load_model
 from inspectnet.training.finetune import finetune
 from inspectnet.training.loop import TrainConfig, evaluate
 
-RESULTS = Path(__file__).parent / "results"
 RUNS = {"vanilla": [], "ebp (λ=1e-3)": ["ebp:K=25,lam=1e-3,layer=layer4"],
         "ebp (λ=0.1)": ["ebp:K=25,lam=0.1,layer=layer4"]}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="runs/bench/finetune")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(1)
     work = Path(args.work)
     base = base_model(work)
@@ -44,8 +45,6 @@ def main() -> None:
                       "hoyer_layer4": layer_hoyer(zm, test_ds, "layer4", 1000),
                       "finetune_s": time.perf_counter() - t0, "last_epoch": r.history[-1]}
         print(name, json.dumps(rows[name]), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "finetune_ebp_budget.json").write_text(json.dumps({"config": vars(config), "rows": rows}, indent=2))
     van = rows["vanilla"]
     lines = ["EBP vs vanilla, ResNet18 on mnist5k, fine-tuned 2 epochs (lr 0.05 cosine, batch 64, all 4000 "
              "training images) from the same checkpoint; CPU.", "",
@@ -53,9 +52,10 @@ def main() -> None:
     for name, r in rows.items():
         lines.append(f"| {name} | {r['accuracy']:.4f} | {100 * (r['accuracy'] - van['accuracy']):+.1f} | "
                      f"{r['hoyer_layer4']:.3f} | {r['hoyer_layer4'] - van['hoyer_layer4']:+.3f} |")
-    (RESULTS / "finetune_ebp_budget.md").write_text("\n".join(lines) + "\n")
+    harness.write_results("finetune_ebp_budget", {"config": vars(config), "rows": rows}, "\n".join(lines), run)
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

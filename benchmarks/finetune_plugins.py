@@ -7,28 +7,26 @@
    Hoyer measure of A_i, the per-filter spatial mean of |F|) of layer4 and of the plugin's own layer,
    measured with activation plugins still in the forward pass.
 3. Step time (forward + plugin losses + backward + SGD step, batch 64) of vanilla vs each plugin,
-   interleaved in one run; median of the rounds; ratios to vanilla.
+   interleaved in one run (:func:`benchmarks.harness.alternate`); median of the rounds; ratios to vanilla.
 
-Run: python benchmarks/finetune_plugins.py [--epochs 1 --steps 12]
-Writes benchmarks/results/finetune_plugins.{json,md}.
+Run: python -m benchmarks finetune_plugins [--epochs 1 --steps 12] [--timing-only]
+Writes benchmarks/results/finetune_plugins.{json,md} (finetune_plugins_timing.{json,md} with --timing-only).
 """
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from inspectnet import load_data, load_model
 from inspectnet.models.layers import eval_mode
 from inspectnet.plugins import HoyerLog, make_plugin
 from inspectnet.probe.hooks import Probe
 from inspectnet.training.finetune import PluginHooks, finetune
 from inspectnet.training.loop import TrainConfig, evaluate, train
-
-RESULTS = Path(__file__).parent / "results"
 
 PLUGINS = {
     "vanilla": [],
@@ -42,7 +40,7 @@ PLUGINS = {
     "sparseout": ["sparseout:p=0.5,q=1.0,layer=layer4"],
 }
 OWN_LAYER = {"san": "layer3"}
-TIMED = ["vanilla", "ebp", "kwta", "san"]  # CGL's step time: benchmarks/cgl_step.py
+TIMED = ["vanilla", "ebp", "kwta", "san"]  # CGL's step time: python -m benchmarks cgl_step
 
 
 def base_model(work: Path):
@@ -90,8 +88,8 @@ def quality(base: str, work: Path, args) -> dict[str, dict]:
     return rows
 
 
-def step_times(base: str, args) -> dict[str, float]:
-    """Median seconds per training step for each plugin set, rounds interleaved."""
+def step_times(base: str, args) -> dict[str, dict]:
+    """Seconds per training step for each plugin set (median, IQR, samples), rounds alternated."""
     setups = {}
     for name in TIMED:
         zm = load_model(base)
@@ -103,23 +101,21 @@ def step_times(base: str, args) -> dict[str, float]:
     x = torch.stack([ds[i][0] for i in range(64)])
     y = torch.tensor([ds[i][1] for i in range(64)])
     ce = torch.nn.CrossEntropyLoss()
-    times: dict[str, list[float]] = {n: [] for n in TIMED}
-    for step in range(args.steps + 2):
-        for name, (zm, hooks, opt) in setups.items():
-            zm.model.train()
-            t0 = time.perf_counter()
-            logits = zm.model(x)
-            loss = ce(logits, y) + sum(hooks.loss(x, y, logits).values(), torch.zeros(()))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step >= 2:  # warm-up
-                times[name].append(time.perf_counter() - t0)
-    return {n: statistics.median(v) for n, v in times.items()}
+
+    def step(zm, hooks, opt) -> None:
+        logits = zm.model(x)
+        loss = ce(logits, y) + sum(hooks.loss(x, y, logits).values(), torch.zeros(()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for zm, _, _ in setups.values():
+        zm.model.train()
+    return harness.alternate({n: (lambda s=s: step(*s)) for n, s in setups.items()}, args.steps, warmup=2)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="fine-tuning samples (default: all 4000)")
     p.add_argument("--lr", type=float, default=0.01)
@@ -129,21 +125,21 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timing-only", action="store_true",
                    help="only the step-time ratios, to results/finetune_plugins_timing.{json,md}")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     base = base_model(work)
-    timing = step_times(base, args)
+    steps = step_times(base, args)
+    timing = {n: t["median_s"] for n, t in steps.items()}
     if args.timing_only:
-        write_timing(timing, args)
-        return
+        write_timing(timing, steps, args, run)
+        return 0
     rows = quality(base, work, args)
     doc = {"setup": vars(args) | {"model": "resnet18 1x28x28, 3 epochs on mnist5k:train (sgd .05 cosine)",
-                                  "device": "cpu", "torch": torch.__version__},
-           "quality": rows, "step_seconds": timing,
+                                  "device": "cpu"},
+           "quality": rows, "step_seconds": timing, "step_timing": steps,
            "step_ratio": {n: timing[n] / timing["vanilla"] for n in timing}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "finetune_plugins.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [f"Fine-tuning from one ResNet18 mnist5k checkpoint, {args.epochs} epoch(s) on "
              f"{args.limit or 4000} samples, "
              f"lr {args.lr}, CPU ({args.threads} thread). Hoyer: mean over {args.eval_limit} test images.", "",
@@ -156,21 +152,22 @@ def main() -> None:
     lines += ["", f"Step time (batch 64, median of {args.steps} interleaved rounds):", "",
               "| plugin | seconds/step | ratio to vanilla |", "|---|---|---|"]
     lines += [f"| {n} | {timing[n]:.4f} | {timing[n] / timing['vanilla']:.2f}x |" for n in timing]
-    (RESULTS / "finetune_plugins.md").write_text("\n".join(lines) + "\n")
+    harness.write_results("finetune_plugins", doc, "\n".join(lines), run)
     print("\n".join(lines))
+    return 0
 
 
-def write_timing(timing: dict[str, float], args) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"step_seconds": timing, "step_ratio": {n: timing[n] / timing["vanilla"] for n in timing},
-           "steps": args.steps, "threads": args.threads, "torch": torch.__version__}
-    (RESULTS / "finetune_plugins_timing.json").write_text(json.dumps(doc, indent=2) + "\n")
+def write_timing(timing: dict[str, float], steps: dict[str, dict], args, run: dict) -> None:
+    doc = {"step_seconds": timing, "step_timing": steps,
+           "step_ratio": {n: timing[n] / timing["vanilla"] for n in timing},
+           "steps": args.steps, "threads": args.threads}
     lines = [f"Step time, ResNet18 1x28x28, batch 64, CPU {args.threads} thread, median of {args.steps} "
-             "interleaved rounds:", "", "| plugin | seconds/step | ratio to vanilla |", "|---|---|---|"]
-    lines += [f"| {n} | {timing[n]:.4f} | {timing[n] / timing['vanilla']:.2f}x |" for n in timing]
-    (RESULTS / "finetune_plugins_timing.md").write_text("\n".join(lines) + "\n")
+             "interleaved rounds:", "", "| plugin | seconds/step | IQR | ratio to vanilla |", "|---|---|---|---|"]
+    lines += [f"| {n} | {timing[n]:.4f} | {steps[n]['iqr_s']:.4f} | {timing[n] / timing['vanilla']:.2f}x |"
+              for n in timing]
+    harness.write_results("finetune_plugins_timing", doc, "\n".join(lines), run)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -65,7 +66,9 @@ def _load() -> list[float] | None:
 def _commit() -> str | None:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+        # results written by earlier runs do not change the code that ran: only the rest of the tree counts
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                f":(exclude){RESULTS.relative_to(ROOT).as_posix()}"], cwd=ROOT, capture_output=True,
                                text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -86,7 +89,7 @@ def start() -> dict[str, Any]:
     """The environment at the start of a run (call first, before the machine is loaded by the benchmark)."""
     return {"cpu": cpu(), "load_before": _load(), "versions": _versions(), "commit": _commit(),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": "python -m benchmarks " + " ".join([Path(sys.argv[0]).stem, *sys.argv[1:]]),
+            "command": "python -m benchmarks " + shlex.join([Path(sys.argv[0]).stem, *sys.argv[1:]]),
             "started": time.time()}
 
 
@@ -104,24 +107,51 @@ def finish(run: Mapping[str, Any]) -> dict[str, Any]:
     return env
 
 
-def alternate(fns: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, dict[str, Any]]:
+def self_command(name: str, *args: str) -> list[str]:
+    """The command line that runs benchmark ``name`` with ``args`` in a fresh Python process (a measurement that
+    needs one, such as peak memory); run it with ``cwd=ROOT`` so that ``benchmarks`` and this checkout's
+    ``inspectnet`` are the ones imported.
+
+    >>> self_command("probe_overhead", "--rss", "500")[1:]
+    ['-m', 'benchmarks', 'probe_overhead', '--rss', '500']
+    """
+    return [sys.executable, "-m", "benchmarks", name, *args]
+
+
+def alternate(fns: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1, *,
+              cpu: bool = False) -> dict[str, dict[str, Any]]:
     """Time each of ``fns`` ``rounds`` times, alternated (round r starts at the r-th function, so drift in the
     machine's load falls on every one alike), after ``warmup`` untimed calls each.
 
+    Args:
+        fns: name -> a call without arguments (its result is dropped; keep it in a closure if needed).
+        rounds: timed calls of each; sample i of every function comes from round i, so per-round
+            ratios pair samples by index.
+        warmup: untimed calls of each before the first round.
+        cpu: also record this process's CPU time of each call, under ``"cpu"`` (other jobs on a shared
+            machine disturb it far less than wall time).
+
     Returns:
-        name -> median, first and third quartiles, IQR and every sample, in seconds.
+        name -> median, first and third quartiles, IQR and every sample of the wall time, in seconds
+        (and ``"cpu"``: the same of the process CPU time, with ``cpu``).
     """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[name]()
             samples[name].append(time.perf_counter() - t0)
-    return {name: summary(values) for name, values in samples.items()}
+            cpu_samples[name].append(time.process_time() - c0)
+    out = {name: summary(values) for name, values in samples.items()}
+    if cpu:
+        for name in names:
+            out[name]["cpu"] = summary(cpu_samples[name])
+    return out
 
 
 def summary(values: list[float]) -> dict[str, Any]:

@@ -1,28 +1,27 @@
 """AdaRound (Nagel et al. 2020) vs nearest rounding for EfficientNet-Lite0's int8 weights: agreement with fp32, cost.
 
-Same crops and calibration as ``int8_sensitivity.py --model lite0`` (96 calibration crops seed 1, 120 agreement
-crops seed 2); both rows are bias-corrected (the product recipe). Agreement is given on all crops (the
+Same crops and calibration as ``python -m benchmarks int8_sensitivity --model lite0`` (96 calibration crops
+seed 1, 120 agreement crops seed 2); both rows are bias-corrected (the product recipe). Agreement is given on all crops (the
 target), where fp32's top-1 probability is ≥ 0.3, and, as an extra statistic, on the fp32-stable crops (fp32's
 top-1 unchanged under ±1 grey level of uniform noise). AdaRound leaves the graph's structure as it is (only which
 integers the int8 weights hold changes), so the int8 speed is the product recipe's. The rows are stored under
-``adaround`` in benchmarks/results/int8_sensitivity.json and rendered in its .md.
+``adaround``, with the environment they were measured in, in benchmarks/results/int8_sensitivity.json
+and rendered in its .md.
 
-    python benchmarks/int8_adaround.py [--scopes off depthwise] [--threads 1]
+Run: python -m benchmarks int8_adaround [--scopes off depthwise] [--threads 1]
 """
 
 import argparse
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from export_latency import photo_crops
-from int8_sensitivity import GREY_LEVEL, RESULTS, agreement, logits, table
 
+from benchmarks import harness
+from benchmarks.export_latency import photo_crops
+from benchmarks.int8_sensitivity import GREY_LEVEL, RESULTS_NAME, agreement, logits, stored, table
 from inspectnet import load_model
-from inspectnet.core.storage import atomic_write_json, atomic_write_text
 from inspectnet.export.int8 import ADAROUND_SCOPES, quantize_int8
 from inspectnet.export.onnx import export_onnx
 from inspectnet.runtime.classifier import make_session
@@ -55,18 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scopes", nargs="+", choices=ADAROUND_SCOPES, default=["off", "depthwise"])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    run = harness.start()
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="inspectnet-adaround-") as tmp:
         rows = measure(args.scopes, args.threads, Path(tmp))
-    path = RESULTS / "int8_sensitivity.json"
-    doc = json.loads(path.read_text())
-    doc["adaround"] = {"command": f"python benchmarks/int8_adaround.py --scopes {' '.join(args.scopes)} "
-                                  f"--threads {args.threads}",
-                       "load_average": [round(v, 2) for v in os.getloadavg()], "rows": rows}
-    atomic_write_json(path, doc)
-    atomic_write_text(RESULTS / "int8_sensitivity.md", table(doc))
+    doc = stored()
+    doc["adaround"] = {"threads": args.threads, "rows": rows, "environment": harness.finish(run)}
+    harness.write_results(RESULTS_NAME, doc, table(doc), run)
     return 0
 
 

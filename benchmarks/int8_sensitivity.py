@@ -2,7 +2,7 @@
 
 Models (``--model``):
   lite0          shipped:efficientnet_lite0 (real ImageNet weights, its own 0.5/0.5 preprocessing), calibrated
-                 on random photo crops (seed 1, the crops of benchmarks/export_latency.py), agreement on other
+                 on random photo crops (seed 1, the crops of the export_latency benchmark), agreement on other
                  crops (seed 2), accuracy in its own 1000 classes on the labelled ``photos`` test crops;
   resnet18-mnist / mobilenetv2-mnist
                  ResNet18 / MobileNetV2-0.5 (depthwise, ReLU6, like Lite0) trained here 3 epochs on mnist5k:train
@@ -13,31 +13,28 @@ ImageNet mean/std the earlier runs used), the product recipe (bias-corrected, in
 larger calibration set, and the fp32 model against itself on inputs moved by ±1 grey level (how stable the
 fp32 top-1 is on this set at all). Then every Conv/Gemm node kept in fp32 alone (calibrated once, ranges
 cached), ranked; the top k kept together (k = 1, 2, 4) with the int8 / fp32 ORT latency ratio at batch 1
-(interleaved, one thread). Each run replaces its model's entry in benchmarks/results/int8_sensitivity.json
-and re-renders the .md.
+(alternated, one thread). Each run replaces its model's entry, with the environment it ran in, in
+benchmarks/results/int8_sensitivity.json and re-renders the .md.
 
-    python benchmarks/int8_sensitivity.py --model lite0 [--threads 1]
+Run: python -m benchmarks int8_sensitivity --model lite0 [--threads 1]
 """
 
 import argparse
 import json
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from export_latency import photo_crops  # same crops as the latency benchmark
 
+from benchmarks import harness
+from benchmarks.export_latency import photo_crops  # same crops as the latency benchmark
 from inspectnet import load_model
-from inspectnet.core.results import library_versions
-from inspectnet.core.storage import atomic_write_json, atomic_write_text
 from inspectnet.export.int8 import quantizable_nodes, quantize_int8
 from inspectnet.export.onnx import calibration_inputs, export_onnx
 from inspectnet.runtime.classifier import make_session, softmax
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS_NAME = "int8_sensitivity"  # one file for every model (and int8_adaround's rows)
 CONFIDENT = 0.3  # the target's bar: agreement where fp32's top-1 probability is at least this
 GREY_LEVEL = 2 / 255  # one 8-bit step of a [0, 1] image after a 0.5 std normalisation (larger for ImageNet std)
 
@@ -60,18 +57,15 @@ def agreement(l32: np.ndarray, l8: np.ndarray, labels: np.ndarray | None = None)
 
 
 def batch1_ratio(s32, s8, x: np.ndarray, rounds: int = 7, reps: int = 5) -> float:
-    """ORT fp32 / int8 median seconds at batch 1, the two timed interleaved round by round."""
-    times = {"fp32": [], "int8": []}
+    """ORT fp32 / int8 median seconds at batch 1 (``reps`` runs a sample), alternated by
+    :func:`benchmarks.harness.alternate`."""
     feed = {"input": x[:1]}
-    for s in (s32, s8):
-        s.run(["logits"], feed)
-    for _ in range(rounds):
-        for name, s in (("fp32", s32), ("int8", s8)):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                s.run(["logits"], feed)
-            times[name].append(time.perf_counter() - t0)
-    return round(float(np.median(times["fp32"]) / np.median(times["int8"])), 2)
+
+    def runs(s):
+        return lambda: [s.run(["logits"], feed) for _ in range(reps)]
+
+    t = harness.alternate({"fp32": runs(s32), "int8": runs(s8)}, rounds)
+    return round(t["fp32"]["median_s"] / t["int8"]["median_s"], 2)
 
 
 def lite0(work: Path) -> dict:
@@ -164,24 +158,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=list(MODELS), default="lite0")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    run = harness.start()
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="inspectnet-sens-") as tmp:
-        started = time.time()
         entry = measure(args.model, args.threads, Path(tmp))
-    entry.update(command=f"python benchmarks/int8_sensitivity.py --model {args.model} --threads {args.threads}",
-                 threads=args.threads, load_average=[round(v, 2) for v in os.getloadavg()],
-                 minutes=round((time.time() - started) / 60, 1), versions=library_versions())
-    path = RESULTS / "int8_sensitivity.json"  # read now, not at the start: runs for other models may have ended
-    models = json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
-    models[args.model] = entry
-    doc = {"confident_if_fp32_prob_ge": CONFIDENT, "models": models}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, doc)
-    atomic_write_text(RESULTS / "int8_sensitivity.md", table(doc))
+    # each model's entry keeps the environment it ran in: the file gathers runs made at different times
+    entry.update(threads=args.threads, environment=harness.finish(run))
+    doc = stored()  # read now, not at the start: runs for other models may have ended
+    doc["models"] = {**doc.get("models", {}), args.model: entry}
+    harness.write_results(RESULTS_NAME, doc, table(doc), run)
     print(table(doc))
     return 0
+
+
+def stored() -> dict:
+    """The results file as it is now (models measured so far, AdaRound rows), or a new one."""
+    path = harness.RESULTS / f"{RESULTS_NAME}.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    return {**doc, "confident_if_fp32_prob_ge": CONFIDENT}
+
+
+def run_line(entry: dict) -> str:
+    """How an entry was measured: its command, machine and load (entries written before the environment was
+    recorded carry only a command and the load at their end)."""
+    env = entry.get("environment")
+    if env is None:
+        return (f"`{entry.get('command')}` — load average {', '.join(map(str, entry.get('load_average', [])))} at the "
+                f"end" + (f", {entry['minutes']} min" if "minutes" in entry else ""))
+    return (f"`{env['command']}` — {env['cpu']['model']} ({' '.join(env['cpu']['flags']) or 'no listed flags'}), "
+            f"load average {env['load_before']} before, {env['load_after']} after, {env['wall_s']} s")
 
 
 def _pct(v: float | None) -> str:
@@ -199,8 +206,7 @@ def table(doc: dict) -> str:
              "`bias-corrected` is the product recipe (`inspectnet export --int8`, `quantize_int8`). "
              "Shared 2-core machine, one thread; speed-ups are fp32 / int8 ORT medians timed interleaved.", ""]
     for name, m in doc["models"].items():
-        lines += [f"## {name}: {m['model']}", "", f"`{m['command']}` — {m['data']}; load average "
-                  f"{', '.join(map(str, m['load_average']))} at the end, {m['minutes']} min.", "",
+        lines += [f"## {name}: {m['model']}", "", f"{run_line(m)}; {m['data']}.", "",
                   f"| recipe | top-1 agreement | {conf} (n) | mean abs logit error | accuracy fp32 / int8 |",
                   "|---|---|---|---|---|"]
         lines += [f"| {k} | {r['top1_agreement']:.1%} | {_pct(r['agreement_where_confident'])} ({r['confident']}) | "
@@ -225,11 +231,10 @@ def table(doc: dict) -> str:
 
 
 def _adaround_table(a: dict, conf: str) -> list[str]:
-    """benchmarks/int8_adaround.py's rows: Lite0, bias-corrected, nearest vs learned rounding."""
+    """The int8_adaround benchmark's rows: Lite0, bias-corrected, nearest vs learned rounding."""
     stable = a["rows"][0]["fp32_stable"]
     lines = ["## lite0: AdaRound (learned rounding of the int8 weights), bias-corrected", "",
-             f"`{a['command']}` — same crops and calibration as above; load average "
-             f"{', '.join(map(str, a['load_average']))} at the end. Extra statistic, not the target: "
+             f"{run_line(a)}; same crops and calibration as above. Extra statistic, not the target: "
              f"agreement on the {stable} fp32-stable crops (fp32 top-1 unchanged under ±1 grey level). "
              "The graph is unchanged, so the int8 speed is the bias-corrected row's.", "",
              f"| AdaRound | top-1 agreement (all) | {conf} (n) | on fp32-stable crops | mean abs logit error | "

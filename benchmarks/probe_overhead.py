@@ -2,28 +2,26 @@
 
 1. Throughput: the probe pass (hooks on two layers, reduction, clone, chunked writes to disk) on
    EfficientNet-Lite0 with its real weights, batch 32, versus a plain ``torch.inference_mode()``
-   forward over the same images with the same loader, alternated in one run (median of repeats).
+   forward over the same images with the same loader, alternated in one run
+   (:func:`benchmarks.harness.alternate`, after one untimed run of each; median of ``--repeats``).
 2. Streaming: peak resident memory of probing 5,000 vs 500 MNIST images, each in a fresh process.
 
-Run: python benchmarks/probe_overhead.py  (writes benchmarks/results/probe_overhead.{json,md})
+Run: python -m benchmarks probe_overhead [--repeats 3]  (writes benchmarks/results/probe_overhead.{json,md})
 """
 
-import json
+import argparse
 import resource
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import harness
 from inspectnet.data.datasets import ImageDataset
 
-OUT = Path(__file__).parent / "results"
-N_IMAGES, BATCH, REPEATS = 128, 32, 3
+N_IMAGES, BATCH, THREADS = 128, 32, 2
 
 
 class CachedImages(ImageDataset):
@@ -45,27 +43,27 @@ def plain_forward(zm, loader) -> None:
             zm.model(x)
 
 
-def throughput() -> dict:
-    from inspectnet import load_data, load_model, run_probe
+def probe_pass(zm, cached) -> None:
+    from inspectnet import run_probe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_probe(zm, cached, "blocks.5,conv_head", Path(tmp) / "rec", batch_size=BATCH, device="cpu")
+
+
+def throughput(repeats: int) -> dict:
+    from inspectnet import load_data, load_model
 
     zm = load_model("shipped:efficientnet_lite0")
     zm.model.eval()
     ds = load_data(f"shapes?n={N_IMAGES}", zm.transform())
     cached = CachedImages(torch.stack([ds[i][0] for i in range(len(ds))]))
     loader = torch.utils.data.DataLoader(cached, batch_size=BATCH)
-    plain_forward(zm, loader)  # warm-up
-    t_plain, t_probe = [], []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        plain_forward(zm, loader)
-        t_plain.append(time.perf_counter() - t0)
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            run_probe(zm, cached, "blocks.5,conv_head", Path(tmp) / "rec", batch_size=BATCH, device="cpu")
-            t_probe.append(time.perf_counter() - t0)
-    plain, probe = statistics.median(t_plain), statistics.median(t_probe)
+    t = harness.alternate({"plain": lambda: plain_forward(zm, loader), "probe": lambda: probe_pass(zm, cached)},
+                          repeats)
+    plain, probe = t["plain"]["median_s"], t["probe"]["median_s"]
     return {"model": "shipped:efficientnet_lite0 (224x224)", "images": N_IMAGES, "batch_size": BATCH,
             "layers": ["blocks.5", "conv_head", "pre_logits"], "plain_s": plain, "probe_s": probe,
+            "plain_iqr_s": t["plain"]["iqr_s"], "probe_iqr_s": t["probe"]["iqr_s"], "repeats": repeats,
             "throughput_ratio": plain / probe}
 
 
@@ -82,17 +80,24 @@ def peak_rss_child(n: int) -> None:
 def streaming() -> dict:
     rss = {}
     for n in (500, 5000):
-        out = subprocess.run([sys.executable, __file__, "--rss", str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run(harness.self_command("probe_overhead", "--rss", str(n)), capture_output=True, text=True,
+                             check=True, cwd=harness.ROOT)
         rss[n] = int(out.stdout.strip().splitlines()[-1]) / 1024
     return {"peak_rss_mib_500": rss[500], "peak_rss_mib_5000": rss[5000],
             "relative_difference": abs(rss[5000] - rss[500]) / rss[500]}
 
 
-def main() -> None:
-    torch.set_num_threads(2)
-    res = {"throughput": throughput(), "streaming": streaming(), "torch_threads": 2}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "probe_overhead.json").write_text(json.dumps(res, indent=2) + "\n")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="alternated rounds of plain forward and probe pass")
+    ap.add_argument("--rss", type=int, metavar="IMAGES", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    if args.rss:  # one measured probe, in the fresh process streaming() started
+        peak_rss_child(args.rss)
+        return 0
+    run = harness.start()
+    res = {"throughput": throughput(args.repeats), "streaming": streaming(), "torch_threads": THREADS}
     t, s = res["throughput"], res["streaming"]
     md = (f"| measurement | value |\n|---|---|\n"
           f"| plain forward, {t['images']} images, batch {t['batch_size']} | {t['plain_s']:.2f} s |\n"
@@ -101,13 +106,10 @@ def main() -> None:
           f"| peak RSS probing 500 MNIST images | {s['peak_rss_mib_500']:.0f} MiB |\n"
           f"| peak RSS probing 5,000 MNIST images | {s['peak_rss_mib_5000']:.0f} MiB |\n"
           f"| relative difference (target < 10 %) | {100 * s['relative_difference']:.1f} % |\n")
-    (OUT / "probe_overhead.md").write_text(md)
+    harness.write_results("probe_overhead", res, md, run)
     print(md)
+    return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--rss":
-        torch.set_num_threads(2)
-        peak_rss_child(int(sys.argv[2]))
-    else:
-        main()
+    raise SystemExit(main())

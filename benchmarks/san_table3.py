@@ -8,36 +8,34 @@ training and 1,000 validation digits instead of 50,000 / 10,000), 5 epochs inste
 kernel sizes 1, 3, 5, 7 (the reconstruction is a same-size adjoint convolution) and the model of
 the last epoch (the paper picks the best epoch). CUDA is not needed (two small kernels).
 
-    python benchmarks/san_table3.py      # -> benchmarks/results/san_table3.{json,md}
+Run: python -m benchmarks san_table3 [--seeds 3] [--epochs 5]  (writes benchmarks/results/san_table3.{json,md})
 """
 
 import argparse
 import collections
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
-from paired_stats import mean_std
 
+from benchmarks import harness
+from benchmarks.paired_stats import mean_std
 from inspectnet.analysis.san.activations import ACTIVATIONS
 from inspectnet.analysis.san.model import images_tensor, san_select
 from inspectnet.data import load_data
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {  # Table III (MNIST): (m, CR⁻¹, L̃, φ̄) of the row with the best φ̄
     "identity": (2, 0.63, 0.00, 0.31), "max-activations": (1, 0.58, 0.00, 0.29),
     "max-pool-indices": (1, 0.58, 0.00, 0.29), "peaks": (3, 0.03, 0.66, 0.34)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--sizes", default="1,3,5,7")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     x_train = images_tensor(load_data("mnist5k:train"))
@@ -56,12 +54,9 @@ def main() -> None:
         summary[act] = {"sizes": dict(collections.Counter(row["size"] for row in chosen)),
                         **{k: mean_std([row[k] for row in chosen], 3)
                            for k in ("phi_bar", "cr_inv", "l_tilde", "activations_per_sample")}}
-    command = "python benchmarks/san_table3.py " + " ".join(sys.argv[1:])
-    doc = {"command": command.strip(), "seconds": round(seconds, 1), "threads": args.threads,
+    doc = {"command": run["command"], "seconds": round(seconds, 1), "threads": args.threads,
            "train_samples": len(x_train), "val_samples": len(x_val), "kernels": 2, "epochs": args.epochs,
            "sizes": sizes, "summary": summary, "paper": PAPER, "per_seed": per_seed}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "san_table3.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = ["# SAN on MNIST (paper Table III layout)", "", f"Reproduce: `{doc['command']}` ({seconds:.0f} s, "
              f"{args.threads} thread(s), shared CPU). mnist5k: {len(x_train)} training / {len(x_val)} validation "
              f"digits, 2 kernels, {args.epochs} epochs, kernel size chosen from {args.sizes} by validation φ̄; "
@@ -73,9 +68,10 @@ def main() -> None:
         lines.append(f"| {act} | {sizes_text} [{m}] | {s['phi_bar']} [{phi}] | {s['cr_inv']} [{cr}] | "
                      f"{s['l_tilde']} [{lt}] | {s['activations_per_sample']} |")
     lines.append("")
-    (RESULTS / "san_table3.md").write_text("\n".join(lines))
+    harness.write_results("san_table3", doc, "\n".join(lines), run)
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
