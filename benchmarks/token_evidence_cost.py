@@ -8,7 +8,7 @@ CPU time of this process (``time.process_time``) with one intra-op thread in bot
 work on the machine inflates it less than wall time; plain and evidence runs alternate round by round.
 Also checks, per family and engine, that evidence + remainder + bias equals the logits.
 
-    python benchmarks/token_evidence_cost.py [--rounds 3] [--batch 4] [--families vit_tiny deit_tiny]
+Run: python -m benchmarks token_evidence_cost [--rounds 3] [--batch 4] [--families vit_tiny deit_tiny]
 
 Writes benchmarks/results/token_evidence_cost.{json,md}.
 """
@@ -16,21 +16,17 @@ Writes benchmarks/results/token_evidence_cost.{json,md}.
 import argparse
 import io
 import json
-import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import harness
 from inspectnet.analysis.explain.token_evidence import TokenEvidence
-from inspectnet.core.results import library_versions
-from inspectnet.core.storage import atomic_write_json, atomic_write_text
 from inspectnet.models.zoo import load_model
 from inspectnet.runtime.classifier import make_session
 
-RESULTS = Path(__file__).parent / "results"
 FAMILIES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
             "deit_tiny_distilled": "deit_tiny_distilled_patch16_224", "beit_base": "beit_base_patch16_224",
             "torchvision_vit_b_16": "torchvision:vit_b_16"}
@@ -88,22 +84,16 @@ def measure(name: str, spec: str, rounds: int, batch: int) -> dict:
             "invariant_rel_gap": {"torch": torch_gap, "ort": ort_gap}}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = harness.start()
     torch.set_num_threads(1)
     rows = [measure(f, FAMILIES[f], args.rounds, args.batch) for f in args.families]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    doc = {"cpu": cpu, "load_average": list(__import__("os").getloadavg()), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-           time.gmtime()), "versions": library_versions(), "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / "token_evidence_cost.json", doc)
     lines = [f"# Token evidence cost (CPU s per image, 1 thread, batch {args.batch}, 224 px, 1000 classes)", "",
-             f"{cpu}; load average {doc['load_average'][0]:.1f} at the start; {doc['date']}.", "",
              "| family | grid | torch plain | torch evidence | ratio | ORT plain | ORT evidence | ratio | "
              "Σ gap torch / ORT |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -112,7 +102,7 @@ def main() -> int:
                      f"{c['torch_evidence']:.3f} | {r['torch_ratio']:.2f} | {c['ort_plain']:.3f} | "
                      f"{c['ort_evidence']:.3f} | {r['ort_ratio']:.2f} | {r['invariant_rel_gap']['torch']:.1e} / "
                      f"{r['invariant_rel_gap']['ort']:.1e} |")
-    atomic_write_text(RESULTS / "token_evidence_cost.md", "\n".join(lines) + "\n")
+    harness.write_results("token_evidence_cost", {"rows": rows}, "\n".join(lines), run)
     print("\n".join(lines))
     print(json.dumps({r["family"]: r["cpu_s_per_image"] for r in rows}))
     return 0

@@ -22,7 +22,8 @@ NAMES = sorted(available())
 
 def test_every_benchmark_script_is_listed():
     listed = subprocess.run([sys.executable, "-m", "benchmarks"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert len(NAMES) == 22
+    files = {p.stem for p in (ROOT / 'benchmarks').glob('*.py')} - {'__init__', '__main__', 'harness', 'paired_stats'}
+    assert set(NAMES) == files and len(NAMES) >= 22
     assert all(f"  {name} " in listed.stdout for name in NAMES)
     unknown = subprocess.run([sys.executable, "-m", "benchmarks", "no_such_benchmark"], cwd=ROOT, capture_output=True,
                              text=True)
