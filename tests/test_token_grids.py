@@ -21,9 +21,9 @@ PLAIN = {"input_size": (3, 64, 64), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1
 PLANTED = 1.0e4  # written into the prefix tokens: any reduced value or map that reads one shows it
 
 
-def _vit(name, **kw):
+def _vit(name, num_classes=3, **kw):
     torch.manual_seed(0)
-    return timm.create_model(name, num_classes=3, **kw).eval()
+    return timm.create_model(name, num_classes=num_classes, **kw).eval()
 
 
 TOKEN_MODELS = {  # name -> (model, input (H, W), prefix tokens, grid, excluded in words)
@@ -159,12 +159,12 @@ def test_channels_last_is_read_from_the_shape_where_the_model_declares_nothing()
 RED_UNIT, SHUFFLED_UNIT = 7, 0
 
 
-def red_vit() -> nn.Module:
+def red_vit(num_classes: int = 3) -> nn.Module:
     """A 2-block ViT (8×8 grid of 8-pixel patches) whose residual-stream channel RED_UNIT is, at every patch
     token, the patch's mean of R − G − B on [0, 1] inputs: the patch embedding computes it, no position
     embedding or block writes into that channel. The class token's value there (5) exceeds every patch's
     (at most 1), so a class token read as a patch would take the unit's top activations."""
-    model = _vit("vit_tiny_patch16_224", img_size=64, patch_size=8, depth=2)
+    model = _vit("vit_tiny_patch16_224", num_classes, img_size=64, patch_size=8, depth=2)
     with torch.no_grad():
         proj = model.patch_embed.proj
         proj.weight[RED_UNIT] = torch.tensor([1.0, -1.0, -1.0])[:, None, None] / 64.0
@@ -218,3 +218,50 @@ def test_dissection_finds_the_red_unit_inside_a_vit_and_says_which_tokens_it_lef
     shuffled = d.iou["blocks.1"][SHUFFLED_UNIT]
     assert info["units"][SHUFFLED_UNIT]["threshold"] == pytest.approx(unit["threshold"])   # same values ...
     assert shuffled[red] < d.iou_threshold and shuffled[red] < unit["iou"] / 8          # ... not on red
+
+
+# ---------------------------------------------------------------- rules and receptive fields through the record
+def red_vit_classifier(spec: str):
+    """The red ViT as a 2-class model that averages its patch tokens and predicts class 0 when the image's mean
+    red score is above the data's median (so rules have two predicted classes to explain); with its data."""
+    from inspectnet.data import load_data
+    from inspectnet.models.zoo import ZooModel
+
+    model = red_vit(num_classes=2)
+    model.global_pool, model.norm, model.fc_norm = "avg", nn.Identity(), nn.Identity()
+    zm = ZooModel(model=model, source="timm", arch="vit_tiny_patch16_224", num_classes=2, in_chans=3,
+                  data_config={**PLAIN, "interpolation": "bilinear", "crop_pct": 1.0},
+                  class_names=["no square", "square"], head_name="head")
+    data = load_data(spec, zm.transform())
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.weight[0, RED_UNIT] = 1.0
+        x = torch.stack([data[i][0] for i in range(len(data))])
+        red = model.forward_features(x)[:, 1:, RED_UNIT].mean(1)
+        model.head.bias.copy_(torch.tensor([0.0, float(red.median())]))
+    return zm, data, x
+
+
+def test_probe_record_rules_and_receptive_fields_read_patch_tokens_of_a_vit(tmp_path):
+    from inspectnet.analysis.attributions import receptive_fields
+    from inspectnet.analysis.rules.tree import extract_rules
+    from inspectnet.probe.recorder import run_probe
+
+    zm, data, x = red_vit_classifier("shapes?n=80&seed=2")
+    train = run_probe(zm, data, "blocks.1", tmp_path / "train", batch_size=32)
+    acts = np.asarray(train.activations("blocks.1"))
+    assert acts.shape == (80, 192)
+    with torch.no_grad():
+        tokens = zm.model.forward_features(x)                              # blocks.1's output (norm is Identity)
+    assert np.allclose(acts, tokens[:, 1:].abs().mean(1).numpy(), atol=1e-5)   # the class token (5) left out
+    assert acts[:, RED_UNIT].max() <= 1.0
+    preds = np.asarray(train.logits).argmax(1)
+    assert 0 < preds.sum() < 80
+    rs, _ = extract_rules(train, "blocks.1")
+    assert rs.train_fidelity > max(preds.mean(), 1 - preds.mean())      # better than the majority class
+    rows = receptive_fields(zm, data, acts, "blocks.1", [RED_UNIT], tmp_path, top_n=3, quantile=0.9, sample=80)
+    maps = tokens[:, 1:, RED_UNIT].reshape(80, 8, 8)
+    assert rows[0]["threshold"] == pytest.approx(float(torch.quantile(maps.flatten(), 0.9)), rel=1e-5)
+    assert rows[0]["top_images"] == [int(i) for i in np.argsort(-acts[:, RED_UNIT], kind="stable")[:3]]
+    assert rows[0]["threshold"] < 1.0                                     # patch values, never the class token's 5
+    assert (tmp_path / "receptive_fields.png").exists()
