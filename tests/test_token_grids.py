@@ -265,3 +265,35 @@ def test_probe_record_rules_and_receptive_fields_read_patch_tokens_of_a_vit(tmp_
     assert rows[0]["top_images"] == [int(i) for i in np.argsort(-acts[:, RED_UNIT], kind="stable")[:3]]
     assert rows[0]["threshold"] < 1.0                                     # patch values, never the class token's 5
     assert (tmp_path / "receptive_fields.png").exists()
+
+
+def _zoo(model: nn.Module, hw: tuple[int, int], head: str = "head"):
+    from inspectnet.models.zoo import ZooModel
+
+    return ZooModel(model=model, source="timm", arch=type(model).__name__, num_classes=3, in_chans=3,
+                    data_config={**PLAIN, "input_size": (3, *hw)}, class_names=["a", "b", "c"], head_name=head)
+
+
+def test_feature_maps_of_swin_and_of_a_mean_pooled_vit_are_on_their_grid():
+    from inspectnet.analysis.attributions import feature_maps
+
+    swin = _swin((64, 32))
+    x = torch.rand(2, 3, 64, 32)
+    with torch.no_grad():
+        nhwc = swin.forward_features(x)
+    assert torch.equal(feature_maps(_zoo(swin, (64, 32), "head.fc"), x), nhwc.permute(0, 3, 1, 2))
+    vit = _vit("vit_tiny_patch16_224", img_size=64, depth=1, global_pool="avg", fc_norm=False, reg_tokens=2)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)                                   # (2, 1 + 2 + 16, 192)
+    want = tokens[:, 3:].reshape(2, 4, 4, 192).permute(0, 3, 1, 2)
+    assert torch.equal(feature_maps(_zoo(vit, (64, 64)), x), want)
+
+
+def test_feature_maps_refuse_a_head_that_reads_the_class_token():
+    from inspectnet.analysis.attributions import feature_maps
+
+    vit = _vit("vit_tiny_patch16_224", img_size=64, depth=1)
+    with pytest.raises(InspectnetError, match=r"not the average of forward_features' tokens on a 4×4 grid \(1 class "
+                                              r"token excluded\) \(the head reads a class token"):
+        feature_maps(_zoo(vit, (64, 64)), torch.rand(2, 3, 64, 64))
