@@ -251,6 +251,8 @@ def test_probe_record_rules_and_receptive_fields_read_patch_tokens_of_a_vit(tmp_
     train = run_probe(zm, data, "blocks.1", tmp_path / "train", batch_size=32)
     acts = np.asarray(train.activations("blocks.1"))
     assert acts.shape == (80, 192)
+    assert train.manifest["layers"][0]["layout"] == {"kind": "NLC", "grid": [8, 8], "prefix_tokens": 1,
+                                                     "excluded": "1 class token"}
     with torch.no_grad():
         tokens = zm.model.forward_features(x)                              # blocks.1's output (norm is Identity)
     assert np.allclose(acts, tokens[:, 1:].abs().mean(1).numpy(), atol=1e-5)   # the class token (5) left out
