@@ -55,14 +55,20 @@ def _raw_output(model, layer, x):
     return got["out"]
 
 
+def _planted(family, batch):
+    """(model with PLANTED prefix tokens at blocks.0, input, blocks.0's raw output, hook handle)."""
+    make, (h, w), prefix, _grid, _words = TOKEN_MODELS[family]
+    model = make()
+    x = torch.rand(batch, 3, h, w)
+    handle = _plant_prefix(model.get_submodule("blocks.0"), prefix)
+    return model, x, _raw_output(model, "blocks.0", x), handle
+
+
 @pytest.mark.parametrize("family", list(TOKEN_MODELS))
 def test_token_maps_are_the_patch_tokens_on_their_grid_without_prefix_tokens(family):
-    make, (h, w), prefix, grid, words = TOKEN_MODELS[family]
-    model = make()
+    _, _, prefix, grid, words = TOKEN_MODELS[family]
     layer = "blocks.0"
-    x = torch.rand(2, 3, h, w)
-    handle = _plant_prefix(model.get_submodule(layer), prefix)
-    raw = _raw_output(model, layer, x)
+    model, x, raw, handle = _planted(family, 2)
     assert raw.shape[1] == prefix + grid[0] * grid[1]
     patches = raw[:, prefix:]                                             # (B, h·w, C), row-major patches
     by_hand = torch.stack([torch.stack([patches[:, r * grid[1] + c] for c in range(grid[1])], dim=-1)
@@ -79,12 +85,8 @@ def test_token_maps_are_the_patch_tokens_on_their_grid_without_prefix_tokens(fam
 
 @pytest.mark.parametrize("family", ["vit", "deit_distilled", "vit_registers"])
 def test_reducers_average_each_channel_over_patch_tokens_only(family):
-    make, (h, w), prefix, grid, _ = TOKEN_MODELS[family]
-    model = make()
-    layer = "blocks.0"
-    x = torch.rand(3, 3, h, w)
-    handle = _plant_prefix(model.get_submodule(layer), prefix)
-    raw = _raw_output(model, layer, x)
+    prefix, layer = TOKEN_MODELS[family][2], "blocks.0"
+    model, x, raw, handle = _planted(family, 3)
     patches = raw[:, prefix:].double()
     expected = {"absmean": patches.abs().mean(1), "mean": patches.mean(1), "max": patches.amax(1)}
     for reducer, want in expected.items():
