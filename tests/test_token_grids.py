@@ -301,3 +301,17 @@ def test_feature_maps_refuse_a_head_that_reads_the_class_token():
     with pytest.raises(InspectnetError, match=r"not the average of forward_features' tokens on a 4×4 grid \(1 class "
                                               r"token excluded\) \(the head reads a class token"):
         feature_maps(_zoo(vit, (64, 64)), torch.rand(2, 3, 64, 64))
+
+
+def test_easr_penalises_each_channel_of_a_vit_block_over_patch_tokens_only():
+    from inspectnet.plugins import make_plugin
+
+    model, x, raw, handle = _planted("deit_distilled", 2)
+    plugin = make_plugin("easr:lam=1,p=0.5,layer=blocks.0").attach(model, num_classes=3)
+    with torch.no_grad():
+        model(x)
+        got = plugin.loss(x, None, None)["easr"]
+    plugin.detach()
+    handle.remove()
+    a = raw[:, 2:].abs().mean(1)                                          # (B, C) over the 16 patch tokens
+    assert torch.allclose(got, (0.5 - a.mean(0)).pow(2).sum(), rtol=1e-5)
