@@ -148,7 +148,19 @@ def to_maps(t: torch.Tensor, layer: str, model: nn.Module | None = None,
 
 
 def spatial_maps(maps: torch.Tensor, layer: str) -> torch.Tensor:
-    """``maps`` when they are (B, K, h, w); a layer without positions is refused in one line."""
+    """``maps`` when they are (B, K, h, w); a layer without positions is refused in one line.
+
+    Args:
+        maps: a probed layer's output put on channels-first axes.
+        layer: its name, for the message.
+
+    Returns:
+        ``maps`` unchanged.
+
+    Example:
+        >>> spatial_maps(torch.zeros(1, 2, 3, 3), "conv").shape
+        torch.Size([1, 2, 3, 3])
+    """
     if maps.dim() != 4:
         raise InspectnetError(f"layer {layer!r} gives outputs of shape {tuple(maps.shape)}, which have no spatial "
                               f"maps; choose a convolutional layer or a transformer block (see `inspectnet layers "
