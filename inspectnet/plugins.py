@@ -211,6 +211,28 @@ class Plugin:
             raise InspectnetError(f"plugin {self.name}: pre_logits is not a module; name a layer instead")
         return names
 
+    def unit_maps(self, layer: str, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (the output of ``layer``) with its units on axis 1: (B, C, h, w) maps or (B, C) vectors.
+
+        Channels-last maps (Swin) are permuted, tokens put on their patch grid without the class,
+        distillation and register tokens (:func:`inspectnet.models.layout.layer_layout`), so a
+        per-unit statistic averages each channel over patch positions only.
+
+        Args:
+            layer: the hooked layer's name.
+            out: its output.
+
+        Returns:
+            The maps or vectors (a view where possible).
+
+        Example:
+            >>> Plugin().unit_maps("x", torch.zeros(2, 5)).shape      # doctest: +SKIP
+            torch.Size([2, 5])
+        """
+        from inspectnet.models.layout import layer_layout
+
+        return layer_layout(self.model, layer, out).maps(out)
+
     def hook(self, layer: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> None:
         """Forward hook on ``layer``: ``fn(output)`` may return a replacement output (inserting an
         operation into the forward pass reversibly) or None to only observe."""

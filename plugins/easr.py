@@ -33,7 +33,7 @@ class ExpectedActivationSparsity(Plugin):
         self.hook(self.layer_name, self._capture)
 
     def _capture(self, out: torch.Tensor) -> None:
-        a = out.clone().float().abs()
+        a = self.unit_maps(self.layer_name, out).clone().float().abs()  # tokens: patch positions only
         self._act = a.mean(dim=tuple(range(2, a.dim()))) if a.dim() > 2 else a
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -349,8 +349,11 @@ def test_same_result_with_any_batch_size(shapes_data):
 
 
 def test_vit_tokens_reshaped_to_grid():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=1, num_classes=2)
     t = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)
-    m = to_maps(t, "blocks.0", prefix_tokens=1)
+    m = to_maps(t, "blocks.0", vit)
     assert m.shape == (2, 3, 4, 4) and m[0, 1, 0, 1] == t[0, 2, 1]
 
 

@@ -152,19 +152,46 @@ def input_attributions(zm: ZooModel, dataset: ImageDataset, indices: Sequence[in
 def feature_maps(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
     """The (N, d, h, w) map whose global pooling gives the head's input features f(x).
 
-    Uses timm's ``forward_features``; refuses when its channels do not match the head's input
-    (e.g. models with a projection between the last map and the classifier).
+    Uses timm's ``forward_features`` and reads its output by layout: channels-first maps as they are,
+    channels-last maps (Swin) permuted, tokens on their patch grid without class, distillation or
+    register tokens. Refuses when its channels do not match the head's input (a projection between the
+    last map and the classifier), and, for channels-last maps and tokens, when the average of the map
+    is not f(x) (a head that reads the class token, or a norm after pooling).
+
+    Args:
+        zm: the model.
+        x: a batch of preprocessed images (N, C, H, W).
+
+    Returns:
+        The maps, units on axis 1.
+
+    Example:
+        >>> feature_maps(zm, x).shape            # doctest: +SKIP
+        torch.Size([2, 512, 2, 2])
     """
+    from inspectnet.models.layers import PRE_LOGITS
+    from inspectnet.models.layout import layer_layout
+    from inspectnet.probe.hooks import Probe
+
     model = zm.model
     if not hasattr(model, "forward_features"):
         raise InspectnetError(f"{zm.spec} has no forward_features(); the spatial maps of the penultimate "
                               f"features cannot be located (timm models provide it)")
-    with eval_mode(model), torch.no_grad():
-        maps = model.forward_features(x)
+    with eval_mode(model), torch.no_grad(), Probe(model, [PRE_LOGITS], head_name=zm.head_name) as probe:
+        out = model.forward_features(x)
+        model(x)
     d = zm.head.in_features
+    layout = layer_layout(model, "forward_features", out, input_shape=tuple(x.shape)) if out.dim() in (3, 4) \
+        else None
+    maps = layout.maps(out) if layout is not None else out
     if maps.ndim != 4 or maps.shape[1] != d:
-        raise InspectnetError(f"{zm.spec}: forward_features gives shape {tuple(maps.shape)}, not (N, {d}, h, w); "
-                              f"the head's features are not a pooled map of it")
+        raise InspectnetError(f"{zm.spec}: forward_features gives shape {tuple(out.shape)}, not a map of {d} channels "
+                              f"(N, {d}, h, w), (N, h, w, {d}) or tokens (N, L, {d}); the head's features are not "
+                              f"a pooled map of it")
+    f = probe.outputs[PRE_LOGITS].flatten(1)
+    if layout.kind != "NCHW" and not torch.allclose(maps.mean((2, 3)), f, atol=1e-4 * (1 + float(f.abs().max()))):
+        raise InspectnetError(f"{zm.spec}: the head's features are not the average of forward_features' "
+                              f"{layout.describe()} (the head reads a class token, or normalises after pooling)")
     return maps
 
 

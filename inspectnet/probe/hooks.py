@@ -11,21 +11,27 @@ from torch import nn
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.models.layers import PRE_LOGITS, first_tensor, resolve_layers
+from inspectnet.models.layout import Layout, layer_layout
 
 
 def _spatial_dims(t: torch.Tensor) -> tuple[int, ...]:
-    """Dimensions averaged away per filter: H, W of (B, C, H, W); tokens of ViT-style (B, T, C)."""
+    """Dimensions averaged away per unit of (B, C, H, W) maps or (B, C) vectors (see :meth:`Layout.maps`)."""
     if t.dim() == 4:
         return (2, 3)
-    if t.dim() == 3:
-        return (1,)
     if t.dim() == 2:
         return ()
-    raise InspectnetError(f"cannot reduce an activation of shape {tuple(t.shape)}; expected 2-4 dims")
+    if t.dim() == 3:
+        raise InspectnetError(f"cannot reduce a 3-D activation of shape {tuple(t.shape)} without its layout: tokens "
+                              f"(B, N, C) need their prefix tokens and grid (inspectnet.models.layout.layer_layout)")
+    raise InspectnetError(f"cannot reduce an activation of shape {tuple(t.shape)}; expected (B, C, H, W) or (B, C)")
 
 
 def absmean(t: torch.Tensor) -> torch.Tensor:
-    """Per-filter spatial mean of |F| (Elite BackProp Eq. 1): (B, C, H, W) -> (B, C)."""
+    """Per-filter spatial mean of |F| (Elite BackProp Eq. 1): (B, C, H, W) -> (B, C).
+
+    ``t`` is channels-first maps or vectors; a :class:`Probe` puts channels-last maps and tokens
+    (patch tokens only) in that form first.
+    """
     dims = _spatial_dims(t)
     return t.abs().mean(dim=dims) if dims else t.abs()
 
@@ -61,8 +67,12 @@ def get_reducer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 class Probe:
     """Capture activations of ``layers`` on every forward while inside ``with``.
 
-    ``outputs[name]`` holds the latest batch's reduced activation (detached, or attached to the
-    graph with ``keep_graph=True`` for losses). ``pre_logits`` captures the classifier's input.
+    Each output is first put in channels-first form by its :class:`~inspectnet.models.layout.Layout`
+    (channels-last maps permuted, tokens reshaped to their grid without class, distillation and
+    register tokens; ``layouts[name]`` says which), then reduced. ``outputs[name]`` holds the latest
+    batch's reduced activation (detached, or attached to the graph with ``keep_graph=True`` for
+    losses): (B, C) for the reducers, (B, C, h, w) maps for ``full``. ``pre_logits`` captures the
+    classifier's input as it is.
 
     >>> import torchvision
     >>> m = torchvision.models.resnet18(num_classes=4).eval()
@@ -81,10 +91,15 @@ class Probe:
         self.reduce = get_reducer(reducer) if isinstance(reducer, str) else reducer
         self.keep_graph = keep_graph
         self.outputs: dict[str, torch.Tensor] = {}
+        self.layouts: dict[str, Layout] = {}
+        self._input_shape: tuple[int, ...] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> "Probe":
         try:
+            # the input's batch and size check each output's layout (batch axis, grid proportions)
+            self._handles.append(self.model.register_forward_pre_hook(self._see_input))
+            self._handles.append(self.model.register_forward_hook(lambda *_: self._see_input(None, ())))
             for name in self.layers:
                 self._handles.append(self._attach(name))
         except BaseException:
@@ -100,6 +115,10 @@ class Probe:
         while self._handles:
             self._handles.pop().remove()
 
+    def _see_input(self, _m: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        self._input_shape = tuple(x.shape) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+
     def _attach(self, name: str) -> torch.utils.hooks.RemovableHandle:
         if name == PRE_LOGITS:
             if self.head_name is None:
@@ -114,7 +133,10 @@ class Probe:
     def _store(self, name: str, t: torch.Tensor | None, raw: bool = False) -> None:
         if t is None:
             raise InspectnetError(f"layer {name!r} produced no tensor to probe")
-        value = t if raw else self.reduce(t)
-        value = value if self.keep_graph else value.detach()
+        if not raw:
+            layout = layer_layout(self.model, name, t, input_shape=self._input_shape)
+            self.layouts[name] = layout
+            t = self.reduce(layout.maps(t))
+        value = t if self.keep_graph else t.detach()
         # clone: later in-place ops (ReLU(inplace=True)) would otherwise rewrite what was captured
         self.outputs[name] = value.clone()

@@ -247,7 +247,7 @@ def _probe_part(zm: ZooModel, dataset: ImageDataset, names: list[str], reducer: 
                     writers = open_writers(part.folder, block, part.rows)
                     if part.rank == 0:
                         _write_manifest(part.root, zm, dataset, identity, block, part.plan["batch_size"],
-                                        complete=False)
+                                        complete=False, layouts={k: hooks.layouts[k].to_dict() for k in names})
                 for key, value in block.items():
                     writers[key].write(pos, value.float().cpu().numpy() if key != LABELS else value.numpy())
                 done += len(y)
@@ -313,7 +313,8 @@ def open_writers(out: Path, block: dict[str, torch.Tensor], n: int) -> dict[str,
 
 
 def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: dict[str, Any],
-                    block: dict[str, torch.Tensor], batch_size: int, *, complete: bool) -> None:
+                    block: dict[str, torch.Tensor], batch_size: int, *, complete: bool,
+                    layouts: dict[str, dict[str, Any]]) -> None:
     old = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
     manifest = {
         "format": "inspectnet-probe-record", "schema_version": SCHEMA_VERSION, "complete": complete,
@@ -327,7 +328,8 @@ def _write_manifest(out: Path, zm: ZooModel, dataset: ImageDataset, identity: di
         "data_class_names": dataset.label_mapping.data_classes if dataset.label_mapping else dataset.class_names,
         "label_mapping": dataset.label_mapping.describe() if dataset.label_mapping else None,
         "reducer": identity["reducer"],
-        "layers": [{"name": k.split("/", 1)[1], "shape": list(v.shape[1:])}
+        # where each layer's units were read: channels-first, channels-last or tokens (which ones excluded)
+        "layers": [{"name": k.split("/", 1)[1], "shape": list(v.shape[1:]), "layout": layouts[k.split("/", 1)[1]]}
                    for k, v in block.items() if k.startswith("layers/")],
         "features_dim": int(block[FEATURES].shape[1]),
         "batch_sizes": sorted({*old.get("batch_sizes", []), batch_size}),

@@ -17,8 +17,10 @@ overlaps exactly at T_k; twice the forward cost, memory units × concepts instea
 
 A unit's concept is its best-IoU concept; it is a detector if that IoU ≥ ``iou_threshold`` (0.04).
 Unique detectors = distinct concepts among a layer's detectors. No activation map outlives its
-batch, so memory does not grow with the number of images. ViT-style token outputs (B, T, C) are
-reshaped to their patch grid after dropping prefix (class/register) tokens.
+batch, so memory does not grow with the number of images. Every layout is read on its own axes
+(:mod:`inspectnet.models.layout`): channels-last maps (Swin) are permuted, ViT-style token outputs
+(B, T, C) are reshaped to their patch grid after dropping the class, distillation and register
+tokens, and each layer's result says which (``layout``).
 
 >>> from inspectnet.models.zoo import load_model; from inspectnet.data.concepts import load_concepts
 >>> zm = load_model("resnet18", num_classes=2, input_size=64)
@@ -28,7 +30,6 @@ reshaped to their patch grid after dropping prefix (class/register) tokens.
 """
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,6 +52,7 @@ from inspectnet.core.results import Result
 from inspectnet.data.concepts import ConceptDataset
 from inspectnet.data.loading import check_workers, data_loader
 from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
+from inspectnet.models.layout import layer_layout
 from inspectnet.models.zoo import ZooModel, weights_fingerprint
 from inspectnet.probe.hooks import Probe
 
@@ -61,8 +63,9 @@ class Dissection(Result):
 
     ``layers[name]`` holds ``units`` (per unit: unit, concept, category, iou, detector, threshold,
     top_images), ``detectors``, ``unique_detectors``, ``unique_by_category``, ``detector_concepts``,
-    ``num_units`` and ``map_size``. ``iou[name]`` is the full (units × concepts) IoU matrix; it is
-    kept out of the JSON (see :func:`write_dissection`, which stores it as ``iou.npz``).
+    ``num_units``, ``map_size`` and ``layout`` (how the layer holds its positions and which prefix
+    tokens were excluded: :meth:`~inspectnet.models.layout.Layout.to_dict`). ``iou[name]`` is the full
+    (units × concepts) IoU matrix; it is kept out of the JSON (see :func:`write_dissection`, which stores it as ``iou.npz``).
     """
 
     model: str
@@ -119,25 +122,50 @@ class _Items(torch.utils.data.Dataset):
         return self.transform(self.data.image(i)), m, i
 
 
-def to_maps(t: torch.Tensor, layer: str, prefix_tokens: int | None = None) -> torch.Tensor:
-    """A layer output as (B, K, h, w) maps: NCHW as is, ViT tokens (B, T, C) reshaped to their grid.
+def to_maps(t: torch.Tensor, layer: str, model: nn.Module | None = None,
+            input_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """A layer output as (B, K, h, w) maps, by its :class:`~inspectnet.models.layout.Layout`.
 
-    >>> to_maps(torch.zeros(2, 1 + 16, 8), "blocks.0").shape
-    torch.Size([2, 8, 4, 4])
+    Channels-first maps stay as they are, channels-last maps are permuted, ViT tokens (B, T, C) lose
+    the prefix tokens ``model`` declares (class, distillation, registers) and are reshaped to their grid.
+
+    Args:
+        t: the output of ``model``'s module ``layer``.
+        layer: its name (for messages and the module's declared format).
+        model: the network, which declares prefix tokens, patch grid and output format.
+        input_shape: (B, C, H, W) of the input, which the grid must fit.
+
+    Returns:
+        The maps; raises :class:`InspectnetError` for outputs without positions.
+
+    Example:
+        >>> import timm
+        >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=1)
+        >>> to_maps(torch.zeros(2, 1 + 16, 8), "blocks.0", vit).shape
+        torch.Size([2, 8, 4, 4])
     """
-    if t.dim() == 4:
-        return t
-    if t.dim() == 3:
-        b, n, c = t.shape
-        prefixes = [prefix_tokens] if prefix_tokens is not None else [0, 1, 2, 4, 5, 8]
-        for p in prefixes:
-            g = math.isqrt(max(n - p, 0))
-            if g > 0 and g * g == n - p:
-                return t[:, p:].transpose(1, 2).reshape(b, c, g, g)
-        raise InspectnetError(f"layer {layer!r} gives {n} tokens, which do not form a square grid after "
-                              f"{prefixes} prefix tokens; cannot dissect it")
-    raise InspectnetError(f"layer {layer!r} gives outputs of shape {tuple(t.shape)}, which have no spatial maps; "
-                          f"choose a convolutional layer or a transformer block (see `inspectnet layers MODEL`)")
+    return spatial_maps(layer_layout(model, layer, t, input_shape=input_shape).maps(t), layer)
+
+
+def spatial_maps(maps: torch.Tensor, layer: str) -> torch.Tensor:
+    """``maps`` when they are (B, K, h, w); a layer without positions is refused in one line.
+
+    Args:
+        maps: a probed layer's output put on channels-first axes.
+        layer: its name, for the message.
+
+    Returns:
+        ``maps`` unchanged.
+
+    Example:
+        >>> spatial_maps(torch.zeros(1, 2, 3, 3), "conv").shape
+        torch.Size([1, 2, 3, 3])
+    """
+    if maps.dim() != 4:
+        raise InspectnetError(f"layer {layer!r} gives outputs of shape {tuple(maps.shape)}, which have no spatial "
+                              f"maps; choose a convolutional layer or a transformer block (see `inspectnet layers "
+                              f"MODEL`)")
+    return maps
 
 
 def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[str] | str, *,
@@ -152,7 +180,7 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     fine bins per unit of the sketch. Under ``torchrun`` each rank streams its share of the batches
     and the counts, sketches and top images are all-reduced: every rank returns the same result.
     """
-    net, name, fp, cfg, prefix = unpack_model(model, data_config)
+    net, name, fp, cfg = unpack_model(model, data_config)
     if not 0 < quantile < 1:
         raise InspectnetError(f"--quantile must be within (0, 1), got {quantile}")
     if batch_size < 1:
@@ -180,15 +208,17 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
         if passes == 1:
             counts = DissectionCounts(n, mask_size, len(data.concepts), quantile=quantile, bins=bins, top_k=top_k,
                                       device=dev)
-            _one_pass(net, probe, loader, names, prefix, dev, counts, show_progress, watch)
+            _one_pass(net, probe, loader, names, dev, counts, show_progress, watch)
             thresholds, tops, shapes = counts.thresholds(), counts.tops, counts.map_sizes
             overlaps, mask_area = counts.overlaps(thresholds), counts.mask_area.cpu()
         else:
-            sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins,
+            sketches, tops, shapes = _pass_thresholds(net, probe, loader, names, dev, top_k, bins,
                                                       show_progress, watch)
             thresholds = {k: s.quantile(1.0 - quantile) for k, s in sketches.items()}
-            overlaps, mask_area = _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size,
+            overlaps, mask_area = _pass_iou(net, probe, loader, names, dev, thresholds, mask_size,
                                             len(data.concepts), show_progress, watch)
+        # rank 0 always ran the first batch, so it saw every layer's layout
+        layouts = share_from_main({k: v.to_dict() for k, v in probe.layouts.items()})
     empty = [c for c, a in zip(data.concepts, mask_area.tolist()) if a == 0]
     if len(empty) == len(data.concepts):
         raise InspectnetError(f"concept data {data.spec!r}: no concept has any positive pixel in {n} images")
@@ -202,6 +232,7 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
         ious[layer] = iou
         result_layers[layer] = _summarise(iou, thresholds[layer].cpu(), tops[layer][1].cpu(), shapes[layer], data,
                                           mask_area, iou_threshold)
+        result_layers[layer]["layout"] = layouts[layer]
     return Dissection(model=name, fingerprint=fp, data=data.spec, num_images=n, quantile=quantile,
                       iou_threshold=iou_threshold, mask_size=list(mask_size), concepts=list(data.concepts),
                       categories=dict(data.categories), empty_concepts=empty, layers=result_layers, passes=passes,
@@ -217,32 +248,32 @@ def unpack_model(model: ZooModel | nn.Module, data_config: dict[str, Any] | None
         net, cfg, name, fp = model, data_config, type(model).__name__, weights_fingerprint(model)
     else:
         raise InspectnetError(f"cannot dissect a {type(model).__name__}; expected a ZooModel or nn.Module")
-    prefix = getattr(net, "num_prefix_tokens", None)
-    return net, name, fp, cfg, prefix
+    return net, name, fp, cfg
 
 
-def forward_maps(net: nn.Module, probe: Probe, x: torch.Tensor, names: list[str], prefix: int | None,
-                  dev: torch.device) -> dict[str, torch.Tensor]:
+def forward_maps(net: nn.Module, probe: Probe, x: torch.Tensor, names: list[str],
+                 dev: torch.device) -> dict[str, torch.Tensor]:
+    """The (B, K, h, w) maps of ``names`` on ``x``: the ``full`` probe puts every layout on channels-first axes."""
     net(x.to(dev, non_blocking=True))
-    return {k: to_maps(probe.outputs[k], k, prefix).float() for k in names}
+    return {k: spatial_maps(probe.outputs[k], k).float() for k in names}
 
 
-def _one_pass(net, probe, loader, names, prefix, dev, counts: DissectionCounts, show_progress, watch) -> None:
+def _one_pass(net, probe, loader, names, dev, counts: DissectionCounts, show_progress, watch) -> None:
     """The one-pass method: accumulate every batch of this rank into ``counts``, then combine the ranks."""
     for x, m, idx in progress(loader, total=len(loader), desc="dissect", enabled=show_progress):
         watch.check()
-        counts.accumulate(forward_maps(net, probe, x, names, prefix, dev), m.to(dev), idx)
+        counts.accumulate(forward_maps(net, probe, x, names, dev), m.to(dev), idx)
     counts.all_reduce()
 
 
-def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_progress, watch):
+def _pass_thresholds(net, probe, loader, names, dev, top_k, bins, show_progress, watch):
     """Pass 1 of two: per-unit quantile sketches and the top-k images by maximum activation (merged over ranks)."""
     sketches: dict[str, UnitQuantiles] = {}
     tops: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     shapes: dict[str, list[int]] = {}
     for x, _m, idx in progress(loader, total=len(loader), desc="dissect 1/2", enabled=show_progress):
         watch.check()
-        maps = forward_maps(net, probe, x, names, prefix, dev)
+        maps = forward_maps(net, probe, x, names, dev)
         for k, a in maps.items():
             b, units, h, w = a.shape
             if k not in sketches:
@@ -263,7 +294,7 @@ def _pass_thresholds(net, probe, loader, names, prefix, dev, top_k, bins, show_p
     return sketches, tops, {k: v[1:] for k, v in shapes.items()}
 
 
-def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_concepts, show_progress, watch):
+def _pass_iou(net, probe, loader, names, dev, thresholds, mask_size, n_concepts, show_progress, watch):
     """Pass 2 of two: per layer exact (intersections (K, C), unit areas (K,)) and the concept areas, summed
     over ranks."""
     inter = {k: torch.zeros(len(thresholds[k]), n_concepts, dtype=torch.float64, device=dev) for k in names}
@@ -271,7 +302,7 @@ def _pass_iou(net, probe, loader, names, prefix, dev, thresholds, mask_size, n_c
     mask_area = torch.zeros(n_concepts, dtype=torch.float64, device=dev)
     for x, m, _idx in progress(loader, total=len(loader), desc="dissect 2/2", enabled=show_progress):
         watch.check()
-        maps = forward_maps(net, probe, x, names, prefix, dev)
+        maps = forward_maps(net, probe, x, names, dev)
         masks = m.to(dev).flatten(2)
         mask_area += masks.sum(dim=(0, 2)).double()
         for k, a in maps.items():

@@ -24,6 +24,7 @@ from inspectnet.core.storage import atomic_write_bytes, atomic_write_text, outpu
 from inspectnet.core.tables import csv_text
 from inspectnet.data.concepts import ConceptDataset
 from inspectnet.models.layers import model_state
+from inspectnet.models.layout import Layout
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe
 from inspectnet.reports.blocks import Table
@@ -38,7 +39,7 @@ def unit_overlays(model: ZooModel | nn.Module, data: ConceptDataset, layer: str,
 
     Only the top images of the given units are run through the model (for report pictures).
     """
-    net, _, _, cfg, prefix = unpack_model(model, data_config)
+    net, _, _, cfg = unpack_model(model, data_config)
     info = {u["unit"]: u for u in result.layers[layer]["units"]}
     wanted = sorted({i for k in units for i in info[k]["top_images"]})
     mask_size = tuple(result.mask_size)
@@ -52,7 +53,7 @@ def unit_overlays(model: ZooModel | nn.Module, data: ConceptDataset, layer: str,
         for s in range(0, len(wanted), batch_size):
             ids = wanted[s:s + batch_size]
             x = torch.stack([transform(data.image(i)) for i in ids])
-            maps = forward_maps(net, probe, x, [layer], prefix, dev)[layer][:, unit_ids.to(dev)]
+            maps = forward_maps(net, probe, x, [layer], dev)[layer][:, unit_ids.to(dev)]
             sel = unit_masks(maps, thresholds[unit_ids], mask_size).cpu().numpy()
             for j, i in enumerate(ids):
                 per_image[i] = sel[j]
@@ -107,7 +108,8 @@ def layer_page(result: Dissection, layer: str, model: ZooModel | nn.Module, data
     intro = (f"{result.model} on {result.data}: {result.num_images} images, threshold = top "
              f"{result.quantile:g} quantile per unit, detector if IoU ≥ {result.iou_threshold:g}. "
              f"{info['detectors']} of {info['num_units']} units are detectors of {info['unique_detectors']} "
-             f"unique concepts.")
+             f"unique concepts." + (f" The layer's units are {Layout.from_dict(info['layout']).describe()}."
+                                    if info.get("layout") else ""))
     return render_html_template(
         "dissection.html.j2", title=f"Network dissection of {layer}", intro=intro,
         chart=bar_chart(cats, [info["unique_by_category"].get(c, 0) for c in cats],

@@ -33,15 +33,18 @@ def run(ctx: AuditContext) -> DissectionResult:
     if world()[1] == 0:  # every rank holds the same result
         write_dissection(res, ctx.out / "dissection")
     layers = {k: {kk: v[kk] for kk in ("num_units", "detectors", "unique_detectors", "unique_by_category",
-                                       "detector_concepts")} for k, v in res.layers.items()}
+                                       "detector_concepts", "layout")} for k, v in res.layers.items()}
     return {"data": res.data, "num_images": res.num_images, "iou_threshold": res.iou_threshold,
             "quantile": res.quantile, "layers": layers}
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """Detectors and unique concepts per layer."""
-    return [Table(["layer", "units", "detectors", "unique concepts", "concepts"],
-                  [[k, v["num_units"], v["detectors"], v["unique_detectors"], ", ".join(v["detector_concepts"])]
+    """Detectors and unique concepts per layer, and where each layer's units were read (tokens excluded)."""
+    from inspectnet.models.layout import Layout
+
+    return [Table(["layer", "units", "positions", "detectors", "unique concepts", "concepts"],
+                  [[k, v["num_units"], Layout.from_dict(v["layout"]).describe() if v.get("layout") else "",
+                    v["detectors"], v["unique_detectors"], ", ".join(v["detector_concepts"])]
                    for k, v in r["layers"].items()])]
 
 

@@ -43,6 +43,7 @@ class ProbeResult(TypedDict):
 
 def run(ctx: AuditContext) -> ProbeResult:
     """Probe the train and eval data in one streaming pass each; the eval record is the train record when in-sample."""
+    from inspectnet.models.layout import Layout
     from inspectnet.probe.recorder import run_probe
 
     cfg, zm = ctx.config, ctx.zm
@@ -61,7 +62,9 @@ def run(ctx: AuditContext) -> ProbeResult:
                      "limit": eval_limit, "in_sample": cfg.eval_data is None, **_classes_of(ev)},
             "num_classes": zm.num_classes, "index_order": ctx.index_order,
             "accuracy": ev.accuracy() if (labels >= 0).any() else None,
-            "feature_dim": int(ev.manifest["features_dim"])}
+            "feature_dim": int(ev.manifest["features_dim"]),
+            "positions": {e["name"]: Layout.from_dict(e["layout"]).describe()
+                          for e in train.manifest["layers"] if e.get("layout")}}
 
 
 def _classes_of(record: ProbeRecord) -> dict[str, Any]:
@@ -75,7 +78,12 @@ def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
     """The fit/eval sizes and the probed layers."""
     return [Table(["split", "data", "samples"], [["fit", r["train"]["data"], r["train"]["samples"]],
                                                  ["eval", r["eval"]["data"], r["eval"]["samples"]]]),
-            Paragraph("probed layers: " + ", ".join(r["layers"]))]
+            Paragraph("probed layers: " + ", ".join(_with_positions(k, r.get("positions", {})) for k in r["layers"]))]
+
+
+def _with_positions(layer: str, positions: dict[str, str]) -> str:
+    """A layer's name, and how its units' positions were read where the record says (tokens excluded)."""
+    return f"{layer} ({positions[layer]})" if layer in positions else layer
 
 
 def _probe_params(c: AuditConfig) -> dict[str, Any]:
