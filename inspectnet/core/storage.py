@@ -18,7 +18,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     output_dir(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".part")
     except OSError as exc:
         raise InspectnetError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -53,6 +53,38 @@ def check_output_dir(path: str | Path) -> Path:
                                       f"is a file; expected a folder (choose another --out)")
             break
     return path
+
+
+def check_apart(out: str | Path, inputs: dict[str, str | None]) -> None:
+    """Refuse an output inside an input folder, or an input folder inside the output, before anything is written.
+
+    An audit written into its image folder would make every later read of that folder meet
+    ``README.md`` as an image; an input inside the output would be removed or indexed with it.
+
+    Args:
+        out: the output folder or file (``--out``).
+        inputs: {option name: data spec}; specs that are no existing folder (built-in data) are passed over.
+
+    Returns:
+        None.
+
+    >>> root = Path(tempfile.mkdtemp())
+    >>> check_apart(root / "audit", {"DATA": str(root)})
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: --out ... lies inside the data folder DATA ...
+    """
+    target = Path(out).resolve()
+    for name, spec in inputs.items():
+        if spec is None or not Path(spec).is_dir():
+            continue
+        folder = Path(spec).resolve()
+        if target == folder or folder in target.parents:
+            raise InspectnetError(f"--out {out} lies inside the data folder {name} {spec}; choose an output outside "
+                                  f"it (a later read of the data would take the outputs for images)")
+        if target in folder.parents:
+            raise InspectnetError(f"--out {out} holds the data folder {name} {spec}; choose an output that does "
+                                  f"not contain the data")
 
 
 def output_dir(path: str | Path) -> Path:
