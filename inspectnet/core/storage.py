@@ -1,6 +1,7 @@
 """Writing results to disk so that an interrupted run never leaves a file that looks complete."""
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -113,8 +114,34 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as indented strict JSON (NaN and infinities as ``null``, see :func:`strict_json`), atomically."""
+    return atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every value JSON can hold: NaN and infinities become None (``null``), numpy
+    scalars and arrays plain numbers and lists, paths strings. Python's ``json`` would write bare
+    ``NaN``, which strict readers (browsers, ``jq``, other languages) refuse.
+
+    Args:
+        obj: dicts, lists, tuples, numbers, strings, numpy values, paths.
+
+    Returns:
+        The same structure, strict-JSON ready.
+
+    >>> import numpy as np
+    >>> strict_json({"auc": float("nan"), "x": [np.float32(1.5), float("inf")], "n": np.int64(3)})
+    {'auc': None, 'x': [1.5, None], 'n': 3}
+    """
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return strict_json(_json_default(obj))
 
 
 def read_json(path: str | Path, *, what: str = "file") -> Any:
