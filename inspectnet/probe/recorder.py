@@ -162,7 +162,7 @@ def _open_part(out: Path, identity: dict[str, Any], plan: dict[str, Any], rank: 
     for state in states:
         if state.get("identity") != identity:
             diff = [k for k in identity if state.get("identity", {}).get(k) != identity[k]]
-            if diff == ["data_content"]:
+            if "data_content" in diff and set(diff) <= {"data_content", "num_samples"}:
                 raise InspectnetError(_changed_data(out, index))
             raise InspectnetError(f"--out {out} holds a different probe record (differs in: {', '.join(diff)}); "
                                   f"choose another folder or delete it")

@@ -73,9 +73,11 @@ def write_card(doc: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     check_card(doc)
     markdown, html = render_markdown(doc), render_html(doc, folder)  # both render before anything is written
-    return {"json": atomic_write_json(folder / "card.json", doc),
-            "markdown": atomic_write_text(folder / "README.md", markdown),
-            "html": atomic_write_text(folder / "card.html", html)}
+    # card.json last, the old one gone first: a full disk never leaves a card.json beside renderings of another
+    (folder / "card.json").unlink(missing_ok=True)
+    paths = {"markdown": atomic_write_text(folder / "README.md", markdown),
+             "html": atomic_write_text(folder / "card.html", html)}
+    return {"json": atomic_write_json(folder / "card.json", doc), **paths}
 
 
 def rerender(folder: str | Path) -> dict[str, Path]:
