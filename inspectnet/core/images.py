@@ -10,9 +10,10 @@ EXIF orientation is applied (a phone photo stored sideways is seen upright); sam
 bits (16-bit grey PNGs and TIFFs open as ``I;16`` or ``I``) are scaled to 8 bits (Pillow's own
 ``convert("L")`` clips them, which turns almost every pixel of a 16-bit photo white); float images
 (mode ``F``, e.g. float TIFFs) are scaled from [0, 1] (or kept in [0, 255]) and refused with their
-range otherwise; transparent pixels (RGBA, LA, palette images with a transparent colour) are
-composited onto white, as viewers show them; other modes (CMYK, YCbCr, bilevel, palette) become
-RGB or grey. An animated image is read as its first frame.
+range otherwise; other modes (CMYK, YCbCr, bilevel, palette, with alpha) become RGB or grey. An
+alpha channel or transparent palette colour is dropped, keeping the stored colours: the loaders of
+timm and torchvision, which pretrained models were trained and evaluated with, do the same. An
+animated image is read as its first frame.
 
 >>> import tempfile, numpy as np
 >>> path = Path(tempfile.mkdtemp()) / "grey16.png"
@@ -124,8 +125,8 @@ def to_8bit(image: Image.Image) -> Image.Image:
     255
     >>> to_8bit(Image.new("F", (1, 1), 0.5)).getpixel((0, 0))
     128
-    >>> to_8bit(Image.new("LA", (1, 1), (0, 0))).getpixel((0, 0))   # fully transparent: white
-    255
+    >>> to_8bit(Image.new("LA", (1, 1), (7, 0))).getpixel((0, 0))   # alpha dropped, as timm's loader does
+    7
     """
     if image.getexif().get(_ORIENTATION, 1) != 1:
         image = ImageOps.exif_transpose(image)
@@ -136,14 +137,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
         return _float_to_8bit(np.asarray(image, dtype=np.float64))
     if image.mode in ("L", "RGB"):
         return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
-        rgba = image.convert("RGBA")
-        grey = image.mode in ("LA", "La")
-        flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-        return flat.convert("L") if grey else flat
-    return image.convert("L" if image.mode == "1" else "RGB")
+    return image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
 
 
 def _float_to_8bit(values: np.ndarray) -> Image.Image:
