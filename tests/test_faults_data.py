@@ -24,7 +24,7 @@ from PIL import Image
 
 from inspectnet.cli import main
 from tests import test_faults
-from tests.test_faults import Assets, _accepted_by_a_later_command, _snapshot, check_outcome
+from tests.test_faults import Assets, _accepted_by_a_later_command, check_outcome
 
 assets = test_faults.assets  # the shared model, records and ONNX file (a module fixture)
 
@@ -162,27 +162,7 @@ def _case_id(row: tuple) -> str:
 
 @pytest.mark.parametrize("row", TABLE, ids=[_case_id(r) for r in TABLE])
 def test_fault(row, assets, tmp_path, capfd, monkeypatch):
-    command, bad, argv, fragment, expected_code = row
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "notes.txt").write_text("a file of the user's, next to the bad input\n")
-    BAD_INPUTS[bad](ws, assets)
-    names = {f: str(getattr(assets, f)) for f in ("model", "other", "train", "test", "other_rec", "onnx")}
-    args = [a.format(ws=ws, **names) for a in argv]
-    before, shared = _snapshot(ws), _snapshot(assets.root)
-    monkeypatch.chdir(ws)
-    capfd.readouterr()
-    code = main(args)
-    out, err = capfd.readouterr()
-    check_outcome(code, out, err, expected_code, fragment)
-    after = _snapshot(ws)
-    changed = [p for p, digest in before.items() if after.get(p) != digest]
-    assert not changed, f"user files changed or removed: {changed}"
-    assert [p for p in after if p not in before] == [], "a refused command wrote files"
-    assert _snapshot(assets.root) == shared, "the shared model, records or ONNX file changed"
-    for name in ("out", "out.onnx"):
-        if (ws / name).exists() and name not in {p.split("/")[0] for p in before}:
-            assert not _accepted_by_a_later_command(ws / name)
+    test_faults.run_case(row, BAD_INPUTS, assets, tmp_path, capfd, monkeypatch)
 
 
 # ---------------------------------------------------------------- content identity of data folders
@@ -383,13 +363,15 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(m)], check=False)
 
 
+SLOW = pytest.mark.slow
 DISK_CASES = [
-    ("probe", ("probe", "{model}", "digits", "--layers", "layer4", "--out", "{disk}/out")),
-    ("export", ("export", "{model}", "--no-latency", "--out", "{disk}/out.onnx")),
-    ("rules", ("rules", "{varied}", "--layer", "layer4", "--out", "{disk}/out")),
-    ("train", ("train", "{model}", "digits:train", "--limit", "16", "--epochs", "1", "--out", "{disk}/out")),
-    ("audit", ("audit", "{model}", "digits", "--limit", "16", "--layers", "layer4", "--images", "1", "--ig-steps", "2",
-               "--out", "{disk}/out")),
+    pytest.param("probe", ("probe", "{model}", "digits", "--layers", "layer4", "--out", "{disk}/out"), id="probe"),
+    pytest.param("export", ("export", "{model}", "--no-latency", "--out", "{disk}/out.onnx"), id="export"),
+    pytest.param("rules", ("rules", "{varied}", "--layer", "layer4", "--out", "{disk}/out"), id="rules", marks=SLOW),
+    pytest.param("train", ("train", "{model}", "digits:train", "--limit", "16", "--epochs", "1", "--out", "{disk}/out"),
+                 id="train", marks=SLOW),
+    pytest.param("audit", ("audit", "{model}", "digits", "--limit", "16", "--layers", "layer4", "--images", "1",
+                           "--ig-steps", "2", "--out", "{disk}/out"), id="audit", marks=SLOW),
 ]
 
 
@@ -405,7 +387,7 @@ def _varied_record(assets: Assets, root: Path) -> Path:
     return run_probe(zm, data, "layer4", root / "varied", limit=64).root
 
 
-@pytest.mark.parametrize("command,argv", DISK_CASES, ids=[c for c, _ in DISK_CASES])
+@pytest.mark.parametrize("command,argv", DISK_CASES)
 def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing_accepted(command, argv, small_disk, assets, capfd,
                                                                           tmp_path):
     """Exit 2 naming the path and the cause. A complete probe record an audit wrote before the disk
