@@ -586,12 +586,17 @@ def check_outcome(code: int, out: str, err: str, expected_code: int, fragment: s
 
 @pytest.mark.parametrize("row", TABLE, ids=[_case_id(r) for r in TABLE])
 def test_fault(row, assets, tmp_path, capfd, monkeypatch):
+    run_case(row, BAD_INPUTS, assets, tmp_path, capfd, monkeypatch)
+
+
+def run_case(row: tuple, bad_inputs: dict, assets: Assets, tmp_path: Path, capfd, monkeypatch) -> None:
+    """One row of a fault table, built with ``bad_inputs``, checked against the rule every case must keep."""
     command, bad, argv, fragment, expected_code = row
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "notes.txt").write_text("a file of the user's, next to the bad input\n")
     env = [a for a in argv if a.startswith("env:")]
-    BAD_INPUTS[BAD_FOR_ENV if env else bad](ws, assets)
+    bad_inputs[BAD_FOR_ENV if env else bad](ws, assets)
     for item in env:
         key, _, value = item[4:].partition("=")
         monkeypatch.setenv(key, value)

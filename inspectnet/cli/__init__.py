@@ -4,6 +4,7 @@ Each module in this package defines ``register(subparsers)``; it is found automa
 """
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
@@ -11,10 +12,16 @@ import sys
 import warnings
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.locks import output_lock
+from inspectnet.core.storage import check_apart
 from inspectnet.core.version import __version__
 
 TRACEBACK_ENV = "INSPECTNET_TRACEBACK"
 EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 130
+# commands that write an output (--out) a second command must not write at the same time
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EFBIG, errno.EPERM)
+DATA_ARGS = ("data", "eval_data", "concepts", "calibration")  # options that name data (an image folder, say)
+WRITERS = ("audit", "probe", "export", "dissect", "rules", "train", "finetune")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,25 +63,46 @@ def main(argv: list[str] | None = None) -> int:
     ``INSPECTNET_TRACEBACK=1`` to see its traceback), 130 interrupted.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         args = build_parser(argv).parse_args(argv)
         args.argv = argv  # the command as typed, for the records that say how an output was made
-        with warnings.catch_warnings():
+        if getattr(args, "out", None):  # before the lock: it may create the output's parent folders
+            check_apart(args.out, {("DATA" if n == "data" else f"--{n.replace('_', '-')}"): getattr(args, n, None)
+                                   for n in DATA_ARGS})
+        with warnings.catch_warnings(), output_lock(getattr(args, "out", None) if args.command in WRITERS else None,
+                                                    f"inspectnet {args.command}"):
             warnings.simplefilter("default")
             result = args.func(args)
     except InspectnetError as exc:
         _error(str(exc))
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS or os.environ.get(TRACEBACK_ENV):
+            return _internal(exc)
+        _error(_disk_error(exc, getattr(args, "out", None)))
+        return InspectnetError.exit_code
     except KeyboardInterrupt:
         print("inspectnet: interrupted; nothing complete was lost, re-run the same command to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug: still one line, the traceback only when asked for
-        if os.environ.get(TRACEBACK_ENV):
-            raise
-        _error(f"internal error {type(exc).__name__}: {exc} (a bug; set {TRACEBACK_ENV}=1 to see where)")
-        return EXIT_INTERNAL
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback only when asked for
+        return _internal(exc)
     return int(result or 0)
+
+
+def _disk_error(exc: OSError, out: str | None) -> str:
+    """A full, read-only or forbidden disk is the machine's state, not a bug: one line naming the path."""
+    what = "no permission for" if exc.errno in (errno.EACCES, errno.EPERM) else "cannot write"
+    return (f"{what} {exc.filename or out or 'the output'}: {exc.strerror or exc} (free space or choose a "
+            f"writable --out; what was written is incomplete and no later command accepts it)")
+
+
+def _internal(exc: Exception) -> int:
+    if os.environ.get(TRACEBACK_ENV):
+        raise exc
+    _error(f"internal error {type(exc).__name__}: {exc} (a bug; set {TRACEBACK_ENV}=1 to see where)")
+    return EXIT_INTERNAL
 
 
 def _error(message: str) -> None:

@@ -123,4 +123,7 @@ def start_distributed() -> bool:
 
 def emit(obj: Any, as_json: bool, text: str) -> None:
     """Print ``obj`` as JSON when asked, else the human-readable ``text``."""
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n" if as_json else text + ("\n" if text else ""))
+    from inspectnet.core.storage import strict_json
+
+    sys.stdout.write(json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n" if as_json
+                     else text + ("\n" if text else ""))

@@ -5,9 +5,15 @@ truncated JPEG would pass it and fail later), bounded by a pixel limit checked b
 is decoded (a small PNG may declare 30000×30000 pixels). The limit is :data:`DEFAULT_MAX_PIXELS`
 unless the environment variable ``INSPECTNET_MAX_PIXELS`` raises or lowers it.
 
-Images with more than 8 bits per sample (16-bit grey PNGs and TIFFs open as ``I;16`` or ``I``)
-are scaled to 8 bits by :func:`to_8bit`; Pillow's own ``convert("L")`` clips them instead, which
-turns almost every pixel of a 16-bit photo white.
+Pictures are read as a viewer shows them (:func:`to_8bit`, applied by :func:`open_image`): the
+EXIF orientation is applied (a phone photo stored sideways is seen upright); samples wider than 8
+bits (16-bit grey PNGs and TIFFs open as ``I;16`` or ``I``) are scaled to 8 bits (Pillow's own
+``convert("L")`` clips them, which turns almost every pixel of a 16-bit photo white); float images
+(mode ``F``, e.g. float TIFFs) are scaled from [0, 1] (or kept in [0, 255]) and refused with their
+range otherwise; other modes (CMYK, YCbCr, bilevel, palette, with alpha) become RGB or grey. An
+alpha channel or transparent palette colour is dropped, keeping the stored colours: the loaders of
+timm and torchvision, which pretrained models were trained and evaluated with, do the same. An
+animated image is read as its first frame.
 
 >>> import tempfile, numpy as np
 >>> path = Path(tempfile.mkdtemp()) / "grey16.png"
@@ -21,7 +27,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inspectnet.core.errors import InspectnetError
 
@@ -29,6 +35,7 @@ MAX_PIXELS_ENV = "INSPECTNET_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (about 9459 × 9459)
 # modes whose samples are wider than 8 bits; "I" is read as 16-bit (how PNG and TIFF produce it)
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def max_pixels() -> int:
@@ -85,17 +92,60 @@ def _too_large(path: Path, width: int, height: int, limit: int) -> InspectnetErr
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully, with samples wider than 8 bits scaled to 8 bits (see the module docstring)."""
-    return to_8bit(decode_image(path))
+    """Decode ``path`` fully and return it as it is shown: an ``L`` or ``RGB`` image (see the module docstring).
+
+    Args:
+        path: the image file.
+
+    Returns:
+        The picture, upright, in 8-bit grey or RGB.
+
+    Example: see the module docstring.
+    """
+    try:
+        return to_8bit(decode_image(path))
+    except _FloatRange as exc:
+        raise InspectnetError(f"image {path} cannot be read: {exc}") from None
+
+
+class _FloatRange(ValueError):
+    """A float image whose samples are neither in [0, 1] nor in [0, 255] (or not finite)."""
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
-    """``image`` itself, or, for 16-bit grey modes, an ``L`` image scaled by 255/65535 (not clipped).
+    """``image`` as it is shown, in 8-bit grey (``L``) or ``RGB`` (see the module docstring).
+
+    Args:
+        image: any decoded PIL image.
+
+    Returns:
+        ``image`` itself when it is already upright ``L`` or ``RGB``, else the converted picture.
 
     >>> to_8bit(Image.new("I;16", (1, 1), 65535)).getpixel((0, 0))
     255
+    >>> to_8bit(Image.new("F", (1, 1), 0.5)).getpixel((0, 0))
+    128
+    >>> to_8bit(Image.new("LA", (1, 1), (7, 0))).getpixel((0, 0))   # alpha dropped, as timm's loader does
+    7
     """
-    if image.mode not in _WIDE_MODES:
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in _WIDE_MODES:
+        wide = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+    if image.mode == "F":
+        return _float_to_8bit(np.asarray(image, dtype=np.float64))
+    if image.mode in ("L", "RGB"):
         return image
-    wide = np.asarray(image).astype(np.float64)
-    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+    return image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
+
+
+def _float_to_8bit(values: np.ndarray) -> Image.Image:
+    """Float samples in [0, 1] are scaled by 255, those in [0, 255] kept; anything else is refused."""
+    if not np.isfinite(values).all():
+        raise _FloatRange("its float samples include NaN or infinity")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if low < 0.0 or high > 255.0:
+        raise _FloatRange(f"its float samples span [{low:g}, {high:g}]; expected [0, 1] or [0, 255]")
+    scale = 255.0 if high <= 1.0 else 1.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))

@@ -1,6 +1,7 @@
 """Writing results to disk so that an interrupted run never leaves a file that looks complete."""
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     output_dir(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".part")
     except OSError as exc:
         raise InspectnetError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -55,6 +56,38 @@ def check_output_dir(path: str | Path) -> Path:
     return path
 
 
+def check_apart(out: str | Path, inputs: dict[str, str | None]) -> None:
+    """Refuse an output inside an input folder, or an input folder inside the output, before anything is written.
+
+    An audit written into its image folder would make every later read of that folder meet
+    ``README.md`` as an image; an input inside the output would be removed or indexed with it.
+
+    Args:
+        out: the output folder or file (``--out``).
+        inputs: {option name: data spec}; specs that are no existing folder (built-in data) are passed over.
+
+    Returns:
+        None.
+
+    >>> root = Path(tempfile.mkdtemp())
+    >>> check_apart(root / "audit", {"DATA": str(root)})
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: --out ... lies inside the data folder DATA ...
+    """
+    target = Path(out).resolve()
+    for name, spec in inputs.items():
+        if spec is None or not Path(spec).is_dir():
+            continue
+        folder = Path(spec).resolve()
+        if target == folder or folder in target.parents:
+            raise InspectnetError(f"--out {out} lies inside the data folder {name} {spec}; choose an output outside "
+                                  f"it (a later read of the data would take the outputs for images)")
+        if target in folder.parents:
+            raise InspectnetError(f"--out {out} holds the data folder {name} {spec}; choose an output that does "
+                                  f"not contain the data")
+
+
 def output_dir(path: str | Path) -> Path:
     """Create the output folder ``path`` (and its parents) unless it exists; a file there is refused.
 
@@ -81,8 +114,34 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as indented strict JSON (NaN and infinities as ``null``, see :func:`strict_json`), atomically."""
+    return atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every value JSON can hold: NaN and infinities become None (``null``), numpy
+    scalars and arrays plain numbers and lists, paths strings. Python's ``json`` would write bare
+    ``NaN``, which strict readers (browsers, ``jq``, other languages) refuse.
+
+    Args:
+        obj: dicts, lists, tuples, numbers, strings, numpy values, paths.
+
+    Returns:
+        The same structure, strict-JSON ready.
+
+    >>> import numpy as np
+    >>> strict_json({"auc": float("nan"), "x": [np.float32(1.5), float("inf")], "n": np.int64(3)})
+    {'auc': None, 'x': [1.5, None], 'n': 3}
+    """
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return strict_json(_json_default(obj))
 
 
 def read_json(path: str | Path, *, what: str = "file") -> Any:

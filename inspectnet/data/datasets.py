@@ -10,6 +10,7 @@ from PIL import Image
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.images import max_pixels, open_image
+from inspectnet.data.index import image_folder_files
 from inspectnet.data.labels import LabelMapping, align_classes
 
 UNLABELLED = -1
@@ -59,6 +60,11 @@ class ImageDataset(torch.utils.data.Dataset):
         >>> load_data("shapes?n=4").object_mask(0).shape, load_data("digits").object_mask(0)
         ((64, 64), None)
         """
+        return None
+
+    def source_folder(self) -> Path | None:
+        """The image folder the samples are read from (its contents are part of a record's identity);
+        None for built-in sources, whose contents are fixed."""
         return None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -174,14 +180,18 @@ class FolderDataset(ImageDataset):
         root = Path(root)
         self.spec = str(root)
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.root = root
         if not classes:
             raise InspectnetError(f"image folder {root} has no class sub-folders; expected ROOT/CLASS/IMAGE")
         self.class_names = classes
         max_pixels()  # a bad INSPECTNET_MAX_PIXELS fails here, not as if every image were bad
         self.files: list[Path] = []
         labels = []
+        by_class: dict[str, list[Path]] = {cls: [] for cls in classes}
+        for p in image_folder_files(root):  # the same files the folder's content identity covers
+            by_class[p.relative_to(root).parts[0]].append(p)
         for label, cls in enumerate(classes):
-            files = sorted(p for p in (root / cls).rglob("*") if not p.is_dir() and not p.name.startswith("."))
+            files = by_class[cls]
             if not files:
                 raise InspectnetError(f"class folder {root / cls} is empty; every class needs at least one image")
             for f in files:
@@ -203,6 +213,9 @@ class FolderDataset(ImageDataset):
 
     def name(self, index: int) -> str:
         return str(self.files[index])
+
+    def source_folder(self) -> Path | None:
+        return self.root
 
 
 class FilesDataset(ImageDataset):

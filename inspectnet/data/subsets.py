@@ -47,6 +47,9 @@ class SubsetDataset(ImageDataset):
     def name(self, index: int) -> str:
         return self.base.name(int(self.indices[index]))
 
+    def source_folder(self):
+        return self.base.source_folder()
+
 
 def spread_indices(size: int, n: int) -> np.ndarray:
     """``min(n, size)`` distinct indices of ``range(size)`` at evenly spaced positions, first and last included.

@@ -93,7 +93,21 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *,
 
     Keys in ``skip`` (e.g. a classifier being replaced) are dropped from the result after matching,
     so their shapes may differ. Same names: shapes are checked. Different names: the two sequences
-    are paired in order, each pair must agree in shape and in the last name component.
+    are paired in order, each pair must agree in shape and in the last name component. An integer or
+    boolean tensor for a floating-point one is refused naming it.
+
+    Args:
+        model: the architecture.
+        state: the checkpoint's tensors.
+        skip: architecture names left out of the result.
+
+    Returns:
+        The tensors keyed by the architecture's names.
+
+    >>> fit_state_dict(nn.Linear(2, 1), {"weight": torch.ones(1, 2, dtype=torch.int64), "bias": torch.zeros(1)})
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: checkpoint tensor 'weight' holds int64 values but ...
     """
     target = model.state_dict()
     if set(state) == set(target):
@@ -101,9 +115,11 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *,
     else:
         if len(state) != len(target):
             missing = [k for k in target if k not in state][:3]
+            extra = [k for k in state if k not in target][:3]
+            which = (f"architecture tensors not in the checkpoint: {', '.join(missing)}" if missing
+                     else f"checkpoint tensors not in the architecture: {', '.join(extra)}")
             raise InspectnetError(
-                f"checkpoint has {len(state)} tensors but the architecture has {len(target)}; "
-                f"cannot remap (architecture tensors not in the checkpoint: {', '.join(missing)})")
+                f"checkpoint has {len(state)} tensors but the architecture has {len(target)}; cannot remap ({which})")
         pairs = list(zip(target, state))
         for dst, src in pairs:
             if dst.rsplit(".", 1)[-1] != src.rsplit(".", 1)[-1]:
@@ -118,5 +134,10 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *,
         if tuple(state[src].shape) != tuple(target[dst].shape):
             raise InspectnetError(f"checkpoint tensor {src!r} has shape {tuple(state[src].shape)} but the "
                                   f"architecture's {dst!r} has shape {tuple(target[dst].shape)}")
+        if target[dst].is_floating_point() and not state[src].is_floating_point():
+            # load_state_dict would cast integers silently: such a file is not this model's weights
+            raise InspectnetError(f"checkpoint tensor {src!r} holds {str(state[src].dtype).replace('torch.', '')} "
+                                  f"values but the architecture's {dst!r} is a floating-point tensor; expected "
+                                  f"float weights")
         fitted[dst] = state[src]
     return fitted

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -298,7 +299,7 @@ def save_model(zm: ZooModel, out_dir: str | Path) -> Path:
     out = output_dir(out_dir)
     (out / CONFIG_FILE).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in zm.model.state_dict().items()}
-    tmp = out / f".{WEIGHTS_FILE}.part"
+    tmp = out / f".{WEIGHTS_FILE}.{os.getpid()}.part"  # unique per process
     # the order lets saved_weights_fingerprint hash the file as weights_fingerprint hashes the model
     save_file(state, str(tmp), metadata={_ORDER_KEY: json.dumps(list(state))})
     atomic_write_bytes(out / WEIGHTS_FILE, tmp.read_bytes())

@@ -15,8 +15,9 @@ from inspectnet.core.distributed import GroupWatch, shard_batches, share_from_ma
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
 from inspectnet.core.results import SCHEMA_VERSION, library_versions
-from inspectnet.core.storage import atomic_write_json, read_json
+from inspectnet.core.storage import atomic_write_json, output_dir, read_json
 from inspectnet.data import ImageDataset
+from inspectnet.data.index import INDEX_FILE, FolderIndex, index_folder, index_from_json
 from inspectnet.data.loading import check_workers, data_loader
 from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel
@@ -36,12 +37,35 @@ from inspectnet.probe.record import (
 )
 
 
-def _identity(zm: ZooModel, dataset: ImageDataset, layers: list[str], reducer: str, n: int) -> dict[str, Any]:
+def _identity(zm: ZooModel, dataset: ImageDataset, layers: list[str], reducer: str, n: int,
+              index: FolderIndex | None) -> dict[str, Any]:
     mapping = dataset.label_mapping
     return {"model": zm.spec, "modifications": zm.modifications, "weights_fingerprint": zm.fingerprint(),
-            "data": dataset.spec, "num_samples": n, "layers": layers, "reducer": reducer,
+            "data": dataset.spec, "data_content": index.digest if index is not None else None,
+            "num_samples": n, "layers": layers, "reducer": reducer,
             "input_size": list(zm.data_config["input_size"]),
             "label_mapping": mapping.identity() if mapping is not None else None}
+
+
+def _stored_index(out: Path) -> FolderIndex | None:
+    path = out / INDEX_FILE
+    return index_from_json(read_json(path, what="data index")) if path.is_file() else None
+
+
+def _data_index(out: Path, dataset: ImageDataset) -> FolderIndex | None:
+    """The content index of the folder ``dataset`` reads (None for built-in data), hashing only the
+    files that changed since the index stored in the record."""
+    folder = dataset.source_folder()
+    return index_folder(folder, _stored_index(out)) if folder is not None else None
+
+
+def _changed_data(out: Path, index: FolderIndex | None) -> str:
+    """Why the data no longer matches the record in ``out``: the first changed file, when known."""
+    before = _stored_index(out)
+    change = index.first_change(before) if index is not None and before is not None else None
+    since = f" since {before.indexed_at}" if before is not None else ""
+    return (f"--out {out} holds a probe record of other contents of data {index.root if index else '?'}: "
+            f"{change or 'its files changed'}{since}; probe into a new folder or delete this one")
 
 
 
@@ -75,12 +99,14 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise InspectnetError(f"data {dataset.spec!r} has no samples to probe")
-    identity = _identity(zm, dataset, names, reducer, n)
+    index = _data_index(out, dataset) if world()[1] == 0 else None
+    index = share_from_main(index)
+    identity = _identity(zm, dataset, names, reducer, n, index)
     size, rank = world()
     plan = {"world": size, "order": shard_order, "batch_size": batch_size, "shards": shards}
     shard_batches(n, batch_size, size, rank, shard_order)  # a bad order fails before the folder is touched
     with watch_group("the probe pass") as watch:
-        part = _open_part(out, identity, plan, rank)
+        part = _open_part(out, identity, plan, rank, index)
         if part is not None:
             _probe_part(zm, dataset, names, reducer, identity, part, device=device, num_workers=num_workers,
                         show_progress=show_progress, watch=watch)
@@ -118,7 +144,8 @@ def _part_paths(out: Path, plan: dict[str, Any], rank: int) -> tuple[Path, Path]
 
 
 
-def _open_part(out: Path, identity: dict[str, Any], plan: dict[str, Any], rank: int) -> _Part | None:
+def _open_part(out: Path, identity: dict[str, Any], plan: dict[str, Any], rank: int,
+               index: FolderIndex | None = None) -> _Part | None:
     """This rank's share of the pass after what is already written; None when the record is complete.
 
     A folder holding another record, something else, or a record being written under another plan
@@ -135,8 +162,13 @@ def _open_part(out: Path, identity: dict[str, Any], plan: dict[str, Any], rank: 
     for state in states:
         if state.get("identity") != identity:
             diff = [k for k in identity if state.get("identity", {}).get(k) != identity[k]]
+            if "data_content" in diff and set(diff) <= {"data_content", "num_samples"}:
+                raise InspectnetError(_changed_data(out, index))
             raise InspectnetError(f"--out {out} holds a different probe record (differs in: {', '.join(diff)}); "
                                   f"choose another folder or delete it")
+    if index is not None and rank == 0:  # the files' times as now: the next run hashes only what changes
+        output_dir(out)
+        atomic_write_json(out / INDEX_FILE, index.to_json())
     if plan["world"] == 1 and not plan["shards"]:
         _repair(out, identity, plan)
     if _is_complete(out):
@@ -214,7 +246,7 @@ def _describe(plan: dict[str, Any]) -> str:
 
 def _ours(path: Path) -> bool:
     """Whether ``path`` is a file or folder a probe record (any rank's) writes."""
-    return (path.name in (MANIFEST, SHARDS, "layers") or path.suffix == ".npy"
+    return (path.name in (MANIFEST, SHARDS, "layers", INDEX_FILE) or path.suffix == ".npy"
             or (path.name.startswith("progress") and path.suffix == ".json") or path.name.endswith(".part"))
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.images import open_image, to_8bit
+from inspectnet.runtime.metadata import check_metadata
 
 FORMAT = "inspectnet-onnx"
 FORMAT_VERSION = 1
@@ -223,6 +224,8 @@ class OnnxClassifier:
         self.path = Path(path)
         self.session = make_session(self.path, providers=default_providers(device), threads=threads)
         meta = read_metadata(self.session)
+        logits = next((o.shape for o in self.session.get_outputs() if o.name == LOGITS), [])
+        check_metadata(self.path, meta, list(self.session.get_inputs()[0].shape), list(logits or []))
         self.preprocessing: dict[str, Any] = meta["preprocessing"]
         self.class_names: list[str] = list(meta["class_names"])
         self.info: dict[str, Any] = meta["model"]

@@ -35,7 +35,7 @@ from inspectnet.core.devices import resolve_device
 from inspectnet.core.distributed import world as distributed_world
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.progress import progress
-from inspectnet.core.storage import atomic_write_bytes, atomic_write_text, check_output_dir, output_dir
+from inspectnet.core.storage import atomic_write_bytes, atomic_write_text, check_output_dir, output_dir, strict_json
 from inspectnet.data import ImageDataset
 from inspectnet.models.layers import model_state
 from inspectnet.models.zoo import ZooModel, save_model, state_fingerprint
@@ -315,7 +315,7 @@ def _save_checkpoint(out: Path, identity: dict, zm: ZooModel, optimizer: torch.o
         state["cuda_rng"] = torch.cuda.get_rng_state()
     torch.save(state, buf)
     atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
-    atomic_write_text(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
+    atomic_write_text(out / METRICS, "".join(json.dumps(strict_json(h), allow_nan=False) + "\n" for h in history))
 
 
 def _resume(out: Path, identity: dict, zm: ZooModel, optimizer: torch.optim.Optimizer,

@@ -367,10 +367,11 @@ def _check_same_model(a: ProbeRecord, b: ProbeRecord) -> None:
 def write_rules(rs: RuleSet, model: RuleModel, out: str | Path, *, plot_depth: int | None = 3) -> dict[str, Path]:
     """Write ``rules.json``, ``rules.txt`` and (unless ``plot_depth`` is None) ``tree.png`` into ``out``."""
     out = output_dir(out)
-    paths = {"json": rs.save(out / "rules.json"), "text": atomic_write_text(out / "rules.txt", summary(rs) + "\n")}
+    (out / "rules.json").unlink(missing_ok=True)  # written last: a rules.json is never beside a partial set
+    paths = {"text": atomic_write_text(out / "rules.txt", summary(rs) + "\n")}
     if plot_depth is not None:
         paths["png"] = model.plot(out / "tree.png", max_depth=plot_depth)
-    return paths
+    return {"json": rs.save(out / "rules.json"), **paths}
 
 
 def plot_curve(selection: dict[str, Any], path: str | Path) -> Path:

@@ -25,6 +25,7 @@ class AuditContext:
     num_workers: int = 0
     shard_order: str = "contiguous"
     index_order: bool = False
+    data_content: dict[str, str] = dataclasses.field(default_factory=dict)  # {data spec: content digest}
     _datasets: dict[str, ImageDataset] = dataclasses.field(default_factory=dict)
 
     @property

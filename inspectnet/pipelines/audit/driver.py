@@ -18,7 +18,7 @@ from inspectnet.data.labels import align_classes
 from inspectnet.models.zoo import ModelRef, ZooModel
 from inspectnet.pipelines.audit.config import AuditConfig, check_config
 from inspectnet.pipelines.audit.context import AuditContext, describe_error
-from inspectnet.pipelines.audit.folder import AUDIT_FILE, files_under, open_folder, remove_stage_files
+from inspectnet.pipelines.audit.folder import AUDIT_FILE, files_under, index_data, open_folder, remove_stage_files
 from inspectnet.pipelines.audit.stage import Stage
 from inspectnet.pipelines.audit.stages import STAGES
 
@@ -101,6 +101,11 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
                    shard_order=shard_order)
     t_all = time.perf_counter()
     state = _from_main(lambda: open_folder(out, about), share=False)  # the other ranks keep no state
+    # a changed data folder changes every stage's key (the stages read it through the probe records)
+    ctx.data_content, changed = _from_main(lambda: index_data(out, state, [config.data, config.eval_data,
+                                                                           config.concepts]))
+    if changed:
+        log(f"recomputed: {changed}")
     # every rank probes with the class names rank 0 settled on (the label mapping is in the record's identity)
     about.class_names, ctx.index_order = _from_main(lambda: _map_classes(ctx, state, log))
     wanted = [s for s in STAGES if s.enabled(config)]
@@ -124,6 +129,8 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
     results = {s.name: ctx.results[s.name] for s in STAGES if s.name in ctx.results}  # the card's order
     doc = build_card(about, config, results, fingerprint=about.fingerprint(),
                      total_seconds=time.perf_counter() - t_all, made_by=made_by or [])
+    if changed:
+        doc["data"]["recomputed"] = changed
     write_card(doc, out)
     doc["timing"]["total_seconds"] = round(time.perf_counter() - t_all, 3)
     write_card(doc, out)
@@ -140,7 +147,9 @@ def _prepare(stage: Stage, ctx: AuditContext, state: dict[str, Any], keys: dict[
     the files already in its folder, so that what it writes is known even if it is killed.
     """
     reads = (*stage.needs, *stage.uses)
-    keys[stage.name] = _key([ctx.about.fingerprint(), ctx.about.class_names, stage.name, stage.params(ctx.config),
+    content = [ctx.data_content] if ctx.data_content else []  # built-in data: keys as before
+    keys[stage.name] = _key([ctx.about.fingerprint(), ctx.about.class_names, *content, stage.name,
+                             stage.params(ctx.config),
                              [keys.get(d) for d in reads],
                              [ctx.results.get(d, {}).get("status") for d in stage.uses]])
     prev = state["stages"].get(stage.name, {})

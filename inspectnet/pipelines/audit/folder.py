@@ -7,6 +7,7 @@ from typing import Any
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, output_dir, read_json
+from inspectnet.data.index import INDEX_FILE, data_folder, index_folder, index_from_json
 from inspectnet.models.zoo import ModelAbout
 from inspectnet.pipelines.audit.stage import Stage
 
@@ -64,3 +65,47 @@ def remove_stage_files(out: Path, stage: Stage, previous: dict[str, Any]) -> Non
                 break
             parent.rmdir()
 
+
+
+def index_data(out: Path, state: dict[str, Any], specs: list[str | None]) -> tuple[dict[str, str], str | None]:
+    """The content identities of the audit's data folders, and what changed since the last audit.
+
+    The folders' indexes are kept in ``out/data_index.json`` (only files whose size or time changed
+    are hashed again). A changed folder also forgets the class names remembered for it. Image
+    folders are indexed as they are read (class sub-folders); a concept folder (with
+    ``concepts.json``) by all its files.
+
+    Args:
+        out: the audit folder (opened by :func:`open_folder`).
+        state: its audit state.
+        specs: the data specs the audit reads (built-in sources and None are passed over).
+
+    Returns:
+        ({spec: content digest}, a note such as ``"the data changed since 2026-12-07T07:40:00Z
+        (imgs: cat/1.png changed)"``, or None when nothing changed).
+
+    >>> index_data(Path("/tmp"), {}, ["digits"])
+    ({}, None)
+    """
+    path = out / INDEX_FILE
+    stored = read_json(path, what="data index") if path.is_file() else {}
+    stored = stored if isinstance(stored, dict) else {}
+    digests: dict[str, str] = {}
+    changes, since = [], None
+    for spec in dict.fromkeys(s for s in specs if s is not None):
+        folder = data_folder(spec)
+        if folder is None:
+            continue
+        before = index_from_json(stored.get(spec))
+        files = (sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+                 if (folder / "concepts.json").is_file() else None)
+        now = index_folder(folder, before, files=files)
+        digests[spec] = now.digest
+        if before is not None and before.digest != now.digest:
+            changes.append(f"{spec}: {now.first_change(before)}")
+            since = since or before.indexed_at
+            state.get("data_class_names", {}).pop(spec, None)
+        stored[spec] = now.to_json()
+    if digests:
+        atomic_write_json(path, stored)
+    return digests, (f"the data changed since {since} ({'; '.join(changes)})" if changes else None)

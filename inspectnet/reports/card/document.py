@@ -115,9 +115,11 @@ def write_card(doc: dict[str, Any], folder: str | Path,
     check_card(doc)
     # both render before anything is written
     markdown, html = render_markdown(doc, sections), render_html(doc, folder, sections)
-    return {"json": atomic_write_json(folder / "card.json", doc),
-            "markdown": atomic_write_text(folder / "README.md", markdown),
-            "html": atomic_write_text(folder / "card.html", html)}
+    # card.json last, the old one gone first: a full disk never leaves a card.json beside renderings of another
+    (folder / "card.json").unlink(missing_ok=True)
+    paths = {"markdown": atomic_write_text(folder / "README.md", markdown),
+             "html": atomic_write_text(folder / "card.html", html)}
+    return {"json": atomic_write_json(folder / "card.json", doc), **paths}
 
 
 def rerender(folder: str | Path, sections: Mapping[str, SectionBlocks]) -> dict[str, Path]:

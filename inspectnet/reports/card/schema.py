@@ -40,6 +40,7 @@ class CardData(TypedDict):
     eval: str
     limit: int | None
     in_sample: bool
+    recomputed: NotRequired[str]  # why every stage ran again: the data folder changed since the last audit
 
 
 class CardSection(TypedDict):

@@ -82,7 +82,13 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
 
 
 def _data_text(doc: dict[str, Any]) -> str:
-    """Which samples were fitted and evaluated: how many of how many, and how they were chosen."""
+    """Which samples were fitted and evaluated (how many of how many, how they were chosen), and
+    whether the audit was recomputed because the data changed."""
+    note = doc["data"].get("recomputed")
+    return _samples_text(doc) + (f" Recomputed: {note}." if note else "")
+
+
+def _samples_text(doc: dict[str, Any]) -> str:
     d, probe = doc["data"], ok_result(doc, "probe")
     if not probe or "available" not in probe["train"]:
         return (f"Fitted on {d['train']} (limit {d['limit']}), evaluated on {d['eval']}"
