@@ -698,9 +698,14 @@ def _json_or_empty(path: Path) -> dict:
         return {}
 
 
-def test_probe_killed_at_a_random_point_resumes_bit_for_bit(assets, tmp_path, capfd):
+def test_probe_killed_at_a_random_point_resumes_bit_for_bit(assets, tmp_path, capfd, monkeypatch):
     """kill -9 after a random number of samples (drawn, seeded), then the same command: the same record."""
+    import torch
+
     from inspectnet import ProbeRecord
+
+    # the reference runs in this process: the command's processes use as many threads (the sums' order)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
     args = ["probe", str(assets.model), "digits", "--layers", "layer2,layer4", "--batch-size", "4", "--limit", "200"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0  # the uninterrupted run, in-process
