@@ -223,7 +223,7 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
             names.add({"concepts": main_codes, "random": rnd}, masks, batch.index)
     out: dict[str, Any] = {"stats": stats, "map_size": map_size, "top_images": tops.lists()}
     if exact is not None:
-        out["importance"] = exact.summary(source.class_names or [str(i) for i in range(len(exact.count))])
+        out["importance"] = exact.summary(stream.class_names)
     else:
         per_concept = np.concatenate([c["estimate"] for c in checks]).mean(0)
         out["importance"] = {"kind": "gradient_x_activation", "per_concept": [float(v) for v in per_concept],

@@ -115,6 +115,7 @@ class MapStream:
         if len(names) != 1 or names[0] == PRE_LOGITS:
             raise InspectnetError(f"--layer {layer!r} must name one layer with spatial maps, got {names}")
         self.layer, self.source, self.batch_size = names[0], source, batch_size
+        self.class_names = list(model.class_names) if self.zoo is not None else []
         self.data_config, self.transform = cfg, dissection_transform(cfg)
         self.device = torch.device(device)
         self.prefix = getattr(self.net, "num_prefix_tokens", None)

@@ -1,0 +1,157 @@
+"""Concepts discovered from map cells: reconstruction, stability, Hungarian matching, exact importance."""
+
+import numpy as np
+import pytest
+import torch
+
+from inspectnet.analysis.concepts.discover import _cells, discover_concepts
+from inspectnet.analysis.concepts.factor import make_factoriser
+from inspectnet.analysis.concepts.importance import concept_logits, deletion_check, exact_terms
+from inspectnet.analysis.concepts.matching import match_concepts, stability
+from inspectnet.analysis.concepts.stream import MapStream, as_source
+from inspectnet.data import load_data
+from inspectnet.models.zoo import load_model
+
+
+@pytest.fixture(scope="module")
+def lite0(lite0_weights):
+    return load_model("shipped:efficientnet_lite0", input_size=128)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return load_data("photos?n=64")
+
+
+def _resnet(classes: int = 3, size: int = 64):
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=classes, input_size=size)
+    with torch.no_grad():  # a bias far from zero, so forgetting it in the split cannot pass
+        zm.head.bias.copy_(torch.linspace(-3.0, 5.0, classes))
+    return zm
+
+
+def test_hungarian_matching_hand_checked_3x3():
+    # cos(a_i, b_j) = a_i[j]: greedy row by row takes (0, 0) = 0.8 and then must pair 1 with a zero;
+    # the optimum pairs 0-1 (0.6), 1-0 (1.0), 2-2 (1.0): total 2.6 against greedy's 1.8
+    a = torch.tensor([[0.8, 0.6, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    b = torch.eye(3) * torch.tensor([[3.0], [1.0], [0.5]])  # scaling must not matter: cosines
+    pairs, cos = match_concepts(a, b)
+    assert pairs.tolist() == [[0, 1], [1, 0], [2, 2]]
+    assert cos.tolist() == pytest.approx([0.6, 1.0, 1.0])
+    s = stability([a, b])
+    assert s["share"] == pytest.approx(2 / 3)
+    assert s["matched_cosine"] == pytest.approx([0.6, 1.0, 1.0])
+
+
+def test_stability_is_one_for_identical_seeds_and_a_share_otherwise():
+    zm, data = _resnet(size=32), load_data("photos?n=20")
+    same = discover_concepts(zm, data, "layer3", "nmf", k=4, run_seeds=[0, 0, 0], epochs=1, check_images=2)
+    assert same.stability["share"] == 1.0 and same.stability["per_run"] == [1.0, 1.0]
+    assert same.stability["matched_cosine"] == pytest.approx([1.0] * 4)
+    assert [r["r2"] for r in same.runs] == [same.runs[0]["r2"]] * 3
+    other = discover_concepts(zm, data, "layer3", "nmf", k=4, seed=0, epochs=1, check_images=2)
+    assert other.seeds == [0, 1, 2]
+    assert 0.0 <= other.stability["share"] <= 1.0 and len(other.stability["per_run"]) == 2
+    # the share is the fraction of matched cosines at or above the threshold
+    cos = np.array(other.stability["matched_cosine"])
+    assert np.all((cos >= -1e-9) & (cos <= 1 + 1e-9))
+
+
+@pytest.mark.parametrize("method, floor", [("nmf", 0.4), ("sae", 0.25)])
+def test_concepts_reconstruct_real_lite0_activations_on_held_out_cells(lite0, photos, method, floor):
+    c = discover_concepts(lite0, photos, "last_stage", method, k=16, seeds=1, epochs=2)
+    run = c.runs[0]
+    assert c.layer == "bn2" and c.channels == 1280 and c.map_size == [4, 4]
+    assert run["heldout_cells"] == 13 * 16          # images 0, 5, ..., 60 held out, 4×4 cells each
+    assert run["r2"] > floor, run
+    assert 0 <= run["dead"] <= 16
+    if method == "sae":
+        assert run["l0"] <= 4.0                      # TopK keeps at most 4 codes per cell
+    assert c.basis.shape == (16, 1280) and (method == "sae" or (c.basis >= 0).all())
+
+
+def test_fitted_reconstruction_r2_matches_its_definition(lite0, photos):
+    stream = MapStream(lite0, as_source(photos), "last_stage", batch_size=64)
+    cells = _cells(next(stream.batches()).maps)
+    nmf = make_factoriser("nmf", 1280, 8, 0)
+    for _ in range(30):
+        nmf.partial_fit(cells)
+    recon = nmf.encode(cells) @ nmf.basis
+    r2 = 1 - float(((cells - recon) ** 2).sum()) / float(((cells - cells.mean(0)) ** 2).sum())
+    assert r2 > 0.5
+    assert float(((cells - 0 * recon) ** 2).sum()) > float(((cells - recon) ** 2).sum())
+
+
+def _exact_case(zm, data, layer, classes):
+    stream = MapStream(zm, as_source(data), layer, batch_size=8)
+    evidence = stream.pooled_evidence()
+    assert evidence is not None
+    batch = next(stream.batches())
+    sae = make_factoriser("sae", batch.maps.shape[1], 6, 0, active=3)
+    sae.partial_fit(_cells(batch.maps))
+    codes = sae.encode(_cells(batch.maps)).reshape(len(batch.maps), *batch.maps.shape[2:], 6).permute(0, 3, 1, 2)
+    chosen = classes.expand(len(batch.maps), -1)
+    terms = exact_terms(evidence, batch.maps, codes, sae.basis, sae.centre, chosen)
+    total = terms["concepts"].sum(1) + terms["centre"] + terms["residual"] + terms["bias"]
+    return terms, total, batch.logits.gather(1, chosen)
+
+
+@pytest.mark.parametrize("which", ["resnet18", "lite0"])
+def test_concepts_plus_residual_plus_bias_equal_the_logits_exactly(which, request):
+    if which == "resnet18":
+        zm, data, layer, classes = _resnet(), load_data("shapes?n=8"), "layer4", torch.arange(3)
+    else:
+        zm, data, layer, classes = request.getfixturevalue("lite0"), load_data("photos?n=8"), "last_stage", \
+            torch.tensor([281, 282, 967, 0, 999])
+    terms, total, logits = _exact_case(zm, data, layer, classes)
+    scale = 1.0 + float(logits.abs().max())
+    assert float((total - logits).abs().max()) < 1e-5 * scale
+    # every part is non-trivial, so dropping any one of them breaks the equality
+    for part in ("concepts", "centre", "residual", "bias"):
+        assert float(terms[part].abs().max()) > 1e-3, part
+
+
+def test_concept_logit_is_its_basis_vector_through_the_head():
+    zm = _resnet()
+    from inspectnet.analysis.explain.evidence import ClassEvidence, pooled_head
+
+    ev = ClassEvidence(zm.model, pooled_head(zm))
+    v = torch.rand(2, 512)
+    p, p0 = concept_logits(ev, v, torch.ones(512))
+    assert torch.allclose(p, v @ zm.head.weight.T, atol=1e-5)
+    assert torch.allclose(p0, zm.head.weight.sum(1), atol=1e-5)
+
+
+def test_discovery_reports_exact_importance_at_the_pooled_layer_with_tiny_closure_error():
+    zm, data = _resnet(classes=2), load_data("shapes?n=24")
+    c = discover_concepts(zm, data, "layer4", "nmf", k=4, seeds=1, epochs=1)
+    imp = c.importance
+    assert imp["kind"] == "exact" and imp["max_closure_error"] < 1e-4
+    for row in imp["classes"]:
+        parts = sum(row["contributions"]) + row["centre"] + row["residual"] + row["bias"]
+        assert parts == pytest.approx(row["logit"], abs=1e-4)
+        assert row["top_share"] == pytest.approx(sum(row["contributions"][m] for m in row["top_concepts"])
+                                                 / (row["logit"] - row["bias"]))
+    assert sum(row["images"] for row in imp["classes"]) == 24
+
+
+def test_gradient_estimate_equals_the_deletion_drop_where_the_rest_is_linear():
+    zm = _resnet()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    codes, basis = torch.rand(3, 4, 2, 2), torch.rand(4, 512)
+    zm.model.eval()
+    check = deletion_check(zm.model, "layer4", x, codes, basis)
+    # avgpool + fc after layer4 are linear, so first order is exact: estimate == measured drop
+    assert np.allclose(check["estimate"], check["drop"], atol=1e-4)
+    assert np.abs(check["drop"]).max() > 1e-2
+    assert not np.allclose(check["random_drop"], check["drop"], atol=1e-3)
+
+
+def test_earlier_layer_gets_the_gradient_estimate_with_its_faithfulness():
+    zm, data = _resnet(), load_data("shapes?n=20")
+    c = discover_concepts(zm, data, "layer3", "nmf", k=4, seeds=1, epochs=1, check_images=6)
+    imp = c.importance
+    assert imp["kind"] == "gradient_x_activation"
+    assert imp["faithfulness"]["images"] == 6 and len(imp["per_concept"]) == 4
+    assert -1.0 <= imp["faithfulness"]["correlation"] <= 1.0
