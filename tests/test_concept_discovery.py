@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from inspectnet.analysis.concepts.discover import _cells, discover_concepts
+from inspectnet.analysis.concepts.discover import as_cells, discover_concepts
 from inspectnet.analysis.concepts.factor import make_factoriser
 from inspectnet.analysis.concepts.importance import concept_logits, deletion_check, exact_terms
 from inspectnet.analysis.concepts.matching import match_concepts, stability
@@ -73,7 +73,7 @@ def test_concepts_reconstruct_real_lite0_activations_on_held_out_cells(lite0, ph
 
 def test_fitted_reconstruction_r2_matches_its_definition(lite0, photos):
     stream = MapStream(lite0, as_source(photos), "last_stage", batch_size=64)
-    cells = _cells(next(stream.batches()).maps)
+    cells = as_cells(next(stream.batches()).maps)
     nmf = make_factoriser("nmf", 1280, 8, 0)
     for _ in range(30):
         nmf.partial_fit(cells)
@@ -89,8 +89,8 @@ def _exact_case(zm, data, layer, classes):
     assert evidence is not None
     batch = next(stream.batches())
     sae = make_factoriser("sae", batch.maps.shape[1], 6, 0, active=3)
-    sae.partial_fit(_cells(batch.maps))
-    codes = sae.encode(_cells(batch.maps)).reshape(len(batch.maps), *batch.maps.shape[2:], 6).permute(0, 3, 1, 2)
+    sae.partial_fit(as_cells(batch.maps))
+    codes = sae.encode(as_cells(batch.maps)).reshape(len(batch.maps), *batch.maps.shape[2:], 6).permute(0, 3, 1, 2)
     chosen = classes.expand(len(batch.maps), -1)
     terms = exact_terms(evidence, batch.maps, codes, sae.basis, sae.centre, chosen)
     total = terms["concepts"].sum(1) + terms["centre"] + terms["residual"] + terms["bias"]

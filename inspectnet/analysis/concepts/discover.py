@@ -51,7 +51,8 @@ class Concepts(Result):
     :func:`~inspectnet.analysis.concepts.matching.stability`; ``importance``: exact per-class split or
     the estimate with its faithfulness; ``concepts``: per concept its top images, importance, name by
     mask IoU (or None), purest classes (or None); ``naming``: labelled concepts recovered by the
-    concepts and by random directions. ``basis`` (K, C) and ``centre`` (C,) are kept out of the JSON.
+    concepts and by random directions. ``basis`` (K, C), ``centre`` (C,) and the fitted ``factoriser``
+    (whose ``encode`` gives the codes of new cells) are kept out of the JSON.
     """
 
     model: str
@@ -72,9 +73,13 @@ class Concepts(Result):
     naming: dict[str, Any] | None = None
     basis: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     centre: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    factoriser: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("basis", "centre")}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _ARRAYS}
+
+
+_ARRAYS = ("basis", "centre", "factoriser")   # kept out of the JSON (the arrays go to an .npz)
 
 
 class _RunStats:
@@ -102,12 +107,12 @@ class _RunStats:
                 "l0": self.nonzero / self.cells, "dead": int((~self.active).sum()), "heldout_cells": self.cells}
 
 
-def _cells(maps: torch.Tensor) -> torch.Tensor:
+def as_cells(maps: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B·h·w, C), image-major."""
     return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
 
 
-def _as_maps(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def as_maps(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """(B·h·w, K) -> (B, K, h, w)."""
     b, _, h, w = shape
     return rows.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
@@ -163,7 +168,7 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
                     map_size=measured["map_size"], runs=[s.summary(sd) for s, sd in zip(measured["stats"], run_seeds)],
                     stability=stability([r.basis for r in runs]) if len(runs) > 1 else {},
                     importance=measured["importance"], concepts=concepts, naming=measured.get("naming"),
-                    basis=main.basis.numpy(), centre=main.centre.numpy())
+                    basis=main.basis.numpy(), centre=main.centre.numpy(), factoriser=main)
 
 
 def _fit(stream: MapStream, method: str, k: int, active: int, run_seeds: list[int], epochs: int, every: int) -> list:
@@ -173,7 +178,7 @@ def _fit(stream: MapStream, method: str, k: int, active: int, run_seeds: list[in
             keep = batch.index % every != 0
             if not keep.any():
                 continue
-            cells = _cells(batch.maps[keep])
+            cells = as_cells(batch.maps[keep])
             if not runs:
                 runs = [make_factoriser(method, cells.shape[1], k, s, active=active, layer=stream.layer)
                         for s in run_seeds]
@@ -201,13 +206,13 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
         directions = naming.random_directions(channels, k, seed=12345)
     map_size = None
     for batch in stream.batches():
-        cells = _cells(batch.maps)
+        cells = as_cells(batch.maps)
         heldout = (batch.index % every == 0).repeat_interleave(batch.maps.shape[2] * batch.maps.shape[3])
         for run, st in zip(runs, stats):
             codes = run.encode(cells)
             st.add(cells, codes, codes @ run.basis + run.centre, heldout)
             if run is main:
-                main_codes = _as_maps(codes, batch.maps.shape)
+                main_codes = as_maps(codes, batch.maps.shape)
         map_size = list(batch.maps.shape[2:])
         tops.add(main_codes, batch.index)
         if exact is not None:
@@ -219,7 +224,7 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
             purity.add(main_codes, source.labels[batch.index.numpy()])
         if names is not None:
             masks = torch.from_numpy(np.stack([source.masks(i) for i in batch.index.tolist()]))
-            rnd = _as_maps(cells @ directions.T, batch.maps.shape)
+            rnd = as_maps(cells @ directions.T, batch.maps.shape)
             names.add({"concepts": main_codes, "random": rnd}, masks, batch.index)
     out: dict[str, Any] = {"stats": stats, "map_size": map_size, "top_images": tops.lists()}
     if exact is not None:
