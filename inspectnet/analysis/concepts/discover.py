@@ -35,7 +35,7 @@ from inspectnet.analysis.concepts import DEFAULT_ACTIVE, DEFAULT_K, DEFAULT_SEED
 from inspectnet.analysis.concepts.factor import make_factoriser
 from inspectnet.analysis.concepts.importance import ExactImportance, deletion_check, faithfulness
 from inspectnet.analysis.concepts.matching import stability
-from inspectnet.analysis.concepts.stream import MapStream, as_source
+from inspectnet.analysis.concepts.stream import CACHE_BYTES, MapStream, as_source
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.results import Result
 from inspectnet.data.concepts import ConceptDataset
@@ -123,7 +123,7 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
                       active: int = DEFAULT_ACTIVE, epochs: int = 2, holdout_every: int = 5, batch_size: int = 32,
                       limit: int | None = None, data_config: dict[str, Any] | None = None, device: str = "cpu",
                       top_images: int = 8, check_images: int = 32, name_quantiles: tuple[float, ...] = NAME_QUANTILES,
-                      run_seeds: list[int] | None = None) -> Concepts:
+                      run_seeds: list[int] | None = None, cache_bytes: int = CACHE_BYTES) -> Concepts:
     """Discover ``k`` concepts in ``layer``'s map cells over ``data`` (see the module doc for the passes).
 
     Args:
@@ -145,6 +145,7 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
         check_images: images the gradient estimate and its deletion check use (layers the head does not pool).
         name_quantiles: top fractions tried as a concept map's mask for names.
         run_seeds: explicit seeds of the runs (overrides ``seed`` and ``seeds``; equal seeds give equal runs).
+        cache_bytes: maps up to this size are kept after the first pass and replayed (0: every pass streams).
 
     Returns:
         The :class:`Concepts`.
@@ -157,7 +158,8 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
         raise InspectnetError(f"epochs must be ≥ 1 and holdout_every ≥ 2, got {epochs} and {holdout_every}")
     run_seeds = list(run_seeds) if run_seeds is not None else [seed + i for i in range(max(1, seeds))]
     source = as_source(data, limit)
-    stream = MapStream(model, source, layer, data_config=data_config, batch_size=batch_size, device=device)
+    stream = MapStream(model, source, layer, data_config=data_config, batch_size=batch_size, device=device,
+                       cache_bytes=cache_bytes)
     runs = _fit(stream, method, k, active, run_seeds, epochs, holdout_every)
     measured = _measure(stream, runs, holdout_every, top_images, check_images, name_quantiles)
     main = runs[0]

@@ -1,8 +1,9 @@
 """Streaming a layer's spatial maps over a dataset, batch by batch, with the model's logits.
 
 The images are fed as dissection feeds them (resized whole, no crop), so a map cell lines up with
-the same region of the image and of its concept masks. A batch's maps leave with the batch: memory
-does not grow with the number of images.
+the same region of the image and of its concept masks. Memory does not grow with the number of
+images: the maps of a small data set (up to ``cache_bytes``) are replayed, a larger one streams
+through the model again on each pass, each batch's maps dropped with it.
 
 :class:`Source` gives one view of the data kinds a discovery can run on: labelled image data
 (``load_data`` specs: its labels give class purity; ``shapes`` also carries its concept masks) and
@@ -26,6 +27,10 @@ from inspectnet.data.datasets import ImageDataset
 from inspectnet.models.layers import PRE_LOGITS, resolve_layers
 from inspectnet.models.zoo import ZooModel, weights_fingerprint
 from inspectnet.probe.hooks import Probe
+
+# maps of a data set up to this size are kept after the first pass and replayed by the next ones (one
+# forward pass in all); a larger data set streams through the model on every pass, memory bounded
+CACHE_BYTES = 256 << 20
 
 
 @dataclasses.dataclass
@@ -95,10 +100,12 @@ class MapStream:
         data_config: input_size, mean, std for a plain module (a ZooModel brings its own).
         batch_size: images per forward pass.
         device: ``cpu`` or ``cuda``.
+        cache_bytes: the most bytes of maps kept for replaying later passes (0: never).
     """
 
     def __init__(self, model: ZooModel | nn.Module, source: Source, layer: str, *,
-                 data_config: dict[str, Any] | None = None, batch_size: int = 32, device: str = "cpu"):
+                 data_config: dict[str, Any] | None = None, batch_size: int = 32, device: str = "cpu",
+                 cache_bytes: int = CACHE_BYTES):
         if batch_size < 1:
             raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
         self.zoo = model if isinstance(model, ZooModel) else None
@@ -115,6 +122,7 @@ class MapStream:
         if len(names) != 1 or names[0] == PRE_LOGITS:
             raise InspectnetError(f"--layer {layer!r} must name one layer with spatial maps, got {names}")
         self.layer, self.source, self.batch_size = names[0], source, batch_size
+        self.cache_bytes, self._cache, self._cached_all = cache_bytes, None, False
         self.class_names = list(model.class_names) if self.zoo is not None else []
         self.data_config, self.transform = cfg, dissection_transform(cfg)
         self.device = torch.device(device)
@@ -129,7 +137,23 @@ class MapStream:
         return torch.stack([self.transform(self.source.image(i)) for i in index]).to(self.device)
 
     def batches(self) -> Iterator[Batch]:
-        """Every batch of the source, in order."""
+        """Every batch of the source, in order. The first pass keeps its batches while they fit in
+        ``cache_bytes``; if the whole source fit, later passes replay them instead of running the model."""
+        if self._cache is not None and self._cached_all:
+            yield from self._cache
+            return
+        cache, size = [], 0
+        for batch in self._forward_batches():
+            if cache is not None:
+                size += batch.maps.numel() * batch.maps.element_size() + batch.logits.numel() * 4
+                if size <= self.cache_bytes:
+                    cache.append(batch)
+                else:
+                    cache = None
+            yield batch
+        self._cache, self._cached_all = cache, cache is not None
+
+    def _forward_batches(self) -> Iterator[Batch]:
         with Probe(self.net, [self.layer], reducer="full") as probe:
             for s in range(0, self.source.size, self.batch_size):
                 index = list(range(s, min(s + self.batch_size, self.source.size)))
