@@ -155,3 +155,52 @@ def test_earlier_layer_gets_the_gradient_estimate_with_its_faithfulness():
     assert imp["kind"] == "gradient_x_activation"
     assert imp["faithfulness"]["images"] == 6 and len(imp["per_concept"]) == 4
     assert -1.0 <= imp["faithfulness"]["correlation"] <= 1.0
+
+
+class ColourMaps(torch.nn.Module):
+    """The image's R, G, B planes as three units at full resolution (a colour detector per channel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.colours = torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.colours(x).mean((2, 3))
+
+
+PLAIN = {"input_size": (3, 64, 64), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+
+def test_concepts_of_pure_colour_maps_are_named_by_their_colour_masks():
+    data = load_data("shapes?n=30&task=pairs")
+    c = discover_concepts(ColourMaps(), data, "colours", "nmf", k=3, seeds=1, epochs=3, data_config=PLAIN,
+                          random_draws=2)
+    names = sorted(e["name"]["name"] for e in c.concepts)
+    assert names == ["blue", "green", "red"]
+    # a concept that is exactly one colour plane thresholded above zero is that colour's mask
+    assert min(e["name"]["iou"] for e in c.concepts) > 0.99
+    assert {"red", "green", "blue"} <= set(c.naming["recovered"])
+    assert len(c.naming["random_recovered"]) == 2
+    assert c.importance["kind"] == "gradient_x_activation"
+    # purity: each concept's mass over the 45 pair classes sums to its share list's head at most 1
+    for e in c.concepts:
+        assert 0 < e["purest_classes"][0]["share"] <= 1
+
+
+def test_command_writes_json_basis_and_atlas_pictures(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from inspectnet.cli import main
+
+    out = tmp_path / "c"
+    code = main(["concepts", "resnet18", "shapes?n=20", "--num-classes", "2", "--input-size", "64", "--layer",
+                 "layer4", "--k", "3", "--epochs", "1", "--seeds", "2", "--per-concept", "2", "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "concepts.json").read_text())
+    assert doc["kind"] == "Concepts" and doc["k"] == 3 and doc["importance"]["kind"] == "exact"
+    assert len(doc["runs"]) == 2 and 0 <= doc["stability"]["share"] <= 1
+    assert np.load(out / "basis.npz")["basis"].shape == (3, 512)
+    for name in ("concepts.png", "crops.png"):
+        assert Image.open(out / name).size[0] > 100

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                      f"{result.stability['threshold']}")
     if result.naming:
         lines.append(f"  labelled concepts recovered (IoU ≥ {result.naming['iou_threshold']}): "
-                     f"{len(result.naming['recovered'])} vs {len(result.naming['random_recovered'])} for random directions")
+                     f"{len(result.naming['recovered'])} vs {result.naming['random_recovered']} for draws of random "
+                     f"directions (margin {result.naming['margin']:+.1f})")
     emit(summary, args.json, "\n".join(lines))
     return 0

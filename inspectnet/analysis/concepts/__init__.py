@@ -10,4 +10,4 @@ DEFAULT_ACTIVE = 4             # codes a TopK autoencoder keeps per cell
 DEFAULT_SEEDS = 3              # runs whose concepts are matched for stability
 MATCH_COSINE = 0.8             # a concept is stable when its Hungarian match reaches this cosine
 NAME_IOU = 0.5                 # a concept recovers a labelled concept when its mask IoU reaches this
-NAME_QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.2)   # top fractions of a concept map tried as its mask
+NAME_QUANTILES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)   # top fractions tried as a concept mask

@@ -12,7 +12,7 @@ number of images):
    importance (exact when the head pools the layer, :mod:`~inspectnet.analysis.concepts.importance`;
    else gradient × activation with deletion faithfulness on the first ``check_images`` images), its top
    images, class purity on labelled data, and names by mask IoU where the data has concept masks
-   (with the same count for random directions as the baseline).
+   (with the same count for draws of random directions as the baseline).
 
 Stability: the runs' bases matched by cosine with the Hungarian algorithm, share matched ≥ 0.8
 (:mod:`~inspectnet.analysis.concepts.matching`).
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspectnet.analysis.concepts import DEFAULT_ACTIVE, DEFAULT_K, DEFAULT_SEEDS, METHODS, NAME_IOU, NAME_QUANTILES, naming
+from inspectnet.analysis.concepts import DEFAULT_ACTIVE, DEFAULT_K, DEFAULT_SEEDS, METHODS, NAME_QUANTILES, naming
 from inspectnet.analysis.concepts.factor import make_factoriser
 from inspectnet.analysis.concepts.importance import ExactImportance, deletion_check, faithfulness
 from inspectnet.analysis.concepts.matching import stability
@@ -123,7 +123,8 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
                       active: int = DEFAULT_ACTIVE, epochs: int = 2, holdout_every: int = 5, batch_size: int = 32,
                       limit: int | None = None, data_config: dict[str, Any] | None = None, device: str = "cpu",
                       top_images: int = 8, check_images: int = 32, name_quantiles: tuple[float, ...] = NAME_QUANTILES,
-                      run_seeds: list[int] | None = None, cache_bytes: int = CACHE_BYTES) -> Concepts:
+                      run_seeds: list[int] | None = None, cache_bytes: int = CACHE_BYTES,
+                      random_draws: int = 5) -> Concepts:
     """Discover ``k`` concepts in ``layer``'s map cells over ``data`` (see the module doc for the passes).
 
     Args:
@@ -145,6 +146,7 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
         check_images: images the gradient estimate and its deletion check use (layers the head does not pool).
         name_quantiles: top fractions tried as a concept map's mask for names.
         run_seeds: explicit seeds of the runs (overrides ``seed`` and ``seeds``; equal seeds give equal runs).
+        random_draws: draws of ``k`` random directions named the same way, the baseline of the names.
         cache_bytes: maps up to this size are kept after the first pass and replayed (0: every pass streams).
 
     Returns:
@@ -161,7 +163,7 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
     stream = MapStream(model, source, layer, data_config=data_config, batch_size=batch_size, device=device,
                        cache_bytes=cache_bytes)
     runs = _fit(stream, method, k, active, run_seeds, epochs, holdout_every)
-    measured = _measure(stream, runs, holdout_every, top_images, check_images, name_quantiles)
+    measured = _measure(stream, runs, holdout_every, top_images, check_images, name_quantiles, random_draws)
     main = runs[0]
     concepts = _concept_entries(k, measured)
     return Concepts(model=stream.name, fingerprint=stream.fingerprint(), data=source.spec, layer=stream.layer,
@@ -192,7 +194,7 @@ def _fit(stream: MapStream, method: str, k: int, active: int, run_seeds: list[in
 
 
 def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: int,
-             quantiles: tuple[float, ...]) -> dict[str, Any]:
+             quantiles: tuple[float, ...], random_draws: int) -> dict[str, Any]:
     """The measuring pass: every run's statistics, and the first run's importance, top images, purity, names."""
     main, source = runs[0], stream.source
     basis, centre = main.basis, main.centre
@@ -205,7 +207,7 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
     names = None
     if source.masks is not None:
         names = naming.MaskNames(source.size, tuple(source.masks(0).shape[1:]), source.concepts, quantiles)
-        directions = naming.random_directions(channels, k, seed=12345)
+        directions = [naming.random_directions(channels, k, seed=12345 + d) for d in range(random_draws)]
     map_size = None
     for batch in stream.batches():
         cells = as_cells(batch.maps)
@@ -226,8 +228,8 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
             purity.add(main_codes, source.labels[batch.index.numpy()])
         if names is not None:
             masks = torch.from_numpy(np.stack([source.masks(i) for i in batch.index.tolist()]))
-            rnd = as_maps(cells @ directions.T, batch.maps.shape)
-            names.add({"concepts": main_codes, "random": rnd}, masks, batch.index)
+            families = {f"random{d}": as_maps(cells @ r.T, batch.maps.shape) for d, r in enumerate(directions)}
+            names.add({"concepts": main_codes, **families}, masks, batch.index)
     out: dict[str, Any] = {"stats": stats, "map_size": map_size, "top_images": tops.lists()}
     if exact is not None:
         out["importance"] = exact.summary(stream.class_names)
@@ -240,13 +242,7 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
     if names is not None:
         best = names.best()
         out["names"] = naming.names_from_iou(best["concepts"], source.concepts)
-        found, baseline = naming.recovered(best["concepts"]["iou"]), naming.recovered(best["random"]["iou"])
-        out["naming"] = {"iou_threshold": NAME_IOU, "labelled_concepts": len(source.concepts),
-                         "recovered": [source.concepts[c] for c in found],
-                         "random_recovered": [source.concepts[c] for c in baseline],
-                         "margin": len(found) - len(baseline),
-                         "best_iou": [round(float(v), 6) for v in best["concepts"]["iou"].max(0)],
-                         "random_best_iou": [round(float(v), 6) for v in best["random"]["iou"].max(0)]}
+        out["naming"] = naming.recovery_summary(best, source.concepts)
     return out
 
 

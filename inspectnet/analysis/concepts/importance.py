@@ -174,7 +174,8 @@ def deletion_check(net: nn.Module, layer: str, x: torch.Tensor, codes: torch.Ten
     gen = torch.Generator().manual_seed(seed)
     parts = torch.einsum("bkhw,kc->kbchw", codes, basis)                    # (K, B, C, h, w)
     with _Capture(module) as cap, torch.enable_grad():
-        logits = net(x)
+        # the input asks for gradients, so the layer's output carries them even in a model without parameters
+        logits = net(x.detach().clone().requires_grad_(True))
         pred = logits.argmax(1)
         chosen = logits.gather(1, pred[:, None])[:, 0]
         chosen.sum().backward()

@@ -143,3 +143,32 @@ def random_directions(channels: int, k: int, seed: int) -> torch.Tensor:
     """
     r = torch.randn(k, channels, generator=torch.Generator().manual_seed(seed))
     return r / r.norm(dim=1, keepdim=True)
+
+
+def recovery_summary(best: dict[str, dict[str, np.ndarray]], concepts: Sequence[str],
+                     threshold: float = NAME_IOU) -> dict[str, object]:
+    """Labelled concepts recovered by the discovered concepts (family ``concepts``) against each draw of
+    random directions (families ``random0``, ``random1``, ...), and the margin over the draws' mean.
+
+    Args:
+        best: :meth:`MaskNames.best`.
+        concepts: the labelled concepts' names.
+        threshold: the IoU a labelled concept must reach.
+
+    Returns:
+        ``{"recovered": names, "random_recovered": count per draw, "margin": recovered − mean of the draws,
+        "best_iou": per labelled concept, "random_best_iou": per labelled concept, mean over the draws, ...}``.
+
+    >>> best = {"concepts": {"iou": np.array([[0.6, 0.1]])}, "random0": {"iou": np.array([[0.2, 0.1]])}}
+    >>> recovery_summary(best, ["a", "b"])["margin"]
+    1.0
+    """
+    draws = [name for name in best if name.startswith("random")]
+    found = recovered(best["concepts"]["iou"], threshold)
+    counts = [len(recovered(best[d]["iou"], threshold)) for d in draws]
+    random_iou = np.mean([best[d]["iou"].max(0) for d in draws], axis=0) if draws else np.zeros(len(concepts))
+    return {"iou_threshold": threshold, "labelled_concepts": len(concepts),
+            "recovered": [concepts[c] for c in found], "random_recovered": counts,
+            "margin": float(len(found) - np.mean(counts)) if counts else float(len(found)),
+            "best_iou": [round(float(v), 6) for v in best["concepts"]["iou"].max(0)],
+            "random_best_iou": [round(float(v), 6) for v in random_iou]}
