@@ -204,3 +204,115 @@ def test_command_writes_json_basis_and_atlas_pictures(tmp_path):
     assert np.load(out / "basis.npz")["basis"].shape == (3, 512)
     for name in ("concepts.png", "crops.png"):
         assert Image.open(out / name).size[0] > 100
+
+
+class ShapesNet(torch.nn.Module):
+    """A small CNN for the 45-class shapes task: its 16×16 map feeds average pooling and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.features = torch.nn.Sequential(
+            conv(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), conv(16, 32, 3, padding=1),
+            torch.nn.ReLU(), torch.nn.MaxPool2d(2), conv(32, 64, 3, padding=1), torch.nn.ReLU(),
+            conv(64, 64, 3, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(64, 45)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def _train_shapes_net(epochs: int = 14) -> ShapesNet:
+    torch.manual_seed(0)
+    train = load_data("shapes:train?n=2000&task=pairs")
+    x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(train.labels)
+    net = ShapesNet()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for s in range(0, len(x), 64):
+            b = order[s:s + 64]
+            loss = torch.nn.functional.cross_entropy(net(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@pytest.mark.slow
+def test_concepts_of_a_trained_shapes_model_recover_more_labelled_concepts_than_random_directions():
+    net = _train_shapes_net()
+    test = load_data("shapes:test?n=2500&task=pairs")
+    with torch.no_grad():
+        x = torch.from_numpy(test.images[:300]).permute(0, 3, 1, 2).float() / 255
+        accuracy = float((net(x).argmax(1) == torch.from_numpy(test.labels[:300])).float().mean())
+    assert accuracy > 0.8
+    c = discover_concepts(net, test, "features", "nmf", k=24, seeds=1, epochs=2, limit=300, data_config=PLAIN)
+    naming = c.naming
+    print(f"\nshapes model accuracy {accuracy:.3f}; recovered {len(naming['recovered'])} of 15 "
+          f"({', '.join(naming['recovered'])}); random directions {naming['random_recovered']}; "
+          f"margin {naming['margin']:+.1f}")
+    assert len(naming["recovered"]) > max(naming["random_recovered"])
+    assert naming["margin"] >= 2.0
+    # colour-shape concepts are found, not only colours
+    assert any("-" in name for name in naming["recovered"])
+
+
+@pytest.mark.parametrize("method", ["sae", "nmf"])
+def test_concept_codes_of_the_exportable_module_are_the_factorisers_own(method):
+    from inspectnet.analysis.concepts.activations import ConceptActivations
+    from inspectnet.analysis.dissect.dissection import dissection_transform
+
+    zm, data = _resnet(), load_data("shapes?n=30")
+    c = discover_concepts(zm, data, "layer4", method, k=5, seeds=1, epochs=2)
+    x = torch.stack([dissection_transform(zm.data_config)(data.image(i)) for i in range(3)])
+    with torch.no_grad():
+        logits, codes = ConceptActivations(zm.model, c.factoriser).eval()(x)
+        features = zm.model.forward_features(x)
+    assert torch.equal(logits, zm.model(x))
+    # SAE: the same operations; NMF: the same updates from a per-image start (within 2 % of the largest code)
+    want = c.factoriser.encode(as_cells(features))
+    got = codes.permute(0, 2, 3, 1).reshape(-1, 5)
+    assert float((want - got).abs().max()) <= (1e-5 if method == "sae" else 0.02) * float(want.abs().max())
+
+
+class TinyTimm(torch.nn.Module):
+    """The forward_features / forward_head split of timm models, small enough to export in seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act, self.fc = torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+
+    def forward_features(self, x):
+        return self.act(self.conv(x))
+
+    def forward_head(self, f):
+        return self.fc(f.mean((2, 3)))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def test_concept_output_runs_in_onnx_runtime_like_torch(tmp_path):
+    import onnxruntime as ort
+
+    from inspectnet.analysis.concepts.activations import ConceptActivations
+
+    torch.manual_seed(0)
+    net, data = TinyTimm().eval(), load_data("shapes?n=20")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    for method in ("sae", "nmf"):
+        c = discover_concepts(net, data, "act", method, k=4, seeds=1, epochs=2, data_config=PLAIN, check_images=2,
+                              random_draws=1)
+        module = ConceptActivations(net, c.factoriser, iterations=5).eval()   # a short NMF graph
+        with torch.no_grad():
+            logits, codes = module(x)
+        path = tmp_path / f"{method}.onnx"
+        torch.onnx.export(module, (x,), dynamo=True, input_names=["input"],
+                          output_names=["logits", "concepts"]).save(path)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out_logits, out_codes = session.run(None, {"input": x.numpy()})
+        assert out_codes.shape == (2, 4, 16, 16) and float(codes.abs().max()) > 0
+        assert np.allclose(out_logits, logits.numpy(), atol=1e-5)
+        assert np.allclose(out_codes, codes.numpy(), atol=1e-5 * (1 + float(codes.abs().max())))
