@@ -316,3 +316,24 @@ def test_concept_output_runs_in_onnx_runtime_like_torch(tmp_path):
         assert out_codes.shape == (2, 4, 16, 16) and float(codes.abs().max()) > 0
         assert np.allclose(out_logits, logits.numpy(), atol=1e-5)
         assert np.allclose(out_codes, codes.numpy(), atol=1e-5 * (1 + float(codes.abs().max())))
+
+
+def test_card_shows_a_concepts_section_from_a_real_discovery():
+    import json
+
+    from inspectnet.analysis.concepts.discover import concepts_summary
+    from inspectnet.reports.card import render_markdown
+    from tests.test_card import _card
+
+    c = discover_concepts(_resnet(classes=2), load_data("shapes?n=20"), "layer4", "nmf", k=3, seeds=2, epochs=1,
+                          random_draws=1)
+    summary = json.loads(json.dumps(concepts_summary(c)))       # as card.json holds it
+    doc = _card("x")
+    doc["sections"]["concepts"] = {"status": "ok", "seconds": 1.0, "title": "Concepts discovered from the activations",
+                                   "result": summary}
+    text = render_markdown(doc)
+    section = text[text.index("### Concepts discovered from the activations"):]
+    assert "3 NMF concepts in layer4 over 20 images" in section and "Importance: exact" in section
+    for entry in c.concepts:
+        assert f"{entry['name']['name']} (IoU {entry['name']['iou']:.2f})" in section
+    assert f"random directions, per draw: {c.naming['random_recovered'][0]}." in section

@@ -27,11 +27,10 @@ torch.Size([1, 4, 1, 1])
 import torch
 from torch import nn
 
-from inspectnet.analysis.concepts.factor import StreamingNMF, TopKAutoencoder
+from inspectnet.analysis.concepts.factor import StreamingNMF, TopKAutoencoder, multiplicative_codes
 from inspectnet.core.errors import InspectnetError
 
 NMF_ITERATIONS = 200   # scikit-learn's default cap for the same updates
-_EPS = 1e-16           # float32 guard of the update's denominator (scikit-learn uses machine epsilon)
 
 
 class ConceptActivations(nn.Module):
@@ -72,14 +71,8 @@ class ConceptActivations(nn.Module):
         return torch.zeros_like(pre).scatter(2, top.indices, top.values)
 
     def _nmf(self, cells: torch.Tensor) -> torch.Tensor:
-        v = self.basis
-        k = v.shape[0]
-        start = torch.sqrt(cells.mean((1, 2), keepdim=True) / k)                  # (B, 1, 1)
-        u = start.expand(-1, cells.shape[1], k)
-        numerator, gram = cells @ v.T, v @ v.T                                   # (B, HW, K), (K, K)
-        for _ in range(self.iterations):
-            u = u * numerator / (u @ gram).clamp(min=_EPS)
-        return u
+        start = torch.sqrt(cells.mean((1, 2), keepdim=True) / self.basis.shape[0])   # (B, 1, 1): per image
+        return multiplicative_codes(cells, self.basis, start, self.iterations)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(x)

@@ -255,3 +255,28 @@ def _concept_entries(k: int, measured: dict[str, Any]) -> list[dict[str, Any]]:
                  "purest_classes": measured["purity"][m]["classes"] if "purity" in measured else None}
         entries.append(entry)
     return entries
+
+
+def concepts_summary(result: Concepts, classes: int = 8) -> dict[str, Any]:
+    """The discovery's headline numbers as plain JSON (what a model card shows).
+
+    Args:
+        result: the discovery.
+        classes: the predicted classes kept (most images first).
+
+    Returns:
+        ``{"layer", "method", "k", "images", "r2", "l0", "dead", "stability", "importance", "closure_error",
+        "classes", "concepts", "naming"}``.
+    """
+    run = result.runs[0]
+    cosines = result.stability.get("matched_cosine") or [None] * result.k
+    rows = sorted(result.importance.get("classes", []), key=lambda r: -r["images"])[:classes]
+    return {"layer": result.layer, "method": result.method, "k": result.k, "images": result.num_images,
+            "r2": run["r2"], "l0": run["l0"], "dead": run["dead"], "stability": result.stability.get("share"),
+            "importance": result.importance["kind"], "closure_error": result.importance.get("max_closure_error"),
+            "classes": [{k: r[k] for k in ("name", "images", "top_concepts", "top_share", "concepts_share")}
+                        for r in rows],
+            "concepts": [{"concept": e["concept"], "importance": e["importance"], "matched_cosine": cos,
+                          "name": e["name"], "purest": (e["purest_classes"] or [None])[0]}
+                         for e, cos in zip(result.concepts, cosines)],
+            "naming": result.naming}

@@ -25,6 +25,8 @@ from torch import nn
 
 from inspectnet.core.errors import InspectnetError
 
+EPSILON = float(np.finfo(np.float32).eps)   # scikit-learn's guard for a zero denominator
+
 
 class StreamingNMF:
     """A ≈ U·V with U, V ≥ 0, fitted by mini-batches; ``seed`` draws the random initial factors.
@@ -71,15 +73,44 @@ class StreamingNMF:
         return torch.zeros(self.basis.shape[1])
 
     def encode(self, cells: torch.Tensor) -> torch.Tensor:
-        """U (n, K) ≥ 0 minimising ‖A − U·V‖ for the fitted V (scikit-learn's ``transform``)."""
-        self._check()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.from_numpy(np.asarray(self.model.transform(self._array(cells)), np.float32))
+        """U (n, K) ≥ 0 minimising ‖A − U·V‖ for the fitted V: scikit-learn's ``transform`` (the same start,
+        updates and stopping rule), with A·Vᵀ and V·Vᵀ computed once instead of at every update."""
+        x = torch.from_numpy(self._array(cells))
+        start = torch.sqrt(x.mean() / self.k).reshape(1, 1)
+        return multiplicative_codes(x, self.basis, start, self.model._transform_max_iter, tol=self.model.tol)
 
     def _check(self) -> None:
         if not self.fitted:
             raise InspectnetError("the factorisation has seen no cells yet; fit it first")
+
+
+def multiplicative_codes(cells: torch.Tensor, basis: torch.Tensor, start: torch.Tensor, iterations: int, *,
+                         tol: float | None = None) -> torch.Tensor:
+    """Codes U ≥ 0 minimising ‖A − U·V‖ by multiplicative updates U ← U ⊙ (A·Vᵀ)/(U·V·Vᵀ) (Lee & Seung).
+
+    Args:
+        cells: A (..., n, C).
+        basis: V (K, C), non-negative.
+        start: the initial value of every code, broadcastable to (..., n, K).
+        iterations: the most updates.
+        tol: stop once ‖U − U_prev‖/‖U‖ ≤ tol (scikit-learn's rule); None runs every update (a fixed graph).
+
+    Returns:
+        U (..., n, K).
+
+    >>> v = torch.tensor([[1., 0.], [0., 2.]])
+    >>> multiplicative_codes(torch.tensor([[3., 4.]]), v, torch.ones(1, 1), 50).tolist()
+    [[3.0, 2.0]]
+    """
+    numerator, gram = cells @ basis.T, basis @ basis.T
+    u = start.expand(*numerator.shape)
+    for _ in range(iterations):
+        denominator = u @ gram
+        new = u * numerator / torch.where(denominator == 0, EPSILON, denominator)
+        if tol is not None and float((new - u).norm() / new.norm().clamp(min=1e-30)) <= tol:
+            return new
+        u = new
+    return u
 
 
 class TopKAutoencoder(nn.Module):

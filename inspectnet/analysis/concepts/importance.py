@@ -49,7 +49,8 @@ def concept_logits(evidence: ClassEvidence, basis: torch.Tensor, centre: torch.T
 
 
 def exact_terms(evidence: ClassEvidence, maps: torch.Tensor, codes: torch.Tensor, basis: torch.Tensor,
-                centre: torch.Tensor, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+                centre: torch.Tensor, classes: torch.Tensor, *,
+                projections: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The exact split of the logits of ``classes`` into concepts, centre, residual and bias.
 
     Args:
@@ -59,6 +60,7 @@ def exact_terms(evidence: ClassEvidence, maps: torch.Tensor, codes: torch.Tensor
         basis: V (K, C).
         centre: (C,).
         classes: (B, k) class indices.
+        projections: :func:`concept_logits` of ``basis`` and ``centre`` when already computed.
 
     Returns:
         ``{"concepts": (B, K, k), "centre": (B, k), "residual": (B, k), "bias": (B, k)}`` whose sum over the
@@ -75,7 +77,7 @@ def exact_terms(evidence: ClassEvidence, maps: torch.Tensor, codes: torch.Tensor
     True
     """
     maps, codes, classes = maps.cpu().float(), codes.cpu().float(), classes.cpu()
-    p_concepts, p_centre = concept_logits(evidence, basis, centre)
+    p_concepts, p_centre = projections if projections is not None else concept_logits(evidence, basis, centre)
     per_class = p_concepts[:, classes].permute(1, 0, 2)                        # (B, K, k)
     recon = torch.einsum("bkhw,kc->bchw", codes, basis.float()) + _grid(centre[None].float())
     dev = evidence.offset().device
@@ -91,6 +93,7 @@ class ExactImportance:
 
     def __init__(self, evidence: ClassEvidence, basis: torch.Tensor, centre: torch.Tensor):
         self.evidence, self.basis, self.centre = evidence, basis, centre
+        self.projections = concept_logits(evidence, basis, centre)   # once: V·Wᵀ reads the whole head
         k, classes = basis.shape[0], evidence.offset().shape[0]
         self.count = np.zeros(classes)
         self.sums = {"concepts": np.zeros((classes, k)), "centre": np.zeros(classes), "residual": np.zeros(classes),
@@ -100,7 +103,8 @@ class ExactImportance:
     def add(self, maps: torch.Tensor, codes: torch.Tensor, logits: torch.Tensor) -> None:
         """Add one batch: maps (B, C, H, W), codes (B, K, H, W), logits (B, classes)."""
         pred = logits.argmax(1)
-        terms = exact_terms(self.evidence, maps, codes, self.basis, self.centre, pred[:, None])
+        terms = exact_terms(self.evidence, maps, codes, self.basis, self.centre, pred[:, None],
+                            projections=self.projections)
         total = terms["concepts"].sum(1) + terms["centre"] + terms["residual"] + terms["bias"]
         self.closure = max(self.closure, float((total[:, 0] - logits.gather(1, pred[:, None])[:, 0]).abs().max()))
         idx = pred.numpy()
