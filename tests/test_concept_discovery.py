@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from inspectnet.analysis.concepts.discover import as_cells, discover_concepts
+from inspectnet.analysis.concepts.discover import as_cells, concepts_summary, discover_concepts
 from inspectnet.analysis.concepts.factor import make_factoriser
 from inspectnet.analysis.concepts.importance import concept_logits, deletion_check, exact_terms
 from inspectnet.analysis.concepts.matching import match_concepts, stability
@@ -50,6 +50,8 @@ def test_stability_is_one_for_identical_seeds_and_a_share_otherwise():
     assert same.stability["share"] == 1.0 and same.stability["per_run"] == [1.0, 1.0]
     assert same.stability["matched_cosine"] == pytest.approx([1.0] * 4)
     assert [r["r2"] for r in same.runs] == [same.runs[0]["r2"]] * 3
+    summary = concepts_summary(same)
+    assert summary["stability"] == 1.0 and summary["r2"] == same.runs[0]["r2"] and len(summary["concepts"]) == 4
     other = discover_concepts(zm, data, "layer3", "nmf", k=4, seed=0, epochs=1, check_images=2)
     assert other.seeds == [0, 1, 2]
     assert 0.0 <= other.stability["share"] <= 1.0 and len(other.stability["per_run"]) == 2
@@ -317,23 +319,3 @@ def test_concept_output_runs_in_onnx_runtime_like_torch(tmp_path):
         assert np.allclose(out_logits, logits.numpy(), atol=1e-5)
         assert np.allclose(out_codes, codes.numpy(), atol=1e-5 * (1 + float(codes.abs().max())))
 
-
-def test_card_shows_a_concepts_section_from_a_real_discovery():
-    import json
-
-    from inspectnet.analysis.concepts.discover import concepts_summary
-    from inspectnet.reports.card import render_markdown
-    from tests.test_card import _card
-
-    c = discover_concepts(_resnet(classes=2), load_data("shapes?n=20"), "layer4", "nmf", k=3, seeds=2, epochs=1,
-                          random_draws=1)
-    summary = json.loads(json.dumps(concepts_summary(c)))       # as card.json holds it
-    doc = _card("x")
-    doc["sections"]["concepts"] = {"status": "ok", "seconds": 1.0, "title": "Concepts discovered from the activations",
-                                   "result": summary}
-    text = render_markdown(doc)
-    section = text[text.index("### Concepts discovered from the activations"):]
-    assert "3 NMF concepts in layer4 over 20 images" in section and "Importance: exact" in section
-    for entry in c.concepts:
-        assert f"{entry['name']['name']} (IoU {entry['name']['iou']:.2f})" in section
-    assert f"random directions, per draw: {c.naming['random_recovered'][0]}." in section

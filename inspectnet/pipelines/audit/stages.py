@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from inspectnet.pipelines.audit.attributions import stage_attributions
-from inspectnet.pipelines.audit.concepts import stage_concepts
 from inspectnet.pipelines.audit.config import AuditConfig
 from inspectnet.pipelines.audit.context import AuditContext
 from inspectnet.pipelines.audit.decomposition import stage_decomposition
@@ -68,9 +67,6 @@ STAGES: tuple[Stage, ...] = (
     Stage("dissection", "Concept detectors (network dissection)", stage_dissection,
           lambda c: {"concepts": c.concepts, "limit": c.concept_limit}, needs=("probe",),
           enabled=lambda c: bool(c.concepts), distributed=True),
-    Stage("concepts", "Concepts discovered from the activations", stage_concepts,
-          lambda c: {"k": c.concept_k, "method": c.concept_method, "seed": c.seed}, needs=("probe",),
-          enabled=lambda c: c.concept_k > 0),
     Stage("export", "Export (ONNX) parity and speed", stage_export,
           lambda c: {"export": c.export, "max_drop": c.export_max_drop, "format": 4},
           needs=("decomposition",), enabled=lambda c: c.export),

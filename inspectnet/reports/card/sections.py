@@ -279,32 +279,6 @@ def _dissection_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
                    for k, v in r["layers"].items()])]
 
 
-def _concepts_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    stable = "not measured" if r.get("stability") is None else format_percent(r["stability"])
-    exact = (f"exact (logit = concepts + residual + bias, closure error {r['closure_error']:.1e})"
-             if r["importance"] == "exact" else "gradient × activation estimate")
-    blocks: list[Block] = [Paragraph(
-        f"{r['k']} {r['method'].upper()} concepts in {r['layer']} over {r['images']} images: held-out R² "
-        f"{format_value(r['r2'], 3)}, {format_value(r['l0'], 2)} active codes per cell, {r['dead']} dead; "
-        f"{stable} of the concepts found again (cosine ≥ 0.8) with other seeds. Importance: {exact}.")]
-    rows = [[c["concept"], c["name"]["name"] + f" (IoU {c['name']['iou']:.2f})" if c["name"] else "",
-             f"{c['purest']['class']} ({format_percent(c['purest']['share'])})" if c["purest"] else "",
-             format_value(c["importance"], 3), "" if c["matched_cosine"] is None else format_value(c["matched_cosine"], 2)]
-            for c in r["concepts"]]
-    blocks.append(Table(["concept", "name (mask IoU)", "purest class", "mean logit contribution",
-                         "matched cosine"], rows, sortable=True))
-    if r["classes"]:
-        blocks.append(Table(["predicted class", "images", "top concepts", "share of logit − bias"],
-                            [[c["name"], c["images"], ", ".join(map(str, c["top_concepts"])),
-                              format_percent(c["top_share"])] for c in r["classes"]]))
-    if r.get("naming"):
-        n = r["naming"]
-        blocks.append(Paragraph(f"Labelled concepts recovered at IoU ≥ {n['iou_threshold']}: {len(n['recovered'])} of "
-                                f"{n['labelled_concepts']} ({', '.join(n['recovered']) or 'none'}); by as many random "
-                                f"directions, per draw: {', '.join(map(str, n['random_recovered']))}."))
-    return blocks
-
-
 def _export_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [Paragraph(f"Exported: the {r.get('model', 'model')} ({r['exporter']} exporter, opset "
                                      f"{r['opset']}, {r['path']}, {r['size_bytes'] / 1e6:.2f} MB).")]
@@ -333,8 +307,7 @@ def _no_blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
 _STAGE_BLOCKS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Block]]] = {
     "probe": _probe_blocks, "decomposition": _decomposition_blocks, "rules": _rules_blocks,
     "sparsity": _sparsity_blocks, "linear_probes": _linear_probe_blocks, "attributions": _attribution_blocks,
-    "explanations": _explanation_blocks, "dissection": _dissection_blocks, "concepts": _concepts_blocks,
-    "export": _export_blocks}
+    "explanations": _explanation_blocks, "dissection": _dissection_blocks, "export": _export_blocks}
 
 
 def export_rows(r: dict[str, Any]) -> list[list[Any]]:
