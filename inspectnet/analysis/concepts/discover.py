@@ -156,6 +156,10 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
     """
     if method not in METHODS:
         raise InspectnetError(f"unknown concept method {method!r}; expected one of {', '.join(METHODS)}")
+    if k < 1:
+        raise InspectnetError(f"the number of concepts k must be at least 1, got {k}")
+    if method == "sae" and not 1 <= active <= k:
+        raise InspectnetError(f"active codes per cell must be within 1..{k}, got {active}")
     if epochs < 1 or holdout_every < 2:
         raise InspectnetError(f"epochs must be ≥ 1 and holdout_every ≥ 2, got {epochs} and {holdout_every}")
     run_seeds = list(run_seeds) if run_seeds is not None else [seed + i for i in range(max(1, seeds))]

@@ -18,6 +18,7 @@ from torch import nn
 
 from inspectnet.analysis.concepts.discover import Concepts, as_cells, as_maps
 from inspectnet.analysis.concepts.stream import MapStream, Source, as_source
+from inspectnet.core.errors import InspectnetError
 from inspectnet.core.figures import new_figure, save_figure
 from inspectnet.core.storage import atomic_write_bytes, output_dir
 from inspectnet.data.concepts import ConceptDataset
@@ -43,7 +44,7 @@ def top_image_maps(result: Concepts, model: ZooModel | nn.Module, data: ImageDat
         ``{image index: codes (K, h, w)}``.
     """
     if result.factoriser is None:
-        raise ValueError("this discovery was loaded from JSON; pictures need the fitted factoriser")
+        raise InspectnetError("this discovery was loaded from JSON; pictures need the fitted factoriser")
     wanted = sorted({i for c in result.concepts for i in c["top_images"][:per_concept]})
     full = as_source(data)
     sub = Source(full.spec, len(wanted), lambda j: full.image(wanted[j]))
