@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrain-epochs", type=int, default=0, help="retrain the decomposed head N epochs")
     p.add_argument("--concepts", help="concept data for network dissection (shapes, or a concept folder)")
     p.add_argument("--concept-limit", type=int, default=200, help="concept images to dissect")
+    p.add_argument("--discover-concepts", type=int, default=0, metavar="K",
+                   help="discover K concepts in the map the head pools, with their exact class importance (0: off)")
+    p.add_argument("--concept-method", choices=("nmf", "sae"), default="nmf",
+                   help="how concepts are discovered: nmf or a TopK sparse autoencoder (default nmf)")
     p.add_argument("--export", action="store_true", help="export the decomposed model to ONNX and verify it")
     p.add_argument("--export-max-drop", type=float, default=0.05,
                    help="export the dense model instead when the decomposed one's accuracy is more than this "
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
     config = AuditConfig(data=args.data, eval_data=args.eval_data, layers=layers, layer=args.layer, limit=args.limit,
                          eval_limit=args.eval_limit, k1=args.k1, k2=args.k2, retrain_epochs=args.retrain_epochs,
-                         concepts=args.concepts, concept_limit=args.concept_limit, export=args.export,
+                         concepts=args.concepts, concept_limit=args.concept_limit, concept_k=args.discover_concepts,
+                         concept_method=args.concept_method, export=args.export,
                          export_max_drop=args.export_max_drop,
                          attribution_images=args.images, ig_steps=args.ig_steps,
                          top_units=args.top_units, explain_images=args.explain_images,

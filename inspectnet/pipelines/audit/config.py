@@ -32,6 +32,8 @@ class AuditConfig:
     retrain_epochs: int = 0
     concepts: str | None = None
     concept_limit: int | None = 200
+    concept_k: int = 0  # opt-in: concepts discovered in the map the head pools (0: none)
+    concept_method: str = "nmf"
     export: bool = False
     # the export ships the dense model instead of the decomposed one when the latter's accuracy falls
     # more than this below the dense model's (e.g. K of C classes with data: dense rows outscore sparse ones)

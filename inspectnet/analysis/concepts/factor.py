@@ -1,0 +1,219 @@
+"""Streaming factorisers of activation cells: A (n cells × C channels) ≈ U·V + centre, U ≥ 0 (n × K).
+
+Both learn from cells fed batch by batch (:meth:`partial_fit`), so the data never has to be in memory:
+
+* :class:`StreamingNMF`: non-negative matrix factorisation A ≈ U·V, U, V ≥ 0 (CRAFT, Fel et al. 2023),
+  by scikit-learn's :class:`~sklearn.decomposition.MiniBatchNMF` (Frobenius loss, one multiplicative
+  update per mini-batch, past batches forgotten geometrically). The centre is zero.
+* :class:`TopKAutoencoder`: a TopK sparse autoencoder (Gao et al. 2024): U = TopK_k(ReLU(W_e(a − b_d) + b_e)),
+  â = U·V + b_d with unit-norm decoder rows (in the scale of the first batch), trained with Adam on
+  the squared error. The centre is the decoder bias b_d.
+
+>>> import torch
+>>> cells = torch.rand(256, 8, generator=torch.Generator().manual_seed(0))
+>>> nmf = StreamingNMF(k=4, seed=0)
+>>> for _ in range(20): nmf.partial_fit(cells)
+>>> nmf.encode(cells).shape, nmf.basis.shape, bool((nmf.basis >= 0).all())
+(torch.Size([256, 4]), torch.Size([4, 8]), True)
+"""
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from inspectnet.core.errors import InspectnetError
+
+EPSILON = float(np.finfo(np.float32).eps)   # scikit-learn's guard for a zero denominator
+
+
+class StreamingNMF:
+    """A ≈ U·V with U, V ≥ 0, fitted by mini-batches; ``seed`` draws the random initial factors.
+
+    Args:
+        k: number of concepts (rows of V).
+        seed: random state of the initialisation.
+        layer: the layer's name, for error messages.
+    """
+
+    method = "nmf"
+
+    def __init__(self, k: int, seed: int, layer: str = "the layer"):
+        from sklearn.decomposition import MiniBatchNMF
+
+        # random initial factors: the seed then decides the run, so stability across seeds is a real test
+        self.model = MiniBatchNMF(n_components=k, init="random", random_state=seed)
+        self.k, self.layer, self.fitted = k, layer, False
+
+    def _array(self, cells: torch.Tensor) -> np.ndarray:
+        x = cells.detach().to("cpu", torch.float32).numpy()
+        low = float(x.min()) if x.size else 0.0
+        if low < 0:
+            raise InspectnetError(f"layer {self.layer!r} has negative activations (min {low:.3g}); non-negative "
+                                  f"factorisation needs a layer after a ReLU-like activation, or method='sae'")
+        return x
+
+    def partial_fit(self, cells: torch.Tensor) -> None:
+        """One mini-batch update on ``cells`` (n, C)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence warnings are meaningless for one-step updates
+            self.model.partial_fit(self._array(cells))
+        self.fitted = True
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """V (K, C) float32."""
+        self._check()
+        return torch.from_numpy(np.asarray(self.model.components_, np.float32))
+
+    @property
+    def centre(self) -> torch.Tensor:
+        """The constant part of every reconstruction: zero for NMF."""
+        return torch.zeros(self.basis.shape[1])
+
+    def encode(self, cells: torch.Tensor) -> torch.Tensor:
+        """U (n, K) ≥ 0 minimising ‖A − U·V‖ for the fitted V: scikit-learn's ``transform`` (the same start,
+        updates and stopping rule), with A·Vᵀ and V·Vᵀ computed once instead of at every update."""
+        x = torch.from_numpy(self._array(cells))
+        start = torch.sqrt(x.mean() / self.k).reshape(1, 1)
+        return multiplicative_codes(x, self.basis, start, self.model._transform_max_iter, tol=self.model.tol)
+
+    def _check(self) -> None:
+        if not self.fitted:
+            raise InspectnetError("the factorisation has seen no cells yet; fit it first")
+
+
+def multiplicative_codes(cells: torch.Tensor, basis: torch.Tensor, start: torch.Tensor, iterations: int, *,
+                         tol: float | None = None) -> torch.Tensor:
+    """Codes U ≥ 0 minimising ‖A − U·V‖ by multiplicative updates U ← U ⊙ (A·Vᵀ)/(U·V·Vᵀ) (Lee & Seung).
+
+    Args:
+        cells: A (..., n, C).
+        basis: V (K, C), non-negative.
+        start: the initial value of every code, broadcastable to (..., n, K).
+        iterations: the most updates.
+        tol: stop once ‖U − U_prev‖/‖U‖ ≤ tol (scikit-learn's rule); None runs every update (a fixed graph).
+
+    Returns:
+        U (..., n, K).
+
+    >>> v = torch.tensor([[1., 0.], [0., 2.]])
+    >>> multiplicative_codes(torch.tensor([[3., 4.]]), v, torch.ones(1, 1), 50).tolist()
+    [[3.0, 2.0]]
+    """
+    numerator, gram = cells @ basis.T, basis @ basis.T
+    u = start.expand(*numerator.shape)
+    for _ in range(iterations):
+        denominator = u @ gram
+        new = u * numerator / torch.where(denominator == 0, EPSILON, denominator)
+        if tol is not None and float((new - u).norm() / new.norm().clamp(min=1e-30)) <= tol:
+            return new
+        u = new
+    return u
+
+
+class TopKAutoencoder(nn.Module):
+    """A TopK sparse autoencoder over C channels with ``k`` codes, ``active`` of them non-zero per cell.
+
+    Args:
+        channels: C, the layer's channel count.
+        k: number of concepts (decoder rows).
+        active: codes kept per cell (1 ≤ active ≤ k).
+        seed: seeds the initial weights and the order of the training cells.
+        lr: Adam learning rate (in units of the first batch's mean cell norm).
+        steps_per_batch: optimiser steps on each streamed batch.
+    """
+
+    method = "sae"
+
+    def __init__(self, channels: int, k: int, active: int, seed: int, *, lr: float = 3e-3, steps_per_batch: int = 4):
+        super().__init__()
+        if not 1 <= active <= k:
+            raise InspectnetError(f"active codes per cell must be within 1..{k}, got {active}")
+        self.k, self.active, self.steps_per_batch = k, active, steps_per_batch
+        self.gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(k, channels, generator=self.gen)
+        w = w / w.norm(dim=1, keepdim=True)
+        self.decoder = nn.Parameter(w.clone())
+        self.encoder = nn.Parameter(w.clone())   # tied at the start (the usual initialisation)
+        self.enc_bias = nn.Parameter(torch.zeros(k))
+        self.dec_bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("scale", torch.zeros(()))
+        self.optimiser = torch.optim.Adam(self.parameters(), lr=lr)
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu((x - self.dec_bias) @ self.encoder.T + self.enc_bias)
+        top = pre.topk(self.active, dim=1)
+        return torch.zeros_like(pre).scatter(1, top.indices, top.values)
+
+    def partial_fit(self, cells: torch.Tensor) -> None:
+        """``steps_per_batch`` Adam steps on shuffled halves of ``cells`` (n, C); the first batch sets the
+        scale (mean cell norm) and the decoder bias (mean cell)."""
+        x = cells.detach().to("cpu", torch.float32)
+        with torch.no_grad():
+            if float(self.scale) == 0:
+                self.scale.fill_(float(x.norm(dim=1).mean()) or 1.0)
+                self.dec_bias.copy_((x / self.scale).mean(0))
+        x = x / self.scale
+        with torch.enable_grad():
+            for _ in range(self.steps_per_batch):
+                pick = torch.randperm(len(x), generator=self.gen)[: max(1, len(x) // 2)]
+                batch = x[pick]
+                loss = ((self._codes(batch) @ self.decoder + self.dec_bias - batch) ** 2).sum(1).mean()
+                self.optimiser.zero_grad()
+                loss.backward()
+                self.optimiser.step()
+                with torch.no_grad():  # unit decoder rows: a code's size is carried by U alone
+                    self.decoder /= self.decoder.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """V (K, C): the decoder rows in the activations' own scale."""
+        self._check()
+        return (self.decoder * self.scale).detach().clone()
+
+    @property
+    def centre(self) -> torch.Tensor:
+        """The decoder bias b_d (C,) in the activations' own scale."""
+        self._check()
+        return (self.dec_bias * self.scale).detach().clone()
+
+    def encode(self, cells: torch.Tensor) -> torch.Tensor:
+        """U (n, K) ≥ 0 with at most ``active`` non-zeros per row, so that A ≈ U·V + centre."""
+        self._check()
+        with torch.no_grad():
+            return self._codes(cells.detach().to("cpu", torch.float32) / self.scale)
+
+    def _check(self) -> None:
+        if float(self.scale) == 0:
+            raise InspectnetError("the autoencoder has seen no cells yet; fit it first")
+
+
+def make_factoriser(method: str, channels: int, k: int, seed: int, *, active: int = 4,
+                    layer: str = "the layer") -> StreamingNMF | TopKAutoencoder:
+    """A fresh factoriser of ``method`` (``"nmf"`` or ``"sae"``).
+
+    Args:
+        method: ``"nmf"`` or ``"sae"``.
+        channels: the layer's channel count C.
+        k: number of concepts.
+        seed: the run's seed.
+        active: codes per cell of a TopK autoencoder.
+        layer: the layer's name, for error messages.
+
+    Returns:
+        A :class:`StreamingNMF` or :class:`TopKAutoencoder`.
+
+    >>> make_factoriser("sae", 8, 4, 0, active=2).basis
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InspectnetError: the autoencoder has seen no cells yet; fit it first
+    """
+    if k < 1:
+        raise InspectnetError(f"the number of concepts k must be at least 1, got {k}")
+    if method == "nmf":
+        return StreamingNMF(k, seed, layer)
+    if method == "sae":
+        return TopKAutoencoder(channels, k, active, seed)
+    raise InspectnetError(f"unknown concept method {method!r}; expected 'nmf' or 'sae'")
