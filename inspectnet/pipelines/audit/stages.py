@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from inspectnet.pipelines.audit import (
     attributions,
+    concepts,
     decomposition,
     dissection,
     explanations,
@@ -25,5 +26,6 @@ STAGES: tuple[Stage, ...] = (
     attributions.STAGE,
     explanations.STAGE,
     dissection.STAGE,
+    concepts.STAGE,
     export.STAGE,
 )
