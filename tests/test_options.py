@@ -23,6 +23,7 @@ class _Config:
     limit: int | None = option(None, help="at most N", minimum=1)
     names: list[str] | None = option(None, help="comma-separated names")
     fast: bool = option(False, help="go fast")
+    fractions: tuple[float, ...] = option((0.5,), help="fractions", above=0, below=1, cli=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -33,7 +34,8 @@ class _Config:
     (dict(rate=0.0), "rate= must be within (0, 1), got 0.0"),
     (dict(rate=float("nan")), "rate= must be a finite number, got nan"),
     (dict(share=1.5), "share= must be within [0.0, 1.0], got 1.5"),
-    (dict(mode="noise"), "mode= must be 'blur' or 'mean', got 'noise'"),
+    (dict(mode="noise"), "mode= must be blur or mean, got 'noise'"),
+    (dict(fractions=(0.5, 1.0)), "every value of fractions= must be within (0, 1), got 1.0"),
     (dict(limit=0), "limit= must be at least 1, got 0"),
 ])
 def test_a_bad_value_is_refused_when_the_config_is_built_naming_the_keyword(values, message):
