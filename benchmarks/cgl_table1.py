@@ -93,7 +93,7 @@ def train_one(regime: str, seed: int, x: torch.Tensor, y: torch.Tensor, args,
     model.train()
     for epoch in range(args.epochs):
         if plugin is not None:
-            plugin.epoch_begin(epoch)
+            plugin.epoch_begin(epoch, model)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         ce_sum = 0.0
         for s in range(0, n, args.batch_size):

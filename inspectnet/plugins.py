@@ -33,6 +33,7 @@ from inspectnet.analysis.sparsity import hoyer
 from inspectnet.core.errors import InspectnetError
 from inspectnet.models.layers import first_tensor, following_normalisation, resolve_layers
 from inspectnet.probe.hooks import absmean
+from inspectnet.training.hooks import TrainHooks
 
 ENTRY_POINT_GROUP = "inspectnet.plugins"
 
@@ -91,13 +92,16 @@ def _parse_bool(s: str) -> bool:
     raise ValueError(s)
 
 
-class Plugin:
+class Plugin(TrainHooks):
     """Base class of fine-tuning plugins; subclasses set the class attributes and override hooks.
 
-    Lifecycle: ``__init__(**hyperparameters)`` -> ``attach(model, num_classes=)`` -> per step
-    ``loss(x, y, logits)`` -> per epoch ``epoch_end(epoch)`` -> ``detach()``.
-    Loss terms are means over the minibatch (so data-parallel gradient averaging is exact) and
-    are computed in float32 even under mixed precision.
+    A plugin implements the training-hook protocol (:class:`~inspectnet.training.hooks.TrainHooks`,
+    one signature per hook), so the training loop runs one as it runs any hooks. Lifecycle:
+    ``__init__(**hyperparameters)`` -> ``attach(model, num_classes=)`` -> per epoch
+    ``epoch_begin(epoch, model)``, per step ``loss(x, y, logits)``, ``epoch_end(epoch)`` ->
+    ``detach()``. Loss terms are means over the minibatch (so data-parallel gradient averaging is
+    exact) and are computed in float32 even under mixed precision.
+    :func:`inspectnet.testing.check_plugin` checks the contract.
     """
 
     name: ClassVar[str] = ""
@@ -106,6 +110,9 @@ class Plugin:
     hparams: ClassVar[tuple[HParam, ...]] = ()
     needs_labels: ClassVar[bool] = False
     alters_forward: ClassVar[bool] = False  # inserts an operation (k-WTA, SAN, ...) into the forward pass
+    # attach rewrites weights as the method prescribes (e.g. sparse incoming weights) and detach keeps them:
+    # the trained model is the one that ran
+    rewrites_weights: ClassVar[bool] = False
 
     def __init__(self, **values: Any):
         known = {h.name: h for h in self.hparams}
@@ -144,24 +151,15 @@ class Plugin:
     def teardown(self) -> None:
         """Subclass hook: undo anything not done through :meth:`hook`."""
 
-    # -- per step / epoch --------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Extra loss terms (name -> float32 scalar) for the batch just forwarded."""
-        return {}
+    # -- training hooks besides loss, epoch_begin/epoch_end and state_dict (TrainHooks' defaults) ------
+    def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """The model's trainable parameters with ``weight_decay``, except those this plugin regularizes
+        itself, and the plugin's own parameters, without it."""
+        return plugin_parameter_groups([self], model, weight_decay)
 
-    def epoch_begin(self, epoch: int) -> None:
-        """Called before each epoch (reset per-epoch statistics)."""
-
-    def epoch_end(self, epoch: int) -> dict[str, float]:
-        """Metrics to log for the epoch, prefixed by the caller with the plugin name."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain values to save in checkpoints (weights_only-loadable)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    def identity(self) -> dict[str, Any]:
+        """The plugin's canonical spec: a checkpoint of other hyperparameters is not resumed."""
+        return {"plugins": [self.spec()]}
 
     def decay_exempt(self) -> list[nn.Parameter]:
         """Parameters this plugin regularizes itself, so the optimizer must not weight-decay them."""
@@ -263,6 +261,31 @@ class Plugin:
                 "hyperparameters": [h.describe() for h in cls.hparams]}
 
 
+def plugin_parameter_groups(plugins: Sequence[Plugin], model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups for ``model`` trained with ``plugins``: weight decay on the model's trainable
+    parameters except those a plugin regularizes itself (:meth:`Plugin.decay_exempt`), none on those
+    and on the plugins' own parameters (e.g. CGL's block norm replaces weight decay there).
+
+    Args:
+        plugins: the attached plugins.
+        model: the model being trained.
+        weight_decay: the decay of the ordinary parameters.
+
+    Returns:
+        One group, or two when some parameters go without decay.
+
+    >>> len(plugin_parameter_groups([], nn.Linear(2, 2), 1e-4))
+    1
+    """
+    exempt = {id(p) for plugin in plugins for p in plugin.decay_exempt()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay}]
+    own = [p for p in params if id(p) in exempt] + [p for plugin in plugins for p in plugin.parameters()]
+    if own:
+        groups.append({"params": own, "weight_decay": 0.0})
+    return groups
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginSpec:
     """A parsed ``name:k=v,k=v`` string (values stay strings until the plugin types them)."""
@@ -300,30 +323,78 @@ def register_plugin(cls: type[Plugin]) -> type[Plugin]:
     return cls
 
 
-def available_plugins() -> dict[str, type[Plugin]]:
-    """All plugins: those registered in-process plus every entry point of ``inspectnet.plugins``."""
-    found: dict[str, type[Plugin]] = {}
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """name -> entry point of the ``inspectnet.plugins`` group, nothing imported (the first of a name wins)."""
+    found: dict[str, importlib.metadata.EntryPoint] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in found:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not break the others
-            raise InspectnetError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-            raise InspectnetError(f"entry point {ep.name!r} ({ep.value}) is not an inspectnet Plugin class")
-        found[ep.name] = cls
-    found.update(_REGISTERED)
-    return dict(sorted(found.items()))
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def plugin_names() -> list[str]:
+    """Every plugin name, registered in-process or through an entry point, without importing any plugin.
+
+    >>> "ebp" in plugin_names()
+    True
+    """
+    return sorted({*_entry_points(), *_REGISTERED})
+
+
+def _load(name: str, ep: importlib.metadata.EntryPoint) -> type[Plugin]:
+    """The class behind one entry point; whatever goes wrong is one line naming the plugin."""
+    try:
+        cls = ep.load()
+    except Exception as exc:  # noqa: BLE001 - a third-party module may raise anything on import
+        raise InspectnetError(f"plugin {name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+        raise InspectnetError(f"plugin {name!r} ({ep.value}) is not an inspectnet Plugin class")
+    return cls
 
 
 def get_plugin(name: str) -> type[Plugin]:
-    plugins = available_plugins()
-    if name not in plugins:
-        close = difflib.get_close_matches(name, plugins, n=1)
+    """The plugin class called ``name``: only its own entry point is imported, so a broken plugin breaks
+    only its own lookup.
+
+    Args:
+        name: the plugin's name (``ebp``, ``kwta``, ...).
+
+    Returns:
+        The :class:`Plugin` subclass.
+
+    >>> get_plugin("kwta").name
+    'kwta'
+    """
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    eps = _entry_points()
+    if name not in eps:
+        names = plugin_names()
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise InspectnetError(f"unknown plugin {name!r}{hint}; available: {', '.join(plugins)}")
-    return plugins[name]
+        raise InspectnetError(f"unknown plugin {name!r}{hint}; available: {', '.join(names)}")
+    return _load(name, eps[name])
+
+
+def available_plugins(errors: dict[str, str] | None = None) -> dict[str, type[Plugin]]:
+    """Every plugin that loads: those registered in-process and every entry point of ``inspectnet.plugins``.
+
+    A plugin that fails to load is left out (its one-line reason goes into ``errors`` when given);
+    the others are unaffected.
+
+    Args:
+        errors: filled with name -> why that plugin could not be loaded.
+
+    Returns:
+        name -> plugin class, sorted by name.
+    """
+    found: dict[str, type[Plugin]] = {}
+    for name in plugin_names():
+        try:
+            found[name] = get_plugin(name)
+        except InspectnetError as exc:
+            if errors is not None:
+                errors[name] = str(exc)
+    return found
 
 
 def make_plugin(spec: "str | PluginSpec | Plugin") -> Plugin:
@@ -335,9 +406,10 @@ def make_plugin(spec: "str | PluginSpec | Plugin") -> Plugin:
     return get_plugin(spec.name)(**spec.values)
 
 
-def describe_plugins() -> list[dict[str, Any]]:
-    """Name, summary, paper and hyperparameters (with defaults) of every available plugin."""
-    return [cls.describe() for cls in available_plugins().values()]
+def describe_plugins(errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Name, summary, paper and hyperparameters (with defaults) of every plugin that loads (see
+    :func:`available_plugins` for ``errors``)."""
+    return [cls.describe() for cls in available_plugins(errors).values()]
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -523,7 +523,7 @@ class ConceptGroupLearning(Plugin):
             return {n: c.weight.float()[: G * n_g].reshape(G, -1).norm(dim=1).tolist()
                     for (n, c), (G, n_g, _) in zip(self.convs.items(), self.split.values())}
 
-    def epoch_begin(self, epoch: int) -> None:
+    def epoch_begin(self, epoch: int, model: nn.Module) -> None:
         self._epoch, self._steps, self._spread = {}, 0, []
 
     def epoch_end(self, epoch: int) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class DutyCycle(Plugin):
     paper = "Ahmad & Scheinkman: How Can We Be So Dense? The Benefits of Using Highly Sparse Representations (2019)"
     summary = "k-winners over all units with duty-cycle boosting, after a layer with sparse weights"
     alters_forward = True
+    rewrites_weights = True  # the sparse incoming weights stay sparse after detach
     hparams = (
         HParam("density", "float", 0.5, "fraction â of units active per sample (target duty cycle)", low=1e-6,
                high=1.0),

@@ -314,7 +314,7 @@ def test_export_ships_the_dense_model_when_the_decomposed_one_loses_more_than_th
     assert "Not the decomposed model: the " in (out / "README.md").read_text()
     lenient = run_audit(_load(trained), _config(export=True, k2=1, export_max_drop=1.0), out, log=None)
     assert not lenient["sections"]["export"]["result"]["dense_instead"]
-    with pytest.raises(InspectnetError, match="--export-max-drop"):
+    with pytest.raises(InspectnetError, match="export_max_drop="):
         run_audit(_load(trained), _config(export=True, export_max_drop=1.5), out, log=None)
 
 
@@ -352,3 +352,22 @@ def test_a_section_that_fails_later_marks_the_card_and_exits_3(audited, trained,
     assert rc == 3 and len(errors) == 1 and "dissection" in errors[0] and "Traceback" not in err
     card = json.loads((out / "card.json").read_text())
     assert card["sections"]["dissection"]["status"] == "failed" and card["sections"]["rules"]["status"] == "ok"
+
+
+def test_the_audit_leaves_the_callers_model_object_as_it_was(tmp_path):
+    """A model with placeholder class names audited on named data: the audit names the classes after the data,
+    but the caller's object keeps its names, its train/eval flags, its device and dtype, and its weights."""
+    from inspectnet.models.zoo import load_model
+
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16, seed=0)
+    zm.model.train()
+    zm.model.layer1.eval()  # mixed flags, so that a blanket train() or eval() afterwards would show
+    before = (list(zm.class_names), [m.training for m in zm.model.modules()], zm.fingerprint(),
+              {(p.device, p.dtype) for p in zm.model.parameters()}, dict(zm.data_config))
+    config = AuditConfig(data="digits:train", limit=32, layers=["layer4"], attribution_images=1, ig_steps=2,
+                         top_units=1, k1=4, k2=2, sanity_images=0)
+    doc = run_audit(zm, config, tmp_path / "a", log=None)
+    assert doc["model"]["class_names"][:2] == ["0", "1"]  # the audit did rename the classes: for itself only
+    after = (list(zm.class_names), [m.training for m in zm.model.modules()], zm.fingerprint(),
+             {(p.device, p.dtype) for p in zm.model.parameters()}, dict(zm.data_config))
+    assert after == before and before[0][0] != "0"

@@ -229,7 +229,7 @@ def _train_cgl(spec: str, steps: int, x: torch.Tensor) -> tuple[ConceptGroupLear
     opt = torch.optim.Adam(list(model.parameters()) + plugin.parameters(), lr=0.05)
     logs = []
     for _ in range(steps):
-        plugin.epoch_begin(0)
+        plugin.epoch_begin(0, model)
         model(x)
         loss = sum(plugin.loss(x, None, None).values())
         opt.zero_grad()

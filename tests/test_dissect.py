@@ -367,7 +367,7 @@ def test_vit_model_dissects(shapes_data):
 
 # ---------------------------------------------------------------- bad input
 def test_passes_must_be_one_or_two(shapes_data):
-    with pytest.raises(InspectnetError, match="--passes must be 1 or 2, got 3"):
+    with pytest.raises(InspectnetError, match="passes= must be 1 or 2, got 3"):
         dissect(ColourUnits(), shapes_data, "conv", data_config=PLAIN, limit=4, passes=3)
 
 

@@ -139,7 +139,8 @@ def test_constant_and_nan_maps_are_reported_not_scored():
 
 @pytest.mark.parametrize("kwargs,match", [({"steps": 0}, "at least 1"), ({"steps": -3}, "at least 1"),
                                           ({"baseline": "zeros"}, "blur or mean"),
-                                          ({"road_fractions": (0.5, 1.0)}, "strictly between")])
+                                          ({"road_fractions": (0.5, 1.0)},
+                                           r"every value of road_fractions= must be within \(0, 1\)")])
 def test_bad_faithfulness_settings_are_refused(kwargs, match):
     with pytest.raises(InspectnetError, match=match):
         faithfulness_curves(_RegionModel(), torch.rand(1, 1, 8, 8), torch.rand(1, 2, 2), torch.ones(1, dtype=torch.long),

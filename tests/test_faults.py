@@ -920,11 +920,11 @@ def test_impossible_audit_arguments_are_refused_before_anything_runs(assets, tmp
     from inspectnet.pipelines.audit import AuditConfig, run_audit
 
     zm = load_model(str(assets.model))
-    for config, message in ((AuditConfig(data="digits", limit=0), "--limit must be at least 1, got 0"),
-                            (AuditConfig(data="digits", concepts=str(tmp_path / "nonexistent")),
+    for config, message in ((lambda: AuditConfig(data="digits", limit=0), "limit= must be at least 1, got 0"),
+                            (lambda: AuditConfig(data="digits", concepts=str(tmp_path / "nonexistent")),
                              "neither a concept folder")):
         with pytest.raises(InspectnetError, match=message):
-            run_audit(zm, config, tmp_path / "out", log=None)
+            run_audit(zm, config(), tmp_path / "out", log=None)
         assert not (tmp_path / "out").exists()
 
 

@@ -102,7 +102,7 @@ def test_influential_filters_at_a_probed_layer(records):
 
 def test_bad_k_and_missing_labels(records):
     zm, rec, tmp = records
-    with pytest.raises(InspectnetError, match="k2 6 is larger than --k1 5"):
+    with pytest.raises(InspectnetError, match="k2=6 is larger than k1=5"):
         fit_influence(rec, k1=5, k2=6)
     with pytest.raises(InspectnetError, match="contribution needs the head's weights"):
         fit_influence(rec, k1=5, k2=5, score="contribution")

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("inspectnet.models",),
     ("inspectnet.probe",),
     ("inspectnet.analysis",),
-    ("inspectnet.plugins", "inspectnet.training", "inspectnet_plugins"),
+    ("inspectnet.plugins", "inspectnet.training", "inspectnet_plugins", "inspectnet.testing"),
     ("inspectnet.export",),
     ("inspectnet.pipelines",),
     ("inspectnet.cli",),

@@ -18,6 +18,7 @@ from inspectnet.plugins import (
     describe_plugins,
     make_plugin,
     parse_plugin_spec,
+    plugin_names,
 )
 
 FIRST_PARTY = {"ebp", "kwta", "san", "cgl", "dutycycle", "easr", "sparseout"}
@@ -331,3 +332,115 @@ def test_plugins_command_lists_json(capsys):
     doc = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
     assert FIRST_PARTY <= set(doc) and doc["kwta"]["alters_forward"] and doc["ebp"]["needs_labels"]
     assert main(["plugins"]) == 0 and "paper:" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the contract over every registered plugin
+# hyperparameters that fit the small test model (the defaults fit ImageNet-sized ones); any other plugin
+# registered in the environment runs with its defaults
+CONTRACT_SPECS = {"san": "san:layer=layer1"}
+
+
+@pytest.fixture(scope="module")
+def contract_model():
+    from inspectnet.models.zoo import load_model
+
+    return load_model("test_resnet", num_classes=3, in_chans=1, input_size=32, seed=0).model
+
+
+@pytest.mark.parametrize("name", plugin_names())
+def test_every_registered_plugin_keeps_the_plugin_contract(name, contract_model):
+    from inspectnet.testing import check_plugin
+
+    torch.manual_seed(0)
+    ran = check_plugin(lambda: make_plugin(CONTRACT_SPECS.get(name, name)), contract_model)
+    assert ran[:2] == ["attach/detach", "state dict"]
+
+
+class _LeavesAHook(Plugin):
+    name = "leaves_a_hook"
+
+    def setup(self, model):
+        model.get_submodule("conv").register_forward_hook(lambda m, i, o: None)  # not through self.hook
+
+
+class _ScalesWeights(Plugin):
+    name = "scales_weights"
+
+    def setup(self, model):
+        with torch.no_grad():
+            model.fc.weight.mul_(2)
+
+
+class _ForgetsState(Plugin):
+    name = "forgets_state"
+
+    def setup(self, model):
+        self.count = torch.zeros(())
+
+    def loss(self, x, y, logits):
+        self.count += 1
+        return {}
+
+    def state_dict(self):
+        return {"count": self.count.clone()}
+
+
+@pytest.mark.parametrize("cls, clause", [(_LeavesAHook, "hooks"), (_ScalesWeights, "state changed: fc.weight"),
+                                         (_ForgetsState, "does not return the same state")])
+def test_the_contract_check_catches_a_plugin_that_breaks_it(cls, clause):
+    from inspectnet.testing import PluginContractError, check_plugin
+
+    with pytest.raises(PluginContractError, match=clause):
+        check_plugin(cls, TinyNet(), distributed=False)
+
+
+def _distribution(site, name, entry_points, modules):
+    """A real installed distribution in folder ``site``: its dist-info and its modules."""
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[inspectnet.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in
+                                                                           entry_points.items()))
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def test_a_broken_plugin_is_named_in_one_line_and_breaks_no_other_lookup(tmp_path, monkeypatch):
+    from inspectnet.plugins import get_plugin
+
+    _distribution(tmp_path, "thirdparty", {"broken": "brokenmod:Broken", "fine": "finemod:Fine"}, {
+        "brokenmod": "raise ImportError('brokenmod needs a library that is missing')\n",
+        "finemod": """
+            from inspectnet.plugins import Plugin
+            class Fine(Plugin):
+                name = "fine"
+        """})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("brokenmod", "finemod"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    assert {"broken", "fine"} <= set(plugin_names())  # listing imports nothing
+    assert "brokenmod" not in sys.modules and "finemod" not in sys.modules
+    assert make_plugin("ebp:K=3").hp["K"] == 3 and "brokenmod" not in sys.modules  # a lookup imports its own
+    assert get_plugin("fine").__name__ == "Fine" and "brokenmod" not in sys.modules
+    with pytest.raises(InspectnetError) as info:
+        make_plugin("broken")
+    assert str(info.value) == ("plugin 'broken' (brokenmod:Broken) failed to load: ImportError: brokenmod needs a "
+                               "library that is missing")
+    errors = {}
+    plugins = available_plugins(errors)
+    assert FIRST_PARTY | {"fine"} <= set(plugins) and "broken" not in plugins
+    assert errors == {"broken": str(info.value)}
+
+
+def test_a_plugin_runs_as_training_hooks_with_one_signature_per_hook():
+    from inspectnet.training.hooks import TrainHooks
+
+    plugin = make_plugin("ebp:K=2,layer=conv")
+    assert isinstance(plugin, TrainHooks)
+    model = TinyNet()
+    plugin.attach(model, num_classes=3)
+    plugin.epoch_begin(0, model)
+    groups = plugin.parameter_groups(model, 1e-4)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert plugin.identity() == {"plugins": [plugin.spec()]}
+    plugin.detach()

@@ -40,9 +40,9 @@ def test_other_run_in_same_folder_is_refused(tmp_path):
 
 
 def test_bad_training_input(tmp_path):
-    with pytest.raises(InspectnetError, match="--epochs"):
+    with pytest.raises(InspectnetError, match="epochs="):
         TrainConfig(epochs=0)
-    with pytest.raises(InspectnetError, match="--optimizer"):
+    with pytest.raises(InspectnetError, match="optimizer="):
         TrainConfig(optimizer="adam")
     zm = load_model("resnet18", num_classes=3, in_chans=1, input_size=16)
     with pytest.raises(InspectnetError, match="--num-classes 10"):

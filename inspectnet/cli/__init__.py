@@ -11,7 +11,7 @@ import pkgutil
 import sys
 import warnings
 
-from inspectnet.core.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError, InvalidParameterError
 from inspectnet.core.locks import output_lock
 from inspectnet.core.storage import check_apart
 from inspectnet.core.version import __version__
@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     ``INSPECTNET_TRACEBACK=1`` to see its traceback), 130 interrupted.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = None
+    parser = args = None
     try:
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
         args.argv = argv  # the command as typed, for the records that say how an output was made
         if getattr(args, "out", None):  # before the lock: it may create the output's parent folders
             check_apart(args.out, {("DATA" if n == "data" else f"--{n.replace('_', '-')}"): getattr(args, n, None)
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     f"inspectnet {args.command}"):
             warnings.simplefilter("default")
             result = args.func(args)
+    except InvalidParameterError as exc:  # the library names keywords; the command line names its flags
+        _error(str(exc.with_flags(command_flags(parser, args))))
+        return exc.exit_code
     except InspectnetError as exc:
         _error(str(exc))
         return exc.exit_code
@@ -103,6 +107,30 @@ def _internal(exc: Exception) -> int:
         raise exc
     _error(f"internal error {type(exc).__name__}: {exc} (a bug; set {TRACEBACK_ENV}=1 to see where)")
     return EXIT_INTERNAL
+
+
+def command_flags(parser: argparse.ArgumentParser | None, args: argparse.Namespace | None) -> dict[str, str]:
+    """Parameter -> how the running command spells it (``--k1``, or ``DATA`` for a positional).
+
+    Args:
+        parser: the full parser.
+        args: the parsed command line (None when parsing failed).
+
+    Returns:
+        The flags of the command ``args`` ran ({} when there is none).
+
+    >>> command_flags(build_parser(["train"]), argparse.Namespace(command="train"))["batch_size"]
+    '--batch-size'
+    """
+    command = getattr(args, "command", None)
+    subparsers = [a for a in getattr(parser, "_actions", []) if isinstance(a, argparse._SubParsersAction)]
+    if command is None or not subparsers or command not in subparsers[0].choices:
+        return {}
+    flags = {}
+    for action in subparsers[0].choices[command]._actions:
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        flags[action.dest] = longs[0] if longs else (action.metavar or action.dest.upper())
+    return flags
 
 
 def _error(message: str) -> None:

@@ -2,8 +2,17 @@
 
 import argparse
 
-from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
-from inspectnet.cli.options import add_model_args, add_pass_args, emit, model_from_args, start_distributed, workers_from_args
+from inspectnet.analysis.dissect.config import DissectConfig
+from inspectnet.cli.options import (
+    add_config_options,
+    add_model_args,
+    add_pass_args,
+    config_from_args,
+    emit,
+    model_from_args,
+    start_distributed,
+    workers_from_args,
+)
 from inspectnet.core.storage import check_output_dir
 
 
@@ -19,21 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "masks/ or segmentations/)")
     p.add_argument("--layers", required=True, help="comma-separated layer names, globs or aliases")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
-                   help="top fraction of each unit's activations kept (default 0.005)")
-    p.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD,
-                   help="a unit detects its best concept if IoU ≥ this (default 0.04)")
-    p.add_argument("--passes", type=int, default=1, choices=(1, 2),
-                   help="1: one pass over the data, IoU within one histogram bin (default); 2: a second "
-                        "pass counts the overlaps exactly (twice the model time, less memory for many concepts)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+    add_config_options(p, DissectConfig)
     p.add_argument("--resize-masks", action="store_true",
                    help="resize masks whose size differs from their image (nearest, with a warning) "
                         "instead of refusing them")
-    p.add_argument("--images-per-unit", type=int, default=4, help="top images shown per unit in the HTML")
-    p.add_argument("--max-units", type=int, default=512, help="units shown per HTML page (highest IoU first)")
     p.add_argument("--no-html", action="store_true", help="write JSON, CSV and IoU matrices only")
     p.add_argument("--json", action="store_true", help="print the per-layer summary as JSON")
     add_pass_args(p)
@@ -45,17 +43,18 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.analysis.dissect.pages import write_dissection
     from inspectnet.data.concepts import load_concepts
 
+    config = config_from_args(DissectConfig, args)  # bad values are refused before the model loads
     check_output_dir(args.out)
     reports = start_distributed()
     zm = model_from_args(args)
     data = load_concepts(args.concepts, resize_masks=args.resize_masks)
-    result = dissect(zm, data, args.layers, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                     batch_size=args.batch_size, device=args.device, limit=args.limit, passes=args.passes,
+    result = dissect(zm, data, args.layers, quantile=config.quantile, iou_threshold=config.iou_threshold,
+                     batch_size=config.batch_size, device=config.device, limit=config.limit, passes=config.passes,
                      num_workers=workers_from_args(args), shard_order=args.shard_order)
     if not reports:  # every rank holds the same result; rank 0 writes it
         return 0
     write_dissection(result, args.out, model=None if args.no_html else zm, data=data,
-                     images_per_unit=args.images_per_unit, max_units=args.max_units, device=args.device)
+                     images_per_unit=config.images_per_unit, max_units=config.max_units, device=config.device)
     summary = {layer: {k: info[k] for k in ("num_units", "detectors", "unique_detectors", "unique_by_category")}
                for layer, info in result.layers.items()}
     lines = [f"dissection of {result.model} on {result.data} ({result.num_images} images) -> {args.out}"]

@@ -2,7 +2,8 @@
 
 import argparse
 
-from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.analysis.explain.config import EvidenceConfig
+from inspectnet.cli.options import add_config_options, add_model_args, config_from_args, emit, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,11 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the model sees | red for, blue against) and evidence.json into --out.")
     add_model_args(p)
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DATA", help="image files, one folder, or a data spec")
-    p.add_argument("--classes", default="top1",
-                   help="top1 (default), topK, all, or class indices/names separated by commas (e.g. 3,7)")
+    add_config_options(p, EvidenceConfig)
     p.add_argument("--out", required=True, help="folder for the overlays and evidence.json")
-    p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print evidence.json")
     p.set_defaults(func=run)
 
@@ -26,9 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.cli.run import image_inputs
     from inspectnet.pipelines.explain import explain_images
 
+    config = config_from_args(EvidenceConfig, args)  # bad values are refused before the model loads
     zm = model_from_args(args)
-    images, _, names = image_inputs(args.inputs, args.limit, None)  # no labels needed
-    doc = explain_images(zm, images, args.out, classes=args.classes, batch_size=args.batch_size, names=names)
+    images, _, names = image_inputs(args.inputs, config.limit, None)  # no labels needed
+    doc = explain_images(zm, images, args.out, classes=config.classes, batch_size=config.batch_size, names=names)
     rows = [(img["image"], c) for img in doc["images"] for c in img["classes"]]
     worst = max(c["residual"] for _, c in rows)
     flagged = [f"{name} class {c['index']}: {c['status']}" for name, c in rows if c["status"] != "ok"]

@@ -3,7 +3,8 @@
 import argparse
 from collections.abc import Sequence
 
-from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.cli.options import add_config_options, add_model_args, config_from_args, emit, model_from_args
+from inspectnet.export.options import ExportOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,30 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "before it is written; the report goes to <out stem>.export.json.")
     add_model_args(p)
     p.add_argument("--out", required=True, help="output .onnx file (its folder is created)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's own)")
-    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                   help="torch.onnx exporter (default dynamo)")
-    p.add_argument("--head-only", action="store_true",
-                   help="export only the head (penultimate features -> logits), e.g. a decomposed head")
-    p.add_argument("--int8", action="store_true",
-                   help="also write <out stem>.int8.onnx: static QDQ int8 calibrated on --calibration")
-    p.add_argument("--calibration", metavar="DATA", help="real images for int8 calibration (data spec)")
-    p.add_argument("--calibration-limit", type=int, default=256, help="calibration samples (default 256)")
-    p.add_argument("--int8-keep-fp32", metavar="NODE[,NODE]", default="",
-                   help="graph nodes (Conv/Gemm/MatMul names) left in fp32 in the int8 file, e.g. the ones "
-                        "benchmarks/int8_sensitivity.py finds most sensitive")
-    p.add_argument("--eval-data", metavar="DATA",
-                   help="data for int8 top-1 agreement / accuracy (default: the calibration data)")
-    p.add_argument("--eval-limit", type=int, default=500, help="evaluation samples (default 500)")
+    add_config_options(p, ExportOptions)
     p.add_argument("--evidence", type=int, nargs="?", const=1, metavar="K",
                    help="add the outputs 'evidence' (B, K, H, W): exact class-evidence maps of the top-K classes "
                         "(default K=1), and 'evidence_classes' (B, K); checked against torch by the gate")
-    p.add_argument("--threads", type=int, default=1,
-                   help="threads for torch AND ONNX Runtime when timing (kept equal; default 1)")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--device", default="auto", help="ONNX Runtime provider for the gate: auto, cpu, cuda")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable calibration images")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
 
@@ -46,12 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.core.errors import InspectnetError
     from inspectnet.export.onnx import calibration_inputs, export_onnx
 
+    config_from_args(ExportOptions, args, evidence=args.evidence)  # bad values are refused before the model loads
     if args.int8 and not args.calibration:
         raise InspectnetError("--int8 needs --calibration DATA: real images (folder or data spec) that set "
                               "the int8 activation ranges")
-    for option, value in (("--calibration-limit", args.calibration_limit), ("--eval-limit", args.eval_limit)):
-        if value < 1:
-            raise InspectnetError(f"{option} must be at least 1, got {value}")
     zm = model_from_args(args)
     calibration = evaluation = None
     if args.int8:

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Checkpoints every epoch; re-running the same command (or --resume) continues "
                                    "where it stopped. Launch under torchrun for multi-process DDP.")
     add_model_args(p)
-    add_data_args(p)
+    add_data_args(p, limit=False)
     add_train_args(p)
     p.add_argument("--plugin", action="append", default=[], metavar="NAME:K=V,...",
                    help="plugin spec, e.g. ebp:K=25,lam=1e-3,layer=layer4 (repeatable; list values with |)")
@@ -38,12 +38,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and not os.path.exists(os.path.join(args.out, CHECKPOINT)):
         raise InspectnetError(f"--resume: {args.out} holds no {CHECKPOINT} to continue from")
+    config = config_from_args(args)  # bad values are refused before the model and data load
     start_distributed()
     zm = model_from_args(args)
     ds = adopt_class_names(zm, data_from_args(args, zm))
     eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None
     amp = {"auto": None, "on": True, "off": False}[args.amp]
-    result = finetune(zm, ds, args.out, args.plugin, config_from_args(args), eval_data=eval_ds,
+    result = finetune(zm, ds, args.out, args.plugin, config, eval_data=eval_ds,
                       device=_device(args.device), freeze_bn=args.freeze_bn, freeze_until_layer=args.freeze_until,
                       amp=amp, log=log_line)
     if _rank_zero():

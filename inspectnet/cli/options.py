@@ -7,9 +7,15 @@ shares ``--class-map``); the library is imported when a command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import types
+import typing
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from inspectnet.core.options import field_types, options_of
 
 if TYPE_CHECKING:
     from inspectnet.data.datasets import ImageDataset
@@ -44,10 +50,11 @@ def model_ref_from_args(args: argparse.Namespace, seed: int | None = 0) -> Model
                                      reset_head=args.reset_head, seed=getattr(args, "seed", seed)))
 
 
-def add_data_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+def add_data_args(p: argparse.ArgumentParser, *, data: bool = True, limit: bool = True) -> None:
     if data:
         p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, photos, photos100, samples")
-    p.add_argument("--limit", type=int, help="use only the first N samples")
+    if limit:
+        p.add_argument("--limit", type=int, help="use only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     add_class_map_arg(p)
@@ -127,3 +134,87 @@ def emit(obj: Any, as_json: bool, text: str) -> None:
 
     sys.stdout.write(json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n" if as_json
                      else text + ("\n" if text else ""))
+
+
+def comma_list(text: str) -> list[str]:
+    """A comma-separated option value as a list, blanks dropped.
+
+    >>> comma_list("layer3, layer4,")
+    ['layer3', 'layer4']
+    """
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _converter(annotation: Any) -> tuple[Any, bool]:
+    """(argparse ``type``, is it a switch) for a field's type; ``X | None`` reads as X."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        return None, True
+    if typing.get_origin(annotation) is list:
+        return comma_list, False
+    if annotation in (int, float, str):
+        return annotation, False
+    raise TypeError(f"no command-line reading for a field of type {annotation!r}; declare it with cli=False")
+
+
+def flag_name(field: dataclasses.Field, flag: str | None) -> str:
+    """The command-line flag of a config field: its declared ``flag``, else ``--field-name``."""
+    return flag or "--" + field.name.replace("_", "-")
+
+
+def add_config_options(p: argparse.ArgumentParser, config: type, *, exclude: Iterable[str] = ()) -> None:
+    """Add one argument per declared field of ``config`` (see :mod:`inspectnet.core.options`).
+
+    A field without a default becomes a positional argument; a ``bool`` one a switch; ``list[str]``
+    reads a comma-separated value. Help texts end with the field's default, so ``--help`` shows what
+    the library would use. Nothing is imported besides ``config``'s own module.
+
+    Args:
+        p: the command's parser.
+        config: a config dataclass.
+        exclude: fields the command adds itself (or not at all).
+
+    Returns:
+        None.
+
+    >>> from inspectnet.training.config import TrainConfig
+    >>> p = argparse.ArgumentParser(); add_config_options(p, TrainConfig)
+    >>> p.parse_args(["--epochs", "2"]).epochs
+    2
+    """
+    hints, skip = field_types(config), set(exclude)
+    for f, opt in options_of(config):
+        if not opt.cli or f.name in skip:
+            continue
+        convert, switch = _converter(hints[f.name])
+        text = opt.help.replace("%", "%%")
+        if f.default is dataclasses.MISSING:
+            p.add_argument(f.name, type=convert, metavar=opt.metavar or f.name.upper(), help=text)
+            continue
+        names = dict(dest=f.name, default=f.default)
+        if switch:
+            p.add_argument(flag_name(f, opt.flag), action="store_true", help=text, **names)
+            continue
+        if f.default is not None:
+            shown = ",".join(f.default) if isinstance(f.default, list | tuple) else str(f.default)
+            text = f"{text} (default: {shown.replace('%', '%%')})"
+        flag = flag_name(f, opt.flag)
+        p.add_argument(flag, type=convert, choices=opt.choices, help=text, **names,
+                       metavar=opt.metavar or (None if opt.choices else flag[2:].upper().replace("-", "_")))
+
+
+def config_from_args(config: type, args: argparse.Namespace, **values: Any) -> Any:
+    """The ``config`` the parsed ``args`` describe; ``values`` give the fields the command sets itself.
+
+    Args:
+        config: a config dataclass whose options :func:`add_config_options` added.
+        args: the parsed command line.
+        **values: fields not read from ``args`` (e.g. a file the command read, the command line itself).
+
+    Returns:
+        The config, validated when it is built (errors name the flags: see ``inspectnet.cli.main``).
+    """
+    given = {f.name: getattr(args, f.name) for f, opt in options_of(config)
+             if opt.cli and hasattr(args, f.name) and f.name not in values}
+    return config(**given, **values)

@@ -7,15 +7,18 @@ from inspectnet.cli.options import emit
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plugins", help="list fine-tuning plugins and their hyperparameters",
-                       description="List every plugin registered in the inspectnet.plugins entry-point group.")
+                       description="List every plugin registered in the inspectnet.plugins entry-point group. A plugin "
+                                   "that fails to load is named in one error line after the others are listed.")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from inspectnet.core.errors import InspectnetError
     from inspectnet.plugins import describe_plugins
 
-    plugins = describe_plugins()
+    errors: dict[str, str] = {}
+    plugins = describe_plugins(errors)
     lines = []
     for d in plugins:
         lines.append(f"{d['name']}: {d['summary']}" + ("  [needs labels]" if d["needs_labels"] else ""))
@@ -26,4 +29,6 @@ def run(args: argparse.Namespace) -> int:
                 bounds = f" in [{h.get('low', '-inf')}, {h.get('high', 'inf')}]"
             lines.append(f"  {h['name']}={h['default']!r} ({h['type']}{bounds}): {h['help']}")
     emit(plugins, args.json, "\n".join(lines))
+    if errors:  # the others are listed; the exit status says that not every plugin is usable
+        raise InspectnetError("; ".join(errors.values()))
     return 0

@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from inspectnet.cli.options import add_data_args, add_model_args, data_from_args, emit, model_from_args
+from inspectnet.cli import options
+from inspectnet.cli.options import add_config_options, add_data_args, add_model_args, data_from_args, emit, model_from_args
 from inspectnet.training.config import TrainConfig
 
 
@@ -13,21 +14,14 @@ def log_line(message: str) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--optimizer", default=TrainConfig.optimizer, choices=["sgd", "adamw"])
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-    p.add_argument("--schedule", default=TrainConfig.schedule, choices=["cosine", "constant"])
-    p.add_argument("--seed", type=int, default=0)
+    add_config_options(p, TrainConfig)
     p.add_argument("--eval", dest="eval_data", help="labelled data to report accuracy on after each epoch")
     p.add_argument("--out", required=True, help="output model folder (resumes if it holds a checkpoint)")
     p.add_argument("--json", action="store_true", help="print the per-epoch metrics as JSON")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       weight_decay=args.weight_decay, seed=args.seed, limit=args.limit, schedule=args.schedule)
+    return options.config_from_args(TrainConfig, args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train MODEL on DATA and save it as a folder the zoo loads back. "
                                    "Checkpoints every epoch; re-running the same command resumes.")
     add_model_args(p)
-    add_data_args(p)
+    add_data_args(p, limit=False)
     add_train_args(p)
     p.set_defaults(func=run)
 
@@ -45,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from inspectnet.models.zoo import adopt_class_names
     from inspectnet.training.loop import epoch_line, train
 
+    config = config_from_args(args)  # bad values are refused before the model and data load
     zm = model_from_args(args)
     ds = adopt_class_names(zm, data_from_args(args, zm))
     eval_ds = data_from_args(args, zm, args.eval_data) if args.eval_data else None
-    config = config_from_args(args)
     history = train(zm, ds, args.out, config, eval_data=eval_ds, device=args.device, log=log_line)
     record_command(args.out, ["inspectnet", *args.argv], start=args.model)
     emit(history, args.json, "\n".join(epoch_line(h) for h in history) + f"\nsaved model to {args.out}")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from inspectnet.analysis.explain.config import EvidenceConfig
 from inspectnet.analysis.explain.evidence import ClassChoice, class_evidence, pooled_head
 from inspectnet.analysis.explain.faithfulness import (
     FaithfulnessConfig,
@@ -56,6 +57,7 @@ def explain_images(zm: ZooModel, images: Sequence[str | Path | Image.Image], out
     """
     if not images:
         raise InspectnetError("no images to explain; give image files or a folder")
+    EvidenceConfig(batch_size=batch_size)  # checked where every caller's options are
     pooled = pooled_head(zm)
     pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
     labels = list(names) if names is not None else [str(im) if not isinstance(im, Image.Image) else f"image#{i}"
@@ -120,7 +122,6 @@ def explanation_quality(forms: Sequence[ModelForm], data: ImageDataset, out: str
     it. Targets are each form's own predictions. A method that a form cannot run (e.g. evidence on a
     head that is not pool + linear, or gradients through ONNX Runtime) is recorded with the reason.
     """
-    config.faithfulness.check()
     out = Path(out)
     indices = list(range(min(config.images, len(data))))
     if not indices:

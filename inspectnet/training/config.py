@@ -1,39 +1,24 @@
-"""The hyperparameters of a training run, importable without torch (the command line reads their defaults)."""
+"""The hyperparameters of a training run, importable without torch (the command line generates its flags from them)."""
 
 import dataclasses
-import math
 
-from inspectnet.core.errors import InspectnetError
+from inspectnet.core.options import option, validate
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of :func:`inspectnet.training.loop.train` (all JSON-friendly; they key resumption)."""
 
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    seed: int = 0
-    limit: int | None = None
-    schedule: str = "cosine"
+    epochs: int = option(3, help="passes over the training data", minimum=1)
+    batch_size: int = option(64, help="samples per optimizer step (the global batch under torchrun)", minimum=1)
+    lr: float = option(0.05, help="learning rate", above=0, finite=True)
+    optimizer: str = option("sgd", help="optimizer", choices=("sgd", "adamw"))
+    weight_decay: float = option(1e-4, help="weight decay (not applied to what a plugin regularizes itself)",
+                                 minimum=0, finite=True)
+    momentum: float = option(0.9, help="SGD momentum", minimum=0, finite=True, cli=False)
+    seed: int = option(0, help="seed of the initial weights, the shuffling and torch's generator")
+    limit: int | None = option(None, help="use only the first N samples", minimum=1, metavar="N")
+    schedule: str = option("cosine", help="learning-rate schedule over the epochs", choices=("cosine", "constant"))
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise InspectnetError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise InspectnetError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise InspectnetError(f"--lr must be positive, got {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
-            raise InspectnetError(f"--schedule {self.schedule!r} is unknown; expected cosine or constant")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise InspectnetError(f"--optimizer {self.optimizer!r} is unknown; expected adamw or sgd")
-        if self.limit is not None and self.limit < 1:
-            raise InspectnetError(f"--limit must be at least 1, got {self.limit}")
-        for name in ("lr", "weight_decay", "momentum"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise InspectnetError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
-                                      f"got {getattr(self, name)}")
+        validate(self)

@@ -33,7 +33,7 @@ from inspectnet.core.results import Result
 from inspectnet.data import ImageDataset
 from inspectnet.models.layers import model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel
-from inspectnet.plugins import Plugin, PluginSpec, make_plugin
+from inspectnet.plugins import Plugin, PluginSpec, make_plugin, plugin_parameter_groups
 from inspectnet.training.loop import CHECKPOINT, TrainConfig, TrainHooks, train
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -63,7 +63,7 @@ class PluginHooks(TrainHooks):
                 if isinstance(m, _BN):
                     m.eval()
         for plugin in self.plugins:
-            plugin.epoch_begin(epoch)
+            plugin.epoch_begin(epoch, model)
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -79,14 +79,7 @@ class PluginHooks(TrainHooks):
             plugin.load_state_dict(state.get(key, {}))
 
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        exempt = {id(p) for plugin in self.plugins for p in plugin.decay_exempt()}
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay}]
-        own = [p for p in params if id(p) in exempt]
-        own += [p for plugin in self.plugins for p in plugin.parameters()]
-        if own:  # regularized by a plugin (e.g. CGL's block norm replaces weight decay there)
-            groups.append({"params": own, "weight_decay": 0.0})
-        return groups
+        return plugin_parameter_groups(self.plugins, model, weight_decay)
 
     def identity(self) -> dict[str, Any]:
         return {"plugins": [p.spec() for p in self.plugins], "freeze_bn": self.freeze_bn,

@@ -40,40 +40,10 @@ from inspectnet.data import ImageDataset
 from inspectnet.models.layers import model_state
 from inspectnet.models.zoo import ZooModel, save_model, state_fingerprint
 from inspectnet.training.config import TrainConfig
+from inspectnet.training.hooks import TrainHooks
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-
-
-class TrainHooks:
-    """Extension points of the training loop; the default adds nothing.
-
-    ``loss`` returns extra loss terms for a batch (name -> scalar tensor), ``epoch_end`` returns
-    metrics to log, ``state_dict``/``load_state_dict`` carry state through checkpoints, and
-    ``parameter_groups`` may change which parameters get weight decay.
-    """
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
-
-    def epoch_end(self, epoch: int) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-
-    def epoch_begin(self, epoch: int, model: nn.Module) -> None:
-        """Called after ``model.train()`` at the start of each epoch (e.g. to freeze BN statistics)."""
-
-    def identity(self) -> dict[str, Any]:
-        """What else keys resumption (plugin specs, freezing); a checkpoint of other hooks is refused."""
-        return {}
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainHooks) -> torch.optim.Optimizer:

@@ -41,6 +41,7 @@ from PIL import Image
 from torch import nn
 
 from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
+from inspectnet.analysis.dissect.config import DissectConfig
 from inspectnet.analysis.dissect.counts import DissectionCounts, best_images, no_images, padded_top
 from inspectnet.analysis.dissect.sketch import UnitQuantiles
 from inspectnet.analysis.dissect.upsample import CellUpsampler
@@ -181,16 +182,9 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     and the counts, sketches and top images are all-reduced: every rank returns the same result.
     """
     net, name, fp, cfg = unpack_model(model, data_config)
-    if not 0 < quantile < 1:
-        raise InspectnetError(f"--quantile must be within (0, 1), got {quantile}")
-    if batch_size < 1:
-        raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise InspectnetError(f"--limit must be at least 1, got {limit}")
-    if not 0 <= iou_threshold <= 1:
-        raise InspectnetError(f"--iou-threshold must be within [0, 1], got {iou_threshold}")
-    if passes not in (1, 2):
-        raise InspectnetError(f"--passes must be 1 or 2, got {passes}")
+    # the parameters' one validation path (errors name the keywords; the command line, its flags)
+    DissectConfig(quantile=quantile, iou_threshold=iou_threshold, passes=passes, batch_size=batch_size, limit=limit,
+                  device=device)
     check_workers(num_workers)
     names = resolve_layers(net, layers, head_name=getattr(model, "head_name", None))
     if PRE_LOGITS in names:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.core.options import option, validate
 from inspectnet.runtime.overlays import map_status
 
 BASELINES = ("blur", "mean")
@@ -51,23 +52,18 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]  # model inputs (B, C, H, W) -> 
 class FaithfulnessConfig:
     """Deletion/insertion ``steps``, the ``baseline`` (blur or mean), the ROAD fractions and noise, batching."""
 
-    steps: int = 10
-    baseline: str = "blur"
-    road_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    road_noise: float = 0.01
-    road_size: int = 32
-    batch_size: int = 64
-    seed: int = 0
+    steps: int = option(10, help="steps of the deletion and insertion curves", minimum=1)
+    baseline: str = option("blur", help="what deleted pixels become: a blurred image or its mean colour",
+                           choices=BASELINES)
+    road_fractions: tuple[float, ...] = option((0.2, 0.4, 0.6, 0.8), help="fractions of pixels ROAD removes",
+                                               above=0, below=1)
+    road_noise: float = option(0.01, help="noise ROAD adds to imputed pixels", minimum=0, finite=True)
+    road_size: int = option(32, help="side ROAD's imputation runs at", minimum=1)
+    batch_size: int = option(64, help="images per forward pass", minimum=1)
+    seed: int = option(0, help="seed of ROAD's noise")
 
-    def check(self) -> None:
-        if self.steps < 1:
-            raise InspectnetError(f"deletion/insertion steps must be at least 1, got {self.steps}")
-        if self.baseline not in BASELINES:
-            raise InspectnetError(f"faithfulness baseline {self.baseline!r} is unknown; expected blur or mean")
-        if any(not 0.0 < f < 1.0 for f in self.road_fractions):
-            raise InspectnetError(f"ROAD fractions must lie strictly between 0 and 1, got {self.road_fractions}")
-        if self.batch_size < 1:
-            raise InspectnetError(f"batch size must be at least 1, got {self.batch_size}")
+    def __post_init__(self) -> None:
+        validate(self)
 
     def passes_per_image(self) -> int:
         """Forward passes one explained image costs: 2·steps (deletion + insertion) + 2 per ROAD fraction."""
@@ -211,7 +207,6 @@ def faithfulness_curves(score: Scorer, images: torch.Tensor, maps: torch.Tensor,
     ``score`` runs the model (torch or ONNX Runtime) on a batch on ``images``' device; it is called
     with at most ``batch_size`` inputs at a time; ``forward_passes`` counts every input it was given.
     """
-    config.check()
     if len(images) != len(maps) or len(images) != len(targets):
         raise InspectnetError(f"faithfulness needs one map and one target per image; got {len(images)} images, "
                               f"{len(maps)} maps, {len(targets)} targets")

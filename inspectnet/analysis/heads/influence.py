@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from inspectnet.core.errors import InspectnetError
+from inspectnet.core.errors import InspectnetError, InvalidParameterError
 from inspectnet.core.results import Result
 from inspectnet.models.layers import PRE_LOGITS
 
@@ -118,13 +118,28 @@ class InfluenceMap(Result):
 
 
 def check_k(k1: int, k2: int, dim: int) -> None:
+    """Refuse ``k1``/``k2`` that Algorithm 1 cannot use on features of width ``dim``.
+
+    Args:
+        k1: top features kept per sample.
+        k2: influential features chosen per class among those.
+        dim: the feature width.
+
+    Returns:
+        None.
+
+    >>> check_k(5, 6, 512)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    inspectnet.core.errors.InvalidParameterError: k2=6 is larger than k1=5; the k2 influential features are ...
+    """
     if k1 < 1 or k2 < 1:
-        raise InspectnetError(f"--k1 and --k2 must be at least 1, got k1={k1}, k2={k2}")
+        raise InvalidParameterError("k1" if k1 < 1 else "k2", f"{{k1}} and {{k2}} must be at least 1, got k1={k1}, k2={k2}")
     if k2 > k1:
-        raise InspectnetError(f"--k2 {k2} is larger than --k1 {k1}; the k2 influential features are chosen "
-                              f"among each sample's top-k1, so k2 <= k1 is required")
+        raise InvalidParameterError("k2", f"{{k2={k2}}} is larger than {{k1={k1}}}; the k2 influential features are "
+                                          f"chosen among each sample's top-k1, so k2 <= k1 is required")
     if k1 > dim:
-        raise InspectnetError(f"--k1 {k1} is larger than the feature dimension {dim}")
+        raise InvalidParameterError("k1", f"{{k1={k1}}} is larger than the feature dimension {dim}")
 
 
 def record_labels(record: ProbeRecord, num_classes: int) -> np.ndarray:

@@ -65,15 +65,22 @@ audit on every rank (one line naming the failed rank); re-running resumes.
 ('ok', "Rules extracted from the model's filters")
 """
 
-from __future__ import annotations
+# public name -> the module that defines it, imported on first use (PEP 562): the command line reads
+# AuditConfig's options for --help without importing torch
+_LAZY = {"AuditConfig": "config", "check_config": "config", "default_layers": "config", "probed_layers": "config",
+         "run_audit": "driver", "summary": "driver", "AUDIT_FILE": "folder", "AUDIT_FORMAT": "folder",
+         "CARD_FILES": "folder", "STAGES": "stages", "Stage": "stage", "card_sections": "card"}
 
-from inspectnet.pipelines.audit.card import card_sections
-from inspectnet.pipelines.audit.config import AuditConfig, check_config, default_layers, probed_layers
-from inspectnet.pipelines.audit.driver import run_audit, summary
-from inspectnet.pipelines.audit.folder import AUDIT_FILE, AUDIT_FORMAT, CARD_FILES
-from inspectnet.pipelines.audit.stage import Stage
-from inspectnet.pipelines.audit.stages import STAGES
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "CARD_FILES", "STAGES", "AuditConfig", "Stage", "card_sections", "check_config",
-           "default_layers",
-           "probed_layers", "run_audit", "summary"]
+           "default_layers", "probed_layers", "run_audit", "summary"]

@@ -27,13 +27,19 @@ class AuditContext:
     index_order: bool = False
     data_content: dict[str, str] = dataclasses.field(default_factory=dict)  # {data spec: content digest}
     _datasets: dict[str, ImageDataset] = dataclasses.field(default_factory=dict)
+    _zm: ZooModel | None = None
 
     @property
     def zm(self) -> ZooModel:
-        """The model, loaded on first use, with the class names the audit settled on."""
-        zm = self.ref.load()
-        zm.class_names = list(self.about.class_names)
-        return zm
+        """The model, loaded on first use, with the class names the audit settled on.
+
+        A new :class:`ZooModel` around the same module: the caller's object keeps its own class
+        names (the stages restore the module's mode and device themselves).
+        """
+        names = list(self.about.class_names)
+        if self._zm is None or self._zm.class_names != names:
+            self._zm = dataclasses.replace(self.ref.load(), class_names=names)
+        return self._zm
 
     def raw_dataset(self, spec: str) -> ImageDataset:
         """``spec`` loaded with the model's transform, its labels the data's own."""
