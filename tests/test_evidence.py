@@ -129,10 +129,15 @@ def test_heads_that_are_not_pool_plus_linear_are_refused_with_the_reason(arch, h
         pooled_head(zm)
 
 
-def test_torchvision_model_without_forward_features_is_refused():
-    zm = load_model("torchvision:resnet18", num_classes=3, input_size=32)
-    with pytest.raises(InspectnetError, match="forward_features"):
-        class_evidence(zm, torch.randn(1, 3, 32, 32))
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "torchvision:mobilenet_v2"])
+def test_torchvision_cnn_evidence_is_exact_from_the_module_graph(spec):
+    """No forward_features/forward_head split: the map is located by the modules the model runs."""
+    zm = load_model(spec, num_classes=3, input_size=64, seed=0)
+    with torch.no_grad():
+        zm.head.bias.normal_()
+    ev = class_evidence(zm, torch.randn(2, 3, 64, 64), "all")
+    assert ev.maps.shape == (2, 3, 2, 2) and _sum_residual(ev) < 1e-5
+    assert float(ev.offset.abs().min()) > 0 and float(ev.maps.abs().max()) > 0  # both terms carry weight
 
 
 def test_bad_class_choices_are_refused(forms):
