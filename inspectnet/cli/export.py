@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--out", required=True, help="output .onnx file (its folder is created)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's own)")
-    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                   help="torch.onnx exporter (default dynamo)")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="torch.onnx exporter (default auto: dynamo, and torchscript where dynamo cannot convert the "
+                        "model; the report says which wrote the file)")
     p.add_argument("--head-only", action="store_true",
                    help="export only the head (penultimate features -> logits), e.g. a decomposed head")
     p.add_argument("--int8", action="store_true",
@@ -98,6 +99,8 @@ def summary(r: dict) -> str:
              f"input {r['input_name']} {r['input_shape']})",
              f"gate passed: max |onnx - torch| {p['max_abs_diff']:.2e} (rel {p['max_rel_diff']:.2e}), "
              f"top-1 agreement {p['top1_agreement']:.1%}; providers {', '.join(r['providers'])}"]
+    if r.get("exporter_fallback"):
+        lines.append(f"written by the {r['exporter']} exporter because {r['exporter_fallback']}")
     if r.get("evidence"):
         lines.append(f"evidence output: top-{r['evidence']['k']} maps of {r['evidence']['grid']}, max |onnx - torch| "
                      f"{p['evidence_max_abs_diff']:.2e}, |sum(E) + offset - logit| {p['evidence_sum_residual']:.2e}")

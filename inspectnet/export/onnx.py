@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, pooled_head
-from inspectnet.core.errors import InspectnetError
+from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, evidence_module, pooled_head
+from inspectnet.core.errors import InspectnetError, strip_terminal_codes
 from inspectnet.core.results import Result
 from inspectnet.core.storage import prepare_output_file
 from inspectnet.data import load_data
@@ -55,6 +55,7 @@ from inspectnet.runtime.classifier import (
 )
 
 EXPORTERS = ("dynamo", "torchscript")
+AUTO = "auto"  # dynamo, and torchscript where dynamo cannot convert the model (the report says which wrote the file)
 # opsets each exporter of torch 2.14 writes; the dynamo exporter's down-conversion below 18 can fall
 # back to 18 silently, so it is offered from 18 only
 OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
@@ -81,9 +82,10 @@ class ExportResult(Result):
     providers: list
     int8: dict | None = None
     evidence: dict | None = None
+    exporter_fallback: str | None = None
 
 
-def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = "dynamo",
+def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = AUTO,
                 head_only: bool = False, force: bool = False, int8: bool = False,
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                 latency: bool = True, threads: int = 1, device: str = "auto",
@@ -100,8 +102,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     ``evidence_classes`` (B, k) (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); the
     gate checks them against torch like the logits.
     """
-    if exporter not in EXPORTERS:
-        raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {', '.join(EXPORTERS)}")
+    if exporter not in (AUTO, *EXPORTERS):
+        raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {AUTO}, {', '.join(EXPORTERS)}")
     check_opset(opset, exporter)
     if threads < 1:
         raise InspectnetError(f"--threads must be at least 1, got {threads}")
@@ -133,11 +135,12 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
         if pooled is not None:
             # eval wrappers: the TorchScript exporter restores the wrapper's training flag recursively
             # afterwards, which would put a shared (dense) model's BatchNorm into train mode for the gate
-            module = ClassEvidence(module, pooled, evidence).eval()
-            graph = module if graph is module.model else ClassEvidence(graph, pooled, evidence).eval()
+            module = evidence_module(module, pooled, evidence).eval()
+            graph = module if graph is module.model else evidence_module(graph, pooled, evidence).eval()
             evidence_info = _evidence_metadata(module, example)
         try:
-            proto = _to_onnx(graph, example, input_name, exporter, opset, evidence=pooled is not None)
+            proto, exporter, fallback = _convert(graph, example, input_name, exporter, opset, evidence=pooled is not None,
+                                                 int8=int8)
             if opset is not None and _opset_of(proto) != opset:
                 raise InspectnetError(f"the {exporter} exporter wrote opset {_opset_of(proto)}, not the --opset "
                                       f"{opset} asked for; no file written")
@@ -161,7 +164,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                           opset=_opset_of(proto), head_only=head_only, input_name=input_name,
                           input_shape=["batch", *example.shape[1:]], parity=parity, latency_ms=lat, threads=threads,
                           size_bytes=out.stat().st_size, providers=parity.pop("providers"), int8=int8_info,
-                          evidence={k: v for k, v in evidence_info.items() if k != "offset"} if evidence_info else None)
+                          evidence={k: v for k, v in evidence_info.items() if k != "offset"} if evidence_info else None,
+                          exporter_fallback=fallback)
     result.save(report_path)
     return result
 
@@ -174,7 +178,7 @@ def check_opset(opset: int | None, exporter: str) -> None:
     ...
     inspectnet.core.errors.InspectnetError: --opset 17 is outside what the dynamo exporter writes (18-23); ...
     """
-    if opset is None:
+    if opset is None or exporter == AUTO:
         return
     low, high = OPSETS[exporter]
     if not low <= opset <= high:
@@ -238,6 +242,34 @@ def head_features(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
     return f.flatten(1) if f.dim() > 2 else f
 
 
+def _convert(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None, *,
+             evidence: bool, int8: bool):
+    """(proto, the exporter that wrote it, why the first choice was not used or None).
+
+    ``auto`` tries dynamo (torch's default) and, when it cannot convert the model (or cannot write
+    ``opset``), the torchscript exporter; both failing is one error naming both causes.
+    """
+    if exporter != AUTO:
+        return _to_onnx(module, example, input_name, exporter, opset, evidence=evidence), exporter, None
+    low, high = OPSETS["dynamo"]
+    if opset is not None and not low <= opset <= high:
+        check_opset(opset, "torchscript")
+        return (_to_onnx(module, example, input_name, "torchscript", opset, evidence=evidence), "torchscript",
+                f"opset {opset} is outside what the dynamo exporter writes ({low}-{high})")
+    try:
+        return _to_onnx(module, example, input_name, "dynamo", opset, evidence=evidence), "dynamo", None
+    except InspectnetError as first:
+        if evidence and int8:
+            raise InspectnetError(f"{first}; the torchscript exporter's evidence graph cannot be quantized, so "
+                                  f"--int8 with --evidence has no fallback") from None
+        why = str(first).split(" (try --exporter")[0]
+        try:
+            proto = _to_onnx(module, example, input_name, "torchscript", opset, evidence=evidence)
+        except InspectnetError as second:
+            raise InspectnetError(f"{why}; and {str(second).split(' (try --exporter')[0]}") from None
+        return proto, "torchscript", why
+
+
 def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None, *,
              evidence: bool = False):
     """Run torch.onnx.export with ``dynamo`` passed explicitly; any exporter error names the cause."""
@@ -262,7 +294,8 @@ def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter
     except InspectnetError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        text = strip_terminal_codes(str(exc)).strip()
+        first = text.splitlines()[0][:400] if text else type(exc).__name__
         other = "torchscript" if exporter == "dynamo" else "dynamo"
         raise InspectnetError(f"{type(module).__name__} cannot be exported with the {exporter} exporter: "
                               f"{type(exc).__name__}: {first} (try --exporter {other})") from exc

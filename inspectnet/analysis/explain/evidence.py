@@ -79,7 +79,7 @@ def pooled_head(zm: ZooModel) -> PooledHead:
 
 
 def _check_exact(zm: ZooModel, found: PooledHead) -> None:
-    module = ClassEvidence(zm.model, found, k=1)
+    module = evidence_module(zm.model, found)
     size = tuple(zm.data_config["input_size"])
     device = next(zm.model.parameters()).device
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -184,11 +184,15 @@ class ClassEvidence(nn.Module):
         h, wd = grid.shape[2], grid.shape[3]
         return torch.matmul(w[classes], self._positions(grid)).unflatten(2, (h, wd)) / (h * wd)
 
-    def evidence(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> Evidence:
-        """Logits and the evidence of ``classes`` (B, k); the top-``k`` classes when None."""
+    def evidence(self, x: torch.Tensor, classes: ClassChoice | None = None,
+                 class_names: Sequence[str] | None = None) -> Evidence:
+        """Logits and the evidence of ``classes`` (a (B, k) tensor or a :func:`choose_classes` choice, resolved
+        on this pass's logits); the top-``k`` classes when None."""
         features, logits = self.features_and_logits(x)
         if classes is None:
             classes = logits.topk(self.k, dim=1).indices
+        else:
+            classes = choose_classes(classes, logits, class_names)
         maps = self.maps_for(features, classes)
         return Evidence(maps=maps, classes=classes, logits=logits, offset=self.offset()[classes])
 
@@ -248,12 +252,28 @@ def class_evidence(zm: ZooModel, x: torch.Tensor, classes: ClassChoice = "top1",
     >>> ev.maps.shape                              # doctest: +SKIP
     torch.Size([8, 1, 7, 7])
     """
-    pooled = pooled or pooled_head(zm)
-    module = ClassEvidence(zm.model, pooled)
+    module = evidence_module(zm.model, pooled or pooled_head(zm))
     with eval_mode(zm.model), torch.no_grad():
-        features, logits = module.features_and_logits(x)
-        chosen = choose_classes(classes, logits, zm.class_names)
-        maps = module.maps_for(features, chosen)
-    if x.shape[2] < maps.shape[2] or x.shape[3] < maps.shape[3]:
-        check_image_size("input", (x.shape[2], x.shape[3]), (maps.shape[2], maps.shape[3]))
-    return Evidence(maps=maps, classes=chosen, logits=logits, offset=module.offset()[chosen].detach())
+        ev = module.evidence(x, classes, zm.class_names)
+    if x.shape[2] < ev.maps.shape[2] or x.shape[3] < ev.maps.shape[3]:
+        check_image_size("input", (x.shape[2], x.shape[3]), (ev.maps.shape[2], ev.maps.shape[3]))
+    return dataclasses.replace(ev, offset=ev.offset.detach())
+
+
+def evidence_module(model: nn.Module, pooled: PooledHead, k: int = 1) -> ClassEvidence:
+    """The module that computes the evidence of ``model`` read as ``pooled``: what :func:`class_evidence`
+    runs and what the export puts into the ONNX graph. Every kind of evidence goes through here.
+
+    Args:
+        model: the model (or its export form: a copy with the same module names).
+        pooled: how its head reads the last map (:func:`pooled_head`).
+        k: the number of top classes ``forward`` returns maps of.
+    Returns:
+        a :class:`ClassEvidence` (``forward(x) -> (logits, maps, classes)``, ``evidence(x, classes)``).
+
+    >>> from inspectnet.models.zoo import load_model
+    >>> zm = load_model("resnet18", num_classes=3, input_size=64)
+    >>> [t.shape[1] for t in evidence_module(zm.model, pooled_head(zm), k=2)(torch.randn(1, 3, 64, 64))]
+    [3, 2, 2]
+    """
+    return ClassEvidence(model, pooled, k)
