@@ -14,6 +14,11 @@ _TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 def strip_terminal_codes(text: str) -> str:
     """``text`` without terminal colour/cursor codes (ESC [ ... letter), which libraries put into messages.
 
+    Args:
+        text: a message.
+    Returns:
+        the message without the codes.
+
     >>> strip_terminal_codes("\\x1b[96mtorch.export\\x1b[0m failed")
     'torch.export failed'
     """

@@ -77,7 +77,19 @@ class _Trace:
 
 
 def trace_forward(model: nn.Module, x: torch.Tensor, head_name: str) -> _Trace:
-    """Run ``model`` on ``x`` once with every module hooked (see the module doc)."""
+    """Run ``model`` on ``x`` once with every module hooked (see the module doc).
+
+    Args:
+        model: the classifier; ``head_name`` names its final linear layer.
+        x: an input batch.
+        head_name: the dotted name of the head, whose input is recorded.
+    Returns:
+        the trace: start/end events in order, each module's last output, the head's input, the logits.
+
+    >>> from torchvision.models import resnet18
+    >>> trace_forward(resnet18(num_classes=2), torch.randn(1, 3, 64, 64), "fc").head_input.shape
+    torch.Size([1, 512])
+    """
     events: list[tuple[str, str]] = []
     outputs: dict[str, Any] = {}
     head_input: list[torch.Tensor] = []
@@ -162,7 +174,19 @@ def _check_positions(zm: ZooModel, trace: _Trace, name: str, layout: str, candid
 
 
 def refusal(zm: ZooModel, reason: str, hint: str = "") -> InspectnetError:
-    """The one-line refusal of exact class evidence for ``zm`` because of ``reason`` (a property of its head)."""
+    """The one-line refusal of exact class evidence for ``zm`` because of ``reason`` (a property of its head).
+
+    Args:
+        zm: the model (its spec starts the message).
+        reason: what the head does, e.g. "reads the class token".
+        hint: what would make it exact, or empty.
+    Returns:
+        the error to raise.
+
+    >>> from types import SimpleNamespace
+    >>> str(refusal(SimpleNamespace(spec="timm:x"), "pools with max")).split(":")[1]
+    'x pools with max'
+    """
     return InspectnetError(f"{zm.spec} {reason}: its head is not average pooling + linear, so exact class-evidence "
                            f"maps are refused" + (f" ({hint})" if hint else "") + "; the other metrics still run")
 
@@ -195,6 +219,13 @@ def _norm_between(trace: _Trace, name: str, head_start: int) -> str | None:
 
 def pool_map(out: torch.Tensor, layout: str, prefix: int = 0) -> torch.Tensor:
     """The average over positions (B, d) of a map in ``layout`` (tokens: the first ``prefix`` excluded).
+
+    Args:
+        out: the map, (B, d, H, W), (B, H, W, d) or (B, L, d).
+        layout: ``NCHW``, ``NHWC`` or ``NLC``.
+        prefix: leading tokens that are not positions (``NLC`` only).
+    Returns:
+        the pooled vectors (B, d).
 
     >>> pool_map(torch.ones(2, 3, 4, 5), "NHWC").shape
     torch.Size([2, 5])
