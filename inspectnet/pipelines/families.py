@@ -21,6 +21,7 @@ and propagates. ``python -m inspectnet.pipelines.families`` prints the matrix as
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -164,7 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slow", action="store_true", help="include the slow rows")
     p.add_argument("--capabilities", default=",".join(CAPABILITIES), help="comma-separated columns")
     p.add_argument("--explain-images", type=int, default=2, help="images of the explanations stage (default 2)")
+    p.add_argument("--json", metavar="PATH", help="also write the cells and CPU seconds, row by row, to PATH")
+    p.add_argument("--merge", nargs="+", metavar="PATH", help="print the table of --json files written before")
     args = p.parse_args(argv)
+    if args.merge:
+        docs = [json.loads(Path(f).read_text()) for f in args.merge]
+        print(matrix_markdown({k: v for d in docs for k, v in d["cells"].items()}))
+        return 0
     chosen = [family(n) for n in args.families.split(",") if n] or [r for r in FAMILIES if args.slow or not r.slow]
     # the audit's own explanations stage (its default methods, curves and cascade) on a few images
     config = QualityConfig(images=args.explain_images, sanity_images=args.explain_images)
@@ -180,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        explain_config=config, timings=times[row.name]))
                 except Exception as exc:  # noqa: BLE001 - a bug is reported in its cell, the run goes on
                     rows[row.name][capability] = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            if args.json:
+                Path(args.json).write_text(json.dumps({"cells": rows, "cpu_seconds": times}, indent=1))
             spent = ", ".join(f"{k} {v:.1f} s" for k, v in times[row.name].items())
             print(f"{row.name}: {spent}", flush=True)
     print(matrix_markdown(rows, chosen))
