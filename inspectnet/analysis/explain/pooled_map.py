@@ -130,7 +130,8 @@ def read_pooled_head(zm: ZooModel) -> PooledHead:
     """
     size = tuple(zm.data_config["input_size"])
     device = next(zm.model.parameters()).device
-    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    # one image: the trace keeps every module's output until the map is found
+    x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0)).to(device)
     trace = trace_forward(zm.model, x, zm.head_name)
     head_start = trace.index("start", zm.head_name)
     pool_start = _last_pool_start(trace, head_start)
