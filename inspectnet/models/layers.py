@@ -156,7 +156,8 @@ def last_stage(model: nn.Module, head_name: str | None = None) -> str:
         skipped = isinstance(child, (*_AFTER_LAST_STAGE, nn.LayerNorm)) or type(child).__name__.endswith("Pool2d") \
             or _second_head(child, classes)
         if name != head_name and not head_name.startswith(name + ".") and not skipped:
-            return name
+            # a ModuleList is never called itself (EVA loops over its blocks): its last block is the stage's output
+            return f"{name}.{len(child) - 1}" if isinstance(child, nn.ModuleList) and len(child) else name
     raise InspectnetError("alias last_stage: the model has no top-level block before its head; name a layer")
 
 

@@ -169,8 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", metavar="PATH", help="print the table of --json files written before")
     args = p.parse_args(argv)
     if args.merge:
-        docs = [json.loads(Path(f).read_text()) for f in args.merge]
-        print(matrix_markdown({k: v for d in docs for k, v in d["cells"].items()}))
+        merged: dict[str, dict[str, str]] = {}
+        for f in args.merge:  # cell by cell: a later file's cells replace an earlier file's
+            for name, cells in json.loads(Path(f).read_text())["cells"].items():
+                merged.setdefault(name, {}).update(cells)
+        print(matrix_markdown(merged))
         return 0
     chosen = [family(n) for n in args.families.split(",") if n] or [r for r in FAMILIES if args.slow or not r.slow]
     # the audit's own explanations stage (its default methods, curves and cascade) on a few images
