@@ -248,7 +248,8 @@ def _matches(trace: _Trace, pooled: torch.Tensor, norm: str | None) -> bool:
     if norm is None:
         return False
     ln = trace.modules[norm]
-    normed = F.layer_norm(pooled, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    with torch.no_grad():
+        normed = F.layer_norm(pooled, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
     return float((normed - f).abs().max()) <= tol
 
 
