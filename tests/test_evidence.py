@@ -129,10 +129,15 @@ def test_heads_that_are_not_pool_plus_linear_are_refused_with_the_reason(arch, h
         pooled_head(zm)
 
 
-def test_torchvision_model_without_forward_features_is_refused():
-    zm = load_model("torchvision:resnet18", num_classes=3, input_size=32)
-    with pytest.raises(InspectnetError, match="forward_features"):
-        class_evidence(zm, torch.randn(1, 3, 32, 32))
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "torchvision:mobilenet_v2"])
+def test_torchvision_cnn_evidence_is_exact_from_the_module_graph(spec):
+    """No forward_features/forward_head split: the map is located by the modules the model runs."""
+    zm = load_model(spec, num_classes=3, input_size=64, seed=0)
+    with torch.no_grad():
+        zm.head.bias.normal_()
+    ev = class_evidence(zm, torch.randn(2, 3, 64, 64), "all")
+    assert ev.maps.shape == (2, 3, 2, 2) and _sum_residual(ev) < 1e-5
+    assert float(ev.offset.abs().min()) > 0 and float(ev.maps.abs().max()) > 0  # both terms carry weight
 
 
 def test_bad_class_choices_are_refused(forms):
@@ -343,3 +348,27 @@ def test_run_evidence_needs_an_evidence_export_and_a_folder(exported, tmp_path, 
     assert "has no evidence output" in capsys.readouterr().err
     assert main(["run", exported["dense"].path, str(images[0]), "--evidence"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_channels_last_evidence_is_the_literal_formula_on_the_swin_map():
+    """Swin's last map is (B, H, W, d): E_c(h, w) = Σ_j W[c, j]·A(h, w, j) / (H·W), written out here on that layout."""
+    from inspectnet.models.families import family, family_model
+
+    zm = family_model(family("Swin"), num_classes=3)
+    x = torch.randn(2, 3, 64, 64)
+    ev = class_evidence(zm, x, "all")
+    with torch.no_grad():
+        a = zm.model.forward_features(x).double()  # (2, 2, 2, 768): channels last
+    w = zm.head.weight.detach().double()
+    want = torch.einsum("cj,bhwj->bchw", w, a) / (a.shape[1] * a.shape[2])
+    torch.testing.assert_close(ev.maps.double(), want, rtol=1e-5, atol=1e-6)
+    assert _sum_residual(ev) < 1e-4 and float(ev.offset.abs().min()) > 0
+
+
+@pytest.mark.parametrize("spec,reason", [("torchvision:mobilenet_v3_small", "activation after global pooling"),
+                                         ("mobilenetv3_small_050", "Conv2d and Hardswish after global pooling")])
+def test_activation_after_pooling_is_refused_in_one_line(spec, reason):
+    zm = load_model(spec, num_classes=3, input_size=64, seed=0)
+    with pytest.raises(InspectnetError, match=reason) as err:
+        pooled_head(zm)
+    assert "\n" not in str(err.value)

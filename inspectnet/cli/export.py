@@ -77,6 +77,8 @@ def summary(r: dict) -> str:
              f"input {r['input_name']} {r['input_shape']})",
              f"gate passed: max |onnx - torch| {p['max_abs_diff']:.2e} (rel {p['max_rel_diff']:.2e}), "
              f"top-1 agreement {p['top1_agreement']:.1%}; providers {', '.join(r['providers'])}"]
+    if r.get("exporter_fallback"):
+        lines.append(f"written by the {r['exporter']} exporter because {r['exporter_fallback']}")
     if r.get("evidence"):
         lines.append(f"evidence output: top-{r['evidence']['k']} maps of {r['evidence']['grid']}, max |onnx - torch| "
                      f"{p['evidence_max_abs_diff']:.2e}, |sum(E) + offset - logit| {p['evidence_sum_residual']:.2e}")

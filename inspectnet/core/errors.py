@@ -8,6 +8,22 @@ Exit codes of ``inspectnet``: 0 success; 2 bad input or a failure the message ex
 
 import re
 
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_terminal_codes(text: str) -> str:
+    """``text`` without terminal colour/cursor codes (ESC [ ... letter), which libraries put into messages.
+
+    Args:
+        text: a message.
+    Returns:
+        the message without the codes.
+
+    >>> strip_terminal_codes("\\x1b[96mtorch.export\\x1b[0m failed")
+    'torch.export failed'
+    """
+    return _TERMINAL_CODES.sub("", text)
+
 
 class InspectnetError(Exception):
     """A user-facing error: the message names the bad input and what was expected.
@@ -19,6 +35,10 @@ class InspectnetError(Exception):
     """
 
     exit_code = 2
+
+    def __init__(self, *args: object):
+        # messages quote other libraries' errors; their colour codes must not reach stderr files or cards
+        super().__init__(*(strip_terminal_codes(a) if isinstance(a, str) else a for a in args))
 
 
 class IncompleteResult(InspectnetError):

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, pooled_head
-from inspectnet.core.errors import InspectnetError
+from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, evidence_module, pooled_head
+from inspectnet.core.errors import InspectnetError, strip_terminal_codes
 from inspectnet.core.results import Result
 from inspectnet.core.storage import prepare_output_file
-from inspectnet.core.timing import median_seconds
 from inspectnet.data import load_data
 from inspectnet.data.subsets import calibration_arrays
+from inspectnet.export.gate import OUTPUT_NAME, measure_latency, verify
+from inspectnet.export.gate import torch_threads as torch_threads  # callers time torch with it from here
 from inspectnet.models.heads import DecomposedLinear
 from inspectnet.models.layers import PRE_LOGITS, eval_mode, model_state
 from inspectnet.models.surgery import set_submodule
@@ -54,14 +55,12 @@ from inspectnet.runtime.classifier import (
 )
 
 EXPORTERS = ("dynamo", "torchscript")
+AUTO = "auto"  # dynamo, and torchscript where dynamo cannot convert the model (the report says which wrote the file)
 # opsets each exporter of torch 2.14 writes; the dynamo exporter's down-conversion below 18 can fall
 # back to 18 silently, so it is offered from 18 only
 OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
-PARITY_BATCHES = (1, 8)
-LATENCY_BATCHES = (1, 32)
-INPUT_NAME, FEATURES_NAME, OUTPUT_NAME = "input", "features", "logits"
+INPUT_NAME, FEATURES_NAME = "input", "features"
 KEY_DECOMPOSITION = "inspectnet.decomposition"
-ATOL, RTOL = 1e-4, 1e-3  # |ort - torch| <= ATOL + RTOL * max|torch logits| (per batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +82,10 @@ class ExportResult(Result):
     providers: list
     int8: dict | None = None
     evidence: dict | None = None
+    exporter_fallback: str | None = None
 
 
-def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = "dynamo",
+def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = AUTO,
                 head_only: bool = False, force: bool = False, int8: bool = False,
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                 latency: bool = True, threads: int = 1, device: str = "auto",
@@ -102,8 +102,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     ``evidence_classes`` (B, k) (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); the
     gate checks them against torch like the logits.
     """
-    if exporter not in EXPORTERS:
-        raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {', '.join(EXPORTERS)}")
+    if exporter not in (AUTO, *EXPORTERS):
+        raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {AUTO}, {', '.join(EXPORTERS)}")
     check_opset(opset, exporter)
     if threads < 1:
         raise InspectnetError(f"--threads must be at least 1, got {threads}")
@@ -135,11 +135,12 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
         if pooled is not None:
             # eval wrappers: the TorchScript exporter restores the wrapper's training flag recursively
             # afterwards, which would put a shared (dense) model's BatchNorm into train mode for the gate
-            module = ClassEvidence(module, pooled, evidence).eval()
-            graph = module if graph is module.model else ClassEvidence(graph, pooled, evidence).eval()
+            module = evidence_module(module, pooled, evidence).eval()
+            graph = module if graph is module.model else evidence_module(graph, pooled, evidence).eval()
             evidence_info = _evidence_metadata(module, example)
         try:
-            proto = _to_onnx(graph, example, input_name, exporter, opset, evidence=pooled is not None)
+            proto, exporter, fallback = _convert(graph, example, input_name, exporter, opset, evidence=pooled is not None,
+                                                 int8=int8)
             if opset is not None and _opset_of(proto) != opset:
                 raise InspectnetError(f"the {exporter} exporter wrote opset {_opset_of(proto)}, not the --opset "
                                       f"{opset} asked for; no file written")
@@ -163,7 +164,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                           opset=_opset_of(proto), head_only=head_only, input_name=input_name,
                           input_shape=["batch", *example.shape[1:]], parity=parity, latency_ms=lat, threads=threads,
                           size_bytes=out.stat().st_size, providers=parity.pop("providers"), int8=int8_info,
-                          evidence={k: v for k, v in evidence_info.items() if k != "offset"} if evidence_info else None)
+                          evidence={k: v for k, v in evidence_info.items() if k != "offset"} if evidence_info else None,
+                          exporter_fallback=fallback)
     result.save(report_path)
     return result
 
@@ -176,7 +178,7 @@ def check_opset(opset: int | None, exporter: str) -> None:
     ...
     inspectnet.core.errors.InspectnetError: --opset 17 is outside what the dynamo exporter writes (18-23); ...
     """
-    if opset is None:
+    if opset is None or exporter == AUTO:
         return
     low, high = OPSETS[exporter]
     if not low <= opset <= high:
@@ -240,6 +242,34 @@ def head_features(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
     return f.flatten(1) if f.dim() > 2 else f
 
 
+def _convert(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None, *,
+             evidence: bool, int8: bool):
+    """(proto, the exporter that wrote it, why the first choice was not used or None).
+
+    ``auto`` tries dynamo (torch's default) and, when it cannot convert the model (or cannot write
+    ``opset``), the torchscript exporter; both failing is one error naming both causes.
+    """
+    if exporter != AUTO:
+        return _to_onnx(module, example, input_name, exporter, opset, evidence=evidence), exporter, None
+    low, high = OPSETS["dynamo"]
+    if opset is not None and not low <= opset <= high:
+        check_opset(opset, "torchscript")
+        return (_to_onnx(module, example, input_name, "torchscript", opset, evidence=evidence), "torchscript",
+                f"opset {opset} is outside what the dynamo exporter writes ({low}-{high})")
+    try:
+        return _to_onnx(module, example, input_name, "dynamo", opset, evidence=evidence), "dynamo", None
+    except InspectnetError as first:
+        if evidence and int8:
+            raise InspectnetError(f"{first}; the torchscript exporter's evidence graph cannot be quantized, so "
+                                  f"--int8 with --evidence has no fallback") from None
+        why = str(first).split(" (try --exporter")[0]
+        try:
+            proto = _to_onnx(module, example, input_name, "torchscript", opset, evidence=evidence)
+        except InspectnetError as second:
+            raise InspectnetError(f"{why}; and {str(second).split(' (try --exporter')[0]}") from None
+        return proto, "torchscript", why
+
+
 def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None, *,
              evidence: bool = False):
     """Run torch.onnx.export with ``dynamo`` passed explicitly; any exporter error names the cause."""
@@ -264,7 +294,8 @@ def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter
     except InspectnetError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        text = strip_terminal_codes(str(exc)).strip()
+        first = text.splitlines()[0][:400] if text else type(exc).__name__
         other = "torchscript" if exporter == "dynamo" else "dynamo"
         raise InspectnetError(f"{type(module).__name__} cannot be exported with the {exporter} exporter: "
                               f"{type(exc).__name__}: {first} (try --exporter {other})") from exc
@@ -304,111 +335,6 @@ def _save(proto, path: Path) -> None:
 
 def _opset_of(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int = 1, device: str = "auto",
-           batches: tuple[int, ...] = PARITY_BATCHES, seed: int = 0) -> dict[str, Any]:
-    """The gate: ONNX Runtime vs PyTorch on seeded random inputs at each batch size; raises on failure.
-
-    Top-1 disagreements count as failures unless torch's own margin between the two classes is
-    within the tolerance (a numerical tie that no exporter can be blamed for). A
-    :class:`ClassEvidence` module's evidence output is checked the same way (:func:`_verify_evidence`).
-    """
-    session = make_session(path, providers=default_providers(device), threads=threads)
-    names = [o.name for o in session.get_outputs()]
-    rng = np.random.default_rng(seed)
-    report: dict[str, Any] = {"batches": {}, "atol": ATOL, "rtol": RTOL}
-    worst_abs, worst_rel, agree, total, real_flips = 0.0, 0.0, 0, 0, 0
-    for b in batches:
-        x = rng.standard_normal((b, *sample_shape)).astype(np.float32)
-        with torch.inference_mode():
-            out = module(torch.from_numpy(x))
-        ref = (out[0] if isinstance(out, tuple) else out).float().numpy()
-        outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x})))
-        got = outputs[OUTPUT_NAME]
-        if got.shape != ref.shape:
-            raise InspectnetError(f"export gate failed: ONNX output shape {got.shape} != torch {ref.shape} "
-                                  f"at batch {b}")
-        diff = np.abs(got.astype(np.float64) - ref)
-        scale = float(np.abs(ref).max())
-        tol = ATOL + RTOL * scale
-        t_top, o_top = ref.argmax(1), got.argmax(1)
-        margin = ref[np.arange(b), t_top] - ref[np.arange(b), o_top]
-        flips = int(((t_top != o_top) & (margin > 2 * tol)).sum())
-        max_abs, max_rel = float(diff.max()), float(diff.max() / max(scale, 1e-12))
-        report["batches"][str(b)] = {"max_abs_diff": max_abs, "max_rel_diff": max_rel,
-                                     "top1_agreement": float((t_top == o_top).mean()), "tolerance": tol}
-        if not np.isfinite(got).all() or max_abs > tol:
-            raise InspectnetError(f"export gate failed at batch {b}: max |onnx - torch| = {max_abs:.3g} exceeds "
-                                  f"{tol:.3g} (atol {ATOL} + rtol {RTOL} x max|logit| {scale:.3g}); no file written")
-        if isinstance(module, ClassEvidence):
-            report["batches"][str(b)].update(_verify_evidence(module, x, ref, outputs, tol))
-        worst_abs, worst_rel = max(worst_abs, max_abs), max(worst_rel, max_rel)
-        agree, total, real_flips = agree + int((t_top == o_top).sum()), total + b, real_flips + flips
-    if real_flips:
-        raise InspectnetError(f"export gate failed: ONNX top-1 differs from torch on {real_flips} of {total} "
-                              f"inputs beyond numerical ties; no file written")
-    report.update(max_abs_diff=worst_abs, max_rel_diff=worst_rel, top1_agreement=agree / total,
-                  providers=list(session.get_providers()))
-    if isinstance(module, ClassEvidence):
-        report["evidence_max_abs_diff"] = max(v["evidence_max_abs_diff"] for v in report["batches"].values())
-        report["evidence_sum_residual"] = max(v["evidence_sum_residual"] for v in report["batches"].values())
-    return report
-
-
-def _verify_evidence(module: ClassEvidence, x: np.ndarray, ref_logits: np.ndarray, outputs: dict[str, np.ndarray],
-                     logit_tol: float) -> dict[str, Any]:
-    """The evidence part of the gate: ONNX's maps against torch's maps of the same classes, its classes
-    against torch's top-k (ties within the logit tolerance excepted), and Σ E + offset = logit in ONNX."""
-    classes, maps, logits = outputs[EVIDENCE_CLASSES], outputs[EVIDENCE], outputs[OUTPUT_NAME]
-    with torch.inference_mode():
-        ref = module.evidence(torch.from_numpy(x), classes=torch.from_numpy(classes).long())
-        offset = ref.offset.double().numpy()
-    ref_maps = ref.maps.double().numpy()
-    tol = ATOL + RTOL * float(np.abs(ref_maps).max())
-    max_abs = float(np.abs(maps - ref_maps).max())
-    residual = float(np.abs(maps.astype(np.float64).sum((2, 3)) + offset
-                            - np.take_along_axis(logits, classes, 1)).max())
-    want = np.argsort(-ref_logits, axis=1, kind="stable")[:, :module.k]
-    rows = np.arange(len(x))[:, None]
-    gap = np.abs(ref_logits[rows, want] - ref_logits[rows, classes])
-    flips = int(((want != classes) & (gap > 2 * logit_tol)).sum())
-    if not np.isfinite(maps).all() or max_abs > tol or residual > logit_tol or flips:
-        raise InspectnetError(f"export gate failed on the evidence output: max |onnx - torch| = {max_abs:.3g} "
-                              f"(tolerance {tol:.3g}), |sum(E) + offset - logit| = {residual:.3g} (tolerance "
-                              f"{logit_tol:.3g}), {flips} top-{module.k} classes differ beyond ties; no file written")
-    return {"evidence_max_abs_diff": max_abs, "evidence_sum_residual": residual, "evidence_tolerance": tol,
-            "evidence_class_agreement": float((want == classes).mean())}
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Temporarily run torch with ``n`` intra-op threads (matched to ONNX Runtime's in comparisons)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def measure_latency(module: nn.Module, fp32: Path, int8: Path | None, sample_shape: tuple, threads: int,
-                    batches: tuple[int, ...] = LATENCY_BATCHES, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """Latency (ms per batch) of torch eager, ORT fp32 and ORT int8, same thread count, CPU by default."""
-    sessions = {"ort_fp32": make_session(fp32, providers=default_providers(device), threads=threads)}
-    if int8 is not None:
-        sessions["ort_int8"] = make_session(int8, providers=default_providers(device), threads=threads)
-    out: dict[str, dict[str, float]] = {"torch_eager": {}, **{k: {} for k in sessions}}
-    rng = np.random.default_rng(1)
-    with torch_threads(threads), torch.inference_mode():
-        for b in batches:
-            x = rng.standard_normal((b, *sample_shape)).astype(np.float32)
-            xt = torch.from_numpy(x)
-            out["torch_eager"][str(b)] = 1e3 * median_seconds(lambda xt=xt: module(xt))
-            for name, sess in sessions.items():
-                feed = {sess.get_inputs()[0].name: x}
-                out[name][str(b)] = 1e3 * median_seconds(lambda s=sess, f=feed: s.run(None, f))  # every output
-    return out
 
 
 def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibration: np.ndarray,

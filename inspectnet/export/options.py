@@ -18,7 +18,9 @@ class ExportOptions:
     """
 
     opset: int | None = option(None, help="ONNX opset (default: the exporter's own)")
-    exporter: str = option("dynamo", help="torch.onnx exporter", choices=("dynamo", "torchscript"))
+    exporter: str = option("auto", help="torch.onnx exporter (auto: dynamo, and torchscript where dynamo cannot convert "
+                                        "the model; the report says which wrote the file)",
+                           choices=("auto", "dynamo", "torchscript"))
     head_only: bool = option(False, help="export only the head (penultimate features -> logits), e.g. a decomposed "
                                          "head")
     int8: bool = option(False, help="also write <out stem>.int8.onnx: static QDQ int8 calibrated on --calibration")

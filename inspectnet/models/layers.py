@@ -138,21 +138,35 @@ def _resolve_one(model: nn.Module, spec: str | nn.Module, names: list[str], by_i
 
 def last_stage(model: nn.Module, head_name: str | None = None) -> str:
     """The last top-level child of ``model`` before its head, skipping global pooling, flattening,
-    dropout and identities (the ``last_stage`` alias): the output the head's pooled features come from.
+    dropout, identities, top-level LayerNorms and a second classifier (the ``last_stage`` alias): the
+    output the head's pooled features come from.
 
     >>> from torchvision.models import resnet18, vgg11
     >>> last_stage(resnet18()), last_stage(vgg11())
     ('layer4', 'features')
+    >>> import timm; last_stage(timm.create_model("deit_tiny_distilled_patch16_224"))  # not its distillation head
+    'blocks'
     """
     if head_name is None:
         from inspectnet.models.zoo import find_head
 
         head_name = find_head(model)
+    classes = getattr(model.get_submodule(head_name), "out_features", None)
     for name, child in reversed(list(model.named_children())):
-        skipped = isinstance(child, _AFTER_LAST_STAGE) or type(child).__name__.endswith("Pool2d")
+        skipped = isinstance(child, (*_AFTER_LAST_STAGE, nn.LayerNorm)) or type(child).__name__.endswith("Pool2d") \
+            or _second_head(child, classes)
         if name != head_name and not head_name.startswith(name + ".") and not skipped:
-            return name
+            # a ModuleList is never called itself (EVA loops over its blocks): its last block is the stage's output
+            return f"{name}.{len(child) - 1}" if isinstance(child, nn.ModuleList) and len(child) else name
     raise InspectnetError("alias last_stage: the model has no top-level block before its head; name a layer")
+
+
+def _second_head(child: nn.Module, classes: int | None) -> bool:
+    """A classifier beside the head (a distillation head): its last linear layer gives the classes, and it has no
+    convolution. Transformers' top-level LayerNorms (over tokens, or over the pooled vector) are skipped with it."""
+    linears = [m for m in child.modules() if isinstance(m, nn.Linear)]
+    return bool(linears) and linears[-1].out_features == classes and \
+        not any(isinstance(m, nn.modules.conv._ConvNd) for m in child.modules())
 
 
 def following_normalisation(model: nn.Module, name: str) -> str | None:
