@@ -10,6 +10,7 @@ from torch import nn
 
 from inspectnet.analysis.explain.faithfulness import (
     FaithfulnessConfig,
+    auc,
     baseline_images,
     compare_to_control,
     faithfulness_curves,
@@ -135,6 +136,48 @@ def test_constant_and_nan_maps_are_reported_not_scored():
     assert c.status == ["constant", "nan", "ok"] and (s["evaluated"], s["constant_maps"], s["nan_maps"]) == (1, 1, 1)
     assert np.isnan(c.deletion[:2]).all() and np.isfinite(c.deletion[2]).all()
     assert c.forward_passes == FaithfulnessConfig(steps=4).passes_per_image()  # nothing spent on skipped maps
+
+
+@pytest.mark.parametrize("curve,fractions,expected", [
+    # uneven steps: trapezoid 0.1·0.75 + 0.4·0.5 + 0.5·0.25 = 0.4 (a plain mean of the points gives 0.5)
+    ([1.0, 0.5, 0.5, 0.0], [0.0, 0.1, 0.5, 1.0], 0.4),
+    # fractions not starting at 0: area 0.2·0.5 + 0.6·0.5 = 0.4 over the span 0.8 (mean of the points: 2/3)
+    ([1.0, 0.0, 1.0], [0.2, 0.4, 1.0], 0.5),
+    # a curve that falls late: area 0.5·1 + 0.25·0.75 + 0.25·0.25 = 0.75 (mean: 0.6875)
+    ([1.0, 1.0, 0.5, 0.0], [0.0, 0.5, 0.75, 1.0], 0.75),
+])
+def test_auc_is_the_trapezoid_area_over_uneven_fractions(curve, fractions, expected):
+    got = auc(np.array([curve, [0.25] * len(curve)]), fractions)
+    np.testing.assert_allclose(got, [expected, 0.25], rtol=0, atol=1e-12)
+
+
+class _BrightCountModel(nn.Module):
+    """Logits log(1 + dark pixels), log(1 + bright pixels): class 1's probability is (1 + bright) / (2 + pixels),
+    where a pixel is bright above 0.5 (its value in the mean baseline of a half-bright image is 0.5: dark)."""
+
+    def forward(self, x):
+        bright = (x > 0.5).flatten(1).sum(1).double()
+        return torch.stack([torch.log1p(x[0].numel() - bright), torch.log1p(bright)], dim=1)
+
+
+def test_deletion_and_insertion_curves_and_aucs_equal_hand_computed_values():
+    """An 8×8 image whose first 32 pixels (raster order) are bright, ranked in raster order by a full-size map:
+    deletion removes 0, 16, 32, 48, 64 pixels → 32, 16, 0, 0, 0 bright → p = (33, 17, 1, 1, 1) / 66."""
+    x = torch.zeros(1, 1, 8, 8)
+    x.view(-1)[:32] = 1.0
+    maps = -torch.arange(64.0).view(1, 8, 8)                      # pixel 0 most relevant, then raster order
+    c = faithfulness_curves(_BrightCountModel(), x, maps, torch.ones(1, dtype=torch.long),
+                            FaithfulnessConfig(steps=4, baseline="mean", road_fractions=(0.5,)))
+    assert c.fractions == [0.0, 0.25, 0.5, 0.75, 1.0]
+    np.testing.assert_allclose(c.deletion[0], np.array([33, 17, 1, 1, 1]) / 66, rtol=1e-6)
+    np.testing.assert_allclose(c.insertion[0], np.array([1, 17, 33, 33, 33]) / 66, rtol=1e-6)
+    s = summarise(c)
+    # trapezoid: 0.25·(25 + 9 + 1 + 1) / 66 and 0.25·(9 + 25 + 33 + 33) / 66 (plain means: 53/330, 117/330)
+    assert s["deletion_auc"] == pytest.approx(9 / 66, abs=1e-7)
+    assert s["insertion_auc"] == pytest.approx(25 / 66, abs=1e-7)
+    # ROAD at 1/2: MoRF removes the bright half, imputed from the dark half alone (0: none bright); LeRF removes
+    # the dark half, imputed from the bright half alone (1: all 64 bright); noise 0.01 moves neither across 0.5
+    assert s["road_morf"] == pytest.approx(1 / 66, abs=1e-7) and s["road_lerf"] == pytest.approx(65 / 66, abs=1e-7)
 
 
 @pytest.mark.parametrize("kwargs,match", [({"steps": 0}, "at least 1"), ({"steps": -3}, "at least 1"),
