@@ -240,3 +240,40 @@ def test_the_better_of_retrained_and_unretrained_head_is_kept_and_named(setup, t
     imap = InfluenceMap.load(tmp_path / "d" / "influence.json")
     assert evaluate_decomposition(weight, bias, imap, te)["accuracy_decomposed"] == \
         max(doc["accuracy_retrained"], doc["accuracy_decomposed"])
+
+
+@pytest.fixture(scope="module")
+def centroid_setup(tmp_path_factory):
+    """A random ResNet-18 whose head is the nearest-centroid classifier of its own digit features (weights the
+    class means, biases −½‖mean‖², all non-zero): the full head is right on many eval samples, a 3-feature
+    decomposition on fewer but not none (0 < A_d < A_f)."""
+    from inspectnet.analysis.heads.decompose import class_feature_means
+
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+    tmp = tmp_path_factory.mktemp("centroid")
+    first = run_probe(zm, load_data("digits:train", zm.transform()), "layer4", tmp / "first", limit=200, batch_size=100)
+    means, _ = class_feature_means(first, 10)
+    with torch.no_grad():
+        zm.head.weight.copy_(means.float())
+        zm.head.bias.copy_(-0.5 * (means.float() ** 2).sum(1))
+    tr = run_probe(zm, load_data("digits:train", zm.transform()), "layer4", tmp / "train", limit=200, batch_size=100)
+    te = run_probe(zm, load_data("digits:test", zm.transform()), "layer4", tmp / "test", limit=120, batch_size=120)
+    return zm, tr, te
+
+
+def test_retention_is_decomposed_over_full_accuracy_on_a_real_decomposition(centroid_setup, tmp_path):
+    zm, tr, te = centroid_setup
+    doc = run_decomposition(tr, te, tmp_path / "d", zm=zm, k1=3, k2=3)
+    labels = np.asarray(te.labels)
+    w, b = (t.double().numpy() for t in linear_params(zm.head))
+    feats = np.asarray(te.features, dtype=np.float64)
+    mask = np.zeros_like(w)
+    for c, s in enumerate(doc["supports"]):
+        mask[c, s] = 1.0
+    a_f = ((feats @ w.T + b).argmax(1) == labels).mean()
+    a_d = ((feats @ (w * mask).T + b).argmax(1) == labels).mean()
+    assert 0 < a_d < a_f and np.abs(b).min() > 0                 # the case where A_d / A_f and A_f / A_d differ
+    assert doc["accuracy_full"] == pytest.approx(a_f) and doc["accuracy_decomposed"] == pytest.approx(a_d)
+    assert doc["rA"] == pytest.approx(a_d / a_f) and doc["rA"] < 1
+    assert doc["agreement"] == pytest.approx(((feats @ w.T + b).argmax(1) == (feats @ (w * mask).T + b).argmax(1)).mean())
