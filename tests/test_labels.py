@@ -252,3 +252,32 @@ def test_folder_labels_of_a_named_ten_class_model_are_its_own_indices(tmp_path):
     folder_of = {ds.name(i): ds.files[i].parent.name for i in range(len(ds))}
     assert len(got) == 10 and sorted(folder_of.values()) == sorted(DIGIT_NAMES)
     assert all(got[k] == DIGIT_NAMES.index(folder_of[k]) for k in got), (got, folder_of)
+
+
+def test_unmatched_names_list_the_three_closest_model_classes():
+    with pytest.raises(InspectnetError, match=r"'doggo' \(closest: dog \(0\), dogs \(1\), doge \(2\)\) matches no class"):
+        align_classes(["doggo"], ["dog", "dogs", "doge", "dodo", "cat"])
+
+
+def test_class_map_accepts_the_first_and_last_model_index():
+    m = align_classes(["first", "last"], IMAGENET, class_map={"first": 0, "last": 999})
+    assert m.indices == [0, 999] and m.via == ["class map", "class map"]
+    with pytest.raises(InspectnetError, match=r"maps to index -1, but the model has 1000 classes"):
+        align_classes(["first"], IMAGENET, class_map={"first": -1})
+
+
+def test_long_lists_of_unmatched_classes_show_five_and_count_the_rest():
+    model = ["alpha", "beta", "gamma"]
+    with pytest.raises(InspectnetError) as err:
+        align_classes([f"zz{i}" for i in range(7)], model)
+    msg = str(err.value)
+    assert msg.startswith("data: 7 classes 'zz0'") and "'zz4'" in msg and "'zz5'" not in msg and "and 2 more" in msg
+    with pytest.raises(InspectnetError) as err:
+        align_classes([f"zz{i}" for i in range(5)], model)
+    assert "'zz4'" in str(err.value) and "more" not in str(err.value)
+    stray = {f"s{i}": 0 for i in range(5)}
+    with pytest.raises(InspectnetError) as err:
+        align_classes(["alpha"], model, class_map=stray)
+    assert "'s0', 's1', 's2', 's3', 's4', which data does not have" in str(err.value)
+    with pytest.raises(InspectnetError, match=r"'s4' and 1 more, which data does not have"):
+        align_classes(["alpha"], model, class_map={**stray, "s5": 0})
