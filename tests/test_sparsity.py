@@ -60,6 +60,18 @@ def test_kurtosis_is_scale_free_and_excludes_only_truly_constant_vectors():
     assert np.isnan(excess_kurtosis(np.full(3, 0.1))) and np.isnan(excess_kurtosis(np.full(100, 0.7)))
 
 
+def test_sparseness_never_exceeds_one_on_near_one_hot_vectors_of_any_scale():
+    """(1 − a)/(1 − 1/n) reaches 1 + 2⁻⁵² by rounding on some one-hot vectors: the measures stay in [0, 1]."""
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 100, 513):
+        x = np.zeros((5000, n))
+        x[np.arange(5000), rng.integers(0, n, 5000)] = rng.exponential(size=5000) * 10.0 ** rng.integers(-30, 30, 5000)
+        x += (rng.random((5000, n)) < 0.3) * rng.exponential(size=(5000, n)) * 1e-9
+        for measure in (hoyer, treves_rolls):
+            v = measure(x, axis=1)
+            assert np.nanmax(v) <= 1.0 and np.nanmin(v) >= 0.0, (measure.__name__, n)
+
+
 def test_the_smallest_accepted_matrix_is_two_by_two():
     m = sparsity_metrics(np.array([[1.0, 0.0], [1.0, 1.0]]))
     assert (m.num_samples, m.num_filters) == (2, 2)
