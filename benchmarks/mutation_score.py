@@ -408,12 +408,11 @@ def run_mutant(m: Mutant, covering: list[str], seconds: dict[str, float]) -> Non
     outcome, data = _fork_pytest([*order, "-x"], timeout=limit, finder=finder)
     m.seconds, m.tests_run = round(time.perf_counter() - start, 2), len(order)
     if outcome == "passed":
-        why = EQUIVALENT.get((m.file, m.key))
-        m.status, m.why = ("equivalent", why) if why else ("survived", None)
+        m.status = "survived"
     elif outcome == "timeout":
         m.status = "timeout"
     else:
-        m.status = "killed" if outcome == "failed" else "error"
+        m.status = "killed" if outcome == "failed" else outcome  # "error (exit N)": the tests could not even run
         m.killed_by = (data.get("failed") or [None])[0]
 
 
@@ -423,6 +422,8 @@ class ModuleScore:
     name: str
     files: list[str]
     tests: list[str]
+    total: int = 0                 # mutants of the files; ``mutants`` of them are judged so far
+    complete: bool = False
     mutants: int = 0
     killed: int = 0
     survived: int = 0
@@ -433,36 +434,64 @@ class ModuleScore:
     equivalents: list[dict] = field(default_factory=list)
 
 
-def score_module(name: str, limit: int | None = None, only: set[tuple[str, str]] | None = None) -> ModuleScore:
-    """Run every mutant of the module group ``name`` (or only those in ``only``: the others were killed before)."""
+def score_module(name: str, limit: int | None = None, only: set[tuple[str, str]] | None = None,
+                 log: Path | None = None, on_progress=None) -> ModuleScore:
+    """Run every mutant of the module group ``name`` (or only those in ``only``: the others were killed before).
+
+    Each outcome is appended to ``log`` (JSON lines) as it comes; outcomes already there are reused, so an
+    interrupted run resumes. ``on_progress(result)`` is called every ten mutants with the score so far.
+    """
     files, tests = MODULES[name]
     start = time.perf_counter()
-    lines, seconds = baseline(files, tests)
-    result = ModuleScore(name, files, tests)
-    for path in files:
-        mutants = find_mutants(path)[:limit]
-        for i, m in enumerate(mutants):
-            if only is not None and (m.file, m.key) not in only:
-                result.mutants, result.killed = result.mutants + 1, result.killed + 1
-                continue
-            reached = {t for t, hit in lines[path].items() if hit & set(range(m.line, m.end_line + 1))}
+    done = _logged(log, name)
+    mutants = [m for path in files for m in find_mutants(path)[:limit]]
+    todo = [m for m in mutants if (m.file, m.key) not in done and (only is None or (m.file, m.key) in only)]
+    lines, seconds = baseline(files, tests) if todo else ({}, {})
+    result = ModuleScore(name, files, tests, total=len(mutants))
+    for i, m in enumerate(mutants):
+        if only is not None and (m.file, m.key) not in only:
+            m.status, m.killed_by = "killed", "(an earlier run)"
+        elif (m.file, m.key) in done:
+            m.status, m.killed_by = done[(m.file, m.key)]
+        else:
+            reached = {t for t, hit in lines[m.file].items() if hit & set(range(m.line, m.end_line + 1))}
             covering = list(seconds) if m.import_time or "<import>" in reached else sorted(reached)
             run_mutant(m, covering, seconds)
-            print(f"  [{i + 1}/{len(mutants)}] {path}:{m.line} {m.key}: {m.status}"
-                  f"{' by ' + m.killed_by if m.killed_by else ''} ({m.seconds:.1f} s)", flush=True)
-            result.mutants += 1
-            if m.status in ("killed", "timeout", "error"):
-                result.killed += 1
-            elif m.status == "equivalent":
-                result.equivalent += 1
-                result.equivalents.append(_row(m))
-            else:
-                result.survived += 1
-                result.survivors.append(_row(m))
+            if log is not None:
+                with log.open("a") as fh:
+                    fh.write(json.dumps({"module": name, "file": m.file, "key": m.key, "status": m.status,
+                                         "killed_by": m.killed_by}) + "\n")
+        print(f"  [{i + 1}/{len(mutants)}] {m.file}:{m.line} {m.key}: {m.status}"
+              f"{' by ' + m.killed_by if m.killed_by else ''} ({m.seconds:.1f} s)", flush=True)
+        _tally(result, m)
+        if on_progress is not None and i % 10 == 9:
+            on_progress(result)
+    result.complete = True
     result.seconds = round(time.perf_counter() - start, 1)
+    return result
+
+
+def _logged(log: Path | None, name: str) -> dict[tuple[str, str], tuple[str, str | None]]:
+    if log is None or not log.exists():
+        return {}
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return {(r["file"], r["key"]): (r["status"], r["killed_by"]) for r in rows if r["module"] == name}
+
+
+def _tally(result: ModuleScore, m: Mutant) -> None:
+    if m.status == "survived" and (m.file, m.key) in EQUIVALENT:  # decided now: the list may grow after a run
+        m.status, m.why = "equivalent", EQUIVALENT[(m.file, m.key)]
+    result.mutants += 1
+    if m.status in ("killed", "timeout") or m.status.startswith("error"):
+        result.killed += 1
+    elif m.status == "equivalent":
+        result.equivalent += 1
+        result.equivalents.append(_row(m))
+    else:
+        result.survived += 1
+        result.survivors.append(_row(m))
     judged = result.mutants - result.equivalent
     result.score = round(result.killed / judged, 4) if judged else None
-    return result
 
 
 def _row(m: Mutant) -> dict:
@@ -482,7 +511,8 @@ def write_results(scores: dict[str, dict], out: Path) -> None:
             "|---|---:|---:|---:|---:|---:|---:|"]
     for s in doc["modules"].values():
         score = "—" if s["score"] is None else f"{100 * s['score']:.1f} %"
-        rows.append(f"| {s['name']} | {s['mutants']} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} "
+        count = s["mutants"] if s.get("complete", True) else f"{s['mutants']} of {s['total']} (run stopped)"
+        rows.append(f"| {s['name']} | {count} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} "
                     f"| {s['seconds']:.0f} |")
     lines = ["# Mutation score of the core", "", "Written by `python benchmarks/mutation_score.py` (see its docstring). "
              "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed.", "",
@@ -552,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.survivors_only:
             rows = previous[n]["survivors"] + previous[n]["equivalents"]
             only = {(r["file"], f"{r['function']}: {r['original']} -> {r['mutated']}") for r in rows}
-        scores.append(score_module(n, args.limit, only))
+        log = Path(args.out).with_suffix(".progress.jsonl")
+        scores.append(score_module(n, args.limit, only, log=log,
+                                   on_progress=lambda r: write_results({r.name: asdict(r)}, Path(args.out))))
         s = scores[-1]
         print(f"{n}: {s.killed} killed, {s.survived} survived, {s.equivalent} equivalent of {s.mutants} "
               f"({s.seconds:.0f} s)", flush=True)
