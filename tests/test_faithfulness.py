@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from inspectnet.analysis.explain.faithfulness import (
+    Curves,
     FaithfulnessConfig,
     auc,
     baseline_images,
@@ -178,6 +179,45 @@ def test_deletion_and_insertion_curves_and_aucs_equal_hand_computed_values():
     # ROAD at 1/2: MoRF removes the bright half, imputed from the dark half alone (0: none bright); LeRF removes
     # the dark half, imputed from the bright half alone (1: all 64 bright); noise 0.01 moves neither across 0.5
     assert s["road_morf"] == pytest.approx(1 / 66, abs=1e-7) and s["road_lerf"] == pytest.approx(65 / 66, abs=1e-7)
+
+
+def _curves(deletion, insertion, morf, status=None):
+    """Curves over the fractions 0 and 1 (each AUC is the mean of a row's two points); LeRF = 1 − MoRF."""
+    n = len(deletion)
+    morf = np.array(morf, dtype=float).reshape(n, 1)
+    return Curves(fractions=[0.0, 1.0], deletion=np.array(deletion, float), insertion=np.array(insertion, float),
+                  road_fractions=[0.5], road_morf=morf, road_lerf=1.0 - morf, status=status or ["ok"] * n,
+                  forward_passes=0, baseline="mean")
+
+
+def test_summary_and_paired_comparison_equal_hand_computed_means_and_standard_errors():
+    nan = float("nan")
+    # method: deletion AUCs 0.1, 0.2, 0.35 (and a constant map, not scored); insertion 0.7, 0.6, 0.45
+    method = _curves([[0.2, 0], [0.4, 0], [0.7, 0], [nan, nan]], [[0.4, 1], [0.2, 1], [0, 0.9], [nan, nan]],
+                     [0.1, 0.2, 0.3, nan], status=["ok", "ok", "ok", "constant"])
+    control = _curves([[0.8, 0]] * 4, [[0, 0.8]] * 4, [0.3] * 4)
+    s = summarise(method)
+    assert (s["images"], s["evaluated"], s["constant_maps"], s["nan_maps"]) == (4, 3, 1, 0)
+    se = np.sqrt(0.031666666666666666 / 2 / 3)             # Σ(x − x̄)² = 0.031667 over 3 − 1, / √3: 0.072648
+    assert s["deletion_auc"] == pytest.approx(0.65 / 3) and s["deletion_auc_se"] == pytest.approx(se)
+    assert s["insertion_auc"] == pytest.approx(1.75 / 3) and s["insertion_auc_se"] == pytest.approx(se)
+    assert s["road_morf"] == pytest.approx(0.2) and s["road_lerf"] == pytest.approx(0.8)
+    assert s["road_morf_se"] == pytest.approx(0.1 / np.sqrt(3))
+    # paired differences: deletion (−0.3, −0.2, −0.05), insertion (0.3, 0.2, 0.05): mean ∓0.18333, SE 0.072648;
+    # −0.18333 + 2·0.072648 < 0 < −0.18333 + 3·0.072648: better than the control by more than two SEs
+    c = compare_to_control(method, control)
+    assert c["paired_images"] == 3
+    assert c["deletion_auc"] == pytest.approx(-0.55 / 3) and c["deletion_auc_se"] == pytest.approx(se)
+    assert c["insertion_auc"] == pytest.approx(0.55 / 3) and c["insertion_auc_se"] == pytest.approx(se)
+    assert c["road_morf"] == pytest.approx(-0.1) and c["road_lerf"] == pytest.approx(0.1)
+    assert c["beats_control"]
+    # the same deletion gain with an insertion gain (0.3, −0.1, 0.0) inside two SEs does not beat the control
+    weaker = _curves(method.deletion, [[0.4, 1], [0, 0.6], [0, 0.8], [nan, nan]], method.road_morf[:, 0],
+                     status=method.status)
+    assert not compare_to_control(weaker, control)["beats_control"]
+    # nor does a deletion gain inside two SEs with the insertion gain above
+    assert not compare_to_control(_curves([[0.2, 0], [0.8, 0], [0.8, 0], [nan, nan]], method.insertion,
+                                          method.road_morf[:, 0], status=method.status), control)["beats_control"]
 
 
 @pytest.mark.parametrize("kwargs,match", [({"steps": 0}, "at least 1"), ({"steps": -3}, "at least 1"),
