@@ -461,9 +461,9 @@ def score_module(name: str, limit: int | None = None, only: set[tuple[str, str]]
                 with log.open("a") as fh:
                     fh.write(json.dumps({"module": name, "file": m.file, "key": m.key, "status": m.status,
                                          "killed_by": m.killed_by}) + "\n")
+        _tally(result, m)
         print(f"  [{i + 1}/{len(mutants)}] {m.file}:{m.line} {m.key}: {m.status}"
               f"{' by ' + m.killed_by if m.killed_by else ''} ({m.seconds:.1f} s)", flush=True)
-        _tally(result, m)
         if on_progress is not None and i % 10 == 9:
             on_progress(result)
     result.complete = True

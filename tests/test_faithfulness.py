@@ -237,6 +237,35 @@ def test_baselines_keep_flat_images_and_remove_detail():
     assert torch.allclose(baseline_images(noisy, "mean")[0, :, 0, 0], noisy.mean((2, 3))[0])
 
 
+@pytest.mark.parametrize("size", [(16, 16), (12, 20), (40, 24)])
+def test_blur_baseline_is_a_gaussian_of_an_eighth_of_the_shorter_side_with_reflected_borders(size):
+    """Parity with scipy: σ = min(H, W)/8, kernel radius ⌈3σ⌉ (scipy's truncate = 3 gives the same radius),
+    reflection about the edge pixel (scipy's 'mirror')."""
+    import scipy.ndimage
+
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = baseline_images(x, "blur").numpy()
+    sigma = min(size) / 8
+    for b in range(2):
+        for c in range(3):
+            want = scipy.ndimage.gaussian_filter(x[b, c].numpy(), sigma, mode="mirror", truncate=3.0)
+            np.testing.assert_allclose(got[b, c], want, rtol=0, atol=1e-12)
+
+
+def test_default_faithfulness_settings_and_the_smallest_accepted_ones():
+    c = FaithfulnessConfig()
+    assert (c.steps, c.baseline, c.road_fractions, c.road_noise, c.road_size, c.batch_size, c.seed) == \
+        (10, "blur", (0.2, 0.4, 0.6, 0.8), 0.01, 32, 64, 0)
+    assert c.passes_per_image() == 2 * 10 + 2 * 4
+    small = FaithfulnessConfig(steps=1, batch_size=1, road_fractions=(0.01, 0.99))
+    small.check()
+    curves = faithfulness_curves(_BrightCountModel(), torch.rand(2, 1, 8, 8), torch.rand(2, 8, 8),
+                                 torch.ones(2, dtype=torch.long), small)
+    assert curves.fractions == [0.0, 1.0] and curves.forward_passes == 2 * small.passes_per_image()
+    with pytest.raises(InspectnetError, match="batch size must be at least 1"):
+        FaithfulnessConfig(batch_size=0).check()
+
+
 def test_average_ranks_and_spearman_match_scipy():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 5, 50).astype(float)
