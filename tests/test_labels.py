@@ -281,3 +281,20 @@ def test_long_lists_of_unmatched_classes_show_five_and_count_the_rest():
     assert "'s0', 's1', 's2', 's3', 's4', which data does not have" in str(err.value)
     with pytest.raises(InspectnetError, match=r"'s4' and 1 more, which data does not have"):
         align_classes(["alpha"], model, class_map={**stray, "s5": 0})
+
+
+def test_without_timm_imagenet_names_are_refused_and_other_names_still_align(monkeypatch):
+    import importlib.util
+
+    from inspectnet.data.labels import imagenet_synsets
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else find_spec(name, *a))
+    imagenet_synsets.cache_clear()
+    try:
+        assert imagenet_synsets() is None
+        with pytest.raises(InspectnetError, match="ImageNet class names ship with timm, which is not installed"):
+            imagenet_names()
+        assert align_classes(["b", "a"], ["a", "b"]).indices == [1, 0]
+    finally:
+        imagenet_synsets.cache_clear()
