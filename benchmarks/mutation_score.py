@@ -87,6 +87,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_SP, "excess_kurtosis: m2 <= (1e-12 * scale) ** 2 -> m2 < (1e-12 * scale) ** 2"):
         "m2 equals the threshold only when both are 0 (an all-zero vector: scale 1e-300, threshold underflows to "
         "0), where k = 0/0 is NaN either way",
+    (_LB, "imagenet_synsets: line.split('\\t', 1) -> line.split('\\t', 2)"):
+        "every line of timm's imagenet_synset_to_lemma.txt holds one tab: splitting at most twice gives the same "
+        "two parts",
     (_LB, "_Vocabulary.closest: n * 3 -> n * 4"):
         "more candidates change the answer only when the 3·n closest keys name fewer than n classes: model names "
         "are one key per class, and no ImageNet synonym set does so (searched: 12 000 misspellings of its keys)",
