@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import hashlib
 import importlib
 import importlib.abc
 import importlib.util
@@ -386,11 +387,21 @@ def _fork_pytest(args: list[str], timeout: float, finder: _MutantFinder | None =
     return {0: "passed", 1: "failed"}.get(code, f"error (exit {code})"), data
 
 
-def baseline(files: list[str], tests: list[str]) -> tuple[dict[str, set[int]], dict[str, float]]:
-    """Which lines of ``files`` each test reaches ({file: {test: lines}}), and each test's duration."""
-    outcome, data = _fork_pytest(tests, timeout=3600, traced={str(ROOT / f) for f in files})
-    if outcome != "passed":
-        raise SystemExit(f"the tests {tests} do not pass on the unmodified code ({outcome}: {data.get('failed')})")
+def baseline(files: list[str], tests: list[str], cache: Path | None = None
+             ) -> tuple[dict[str, dict[str, set[int]]], dict[str, float]]:
+    """Which lines of ``files`` each test reaches ({file: {test: lines}}), and each test's duration.
+
+    Kept in ``cache`` with a digest of the sources and test files: a resumed run reuses it while they are unchanged.
+    """
+    digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in [*files, *tests, "tests/conftest.py"])).hexdigest()
+    if cache is not None and cache.exists() and json.loads(cache.read_text())["digest"] == digest:
+        data = json.loads(cache.read_text())
+    else:
+        outcome, data = _fork_pytest(tests, timeout=3600, traced={str(ROOT / f) for f in files})
+        if outcome != "passed":
+            raise SystemExit(f"the tests {tests} do not pass on the unmodified code ({outcome}: {data.get('failed')})")
+        if cache is not None:
+            cache.write_text(json.dumps({"digest": digest, **data}))
     lines: dict[str, dict[str, set[int]]] = {f: {} for f in files}
     for test, hits in data["lines"].items():
         for filename, line in hits:
@@ -438,18 +449,21 @@ class ModuleScore:
 
 
 def score_module(name: str, limit: int | None = None, only: set[tuple[str, str]] | None = None,
-                 log: Path | None = None, on_progress=None) -> ModuleScore:
+                 log: Path | None = None, on_progress=None, first: tuple[str, ...] = ()) -> ModuleScore:
     """Run every mutant of the module group ``name`` (or only those in ``only``: the others were killed before).
 
     Each outcome is appended to ``log`` (JSON lines) as it comes; outcomes already there are reused, so an
-    interrupted run resumes. ``on_progress(result)`` is called every ten mutants with the score so far.
+    interrupted run resumes. ``on_progress(result)`` is called every ten mutants with the score so far. Mutants
+    of the functions named in ``first`` (name prefixes) run before the others.
     """
     files, tests = MODULES[name]
     start = time.perf_counter()
     done = _logged(log, name)
     mutants = [m for path in files for m in find_mutants(path)[:limit]]
+    mutants.sort(key=lambda m: not m.function.startswith(first) if first else False)
     todo = [m for m in mutants if (m.file, m.key) not in done and (only is None or (m.file, m.key) in only)]
-    lines, seconds = baseline(files, tests) if todo else ({}, {})
+    cache = log.with_name(log.name.replace(".progress.jsonl", f".baseline.{name.replace('/', '_')}.json")) if log else None
+    lines, seconds = baseline(files, tests, cache) if todo else ({}, {})
     result = ModuleScore(name, files, tests, total=len(mutants))
     for i, m in enumerate(mutants):
         if only is not None and (m.file, m.key) not in only:
@@ -551,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--survivors-only", action="store_true",
                         help="run only the mutants that survived in the results at --out (tests added since can only "
                              "kill more; the source must be unchanged)")
+    parser.add_argument("--first", default="", help="comma-separated function names whose mutants run first")
     parser.add_argument("--merge", default=None, help="a results .json of another run: add its modules to --out and stop")
     args = parser.parse_args(argv)
     if args.merge:
@@ -586,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = previous[n]["survivors"] + previous[n]["equivalents"]
             only = {(r["file"], f"{r['function']}: {r['original']} -> {r['mutated']}") for r in rows}
         log = Path(args.out).with_suffix(".progress.jsonl")
-        scores.append(score_module(n, args.limit, only, log=log,
+        first = tuple(f.strip() for f in args.first.split(",") if f.strip())
+        scores.append(score_module(n, args.limit, only, log=log, first=first,
                                    on_progress=lambda r: write_results({r.name: asdict(r)}, Path(args.out))))
         s = scores[-1]
         print(f"{n}: {s.killed} killed, {s.survived} survived, {s.equivalent} equivalent of {s.mutants} "
