@@ -68,6 +68,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 
 # survivors that cannot change any result: (file, "function: original -> mutated") -> why
 _SP, _LB = "inspectnet/analysis/sparsity.py", "inspectnet/data/labels.py"
+_IN = "inspectnet/analysis/heads/influence.py"
 _NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: the mask only restates what NaN "
               "propagation gives")
 _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0/0) s is already NaN: the mask only "
@@ -88,6 +89,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_SP, "excess_kurtosis: m2 <= (1e-12 * scale) ** 2 -> m2 < (1e-12 * scale) ** 2"):
         "m2 equals the threshold only when both are 0 (an all-zero vector: scale 1e-300, threshold underflows to "
         "0), where k = 0/0 is NaN either way",
+    (_SP, "sparsity_metrics: a.reshape(1, -1) -> a.reshape(1, -2)"):
+        "numpy infers a dimension given as any negative size (numpy 2.4: reshape(1, -2) of 12 values is (1, 12))",
+    (_IN, "<module>: 4096 -> 4097"):
+        "the chunk size of topk_counts: counts are summed over chunks, so any chunk size gives the same histogram",
     (_LB, "imagenet_synsets: line.split('\\t', 1) -> line.split('\\t', 2)"):
         "every line of timm's imagenet_synset_to_lemma.txt holds one tab: splitting at most twice gives the same "
         "two parts",
@@ -449,27 +454,30 @@ class ModuleScore:
 
 
 def score_module(name: str, limit: int | None = None, only: set[tuple[str, str]] | None = None,
-                 log: Path | None = None, on_progress=None, first: tuple[str, ...] = ()) -> ModuleScore:
+                 log: Path | None = None, on_progress=None, first: tuple[str, ...] = (),
+                 tally_only: bool = False) -> ModuleScore:
     """Run every mutant of the module group ``name`` (or only those in ``only``: the others were killed before).
 
     Each outcome is appended to ``log`` (JSON lines) as it comes; outcomes already there are reused, so an
     interrupted run resumes. ``on_progress(result)`` is called every ten mutants with the score so far. Mutants
-    of the functions named in ``first`` (name prefixes) run before the others.
+    of the functions named in ``first`` (name prefixes) run before the others. ``tally_only``: run nothing, score
+    the logged outcomes (the result says it is incomplete when some mutants have none).
     """
     files, tests = MODULES[name]
-    start = time.perf_counter()
     done = _logged(log, name)
     mutants = [m for path in files for m in find_mutants(path)[:limit]]
     mutants.sort(key=lambda m: not m.function.startswith(first) if first else False)
     todo = [m for m in mutants if (m.file, m.key) not in done and (only is None or (m.file, m.key) in only)]
     cache = log.with_name(log.name.replace(".progress.jsonl", f".baseline.{name.replace('/', '_')}.json")) if log else None
-    lines, seconds = baseline(files, tests, cache) if todo else ({}, {})
+    lines, seconds = baseline(files, tests, cache) if todo and not tally_only else ({}, {})
     result = ModuleScore(name, files, tests, total=len(mutants))
     for i, m in enumerate(mutants):
+        if tally_only and (m.file, m.key) not in done and (only is None or (m.file, m.key) in only):
+            continue
         if only is not None and (m.file, m.key) not in only:
             m.status, m.killed_by = "killed", "(an earlier run)"
         elif (m.file, m.key) in done:
-            m.status, m.killed_by = done[(m.file, m.key)]
+            m.status, m.killed_by, m.seconds = done[(m.file, m.key)]
         else:
             reached = {t for t, hit in lines[m.file].items() if hit & set(range(m.line, m.end_line + 1))}
             covering = list(seconds) if m.import_time or "<import>" in reached else sorted(reached)
@@ -477,28 +485,30 @@ def score_module(name: str, limit: int | None = None, only: set[tuple[str, str]]
             if log is not None:
                 with log.open("a") as fh:
                     fh.write(json.dumps({"module": name, "file": m.file, "key": m.key, "status": m.status,
-                                         "killed_by": m.killed_by}) + "\n")
+                                         "killed_by": m.killed_by, "seconds": m.seconds}) + "\n")
         _tally(result, m)
         print(f"  [{i + 1}/{len(mutants)}] {m.file}:{m.line} {m.key}: {m.status}"
               f"{' by ' + m.killed_by if m.killed_by else ''} ({m.seconds:.1f} s)", flush=True)
         if on_progress is not None and i % 10 == 9:
             on_progress(result)
-    result.complete = True
-    result.seconds = round(time.perf_counter() - start, 1)
+    result.complete = result.mutants == result.total
+    result.seconds = round(result.seconds, 1)
     return result
 
 
-def _logged(log: Path | None, name: str) -> dict[tuple[str, str], tuple[str, str | None]]:
+def _logged(log: Path | None, name: str) -> dict[tuple[str, str], tuple[str, str | None, float]]:
     if log is None or not log.exists():
         return {}
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return {(r["file"], r["key"]): (r["status"], r["killed_by"]) for r in rows if r["module"] == name}
+    return {(r["file"], r["key"]): (r["status"], r["killed_by"], r.get("seconds", 0.0)) for r in rows
+            if r["module"] == name}
 
 
 def _tally(result: ModuleScore, m: Mutant) -> None:
     if m.status == "survived" and (m.file, m.key) in EQUIVALENT:  # decided now: the list may grow after a run
         m.status, m.why = "equivalent", EQUIVALENT[(m.file, m.key)]
     result.mutants += 1
+    result.seconds += m.seconds
     if m.status in ("killed", "timeout") or m.status.startswith("error"):
         result.killed += 1
     elif m.status == "equivalent":
@@ -524,13 +534,13 @@ def write_results(scores: dict[str, dict], out: Path) -> None:
     modules = {**previous, **scores}
     doc = {"machine": _machine(), "modules": dict(sorted(modules.items()))}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    rows = ["| module | mutants | killed | survived | equivalent | score | time (s) |",
+    rows = ["| module | mutants | killed | survived | equivalent | score | mutant runs (s) |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for s in doc["modules"].values():
         score = "—" if s["score"] is None else f"{100 * s['score']:.1f} %"
         count = s["mutants"] if s.get("complete", True) else f"{s['mutants']} of {s['total']} (run stopped)"
         rows.append(f"| {s['name']} | {count} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} "
-                    f"| {s['seconds']:.0f} |")
+                    f"| {s['seconds'] or '—'} |")
     lines = ["# Mutation score of the core", "", "Written by `python benchmarks/mutation_score.py` (see its docstring). "
              "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed.", "",
              f"Machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, load {doc['machine']['load']}, "
@@ -565,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--survivors-only", action="store_true",
                         help="run only the mutants that survived in the results at --out (tests added since can only "
                              "kill more; the source must be unchanged)")
+    parser.add_argument("--tally-only", action="store_true",
+                        help="run no mutant: score the outcomes logged at --out (modules not finished say so)")
     parser.add_argument("--first", default="", help="comma-separated function names whose mutants run first")
     parser.add_argument("--merge", default=None, help="a results .json of another run: add its modules to --out and stop")
     args = parser.parse_args(argv)
@@ -602,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             only = {(r["file"], f"{r['function']}: {r['original']} -> {r['mutated']}") for r in rows}
         log = Path(args.out).with_suffix(".progress.jsonl")
         first = tuple(f.strip() for f in args.first.split(",") if f.strip())
-        scores.append(score_module(n, args.limit, only, log=log, first=first,
+        scores.append(score_module(n, args.limit, only, log=log, first=first, tally_only=args.tally_only,
                                    on_progress=lambda r: write_results({r.name: asdict(r)}, Path(args.out))))
         s = scores[-1]
         print(f"{n}: {s.killed} killed, {s.survived} survived, {s.equivalent} equivalent of {s.mutants} "

@@ -161,3 +161,9 @@ def test_bad_labels_k_and_weights_are_refused_by_name(tmp_path):
     with pytest.raises(InspectnetError, match="--score 'size' is unknown"):
         fit_influence(good, k1=2, k2=2, score="size")
     assert fit_influence(good, k1=2, k2=2, score="contribution", weight=torch.ones(3, 4)).score == "contribution"
+
+
+def test_a_single_labelled_sample_is_counted():
+    a = np.array([[3.0, -5.0, 1.0], [9.0, 9.0, 9.0]])
+    np.testing.assert_array_equal(topk_counts(a, np.array([1, -1]), 2, 2), [[0, 0, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(topk_counts(a[:1], np.array([0]), 2, 1), [[0, 1, 0], [0, 0, 0]])
