@@ -18,6 +18,11 @@ first failure). A mutant that no test reaches survives as *not covered*.
     python benchmarks/mutation_score.py                       # all modules; writes benchmarks/results/mutation.{json,md}
     python benchmarks/mutation_score.py --modules data/labels,analysis/sparsity
     python benchmarks/mutation_score.py --list                # the module → test-file table
+    python benchmarks/mutation_score.py --mode tally          # rewrite the results from the logged outcomes
+    python benchmarks/mutation_score.py --mode survivors --modules data/labels --tests tests/test_labels.py
+
+Every outcome is logged as it comes (``benchmarks/results/mutation.progress.jsonl``), so a stopped run
+resumes where it was, and after tests are added ``--mode survivors`` runs only the logged survivors again.
 
 It is not part of the default test run (it runs the listed test files once per mutant).
 """
@@ -422,7 +427,7 @@ def run_mutant(m: Mutant, covering: list[str], seconds: dict[str, float]) -> Non
         return
     order = sorted(covering, key=lambda t: seconds.get(t, 0.0))
     finder = _MutantFinder(module_name(m.file), m.file, mutated_code(m.file, m))
-    limit = 30.0 + 3.0 * sum(seconds.get(t, 1.0) for t in order)
+    limit = 30.0 + 3.0 * sum(seconds.get(t, 60.0) for t in order)
     start = time.perf_counter()
     outcome, data = _fork_pytest([*order, "-x"], timeout=limit, finder=finder)
     m.seconds, m.tests_run = round(time.perf_counter() - start, 2), len(order)
@@ -453,39 +458,45 @@ class ModuleScore:
     equivalents: list[dict] = field(default_factory=list)
 
 
-def score_module(name: str, limit: int | None = None, only: set[tuple[str, str]] | None = None,
-                 log: Path | None = None, on_progress=None, first: tuple[str, ...] = (),
-                 tally_only: bool = False) -> ModuleScore:
-    """Run every mutant of the module group ``name`` (or only those in ``only``: the others were killed before).
+def score_module(name: str, limit: int | None = None, *, log: Path | None = None, on_progress=None,
+                 first: tuple[str, ...] = (), mode: str = "run", tests: list[str] | None = None) -> ModuleScore:
+    """Run the mutants of the module group ``name`` against its tests (or ``tests``).
 
     Each outcome is appended to ``log`` (JSON lines) as it comes; outcomes already there are reused, so an
     interrupted run resumes. ``on_progress(result)`` is called every ten mutants with the score so far. Mutants
-    of the functions named in ``first`` (name prefixes) run before the others. ``tally_only``: run nothing, score
-    the logged outcomes (the result says it is incomplete when some mutants have none).
+    of the functions named in ``first`` (name prefixes) run before the others. ``mode``: ``run`` (every mutant
+    without a logged outcome), ``tally`` (run nothing: score the logged outcomes; a module with mutants left
+    says it is incomplete) or ``survivors`` (run again, against whole test files, the mutants logged as
+    survivors: tests added since can only kill more).
     """
-    files, tests = MODULES[name]
+    files, tests = MODULES[name][0], tests or MODULES[name][1]
     done = _logged(log, name)
     mutants = [m for path in files for m in find_mutants(path)[:limit]]
     mutants.sort(key=lambda m: not m.function.startswith(first) if first else False)
-    todo = [m for m in mutants if (m.file, m.key) not in done and (only is None or (m.file, m.key) in only)]
+    if mode == "survivors":
+        todo = [m for m in mutants if done.get((m.file, m.key), ("",))[0] in ("survived", "not covered")]
+    else:
+        todo = [m for m in mutants if (m.file, m.key) not in done] if mode == "run" else []
     cache = log.with_name(log.name.replace(".progress.jsonl", f".baseline.{name.replace('/', '_')}.json")) if log else None
-    lines, seconds = baseline(files, tests, cache) if todo and not tally_only else ({}, {})
-    result = ModuleScore(name, files, tests, total=len(mutants))
+    lines, seconds = baseline(files, tests, cache) if todo and mode == "run" else ({}, {})
+    result = ModuleScore(name, files, MODULES[name][1], total=len(mutants))
+    waiting = {(m.file, m.key) for m in todo}
     for i, m in enumerate(mutants):
-        if tally_only and (m.file, m.key) not in done and (only is None or (m.file, m.key) in only):
-            continue
-        if only is not None and (m.file, m.key) not in only:
-            m.status, m.killed_by = "killed", "(an earlier run)"
-        elif (m.file, m.key) in done:
-            m.status, m.killed_by, m.seconds = done[(m.file, m.key)]
-        else:
-            reached = {t for t, hit in lines[m.file].items() if hit & set(range(m.line, m.end_line + 1))}
-            covering = list(seconds) if m.import_time or "<import>" in reached else sorted(reached)
+        if (m.file, m.key) in waiting:
+            if mode == "survivors":
+                covering = tests  # whole files: a new test may reach the line
+            else:
+                reached = {t for t, hit in lines[m.file].items() if hit & set(range(m.line, m.end_line + 1))}
+                covering = list(seconds) if m.import_time or "<import>" in reached else sorted(reached)
             run_mutant(m, covering, seconds)
             if log is not None:
                 with log.open("a") as fh:
                     fh.write(json.dumps({"module": name, "file": m.file, "key": m.key, "status": m.status,
                                          "killed_by": m.killed_by, "seconds": m.seconds}) + "\n")
+        elif (m.file, m.key) in done:
+            m.status, m.killed_by, m.seconds = done[(m.file, m.key)]
+        else:
+            continue
         _tally(result, m)
         print(f"  [{i + 1}/{len(mutants)}] {m.file}:{m.line} {m.key}: {m.status}"
               f"{' by ' + m.killed_by if m.killed_by else ''} ({m.seconds:.1f} s)", flush=True)
@@ -572,11 +583,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="at most this many mutants per file (a quick look)")
     parser.add_argument("--out", default=str(RESULTS / "mutation"), help="results path without suffix")
     parser.add_argument("--list", action="store_true", help="print the module → test-file table and each mutant count")
-    parser.add_argument("--survivors-only", action="store_true",
-                        help="run only the mutants that survived in the results at --out (tests added since can only "
-                             "kill more; the source must be unchanged)")
-    parser.add_argument("--tally-only", action="store_true",
-                        help="run no mutant: score the outcomes logged at --out (modules not finished say so)")
+    parser.add_argument("--mode", choices=("run", "tally", "survivors"), default="run",
+                        help="run: every mutant without a logged outcome; tally: run nothing, score the logged "
+                             "outcomes; survivors: run the logged survivors again against whole test files")
+    parser.add_argument("--tests", default="", help="comma-separated test files instead of the module's (with --mode "
+                                                      "survivors: the files whose new tests may kill them)")
     parser.add_argument("--first", default="", help="comma-separated function names whose mutants run first")
     parser.add_argument("--merge", default=None, help="a results .json of another run: add its modules to --out and stop")
     args = parser.parse_args(argv)
@@ -595,26 +606,20 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import numpy  # noqa: F401  (imported once here: every run forks from this process)
-    import timm  # noqa: F401
-    import torch  # noqa: F401
-
-    for lib in ("scipy.stats", "sklearn.linear_model", "matplotlib.pyplot", "PIL.Image", "onnx", "onnxruntime", "captum"):
+    heavy = ("numpy", "torch", "timm", "scipy.stats", "sklearn.linear_model", "matplotlib.pyplot", "PIL.Image", "onnx",
+             "onnxruntime", "captum")
+    for lib in heavy if args.mode != "tally" else ():  # imported once here: every run forks from this process
         try:
             importlib.import_module(lib)
         except ImportError:
             pass
-    previous = json.loads(Path(args.out).with_suffix(".json").read_text())["modules"] if args.survivors_only else {}
     scores = []
     for n in names:
         print(f"{n}: {', '.join(MODULES[n][0])} against {', '.join(MODULES[n][1])}", flush=True)
-        only = None
-        if args.survivors_only:
-            rows = previous[n]["survivors"] + previous[n]["equivalents"]
-            only = {(r["file"], f"{r['function']}: {r['original']} -> {r['mutated']}") for r in rows}
         log = Path(args.out).with_suffix(".progress.jsonl")
         first = tuple(f.strip() for f in args.first.split(",") if f.strip())
-        scores.append(score_module(n, args.limit, only, log=log, first=first, tally_only=args.tally_only,
+        tests = [t.strip() for t in args.tests.split(",") if t.strip()] or None
+        scores.append(score_module(n, args.limit, log=log, first=first, mode=args.mode, tests=tests,
                                    on_progress=lambda r: write_results({r.name: asdict(r)}, Path(args.out))))
         s = scores[-1]
         print(f"{n}: {s.killed} killed, {s.survived} survived, {s.equivalent} equivalent of {s.mutants} "
