@@ -472,7 +472,7 @@ def score_module(name: str, limit: int | None = None, *, log: Path | None = None
     files, tests = MODULES[name][0], tests or MODULES[name][1]
     done = _logged(log, name)
     mutants = [m for path in files for m in find_mutants(path)[:limit]]
-    mutants.sort(key=lambda m: not m.function.startswith(first) if first else False)
+    mutants.sort(key=lambda m: next((i for i, f in enumerate(first) if m.function.startswith(f)), len(first)))
     if mode == "survivors":
         todo = [m for m in mutants if done.get((m.file, m.key), ("",))[0] in ("survived", "not covered")]
     else:
