@@ -220,6 +220,17 @@ def test_summary_and_paired_comparison_equal_hand_computed_means_and_standard_er
                                           method.road_morf[:, 0], status=method.status), control)["beats_control"]
 
 
+def test_standard_errors_need_two_images():
+    one = _curves([[0.2, 0]], [[0, 1]], [0.1])
+    two = _curves([[0.2, 0], [0.4, 0]], [[0, 1], [0, 0.8]], [0.1, 0.3])
+    s1, s2 = summarise(one), summarise(two)
+    assert s1["deletion_auc"] == pytest.approx(0.1) and s1["deletion_auc_se"] is None and s1["road_morf_se"] is None
+    assert s2["deletion_auc_se"] == pytest.approx(0.05) and s2["insertion_auc_se"] == pytest.approx(0.05)
+    c1, c2 = compare_to_control(one, one), compare_to_control(two, _curves([[0.4, 0]] * 2, [[0, 0.8]] * 2, [0.3] * 2))
+    assert c1["deletion_auc"] == 0.0 and c1["deletion_auc_se"] is None and not c1["beats_control"]
+    assert c2["paired_images"] == 2 and c2["deletion_auc_se"] == pytest.approx(0.05)
+
+
 @pytest.mark.parametrize("kwargs,match", [({"steps": 0}, "at least 1"), ({"steps": -3}, "at least 1"),
                                           ({"baseline": "zeros"}, "blur or mean"),
                                           ({"road_fractions": (0.5, 1.0)}, "strictly between")])

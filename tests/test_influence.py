@@ -167,3 +167,10 @@ def test_a_single_labelled_sample_is_counted():
     a = np.array([[3.0, -5.0, 1.0], [9.0, 9.0, 9.0]])
     np.testing.assert_array_equal(topk_counts(a, np.array([1, -1]), 2, 2), [[0, 0, 0], [1, 1, 0]])
     np.testing.assert_array_equal(topk_counts(a[:1], np.array([0]), 2, 1), [[0, 1, 0], [0, 0, 0]])
+
+
+def test_full_map_uses_every_feature_of_every_class():
+    imap = InfluenceMap.full(3, 4)
+    assert imap.supports == [[0, 1, 2, 3]] * 3 and imap.frequencies == [[1.0] * 4] * 3
+    assert imap.class_counts == [0, 0, 0] and imap.empty_classes == [] and imap.union() == [0, 1, 2, 3]
+    assert bool(imap.mask().all()) and (imap.k1, imap.k2, imap.dim, imap.num_classes) == (4, 4, 4, 3)
