@@ -73,7 +73,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 
 # survivors that cannot change any result: (file, "function: original -> mutated") -> why
 _SP, _LB = "inspectnet/analysis/sparsity.py", "inspectnet/data/labels.py"
-_IN = "inspectnet/analysis/heads/influence.py"
+_IN, _FA = "inspectnet/analysis/heads/influence.py", "inspectnet/analysis/explain/faithfulness.py"
 _NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: the mask only restates what NaN "
               "propagation gives")
 _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0/0) s is already NaN: the mask only "
@@ -98,6 +98,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "numpy infers a dimension given as any negative size (numpy 2.4: reshape(1, -2) of 12 values is (1, 12))",
     (_IN, "<module>: 4096 -> 4097"):
         "the chunk size of topk_counts: counts are summed over chunks, so any chunk size gives the same histogram",
+    (_FA, "compare_to_control: a['deletion_auc'] - b['deletion_auc'] -> a['deletion_auc'] + b['deletion_auc']"):
+        "paired_images counts the images where the difference is finite: a − b and a + b are finite for the same "
+        "images (AUCs are finite or NaN)",
     (_LB, "imagenet_synsets: line.split('\\t', 1) -> line.split('\\t', 2)"):
         "every line of timm's imagenet_synset_to_lemma.txt holds one tab: splitting at most twice gives the same "
         "two parts",

@@ -231,6 +231,17 @@ def test_standard_errors_need_two_images():
     assert c2["paired_images"] == 2 and c2["deletion_auc_se"] == pytest.approx(0.05)
 
 
+def test_a_gain_of_exactly_two_standard_errors_does_not_beat_the_control():
+    """Paired differences (−0.75, −0.25): mean −0.5, SE 0.25 (dyadic, exact): −0.5 + 2·0.25 = 0 is not below 0."""
+    control = _curves([[1, 0.5]] * 2, [[0.5, 0]] * 2, [0.5] * 2)          # deletion AUC 0.75, insertion 0.25
+    clear_deletion, clear_insertion = [[0, 0], [0, 0]], [[1, 1], [1, 1]]  # differences −0.75, −0.75 / 0.75, 0.75
+    edge = compare_to_control(_curves([[0, 0], [1, 0]], clear_insertion, [0.5] * 2), control)
+    assert (edge["deletion_auc"], edge["deletion_auc_se"]) == (-0.5, 0.25) and not edge["beats_control"]
+    edge = compare_to_control(_curves(clear_deletion, [[1, 1], [1, 0]], [0.5] * 2), control)
+    assert (edge["insertion_auc"], edge["insertion_auc_se"]) == (0.5, 0.25) and not edge["beats_control"]
+    assert compare_to_control(_curves(clear_deletion, clear_insertion, [0.5] * 2), control)["beats_control"]
+
+
 @pytest.mark.parametrize("kwargs,match", [({"steps": 0}, "at least 1"), ({"steps": -3}, "at least 1"),
                                           ({"baseline": "zeros"}, "blur or mean"),
                                           ({"road_fractions": (0.5, 1.0)}, "strictly between")])

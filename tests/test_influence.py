@@ -174,3 +174,10 @@ def test_full_map_uses_every_feature_of_every_class():
     assert imap.supports == [[0, 1, 2, 3]] * 3 and imap.frequencies == [[1.0] * 4] * 3
     assert imap.class_counts == [0, 0, 0] and imap.empty_classes == [] and imap.union() == [0, 1, 2, 3]
     assert bool(imap.mask().all()) and (imap.k1, imap.k2, imap.dim, imap.num_classes) == (4, 4, 4, 3)
+
+
+def test_one_labelled_sample_or_a_single_class_of_label_zero_is_enough_to_fit(tmp_path):
+    one = fit_influence(_small_record(tmp_path / "one", [2]), k1=2, k2=1)
+    assert one.supports == [[], [], [0]] and one.class_counts == [0, 0, 1] and one.empty_classes == [0, 1]
+    zeros = fit_influence(_small_record(tmp_path / "zeros", [0, 0, 0]), k1=1, k2=1)
+    assert zeros.supports == [[0], [], []] and zeros.class_counts == [3, 0, 0]  # top-1: 0, 0, 1

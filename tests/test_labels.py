@@ -298,3 +298,9 @@ def test_without_timm_imagenet_names_are_refused_and_other_names_still_align(mon
         assert align_classes(["b", "a"], ["a", "b"]).indices == [1, 0]
     finally:
         imagenet_synsets.cache_clear()
+
+
+def test_class_map_names_that_fit_several_classes_are_refused_naming_them():
+    with pytest.raises(InspectnetError, match=r"maps to 'crane', which is ambiguous: crane \(134, n02012849\) or crane "
+                                              r"\(517, n03126707\)$"):
+        align_classes(["birds"], IMAGENET, class_map={"birds": "crane"})
