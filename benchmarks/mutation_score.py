@@ -78,6 +78,8 @@ _NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: t
               "propagation gives")
 _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0/0) s is already NaN: the mask only "
            "restates what NaN propagation gives")
+_CHUNKS = ("images are explained in chunks, each with its own tie-break seed (seed + chunk start): another chunk "
+           "size or seed offset draws another seeded random order among equal map values, nothing else")
 EQUIVALENT: dict[tuple[str, str], str] = {
     (_SP, "hoyer: (l2 > 0) & (n > 1) -> (l2 > 0) | (n > 1)"): _NAN_HOYER,
     (_SP, "hoyer: l2 > 0 -> l2 >= 0"): _NAN_HOYER,
@@ -101,6 +103,18 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_FA, "compare_to_control: a['deletion_auc'] - b['deletion_auc'] -> a['deletion_auc'] + b['deletion_auc']"):
         "paired_images counts the images where the difference is finite: a − b and a + b are finite for the same "
         "images (AUCs are finite or NaN)",
+    (_FA, "faithfulness_curves: max(1, config.batch_size // 4) -> max(2, config.batch_size // 4)"): _CHUNKS,
+    (_FA, "faithfulness_curves: config.batch_size // 4 -> config.batch_size // 5"): _CHUNKS,
+    (_FA, "faithfulness_curves: config.seed + start -> config.seed - start"): _CHUNKS,
+    (_FA, "faithfulness_curves: road_fill(x, removed, config.road_size) + noise -> "
+          "road_fill(x, removed, config.road_size) - noise"):
+        "−noise is a draw from the same N(0, noise²) as +noise (the ROAD noise is symmetric)",
+    (_FA, "pixel_ranks: stable=True -> stable=False"):
+        "the ties the sort meets are already in seeded random order, and torch's CPU sort is deterministic: an "
+        "unstable sort gives another, equally seeded, tie order",
+    (_FA, "_Counter.probabilities: targets.cpu().view(1, -1, 1).expand(len(variants), -1, 1) -> "
+          "targets.cpu().view(1, -1, 1).expand(len(variants), -1, 2)"):
+        "gathers the target's probability twice; [..., 0] reads the first copy",
     (_LB, "imagenet_synsets: line.split('\\t', 1) -> line.split('\\t', 2)"):
         "every line of timm's imagenet_synset_to_lemma.txt holds one tab: splitting at most twice gives the same "
         "two parts",

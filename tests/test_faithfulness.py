@@ -161,6 +161,28 @@ class _BrightCountModel(nn.Module):
         return torch.stack([torch.log1p(x[0].numel() - bright), torch.log1p(bright)], dim=1)
 
 
+class _ChangedPixelModel(nn.Module):
+    """Class 1's probability is (1 + k) / (2 + k), k the number of pixels that differ from ``reference``."""
+
+    def __init__(self, reference):
+        super().__init__()
+        self.reference = reference
+
+    def forward(self, x):
+        k = (x - self.reference).abs().flatten(1).gt(1e-6).sum(1).double()
+        return torch.stack([torch.zeros_like(k), torch.log1p(k)], dim=1)
+
+
+def test_deletion_and_road_change_exactly_the_fraction_of_pixels_asked_for():
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) + 1.0   # no pixel equals the mean
+    config = FaithfulnessConfig(steps=4, baseline="mean", road_fractions=(0.25, 0.5), road_noise=0.01)
+    c = faithfulness_curves(_ChangedPixelModel(x), x, torch.rand(1, 8, 8), torch.ones(1, dtype=torch.long), config)
+    prob = lambda k: (1 + k) / (2 + k)                                              # noqa: E731
+    np.testing.assert_allclose(c.deletion[0], [prob(k) for k in (0, 16, 32, 48, 64)], rtol=1e-6)
+    np.testing.assert_allclose(c.road_morf[0], [prob(16), prob(32)], rtol=1e-6)
+    np.testing.assert_allclose(c.road_lerf[0], [prob(16), prob(32)], rtol=1e-6)
+
+
 def test_deletion_and_insertion_curves_and_aucs_equal_hand_computed_values():
     """An 8×8 image whose first 32 pixels (raster order) are bright, ranked in raster order by a full-size map:
     deletion removes 0, 16, 32, 48, 64 pixels → 32, 16, 0, 0, 0 bright → p = (33, 17, 1, 1, 1) / 66."""

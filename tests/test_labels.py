@@ -272,6 +272,8 @@ def test_long_lists_of_unmatched_classes_show_five_and_count_the_rest():
         align_classes([f"zz{i}" for i in range(7)], model)
     msg = str(err.value)
     assert msg.startswith("data: 7 classes 'zz0'") and "'zz4'" in msg and "'zz5'" not in msg and "and 2 more" in msg
+    with pytest.raises(InspectnetError, match="'zz4'.* and 1 more match no class"):
+        align_classes([f"zz{i}" for i in range(6)], model)
     with pytest.raises(InspectnetError) as err:
         align_classes([f"zz{i}" for i in range(5)], model)
     assert "'zz4'" in str(err.value) and "more" not in str(err.value)
