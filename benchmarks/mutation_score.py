@@ -115,6 +115,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_FA, "_Counter.probabilities: targets.cpu().view(1, -1, 1).expand(len(variants), -1, 1) -> "
           "targets.cpu().view(1, -1, 1).expand(len(variants), -1, 2)"):
         "gathers the target's probability twice; [..., 0] reads the first copy",
+    (_FA, "<module>: [1 / 6, 0.0, 1 / 6] -> [1 / 6, 1.0, 1 / 6]"):
+        "a centre weight adds v to both the degree and the neighbour sum of the imputation system (they cancel), "
+        "and to the right-hand side only kept · 0 (kept is 0 at the removed pixels)",
     (_LB, "imagenet_synsets: line.split('\\t', 1) -> line.split('\\t', 2)"):
         "every line of timm's imagenet_synset_to_lemma.txt holds one tab: splitting at most twice gives the same "
         "two parts",

@@ -296,6 +296,18 @@ def test_blur_baseline_is_a_gaussian_of_an_eighth_of_the_shorter_side_with_refle
             np.testing.assert_allclose(got[b, c], want, rtol=0, atol=1e-12)
 
 
+def test_blur_baseline_of_tiny_images_keeps_its_kernel_inside_the_image():
+    """The radius ⌈3σ⌉ is capped at the shorter side − 1 (reflection needs it): a 3×3 image keeps radius 2
+    (scipy with truncate = 2/σ), a 1-pixel-high strip radius 0 (itself)."""
+    import scipy.ndimage
+
+    x = torch.rand(1, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = scipy.ndimage.gaussian_filter(x[0, 0].numpy(), 3 / 8, mode="mirror", truncate=2 / (3 / 8))
+    np.testing.assert_allclose(baseline_images(x, "blur")[0, 0].numpy(), want, rtol=0, atol=1e-12)
+    strip = torch.rand(1, 2, 1, 8, dtype=torch.float64)
+    assert torch.equal(baseline_images(strip, "blur"), strip)
+
+
 def test_default_faithfulness_settings_and_the_smallest_accepted_ones():
     c = FaithfulnessConfig()
     assert (c.steps, c.baseline, c.road_fractions, c.road_noise, c.road_size, c.batch_size, c.seed) == \
