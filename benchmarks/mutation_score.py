@@ -565,17 +565,15 @@ def write_results(scores: dict[str, dict], out: Path) -> None:
     modules = {**previous, **scores}
     doc = {"machine": _machine(), "modules": dict(sorted(modules.items()))}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    rows = ["| module | mutants | killed | survived | equivalent | score | mutant runs (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| module | mutants | killed | survived | equivalent | score |", "|---|---:|---:|---:|---:|---:|"]
     for s in doc["modules"].values():
         score = "—" if s["score"] is None else f"{100 * s['score']:.1f} %"
         count = s["mutants"] if s.get("complete", True) else f"{s['mutants']} of {s['total']} (run stopped)"
-        rows.append(f"| {s['name']} | {count} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} "
-                    f"| {s['seconds'] or '—'} |")
+        rows.append(f"| {s['name']} | {count} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} |")
     lines = ["# Mutation score of the core", "", "Written by `python benchmarks/mutation_score.py` (see its docstring). "
              "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed.", "",
-             f"Machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, load {doc['machine']['load']}, "
-             f"{doc['machine']['date']}.", "", *rows, ""]
+             f"Written on: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['date']}.", "",
+             *rows, ""]
     for s in doc["modules"].values():
         if s["survivors"]:
             lines += [f"## {s['name']}: survivors", ""]
