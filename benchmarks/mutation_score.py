@@ -21,7 +21,7 @@ first failure). A mutant that no test reaches survives as *not covered*.
     python benchmarks/mutation_score.py --mode tally          # rewrite the results from the logged outcomes
     python benchmarks/mutation_score.py --mode survivors --modules data/labels --tests tests/test_labels.py
 
-Every outcome is logged as it comes (``benchmarks/results/mutation.progress.jsonl``), so a stopped run
+Every outcome is logged as it comes (``benchmarks/results/mutation.progress.jsonl``), so an interrupted run
 resumes where it was, and after tests are added ``--mode survivors`` runs only the logged survivors again.
 
 It is not part of the default test run (it runs the listed test files once per mutant).
@@ -441,7 +441,7 @@ def baseline(files: list[str], tests: list[str], cache: Path | None = None
 
 
 def run_mutant(m: Mutant, covering: list[str], seconds: dict[str, float]) -> None:
-    """Run the tests reaching ``m``'s lines against it (fastest first, stop at the first failure)."""
+    """Run the tests reaching ``m``'s lines against it (fastest first, ending at the first failure)."""
     if not covering:
         m.status = "not covered"
         return
@@ -560,7 +560,7 @@ def _row(m: Mutant) -> dict:
 
 
 def write_results(scores: dict[str, dict], out: Path) -> None:
-    """Merge ``scores`` (module name -> :class:`ModuleScore` as a dict) into the results at ``out``; rewrite both files."""
+    """Add ``scores`` (module name -> :class:`ModuleScore` as a dict) into the results at ``out``; rewrite both files."""
     previous = json.loads(out.with_suffix(".json").read_text())["modules"] if out.with_suffix(".json").exists() else {}
     modules = {**previous, **scores}
     doc = {"machine": _machine(), "modules": dict(sorted(modules.items()))}
@@ -568,7 +568,7 @@ def write_results(scores: dict[str, dict], out: Path) -> None:
     rows = ["| module | mutants | killed | survived | equivalent | score |", "|---|---:|---:|---:|---:|---:|"]
     for s in doc["modules"].values():
         score = "—" if s["score"] is None else f"{100 * s['score']:.1f} %"
-        count = s["mutants"] if s.get("complete", True) else f"{s['mutants']} of {s['total']} (run stopped)"
+        count = s["mutants"] if s.get("complete", True) else f"{s['mutants']} of {s['total']} (run not finished)"
         rows.append(f"| {s['name']} | {count} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} |")
     lines = ["# Mutation score of the core", "", "Written by `python benchmarks/mutation_score.py` (see its docstring). "
              "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed.", "",
@@ -607,10 +607,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", default="", help="comma-separated test files instead of the module's (with --mode "
                                                       "survivors: the files whose new tests may kill them)")
     parser.add_argument("--first", default="", help="comma-separated function names whose mutants run first")
-    parser.add_argument("--merge", default=None, help="a results .json of another run: add its modules to --out and stop")
+    parser.add_argument("--add-results", default=None, help="a results .json of another run: add its modules to --out")
     args = parser.parse_args(argv)
-    if args.merge:
-        write_results(json.loads(Path(args.merge).read_text())["modules"], Path(args.out))
+    if args.add_results:
+        write_results(json.loads(Path(args.add_results).read_text())["modules"], Path(args.out))
         return 0
     names = [n.strip() for n in args.modules.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODULES]
