@@ -89,6 +89,18 @@ def _reference_terms(model: nn.Module, x: torch.Tensor, spec: str, P: torch.Tens
     return {"logits": logits, "cgl_bn": hp["lam_bn"] * r_bn, "cgl_g": hp["lam_g"] * l_g, "cgl_s": hp["lam_s"] * l_s}
 
 
+def _trained_looking_norms(model: nn.Module) -> None:
+    """BatchNorm γ away from 1 (some negative: ψ divides by γ with its sign kept) and β away from 0: at their
+    initial values the division by γ and the shift β drop out of ψ."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                sign = torch.where(torch.rand(m.num_features, generator=g) < 0.2, -1.0, 1.0)
+                m.weight.copy_(sign * (0.5 + torch.rand(m.num_features, generator=g)))
+                m.bias.copy_(0.5 * torch.randn(m.num_features, generator=g))
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "twoconv"])
 def test_cgl_terms_equal_the_literal_equations_on_a_fixed_batch(arch):
     """Every conv of ResNet18 (BN variant, incl. the shortcut convs) or two plain convs; the optimised
@@ -99,6 +111,7 @@ def test_cgl_terms_equal_the_literal_equations_on_a_fixed_batch(arch):
     model = load_model("resnet18", num_classes=2, in_chans=1, input_size=64).model if arch == "resnet18" \
         else TwoConv()
     model.train()
+    _trained_looking_norms(model)
     x = torch.randn(4, 1, 64, 64)
     spec = "cgl:groups=2,lam_bn=0.5,lam_g=0.7,lam_s=0.3,P1=1.3,P2=-0.2,seed=5"
     reference = _reference_terms(model, x, spec)

@@ -240,3 +240,72 @@ def test_the_better_of_retrained_and_unretrained_head_is_kept_and_named(setup, t
     imap = InfluenceMap.load(tmp_path / "d" / "influence.json")
     assert evaluate_decomposition(weight, bias, imap, te)["accuracy_decomposed"] == \
         max(doc["accuracy_retrained"], doc["accuracy_decomposed"])
+
+
+@pytest.fixture(scope="module")
+def centroid_setup(tmp_path_factory):
+    """A random ResNet-18 whose head is the nearest-centroid classifier of its own digit features (weights the
+    class means, biases −½‖mean‖², all non-zero): the full head is right on many eval samples, a 3-feature
+    decomposition on fewer but not none (0 < A_d < A_f)."""
+    from inspectnet.analysis.heads.decompose import class_feature_means
+
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+    tmp = tmp_path_factory.mktemp("centroid")
+    first = run_probe(zm, load_data("digits:train", zm.transform()), "layer4", tmp / "first", limit=200, batch_size=100)
+    means, _ = class_feature_means(first, 10)
+    with torch.no_grad():
+        zm.head.weight.copy_(means.float())
+        zm.head.bias.copy_(-0.5 * (means.float() ** 2).sum(1))
+    tr = run_probe(zm, load_data("digits:train", zm.transform()), "layer4", tmp / "train", limit=200, batch_size=100)
+    te = run_probe(zm, load_data("digits:test", zm.transform()), "layer4", tmp / "test", limit=120, batch_size=120)
+    return zm, tr, te
+
+
+def test_retention_is_decomposed_over_full_accuracy_on_a_real_decomposition(centroid_setup, tmp_path):
+    zm, tr, te = centroid_setup
+    doc = run_decomposition(tr, te, tmp_path / "d", zm=zm, k1=3, k2=3)
+    labels = np.asarray(te.labels)
+    w, b = (t.double().numpy() for t in linear_params(zm.head))
+    feats = np.asarray(te.features, dtype=np.float64)
+    mask = np.zeros_like(w)
+    for c, s in enumerate(doc["supports"]):
+        mask[c, s] = 1.0
+    a_f = ((feats @ w.T + b).argmax(1) == labels).mean()
+    a_d = ((feats @ (w * mask).T + b).argmax(1) == labels).mean()
+    assert 0 < a_d < a_f and np.abs(b).min() > 0                 # the case where A_d / A_f and A_f / A_d differ
+    assert doc["accuracy_full"] == pytest.approx(a_f) and doc["accuracy_decomposed"] == pytest.approx(a_d)
+    assert doc["rA"] == pytest.approx(a_d / a_f) and doc["rA"] < 1
+    assert doc["agreement"] == pytest.approx(((feats @ w.T + b).argmax(1) == (feats @ (w * mask).T + b).argmax(1)).mean())
+
+
+def test_among_fitted_accuracy_maps_back_to_classes_that_are_not_the_first_ones(tmp_path):
+    """Data of classes 1 and 3 of a 4-class head (0 and 2 have no fitting data, dense rows): the top-1 among the
+    fitted classes is taken over logits 1 and 3 and must name class 1 or 3, not positions 0 or 1."""
+    from tests.test_rules import write_record
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([1, 3], 30)
+    feats = rng.normal(size=(60, 6))
+    feats[labels == 1, 0] += 3.0
+    feats[labels == 3, 1] += 3.0
+    w = rng.normal(size=(4, 6)) * 0.3
+    w[1, 0], w[3, 1] = 2.0, 2.0
+    w[[0, 2], 2] = 4.0                                        # the dense rows win the top-1 over all classes often
+    b = np.array([0.5, -0.2, 0.4, 0.1])
+    logits = feats @ w.T + b
+    rec = write_record(tmp_path / "r", {"pre_logits": feats}, logits, labels, list("abcd"))
+    imap = fit_influence(rec, k1=2, k2=2)
+    assert imap.empty_classes == [0, 2]
+    ev = evaluate_decomposition(torch.from_numpy(w), torch.from_numpy(b), imap, rec)
+    fitted = np.array([1, 3])
+    mask = imap.mask().numpy()
+    full_pred = fitted[logits[:, fitted].argmax(1)]
+    dec_pred = fitted[(feats @ (w * mask).T + b)[:, fitted].argmax(1)]
+    among = ev["among_fitted_classes"]
+    assert among["samples"] == 60 and among["num_classes"] == 2
+    assert among["accuracy_full"] == pytest.approx((full_pred == labels).mean()) and among["accuracy_full"] > 0.8
+    assert among["accuracy_decomposed"] == pytest.approx((dec_pred == labels).mean())
+    assert among["rA"] == pytest.approx(among["accuracy_decomposed"] / among["accuracy_full"])
+    assert ev["accuracy_full"] == pytest.approx((logits.argmax(1) == labels).mean())
+    assert ev["accuracy_full"] < among["accuracy_full"]

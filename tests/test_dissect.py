@@ -449,3 +449,39 @@ def test_cli_dissect_writes_report(tmp_path, capsys):
     assert main(["dissect", "resnet18", "shapes?n=4", "--num-classes", "2", "--input-size", "32",
                  "--layers", "fc", "--out", str(out / "x")]) == 2
     assert "no spatial maps" in capsys.readouterr().err
+
+
+class PositionUnits(nn.Module):
+    """Maps that ignore the image: unit 0 is each pixel's raster position (0 … 4095 on 64×64, the same in every
+    image), unit 1 its square (a skewed distribution); their quantiles over the dataset are known exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.ramp = nn.Identity()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        pos = torch.arange(64 * 64, dtype=torch.float32).view(1, 1, 64, 64).expand(len(x), 1, 64, 64)
+        maps = self.ramp(torch.cat([pos, pos ** 2 / 4095], dim=1) + 0 * x[:, :1])
+        return self.fc(maps.mean((2, 3)))
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_default_threshold_keeps_the_top_half_percent_of_known_activations(shapes_data, passes):
+    """T_k is the 0.995 quantile of every pixel's activation: positions 0 … 4095 (each in all images) give
+    T = 4074.525 (numpy, linear); the squares give that value's square / 4095. The top 0.5 % are the last 20 or
+    21 positions of every image (T within one bin): the unit's region is the same pixels in all 40 images."""
+    d = dissect(PositionUnits(), shapes_data, "ramp", data_config=PLAIN, batch_size=20, limit=40, passes=passes)
+    assert d.quantile == 0.005
+    pos = np.arange(4096.0)
+    expected = np.quantile(pos, 0.995)
+    units = d.layers["ramp"]["units"]
+    assert units[0]["threshold"] == pytest.approx(expected, abs=4096 / 4095 + 1e-6)       # within one fine bin
+    assert units[1]["threshold"] == pytest.approx(np.quantile(pos ** 2 / 4095, 0.995), abs=4096 / 4095 + 1e-6)
+    # the same pixels, whichever concept: IoU with each concept follows from the last 20 positions alone
+    masks = np.stack([shapes_data.masks(i) for i in range(40)]).reshape(40, len(d.concepts), -1)
+    active = pos > units[0]["threshold"]
+    assert active.sum() in (20, 21) and active[-1] and not active[-22]
+    inter = masks[:, :, active].sum(axis=(0, 2))
+    union = 40 * active.sum() + masks.sum(axis=(0, 2)) - inter
+    np.testing.assert_allclose(d.iou["ramp"][0], inter / np.maximum(union, 1), atol=1e-6)

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from inspectnet.analysis.explain.faithfulness import (
+    Curves,
     FaithfulnessConfig,
+    auc,
     baseline_images,
     compare_to_control,
     faithfulness_curves,
@@ -137,6 +139,131 @@ def test_constant_and_nan_maps_are_reported_not_scored():
     assert c.forward_passes == FaithfulnessConfig(steps=4).passes_per_image()  # nothing spent on skipped maps
 
 
+@pytest.mark.parametrize("curve,fractions,expected", [
+    # uneven steps: trapezoid 0.1·0.75 + 0.4·0.5 + 0.5·0.25 = 0.4 (a plain mean of the points gives 0.5)
+    ([1.0, 0.5, 0.5, 0.0], [0.0, 0.1, 0.5, 1.0], 0.4),
+    # fractions not starting at 0: area 0.2·0.5 + 0.6·0.5 = 0.4 over the span 0.8 (mean of the points: 2/3)
+    ([1.0, 0.0, 1.0], [0.2, 0.4, 1.0], 0.5),
+    # a curve that falls late: area 0.5·1 + 0.25·0.75 + 0.25·0.25 = 0.75 (mean: 0.6875)
+    ([1.0, 1.0, 0.5, 0.0], [0.0, 0.5, 0.75, 1.0], 0.75),
+])
+def test_auc_is_the_trapezoid_area_over_uneven_fractions(curve, fractions, expected):
+    got = auc(np.array([curve, [0.25] * len(curve)]), fractions)
+    np.testing.assert_allclose(got, [expected, 0.25], rtol=0, atol=1e-12)
+
+
+class _BrightCountModel(nn.Module):
+    """Logits log(1 + dark pixels), log(1 + bright pixels): class 1's probability is (1 + bright) / (2 + pixels),
+    where a pixel is bright above 0.5 (its value in the mean baseline of a half-bright image is 0.5: dark)."""
+
+    def forward(self, x):
+        bright = (x > 0.5).flatten(1).sum(1).double()
+        return torch.stack([torch.log1p(x[0].numel() - bright), torch.log1p(bright)], dim=1)
+
+
+class _ChangedPixelModel(nn.Module):
+    """Class 1's probability is (1 + k) / (2 + k), k the number of pixels that differ from ``reference``."""
+
+    def __init__(self, reference):
+        super().__init__()
+        self.reference = reference
+
+    def forward(self, x):
+        k = (x - self.reference).abs().flatten(1).gt(1e-6).sum(1).double()
+        return torch.stack([torch.zeros_like(k), torch.log1p(k)], dim=1)
+
+
+def test_deletion_and_road_change_exactly_the_fraction_of_pixels_asked_for():
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)) + 1.0   # no pixel equals the mean
+    config = FaithfulnessConfig(steps=4, baseline="mean", road_fractions=(0.25, 0.5), road_noise=0.01)
+    c = faithfulness_curves(_ChangedPixelModel(x), x, torch.rand(1, 8, 8), torch.ones(1, dtype=torch.long), config)
+    prob = lambda k: (1 + k) / (2 + k)                                              # noqa: E731
+    np.testing.assert_allclose(c.deletion[0], [prob(k) for k in (0, 16, 32, 48, 64)], rtol=1e-6)
+    np.testing.assert_allclose(c.road_morf[0], [prob(16), prob(32)], rtol=1e-6)
+    np.testing.assert_allclose(c.road_lerf[0], [prob(16), prob(32)], rtol=1e-6)
+
+
+def test_deletion_and_insertion_curves_and_aucs_equal_hand_computed_values():
+    """An 8×8 image whose first 32 pixels (raster order) are bright, ranked in raster order by a full-size map:
+    deletion removes 0, 16, 32, 48, 64 pixels → 32, 16, 0, 0, 0 bright → p = (33, 17, 1, 1, 1) / 66."""
+    x = torch.zeros(1, 1, 8, 8)
+    x.view(-1)[:32] = 1.0
+    maps = -torch.arange(64.0).view(1, 8, 8)                      # pixel 0 most relevant, then raster order
+    c = faithfulness_curves(_BrightCountModel(), x, maps, torch.ones(1, dtype=torch.long),
+                            FaithfulnessConfig(steps=4, baseline="mean", road_fractions=(0.5,)))
+    assert c.fractions == [0.0, 0.25, 0.5, 0.75, 1.0]
+    np.testing.assert_allclose(c.deletion[0], np.array([33, 17, 1, 1, 1]) / 66, rtol=1e-6)
+    np.testing.assert_allclose(c.insertion[0], np.array([1, 17, 33, 33, 33]) / 66, rtol=1e-6)
+    s = summarise(c)
+    # trapezoid: 0.25·(25 + 9 + 1 + 1) / 66 and 0.25·(9 + 25 + 33 + 33) / 66 (plain means: 53/330, 117/330)
+    assert s["deletion_auc"] == pytest.approx(9 / 66, abs=1e-7)
+    assert s["insertion_auc"] == pytest.approx(25 / 66, abs=1e-7)
+    # ROAD at 1/2: MoRF removes the bright half, imputed from the dark half alone (0: none bright); LeRF removes
+    # the dark half, imputed from the bright half alone (1: all 64 bright); noise 0.01 moves neither across 0.5
+    assert s["road_morf"] == pytest.approx(1 / 66, abs=1e-7) and s["road_lerf"] == pytest.approx(65 / 66, abs=1e-7)
+
+
+def _curves(deletion, insertion, morf, status=None):
+    """Curves over the fractions 0 and 1 (each AUC is the mean of a row's two points); LeRF = 1 − MoRF."""
+    n = len(deletion)
+    morf = np.array(morf, dtype=float).reshape(n, 1)
+    return Curves(fractions=[0.0, 1.0], deletion=np.array(deletion, float), insertion=np.array(insertion, float),
+                  road_fractions=[0.5], road_morf=morf, road_lerf=1.0 - morf, status=status or ["ok"] * n,
+                  forward_passes=0, baseline="mean")
+
+
+def test_summary_and_paired_comparison_equal_hand_computed_means_and_standard_errors():
+    nan = float("nan")
+    # method: deletion AUCs 0.1, 0.2, 0.35 (and a constant map, not scored); insertion 0.7, 0.6, 0.45
+    method = _curves([[0.2, 0], [0.4, 0], [0.7, 0], [nan, nan]], [[0.4, 1], [0.2, 1], [0, 0.9], [nan, nan]],
+                     [0.1, 0.2, 0.3, nan], status=["ok", "ok", "ok", "constant"])
+    control = _curves([[0.8, 0]] * 4, [[0, 0.8]] * 4, [0.3] * 4)
+    s = summarise(method)
+    assert (s["images"], s["evaluated"], s["constant_maps"], s["nan_maps"]) == (4, 3, 1, 0)
+    se = np.sqrt(0.031666666666666666 / 2 / 3)             # Σ(x − x̄)² = 0.031667 over 3 − 1, / √3: 0.072648
+    assert s["deletion_auc"] == pytest.approx(0.65 / 3) and s["deletion_auc_se"] == pytest.approx(se)
+    assert s["insertion_auc"] == pytest.approx(1.75 / 3) and s["insertion_auc_se"] == pytest.approx(se)
+    assert s["road_morf"] == pytest.approx(0.2) and s["road_lerf"] == pytest.approx(0.8)
+    assert s["road_morf_se"] == pytest.approx(0.1 / np.sqrt(3))
+    # paired differences: deletion (−0.3, −0.2, −0.05), insertion (0.3, 0.2, 0.05): mean ∓0.18333, SE 0.072648;
+    # −0.18333 + 2·0.072648 < 0 < −0.18333 + 3·0.072648: better than the control by more than two SEs
+    c = compare_to_control(method, control)
+    assert c["paired_images"] == 3
+    assert c["deletion_auc"] == pytest.approx(-0.55 / 3) and c["deletion_auc_se"] == pytest.approx(se)
+    assert c["insertion_auc"] == pytest.approx(0.55 / 3) and c["insertion_auc_se"] == pytest.approx(se)
+    assert c["road_morf"] == pytest.approx(-0.1) and c["road_lerf"] == pytest.approx(0.1)
+    assert c["beats_control"]
+    # the same deletion gain with an insertion gain (0.3, −0.1, 0.0) inside two SEs does not beat the control
+    weaker = _curves(method.deletion, [[0.4, 1], [0, 0.6], [0, 0.8], [nan, nan]], method.road_morf[:, 0],
+                     status=method.status)
+    assert not compare_to_control(weaker, control)["beats_control"]
+    # nor does a deletion gain inside two SEs with the insertion gain above
+    assert not compare_to_control(_curves([[0.2, 0], [0.8, 0], [0.8, 0], [nan, nan]], method.insertion,
+                                          method.road_morf[:, 0], status=method.status), control)["beats_control"]
+
+
+def test_standard_errors_need_two_images():
+    one = _curves([[0.2, 0]], [[0, 1]], [0.1])
+    two = _curves([[0.2, 0], [0.4, 0]], [[0, 1], [0, 0.8]], [0.1, 0.3])
+    s1, s2 = summarise(one), summarise(two)
+    assert s1["deletion_auc"] == pytest.approx(0.1) and s1["deletion_auc_se"] is None and s1["road_morf_se"] is None
+    assert s2["deletion_auc_se"] == pytest.approx(0.05) and s2["insertion_auc_se"] == pytest.approx(0.05)
+    c1, c2 = compare_to_control(one, one), compare_to_control(two, _curves([[0.4, 0]] * 2, [[0, 0.8]] * 2, [0.3] * 2))
+    assert c1["deletion_auc"] == 0.0 and c1["deletion_auc_se"] is None and not c1["beats_control"]
+    assert c2["paired_images"] == 2 and c2["deletion_auc_se"] == pytest.approx(0.05)
+
+
+def test_a_gain_of_exactly_two_standard_errors_does_not_beat_the_control():
+    """Paired differences (−0.75, −0.25): mean −0.5, SE 0.25 (dyadic, exact): −0.5 + 2·0.25 = 0 is not below 0."""
+    control = _curves([[1, 0.5]] * 2, [[0.5, 0]] * 2, [0.5] * 2)          # deletion AUC 0.75, insertion 0.25
+    clear_deletion, clear_insertion = [[0, 0], [0, 0]], [[1, 1], [1, 1]]  # differences −0.75, −0.75 / 0.75, 0.75
+    edge = compare_to_control(_curves([[0, 0], [1, 0]], clear_insertion, [0.5] * 2), control)
+    assert (edge["deletion_auc"], edge["deletion_auc_se"]) == (-0.5, 0.25) and not edge["beats_control"]
+    edge = compare_to_control(_curves(clear_deletion, [[1, 1], [1, 0]], [0.5] * 2), control)
+    assert (edge["insertion_auc"], edge["insertion_auc_se"]) == (0.5, 0.25) and not edge["beats_control"]
+    assert compare_to_control(_curves(clear_deletion, clear_insertion, [0.5] * 2), control)["beats_control"]
+
+
 @pytest.mark.parametrize("kwargs,match", [({"steps": 0}, "at least 1"), ({"steps": -3}, "at least 1"),
                                           ({"baseline": "zeros"}, "blur or mean"),
                                           ({"road_fractions": (0.5, 1.0)},
@@ -153,6 +280,47 @@ def test_baselines_keep_flat_images_and_remove_detail():
     noisy = torch.rand(1, 3, 32, 32)
     assert baseline_images(noisy, "blur").std() < 0.3 * noisy.std()
     assert torch.allclose(baseline_images(noisy, "mean")[0, :, 0, 0], noisy.mean((2, 3))[0])
+
+
+@pytest.mark.parametrize("size", [(16, 16), (12, 20), (40, 24)])
+def test_blur_baseline_is_a_gaussian_of_an_eighth_of_the_shorter_side_with_reflected_borders(size):
+    """Parity with scipy: σ = min(H, W)/8, kernel radius ⌈3σ⌉ (scipy's truncate = 3 gives the same radius),
+    reflection about the edge pixel (scipy's 'mirror')."""
+    import scipy.ndimage
+
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = baseline_images(x, "blur").numpy()
+    sigma = min(size) / 8
+    for b in range(2):
+        for c in range(3):
+            want = scipy.ndimage.gaussian_filter(x[b, c].numpy(), sigma, mode="mirror", truncate=3.0)
+            np.testing.assert_allclose(got[b, c], want, rtol=0, atol=1e-12)
+
+
+def test_blur_baseline_of_tiny_images_keeps_its_kernel_inside_the_image():
+    """The radius ⌈3σ⌉ is capped at the shorter side − 1 (reflection needs it): a 3×3 image keeps radius 2
+    (scipy with truncate = 2/σ), a 1-pixel-high strip radius 0 (itself)."""
+    import scipy.ndimage
+
+    x = torch.rand(1, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = scipy.ndimage.gaussian_filter(x[0, 0].numpy(), 3 / 8, mode="mirror", truncate=2 / (3 / 8))
+    np.testing.assert_allclose(baseline_images(x, "blur")[0, 0].numpy(), want, rtol=0, atol=1e-12)
+    strip = torch.rand(1, 2, 1, 8, dtype=torch.float64)
+    assert torch.equal(baseline_images(strip, "blur"), strip)
+
+
+def test_default_faithfulness_settings_and_the_smallest_accepted_ones():
+    c = FaithfulnessConfig()
+    assert (c.steps, c.baseline, c.road_fractions, c.road_noise, c.road_size, c.batch_size, c.seed) == \
+        (10, "blur", (0.2, 0.4, 0.6, 0.8), 0.01, 32, 64, 0)
+    assert c.passes_per_image() == 2 * 10 + 2 * 4
+    small = FaithfulnessConfig(steps=1, batch_size=1, road_fractions=(0.01, 0.99))
+    small.check()
+    curves = faithfulness_curves(_BrightCountModel(), torch.rand(2, 1, 8, 8), torch.rand(2, 8, 8),
+                                 torch.ones(2, dtype=torch.long), small)
+    assert curves.fractions == [0.0, 1.0] and curves.forward_passes == 2 * small.passes_per_image()
+    with pytest.raises(InspectnetError, match="batch size must be at least 1"):
+        FaithfulnessConfig(batch_size=0).check()
 
 
 def test_average_ranks_and_spearman_match_scipy():

@@ -122,3 +122,62 @@ def test_class_without_samples_is_reported(tmp_path):
     assert imap.empty_classes == [10, 11]
     assert imap.supports[10] == [] and imap.frequencies[11] == [] and imap.class_counts[10] == 0
     assert all(len(s) == 5 for s in imap.supports[:10])
+
+
+def _small_record(root, labels, class_names=("a", "b", "c")):
+    from tests.test_rules import write_record
+
+    acts = np.array([[5.0, 1, 0, 3], [4, 0, 2, 1], [0, 7, 1, 2], [1, 6, 0, 9], [0, 5, 0, 0], [9, 9, 9, 9]])[:len(labels)]
+    labels = np.asarray(labels)
+    return write_record(root, {"pre_logits": acts}, np.zeros((len(labels), len(class_names))), labels,
+                        list(class_names))
+
+
+def test_supports_frequencies_and_empty_middle_class_by_hand(tmp_path):
+    """Class 0: samples 0, 1; class 2: samples 2, 3, 4 (4's second value is 0: not counted); class 1: none;
+    an unlabelled sample of all 9s counts nowhere."""
+    rec = _small_record(tmp_path / "r", [0, 0, 2, 2, 2, -1])
+    imap = fit_influence(rec, k1=2, k2=2)
+    # top-2: s0 {0, 3}, s1 {0, 2}, s2 {1, 3}, s3 {3, 1}, s4 {1} → class 0 counts (2, 0, 1, 1), class 2 (0, 3, 0, 2)
+    assert imap.supports == [[0, 2], [], [1, 3]]                 # tie between 2 and 3: the lower index
+    assert imap.frequencies == [[1.0, 0.5], [], [1.0, pytest.approx(2 / 3)]]
+    assert imap.class_counts == [2, 0, 3] and imap.empty_classes == [1]
+    # the whole dimension may be taken: k1 = k2 = d; and the smallest sets, k1 = k2 = 1
+    full = fit_influence(rec, k1=4, k2=4)
+    assert full.supports[0] == [0, 3, 1, 2] and full.supports[2] == [1, 3, 0, 2]
+    assert fit_influence(rec, k1=1, k2=1).supports == [[0], [], [1]]
+
+
+def test_bad_labels_k_and_weights_are_refused_by_name(tmp_path):
+    rec = _small_record(tmp_path / "r", [0, 0, 2, 3])
+    with pytest.raises(InspectnetError, match="has labels up to 3 but the model has 3 classes"):
+        fit_influence(rec, k1=2, k2=2)
+    good = _small_record(tmp_path / "g", [0, 1, 2])
+    for k1, k2, match in [(0, 1, "at least 1"), (1, 0, "at least 1"), (5, 1, "larger than the feature dimension 4")]:
+        with pytest.raises(InspectnetError, match=match):
+            fit_influence(good, k1=k1, k2=k2)
+    with pytest.raises(InspectnetError, match=r"head weight of shape \(3, 5\) does not match"):
+        fit_influence(good, k1=2, k2=2, score="contribution", weight=torch.ones(3, 5))
+    with pytest.raises(InspectnetError, match="--score 'size' is unknown"):
+        fit_influence(good, k1=2, k2=2, score="size")
+    assert fit_influence(good, k1=2, k2=2, score="contribution", weight=torch.ones(3, 4)).score == "contribution"
+
+
+def test_a_single_labelled_sample_is_counted():
+    a = np.array([[3.0, -5.0, 1.0], [9.0, 9.0, 9.0]])
+    np.testing.assert_array_equal(topk_counts(a, np.array([1, -1]), 2, 2), [[0, 0, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(topk_counts(a[:1], np.array([0]), 2, 1), [[0, 1, 0], [0, 0, 0]])
+
+
+def test_full_map_uses_every_feature_of_every_class():
+    imap = InfluenceMap.full(3, 4)
+    assert imap.supports == [[0, 1, 2, 3]] * 3 and imap.frequencies == [[1.0] * 4] * 3
+    assert imap.class_counts == [0, 0, 0] and imap.empty_classes == [] and imap.union() == [0, 1, 2, 3]
+    assert bool(imap.mask().all()) and (imap.k1, imap.k2, imap.dim, imap.num_classes) == (4, 4, 4, 3)
+
+
+def test_one_labelled_sample_or_a_single_class_of_label_zero_is_enough_to_fit(tmp_path):
+    one = fit_influence(_small_record(tmp_path / "one", [2]), k1=2, k2=1)
+    assert one.supports == [[], [], [0]] and one.class_counts == [0, 0, 1] and one.empty_classes == [0, 1]
+    zeros = fit_influence(_small_record(tmp_path / "zeros", [0, 0, 0]), k1=1, k2=1)
+    assert zeros.supports == [[0], [], []] and zeros.class_counts == [3, 0, 0]  # top-1: 0, 0, 1

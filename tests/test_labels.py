@@ -13,7 +13,14 @@ from PIL import Image
 from inspectnet import InspectnetError, load_data, load_model
 from inspectnet.cli import main
 from inspectnet.data.datasets import FolderDataset, write_folder
-from inspectnet.data.labels import align_classes, imagenet_names, is_placeholder, placeholder_names, read_class_map
+from inspectnet.data.labels import (
+    align_classes,
+    imagenet_names,
+    is_placeholder,
+    normalize,
+    placeholder_names,
+    read_class_map,
+)
 from inspectnet.data.sources import LABELLED_PHOTOS
 from inspectnet.probe.recorder import run_probe
 
@@ -193,3 +200,109 @@ def test_written_folder_reads_back_the_same_images(tmp_path, capsys):
         write_folder(ds, tmp_path / "f")
     with pytest.raises(InspectnetError, match="is unlabelled"):
         write_folder(load_data("samples"), tmp_path / "g")
+
+
+def _imagenet_wnids():
+    from inspectnet.data.labels import imagenet_synsets
+
+    return [w for w, _ in imagenet_synsets()]
+
+
+def test_all_1000_wordnet_ids_in_shuffled_order_map_to_the_models_own_indices():
+    wnids = _imagenet_wnids()
+    order = np.random.default_rng(0).permutation(1000)
+    m = align_classes([wnids[i] for i in order], IMAGENET)
+    assert m.indices == order.tolist() and set(m.via) == {"WordNet id"} and m.method == "by name"
+    # the sorted folder names of a full ImageNet tree are already in model order: the mapping is the identity
+    assert align_classes(sorted(wnids), IMAGENET).indices == list(range(1000))
+    # data label k is the model's class order[k]: the labels change, not only their names
+    assert m.apply(np.arange(1000)).tolist() == order.tolist()
+
+
+def test_all_unique_imagenet_names_in_shuffled_order_map_to_the_models_own_indices():
+    keys = [normalize(n) for n in IMAGENET]
+    unique = [i for i, k in enumerate(keys) if keys.count(k) == 1]
+    assert len(unique) > 980                                  # only a few names (crane, cardigan) name two classes
+    order = np.random.default_rng(1).permutation(unique)
+    m = align_classes([IMAGENET[i].upper().replace(" ", "_") for i in order], IMAGENET)
+    assert m.indices == order.tolist() and set(m.via) == {"model class name"}
+    # the same 1000 classes, named by name where the name is unique and by WordNet id where it is not
+    wnids = _imagenet_wnids()
+    full = np.random.default_rng(2).permutation(1000)
+    names = [IMAGENET[i] if keys.count(keys[i]) == 1 else wnids[i] for i in full]
+    assert align_classes(names, IMAGENET).indices == full.tolist()
+
+
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def test_ten_named_classes_in_another_order_map_to_the_models_own_indices():
+    folders = sorted(DIGIT_NAMES)                             # eight, five, four, nine, one, seven, six, three, two, zero
+    m = align_classes(folders, DIGIT_NAMES)
+    assert m.indices == [8, 5, 4, 9, 1, 7, 6, 3, 2, 0] and m.method == "by name"
+    shuffled = [DIGIT_NAMES[i] for i in (3, 9, 0, 6, 1, 8, 2, 5, 7, 4)]
+    assert align_classes([n.capitalize() for n in shuffled], DIGIT_NAMES).indices == [3, 9, 0, 6, 1, 8, 2, 5, 7, 4]
+
+
+def test_folder_labels_of_a_named_ten_class_model_are_its_own_indices(tmp_path):
+    zm = load_model("resnet18", num_classes=10, in_chans=3, input_size=16, class_names=DIGIT_NAMES)
+    root = _folder(tmp_path / "data", DIGIT_NAMES, per_class=1, size=8)
+    ds = load_data(str(root), zm.transform(), model_classes=zm.class_names)
+    got = {ds.name(i): int(ds.labels[i]) for i in range(len(ds))}
+    folder_of = {ds.name(i): ds.files[i].parent.name for i in range(len(ds))}
+    assert len(got) == 10 and sorted(folder_of.values()) == sorted(DIGIT_NAMES)
+    assert all(got[k] == DIGIT_NAMES.index(folder_of[k]) for k in got), (got, folder_of)
+
+
+def test_unmatched_names_list_the_three_closest_model_classes():
+    with pytest.raises(InspectnetError, match=r"'doggo' \(closest: dog \(0\), dogs \(1\), doge \(2\)\) matches no class"):
+        align_classes(["doggo"], ["dog", "dogs", "doge", "dodo", "cat"])
+
+
+def test_class_map_accepts_the_first_and_last_model_index():
+    m = align_classes(["first", "last"], IMAGENET, class_map={"first": 0, "last": 999})
+    assert m.indices == [0, 999] and m.via == ["class map", "class map"]
+    with pytest.raises(InspectnetError, match=r"maps to index -1, but the model has 1000 classes"):
+        align_classes(["first"], IMAGENET, class_map={"first": -1})
+
+
+def test_long_lists_of_unmatched_classes_show_five_and_count_the_rest():
+    model = ["alpha", "beta", "gamma"]
+    with pytest.raises(InspectnetError) as err:
+        align_classes([f"zz{i}" for i in range(7)], model)
+    msg = str(err.value)
+    assert msg.startswith("data: 7 classes 'zz0'") and "'zz4'" in msg and "'zz5'" not in msg and "and 2 more" in msg
+    with pytest.raises(InspectnetError, match="'zz4'.* and 1 more match no class"):
+        align_classes([f"zz{i}" for i in range(6)], model)
+    with pytest.raises(InspectnetError) as err:
+        align_classes([f"zz{i}" for i in range(5)], model)
+    assert "'zz4'" in str(err.value) and "more" not in str(err.value)
+    stray = {f"s{i}": 0 for i in range(5)}
+    with pytest.raises(InspectnetError) as err:
+        align_classes(["alpha"], model, class_map=stray)
+    assert "'s0', 's1', 's2', 's3', 's4', which data does not have" in str(err.value)
+    with pytest.raises(InspectnetError, match=r"'s4' and 1 more, which data does not have"):
+        align_classes(["alpha"], model, class_map={**stray, "s5": 0})
+
+
+def test_without_timm_imagenet_names_are_refused_and_other_names_still_align(monkeypatch):
+    import importlib.util
+
+    from inspectnet.data.labels import imagenet_synsets
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else find_spec(name, *a))
+    imagenet_synsets.cache_clear()
+    try:
+        assert imagenet_synsets() is None
+        with pytest.raises(InspectnetError, match="ImageNet class names ship with timm, which is not installed"):
+            imagenet_names()
+        assert align_classes(["b", "a"], ["a", "b"]).indices == [1, 0]
+    finally:
+        imagenet_synsets.cache_clear()
+
+
+def test_class_map_names_that_fit_several_classes_are_refused_naming_them():
+    with pytest.raises(InspectnetError, match=r"maps to 'crane', which is ambiguous: crane \(134, n02012849\) or crane "
+                                              r"\(517, n03126707\)$"):
+        align_classes(["birds"], IMAGENET, class_map={"birds": "crane"})

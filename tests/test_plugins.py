@@ -134,6 +134,21 @@ def test_ebp_penalty_matches_hand_computation():
     assert torch.allclose(plugin.penalty_weights()[0], (D0 / 5).double())
 
 
+def test_ebp_penalty_of_later_classes_matches_hand_computation():
+    """Samples of classes 2 and 1 only (class 0 has none): each sample is weighed by its own class's row."""
+    model = nn.Sequential(nn.Identity())
+    plugin = make_plugin("ebp:K=1,lam=1.0,layer=0").attach(model, num_classes=3)
+    x = torch.tensor([[1.0, -3, 0, 2], [2, 1, 0, -4], [0, 5, -1, 1]]).view(3, 4, 1, 1)
+    y = torch.tensor([2, 2, 1])
+    model(x)
+    terms = plugin.loss(x, y, None)
+    # D2 = (3, 4, 0, 6): elite {3}, D_(1) = 6, weights (1/2, 2/3, 0, 0); D1 = (0, 5, 1, 1): elite {1}, (0, 0, 1/5, 1/5)
+    assert torch.equal(plugin.D, torch.tensor([[0.0, 0, 0, 0], [0, 5, 1, 1], [3, 4, 0, 6]], dtype=torch.float64))
+    assert plugin.elites()[1:] == [[1], [3]]
+    # per sample: 1/2·1 + 2/3·3 = 5/2, 1/2·2 + 2/3·1 = 5/3, 1/5·1 + 1/5·1 = 2/5
+    assert terms["ebp"].item() == pytest.approx((5 / 2 + 5 / 3 + 2 / 5) / 3, rel=1e-6)
+
+
 def test_ebp_state_roundtrip_and_k_too_large():
     model = TinyNet(c=4)
     plugin = make_plugin("ebp:K=5,layer=conv").attach(model, num_classes=3)

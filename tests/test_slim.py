@@ -23,6 +23,7 @@ def randomize_norms(model):
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)  # β = 0 would hide its rows
 
 
 def decomposed(spec, size, k=5, **kw):

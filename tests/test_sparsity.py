@@ -43,6 +43,45 @@ def test_kurtosis_by_hand_and_scipy():
     assert m.population_kurtosis == pytest.approx(stats.kurtosis(a, axis=1).mean())
 
 
+def test_two_element_vectors_have_hoyer_and_treves_rolls_values():
+    # n = 2 is the smallest length with a value: [3, 4] gives (√2 − 7/5) / (√2 − 1); [1, 3]: a = 2² / 5 → 0.2 / 0.5
+    assert hoyer(np.array([3.0, 4.0])) == pytest.approx((np.sqrt(2) - 7 / 5) / (np.sqrt(2) - 1))
+    assert treves_rolls(np.array([1.0, 3.0])) == pytest.approx(0.4)
+    # a single value has no sparseness; a tiny vector (‖x‖ < 1) is as sparse as a large one
+    assert np.isnan(hoyer(np.array([2.0]))) and np.isnan(treves_rolls(np.array([2.0])))
+    assert hoyer(np.array([0.0, 0.25, 0.0])) == 1.0 and treves_rolls(np.array([0.0, 0.25, 0.0])) == pytest.approx(1.0)
+
+
+def test_kurtosis_is_scale_free_and_excludes_only_truly_constant_vectors():
+    # −2/3 of [0, 0, 0, 1] at any scale and offset: the constant test is relative to the values' size
+    assert excess_kurtosis(np.array([0.0, 0, 0, 1e-13])) == pytest.approx(-2 / 3, rel=1e-9)
+    assert excess_kurtosis(np.array([1.0, 1, 1, 1 + 1e-6])) == pytest.approx(-2 / 3, rel=1e-6)
+    # a constant 0.1 (its mean rounds: m2 ≈ 2e-34, not 0) is constant, never a huge kurtosis
+    assert np.isnan(excess_kurtosis(np.full(3, 0.1))) and np.isnan(excess_kurtosis(np.full(100, 0.7)))
+
+
+def test_sparseness_never_exceeds_one_on_near_one_hot_vectors_of_any_scale():
+    """(1 − a)/(1 − 1/n) reaches 1 + 2⁻⁵² by rounding on some one-hot vectors: the measures stay in [0, 1]."""
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 100, 513):
+        x = np.zeros((5000, n))
+        x[np.arange(5000), rng.integers(0, n, 5000)] = rng.exponential(size=5000) * 10.0 ** rng.integers(-30, 30, 5000)
+        x += (rng.random((5000, n)) < 0.3) * rng.exponential(size=(5000, n)) * 1e-9
+        for measure in (hoyer, treves_rolls):
+            v = measure(x, axis=1)
+            assert np.nanmax(v) <= 1.0 and np.nanmin(v) >= 0.0, (measure.__name__, n)
+
+
+def test_the_smallest_accepted_matrix_is_two_by_two():
+    m = sparsity_metrics(np.array([[1.0, 0.0], [1.0, 1.0]]))
+    assert (m.num_samples, m.num_filters) == (2, 2)
+    assert m.hoyer == pytest.approx(0.5) and m.treves_rolls_population == pytest.approx(0.5)
+    # pooled: 3 ones of 4 values: a = (3/4)² / (3/4) = 3/4 → (1/4) / (3/4)
+    assert m.activity_sparseness == pytest.approx(1 / 3)
+    with pytest.raises(InspectnetError, match="at least 2"):
+        sparsity_metrics(np.ones((2, 1)))
+
+
 def test_metrics_of_a_small_matrix_by_hand():
     a = np.array([[1.0, 0, 0, 0], [0, 2, 0, 0], [1, 1, 1, 1]])
     m = sparsity_metrics(a)

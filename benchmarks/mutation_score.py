@@ -1,0 +1,650 @@
+"""Mutation score of the core maths: how many one-line bugs planted in each module its tests catch.
+
+For every module listed in ``MODULES`` the script plants, one at a time, every small change of the
+kinds a slip of the keyboard makes (``+``/``-``, ``*``/``/``, ``<``/``<=``, ``==``/``!=``,
+``and``/``or``, a dropped ``not`` or unary minus, ``True``/``False``, a number ``n`` changed to
+``n + 1``) and runs the tests that exercise the module against it. A mutant is **killed** when a test
+fails (or the tests run past a time limit), **survived** when they all pass; survivors that are
+listed in ``EQUIVALENT`` with the reason they cannot change any result are counted apart, and the
+score is killed / (mutants − equivalent). Error messages, docstrings, annotations, decorators and the
+``raise`` statements' arguments are not mutated (their text is not maths).
+
+Cost is kept down three ways: the heavy libraries (torch, timm, numpy, …) are imported once and every
+run forks from that process; the mutated module is compiled from its mutated syntax tree and served
+by an import hook (the files on disk never change); and each mutant runs only the tests whose
+execution reached its line in a traced run of the unmodified module (fastest first, stopping at the
+first failure). A mutant that no test reaches survives as *not covered*.
+
+    python benchmarks/mutation_score.py                       # all modules; writes benchmarks/results/mutation.{json,md}
+    python benchmarks/mutation_score.py --modules data/labels,analysis/sparsity
+    python benchmarks/mutation_score.py --list                # the module → test-file table
+    python benchmarks/mutation_score.py --mode tally          # rewrite the results from the logged outcomes
+    python benchmarks/mutation_score.py --mode survivors --modules data/labels --tests tests/test_labels.py
+
+Every outcome is logged as it comes (``benchmarks/results/mutation.progress.jsonl``), so an interrupted run
+resumes where it was, and after tests are added ``--mode survivors`` runs only the logged survivors again.
+
+It is not part of the default test run (it runs the listed test files once per mutant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import hashlib
+import importlib
+import importlib.abc
+import importlib.util
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+# module group -> (source files, test files that exercise them)
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "analysis/sparsity": (["inspectnet/analysis/sparsity.py"], ["tests/test_sparsity.py"]),
+    "data/labels": (["inspectnet/data/labels.py"], ["tests/test_labels.py"]),
+    "analysis/explain/faithfulness": (["inspectnet/analysis/explain/faithfulness.py"], ["tests/test_faithfulness.py"]),
+    "analysis/heads/influence": (["inspectnet/analysis/heads/influence.py"],
+                                 ["tests/test_influence.py", "tests/test_decompose.py"]),
+    "analysis/heads/decompose": (["inspectnet/analysis/heads/decompose.py"], ["tests/test_decompose.py"]),
+    "analysis/heads/slim": (["inspectnet/analysis/heads/slim.py"], ["tests/test_slim.py"]),
+    "analysis/explain/evidence": (["inspectnet/analysis/explain/evidence.py"], ["tests/test_evidence.py"]),
+    "analysis/san": (["inspectnet/analysis/san/activations.py", "inspectnet/analysis/san/model.py"],
+                     ["tests/test_san.py", "tests/test_sparse_activations.py"]),
+    "analysis/dissect": (["inspectnet/analysis/dissect/counts.py", "inspectnet/analysis/dissect/tail.py",
+                          "inspectnet/analysis/dissect/sketch.py", "inspectnet/analysis/dissect/upsample.py"],
+                         ["tests/test_dissect.py"]),
+    "plugins/ebp": (["plugins/ebp.py"], ["tests/test_plugins.py"]),
+    "plugins/cgl": (["plugins/cgl.py"], ["tests/test_cgl.py"]),
+    "export/int8": (["inspectnet/export/int8.py"], ["tests/test_export.py"]),
+}
+
+# survivors that cannot change any result: (file, "function: original -> mutated") -> why
+_SP, _LB = "inspectnet/analysis/sparsity.py", "inspectnet/data/labels.py"
+_IN, _FA = "inspectnet/analysis/heads/influence.py", "inspectnet/analysis/explain/faithfulness.py"
+_NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: the mask only restates what NaN "
+              "propagation gives")
+_NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0/0) s is already NaN: the mask only "
+           "restates what NaN propagation gives")
+_CHUNKS = ("images are explained in chunks, each with its own tie-break seed (seed + chunk start): another chunk "
+           "size or seed offset draws another seeded random order among equal map values, nothing else")
+EQUIVALENT: dict[tuple[str, str], str] = {
+    (_SP, "hoyer: (l2 > 0) & (n > 1) -> (l2 > 0) | (n > 1)"): _NAN_HOYER,
+    (_SP, "hoyer: l2 > 0 -> l2 >= 0"): _NAN_HOYER,
+    (_SP, "hoyer: n > 1 -> n >= 1"): _NAN_HOYER,
+    (_SP, "hoyer: np.clip(h, 0.0, 1.0) -> np.clip(h, 0.0, 2.0)"):
+        "h ≤ 1 exactly (l1/l2 ≥ 1 in floating point; 35 000 near-one-hot vectors of scales 1e-30 … 1e30 never "
+        "exceed 1): only the lower clip, for rounding below 0, ever acts",
+    (_SP, "treves_rolls: (mean_sq > 0) & (n > 1) -> (mean_sq > 0) | (n > 1)"): _NAN_TR,
+    (_SP, "treves_rolls: mean_sq > 0 -> mean_sq >= 0"): _NAN_TR,
+    (_SP, "treves_rolls: n > 1 -> n >= 1"): _NAN_TR,
+    (_SP, "excess_kurtosis: np.maximum(np.abs(x).max(axis=axis), 1e-300) if x.size else 1.0 -> "
+          "np.maximum(np.abs(x).max(axis=axis), 1e-300) if x.size else 2.0"):
+        "the scale of an empty array: its m2 is NaN, so the result is NaN whatever the threshold",
+    (_SP, "excess_kurtosis: m2 <= (1e-12 * scale) ** 2 -> m2 < (1e-12 * scale) ** 2"):
+        "m2 equals the threshold only when both are 0 (an all-zero vector: scale 1e-300, threshold underflows to "
+        "0), where k = 0/0 is NaN either way",
+    (_SP, "sparsity_metrics: a.reshape(1, -1) -> a.reshape(1, -2)"):
+        "numpy infers a dimension given as any negative size (numpy 2.4: reshape(1, -2) of 12 values is (1, 12))",
+    (_IN, "<module>: 4096 -> 4097"):
+        "the chunk size of topk_counts: counts are summed over chunks, so any chunk size gives the same histogram",
+    (_FA, "compare_to_control: a['deletion_auc'] - b['deletion_auc'] -> a['deletion_auc'] + b['deletion_auc']"):
+        "paired_images counts the images where the difference is finite: a − b and a + b are finite for the same "
+        "images (AUCs are finite or NaN)",
+    (_FA, "faithfulness_curves: max(1, config.batch_size // 4) -> max(2, config.batch_size // 4)"): _CHUNKS,
+    (_FA, "faithfulness_curves: config.batch_size // 4 -> config.batch_size // 5"): _CHUNKS,
+    (_FA, "faithfulness_curves: config.seed + start -> config.seed - start"): _CHUNKS,
+    (_FA, "faithfulness_curves: road_fill(x, removed, config.road_size) + noise -> "
+          "road_fill(x, removed, config.road_size) - noise"):
+        "−noise is a draw from the same N(0, noise²) as +noise (the ROAD noise is symmetric)",
+    (_FA, "pixel_ranks: stable=True -> stable=False"):
+        "the ties the sort meets are already in seeded random order, and torch's CPU sort is deterministic: an "
+        "unstable sort gives another, equally seeded, tie order",
+    (_FA, "_Counter.probabilities: targets.cpu().view(1, -1, 1).expand(len(variants), -1, 1) -> "
+          "targets.cpu().view(1, -1, 1).expand(len(variants), -1, 2)"):
+        "gathers the target's probability twice; [..., 0] reads the first copy",
+    (_FA, "<module>: [1 / 6, 0.0, 1 / 6] -> [1 / 6, 1.0, 1 / 6]"):
+        "a centre weight adds v to both the degree and the neighbour sum of the imputation system (they cancel), "
+        "and to the right-hand side only kept · 0 (kept is 0 at the removed pixels)",
+    (_LB, "imagenet_synsets: line.split('\\t', 1) -> line.split('\\t', 2)"):
+        "every line of timm's imagenet_synset_to_lemma.txt holds one tab: splitting at most twice gives the same "
+        "two parts",
+    (_LB, "_Vocabulary.closest: n * 3 -> n * 4"):
+        "more candidates change the answer only when the 3·n closest keys name fewer than n classes: model names "
+        "are one key per class, and no ImageNet synonym set does so (searched: 12 000 misspellings of its keys)",
+}
+
+_BINOPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+           ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd}
+_CMPOPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
+           ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+_SKIP_KEYWORDS = {"stacklevel", "maxsize", "desc"}
+
+
+@dataclass
+class Mutant:
+    file: str
+    index: int                     # position in the walk of the file's tree (identifies the node)
+    line: int
+    end_line: int
+    function: str
+    import_time: bool              # run when the module is imported (module level, class bodies, defaults)
+    original: str
+    mutated: str
+    status: str = "pending"        # killed / survived / equivalent / not covered / timeout / error
+    killed_by: str | None = None
+    why: str | None = None
+    seconds: float = 0.0
+    tests_run: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.function}: {self.original} -> {self.mutated}"
+
+
+# ------------------------------------------------------------------ finding the mutants
+def _skipped_nodes(tree: ast.AST) -> set[int]:
+    """ids of nodes never mutated: docstrings, annotations, decorators, raise arguments, f-strings."""
+    skip: set[int] = set()
+
+    def mark(node: ast.AST | None) -> None:
+        if node is not None:
+            skip.update(id(n) for n in ast.walk(node))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            mark(node.returns)
+            for a in (*node.args.args, *node.args.kwonlyargs, *node.args.posonlyargs, node.args.vararg, node.args.kwarg):
+                mark(a.annotation if a is not None else None)
+            for d in node.decorator_list:
+                mark(d)
+        elif isinstance(node, ast.ClassDef):
+            for d in node.decorator_list:
+                mark(d)
+        elif isinstance(node, ast.AnnAssign):
+            mark(node.annotation)
+        elif isinstance(node, ast.Raise | ast.JoinedStr | ast.Assert):
+            mark(node)
+        elif isinstance(node, ast.keyword) and node.arg in _SKIP_KEYWORDS:
+            mark(node)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("warn", "info", "debug", "write"):
+            mark(node)
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                mark(first)
+    return skip
+
+
+def _alternatives(node: ast.AST) -> list[ast.AST]:
+    """The mutated versions of ``node`` (each a new node), none if it is not mutated."""
+    out: list[ast.AST] = []
+    if isinstance(node, ast.BinOp | ast.AugAssign) and type(node.op) in _BINOPS:
+        new = copy.copy(node)
+        new.op = _BINOPS[type(node.op)]()
+        out.append(new)
+    elif isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMPOPS:
+        new = copy.copy(node)
+        new.ops = [_CMPOPS[type(node.ops[0])]()]
+        out.append(new)
+    elif isinstance(node, ast.BoolOp):
+        new = copy.copy(node)
+        new.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        out.append(new)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub):
+        out.append(node.operand)
+    elif isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        out.append(ast.Constant(not node.value))
+    elif isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        out.append(ast.Constant(node.value + 1))
+    return out
+
+
+def _import_time(tree: ast.AST) -> set[int]:
+    """ids of nodes evaluated when the module is imported: outside function bodies, or a default value."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            body = node.body if isinstance(node.body, list) else [node.body]
+            for stmt in body:
+                inside.update(id(n) for n in ast.walk(stmt))
+    defaults: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and id(node) not in inside:
+            for d in (*node.args.defaults, *[k for k in node.args.kw_defaults if k is not None]):
+                defaults.update(id(n) for n in ast.walk(d))
+    return {id(n) for n in ast.walk(tree) if id(n) not in inside} | defaults
+
+
+def _function_names(tree: ast.AST) -> dict[int, str]:
+    names: dict[int, str] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                name = f"{prefix}{child.name}"
+                for n in ast.walk(child):
+                    names[id(n)] = name
+                visit(child, name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return names
+
+
+def find_mutants(path: str) -> list[Mutant]:
+    """Every mutant of the file at ``path`` (relative to the repository root)."""
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    skip, names, at_import = _skipped_nodes(tree), _function_names(tree), _import_time(tree)
+    parents = {id(child): parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+    mutants: list[Mutant] = []
+    for index, node in enumerate(ast.walk(tree)):
+        if id(node) in skip or not hasattr(node, "lineno"):
+            continue
+        for alt in _alternatives(node):
+            shown = node
+            while isinstance(shown, ast.Constant | ast.UnaryOp) and \
+                    isinstance(parents.get(id(shown)), ast.expr | ast.keyword):
+                shown = parents[id(shown)]  # a number alone says little: show the expression it is in
+            before = _text(shown)
+            _replace(shown, node, alt) if shown is not node else None
+            after = _text(shown if shown is not node else alt)
+            _replace(shown, alt, node) if shown is not node else None
+            mutants.append(Mutant(path, index, node.lineno, node.end_lineno or node.lineno,
+                                  names.get(id(node), "<module>"), id(node) in at_import, before, after))
+    mutants.sort(key=lambda m: (m.line, m.index))
+    seen: dict[str, int] = {}
+    for m in mutants:  # the same change twice in one function: number the later ones
+        seen[m.key] = seen.get(m.key, 0) + 1
+        if seen[m.key] > 1:
+            m.mutated += f"  [#{seen[m.key]}]"
+    return mutants
+
+
+def _text(node: ast.AST) -> str:
+    src = ast.unparse(node) if not isinstance(node, ast.AugAssign) else \
+        f"{ast.unparse(node.target)} {_OP_TEXT[type(node.op)]}= ..."
+    return src if len(src) <= 90 else src[:87] + "..."
+
+
+_OP_TEXT = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",
+            ast.BitAnd: "&", ast.BitOr: "|"}
+
+
+def mutated_code(path: str, mutant: Mutant):
+    """The module's code object with ``mutant`` applied (same file name and line numbers)."""
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    nodes = list(ast.walk(tree))
+    target = nodes[mutant.index]
+    alts = _alternatives(target)
+    if not alts or target.lineno != mutant.line:
+        raise RuntimeError(f"mutant {mutant.key} of {path} no longer matches the source")
+    _replace(tree, target, alts[0])
+    return compile(ast.fix_missing_locations(tree), str(ROOT / path), "exec")
+
+
+def _replace(tree: ast.AST, old: ast.AST, new: ast.AST) -> None:
+    """Put ``new`` where ``old`` is in ``tree`` (``old`` must not be ``tree`` itself)."""
+    if new is not old and not hasattr(new, "lineno"):
+        ast.copy_location(new, old)
+    for parent in ast.walk(tree):
+        for name, value in ast.iter_fields(parent):
+            if value is old:
+                setattr(parent, name, new)
+                return
+            if isinstance(value, list) and any(v is old for v in value):
+                value[[i for i, v in enumerate(value) if v is old][0]] = new
+                return
+
+
+def module_name(path: str) -> str:
+    parts = Path(path).with_suffix("").parts
+    return ".".join(("inspectnet_plugins", *parts[1:]) if parts[0] == "plugins" else parts)
+
+
+# ------------------------------------------------------------------ running the tests in forked children
+class _MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves the mutated code for one module name; every other import goes the ordinary way."""
+
+    def __init__(self, name: str, path: str, code):
+        self.name, self.path, self.code = name, path, code
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        return importlib.util.spec_from_file_location(fullname, str(ROOT / self.path), loader=self,
+                                                      submodule_search_locations=None)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(self.code, module.__dict__)
+
+
+class _Recorder:
+    """A pytest plugin: per test, the lines of the traced files it executed, its duration and outcome."""
+
+    def __init__(self, files: set[str] | None):
+        self.files, self.current, self.lines, self.seconds, self.failed = files, None, {}, {}, []
+
+    def _trace(self, frame, event, arg):
+        if frame.f_code.co_filename not in self.files:
+            return None
+        lines = self.lines.setdefault(self.current, set())
+
+        def local(f, ev, a):
+            if ev == "line":
+                lines.add((f.f_code.co_filename, f.f_lineno))
+            return local
+
+        lines.add((frame.f_code.co_filename, frame.f_lineno))
+        return local
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_collection(self, session):
+        self.current = "<import>"  # lines run while the test modules are imported reach every test
+        if self.files:
+            sys.settrace(self._trace)
+        yield
+        sys.settrace(None)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        self.current = item.nodeid
+        if self.files:
+            sys.settrace(self._trace)
+        start = time.perf_counter()
+        yield
+        sys.settrace(None)
+        self.seconds[item.nodeid] = self.seconds.get(item.nodeid, 0.0) + time.perf_counter() - start
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            self.failed.append(report.nodeid)
+
+
+def _fork_pytest(args: list[str], timeout: float, finder: _MutantFinder | None = None,
+                 traced: set[str] | None = None) -> tuple[str, dict]:
+    """Run pytest with ``args`` in a forked child; returns (outcome, the recorder's data)."""
+    fd, out_path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    pid = os.fork()
+    if pid == 0:  # the child: fresh project modules, the mutant served by the finder
+        code = 3
+        try:
+            os.setpgid(0, 0)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1), os.dup2(devnull, 2)
+            for name in [n for n in sys.modules if n.split(".")[0] in ("inspectnet", "inspectnet_plugins", "tests")]:
+                del sys.modules[name]
+            if finder is not None:
+                sys.meta_path.insert(0, finder)
+            rec = _Recorder(traced)
+            code = int(pytest.main([*args, "-q", "-p", "no:cacheprovider", "-p", "no:randomly"], plugins=[rec]))
+            Path(out_path).write_text(json.dumps({"lines": {k: sorted(v) for k, v in rec.lines.items()},
+                                                  "seconds": rec.seconds, "failed": rec.failed}))
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.unlink(out_path)
+            return "timeout", {}
+        time.sleep(0.05)
+    text = Path(out_path).read_text()
+    os.unlink(out_path)
+    data = json.loads(text) if text else {}
+    code = os.waitstatus_to_exitcode(status)
+    return {0: "passed", 1: "failed"}.get(code, f"error (exit {code})"), data
+
+
+def baseline(files: list[str], tests: list[str], cache: Path | None = None
+             ) -> tuple[dict[str, dict[str, set[int]]], dict[str, float]]:
+    """Which lines of ``files`` each test reaches ({file: {test: lines}}), and each test's duration.
+
+    Kept in ``cache`` with a digest of the sources and test files: a resumed run reuses it while they are unchanged.
+    """
+    digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in [*files, *tests, "tests/conftest.py"])).hexdigest()
+    if cache is not None and cache.exists() and json.loads(cache.read_text())["digest"] == digest:
+        data = json.loads(cache.read_text())
+    else:
+        outcome, data = _fork_pytest(tests, timeout=3600, traced={str(ROOT / f) for f in files})
+        if outcome != "passed":
+            raise SystemExit(f"the tests {tests} do not pass on the unmodified code ({outcome}: {data.get('failed')})")
+        if cache is not None:
+            cache.write_text(json.dumps({"digest": digest, **data}))
+    lines: dict[str, dict[str, set[int]]] = {f: {} for f in files}
+    for test, hits in data["lines"].items():
+        for filename, line in hits:
+            rel = str(Path(filename).relative_to(ROOT))
+            lines[rel].setdefault(test, set()).add(line)
+    return lines, data["seconds"]
+
+
+def run_mutant(m: Mutant, covering: list[str], seconds: dict[str, float]) -> None:
+    """Run the tests reaching ``m``'s lines against it (fastest first, ending at the first failure)."""
+    if not covering:
+        m.status = "not covered"
+        return
+    order = sorted(covering, key=lambda t: seconds.get(t, 0.0))
+    finder = _MutantFinder(module_name(m.file), m.file, mutated_code(m.file, m))
+    limit = 30.0 + 3.0 * sum(seconds.get(t, 60.0) for t in order)
+    start = time.perf_counter()
+    outcome, data = _fork_pytest([*order, "-x"], timeout=limit, finder=finder)
+    m.seconds, m.tests_run = round(time.perf_counter() - start, 2), len(order)
+    if outcome == "passed":
+        m.status = "survived"
+    elif outcome == "timeout":
+        m.status = "timeout"
+    else:
+        m.status = "killed" if outcome == "failed" else outcome  # "error (exit N)": the tests could not even run
+        m.killed_by = (data.get("failed") or [None])[0]
+
+
+# ------------------------------------------------------------------ the job
+@dataclass
+class ModuleScore:
+    name: str
+    files: list[str]
+    tests: list[str]
+    total: int = 0                 # mutants of the files; ``mutants`` of them are judged so far
+    complete: bool = False
+    mutants: int = 0
+    killed: int = 0
+    survived: int = 0
+    equivalent: int = 0
+    seconds: float = 0.0
+    score: float | None = None
+    survivors: list[dict] = field(default_factory=list)
+    equivalents: list[dict] = field(default_factory=list)
+
+
+def score_module(name: str, limit: int | None = None, *, log: Path | None = None, on_progress=None,
+                 first: tuple[str, ...] = (), mode: str = "run", tests: list[str] | None = None) -> ModuleScore:
+    """Run the mutants of the module group ``name`` against its tests (or ``tests``).
+
+    Each outcome is appended to ``log`` (JSON lines) as it comes; outcomes already there are reused, so an
+    interrupted run resumes. ``on_progress(result)`` is called every ten mutants with the score so far. Mutants
+    of the functions named in ``first`` (name prefixes) run before the others. ``mode``: ``run`` (every mutant
+    without a logged outcome), ``tally`` (run nothing: score the logged outcomes; a module with mutants left
+    says it is incomplete) or ``survivors`` (run again, against whole test files, the mutants logged as
+    survivors: tests added since can only kill more).
+    """
+    files, tests = MODULES[name][0], tests or MODULES[name][1]
+    done = _logged(log, name)
+    mutants = [m for path in files for m in find_mutants(path)[:limit]]
+    mutants.sort(key=lambda m: next((i for i, f in enumerate(first) if m.function.startswith(f)), len(first)))
+    if mode == "survivors":
+        todo = [m for m in mutants if done.get((m.file, m.key), ("",))[0] in ("survived", "not covered")]
+    else:
+        todo = [m for m in mutants if (m.file, m.key) not in done] if mode == "run" else []
+    cache = log.with_name(log.name.replace(".progress.jsonl", f".baseline.{name.replace('/', '_')}.json")) if log else None
+    lines, seconds = baseline(files, tests, cache) if todo and mode == "run" else ({}, {})
+    result = ModuleScore(name, files, MODULES[name][1], total=len(mutants))
+    waiting = {(m.file, m.key) for m in todo}
+    for i, m in enumerate(mutants):
+        if (m.file, m.key) in waiting:
+            if mode == "survivors":
+                covering = tests  # whole files: a new test may reach the line
+            else:
+                reached = {t for t, hit in lines[m.file].items() if hit & set(range(m.line, m.end_line + 1))}
+                covering = list(seconds) if m.import_time or "<import>" in reached else sorted(reached)
+            run_mutant(m, covering, seconds)
+            if log is not None:
+                with log.open("a") as fh:
+                    fh.write(json.dumps({"module": name, "file": m.file, "key": m.key, "status": m.status,
+                                         "killed_by": m.killed_by, "seconds": m.seconds}) + "\n")
+        elif (m.file, m.key) in done:
+            m.status, m.killed_by, m.seconds = done[(m.file, m.key)]
+        else:
+            continue
+        _tally(result, m)
+        print(f"  [{i + 1}/{len(mutants)}] {m.file}:{m.line} {m.key}: {m.status}"
+              f"{' by ' + m.killed_by if m.killed_by else ''} ({m.seconds:.1f} s)", flush=True)
+        if on_progress is not None and i % 10 == 9:
+            on_progress(result)
+    result.complete = result.mutants == result.total
+    result.seconds = round(result.seconds, 1)
+    return result
+
+
+def _logged(log: Path | None, name: str) -> dict[tuple[str, str], tuple[str, str | None, float]]:
+    if log is None or not log.exists():
+        return {}
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return {(r["file"], r["key"]): (r["status"], r["killed_by"], r.get("seconds", 0.0)) for r in rows
+            if r["module"] == name}
+
+
+def _tally(result: ModuleScore, m: Mutant) -> None:
+    if m.status == "survived" and (m.file, m.key) in EQUIVALENT:  # decided now: the list may grow after a run
+        m.status, m.why = "equivalent", EQUIVALENT[(m.file, m.key)]
+    result.mutants += 1
+    result.seconds += m.seconds
+    if m.status in ("killed", "timeout") or m.status.startswith("error"):
+        result.killed += 1
+    elif m.status == "equivalent":
+        result.equivalent += 1
+        result.equivalents.append(_row(m))
+    else:
+        result.survived += 1
+        result.survivors.append(_row(m))
+    judged = result.mutants - result.equivalent
+    result.score = round(result.killed / judged, 4) if judged else None
+
+
+def _row(m: Mutant) -> dict:
+    row = asdict(m)
+    for k in ("index", "killed_by", "seconds", "tests_run", "end_line", "import_time"):
+        row.pop(k)
+    return row
+
+
+def write_results(scores: dict[str, dict], out: Path) -> None:
+    """Add ``scores`` (module name -> :class:`ModuleScore` as a dict) into the results at ``out``; rewrite both files."""
+    previous = json.loads(out.with_suffix(".json").read_text())["modules"] if out.with_suffix(".json").exists() else {}
+    modules = {**previous, **scores}
+    doc = {"machine": _machine(), "modules": dict(sorted(modules.items()))}
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
+    rows = ["| module | mutants | killed | survived | equivalent | score |", "|---|---:|---:|---:|---:|---:|"]
+    for s in doc["modules"].values():
+        score = "—" if s["score"] is None else f"{100 * s['score']:.1f} %"
+        count = s["mutants"] if s.get("complete", True) else f"{s['mutants']} of {s['total']} (run not finished)"
+        rows.append(f"| {s['name']} | {count} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} |")
+    lines = ["# Mutation score of the core", "", "Written by `python benchmarks/mutation_score.py` (see its docstring). "
+             "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed.", "",
+             f"Written on: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['date']}.", "",
+             *rows, ""]
+    for s in doc["modules"].values():
+        if s["survivors"]:
+            lines += [f"## {s['name']}: survivors", ""]
+            lines += [f"- `{r['file']}:{r['line']}` {r['function']}: `{r['original']}` → `{r['mutated']}`"
+                      f" ({r['status']})" for r in s["survivors"]]
+            lines.append("")
+        if s["equivalents"]:
+            lines += [f"## {s['name']}: equivalent mutants", ""]
+            lines += [f"- `{r['file']}:{r['line']}` {r['function']}: `{r['original']}` → `{r['mutated']}`: {r['why']}"
+                      for r in s["equivalents"]]
+            lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def _machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--modules", default=",".join(MODULES), help="comma-separated names from MODULES")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many mutants per file (a quick look)")
+    parser.add_argument("--out", default=str(RESULTS / "mutation"), help="results path without suffix")
+    parser.add_argument("--list", action="store_true", help="print the module → test-file table and each mutant count")
+    parser.add_argument("--mode", choices=("run", "tally", "survivors"), default="run",
+                        help="run: every mutant without a logged outcome; tally: run nothing, score the logged "
+                             "outcomes; survivors: run the logged survivors again against whole test files")
+    parser.add_argument("--tests", default="", help="comma-separated test files instead of the module's (with --mode "
+                                                      "survivors: the files whose new tests may kill them)")
+    parser.add_argument("--first", default="", help="comma-separated function names whose mutants run first")
+    parser.add_argument("--add-results", default=None, help="a results .json of another run: add its modules to --out")
+    args = parser.parse_args(argv)
+    if args.add_results:
+        write_results(json.loads(Path(args.add_results).read_text())["modules"], Path(args.out))
+        return 0
+    names = [n.strip() for n in args.modules.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODULES]
+    if unknown:
+        parser.error(f"unknown modules {unknown}; expected some of {list(MODULES)}")
+    if args.list:
+        for n in names:
+            files, tests = MODULES[n]
+            print(f"{n}: {sum(len(find_mutants(f)) for f in files)} mutants; tests {' '.join(tests)}")
+        return 0
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    heavy = ("numpy", "torch", "timm", "scipy.stats", "sklearn.linear_model", "matplotlib.pyplot", "PIL.Image", "onnx",
+             "onnxruntime", "captum")
+    for lib in heavy if args.mode != "tally" else ():  # imported once here: every run forks from this process
+        try:
+            importlib.import_module(lib)
+        except ImportError:
+            pass
+    scores = []
+    for n in names:
+        print(f"{n}: {', '.join(MODULES[n][0])} against {', '.join(MODULES[n][1])}", flush=True)
+        log = Path(args.out).with_suffix(".progress.jsonl")
+        first = tuple(f.strip() for f in args.first.split(",") if f.strip())
+        tests = [t.strip() for t in args.tests.split(",") if t.strip()] or None
+        scores.append(score_module(n, args.limit, log=log, first=first, mode=args.mode, tests=tests,
+                                   on_progress=lambda r: write_results({r.name: asdict(r)}, Path(args.out))))
+        s = scores[-1]
+        print(f"{n}: {s.killed} killed, {s.survived} survived, {s.equivalent} equivalent of {s.mutants} "
+              f"({s.seconds:.0f} s)", flush=True)
+        write_results({s.name: asdict(s) for s in scores}, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
