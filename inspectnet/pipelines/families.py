@@ -42,7 +42,7 @@ from inspectnet.export.onnx import export_onnx
 from inspectnet.models.families import FAMILIES, Family, family, family_model
 from inspectnet.models.zoo import ZooModel
 from inspectnet.pipelines.explain import ModelForm, QualityConfig, explanation_quality
-from inspectnet.probe.record import run_probe
+from inspectnet.probe.recorder import run_probe
 
 CAPABILITIES = ("record", "evidence", "onnx", "onnx_evidence", "int8", "explain", "dissect")
 OK = "✓"
