@@ -243,6 +243,7 @@ def _train_shapes_net(epochs: int = 14) -> ShapesNet:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_concepts_of_a_trained_shapes_model_recover_more_labelled_concepts_than_random_directions():
     net = _train_shapes_net()
     test = load_data("shapes:test?n=2500&task=pairs")

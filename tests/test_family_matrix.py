@@ -29,8 +29,8 @@ EXPORT_ROWS = {"ResNet", "MobileNetV3"}
 
 def _rows(default: set[str] | None = None):
     """The rows as parameters, slow where the row is slow (or, with ``default``, where it is not listed)."""
-    return [pytest.param(r.name, id=r.name, marks=[pytest.mark.slow] if r.slow or (default is not None and r.name
-                                                                                   not in default) else [])
+    heavy = [pytest.mark.slow, pytest.mark.heavy]
+    return [pytest.param(r.name, id=r.name, marks=heavy if r.slow or (default is not None and r.name not in default) else [])
             for r in FAMILIES]
 
 
@@ -103,6 +103,7 @@ def test_error_messages_carry_no_terminal_colour_codes():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_dynamo_failure_falls_back_to_torchscript_and_says_so(tmp_path):
     """BEiT's graph cannot be decomposed by the dynamo exporter: the file is written by torchscript, recorded."""
     import json
