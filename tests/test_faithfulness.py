@@ -314,13 +314,12 @@ def test_default_faithfulness_settings_and_the_smallest_accepted_ones():
     assert (c.steps, c.baseline, c.road_fractions, c.road_noise, c.road_size, c.batch_size, c.seed) == \
         (10, "blur", (0.2, 0.4, 0.6, 0.8), 0.01, 32, 64, 0)
     assert c.passes_per_image() == 2 * 10 + 2 * 4
-    small = FaithfulnessConfig(steps=1, batch_size=1, road_fractions=(0.01, 0.99))
-    small.check()
+    small = FaithfulnessConfig(steps=1, batch_size=1, road_fractions=(0.01, 0.99))  # validated when built
     curves = faithfulness_curves(_BrightCountModel(), torch.rand(2, 1, 8, 8), torch.rand(2, 8, 8),
                                  torch.ones(2, dtype=torch.long), small)
     assert curves.fractions == [0.0, 1.0] and curves.forward_passes == 2 * small.passes_per_image()
-    with pytest.raises(InspectnetError, match="batch size must be at least 1"):
-        FaithfulnessConfig(batch_size=0).check()
+    with pytest.raises(InspectnetError, match="batch_size= must be at least 1"):
+        FaithfulnessConfig(batch_size=0)
 
 
 def test_average_ranks_and_spearman_match_scipy():

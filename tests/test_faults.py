@@ -503,8 +503,9 @@ TABLE: list[tuple[str, str, tuple[str, ...], str, int]] = [
     ("san", "nothing", ("san", "digits", "--activation", "relu", "--limit", "8", "--out", "{ws}/out"),
      "--activation 'relu' is unknown", 2),
     # --- export
-    ("export", "nothing", (*EXPORT, "--opset", "3"), "--opset 3 is outside what the dynamo exporter writes", 2),
-    ("export", "nothing", (*EXPORT, "--opset", "17"), "the torchscript exporter writes it", 2),
+    ("export", "nothing", (*EXPORT, "--exporter", "dynamo", "--opset", "3"),
+     "--opset 3 is outside what the dynamo exporter writes", 2),
+    ("export", "nothing", (*EXPORT, "--exporter", "dynamo", "--opset", "17"), "the torchscript exporter writes it", 2),
     ("export", "nothing", (*EXPORT, "--exporter", "torchscript", "--opset", "21"), "dynamo exporter writes it", 2),
     ("export", "nothing", ("export", *M, "--out", "{ws}/out.pt"), "must end in .onnx", 2),
     ("export", "--out.onnx exists", EXPORT, "pass --force to overwrite it", 2),

@@ -262,7 +262,7 @@ def load_concepts(spec: str, *, resize_masks: bool = False) -> ConceptDataset:
     from inspectnet.data import load_data
 
     ds = load_data(spec)
-    if not hasattr(ds, "masks"):
+    if getattr(ds, "masks", None) is None:  # every labelled array source has the field; shapes fills it
         raise InspectnetError(f"data {spec!r} has no concept masks; use shapes[...] or a concept folder "
                               f"(ROOT/concepts.json, images/, masks/ or segmentations/)")
     images = np.asarray(ds.images)
