@@ -23,9 +23,10 @@ import torch
 from benchmarks import harness
 from inspectnet import load_data, load_model
 from inspectnet.models.layers import eval_mode
-from inspectnet.plugins import HoyerLog, make_plugin
+from inspectnet.plugins import make_plugin
 from inspectnet.probe.hooks import Probe
 from inspectnet.training.finetune import PluginHooks, finetune
+from inspectnet.training.hoyer_log import HoyerLog
 from inspectnet.training.loop import TrainConfig, evaluate, train
 
 PLUGINS = {

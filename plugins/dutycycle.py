@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.plugins import HoyerLog, HParam, Plugin, all_reduce_sum
+from inspectnet.plugins import HParam, Plugin, all_reduce_sum
+from inspectnet.training.hoyer_log import HoyerLog
 
 
 def kwinners(x: torch.Tensor, duty: torch.Tensor, k: int, boost: float, density: float) -> torch.Tensor:

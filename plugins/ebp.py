@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.plugins import HoyerLog, HParam, Plugin, all_reduce_sum
+from inspectnet.plugins import HParam, Plugin, all_reduce_sum
+from inspectnet.training.hoyer_log import HoyerLog
 
 
 class EliteBackProp(Plugin):

@@ -14,7 +14,8 @@ import math
 import torch
 from torch import nn
 
-from inspectnet.plugins import HoyerLog, HParam, Plugin
+from inspectnet.plugins import HParam, Plugin
+from inspectnet.training.hoyer_log import HoyerLog
 
 
 def kwta(x: torch.Tensor, k: float) -> torch.Tensor:

@@ -19,7 +19,8 @@ from torch import nn
 
 from inspectnet.analysis.san.activations import ACTIVATIONS, get_activation
 from inspectnet.core.errors import InspectnetError
-from inspectnet.plugins import HoyerLog, HParam, Plugin
+from inspectnet.plugins import HParam, Plugin
+from inspectnet.training.hoyer_log import HoyerLog
 
 
 class SparseActivation(Plugin):

@@ -13,7 +13,8 @@ Example::
 import torch
 from torch import nn
 
-from inspectnet.plugins import HoyerLog, HParam, Plugin
+from inspectnet.plugins import HParam, Plugin
+from inspectnet.training.hoyer_log import HoyerLog
 
 
 def sparseout(a: torch.Tensor, p: float, q: float, generator: torch.Generator | None = None) -> torch.Tensor:
