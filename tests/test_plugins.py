@@ -12,7 +12,6 @@ from torch import nn
 from inspectnet.analysis.sparsity import sparsity_metrics
 from inspectnet.core.errors import InspectnetError
 from inspectnet.plugins import (
-    HoyerLog,
     Plugin,
     available_plugins,
     describe_plugins,
@@ -20,6 +19,7 @@ from inspectnet.plugins import (
     parse_plugin_spec,
     plugin_names,
 )
+from inspectnet.training.hoyer_log import HoyerLog
 
 FIRST_PARTY = {"ebp", "kwta", "san", "cgl", "dutycycle", "easr", "sparseout"}
 
