@@ -129,3 +129,19 @@ def test_shipped_spec_uses_chosen_preprocessing(lite0_weights, tmp_path):
     assert load_model(str(tmp_path / "m")).data_config == small.data_config
     with pytest.raises(InspectnetError, match="unknown shipped model"):
         load_model("shipped:resnet9000")
+
+
+@pytest.mark.parametrize("spec", ["vit_tiny_patch16_224", "levit_128s", "torchvision:vit_b_16"])
+def test_input_size_rebuilds_models_built_for_one_size_and_the_saved_folder_reloads(tmp_path, spec):
+    """Patch grids, position tables and attention biases are sized when the model is built: --input-size
+    must reach the constructor, and the saved folder must rebuild at the size it was saved with."""
+    zm = load_model(spec, num_classes=3, input_size=64, seed=0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = zm.model(x)
+    assert before.shape == (2, 3)
+    save_model(zm, tmp_path / "m")
+    with torch.no_grad():
+        after = load_model(str(tmp_path / "m")).model(x)
+    torch.testing.assert_close(after, before)
+

@@ -49,7 +49,7 @@ def torchvision_names() -> list[str]:
 
 
 def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None,
-                pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+                pretrained: bool, img_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     import timm
 
     kwargs: dict[str, Any] = {}
@@ -58,13 +58,40 @@ def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None,
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
     model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    fixed = fixed_input_size(model)
+    if img_size is not None and fixed not in (None, (img_size, img_size)):
+        # a patch embedding fixes its token grid and position table when the model is built
+        model = _rebuilt_for_size(arch, fixed, img_size,
+                                  lambda: timm.create_model(arch, pretrained=pretrained, img_size=img_size, **kwargs))
     cfg = dict(timm.data.resolve_model_data_config(model))
     return model, with_channels(cfg, in_chans or 3)
 
 
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The (H, W) a model is built for when it takes no other size (patch grids, attention biases), else None.
+
+    >>> import timm
+    >>> fixed_input_size(timm.create_model("vit_tiny_patch16_224")), fixed_input_size(timm.create_model("resnet18"))
+    ((224, 224), None)
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("fixed_input_size"):  # timm marks every architecture whose build depends on the input size
+        return (int(cfg["input_size"][1]), int(cfg["input_size"][2]))
+    size = getattr(model, "image_size", None)  # torchvision's VisionTransformer
+    return (size, size) if isinstance(size, int) else None
+
+
+def _rebuilt_for_size(arch: str, fixed: tuple[int, int], img_size: int, build: Any) -> nn.Module:
+    try:
+        return build()
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise InspectnetError(f"{arch} is built for {fixed[0]}×{fixed[1]} px inputs and cannot be rebuilt for "
+                              f"--input-size {img_size}: {exc}") from exc
+
+
 
 def build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | None,
-                       pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+                       pretrained: bool, img_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     import torchvision
 
     if pretrained:
@@ -76,6 +103,13 @@ def build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | Non
     else:
         kwargs = {"num_classes": num_classes} if num_classes is not None else {}
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    fixed = fixed_input_size(model)
+    if img_size is not None and fixed not in (None, (img_size, img_size)):
+        if pretrained:
+            raise InspectnetError(f"torchvision's pretrained {arch} takes {fixed[0]}×{fixed[1]} px inputs only; "
+                                  f"drop --input-size {img_size} or train without --pretrained")
+        model = _rebuilt_for_size(arch, fixed, img_size,
+                                  lambda: torchvision.models.get_model(arch, weights=None, image_size=img_size, **kwargs))
     if in_chans is not None and in_chans != 3:
         adapt_first_conv(model, in_chans)
     cfg = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": IMAGENET_MEAN,

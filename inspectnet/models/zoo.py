@@ -236,7 +236,8 @@ def _load_model(spec: str, *, weights: str | Path | None, num_classes: int | Non
         if pretrained:
             check_hub_reachable(source, arch)
         build = build_timm if source == "timm" else build_torchvision
-        model, data_config = build(arch, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
+        model, data_config = build(arch, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
+                                   img_size=input_size)
         head_name = find_head(model)
         n_out = model.get_submodule(head_name).out_features
         zm = ZooModel(model=model, source=source, arch=arch, num_classes=n_out,
@@ -333,7 +334,8 @@ def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, re
     if in_chans is not None and in_chans != cfg["in_chans"]:
         raise InspectnetError(f"--in-chans {in_chans} disagrees with the saved model's {cfg['in_chans']} channels")
     build = build_timm if cfg["source"] == "timm" else build_torchvision
-    model, _ = build(cfg["arch"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"], pretrained=False)
+    model, _ = build(cfg["arch"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"], pretrained=False,
+                     img_size=int(cfg["data_config"]["input_size"][-1]))
     model = rebuild(model, cfg.get("modifications", []), where=str(path))
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["data_config"].items()}
     zm = ZooModel(model=model, source=cfg["source"], arch=cfg["arch"], num_classes=cfg["num_classes"],
