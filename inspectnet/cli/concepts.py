@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from inspectnet.analysis.concepts import DEFAULT_ACTIVE, DEFAULT_K, DEFAULT_SEEDS, METHODS
-from inspectnet.cli.options import add_model_args, emit, model_from_args
+from inspectnet.cli.options import add_model_args, emit, model_from_args, seed
 from inspectnet.core.storage import check_output_dir
 
 
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=DEFAULT_K, help=f"number of concepts (default {DEFAULT_K})")
     p.add_argument("--active", type=int, default=DEFAULT_ACTIVE,
                    help=f"codes per cell kept by the autoencoder (default {DEFAULT_ACTIVE})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the reported run; stability runs use the next ones")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the reported run; stability runs use the next ones")
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help=f"runs fitted for stability (default {DEFAULT_SEEDS})")
     p.add_argument("--epochs", type=int, default=2, help="fitting passes over the data (default 2)")
     p.add_argument("--batch-size", type=int, default=32)

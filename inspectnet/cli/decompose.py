@@ -8,7 +8,7 @@ plus the decomposed (and slimmed) model folders. The work is done by
 
 import argparse
 
-from inspectnet.cli.options import add_class_map_arg, add_model_args, class_map_from_args, emit, model_from_args
+from inspectnet.cli.options import add_class_map_arg, add_model_args, class_map_from_args, emit, model_from_args, seed
 from inspectnet.core.storage import check_output_dir
 from inspectnet.core.tables import format_value
 
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N samples of --data")
     add_class_map_arg(p)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise ablation and retraining")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the noise ablation and retraining")
     p.add_argument("--json", action="store_true", help="print decomposition.json")
     p.set_defaults(func=run)
 

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from inspectnet.core.options import field_types, options_of
+from inspectnet.core.options import MAX_SEED, field_types, options_of
 
 if TYPE_CHECKING:
     from inspectnet.data.datasets import ImageDataset
@@ -100,6 +100,27 @@ def worker_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected 0 or more data loader processes (0 decodes in the main "
                                           f"process), got {text!r}")
     return n
+
+
+def seed(text: str) -> int:
+    """An argparse type for ``--seed``: a whole number every generator used here accepts (0 to 2**32 - 1).
+
+    Args:
+        text: the value as typed.
+
+    Returns:
+        The seed.
+
+    >>> seed("7")
+    7
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {text!r}")
+    return value
 
 
 def add_pass_args(p: argparse.ArgumentParser, *, shards: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 import argparse
 
-from inspectnet.cli.options import emit
+from inspectnet.cli.options import emit, seed
 from inspectnet.core.storage import check_output_dir
 
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="k for mean_std (default 1), q for quantile (default 0.9), the value for fixed")
     p.add_argument("--max-depth", type=int, help="fixed tree depth instead of cost-complexity pruning")
     p.add_argument("--val-fraction", type=float, default=0.25, help="validation part of RECORD for pruning")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--plot-depth", type=int, default=4, help="levels of the tree drawn in tree.png")
     p.add_argument("--json", action="store_true", help="print rules.json to stdout")
     p.set_defaults(func=run)

@@ -7,7 +7,7 @@ writes ``san.json``, ``san.md`` (φ̄ / CR⁻¹ / L̃ table) and ``kernels.png``
 
 import argparse
 
-from inspectnet.cli.options import emit
+from inspectnet.cli.options import emit, seed
 from inspectnet.core.storage import atomic_write_text, check_output_dir, output_dir
 
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--limit", type=int, default=1000, help="use only the first N samples")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

@@ -108,6 +108,24 @@ def option(default: Any = dataclasses.MISSING, *, help: str, **constraint: Any) 
     return dataclasses.field(default=default, metadata={METADATA_KEY: Option(help=help, **constraint)})
 
 
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's generators take seeds in [0, 2**32 - 1]
+
+
+def seed_option(help: str) -> Any:
+    """A ``seed`` config field: default 0, refused outside what every generator used here accepts.
+
+    Args:
+        help: one phrase for ``--help`` saying what the seed draws.
+
+    Returns:
+        A ``dataclasses.field`` as :func:`option` makes it.
+
+    >>> seed_option("seed of the shuffling").metadata[METADATA_KEY].maximum
+    4294967295
+    """
+    return option(0, help=help, minimum=0, maximum=MAX_SEED)
+
+
 def options_of(config: Any) -> list[tuple[dataclasses.Field, Option]]:
     """The declared fields of a config class or instance, in order, with their :class:`Option`.
 

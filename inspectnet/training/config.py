@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from inspectnet.core.options import option, validate
+from inspectnet.core.options import option, seed_option, validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +16,7 @@ class TrainConfig:
     weight_decay: float = option(1e-4, help="weight decay (not applied to what a plugin regularizes itself)",
                                  minimum=0, finite=True)
     momentum: float = option(0.9, help="SGD momentum", minimum=0, finite=True, cli=False)
-    seed: int = option(0, help="seed of the initial weights, the shuffling and torch's generator")
+    seed: int = seed_option("seed of the initial weights, the shuffling and torch's generator")
     limit: int | None = option(None, help="use only the first N samples", minimum=1, metavar="N")
     schedule: str = option("cosine", help="learning-rate schedule over the epochs", choices=("cosine", "constant"))
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.core.options import option, validate
+from inspectnet.core.options import option, seed_option, validate
 from inspectnet.runtime.overlays import map_status
 
 BASELINES = ("blur", "mean")
@@ -60,7 +60,7 @@ class FaithfulnessConfig:
     road_noise: float = option(0.01, help="noise ROAD adds to imputed pixels", minimum=0, finite=True)
     road_size: int = option(32, help="side ROAD's imputation runs at", minimum=1)
     batch_size: int = option(64, help="images per forward pass", minimum=1)
-    seed: int = option(0, help="seed of ROAD's noise")
+    seed: int = seed_option("seed of ROAD's noise")
 
     def __post_init__(self) -> None:
         validate(self)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from inspectnet.core.errors import InvalidParameterError
-from inspectnet.core.options import option, validate
+from inspectnet.core.options import option, seed_option, validate
 
 if TYPE_CHECKING:  # the command line reads the options without importing torch
     from inspectnet.models.zoo import ZooModel
@@ -57,7 +57,7 @@ class AuditConfig:
     sanity_images: int = option(8, help="images for the cascading-randomisation sanity check (0 skips it)", minimum=0)
     batch_size: int = option(32, help="images per forward pass", minimum=1)
     device: str = option("cpu", help="cpu, cuda[:N] or auto")
-    seed: int = option(0, help="seed of every sampled choice (subsets, retraining, baselines)")
+    seed: int = seed_option("seed of every sampled choice (subsets, retraining, baselines)")
     class_map: dict[str, int | str] | None = option(None, help="data class -> model index or class name", cli=False)
     command: str = option("", help="the command line that reproduces the audit", cli=False)
 
