@@ -337,6 +337,7 @@ TABLE: list[tuple[str, str, tuple[str, ...], str, int]] = [
     ("layers", "weights of other shapes", ("layers", "test_resnet", "--in-chans", "1", "--num-classes", "10",
                                            "--weights", "{ws}/w.pt"), "'fc.weight' has shape (3,", 2),
     ("layers", "nothing", ("layers", "test_resnet", "--weights", "{ws}/missing.pt"), "missing.pt does not exist", 2),
+    ("layers", "nothing", ("layers", "test_resnet", "--weights", "{ws}"), "is a folder; expected a .safetensors", 2),
     ("layers", "nothing", ("layers", "test_resnet", "--in-chans", "0"), "--in-chans must be at least 1", 2),
     ("layers", "nothing", ("layers", "test_resnet", "--num-classes", "0"), "--num-classes must be at least 1", 2),
     ("layers", "nothing", ("layers", "test_resnet", "--input-size", "0"), "--input-size must be a positive", 2),

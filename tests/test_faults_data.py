@@ -427,3 +427,16 @@ def test_json_files_hold_null_for_nan_and_infinity(tmp_path):
 def test_the_table_is_wired():
     assert {row[1] for row in TABLE} <= set(BAD_INPUTS)
     assert all(row[4] != 0 for row in TABLE)
+
+
+@pytest.mark.parametrize("cache", ["a file", "under a file"])
+def test_an_unwritable_data_cache_costs_one_warning_line_and_the_command_still_works(tmp_path, cache):
+    (tmp_path / "f").write_text("a file of the user's\n")
+    where = tmp_path / "f" if cache == "a file" else tmp_path / "f" / "cache"
+    done = _cli("folder", "digits", "--limit", "4", "--out", str(tmp_path / "out"), env={"INSPECTNET_CACHE": str(where)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("inspectnet: warning: data cache not written")]
+    assert len(warnings) == 1 and "INSPECTNET_CACHE" in warnings[0], done.stderr
+    assert "Traceback" not in done.stderr and "UserWarning" not in done.stderr
+    assert (tmp_path / "f").read_text() == "a file of the user's\n"
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 4

@@ -10,6 +10,7 @@ import os
 import pkgutil
 import sys
 import warnings
+from typing import Any
 
 from inspectnet.core.errors import InspectnetError, InvalidParameterError
 from inspectnet.core.locks import output_lock
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings(), output_lock(getattr(args, "out", None) if args.command in WRITERS else None,
                                                     f"inspectnet {args.command}"):
             warnings.simplefilter("default")
+            warnings.showwarning = _warning_line
             result = args.func(args)
     except InvalidParameterError as exc:  # the library names keywords; the command line names its flags
         _error(str(exc.with_flags(command_flags(parser, args))))
@@ -93,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback only when asked for
         return _internal(exc)
     return int(result or 0)
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A warning as one ``inspectnet: warning:`` line: the user needs what happened, not our source line."""
+    print(f"inspectnet: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _disk_error(exc: OSError, out: str | None) -> str:

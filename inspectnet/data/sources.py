@@ -11,6 +11,7 @@ takes seconds; the cached arrays load in milliseconds, and every split of a sour
 
 import io
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -92,8 +93,9 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     np.savez(buf, **arrays)
     try:
         atomic_write_bytes(path, buf.getvalue())
-    except OSError:
-        pass  # a read-only home only costs the next process a parse
+    except (OSError, InspectnetError) as exc:  # an unwritable cache only costs the next process a parse
+        warnings.warn(f"data cache not written ({exc}); the data is parsed again next time "
+                      f"(set INSPECTNET_CACHE to a writable folder to keep it)", stacklevel=2)
 
 
 def _need(module: str, package: str):

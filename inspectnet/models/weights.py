@@ -31,6 +31,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     inspectnet.core.errors.InspectnetError: weights file missing.pt does not exist
     """
     path = Path(path)
+    if path.is_dir():
+        raise InspectnetError(f"weights file {path} is a folder; expected a .safetensors or torch checkpoint file "
+                              f"(a folder saved by inspectnet is given as the model, not as --weights)")
     if not path.is_file():
         raise InspectnetError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
