@@ -306,3 +306,17 @@ def test_class_map_names_that_fit_several_classes_are_refused_naming_them():
     with pytest.raises(InspectnetError, match=r"maps to 'crane', which is ambiguous: crane \(134, n02012849\) or crane "
                                               r"\(517, n03126707\)$"):
         align_classes(["birds"], IMAGENET, class_map={"birds": "crane"})
+
+
+def test_a_class_folder_named_in_decomposed_unicode_matches_the_composed_model_class():
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    mapping = align_classes([nfd, "tea"], ["tea", nfc, "milk"])
+    assert list(mapping.indices) == [1, 0]
+
+
+def test_an_unmatched_class_beside_a_class_map_asks_to_extend_the_map_not_to_pass_one():
+    with pytest.raises(InspectnetError, match="add them to the --class-map file") as err:
+        align_classes(["tea", "cocoa"], ["tea", "milk", "water"], class_map={"tea": 0})
+    assert "pass --class-map" not in str(err.value)
+    with pytest.raises(InspectnetError, match="or pass --class-map FILE.json"):
+        align_classes(["tea", "cocoa"], ["tea", "milk", "water"])

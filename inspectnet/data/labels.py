@@ -33,6 +33,7 @@ import difflib
 import functools
 import importlib.util
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,14 @@ _TIMM_INFO = ("data", "_info")
 
 
 def normalize(name: str) -> str:
-    """The key names are compared by: case, spaces, ``_`` and ``-`` ignored.
+    """The key names are compared by: case, spaces, ``_`` and ``-`` ignored, Unicode composed (NFC).
 
     >>> normalize("Egyptian_cat") == normalize("egyptian cat") == normalize("EgyptianCat")
     True
+    >>> normalize("cafe\u0301") == normalize("caf\u00e9")  # a folder name typed on macOS (NFD) and on Linux (NFC)
+    True
     """
-    return re.sub(r"[\s_\-]+", "", name.casefold())
+    return re.sub(r"[\s_\-]+", "", unicodedata.normalize("NFC", name).casefold())
 
 
 def placeholder_names(num_classes: int) -> list[str]:
@@ -225,7 +228,7 @@ def align_classes(data_classes: Sequence[str], model_classes: Sequence[str], *,
         return LabelMapping(data_classes, list(range(len(data_classes))), [INDEX_ORDER] * len(data_classes),
                             model_classes)
     if unmatched:
-        raise InspectnetError(_unmatched_message(unmatched, len(data_classes), vocab, what))
+        raise InspectnetError(_unmatched_message(unmatched, len(data_classes), vocab, what, bool(class_map)))
     _refuse_duplicates(data_classes, indices, class_map, vocab, what)
     return LabelMapping(data_classes, [int(i) for i in indices], via, model_classes)
 
@@ -260,13 +263,14 @@ def _refuse_duplicates(data_classes: list[str], indices: list[int | None], class
                               f"them, or list each in --class-map FILE.json to say so")
 
 
-def _unmatched_message(unmatched: list[str], num_data: int, vocab: _Vocabulary, what: str) -> str:
+def _unmatched_message(unmatched: list[str], num_data: int, vocab: _Vocabulary, what: str, mapped: bool) -> str:
     size = len(vocab.model_classes)
+    remedy = "add them to the --class-map file" if mapped else "pass --class-map FILE.json"
     if is_placeholder(vocab.model_classes):
         return (f"{what}: classes {_quoted(unmatched)} match none of the model's {size} placeholder class names "
                 f"(class_0 ...), and index order needs exactly {size} data classes; give the model a head of "
                 f"the data's size (--num-classes {num_data}, with --reset-head for a saved or pretrained model) "
-                f"or pass --class-map FILE.json")
+                f"or {remedy}")
     parts = [f"{n!r}" + (f" (closest: {', '.join(near)})" if (near := vocab.closest(n)) else "")
              for n in unmatched[:5]]
     more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
@@ -274,7 +278,7 @@ def _unmatched_message(unmatched: list[str], num_data: int, vocab: _Vocabulary, 
             f"{what}: {len(unmatched)} classes {'; '.join(parts)}{more} match")
     ids = " (or WordNet ids)" if vocab.imagenet else ""
     return (f"{head} no class of the model ({size} classes); name folders by the model's class names{ids}, "
-            f"or pass --class-map FILE.json")
+            f"or {remedy}")
 
 
 def _quoted(names: Sequence[str], limit: int = 5) -> str:
