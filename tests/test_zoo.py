@@ -145,3 +145,16 @@ def test_input_size_rebuilds_models_built_for_one_size_and_the_saved_folder_relo
         after = load_model(str(tmp_path / "m")).model(x)
     torch.testing.assert_close(after, before)
 
+
+
+def test_model_args_build_a_smaller_timm_architecture_that_its_saved_folder_rebuilds(tmp_path):
+    args = {"depth": 2, "patch_size": 8, "embed_dim": 48, "num_heads": 3}
+    zm = load_model("vit_tiny_patch16_224", num_classes=2, input_size=32, seed=0, build_args=args)
+    assert len(zm.model.blocks) == 2 and zm.model.patch_embed.grid_size == (4, 4)
+    save_model(zm, tmp_path / "m")
+    back = load_model(str(tmp_path / "m"))
+    assert back.build_args == args and back.fingerprint() == zm.fingerprint()
+    with pytest.raises(InspectnetError, match="keeps the arguments it was built with"):
+        load_model(str(tmp_path / "m"), build_args={"depth": 3})
+    with pytest.raises(InspectnetError, match=r"cannot be built with \{'depth': 2\}"):
+        load_model("resnet18", build_args={"depth": 2})

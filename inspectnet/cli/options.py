@@ -32,6 +32,8 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
     p.add_argument("--pretrained", action="store_true", help="download the zoo's pretrained weights (needs network)")
     p.add_argument("--reset-head", action="store_true",
                    help="replace the classifier by a fresh one with --num-classes outputs (transfer)")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="a timm constructor argument (repeatable), e.g. depth=4 patch_size=8; saved with the model")
 
 
 def model_from_args(args: argparse.Namespace, seed: int | None = 0) -> ZooModel:
@@ -43,11 +45,13 @@ def model_from_args(args: argparse.Namespace, seed: int | None = 0) -> ZooModel:
 def model_ref_from_args(args: argparse.Namespace, seed: int | None = 0) -> ModelRef:
     """The model the arguments name, not loaded yet (see :class:`~inspectnet.models.zoo.ModelRef`),
     seeded as in :func:`model_from_args`."""
+    from inspectnet.models.builders import parse_model_args
     from inspectnet.models.zoo import ModelRef
 
     return ModelRef(args.model, dict(weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
                                      pretrained=args.pretrained, input_size=args.input_size,
-                                     reset_head=args.reset_head, seed=getattr(args, "seed", seed)))
+                                     reset_head=args.reset_head, seed=getattr(args, "seed", seed),
+                                     build_args=parse_model_args(getattr(args, "model_arg", None))))
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True, limit: bool = True) -> None:

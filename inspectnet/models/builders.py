@@ -2,6 +2,7 @@
 in the module graph, and whether a hub can be reached for pretrained weights."""
 
 import difflib
+import json
 import socket
 import threading
 from pathlib import Path
@@ -48,16 +49,16 @@ def torchvision_names() -> list[str]:
 
 
 
-def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None,
-                pretrained: bool, img_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None, pretrained: bool,
+               img_size: int | None = None, build_args: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     import timm
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(build_args or {})
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    model = _built_with(arch, kwargs, lambda: timm.create_model(arch, pretrained=pretrained, **kwargs))
     fixed = fixed_input_size(model)
     if img_size is not None and fixed not in (None, (img_size, img_size)):
         # a patch embedding fixes its token grid and position table when the model is built
@@ -81,6 +82,40 @@ def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
     return (size, size) if isinstance(size, int) else None
 
 
+def _built_with(arch: str, kwargs: dict[str, Any], build: Any) -> nn.Module:
+    try:
+        return build()
+    except TypeError as exc:  # an argument the constructor does not take
+        raise InspectnetError(f"timm's {arch} cannot be built with {kwargs}: {exc}") from exc
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` constructor arguments as typed (``--model-arg depth=4``), values read as JSON where they parse.
+
+    Args:
+        items: the ``KEY=VALUE`` strings.
+
+    Returns:
+        ``{key: value}``: numbers, booleans, lists and null as JSON reads them, anything else as a string.
+
+    Raises:
+        InspectnetError: an item without ``=`` or with an empty key.
+
+    >>> parse_model_args(["depth=4", "patch_size=8", "global_pool=avg", "qkv_bias=false"])
+    {'depth': 4, 'patch_size': 8, 'global_pool': 'avg', 'qkv_bias': False}
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InspectnetError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. depth=4")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def _rebuilt_for_size(arch: str, fixed: tuple[int, int], img_size: int, build: Any) -> nn.Module:
     try:
         return build()
@@ -90,10 +125,14 @@ def _rebuilt_for_size(arch: str, fixed: tuple[int, int], img_size: int, build: A
 
 
 
-def build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | None,
-                       pretrained: bool, img_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | None, pretrained: bool,
+                      img_size: int | None = None, build_args: dict[str, Any] | None = None
+                      ) -> tuple[nn.Module, dict[str, Any]]:
     import torchvision
 
+    if build_args:
+        raise InspectnetError(f"--model-arg is for timm architectures; torchvision's {arch} is built as the zoo "
+                              f"defines it")
     if pretrained:
         model = torchvision.models.get_model(arch, weights="DEFAULT")
         head = find_head(model)

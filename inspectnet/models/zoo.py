@@ -65,6 +65,7 @@ class ModelDescription:
     head_name: str
     modifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     base: str | None = None
+    build_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def spec(self) -> str:
@@ -186,7 +187,8 @@ class ModelAbout(ModelDescription):
 
 def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int | None = None,
                in_chans: int | None = None, pretrained: bool = False, input_size: int | None = None,
-               reset_head: bool = False, class_names: list[str] | None = None, seed: int | None = None) -> ZooModel:
+               reset_head: bool = False, class_names: list[str] | None = None, seed: int | None = None,
+               build_args: dict[str, Any] | None = None) -> ZooModel:
     """Resolve a model spec to a :class:`ZooModel`.
 
     ``weights`` is a safetensors file or a torch state dict (``weights_only``); foreign key names
@@ -195,6 +197,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int
     ``input_size`` overrides the preprocessing resolution (square). ``seed`` seeds whatever is
     initialised at random (an untrained model, a new head), so two loads give the same weights;
     it leaves the caller's random state as it was (without it, torch's global generator is used).
+    ``build_args`` go to a timm architecture's constructor (a smaller ViT: ``{"depth": 4, "patch_size": 8}``)
+    and are saved with the model, so its folder rebuilds the same architecture.
 
     >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=32)
     >>> zm.head_name, zm.data_config["input_size"]
@@ -207,7 +211,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int
             raise InspectnetError(f"{option} must be at least 1, got {value}")
     with seeded(seed):
         return _load_model(spec, weights=weights, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
-                           input_size=input_size, reset_head=reset_head, class_names=class_names)
+                           input_size=input_size, reset_head=reset_head, class_names=class_names,
+                           build_args=build_args)
 
 
 @contextlib.contextmanager
@@ -223,8 +228,11 @@ def seeded(seed: int | None) -> Iterator[None]:
 
 
 def _load_model(spec: str, *, weights: str | Path | None, num_classes: int | None, in_chans: int | None,
-                pretrained: bool, input_size: int | None, reset_head: bool, class_names: list[str] | None) -> ZooModel:
+                pretrained: bool, input_size: int | None, reset_head: bool, class_names: list[str] | None,
+                build_args: dict[str, Any] | None) -> ZooModel:
     path = Path(spec)
+    if build_args and (path.is_dir() or spec.startswith("shipped:")):
+        raise InspectnetError(f"--model-arg builds a zoo architecture; {spec} keeps the arguments it was built with")
     if path.is_dir():
         zm = _load_saved(path, num_classes=num_classes, in_chans=in_chans, reset_head=reset_head)
     elif spec.startswith("shipped:"):
@@ -237,12 +245,12 @@ def _load_model(spec: str, *, weights: str | Path | None, num_classes: int | Non
             check_hub_reachable(source, arch)
         build = build_timm if source == "timm" else build_torchvision
         model, data_config = build(arch, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
-                                   img_size=input_size)
+                                   img_size=input_size, build_args=build_args)
         head_name = find_head(model)
         n_out = model.get_submodule(head_name).out_features
         zm = ZooModel(model=model, source=source, arch=arch, num_classes=n_out,
                       in_chans=data_config["input_size"][0], data_config=data_config,
-                      class_names=default_class_names(n_out), head_name=head_name)
+                      class_names=default_class_names(n_out), head_name=head_name, build_args=dict(build_args or {}))
     if weights is not None:
         load_weights(zm, weights, reset_head=reset_head)
     if input_size is not None:
@@ -311,7 +319,7 @@ def save_model(zm: ZooModel, out_dir: str | Path) -> Path:
     config = {
         "format": MODEL_FORMAT, "source": zm.source, "arch": zm.arch, "num_classes": zm.num_classes,
         "in_chans": zm.in_chans, "data_config": _jsonable(zm.data_config), "class_names": zm.class_names,
-        "head_name": zm.head_name, "modifications": zm.modifications, "base": zm.base,
+        "head_name": zm.head_name, "modifications": zm.modifications, "base": zm.base, "build_args": zm.build_args,
         "fingerprint": zm.fingerprint(),
     }
     atomic_write_json(out / CONFIG_FILE, config)
@@ -335,13 +343,13 @@ def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, re
         raise InspectnetError(f"--in-chans {in_chans} disagrees with the saved model's {cfg['in_chans']} channels")
     build = build_timm if cfg["source"] == "timm" else build_torchvision
     model, _ = build(cfg["arch"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"], pretrained=False,
-                     img_size=int(cfg["data_config"]["input_size"][-1]))
+                     img_size=int(cfg["data_config"]["input_size"][-1]), build_args=cfg.get("build_args"))
     model = rebuild(model, cfg.get("modifications", []), where=str(path))
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["data_config"].items()}
     zm = ZooModel(model=model, source=cfg["source"], arch=cfg["arch"], num_classes=cfg["num_classes"],
                   in_chans=cfg["in_chans"], data_config=data_config, class_names=list(cfg["class_names"]),
                   head_name=cfg["head_name"], modifications=list(cfg.get("modifications", [])),
-                  base=cfg.get("base"))
+                  base=cfg.get("base"), build_args=dict(cfg.get("build_args") or {}))
     load_weights(zm, path / WEIGHTS_FILE)
     if num_classes is not None and num_classes != zm.num_classes:
         if not reset_head:
