@@ -53,7 +53,20 @@ class Option:
     metavar: str | None = None
 
     def problem(self, value: Any) -> str | None:
-        """Why ``value`` is refused (a message with the ``{name}`` placeholder), or None when it is accepted."""
+        """Why ``value`` is refused, or None when it is accepted.
+
+        Args:
+            value: the value given (a list or tuple is checked value by value unless ``choices`` is set).
+
+        Returns:
+            A message with the ``{name}`` placeholder for the parameter, or None.
+
+        Examples:
+            >>> Option("rows", minimum=1).problem(0)
+            '{name} must be at least 1, got 0'
+            >>> Option("rows", minimum=1).problem(3) is None
+            True
+        """
         if isinstance(value, list | tuple) and self.choices is None:  # a constraint on each value
             found = (self.problem(v) for v in value)
             return next((f"every value of {p}" for p in found if p is not None), None)
