@@ -73,7 +73,11 @@ class FolderIndex:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        """The index as a JSON-ready dict (see :func:`index_from_json`)."""
+        """The index as a JSON-ready dict (see :func:`index_from_json`).
+
+        Returns:
+            ``{"root", "indexed_at", "digest", "files"}``.
+        """
         return {"root": self.root, "indexed_at": self.indexed_at, "digest": self.digest, "files": self.files}
 
 
@@ -97,8 +101,9 @@ def index_from_json(doc: Any) -> FolderIndex | None:
 
 
 def image_folder_files(root: str | Path) -> list[Path]:
-    """The files of an image folder as :class:`~inspectnet.data.datasets.FolderDataset` reads them:
-    every non-hidden file below each non-hidden class sub-folder, nested folders included, sorted.
+    """The files of an image folder as :class:`~inspectnet.data.datasets.FolderDataset` reads them.
+
+    Every non-hidden file below each non-hidden class sub-folder, nested folders included, sorted.
 
     Args:
         root: the image folder (``ROOT/CLASS/IMAGE``).
@@ -106,8 +111,9 @@ def image_folder_files(root: str | Path) -> list[Path]:
     Returns:
         The files, class by class in name order.
 
-    >>> image_folder_files("/nonexistent")
-    []
+    Examples:
+        >>> image_folder_files("/nonexistent")
+        []
     """
     root = Path(root)
     if not root.is_dir():
@@ -156,8 +162,15 @@ def index_folder(root: str | Path, previous: FolderIndex | None = None, *,
 def data_folder(spec: str | None) -> Path | None:
     """The folder a data spec names, or None for a built-in source (whose contents are fixed).
 
-    >>> data_folder("digits:test") is None
-    True
+    Args:
+        spec: a data spec, or None.
+
+    Returns:
+        The folder's path, or None.
+
+    Examples:
+        >>> data_folder("digits:test") is None
+        True
     """
     return Path(spec) if spec is not None and Path(spec).is_dir() else None
 
