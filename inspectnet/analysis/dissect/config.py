@@ -1,5 +1,7 @@
-"""What a dissection is asked to do (:class:`DissectConfig`), free of torch so that the command line
-generates its options from it without importing the library."""
+"""What a dissection is asked to do (:class:`DissectConfig`), free of torch.
+
+The command line generates its options from it without importing the library.
+"""
 
 import dataclasses
 
@@ -9,8 +11,9 @@ from inspectnet.core.options import option, validate
 
 @dataclasses.dataclass(frozen=True)
 class DissectConfig:
-    """The parameters of :func:`inspectnet.analysis.dissect.dissection.dissect` and of its report pages,
-    checked when the config is built.
+    """The parameters of :func:`inspectnet.analysis.dissect.dissection.dissect` and of its report pages.
+
+    They are checked when the config is built.
 
     >>> DissectConfig(passes=2).passes
     2
