@@ -27,12 +27,20 @@ class HoyerLog:
         self._values: list[np.ndarray] = []
 
     def add(self, output: torch.Tensor) -> None:
-        """Record the samples of one batch: ``output`` is (B, C, H, W) maps, (B, T, C) tokens or (B, C) units."""
+        """Record the samples of one batch.
+
+        Args:
+            output: (B, C, H, W) maps, (B, T, C) tokens or (B, C) units.
+        """
         self._values.append(hoyer(absmean(output.detach()).double().cpu().numpy(), axis=1))
 
     def pop(self) -> dict[str, float]:
-        """``{"hoyer": mean over defined samples, "hoyer_excluded": all-zero samples}`` since the last pop
-        (``{}`` when nothing was added; no ``hoyer`` key when no sample was defined)."""
+        """The mean Hoyer sparseness since the last pop, and how many samples were all zero.
+
+        Returns:
+            ``{"hoyer": mean over defined samples, "hoyer_excluded": all-zero samples}``; ``{}`` when nothing
+            was added, and no ``hoyer`` key when no sample was defined.
+        """
         if not self._values:
             return {}
         values, self._values = np.concatenate(self._values), []
