@@ -57,7 +57,7 @@ class PluginHooks(TrainHooks):
         self.freeze_until = freeze_until
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every plugin's loss terms, keyed ``plugin.term``.
+        """Every plugin's loss terms, keyed ``PLUGIN/term`` (the term's own name with one plugin).
 
         Args:
             x: the batch's inputs.
@@ -88,7 +88,7 @@ class PluginHooks(TrainHooks):
             plugin.epoch_begin(epoch, model)
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        """Every plugin's epoch metrics, keyed ``plugin.metric``.
+        """Every plugin's epoch metrics, keyed ``PLUGIN/metric``.
 
         Args:
             epoch: the epoch (from 0).
@@ -206,7 +206,7 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
         log: gets the training's start and per-epoch lines (:func:`~inspectnet.training.loop.train`).
 
     Returns:
-        The per-epoch metrics and what was written.
+        The output folder, the plugins' canonical specs, the per-epoch metrics and the parameter counts.
 
     Raises:
         InspectnetError: a plugin needs labels and the data has none (or a spec is invalid).
