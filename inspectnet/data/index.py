@@ -59,7 +59,8 @@ class FolderIndex:
         Returns:
             e.g. ``"cat/1.png changed"``, ``"cat/9.png was added"``, or None.
 
-        Example: see the module docstring.
+        Examples:
+            See the module docstring.
         """
         now = {row[0]: row[3] for row in self.files}
         then = {row[0]: row[3] for row in before.files}
@@ -137,7 +138,8 @@ def index_folder(root: str | Path, previous: FolderIndex | None = None, *,
     Returns:
         The folder's :class:`FolderIndex`.
 
-    Example: see the module docstring.
+    Examples:
+        See the module docstring.
     """
     root = Path(root)
     known = {row[0]: row for row in previous.files} if previous is not None else {}

@@ -60,7 +60,7 @@ class Layout:
         Returns:
             The units on axis 1 and the grid on axes 2 and 3; prefix tokens dropped.
 
-        Example:
+        Examples:
             >>> Layout("NHWC", (2, 3)).maps(torch.zeros(1, 2, 3, 5)).shape
             torch.Size([1, 5, 2, 3])
         """
@@ -131,7 +131,7 @@ def prefix_tokens(model: nn.Module | None) -> tuple[int, str]:
     Returns:
         The number of prefix tokens and which they are, e.g. ``(5, "1 class token, 4 register tokens")``.
 
-    Example:
+    Examples:
         >>> prefix_tokens(nn.Linear(2, 2))
         (0, '')
     """

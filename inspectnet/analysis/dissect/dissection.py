@@ -160,7 +160,7 @@ def to_maps(t: torch.Tensor, layer: str, model: nn.Module | None = None,
     Returns:
         The maps; raises :class:`InspectnetError` for outputs without positions.
 
-    Example:
+    Examples:
         >>> import timm
         >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=1)
         >>> to_maps(torch.zeros(2, 1 + 16, 8), "blocks.0", vit).shape
