@@ -131,8 +131,9 @@ def command_flags(parser: argparse.ArgumentParser | None, args: argparse.Namespa
     Returns:
         The flags of the command ``args`` ran ({} when there is none).
 
-    >>> command_flags(build_parser(["train"]), argparse.Namespace(command="train"))["batch_size"]
-    '--batch-size'
+    Examples:
+        >>> command_flags(build_parser(["train"]), argparse.Namespace(command="train"))["batch_size"]
+        '--batch-size'
     """
     command = getattr(args, "command", None)
     subparsers = [a for a in getattr(parser, "_actions", []) if isinstance(a, argparse._SubParsersAction)]

@@ -281,10 +281,11 @@ def add_config_options(p: argparse.ArgumentParser, config: type, *, exclude: Ite
     Returns:
         None.
 
-    >>> from inspectnet.training.config import TrainConfig
-    >>> p = argparse.ArgumentParser(); add_config_options(p, TrainConfig)
-    >>> p.parse_args(["--epochs", "2"]).epochs
-    2
+    Examples:
+        >>> from inspectnet.training.config import TrainConfig
+        >>> p = argparse.ArgumentParser(); add_config_options(p, TrainConfig)
+        >>> p.parse_args(["--epochs", "2"]).epochs
+        2
     """
     hints, skip = field_types(config), set(exclude)
     for f, opt in options_of(config):

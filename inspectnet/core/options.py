@@ -115,8 +115,9 @@ def option(default: Any = dataclasses.MISSING, *, help: str, **constraint: Any) 
     Returns:
         A ``dataclasses.field`` carrying the :class:`Option` in its metadata.
 
-    >>> option(3, help="epochs", minimum=1).metadata[METADATA_KEY].minimum
-    1
+    Examples:
+        >>> option(3, help="epochs", minimum=1).metadata[METADATA_KEY].minimum
+        1
     """
     return dataclasses.field(default=default, metadata={METADATA_KEY: Option(help=help, **constraint)})
 
@@ -130,12 +131,13 @@ def options_of(config: Any) -> list[tuple[dataclasses.Field, Option]]:
     Returns:
         ``[(field, option), ...]``; fields declared otherwise are left out.
 
-    >>> import dataclasses
-    >>> @dataclasses.dataclass
-    ... class C:
-    ...     n: int = option(1, help="n")
-    >>> [f.name for f, _ in options_of(C)]
-    ['n']
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     n: int = option(1, help="n")
+        >>> [f.name for f, _ in options_of(C)]
+        ['n']
     """
     return [(f, f.metadata[METADATA_KEY]) for f in dataclasses.fields(config) if METADATA_KEY in f.metadata]
 
@@ -149,12 +151,13 @@ def field_types(cls: type) -> dict[str, Any]:
     Returns:
         field name -> type, e.g. ``int | None``.
 
-    >>> import dataclasses
-    >>> @dataclasses.dataclass
-    ... class C:
-    ...     n: "int | None" = None
-    >>> field_types(C)["n"]
-    int | None
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     n: "int | None" = None
+        >>> field_types(C)["n"]
+        int | None
     """
     return typing.get_type_hints(cls)
 
@@ -171,14 +174,15 @@ def validate(config: Any) -> None:
     Raises:
         InvalidParameterError: naming the field as a keyword (the command line renames it to its flag).
 
-    >>> import dataclasses
-    >>> @dataclasses.dataclass
-    ... class C:
-    ...     lr: float = option(0.1, help="learning rate", above=0, finite=True)
-    >>> validate(C(lr=-1.0))
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InvalidParameterError: lr= must be positive, got -1.0
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     lr: float = option(0.1, help="learning rate", above=0, finite=True)
+        >>> validate(C(lr=-1.0))
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InvalidParameterError: lr= must be positive, got -1.0
     """
     for f, opt in options_of(config):
         problem = opt.problem(getattr(config, f.name))

@@ -91,8 +91,9 @@ def index_from_json(doc: Any) -> FolderIndex | None:
     Returns:
         The index, or None when ``doc`` is not one (a damaged store only costs hashing again).
 
-    >>> index_from_json({"root": "r", "indexed_at": "t", "files": [["a", 1, 2, "h"]]}).files
-    [['a', 1, 2, 'h']]
+    Examples:
+        >>> index_from_json({"root": "r", "indexed_at": "t", "files": [["a", 1, 2, "h"]]}).files
+        [['a', 1, 2, 'h']]
     """
     try:
         return FolderIndex(str(doc["root"]), [[str(r), int(s), int(m), str(c)] for r, s, m, c in doc["files"]],

@@ -14,10 +14,11 @@ class ExportOptions:
 
     They are the arguments of :func:`inspectnet.export.onnx.export_onnx` and of the int8 calibration data.
 
-    >>> ExportOptions(calibration_limit=0)
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InvalidParameterError: calibration_limit= must be at least 1, got 0
+    Examples:
+        >>> ExportOptions(calibration_limit=0)
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InvalidParameterError: calibration_limit= must be at least 1, got 0
     """
 
     opset: int | None = option(None, help="ONNX opset (default: the exporter's own)")

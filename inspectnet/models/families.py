@@ -52,8 +52,9 @@ class Family:
         Returns:
             e.g. ``vit_tiny_patch16_224 (64 px, img_size=64)``.
 
-        >>> Family("X", "resnet18", 64, "pool").describe()
-        'resnet18 (64 px)'
+        Examples:
+            >>> Family("X", "resnet18", 64, "pool").describe()
+            'resnet18 (64 px)'
         """
         extra = "".join(f", {k}={v}" for k, v in self.kwargs.items())
         return f"{self.spec} ({self.size} px{extra})"

@@ -193,9 +193,10 @@ class ModelRef:
     files without building the model (so without importing timm); otherwise the model is loaded.
     A fully cached audit needs no more.
 
-    >>> ref = ModelRef("resnet18", {"num_classes": 10})
-    >>> ref.about().num_classes, ref.load().head_name
-    (10, 'fc')
+    Examples:
+        >>> ref = ModelRef("resnet18", {"num_classes": 10})
+        >>> ref.about().num_classes, ref.load().head_name
+        (10, 'fc')
     """
 
     spec: str

@@ -68,8 +68,9 @@ FEATURES, LOGITS, LABELS = "features", "logits", "labels"
 class ProbeRecord:
     """A finished probe record, its arrays memory-mapped read-only.
 
-    >>> rec = ProbeRecord.load("runs/probe")            # doctest: +SKIP
-    >>> rec.activations("layer4").shape, rec.features.shape, rec.accuracy()   # doctest: +SKIP
+    Examples:
+        >>> rec = ProbeRecord.load("runs/probe")            # doctest: +SKIP
+        >>> rec.activations("layer4").shape, rec.features.shape, rec.accuracy()   # doctest: +SKIP
     """
 
     root: Path

@@ -19,8 +19,9 @@ class TrainHooks:
     metrics to log, ``state_dict``/``load_state_dict`` carry state through checkpoints, and
     ``parameter_groups`` may change which parameters get weight decay.
 
-    >>> TrainHooks().loss(torch.zeros(1), torch.zeros(1), torch.zeros(1, 2))
-    {}
+    Examples:
+        >>> TrainHooks().loss(torch.zeros(1), torch.zeros(1), torch.zeros(1, 2))
+        {}
     """
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -16,11 +16,12 @@ class HoyerLog:
     sample whose units are all zero has no Hoyer sparsity (0/0), so it is left out of the mean and
     counted in ``hoyer_excluded``, as :func:`~inspectnet.analysis.sparsity.sparsity_metrics` does.
 
-    >>> log = HoyerLog(); log.add(torch.tensor([[0.0, 0, 3, 0], [1, 1, 1, 1], [0, 0, 0, 0]]))
-    >>> log.pop()
-    {'hoyer': 0.5, 'hoyer_excluded': 1}
-    >>> log.pop()
-    {}
+    Examples:
+        >>> log = HoyerLog(); log.add(torch.tensor([[0.0, 0, 3, 0], [1, 1, 1, 1], [0, 0, 0, 0]]))
+        >>> log.pop()
+        {'hoyer': 0.5, 'hoyer_excluded': 1}
+        >>> log.pop()
+        {}
     """
 
     def __init__(self) -> None:

@@ -15,8 +15,9 @@ class DissectConfig:
 
     They are checked when the config is built.
 
-    >>> DissectConfig(passes=2).passes
-    2
+    Examples:
+        >>> DissectConfig(passes=2).passes
+        2
     """
 
     quantile: float = option(DEFAULT_QUANTILE, help="top fraction of each unit's activations kept", above=0, below=1)

@@ -133,10 +133,11 @@ def check_config(config: AuditConfig, zm: ZooModel | None = None) -> None:
     Returns:
         None.
 
-    >>> check_config(AuditConfig(data="digits", k1=3, k2=4))  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InvalidParameterError: k2=4 is larger than k1=3; the k2 influential features are ...
+    Examples:
+        >>> check_config(AuditConfig(data="digits", k1=3, k2=4))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InvalidParameterError: k2=4 is larger than k1=3; the k2 influential features are ...
     """
     from inspectnet.analysis.heads.influence import check_k
     from inspectnet.core.devices import resolve_device

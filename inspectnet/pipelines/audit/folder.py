@@ -109,8 +109,9 @@ def index_data(out: Path, state: dict[str, Any], specs: list[str | None]) -> tup
         ({spec: content digest}, a note such as ``"the data changed since 2026-12-07T07:40:00Z
         (imgs: cat/1.png changed)"``, or None when nothing changed).
 
-    >>> index_data(Path("/tmp"), {}, ["digits"])
-    ({}, None)
+    Examples:
+        >>> index_data(Path("/tmp"), {}, ["digits"])
+        ({}, None)
     """
     path = out / INDEX_FILE
     stored = read_json(path, what="data index") if path.is_file() else {}

@@ -76,11 +76,12 @@ def check_card(doc: Any, where: str = "card.json") -> dict[str, Any]:
     Raises:
         InspectnetError: naming the first problem (not a card, a version this inspectnet does not read, a missing key).
 
-    >>> try:
-    ...     check_card({"schema": "inspectnet-model-card", "schema_version": 9})
-    ... except InspectnetError as exc:
-    ...     print(exc)
-    card.json has schema_version 9; this inspectnet reads versions 1, 2 (upgrade inspectnet)
+    Examples:
+        >>> try:
+        ...     check_card({"schema": "inspectnet-model-card", "schema_version": 9})
+        ... except InspectnetError as exc:
+        ...     print(exc)
+        card.json has schema_version 9; this inspectnet reads versions 1, 2 (upgrade inspectnet)
     """
     if not isinstance(doc, dict) or doc.get("schema") != CARD_SCHEMA:
         raise InspectnetError(f"{where} is not an inspectnet model card (schema {CARD_SCHEMA!r} expected)")
