@@ -40,8 +40,11 @@ _AFFINE = (nn.modules.conv._ConvNd, nn.Linear)  # output scale proportional to t
 
 @dataclasses.dataclass(frozen=True)
 class HParam:
-    """One typed hyperparameter: ``type`` is int, float, str or bool; ``low``/``high`` bound numbers
-    (inclusive), ``choices`` restricts strings; ``default`` is the paper's value."""
+    """One typed hyperparameter of a plugin.
+
+    ``type`` is int, float, str or bool; ``low``/``high`` bound numbers (inclusive), ``choices``
+    restricts strings; ``default`` is the paper's value.
+    """
 
     name: str
     type: str
@@ -52,7 +55,22 @@ class HParam:
     choices: tuple[str, ...] | None = None
 
     def parse(self, plugin: str, raw: Any) -> Any:
-        """Convert ``raw`` (a string from the command line, or a Python value) and check its range."""
+        """Convert ``raw`` (a string from the command line, or a Python value) and check its range.
+
+        Args:
+            plugin: the plugin's name (for messages).
+            raw: the value given.
+
+        Returns:
+            The typed value.
+
+        Raises:
+            InspectnetError: the value is not of the type, not finite, out of range, or not one of the choices.
+
+        Examples:
+            >>> HParam("K", "int", 25, "top filters", low=1).parse("ebp", "10")
+            10
+        """
         try:
             if self.type == "bool":
                 value = raw if isinstance(raw, bool) else _parse_bool(str(raw))
@@ -74,6 +92,11 @@ class HParam:
         return value
 
     def describe(self) -> dict[str, Any]:
+        """The hyperparameter as ``inspectnet plugins`` lists it.
+
+        Returns:
+            ``{"name", "type", "default", "help"}`` and ``low``, ``high``, ``choices`` where set.
+        """
         d = {"name": self.name, "type": self.type, "default": self.default, "help": self.help}
         for key in ("low", "high", "choices"):
             if getattr(self, key) is not None:
@@ -99,6 +122,12 @@ class Plugin(TrainHooks):
     ``detach()``. Loss terms are means over the minibatch (so data-parallel gradient averaging is
     exact) and are computed in float32 even under mixed precision.
     :func:`inspectnet.testing.check_plugin` checks the contract.
+
+    Args:
+        **values: hyperparameters by name (the others take their defaults).
+
+    Raises:
+        InspectnetError: a hyperparameter is unknown or its value is refused (see :meth:`HParam.parse`).
     """
 
     name: ClassVar[str] = ""
@@ -124,7 +153,19 @@ class Plugin(TrainHooks):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def attach(self, model: nn.Module, *, num_classes: int, head_name: str | None = None) -> "Plugin":
-        """Hook into ``model``; a failure part-way removes whatever was already added."""
+        """Hook into ``model``; a failure part-way removes whatever was already added.
+
+        Args:
+            model: the model to fine-tune.
+            num_classes: its classes.
+            head_name: its classifier's dotted name (found when None).
+
+        Returns:
+            The plugin itself.
+
+        Raises:
+            InspectnetError: the plugin is already attached (or :meth:`setup` refuses the model).
+        """
         if self.model is not None:
             raise InspectnetError(f"plugin {self.name} is already attached to a model")
         self.model, self.num_classes, self.head_name = model, num_classes, head_name
@@ -136,7 +177,11 @@ class Plugin(TrainHooks):
         return self
 
     def setup(self, model: nn.Module) -> None:
-        """Subclass hook: resolve layers, register hooks (through :meth:`hook`), allocate state."""
+        """Subclass hook: resolve layers, register hooks (through :meth:`hook`), allocate state.
+
+        Args:
+            model: the model being attached to.
+        """
 
     def detach(self) -> None:
         """Remove every hook; the model is exactly as before ``attach`` (idempotent)."""
@@ -150,38 +195,82 @@ class Plugin(TrainHooks):
 
     # -- training hooks besides loss, epoch_begin/epoch_end and state_dict (TrainHooks' defaults) ------
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        """The model's trainable parameters with ``weight_decay``, except those this plugin regularizes
-        itself, and the plugin's own parameters, without it."""
+        """The model's trainable parameters with ``weight_decay``, and the rest without it.
+
+        Without decay go those this plugin regularizes itself and the plugin's own parameters.
+
+        Args:
+            model: the model.
+            weight_decay: the decay of the ordinary parameters.
+
+        Returns:
+            The groups (see :func:`plugin_parameter_groups`).
+        """
         return plugin_parameter_groups([self], model, weight_decay)
 
     def identity(self) -> dict[str, Any]:
-        """The plugin's canonical spec: a checkpoint of other hyperparameters is not resumed."""
+        """The plugin's canonical spec: a checkpoint of other hyperparameters is not resumed.
+
+        Returns:
+            ``{"plugins": [spec]}``.
+        """
         return {"plugins": [self.spec()]}
 
     def decay_exempt(self) -> list[nn.Parameter]:
-        """Parameters this plugin regularizes itself, so the optimizer must not weight-decay them."""
+        """Parameters this plugin regularizes itself, so the optimizer must not weight-decay them.
+
+        Returns:
+            The parameters (none here).
+        """
         return []
 
     def parameters(self) -> list[nn.Parameter]:
-        """The plugin's own trainable parameters (e.g. CGL's sigmoid scale), optimized with the model
-        (no weight decay); their values belong in :meth:`state_dict`."""
+        """The plugin's own trainable parameters (e.g. CGL's sigmoid scale), optimized with the model.
+
+        They get no weight decay; their values belong in :meth:`state_dict`.
+
+        Returns:
+            The parameters (none here).
+        """
         return []
 
     # -- helpers for subclasses ------------------------------------------------------------------
     def layer(self, spec: str) -> str:
-        """Exactly one canonical layer name for ``spec`` (errors name the plugin)."""
+        """Exactly one canonical layer name for ``spec`` (errors name the plugin).
+
+        Args:
+            spec: a layer spec (name, glob or alias).
+
+        Returns:
+            The dotted name.
+
+        Raises:
+            InspectnetError: the spec matches no layer, or several.
+        """
         names = self.layers(spec)
         if len(names) != 1:
             raise InspectnetError(f"plugin {self.name}: layer={spec!r} matches {len(names)} layers; name one")
         return names[0]
 
     def activation_layer(self, spec: str, *, penalty: bool) -> str:
-        """:meth:`layer` for a plugin that acts on a layer's activations (the papers use a post-activation
-        output; the default ``last_stage`` is one). A convolution or linear layer followed by a
-        normalisation is refused for a ``penalty`` (rescaling its weights rescales the penalty and
-        leaves the model's function unchanged, so the penalty would only shrink weights) and warned
-        about otherwise (the normalisation shifts the zeros an activation makes, so nothing
-        downstream is sparse)."""
+        """:meth:`layer` for a plugin that acts on a layer's activations.
+
+        The papers use a post-activation output; the default ``last_stage`` is one. A convolution or linear
+        layer followed by a normalisation is refused for a ``penalty`` (rescaling its weights rescales the
+        penalty and leaves the model's function unchanged, so the penalty would only shrink weights) and
+        warned about otherwise (the normalisation shifts the zeros an activation makes, so nothing
+        downstream is sparse).
+
+        Args:
+            spec: a layer spec.
+            penalty: the plugin penalises the layer's activations (rather than changing them).
+
+        Returns:
+            The dotted name.
+
+        Raises:
+            InspectnetError: a penalty on a layer whose output a normalisation rescales (or a bad spec).
+        """
         name = self.layer(spec)
         module = self.model.get_submodule(name)
         norm = following_normalisation(self.model, name) if isinstance(module, _AFFINE) else None
@@ -198,6 +287,17 @@ class Plugin(TrainHooks):
         return name
 
     def layers(self, spec: str | Sequence[str]) -> list[str]:
+        """Canonical layer names for ``spec`` (errors name the plugin).
+
+        Args:
+            spec: layer specs, or one comma-separated string of them.
+
+        Returns:
+            The dotted names.
+
+        Raises:
+            InspectnetError: a spec matches no layer, or names ``pre_logits``, which is not a module.
+        """
         try:
             names = resolve_layers(self.model, spec, head_name=self.head_name)
         except InspectnetError as exc:
@@ -220,7 +320,7 @@ class Plugin(TrainHooks):
         Returns:
             The maps or vectors (a view where possible).
 
-        Example:
+        Examples:
             >>> Plugin().unit_maps("x", torch.zeros(2, 5)).shape      # doctest: +SKIP
             torch.Size([2, 5])
         """
@@ -229,8 +329,13 @@ class Plugin(TrainHooks):
         return layer_layout(self.model, layer, out).maps(out)
 
     def hook(self, layer: str, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> None:
-        """Forward hook on ``layer``: ``fn(output)`` may return a replacement output (inserting an
-        operation into the forward pass reversibly) or None to only observe."""
+        """Forward hook on ``layer``, removed by :meth:`detach`.
+
+        Args:
+            layer: the dotted name.
+            fn: called with the layer's output; may return a replacement output (inserting an operation
+                into the forward pass reversibly) or None to only observe.
+        """
         module = self.model.get_submodule(layer)
 
         def _hook(_m: nn.Module, _i: Any, out: Any) -> Any:
@@ -243,25 +348,41 @@ class Plugin(TrainHooks):
         self._handles.append(module.register_forward_hook(_hook))
 
     def pre_hook(self, layer: str, fn: Callable[[torch.Tensor], None]) -> None:
-        """Observe the input of ``layer`` (e.g. a conv's pre-activation through a following BN)."""
+        """Observe the input of ``layer`` (e.g. a conv's pre-activation through a following BN).
+
+        Args:
+            layer: the dotted name.
+            fn: called with the layer's input.
+        """
         module = self.model.get_submodule(layer)
         self._handles.append(module.register_forward_pre_hook(lambda _m, args: fn(args[0])))
 
     def spec(self) -> str:
-        """Canonical ``name:k=v,...`` string (all hyperparameters, sorted), used to key resumption."""
+        """Canonical ``name:k=v,...`` string (all hyperparameters, sorted), used to key resumption.
+
+        Returns:
+            The spec.
+        """
         return f"{self.name}:" + ",".join(f"{k}={self.hp[k]}" for k in sorted(self.hp))
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        """The plugin as ``inspectnet plugins`` lists it.
+
+        Returns:
+            ``{"name", "summary", "paper", "needs_labels", "alters_forward", "hyperparameters"}``.
+        """
         return {"name": cls.name, "summary": cls.summary, "paper": cls.paper, "needs_labels": cls.needs_labels,
                 "alters_forward": cls.alters_forward,
                 "hyperparameters": [h.describe() for h in cls.hparams]}
 
 
 def plugin_parameter_groups(plugins: Sequence[Plugin], model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Optimizer groups for ``model`` trained with ``plugins``: weight decay on the model's trainable
-    parameters except those a plugin regularizes itself (:meth:`Plugin.decay_exempt`), none on those
-    and on the plugins' own parameters (e.g. CGL's block norm replaces weight decay there).
+    """Optimizer groups for ``model`` trained with ``plugins``.
+
+    Weight decay goes on the model's trainable parameters except those a plugin regularizes itself
+    (:meth:`Plugin.decay_exempt`); none on those and on the plugins' own parameters (e.g. CGL's block
+    norm replaces weight decay there).
 
     Args:
         plugins: the attached plugins.
@@ -271,8 +392,9 @@ def plugin_parameter_groups(plugins: Sequence[Plugin], model: nn.Module, weight_
     Returns:
         One group, or two when some parameters go without decay.
 
-    >>> len(plugin_parameter_groups([], nn.Linear(2, 2), 1e-4))
-    1
+    Examples:
+        >>> len(plugin_parameter_groups([], nn.Linear(2, 2), 1e-4))
+        1
     """
     exempt = {id(p) for plugin in plugins for p in plugin.decay_exempt()}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -294,8 +416,18 @@ class PluginSpec:
 def parse_plugin_spec(text: str) -> PluginSpec:
     """Split ``"ebp:K=25,lam=1e-3,layer=layer4"``; a value may contain ``|`` lists or globs.
 
-    >>> parse_plugin_spec("kwta").values
-    {}
+    Args:
+        text: the spec.
+
+    Returns:
+        The name and the values (strings until the plugin types them).
+
+    Raises:
+        InspectnetError: the text is not ``NAME`` or ``NAME:key=value,...``.
+
+    Examples:
+        >>> parse_plugin_spec("ebp:K=25,lam=1e-3")
+        PluginSpec(name='ebp', values={'K': '25', 'lam': '1e-3'})
     """
     name, _, rest = text.strip().partition(":")
     if not name:
@@ -313,7 +445,17 @@ _REGISTERED: dict[str, type[Plugin]] = {}
 
 
 def register_plugin(cls: type[Plugin]) -> type[Plugin]:
-    """Register a plugin class in this process (decorator); entry points are the persistent way."""
+    """Register a plugin class in this process (decorator); entry points are the persistent way.
+
+    Args:
+        cls: a :class:`Plugin` subclass with a ``name``.
+
+    Returns:
+        ``cls``.
+
+    Raises:
+        InspectnetError: ``cls`` is not a Plugin subclass with a name.
+    """
     if not (isinstance(cls, type) and issubclass(cls, Plugin)) or not cls.name:
         raise InspectnetError(f"{cls!r} is not a Plugin subclass with a name")
     _REGISTERED[cls.name] = cls
@@ -321,7 +463,7 @@ def register_plugin(cls: type[Plugin]) -> type[Plugin]:
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    """name -> entry point of the ``inspectnet.plugins`` group, nothing imported (the first of a name wins)."""
+    """Name -> entry point of the ``inspectnet.plugins`` group, nothing imported (the first of a name wins)."""
     found: dict[str, importlib.metadata.EntryPoint] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
@@ -331,8 +473,12 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 def plugin_names() -> list[str]:
     """Every plugin name, registered in-process or through an entry point, without importing any plugin.
 
-    >>> "ebp" in plugin_names()
-    True
+    Returns:
+        The names, sorted.
+
+    Examples:
+        >>> "ebp" in plugin_names()
+        True
     """
     return sorted({*_entry_points(), *_REGISTERED})
 
@@ -349,8 +495,9 @@ def _load(name: str, ep: importlib.metadata.EntryPoint) -> type[Plugin]:
 
 
 def get_plugin(name: str) -> type[Plugin]:
-    """The plugin class called ``name``: only its own entry point is imported, so a broken plugin breaks
-    only its own lookup.
+    """The plugin class called ``name``: only its own entry point is imported.
+
+    A broken plugin so breaks only its own lookup.
 
     Args:
         name: the plugin's name (``ebp``, ``kwta``, ...).
@@ -358,8 +505,12 @@ def get_plugin(name: str) -> type[Plugin]:
     Returns:
         The :class:`Plugin` subclass.
 
-    >>> get_plugin("kwta").name
-    'kwta'
+    Raises:
+        InspectnetError: no plugin has that name, or it fails to load.
+
+    Examples:
+        >>> get_plugin("kwta").name
+        'kwta'
     """
     if name in _REGISTERED:
         return _REGISTERED[name]
@@ -395,7 +546,18 @@ def available_plugins(errors: dict[str, str] | None = None) -> dict[str, type[Pl
 
 
 def make_plugin(spec: "str | PluginSpec | Plugin") -> Plugin:
-    """A plugin instance from a spec string, a parsed spec, or an instance (returned as is)."""
+    """A plugin instance from a spec string, a parsed spec, or an instance (returned as is).
+
+    Args:
+        spec: the plugin.
+
+    Returns:
+        The instance.
+
+    Examples:
+        >>> make_plugin("kwta").spec().startswith("kwta:")
+        True
+    """
     if isinstance(spec, Plugin):
         return spec
     if isinstance(spec, str):
@@ -404,8 +566,14 @@ def make_plugin(spec: "str | PluginSpec | Plugin") -> Plugin:
 
 
 def describe_plugins(errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Name, summary, paper and hyperparameters (with defaults) of every plugin that loads (see
-    :func:`available_plugins` for ``errors``)."""
+    """Name, summary, paper and hyperparameters (with defaults) of every plugin that loads.
+
+    Args:
+        errors: filled with name -> why that plugin could not be loaded (see :func:`available_plugins`).
+
+    Returns:
+        One description per plugin (see :meth:`Plugin.describe`).
+    """
     return [cls.describe() for cls in available_plugins(errors).values()]
 
 
@@ -414,6 +582,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
     Plugins call it on statistics that are sums (EBP's per-class accumulators) so every rank
     sees the same values as one process given the whole global batch.
+
+    Args:
+        t: the tensor.
+
+    Returns:
+        ``t``, now the sum.
     """
     from inspectnet.core.distributed import all_reduce
 

@@ -53,7 +53,8 @@ def check_plugin(plugin_factory: Callable[[], Plugin], model: nn.Module, x: torc
     Returns:
         The clauses that ran.
 
-    Example: ``check_plugin(lambda: MyPlugin(lam=0.1), torchvision.models.resnet18(num_classes=3))``.
+    Examples:
+        >>> check_plugin(lambda: MyPlugin(lam=0.1), torchvision.models.resnet18(num_classes=3))  # doctest: +SKIP
     """
     x = _example_input(model) if x is None else x
     reference = _outputs(model, x)

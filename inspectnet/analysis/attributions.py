@@ -33,10 +33,20 @@ HEAT_CMAP = "jet"
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cmap: str = HEAT_CMAP) -> np.ndarray:
-    """An RGB uint8 picture: ``heat`` (H, W, any range; normalised to [0, 1]) blended over ``image``.
+    """An RGB uint8 picture: ``heat`` blended over ``image``.
 
-    >>> heat_overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2))).shape
-    (2, 2, 3)
+    Args:
+        image: the (H, W, 3) uint8 picture.
+        heat: the (H, W) map, any range (normalised to [0, 1]).
+        alpha: the map's opacity.
+        cmap: the matplotlib colour map of the heat.
+
+    Returns:
+        The (H, W, 3) uint8 overlay.
+
+    Examples:
+        >>> heat_overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2))).shape
+        (2, 2, 3)
     """
     import matplotlib
 
@@ -51,7 +61,16 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cma
 
 
 def display_image(dataset: ImageDataset, index: int, size: tuple[int, int]) -> np.ndarray:
-    """The dataset's original image ``index`` as RGB uint8 at ``size`` (H, W), for overlays."""
+    """The dataset's original image ``index`` as RGB uint8 at ``size``, for overlays.
+
+    Args:
+        dataset: the data.
+        index: the sample.
+        size: (H, W) of the picture.
+
+    Returns:
+        The (H, W, 3) uint8 picture.
+    """
     from PIL import Image
 
     im = dataset.image(index).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
@@ -60,8 +79,11 @@ def display_image(dataset: ImageDataset, index: int, size: tuple[int, int]) -> n
 
 def _grid_png(rows: list[list[np.ndarray]], titles: list[list[str]], path: Path, scale: float = 1.6,
               scales: list[list[tuple[float, float] | None]] | None = None) -> Path:
-    """Save a grid of RGB pictures with small titles as one PNG; where ``scales[r][c]`` is a (low,
-    high) range, the picture gets a colour bar from low to high (the heat map's own values)."""
+    """Save a grid of RGB pictures with small titles as one PNG.
+
+    Where ``scales[r][c]`` is a (low, high) range, the picture gets a colour bar from low to high (the
+    heat map's own values).
+    """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
@@ -88,8 +110,16 @@ def _grid_png(rows: list[list[np.ndarray]], titles: list[list[str]], path: Path,
 def choose_images(labels: np.ndarray, count: int) -> list[int]:
     """Up to ``count`` indices, round-robin over classes (first samples of each class first).
 
-    >>> choose_images(np.array([0, 0, 1, 1, 2]), 4)
-    [0, 2, 4, 1]
+    Args:
+        labels: one label per sample.
+        count: how many to choose.
+
+    Returns:
+        The indices.
+
+    Examples:
+        >>> choose_images(np.array([0, 0, 1, 1, 2]), 4)
+        [0, 2, 4, 1]
     """
     labels = np.asarray(labels)
     per_class = [list(np.flatnonzero(labels == c)) for c in sorted(set(labels.tolist()) - {-1})]
@@ -114,8 +144,24 @@ def input_attributions(zm: ZooModel, dataset: ImageDataset, indices: Sequence[in
     """Integrated Gradients and Layer Grad-CAM for ``indices`` of ``dataset``, w.r.t. the predicted class.
 
     IG uses the all-zero baseline in normalised input space (the data mean); Grad-CAM is taken at
-    ``layer`` (default the last convolution) and upsampled bilinearly. Writes one PNG per image
-    (image | IG | Grad-CAM) into ``out`` and returns ``[{"index", "label", "prediction", "path", ...}]``.
+    ``layer`` (default the last convolution) and upsampled bilinearly. One PNG per image
+    (image | IG | Grad-CAM) is written into ``out``.
+
+    Args:
+        zm: the model.
+        dataset: the data (its transform should be ``zm.transform()``).
+        indices: the samples to explain.
+        out: the output folder.
+        n_steps: IG's integration steps.
+        internal_batch_size: IG's batch of interpolated inputs.
+        layer: Grad-CAM's layer spec.
+        class_names: names for the titles (default: the model's).
+
+    Returns:
+        ``[{"index", "label", "prediction", "path", ...}]``, one per image.
+
+    Raises:
+        InspectnetError: no image is chosen.
     """
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 
@@ -165,8 +211,14 @@ def feature_maps(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
     Returns:
         The maps, units on axis 1.
 
-    Example:
-        >>> feature_maps(zm, x).shape            # doctest: +SKIP
+    Raises:
+        InspectnetError: the model has no ``forward_features``, its maps do not have the head's channels, or
+            their average is not the head's input.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=2, input_size=64)
+        >>> feature_maps(zm, torch.zeros(2, 3, 64, 64)).shape
         torch.Size([2, 512, 2, 2])
     """
     from inspectnet.models.layers import PRE_LOGITS
@@ -203,8 +255,23 @@ def influential_feature_maps(zm: ZooModel, dataset: ImageDataset, labels: np.nda
     ``supports[c]`` is ordered by frequency (as :class:`~inspectnet.analysis.heads.influence.InfluenceMap` stores
     it). Each map is shown at its own resolution, upsampled by repeating cells (nearest: a 2×2 map
     shows as four blocks, not as a smooth blob), with a colour bar of its values; a feature that is
-    zero everywhere on the image is titled so. Writes ``class_XXX.png`` per class and returns
-    ``[{"class", "features", "zero_features", "map_size", "index", "path"}]``.
+    zero everywhere on the image is titled so. One ``class_XXX.png`` is written per class.
+
+    Args:
+        zm: the model.
+        dataset: the data (its transform should be ``zm.transform()``).
+        labels: one label per sample (in the model's label space).
+        supports: per class, its influential features, most frequent first.
+        out: the output folder.
+        per_class: features shown per class.
+        max_classes: the most classes shown.
+        class_names: names for the titles (default: the model's).
+
+    Returns:
+        ``[{"class", "features", "zero_features", "map_size", "index", "path"}]``.
+
+    Raises:
+        InspectnetError: no class has both an influential feature set and an image.
     """
     out = Path(out)
     names = list(class_names or zm.class_names)
@@ -239,9 +306,26 @@ def receptive_fields(zm: ZooModel, dataset: ImageDataset, activations: np.ndarra
 
     The threshold of unit k is its ``quantile`` over all pixels of its maps on the first ``sample``
     images (Network Dissection's T_k on a sample); the mask is the bilinearly upsampled map > T_k.
-    ``activations`` is the (N, K) record matrix of ``layer`` for ``dataset``'s first N images. A tile
-    whose map nowhere exceeds T_k (a high mean activation spread thinly) has no highlight; it is
+    A tile whose map nowhere exceeds T_k (a high mean activation spread thinly) has no highlight; it is
     titled so and counted in ``empty_tiles``.
+
+    Args:
+        zm: the model.
+        dataset: the data (its transform should be ``zm.transform()``).
+        activations: the (N, K) record matrix of ``layer`` for ``dataset``'s first N images.
+        layer: the layer whose units are shown.
+        units: the units.
+        out: the output folder.
+        top_n: images per unit.
+        quantile: the pixel quantile that sets each unit's threshold.
+        sample: images the thresholds are computed on.
+        batch_size: images per forward pass.
+
+    Returns:
+        One dict per unit with its images, threshold, ``empty_tiles`` and ``path``.
+
+    Raises:
+        InspectnetError: no unit is chosen.
     """
     from inspectnet.analysis.dissect.dissection import unit_masks
     from inspectnet.probe.hooks import Probe

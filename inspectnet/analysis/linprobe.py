@@ -46,9 +46,26 @@ FIT_SAMPLES = 10_000
 
 def probe_layer(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, *,
                 C: float = 1.0, max_iter: int = 500, seed: int = 0) -> dict[str, float]:
-    """Fit one standardised logistic-regression probe; returns train and test accuracy.
+    """Fit one standardised logistic-regression probe and score it.
 
     ``x_eval`` may be a record's memmap (rows with label -1 are skipped): it is scored block by block.
+
+    Args:
+        x_train: (n, d) fitting rows.
+        y_train: their labels.
+        x_eval: (m, d) scoring rows.
+        y_eval: their labels (-1 = skipped).
+        C: the inverse L2 regularisation strength.
+        max_iter: the solver's iterations.
+        seed: the solver's random seed.
+
+    Returns:
+        ``{"train_accuracy", "test_accuracy"}``.
+
+    Examples:
+        >>> x = np.array([[0.0], [1.0], [2.0], [3.0]]); y = np.array([0, 0, 1, 1])
+        >>> probe_layer(x, y, x, y)
+        {'train_accuracy': 1.0, 'test_accuracy': 1.0}
     """
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     clf.fit(np.asarray(x_train, dtype=np.float64), y_train)
@@ -70,6 +87,22 @@ def linear_probes(train: ProbeRecord, eval_record: ProbeRecord, layers: list[str
 
     Each probe is fitted on at most ``fit_samples`` evenly spread labelled rows of ``train``
     (``n_train`` says how many) and scored on every labelled row of ``eval_record``, block by block.
+
+    Args:
+        train: the fitting record.
+        eval_record: the scoring record (same model and layers).
+        layers: the layers to probe (default: every recorded layer).
+        C: the inverse L2 regularisation strength.
+        max_iter: the solver's iterations.
+        include_features: probe the penultimate features too.
+        fit_samples: the most fitting rows.
+
+    Returns:
+        One row per layer, in depth order, with the model's own accuracy.
+
+    Raises:
+        InspectnetError: ``C`` is not a finite positive number, the train record has fewer than two
+            labelled classes, the eval record has no labels, or a layer's width differs between the records.
     """
     if not C > 0 or not np.isfinite(C):  # nan passes a plain C <= 0 test
         raise InspectnetError(f"--C must be a finite positive number, got {C}")
@@ -98,7 +131,14 @@ def linear_probes(train: ProbeRecord, eval_record: ProbeRecord, layers: list[str
 
 
 def format_table(res: LinearProbeResult) -> str:
-    """Markdown table of the probes, with the model's own accuracy as the reference line."""
+    """Markdown table of the probes, with the model's own accuracy as the reference line.
+
+    Args:
+        res: the probes.
+
+    Returns:
+        The table.
+    """
     rows = [[r["layer"], r["dim"], r["train_accuracy"], r["test_accuracy"]] for r in res.rows]
     if res.model_accuracy is not None:
         rows.append(["model (head)", "", "", res.model_accuracy])
@@ -106,7 +146,15 @@ def format_table(res: LinearProbeResult) -> str:
 
 
 def plot(res: LinearProbeResult, path: str | Path) -> Path:
-    """Test accuracy of the probe across depth, with the model's accuracy as a dashed line."""
+    """Test accuracy of the probe across depth, with the model's accuracy as a dashed line.
+
+    Args:
+        res: the probes.
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     from inspectnet.core.figures import new_figure, save_figure
 
     fig = new_figure(figsize=(max(4.0, 0.9 * len(res.rows) + 2), 3.2))

@@ -72,8 +72,16 @@ def hoyer(x: np.ndarray, axis: int = -1) -> np.ndarray:
     The one Hoyer of inspectnet: the card's sparsity and the plugins' training logs
     (:class:`inspectnet.plugins.HoyerLog`) both use it, so they agree also when units are silent.
 
-    >>> hoyer(np.array([[3., 0., 0.], [1., 1., 1.]])).tolist()
-    [1.0, 0.0]
+    Args:
+        x: the vectors.
+        axis: the axis along which each vector lies.
+
+    Returns:
+        The sparseness in [0, 1] per vector.
+
+    Examples:
+        >>> hoyer(np.array([[3., 0., 0.], [1., 1., 1.]])).tolist()
+        [1.0, 0.0]
     """
     x = np.abs(np.asarray(x, dtype=np.float64))
     n = x.shape[axis]
@@ -87,8 +95,16 @@ def hoyer(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def excess_kurtosis(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """(1/n) Σ ((x − x̄)/σ)⁴ − 3 along ``axis``; NaN where σ = 0 (constant vectors).
 
-    >>> round(float(excess_kurtosis(np.array([0., 0., 0., 1.]))), 12)
-    -0.666666666667
+    Args:
+        x: the vectors.
+        axis: the axis along which each vector lies.
+
+    Returns:
+        The excess kurtosis per vector.
+
+    Examples:
+        >>> round(float(excess_kurtosis(np.array([0., 0., 0., 1.]))), 12)
+        -0.666666666667
     """
     x = np.asarray(x, dtype=np.float64)
     d = x - x.mean(axis=axis, keepdims=True)
@@ -104,8 +120,16 @@ def excess_kurtosis(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def treves_rolls(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Normalised Treves–Rolls sparseness (1 − a)/(1 − 1/n), a = (Σx/n)²/(Σx²/n); NaN for zero vectors.
 
-    >>> treves_rolls(np.array([[1., 0., 0., 0.], [1., 1., 1., 1.]])).tolist()
-    [1.0, 0.0]
+    Args:
+        x: the vectors.
+        axis: the axis along which each vector lies.
+
+    Returns:
+        The sparseness in [0, 1] per vector.
+
+    Examples:
+        >>> treves_rolls(np.array([[1., 0., 0., 0.], [1., 1., 1., 1.]])).tolist()
+        [1.0, 0.0]
     """
     x = np.abs(np.asarray(x, dtype=np.float64))
     n = x.shape[axis]
@@ -119,6 +143,21 @@ def sparsity_metrics(activations: np.ndarray, *, layer: str = "") -> SparsityMet
     """All six metrics of an (N images × K filters) activation matrix.
 
     Runs in float64 on the whole matrix (N·K values; a few MB for a probed layer).
+
+    Args:
+        activations: the (N, K) matrix.
+        layer: the layer's name, kept in the result.
+
+    Returns:
+        The metrics.
+
+    Raises:
+        InspectnetError: the matrix is not 2-D with at least 2 samples and 2 filters, or holds NaN or infinity.
+
+    Examples:
+        >>> m = sparsity_metrics(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        >>> m.num_samples, m.num_filters, round(m.activity_sparseness, 4)
+        (3, 2, 0.4)
     """
     a = np.abs(np.asarray(activations, dtype=np.float64))
     if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 2:
@@ -137,12 +176,27 @@ def sparsity_metrics(activations: np.ndarray, *, layer: str = "") -> SparsityMet
 
 
 def record_sparsity(record: ProbeRecord, layers: list[str] | None = None) -> list[SparsityMetrics]:
-    """Metrics for ``layers`` of a :class:`~inspectnet.probe.record.ProbeRecord` (default: every probed layer)."""
+    """Metrics for ``layers`` of a :class:`~inspectnet.probe.record.ProbeRecord`.
+
+    Args:
+        record: the record.
+        layers: the layers (default: every probed layer).
+
+    Returns:
+        One :class:`SparsityMetrics` per layer.
+    """
     names = layers or record.layers
     return [sparsity_metrics(record.activations(name), layer=name) for name in names]
 
 
 def format_table(rows: list[SparsityMetrics]) -> str:
-    """Markdown table, one row per layer."""
+    """Markdown table, one row per layer.
+
+    Args:
+        rows: the metrics of each layer.
+
+    Returns:
+        The table.
+    """
     return markdown_table(["layer", *[LABELS[k] for k in METRICS]], [[r.layer, *[getattr(r, k) for k in METRICS]]
                                                                      for r in rows])

@@ -38,6 +38,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     Importing one command module instead of all keeps light commands light: ``inspectnet run``
     (ONNX Runtime only) never imports torch. Help and unknown words still register every command.
+
+    Args:
+        argv: the command line (without the program name), or None to register every command.
+
+    Returns:
+        The parser.
     """
     parser = _Parser(prog="inspectnet", description="Post-hoc inspection of pretrained "
                                      "image classifiers (timm and torchvision zoos).")
@@ -62,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 ok, 2 bad input or an explained failure, 3 output written but an asked-for part
     failed (see :mod:`inspectnet.core.errors`), 1 an unexpected internal error (set
     ``INSPECTNET_TRACEBACK=1`` to see its traceback), 130 interrupted.
+
+    Args:
+        argv: the command line without the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = args = None
@@ -127,8 +139,9 @@ def command_flags(parser: argparse.ArgumentParser | None, args: argparse.Namespa
     Returns:
         The flags of the command ``args`` ran ({} when there is none).
 
-    >>> command_flags(build_parser(["train"]), argparse.Namespace(command="train"))["batch_size"]
-    '--batch-size'
+    Examples:
+        >>> command_flags(build_parser(["train"]), argparse.Namespace(command="train"))["batch_size"]
+        '--batch-size'
     """
     command = getattr(args, "command", None)
     subparsers = [a for a in getattr(parser, "_actions", []) if isinstance(a, argparse._SubParsersAction)]

@@ -27,6 +27,11 @@ _PARSER: argparse.ArgumentParser | None = None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``audit`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("audit", help="audit a model into an interpretability model card (JSON, Markdown, HTML)",
                        description="Probe MODEL on DATA once, then influential features + decomposed head, rules, "
                                    "sparsity, linear probes, attributions (and dissection / export when asked), "
@@ -43,7 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The canonical command that reproduces this audit (options that differ from their defaults)."""
+    """The canonical command that reproduces this audit (options that differ from their defaults).
+
+    Args:
+        args: the parsed ``inspectnet audit`` options.
+
+    Returns:
+        The command, shell-quoted.
+    """
     parts = ["inspectnet", "audit", args.model, args.data, "--out", args.out]
     defaults = {a.dest: a for a in _PARSER._actions} if _PARSER else {}
     for dest, action in defaults.items():
@@ -59,6 +71,17 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet audit`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        IncompleteResult: the card was written but some of its sections failed (exit status 3).
+    """
     from inspectnet.models.provenance import made_by
     from inspectnet.pipelines.audit import run_audit
 

@@ -4,6 +4,11 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``card`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("card", help="re-render an audit's README.md and card.html from its card.json",
                        description="Read DIR/card.json (the source of truth written by `inspectnet audit`) and "
                                    "write DIR/README.md (Hugging Face format) and DIR/card.html again.")
@@ -13,6 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet card`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.pipelines.audit.card import publish, rerender
     from inspectnet.reports.card import check_copy_target
 

@@ -10,6 +10,11 @@ from inspectnet.training.config import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("compare", help="fine-tune with several methods and compare rules, sparsity, accuracy",
                        description="Fine-tune MODEL on DATA once per method (vanilla or a plugin spec) and seed, "
                                    "probe --layer, extract rules and measure sparsity; write the EBP Table 1 "
@@ -38,6 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet compare`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InspectnetError: ``--seeds`` is below 1 (or an input is refused on the way).
+    """
     from inspectnet.data.subsets import random_subset
     from inspectnet.pipelines.compare import compare, expand_methods, markdown_table, parse_sweep, split_plugin_list
 

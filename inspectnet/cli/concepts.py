@@ -17,6 +17,11 @@ from inspectnet.core.storage import check_output_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``concepts`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("concepts", help="concepts discovered in a layer's activation maps (NMF or sparse autoencoder)",
                        description="Factorise the map cells of --layer over DATA into --k concepts (streaming, "
                                    "memory flat in the number of images), fit 3 seeds for stability, split each "
@@ -47,6 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet concepts`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.analysis.concepts.discover import discover_concepts
     from inspectnet.analysis.concepts.pictures import write_concepts
     from inspectnet.data import load_data

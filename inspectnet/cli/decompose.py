@@ -18,6 +18,11 @@ def _ints(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``decompose`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("decompose", help="influential features per class, decomposed (slimmed) head",
                        description="Fit each class's influential features on a train probe record, decompose "
                                    "the model's head to them, evaluate on an eval record and save the model.")
@@ -46,6 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet decompose`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.pipelines.decompose import run_decomposition
 
     check_output_dir(args.out)

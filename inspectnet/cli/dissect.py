@@ -17,6 +17,11 @@ from inspectnet.core.storage import check_output_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``dissect`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("dissect", help="which units detect which concepts (Network Dissection)",
                        description="Threshold every unit of --layers at its top --quantile activation level "
                                    "over the concept data, score its IoU with every concept mask over the "
@@ -39,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet dissect`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.analysis.dissect.dissection import dissect
     from inspectnet.analysis.dissect.pages import write_dissection
     from inspectnet.data.concepts import load_concepts

@@ -7,6 +7,11 @@ from inspectnet.cli.options import add_config_options, add_model_args, config_fr
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``explain`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("explain", help="exact class-evidence maps of images, as overlays",
                        description="For a head that is global average pooling + linear, the evidence of class c "
                                    "at each position of the last map, E_c(h,w) = sum_j W[c,j] A_j(h,w) / (H W), "
@@ -21,6 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet explain`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.cli.run import image_inputs
     from inspectnet.pipelines.explain import explain_images
 

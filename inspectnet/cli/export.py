@@ -8,6 +8,11 @@ from inspectnet.export.options import ExportOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``export`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("export", help="export to a verified, self-describing ONNX file (optionally int8)",
                        description="Export MODEL to ONNX (dynamic batch, input 'input', output 'logits', "
                                    "preprocessing and class names in the file's metadata). The export is "
@@ -24,6 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet export`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InspectnetError: ``--int8`` without ``--calibration`` data (or an input is refused on the way).
+    """
     from inspectnet.core.errors import InspectnetError
     from inspectnet.export.onnx import calibration_inputs, export_onnx
 
@@ -50,9 +66,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def warn_uncovered_classes(labels: "Sequence[int]", num_classes: int) -> None:
-    """Warn when calibration data leaves some of the model's classes without a sample: by its labels
-    (in the model's label space) when labelled, else because it has fewer samples than classes.
+    """Warn when calibration data leaves some of the model's classes without a sample.
 
+    Judged by its labels (in the model's label space) when labelled, else because it has fewer samples
+    than classes.
+
+    Args:
+        labels: the calibration samples' labels (-1 = unlabelled).
+        num_classes: the model's classes.
+
+    Examples:
         >>> warn_uncovered_classes([0, 1, 1], 2)   # every class has a sample: silent
     """
     import warnings
@@ -71,7 +94,14 @@ def warn_uncovered_classes(labels: "Sequence[int]", num_classes: int) -> None:
 
 
 def summary(r: dict) -> str:
-    """Human-readable lines of an export report."""
+    """Human-readable lines of an export report.
+
+    Args:
+        r: the report :func:`~inspectnet.export.onnx.export_onnx` returned.
+
+    Returns:
+        The lines, joined.
+    """
     p = r["parity"]
     lines = [f"wrote {r['path']} ({r['size_bytes'] / 1e6:.1f} MB, opset {r['opset']}, {r['exporter']} exporter, "
              f"input {r['input_name']} {r['input_shape']})",

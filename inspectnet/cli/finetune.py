@@ -11,6 +11,11 @@ from inspectnet.cli.train import add_train_args, config_from_args, log_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``finetune`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("finetune", help="fine-tune with interpretability plugins (EBP, CGL, SAN, k-WTA, ...)",
                        description="Fine-tune MODEL on DATA with one or more plugins (see `inspectnet plugins`). "
                                    "Checkpoints every epoch; re-running the same command (or --resume) continues "
@@ -30,6 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet finetune`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InspectnetError: ``--resume`` names a folder without a checkpoint (or an input is refused on the way).
+    """
     from inspectnet.core.errors import InspectnetError
     from inspectnet.models.provenance import record_command
     from inspectnet.models.zoo import adopt_class_names

@@ -4,6 +4,11 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``folder`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("folder", help="write labelled data (e.g. photos:train) as an image folder",
                        description="Write DATA as ROOT/CLASS/IMAGE.png, one sub-folder per class named as DATA "
                                    "names it (photos: WordNet ids, as in ImageNet), so any command can read "
@@ -15,6 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet folder`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.data import load_data
     from inspectnet.data.datasets import write_folder
 

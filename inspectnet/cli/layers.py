@@ -6,6 +6,11 @@ from inspectnet.cli.options import add_model_args, emit, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``layers`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("layers", help="list layer names, types and output shapes",
                        description="List the dotted layer names (usable with --layers), their module types "
                                    "and output shapes from one dummy forward.")
@@ -15,6 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet layers`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.models.layers import list_layers
 
     zm = model_from_args(args)

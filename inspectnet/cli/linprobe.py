@@ -7,6 +7,11 @@ from inspectnet.cli.options import emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``linprobe`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("linprobe", help="linear-probe accuracy of each probed layer",
                        description="Fit a standardised logistic regression on each probed layer of RECORD "
                                    "(and the penultimate features) against the labels; report test accuracy "
@@ -21,6 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet linprobe`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.analysis.linprobe import format_table, linear_probes, plot
     from inspectnet.core.storage import atomic_write_text, check_output_dir
     from inspectnet.probe.record import ProbeRecord

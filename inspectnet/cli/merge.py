@@ -6,6 +6,11 @@ from inspectnet.cli.options import emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``merge`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("merge", help="join the per-rank shards of a probe record (written with --shards)",
                        description="Write the rows of every OUT/shards/rank-R-of-P folder at their global "
                                    "positions into OUT's memory-mapped arrays, then remove the shard folders. "
@@ -17,6 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet merge`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.probe.recorder import merge_shards
 
     rec = merge_shards(args.record)

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 
 
 def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
+    """Add the options that name and build a model (``MODEL``, ``--weights``, ``--num-classes``, ...).
+
+    Args:
+        p: the command's parser.
+        spec: add the positional ``model`` argument too.
+    """
     if spec:
         p.add_argument("model", help="timm name (resnet18, timm:resnet18), torchvision:NAME, or a saved folder")
     p.add_argument("--weights", help="weights file (.safetensors, or a torch state dict read with weights_only)")
@@ -37,14 +43,33 @@ def add_model_args(p: argparse.ArgumentParser, *, spec: bool = True) -> None:
 
 
 def model_from_args(args: argparse.Namespace, seed: int | None = 0) -> ZooModel:
-    """The model the options describe; anything initialised at random is seeded (``--seed``, else
-    ``seed``; None = torch's global generator), so the same command always starts from the same weights."""
+    """The model the options describe, loaded.
+
+    Anything initialised at random is seeded (``--seed``, else ``seed``; None = torch's global
+    generator), so the same command always starts from the same weights.
+
+    Args:
+        args: the parsed command line.
+        seed: the seed when the command has no ``--seed``.
+
+    Returns:
+        The model.
+    """
     return model_ref_from_args(args, seed).load()
 
 
 def model_ref_from_args(args: argparse.Namespace, seed: int | None = 0) -> ModelRef:
-    """The model the arguments name, not loaded yet (see :class:`~inspectnet.models.zoo.ModelRef`),
-    seeded as in :func:`model_from_args`."""
+    """The model the arguments name, not loaded yet (see :class:`~inspectnet.models.zoo.ModelRef`).
+
+    It is seeded as in :func:`model_from_args`.
+
+    Args:
+        args: the parsed command line.
+        seed: the seed when the command has no ``--seed``.
+
+    Returns:
+        The reference.
+    """
     from inspectnet.models.builders import parse_model_args
     from inspectnet.models.zoo import ModelRef
 
@@ -55,6 +80,13 @@ def model_ref_from_args(args: argparse.Namespace, seed: int | None = 0) -> Model
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True, limit: bool = True) -> None:
+    """Add the options that name and read data (``DATA``, ``--limit``, ``--skip-bad``, ``--device``, ``--class-map``).
+
+    Args:
+        p: the command's parser.
+        data: add the positional ``data`` argument.
+        limit: add ``--limit``.
+    """
     if data:
         p.add_argument("data", help="image folder, or mnist5k[:train|:test], digits, shapes, photos, photos100, samples")
     if limit:
@@ -65,21 +97,44 @@ def add_data_args(p: argparse.ArgumentParser, *, data: bool = True, limit: bool 
 
 
 def add_class_map_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--class-map FILE.json``.
+
+    Args:
+        p: the command's parser.
+    """
     p.add_argument("--class-map", metavar="FILE.json",
                    help='{"data class": model index or class name}: how the data\'s classes map onto the model\'s '
                         "(default: by WordNet id or class name; placeholder-named models take index order)")
 
 
 def class_map_from_args(args: argparse.Namespace) -> dict[str, int | str] | None:
+    """The ``--class-map`` file's mapping, when one is given.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The mapping, or None.
+    """
     from inspectnet.data.labels import read_class_map
 
     return read_class_map(args.class_map) if getattr(args, "class_map", None) else None
 
 
 def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = None) -> ImageDataset:
-    """The data (``args.data``, or another ``spec`` such as --eval) with its classes mapped onto the
-    model's (see :mod:`inspectnet.data.labels`); --class-map keys must be classes of ``args.data``.
-    Files skipped by --skip-bad are counted on stderr."""
+    """The data (``args.data``, or another ``spec`` such as --eval) with its classes mapped onto the model's.
+
+    See :mod:`inspectnet.data.labels`; --class-map keys must be classes of ``args.data``. Files
+    skipped by --skip-bad are counted on stderr.
+
+    Args:
+        args: the parsed command line.
+        zm: the model (its transform and classes).
+        spec: the data spec to read instead of ``args.data``.
+
+    Returns:
+        The dataset.
+    """
     from inspectnet.data import load_data
 
     ds = load_data(spec or args.data, zm.transform(), skip_bad=args.skip_bad, model_classes=zm.class_names,
@@ -93,8 +148,18 @@ def data_from_args(args: argparse.Namespace, zm: ZooModel, spec: str | None = No
 def worker_count(text: str) -> int:
     """``--workers`` as given: a whole number of data loader processes, 0 or more.
 
-    >>> worker_count("3")
-    3
+    Args:
+        text: the option's value.
+
+    Returns:
+        The number.
+
+    Raises:
+        argparse.ArgumentTypeError: the value is not a whole number of 0 or more.
+
+    Examples:
+        >>> worker_count("3")
+        3
     """
     try:
         n = int(text)
@@ -128,7 +193,12 @@ def seed(text: str) -> int:
 
 
 def add_pass_args(p: argparse.ArgumentParser, *, shards: bool = False) -> None:
-    """``--workers`` and, for commands that run a data pass under ``torchrun``, how ranks share it out."""
+    """Add ``--workers`` and, for commands that run a data pass under ``torchrun``, how ranks share it out.
+
+    Args:
+        p: the command's parser.
+        shards: add ``--shards`` (per-rank shard folders) too.
+    """
     p.add_argument("--workers", type=worker_count, metavar="N",
                    help="data loader processes decoding images (default: chosen from the CPU count)")
     p.add_argument("--shard-order", choices=("contiguous", "strided"), default="contiguous",
@@ -140,13 +210,25 @@ def add_pass_args(p: argparse.ArgumentParser, *, shards: bool = False) -> None:
 
 
 def workers_from_args(args: argparse.Namespace) -> int:
+    """The data loader processes: ``--workers``, else the default for this machine.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The number (see :func:`~inspectnet.core.devices.default_workers`).
+    """
     from inspectnet.core.devices import default_workers
 
     return default_workers() if args.workers is None else args.workers
 
 
 def start_distributed() -> bool:
-    """Join the torchrun process group if launched by torchrun; True on the rank that reports (rank 0)."""
+    """Join the torchrun process group if launched by torchrun.
+
+    Returns:
+        True on the rank that reports (rank 0).
+    """
     from inspectnet.core.distributed import init_from_env, world
 
     init_from_env()
@@ -154,7 +236,13 @@ def start_distributed() -> bool:
 
 
 def emit(obj: Any, as_json: bool, text: str) -> None:
-    """Print ``obj`` as JSON when asked, else the human-readable ``text``."""
+    """Print ``obj`` as JSON when asked, else the human-readable ``text``.
+
+    Args:
+        obj: the result (JSON-ready).
+        as_json: print JSON.
+        text: the human-readable form.
+    """
     from inspectnet.core.storage import strict_json
 
     sys.stdout.write(json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n" if as_json
@@ -164,8 +252,15 @@ def emit(obj: Any, as_json: bool, text: str) -> None:
 def comma_list(text: str) -> list[str]:
     """A comma-separated option value as a list, blanks dropped.
 
-    >>> comma_list("layer3, layer4,")
-    ['layer3', 'layer4']
+    Args:
+        text: the option's value.
+
+    Returns:
+        The items.
+
+    Examples:
+        >>> comma_list("layer3, layer4,")
+        ['layer3', 'layer4']
     """
     return [s.strip() for s in text.split(",") if s.strip()]
 
@@ -184,7 +279,15 @@ def _converter(annotation: Any) -> tuple[Any, bool]:
 
 
 def flag_name(field: dataclasses.Field, flag: str | None) -> str:
-    """The command-line flag of a config field: its declared ``flag``, else ``--field-name``."""
+    """The command-line flag of a config field: its declared ``flag``, else ``--field-name``.
+
+    Args:
+        field: the dataclass field.
+        flag: its declared flag, or None.
+
+    Returns:
+        The flag.
+    """
     return flag or "--" + field.name.replace("_", "-")
 
 
@@ -203,10 +306,11 @@ def add_config_options(p: argparse.ArgumentParser, config: type, *, exclude: Ite
     Returns:
         None.
 
-    >>> from inspectnet.training.config import TrainConfig
-    >>> p = argparse.ArgumentParser(); add_config_options(p, TrainConfig)
-    >>> p.parse_args(["--epochs", "2"]).epochs
-    2
+    Examples:
+        >>> from inspectnet.training.config import TrainConfig
+        >>> p = argparse.ArgumentParser(); add_config_options(p, TrainConfig)
+        >>> p.parse_args(["--epochs", "2"]).epochs
+        2
     """
     hints, skip = field_types(config), set(exclude)
     for f, opt in options_of(config):

@@ -6,6 +6,11 @@ from inspectnet.cli.options import emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``plugins`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("plugins", help="list fine-tuning plugins and their hyperparameters",
                        description="List every plugin registered in the inspectnet.plugins entry-point group. A plugin "
                                    "that fails to load is named in one error line after the others are listed.")
@@ -14,6 +19,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet plugins``: list every plugin that loads, then fail naming those that do not.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InspectnetError: a plugin that is installed cannot be loaded (the message names each).
+    """
     from inspectnet.core.errors import InspectnetError
     from inspectnet.plugins import describe_plugins
 

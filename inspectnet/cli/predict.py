@@ -6,6 +6,11 @@ from inspectnet.cli.options import add_model_args, emit, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("predict", help="top-k classes for image files",
                        description="Print the top-k classes with names and probabilities for each IMAGE.")
     add_model_args(p)
@@ -18,6 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet predict`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.models.predict import predict
 
     zm = model_from_args(args)

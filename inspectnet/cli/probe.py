@@ -15,6 +15,11 @@ from inspectnet.cli.options import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``probe`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("probe", help="record reduced activations, features and logits in one pass",
                        description="Stream DATA through MODEL once and write per-sample reduced activations "
                                    "of --layers, penultimate features, logits and labels to --out "
@@ -33,6 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet probe`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.probe.recorder import run_probe
 
     reports = start_distributed()

@@ -7,6 +7,11 @@ from inspectnet.core.storage import check_output_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``rules`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("rules", help="extract decision-tree rules that mimic the model from a probed layer",
                        description="Quantize each filter of --layer (active if above μ+σ fitted on RECORD), fit "
                                    "an entropy decision tree to the model's own predictions (size chosen by "
@@ -29,6 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet rules`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.analysis.rules.tree import extract_rules, summary, write_rules
     from inspectnet.probe.record import ProbeRecord
 

@@ -16,6 +16,11 @@ from inspectnet.data import load_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``run`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("run", help="predict with an exported ONNX file (ONNX Runtime, no torch)",
                        description="Top-k classes for IMAGE files, an image folder (ROOT/CLASS/IMAGE gives "
                                    "accuracy) or a built-in data spec, with the preprocessing and class names "
@@ -41,6 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet run`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InspectnetError: ``--evidence`` without ``--out`` (or an input is refused on the way).
+    """
     from inspectnet.core.errors import InspectnetError
     from inspectnet.runtime.classifier import OnnxClassifier
 
@@ -74,12 +90,20 @@ def run(args: argparse.Namespace) -> int:
 def summary(doc: dict, limit: int | None) -> str:
     """A few lines for many images: how many, accuracy where labelled, the most predicted classes.
 
-    >>> print(summary({"model": "m.onnx", "providers": ["CPUExecutionProvider"], "accuracy": 0.5, "predictions": [
-    ...     {"image": "a", "top": [{"label": "cat"}]}, {"image": "b", "top": [{"label": "cat"}]}]}, None))
-    m.onnx (CPUExecutionProvider): 2 images
-    accuracy 50.00% on 2 labelled images
-    most predicted: cat 2
-    (--per-image or --json for every image's top-k)
+    Args:
+        doc: the predictions document (``model``, ``providers``, ``predictions``, ``accuracy`` when labelled).
+        limit: the ``--limit`` given (named in the text), or None.
+
+    Returns:
+        The lines, joined.
+
+    Examples:
+        >>> print(summary({"model": "m.onnx", "providers": ["CPUExecutionProvider"], "accuracy": 0.5, "predictions": [
+        ...     {"image": "a", "top": [{"label": "cat"}]}, {"image": "b", "top": [{"label": "cat"}]}]}, None))
+        m.onnx (CPUExecutionProvider): 2 images
+        accuracy 50.00% on 2 labelled images
+        most predicted: cat 2
+        (--per-image or --json for every image's top-k)
     """
     from collections import Counter
 
@@ -102,6 +126,18 @@ def image_inputs(inputs: list[str], limit: int | None, model_classes: list[str] 
     model's class names (WordNet ids, names, ``--class-map``; see :mod:`inspectnet.data.labels`),
     and refused, naming them, where they cannot be. ``model_classes=None`` (callers that need no
     labels, such as ``inspectnet explain``) maps nothing and returns no labels for a folder.
+
+    Args:
+        inputs: image files, one folder, or one data spec.
+        limit: the first ``limit`` images only.
+        model_classes: the model's class names, or None.
+        class_map: data class -> model class, for classes no name or id matches.
+
+    Returns:
+        ``(images, labels or None, names or None)``.
+
+    Raises:
+        InspectnetError: ``limit`` is below 1, or a folder's classes cannot be mapped onto the model's.
     """
     from inspectnet.core.errors import InspectnetError
     from inspectnet.data.labels import align_classes

@@ -16,6 +16,11 @@ def _ints(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``san`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("san", help="train Sparsely Activated Networks and select the kernel size by φ̄",
                        description="Sparsely Activated Networks (Bizopoulos & Koutsouris) on images or a layer's maps.")
     p.add_argument("data", help="image data spec (mnist5k, digits, a folder, ...)")
@@ -39,6 +44,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet san`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        InspectnetError: ``--val-fraction`` is not between 0 and 1, ``--limit`` is below 2, or ``--model``
+            comes without ``--layer``.
+    """
     from inspectnet.analysis.san.activations import ACTIVATIONS
     from inspectnet.analysis.san.model import images_tensor, layer_maps, san_select, save_kernel_picture
     from inspectnet.core.errors import InspectnetError

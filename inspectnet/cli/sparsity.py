@@ -6,6 +6,11 @@ from inspectnet.cli.options import emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``sparsity`` command and its options to the command line.
+
+    Args:
+        sub: the subcommand parsers of ``inspectnet``.
+    """
     p = sub.add_parser("sparsity", help="Hoyer, kurtosis and Treves-Rolls sparsity of probed layers",
                        description="Compute the EBP Table 1 sparsity metrics (Hoyer, lifetime/population "
                                    "kurtosis, Treves-Rolls population/lifetime, activity sparseness) of each "
@@ -17,6 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``inspectnet sparsity`` with the parsed options.
+
+    Args:
+        args: the options that :func:`register` declares.
+
+    Returns:
+        The exit status, 0.
+    """
     from inspectnet.analysis.sparsity import format_table, record_sparsity
     from inspectnet.probe.record import ProbeRecord
 

@@ -54,10 +54,14 @@ def init_from_env() -> None:
 
 
 def world() -> tuple[int, int]:
-    """(world size, rank) of an initialised process group, else (1, 0).
+    """The size of an initialised process group and this process's rank in it.
 
-    >>> world()
-    (1, 0)
+    Returns:
+        ``(world size, rank)``; ``(1, 0)`` without a process group.
+
+    Examples:
+        >>> world()
+        (1, 0)
     """
     import torch.distributed as dist
 
@@ -69,10 +73,25 @@ def world() -> tuple[int, int]:
 def shard_batches(n: int, batch_size: int, world_size: int, rank: int, order: str = "contiguous") -> list[range]:
     """The global batches (sample ranges) that ``rank`` of ``world_size`` processes computes.
 
-    >>> shard_batches(10, 3, 2, 0), shard_batches(10, 3, 2, 1)
-    ([range(0, 3), range(3, 6)], [range(6, 9), range(9, 10)])
-    >>> shard_batches(10, 3, 2, 1, "strided")
-    [range(3, 6), range(9, 10)]
+    Args:
+        n: the number of samples.
+        batch_size: samples per global batch.
+        world_size: the number of processes.
+        rank: this process's rank, ``0 <= rank < world_size``.
+        order: ``"contiguous"`` (a run of consecutive batches per rank) or ``"strided"`` (every
+            ``world_size``-th batch).
+
+    Returns:
+        The sample ranges of this rank's batches, in order.
+
+    Raises:
+        InspectnetError: ``order`` is not one of :data:`ORDERS`.
+
+    Examples:
+        >>> shard_batches(10, 3, 2, 0), shard_batches(10, 3, 2, 1)
+        ([range(0, 3), range(3, 6)], [range(6, 9), range(9, 10)])
+        >>> shard_batches(10, 3, 2, 1, "strided")
+        [range(3, 6), range(9, 10)]
     """
     if order not in ORDERS:
         raise InspectnetError(f"--shard-order {order!r} is unknown; expected {' or '.join(ORDERS)}")
@@ -85,10 +104,18 @@ def shard_batches(n: int, batch_size: int, world_size: int, rank: int, order: st
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """Reduce ``t`` over the ranks in place (``sum``, ``min`` or ``max``); a no-op in one process.
+    """Reduce ``t`` over the ranks in place; a no-op in one process.
 
-    >>> all_reduce(torch.tensor([1.0, 2.0])).tolist()
-    [1.0, 2.0]
+    Args:
+        t: the tensor (same shape on every rank).
+        op: ``"sum"``, ``"min"`` or ``"max"``.
+
+    Returns:
+        ``t`` itself, now holding the reduction.
+
+    Examples:
+        >>> all_reduce(torch.tensor([1.0, 2.0])).tolist()
+        [1.0, 2.0]
     """
     import torch.distributed as dist
 
@@ -98,7 +125,18 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 
 def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's ``t`` (same shape on every rank), in rank order; ``[t]`` in one process."""
+    """Every rank's ``t``, in rank order.
+
+    Args:
+        t: the tensor (same shape on every rank).
+
+    Returns:
+        One tensor per rank; ``[t]`` in one process.
+
+    Examples:
+        >>> all_gather(torch.tensor([3]))
+        [tensor([3])]
+    """
     import torch.distributed as dist
 
     if world()[0] == 1:
@@ -109,7 +147,18 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
 
 
 def share_from_main(value: object) -> object:
-    """Rank 0's ``value`` on every rank (any picklable object); ``value`` itself in one process."""
+    """Rank 0's ``value`` on every rank.
+
+    Args:
+        value: any picklable object (only rank 0's is used).
+
+    Returns:
+        Rank 0's value; ``value`` itself in one process.
+
+    Examples:
+        >>> share_from_main({"n": 1})
+        {'n': 1}
+    """
     import torch.distributed as dist
 
     if world()[0] == 1:
@@ -121,11 +170,27 @@ def share_from_main(value: object) -> object:
 
 @contextlib.contextmanager
 def watch_group(what: str) -> Iterator["GroupWatch"]:
-    """Run one pass of ``what`` (e.g. "the probe pass") with failures announced and peers' failures seen.
+    """Run one pass of ``what`` with failures announced and peers' failures seen.
 
     Inside, call ``watch.check()`` once per batch and ``watch.barrier()`` at the end. A failure of this
     process is announced to the others; SIGTERM (torchrun stopping the group after a failure) stops
     this process with a :class:`RankFailed` naming the failed rank.
+
+    Args:
+        what: the pass, as messages name it (e.g. ``"the probe pass"``).
+
+    Yields:
+        The :class:`GroupWatch` of the pass.
+
+    Raises:
+        RankFailed: another rank failed (the error that broke this rank's collective step is its cause).
+
+    Examples:
+        >>> with watch_group("the probe pass") as watch:
+        ...     watch.check()
+        ...     watch.barrier()
+        >>> watch.size
+        1
     """
     watch = GroupWatch(what)
     if watch.size == 1:
@@ -147,7 +212,11 @@ def watch_group(what: str) -> Iterator["GroupWatch"]:
 
 
 class GroupWatch:
-    """See :func:`watch_group`."""
+    """The failure watch of one pass over the process group (see :func:`watch_group`).
+
+    Args:
+        what: the pass, as messages name it (e.g. ``"the probe pass"``).
+    """
 
     def __init__(self, what: str):
         self.what = what
@@ -155,12 +224,20 @@ class GroupWatch:
         self._store = _store() if self.size > 1 else None
 
     def check(self) -> None:
-        """Raise :class:`RankFailed` when another rank announced a failure."""
+        """Stop when another rank announced a failure.
+
+        Raises:
+            RankFailed: another rank announced a failure.
+        """
         if self._store is not None and self._store.check([_FAILED]):
             raise self.peer_failure()
 
     def barrier(self) -> None:
-        """Wait for every rank; a rank that died on the way is named instead of hanging or a gloo error."""
+        """Wait for every rank; a rank that died on the way is named instead of hanging or a gloo error.
+
+        Raises:
+            RankFailed: another rank failed before or during the barrier.
+        """
         import torch.distributed as dist
 
         if self.size == 1:
@@ -173,18 +250,31 @@ class GroupWatch:
         self.check()
 
     def peer_failed(self) -> bool:
-        """Whether another rank announced a failure or is found dead on this host."""
+        """Whether another rank announced a failure or is found dead on this host.
+
+        Returns:
+            True when a peer failed (or the group's store is gone with the launcher).
+        """
         with contextlib.suppress(Exception):
             return bool(self._store.check([_FAILED])) or bool(_dead_ranks(self.size))
         return True  # the store itself is gone: the launcher has stopped the group
 
     def announce(self, exc: BaseException) -> None:
+        """Tell the other ranks that this one failed, and why.
+
+        Args:
+            exc: the error this rank stops with.
+        """
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         with contextlib.suppress(Exception):  # the store may be gone with the launcher
             _store().set(_FAILED, f"rank {self.rank} of {self.size} failed during {self.what} ({detail})")
 
     def peer_failure(self) -> RankFailed:
-        """The error this rank stops with: who failed (announced, or found dead on this host)."""
+        """The error this rank stops with: who failed (announced, or found dead on this host).
+
+        Returns:
+            A :class:`RankFailed` naming the failed rank and telling how to resume.
+        """
         cause = None
         with contextlib.suppress(Exception):
             if _store().check([_FAILED]):

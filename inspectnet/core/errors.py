@@ -12,15 +12,17 @@ _TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def strip_terminal_codes(text: str) -> str:
-    """``text`` without terminal colour/cursor codes (ESC [ ... letter), which libraries put into messages.
+    r"""``text`` without terminal colour/cursor codes (ESC [ ... letter), which libraries put into messages.
 
     Args:
         text: a message.
-    Returns:
-        the message without the codes.
 
-    >>> strip_terminal_codes("\\x1b[96mtorch.export\\x1b[0m failed")
-    'torch.export failed'
+    Returns:
+        The message without the codes.
+
+    Examples:
+        >>> strip_terminal_codes("\x1b[96mtorch.export\x1b[0m failed")
+        'torch.export failed'
     """
     return _TERMINAL_CODES.sub("", text)
 
@@ -28,10 +30,14 @@ def strip_terminal_codes(text: str) -> str:
 class InspectnetError(Exception):
     """A user-facing error: the message names the bad input and what was expected.
 
-    >>> raise InspectnetError("unknown layer 'layer9'; closest: layer4, layer3")
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: unknown layer 'layer9'; closest: layer4, layer3
+    Args:
+        *args: the message (terminal colour codes in string arguments are removed), as for ``Exception``.
+
+    Examples:
+        >>> raise InspectnetError("unknown layer 'layer9'; closest: layer4, layer3")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: unknown layer 'layer9'; closest: layer4, layer3
     """
 
     exit_code = 2
@@ -44,8 +50,9 @@ class InspectnetError(Exception):
 class IncompleteResult(InspectnetError):
     """The output was written, but some asked-for part of it failed (the output says which).
 
-    >>> IncompleteResult("audit sections failed: rules").exit_code
-    3
+    Examples:
+        >>> IncompleteResult("audit sections failed: rules").exit_code
+        3
     """
 
     exit_code = 3
@@ -63,10 +70,11 @@ class InvalidParameterError(InspectnetError, ValueError):
         message: the explanation, with placeholders for every parameter it names.
         flags: how the command line spells parameters (absent ones read as keywords).
 
-    >>> str(InvalidParameterError("limit", "{limit} must be at least 1, got 0"))
-    'limit= must be at least 1, got 0'
-    >>> str(InvalidParameterError("k2", "{k2=6} is larger than {k1=5}").with_flags({"k1": "--k1", "k2": "--k2"}))
-    '--k2 6 is larger than --k1 5'
+    Examples:
+        >>> str(InvalidParameterError("limit", "{limit} must be at least 1, got 0"))
+        'limit= must be at least 1, got 0'
+        >>> str(InvalidParameterError("k2", "{k2=6} is larger than {k1=5}").with_flags({"k1": "--k1", "k2": "--k2"}))
+        '--k2 6 is larger than --k1 5'
     """
 
     def __init__(self, parameter: str, message: str, flags: dict[str, str] | None = None):
@@ -74,6 +82,12 @@ class InvalidParameterError(InspectnetError, ValueError):
 
     @property
     def parameter(self) -> str:
+        """The keyword at fault, as Python spells it.
+
+        Examples:
+            >>> InvalidParameterError("limit", "{limit} must be at least 1").parameter
+            'limit'
+        """
         return self.args[0]
 
     def with_flags(self, flags: dict[str, str]) -> "InvalidParameterError":

@@ -39,7 +39,18 @@ _ORIENTATION = 0x0112  # the EXIF tag
 
 
 def max_pixels() -> int:
-    """The pixel limit for one image: ``INSPECTNET_MAX_PIXELS`` if set, else :data:`DEFAULT_MAX_PIXELS`."""
+    """The pixel limit for one image: ``INSPECTNET_MAX_PIXELS`` if set, else :data:`DEFAULT_MAX_PIXELS`.
+
+    Returns:
+        The largest number of pixels an image may declare.
+
+    Raises:
+        InspectnetError: ``INSPECTNET_MAX_PIXELS`` is set to something other than a positive integer.
+
+    Examples:
+        >>> max_pixels() == int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+        True
+    """
     raw = os.environ.get(MAX_PIXELS_ENV)
     if raw is None:
         return DEFAULT_MAX_PIXELS
@@ -57,6 +68,23 @@ def decode_image(path: str | Path) -> Image.Image:
 
     Use :func:`open_image` for pictures; this raw form keeps label values of masks and
     segmentations exactly.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        The decoded image, in the mode the file stores.
+
+    Raises:
+        InspectnetError: the file is missing, declares more pixels than :func:`max_pixels`, or cannot be
+            decoded (the message names the file and the reason).
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "depth.png"
+        >>> Image.new("I;16", (1, 1), 1000).save(path)
+        >>> decode_image(path).getpixel((0, 0)), open_image(path).getpixel((0, 0))
+        (1000, 4)
     """
     path = Path(path)
     if not path.is_file():
@@ -100,7 +128,16 @@ def open_image(path: str | Path) -> Image.Image:
     Returns:
         The picture, upright, in 8-bit grey or RGB.
 
-    Example: see the module docstring.
+    Raises:
+        InspectnetError: the file cannot be decoded (see :func:`decode_image`), or it is a float image
+            whose samples are neither in [0, 1] nor in [0, 255].
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "rgba.png"
+        >>> Image.new("RGBA", (1, 1), (1, 2, 3, 0)).save(path)
+        >>> im = open_image(path); im.mode, im.getpixel((0, 0))
+        ('RGB', (1, 2, 3))
     """
     try:
         return to_8bit(decode_image(path))
@@ -121,12 +158,13 @@ def to_8bit(image: Image.Image) -> Image.Image:
     Returns:
         ``image`` itself when it is already upright ``L`` or ``RGB``, else the converted picture.
 
-    >>> to_8bit(Image.new("I;16", (1, 1), 65535)).getpixel((0, 0))
-    255
-    >>> to_8bit(Image.new("F", (1, 1), 0.5)).getpixel((0, 0))
-    128
-    >>> to_8bit(Image.new("LA", (1, 1), (7, 0))).getpixel((0, 0))   # alpha dropped, as timm's loader does
-    7
+    Examples:
+        >>> to_8bit(Image.new("I;16", (1, 1), 65535)).getpixel((0, 0))
+        255
+        >>> to_8bit(Image.new("F", (1, 1), 0.5)).getpixel((0, 0))
+        128
+        >>> to_8bit(Image.new("LA", (1, 1), (7, 0))).getpixel((0, 0))   # alpha dropped, as timm's loader does
+        7
     """
     if image.getexif().get(_ORIENTATION, 1) != 1:
         image = ImageOps.exif_transpose(image)

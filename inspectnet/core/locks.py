@@ -34,8 +34,15 @@ _HELD: dict[Path, int] = {}  # locks this process holds, with how many nested ho
 def lock_path(out: str | Path) -> Path:
     """The lock file of the output ``out``: ``.NAME.lock`` beside it.
 
-    >>> lock_path("runs/audit").name
-    '.audit.lock'
+    Args:
+        out: the output folder or file.
+
+    Returns:
+        The absolute path of its lock file.
+
+    Examples:
+        >>> lock_path("runs/audit").name
+        '.audit.lock'
     """
     out = Path(out).absolute()
     return out.parent / f".{out.name}.lock"
@@ -52,7 +59,16 @@ def output_lock(out: str | Path | None, command: str) -> Iterator[None]:
     Yields:
         Nothing; the lock is removed when the block ends, however it ends.
 
-    Example: see the module docstring.
+    Raises:
+        InspectnetError: another running command holds the lock (the message names it), or the lock
+            could not be taken.
+
+    Examples:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "out"
+        >>> with output_lock(out, "probe"):
+        ...     lock_path(out).is_file()
+        True
     """
     if out is None or int(os.environ.get("RANK", "0")) != 0:
         yield
@@ -76,8 +92,10 @@ def output_lock(out: str | Path | None, command: str) -> Iterator[None]:
 
 
 def _acquire(path: Path, out: Path, command: str) -> bool:
-    """Take the lock (True), or go without one where none can be written (False): the command then
-    reports the unwritable output itself."""
+    """Take the lock (True), or go without one where none can be written (False).
+
+    Without a lock the command reports the unwritable output itself.
+    """
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
           "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     try:

@@ -53,7 +53,20 @@ class Option:
     metavar: str | None = None
 
     def problem(self, value: Any) -> str | None:
-        """Why ``value`` is refused (a message with the ``{name}`` placeholder), or None when it is accepted."""
+        """Why ``value`` is refused, or None when it is accepted.
+
+        Args:
+            value: the value given (a list or tuple is checked value by value unless ``choices`` is set).
+
+        Returns:
+            A message with the ``{name}`` placeholder for the parameter, or None.
+
+        Examples:
+            >>> Option("rows", minimum=1).problem(0)
+            '{name} must be at least 1, got 0'
+            >>> Option("rows", minimum=1).problem(3) is None
+            True
+        """
         if isinstance(value, list | tuple) and self.choices is None:  # a constraint on each value
             found = (self.problem(v) for v in value)
             return next((f"every value of {p}" for p in found if p is not None), None)
@@ -102,8 +115,9 @@ def option(default: Any = dataclasses.MISSING, *, help: str, **constraint: Any) 
     Returns:
         A ``dataclasses.field`` carrying the :class:`Option` in its metadata.
 
-    >>> option(3, help="epochs", minimum=1).metadata[METADATA_KEY].minimum
-    1
+    Examples:
+        >>> option(3, help="epochs", minimum=1).metadata[METADATA_KEY].minimum
+        1
     """
     return dataclasses.field(default=default, metadata={METADATA_KEY: Option(help=help, **constraint)})
 
@@ -135,12 +149,13 @@ def options_of(config: Any) -> list[tuple[dataclasses.Field, Option]]:
     Returns:
         ``[(field, option), ...]``; fields declared otherwise are left out.
 
-    >>> import dataclasses
-    >>> @dataclasses.dataclass
-    ... class C:
-    ...     n: int = option(1, help="n")
-    >>> [f.name for f, _ in options_of(C)]
-    ['n']
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     n: int = option(1, help="n")
+        >>> [f.name for f, _ in options_of(C)]
+        ['n']
     """
     return [(f, f.metadata[METADATA_KEY]) for f in dataclasses.fields(config) if METADATA_KEY in f.metadata]
 
@@ -154,12 +169,13 @@ def field_types(cls: type) -> dict[str, Any]:
     Returns:
         field name -> type, e.g. ``int | None``.
 
-    >>> import dataclasses
-    >>> @dataclasses.dataclass
-    ... class C:
-    ...     n: "int | None" = None
-    >>> field_types(C)["n"]
-    int | None
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     n: "int | None" = None
+        >>> field_types(C)["n"]
+        int | None
     """
     return typing.get_type_hints(cls)
 
@@ -176,14 +192,15 @@ def validate(config: Any) -> None:
     Raises:
         InvalidParameterError: naming the field as a keyword (the command line renames it to its flag).
 
-    >>> import dataclasses
-    >>> @dataclasses.dataclass
-    ... class C:
-    ...     lr: float = option(0.1, help="learning rate", above=0, finite=True)
-    >>> validate(C(lr=-1.0))
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InvalidParameterError: lr= must be positive, got -1.0
+    Examples:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     lr: float = option(0.1, help="learning rate", above=0, finite=True)
+        >>> validate(C(lr=-1.0))
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InvalidParameterError: lr= must be positive, got -1.0
     """
     for f, opt in options_of(config):
         problem = opt.problem(getattr(config, f.name))

@@ -13,8 +13,19 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
              enabled: bool | None = None) -> Iterator[T]:
     """Wrap ``iterable`` in a progress bar when stderr is a terminal (or ``enabled=True``).
 
-    >>> list(progress(range(3), enabled=False))
-    [0, 1, 2]
+    Args:
+        iterable: the items.
+        total: how many items there are, when ``iterable`` has no length.
+        desc: the bar's label.
+        initial: items already done (a resumed pass).
+        enabled: show the bar; None shows it when stderr is a terminal.
+
+    Returns:
+        An iterator over the same items.
+
+    Examples:
+        >>> list(progress(range(3), enabled=False))
+        [0, 1, 2]
     """
     if enabled is None:
         enabled = sys.stderr.isatty()

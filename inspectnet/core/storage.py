@@ -13,8 +13,19 @@ from inspectnet.core.errors import InspectnetError
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename (all or nothing).
 
-    >>> p = atomic_write_bytes(Path(tempfile.mkdtemp()) / "a.bin", b"xy"); p.read_bytes()
-    b'xy'
+    Args:
+        path: the output file (parent folders are created).
+        data: the bytes.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        InspectnetError: the file cannot be written (no permission, a full disk, ``path`` is a folder).
+
+    Examples:
+        >>> p = atomic_write_bytes(Path(tempfile.mkdtemp()) / "a.bin", b"xy"); p.read_bytes()
+        b'xy'
     """
     path = Path(path)
     output_dir(path.parent)
@@ -41,10 +52,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def check_output_dir(path: str | Path) -> Path:
     """Refuse an output folder path that is a file or lies under one, before any work is done.
 
-    >>> check_output_dir(__file__)
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: output ... is a file; expected a folder (choose another --out)
+    Args:
+        path: the output folder (it need not exist).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        InspectnetError: ``path`` or one of its parents is a file.
+
+    Examples:
+        >>> check_output_dir(__file__)
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: output ... is a file; expected a folder (choose another --out)
     """
     path = Path(path)
     for place in (path, *path.parents):
@@ -66,14 +87,15 @@ def check_apart(out: str | Path, inputs: dict[str, str | None]) -> None:
         out: the output folder or file (``--out``).
         inputs: {option name: data spec}; specs that are no existing folder (built-in data) are passed over.
 
-    Returns:
-        None.
+    Raises:
+        InspectnetError: ``out`` lies inside an input folder, or holds one.
 
-    >>> root = Path(tempfile.mkdtemp())
-    >>> check_apart(root / "audit", {"DATA": str(root)})
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: --out ... lies inside the data folder DATA ...
+    Examples:
+        >>> root = Path(tempfile.mkdtemp())
+        >>> check_apart(root / "audit", {"DATA": str(root)})
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: --out ... lies inside the data folder DATA ...
     """
     target = Path(out).resolve()
     for name, spec in inputs.items():
@@ -91,8 +113,18 @@ def check_apart(out: str | Path, inputs: dict[str, str | None]) -> None:
 def output_dir(path: str | Path) -> Path:
     """Create the output folder ``path`` (and its parents) unless it exists; a file there is refused.
 
-    >>> output_dir(Path(tempfile.mkdtemp()) / "a" / "b").is_dir()
-    True
+    Args:
+        path: the output folder.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        InspectnetError: ``path`` or a parent is a file, or the folder cannot be created.
+
+    Examples:
+        >>> output_dir(Path(tempfile.mkdtemp()) / "a" / "b").is_dir()
+        True
     """
     path = check_output_dir(path)
     try:
@@ -109,19 +141,45 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    """Text version of :func:`atomic_write_bytes` (UTF-8).
+
+    Args:
+        path: the output file (parent folders are created).
+        text: the text.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Examples:
+        >>> atomic_write_text(Path(tempfile.mkdtemp()) / "a.txt", "hé").read_text(encoding="utf-8")
+        'hé'
+    """
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented strict JSON (NaN and infinities as ``null``, see :func:`strict_json`), atomically."""
+    r"""Write ``obj`` as indented strict JSON (NaN and infinities as ``null``, see :func:`strict_json`), atomically.
+
+    Args:
+        path: the output file (parent folders are created).
+        obj: anything :func:`strict_json` accepts.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Examples:
+        >>> atomic_write_json(Path(tempfile.mkdtemp()) / "a.json", {"auc": float("nan")}).read_text()
+        '{\n  "auc": null\n}\n'
+    """
     return atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
 
 
 def strict_json(obj: Any) -> Any:
-    """``obj`` with every value JSON can hold: NaN and infinities become None (``null``), numpy
-    scalars and arrays plain numbers and lists, paths strings. Python's ``json`` would write bare
-    ``NaN``, which strict readers (browsers, ``jq``, other languages) refuse.
+    """``obj`` with every value JSON can hold.
+
+    NaN and infinities become None (``null``), numpy scalars and arrays plain numbers and lists, paths
+    strings. Python's ``json`` would write bare ``NaN``, which strict readers (browsers, ``jq``, other
+    languages) refuse.
 
     Args:
         obj: dicts, lists, tuples, numbers, strings, numpy values, paths.
@@ -129,9 +187,10 @@ def strict_json(obj: Any) -> Any:
     Returns:
         The same structure, strict-JSON ready.
 
-    >>> import numpy as np
-    >>> strict_json({"auc": float("nan"), "x": [np.float32(1.5), float("inf")], "n": np.int64(3)})
-    {'auc': None, 'x': [1.5, None], 'n': 3}
+    Examples:
+        >>> import numpy as np
+        >>> strict_json({"auc": float("nan"), "x": [np.float32(1.5), float("inf")], "n": np.int64(3)})
+        {'auc': None, 'x': [1.5, None], 'n': 3}
     """
     if isinstance(obj, dict):
         return {str(k) if not isinstance(k, str) else k: strict_json(v) for k, v in obj.items()}
@@ -145,7 +204,24 @@ def strict_json(obj: Any) -> Any:
 
 
 def read_json(path: str | Path, *, what: str = "file") -> Any:
-    """Read a JSON file, failing with a message that names the file and the problem."""
+    """Read a JSON file, failing with a message that names the file and the problem.
+
+    Args:
+        path: the file.
+        what: how the message names the file (e.g. ``"probe manifest"``).
+
+    Returns:
+        The parsed JSON value.
+
+    Raises:
+        InspectnetError: the file does not exist or is not valid UTF-8 JSON.
+
+    Examples:
+        >>> read_json(Path(tempfile.mkdtemp()) / "none.json", what="manifest")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: manifest ... does not exist
+    """
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -156,7 +232,22 @@ def read_json(path: str | Path, *, what: str = "file") -> Any:
 
 
 def prepare_output_file(path: str | Path, *, force: bool = False) -> Path:
-    """Check an output file path: its folder is created, an existing file is refused unless ``force``."""
+    """Check an output file path: its folder is created, an existing file is refused unless ``force``.
+
+    Args:
+        path: the output file.
+        force: allow overwriting an existing file.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        InspectnetError: ``path`` is a folder, or exists and ``force`` is False.
+
+    Examples:
+        >>> prepare_output_file(Path(tempfile.mkdtemp()) / "sub" / "x.onnx").parent.is_dir()
+        True
+    """
     path = Path(path)
     if path.is_dir():
         raise InspectnetError(f"output {path} is a folder; expected a file path")

@@ -13,6 +13,18 @@ BLOCK_ROWS = 4096
 
 
 def row_blocks(n: int, size: int = BLOCK_ROWS) -> Iterator[slice]:
-    """Consecutive slices covering ``range(n)``, at most ``size`` rows each."""
+    """Consecutive slices covering ``range(n)``, at most ``size`` rows each.
+
+    Args:
+        n: the number of rows.
+        size: the most rows per block.
+
+    Yields:
+        One slice per block, in order.
+
+    Examples:
+        >>> list(row_blocks(5, 2))
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))

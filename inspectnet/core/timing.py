@@ -16,8 +16,21 @@ def median_seconds(fn: Callable[[], Any], *, min_reps: int = 3, max_reps: int = 
     rather than the mean: one preempted call on a shared machine must not move the figure.
     ``min_reps == max_reps`` gives a fixed number of calls.
 
-    >>> 0.0 <= median_seconds(lambda: sum(range(100)), min_reps=5, max_reps=5) < 1.0
-    True
+    Args:
+        fn: the call to time.
+        min_reps: the fewest timed calls.
+        max_reps: the most timed calls.
+        budget_s: seconds after which no further call starts once ``min_reps`` are done.
+
+    Returns:
+        The median of the timed calls, in seconds.
+
+    Raises:
+        InspectnetError: unless ``1 <= min_reps <= max_reps``.
+
+    Examples:
+        >>> 0.0 <= median_seconds(lambda: sum(range(100)), min_reps=5, max_reps=5) < 1.0
+        True
     """
     if not 1 <= min_reps <= max_reps:
         raise InspectnetError(f"timing repetitions must satisfy 1 <= min_reps <= max_reps, got {min_reps} "

@@ -39,8 +39,18 @@ def __getattr__(name: str):
 def parse_data_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     """Split ``NAME[:SPLIT][?k=v&...]`` into its parts.
 
-    >>> parse_data_spec("shapes:train?n=100&seed=3")
-    ('shapes', 'train', {'n': '100', 'seed': '3'})
+    Args:
+        spec: a data spec.
+
+    Returns:
+        ``(name, split or None, {parameter: value})``, the values as written.
+
+    Raises:
+        InspectnetError: the split is neither ``train`` nor ``test``, or a parameter is not ``key=value``.
+
+    Examples:
+        >>> parse_data_spec("shapes:train?n=100&seed=3")
+        ('shapes', 'train', {'n': '100', 'seed': '3'})
     """
     head, _, query = spec.partition("?")
     name, _, split = head.partition(":")
@@ -58,10 +68,17 @@ def parse_data_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
 def check_data_spec(spec: str) -> None:
     """Refuse a spec that names neither a folder nor a built-in source, without loading anything.
 
-    >>> check_data_spec("digts")
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: data 'digts' is neither a folder nor a built-in source (...); did you ...
+    Args:
+        spec: a data spec (a folder, or ``NAME[:SPLIT][?k=v&...]`` of a built-in source).
+
+    Raises:
+        InspectnetError: the spec is neither (the message suggests the closest source name).
+
+    Examples:
+        >>> check_data_spec("digts")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: data 'digts' is neither a folder nor a built-in source (...); did you ...
     """
     from inspectnet.data.sources import SOURCES
 
@@ -86,8 +103,21 @@ def load_data(spec: str, transform: Callable | None = None, *, skip_bad: bool = 
     or ``class_map``; see :mod:`inspectnet.data.labels`, also for ``strict``), never taken in
     folder order silently.
 
-    >>> ds = load_data("digits:test"); len(ds), ds.class_names[:3]
-    (359, ['0', '1', '2'])
+    Args:
+        spec: an image folder (``ROOT/CLASS/IMAGE``) or a built-in source (``NAME[:SPLIT][?k=v&...]``).
+        transform: applied to each PIL image when an item is read.
+        skip_bad: leave undecodable files of a folder out (listed in ``skipped``) instead of failing.
+        model_classes: a model's class names to map the labels onto.
+        class_map: data class -> model class (index or name), for classes no name or id matches.
+        strict: refuse data classes that match no model class (see
+            :func:`~inspectnet.data.labels.align_classes`).
+
+    Returns:
+        The dataset.
+
+    Examples:
+        >>> ds = load_data("digits:test"); len(ds), ds.class_names[:3]
+        (359, ['0', '1', '2'])
     """
     from inspectnet.data.datasets import FolderDataset
 

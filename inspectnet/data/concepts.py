@@ -53,12 +53,42 @@ class ConceptDataset:
         raise NotImplementedError
 
     def image(self, index: int) -> Image.Image:
+        """The RGB picture of item ``index`` (subclasses read it).
+
+        Args:
+            index: the item.
+
+        Returns:
+            The RGB PIL image.
+
+        Raises:
+            NotImplementedError: in this base class.
+        """
         raise NotImplementedError
 
     def masks(self, index: int) -> np.ndarray:
+        """The concept masks of item ``index``, aligned with its image (subclasses read them).
+
+        Args:
+            index: the item.
+
+        Returns:
+            A ``(num_concepts, H, W)`` bool array, in the order of ``concepts``.
+
+        Raises:
+            NotImplementedError: in this base class.
+        """
         raise NotImplementedError
 
     def name(self, index: int) -> str:
+        """A human-readable identifier of item ``index``.
+
+        Args:
+            index: the item.
+
+        Returns:
+            ``spec#index`` (the file path for folders).
+        """
         return f"{self.spec}#{index}"
 
     @property
@@ -68,7 +98,24 @@ class ConceptDataset:
 
 
 class ArrayConcepts(ConceptDataset):
-    """Concepts held in memory: uint8 images (N, H, W, 3) and bool masks (N, C, H, W)."""
+    """Concepts held in memory: uint8 images (N, H, W, 3) and bool masks (N, C, H, W).
+
+    Args:
+        spec: the data spec the arrays came from (names the data in messages).
+        images: the (N, H, W, 3) uint8 images.
+        masks: the (N, C, H, W) bool masks, one per concept.
+        concepts: the C concept names.
+        categories: concept -> category.
+
+    Raises:
+        InspectnetError: the masks do not fit the images (count or size).
+
+    Examples:
+        >>> ds = ArrayConcepts("toy", np.zeros((1, 2, 2, 3), np.uint8), np.ones((1, 1, 2, 2), bool), ["red"],
+        ...                    {"red": "colour"})
+        >>> len(ds), ds.masks(0).shape, ds.category_names
+        (1, (1, 2, 2), ['colour'])
+    """
 
     def __init__(self, spec: str, images: np.ndarray, masks: np.ndarray, concepts: list[str],
                  categories: dict[str, str]):
@@ -85,17 +132,42 @@ class ArrayConcepts(ConceptDataset):
         return len(self.images)
 
     def image(self, index: int) -> Image.Image:
+        """The RGB picture of item ``index``.
+
+        Args:
+            index: the item.
+
+        Returns:
+            The RGB PIL image.
+        """
         return Image.fromarray(self.images[index]).convert("RGB")
 
     def masks(self, index: int) -> np.ndarray:
+        """The concept masks of item ``index``.
+
+        Args:
+            index: the item.
+
+        Returns:
+            A ``(num_concepts, H, W)`` bool array.
+        """
         return np.asarray(self._masks[index], dtype=bool)
 
 
 class FolderConcepts(ConceptDataset):
     """A concept folder (see the module docstring for the layout).
 
-    >>> ds = FolderConcepts("my_concepts")   # doctest: +SKIP
-    >>> ds.concepts, ds.masks(0).shape       # doctest: +SKIP
+    Args:
+        root: the folder (``concepts.json``, ``images/`` and ``masks/`` or ``segmentations/``).
+        resize_masks: resize masks of another size than their image (nearest neighbour) instead of refusing them.
+
+    Raises:
+        InspectnetError: the folder has no valid ``concepts.json``, no images, or neither masks nor
+            segmentations, or an image lacks its annotation.
+
+    Examples:
+        >>> ds = FolderConcepts("my_concepts")   # doctest: +SKIP
+        >>> ds.concepts, ds.masks(0).shape       # doctest: +SKIP
     """
 
     def __init__(self, root: str | Path, *, resize_masks: bool = False):
@@ -119,9 +191,25 @@ class FolderConcepts(ConceptDataset):
         return len(self.images)
 
     def name(self, index: int) -> str:
+        """The image file of item ``index``.
+
+        Args:
+            index: the item.
+
+        Returns:
+            The file path as text.
+        """
         return str(self.images[index])
 
     def image(self, index: int) -> Image.Image:
+        """The RGB picture of item ``index``, read from its file.
+
+        Args:
+            index: the item.
+
+        Returns:
+            The RGB PIL image.
+        """
         return open_image(self.images[index]).convert("RGB")
 
     def _check_annotation(self, img: Path) -> None:
@@ -139,6 +227,14 @@ class FolderConcepts(ConceptDataset):
                                       f"({', '.join(self.concepts)})")
 
     def masks(self, index: int) -> np.ndarray:
+        """The concept masks of item ``index``, read from its mask files or its segmentation.
+
+        Args:
+            index: the item.
+
+        Returns:
+            A ``(num_concepts, H, W)`` bool array at the image's size; concepts without a mask file are all False.
+        """
         img_path = self.images[index]
         size = open_image(img_path).size  # (W, H)
         if self.mode == "segmentation":
@@ -176,8 +272,10 @@ class FolderConcepts(ConceptDataset):
 
 
 def _pixel_keys(seg: Image.Image) -> tuple[list[str], np.ndarray]:
-    """Distinct legend keys of a segmentation (``#rrggbb`` for colour, the index for palette/grey) and
-    each pixel's position among them."""
+    """Distinct legend keys of a segmentation and each pixel's position among them.
+
+    Keys are ``#rrggbb`` for colour, the index for palette/grey.
+    """
     if seg.mode in ("P", "L", "I", "I;16"):
         flat = np.asarray(seg).reshape(-1).astype(np.int64)
         values, inverse = np.unique(flat, return_inverse=True)
@@ -242,8 +340,23 @@ def _legend_key(key: str, path: Path) -> str:
 
 
 def check_concepts_spec(spec: str) -> None:
-    """Refuse, without reading any image, concept data that cannot be: a folder without a valid
-    ``concepts.json``, or a spec that is not a built-in source with masks (``shapes``)."""
+    """Refuse, without reading any image, concept data that cannot be.
+
+    That is a folder without a valid ``concepts.json``, or a spec that is not a built-in source with
+    masks (``shapes``).
+
+    Args:
+        spec: a concept folder or a built-in source spec.
+
+    Raises:
+        InspectnetError: the spec names no usable concept data.
+
+    Examples:
+        >>> check_concepts_spec("digits")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: concept data 'digits' is neither a concept folder ...
+    """
     if Path(spec).is_dir():
         _parse_concepts(_read_config(Path(spec) / CONFIG), Path(spec) / CONFIG)
         return
@@ -256,7 +369,22 @@ def check_concepts_spec(spec: str) -> None:
 
 
 def load_concepts(spec: str, *, resize_masks: bool = False) -> ConceptDataset:
-    """A concept folder path, or a built-in source with masks (``shapes[:train|:test][?n=..&seed=..]``)."""
+    """Concept data from a concept folder path, or a built-in source with masks.
+
+    Args:
+        spec: a concept folder, or ``shapes[:train|:test][?n=..&seed=..]``.
+        resize_masks: for folders, resize masks of another size than their image instead of refusing them.
+
+    Returns:
+        The concept dataset.
+
+    Raises:
+        InspectnetError: the built-in source has no concept masks.
+
+    Examples:
+        >>> ds = load_concepts("shapes?n=4"); len(ds), ds.masks(0).shape[0] == len(ds.concepts)
+        (4, True)
+    """
     if Path(spec).is_dir():
         return FolderConcepts(spec, resize_masks=resize_masks)
     from inspectnet.data import load_data

@@ -22,6 +22,9 @@ class ImageDataset(torch.utils.data.Dataset):
     ``image(i)`` is the raw PIL image; ``dataset[i]`` is ``(transform(image), label)``. Labels index
     ``class_names``: the data's own classes, or, after :meth:`aligned_to`, a model's classes (then
     ``label_mapping`` says how the data's classes were matched to them).
+
+    Args:
+        transform: applied to each PIL image when an item is read (None: the PIL image itself).
     """
 
     spec: str = ""
@@ -40,15 +43,34 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def image(self, index: int) -> Image.Image:
+        """The raw picture of sample ``index`` (subclasses read it).
+
+        Args:
+            index: the sample.
+
+        Returns:
+            The PIL image, before any transform.
+
+        Raises:
+            NotImplementedError: in this base class.
+        """
         raise NotImplementedError
 
     def name(self, index: int) -> str:
-        """A human-readable identifier of sample ``index`` (file name or ``spec#index``)."""
+        """A human-readable identifier of sample ``index`` (file name or ``spec#index``).
+
+        Args:
+            index: the sample.
+
+        Returns:
+            The identifier.
+        """
         return f"{self.spec}#{index}"
 
     def object_mask(self, index: int) -> np.ndarray | None:
-        """The pixels of the objects in image ``index``, (H, W) bool at the image's resolution; None where
-        the data has no object masks (only generated data knows its objects exactly).
+        """The pixels of the objects in image ``index``, or None where the data has no object masks.
+
+        The mask is (H, W) bool at the image's resolution; only generated data knows its objects exactly.
 
         Args:
             index: the sample.
@@ -56,15 +78,19 @@ class ImageDataset(torch.utils.data.Dataset):
         Returns:
             The mask, or None.
 
-        >>> from inspectnet.data import load_data
-        >>> load_data("shapes?n=4").object_mask(0).shape, load_data("digits").object_mask(0)
-        ((64, 64), None)
+        Examples:
+            >>> from inspectnet.data import load_data
+            >>> load_data("shapes?n=4").object_mask(0).shape, load_data("digits").object_mask(0)
+            ((64, 64), None)
         """
         return None
 
     def source_folder(self) -> Path | None:
-        """The image folder the samples are read from (its contents are part of a record's identity);
-        None for built-in sources, whose contents are fixed."""
+        """The image folder the samples are read from (its contents are part of a record's identity).
+
+        Returns:
+            The folder; None for built-in sources, whose contents are fixed.
+        """
         return None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -73,7 +99,14 @@ class ImageDataset(torch.utils.data.Dataset):
         return x, int(self.labels[index])
 
     def with_transform(self, transform: Callable | None) -> "ImageDataset":
-        """The same samples with another transform (a shallow copy)."""
+        """The same samples with another transform (a shallow copy).
+
+        Args:
+            transform: the new transform (None: PIL images).
+
+        Returns:
+            The copy; this dataset is unchanged.
+        """
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone.transform = transform
@@ -81,19 +114,32 @@ class ImageDataset(torch.utils.data.Dataset):
 
     @property
     def labelled(self) -> bool:
+        """Whether the data has classes and at least one labelled sample."""
         return bool(self.class_names) and bool((np.asarray(self.labels) >= 0).any())
 
     def aligned_to(self, model_classes: Sequence[str], *, class_map: dict[str, int | str] | None = None,
                    strict: bool = True) -> "ImageDataset":
         """The same samples with labels in a model's label space (:func:`~inspectnet.data.labels.align_classes`).
 
-        Unlabelled data, and data already aligned to these classes, come back as they are. ``strict``:
-        see :func:`~inspectnet.data.labels.align_classes`.
+        Unlabelled data, and data already aligned to these classes, come back as they are.
 
-        >>> ds = ArrayDataset("d", np.zeros((2, 4, 4), np.uint8), [0, 1], ["n02123045", "espresso"])
-        >>> from inspectnet.data.labels import imagenet_names
-        >>> ds.aligned_to(imagenet_names()).labels.tolist()
-        [281, 967]
+        Args:
+            model_classes: the model's class names (ImageNet names, WordNet ids or its own).
+            class_map: data class -> model class (index or name), for classes no name or id matches.
+            strict: refuse data classes that match no model class (see
+                :func:`~inspectnet.data.labels.align_classes`).
+
+        Returns:
+            A copy whose ``labels`` index ``model_classes`` and whose ``label_mapping`` says how they were matched.
+
+        Raises:
+            InspectnetError: the data is already aligned to another model's classes.
+
+        Examples:
+            >>> ds = ArrayDataset("d", np.zeros((2, 4, 4), np.uint8), [0, 1], ["n02123045", "espresso"])
+            >>> from inspectnet.data.labels import imagenet_names
+            >>> ds.aligned_to(imagenet_names()).labels.tolist()
+            [281, 967]
         """
         model_classes = list(model_classes)
         if not self.labelled:
@@ -111,7 +157,24 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class ArrayDataset(ImageDataset):
-    """Images held as uint8 arrays: (N, H, W) grey or (N, H, W, 3) RGB, or a list of differently sized ones."""
+    """Images held as uint8 arrays: (N, H, W) grey or (N, H, W, 3) RGB, or a list of differently sized ones.
+
+    Args:
+        spec: the data spec the arrays came from (names the data in messages and records).
+        images: the images.
+        labels: one label per image (``-1`` = unlabelled).
+        class_names: the classes the labels index.
+        transform: applied to each PIL image when an item is read.
+        names: one identifier per image (default: ``spec#index``).
+
+    Raises:
+        ValueError: the images are not uint8.
+
+    Examples:
+        >>> ds = ArrayDataset("toy", np.zeros((3, 2, 2), np.uint8), np.array([0, 1, 1]), ["a", "b"])
+        >>> len(ds), ds[1][1], ds.name(1), ds.image(0).mode
+        (3, 1, 'toy#1', 'L')
+    """
 
     def __init__(self, spec: str, images: np.ndarray | list[np.ndarray], labels: np.ndarray,
                  class_names: Sequence[str], transform: Callable | None = None, names: Sequence[str] | None = None):
@@ -126,16 +189,54 @@ class ArrayDataset(ImageDataset):
     masks: np.ndarray | None = None
 
     def image(self, index: int) -> Image.Image:
+        """The picture of sample ``index``.
+
+        Args:
+            index: the sample.
+
+        Returns:
+            The grey or RGB PIL image.
+        """
         return Image.fromarray(self.images[index])
 
     def name(self, index: int) -> str:
+        """The identifier of sample ``index``.
+
+        Args:
+            index: the sample.
+
+        Returns:
+            Its given name, else ``spec#index``.
+        """
         return self._names[index] if self._names else super().name(index)
 
     def object_mask(self, index: int) -> np.ndarray | None:
         # every object pixel carries at least one concept (its colour), so the union is the objects
+        """The pixels of the objects in image ``index``: the union of its concept masks.
+
+        Args:
+            index: the sample.
+
+        Returns:
+            An (H, W) bool mask, or None when the data has no masks.
+        """
         return None if self.masks is None else np.asarray(self.masks[index]).any(0)
 
     def subset(self, indices: np.ndarray, spec: str) -> "ArrayDataset":
+        """The samples ``indices`` as a new dataset (labels, names, masks and label mapping kept).
+
+        Args:
+            indices: the samples to keep, in order.
+            spec: the spec that names the subset.
+
+        Returns:
+            The subset.
+
+        Examples:
+            >>> ds = ArrayDataset("toy", np.zeros((3, 2, 2), np.uint8), np.array([0, 1, 1]), ["a", "b"])
+            >>> ds.subset(np.array([2]), "toy[2]").labels.tolist()
+            [1]
+        """
         names = [self._names[i] for i in indices] if self._names else None
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
         sub = ArrayDataset(spec, images, self.labels[indices], self.class_names, self.transform, names)
@@ -148,6 +249,14 @@ class CropDataset(ImageDataset):
     """Crops of a few images: item i is ``(image index = label, (left, top, width, height, flipped), name)``.
 
     The crops are cut when read, so many crops of large photos cost no memory.
+
+    Args:
+        spec: the data spec (names the data in messages and records).
+        images: the source images as uint8 arrays.
+        items: one ``(image index, (left, top, width, height, flipped), name)`` per crop; the image index
+            is the crop's label.
+        class_names: one class per source image.
+        transform: applied to each PIL crop when an item is read.
     """
 
     def __init__(self, spec: str, images: Sequence[np.ndarray], items: Sequence[tuple[int, tuple, str]],
@@ -158,11 +267,27 @@ class CropDataset(ImageDataset):
         self.class_names = list(class_names)
 
     def image(self, index: int) -> Image.Image:
+        """The crop ``index``, cut (and mirrored where the item says so) when read.
+
+        Args:
+            index: the item.
+
+        Returns:
+            The PIL crop.
+        """
         k, (left, top, w, h, flipped), _ = self.items[index]
         crop = Image.fromarray(self.images[k]).crop((left, top, left + w, top + h))
         return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flipped else crop
 
     def name(self, index: int) -> str:
+        """The name of crop ``index``.
+
+        Args:
+            index: the item.
+
+        Returns:
+            The name its item gives.
+        """
         return self.items[index][2]
 
 
@@ -173,6 +298,15 @@ class FolderDataset(ImageDataset):
     a full decode within the pixel limit); an undecodable one fails naming the file and why, or,
     with ``skip_bad``, is left out and listed in ``skipped``. Any entry that is not a folder counts
     as a file, so a broken link or a link loop is reported rather than silently ignored.
+
+    Args:
+        root: the folder, ``ROOT/CLASS/IMAGE``.
+        transform: applied to each PIL image when an item is read.
+        skip_bad: leave undecodable files out (listed in ``skipped``) instead of failing.
+
+    Raises:
+        InspectnetError: the folder has no class sub-folders, a class folder is empty, a file cannot be
+            decoded (without ``skip_bad``), or none can.
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None, *, skip_bad: bool = False):
@@ -209,17 +343,46 @@ class FolderDataset(ImageDataset):
         self.labels = np.asarray(labels, np.int64)
 
     def image(self, index: int) -> Image.Image:
+        """The picture of sample ``index``, read from its file.
+
+        Args:
+            index: the sample.
+
+        Returns:
+            The PIL image (8-bit grey or RGB).
+        """
         return open_image(self.files[index])
 
     def name(self, index: int) -> str:
+        """The file of sample ``index``.
+
+        Args:
+            index: the sample.
+
+        Returns:
+            The file path as text.
+        """
         return str(self.files[index])
 
     def source_folder(self) -> Path | None:
+        """The image folder the samples are read from.
+
+        Returns:
+            The folder's path.
+        """
         return self.root
 
 
 class FilesDataset(ImageDataset):
-    """Loose image files (unlabelled), e.g. the arguments of ``inspectnet predict``."""
+    """Loose image files (unlabelled), e.g. the arguments of ``inspectnet predict``.
+
+    Args:
+        paths: the image files.
+        transform: applied to each PIL image when an item is read.
+
+    Raises:
+        InspectnetError: a file is missing or cannot be decoded.
+    """
 
     def __init__(self, paths: Sequence[str | Path], transform: Callable | None = None):
         super().__init__(transform)
@@ -237,14 +400,27 @@ class FilesDataset(ImageDataset):
 
 
 def write_folder(dataset: ImageDataset, root: str | Path, *, limit: int | None = None) -> list[Path]:
-    """Write a labelled dataset as an image folder, ``ROOT/CLASS/NAME.png``: the layout
-    :class:`FolderDataset` (and ``ImageNet``) uses; PNG keeps every pixel, so the folder holds the
-    same images. ``root`` must be new or empty; returns the files written.
+    """Write a labelled dataset as an image folder, ``ROOT/CLASS/NAME.png``.
 
-    >>> from inspectnet.data import load_data
-    >>> files = write_folder(load_data("photos:test?n=8"), "data/photos_test")   # doctest: +SKIP
-    >>> sorted({f.parent.name for f in files})                                    # doctest: +SKIP
-    ['n02123045', 'n03773504', 'n04485082', 'n07920052']
+    That is the layout :class:`FolderDataset` (and ``ImageNet``) uses; PNG keeps every pixel, so the
+    folder holds the same images.
+
+    Args:
+        dataset: a labelled dataset.
+        root: the folder to write; it must be new or empty.
+        limit: write only the first ``limit`` samples.
+
+    Returns:
+        The files written.
+
+    Raises:
+        InspectnetError: ``limit`` is below 1, the data is unlabelled, or ``root`` exists and is not empty.
+
+    Examples:
+        >>> from inspectnet.data import load_data
+        >>> files = write_folder(load_data("photos:test?n=8"), "data/photos_test")   # doctest: +SKIP
+        >>> sorted({f.parent.name for f in files})                                    # doctest: +SKIP
+        ['n02123045', 'n03773504', 'n04485082', 'n07920052']
     """
     root = Path(root)
     if limit is not None and limit < 1:

@@ -59,7 +59,8 @@ class FolderIndex:
         Returns:
             e.g. ``"cat/1.png changed"``, ``"cat/9.png was added"``, or None.
 
-        Example: see the module docstring.
+        Examples:
+            See the module docstring.
         """
         now = {row[0]: row[3] for row in self.files}
         then = {row[0]: row[3] for row in before.files}
@@ -73,7 +74,11 @@ class FolderIndex:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        """The index as a JSON-ready dict (see :func:`index_from_json`)."""
+        """The index as a JSON-ready dict (see :func:`index_from_json`).
+
+        Returns:
+            ``{"root", "indexed_at", "digest", "files"}``.
+        """
         return {"root": self.root, "indexed_at": self.indexed_at, "digest": self.digest, "files": self.files}
 
 
@@ -86,8 +91,9 @@ def index_from_json(doc: Any) -> FolderIndex | None:
     Returns:
         The index, or None when ``doc`` is not one (a damaged store only costs hashing again).
 
-    >>> index_from_json({"root": "r", "indexed_at": "t", "files": [["a", 1, 2, "h"]]}).files
-    [['a', 1, 2, 'h']]
+    Examples:
+        >>> index_from_json({"root": "r", "indexed_at": "t", "files": [["a", 1, 2, "h"]]}).files
+        [['a', 1, 2, 'h']]
     """
     try:
         return FolderIndex(str(doc["root"]), [[str(r), int(s), int(m), str(c)] for r, s, m, c in doc["files"]],
@@ -97,8 +103,9 @@ def index_from_json(doc: Any) -> FolderIndex | None:
 
 
 def image_folder_files(root: str | Path) -> list[Path]:
-    """The files of an image folder as :class:`~inspectnet.data.datasets.FolderDataset` reads them:
-    every non-hidden file below each non-hidden class sub-folder, nested folders included, sorted.
+    """The files of an image folder as :class:`~inspectnet.data.datasets.FolderDataset` reads them.
+
+    Every non-hidden file below each non-hidden class sub-folder, nested folders included, sorted.
 
     Args:
         root: the image folder (``ROOT/CLASS/IMAGE``).
@@ -106,8 +113,9 @@ def image_folder_files(root: str | Path) -> list[Path]:
     Returns:
         The files, class by class in name order.
 
-    >>> image_folder_files("/nonexistent")
-    []
+    Examples:
+        >>> image_folder_files("/nonexistent")
+        []
     """
     root = Path(root)
     if not root.is_dir():
@@ -131,7 +139,8 @@ def index_folder(root: str | Path, previous: FolderIndex | None = None, *,
     Returns:
         The folder's :class:`FolderIndex`.
 
-    Example: see the module docstring.
+    Examples:
+        See the module docstring.
     """
     root = Path(root)
     known = {row[0]: row for row in previous.files} if previous is not None else {}
@@ -156,8 +165,15 @@ def index_folder(root: str | Path, previous: FolderIndex | None = None, *,
 def data_folder(spec: str | None) -> Path | None:
     """The folder a data spec names, or None for a built-in source (whose contents are fixed).
 
-    >>> data_folder("digits:test") is None
-    True
+    Args:
+        spec: a data spec, or None.
+
+    Returns:
+        The folder's path, or None.
+
+    Examples:
+        >>> data_folder("digits:test") is None
+        True
     """
     return Path(spec) if spec is not None and Path(spec).is_dir() else None
 

@@ -54,27 +54,64 @@ _TIMM_INFO = ("data", "_info")
 def normalize(name: str) -> str:
     """The key names are compared by: case, spaces, ``_`` and ``-`` ignored, Unicode composed (NFC).
 
-    >>> normalize("Egyptian_cat") == normalize("egyptian cat") == normalize("EgyptianCat")
-    True
-    >>> normalize("cafe\u0301") == normalize("caf\u00e9")  # a folder name typed on macOS (NFD) and on Linux (NFC)
-    True
+    Args:
+        name: a class name.
+
+    Returns:
+        The comparison key.
+
+    Examples:
+        >>> normalize("Egyptian_cat") == normalize("egyptian cat") == normalize("EgyptianCat")
+        True
+        >>> normalize("cafe\u0301") == normalize("caf\u00e9")  # a folder name typed on macOS (NFD) and on Linux (NFC)
+        True
     """
     return re.sub(r"[\s_\-]+", "", unicodedata.normalize("NFC", name).casefold())
 
 
 def placeholder_names(num_classes: int) -> list[str]:
-    """``class_0`` … ``class_{C-1}``: the names of a head that was never told its classes."""
+    """``class_0`` … ``class_{C-1}``: the names of a head that was never told its classes.
+
+    Args:
+        num_classes: the number of classes C.
+
+    Returns:
+        The C placeholder names.
+
+    Examples:
+        >>> placeholder_names(2)
+        ['class_0', 'class_1']
+    """
     return [f"class_{i}" for i in range(num_classes)]
 
 
 def is_placeholder(names: Sequence[str]) -> bool:
+    """Whether ``names`` are exactly the placeholder names of :func:`placeholder_names`.
+
+    Args:
+        names: class names.
+
+    Returns:
+        True for ``class_0`` … ``class_{C-1}`` in order.
+
+    Examples:
+        >>> is_placeholder(["class_0", "class_1"]), is_placeholder(["cat", "dog"])
+        (True, False)
+    """
     return list(names) == placeholder_names(len(names))
 
 
 @functools.lru_cache(maxsize=1)
 def imagenet_synsets() -> tuple[tuple[str, tuple[str, ...]], ...] | None:
-    """ImageNet-1k in model index order: (WordNet id, synonyms), from timm's ``imagenet_synsets.txt``
-    and ``imagenet_synset_to_lemma.txt``; None when timm is not installed."""
+    """ImageNet-1k in model index order, from timm's ``imagenet_synsets.txt`` and ``imagenet_synset_to_lemma.txt``.
+
+    Returns:
+        ``(WordNet id, synonyms)`` per class; None when timm is not installed.
+
+    Examples:
+        >>> imagenet_synsets()[281][0]
+        'n02123045'
+    """
     spec = importlib.util.find_spec("timm")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -91,8 +128,15 @@ def imagenet_synsets() -> tuple[tuple[str, tuple[str, ...]], ...] | None:
 def imagenet_names() -> list[str]:
     """The 1000 ImageNet class names (first synonym of each), as timm's ``ImageNetInfo`` describes them.
 
-    >>> imagenet_names()[281]
-    'tabby'
+    Returns:
+        The names in model index order.
+
+    Raises:
+        InspectnetError: timm is not installed.
+
+    Examples:
+        >>> imagenet_names()[281]
+        'tabby'
     """
     synsets = imagenet_synsets()
     if synsets is None:
@@ -119,29 +163,51 @@ class LabelMapping:
 
     @property
     def method(self) -> str:
+        """How the classes were matched: ``"index order"`` or ``"by name"``."""
         return INDEX_ORDER if self.index_order else "by name"
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
-        """Data labels -> model class indices (``-1``, unlabelled, stays ``-1``)."""
+        """Data labels -> model class indices (``-1``, unlabelled, stays ``-1``).
+
+        Args:
+            labels: data labels (indices of ``data_classes``, or -1).
+
+        Returns:
+            The model class indices, same shape.
+
+        Examples:
+            >>> align_classes(["b", "a"], ["a", "b"]).apply(np.array([0, 1, -1])).tolist()
+            [1, 0, -1]
+        """
         labels = np.asarray(labels, dtype=np.int64)
         lookup = np.asarray([*self.indices, -1], dtype=np.int64)  # index -1 reads the last entry
         return lookup[labels]
 
     def identity(self) -> dict[str, Any]:
-        """What keys a probe record: the pairs and how many classes the model has."""
+        """What keys a probe record: the pairs and how many classes the model has.
+
+        Returns:
+            ``{"method", "classes": {data class: model index}, "num_model_classes"}``.
+        """
         return {"method": self.method, "classes": dict(zip(self.data_classes, self.indices)),
                 "num_model_classes": len(self.model_classes)}
 
     def describe(self) -> dict[str, Any]:
-        """The mapping as the manifest and the card show it, one row per data class."""
+        """The mapping as the manifest and the card show it, one row per data class.
+
+        Returns:
+            ``{"method", "num_model_classes", "classes": [{"data", "index", "model_class", "via"}]}``.
+        """
         return {"method": self.method, "num_model_classes": len(self.model_classes),
                 "classes": [{"data": d, "index": i, "model_class": self.model_classes[i], "via": v}
                             for d, i, v in zip(self.data_classes, self.indices, self.via)]}
 
 
 class _Vocabulary:
-    """Every name that points at a model class: its own names, and ImageNet ids and synonyms when
-    the model's names are ImageNet's."""
+    """Every name that points at a model class.
+
+    Its own names, and ImageNet ids and synonyms when the model's names are ImageNet's.
+    """
 
     def __init__(self, model_classes: Sequence[str]):
         self.model_classes = list(model_classes)
@@ -190,15 +256,28 @@ def align_classes(data_classes: Sequence[str], model_classes: Sequence[str], *,
                   what: str = "data") -> LabelMapping:
     """Map each of ``data_classes`` onto an index of ``model_classes`` (rules in the module doc).
 
-    ``class_map`` keys must all be data classes unless ``strict`` is False (evaluation data, which
-    may hold only some of the classes the map names). ``what`` names the data in error messages.
+    Args:
+        data_classes: the data's class names (folder names, WordNet ids, ...).
+        model_classes: the model's class names.
+        class_map: data class -> model index or name, for classes no name or id matches.
+        strict: refuse ``class_map`` keys that are no data class; False for evaluation data, which may
+            hold only some of the classes the map names.
+        what: names the data in error messages.
 
-    >>> align_classes(["a", "b"], placeholder_names(2)).method
-    'index order'
-    >>> align_classes(["cat"], ["dog", "cats"])  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: data: class 'cat' (closest: cats (1)) matches no class of the model ...
+    Returns:
+        The mapping.
+
+    Raises:
+        InspectnetError: ``class_map`` names classes the data lacks (when ``strict``), a name matches several
+            model classes, or a data class matches none.
+
+    Examples:
+        >>> align_classes(["a", "b"], placeholder_names(2)).method
+        'index order'
+        >>> align_classes(["cat"], ["dog", "cats"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: data: class 'cat' (closest: cats (1)) matches no class of the model ...
     """
     data_classes, model_classes = list(data_classes), list(model_classes)
     class_map = dict(class_map or {})
@@ -287,12 +366,22 @@ def _quoted(names: Sequence[str], limit: int = 5) -> str:
 
 
 def read_class_map(path: str | Path) -> dict[str, int | str]:
-    """A ``--class-map`` file: a JSON object ``{"data class": model index or model class name}``.
+    """Read a ``--class-map`` file: a JSON object ``{"data class": model index or model class name}``.
 
-    >>> read_class_map("no/such.json")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: --class-map no/such.json does not exist; expected a JSON file ...
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The mapping.
+
+    Raises:
+        InspectnetError: the file is missing, not valid JSON, or not a non-empty object of indices or names.
+
+    Examples:
+        >>> read_class_map("no/such.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: --class-map no/such.json does not exist; expected a JSON file ...
     """
     import json
 

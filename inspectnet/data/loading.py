@@ -25,10 +25,20 @@ _WORKER_MARK = "DataLoader worker"
 def check_workers(num_workers: int) -> int:
     """``num_workers`` if it is a valid worker count (0 = load in this process), else a one-line error.
 
-    >>> check_workers(-1)
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: --workers must be 0 or more data loader processes (0 loads in the main ...
+    Args:
+        num_workers: data loader processes.
+
+    Returns:
+        ``num_workers``.
+
+    Raises:
+        InspectnetError: ``num_workers`` is negative.
+
+    Examples:
+        >>> check_workers(-1)
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: --workers must be 0 or more data loader processes (0 loads in the main ...
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise InspectnetError(f"--workers must be 0 or more data loader processes (0 loads in the main process), "
@@ -53,7 +63,21 @@ class _Loader(torch.utils.data.DataLoader):
 
 def data_loader(dataset: torch.utils.data.Dataset, *, batch_size: int = 1, num_workers: int = 0,
                 **kwargs: Any) -> torch.utils.data.DataLoader:
-    """A ``DataLoader`` over ``dataset`` (``kwargs`` as for it) whose worker failures are one-line errors."""
+    """A ``DataLoader`` over ``dataset`` whose worker failures are one-line errors.
+
+    Args:
+        dataset: the dataset.
+        batch_size: samples per batch.
+        num_workers: data loader processes (0 loads in this process).
+        **kwargs: further keyword arguments of ``torch.utils.data.DataLoader``.
+
+    Returns:
+        The loader.
+
+    Examples:
+        >>> [b.tolist() for b in data_loader(torch.arange(5), batch_size=2)]
+        [[0, 1], [2, 3], [4]]
+    """
     return _Loader(dataset, batch_size=batch_size, num_workers=check_workers(num_workers), **kwargs)
 
 

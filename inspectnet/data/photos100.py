@@ -46,8 +46,12 @@ def label_rows(label_set: str = "sure") -> list[dict[str, str]]:
     Returns:
         One dict per photo with the file's columns (``file, index, wnid, name, confidence, note``).
 
-    >>> rows = label_rows("sure"); len(rows), rows[0]["file"], rows[0]["wnid"], rows[0]["name"]
-    (82, '0.jpg', 'n02007558', 'flamingo')
+    Raises:
+        InspectnetError: ``label_set`` is unknown.
+
+    Examples:
+        >>> rows = label_rows("sure"); len(rows), rows[0]["file"], rows[0]["wnid"], rows[0]["name"]
+        (82, '0.jpg', 'n02007558', 'flamingo')
     """
     if label_set not in LABEL_SETS:
         raise InspectnetError(f"photos100 labels {label_set!r} are unknown; expected one of {', '.join(LABEL_SETS)}")
@@ -61,8 +65,12 @@ def photos_folder() -> Path:
     Returns:
         ``…/ai_benchmark/data/classification``.
 
-    >>> photos_folder().name                                   # doctest: +SKIP
-    'classification'
+    Raises:
+        InspectnetError: the package (or its photos) is not installed; the message gives the install command.
+
+    Examples:
+        >>> photos_folder().name                                   # doctest: +SKIP
+        'classification'
     """
     spec = importlib.util.find_spec("ai_benchmark")
     folder = Path(spec.submodule_search_locations[0]) / "data" / "classification" if spec else None
@@ -96,9 +104,13 @@ def photos100_crops(spec: str, split: str | None, params: dict[str, str]) -> Cro
     Returns:
         A :class:`CropDataset` labelled by WordNet id, with ``label_set`` set.
 
-    >>> ds = photos100_crops("photos100:train?labels=all&crops=5", "train", {"labels": "all", "crops": "5"})
-    >>> len(ds), len(ds.class_names), ds.label_set, ds.name(0)
-    (400, 100, 'all', '0_000')
+    Raises:
+        InspectnetError: a parameter is unknown, ``labels`` is neither ``sure`` nor ``all``, or ``crops`` is below 2.
+
+    Examples:
+        >>> ds = photos100_crops("photos100:train?labels=all&crops=5", "train", {"labels": "all", "crops": "5"})
+        >>> len(ds), len(ds.class_names), ds.label_set, ds.name(0)
+        (400, 100, 'all', '0_000')
     """
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:

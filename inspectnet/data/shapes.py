@@ -35,7 +35,14 @@ def _shape_mask(shape: str, cy: int, cx: int, r: int) -> np.ndarray:
 
 
 def make_item(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int]]:
-    """One image (H, W, 3) uint8, its 15 concept masks, and its two item indices (sorted)."""
+    """One generated image with its concept masks and the two items it shows.
+
+    Args:
+        rng: the random generator (the item is a function of its state).
+
+    Returns:
+        ``(image (H, W, 3) uint8, {concept: (H, W) bool mask} for the 15 concepts, (item a, item b) sorted)``.
+    """
     img = np.zeros((SIZE, SIZE, 3), np.uint8)
     occupied = np.zeros((SIZE, SIZE), bool)
     masks = {c: np.zeros((SIZE, SIZE), bool) for c in CONCEPTS}
@@ -58,7 +65,19 @@ def make_item(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarra
 
 
 def generate(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` images (n, 64, 64, 3) uint8, masks (n, 15, 64, 64) bool, item pairs (n, 2)."""
+    """``n`` generated images with their concept masks and item pairs.
+
+    Args:
+        n: the number of images.
+        seed: the random seed (the same seed gives the same images).
+
+    Returns:
+        ``(images (n, 64, 64, 3) uint8, masks (n, 15, 64, 64) bool, item pairs (n, 2))``.
+
+    Examples:
+        >>> images, masks, pairs = generate(2); images.shape, masks.shape, pairs.shape
+        ((2, 64, 64, 3), (2, 15, 64, 64), (2, 2))
+    """
     rng = np.random.default_rng(seed)
     images = np.zeros((n, SIZE, SIZE, 3), np.uint8)
     masks = np.zeros((n, len(CONCEPTS), SIZE, SIZE), bool)
@@ -72,7 +91,22 @@ def generate(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def labels_for(pairs: np.ndarray, task: str) -> tuple[np.ndarray, list[str]]:
-    """Labels and class names for ``task``: ``square`` (binary) or ``pairs`` (45 classes)."""
+    """Labels and class names for ``task``: ``square`` (binary) or ``pairs`` (45 classes).
+
+    Args:
+        pairs: the (n, 2) item pairs of :func:`generate`.
+        task: ``"square"`` or ``"pairs"``.
+
+    Returns:
+        ``(labels (n,), class names)``.
+
+    Raises:
+        ValueError: ``task`` is unknown.
+
+    Examples:
+        >>> labels, names = labels_for(np.array([[0, 1]]), "pairs"); labels.tolist(), names[1], len(names)
+        ([1], 'red square + red circle', 45)
+    """
     if task == "square":
         square = np.array([s == "square" for _, s in ITEMS])
         return square[pairs].any(axis=1).astype(np.int64), ["no square", "square"]

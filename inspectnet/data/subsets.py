@@ -28,7 +28,13 @@ from inspectnet.data.datasets import ImageDataset
 
 
 class SubsetDataset(ImageDataset):
-    """The samples of ``base`` at ``indices``, in that order (a view: images are read from ``base``)."""
+    """The samples of ``base`` at ``indices``, in that order (a view: images are read from ``base``).
+
+    Args:
+        base: the dataset.
+        indices: the samples of ``base`` to keep, in order.
+        spec: the spec that names the subset.
+    """
 
     def __init__(self, base: ImageDataset, indices: np.ndarray, spec: str):
         super().__init__(base.transform)
@@ -39,30 +45,75 @@ class SubsetDataset(ImageDataset):
         self.skipped = list(base.skipped)
 
     def image(self, index: int):
+        """The picture of sample ``index``, read from the base dataset.
+
+        Args:
+            index: the sample of the subset.
+
+        Returns:
+            The PIL image.
+        """
         return self.base.image(int(self.indices[index]))
 
     def object_mask(self, index: int) -> np.ndarray | None:
+        """The object mask of sample ``index`` in the base dataset.
+
+        Args:
+            index: the sample of the subset.
+
+        Returns:
+            The (H, W) bool mask, or None.
+        """
         return self.base.object_mask(int(self.indices[index]))
 
     def name(self, index: int) -> str:
+        """The identifier of sample ``index`` in the base dataset.
+
+        Args:
+            index: the sample of the subset.
+
+        Returns:
+            The identifier.
+        """
         return self.base.name(int(self.indices[index]))
 
     def source_folder(self):
+        """The base dataset's image folder.
+
+        Returns:
+            The folder, or None for built-in sources.
+        """
         return self.base.source_folder()
 
 
 def spread_indices(size: int, n: int) -> np.ndarray:
     """``min(n, size)`` distinct indices of ``range(size)`` at evenly spaced positions, first and last included.
 
-    >>> spread_indices(10, 4).tolist()
-    [0, 3, 6, 9]
+    Args:
+        size: the number of samples.
+        n: how many to pick.
+
+    Returns:
+        The indices, ascending.
+
+    Examples:
+        >>> spread_indices(10, 4).tolist()
+        [0, 3, 6, 9]
     """
     _check_count(n)
     return np.unique(np.linspace(0, size - 1, min(n, size)).round().astype(np.int64))
 
 
 def spread_subset(ds: ImageDataset, n: int | None) -> ImageDataset:
-    """``n`` evenly spread samples of ``ds``; ``ds`` itself when ``n`` is None or covers it."""
+    """``n`` evenly spread samples of ``ds`` (see :func:`spread_indices`).
+
+    Args:
+        ds: the dataset.
+        n: how many samples; None keeps all.
+
+    Returns:
+        The subset; ``ds`` itself when ``n`` is None or covers it.
+    """
     if n is not None:
         _check_count(n)
     if n is None or n >= len(ds):
@@ -72,8 +123,16 @@ def spread_subset(ds: ImageDataset, n: int | None) -> ImageDataset:
 
 
 def random_subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
-    """``n`` samples of ``ds`` drawn without replacement (seeded), in random order; ``ds`` itself when
-    ``n`` is None or covers it."""
+    """``n`` samples of ``ds`` drawn without replacement (seeded), in random order.
+
+    Args:
+        ds: the dataset.
+        n: how many samples; None keeps all.
+        seed: the random seed.
+
+    Returns:
+        The subset; ``ds`` itself when ``n`` is None or covers it.
+    """
     if n is not None:
         _check_count(n)
     if n is None or n >= len(ds):
@@ -83,13 +142,26 @@ def random_subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDatase
 
 
 def shuffle_labels(ds: ImageDataset, seed: int = 0) -> ImageDataset:
-    """The same images with their labels permuted (seeded): the data of the data-randomisation sanity
-    check (Adebayo et al. 2018), where no image's label can be learnt from the image.
+    """The same images with their labels permuted (seeded).
 
-    >>> from inspectnet.data.datasets import ArrayDataset
-    >>> ds = ArrayDataset("d", np.zeros((6, 2, 2), np.uint8), [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
-    >>> sorted(shuffle_labels(ds).labels.tolist()) == ds.labels.tolist()
-    True
+    This is the data of the data-randomisation sanity check (Adebayo et al. 2018), where no image's label
+    can be learnt from the image.
+
+    Args:
+        ds: a labelled dataset.
+        seed: the random seed.
+
+    Returns:
+        A copy with permuted labels.
+
+    Raises:
+        InspectnetError: the data is unlabelled.
+
+    Examples:
+        >>> from inspectnet.data.datasets import ArrayDataset
+        >>> ds = ArrayDataset("d", np.zeros((6, 2, 2), np.uint8), [0, 0, 1, 1, 2, 2], ["a", "b", "c"])
+        >>> sorted(shuffle_labels(ds).labels.tolist()) == ds.labels.tolist()
+        True
     """
     if not ds.labelled:
         raise InspectnetError(f"data {ds.spec!r} is unlabelled; shuffling labels needs labelled data")
@@ -100,8 +172,18 @@ def shuffle_labels(ds: ImageDataset, seed: int = 0) -> ImageDataset:
 
 
 def calibration_arrays(ds: ImageDataset, n: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs (N, C, H, W) float32 and labels (-1 = unlabelled) of ``n`` evenly spread samples
-    (all when ``n`` is None), transformed by ``ds``'s transform."""
+    """Model inputs and labels of ``n`` evenly spread samples, transformed by ``ds``'s transform.
+
+    Args:
+        ds: the dataset (its transform makes the model inputs).
+        n: how many samples; None takes all.
+
+    Returns:
+        ``(inputs (N, C, H, W) float32, labels (N,) with -1 = unlabelled)``.
+
+    Raises:
+        InspectnetError: the data holds no images.
+    """
     if len(ds) == 0:
         raise InspectnetError(f"data {ds.spec!r} holds no images to calibrate on")
     sub = spread_subset(ds, n)

@@ -12,10 +12,21 @@ from inspectnet.core.images import to_8bit
 def build_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], "object"]:
     """PIL image -> tensor: convert to the model's channels (16-bit grey scaled, not clipped), resize/crop, normalize.
 
-    >>> t = build_transform({"input_size": (1, 28, 28), "mean": (0.5,), "std": (0.5,),
-    ...                      "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"})
-    >>> tuple(t(Image.new("RGB", (40, 30))).shape)
-    (1, 28, 28)
+    Args:
+        data_config: timm's data config (``input_size``, ``mean``, ``std``, ``interpolation``,
+            ``crop_pct``, ``crop_mode``).
+
+    Returns:
+        The transform.
+
+    Raises:
+        InspectnetError: the model takes neither 1 nor 3 channels.
+
+    Examples:
+        >>> t = build_transform({"input_size": (1, 28, 28), "mean": (0.5,), "std": (0.5,),
+        ...                      "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"})
+        >>> tuple(t(Image.new("RGB", (40, 30))).shape)
+        (1, 28, 28)
     """
     from timm.data import create_transform
     from torchvision import transforms

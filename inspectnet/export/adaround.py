@@ -1,5 +1,6 @@
-"""Adaptive rounding of int8 conv weights (Nagel et al. 2020, *Up or Down? Adaptive Rounding for Post-Training
-Quantization*), learned per layer on the calibration data.
+"""Adaptive rounding of int8 conv weights, learned per layer on the calibration data.
+
+The method is Nagel et al. 2020, *Up or Down? Adaptive Rounding for Post-Training Quantization*.
 
 Rounding each weight to the nearest grid point minimises the weight error, not the layer's output error. AdaRound
 learns, per weight, whether to round down or up: W̃ = s · clip(⌊W/s⌋ + h(V), n, p) with the rectified sigmoid
@@ -31,8 +32,11 @@ ACTIVATIONS = ("Relu", "Clip")
 
 @dataclass(frozen=True)
 class AdaRoundConfig:
-    """Bounded AdaRound schedule: ``iterations`` Adam steps per layer on ``batch`` random calibration inputs,
-    the regulariser (weight ``reg_weight``) off for the first ``warmup`` fraction, β annealed 20 → 2 after it."""
+    """Bounded AdaRound schedule: ``iterations`` Adam steps per layer on ``batch`` random calibration inputs.
+
+    The regulariser (weight ``reg_weight``) is off for the first ``warmup`` fraction; β is annealed
+    20 → 2 after it.
+    """
 
     iterations: int = 300
     batch: int = 8
@@ -53,6 +57,13 @@ class Rounding:
 def depthwise_convs(path: str | Path) -> list[str]:
     """Names of the depthwise Conv nodes of ``path`` (group = input channels > 1), where int8 rounding errs most.
 
+    Args:
+        path: an ONNX file.
+
+    Returns:
+        The node names, in graph order.
+
+    Examples:
         >>> depthwise_convs("lite0.onnx")[:1]   # doctest: +SKIP
         ['node_Conv_766']
     """
@@ -74,9 +85,20 @@ def learn_rounding(fp32_path: str | Path, quantized_path: str | Path, calibratio
                    config: AdaRoundConfig = AdaRoundConfig()) -> dict[str, Rounding]:
     """Learn the rounding of each Conv in ``nodes`` against the int8 grid that ``quantized_path`` gives it.
 
-    ``quantized_path`` is ``fp32_path`` quantized once (its per-channel weight scales define the grid); nodes
-    whose weights stayed float there are skipped. Returns {node: Rounding}.
+    ``quantized_path`` is ``fp32_path`` quantized once (its per-channel weight scales define the grid);
+    nodes whose weights stayed float there are skipped.
 
+    Args:
+        fp32_path: the float graph.
+        quantized_path: the same graph quantized once.
+        calibration: preprocessed model inputs.
+        nodes: the Conv nodes to round.
+        config: the schedule.
+
+    Returns:
+        ``{node: Rounding}``.
+
+    Examples:
         >>> sorted(learn_rounding("m.onnx", "m.int8.onnx", calib, ["node_conv2d"]))   # doctest: +SKIP
         ['node_conv2d']
     """
@@ -92,9 +114,16 @@ def learn_rounding(fp32_path: str | Path, quantized_path: str | Path, calibratio
 
 
 def write_rounded_weights(fp32_path: str | Path, rounding: dict[str, Rounding], out_path: str | Path) -> None:
-    """Write ``fp32_path`` with each rounded node's weights replaced by ints · scale (exactly on the grid), the
-    largest-magnitude weight of each channel kept as it is so the quantizer derives the same scale.
+    """Write ``fp32_path`` with each rounded node's weights replaced by ints · scale (exactly on the grid).
 
+    The largest-magnitude weight of each channel is kept as it is, so the quantizer derives the same scale.
+
+    Args:
+        fp32_path: the float graph.
+        rounding: ``{node: Rounding}`` of :func:`learn_rounding`.
+        out_path: the graph to write.
+
+    Examples:
         >>> write_rounded_weights("m.onnx", rounding, "m.rounded.onnx")   # doctest: +SKIP
     """
     import onnx
@@ -114,7 +143,15 @@ def write_rounded_weights(fp32_path: str | Path, rounding: dict[str, Rounding], 
 
 
 def check_rounding(quantized_path: str | Path, rounding: dict[str, Rounding]) -> None:
-    """Refuse a quantized file whose int8 weights differ from the learned integers (the quantizer re-rounded)."""
+    """Refuse a quantized file whose int8 weights differ from the learned integers (the quantizer re-rounded).
+
+    Args:
+        quantized_path: the int8 graph.
+        rounding: ``{node: Rounding}`` it should hold.
+
+    Raises:
+        InspectnetError: a node's int8 weights are not the learned integers.
+    """
     import onnx
 
     model = onnx.load(str(quantized_path))
@@ -220,8 +257,10 @@ def _learn_layer(node, model, grid, x: np.ndarray, config: AdaRoundConfig, rng: 
 
 
 def _activation(node, model):
-    """The ReLU/Clip applied to the node's output when it is its only reader (the loss then ignores clipped
-    values, as the paper's eq. 25); identity otherwise."""
+    """The ReLU/Clip applied to the node's output when it is its only reader; identity otherwise.
+
+    The loss then ignores clipped values, as the paper's eq. 25.
+    """
     import torch
     from onnx import numpy_helper
 

@@ -1,5 +1,7 @@
-"""Bias correction of int8 weights (Nagel et al. 2019, *Data-Free Quantization through Weight Equalization
-and Bias Correction*, §4.2), measured on the calibration data.
+"""Bias correction of int8 weights, measured on the calibration data.
+
+The method is Nagel et al. 2019, *Data-Free Quantization through Weight Equalization and Bias
+Correction*, §4.2.
 
 Rounding a layer's weights W to W̃ shifts the mean of every output channel by E[(W̃ - W) * x]: per-channel
 rounding errors of a 3×3 or 5×5 depthwise filter (9 or 25 weights) do not average out, and the shifts add up
@@ -25,13 +27,24 @@ BIASED_OPS = ("Conv", "Gemm")  # MatMul carries no bias to move
 
 def correct_biases(fp32_path: str | Path, quantized_path: str | Path, calibration: np.ndarray, out_path: str | Path,
                    *, batch_size: int = 16) -> list[str]:
-    """Write ``fp32_path`` to ``out_path`` with each bias shifted by -E[(W̃ - W) x]; return the corrected nodes.
+    """Write ``fp32_path`` to ``out_path`` with each bias shifted by -E[(W̃ - W) x].
 
     W̃ are the dequantized weights that ``quantized_path`` (``fp32_path`` quantized once) gives each Conv/Gemm
     node of the same name; a node without a bias gets one; nodes whose weights stayed float, or whose bias
     is computed rather than stored, are left as they are. Quantizing the written graph again keeps the same
     W̃ (the weights did not change) and removes the mean shift.
 
+    Args:
+        fp32_path: the float graph.
+        quantized_path: the same graph quantized once.
+        calibration: preprocessed model inputs, over which E is taken.
+        out_path: the graph to write.
+        batch_size: inputs per ONNX Runtime run.
+
+    Returns:
+        The corrected nodes.
+
+    Examples:
         >>> correct_biases("m.onnx", "m.int8.onnx", calib, "m.corrected.onnx")[:1]   # doctest: +SKIP
         ['node_conv2d']
     """

@@ -1,5 +1,6 @@
-"""The export gate: ONNX Runtime against PyTorch on seeded inputs (logits and the evidence output), and the
-latency of both at equal thread counts.
+"""The export gate: ONNX Runtime against PyTorch on seeded inputs (logits and the evidence output).
+
+Also the latency of both at equal thread counts.
 
     >>> report = verify(module, Path("m.onnx"), (3, 32, 32))   # doctest: +SKIP
     >>> report["top1_agreement"]                               # doctest: +SKIP
@@ -29,11 +30,27 @@ __all__ = ["ATOL", "LATENCY_BATCHES", "OUTPUT_NAME", "PARITY_BATCHES", "RTOL", "
 
 def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int = 1, device: str = "auto",
            batches: tuple[int, ...] = PARITY_BATCHES, seed: int = 0) -> dict[str, Any]:
-    """The gate: ONNX Runtime vs PyTorch on seeded random inputs at each batch size; raises on failure.
+    """The gate: ONNX Runtime vs PyTorch on seeded random inputs at each batch size.
 
     Top-1 disagreements count as failures unless torch's own margin between the two classes is
     within the tolerance (a numerical tie that no exporter can be blamed for). A
     :class:`ClassEvidence` module's evidence output is checked the same way (:func:`_verify_evidence`).
+
+    Args:
+        module: the exported module.
+        path: the ONNX file.
+        sample_shape: the shape of one input sample (without the batch).
+        threads: threads of both torch and ONNX Runtime.
+        device: where to run.
+        batches: the batch sizes checked.
+        seed: seeds the inputs.
+
+    Returns:
+        The parity report: per batch and overall, the largest differences and the top-1 agreement.
+
+    Raises:
+        InspectnetError: an output shape differs, a difference exceeds the tolerance, or top-1 differs
+            beyond numerical ties.
     """
     session = make_session(path, providers=default_providers(device), threads=threads)
     names = [o.name for o in session.get_outputs()]
@@ -79,8 +96,11 @@ def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int =
 
 def _verify_evidence(module: ClassEvidence, x: np.ndarray, ref_logits: np.ndarray, outputs: dict[str, np.ndarray],
                      logit_tol: float) -> dict[str, Any]:
-    """The evidence part of the gate: ONNX's maps against torch's maps of the same classes, its classes
-    against torch's top-k (ties within the logit tolerance excepted), and Σ E + offset = logit in ONNX."""
+    """The evidence part of the gate: ONNX's maps against torch's maps of the same classes.
+
+    Also its classes against torch's top-k (ties within the logit tolerance excepted), and
+    Σ E + offset = logit in ONNX.
+    """
     classes, maps, logits = outputs[EVIDENCE_CLASSES], outputs[EVIDENCE], outputs[OUTPUT_NAME]
     with torch.inference_mode():
         ref = module.evidence(torch.from_numpy(x), classes=torch.from_numpy(classes).long())
@@ -104,7 +124,14 @@ def _verify_evidence(module: ClassEvidence, x: np.ndarray, ref_logits: np.ndarra
 
 @contextlib.contextmanager
 def torch_threads(n: int):
-    """Temporarily run torch with ``n`` intra-op threads (matched to ONNX Runtime's in comparisons)."""
+    """Temporarily run torch with ``n`` intra-op threads (matched to ONNX Runtime's in comparisons).
+
+    Args:
+        n: the threads.
+
+    Yields:
+        Nothing; the previous thread count is restored after.
+    """
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -115,7 +142,20 @@ def torch_threads(n: int):
 
 def measure_latency(module: nn.Module, fp32: Path, int8: Path | None, sample_shape: tuple, threads: int,
                     batches: tuple[int, ...] = LATENCY_BATCHES, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """Latency (ms per batch) of torch eager, ORT fp32 and ORT int8, same thread count, CPU by default."""
+    """Latency (ms per batch) of torch eager, ORT fp32 and ORT int8, same thread count, CPU by default.
+
+    Args:
+        module: the exported module.
+        fp32: the float ONNX file.
+        int8: the int8 file, or None.
+        sample_shape: the shape of one input sample.
+        threads: threads of every engine.
+        batches: the batch sizes timed.
+        device: where to run.
+
+    Returns:
+        Engine -> batch size -> milliseconds.
+    """
     sessions = {"ort_fp32": make_session(fp32, providers=default_providers(device), threads=threads)}
     if int8 is not None:
         sessions["ort_int8"] = make_session(int8, providers=default_providers(device), threads=threads)

@@ -36,15 +36,24 @@ ADAROUND_SCOPES = ("off", "depthwise", "all")
 
 
 def saturating_int8_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this CPU's int8 kernels clip 8-bit weight products: x86 flags with ``avx2`` but neither
-    ``avx512_vnni`` nor ``avx_vnni`` (Linux; elsewhere, or when the flags cannot be read, False).
+    r"""Whether this CPU's int8 kernels clip 8-bit weight products.
 
-    >>> import tempfile, pathlib
-    >>> f = pathlib.Path(tempfile.mkdtemp()) / "cpuinfo"
-    >>> _ = f.write_text("flags : fpu sse2 avx2 fma\\n"); saturating_int8_cpu(f)
-    True
-    >>> _ = f.write_text("flags : fpu sse2 avx2 avx512f avx512_vnni\\n"); saturating_int8_cpu(f)
-    False
+    That is x86 flags with ``avx2`` but neither ``avx512_vnni`` nor ``avx_vnni`` (Linux; elsewhere, or
+    when the flags cannot be read, False).
+
+    Args:
+        cpuinfo: the file the flags are read from.
+
+    Returns:
+        True where 8-bit weights would clip.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "cpuinfo"
+        >>> _ = f.write_text("flags : fpu sse2 avx2 fma\n"); saturating_int8_cpu(f)
+        True
+        >>> _ = f.write_text("flags : fpu sse2 avx2 avx512f avx512_vnni\n"); saturating_int8_cpu(f)
+        False
     """
     try:
         text = Path(cpuinfo).read_text()
@@ -60,16 +69,33 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
                   adaround: str = "off", adaround_iterations: int = 300, weight_bits: int | None = None) -> Path:
     """Write the static QDQ int8 version of ``fp32_path`` to ``out_path``, calibrated on ``calibration``.
 
-    ``calibration`` holds model inputs (already preprocessed), at least one sample; ``keep_fp32`` names
-    nodes of the fp32 graph to leave in fp32 (an unknown name is refused, named). ``calibration_cache``
-    (a JSON file) stores the activation ranges on first use and reuses them afterwards, so quantizing
-    the same graph with different ``keep_fp32`` calibrates once. ``bias_correction`` quantizes twice: the
-    second time with the biases moved by the mean error of the first one's int8 weights. ``adaround``
-    ("off", "depthwise" or "all" convs) learns those layers' rounding (:mod:`inspectnet.export.adaround`,
-    ``adaround_iterations`` Adam steps per layer) before the bias correction measures what error is left.
-    ``weight_bits`` is 8 or 7; None picks 7 on a CPU whose int8 kernels would clip 8-bit products
-    (:func:`saturating_int8_cpu`), else 8.
+    ``calibration_cache`` (a JSON file) stores the activation ranges on first use and reuses them
+    afterwards, so quantizing the same graph with different ``keep_fp32`` calibrates once.
+    ``bias_correction`` quantizes twice: the second time with the biases moved by the mean error of the
+    first one's int8 weights. ``adaround`` learns the chosen convs' rounding
+    (:mod:`inspectnet.export.adaround`) before the bias correction measures what error is left.
 
+    Args:
+        fp32_path: the float graph.
+        out_path: the int8 graph to write.
+        calibration: preprocessed model inputs, at least one sample.
+        batch_size: inputs per calibration run.
+        keep_fp32: nodes of the fp32 graph to leave in fp32 (an unknown name is refused, named).
+        calibration_cache: a JSON file of activation ranges, written or reused.
+        bias_correction: correct the biases for the int8 weights' mean error.
+        adaround: ``"off"``, ``"depthwise"`` or ``"all"`` convs.
+        adaround_iterations: Adam steps per layer.
+        weight_bits: 8 or 7; None picks 7 on a CPU whose int8 kernels would clip 8-bit products
+            (:func:`saturating_int8_cpu`), else 8.
+
+    Returns:
+        ``out_path`` as a ``Path``.
+
+    Raises:
+        InspectnetError: there are no calibration samples, ``adaround`` is unknown, or a ``keep_fp32`` node
+            is not in the graph.
+
+    Examples:
         >>> quantize_int8("m.onnx", "m.int8.onnx", calib, keep_fp32=["node_conv2d"])   # doctest: +SKIP
         PosixPath('m.int8.onnx')
     """
@@ -111,11 +137,20 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
 
 
 def int8_weight_bits(requested: int | None = None) -> int:
-    """The weight precision to quantize with: ``requested`` (7 or 8), or 7 where this CPU would clip 8-bit
-    products, else 8.
+    """The weight precision to quantize with.
 
-    >>> int8_weight_bits(8)
-    8
+    Args:
+        requested: 7 or 8, or None for 7 where this CPU would clip 8-bit products, else 8.
+
+    Returns:
+        The bits.
+
+    Raises:
+        InspectnetError: ``requested`` is neither 7 nor 8.
+
+    Examples:
+        >>> int8_weight_bits(8)
+        8
     """
     if requested is None:
         return 7 if saturating_int8_cpu() else 8
@@ -179,8 +214,10 @@ def _quantize_static(model: Path, out_path: Path, calibration: np.ndarray, batch
 
 
 def _float_graph_outputs(path: Path) -> None:
-    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each graph output (the producer's float
-    result becomes the output again); ONNX Runtime still fuses the producer's int8 inputs."""
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each graph output.
+
+    The producer's float result becomes the output again; ONNX Runtime still fuses the producer's int8 inputs.
+    """
     import onnx
 
     model = onnx.load(str(path))
@@ -210,6 +247,13 @@ def _float_graph_outputs(path: Path) -> None:
 def quantizable_nodes(path: str | Path) -> list[str]:
     """Names of the nodes of ``path`` that carry weights (Conv, Gemm, MatMul): the ones int8 changes most.
 
+    Args:
+        path: an ONNX file.
+
+    Returns:
+        The node names, in graph order.
+
+    Examples:
         >>> quantizable_nodes("m.onnx")[:2]   # doctest: +SKIP
         ['node_conv2d', 'node_conv2d_1']
     """

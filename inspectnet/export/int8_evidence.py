@@ -24,13 +24,19 @@ GATHERS = ("Gather", "GatherND")
 
 
 def float_evidence_branch(path: str | Path) -> int:
-    """Rewrite the evidence branch of the int8 graph at ``path`` in place; returns how many weight gathers now
-    dequantize only their rows.
+    """Rewrite the evidence branch of the int8 graph at ``path`` in place.
 
     The branch is every node the ``evidence`` output depends on and ``logits`` does not. A gather of
     a dequantized weight initializer (per-tensor, or per-channel along the gathered axis 0) becomes
     gather-then-dequantize; each QuantizeLinear -> DequantizeLinear pair inside the branch is bypassed.
 
+    Args:
+        path: the int8 ONNX file.
+
+    Returns:
+        How many weight gathers now dequantize only their rows.
+
+    Examples:
         >>> float_evidence_branch("m.int8.onnx")   # doctest: +SKIP
         1
     """
@@ -83,8 +89,10 @@ def _float_source(graph, producer: dict[str, int], branch: set[int], name: str) 
 
 
 def _gathered_rows(gather, graph, producer: dict[str, int], initializers: dict) -> tuple[list, list] | None:
-    """(nodes, their constants) that gather-then-dequantize for ``gather`` when it reads rows of a dequantized
-    weight initializer, else None."""
+    """The nodes (and their constants) that gather-then-dequantize for ``gather``.
+
+    None unless it reads rows of a dequantized weight initializer.
+    """
     from onnx import helper, numpy_helper
 
     if gather.op_type not in GATHERS or _int_attribute(gather, "axis" if gather.op_type == "Gather" else "batch_dims", 0):

@@ -93,14 +93,36 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                 ) -> ExportResult:
     """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
 
-    ``int8`` also writes ``<stem>.int8.onnx`` quantized on ``calibration`` (model inputs, see
-    :func:`calibration_inputs`); ``evaluation`` = (inputs, labels with -1 = unlabelled) measures its
-    top-1 agreement with fp32 (and accuracy when labelled); ``int8_keep_fp32`` names graph nodes left in
-    fp32 (listed in the report). ``threads`` is used by both torch and
-    ONNX Runtime when timing, so the latency ratio compares like with like. ``evidence`` = k adds
-    the outputs ``evidence`` (B, k, H, W), the exact class-evidence maps of the top-k classes, and
-    ``evidence_classes`` (B, k) (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); the
-    gate checks them against torch like the logits.
+    The file is verified against torch (:func:`~inspectnet.export.gate.verify`) before it is kept.
+    ``evidence`` = k adds the outputs ``evidence`` (B, k, H, W), the exact class-evidence maps of the
+    top-k classes, and ``evidence_classes`` (B, k)
+    (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); the gate checks them against torch
+    like the logits.
+
+    Args:
+        zm: the model.
+        out: the ``.onnx`` file.
+        opset: the opset (None: the exporter's default).
+        exporter: ``auto``, ``dynamo`` or ``torchscript``.
+        head_only: export the head alone (input: penultimate features).
+        force: overwrite an existing file.
+        int8: also write ``<stem>.int8.onnx``, quantized on ``calibration``.
+        calibration: model inputs (see :func:`calibration_inputs`).
+        evaluation: (inputs, labels with -1 = unlabelled) on which the int8 file's top-1 agreement with
+            fp32 (and accuracy when labelled) is measured.
+        latency: measure the latency of torch and ONNX Runtime.
+        threads: used by both torch and ONNX Runtime when timing, so the latency ratio compares like with like.
+        device: where to run the gate.
+        int8_keep_fp32: graph nodes left in fp32 (listed in the report).
+        evidence: k, for the evidence outputs.
+
+    Returns:
+        The export report.
+
+    Raises:
+        InspectnetError: an option is refused (exporter, threads, ``--int8`` without calibration or with
+            evidence on the wrong exporter, an output not ending in ``.onnx``), the exporter wrote another
+            opset, or the gate fails.
     """
     if exporter not in (AUTO, *EXPORTERS):
         raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {AUTO}, {', '.join(EXPORTERS)}")
@@ -173,10 +195,18 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
 def check_opset(opset: int | None, exporter: str) -> None:
     """Refuse an opset the exporter cannot write (None = the exporter's default).
 
-    >>> check_opset(17, "dynamo")
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: --opset 17 is outside what the dynamo exporter writes (18-23); ...
+    Args:
+        opset: the opset, or None.
+        exporter: ``dynamo`` or ``torchscript``.
+
+    Raises:
+        InspectnetError: the opset is outside the exporter's range.
+
+    Examples:
+        >>> check_opset(17, "dynamo")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: --opset 17 is outside what the dynamo exporter writes (18-23); ...
     """
     if opset is None or exporter == AUTO:
         return
@@ -223,6 +253,14 @@ def export_form(zm: ZooModel, module: nn.Module, head_only: bool) -> nn.Module:
 
     That form beat gather/batched-matmul forms in ONNX Runtime; the result is the same
     function, and the gate compares it with the original module.
+
+    Args:
+        zm: the model.
+        module: the module to export (the whole model, or its head).
+        head_only: ``module`` is the head.
+
+    Returns:
+        The module to export, in eval mode.
     """
     head = zm.model.get_submodule(zm.head_name)
     if not isinstance(head, DecomposedLinear):
@@ -235,7 +273,15 @@ def export_form(zm: ZooModel, module: nn.Module, head_only: bool) -> nn.Module:
 
 
 def head_features(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
-    """The head's input f(x) (penultimate features) for a batch of images, captured by a probe."""
+    """The head's input f(x) (penultimate features) for a batch of images, captured by a probe.
+
+    Args:
+        zm: the model.
+        x: (N, C, H, W) preprocessed images.
+
+    Returns:
+        (N, d) features.
+    """
     with eval_mode(zm.model), torch.inference_mode(), Probe(zm.model, [PRE_LOGITS], head_name=zm.head_name) as p:
         zm.model(x)
     f = p.outputs[PRE_LOGITS]
@@ -417,12 +463,22 @@ def _features_of(zm: ZooModel, images: np.ndarray, batch_size: int = 64) -> np.n
 
 def calibration_inputs(zm: ZooModel, spec: str, *, limit: int | None = 256, skip_bad: bool = False,
                        labelled: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed inputs (N, C, H, W) and labels (-1 = unlabelled) from a data spec, evenly spread.
+    """Preprocessed inputs and labels from a data spec, evenly spread.
 
     Samples are taken at evenly spaced indices (:func:`inspectnet.data.subsets.calibration_arrays`)
     so that sorted folders still cover every class. Labels are in the model's label space (the
     data's classes mapped onto its classes, see :mod:`inspectnet.data.labels`); with
     ``labelled=False`` (images that only set activation ranges) they are all -1 and not mapped.
+
+    Args:
+        zm: the model (its preprocessing and classes).
+        spec: a data spec.
+        limit: the most samples.
+        skip_bad: skip undecodable files of a folder.
+        labelled: map the labels onto the model's classes.
+
+    Returns:
+        ``(inputs (N, C, H, W) float32, labels (N,))``.
     """
     ds = load_data(spec, zm.transform(), skip_bad=skip_bad, model_classes=zm.class_names if labelled else None)
     x, y = calibration_arrays(ds, limit)

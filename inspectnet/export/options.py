@@ -1,5 +1,7 @@
-"""What ``inspectnet export`` is asked to do (:class:`ExportOptions`), free of torch so that the command
-line generates its options from it without importing the library."""
+"""What ``inspectnet export`` is asked to do (:class:`ExportOptions`), free of torch.
+
+The command line generates its options from it without importing the library.
+"""
 
 import dataclasses
 
@@ -8,13 +10,15 @@ from inspectnet.core.options import option, validate
 
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
-    """The options of an export (the arguments of :func:`inspectnet.export.onnx.export_onnx` and of the
-    int8 calibration data), checked when built.
+    """The options of an export, checked when built.
 
-    >>> ExportOptions(calibration_limit=0)
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InvalidParameterError: calibration_limit= must be at least 1, got 0
+    They are the arguments of :func:`inspectnet.export.onnx.export_onnx` and of the int8 calibration data.
+
+    Examples:
+        >>> ExportOptions(calibration_limit=0)
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InvalidParameterError: calibration_limit= must be at least 1, got 0
     """
 
     opset: int | None = option(None, help="ONNX opset (default: the exporter's own)")

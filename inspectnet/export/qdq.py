@@ -26,10 +26,21 @@ class Int8Weight:
 
 def int8_weights(model: Any, quantized: Any, ops: Collection[str],
                  names: Collection[str] | None = None) -> Iterator[tuple[Any, Int8Weight]]:
-    """(node of ``model``, its int8 weight in ``quantized``) for each node whose op is in ``ops`` (and name in
-    ``names`` when given) and whose weight ``quantized`` stores as an int8 initializer; nodes kept in fp32
-    are skipped.
+    """Each node of ``model`` whose op is in ``ops`` with its int8 weight in ``quantized``.
 
+    Only nodes whose name is in ``names`` (when given) and whose weight ``quantized`` stores as an int8
+    initializer; nodes kept in fp32 are skipped.
+
+    Args:
+        model: the float ONNX model.
+        quantized: its int8 version.
+        ops: the op types.
+        names: the node names, or None for all.
+
+    Yields:
+        ``(node of model, its Int8Weight)`` pairs.
+
+    Examples:
         >>> next(int8_weights(fp32_model, int8_model, ("Conv",)))[1].ints.dtype   # doctest: +SKIP
         dtype('int8')
     """

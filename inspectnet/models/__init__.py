@@ -1,2 +1,5 @@
-"""Models: the zoo (timm, torchvision, shipped, saved folders), weight files, layer addresses and model_state,
-the decomposed head and the surgery that rebuilds saved models, prediction."""
+"""Models: the zoo, weight files, layer addresses and model_state, the decomposed head, surgery, prediction.
+
+The zoo covers timm, torchvision, the shipped models and folders saved by inspectnet; the surgery
+rebuilds saved models.
+"""

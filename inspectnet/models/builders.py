@@ -1,5 +1,8 @@
-"""Building a zoo architecture: timm or torchvision by name, the input channels adapted, the classifier found
-in the module graph, and whether a hub can be reached for pretrained weights."""
+"""Building a zoo architecture: timm or torchvision by name, its input channels adapted, its classifier found.
+
+The classifier is found in the module graph, and whether a hub can be reached for pretrained weights
+is checked before any download.
+"""
 
 import difflib
 import json
@@ -20,6 +23,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
+    """Split a model spec into its source and architecture, checking that the source knows the name.
+
+    Args:
+        spec: ``timm:NAME``, ``torchvision:NAME`` or a bare timm name.
+
+    Returns:
+        ``(source, arch)``.
+
+    Raises:
+        InspectnetError: the source is unknown, or it has no model of that name (the closest names are given).
+
+    Examples:
+        >>> split_spec("resnet18"), split_spec("torchvision:resnet18")
+        (('timm', 'resnet18'), ('torchvision', 'resnet18'))
+    """
     source, sep, arch = spec.partition(":")
     if not sep:
         source, arch = "timm", spec
@@ -36,6 +54,11 @@ def split_spec(spec: str) -> tuple[str, str]:
 
 
 def timm_names() -> list[str]:
+    """The model names timm can build.
+
+    Returns:
+        The names, as ``timm.list_models()`` gives them.
+    """
     import timm
 
     return timm.list_models()
@@ -43,6 +66,11 @@ def timm_names() -> list[str]:
 
 
 def torchvision_names() -> list[str]:
+    """The classification model names torchvision can build.
+
+    Returns:
+        The names, as ``torchvision.models.list_models`` gives them.
+    """
     import torchvision
 
     return torchvision.models.list_models(module=torchvision.models)
@@ -158,7 +186,19 @@ def build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | Non
 
 
 def adapt_first_conv(model: nn.Module, in_chans: int) -> None:
-    """Give a torchvision model ``in_chans`` input channels (weights averaged over RGB, then tiled)."""
+    """Give a torchvision model ``in_chans`` input channels (weights averaged over RGB, then tiled).
+
+    Args:
+        model: changed in place.
+        in_chans: the new number of input channels.
+
+    Raises:
+        InspectnetError: the model has no ``Conv2d`` input layer.
+
+    Examples:
+        >>> m = nn.Sequential(nn.Conv2d(3, 4, 3)); adapt_first_conv(m, 1); m[0].in_channels
+        1
+    """
     name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
     if conv is None:
         raise InspectnetError("cannot change --in-chans: the model has no Conv2d input layer")
@@ -174,7 +214,20 @@ def adapt_first_conv(model: nn.Module, in_chans: int) -> None:
 
 
 def with_channels(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
-    """Fit mean/std and input_size to ``in_chans`` (grey models get the RGB average)."""
+    """Fit mean/std and input_size to ``in_chans`` (grey models get the RGB average).
+
+    Args:
+        cfg: a data config (timm's keys).
+        in_chans: the model's input channels.
+
+    Returns:
+        A new config.
+
+    Examples:
+        >>> cfg = {"input_size": (3, 8, 8), "mean": (0.2, 0.4, 0.6), "std": (0.5, 0.5, 0.5)}
+        >>> with_channels(cfg, 1)["input_size"], [round(m, 6) for m in with_channels(cfg, 1)["mean"]]
+        ((1, 8, 8), [0.4])
+    """
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     if len(mean) != in_chans:
         mean = (sum(mean) / len(mean),) * in_chans
@@ -189,6 +242,19 @@ def find_head(model: nn.Module) -> str:
 
     timm models answer ``get_classifier()``; torchvision ones keep it in ``fc``, ``classifier``
     or ``heads``; anything else falls back to the last ``nn.Linear``.
+
+    Args:
+        model: the network.
+
+    Returns:
+        The head's dotted name.
+
+    Raises:
+        InspectnetError: the model has no linear layer.
+
+    Examples:
+        >>> find_head(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+        '1'
     """
     names = {id(m): n for n, m in model.named_modules()}
     if hasattr(model, "get_classifier"):
@@ -215,6 +281,14 @@ def check_hub_reachable(source: str, arch: str, timeout: float = 3.0) -> None:
 
     Weights already in the local hub cache need no network; otherwise the hub host must answer a
     TCP connect within ``timeout`` seconds (DNS included, run in a thread so it cannot hang).
+
+    Args:
+        source: ``"timm"`` or ``"torchvision"``.
+        arch: the model name.
+        timeout: seconds to wait for the hub host.
+
+    Raises:
+        InspectnetError: the weights are not cached and the hub host cannot be reached.
     """
     if pretrained_cached(source, arch):
         return
@@ -238,6 +312,15 @@ def check_hub_reachable(source: str, arch: str, timeout: float = 3.0) -> None:
 
 
 def pretrained_cached(source: str, arch: str) -> bool:
+    """Whether the pretrained weights of ``source:arch`` are already in the local hub cache.
+
+    Args:
+        source: ``"timm"`` or ``"torchvision"``.
+        arch: the model name.
+
+    Returns:
+        True when no download is needed.
+    """
     if source == "timm":
         import timm
 

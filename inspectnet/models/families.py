@@ -33,8 +33,11 @@ from inspectnet.models.zoo import ZooModel, default_class_names, load_model, see
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """A row: the family's ``name``, a model ``spec`` (timm or ``torchvision:``), the input ``size`` (px),
-    constructor ``kwargs``, what its head does (``head``) and whether the row is ``slow``."""
+    """A row of the family table.
+
+    The family's ``name``, a model ``spec`` (timm or ``torchvision:``), the input ``size`` (px),
+    constructor ``kwargs``, what its head does (``head``) and whether the row is ``slow``.
+    """
 
     name: str
     spec: str
@@ -49,8 +52,9 @@ class Family:
         Returns:
             e.g. ``vit_tiny_patch16_224 (64 px, img_size=64)``.
 
-        >>> Family("X", "resnet18", 64, "pool").describe()
-        'resnet18 (64 px)'
+        Examples:
+            >>> Family("X", "resnet18", 64, "pool").describe()
+            'resnet18 (64 px)'
         """
         extra = "".join(f", {k}={v}" for k, v in self.kwargs.items())
         return f"{self.spec} ({self.size} px{extra})"
@@ -85,11 +89,16 @@ def family(name: str) -> Family:
 
     Args:
         name: a family name of :data:`FAMILIES`.
-    Returns:
-        the :class:`Family` row; an unknown name is refused with the known ones.
 
-    >>> family("swin").spec
-    'swin_tiny_patch4_window7_224'
+    Returns:
+        The :class:`Family` row.
+
+    Raises:
+        InspectnetError: the name is unknown (the message lists the known ones).
+
+    Examples:
+        >>> family("swin").spec
+        'swin_tiny_patch4_window7_224'
     """
     for row in FAMILIES:
         if row.name.lower() == name.lower():
@@ -104,11 +113,13 @@ def family_model(row: Family, *, num_classes: int = 2, seed: int = 0) -> ZooMode
         row: a :class:`Family` row.
         num_classes: classes of the new head.
         seed: seeds the initialisation and :func:`trained_looking`.
-    Returns:
-        the :class:`ZooModel`, in eval mode, with trained-looking norms and head.
 
-    >>> family_model(family("ResNet")).head_name
-    'fc'
+    Returns:
+        The :class:`ZooModel`, in eval mode, with trained-looking norms and head.
+
+    Examples:
+        >>> family_model(family("ResNet")).head_name
+        'fc'
     """
     if not row.kwargs:
         zm = load_model(row.spec, num_classes=num_classes, input_size=row.size, seed=seed)
@@ -139,21 +150,20 @@ def _build(row: Family, num_classes: int) -> ZooModel:
 
 
 def trained_looking(model: nn.Module, seed: int = 0) -> None:
-    """Move every norm's scale, shift and running statistics and every classifier bias away from their
-    initial values (1, 0, 0, 1, 0), in place (seeded).
+    """Move every norm's statistics and every classifier bias away from their initial values, in place (seeded).
 
-    A freshly initialised BatchNorm is the identity in eval mode and a fresh head's bias is zero: a
-    check of "evidence + offset = logit" would not see either term. Values stay in ranges a trained
-    model has (scales 0.7-1.3, running variances 0.5-2).
+    Scales, shifts, running means and variances leave (1, 0, 0, 1) and biases 0. A freshly initialised
+    BatchNorm is the identity in eval mode and a fresh head's bias is zero: a check of
+    "evidence + offset = logit" would not see either term. Values stay in ranges a trained model has
+    (scales 0.7-1.3, running variances 0.5-2).
 
     Args:
         model: changed in place.
         seed: seeds the values.
-    Returns:
-        None.
 
-    >>> m = nn.Sequential(nn.BatchNorm1d(3)); trained_looking(m); bool(m[0].running_var.min() >= 0.5)
-    True
+    Examples:
+        >>> m = nn.Sequential(nn.BatchNorm1d(3)); trained_looking(m); bool(m[0].running_var.min() >= 0.5)
+        True
     """
     gen = torch.Generator().manual_seed(seed)
 

@@ -28,6 +28,11 @@ class DecomposedLinear(nn.Linear):
     Weights off the support are stored as exact zeros and re-masked in ``forward`` (so training
     cannot move them). ``feature_ids`` names the original feature index of each input column
     (``arange`` unless the features were slimmed to the union).
+
+    Args:
+        in_features: input features.
+        out_features: classes.
+        bias: whether the head has a bias.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
@@ -39,9 +44,20 @@ class DecomposedLinear(nn.Linear):
     def from_linear(cls, head: nn.Module, mask: torch.Tensor) -> "DecomposedLinear":
         """Build from a dense head and a (classes × features) boolean support mask.
 
-        >>> dec = DecomposedLinear.from_linear(nn.Linear(3, 2), torch.tensor([[1, 0, 0], [0, 1, 1]]).bool())
-        >>> dec.supports()
-        [[0], [1, 2]]
+        Args:
+            head: the dense ``nn.Linear`` head.
+            mask: the (classes × features) support; True where a class uses a feature.
+
+        Returns:
+            The decomposed head on the dense head's device, its weights the dense ones on the support.
+
+        Raises:
+            InspectnetError: the head is not a linear layer, or the mask's shape is not the head's.
+
+        Examples:
+            >>> dec = DecomposedLinear.from_linear(nn.Linear(3, 2), torch.tensor([[1, 0, 0], [0, 1, 1]]).bool())
+            >>> dec.supports()
+            [[0], [1, 2]]
         """
         if not isinstance(head, nn.Linear):
             raise InspectnetError(f"the head {type(head).__name__} is not a linear layer; a decomposed head needs "
@@ -59,13 +75,30 @@ class DecomposedLinear(nn.Linear):
         return dec.to(head.weight.device)
 
     def effective_weight(self) -> torch.Tensor:
+        """The weights the head computes with: zero off the support.
+
+        Returns:
+            The (classes × features) masked weight.
+        """
         return self.weight * self.mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of ``x`` through the masked weights.
+
+        Args:
+            x: (B, features) inputs.
+
+        Returns:
+            (B, classes) logits.
+        """
         return F.linear(x, self.effective_weight(), self.bias)
 
     def supports(self) -> list[list[int]]:
-        """Per class, the original feature indices it uses."""
+        """Per class, the original feature indices it uses.
+
+        Returns:
+            One ascending list of feature indices per class.
+        """
         ids = self.feature_ids.tolist()
         return [[ids[j] for j in torch.nonzero(row).flatten().tolist()] for row in self.mask]
 
@@ -75,6 +108,9 @@ class DecomposedLinear(nn.Linear):
         A class whose row uses every feature (a class without fitting data keeps its dense row) is
         listed in ``dense_classes`` with ``None`` for its indices and weights: they are the head's own
         row, and repeating 995 dense rows of an ImageNet head would make the metadata megabytes.
+
+        Returns:
+            ``{"indices", "weights", "bias", "dense_classes", ...}``, JSON-ready.
         """
         w = self.effective_weight().detach().cpu()
         mask = self.mask.cpu()
@@ -87,15 +123,35 @@ class DecomposedLinear(nn.Linear):
                 "bias": self.bias.detach().cpu().tolist() if self.bias is not None else None}
 
     def union(self) -> list[int]:
-        """Input columns (positions) that some class uses."""
+        """Input columns (positions) that some class uses.
+
+        Returns:
+            The column positions, ascending.
+
+        Examples:
+            >>> DecomposedLinear.from_linear(nn.Linear(3, 2), torch.tensor([[1, 0, 0], [1, 0, 1]]).bool()).union()
+            [0, 2]
+        """
         return torch.nonzero(self.mask.any(dim=0)).flatten().tolist()
 
     def macs(self) -> int:
-        """Multiply-accumulates per sample: one per supported (class, feature) pair."""
+        """Multiply-accumulates per sample: one per supported (class, feature) pair.
+
+        Returns:
+            The count.
+
+        Examples:
+            >>> DecomposedLinear.from_linear(nn.Linear(3, 2), torch.tensor([[1, 0, 0], [1, 0, 1]]).bool()).macs()
+            3
+        """
         return int(self.mask.sum())
 
     def to_gathered(self) -> nn.Module:
-        """Dense zero-filled Linear over the gathered union of used features (export-friendly form)."""
+        """Dense zero-filled Linear over the gathered union of used features (export-friendly form).
+
+        Returns:
+            ``nn.Sequential(ChannelGather(union), nn.Linear)`` computing the same logits.
+        """
         keep = torch.tensor(self.union(), dtype=torch.int64, device=self.weight.device)
         lin = nn.Linear(len(keep), self.out_features, bias=self.bias is not None).to(self.weight.device)
         with torch.no_grad():
@@ -108,8 +164,12 @@ class DecomposedLinear(nn.Linear):
 class ChannelGather(nn.Module):
     """Select channels (dim 1) by index: (B, d, ...) -> (B, len(index), ...).
 
-    >>> ChannelGather([2, 0])(torch.tensor([[10.0, 11.0, 12.0]])).tolist()
-    [[12.0, 10.0]]
+    Args:
+        index: the channels to keep, in order.
+
+    Examples:
+        >>> ChannelGather([2, 0])(torch.tensor([[10.0, 11.0, 12.0]])).tolist()
+        [[12.0, 10.0]]
     """
 
     def __init__(self, index: torch.Tensor | list[int]):
@@ -117,4 +177,12 @@ class ChannelGather(nn.Module):
         self.register_buffer("index", torch.as_tensor(index, dtype=torch.int64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The kept channels of ``x``.
+
+        Args:
+            x: (B, d, ...) input.
+
+        Returns:
+            (B, len(index), ...) output.
+        """
         return x.index_select(1, self.index)

@@ -34,12 +34,21 @@ def model_state(model: nn.Module, *, device: str | torch.device | None = None,
     back its own ``training`` flag (also when the block changed them, as a training loop does).
     Weights changed inside the block stay changed. A bad ``device`` fails before anything moves.
 
-    >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
-    >>> with model_state(m, device="cpu", training=False):
-    ...     m[1].training
-    False
-    >>> m[1].training, next(m.parameters()).device.type
-    (True, 'cpu')
+    Args:
+        model: the network.
+        device: where to run the block (None: where the model is).
+        training: the mode of every submodule inside the block (None: unchanged).
+
+    Yields:
+        ``model`` itself.
+
+    Examples:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> with model_state(m, device="cpu", training=False):
+        ...     m[1].training
+        False
+        >>> m[1].training, next(m.parameters()).device.type
+        (True, 'cpu')
     """
     target = resolve_device(device) if device is not None else None
     home = _home_device(model) if target is not None else None
@@ -69,12 +78,19 @@ def _home_device(model: nn.Module) -> torch.device | None:
 def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """Put every submodule in eval mode, restoring each one's own flag afterwards (even on error).
 
-    >>> m = nn.Dropout().train()
-    >>> with eval_mode(m):
-    ...     m.training
-    False
-    >>> m.training
-    True
+    Args:
+        model: the network.
+
+    Returns:
+        A context manager that yields ``model``.
+
+    Examples:
+        >>> m = nn.Dropout().train()
+        >>> with eval_mode(m):
+        ...     m.training
+        False
+        >>> m.training
+        True
     """
     return model_state(model, training=False)
 
@@ -85,9 +101,21 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module] | str, *,
 
     ``pre_logits`` stays as the alias (it names a tensor, the head's input, not a module).
 
-    >>> from torchvision.models import resnet18
-    >>> resolve_layers(resnet18(), "layer4.*.conv2,last_conv,last_stage")
-    ['layer4.0.conv2', 'layer4.1.conv2', 'layer4']
+    Args:
+        model: the network.
+        layers: layer specs, or one comma-separated string of them.
+        head_name: the classifier's dotted name (found when None), for the aliases that need it.
+
+    Returns:
+        The dotted names, duplicates removed.
+
+    Raises:
+        InspectnetError: no layer is given, or a spec matches no layer (the closest names are given).
+
+    Examples:
+        >>> from torchvision.models import resnet18
+        >>> resolve_layers(resnet18(), "layer4.*.conv2,last_conv,last_stage")
+        ['layer4.0.conv2', 'layer4.1.conv2', 'layer4']
     """
     if isinstance(layers, str):
         layers = [s.strip() for s in layers.split(",") if s.strip()]
@@ -137,15 +165,27 @@ def _resolve_one(model: nn.Module, spec: str | nn.Module, names: list[str], by_i
 
 
 def last_stage(model: nn.Module, head_name: str | None = None) -> str:
-    """The last top-level child of ``model`` before its head, skipping global pooling, flattening,
-    dropout, identities, top-level LayerNorms and a second classifier (the ``last_stage`` alias): the
-    output the head's pooled features come from.
+    """The last top-level child of ``model`` before its head (the ``last_stage`` alias).
 
-    >>> from torchvision.models import resnet18, vgg11
-    >>> last_stage(resnet18()), last_stage(vgg11())
-    ('layer4', 'features')
-    >>> import timm; last_stage(timm.create_model("deit_tiny_distilled_patch16_224"))  # not its distillation head
-    'blocks'
+    Global pooling, flattening, dropout, identities, top-level LayerNorms and a second classifier are
+    skipped: this is the output the head's pooled features come from.
+
+    Args:
+        model: the network.
+        head_name: the classifier's dotted name (found when None).
+
+    Returns:
+        The child's dotted name (the last block of a ``ModuleList``).
+
+    Raises:
+        InspectnetError: the model has no top-level block before its head.
+
+    Examples:
+        >>> from torchvision.models import resnet18, vgg11
+        >>> last_stage(resnet18()), last_stage(vgg11())
+        ('layer4', 'features')
+        >>> import timm; last_stage(timm.create_model("deit_tiny_distilled_patch16_224"))  # not its distillation head
+        'blocks'
     """
     if head_name is None:
         from inspectnet.models.zoo import find_head
@@ -162,20 +202,32 @@ def last_stage(model: nn.Module, head_name: str | None = None) -> str:
 
 
 def _second_head(child: nn.Module, classes: int | None) -> bool:
-    """A classifier beside the head (a distillation head): its last linear layer gives the classes, and it has no
-    convolution. Transformers' top-level LayerNorms (over tokens, or over the pooled vector) are skipped with it."""
+    """A classifier beside the head (a distillation head).
+
+    Its last linear layer gives the classes, and it has no convolution. Transformers' top-level
+    LayerNorms (over tokens, or over the pooled vector) are skipped with it.
+    """
     linears = [m for m in child.modules() if isinstance(m, nn.Linear)]
     return bool(linears) and linears[-1].out_features == classes and \
         not any(isinstance(m, nn.modules.conv._ConvNd) for m in child.modules())
 
 
 def following_normalisation(model: nn.Module, name: str) -> str | None:
-    """The normalisation layer defined right after ``name`` (outside it), or None: a convolution or
-    linear layer followed by one has an output whose scale the normalisation undoes.
+    """The normalisation layer defined right after ``name`` (outside it), or None.
 
-    >>> from torchvision.models import resnet18
-    >>> following_normalisation(resnet18(), "layer4.1.conv2"), following_normalisation(resnet18(), "layer4")
-    ('layer4.1.bn2', None)
+    A convolution or linear layer followed by one has an output whose scale the normalisation undoes.
+
+    Args:
+        model: the network.
+        name: a layer's dotted name.
+
+    Returns:
+        The normalisation's dotted name, or None.
+
+    Examples:
+        >>> from torchvision.models import resnet18
+        >>> following_normalisation(resnet18(), "layer4.1.conv2"), following_normalisation(resnet18(), "layer4")
+        ('layer4.1.bn2', None)
     """
     names = [n for n, _ in model.named_modules() if n]
     after = [n for n in names[names.index(name) + 1:] if not n.startswith(name + ".")]
@@ -187,9 +239,17 @@ def following_normalisation(model: nn.Module, name: str) -> str | None:
 def list_layers(model: nn.Module, input_size: Sequence[int]) -> list[dict]:
     """Every named module with its type, output shape (one dummy forward of batch 1) and parameter count.
 
-    >>> from torchvision.models import resnet18
-    >>> rows = list_layers(resnet18(), (3, 64, 64)); rows[-1]
-    {'name': 'fc', 'type': 'Linear', 'output_shape': [1, 1000], 'params': 513000}
+    Args:
+        model: the network.
+        input_size: (C, H, W) of the dummy input.
+
+    Returns:
+        One ``{"name", "type", "output_shape", "params"}`` per module, in definition order.
+
+    Examples:
+        >>> from torchvision.models import resnet18
+        >>> rows = list_layers(resnet18(), (3, 64, 64)); rows[-1]
+        {'name': 'fc', 'type': 'Linear', 'output_shape': [1, 1000], 'params': 513000}
     """
     shapes: dict[str, list[int]] = {}
     handles = []
@@ -218,7 +278,18 @@ def list_layers(model: nn.Module, input_size: Sequence[int]) -> list[dict]:
 
 
 def first_tensor(out: object) -> torch.Tensor | None:
-    """The first tensor in a module output (tensor, tuple/list or dict of them), else None."""
+    """The first tensor in a module output (tensor, tuple/list or dict of them), else None.
+
+    Args:
+        out: a module's output.
+
+    Returns:
+        The tensor, or None.
+
+    Examples:
+        >>> first_tensor(("x", {"a": torch.ones(1)}))
+        tensor([1.])
+    """
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)):

@@ -60,7 +60,7 @@ class Layout:
         Returns:
             The units on axis 1 and the grid on axes 2 and 3; prefix tokens dropped.
 
-        Example:
+        Examples:
             >>> Layout("NHWC", (2, 3)).maps(torch.zeros(1, 2, 3, 5)).shape
             torch.Size([1, 5, 2, 3])
         """
@@ -75,7 +75,11 @@ class Layout:
         return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
 
     def to_dict(self) -> dict[str, Any]:
-        """The layout as JSON-ready values (``grid`` as a list, ``excluded`` words)."""
+        """The layout as JSON-ready values (``grid`` as a list, ``excluded`` words).
+
+        Returns:
+            ``{"kind", "grid", "prefix_tokens", "excluded"}``.
+        """
         return {"kind": self.kind, "grid": list(self.grid) if self.grid else None,
                 "prefix_tokens": self.prefix_tokens, "excluded": self.excluded}
 
@@ -83,8 +87,15 @@ class Layout:
     def from_dict(cls, d: dict[str, Any]) -> Layout:
         """The layout that :meth:`to_dict` wrote.
 
-        >>> Layout.from_dict(Layout("NHWC", (2, 2)).to_dict())
-        Layout(kind='NHWC', grid=(2, 2), prefix_tokens=0, excluded='')
+        Args:
+            d: the dict of :meth:`to_dict`.
+
+        Returns:
+            The layout.
+
+        Examples:
+            >>> Layout.from_dict(Layout("NHWC", (2, 2)).to_dict())
+            Layout(kind='NHWC', grid=(2, 2), prefix_tokens=0, excluded='')
         """
         grid = d.get("grid")
         return cls(d["kind"], tuple(grid) if grid else None, int(d.get("prefix_tokens", 0)), d.get("excluded", ""))
@@ -92,8 +103,12 @@ class Layout:
     def describe(self) -> str:
         """One line for reports, e.g. ``tokens on a 4×4 grid (1 class token excluded)``.
 
-        >>> Layout("NLC", (4, 4), 2, "1 class token, 1 distillation token").describe()
-        'tokens on a 4×4 grid (1 class token, 1 distillation token excluded)'
+        Returns:
+            The line.
+
+        Examples:
+            >>> Layout("NLC", (4, 4), 2, "1 class token, 1 distillation token").describe()
+            'tokens on a 4×4 grid (1 class token, 1 distillation token excluded)'
         """
         if self.kind == "NC":
             return "one vector per image (no positions)"
@@ -116,7 +131,7 @@ def prefix_tokens(model: nn.Module | None) -> tuple[int, str]:
     Returns:
         The number of prefix tokens and which they are, e.g. ``(5, "1 class token, 4 register tokens")``.
 
-    Example:
+    Examples:
         >>> prefix_tokens(nn.Linear(2, 2))
         (0, '')
     """
@@ -136,11 +151,19 @@ def prefix_tokens(model: nn.Module | None) -> tuple[int, str]:
 
 
 def patch_grid(model: nn.Module | None) -> tuple[int, int] | None:
-    """The (h, w) patch grid the model declares at its configured input size (timm's
-    ``patch_embed.grid_size``, torchvision ViT's ``image_size // patch_size``), else None.
+    """The (h, w) patch grid the model declares at its configured input size, else None.
 
-    >>> patch_grid(nn.Linear(2, 2)) is None
-    True
+    That is timm's ``patch_embed.grid_size``, or torchvision ViT's ``image_size // patch_size``.
+
+    Args:
+        model: the network (or None).
+
+    Returns:
+        The grid, or None.
+
+    Examples:
+        >>> patch_grid(nn.Linear(2, 2)) is None
+        True
     """
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is not None:
@@ -163,9 +186,13 @@ def layer_layout(model: nn.Module | None, layer: str, out: torch.Tensor, *,
             axis 0 and that the grid has the input's proportions.
 
     Returns:
-        The layout; raises :class:`InspectnetError` naming the layout when the output has no grid.
+        The layout.
 
-    Example:
+    Raises:
+        InspectnetError: the output's first axis is not the batch, or the output has no grid (the message
+            names the shape and the layouts expected).
+
+    Examples:
         >>> layer_layout(None, "conv", torch.zeros(2, 8, 16, 16), input_shape=(2, 3, 64, 64)).kind
         'NCHW'
     """
@@ -185,8 +212,11 @@ def layer_layout(model: nn.Module | None, layer: str, out: torch.Tensor, *,
 
 
 def _fits(h: int, w: int, hw: tuple[int, int] | None) -> bool:
-    """Whether an (h, w) grid can be positions of an input of ``hw``: no larger, and its proportions
-    those of the input within one cell (strided and padded grids round their sides)."""
+    """Whether an (h, w) grid can be positions of an input of ``hw``.
+
+    It must be no larger, and its proportions those of the input within one cell (strided and padded
+    grids round their sides).
+    """
     if hw is None:
         return True
     big_h, big_w = hw
@@ -194,8 +224,11 @@ def _fits(h: int, w: int, hw: tuple[int, int] | None) -> bool:
 
 
 def _declared_format(model: nn.Module | None, layer: str) -> str:
-    """The 4-D format a module declares: its own ``output_fmt``, channels-first for ``…2d`` modules
-    (convolutions, batch norms, pools), else the model's ``output_fmt`` (timm's Swin says NHWC)."""
+    """The 4-D format a module declares.
+
+    Its own ``output_fmt``, channels-first for ``…2d`` modules (convolutions, batch norms, pools), else
+    the model's ``output_fmt`` (timm's Swin says NHWC).
+    """
     module = None
     if model is not None and layer:
         try:
@@ -241,8 +274,10 @@ def _token_layout(model: nn.Module | None, layer: str, shape: tuple[int, ...], h
 
 
 def _grid_of(cells: int, hw: tuple[int, int] | None) -> tuple[int, int] | None:
-    """The one (h, w) with h·w = ``cells`` in the input's proportions (a square without an input size),
-    else None (no grid, or two equally close: ambiguous)."""
+    """The one (h, w) with h·w = ``cells`` in the input's proportions (a square without an input size).
+
+    None when there is no grid, or two are equally close (ambiguous).
+    """
     if hw is None:
         side = int(cells ** 0.5 + 0.5)
         return (side, side) if side * side == cells else None

@@ -15,11 +15,25 @@ from inspectnet.models.zoo import ZooModel
 
 def predict(zm: ZooModel, images: Sequence[str | Path] | ImageDataset, *, topk: int = 5,
             batch_size: int = 32, device: str = "auto") -> list[dict[str, Any]]:
-    """``[{"image", "top": [{"index", "label", "prob"}, ...]}, ...]`` for image files or a dataset.
+    """The top classes and their probabilities for image files or a dataset.
 
-    >>> from inspectnet import load_model, load_data
-    >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
-    >>> out = predict(zm, load_data("digits", zm.transform()), topk=2)  # doctest: +SKIP
+    Args:
+        zm: the model.
+        images: image files, or a dataset (its transform is replaced by the model's).
+        topk: classes per image.
+        batch_size: images per forward pass.
+        device: where to run the model (``"auto"``: CUDA when present).
+
+    Returns:
+        ``[{"image", "top": [{"index", "label", "prob"}, ...]}, ...]``, classes by falling probability.
+
+    Raises:
+        InspectnetError: ``topk`` is below 1.
+
+    Examples:
+        >>> from inspectnet import load_model, load_data
+        >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+        >>> out = predict(zm, load_data("digits", zm.transform()), topk=2)  # doctest: +SKIP
     """
     if topk < 1:
         raise InspectnetError(f"--topk must be at least 1, got {topk}")

@@ -19,7 +19,18 @@ MADE_BY = "made_by.json"
 
 
 def made_by(spec: str | Path) -> list[str]:
-    """The commands that made the model folder ``spec``; empty for a zoo model or a folder without a record."""
+    """The commands that made the model folder ``spec``.
+
+    Args:
+        spec: a model spec or folder.
+
+    Returns:
+        The commands, oldest first; empty for a zoo model or a folder without a record.
+
+    Examples:
+        >>> made_by("resnet18")
+        []
+    """
     path = Path(spec) / MADE_BY
     if not path.is_file():
         return []
@@ -29,7 +40,23 @@ def made_by(spec: str | Path) -> list[str]:
 
 def record_command(out: str | Path, argv: list[str], *, start: str | Path | None = None) -> Path:
     """Write ``out/made_by.json``: the commands that made ``start`` (the starting model), then ``argv``.
-    Re-running the same command (a resumed run) records it once."""
+
+    Re-running the same command (a resumed run) records it once.
+
+    Args:
+        out: the model folder written.
+        argv: the command that wrote it.
+        start: the model it started from (its commands come first).
+
+    Returns:
+        The path of ``made_by.json``.
+
+    Examples:
+        >>> import tempfile
+        >>> out = record_command(tempfile.mkdtemp(), ["inspectnet", "train", "resnet18", "digits"])
+        >>> made_by(out.parent)
+        ['inspectnet train resnet18 digits']
+    """
     command = shlex.join(argv)
     commands = made_by(start) if start is not None else []
     commands = [c for c in commands if c != command] + [command]

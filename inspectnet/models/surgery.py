@@ -47,10 +47,16 @@ _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Lea
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     """Replace the submodule at dotted ``name`` (e.g. ``head.fc``) by ``module``.
 
-    >>> m = nn.Sequential(nn.Linear(2, 2)); set_submodule(m, "0", nn.Identity()); m
-    Sequential(
-      (0): Identity()
-    )
+    Args:
+        model: changed in place.
+        name: the dotted name of the submodule to replace.
+        module: the replacement.
+
+    Examples:
+        >>> m = nn.Sequential(nn.Linear(2, 2)); set_submodule(m, "0", nn.Identity()); m
+        Sequential(
+          (0): Identity()
+        )
     """
     parent_name, _, leaf = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -59,7 +65,23 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 # ---------------------------------------------------------------- slimming
 def slimming_method(model: nn.Module, head_name: str) -> str:
-    """Which exact slimming applies to ``model``, or an error explaining why none does."""
+    """Which exact slimming applies to ``model``, or an error explaining why none does.
+
+    Args:
+        model: the network.
+        head_name: the classifier's dotted name.
+
+    Returns:
+        One of :data:`SLIMMING_METHODS` (``"efficientnet"``, ``"resnet"`` or ``"linear"``).
+
+    Raises:
+        InspectnetError: no known layer produces the head's features channel by channel (or the last
+            ResNet block mixes channels with squeeze-excitation).
+
+    Examples:
+        >>> slimming_method(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), "2")
+        'linear'
+    """
     if isinstance(getattr(model, "conv_head", None), nn.Conv2d) and hasattr(model, "bn2"):
         return "efficientnet"
     stage = getattr(model, "layer4", None)
@@ -81,6 +103,18 @@ def apply_slimming(model: nn.Module, head_name: str, method: str, keep: list[int
     """Structurally remove every penultimate channel not in ``keep`` (used when slimming and on load).
 
     The head must be a :class:`DecomposedLinear`; it becomes one over the kept columns.
+
+    Args:
+        model: changed in place.
+        head_name: the classifier's dotted name.
+        method: one of :data:`SLIMMING_METHODS` (see :func:`slimming_method`).
+        keep: the penultimate channels to keep.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        InspectnetError: ``method`` is unknown, the head is not decomposed, or a layer cannot be slimmed.
     """
     if method not in SLIMMING_METHODS:
         raise InspectnetError(f"unknown slimming method {method!r}; expected one of {', '.join(SLIMMING_METHODS)}")
@@ -201,7 +235,20 @@ REBUILDERS: dict[str, Callable[[nn.Module, dict[str, Any]], nn.Module]] = {
 def rebuild(model: nn.Module, modifications: list[dict[str, Any]], *, where: str) -> nn.Module:
     """Re-apply saved ``modifications`` in order to a fresh architecture (before its weights load).
 
-    ``where`` names the saved model in errors.
+    Args:
+        model: the fresh architecture, changed in place.
+        modifications: the saved modifications (``{"kind": ..., ...}``), oldest first.
+        where: names the saved model in errors.
+
+    Returns:
+        ``model``, with the modifications applied.
+
+    Raises:
+        InspectnetError: a modification's kind is unknown to this version.
+
+    Examples:
+        >>> rebuild(nn.Linear(2, 2), [], where="runs/m")
+        Linear(in_features=2, out_features=2, bias=True)
     """
     for mod in modifications:
         if mod.get("kind") not in REBUILDERS:

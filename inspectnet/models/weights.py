@@ -25,10 +25,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped and a DDP
     ``module.`` prefix is stripped.
 
-    >>> read_state_dict("missing.pt")
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: weights file missing.pt does not exist
+    Args:
+        path: the weights file.
+
+    Returns:
+        ``{name: tensor}``.
+
+    Raises:
+        InspectnetError: the file does not exist, cannot be read, or holds no state dict.
+
+    Examples:
+        >>> read_state_dict("missing.pt")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: weights file missing.pt does not exist
     """
     path = Path(path)
     if path.is_dir():
@@ -107,10 +117,14 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *,
     Returns:
         The tensors keyed by the architecture's names.
 
-    >>> fit_state_dict(nn.Linear(2, 1), {"weight": torch.ones(1, 2, dtype=torch.int64), "bias": torch.zeros(1)})
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: checkpoint tensor 'weight' holds int64 values but ...
+    Raises:
+        InspectnetError: the tensors cannot be paired, a shape differs, or a dtype cannot hold the values.
+
+    Examples:
+        >>> fit_state_dict(nn.Linear(2, 1), {"weight": torch.ones(1, 2, dtype=torch.int64), "bias": torch.zeros(1)})
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: checkpoint tensor 'weight' holds int64 values but ...
     """
     target = model.state_dict()
     if set(state) == set(target):

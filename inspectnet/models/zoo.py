@@ -52,9 +52,10 @@ SHIPPED = {
 
 @dataclasses.dataclass(kw_only=True)
 class ModelDescription:
-    """What describes a model apart from its module: where it comes from, how to feed it, its classes
-    and head. ``modifications`` lists the saved changes on top of ``arch`` (see
-    :mod:`inspectnet.models.surgery`)."""
+    """What describes a model apart from its module: where it comes from, how to feed it, its classes and head.
+
+    ``modifications`` lists the saved changes on top of ``arch`` (see :mod:`inspectnet.models.surgery`).
+    """
 
     source: str
     arch: str
@@ -69,10 +70,15 @@ class ModelDescription:
 
     @property
     def spec(self) -> str:
+        """The model's spec, ``source:arch``."""
         return f"{self.source}:{self.arch}"
 
     def description(self) -> dict[str, Any]:
-        """The description's fields as a new dict (copies: changing it changes nothing here)."""
+        """The description's fields as a new dict (copies: changing it changes nothing here).
+
+        Returns:
+            ``{field name: value}`` of :class:`ModelDescription`'s fields.
+        """
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(ModelDescription)}
 
 
@@ -88,30 +94,70 @@ class ZooModel(ModelDescription):
 
     @property
     def head(self) -> nn.Linear:
+        """The classifier module (at ``head_name``)."""
         return self.model.get_submodule(self.head_name)
 
     def fingerprint(self) -> str:
-        """Short hash of the weights (names, shapes, dtypes and values), keying cached results."""
+        """Short hash of the weights (names, shapes, dtypes and values), keying cached results.
+
+        Returns:
+            16 hex digits (see :func:`weights_fingerprint`).
+        """
         return weights_fingerprint(self.model)
 
     def transform(self) -> Callable:
-        """The evaluation preprocessing: PIL image -> normalized tensor of ``input_size``."""
+        """The evaluation preprocessing: PIL image -> normalized tensor of ``input_size``.
+
+        Returns:
+            The transform (see :func:`inspectnet.data.transforms.build_transform`).
+        """
         from inspectnet.data.transforms import build_transform
 
         return build_transform(self.data_config)
 
     def to(self, device: torch.device | str) -> "ZooModel":
+        """Move the module to ``device``.
+
+        Args:
+            device: the target device.
+
+        Returns:
+            This model.
+        """
         self.model.to(device)
         return self
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """sha256 (16 hex digits) over the state dict's names, shapes, dtypes and bytes."""
+    """sha256 (16 hex digits) over the state dict's names, shapes, dtypes and bytes.
+
+    Args:
+        model: the network.
+
+    Returns:
+        The fingerprint.
+
+    Examples:
+        >>> len(weights_fingerprint(nn.Linear(2, 2)))
+        16
+    """
     return state_fingerprint(model.state_dict().items())
 
 
 def state_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """:func:`weights_fingerprint` of named tensors (a state dict's items, e.g. one read from a checkpoint)."""
+    """:func:`weights_fingerprint` of named tensors (a state dict's items, e.g. one read from a checkpoint).
+
+    Args:
+        tensors: ``(name, tensor)`` pairs, in state-dict order.
+
+    Returns:
+        The fingerprint (16 hex digits).
+
+    Examples:
+        >>> m = nn.Linear(2, 2)
+        >>> state_fingerprint(m.state_dict().items()) == weights_fingerprint(m)
+        True
+    """
     h = hashlib.sha256()
     for name, t in tensors:
         t = t.detach().cpu().contiguous()
@@ -123,7 +169,12 @@ def state_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
 def saved_weights_fingerprint(folder: str | Path) -> str | None:
     """:func:`weights_fingerprint` of a saved model read from its weights file, without building the model.
 
-    None for folders saved before the file recorded its state-dict order (the hash follows that order).
+    Args:
+        folder: a model folder written by :func:`save_model`.
+
+    Returns:
+        The fingerprint; None for folders saved before the file recorded its state-dict order (the hash
+        follows that order).
     """
     from safetensors import safe_open
 
@@ -143,9 +194,10 @@ class ModelRef:
     files without building the model (so without importing timm); otherwise the model is loaded.
     A fully cached audit needs no more.
 
-    >>> ref = ModelRef("resnet18", {"num_classes": 10})
-    >>> ref.about().num_classes, ref.load().head_name
-    (10, 'fc')
+    Examples:
+        >>> ref = ModelRef("resnet18", {"num_classes": 10})
+        >>> ref.about().num_classes, ref.load().head_name
+        (10, 'fc')
     """
 
     spec: str
@@ -154,16 +206,33 @@ class ModelRef:
 
     @classmethod
     def of(cls, zm: ZooModel) -> "ModelRef":
-        """A reference to an already loaded model."""
+        """A reference to an already loaded model.
+
+        Args:
+            zm: the model.
+
+        Returns:
+            The reference; :meth:`load` returns ``zm`` itself.
+        """
         return cls(zm.spec, {}, zm)
 
     def load(self) -> ZooModel:
+        """The model, loaded on the first call.
+
+        Returns:
+            The same :class:`ZooModel` on every call.
+        """
         if self._model is None:
             self._model = load_model(self.spec, **self.options)
         return self._model
 
     def about(self) -> "ModelAbout":
         # a seed changes nothing of a saved folder loaded as saved: nothing in it is initialised at random
+        """What identifies and describes the model, read from a saved folder's files where it can be.
+
+        Returns:
+            The description with the weights fingerprint.
+        """
         if self._model is None and not any(v not in (None, False) for k, v in self.options.items() if k != "seed") \
                 and Path(self.spec).is_dir():
             cfg = _saved_config(Path(self.spec))
@@ -182,6 +251,11 @@ class ModelAbout(ModelDescription):
     weights: str
 
     def fingerprint(self) -> str:
+        """The weights fingerprint, as :meth:`ZooModel.fingerprint` gives it.
+
+        Returns:
+            16 hex digits.
+        """
         return self.weights
 
 
@@ -200,11 +274,32 @@ def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int
     ``build_args`` go to a timm architecture's constructor (a smaller ViT: ``{"depth": 4, "patch_size": 8}``)
     and are saved with the model, so its folder rebuilds the same architecture.
 
-    >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=32)
-    >>> zm.head_name, zm.data_config["input_size"]
-    ('fc', (1, 32, 32))
-    >>> load_model("resnet18", seed=0).fingerprint() == load_model("resnet18", seed=0).fingerprint()
-    True
+    Args:
+        spec: a timm name, ``timm:NAME``, ``torchvision:NAME``, a shipped model, or a folder saved by
+            :func:`save_model`.
+        weights: a weights file to load into the architecture.
+        num_classes: outputs of the classifier.
+        in_chans: input channels.
+        pretrained: load the hub's pretrained weights.
+        input_size: the square input size in pixels.
+        reset_head: drop the checkpoint's classifier and keep a fresh one.
+        class_names: the classifier's class names (default: ImageNet's for 1000 classes, else placeholders).
+        seed: seeds whatever is initialised at random.
+        build_args: keyword arguments of a timm architecture's constructor, saved with the model.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        InspectnetError: the spec is unknown, an option is out of range or disagrees with a saved folder,
+            or the weights cannot be read or fitted.
+
+    Examples:
+        >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=32)
+        >>> zm.head_name, zm.data_config["input_size"]
+        ('fc', (1, 32, 32))
+        >>> load_model("resnet18", seed=0).fingerprint() == load_model("resnet18", seed=0).fingerprint()
+        True
     """
     for option, value in (("--num-classes", num_classes), ("--in-chans", in_chans)):
         if value is not None and value < 1:
@@ -217,8 +312,21 @@ def load_model(spec: str, *, weights: str | Path | None = None, num_classes: int
 
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
-    """Run a block with torch's CPU generator seeded by ``seed``, restoring the caller's state after
-    (nothing happens when ``seed`` is None)."""
+    """Run a block with torch's CPU generator seeded by ``seed``, restoring the caller's state after.
+
+    Args:
+        seed: the seed; nothing happens when it is None.
+
+    Yields:
+        Nothing.
+
+    Examples:
+        >>> with seeded(0):
+        ...     a = torch.rand(1)
+        >>> with seeded(0):
+        ...     bool(torch.rand(1) == a)
+        True
+    """
     if seed is None:
         yield
         return
@@ -292,7 +400,13 @@ def _load_shipped(spec: str, *, weights: str | Path | None, num_classes: int | N
 
 
 def load_weights(zm: ZooModel, weights: str | Path, *, reset_head: bool = False) -> None:
-    """Load a weight file into ``zm.model`` (see :func:`fit_state_dict` for the rules)."""
+    """Load a weight file into ``zm.model`` (see :func:`fit_state_dict` for the rules).
+
+    Args:
+        zm: the model, changed in place.
+        weights: the weights file.
+        reset_head: leave the classifier's tensors out (keep the model's own head).
+    """
     state = read_state_dict(weights)
     skip = tuple(f"{zm.head_name}.{p}" for p in ("weight", "bias")) if reset_head else ()
     fitted = fit_state_dict(zm.model, state, skip=skip)
@@ -303,6 +417,19 @@ def save_model(zm: ZooModel, out_dir: str | Path) -> Path:
     """Save as a folder (safetensors weights + config) that :func:`load_model` reads back.
 
     The config is written last, so a folder without it is never mistaken for a saved model.
+
+    Args:
+        zm: the model.
+        out_dir: the folder (created).
+
+    Returns:
+        The folder.
+
+    Examples:
+        >>> import tempfile
+        >>> zm = load_model("resnet18", num_classes=2, in_chans=1, input_size=16, seed=0)
+        >>> load_model(str(save_model(zm, tempfile.mkdtemp()))).fingerprint() == zm.fingerprint()
+        True
     """
     from safetensors.torch import save_file
 
@@ -360,7 +487,12 @@ def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, re
 
 
 def replace_head(zm: ZooModel, num_classes: int) -> None:
-    """Swap the final linear layer for a freshly initialised one with ``num_classes`` outputs."""
+    """Swap the final linear layer for a freshly initialised one with ``num_classes`` outputs.
+
+    Args:
+        zm: the model, changed in place (class names become the defaults of ``num_classes``).
+        num_classes: outputs of the new head.
+    """
     old = zm.head
     new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     set_submodule(zm.model, zm.head_name, new)
@@ -369,21 +501,40 @@ def replace_head(zm: ZooModel, num_classes: int) -> None:
 
 
 def default_class_names(num_classes: int) -> list[str]:
-    """ImageNet class names for 1000-class models (shipped with timm), else ``class_0`` ..."""
+    """ImageNet class names for 1000-class models (shipped with timm), else ``class_0`` ...
+
+    Args:
+        num_classes: the number of classes.
+
+    Returns:
+        The names.
+
+    Examples:
+        >>> default_class_names(2), default_class_names(1000)[281]
+        (['class_0', 'class_1'], 'tabby')
+    """
     return imagenet_names() if num_classes == 1000 else placeholder_names(num_classes)
 
 
 def adopt_class_names(zm: ZooModel, dataset: ImageDataset) -> ImageDataset:
     """A model with placeholder class names takes the names of data mapped onto it in index order.
 
-    That is ``train --num-classes N`` on a folder of N classes: the saved model then knows its
-    classes. Returns the dataset, its mapping now naming the adopted classes (still index order).
+    That is ``train --num-classes N`` on a folder of N classes: the saved model then knows its classes.
 
-    >>> import numpy as np; from inspectnet.data import ArrayDataset
-    >>> zm = load_model("resnet18", num_classes=2, in_chans=1, input_size=16)
-    >>> ds = ArrayDataset("d", np.zeros((2, 4, 4), np.uint8), [0, 1], ["cat", "dog"]).aligned_to(zm.class_names)
-    >>> adopt_class_names(zm, ds).label_mapping.method, zm.class_names
-    ('index order', ['cat', 'dog'])
+    Args:
+        zm: the model (its ``class_names`` change when they are placeholders).
+        dataset: data aligned to the model.
+
+    Returns:
+        The dataset, its mapping now naming the adopted classes (still index order); ``dataset`` itself
+        when nothing was adopted.
+
+    Examples:
+        >>> import numpy as np; from inspectnet.data import ArrayDataset
+        >>> zm = load_model("resnet18", num_classes=2, in_chans=1, input_size=16)
+        >>> ds = ArrayDataset("d", np.zeros((2, 4, 4), np.uint8), [0, 1], ["cat", "dog"]).aligned_to(zm.class_names)
+        >>> adopt_class_names(zm, ds).label_mapping.method, zm.class_names
+        ('index order', ['cat', 'dog'])
     """
     mapping = dataset.label_mapping
     if mapping is None or not mapping.index_order:

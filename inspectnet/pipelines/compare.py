@@ -59,8 +59,23 @@ class Method:
 
 
 def split_plugin_list(text: str) -> list[str]:
-    """``"vanilla,ebp:K=25,lam=1e-3,kwta"`` -> ``["vanilla", "ebp:K=25,lam=1e-3", "kwta"]``: an item
-    with ``=`` but no ``:`` continues the previous plugin's hyperparameters."""
+    """Split a ``--plugins`` list: ``"vanilla,ebp:K=25,lam=1e-3,kwta"`` -> ``["vanilla", "ebp:K=25,lam=1e-3", "kwta"]``.
+
+    An item with ``=`` but no ``:`` continues the previous plugin's hyperparameters.
+
+    Args:
+        text: the list.
+
+    Returns:
+        One plugin spec per method.
+
+    Raises:
+        InspectnetError: the list is empty, or starts with a hyperparameter.
+
+    Examples:
+        >>> split_plugin_list("vanilla,ebp:K=25,lam=1e-3,kwta")
+        ['vanilla', 'ebp:K=25,lam=1e-3', 'kwta']
+    """
     out: list[str] = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         if "=" in item and ":" not in item:
@@ -76,7 +91,21 @@ def split_plugin_list(text: str) -> list[str]:
 
 
 def parse_sweep(text: str) -> tuple[str, tuple[str, list[str]]]:
-    """``"ebp.K=5/25/100"`` -> ``("ebp", ("K", ["5", "25", "100"]))``."""
+    """Read a ``--sweep``: ``"ebp.K=5/25/100"`` -> ``("ebp", ("K", ["5", "25", "100"]))``.
+
+    Args:
+        text: the sweep.
+
+    Returns:
+        ``(plugin, (hyperparameter, values))``.
+
+    Raises:
+        InspectnetError: the text is not ``PLUGIN.PARAM=v1/v2/...``.
+
+    Examples:
+        >>> parse_sweep("ebp.K=5/25/100")
+        ('ebp', ('K', ['5', '25', '100']))
+    """
     m = re.fullmatch(r"\s*([\w-]+)\.(\w+)\s*=\s*(.+)", text)
     values = [v.strip() for v in m.group(3).split("/") if v.strip()] if m else []
     if not m or not values:
@@ -86,8 +115,22 @@ def parse_sweep(text: str) -> tuple[str, tuple[str, list[str]]]:
 
 def expand_methods(plugins: Sequence[str], *, layer: str | None = None,
                    sweeps: dict[str, tuple[str, list[str]]] | None = None) -> list[Method]:
-    """Plugin specs -> methods; a swept family gives one method per value; ``layer`` fills in the
-    ``layer`` hyperparameter of plugins that have one and were not given it."""
+    """Plugin specs -> methods; a swept family gives one method per value.
+
+    ``layer`` fills in the ``layer`` hyperparameter of plugins that have one and were not given it.
+
+    Args:
+        plugins: the plugin specs (``vanilla`` for plain fine-tuning).
+        layer: the layer for plugins that take one.
+        sweeps: plugin -> (hyperparameter, values).
+
+    Returns:
+        The methods, in order.
+
+    Raises:
+        InspectnetError: ``vanilla`` has hyperparameters, a sweep names a plugin or hyperparameter that is
+            not there, or a configuration is listed twice.
+    """
     from inspectnet.plugins import get_plugin, make_plugin, parse_plugin_spec
 
     sweeps = dict(sweeps or {})
@@ -150,8 +193,30 @@ def run_one(make_model: Callable[[], ZooModel], method: Method, seed: int, train
             test_ds: ImageDataset, layer: str, config: TrainConfig, out: Path, *, device: str = "auto",
             probe_limit: int | None = None, eval_limit: int | None = None,
             rules_kw: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fine-tune one method with one seed, probe ``layer`` with the plugin attached, extract rules and
-    sparsity; the row is written to ``out/run.json`` (reused when it exists)."""
+    """Fine-tune one method with one seed, probe ``layer`` with the plugin attached, extract rules and sparsity.
+
+    The row is written to ``out/run.json`` (reused when it exists).
+
+    Args:
+        make_model: builds a fresh model.
+        method: the configuration.
+        seed: the seed of the fine-tuning.
+        train_ds: the training data.
+        test_ds: the evaluation data.
+        layer: the layer probed for rules and sparsity.
+        config: the training configuration.
+        out: the run's folder.
+        device: where to run.
+        probe_limit: the most training samples probed.
+        eval_limit: the most evaluation samples probed.
+        rules_kw: keyword arguments of the rule extraction.
+
+    Returns:
+        The run's row.
+
+    Raises:
+        InspectnetError: ``out`` holds a run with other settings.
+    """
     from inspectnet.plugins import make_plugin
     from inspectnet.training.finetune import finetune
 
@@ -199,7 +264,29 @@ def compare(make_model: Callable[[], ZooModel], train_ds: ImageDataset, test_ds:
             seeds: Sequence[int] = (0,), device: str = "auto", probe_limit: int | None = None,
             eval_limit: int | None = None, rules_kw: dict[str, Any] | None = None,
             log: Callable[[str], None] | None = None) -> Comparison:
-    """Run every method × seed (see :func:`run_one`) and write ``compare.{json,md,csv,png}`` in ``out``."""
+    """Run every method × seed (see :func:`run_one`) and write ``compare.{json,md,csv,png}`` in ``out``.
+
+    Args:
+        make_model: builds a fresh model.
+        train_ds: the training data.
+        test_ds: the evaluation data.
+        methods: the configurations.
+        layer: the layer probed for rules and sparsity.
+        out: the output folder.
+        config: the training configuration.
+        seeds: the seeds, each run per method.
+        device: where to run.
+        probe_limit: the most training samples probed.
+        eval_limit: the most evaluation samples probed.
+        rules_kw: keyword arguments of the rule extraction.
+        log: receives one line per run.
+
+    Returns:
+        The comparison.
+
+    Raises:
+        InspectnetError: no method or no seed is given.
+    """
     if not methods:
         raise InspectnetError("nothing to compare: --plugins is empty")
     if not seeds:
@@ -228,7 +315,15 @@ def compare(make_model: Callable[[], ZooModel], train_ds: ImageDataset, test_ds:
 
 
 def aggregate(runs: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
-    """Mean and sample std (ddof=1; 0 for one seed) of every column per method label, in ``order``."""
+    """Mean and sample std (ddof=1; 0 for one seed) of every column per method label, in ``order``.
+
+    Args:
+        runs: one row per run.
+        order: the method labels.
+
+    Returns:
+        One row per method.
+    """
     table = []
     for label in order:
         rows = [r for r in runs if r["label"] == label]
@@ -254,21 +349,45 @@ def _cell(entry: dict[str, Any], key: str) -> str:
 
 
 def markdown_table(c: Comparison) -> str:
-    """The paper's Table 1 layout: method × rule-extraction, sparsity and accuracy columns."""
+    """The paper's Table 1 layout: method × rule-extraction, sparsity and accuracy columns.
+
+    Args:
+        c: the comparison.
+
+    Returns:
+        The Markdown table.
+    """
     return tables.markdown_table(["Method", *[name for _, name in COLUMNS]],
                                  [[e["label"], *[_cell(e, k) for k, _ in COLUMNS]] for e in c.table])
 
 
 def csv_table(c: Comparison) -> str:
-    """One row per method: the mean and the std over seeds of every column, at full precision."""
+    """One row per method: the mean and the std over seeds of every column, at full precision.
+
+    Args:
+        c: the comparison.
+
+    Returns:
+        The CSV text.
+    """
     keys = [x for k, _ in COLUMNS for x in (k, f"{k}_std")]
     return tables.csv_text(["method", "n_seeds", *keys], [[e["label"], e["n_seeds"], *[e[x] for x in keys]]
                                                           for e in c.table])
 
 
 def plot_comparison(c: Comparison, path: str | Path) -> Path:
-    """Fig. 1 style: CNN accuracy, fidelity and atoms per method; swept families as lines over their
-    hyperparameter (x axis), unswept methods as single points; error bars = std over seeds."""
+    """Fig. 1 style: CNN accuracy, fidelity and atoms per method.
+
+    Swept families are lines over their hyperparameter (x axis), unswept methods single points; error
+    bars = std over seeds.
+
+    Args:
+        c: the comparison.
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     from inspectnet.core.figures import new_figure, save_figure
 
     panels = [("model_accuracy", "CNN accuracy (%)"), ("fidelity", "fidelity (%)"), ("atoms", "unique atoms")]
@@ -311,6 +430,15 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
 
 
 def write_comparison(c: Comparison, out: str | Path) -> dict[str, Path]:
+    """Write ``compare.json``, ``compare.md``, ``compare.csv`` and ``compare.png`` into ``out``.
+
+    Args:
+        c: the comparison.
+        out: the output folder.
+
+    Returns:
+        The files written: ``{"json", "md", "csv", "png"}``.
+    """
     out = output_dir(out)
     return {"json": c.save(out / "compare.json"), "md": atomic_write_text(out / "compare.md", markdown_table(c) + "\n"),
             "csv": atomic_write_text(out / "compare.csv", csv_table(c)), "png": plot_comparison(c, out / "compare.png")}

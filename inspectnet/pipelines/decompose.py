@@ -42,11 +42,38 @@ def run_decomposition(fit: ProbeRecord | str | Path, eval_record: ProbeRecord | 
     """Everything ``inspectnet decompose`` does; returns (and writes) ``out/decomposition.json``.
 
     Writes ``influence.json``, ``model/`` (the decomposed model), ``slim_model/`` with ``slim``, and
-    ``sweep.md`` / ``sweep.png`` with ``sweep_k``. ``data`` (its classes mapped onto the model's, by
-    name or ``class_map``) measures the saved model end to end. At a ``layer`` other than ``pre_logits`` only the
+    ``sweep.md`` / ``sweep.png`` with ``sweep_k``. At a ``layer`` other than ``pre_logits`` only the
     influential filters are fitted (``influence.json``); no head is decomposed.
 
-    >>> doc = run_decomposition("rec/train", "rec/test", "out", zm=zm, k1=5, k2=5)   # doctest: +SKIP
+    Args:
+        fit: the record (or its folder) the influence map is fitted on.
+        eval_record: the record (or its folder) it is evaluated on.
+        out: the output folder.
+        zm: the model the records were probed with (needed at ``pre_logits``).
+        k1: top features kept per sample.
+        k2: influential features chosen per class.
+        layer: the recorded layer.
+        retrain_epochs: epochs of retraining the decomposed head (0: none).
+        retrain_lr: the retraining's learning rate.
+        slim: also slim the decomposed model.
+        sweep_k: k values of a (k1, k2) sweep.
+        data: data (its classes mapped onto the model's, by name or ``class_map``) on which the saved
+            model is measured end to end.
+        limit: the first ``limit`` samples of ``data``.
+        class_map: data class -> model class.
+        device: where to run the model.
+        seed: seeds the noise ablation and the retraining.
+        score: how features are ranked (see :func:`~inspectnet.analysis.heads.influence.fit_influence`).
+
+    Returns:
+        The decomposition document.
+
+    Raises:
+        InspectnetError: ``zm`` is missing at ``pre_logits``, ``retrain_epochs`` is negative, or ``limit`` is
+            below 1.
+
+    Examples:
+        >>> doc = run_decomposition("rec/train", "rec/test", "out", zm=zm, k1=5, k2=5)   # doctest: +SKIP
     """
     fit_rec, eval_rec = _record(fit), _record(eval_record)
     check_same_model(fit_rec, eval_rec, zm)
@@ -102,9 +129,11 @@ def _record(record: ProbeRecord | str | Path) -> ProbeRecord:
 
 def _keep_better(dzm: ZooModel, doc: dict[str, Any], fit_rec: ProbeRecord, eval_rec: ProbeRecord, imap: InfluenceMap,
                  epochs: int, lr: float, seed: int, out: Path) -> ZooModel:
-    """Retrain a copy of the decomposed head on the fit record's features (saved to ``retrained_model/``);
+    """Retrain a copy of the decomposed head on the fit record's features (saved to ``retrained_model/``).
+
     ``doc``'s ``model_dir``/``model_form`` name the better of the two on the eval record (ties: retrained),
-    and ``model_choice`` says why. Returns that model."""
+    and ``model_choice`` says why. Returns that model.
+    """
     retrained = copy.deepcopy(dzm)
     history = retrain_head(retrained.head, fit_rec.features, fit_rec.labels, epochs=epochs, lr=lr, seed=seed)
     weight, bias = linear_params(retrained.head)

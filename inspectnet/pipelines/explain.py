@@ -1,6 +1,8 @@
-"""Explanations as Python calls: ``inspectnet explain`` (:func:`explain_images`) and the measured quality
-of the explanations of every form of a model (:func:`explanation_quality`: full, decomposed, slimmed,
-int8 through ONNX Runtime), which the audit's explanations stage runs.
+"""Explanations as Python calls: ``inspectnet explain`` and the measured quality of explanations.
+
+:func:`explain_images` writes overlays; :func:`explanation_quality` measures the explanations of
+every form of a model (full, decomposed, slimmed, int8 through ONNX Runtime), which the audit's
+explanations stage runs.
 
 >>> doc = explain_images(load_model("runs/mnist_r18"), ["digit.png"], "out/explain", classes="top1")  # doctest: +SKIP
 >>> doc["images"][0]["classes"][0]["residual"] < 1e-4                                                 # doctest: +SKIP
@@ -54,6 +56,21 @@ def explain_images(zm: ZooModel, images: Sequence[str | Path | Image.Image], out
     logit, the evidence sum and the exactness residual |Σ E + offset − logit|. Heads that are not
     average pooling + linear are refused with the reason; so are images smaller than the evidence
     grid (before anything is written).
+
+    Args:
+        zm: the model.
+        images: image files or PIL images.
+        out: the output folder.
+        classes: which classes to explain (``"top1"``, a top-k or class indices).
+        batch_size: images per forward pass.
+        names: labels of the images in the output.
+
+    Returns:
+        The ``evidence.json`` document.
+
+    Raises:
+        InspectnetError: there are no images, the head is not average pooling + linear, or an image is
+            smaller than the evidence grid.
     """
     if not images:
         raise InspectnetError("no images to explain; give image files or a folder")
@@ -88,9 +105,12 @@ def _decomposed(zm: ZooModel) -> bool:
 # ---------------------------------------------------------------- explanation quality by model form
 @dataclasses.dataclass(frozen=True)
 class QualityConfig:
-    """How explanations are measured: ``images`` for faithfulness, ``sanity_images`` and ``sanity_steps``
-    (cascade steps kept, None = every block) for the sanity check, the ``methods`` besides the random
-    control, and the faithfulness and method parameters."""
+    """How explanations are measured.
+
+    ``images`` for faithfulness, ``sanity_images`` and ``sanity_steps`` (cascade steps kept, None =
+    every block) for the sanity check, the ``methods`` besides the random control, and the faithfulness
+    and method parameters.
+    """
 
     images: int = 100
     sanity_images: int = 16
@@ -102,8 +122,10 @@ class QualityConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelForm:
-    """One form of the model: a torch model (``zm``), or an exported ONNX file with the evidence output,
-    run by ONNX Runtime (``onnx``); ``missing`` says why a form could not be built."""
+    """One form of the model: a torch model (``zm``), or an exported ONNX file with the evidence output.
+
+    The ONNX form is run by ONNX Runtime (``onnx``); ``missing`` says why a form could not be built.
+    """
 
     name: str
     zm: ZooModel | None = None
@@ -113,14 +135,28 @@ class ModelForm:
 
 def explanation_quality(forms: Sequence[ModelForm], data: ImageDataset, out: str | Path,
                         config: QualityConfig = QualityConfig()) -> dict[str, Any]:
-    """Faithfulness (deletion, insertion, ROAD, against the random control) of every method on every
-    form, the cascading-randomisation sanity check of the torch forms, and their pictures in ``out``.
-    On data with object masks (``data.object_mask``), every row also holds its ``localisation``: the
-    energy-based pointing game (:mod:`~inspectnet.analysis.explain.localisation`), method and control.
+    """The measured quality of every explanation method on every form of a model, with its pictures in ``out``.
+
+    Faithfulness (deletion, insertion, ROAD, against the random control) of every method on every
+    form, and the cascading-randomisation sanity check of the torch forms. On data with object masks
+    (``data.object_mask``), every row also holds its ``localisation``: the energy-based pointing game
+    (:mod:`~inspectnet.analysis.explain.localisation`), method and control.
 
     ``forms[0]`` is the reference (the full model): each form's top-1 agreement is measured against
     it. Targets are each form's own predictions. A method that a form cannot run (e.g. evidence on a
     head that is not pool + linear, or gradients through ONNX Runtime) is recorded with the reason.
+
+    Args:
+        forms: the model's forms, the full model first.
+        data: the images explained.
+        out: the output folder.
+        config: how explanations are measured.
+
+    Returns:
+        The report: rows per form and method, the sanity check, figures and costs.
+
+    Raises:
+        InspectnetError: the data holds no images.
     """
     out = Path(out)
     indices = list(range(min(config.images, len(data))))
@@ -189,8 +225,10 @@ def _evaluate_form(form: ModelForm, x: torch.Tensor, labels: np.ndarray, indices
 
 
 def _object_masks(data: ImageDataset, indices: list[int], forms: Sequence[ModelForm]) -> torch.Tensor | None:
-    """The explained images' object masks as the model's input sees them (N, H, W), or None when the data
-    has no masks for them."""
+    """The explained images' object masks as the model's input sees them (N, H, W).
+
+    None when the data has no masks for them.
+    """
     config = next((f.zm.data_config for f in forms if f.zm is not None), None)
     found = [data.object_mask(i) for i in indices] if hasattr(data, "object_mask") else [None]
     if config is None or any(m is None for m in found):
@@ -250,9 +288,11 @@ def _engine(form: ModelForm, x: torch.Tensor, config: QualityConfig):
 
 def _sanity(zm: ZooModel, x: torch.Tensor, preds: np.ndarray, indices: list[int], config: QualityConfig,
             rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cascading-randomisation check of the methods this form could run, on ``sanity_images`` of the
-    explained images spread over them (the explained images follow the data's class order, so the first
-    few would often be one class); ``samples`` says which."""
+    """The cascading-randomisation check of the methods this form could run.
+
+    It runs on ``sanity_images`` of the explained images spread over them (the explained images follow
+    the data's class order, so the first few would often be one class); ``samples`` says which.
+    """
     methods = [*dict.fromkeys(r["method"] for r in rows if r["status"] == "ok")]
     pick = spread_indices(len(x), config.sanity_images)
     found = cascading_randomisation(zm, x[pick], torch.as_tensor(preds[pick]), methods,
@@ -295,8 +335,10 @@ def _figures(doc: dict[str, Any], curves: dict, examples: dict[str, np.ndarray],
 
 
 def _localisation_figure(doc: dict[str, Any], out: Path) -> dict[str, str] | None:
-    """The pointing game of every measured map (bars), its caption listing the values of the first form;
-    None when no map had positive energy to place."""
+    """The pointing game of every measured map (bars), its caption listing the values of the first form.
+
+    None when no map had positive energy to place.
+    """
     rows = [r for r in doc["rows"] if r.get("localisation", {}).get("energy_pointing_game") is not None]
     if not rows:
         return None

@@ -63,11 +63,16 @@ def family_cells(row: Family, out: str | Path, *, capabilities: Sequence[str] = 
         capabilities: which columns to run (:data:`CAPABILITIES`).
         explain_config: the explanations stage's parameters.
         timings: filled with the CPU seconds (this process, all threads) of each capability when given.
-    Returns:
-        {capability: "✓" or the reason}.
 
-    >>> family_cells(family("MobileNetV3"), "out", capabilities=("evidence",))["evidence"][:40]  # doctest: +SKIP
-    'timm:mobilenetv3_small_050 applies Conv2d'
+    Returns:
+        ``{capability: "✓" or the reason}``.
+
+    Raises:
+        InspectnetError: a capability is unknown.
+
+    Examples:
+        >>> family_cells(family("MobileNetV3"), "out", capabilities=("evidence",))["evidence"][:40]  # doctest: +SKIP
+        'timm:mobilenetv3_small_050 applies Conv2d'
     """
     unknown = [c for c in capabilities if c not in CAPABILITIES]
     if unknown:
@@ -126,13 +131,15 @@ def matrix_markdown(rows: dict[str, dict[str, str]], families: Sequence[Family] 
     """The matrix as a markdown table: one row per family, ✓ or the reason per capability.
 
     Args:
-        rows: {family name: {capability: cell}} as :func:`family_cells` returns them.
+        rows: ``{family name: {capability: cell}}`` as :func:`family_cells` returns them.
         families: the rows' order (and which to show).
-    Returns:
-        the table; reasons lose the model's name and the refusal's closing boilerplate.
 
-    >>> print(matrix_markdown({"ResNet": {"evidence": "✓"}}).splitlines()[2])
-    | ResNet | resnet18 (64 px) | average pooling + linear | ✓ |
+    Returns:
+        The table; reasons lose the model's name and the refusal's closing boilerplate.
+
+    Examples:
+        >>> print(matrix_markdown({"ResNet": {"evidence": "✓"}}).splitlines()[2])
+        | ResNet | resnet18 (64 px) | average pooling + linear | ✓ |
     """
     columns = [c for c in CAPABILITIES if any(c in cells for cells in rows.values())]
     lines = ["| family | model (input) | head | " + " | ".join(columns) + " |",

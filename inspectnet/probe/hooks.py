@@ -31,25 +31,64 @@ def absmean(t: torch.Tensor) -> torch.Tensor:
 
     ``t`` is channels-first maps or vectors; a :class:`Probe` puts channels-last maps and tokens
     (patch tokens only) in that form first.
+
+    Args:
+        t: (B, C, ...) activations.
+
+    Returns:
+        (B, C) means of the absolute values (vectors: their absolute values).
+
+    Examples:
+        >>> absmean(torch.tensor([[[[1.0, -3.0]]]])).tolist()
+        [[2.0]]
     """
     dims = _spatial_dims(t)
     return t.abs().mean(dim=dims) if dims else t.abs()
 
 
 def spatial_mean(t: torch.Tensor) -> torch.Tensor:
-    """Per-filter spatial mean of F."""
+    """Per-filter spatial mean of F.
+
+    Args:
+        t: (B, C, ...) activations.
+
+    Returns:
+        (B, C) means (vectors as they are).
+
+    Examples:
+        >>> spatial_mean(torch.tensor([[[[1.0, -3.0]]]])).tolist()
+        [[-1.0]]
+    """
     dims = _spatial_dims(t)
     return t.mean(dim=dims) if dims else t
 
 
 def spatial_max(t: torch.Tensor) -> torch.Tensor:
-    """Per-filter spatial maximum of F."""
+    """Per-filter spatial maximum of F.
+
+    Args:
+        t: (B, C, ...) activations.
+
+    Returns:
+        (B, C) maxima (vectors as they are).
+
+    Examples:
+        >>> spatial_max(torch.tensor([[[[1.0, -3.0]]]])).tolist()
+        [[1.0]]
+    """
     dims = _spatial_dims(t)
     return t.amax(dim=dims) if dims else t
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
-    """The whole map, unreduced (for dissection and receptive-field pictures)."""
+    """The whole map, unreduced (for dissection and receptive-field pictures).
+
+    Args:
+        t: (B, C, ...) activations.
+
+    Returns:
+        ``t`` itself.
+    """
     return t
 
 
@@ -59,6 +98,21 @@ REDUCERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def get_reducer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The reducer called ``name`` (see :data:`REDUCERS`).
+
+    Args:
+        name: ``absmean``, ``mean``, ``max`` or ``full``.
+
+    Returns:
+        The reducer function.
+
+    Raises:
+        InspectnetError: ``name`` is unknown.
+
+    Examples:
+        >>> get_reducer("absmean") is absmean
+        True
+    """
     if name not in REDUCERS:
         raise InspectnetError(f"unknown reducer {name!r}; expected one of {', '.join(REDUCERS)}")
     return REDUCERS[name]
@@ -74,12 +128,20 @@ class Probe:
     losses): (B, C) for the reducers, (B, C, h, w) maps for ``full``. ``pre_logits`` captures the
     classifier's input as it is.
 
-    >>> import torchvision
-    >>> m = torchvision.models.resnet18(num_classes=4).eval()
-    >>> with Probe(m, ["layer4", "pre_logits"]) as probe:
-    ...     _ = m(torch.zeros(2, 3, 64, 64))
-    >>> {k: tuple(v.shape) for k, v in probe.outputs.items()}
-    {'layer4': (2, 512), 'pre_logits': (2, 512)}
+    Args:
+        model: the network.
+        layers: layer specs (see :func:`~inspectnet.models.layers.resolve_layers`).
+        reducer: a name of :data:`REDUCERS` or a function (B, C, ...) -> (B, C).
+        head_name: the classifier's dotted name (found when None), for ``pre_logits``.
+        keep_graph: keep the outputs attached to the autograd graph (for losses).
+
+    Examples:
+        >>> import torchvision
+        >>> m = torchvision.models.resnet18(num_classes=4).eval()
+        >>> with Probe(m, ["layer4", "pre_logits"]) as probe:
+        ...     _ = m(torch.zeros(2, 3, 64, 64))
+        >>> {k: tuple(v.shape) for k, v in probe.outputs.items()}
+        {'layer4': (2, 512), 'pre_logits': (2, 512)}
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module] | str, *,

@@ -68,8 +68,9 @@ FEATURES, LOGITS, LABELS = "features", "logits", "labels"
 class ProbeRecord:
     """A finished probe record, its arrays memory-mapped read-only.
 
-    >>> rec = ProbeRecord.load("runs/probe")            # doctest: +SKIP
-    >>> rec.activations("layer4").shape, rec.features.shape, rec.accuracy()   # doctest: +SKIP
+    Examples:
+        >>> rec = ProbeRecord.load("runs/probe")            # doctest: +SKIP
+        >>> rec.activations("layer4").shape, rec.features.shape, rec.accuracy()   # doctest: +SKIP
     """
 
     root: Path
@@ -78,6 +79,17 @@ class ProbeRecord:
 
     @classmethod
     def load(cls, root: str | Path) -> "ProbeRecord":
+        """Open the finished record in ``root``, checking that it is complete and intact.
+
+        Args:
+            root: the record's folder.
+
+        Returns:
+            The record.
+
+        Raises:
+            InspectnetError: the folder is no probe record, is incomplete (an interrupted run), or has damaged arrays.
+        """
         root = Path(root)
         manifest = read_json(root / MANIFEST, what="probe record manifest")
         if manifest.get("format") != "inspectnet-probe-record":
@@ -101,10 +113,21 @@ class ProbeRecord:
 
     @property
     def layers(self) -> list[str]:
+        """The recorded layers, in recording order."""
         return [entry["name"] for entry in self.manifest["layers"]]
 
     def activations(self, layer: str) -> np.ndarray:
-        """(N, K) reduced activations of ``layer`` (``pre_logits`` gives the features)."""
+        """The reduced activations of ``layer``.
+
+        Args:
+            layer: a recorded layer (``pre_logits`` gives the features).
+
+        Returns:
+            The (N, K) memory-mapped array.
+
+        Raises:
+            InspectnetError: the record has no such layer.
+        """
         if layer == PRE_LOGITS:
             return self.features
         if layer not in self.layers:
@@ -113,14 +136,17 @@ class ProbeRecord:
 
     @property
     def features(self) -> np.ndarray:
+        """The (N, D) penultimate features (the classifier's input), memory-mapped."""
         return self._array(FEATURES)
 
     @property
     def logits(self) -> np.ndarray:
+        """The (N, C) logits, memory-mapped."""
         return self._array(LOGITS)
 
     @property
     def labels(self) -> np.ndarray:
+        """The (N,) labels in the model's label space (-1 = unlabelled), memory-mapped."""
         return self._array(LABELS)
 
     @property
@@ -131,6 +157,7 @@ class ProbeRecord:
 
     @property
     def class_names(self) -> list[str]:
+        """The model's class names, which the labels and logits index."""
         return list(self.manifest["class_names"])
 
     @property
@@ -143,7 +170,14 @@ class ProbeRecord:
         return int(self.manifest["num_samples"])
 
     def accuracy(self) -> float:
-        """Top-1 accuracy of the recorded logits on the labelled samples."""
+        """Top-1 accuracy of the recorded logits on the labelled samples.
+
+        Returns:
+            The fraction of labelled samples whose top logit is their label.
+
+        Raises:
+            InspectnetError: the record has no labelled sample.
+        """
         labels = np.asarray(self.labels)
         mask = labels >= 0
         if not mask.any():
@@ -153,7 +187,14 @@ class ProbeRecord:
 
 
 def expected_arrays(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int | None, ...], np.dtype]]:
-    """Every array a record's manifest promises: relative name -> (shape, dtype); None = any width."""
+    """Every array a record's manifest promises.
+
+    Args:
+        manifest: the record's manifest.
+
+    Returns:
+        Relative name -> (shape, dtype); a None in a shape means any width.
+    """
     n = int(manifest["num_samples"])
     arrays = {FEATURES: ((n, int(manifest["features_dim"])), np.dtype(np.float32)),
               LOGITS: ((n, None), np.dtype(np.float32)), LABELS: ((n,), np.dtype(np.int64))}
@@ -163,8 +204,15 @@ def expected_arrays(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int | Non
 
 
 def damage(root: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """What is wrong with each damaged array of a record (missing, another shape or dtype, truncated),
-    keyed by its file name relative to ``root``; empty when every array is intact."""
+    """What is wrong with each damaged array of a record (missing, another shape or dtype, truncated).
+
+    Args:
+        root: the record's folder.
+        manifest: its manifest.
+
+    Returns:
+        The problem, keyed by the file name relative to ``root``; empty when every array is intact.
+    """
     problems = {}
     for rel, (shape, dtype) in expected_arrays(manifest).items():
         name = f"{rel}.npy"
@@ -189,7 +237,15 @@ def damage(root: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
 
 
 def shard_rows(manifest: dict[str, Any], rank: int) -> np.ndarray:
-    """Global sample positions of the rows in ``rank``'s shard, in order."""
+    """Global sample positions of the rows in ``rank``'s shard, in order.
+
+    Args:
+        manifest: the record's manifest (its shard plan).
+        rank: the rank.
+
+    Returns:
+        The positions.
+    """
     plan = manifest[SHARDS]
     batches = shard_batches(manifest["num_samples"], plan["batch_size"], plan["world"], rank, plan["order"])
     return np.concatenate([np.arange(b.start, b.stop) for b in batches]) if batches else np.zeros(0, np.int64)
@@ -197,6 +253,20 @@ def shard_rows(manifest: dict[str, Any], rank: int) -> np.ndarray:
 
 
 def shard_array(root: Path, manifest: dict[str, Any], rank: int, rel: str) -> np.ndarray:
+    """One array of ``rank``'s shard folder, memory-mapped read-only.
+
+    Args:
+        root: the record's folder.
+        manifest: its manifest.
+        rank: the rank whose shard is read.
+        rel: the array's name relative to the shard (e.g. ``layers/layer4``).
+
+    Returns:
+        The array.
+
+    Raises:
+        InspectnetError: the shard lacks the array.
+    """
     folder = root / manifest[SHARDS]["folders"][rank]
     path = folder / f"{rel}.npy"
     if not path.is_file():

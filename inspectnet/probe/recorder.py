@@ -1,5 +1,8 @@
-"""Writing a probe record: the streaming pass (:func:`run_probe`), its resumable per-rank parts, and
-the merge of per-rank shards (:func:`merge_shards`). The layout is described in :mod:`inspectnet.probe.record`."""
+"""Writing a probe record: the streaming pass (:func:`run_probe`), its resumable parts, the merge of shards.
+
+Per-rank shards are joined by :func:`merge_shards`. The layout is described in
+:mod:`inspectnet.probe.record`.
+"""
 
 import dataclasses
 import shutil
@@ -53,8 +56,10 @@ def _stored_index(out: Path) -> FolderIndex | None:
 
 
 def _data_index(out: Path, dataset: ImageDataset) -> FolderIndex | None:
-    """The content index of the folder ``dataset`` reads (None for built-in data), hashing only the
-    files that changed since the index stored in the record."""
+    """The content index of the folder ``dataset`` reads (None for built-in data).
+
+    Only the files that changed since the index stored in the record are hashed.
+    """
     folder = dataset.source_folder()
     return index_folder(folder, _stored_index(out)) if folder is not None else None
 
@@ -83,9 +88,35 @@ def run_probe(zm: ZooModel, dataset: ImageDataset, layers: list[str] | str, out:
     write into ``out`` (or, with ``shards``, into per-rank folders under ``out/shards``); every rank
     returns the record.
 
-    >>> from inspectnet.models.zoo import load_model; from inspectnet.data import load_data
-    >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=28)
-    >>> rec = run_probe(zm, load_data("digits", zm.transform()), "layer3,layer4", "runs/rec", limit=64)  # doctest: +SKIP
+    Args:
+        zm: the model.
+        dataset: the data (its transform should be ``zm.transform()``).
+        layers: layer specs (see :func:`~inspectnet.models.layers.resolve_layers`).
+        out: the record's folder.
+        batch_size: samples per forward pass.
+        limit: probe only the first ``limit`` samples.
+        device: where to run the model (``"auto"``: CUDA when present).
+        reducer: how each layer's maps become one value per channel (see :data:`~inspectnet.probe.hooks.REDUCERS`).
+        num_workers: data loader processes.
+        show_progress: show a progress bar (None: when stderr is a terminal).
+        shards: under ``torchrun``, write per-rank shard folders instead of one shared set of arrays.
+        shard_order: ``"contiguous"`` or ``"strided"`` (see :func:`~inspectnet.core.distributed.shard_batches`).
+
+    Returns:
+        The record.
+
+    Raises:
+        InspectnetError: ``batch_size`` or ``limit`` is below 1, the data has no samples, or ``out`` holds
+            another record.
+
+    Examples:
+        >>> import tempfile
+        >>> from inspectnet.models.zoo import load_model; from inspectnet.data import load_data
+        >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16, seed=0)
+        >>> rec = run_probe(zm, load_data("digits", zm.transform()), "layer3,layer4", tempfile.mkdtemp(), limit=8,
+        ...                 show_progress=False)
+        >>> rec.layers, rec.activations("layer4").shape, len(rec)
+        (['layer3', 'layer4'], (8, 512), 8)
     """
     if batch_size < 1:
         raise InspectnetError(f"--batch-size must be at least 1, got {batch_size}")
@@ -204,9 +235,11 @@ def _open_part(out: Path, identity: dict[str, Any], plan: dict[str, Any], rank: 
 
 
 def _repair(out: Path, identity: dict[str, Any], plan: dict[str, Any]) -> None:
-    """Before one process resumes or returns ``out`` (whose identity matched): rows already written
-    are trusted only when every array is intact. A missing or truncated file (or a lost manifest)
-    sends the run back to the first sample, the damaged files removed to be written again.
+    """Before one process resumes or returns ``out`` (whose identity matched), check its arrays.
+
+    Rows already written are trusted only when every array is intact. A missing or truncated file (or
+    a lost manifest) sends the run back to the first sample, the damaged files removed to be written
+    again.
     """
     progress_path = out / PROGRESS
     done = int(read_json(progress_path, what="probe progress file")["done"]) if progress_path.is_file() else 0
@@ -315,7 +348,17 @@ def _finish(out: Path, dataset: ImageDataset, plan: dict[str, Any]) -> dict[str,
 def merge_shards(root: str | Path) -> ProbeRecord:
     """Join a record's per-rank shard folders into one memory-mapped record in ``root`` (then delete them).
 
-    >>> rec = merge_shards("runs/rec")       # doctest: +SKIP
+    Args:
+        root: the record's folder.
+
+    Returns:
+        The merged record.
+
+    Raises:
+        InspectnetError: the record has no shards (or a shard is missing an array).
+
+    Examples:
+        >>> rec = merge_shards("runs/rec")       # doctest: +SKIP
     """
     root = Path(root)
     rec = ProbeRecord.load(root)
@@ -339,6 +382,16 @@ def merge_shards(root: str | Path) -> ProbeRecord:
 
 
 def open_writers(out: Path, block: dict[str, torch.Tensor], n: int) -> dict[str, NpyWriter]:
+    """One :class:`~inspectnet.probe.npy.NpyWriter` per array of a batch, sized for ``n`` rows.
+
+    Args:
+        out: the record's folder.
+        block: one batch's arrays by name (their trailing shape sizes the files).
+        n: the number of rows of every file.
+
+    Returns:
+        The writers by array name (labels int64, the rest float32).
+    """
     return {key: NpyWriter(out / f"{key}.npy", (n, *value.shape[1:]),
                             np.int64 if key == LABELS else np.float32)
             for key, value in block.items()}

@@ -14,14 +14,18 @@ from typing import Any, ClassVar
 
 @dataclasses.dataclass(frozen=True)
 class Paragraph:
+    """A paragraph of raw text."""
     text: str
     kind: ClassVar[str] = "paragraph"
 
 
 @dataclasses.dataclass(frozen=True)
 class Table:
-    """Rows of cells (numbers are formatted by the template). ``sortable`` lets the HTML sort by a
-    clicked column, by ``sort_keys`` (same shape as ``rows``) where given, else by the cell."""
+    """Rows of cells (numbers are formatted by the template).
+
+    ``sortable`` lets the HTML sort by a clicked column, by ``sort_keys`` (same shape as ``rows``) where
+    given, else by the cell.
+    """
 
     headers: list[str]
     rows: list[list[Any]]
@@ -41,6 +45,7 @@ class Figure:
 
 @dataclasses.dataclass(frozen=True)
 class Preformatted:
+    """Text shown as it is, in a fixed-width block (e.g. a decision tree)."""
     text: str
     kind: ClassVar[str] = "preformatted"
 
@@ -65,6 +70,7 @@ class Download:
 
 @dataclasses.dataclass(frozen=True)
 class BulletList:
+    """A list of items, one line each."""
     items: list[str]
     kind: ClassVar[str] = "bullets"
 
@@ -74,8 +80,11 @@ Block = Paragraph | Table | Figure | Preformatted | Failure | Download | BulletL
 
 @dataclasses.dataclass(frozen=True)
 class Section:
-    """A titled run of blocks; ``level`` 2 or 3 (Markdown ``##``/``###``, HTML ``h2``/``h3``);
-    ``anchor`` is the HTML id that the page's navigation links to (None: not in the navigation)."""
+    """A titled run of blocks.
+
+    ``level`` is 2 or 3 (Markdown ``##``/``###``, HTML ``h2``/``h3``); ``anchor`` is the HTML id that the
+    page's navigation links to (None: not in the navigation).
+    """
 
     title: str
     blocks: list[Block]

@@ -21,7 +21,18 @@ from inspectnet.reports.render import escape_html
 
 
 def png_data_uri(array: np.ndarray) -> str:
-    """A ``data:image/png;base64,...`` URI for a (H, W) or (H, W, 3|4) uint8 array."""
+    """A ``data:image/png;base64,...`` URI for an image array.
+
+    Args:
+        array: a (H, W) or (H, W, 3|4) uint8 array.
+
+    Returns:
+        The URI.
+
+    Examples:
+        >>> png_data_uri(np.zeros((1, 1), np.uint8))[:22]
+        'data:image/png;base64,'
+    """
     from PIL import Image
 
     buf = io.BytesIO()
@@ -30,7 +41,16 @@ def png_data_uri(array: np.ndarray) -> str:
 
 
 def img(array: np.ndarray, *, title: str = "", width: int | None = None) -> Markup:
-    """An embedded ``<img>`` of an image array (title escaped), ready to sit in a table cell."""
+    """An embedded ``<img>`` of an image array (title escaped), ready to sit in a table cell.
+
+    Args:
+        array: a (H, W) or (H, W, 3|4) uint8 array.
+        title: the tooltip.
+        width: the displayed width in pixels (None: the image's).
+
+    Returns:
+        The tag as ``Markup``.
+    """
     w = f' width="{int(width)}"' if width else ""
     return Markup(f'<img class="thumb" src="{png_data_uri(array)}" title="{escape_html(title)}" '
                   f'alt="{escape_html(title)}"{w}>')
@@ -38,6 +58,7 @@ def img(array: np.ndarray, *, title: str = "", width: int | None = None) -> Mark
 
 @dataclasses.dataclass(frozen=True)
 class Bar:
+    """One bar of a :class:`BarChart`: its label, value, row position and drawn width."""
     label: str
     value: float
     y: int
@@ -63,8 +84,20 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str = ""
               bar_height: int = 22, colour: str = "#4a7fb5") -> BarChart:
     """Bars scaled to the largest value, one row of ``bar_height`` pixels per label.
 
-    >>> [b.width for b in bar_chart(["a", "b"], [2, 1]).bars]
-    ['230.0', '115.0']
+    Args:
+        labels: one label per bar.
+        values: one value per bar.
+        title: the chart's title.
+        width: the chart's width in pixels.
+        bar_height: pixels per row.
+        colour: the bars' colour.
+
+    Returns:
+        The chart the templates draw.
+
+    Examples:
+        >>> [b.width for b in bar_chart(["a", "b"], [2, 1]).bars]
+        ['230.0', '115.0']
     """
     top = max([float(v) for v in values] + [1e-12])
     label_width = 140
@@ -82,8 +115,19 @@ def overlay(image: np.ndarray, mask: np.ndarray, *, colour: tuple[int, int, int]
             alpha: float = 0.55, dim: float = 0.35) -> np.ndarray:
     """An RGB picture with ``mask`` highlighted: outside it the image is dimmed, inside tinted.
 
-    >>> overlay(np.zeros((2, 2, 3), np.uint8), np.eye(2, dtype=bool))[0, 0].tolist()
-    [140, 121, 0]
+    Args:
+        image: a (H, W) or (H, W, 3) uint8 picture.
+        mask: an (H, W) bool mask.
+        colour: the tint.
+        alpha: the tint's opacity inside the mask.
+        dim: how much the image is darkened outside the mask (0: not at all).
+
+    Returns:
+        The (H, W, 3) uint8 picture.
+
+    Examples:
+        >>> overlay(np.zeros((2, 2, 3), np.uint8), np.eye(2, dtype=bool))[0, 0].tolist()
+        [140, 121, 0]
     """
     rgb = image.astype(np.float32)
     if rgb.ndim == 2:

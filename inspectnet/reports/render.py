@@ -28,8 +28,15 @@ from inspectnet.core.tables import escape_markdown, format_value, markdown_table
 def escape_html(value: Any) -> Markup:
     """``value``'s text escaped for HTML text and attributes (quotes too); Markup passes unchanged.
 
-    >>> escape_html('<a href="x">') + escape_html(Markup("<b>"))
-    Markup('&lt;a href=&quot;x&quot;&gt;<b>')
+    Args:
+        value: any value (shown with ``str``), or ``Markup``.
+
+    Returns:
+        The escaped text as ``Markup``.
+
+    Examples:
+        >>> escape_html('<a href="x">') + escape_html(Markup("<b>"))
+        Markup('&lt;a href=&quot;x&quot;&gt;<b>')
     """
     if isinstance(value, Markup):
         return value
@@ -37,28 +44,69 @@ def escape_html(value: Any) -> Markup:
 
 
 def cell_text(value: Any) -> str:
-    """A table cell's text: Markup (a picture) as it is, anything else through ``format_value``."""
+    """A table cell's text: Markup (a picture) as it is, anything else through ``format_value``.
+
+    Args:
+        value: the cell.
+
+    Returns:
+        The text.
+
+    Examples:
+        >>> cell_text(0.5), cell_text(None)
+        ('0.5000', 'n/a')
+    """
     return value if isinstance(value, Markup) else format_value(value)
 
 
 def sort_key(value: Any) -> Any:
-    """What a sortable HTML table sorts a cell by: the raw value (full precision), nothing for Markup."""
+    """What a sortable HTML table sorts a cell by: the raw value (full precision), nothing for Markup.
+
+    Args:
+        value: the cell.
+
+    Returns:
+        The value, or ``""`` for Markup.
+
+    Examples:
+        >>> sort_key(0.123456789), sort_key(Markup("<img>"))
+        (0.123456789, '')
+    """
     return "" if isinstance(value, Markup) else value
 
 
 def yaml_scalar(value: Any) -> str:
-    """A YAML flow scalar: JSON strings and numbers are valid YAML and carry their own escaping
-    (markup characters become \\u escapes, so no renderer ever sees a raw tag).
+    r"""A YAML flow scalar: JSON strings and numbers are valid YAML and carry their own escaping.
 
-    >>> yaml_scalar("a<b")
-    '"a\\\\u003cb"'
+    Markup characters become \u escapes, so no renderer ever sees a raw tag.
+
+    Args:
+        value: a string, number, bool or None.
+
+    Returns:
+        The scalar's text.
+
+    Examples:
+        >>> yaml_scalar("a<b")
+        '"a\\u003cb"'
     """
     text = json.dumps(value, ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def markdown_url(path: str) -> str:
-    """A relative path as a Markdown link target (percent-encoded: a space or ``)`` cannot end the link)."""
+    """A relative path as a Markdown link target (percent-encoded: a space or ``)`` cannot end the link).
+
+    Args:
+        path: the relative path.
+
+    Returns:
+        The encoded target.
+
+    Examples:
+        >>> markdown_url("figures/a b).png")
+        'figures/a%20b%29.png'
+    """
     return urllib.parse.quote(str(path), safe="/")
 
 
@@ -86,10 +134,26 @@ def _environment(markdown: bool) -> Environment:
 
 
 def render_html_template(name: str, **context: Any) -> str:
-    """Render ``templates/<name>`` (an ``.html.j2``) with every value HTML-escaped."""
+    """Render ``templates/<name>`` (an ``.html.j2``) with every value HTML-escaped.
+
+    Args:
+        name: the template's file name.
+        **context: the template's variables.
+
+    Returns:
+        The HTML.
+    """
     return _environment(markdown=False).get_template(name).render(**context)
 
 
 def render_markdown_template(name: str, **context: Any) -> str:
-    """Render ``templates/<name>`` (an ``.md.j2``); the template escapes with ``md``."""
+    """Render ``templates/<name>`` (an ``.md.j2``); the template escapes with ``md``.
+
+    Args:
+        name: the template's file name.
+        **context: the template's variables.
+
+    Returns:
+        The Markdown.
+    """
     return _environment(markdown=True).get_template(name).render(**context)

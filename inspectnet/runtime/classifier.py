@@ -39,7 +39,18 @@ _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.B
 
 
 def import_ort():
-    """Import onnxruntime, or fail with the install command (it is an optional extra)."""
+    """Import onnxruntime, or fail with the install command (it is an optional extra).
+
+    Returns:
+        The ``onnxruntime`` module.
+
+    Raises:
+        InspectnetError: ONNX Runtime is not installed.
+
+    Examples:
+        >>> import_ort().__name__
+        'onnxruntime'
+    """
     try:
         import onnxruntime
     except ModuleNotFoundError as exc:
@@ -49,7 +60,21 @@ def import_ort():
 
 
 def default_providers(device: str = "auto") -> list[str]:
-    """Execution providers for ``device`` (auto: CUDA when ONNX Runtime offers it, else CPU)."""
+    """Execution providers for ``device`` (auto: CUDA when ONNX Runtime offers it, else CPU).
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        Provider names in order of preference.
+
+    Raises:
+        InspectnetError: ``device`` is unknown, or ``"cuda"`` where this ONNX Runtime has no CUDA provider.
+
+    Examples:
+        >>> default_providers("cpu")
+        ['CPUExecutionProvider']
+    """
     available = import_ort().get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -70,12 +95,28 @@ def make_session(model: str | Path | bytes, *, providers: Sequence[str] | None =
     ``optimize=False`` runs the graph as written (no fusion): an int8 QDQ file then computes its literal
     DequantizeLinear + float maths, the reference its fused int8 kernels should match.
 
-    Unreadable or invalid files fail with an :class:`InspectnetError` naming the file. ONNX Runtime's
-    ``WeightBiasQuantization`` pass is off: it gives a float-weight Conv fed by a DequantizeLinear per-tensor
-    int8 weights at load time, i.e. it quantizes the nodes an int8 file keeps in fp32 (``--int8-keep-fp32``),
-    which on a depthwise layer of EfficientNet-Lite0 cut top-1 agreement with fp32 from 87 % to 55 %.
+    ONNX Runtime's ``WeightBiasQuantization`` pass is off: it gives a float-weight Conv fed by a
+    DequantizeLinear per-tensor int8 weights at load time, i.e. it quantizes the nodes an int8 file keeps
+    in fp32 (``--int8-keep-fp32``), which on a depthwise layer of EfficientNet-Lite0 cut top-1 agreement
+    with fp32 from 87 % to 55 %.
 
-        >>> make_session("m.int8.onnx", threads=1).run(["logits"], {"input": x})   # doctest: +SKIP
+    Args:
+        model: an ONNX file or its bytes.
+        providers: execution providers (default: :func:`default_providers`).
+        threads: intra-op threads (ONNX Runtime's default when None).
+        optimize: apply ONNX Runtime's graph optimisations.
+
+    Returns:
+        The ``onnxruntime.InferenceSession``.
+
+    Raises:
+        InspectnetError: ``threads`` is below 1, the file does not exist, or it is no loadable ONNX model.
+
+    Examples:
+        >>> make_session(b"not onnx")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: model bytes is not a loadable ONNX model: ...
     """
     ort = import_ort()
     opts = ort.SessionOptions()
@@ -101,7 +142,17 @@ def make_session(model: str | Path | bytes, *, providers: Sequence[str] | None =
 
 
 def read_metadata(session) -> dict[str, Any]:
-    """The inspectnet metadata of a session's model: preprocessing, class_names and model info."""
+    """The inspectnet metadata of a session's model.
+
+    Args:
+        session: an ``onnxruntime.InferenceSession``.
+
+    Returns:
+        ``{"preprocessing", "class_names", "model"}`` as stored by the export.
+
+    Raises:
+        InspectnetError: the file carries no inspectnet metadata, or it is damaged.
+    """
     props = session.get_modelmeta().custom_metadata_map
     if props.get(KEY_FORMAT, "").split("/")[0] != FORMAT:
         raise InspectnetError("this ONNX file was not written by inspectnet export (no inspectnet metadata); "
@@ -120,10 +171,19 @@ def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
     Converts to the model's channels, resizes the shorter side to ``size / crop_pct`` (``center``
     crop mode) or both sides (``squash``), center-crops to ``input_size`` and normalizes.
 
-    >>> cfg = {"input_size": [1, 4, 4], "mean": [0.5], "std": [0.5], "crop_pct": 1.0,
-    ...        "interpolation": "bilinear", "crop_mode": "center"}
-    >>> preprocess(Image.new("RGB", (8, 6), "white"), cfg).shape
-    (1, 4, 4)
+    Args:
+        image: the picture (any size and mode).
+        config: the stored preprocessing (timm's data-config keys: ``input_size``, ``mean``, ``std``,
+            ``crop_pct``, ``interpolation``, ``crop_mode``).
+
+    Returns:
+        The normalised (C, H, W) float32 array.
+
+    Examples:
+        >>> cfg = {"input_size": [1, 4, 4], "mean": [0.5], "std": [0.5], "crop_pct": 1.0,
+        ...        "interpolation": "bilinear", "crop_mode": "center"}
+        >>> preprocess(Image.new("RGB", (8, 6), "white"), cfg).shape
+        (1, 4, 4)
     """
     x = np.asarray(crop_view(image, config), dtype=np.float32) / 255.0
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
@@ -133,11 +193,24 @@ def preprocess(image: Image.Image, config: dict[str, Any]) -> np.ndarray:
 
 
 def crop_view(image: Image.Image, config: dict[str, Any]) -> Image.Image:
-    """The picture the model sees, before normalisation: the model's channels, resized and center-cropped
-    to ``input_size`` (what evidence overlays are drawn on).
+    """The picture the model sees, before normalisation (what evidence overlays are drawn on).
 
-    >>> crop_view(Image.new("RGB", (8, 6)), {"input_size": [3, 4, 4], "crop_pct": 1.0}).size
-    (4, 4)
+    The model's channels, resized and center-cropped to ``input_size``.
+
+    Args:
+        image: the picture (any size and mode).
+        config: the stored preprocessing (see :func:`preprocess`).
+
+    Returns:
+        The cropped ``L`` or ``RGB`` picture.
+
+    Raises:
+        InspectnetError: the model takes neither 1 nor 3 channels, or ``crop_mode`` is neither
+            ``center`` nor ``squash``.
+
+    Examples:
+        >>> crop_view(Image.new("RGB", (8, 6)), {"input_size": [3, 4, 4], "crop_pct": 1.0}).size
+        (4, 4)
     """
     c, h, w = (int(v) for v in config["input_size"])
     mode = {1: "L", 3: "RGB"}.get(c)
@@ -185,14 +258,36 @@ def _center_crop(image: Image.Image, h: int, w: int) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file fully (the shared opener: pixel limit, 16-bit scaled), failing with a message naming it."""
+    """Open an image file fully (the shared opener: pixel limit, 16-bit scaled), failing with a message naming it.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        The picture in 8-bit grey or RGB (see :func:`inspectnet.core.images.open_image`).
+    """
     return open_image(path)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[int] | None, list[str]]:
     """Image files from ``inputs``: files as given, or one folder (``ROOT/CLASS/IMAGE`` = labelled).
 
-    Returns ``(files, labels or None, folder class names)``.
+    Args:
+        inputs: image files, or a single folder.
+
+    Returns:
+        ``(files, labels or None, folder class names)``; labels index the class names, which are the
+        folder's sub-folders in sorted order.
+
+    Raises:
+        InspectnetError: a folder without sub-folders holds no images.
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp()); (root / "cat").mkdir()
+        >>> Image.new("RGB", (2, 2)).save(root / "cat" / "a.png")
+        >>> files, labels, classes = collect_images([root]); [f.name for f in files], labels, classes
+        (['a.png'], [0], ['cat'])
     """
     if len(inputs) == 1 and Path(inputs[0]).is_dir():
         root = Path(inputs[0])
@@ -214,10 +309,20 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[int] 
 class OnnxClassifier:
     """An exported inspectnet classifier run by ONNX Runtime (CUDA provider when present).
 
-    >>> clf = OnnxClassifier("model.onnx")                     # doctest: +SKIP
-    >>> clf.class_names[:2], clf.providers                     # doctest: +SKIP
-    (['0', '1'], ['CPUExecutionProvider'])
-    >>> logits = clf.logits(clf.preprocess_images([img]))       # doctest: +SKIP
+    Args:
+        path: an ONNX file written by ``inspectnet export``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`default_providers`).
+        threads: intra-op threads (ONNX Runtime's default when None).
+
+    Raises:
+        InspectnetError: the file cannot be loaded, carries no (or inconsistent) inspectnet metadata, or has
+            no ``logits`` output.
+
+    Examples:
+        >>> clf = OnnxClassifier("model.onnx")                     # doctest: +SKIP
+        >>> clf.class_names[:2], clf.providers                     # doctest: +SKIP
+        (['0', '1'], ['CPUExecutionProvider'])
+        >>> logits = clf.logits(clf.preprocess_images([img]))       # doctest: +SKIP
     """
 
     def __init__(self, path: str | Path, *, device: str = "auto", threads: int | None = None):
@@ -237,6 +342,7 @@ class OnnxClassifier:
 
     @property
     def providers(self) -> list[str]:
+        """The execution providers the session uses, in order."""
         return list(self.session.get_providers())
 
     @property
@@ -245,7 +351,17 @@ class OnnxClassifier:
         return self.info.get("input_kind", "image") == "image"
 
     def preprocess_images(self, images: Iterable[Image.Image]) -> np.ndarray:
-        """PIL images (any size) -> (N, C, H, W) float32 batch with the stored preprocessing."""
+        """PIL images (any size) -> (N, C, H, W) float32 batch with the stored preprocessing.
+
+        Args:
+            images: the pictures.
+
+        Returns:
+            The batch.
+
+        Raises:
+            InspectnetError: the file is a head-only export, which takes features, not images.
+        """
         self._check_takes_images()
         return np.stack([preprocess(im, self.preprocessing) for im in images])
 
@@ -255,7 +371,14 @@ class OnnxClassifier:
                                   f"(N, {self.info.get('input_shape', ['N', '?'])[1]}), not images")
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Raw logits (N, num_classes) for a preprocessed batch (or features for head-only files)."""
+        """Raw logits for a preprocessed batch (or features for head-only files).
+
+        Args:
+            x: the (N, C, H, W) batch of :meth:`preprocess_images`, or (N, D) features.
+
+        Returns:
+            The (N, num_classes) logits.
+        """
         return self.session.run([self.output_name], {self.input_name: np.asarray(x, np.float32)})[0]
 
     @property
@@ -271,7 +394,17 @@ class OnnxClassifier:
         return self.evidence_info
 
     def evidence(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(logits (N, C), evidence maps (N, k, H, W), their classes (N, k)) for a preprocessed batch."""
+        """Logits, evidence maps and their classes for a preprocessed batch.
+
+        Args:
+            x: the (N, C, H, W) batch of :meth:`preprocess_images`.
+
+        Returns:
+            ``(logits (N, C), evidence maps (N, k, H, W), their classes (N, k))``.
+
+        Raises:
+            InspectnetError: the file was exported without ``--evidence``.
+        """
         self._needs_evidence()
         logits, maps, classes = self.session.run([LOGITS, EVIDENCE, EVIDENCE_CLASSES],
                                                  {self.input_name: np.asarray(x, np.float32)})
@@ -281,8 +414,19 @@ class OnnxClassifier:
                 names: Sequence[str] | None = None) -> dict[str, Any]:
         """Write the evidence overlays of the exported top-k classes for each image into ``out``.
 
-        Returns the ``evidence.json`` document (see :func:`inspectnet.runtime.overlays.write_overlays`).
         Images smaller than the evidence grid are refused before anything is written.
+
+        Args:
+            images: image files or PIL images.
+            out: the output folder.
+            batch_size: images per session run.
+            names: labels of the images in the output (default: the path, or ``image#i`` for PIL images).
+
+        Returns:
+            The ``evidence.json`` document (see :func:`inspectnet.runtime.overlays.write_overlays`).
+
+        Raises:
+            InspectnetError: the file has no evidence output, or an image is smaller than the evidence grid.
         """
         from inspectnet.runtime.overlays import check_image_size, write_overlays
 
@@ -307,9 +451,19 @@ class OnnxClassifier:
 
     def predict(self, images: Sequence[str | Path | Image.Image], *, topk: int = 5, batch_size: int = 32,
                 names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """``[{"image", "top": [{"index", "label", "prob"}]}]`` for image files or PIL images.
+        """The top classes and their probabilities for image files or PIL images.
 
-        ``names`` labels the items in the output (default: the path, or ``image#i`` for PIL images).
+        Args:
+            images: image files or PIL images.
+            topk: classes per image.
+            batch_size: images per session run.
+            names: labels of the items in the output (default: the path, or ``image#i`` for PIL images).
+
+        Returns:
+            ``[{"image", "top": [{"index", "label", "prob"}]}]``, one item per image, classes by falling probability.
+
+        Raises:
+            InspectnetError: ``topk`` or ``batch_size`` is below 1, or the file is a head-only export.
         """
         if topk < 1 or batch_size < 1:
             raise InspectnetError(f"--topk and --batch-size must be at least 1, got {topk} and {batch_size}")
@@ -335,7 +489,18 @@ class OnnxClassifier:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, computed stably in float64."""
+    """Row-wise softmax, computed stably in float64.
+
+    Args:
+        logits: an (N, C) array.
+
+    Returns:
+        The (N, C) probabilities; each row sums to 1.
+
+    Examples:
+        >>> softmax(np.array([[0.0, 0.0], [1000.0, 0.0]])).round(3).tolist()
+        [[0.5, 0.5], [1.0, 0.0]]
+    """
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

@@ -24,14 +24,16 @@ def check_metadata(path: str | Path, meta: dict[str, Any], inputs: list[Any], lo
         inputs: the graph's input shape (ints for static sizes, anything else for dynamic ones).
         logits_shape: the shape of the ``logits`` output.
 
-    Returns:
-        None; raises :class:`InspectnetError` naming the first bad key.
+    Raises:
+        InspectnetError: a metadata key is malformed or disagrees with the graph (the message names the
+            first bad key and what was expected).
 
-    >>> pre = {"input_size": [1, 4, 4], "mean": [0.5], "std": [0.0], "crop_pct": 1.0}
-    >>> check_metadata("m.onnx", {"preprocessing": pre, "class_names": ["a"], "model": {}}, ["N", 1, 4, 4], ["N", 1])
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: ONNX file m.onnx: metadata inspectnet.preprocessing std ...
+    Examples:
+        >>> pre = {"input_size": [1, 4, 4], "mean": [0.5], "std": [0.0], "crop_pct": 1.0}
+        >>> check_metadata("m.onnx", {"preprocessing": pre, "class_names": ["a"], "model": {}}, ["N", 1, 4, 4], ["N", 1])
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: ONNX file m.onnx: metadata inspectnet.preprocessing std ...
     """
     names, info = meta["class_names"], meta["model"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

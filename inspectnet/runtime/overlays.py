@@ -29,7 +29,18 @@ MAX_OPACITY = 0.7
 
 
 def map_status(evidence: np.ndarray) -> str:
-    """``"nan"`` (any non-finite value), ``"constant"`` (no position differs) or ``"ok"``."""
+    """Whether an evidence map can be drawn.
+
+    Args:
+        evidence: the map (any shape).
+
+    Returns:
+        ``"nan"`` (any non-finite value), ``"constant"`` (no position differs) or ``"ok"``.
+
+    Examples:
+        >>> map_status(np.array([[0.0, 1.0]]))
+        'ok'
+    """
     e = np.asarray(evidence, dtype=np.float64)
     if not np.isfinite(e).all():
         return "nan"
@@ -37,13 +48,37 @@ def map_status(evidence: np.ndarray) -> str:
 
 
 def upsample(evidence: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A (h, w) map resized bilinearly to ``size`` (H, W) with Pillow's float images."""
+    """A (h, w) map resized bilinearly to ``size`` with Pillow's float images.
+
+    Args:
+        evidence: the (h, w) map.
+        size: the target (H, W).
+
+    Returns:
+        The (H, W) float64 map.
+
+    Examples:
+        >>> upsample(np.ones((2, 2)), (4, 6)).shape
+        (4, 6)
+    """
     picture = Image.fromarray(np.asarray(evidence, dtype=np.float32), mode="F")
     return np.asarray(picture.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float64)
 
 
 def evidence_overlay(view: np.ndarray, evidence: np.ndarray) -> np.ndarray:
-    """``view`` (H, W, 3 uint8) with the signed ``evidence`` (h, w) blended over it, as uint8."""
+    """``view`` with the signed ``evidence`` blended over it: red for, blue against the class.
+
+    Args:
+        view: the (H, W, 3) uint8 picture.
+        evidence: the (h, w) map; a map that is not ``"ok"`` (see :func:`map_status`) draws no colour.
+
+    Returns:
+        The (H, W, 3) uint8 overlay.
+
+    Examples:
+        >>> evidence_overlay(np.zeros((1, 2, 3), np.uint8), np.array([[1.0, -1.0]]))[0].tolist()
+        [[154, 21, 21], [21, 56, 161]]
+    """
     rgb = np.asarray(view, dtype=np.float64)
     if map_status(evidence) != "ok":
         return rgb.round().astype(np.uint8)
@@ -55,12 +90,21 @@ def evidence_overlay(view: np.ndarray, evidence: np.ndarray) -> np.ndarray:
 
 
 def check_image_size(name: str, size: tuple[int, int], grid: tuple[int, int]) -> None:
-    """Refuse an image (H, W) smaller than the evidence grid: its overlay could not show each position.
+    """Refuse an image smaller than the evidence grid: its overlay could not show each position.
 
-    >>> check_image_size("a.png", (3, 3), (7, 7))  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: image a.png is 3x3 px, smaller than the 7x7 evidence map; ...
+    Args:
+        name: the image, as the message names it.
+        size: its (H, W) in pixels.
+        grid: the evidence grid (H, W).
+
+    Raises:
+        InspectnetError: the image is smaller than the grid in either direction.
+
+    Examples:
+        >>> check_image_size("a.png", (3, 3), (7, 7))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: image a.png is 3x3 px, smaller than the 7x7 evidence map; ...
     """
     if size[0] < grid[0] or size[1] < grid[1]:
         raise InspectnetError(f"image {name} is {size[0]}x{size[1]} px, smaller than the {grid[0]}x{grid[1]} "
@@ -70,8 +114,16 @@ def check_image_size(name: str, size: tuple[int, int], grid: tuple[int, int]) ->
 def safe_stem(name: str, limit: int = 60) -> str:
     """A file-name stem from any text: only letters, digits, ``.``, ``_`` and ``-`` (no path can escape).
 
-    >>> safe_stem("../a b/<c>.png")
-    'c'
+    Args:
+        name: any text (a path, an image label).
+        limit: the most characters kept.
+
+    Returns:
+        The stem; ``"image"`` when nothing is left.
+
+    Examples:
+        >>> safe_stem("../a b/<c>.png")
+        'c'
     """
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(name)).stem).strip("._")[:limit] or "image"
 
@@ -80,10 +132,27 @@ def write_overlays(out: str | Path, items: Sequence[dict[str, Any]], class_names
                    meta: dict[str, Any]) -> dict[str, Any]:
     """Write one PNG per (image, class) — the model's view | the overlay — and ``evidence.json`` into ``out``.
 
-    Each item: ``name``, ``view`` (H, W, 3 uint8, the crop the model saw), ``maps`` (k, h, w),
-    ``classes`` (k,), ``logits`` (C,), ``offset`` (k,). The JSON lists, per image and class, the
-    label, logit, evidence sum, ``residual`` = |Σ E + offset − logit| (the exactness check), the
-    map's largest |E| and its ``status``; ``meta`` is stored beside them.
+    The JSON lists, per image and class, the label, logit, evidence sum, ``residual`` =
+    |Σ E + offset − logit| (the exactness check), the map's largest |E| and its ``status``; ``meta`` is
+    stored beside them.
+
+    Args:
+        out: the output folder.
+        items: one dict per image: ``name``, ``view`` (H, W, 3 uint8, the crop the model saw), ``maps``
+            (k, h, w), ``classes`` (k,), ``logits`` (C,), ``offset`` (k,).
+        class_names: the model's class names.
+        meta: fields stored at the top of the JSON (model, engine, ...).
+
+    Returns:
+        The ``evidence.json`` document.
+
+    Examples:
+        >>> import tempfile
+        >>> item = {"name": "x.png", "view": np.zeros((4, 4, 3), np.uint8), "maps": np.ones((1, 2, 2)),
+        ...         "classes": np.array([0]), "logits": np.array([5.0]), "offset": np.array([1.0])}
+        >>> doc = write_overlays(tempfile.mkdtemp(), [item], ["cat"], {"k": 1})
+        >>> row = doc["images"][0]["classes"][0]; row["label"], row["evidence_sum"], row["residual"]
+        ('cat', 4.0, 0.0)
     """
     out = Path(out)
     images = []

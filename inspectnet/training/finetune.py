@@ -40,7 +40,13 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class PluginHooks(TrainHooks):
-    """Adapter from a list of plugins to the training loop's hooks."""
+    """Adapter from a list of plugins to the training loop's hooks.
+
+    Args:
+        plugins: the attached plugins (two of one kind are keyed ``NAME0``, ``NAME1``, ...).
+        freeze_bn: keep every BatchNorm in eval mode while training.
+        freeze_until: freeze every module up to and including this layer.
+    """
 
     def __init__(self, plugins: Sequence[Plugin], *, freeze_bn: bool = False, freeze_until: str | None = None):
         self.plugins = list(plugins)
@@ -51,6 +57,16 @@ class PluginHooks(TrainHooks):
         self.freeze_until = freeze_until
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every plugin's loss terms, keyed ``PLUGIN/term`` (the term's own name with one plugin).
+
+        Args:
+            x: the batch's inputs.
+            y: its labels.
+            logits: the model's logits on it.
+
+        Returns:
+            Term name -> float32 scalar.
+        """
         terms: dict[str, torch.Tensor] = {}
         for key, plugin in zip(self.keys, self.plugins):
             for name, value in plugin.loss(x, y, logits).items():
@@ -58,6 +74,12 @@ class PluginHooks(TrainHooks):
         return terms
 
     def epoch_begin(self, epoch: int, model: nn.Module) -> None:
+        """Freeze BatchNorms if asked, then let every plugin start its epoch.
+
+        Args:
+            epoch: the epoch (from 0).
+            model: the model, just put in train mode.
+        """
         if self.freeze_bn:
             for m in model.modules():
                 if isinstance(m, _BN):
@@ -66,22 +88,54 @@ class PluginHooks(TrainHooks):
             plugin.epoch_begin(epoch, model)
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
+        """Every plugin's epoch metrics, keyed ``PLUGIN/metric``.
+
+        Args:
+            epoch: the epoch (from 0).
+
+        Returns:
+            Metric name -> value.
+        """
         out: dict[str, float] = {}
         for key, plugin in zip(self.keys, self.plugins):
             out.update({f"{key}/{k}": v for k, v in plugin.epoch_end(epoch).items()})
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        """Every plugin's state, keyed by plugin.
+
+        Returns:
+            Plugin key -> its state.
+        """
         return {key: plugin.state_dict() for key, plugin in zip(self.keys, self.plugins)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore every plugin's state from :meth:`state_dict`.
+
+        Args:
+            state: plugin key -> its state.
+        """
         for key, plugin in zip(self.keys, self.plugins):
             plugin.load_state_dict(state.get(key, {}))
 
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups, with the plugins' own parameters and weight decay.
+
+        Args:
+            model: the model.
+            weight_decay: the default weight decay.
+
+        Returns:
+            The groups.
+        """
         return plugin_parameter_groups(self.plugins, model, weight_decay)
 
     def identity(self) -> dict[str, Any]:
+        """What keys resumption: the plugin specs and the freezing options.
+
+        Returns:
+            ``{"plugins", "freeze_bn", "freeze_until"}``.
+        """
         return {"plugins": [p.spec() for p in self.plugins], "freeze_bn": self.freeze_bn,
                 "freeze_until": self.freeze_until}
 
@@ -98,8 +152,19 @@ class FinetuneResult(Result):
 
 
 def freeze_until(model: nn.Module, layer: str) -> int:
-    """Set ``requires_grad=False`` on the parameters of every module defined up to and including
-    ``layer`` (dotted name, glob or alias); returns the number of frozen parameter tensors."""
+    """Set ``requires_grad=False`` on the parameters of every module defined up to and including ``layer``.
+
+    Args:
+        model: changed in place.
+        layer: a dotted name, glob or alias.
+
+    Returns:
+        The number of frozen parameter tensors.
+
+    Examples:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)); freeze_until(m, "0"), m[1].weight.requires_grad
+        (2, True)
+    """
     name = resolve_layers(model, layer)[-1]
     names = [n for n, _ in model.named_modules() if n]
     stop = names.index(name)
@@ -118,14 +183,33 @@ def finetune(zm: ZooModel, train_data: ImageDataset, out: str | Path,
              freeze_until_layer: str | None = None, amp: bool | None = None,
              stop_after: int | None = None, keep_attached: bool = False,
              log: Callable[[str], None] | None = None) -> FinetuneResult:
-    """Fine-tune ``zm`` with ``plugins`` (spec strings like ``"ebp:K=25,lam=1e-3,layer=layer4"`` or
-    instances); writes the model folder, checkpoint, ``metrics.jsonl`` and ``finetune.json`` to
-    ``out``. Re-running with the same arguments resumes bit-for-bit (on CPU).
+    """Fine-tune ``zm`` with ``plugins``; writes the model folder, checkpoint, metrics and ``finetune.json`` to ``out``.
 
-    Plugins are detached afterwards and the model goes back to its device and train/eval flags,
-    unless ``keep_attached=True``: then activation plugins (k-WTA, SAN, ...) stay in the forward
-    pass and the model stays on ``device`` with them (their state lives there). ``log`` gets the
-    training's start and per-epoch lines (:func:`~inspectnet.training.loop.train`).
+    Re-running with the same arguments resumes bit-for-bit (on CPU). Plugins are detached afterwards and
+    the model goes back to its device and train/eval flags, unless ``keep_attached=True``: then
+    activation plugins (k-WTA, SAN, ...) stay in the forward pass and the model stays on ``device``
+    with them (their state lives there).
+
+    Args:
+        zm: the model, trained in place.
+        train_data: the training data.
+        out: the output folder.
+        plugins: spec strings like ``"ebp:K=25,lam=1e-3,layer=layer4"``, specs or instances.
+        config: the training configuration.
+        eval_data: data evaluated after every epoch.
+        device: where to train.
+        freeze_bn: keep every BatchNorm in eval mode.
+        freeze_until_layer: freeze every module up to and including this layer.
+        amp: mixed precision (None: on for CUDA only).
+        stop_after: end after that many epochs (as an interruption would).
+        keep_attached: leave the plugins attached.
+        log: gets the training's start and per-epoch lines (:func:`~inspectnet.training.loop.train`).
+
+    Returns:
+        The output folder, the plugins' canonical specs, the per-epoch metrics and the parameter counts.
+
+    Raises:
+        InspectnetError: a plugin needs labels and the data has none (or a spec is invalid).
     """
     instances = [make_plugin(p) for p in plugins]
     labels = np.asarray(train_data.labels)
@@ -172,11 +256,20 @@ def _train_attached(zm: ZooModel, train_data: ImageDataset, out: str | Path, plu
 
 
 def load_finetuned(out: str | Path, *, device: str = "cpu") -> tuple[ZooModel, list[Plugin]]:
-    """Load a fine-tuned model folder and re-attach the plugins that alter the forward pass
-    (k-WTA, SAN, Duty Cycle, ...; read from ``finetune.json``), so it computes what was trained.
-    Regularizer-only plugins (EBP, CGL, EASR) change nothing at inference and are not attached.
+    """Load a fine-tuned model folder and re-attach the plugins that alter the forward pass.
 
-    Returns the model and the attached plugins (``plugin.detach()`` removes them).
+    Those are k-WTA, SAN, Duty Cycle, ... (read from ``finetune.json``), so the model computes what was
+    trained. Regularizer-only plugins (EBP, CGL, EASR) change nothing at inference and are not attached.
+
+    Args:
+        out: the folder ``finetune`` wrote.
+        device: where to load the model.
+
+    Returns:
+        ``(model, attached plugins)``; ``plugin.detach()`` removes a plugin.
+
+    Raises:
+        InspectnetError: the folder has no ``finetune.json``.
     """
     from inspectnet.models.zoo import load_model
 

@@ -16,23 +16,32 @@ class HoyerLog:
     sample whose units are all zero has no Hoyer sparsity (0/0), so it is left out of the mean and
     counted in ``hoyer_excluded``, as :func:`~inspectnet.analysis.sparsity.sparsity_metrics` does.
 
-    >>> log = HoyerLog(); log.add(torch.tensor([[0.0, 0, 3, 0], [1, 1, 1, 1], [0, 0, 0, 0]]))
-    >>> log.pop()
-    {'hoyer': 0.5, 'hoyer_excluded': 1}
-    >>> log.pop()
-    {}
+    Examples:
+        >>> log = HoyerLog(); log.add(torch.tensor([[0.0, 0, 3, 0], [1, 1, 1, 1], [0, 0, 0, 0]]))
+        >>> log.pop()
+        {'hoyer': 0.5, 'hoyer_excluded': 1}
+        >>> log.pop()
+        {}
     """
 
     def __init__(self) -> None:
         self._values: list[np.ndarray] = []
 
     def add(self, output: torch.Tensor) -> None:
-        """Record the samples of one batch: ``output`` is (B, C, H, W) maps, (B, T, C) tokens or (B, C) units."""
+        """Record the samples of one batch.
+
+        Args:
+            output: (B, C, H, W) maps, (B, T, C) tokens or (B, C) units.
+        """
         self._values.append(hoyer(absmean(output.detach()).double().cpu().numpy(), axis=1))
 
     def pop(self) -> dict[str, float]:
-        """``{"hoyer": mean over defined samples, "hoyer_excluded": all-zero samples}`` since the last pop
-        (``{}`` when nothing was added; no ``hoyer`` key when no sample was defined)."""
+        """The mean Hoyer sparseness since the last pop, and how many samples were all zero.
+
+        Returns:
+            ``{"hoyer": mean over defined samples, "hoyer_excluded": all-zero samples}``; ``{}`` when nothing
+            was added, and no ``hoyer`` key when no sample was defined.
+        """
         if not self._values:
             return {}
         values, self._values = np.concatenate(self._values), []

@@ -47,6 +47,16 @@ METRICS = "metrics.jsonl"
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainHooks) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` (SGD with momentum, or AdamW) over the hooks' parameter groups.
+
+    Args:
+        model: the model.
+        config: the training configuration.
+        hooks: give the parameter groups.
+
+    Returns:
+        The optimizer.
+    """
     groups = hooks.parameter_groups(model, config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
@@ -55,13 +65,28 @@ def make_optimizer(model: nn.Module, config: TrainConfig, hooks: TrainHooks) -> 
 
 def evaluate(zm: ZooModel, dataset: ImageDataset, *, batch_size: int = 128, device: str = "auto",
              limit: int | None = None) -> float:
-    """Top-1 accuracy of ``zm`` on a labelled dataset (its classes mapped onto the model's, see
-    :meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`).
+    """Top-1 accuracy of ``zm`` on a labelled dataset.
 
-    >>> from inspectnet import load_model, load_data
-    >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
-    >>> 0.0 <= evaluate(zm, load_data("digits:test", zm.transform()), limit=32) <= 1.0
-    True
+    Its classes are mapped onto the model's (see :meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`).
+
+    Args:
+        zm: the model.
+        dataset: labelled data.
+        batch_size: samples per forward pass.
+        device: where to run the model.
+        limit: the first ``limit`` samples only.
+
+    Returns:
+        The accuracy on the labelled samples.
+
+    Raises:
+        InspectnetError: the data has no labelled samples.
+
+    Examples:
+        >>> from inspectnet import load_model, load_data
+        >>> zm = load_model("resnet18", num_classes=10, in_chans=1, input_size=16)
+        >>> 0.0 <= evaluate(zm, load_data("digits:test", zm.transform()), limit=32) <= 1.0
+        True
     """
     dev = resolve_device(device)
     dataset = dataset.aligned_to(zm.class_names)
@@ -89,10 +114,24 @@ def train(zm: ZooModel, train_data: ImageDataset, out: str | Path, config: Train
     the progress bars show only where stderr is one.
 
     A checkpoint is written after every epoch; calling again with the same arguments resumes.
-    ``stop_after`` ends the run after that many epochs (as an interruption would). ``amp`` turns
-    mixed precision on/off (default: on for CUDA devices only). The weights are trained in place;
-    the model goes back to its device and train/eval flags afterwards. Both datasets' classes are
-    mapped onto the model's (:meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`).
+    The weights are trained in place; the model goes back to its device and train/eval flags
+    afterwards. Both datasets' classes are mapped onto the model's
+    (:meth:`~inspectnet.data.datasets.ImageDataset.aligned_to`).
+
+    Args:
+        zm: the model, trained in place.
+        train_data: the training data.
+        out: the output folder.
+        config: the training configuration.
+        eval_data: data evaluated after every epoch.
+        device: where to train.
+        hooks: extra loss terms, metrics and parameter groups (fine-tuning plugins).
+        stop_after: end after that many epochs (as an interruption would).
+        amp: mixed precision (None: on for CUDA devices only).
+        log: receives the start line and the epoch lines.
+
+    Returns:
+        One dict of metrics per epoch.
     """
     hooks = hooks or TrainHooks()
     out = Path(out)
@@ -159,10 +198,17 @@ def _train_on_device(zm: ZooModel, train_data: ImageDataset, out: Path, config: 
 
 
 def epoch_line(metrics: dict[str, Any]) -> str:
-    """``loss=0.1234 train_accuracy=0.9000``: an epoch's metrics as one line.
+    """An epoch's metrics as one line, e.g. ``loss=0.1234 train_accuracy=0.9000``.
 
-    >>> epoch_line({"epoch": 1, "loss": 0.25, "eval_accuracy": 0.5})
-    'epoch=1 loss=0.2500 eval_accuracy=0.5000'
+    Args:
+        metrics: metric name -> value.
+
+    Returns:
+        The line.
+
+    Examples:
+        >>> epoch_line({"epoch": 1, "loss": 0.25, "eval_accuracy": 0.5})
+        'epoch=1 loss=0.2500 eval_accuracy=0.5000'
     """
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
@@ -177,8 +223,11 @@ def _wrap_distributed(model: nn.Module, dev: torch.device) -> nn.Module:
 
 
 def _rank_batches(order: torch.Tensor, batch_size: int, world: int, rank: int) -> list[list[int]]:
-    """This rank's share of every global batch: global batch b is split into ``world`` contiguous
-    parts, so the union over ranks of each step's samples equals the one-process batch."""
+    """This rank's share of every global batch.
+
+    Global batch b is split into ``world`` contiguous parts, so the union over ranks of each step's
+    samples equals the one-process batch.
+    """
     if world > 1 and min(batch_size, len(order) - (len(order) - 1) // batch_size * batch_size) < world:
         raise InspectnetError(f"the last batch of {len(order)} samples in batches of {batch_size} has fewer "
                               f"samples than the {world} processes; change --batch-size or --limit")
@@ -191,8 +240,10 @@ def _rank_batches(order: torch.Tensor, batch_size: int, world: int, rank: int) -
 
 
 class _Precision:
-    """Mixed-precision policy: autocast on CUDA (bf16 when supported, else fp16 + GradScaler);
-    on CPU only when asked (bf16)."""
+    """Mixed-precision policy: autocast on CUDA (bf16 when supported, else fp16 + GradScaler).
+
+    On CPU only when asked (bf16).
+    """
 
     def __init__(self, dev: torch.device, amp: bool | None):
         self.enabled = (dev.type == "cuda") if amp is None else bool(amp)

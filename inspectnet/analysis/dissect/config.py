@@ -1,5 +1,7 @@
-"""What a dissection is asked to do (:class:`DissectConfig`), free of torch so that the command line
-generates its options from it without importing the library."""
+"""What a dissection is asked to do (:class:`DissectConfig`), free of torch.
+
+The command line generates its options from it without importing the library.
+"""
 
 import dataclasses
 
@@ -9,11 +11,13 @@ from inspectnet.core.options import option, validate
 
 @dataclasses.dataclass(frozen=True)
 class DissectConfig:
-    """The parameters of :func:`inspectnet.analysis.dissect.dissection.dissect` and of its report pages,
-    checked when the config is built.
+    """The parameters of :func:`inspectnet.analysis.dissect.dissection.dissect` and of its report pages.
 
-    >>> DissectConfig(passes=2).passes
-    2
+    They are checked when the config is built.
+
+    Examples:
+        >>> DissectConfig(passes=2).passes
+        2
     """
 
     quantile: float = option(DEFAULT_QUANTILE, help="top fraction of each unit's activations kept", above=0, below=1)

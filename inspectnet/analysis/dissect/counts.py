@@ -1,6 +1,7 @@
-"""What one dissection pass accumulates, and how it is finalized: per layer a tail sketch (thresholds
-and, in the one-pass method, the upsampled areas and concept overlaps), the top images of each unit,
-and the concept areas.
+"""What one dissection pass accumulates, and how it is finalized.
+
+Per layer: a tail sketch (thresholds and, in the one-pass method, the upsampled areas and concept
+overlaps), the top images of each unit, and the concept areas.
 
 The split serves sharded passes: each process calls :meth:`DissectionCounts.accumulate` on its own
 batches (every count is a sum over images; the sketches are told the global number of images), then
@@ -38,6 +39,16 @@ class DissectionCounts:
     """Accumulated counts of a dissection pass over ``num_images`` images (all shards together).
 
     With ``overlaps=False`` only thresholds and top images are kept (the first of two passes).
+
+    Args:
+        num_images: the images of the whole pass (every shard together).
+        mask_size: (H, W) of the concept masks.
+        num_concepts: C.
+        quantile: the top fraction of each unit's activations kept.
+        bins: fine bins per unit of the tail sketches.
+        top_k: top images kept per unit.
+        overlaps: keep the upsampled areas and concept overlaps (the one-pass method).
+        device: where the counts live.
     """
 
     def __init__(self, num_images: int, mask_size: tuple[int, int], num_concepts: int, *, quantile: float,
@@ -54,8 +65,13 @@ class DissectionCounts:
         self._held_bytes = 0
 
     def accumulate(self, maps: Mapping[str, torch.Tensor], masks: torch.Tensor, index: torch.Tensor) -> None:
-        """Add one batch: ``maps[layer]`` (B, K, h, w) float, ``masks`` (B, C, H, W) bool, ``index`` (B,) the
-        images' dataset indices (for the top images)."""
+        """Add one batch.
+
+        Args:
+            maps: per layer, the (B, K, h, w) float maps.
+            masks: the (B, C, H, W) bool concept masks.
+            index: the (B,) dataset indices of the images (for the top images).
+        """
         self.mask_area += masks.flatten(2).sum(dim=(0, 2))
         for name, a in maps.items():
             units = a.shape[1]
@@ -117,8 +133,10 @@ class DissectionCounts:
         self.tops[name] = best_images(values, ids, self.top_k)
 
     def all_reduce(self) -> None:
-        """Combine the counts of every ``torch.distributed`` rank (default group) into each; a no-op in one
-        process. A rank that had no batch learns the layers' shapes from rank 0, which has the first."""
+        """Combine the counts of every ``torch.distributed`` rank (default group) into each.
+
+        A no-op in one process. A rank that had no batch learns the layers' shapes from rank 0, which has the first.
+        """
         self._flush()
         if world()[0] == 1:
             return
@@ -133,12 +151,23 @@ class DissectionCounts:
         all_reduce(self.mask_area)
 
     def thresholds(self) -> dict[str, torch.Tensor]:
-        """Per layer, each unit's top-``quantile`` activation level (float64)."""
+        """Per layer, each unit's top-``quantile`` activation level (float64).
+
+        Returns:
+            Layer -> (K,) thresholds.
+        """
         self._flush()
         return {name: s.threshold() for name, s in self.sketches.items()}
 
     def overlaps(self, thresholds: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, (|S_k ∩ L_c| (K, C), |S_k| (K,)) above the given thresholds, from the one-pass counts."""
+        """Per layer, |S_k ∩ L_c| and |S_k| above the given thresholds, from the one-pass counts.
+
+        Args:
+            thresholds: layer -> (K,) thresholds (see :meth:`thresholds`).
+
+        Returns:
+            Layer -> ``(intersections (K, C), areas (K,))``.
+        """
         self._flush()
         return {name: s.overlaps(thresholds[name]) for name, s in self.sketches.items()}
 
@@ -148,12 +177,28 @@ def _size(maps: Mapping[str, torch.Tensor], masks: torch.Tensor) -> int:
 
 
 def no_images(units: int, dev: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """An empty top-images pair (values, image ids) of ``units`` units."""
+    """An empty top-images pair (values, image ids) of ``units`` units.
+
+    Args:
+        units: K.
+        dev: the device of the tensors.
+
+    Returns:
+        ``(values (K, 0), image ids (K, 0))``.
+    """
     return (torch.full((units, 0), float("-inf"), device=dev), torch.zeros((units, 0), dtype=torch.long, device=dev))
 
 
 def padded_top(top: tuple[torch.Tensor, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A top-images pair padded to ``k`` columns with (-inf, -1), the same shape on every rank."""
+    """A top-images pair padded to ``k`` columns with (-inf, -1), the same shape on every rank.
+
+    Args:
+        top: ``(values (K, n), image ids (K, n))`` with n <= k.
+        k: the columns.
+
+    Returns:
+        The padded pair.
+    """
     vals, ids = top
     missing = k - vals.shape[1]
     return (torch.nn.functional.pad(vals, (0, missing), value=float("-inf")),
@@ -165,8 +210,17 @@ def best_images(vals: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Te
 
     The order is total, so the result does not depend on how the images were batched or shared out.
 
-    >>> best_images(torch.tensor([[1., 3., 3., 0.]]), torch.tensor([[5, 9, 2, 7]]), 2)
-    (tensor([[3., 3.]]), tensor([[2, 9]]))
+    Args:
+        vals: (K, n) values.
+        ids: (K, n) image ids.
+        k: images kept per unit.
+
+    Returns:
+        ``(values (K, k), image ids (K, k))``.
+
+    Examples:
+        >>> best_images(torch.tensor([[1., 3., 3., 0.]]), torch.tensor([[5, 9, 2, 7]]), 2)
+        (tensor([[3., 3.]]), tensor([[2, 9]]))
     """
     by_id = torch.argsort(ids, dim=1, stable=True)
     vals, ids = vals.gather(1, by_id), ids.gather(1, by_id)

@@ -84,15 +84,36 @@ class Dissection(Result):
     iou: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, without the full IoU matrices (saved apart, in ``iou.npz``).
+
+        Returns:
+            ``{field name: value}``.
+        """
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "iou"}
 
     def category_names(self) -> list[str]:
+        """The concept categories in first-seen order of the concepts.
+
+        Returns:
+            The category names.
+        """
         return list(dict.fromkeys(self.categories[c] for c in self.concepts))
 
 
 def dissection_transform(data_config: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
-    """The model's preprocessing without cropping: the whole image is resized to the input size, so
-    activation maps stay aligned with the masks (a centre crop would cut the masks' borders away)."""
+    """The model's preprocessing without cropping: the whole image is resized to the input size.
+
+    Activation maps so stay aligned with the masks (a centre crop would cut the masks' borders away).
+
+    Args:
+        data_config: the model's data config (``input_size``, ``mean``, ``std``, ``interpolation``).
+
+    Returns:
+        The transform PIL image -> normalised tensor.
+
+    Raises:
+        InspectnetError: the model takes neither 1 nor 3 channels.
+    """
     from torchvision import transforms
 
     c, h, w = data_config["input_size"]
@@ -139,7 +160,7 @@ def to_maps(t: torch.Tensor, layer: str, model: nn.Module | None = None,
     Returns:
         The maps; raises :class:`InspectnetError` for outputs without positions.
 
-    Example:
+    Examples:
         >>> import timm
         >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=1)
         >>> to_maps(torch.zeros(2, 1 + 16, 8), "blocks.0", vit).shape
@@ -158,7 +179,10 @@ def spatial_maps(maps: torch.Tensor, layer: str) -> torch.Tensor:
     Returns:
         ``maps`` unchanged.
 
-    Example:
+    Raises:
+        InspectnetError: the maps are not 4-D.
+
+    Examples:
         >>> spatial_maps(torch.zeros(1, 2, 3, 3), "conv").shape
         torch.Size([1, 2, 3, 3])
     """
@@ -177,9 +201,32 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
     """Dissect ``layers`` of ``model`` on a concept dataset (one streaming pass, or two; see module doc).
 
     ``model`` is a :class:`ZooModel` or a plain module (then ``data_config`` gives input size,
-    mean and std). ``quantile`` is the top fraction of pixels a unit keeps (0.005); ``bins`` the
-    fine bins per unit of the sketch. Under ``torchrun`` each rank streams its share of the batches
-    and the counts, sketches and top images are all-reduced: every rank returns the same result.
+    mean and std). Under ``torchrun`` each rank streams its share of the batches and the counts,
+    sketches and top images are all-reduced: every rank returns the same result.
+
+    Args:
+        model: the model.
+        data: the concept data.
+        layers: layer specs (see :func:`~inspectnet.models.layers.resolve_layers`).
+        data_config: input size, mean and std of a plain module.
+        quantile: the top fraction of pixels a unit keeps (0.005).
+        iou_threshold: the IoU from which a unit counts as detecting a concept.
+        batch_size: images per forward pass.
+        device: where to run the model.
+        limit: the first ``limit`` images only.
+        top_k: top images kept per unit.
+        bins: the fine bins per unit of the sketch.
+        passes: 1 (streaming) or 2 (exact thresholds first).
+        num_workers: data loader processes.
+        show_progress: show a progress bar (None: when stderr is a terminal).
+        shard_order: how ranks share the batches under ``torchrun``.
+
+    Returns:
+        The dissection.
+
+    Raises:
+        InspectnetError: a layer is ``pre_logits`` or has no maps, the data has no images, or no concept
+            has a positive pixel.
     """
     net, name, fp, cfg = unpack_model(model, data_config)
     # the parameters' one validation path (errors name the keywords; the command line, its flags)
@@ -234,6 +281,18 @@ def dissect(model: ZooModel | nn.Module, data: ConceptDataset, layers: Sequence[
 
 
 def unpack_model(model: ZooModel | nn.Module, data_config: dict[str, Any] | None):
+    """The network, its name, weights fingerprint and data config, from a :class:`ZooModel` or a plain module.
+
+    Args:
+        model: the model.
+        data_config: input size, mean and std (required for a plain module; overrides a ZooModel's).
+
+    Returns:
+        ``(network, name, fingerprint, data config)``.
+
+    Raises:
+        InspectnetError: a plain module comes without ``data_config``, or ``model`` is neither kind.
+    """
     if isinstance(model, ZooModel):
         net, cfg, name, fp = model.model, data_config or model.data_config, model.spec, model.fingerprint()
     elif isinstance(model, nn.Module):
@@ -247,7 +306,18 @@ def unpack_model(model: ZooModel | nn.Module, data_config: dict[str, Any] | None
 
 def forward_maps(net: nn.Module, probe: Probe, x: torch.Tensor, names: list[str],
                  dev: torch.device) -> dict[str, torch.Tensor]:
-    """The (B, K, h, w) maps of ``names`` on ``x``: the ``full`` probe puts every layout on channels-first axes."""
+    """The (B, K, h, w) maps of ``names`` on ``x``: the ``full`` probe puts every layout on channels-first axes.
+
+    Args:
+        net: the network.
+        probe: a ``full`` probe on it.
+        x: the input batch.
+        names: the layers.
+        dev: where to run.
+
+    Returns:
+        Layer -> float maps.
+    """
     net(x.to(dev, non_blocking=True))
     return {k: spatial_maps(probe.outputs[k], k).float() for k in names}
 
@@ -289,8 +359,10 @@ def _pass_thresholds(net, probe, loader, names, dev, top_k, bins, show_progress,
 
 
 def _pass_iou(net, probe, loader, names, dev, thresholds, mask_size, n_concepts, show_progress, watch):
-    """Pass 2 of two: per layer exact (intersections (K, C), unit areas (K,)) and the concept areas, summed
-    over ranks."""
+    """Pass 2 of two: per layer exact (intersections (K, C), unit areas (K,)) and the concept areas.
+
+    They are summed over ranks.
+    """
     inter = {k: torch.zeros(len(thresholds[k]), n_concepts, dtype=torch.float64, device=dev) for k in names}
     act_area = {k: torch.zeros(len(thresholds[k]), dtype=torch.float64, device=dev) for k in names}
     mask_area = torch.zeros(n_concepts, dtype=torch.float64, device=dev)
@@ -312,13 +384,22 @@ def unit_overlaps(maps: torch.Tensor, masks: torch.Tensor, thresholds: torch.Ten
                   mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch's intersections (K, C) and active areas (K,) (float64) of thresholded, upsampled unit maps.
 
-    ``maps`` (B, K, h, w), ``masks`` (B, C, H·W) 0/1 or bool, ``thresholds`` (K,). Only the upsampled
-    cells whose corners exceed the threshold are evaluated (:class:`CellUpsampler`); the result is
-    that of upsampling everything.
+    Only the upsampled cells whose corners exceed the threshold are evaluated (:class:`CellUpsampler`);
+    the result is that of upsampling everything.
 
-    >>> maps = torch.tensor([[[[0., 1.], [0., 1.]]]])
-    >>> unit_overlaps(maps, torch.ones(1, 1, 16), torch.tensor([0.5]), (4, 4))
-    (tensor([[8.]], dtype=torch.float64), tensor([8.], dtype=torch.float64))
+    Args:
+        maps: (B, K, h, w) maps.
+        masks: (B, C, H·W) concept masks, 0/1 or bool.
+        thresholds: (K,) thresholds.
+        mask_size: (H, W).
+
+    Returns:
+        ``(intersections (K, C), areas (K,))``.
+
+    Examples:
+        >>> maps = torch.tensor([[[[0., 1.], [0., 1.]]]])
+        >>> unit_overlaps(maps, torch.ones(1, 1, 16), torch.tensor([0.5]), (4, 4))
+        (tensor([[8.]], dtype=torch.float64), tensor([8.], dtype=torch.float64))
     """
     units, concepts = maps.shape[1], masks.shape[1]
     pixels = mask_size[0] * mask_size[1]
@@ -332,7 +413,20 @@ def unit_overlaps(maps: torch.Tensor, masks: torch.Tensor, thresholds: torch.Ten
 
 
 def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: tuple[int, int]) -> torch.Tensor:
-    """Binary unit masks S_k: maps (B, K, h, w) upsampled bilinearly to ``mask_size``, then ``> T_k``."""
+    """Binary unit masks S_k: maps upsampled bilinearly to ``mask_size``, then ``> T_k``.
+
+    Args:
+        maps: (B, K, h, w) maps.
+        thresholds: (K,) thresholds.
+        mask_size: (H, W).
+
+    Returns:
+        (B, K, H, W) bool masks.
+
+    Examples:
+        >>> unit_masks(torch.tensor([[[[0., 1.]]]]), torch.tensor([0.5]), (1, 4)).int().tolist()
+        [[[[0, 0, 1, 1]]]]
+    """
     if tuple(maps.shape[2:]) != tuple(mask_size):
         maps = F.interpolate(maps, size=mask_size, mode="bilinear", align_corners=False)
     return maps > thresholds.to(maps.device, maps.dtype)[None, :, None, None]
@@ -341,8 +435,17 @@ def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: tuple[in
 def iou_from_counts(inter: torch.Tensor, act_area: torch.Tensor, mask_area: torch.Tensor) -> np.ndarray:
     """IoU = Σ∩ / Σ∪ with Σ∪ = |S_k| + |L_c| − Σ∩; an empty union (nothing active, no concept pixel) gives 0.
 
-    >>> iou_from_counts(torch.tensor([[2.]]), torch.tensor([4.]), torch.tensor([3.]))
-    array([[0.4]])
+    Args:
+        inter: (K, C) intersections.
+        act_area: (K,) unit areas.
+        mask_area: (C,) concept areas.
+
+    Returns:
+        The (K, C) IoU.
+
+    Examples:
+        >>> iou_from_counts(torch.tensor([[2.]]), torch.tensor([4.]), torch.tensor([3.]))
+        array([[0.4]])
     """
     inter = inter.double()
     union = act_area.double()[:, None] + mask_area.double()[None, :] - inter

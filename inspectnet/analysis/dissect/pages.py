@@ -1,5 +1,7 @@
-"""What a dissection leaves on disk: the per-unit CSV and JSON, and an HTML page per layer with each unit's
-top images and masks overlaid."""
+"""What a dissection leaves on disk: the per-unit CSV and JSON, and an HTML page per layer.
+
+Each page shows each unit's top images with its masks overlaid.
+"""
 
 import io
 from collections.abc import Sequence
@@ -35,9 +37,22 @@ from inspectnet.reports.render import render_html_template
 def unit_overlays(model: ZooModel | nn.Module, data: ConceptDataset, layer: str, result: Dissection,
                   units: Sequence[int], *, data_config: dict[str, Any] | None = None, device: str = "auto",
                   batch_size: int = 32) -> dict[int, list[tuple[int, np.ndarray]]]:
-    """For each unit, its top images' binary masks S_k at mask resolution: ``{unit: [(image, mask)]}``.
+    """For each unit, its top images' binary masks S_k at mask resolution.
 
     Only the top images of the given units are run through the model (for report pictures).
+
+    Args:
+        model: the model (a plain module needs ``data_config``).
+        data: the concept data.
+        layer: the layer.
+        result: the dissection.
+        units: the units.
+        data_config: input size, mean and std of a plain module.
+        device: where to run the model.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``{unit: [(image, mask)]}``.
     """
     net, _, _, cfg = unpack_model(model, data_config)
     info = {u["unit"]: u for u in result.layers[layer]["units"]}
@@ -65,11 +80,24 @@ def unit_overlays(model: ZooModel | nn.Module, data: ConceptDataset, layer: str,
 def write_dissection(result: Dissection, out: str | Path, *, model: ZooModel | nn.Module | None = None,
                      data: ConceptDataset | None = None, data_config: dict[str, Any] | None = None,
                      images_per_unit: int = 4, max_units: int = 512, device: str = "auto") -> dict[str, Path]:
-    """Write ``dissection.json``, ``dissection.csv`` (one row per unit), ``iou.npz`` (full matrices) and,
-    when ``model`` and ``data`` are given, one self-contained HTML page per layer.
+    """Write ``dissection.json``, ``dissection.csv`` (one row per unit), ``iou.npz`` (full matrices) and pages.
 
-    Each page shows the unique concepts per category as a bar chart and a sortable table of units
-    (sorted by IoU, at most ``max_units``) with their top images and thresholded unit mask overlaid.
+    One self-contained HTML page per layer is written when ``model`` and ``data`` are given. Each page
+    shows the unique concepts per category as a bar chart and a sortable table of units (sorted by IoU,
+    at most ``max_units``) with their top images and thresholded unit mask overlaid.
+
+    Args:
+        result: the dissection.
+        out: the output folder.
+        model: the model, for the pages.
+        data: the concept data, for the pages.
+        data_config: input size, mean and std of a plain module.
+        images_per_unit: top images shown per unit.
+        max_units: the most units per page.
+        device: where to run the model.
+
+    Returns:
+        The files written, by kind.
     """
     out = output_dir(out)
     paths = {"json": result.save(out / "dissection.json")}
@@ -92,7 +120,21 @@ def write_dissection(result: Dissection, out: str | Path, *, model: ZooModel | n
 def layer_page(result: Dissection, layer: str, model: ZooModel | nn.Module, data: ConceptDataset, *,
                data_config: dict[str, Any] | None = None, images_per_unit: int = 4, max_units: int = 512,
                device: str = "auto") -> str:
-    """The HTML page of one layer (every text escaped, pictures embedded)."""
+    """The HTML page of one layer (every text escaped, pictures embedded).
+
+    Args:
+        result: the dissection.
+        layer: the layer.
+        model: the model.
+        data: the concept data.
+        data_config: input size, mean and std of a plain module.
+        images_per_unit: top images shown per unit.
+        max_units: the most units on the page.
+        device: where to run the model.
+
+    Returns:
+        The HTML.
+    """
     info = result.layers[layer]
     ranked = sorted(info["units"], key=lambda u: -u["iou"])[:max_units]
     shown = [u["unit"] for u in ranked]

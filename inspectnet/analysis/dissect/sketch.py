@@ -34,7 +34,21 @@ _RELATIVE_FLOOR = 40
 
 
 class UnitQuantiles:
-    """Per-unit histograms of streamed values (``update(values)`` with ``values`` of shape (K, M))."""
+    """Per-unit histograms of streamed values (``update(values)`` with ``values`` of shape (K, M)).
+
+    Args:
+        units: K.
+        bins: bins per unit.
+        device: where the histograms live.
+
+    Raises:
+        InspectnetError: ``bins`` is below 2.
+
+    Examples:
+        >>> q = UnitQuantiles(1, bins=64); q.update(torch.arange(101.)[None])
+        >>> abs(float(q.quantile(0.5)[0]) - 50) <= float(q.bin_width()[0])
+        True
+    """
 
     def __init__(self, units: int, bins: int = 4096, device: torch.device | str = "cpu"):
         if bins < 2:
@@ -50,7 +64,14 @@ class UnitQuantiles:
         self.max = torch.full((units,), float("-inf"), dtype=torch.float64, device=device)
 
     def update(self, values: torch.Tensor) -> None:
-        """Add ``values`` (K, M): M new observations of each of the K units (NaN refused)."""
+        """Add ``values`` (K, M): M new observations of each of the K units (NaN refused).
+
+        Args:
+            values: the observations.
+
+        Raises:
+            InspectnetError: the shape is not (K, M), or a value is NaN or infinite.
+        """
         if values.dim() != 2 or values.shape[0] != self.units:
             raise InspectnetError(f"quantile sketch expects ({self.units}, M) values, got {tuple(values.shape)}")
         if values.shape[1] == 0:
@@ -127,7 +148,17 @@ class UnitQuantiles:
         self.bmax.view(-1).scatter_reduce_(0, flat, vmax, "amax")
 
     def quantile(self, q: float) -> torch.Tensor:
-        """Per-unit estimate of the ``q`` quantile (float64, shape (K,)), e.g. ``q = 0.995`` for top 0.5 %."""
+        """Per-unit estimate of the ``q`` quantile, e.g. ``q = 0.995`` for the top 0.5 %.
+
+        Args:
+            q: the quantile, in [0, 1].
+
+        Returns:
+            The (K,) float64 estimates, each within one bin width of the exact quantile.
+
+        Raises:
+            InspectnetError: ``q`` is outside [0, 1], or nothing was streamed.
+        """
         if not 0.0 <= q <= 1.0:
             raise InspectnetError(f"quantile must be within [0, 1], got {q}")
         if self.total == 0:
@@ -149,6 +180,10 @@ class UnitQuantiles:
         return torch.minimum(torch.maximum(est, self.min), self.max)
 
     def bin_width(self) -> torch.Tensor:
-        """Current bin width per unit: the bound on the quantile error."""
+        """Current bin width per unit: the bound on the quantile error.
+
+        Returns:
+            The (K,) float64 widths.
+        """
         return torch.ldexp(torch.ones(self.units, dtype=torch.float64, device=self.exp.device),
                            self.exp.to(torch.float64))

@@ -1,5 +1,7 @@
-"""Streaming per-unit tail histograms on a dyadic grid: one pass gives each unit's dissection threshold
-and, on the same bins, its upsampled area and concept overlaps above that threshold.
+"""Streaming per-unit tail histograms on a dyadic grid, for the dissection threshold and overlaps.
+
+One pass gives each unit's dissection threshold and, on the same bins, its upsampled area and
+concept overlaps above that threshold.
 
 Network Dissection thresholds unit k at T_k, the top-q quantile of its activations over all N pixels
 of the dataset, and counts |S_k| and |S_k ∩ L_c| for S_k = {upsampled pixels > T_k}. N is known
@@ -50,6 +52,20 @@ class TailSketch:
     ``update(values)`` adds raw activations (K, M); with ``concepts`` > 0, ``add_upsampled`` adds
     upsampled pixels above :attr:`gate` and their concept memberships. ``threshold()`` and
     ``overlaps(t)`` read the result once all ``total`` values have been added.
+
+    Args:
+        units: K.
+        total: raw values per unit over the whole pass (every shard together).
+        quantile: the top fraction kept.
+        concepts: C (0: thresholds only).
+        upsampled_total: upsampled pixels per unit over the whole pass.
+        bins: fine bins per unit, a multiple of ``group``.
+        group: fine bins per concept bin.
+        device: where the counts live.
+
+    Raises:
+        InspectnetError: ``bins`` is not a multiple of ``group`` of at least ``2 * group``, or ``quantile``
+            is outside (0, 1).
     """
 
     def __init__(self, units: int, total: int, quantile: float, *, concepts: int = 0, upsampled_total: int = 0,
@@ -90,7 +106,14 @@ class TailSketch:
 
     # ------------------------------------------------------------------ accumulate
     def update(self, values: torch.Tensor) -> None:
-        """Add ``values`` (K, M): M new raw activations of each of the K units (NaN and inf refused)."""
+        """Add ``values`` (K, M): M new raw activations of each of the K units (NaN and inf refused).
+
+        Args:
+            values: the activations.
+
+        Raises:
+            InspectnetError: the shape is not (K, M), a value is NaN or infinite, or more values came than ``total``.
+        """
         if values.dim() != 2 or values.shape[0] != self.units:
             raise InspectnetError(f"tail sketch expects ({self.units}, M) values, got {tuple(values.shape)}")
         if values.shape[1] == 0:
@@ -118,9 +141,19 @@ class TailSketch:
 
     def add_upsampled(self, units: torch.Tensor, values: torch.Tensor, flat: torch.Tensor, rows: torch.Tensor,
                       concept_table: torch.Tensor, has_concept: torch.Tensor) -> None:
-        """Add upsampled pixels above :attr:`gate`: their ``units``, ``values``, whether they lie in a ``flat``
-        cell, and their ``rows`` (all (n,)) in ``concept_table`` (pixels, concepts), the 0/1 concept
-        memberships of the batch's pixels; ``has_concept`` (pixels,) marks the pixels inside any concept."""
+        """Add upsampled pixels above :attr:`gate` and their concept memberships.
+
+        Args:
+            units: (n,) the pixels' units.
+            values: (n,) their upsampled values.
+            flat: (n,) whether each lies in a flat cell.
+            rows: (n,) their rows in ``concept_table``.
+            concept_table: (pixels, concepts) 0/1 concept memberships of the batch's pixels.
+            has_concept: (pixels,) the pixels inside any concept.
+
+        Raises:
+            InspectnetError: the sketch was made without concepts.
+        """
         if self.up is None:
             raise InspectnetError("this tail sketch was made without concepts; it keeps no upsampled counts")
         slot = (units * self.bins + self._bin(units, values)) * 2 + flat       # (unit, fine bin, kind)
@@ -147,9 +180,12 @@ class TailSketch:
         self.floor = torch.maximum(self.floor, self.lo + self.width * self._rank_bin())
 
     def _rank_bin(self) -> torch.Tensor:
-        """Per unit, the fine bin holding the value of rank ``target`` from the bottom, everything below the
-        grid (dropped under the floor) counted as below it: the first bin b where that many values lie in
-        bins ≤ b, i.e. ``total − counted + cumsum[b] ≥ target``; searched group by group, then in its group."""
+        """Per unit, the fine bin holding the value of rank ``target`` from the bottom.
+
+        Everything below the grid (dropped under the floor) counts as below it: the first bin b where that
+        many values lie in bins ≤ b, i.e. ``total − counted + cumsum[b] ≥ target``; searched group by group,
+        then in its group.
+        """
         cum_groups = self.raw_groups.cumsum(dim=1)
         need = torch.ceil(self.target - self.total + cum_groups[:, -1:].double()).to(cum_groups.dtype)
         g = torch.searchsorted(cum_groups, need).clamp(max=cum_groups.shape[1] - 1)
@@ -178,8 +214,15 @@ class TailSketch:
         raise InspectnetError("activation range grew beyond what the tail sketch can represent")
 
     def regrid(self, lo: torch.Tensor, vmax: torch.Tensor, exp: torch.Tensor) -> None:
-        """Move onto the common grid of sketches whose smallest ``lo``, largest ``vmax`` and largest ``exp``
-        are given (per unit); every sketch given the same three gets the same bins."""
+        """Move onto the common grid of sketches whose smallest ``lo``, largest ``vmax`` and largest ``exp`` are given.
+
+        Every sketch given the same three (per unit) gets the same bins.
+
+        Args:
+            lo: (K,) the smallest grid start.
+            vmax: (K,) the largest value seen.
+            exp: (K,) the largest width exponent.
+        """
         if torch.isinf(lo).all():                          # no sketch holds any value yet
             return
         self._regrid_to(*self._covering(lo, vmax, exp))
@@ -209,15 +252,24 @@ class TailSketch:
 
     # ------------------------------------------------------------------ shards
     def reducible(self) -> list[tuple[torch.Tensor, str]]:
-        """Every count with how shards combine it ("sum", "min", "max"), once all shards share one grid."""
+        """Every count with how shards combine it, once all shards share one grid.
+
+        Returns:
+            ``(tensor, "sum" | "min" | "max")`` pairs.
+        """
         out = [(self.vmin, "min"), (self.vmax, "max"), *self.raw.reducible()]
         if self.up is not None:
             out += [(self.up, "sum"), (self.inside, "sum")]
         return out
 
     def all_reduce(self, group=None) -> None:
-        """Combine this sketch with the same layer's sketches on every rank of the process ``group``
-        (``torch.distributed``); afterwards each rank holds the counts of the whole dataset."""
+        """Combine this sketch with the same layer's sketches on every rank of the process ``group``.
+
+        Afterwards each rank holds the counts of the whole dataset (``torch.distributed``).
+
+        Args:
+            group: the process group (None: the default group).
+        """
         import torch.distributed as dist
 
         ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
@@ -233,7 +285,11 @@ class TailSketch:
         self._regroup(torch.arange(self.units, device=self.lo.device))
 
     def merge(self, other: "TailSketch") -> None:
-        """Add ``other`` (the same units over another shard, made with the same ``total``) to this sketch."""
+        """Add ``other`` (the same units over another shard, made with the same ``total``) to this sketch.
+
+        Args:
+            other: the sketch to add.
+        """
         lo, vmax = torch.minimum(self.lo, other.lo), torch.maximum(self.vmax, other.vmax)
         exp = torch.maximum(self.exp, other.exp)
         self.regrid(lo, vmax, exp)
@@ -246,7 +302,14 @@ class TailSketch:
 
     # ------------------------------------------------------------------ finalize
     def threshold(self) -> torch.Tensor:
-        """Per-unit top-``quantile`` level (float64, (K,)), within one fine bin of the exact quantile."""
+        """Per-unit top-``quantile`` level, within one fine bin of the exact quantile.
+
+        Returns:
+            The (K,) float64 thresholds.
+
+        Raises:
+            InspectnetError: fewer values were added than ``total``.
+        """
         if self.seen != self.total:
             raise InspectnetError(f"tail sketch holds {self.seen} of the {self.total} values per unit it was "
                                   f"told of; its floors and threshold would be wrong")
@@ -262,7 +325,17 @@ class TailSketch:
         return torch.minimum(torch.maximum(est, self.vmin), self.vmax)
 
     def overlaps(self, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """|S_k ∩ L_c| (K, C) and |S_k| (K,) (float64) for S_k = upsampled pixels > ``thresholds[k]``."""
+        """|S_k ∩ L_c| and |S_k| for S_k = upsampled pixels > ``thresholds[k]``.
+
+        Args:
+            thresholds: (K,) thresholds (those of :meth:`threshold`).
+
+        Returns:
+            ``(intersections (K, C), areas (K,))`` as float64.
+
+        Raises:
+            InspectnetError: the sketch was made without concepts.
+        """
         if self.up is None:
             raise InspectnetError("this tail sketch was made without concepts; it keeps no upsampled counts")
         t = thresholds.to(self.lo.device, torch.float64)
@@ -343,9 +416,11 @@ def _count_dtype(total: int) -> torch.dtype:
 
 
 def _start_exp(lo: torch.Tensor, vmax: torch.Tensor, bins: int) -> torch.Tensor:
-    """The first grid's width exponent: [lo, vmax] fills about half the bins, leaving room for larger values
-    to come without regridding. A unit constant so far (e.g. a dead ReLU) gets at least 2^-10 of the
-    layer's widest span (float32 resolves 2^-24 of a value)."""
+    """The first grid's width exponent: [lo, vmax] fills about half the bins.
+
+    That leaves room for larger values to come without regridding. A unit constant so far (e.g. a dead
+    ReLU) gets at least 2^-10 of the layer's widest span (float32 resolves 2^-24 of a value).
+    """
     span = vmax - lo
     span = torch.maximum(span, torch.maximum(lo.abs(), vmax.abs()) * 2.0 ** -20)
     span = torch.maximum(span, span.max() * 2.0 ** -10).clamp(min=2.0 ** -100)

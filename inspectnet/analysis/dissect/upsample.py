@@ -30,8 +30,11 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 class Selection(NamedTuple):
-    """Upsampled pixels above their unit's floor: unit, image in the batch, pixel index (row·W + col), value,
-    and whether the pixel lies in a flat cell (its value is then exactly an activation of the map)."""
+    """Upsampled pixels above their unit's floor.
+
+    Per pixel: unit, image in the batch, pixel index (row·W + col), value, and whether the pixel lies in
+    a flat cell (its value is then exactly an activation of the map).
+    """
 
     units: torch.Tensor
     images: torch.Tensor
@@ -41,9 +44,11 @@ class Selection(NamedTuple):
 
 
 class _Axis(NamedTuple):
-    """One axis of the upsampling, its output positions grouped by input neighbours: group g (0..n_in)
-    lies between input positions g − 1 and g (clamped to the map), so group 0 and group n_in are the
-    borders where one input position is read; groups without output positions are empty."""
+    """One axis of the upsampling, its output positions grouped by input neighbours.
+
+    Group g (0..n_in) lies between input positions g − 1 and g (clamped to the map), so group 0 and
+    group n_in are the borders where one input position is read; groups without output positions are empty.
+    """
 
     positions: torch.Tensor  # (n_in + 1, S) output positions of each group, padded with 0
     weight: torch.Tensor     # (n_in + 1, S) float32 weight of the upper neighbour; NaN where padded
@@ -76,6 +81,17 @@ class CellUpsampler:
 
     The values are those of ``F.interpolate(maps, out_size, mode="bilinear", align_corners=False)``
     (the same float32 source indices and weights; the products may round differently, within 1e-6).
+
+    Args:
+        in_size: (h, w) of the maps.
+        out_size: (H, W) of the upsampled maps.
+        device: where the index tables live.
+
+    Examples:
+        >>> up = CellUpsampler((1, 2), (1, 4))
+        >>> sel = next(up.above(torch.tensor([[[[0., 1.]]]]), torch.tensor([0.5])))
+        >>> sel.pixels.tolist(), sel.values.tolist()
+        ([2, 3], [0.75, 1.0])
     """
 
     def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int], device: torch.device | str = "cpu"):
@@ -88,7 +104,15 @@ class CellUpsampler:
         self.pixels = pixels.reshape(-1).to(dev)
 
     def above(self, maps: torch.Tensor, floors: torch.Tensor) -> Iterator[Selection]:
-        """Chunks of the upsampled pixels of ``maps`` (B, K, h, w) strictly above ``floors`` (K,)."""
+        """Chunks of the upsampled pixels of ``maps`` strictly above ``floors``.
+
+        Args:
+            maps: (B, K, h, w) maps of the ``in_size`` given.
+            floors: (K,) per-unit floors.
+
+        Yields:
+            One :class:`Selection` per chunk of cells (bounded working memory).
+        """
         b, k, h, w = maps.shape
         f = floors.to(maps.device, torch.float32)
         # the cell between input rows g − 1, g and columns e − 1, e (clamped) is window (g, e) of the padded map

@@ -43,8 +43,19 @@ if TYPE_CHECKING:
 def decompose_head(head: nn.Module, imap: InfluenceMap) -> DecomposedLinear:
     """A decomposed copy of the dense linear ``head`` along ``imap``'s supports (checked against its shape).
 
-    >>> decompose_head(nn.Linear(3, 2), InfluenceMap.full(2, 3, supports=[[0], [1, 2]])).macs()
-    3
+    Args:
+        head: the dense linear head.
+        imap: the influence map (fitted at ``pre_logits``).
+
+    Returns:
+        The decomposed head.
+
+    Raises:
+        InspectnetError: the map was fitted at another layer, or its classes × features differ from the head's.
+
+    Examples:
+        >>> decompose_head(nn.Linear(3, 2), InfluenceMap.full(2, 3, supports=[[0], [1, 2]])).macs()
+        3
     """
     if imap.layer != PRE_LOGITS:
         raise InspectnetError(f"the influence map was fitted at layer {imap.layer!r}; decomposing the head "
@@ -57,14 +68,38 @@ def decompose_head(head: nn.Module, imap: InfluenceMap) -> DecomposedLinear:
 
 def gathered_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     supports: list[list[int]]) -> torch.Tensor:
-    """The formula term by term: logit_c = Σ_{j∈S_c} W[c,j] f_j + b_c (a reference for tests)."""
+    """The formula term by term: logit_c = Σ_{j∈S_c} W[c,j] f_j + b_c (a reference for tests).
+
+    Args:
+        features: (N, d) features.
+        weight: the (C, d) head weight.
+        bias: the (C,) bias, or None.
+        supports: per class, the features S_c it uses.
+
+    Returns:
+        (N, C) logits.
+
+    Examples:
+        >>> gathered_logits(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0]]), torch.tensor([0.5]), [[1]])
+        tensor([[8.5000]])
+    """
     cols = [(features[:, s] * weight[c, s]).sum(dim=1) for c, s in enumerate(supports)]
     out = torch.stack(cols, dim=1)
     return out + bias if bias is not None else out
 
 
 def head_of(zm: ZooModel) -> nn.Linear:
-    """The model's head, refused with its module name when it is not linear."""
+    """The model's head, refused with its module name when it is not linear.
+
+    Args:
+        zm: the model.
+
+    Returns:
+        The linear head.
+
+    Raises:
+        InspectnetError: the head is not an ``nn.Linear``.
+    """
     head = zm.model.get_submodule(zm.head_name)
     if not isinstance(head, nn.Linear):
         raise InspectnetError(f"head module {zm.head_name!r} of {zm.spec} is a {type(head).__name__}, not a "
@@ -75,7 +110,18 @@ def head_of(zm: ZooModel) -> nn.Linear:
 def decompose_model(zm: ZooModel, imap: InfluenceMap) -> ZooModel:
     """A copy of ``zm`` whose head is decomposed along ``imap``; the zoo saves and loads it back.
 
-    >>> dzm = decompose_model(zm, imap); save_model(dzm, "out/model")   # doctest: +SKIP
+    Args:
+        zm: the model (unchanged).
+        imap: the influence map, fitted on a record of this model's weights.
+
+    Returns:
+        The decomposed model.
+
+    Raises:
+        InspectnetError: the map was fitted on a record of other weights, or does not fit the head.
+
+    Examples:
+        >>> dzm = decompose_model(zm, imap); save_model(dzm, "out/model")   # doctest: +SKIP
     """
     head = head_of(zm)
     if imap.weights_fingerprint and imap.weights_fingerprint != zm.fingerprint():
@@ -92,7 +138,14 @@ def decompose_model(zm: ZooModel, imap: InfluenceMap) -> ZooModel:
 
 
 def linear_params(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(W, b) as float64 CPU tensors; a decomposed head gives its masked weight."""
+    """The head's weight and bias as float64 CPU tensors; a decomposed head gives its masked weight.
+
+    Args:
+        head: a linear (or decomposed) head.
+
+    Returns:
+        ``(W (C, d), b (C,) or None)``.
+    """
     w = head.effective_weight() if isinstance(head, DecomposedLinear) else head.weight
     b = head.bias.detach().double().cpu() if head.bias is not None else None
     return w.detach().double().cpu(), b
@@ -103,9 +156,17 @@ def class_contributions(head: nn.Linear, features: torch.Tensor) -> torch.Tensor
 
     Summed over the last axis plus the bias they give the logits exactly (the head is linear).
 
-    >>> head = nn.Linear(3, 2); f = torch.randn(4, 3)
-    >>> torch.allclose(class_contributions(head, f).sum(-1) + head.bias, head(f), atol=1e-6)
-    True
+    Args:
+        head: the linear head.
+        features: (N, d) features.
+
+    Returns:
+        (N, C, d) contributions.
+
+    Examples:
+        >>> head = nn.Linear(3, 2); f = torch.randn(4, 3)
+        >>> torch.allclose(class_contributions(head, f).sum(-1) + head.bias, head(f), atol=1e-6)
+        True
     """
     w = head.effective_weight() if isinstance(head, DecomposedLinear) else head.weight
     with torch.no_grad():
@@ -115,8 +176,15 @@ def class_contributions(head: nn.Linear, features: torch.Tensor) -> torch.Tensor
 def top_contributions(zm: ZooModel, x: torch.Tensor, k: int = 5) -> list[dict[str, Any]]:
     """For each input, the predicted class and its top-``k`` contributing features (one forward pass).
 
-    ``[{"class", "label", "logit", "bias", "top": [{"feature", "value", "contribution"}]}]``; feature
-    indices are the original penultimate indices (also after slimming).
+    Feature indices are the original penultimate indices (also after slimming).
+
+    Args:
+        zm: the model.
+        x: (N, C, H, W) preprocessed images.
+        k: features per input.
+
+    Returns:
+        ``[{"class", "label", "logit", "bias", "top": [{"feature", "value", "contribution"}]}]``.
     """
     head = head_of(zm)
     with eval_mode(zm.model), torch.inference_mode(), Probe(zm.model, [PRE_LOGITS], head_name=zm.head_name) as p:
@@ -135,7 +203,16 @@ def top_contributions(zm: ZooModel, x: torch.Tensor, k: int = 5) -> list[dict[st
 
 
 def check_same_model(fit_record: ProbeRecord, eval_record: ProbeRecord, zm: ZooModel | None = None) -> None:
-    """Fit and eval records (and the model, when given) must come from the same weights."""
+    """Fit and eval records (and the model, when given) must come from the same weights.
+
+    Args:
+        fit_record: the record the influence map is fitted on.
+        eval_record: the record it is evaluated on.
+        zm: the model, when one is given.
+
+    Raises:
+        InspectnetError: the records' weights differ from each other or from the model's.
+    """
     a = fit_record.manifest["identity"]["weights_fingerprint"]
     b = eval_record.manifest["identity"]["weights_fingerprint"]
     if a != b:
@@ -152,7 +229,20 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
-    """Accuracy on each class's samples; None for classes absent from ``labels``."""
+    """Accuracy on each class's samples; None for classes absent from ``labels``.
+
+    Args:
+        pred: predicted classes.
+        labels: true classes.
+        num_classes: C.
+
+    Returns:
+        C accuracies.
+
+    Examples:
+        >>> per_class_accuracy(np.array([0, 1, 1]), np.array([0, 0, 1]), 3)
+        [0.5, 1.0, None]
+    """
     out: list[float | None] = []
     for c in range(num_classes):
         sel = labels == c
@@ -161,10 +251,18 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 
 def retention(accuracy_decomposed: float, accuracy_full: float) -> tuple[float | None, str | None]:
-    """rA = A_d / A_f, or None with the reason where it is undefined (never NaN).
+    """The retention rA = A_d / A_f, or None with the reason where it is undefined (never NaN).
 
-    >>> retention(0.5, 0.8), retention(0.0, 0.0)[1]
-    ((0.625, None), 'A_f = 0: the full head classifies no eval sample correctly, so A_d / A_f is undefined')
+    Args:
+        accuracy_decomposed: A_d.
+        accuracy_full: A_f.
+
+    Returns:
+        ``(rA, None)``, or ``(None, reason)``.
+
+    Examples:
+        >>> retention(0.5, 0.8), retention(0.0, 0.0)[1]
+        ((0.625, None), 'A_f = 0: the full head classifies no eval sample correctly, so A_d / A_f is undefined')
     """
     if accuracy_full > 0:
         return accuracy_decomposed / accuracy_full, None
@@ -182,10 +280,18 @@ def evaluate_decomposition(weight: torch.Tensor, bias: torch.Tensor | None, imap
                            eval_record: ProbeRecord) -> dict[str, Any]:
     """A_f, A_d, rA, agreement, per-class accuracy, union size and head MACs on ``eval_record``.
 
-    ``weight``/``bias`` are the dense head's (see :func:`linear_params`); logits are recomputed
-    from the record's features block by block, so no model pass is needed and memory stays
-    O(C·d + block). Accuracy is top-1 over all C classes. Classes without fitting data keep their
-    dense rows (``dense_classes``); the decomposed MACs count them.
+    Logits are recomputed from the record's features block by block, so no model pass is needed and
+    memory stays O(C·d + block). Accuracy is top-1 over all C classes. Classes without fitting data keep
+    their dense rows (``dense_classes``); the decomposed MACs count them.
+
+    Args:
+        weight: the dense head's weight (see :func:`linear_params`).
+        bias: its bias, or None.
+        imap: the influence map.
+        eval_record: the record the decomposition is evaluated on.
+
+    Returns:
+        The evaluation, JSON-ready.
     """
     labels = record_labels(eval_record, imap.num_classes)
     mask = imap.mask()
@@ -222,9 +328,11 @@ def evaluate_decomposition(weight: torch.Tensor, bias: torch.Tensor | None, imap
 
 
 def _among_fitted(preds: dict[str, np.ndarray], labels: np.ndarray, fitted: torch.Tensor) -> dict[str, Any]:
-    """A_f, A_d and rA when only the classes with fitting data compete (top-1 among them), on the eval
-    samples of those classes: how well the influential sets separate the classes the data covers,
-    where the dense rows of the other classes would otherwise win the top-1 over all C."""
+    """A_f, A_d and rA when only the classes with fitting data compete (top-1 among them).
+
+    Measured on the eval samples of those classes: how well the influential sets separate the classes
+    the data covers, where the dense rows of the other classes would otherwise win the top-1 over all C.
+    """
     keep = np.isin(labels, fitted.numpy())
     if not keep.any():
         return {"num_classes": len(fitted), "samples": 0,
@@ -242,12 +350,20 @@ def _logits(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def class_feature_means(record: ProbeRecord, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean of the features, (C, d) float64, and the per-class sample counts (C,).
+    """Per-class mean of the features, and the per-class sample counts.
 
     Sums are accumulated block by block with ``index_add_`` in float64, so memory is O(C·d), never
     O(N·C·d); a class without samples has mean 0 and count 0.
 
-    >>> means, counts = class_feature_means(rec, 10)         # doctest: +SKIP
+    Args:
+        record: the probe record.
+        num_classes: C.
+
+    Returns:
+        ``(means (C, d) float64, counts (C,))``.
+
+    Examples:
+        >>> means, counts = class_feature_means(rec, 10)         # doctest: +SKIP
     """
     labels = np.asarray(record.labels)
     sums = torch.zeros(num_classes, record.features.shape[1], dtype=torch.float64)
@@ -261,24 +377,43 @@ def class_feature_means(record: ProbeRecord, num_classes: int) -> tuple[torch.Te
 
 
 def mean_contributions(weight: torch.Tensor, means: torch.Tensor, supports: list[list[int]]) -> list[list[float]]:
-    """Mean over class c's samples of W[c, j]·f_j for each j ∈ S_c: exactly W[c, j]·mean_c(f_j), as the
-    head is linear (means from :func:`class_feature_means`).
+    """Mean over class c's samples of W[c, j]·f_j for each j ∈ S_c.
 
-    >>> mean_contributions(torch.tensor([[2.0, 1.0]]), torch.tensor([[3.0, 5.0]]), [[1, 0]])
-    [[5.0, 6.0]]
+    That is exactly W[c, j]·mean_c(f_j), as the head is linear (means from :func:`class_feature_means`).
+
+    Args:
+        weight: the (C, d) head weight.
+        means: the (C, d) per-class feature means.
+        supports: per class, its features S_c.
+
+    Returns:
+        Per class, one mean contribution per feature of S_c, in S_c's order.
+
+    Examples:
+        >>> mean_contributions(torch.tensor([[2.0, 1.0]]), torch.tensor([[3.0, 5.0]]), [[1, 0]])
+        [[5.0, 6.0]]
     """
     return [[float(weight[c, j] * means[c, j]) for j in s] for c, s in enumerate(supports)]
 
 
 def noise_ablation(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap, eval_record: ProbeRecord,
                    *, seed: int = 0) -> dict[str, Any]:
-    """Paper Table 8: accuracy of the original model's full head when the influential features (∪ S_c),
-    and separately as many randomly chosen non-influential features, are replaced with N(0, 1)
-    samples (seeded: the noise and the non-influential subset).
+    """Paper Table 8: the full head's accuracy when influential (or as many other) features are noise.
 
-    The record is read block by block (noise is drawn per block, in order). A decomposed head reads
-    only the influential features, so noise elsewhere cannot change it: the ablation is about the
-    original model.
+    The influential features (∪ S_c), and separately as many randomly chosen non-influential features,
+    are replaced with N(0, 1) samples (seeded: the noise and the non-influential subset). The record is
+    read block by block (noise is drawn per block, in order). A decomposed head reads only the
+    influential features, so noise elsewhere cannot change it: the ablation is about the original model.
+
+    Args:
+        weight: the dense head's weight.
+        bias: its bias, or None.
+        imap: the influence map.
+        eval_record: the record the accuracy is measured on.
+        seed: seeds the noise and the non-influential subset.
+
+    Returns:
+        The accuracies with both ablations, the feature counts, the seed and a note.
     """
     labels = record_labels(eval_record, imap.num_classes)
     gen = torch.Generator().manual_seed(seed)
@@ -304,6 +439,21 @@ def retrain_head(head: DecomposedLinear, features: np.ndarray, labels: np.ndarra
     The backbone is frozen and in eval mode, so training on a record's features is the same as
     training through the backbone, without re-running it. Off-support weights stay exactly zero.
     ``features`` may be a record's memory-mapped array: each mini-batch reads only its own rows.
+
+    Args:
+        head: the decomposed head, changed in place.
+        features: (N, d) features.
+        labels: (N,) labels (-1 = skipped).
+        epochs: passes over the labelled rows.
+        lr: the SGD learning rate.
+        batch_size: rows per step.
+        seed: seeds the row order.
+
+    Returns:
+        ``[{"epoch", "loss"}]``, one per epoch.
+
+    Raises:
+        InspectnetError: ``epochs`` is below 1.
     """
     if epochs < 1:
         raise InspectnetError(f"--retrain-epochs must be at least 1, got {epochs}")
@@ -341,7 +491,20 @@ def _retrain_epoch(head: DecomposedLinear, batch, n: int, opt: torch.optim.Optim
 
 def sweep(fit_record: ProbeRecord, eval_record: ProbeRecord, weight: torch.Tensor, bias: torch.Tensor | None,
           k1_values: list[int], k2_values: list[int], score: str = "magnitude") -> list[dict[str, Any]]:
-    """Paper Fig. 3: A_d, rA and union size for every (k1, k2 <= k1) pair."""
+    """Paper Fig. 3: A_d, rA and union size for every (k1, k2 <= k1) pair.
+
+    Args:
+        fit_record: the record the influence maps are fitted on.
+        eval_record: the record they are evaluated on.
+        weight: the dense head's weight.
+        bias: its bias, or None.
+        k1_values: the k1 values.
+        k2_values: the k2 values (pairs with k2 > k1 are skipped).
+        score: how features are ranked (see :func:`~inspectnet.analysis.heads.influence.fit_influence`).
+
+    Returns:
+        One row per pair.
+    """
     rows = []
     for k1 in k1_values:
         for k2 in k2_values:
@@ -355,7 +518,14 @@ def sweep(fit_record: ProbeRecord, eval_record: ProbeRecord, weight: torch.Tenso
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of a :func:`sweep`."""
+    """Markdown table of a :func:`sweep`.
+
+    Args:
+        rows: the sweep's rows.
+
+    Returns:
+        The table.
+    """
     head = "| k1 | k2 | A_f | A_d | rA | agreement | union | head MACs |\n|---|---|---|---|---|---|---|---|\n"
     return head + "".join(f"| {r['k1']} | {r['k2']} | {r['accuracy_full']:.4f} | {r['accuracy_decomposed']:.4f} | "
                           f"{format_value(r['rA'])} | {r['agreement']:.4f} | {r['union_size']} | "
@@ -363,10 +533,17 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
 
 
 def sweep_plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """rA against k2, one line per k1 (paper Fig. 3), as a PNG; returns its path.
+    """The retention rA against k2, one line per k1 (paper Fig. 3), as a PNG.
 
     Drawn on its own :class:`~matplotlib.figure.Figure` (Agg canvas), so the caller's pyplot state
     and backend stay as they were.
+
+    Args:
+        rows: the sweep's rows.
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a ``Path``.
     """
     from matplotlib.figure import Figure
 

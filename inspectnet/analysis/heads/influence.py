@@ -30,7 +30,7 @@ _CHUNK = 4096  # samples per topk/bincount step: bounds memory for d = 4096 and 
 
 def topk_counts(acts: np.ndarray, labels: np.ndarray, num_classes: int, k1: int,
                 weight: torch.Tensor | None = None) -> np.ndarray:
-    """(C, d) float64 histogram: how often feature j is among a class-c sample's top-k1 by |value|.
+    """How often feature j is among a class-c sample's top-k1 by |value|, as a (C, d) float64 histogram.
 
     With ``weight`` (the head's (C, d) matrix) a sample of class c ranks its features by
     |W[c, j]·f_j|, the magnitude of their contribution to its own class logit, instead of |f_j|.
@@ -38,9 +38,20 @@ def topk_counts(acts: np.ndarray, labels: np.ndarray, num_classes: int, k1: int,
     Exactly-zero values are not counted (a feature that is 0 contributes nothing; counting it
     would only record topk's arbitrary tie order). Samples with label < 0 are ignored.
 
-    >>> a = np.array([[3., -5., 1.], [0., 2., 4.]]); topk_counts(a, np.array([0, 1]), 2, 2)
-    array([[1., 1., 0.],
-           [0., 1., 1.]])
+    Args:
+        acts: (N, d) features.
+        labels: (N,) labels.
+        num_classes: C.
+        k1: top features per sample.
+        weight: the head's (C, d) weight, to rank by contribution.
+
+    Returns:
+        The (C, d) counts.
+
+    Examples:
+        >>> a = np.array([[3., -5., 1.], [0., 2., 4.]]); topk_counts(a, np.array([0, 1]), 2, 2)
+        array([[1., 1., 0.],
+               [0., 1., 1.]])
     """
     n, d = acts.shape
     counts = torch.zeros(num_classes * d, dtype=torch.float64)
@@ -60,7 +71,19 @@ def topk_counts(acts: np.ndarray, labels: np.ndarray, num_classes: int, k1: int,
 
 
 def top_indices(counts: np.ndarray, k2: int) -> list[list[int]]:
-    """Per row, the ``k2`` most frequent indices with a non-zero count (ties: lower index first)."""
+    """Per row, the ``k2`` most frequent indices with a non-zero count (ties: lower index first).
+
+    Args:
+        counts: the (C, d) counts of :func:`topk_counts`.
+        k2: indices per row.
+
+    Returns:
+        One list of indices per row.
+
+    Examples:
+        >>> top_indices(np.array([[1., 3., 1.], [0., 0., 0.]]), 2)
+        [[1, 0], []]
+    """
     order = np.argsort(-counts, axis=1, kind="stable")[:, :k2]
     return [[int(j) for j in row if counts[c, j] > 0] for c, row in enumerate(order)]
 
@@ -90,15 +113,24 @@ class InfluenceMap(Result):
     score: str = "magnitude"
 
     def union(self) -> list[int]:
-        """Sorted indices that some class's influential set holds (|∪ S_c|, classes with data)."""
+        """Sorted indices that some class's influential set holds (|∪ S_c|, classes with data).
+
+        Returns:
+            The indices.
+        """
         return sorted({j for s in self.supports for j in s})
 
     def mask(self) -> torch.Tensor:
-        """(C, d) bool: ``mask[c, j]`` is True when j ∈ S_c; the rows of ``empty_classes`` are all True
-        (a class without fitting data keeps its dense row).
+        """(C, d) bool: ``mask[c, j]`` is True when j ∈ S_c.
 
-        >>> InfluenceMap.full(2, 3, supports=[[1], []], empty_classes=[1]).mask().int().tolist()
-        [[0, 1, 0], [1, 1, 1]]
+        The rows of ``empty_classes`` are all True (a class without fitting data keeps its dense row).
+
+        Returns:
+            The mask.
+
+        Examples:
+            >>> InfluenceMap.full(2, 3, supports=[[1], []], empty_classes=[1]).mask().int().tolist()
+            [[0, 1, 0], [1, 1, 1]]
         """
         m = torch.zeros(self.num_classes, self.dim, dtype=torch.bool)
         for c, s in enumerate(self.supports):
@@ -108,7 +140,16 @@ class InfluenceMap(Result):
 
     @classmethod
     def full(cls, num_classes: int, dim: int, **meta: Any) -> "InfluenceMap":
-        """Every class uses every feature (the decomposed head then equals the dense head)."""
+        """Every class uses every feature (the decomposed head then equals the dense head).
+
+        Args:
+            num_classes: C.
+            dim: d.
+            **meta: fields to set instead of the defaults (e.g. ``supports``).
+
+        Returns:
+            The map.
+        """
         sup = [list(range(dim)) for _ in range(num_classes)]
         base = dict(k1=dim, k2=dim, layer=PRE_LOGITS, dim=dim, num_classes=num_classes, supports=sup,
                     frequencies=[[1.0] * dim for _ in range(num_classes)], class_counts=[0] * num_classes,
@@ -125,13 +166,14 @@ def check_k(k1: int, k2: int, dim: int) -> None:
         k2: influential features chosen per class among those.
         dim: the feature width.
 
-    Returns:
-        None.
+    Raises:
+        InvalidParameterError: ``k1`` or ``k2`` is below 1, ``k2`` exceeds ``k1``, or ``k1`` exceeds ``dim``.
 
-    >>> check_k(5, 6, 512)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InvalidParameterError: k2=6 is larger than k1=5; the k2 influential features are ...
+    Examples:
+        >>> check_k(5, 6, 512)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InvalidParameterError: k2=6 is larger than k1=5; the k2 influential features are ...
     """
     if k1 < 1 or k2 < 1:
         raise InvalidParameterError("k1" if k1 < 1 else "k2", f"{{k1}} and {{k2}} must be at least 1, got k1={k1}, k2={k2}")
@@ -143,7 +185,18 @@ def check_k(k1: int, k2: int, dim: int) -> None:
 
 
 def record_labels(record: ProbeRecord, num_classes: int) -> np.ndarray:
-    """The record's labels, checked to be present and in range of the model's classes."""
+    """The record's labels, checked to be present and in range of the model's classes.
+
+    Args:
+        record: the probe record.
+        num_classes: the model's classes.
+
+    Returns:
+        The labels.
+
+    Raises:
+        InspectnetError: the record has no labels, or labels beyond the model's classes.
+    """
     labels = np.asarray(record.labels)
     if len(labels) == 0 or (labels < 0).all():
         raise InspectnetError(f"probe record {record.root} has no labels; influential features are fitted per "
@@ -166,8 +219,24 @@ def fit_influence(record: ProbeRecord, k1: int, k2: int, *, layer: str = PRE_LOG
     ``weight``; it helps where a few large features dominate every class (e.g. a new head on a
     frozen ImageNet backbone).
 
-    >>> imap = fit_influence(rec, k1=5, k2=5)                  # doctest: +SKIP
-    >>> imap.save("influence.json"); InfluenceMap.load("influence.json")   # doctest: +SKIP
+    Args:
+        record: the probe record.
+        k1: top features kept per sample.
+        k2: influential features chosen per class.
+        layer: the recorded layer (``pre_logits`` for a head decomposition).
+        score: ``"magnitude"`` or ``"contribution"``.
+        weight: the head's (C, d) weight, for ``"contribution"``.
+
+    Returns:
+        The influence map.
+
+    Raises:
+        InspectnetError: the layer is not (N, d), ``score`` is unknown, or ``"contribution"`` lacks a
+            fitting weight.
+
+    Examples:
+        >>> imap = fit_influence(rec, k1=5, k2=5)                  # doctest: +SKIP
+        >>> imap.save("influence.json"); InfluenceMap.load("influence.json")   # doctest: +SKIP
     """
     acts = record.activations(layer)
     if acts.ndim != 2:

@@ -31,6 +31,17 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (Conv2d and Linear layers).
 
     A decomposed head counts one MAC per supported (class, feature) pair.
+
+    Args:
+        model: the network.
+        input_size: (C, H, W) of the input.
+
+    Returns:
+        The count.
+
+    Examples:
+        >>> count_macs(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (1, 2, 2))
+        8
     """
     total = 0
 
@@ -60,10 +71,24 @@ def _latency(model: nn.Module, x: torch.Tensor, reps: int) -> float:
 
 def slim_model(dzm: ZooModel, *, check_batch: torch.Tensor | None = None, atol: float = 1e-4,
                latency_reps: int = 10, batch: int = 8) -> tuple[ZooModel, dict[str, Any]]:
-    """Slim a decomposed model to the union of used channels; returns it and a report.
+    """Slim a decomposed model to the union of used channels.
 
     Logits of the slimmed model are checked against the decomposed model's on ``check_batch``
     (random N(0, 1) inputs when not given); a difference above ``atol`` × max(1, |logit|) is refused.
+
+    Args:
+        dzm: a model with a decomposed head.
+        check_batch: inputs the logits are compared on.
+        atol: the tolerance of the comparison.
+        latency_reps: timed forward passes per model.
+        batch: the batch of the latency measurement.
+
+    Returns:
+        ``(slimmed model, report)``; the report gives the method, channels kept, logit difference, top-1
+        agreement, MACs, parameters and latencies before and after.
+
+    Raises:
+        InspectnetError: the head is not decomposed, no exact slimming applies, or the logits changed.
     """
     head = dzm.model.get_submodule(dzm.head_name)
     if not isinstance(head, DecomposedLinear):

@@ -36,7 +36,21 @@ class Quantizer(Result):
     constant: list[int]
 
     def transform(self, activations: np.ndarray) -> np.ndarray:
-        """Binary (N, K) matrix of active filters; constant filters are always inactive."""
+        """Binary (N, K) matrix of active filters; constant filters are always inactive.
+
+        Args:
+            activations: (N, K) activations of the filters the quantizer was fitted on.
+
+        Returns:
+            The (N, K) bool matrix: activation above the filter's threshold.
+
+        Raises:
+            InspectnetError: the number of filters differs from the fitted one.
+
+        Examples:
+            >>> fit_quantizer(np.array([[0.0, 1.0], [2.0, 1.0]]), "fixed", 1.0).transform(np.array([[3.0, 3.0]])).tolist()
+            [[True, False]]
+        """
         a = _as_matrix(activations, "activations")
         if a.shape[1] != len(self.thresholds):
             raise InspectnetError(f"activations have {a.shape[1]} filters but the quantizer was fitted on "
@@ -52,6 +66,21 @@ def fit_quantizer(activations: np.ndarray, method: str = "mean_std", param: floa
     ``method``: ``mean_std`` (threshold μ_j + param·σ_j, param defaults to 1 as in EBP),
     ``quantile`` (the param-quantile of filter j, default 0.9), ``fixed`` (threshold = param).
     Statistics are computed in float64 (population σ, ddof=0).
+
+    Args:
+        activations: (N, K) activations.
+        method: ``mean_std``, ``quantile`` or ``fixed``.
+        param: the method's parameter (None: its default).
+
+    Returns:
+        The quantizer.
+
+    Raises:
+        InspectnetError: the method is unknown, there are fewer than 2 samples, or ``param`` is out of range.
+
+    Examples:
+        >>> fit_quantizer(np.array([[0.0], [2.0]])).thresholds
+        [2.0]
     """
     a = _as_matrix(activations, "activations")
     if method not in METHODS:

@@ -77,22 +77,54 @@ class RuleModel:
     class_names: list[str]
 
     def atoms(self, activations: np.ndarray) -> np.ndarray:
+        """The binary atoms (active filters) the tree reads, per row.
+
+        Args:
+            activations: (N, K) activations of the layer.
+
+        Returns:
+            The (N, number of atoms) uint8 matrix.
+        """
         return self.quantizer.transform(activations)[:, self.filters].astype(np.uint8)
 
     def predict(self, activations: np.ndarray) -> np.ndarray:
-        """The tree's class per row, read block by block (a record's memmap stays on disk)."""
+        """The tree's class per row, read block by block (a record's memmap stays on disk).
+
+        Args:
+            activations: (N, K) activations of the layer.
+
+        Returns:
+            (N,) classes.
+        """
         return np.concatenate([self.tree.predict(self.atoms(activations[rows]))
                                for rows in row_blocks(len(activations))])
 
     def leaves(self, activations: np.ndarray) -> np.ndarray:
-        """The leaf (rule) each row falls into, read block by block."""
+        """The leaf (rule) each row falls into, read block by block.
+
+        Args:
+            activations: (N, K) activations of the layer.
+
+        Returns:
+            (N,) leaf ids.
+        """
         return np.concatenate([self.tree.apply(self.atoms(activations[rows])) for rows in row_blocks(len(activations))])
 
     def used_filters(self) -> list[int]:
+        """The layer's filters that some split of the tree tests.
+
+        Returns:
+            The filter indices, sorted.
+        """
         feats = self.tree.tree_.feature
         return sorted({int(self.filters[f]) for f in feats if f >= 0})
 
     def leaf_depths(self) -> dict[int, int]:
+        """The depth of each leaf: the number of conditions of its rule.
+
+        Returns:
+            Leaf id -> depth.
+        """
         return {leaf: len(conds) for leaf, conds in self._paths().items()}
 
     def _paths(self) -> dict[int, list[tuple[int, bool]]]:
@@ -112,8 +144,17 @@ class RuleModel:
 
     def rule_list(self, activations: np.ndarray | None = None, predictions: np.ndarray | None = None
                   ) -> list[dict[str, Any]]:
-        """One dict per leaf: conditions, class, support/confidence on the fitting data (and on
-        ``activations``/``predictions`` when given), sorted by support."""
+        """One dict per leaf: conditions, class, support/confidence, sorted by support.
+
+        Support and confidence are given on the fitting data, and on ``activations``/``predictions`` when given.
+
+        Args:
+            activations: (N, K) activations to report on.
+            predictions: the model's (N,) predictions on them.
+
+        Returns:
+            The rules.
+        """
         t = self.tree.tree_
         classes = self.tree.classes_
         eval_leaves = self.leaves(activations) if activations is not None else None
@@ -136,9 +177,17 @@ class RuleModel:
         return out
 
     def figure(self, *, max_depth: int = 3) -> tuple[Any, list[Any]]:
-        """The tree down to ``max_depth`` levels (deeper nodes elided as ``(...)``): the figure and
-        its node boxes. Each box shows the split atom, the samples and the majority class (no
-        per-class counts: with many classes they would make every box wider than its slot)."""
+        """The tree down to ``max_depth`` levels (deeper nodes elided as ``(...)``): the figure and its node boxes.
+
+        Each box shows the split atom, the samples and the majority class (no per-class counts: with many
+        classes they would make every box wider than its slot).
+
+        Args:
+            max_depth: the levels drawn.
+
+        Returns:
+            ``(figure, node boxes)``.
+        """
         from sklearn.tree import plot_tree
 
         from inspectnet.core.figures import new_figure
@@ -175,7 +224,15 @@ class RuleModel:
         return count
 
     def plot(self, path: str | Path, *, max_depth: int = 3) -> Path:
-        """Draw the tree (down to ``max_depth`` levels, deeper nodes elided) as a PNG."""
+        """Draw the tree (down to ``max_depth`` levels, deeper nodes elided) as a PNG.
+
+        Args:
+            path: the PNG to write.
+            max_depth: the levels drawn.
+
+        Returns:
+            ``path`` as a ``Path``.
+        """
         from inspectnet.core.figures import save_figure
 
         fig, _ = self.figure(max_depth=max_depth)
@@ -183,7 +240,20 @@ class RuleModel:
 
 
 def format_rule(conds: list[tuple[int, bool]], cls: int, class_names: list[str]) -> str:
-    """``[(12, True), (40, False)], 3`` -> ``f12 ∧ ¬f40 → 3 (name)`` (``⊤`` for the empty rule)."""
+    """A rule as text: ``[(12, True), (40, False)], 3`` -> ``f12 ∧ ¬f40 → 3 (name)`` (``⊤`` for the empty rule).
+
+    Args:
+        conds: (filter, active) conditions.
+        cls: the rule's class.
+        class_names: the class names (the name is shown when it is not the index).
+
+    Returns:
+        The text.
+
+    Examples:
+        >>> format_rule([(12, True), (40, False)], 1, ["a", "b"])
+        'f12 ∧ ¬f40 → 1 (b)'
+    """
     body = AND.join(f"f{f}" if active else f"{NOT}f{f}" for f, active in conds) or "⊤"
     name = _name(class_names, cls)
     return f"{body}{ARROW}{cls}" + ("" if name == str(cls) else f" ({name})")
@@ -197,10 +267,31 @@ def fit_rules(activations: np.ndarray, predictions: np.ndarray, *, class_names: 
               quantize: str = "mean_std", quantize_param: float | None = None, max_depth: int | None = None,
               readable_margin: float | None = None, val_fraction: float = 0.25, max_alphas: int = 40,
               seed: int = 0) -> tuple[RuleModel, dict]:
-    """Quantize ``activations`` (N × K) and fit the tree to ``predictions``; returns the model and
-    a description of how its size was chosen: ``max_depth`` given, that depth; ``readable_margin``
-    given, the smallest depth within that margin of the best held-out fidelity (:func:`select_depth`);
-    else cost-complexity pruning."""
+    """Quantize ``activations`` (N × K) and fit the tree to ``predictions``.
+
+    The tree's size is chosen so: ``max_depth`` given, that depth; ``readable_margin`` given, the
+    smallest depth within that margin of the best held-out fidelity (:func:`select_depth`); else
+    cost-complexity pruning.
+
+    Args:
+        activations: (N, K) activations of the layer.
+        predictions: the model's (N,) predictions.
+        class_names: the class names.
+        quantize: the quantization method (see :func:`~inspectnet.analysis.rules.binarize.fit_quantizer`).
+        quantize_param: its parameter.
+        max_depth: a fixed tree depth.
+        readable_margin: the fidelity margin of the readable depth.
+        val_fraction: the held-out fraction for the size selection.
+        max_alphas: pruning strengths tried.
+        seed: seeds the held-out split.
+
+    Returns:
+        ``(model, selection)``: the rule model and how its size was chosen.
+
+    Raises:
+        InspectnetError: the row counts differ, ``max_depth`` is below 1, the model predicts a single class,
+            or every filter is constant.
+    """
     predictions = np.asarray(predictions).astype(np.int64)
     if len(predictions) != len(activations):
         raise InspectnetError(f"{len(activations)} activation rows but {len(predictions)} predictions")
@@ -239,16 +330,33 @@ READABLE_MARGIN = 0.02
 def select_depth(x: np.ndarray, y: np.ndarray, margin: float = READABLE_MARGIN, *,
                  depths: tuple[int, ...] = CURVE_DEPTHS, val_fraction: float = 0.25, seed: int = 0
                  ) -> tuple[int, dict]:
-    """The size–fidelity trade-off and a readable tree size: fidelity on a held-out part of ``x`` of a
-    tree fitted (on the rest) at each depth in ``depths`` and without a depth limit; the smallest
-    depth whose fidelity is within ``margin`` of the best of them, or, where none of ``depths`` is
-    (``within_margin`` false), the best of ``depths``.
+    """The size–fidelity trade-off and a readable tree size.
 
-    >>> rng = np.random.default_rng(0)
-    >>> x = rng.integers(0, 2, size=(400, 6)).astype(np.uint8)
-    >>> depth, how = select_depth(x, x[:, 0] * 2 + x[:, 1])    # two atoms decide the class
-    >>> depth, [(r["depth"], r["val_fidelity"]) for r in how["curve"][:2]]
-    (2, [(2, 1.0), (3, 1.0)])
+    Fidelity is measured on a held-out part of ``x`` for a tree fitted (on the rest) at each depth in
+    ``depths`` and without a depth limit; the chosen depth is the smallest whose fidelity is within
+    ``margin`` of the best of them, or, where none of ``depths`` is (``within_margin`` false), the best
+    of ``depths``.
+
+    Args:
+        x: (N, atoms) binary atoms.
+        y: (N,) classes to reproduce.
+        margin: the fidelity margin, in [0, 1).
+        depths: the depths tried.
+        val_fraction: the held-out fraction.
+        seed: seeds the split.
+
+    Returns:
+        ``(depth, description)``; the description holds the curve.
+
+    Raises:
+        InspectnetError: ``margin`` is not in [0, 1).
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.integers(0, 2, size=(400, 6)).astype(np.uint8)
+        >>> depth, how = select_depth(x, x[:, 0] * 2 + x[:, 1])    # two atoms decide the class
+        >>> depth, [(r["depth"], r["val_fidelity"]) for r in how["curve"][:2]]
+        (2, [(2, 1.0), (3, 1.0)])
     """
     if not 0.0 <= margin < 1.0:
         raise InspectnetError(f"readable-tree margin must be in [0, 1), got {margin}")
@@ -281,8 +389,11 @@ def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> list
 
 def _select_alpha(x: np.ndarray, y: np.ndarray, val_fraction: float, max_alphas: int, seed: int
                   ) -> tuple[float, dict]:
-    """Cost-complexity pruning: the alpha whose tree (fit on the fitting part) has the best fidelity
-    on the validation part; among alphas within 1e-9 of the best, the largest (smallest tree)."""
+    """Cost-complexity pruning: the alpha whose tree (fit on the fitting part) validates best.
+
+    Fidelity is measured on the validation part; among alphas within 1e-9 of the best, the largest
+    (smallest tree) wins.
+    """
     x_fit, x_val, y_fit, y_val = _split(x, y, val_fraction, seed)
     path = _tree(seed).cost_complexity_pruning_path(x_fit, y_fit)
     alphas = np.unique(np.clip(path.ccp_alphas, 0.0, None))
@@ -316,6 +427,26 @@ def extract_rules(train: ProbeRecord, layer: str, eval_record: ProbeRecord | Non
 
     The tree is fitted on at most ``fit_samples`` evenly spread rows of ``train`` (a tree needs its
     data in memory; ``n_train`` says how many); the evaluation reads every row, block by block.
+
+    Args:
+        train: the fitting record.
+        layer: the layer.
+        eval_record: the record reported on (None: in-sample).
+        quantize: the quantization method.
+        quantize_param: its parameter.
+        max_depth: a fixed tree depth.
+        readable_margin: the fidelity margin of the readable depth.
+        val_fraction: the held-out fraction for the size selection.
+        max_alphas: pruning strengths tried.
+        seed: seeds the held-out split.
+        fit_samples: the most fitting rows.
+
+    Returns:
+        ``(rule set, rule model)``.
+
+    Raises:
+        InspectnetError: the layer's width differs between the records (or the tree cannot be fitted,
+            see :func:`fit_rules`).
     """
     _check_record(train, "train record")
     fit_rows = spread_indices(len(train), fit_samples)
@@ -365,7 +496,17 @@ def _check_same_model(a: ProbeRecord, b: ProbeRecord) -> None:
 
 
 def write_rules(rs: RuleSet, model: RuleModel, out: str | Path, *, plot_depth: int | None = 3) -> dict[str, Path]:
-    """Write ``rules.json``, ``rules.txt`` and (unless ``plot_depth`` is None) ``tree.png`` into ``out``."""
+    """Write ``rules.json``, ``rules.txt`` and (unless ``plot_depth`` is None) ``tree.png`` into ``out``.
+
+    Args:
+        rs: the rule set.
+        model: the rule model.
+        out: the output folder.
+        plot_depth: the levels drawn in ``tree.png`` (None: no picture).
+
+    Returns:
+        The files written: ``{"json", "text"}``, and ``"png"`` when the tree is drawn.
+    """
     out = output_dir(out)
     (out / "rules.json").unlink(missing_ok=True)  # written last: a rules.json is never beside a partial set
     paths = {"text": atomic_write_text(out / "rules.txt", summary(rs) + "\n")}
@@ -375,8 +516,17 @@ def write_rules(rs: RuleSet, model: RuleModel, out: str | Path, *, plot_depth: i
 
 
 def plot_curve(selection: dict[str, Any], path: str | Path) -> Path:
-    """The size–fidelity trade-off of :func:`select_depth` as a curve: held-out fidelity and rules
-    (leaves) against the tree depth, the readable depth marked."""
+    """The size–fidelity trade-off of :func:`select_depth` as a curve.
+
+    Held-out fidelity and rules (leaves) against the tree depth, the readable depth marked.
+
+    Args:
+        selection: the description :func:`select_depth` returned.
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     from inspectnet.core.figures import new_figure, save_figure
 
     rows = [r for r in selection["curve"] if r["depth"] is not None]
@@ -401,7 +551,14 @@ def plot_curve(selection: dict[str, Any], path: str | Path) -> Path:
 
 
 def summary(rs: RuleSet) -> str:
-    """Human-readable report: the headline numbers, then one rule per line."""
+    """Human-readable report: the headline numbers, then one rule per line.
+
+    Args:
+        rs: the rule set.
+
+    Returns:
+        The text.
+    """
     acc = "n/a" if rs.extracted_accuracy is None else f"{rs.extracted_accuracy:.4f}"
     head = (f"layer {rs.layer}: {rs.rules} rules over {rs.atoms} atoms (of {rs.num_filters} filters, "
             f"{rs.skipped_constant} constant skipped), avg depth {rs.avg_depth:.2f}; on {rs.evaluated_on}: "

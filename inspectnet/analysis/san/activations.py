@@ -42,15 +42,36 @@ def _as_2d(s: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def identity(s: torch.Tensor) -> torch.Tensor:
+    """φ that keeps every entry (the dense baseline).
+
+    Args:
+        s: the maps.
+
+    Returns:
+        ``s`` itself.
+    """
     return s
 
 
 def paper_k(shape: tuple[int, ...], m: int) -> int:
-    """Max-Activations' k in the paper: ⌊n/m⌋^dim for maps of side n, i.e. Π ⌊n_i/m⌋ over the spatial
-    sides of ``shape`` (the trailing 1 or 2 dimensions of a (B, C, L) or (B, C, H, W) map), at least 1.
+    """Max-Activations' k in the paper: ⌊n/m⌋^dim for maps of side n, at least 1.
 
-    >>> paper_k((64, 2, 28, 28), 3), paper_k((8, 1, 100), 7)
-    (81, 14)
+    That is Π ⌊n_i/m⌋ over the spatial sides of ``shape`` (the trailing 1 or 2 dimensions of a
+    (B, C, L) or (B, C, H, W) map).
+
+    Args:
+        shape: the maps' shape.
+        m: the kernel size.
+
+    Returns:
+        k.
+
+    Raises:
+        InspectnetError: ``m`` is below 1, or the shape is neither (B, C, L) nor (B, C, H, W).
+
+    Examples:
+        >>> paper_k((64, 2, 28, 28), 3), paper_k((8, 1, 100), 7)
+        (81, 14)
     """
     if m < 1:
         raise InspectnetError(f"max-activations: kernel size m={m} must be at least 1")
@@ -66,8 +87,19 @@ def paper_k(shape: tuple[int, ...], m: int) -> int:
 def max_activations(s: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` largest entries of each map.
 
-    >>> max_activations(torch.tensor([[[1.0, 5, 3, 4]]]), 2).tolist()
-    [[[0.0, 5.0, 0.0, 4.0]]]
+    Args:
+        s: (B, C, ...) maps.
+        k: entries kept per map.
+
+    Returns:
+        The maps with every other entry zero.
+
+    Raises:
+        InspectnetError: ``k`` is below 1.
+
+    Examples:
+        >>> max_activations(torch.tensor([[[1.0, 5, 3, 4]]]), 2).tolist()
+        [[[0.0, 5.0, 0.0, 4.0]]]
     """
     flat = s.flatten(2)
     if k < 1:
@@ -81,8 +113,19 @@ def max_activations(s: torch.Tensor, k: int) -> torch.Tensor:
 def max_pool_indices(s: torch.Tensor, m: int) -> torch.Tensor:
     """One survivor per ``m``-wide window (m×m for images): the entry of largest magnitude.
 
-    >>> max_pool_indices(torch.tensor([[[1.0, -4, 2, 3, 0]]]), 2).tolist()
-    [[[0.0, -4.0, 0.0, 3.0, 0.0]]]
+    Args:
+        s: (B, C, L) or (B, C, H, W) maps.
+        m: the window.
+
+    Returns:
+        The maps with every other entry zero.
+
+    Raises:
+        InspectnetError: ``m`` is below 1.
+
+    Examples:
+        >>> max_pool_indices(torch.tensor([[[1.0, -4, 2, 3, 0]]]), 2).tolist()
+        [[[0.0, -4.0, 0.0, 3.0, 0.0]]]
     """
     if m < 1:
         raise InspectnetError(f"max-pool-indices: window m={m} must be at least 1")
@@ -95,8 +138,10 @@ def max_pool_indices(s: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def _priority(x: torch.Tensor) -> torch.Tensor:
-    """Unique rank of each entry within its map: higher value first, then lower flat index (as float64,
-    exact for maps of up to 2^53 entries), so max-pooling priorities never tie."""
+    """Unique rank of each entry within its map: higher value first, then lower flat index.
+
+    As float64, exact for maps of up to 2^53 entries, so max-pooling priorities never tie.
+    """
     flat = x.flatten(2)
     order = torch.sort(flat, dim=2, descending=True, stable=True).indices
     n = flat.shape[2]
@@ -121,6 +166,21 @@ def peaks(s: torch.Tensor, mpd: int) -> torch.Tensor:
     candidates within distance ≤ mpd (the greedy pass would keep it: every higher one nearby is
     already suppressed), then suppresses the undecided candidates within mpd of a kept peak. Each
     round keeps at least the best undecided candidate, so the loop ends; it takes a few rounds.
+
+    Args:
+        s: (B, C, L) or (B, C, H, W) maps.
+        mpd: the minimum peak distance.
+
+    Returns:
+        The maps with only their peaks non-zero.
+
+    Raises:
+        InspectnetError: ``mpd`` is below 1.
+
+    Examples:
+        >>> s = torch.tensor([[[0.0, 3, 0, 4, 0]]])
+        >>> peaks(s, 1).tolist(), peaks(s, 2).tolist()   # the lower peak lies within distance 2 of the higher
+        ([[[0.0, 3.0, 0.0, 4.0, 0.0]]], [[[0.0, 0.0, 0.0, 4.0, 0.0]]])
     """
     if mpd < 1:
         raise InspectnetError(f"peaks: minimum peak distance mpd={mpd} must be at least 1")
@@ -145,6 +205,13 @@ def peaks_algorithm4(s: torch.Tensor, mpd: int) -> torch.Tensor:
 
     A position is a tuple of coordinates (t) for signals or (row, column) for images; lines 1 and
     8–10 apply to every coordinate, which for a signal is the algorithm as printed.
+
+    Args:
+        s: (B, C, L) or (B, C, H, W) maps.
+        mpd: the minimum peak distance.
+
+    Returns:
+        The maps with only their peaks non-zero.
     """
     x, one_d = _as_2d(s.detach())
     out = torch.zeros_like(x)
@@ -201,8 +268,27 @@ def _algorithm4(s: torch.Tensor, mpd: int) -> torch.Tensor:
 
 
 def get_activation(name: str, *, k: int = 0, m: int = 2, d: int = 2) -> Callable[[torch.Tensor], torch.Tensor]:
-    """φ by name: ``identity``, ``max-activations`` (keeps ``k``; k = 0 is the paper's ⌊n/m⌋^dim of each
-    map's size), ``max-pool-indices`` (window ``m``), ``peaks`` (minimum peak distance ``d``)."""
+    """φ by name.
+
+    ``identity``, ``max-activations`` (keeps ``k``; k = 0 is the paper's ⌊n/m⌋^dim of each map's size),
+    ``max-pool-indices`` (window ``m``), ``peaks`` (minimum peak distance ``d``).
+
+    Args:
+        name: one of :data:`ACTIVATIONS`.
+        k: max-activations' k (0: the paper's).
+        m: the window (or kernel size for the paper's k).
+        d: the peaks' minimum distance.
+
+    Returns:
+        The function maps -> sparse maps.
+
+    Raises:
+        InspectnetError: ``name`` is unknown.
+
+    Examples:
+        >>> get_activation("max-activations", k=1)(torch.tensor([[[1.0, 5, 3]]])).tolist()
+        [[[0.0, 5.0, 0.0]]]
+    """
     if name == "identity":
         return identity
     if name == "max-activations":

@@ -37,7 +37,22 @@ if TYPE_CHECKING:
 
 
 class SAN(nn.Module):
-    """``q`` kernels of size ``m`` and a sparse activation φ; ``forward(x)`` returns (x̂, α)."""
+    """``q`` kernels of size ``m`` and a sparse activation φ; ``forward(x)`` returns (x̂, α).
+
+    Args:
+        kernels: q, the number of kernels.
+        size: m, the odd kernel size.
+        activation: φ's name (see :func:`~inspectnet.analysis.san.activations.get_activation`).
+        k: max-activations' k (0: the paper's).
+        in_chans: channels of the input.
+
+    Raises:
+        InspectnetError: ``size`` is not odd and positive.
+
+    Examples:
+        >>> x_hat, alpha = SAN(2, 3, "identity")(torch.zeros(1, 1, 8, 8)); x_hat.shape, alpha.shape
+        (torch.Size([1, 1, 8, 8]), torch.Size([1, 2, 8, 8]))
+    """
 
     def __init__(self, kernels: int, size: int, activation: str, *, k: int = 0, in_chans: int = 1):
         super().__init__()
@@ -48,13 +63,29 @@ class SAN(nn.Module):
         self.phi = get_activation(activation, k=k, m=size, d=size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode ``x`` into sparse codes and reconstruct it.
+
+        Args:
+            x: (B, C, H, W) inputs.
+
+        Returns:
+            ``(x̂ (B, C, H, W), α (B, q, H, W))``.
+        """
         s = F.conv2d(x, self.weight, padding=self.size // 2)
         alpha = self.phi(torch.relu(s))
         return F.conv_transpose2d(alpha, self.weight, padding=self.size // 2), alpha
 
 
 def san_metrics(model: SAN, x: torch.Tensor) -> dict[str, float]:
-    """Mean φ̄, CR⁻¹ and L̃ of ``model`` on samples ``x`` (B, C, H, W)."""
+    """Mean φ̄, CR⁻¹ and L̃ of ``model`` on samples ``x``.
+
+    Args:
+        model: the SAN.
+        x: (B, C, H, W) samples.
+
+    Returns:
+        ``{"phi_bar", "cr_inv", "l_tilde", "activations_per_sample"}``, means over the samples.
+    """
     with torch.no_grad():
         x_hat, alpha = model(x)
     n = x[0].numel()
@@ -72,7 +103,22 @@ def san_metrics(model: SAN, x: torch.Tensor) -> dict[str, float]:
 
 def train_san(x: torch.Tensor, activation: str, size: int, *, kernels: int = 2, epochs: int = 5,
               lr: float = 0.01, batch_size: int = 64, k: int = 0, seed: int = 0) -> SAN:
-    """Fit a SAN on ``x`` (B, C, H, W) with Adam on the L1 reconstruction loss."""
+    """Fit a SAN on ``x`` with Adam on the L1 reconstruction loss.
+
+    Args:
+        x: (B, C, H, W) samples.
+        activation: φ's name.
+        size: the kernel size.
+        kernels: the number of kernels.
+        epochs: passes over ``x``.
+        lr: Adam's learning rate.
+        batch_size: samples per step.
+        k: max-activations' k (0: the paper's).
+        seed: seeds the initialisation and the order.
+
+    Returns:
+        The trained SAN.
+    """
     torch.manual_seed(seed)
     model = SAN(kernels, size, activation, k=k, in_chans=x.shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -98,7 +144,11 @@ class SANResult(Result):
     val_samples: int
 
     def table(self) -> str:
-        """The paper's Table III layout: one row per activation at its selected kernel size."""
+        """The paper's Table III layout: one row per activation at its selected kernel size.
+
+        Returns:
+            The Markdown table.
+        """
         return markdown_table(["activation", "kernel size", "φ̄", "CR⁻¹", "L̃"],
                               [[r["activation"], r["size"], r["phi_bar"], r["cr_inv"], r["l_tilde"]] for r in self.rows
                                if self.selected.get(r["activation"]) == r["size"]])
@@ -107,7 +157,25 @@ class SANResult(Result):
 def san_select(x_train: torch.Tensor, x_val: torch.Tensor, activations: Sequence[str] = ACTIVATIONS,
                sizes: Sequence[int] = (3, 5, 7), *, kernels: int = 2, epochs: int = 5, k: int = 0,
                seed: int = 0, lr: float = 0.01) -> SANResult:
-    """Train one SAN per (activation, kernel size); select each activation's size by lowest φ̄."""
+    """Train one SAN per (activation, kernel size); select each activation's size by lowest φ̄.
+
+    Args:
+        x_train: (B, C, H, W) training samples.
+        x_val: validation samples (φ̄ is measured on them).
+        activations: φ's names.
+        sizes: the kernel sizes.
+        kernels: the number of kernels.
+        epochs: training passes.
+        k: max-activations' k (0: the paper's).
+        seed: seeds each training.
+        lr: Adam's learning rate.
+
+    Returns:
+        Every trained configuration's metrics and each activation's selection.
+
+    Raises:
+        InspectnetError: an activation is unknown, or a sample set is empty.
+    """
     bad = [a for a in activations if a not in ACTIVATIONS]
     if bad:
         raise InspectnetError(f"--activation {bad[0]!r} is unknown; expected one of {', '.join(ACTIVATIONS)}")
@@ -128,7 +196,15 @@ def san_select(x_train: torch.Tensor, x_val: torch.Tensor, activations: Sequence
 
 
 def save_kernel_picture(result: SANResult, path: str | Path) -> Path:
-    """Grid of the selected models' kernels (one row per activation)."""
+    """Grid of the selected models' kernels (one row per activation).
+
+    Args:
+        result: the selection.
+        path: the PNG to write.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     from inspectnet.core.figures import new_figure, save_figure
 
     models = getattr(result, "_models", {})
@@ -149,7 +225,23 @@ def save_kernel_picture(result: SANResult, path: str | Path) -> Path:
 
 
 def images_tensor(dataset: ImageDataset, limit: int | None = None) -> torch.Tensor:
-    """Grey images of an :class:`~inspectnet.data.ImageDataset` as (N, 1, H, W) floats in [0, 1]."""
+    """Grey images of an :class:`~inspectnet.data.ImageDataset` as (N, 1, H, W) floats in [0, 1].
+
+    Args:
+        dataset: the data.
+        limit: the first ``limit`` images only.
+
+    Returns:
+        The tensor.
+
+    Raises:
+        InspectnetError: the images differ in size.
+
+    Examples:
+        >>> from inspectnet.data import load_data
+        >>> images_tensor(load_data("digits"), limit=3).shape
+        torch.Size([3, 1, 8, 8])
+    """
     import numpy as np
 
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -161,8 +253,24 @@ def images_tensor(dataset: ImageDataset, limit: int | None = None) -> torch.Tens
 
 def layer_maps(zm: ZooModel, dataset: ImageDataset, layer: str, *, limit: int | None = None,
                channels: int = 8) -> torch.Tensor:
-    """A probed layer's activation maps as SAN inputs: each of the first ``channels`` maps of every
-    image is one single-channel sample (N·channels, 1, H, W), scaled to max |value| 1 per map."""
+    """A probed layer's activation maps as SAN inputs.
+
+    Each of the first ``channels`` maps of every image is one single-channel sample, scaled to max
+    |value| 1 per map.
+
+    Args:
+        zm: the model.
+        dataset: the data (its transform should be ``zm.transform()``).
+        layer: the layer.
+        limit: the first ``limit`` images only.
+        channels: maps taken per image.
+
+    Returns:
+        The (N·channels, 1, H, W) samples.
+
+    Raises:
+        InspectnetError: the layer's outputs are not (B, C, H, W) maps.
+    """
     from inspectnet.models.layers import eval_mode
     from inspectnet.probe.hooks import Probe
 

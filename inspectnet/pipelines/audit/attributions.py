@@ -22,8 +22,19 @@ class AttributionsResult(TypedDict, total=False):
 
 
 def run(ctx: AuditContext) -> AttributionsResult:
-    """Input attributions, influential-feature maps and receptive fields of the top units; each family of pictures
-    fails alone."""
+    """Input attributions, influential-feature maps and receptive fields of the top units.
+
+    Each family of pictures fails alone.
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+
+    Raises:
+        InspectnetError: every family of pictures failed.
+    """
     from inspectnet.analysis import attributions as at
 
     cfg, zm = ctx.config, ctx.zm
@@ -66,7 +77,15 @@ def run(ctx: AuditContext) -> AttributionsResult:
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """The attribution pictures, with what failed."""
+    """The attribution pictures, with what failed.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     blocks: list[Block] = [Figure(a["path"], f"{a['name']}: label {a['label_name']}, predicted {a['prediction_name']} "
                                              f"(input | Integrated Gradients | Grad-CAM {a['gradcam_layer']})")
                            for a in r.get("inputs", [])]

@@ -16,7 +16,14 @@ from inspectnet.reports.blocks import Block, Paragraph, Table
 
 
 def run(ctx: AuditContext) -> dict[str, Any]:
-    """Discover ``concept_k`` concepts on the evaluation data and write their files and pictures."""
+    """Discover ``concept_k`` concepts on the evaluation data and write their files and pictures.
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.analysis.concepts.discover import concepts_summary, discover_concepts
     from inspectnet.analysis.concepts.pictures import write_concepts
 
@@ -32,7 +39,15 @@ def run(ctx: AuditContext) -> dict[str, Any]:
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """The run's quality, each concept's name, purest class, importance and stability, and each class's top concepts."""
+    """The run's quality, each concept's name, purest class, importance and stability, and each class's top concepts.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     stable = "not measured" if r.get("stability") is None else format_percent(r["stability"])
     exact = (f"exact (logit = concepts + residual + bias, closure error {r['closure_error']:.1e})"
              if r["importance"] == "exact" else "gradient × activation estimate")

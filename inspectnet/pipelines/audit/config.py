@@ -66,7 +66,14 @@ class AuditConfig:
 
 
 def default_layers(zm: ZooModel) -> list[str]:
-    """The model's stage outputs (timm ``feature_info``), else its last convolution."""
+    """The model's stage outputs (timm ``feature_info``), else its last convolution.
+
+    Args:
+        zm: the model.
+
+    Returns:
+        The layer names (``["last_conv"]`` when the model declares no stages).
+    """
     info = getattr(zm.model, "feature_info", None)
     names: list[str] = []
     try:
@@ -81,9 +88,21 @@ def default_layers(zm: ZooModel) -> list[str]:
 def probed_layers(zm: ZooModel, config: AuditConfig) -> tuple[list[str], str]:
     """The layers the audit probes and the one it analyses (``config.layer``, else the last probed).
 
-    >>> from inspectnet.models.zoo import load_model
-    >>> probed_layers(load_model("resnet18"), AuditConfig(data="digits", layers=["layer3"], layer="layer4"))
-    (['layer3', 'layer4'], 'layer4')
+    Args:
+        zm: the model.
+        config: the audit's configuration.
+
+    Returns:
+        ``(probed layers, analysed layer)``.
+
+    Raises:
+        InvalidParameterError: no layer is left to probe besides ``pre_logits``, or ``layer`` names other
+            than one layer.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> probed_layers(load_model("resnet18"), AuditConfig(data="digits", layers=["layer3"], layer="layer4"))
+        (['layer3', 'layer4'], 'layer4')
     """
     from inspectnet.models.layers import PRE_LOGITS, resolve_layers
 
@@ -102,9 +121,10 @@ def probed_layers(zm: ZooModel, config: AuditConfig) -> tuple[list[str], str]:
 
 
 def check_config(config: AuditConfig, zm: ZooModel | None = None) -> None:
-    """Refuse, before anything runs, what the config points at that is not there (data, concept data,
-    device); with ``zm`` also what needs the model (layer names, ``k1`` against its feature width).
-    The values themselves were checked when the config was built.
+    """Refuse, before anything runs, what the config points at that is not there (data, concept data, device).
+
+    With ``zm`` also what needs the model (layer names, ``k1`` against its feature width). The values
+    themselves were checked when the config was built.
 
     Args:
         config: the audit's config.
@@ -113,10 +133,11 @@ def check_config(config: AuditConfig, zm: ZooModel | None = None) -> None:
     Returns:
         None.
 
-    >>> check_config(AuditConfig(data="digits", k1=3, k2=4))  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InvalidParameterError: k2=4 is larger than k1=3; the k2 influential features are ...
+    Examples:
+        >>> check_config(AuditConfig(data="digits", k1=3, k2=4))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InvalidParameterError: k2=4 is larger than k1=3; the k2 influential features are ...
     """
     from inspectnet.analysis.heads.influence import check_k
     from inspectnet.core.devices import resolve_device

@@ -42,27 +42,57 @@ class AuditContext:
         return self._zm
 
     def raw_dataset(self, spec: str) -> ImageDataset:
-        """``spec`` loaded with the model's transform, its labels the data's own."""
+        """``spec`` loaded with the model's transform, its labels the data's own (loaded once).
+
+        Args:
+            spec: a data spec.
+
+        Returns:
+            The dataset.
+        """
         if spec not in self._datasets:
             self._datasets[spec] = load_data(spec, self.zm.transform())
         return self._datasets[spec]
 
     def dataset(self, spec: str, limit: int | None = None) -> ImageDataset:
-        """``spec`` with its classes mapped onto the model's; with ``limit``, an evenly spread subset of that size."""
+        """``spec`` with its classes mapped onto the model's; with ``limit``, an evenly spread subset of that size.
+
+        Args:
+            spec: a data spec.
+            limit: the subset's size, or None for all.
+
+        Returns:
+            The dataset.
+        """
         return spread_subset(self.aligned(spec), limit)
 
     def aligned(self, spec: str) -> ImageDataset:
-        """``spec`` whole, its classes mapped onto the model's."""
+        """``spec`` whole, its classes mapped onto the model's.
+
+        Args:
+            spec: a data spec.
+
+        Returns:
+            The dataset.
+        """
         return self.raw_dataset(spec).aligned_to(self.zm.class_names, class_map=self.config.class_map,
                                                  strict=spec == self.config.data)
 
     def eval_dataset(self) -> ImageDataset:
-        """The evaluation data as probed: ``eval_data`` (or ``data``, in-sample) at its limit."""
+        """The evaluation data as probed: ``eval_data`` (or ``data``, in-sample) at its limit.
+
+        Returns:
+            The dataset.
+        """
         cfg = self.config
         return self.dataset(cfg.eval_data or cfg.data, cfg.eval_limit if cfg.eval_data else cfg.limit)
 
     def records(self) -> tuple[ProbeRecord, ProbeRecord]:
-        """(train record, eval record); in-sample audits evaluate on the train record itself."""
+        """The probe records of the audit; in-sample audits evaluate on the train record itself.
+
+        Returns:
+            ``(train record, eval record)``.
+        """
         train = ProbeRecord.load(self.out / "probe" / "train")
         return train, (ProbeRecord.load(self.out / "probe" / "eval") if self.config.eval_data else train)
 
@@ -72,14 +102,40 @@ class AuditContext:
         return self.results["probe"]["result"]["analysed_layer"]
 
     def classes_present(self, split: str) -> list[int]:
-        """The model classes with labelled samples in the ``train`` or ``eval`` record."""
+        """The model classes with labelled samples in the ``train`` or ``eval`` record.
+
+        Args:
+            split: ``"train"`` or ``"eval"``.
+
+        Returns:
+            The class indices.
+        """
         return self.results["probe"]["result"][split]["classes_present"]
 
     def rel(self, path: str | Path) -> str:
-        """A path relative to the audit folder (card.json stays valid when the folder moves)."""
+        """A path relative to the audit folder (card.json stays valid when the folder moves).
+
+        Args:
+            path: a path inside the audit folder.
+
+        Returns:
+            The relative path as text.
+        """
         return str(Path(path).resolve().relative_to(self.out.resolve()))
 
 
 def describe_error(exc: BaseException) -> str:
+    """One line naming an error: its type and message.
+
+    Args:
+        exc: the error.
+
+    Returns:
+        ``"Type: message"``.
+
+    Examples:
+        >>> describe_error(ValueError("bad"))
+        'ValueError: bad'
+    """
     return f"{type(exc).__name__}: {exc}"
 

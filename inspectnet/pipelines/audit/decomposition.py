@@ -12,8 +12,11 @@ from inspectnet.reports.card.fields import class_label, counted, ok_result, rati
 
 
 class DecompositionResult(TypedDict, total=False):
-    """The decomposition stage's result in card.json (the keys of the decomposition report it keeps, and the
-    per-class influential features of the classes with data)."""
+    """The decomposition stage's result in card.json.
+
+    The keys of the decomposition report it keeps, and the per-class influential features of the classes
+    with data.
+    """
 
     k1: int
     k2: int
@@ -42,7 +45,14 @@ class DecompositionResult(TypedDict, total=False):
 
 
 def run(ctx: AuditContext) -> DecompositionResult:
-    """Algorithm 1's influential features per class, the decomposed head, and each feature's exact mean contribution."""
+    """Algorithm 1's influential features per class, the decomposed head, and each feature's exact mean contribution.
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.analysis.heads.decompose import class_feature_means, head_of, linear_params, mean_contributions
     from inspectnet.pipelines.decompose import run_decomposition
 
@@ -68,7 +78,15 @@ def run(ctx: AuditContext) -> DecompositionResult:
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """Agreement, retraining, dense classes and the per-class influential features."""
+    """Agreement, retraining, dense classes and the per-class influential features.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     n = (ok_result(doc, "probe") or {}).get("eval", {}).get("samples")
     blocks: list[Block] = [Paragraph(
         f"A_f, A_d, rA, the union and the head MACs are under Quantitative analyses. Top-1 agreement of the "

@@ -21,7 +21,14 @@ class DissectionResult(TypedDict):
 
 
 def run(ctx: AuditContext) -> DissectionResult:
-    """Network dissection of the analysed layer against the concept data (every rank under torchrun)."""
+    """Network dissection of the analysed layer against the concept data (every rank under torchrun).
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.analysis.dissect.dissection import dissect
     from inspectnet.analysis.dissect.pages import write_dissection
     from inspectnet.data.concepts import load_concepts
@@ -39,7 +46,15 @@ def run(ctx: AuditContext) -> DissectionResult:
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """Detectors and unique concepts per layer, and where each layer's units were read (tokens excluded)."""
+    """Detectors and unique concepts per layer, and where each layer's units were read (tokens excluded).
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     from inspectnet.models.layout import Layout
 
     return [Table(["layer", "units", "positions", "detectors", "unique concepts", "concepts"],

@@ -28,9 +28,11 @@ def _key(parts: Any) -> str:
 
 
 def _map_classes(ctx: AuditContext, state: dict[str, Any], log: Callable[[str], None]) -> tuple[list[str], bool]:
-    """Map the data's and the eval data's classes onto the model's before any stage runs; refuse what
-    cannot be mapped. Returns the model's class names for this audit and whether the data map in
-    index order: a model with placeholder class names takes the data's names then (the card says so).
+    """Map the data's and the eval data's classes onto the model's before any stage runs.
+
+    What cannot be mapped is refused. Returns the model's class names for this audit and whether the
+    data map in index order: a model with placeholder class names takes the data's names then (the card
+    says so).
 
     The data's class names are remembered in the audit state, so a fully cached audit never loads
     the data.
@@ -80,11 +82,21 @@ def run_audit(model: ZooModel | ModelRef, config: AuditConfig, out: str | Path, 
     """Run (or reuse) every stage, write ``card.json``, ``README.md`` and ``card.html``; return the card.
 
     ``model`` is a loaded model or a :class:`~inspectnet.models.zoo.ModelRef` (loaded only if a stage
-    must run). ``log`` receives one line per stage (start, cached/ok/failed with seconds) and the
-    summary; ``made_by`` are the commands that made the model
-    (``inspectnet.models.provenance.made_by(folder)``), shown under "How to reproduce".
-    ``num_workers`` data loader processes decode images for the data passes; under ``torchrun``
-    ranks share them out in ``shard_order`` and ranks other than 0 return None.
+    must run). Under ``torchrun`` ranks share the data passes out in ``shard_order`` and ranks other
+    than 0 return None.
+
+    Args:
+        model: the model, or a reference to it.
+        config: the audit's configuration.
+        out: the audit folder.
+        log: receives one line per stage (start, cached/ok/failed with seconds) and the summary.
+        num_workers: data loader processes that decode images for the data passes.
+        shard_order: how ranks share the batches under ``torchrun``.
+        made_by: the commands that made the model (``inspectnet.models.provenance.made_by(folder)``),
+            shown under "How to reproduce".
+
+    Returns:
+        The card document; None on ranks other than 0.
     """
     from inspectnet.pipelines.audit.card import write_card
     from inspectnet.reports.card import build_card
@@ -213,7 +225,14 @@ def _run_stage(stage: Stage, ctx: AuditContext) -> dict[str, Any]:
 
 
 def summary(doc: dict[str, Any]) -> str:
-    """One line per stage (status, cached, seconds) and the total."""
+    """One line per stage (status, cached, seconds) and the total.
+
+    Args:
+        doc: the card document.
+
+    Returns:
+        The lines, joined.
+    """
     lines = ["stage            status   cached  seconds"]
     for name, sec in doc["sections"].items():
         lines.append(f"{name:<16} {sec['status']:<8} {'yes' if sec.get('cached') else 'no':<7} "

@@ -14,8 +14,11 @@ from inspectnet.reports.blocks import Block, BulletList, Paragraph, Table
 
 
 class ExplanationsResult(TypedDict, total=False):
-    """The explanations stage's result in card.json (the report of
-    :func:`~inspectnet.pipelines.explain.explanation_quality`, figure paths relative to the audit folder)."""
+    """The explanations stage's result in card.json.
+
+    It is the report of :func:`~inspectnet.pipelines.explain.explanation_quality`, figure paths relative
+    to the audit folder.
+    """
 
     images: int
     data: str
@@ -30,6 +33,14 @@ class ExplanationsResult(TypedDict, total=False):
 
 
 def run(ctx: AuditContext) -> ExplanationsResult:
+    """The measured quality of the explanations of every form of the model (:func:`explanation_quality`).
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.analysis.explain.faithfulness import FaithfulnessConfig
     from inspectnet.analysis.explain.methods import MethodConfig
     from inspectnet.pipelines.explain import QualityConfig, explanation_quality
@@ -47,8 +58,10 @@ def run(ctx: AuditContext) -> ExplanationsResult:
 
 
 def _model_forms(ctx: AuditContext) -> list[Any]:
-    """The full model, its decomposed and slimmed forms, and the int8 ONNX export of the last of them
-    (with --export); a form that cannot be built says why."""
+    """The full model, its decomposed and slimmed forms, and the int8 ONNX export of the last of them.
+
+    The export is built with --export; a form that cannot be built says why.
+    """
     from inspectnet.analysis.heads.slim import slim_model
     from inspectnet.models.zoo import load_model
     from inspectnet.pipelines.explain import ModelForm
@@ -91,7 +104,15 @@ ARROWS = "↓ lower is better, ↑ higher is better"
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """The deletion/insertion table against the random control, the model forms and the sanity verdicts."""
+    """The deletion/insertion table against the random control, the model forms and the sanity verdicts.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     f = r["faithfulness"]
     blocks: list[Block] = [Paragraph(
         f"{r['images']} images of {r.get('data') or 'the evaluation data'}, each explained for the class its model form "

@@ -31,10 +31,18 @@ class ExportResult(TypedDict):
 
 
 def run(ctx: AuditContext) -> ExportResult:
-    """ONNX of what users ship: the decomposition's model (the better of retrained and not), slimmed
-    where slimming is exact, else as it is (named, with the reason); the dense model instead when the
-    decomposed one loses more than ``export_max_drop`` of accuracy (said, with the numbers). Its
-    accuracy, fingerprint and size are listed next to the dense model's."""
+    """ONNX of what users ship: the decomposition's model, slimmed where slimming is exact.
+
+    That is the better of retrained and not, else as it is (named, with the reason); the dense model
+    instead when the decomposed one loses more than ``export_max_drop`` of accuracy (said, with the
+    numbers). Its accuracy, fingerprint and size are listed next to the dense model's.
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.export.onnx import export_onnx
     from inspectnet.training.loop import evaluate
 
@@ -94,7 +102,15 @@ def _model_row(name: str, zm: ZooModel, accuracy: float | None, n: int) -> dict[
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """What was exported and why, its parity and speed, beside the dense model."""
+    """What was exported and why, its parity and speed, beside the dense model.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     blocks: list[Block] = [Paragraph(f"Exported: the {r.get('model', 'model')} ({r['exporter']} exporter, opset "
                                      f"{r['opset']}, {r['path']}, {r['size_bytes'] / 1e6:.2f} MB).")]
     if r.get("dense_instead"):
@@ -116,7 +132,14 @@ def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
 
 
 def export_rows(r: dict[str, Any]) -> list[list[Any]]:
-    """Parity and latency of an export section as (metric, value) rows."""
+    """Parity and latency of an export section as (metric, value) rows.
+
+    Args:
+        r: the export section's result.
+
+    Returns:
+        The rows.
+    """
     par = r.get("parity", {})
     agree = par.get("top1_agreement")
     rows: list[list[Any]] = [["top-1 agreement ONNX Runtime vs PyTorch", None if agree is None else format_percent(agree)],

@@ -21,6 +21,17 @@ def open_folder(out: Path, about: ModelAbout) -> dict[str, Any]:
 
     A new audit writes ``audit.json`` into an empty folder before anything else, so a folder without
     it was not made by an audit (not even an interrupted one) and is never adopted.
+
+    Args:
+        out: the audit folder.
+        about: what identifies the model.
+
+    Returns:
+        The state: the stored one, or a new one written into the new folder.
+
+    Raises:
+        InspectnetError: ``out`` is a file, holds another model's audit or a damaged state, or is not empty
+            and holds no audit.
     """
     if out.exists() and not out.is_dir():
         raise InspectnetError(f"--out {out} is a file; expected a folder for the audit")
@@ -45,13 +56,27 @@ def open_folder(out: Path, about: ModelAbout) -> dict[str, Any]:
 
 
 def files_under(out: Path, folder: str) -> list[str]:
-    """Every file (and link) below ``out/folder``, as paths relative to ``out``."""
+    """Every file (and link) below ``out/folder``, as paths relative to ``out``.
+
+    Args:
+        out: the audit folder.
+        folder: a folder inside it.
+
+    Returns:
+        The paths, sorted; empty when the folder does not exist.
+    """
     root = out / folder
     return sorted(str(p.relative_to(out)) for p in root.rglob("*") if not p.is_dir()) if root.is_dir() else []
 
 
 def remove_stage_files(out: Path, stage: Stage, previous: dict[str, Any]) -> None:
-    """Remove what the stage's previous run wrote, and nothing else (see the module docstring)."""
+    """Remove what the stage's previous run wrote, and nothing else (see the module docstring).
+
+    Args:
+        out: the audit folder.
+        stage: the stage.
+        previous: the audit state of the stage's previous run.
+    """
     if "files" in previous:
         ours = previous["files"]
     else:  # a run that was killed: whatever appeared in its folder after it started
@@ -84,8 +109,9 @@ def index_data(out: Path, state: dict[str, Any], specs: list[str | None]) -> tup
         ({spec: content digest}, a note such as ``"the data changed since 2026-12-07T07:40:00Z
         (imgs: cat/1.png changed)"``, or None when nothing changed).
 
-    >>> index_data(Path("/tmp"), {}, ["digits"])
-    ({}, None)
+    Examples:
+        >>> index_data(Path("/tmp"), {}, ["digits"])
+        ({}, None)
     """
     path = out / INDEX_FILE
     stored = read_json(path, what="data index") if path.is_file() else {}

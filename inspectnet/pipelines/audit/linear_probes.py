@@ -21,7 +21,14 @@ class LinearProbesResult(TypedDict):
 
 
 def run(ctx: AuditContext) -> LinearProbesResult:
-    """A linear probe per probed layer, fitted on the train record and scored on the eval record."""
+    """A linear probe per probed layer, fitted on the train record and scored on the eval record.
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.analysis.linprobe import linear_probes, plot
 
     train, ev = ctx.records()
@@ -32,7 +39,15 @@ def run(ctx: AuditContext) -> LinearProbesResult:
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """Linear-probe accuracy per layer."""
+    """Linear-probe accuracy per layer.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     n_train, n_eval = r.get("n_train"), r.get("n_eval")
     return [Table(["layer", "dim", "train acc." + (f" (n = {n_train:,})" if n_train else ""),
                    "test acc." + (f" (n = {n_eval:,})" if n_eval else "")],

@@ -42,7 +42,14 @@ class ProbeResult(TypedDict):
 
 
 def run(ctx: AuditContext) -> ProbeResult:
-    """Probe the train and eval data in one streaming pass each; the eval record is the train record when in-sample."""
+    """Probe the train and eval data in one streaming pass each; the eval record is the train record when in-sample.
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.models.layout import Layout
     from inspectnet.probe.recorder import run_probe
 
@@ -75,7 +82,15 @@ def _classes_of(record: ProbeRecord) -> dict[str, Any]:
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """The fit/eval sizes and the probed layers."""
+    """The fit/eval sizes and the probed layers.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     return [Table(["split", "data", "samples"], [["fit", r["train"]["data"], r["train"]["samples"]],
                                                  ["eval", r["eval"]["data"], r["eval"]["samples"]]]),
             Paragraph("probed layers: " + ", ".join(_with_positions(k, r.get("positions", {})) for k in r["layers"]))]

@@ -40,8 +40,17 @@ class RulesResult(TypedDict):
 
 
 def run(ctx: AuditContext) -> RulesResult:
-    """A readable tree (the smallest depth within a margin of the best held-out fidelity), its top
-    rules by support and the size–fidelity curve; the full pruned tree is written as a download."""
+    """A readable tree, its top rules by support and the size–fidelity curve.
+
+    The readable tree is the smallest depth within a margin of the best held-out fidelity; the full
+    pruned tree is written as a download.
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.analysis.rules.tree import READABLE_MARGIN, extract_rules, plot_curve, write_rules
 
     train, ev = ctx.records()
@@ -69,7 +78,15 @@ def run(ctx: AuditContext) -> RulesResult:
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """The readable tree's selection, its top rules and the downloads."""
+    """The readable tree's selection, its top rules and the downloads.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     if "selection" not in r:  # a version-1 card: one pruned tree
         return [Paragraph(f"{r['rules']} rules over {r['atoms']} atoms (of {r['num_filters']} filters of {r['layer']}), "
                           f"average depth {format_value(r['avg_depth'], 2)}, fidelity {format_percent(r['fidelity'])}."),

@@ -16,7 +16,14 @@ class SparsityResult(TypedDict):
 
 
 def run(ctx: AuditContext) -> SparsityResult:
-    """The sparsity measures of every probed layer, on the evaluation record."""
+    """The sparsity measures of every probed layer, on the evaluation record.
+
+    Args:
+        ctx: the audit's context (model, config, data, output folder, earlier stages' results).
+
+    Returns:
+        The stage's result, as card.json stores it.
+    """
     from inspectnet.analysis.sparsity import record_sparsity
 
     _, ev = ctx.records()
@@ -29,7 +36,15 @@ SPARSITY_KEYS = ("hoyer", "lifetime_kurtosis", "population_kurtosis", "treves_ro
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
-    """One row of sparsity measures per layer."""
+    """One row of sparsity measures per layer.
+
+    Args:
+        doc: the card document.
+        r: this stage's result.
+
+    Returns:
+        The section's blocks.
+    """
     return [Table(["layer", *SPARSITY_KEYS], [[row["layer"], *[row[k] for k in SPARSITY_KEYS]] for row in r["rows"]],
                   sortable=True)]
 

@@ -1,5 +1,8 @@
-"""The audit's stages, in the order they run and appear in the card. Adding a stage: one module that
-declares ``STAGE`` (see :class:`~inspectnet.pipelines.audit.stage.Stage`) and one line here."""
+"""The audit's stages, in the order they run and appear in the card.
+
+Adding a stage: one module that declares ``STAGE`` (see :class:`~inspectnet.pipelines.audit.stage.Stage`)
+and one line here.
+"""
 
 from __future__ import annotations
 

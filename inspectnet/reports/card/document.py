@@ -76,11 +76,12 @@ def check_card(doc: Any, where: str = "card.json") -> dict[str, Any]:
     Raises:
         InspectnetError: naming the first problem (not a card, a version this inspectnet does not read, a missing key).
 
-    >>> try:
-    ...     check_card({"schema": "inspectnet-model-card", "schema_version": 9})
-    ... except InspectnetError as exc:
-    ...     print(exc)
-    card.json has schema_version 9; this inspectnet reads versions 1, 2 (upgrade inspectnet)
+    Examples:
+        >>> try:
+        ...     check_card({"schema": "inspectnet-model-card", "schema_version": 9})
+        ... except InspectnetError as exc:
+        ...     print(exc)
+        card.json has schema_version 9; this inspectnet reads versions 1, 2 (upgrade inspectnet)
     """
     if not isinstance(doc, dict) or doc.get("schema") != CARD_SCHEMA:
         raise InspectnetError(f"{where} is not an inspectnet model card (schema {CARD_SCHEMA!r} expected)")
@@ -100,7 +101,17 @@ def check_card(doc: Any, where: str = "card.json") -> dict[str, Any]:
 
 
 def load_card(folder: str | Path) -> dict[str, Any]:
-    """Read and validate ``folder/card.json``."""
+    """Read and validate ``folder/card.json``.
+
+    Args:
+        folder: an audit (or copied card) folder.
+
+    Returns:
+        The card document.
+
+    Raises:
+        InspectnetError: the folder holds no ``card.json``, or it is not a valid card.
+    """
     path = Path(folder) / "card.json"
     if not path.exists():
         raise InspectnetError(f"{folder} holds no card.json; run `inspectnet audit MODEL DATA --out {folder}` first")
@@ -109,8 +120,16 @@ def load_card(folder: str | Path) -> dict[str, Any]:
 
 def write_card(doc: dict[str, Any], folder: str | Path,
                sections: Mapping[str, SectionBlocks]) -> dict[str, Path]:
-    """Write ``card.json``, ``README.md`` and ``card.html`` into ``folder`` (figures are read from it);
-    ``sections`` renders each stage's section (``inspectnet.pipelines.audit.card_sections()``)."""
+    """Write ``card.json``, ``README.md`` and ``card.html`` into ``folder`` (figures are read from it).
+
+    Args:
+        doc: the card document (validated first).
+        folder: the audit folder.
+        sections: renders each stage's section (``inspectnet.pipelines.audit.card_sections()``).
+
+    Returns:
+        The files written: ``{"json", "markdown", "html"}``.
+    """
     folder = Path(folder)
     check_card(doc)
     # both render before anything is written
@@ -123,7 +142,15 @@ def write_card(doc: dict[str, Any], folder: str | Path,
 
 
 def rerender(folder: str | Path, sections: Mapping[str, SectionBlocks]) -> dict[str, Path]:
-    """``inspectnet card DIR``: re-render README.md and card.html from card.json."""
+    """``inspectnet card DIR``: re-render README.md and card.html from card.json.
+
+    Args:
+        folder: the audit folder.
+        sections: renders each stage's section.
+
+    Returns:
+        The files written.
+    """
     return _write_loaded(load_card(folder), folder, folder, sections)
 
 
@@ -138,7 +165,17 @@ def _write_loaded(doc: dict[str, Any], source: str | Path, dest: str | Path,
 
 
 def check_copy_target(dest: str | Path) -> Path:
-    """Refuse a ``--copy-to`` folder that exists and holds anything but an earlier copy of a card."""
+    """Refuse a ``--copy-to`` folder that exists and holds anything but an earlier copy of a card.
+
+    Args:
+        dest: the folder.
+
+    Returns:
+        ``dest`` as a ``Path``.
+
+    Raises:
+        InspectnetError: the folder exists and holds something other than a card.
+    """
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / "card.json").is_file())):
         raise InspectnetError(f"--copy-to {dest} exists and holds no card; choose an empty or new folder (a "
@@ -147,8 +184,14 @@ def check_copy_target(dest: str | Path) -> Path:
 
 
 def figure_paths(doc: dict[str, Any]) -> list[str]:
-    """Every figure (PNG) and text download (the rule lists) that the card refers to, relative to
-    the audit folder."""
+    """Every figure (PNG) and text download (the rule lists) that the card refers to.
+
+    Args:
+        doc: the card document.
+
+    Returns:
+        The paths relative to the audit folder, sorted, each once.
+    """
     found: list[str] = []
 
     def walk(v: Any) -> None:
@@ -170,8 +213,17 @@ def figure_paths(doc: dict[str, Any]) -> list[str]:
 def publish(folder: str | Path, dest: str | Path, sections: Mapping[str, SectionBlocks]) -> dict[str, Path]:
     """Copy a card (card.json + its figures) out of an audit folder without the caches, and render it there.
 
-    >>> from inspectnet.pipelines.audit import card_sections
-    >>> publish("runs/audit_mnist", "model_cards/mnist_resnet18", card_sections())   # doctest: +SKIP
+    Args:
+        folder: the audit folder.
+        dest: the folder to copy to (new, empty, or an earlier copy).
+        sections: renders each stage's section.
+
+    Returns:
+        The files written in ``dest``.
+
+    Examples:
+        >>> from inspectnet.pipelines.audit import card_sections
+        >>> publish("runs/audit_mnist", "model_cards/mnist_resnet18", card_sections())   # doctest: +SKIP
     """
     folder, dest = Path(folder), check_copy_target(dest)
     doc = load_card(folder)

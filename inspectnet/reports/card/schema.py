@@ -55,12 +55,14 @@ class CardSection(TypedDict):
 
 
 class CardTiming(TypedDict):
+    """How long the audit took, in seconds: in all, in stages run, in stages read from the cache."""
     total_seconds: float
     stages_run_seconds: float
     stages_cached_seconds: float
 
 
 class CardReproduce(TypedDict):
+    """How to remake the card: the audit command, the commands that made the model, the library versions."""
     command: str
     model_made_by: list[str]
     versions: dict[str, str]

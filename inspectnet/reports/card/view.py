@@ -26,8 +26,10 @@ INTENDED_USE = ("Image classification over the classes above. This card document
 
 @dataclasses.dataclass(frozen=True)
 class CardView:
-    """What ``card.md.j2`` and ``card.html.j2`` render: the title, an intro line, the Hugging Face
-    front matter (Markdown only) and the sections."""
+    """What ``card.md.j2`` and ``card.html.j2`` render.
+
+    The title, an intro line, the Hugging Face front matter (Markdown only) and the sections.
+    """
 
     title: str
     intro: str
@@ -36,13 +38,22 @@ class CardView:
 
 
 def card_view(doc: dict[str, Any], sections: Mapping[str, SectionBlocks]) -> CardView:
-    """The card's content as sections of blocks (Mitchell et al. sections, then one per audit stage, each
-    rendered by ``sections[stage name]``).
+    """The card's content as sections of blocks.
 
-    >>> from inspectnet.pipelines.audit import card_sections
-    >>> view = card_view(load_card("audit"), card_sections())    # doctest: +SKIP
-    >>> [s.title for s in view.sections][:2]    # doctest: +SKIP
-    ['Model details', 'Intended use']
+    Mitchell et al.'s sections come first, then one per audit stage, each rendered by ``sections[stage name]``.
+
+    Args:
+        doc: the card document.
+        sections: renders each stage's section.
+
+    Returns:
+        The view the templates render.
+
+    Examples:
+        >>> from inspectnet.pipelines.audit import card_sections
+        >>> view = card_view(load_card("audit"), card_sections())    # doctest: +SKIP
+        >>> [s.title for s in view.sections][:2]    # doctest: +SKIP
+        ['Model details', 'Intended use']
     """
     m = doc["model"]
     rows = headline(doc)
@@ -82,8 +93,10 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
 
 
 def _data_text(doc: dict[str, Any]) -> str:
-    """Which samples were fitted and evaluated (how many of how many, how they were chosen), and
-    whether the audit was recomputed because the data changed."""
+    """Which samples were fitted and evaluated (how many of how many, how they were chosen).
+
+    Also whether the audit was recomputed because the data changed.
+    """
     note = doc["data"].get("recomputed")
     return _samples_text(doc) + (f" Recomputed: {note}." if note else "")
 
@@ -101,10 +114,18 @@ def _samples_text(doc: dict[str, Any]) -> str:
 
 
 def sample_text(split: dict[str, Any], option: str) -> str:
-    """``300 of the 1,000 samples of mnist5k:test, an evenly spread subset (--eval-limit 300)``.
+    """Which samples of a split were used, e.g. ``300 of the 1,000 samples of mnist5k:test, an evenly spread subset``.
 
-    >>> sample_text({"data": "digits:test", "samples": 50, "available": 50, "limit": 80}, "--limit")
-    'all 50 samples of digits:test (--limit 80 exceeds the 50 available)'
+    Args:
+        split: the split's entry of the card (``data``, ``samples``, ``available``, ``limit``).
+        option: the option that limits it (named in the text).
+
+    Returns:
+        The sentence.
+
+    Examples:
+        >>> sample_text({"data": "digits:test", "samples": 50, "available": 50, "limit": 80}, "--limit")
+        'all 50 samples of digits:test (--limit 80 exceeds the 50 available)'
     """
     n, total, limit = split["samples"], split["available"], split["limit"]
     if n >= total:
@@ -145,7 +166,14 @@ def _label_blocks(doc: dict[str, Any]) -> list[Block]:
 
 
 def headline(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, value) pairs of the headline numbers ("Quantitative analyses")."""
+    """The headline numbers ("Quantitative analyses").
+
+    Args:
+        doc: the card document.
+
+    Returns:
+        (label, value) pairs.
+    """
     rows = []
     probe, dec, rules = ok_result(doc, "probe"), ok_result(doc, "decomposition"), ok_result(doc, "rules")
     n = probe["eval"]["samples"] if probe else None
@@ -170,8 +198,16 @@ def headline(doc: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def faithfulness_metrics(doc: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """(label, metric type, value): deletion/insertion AUC of the full model's class evidence and of its random
-    control (the headline and the Hugging Face ``model-index``)."""
+    """Deletion/insertion AUC of the full model's class evidence and of its random control.
+
+    They feed the headline and the Hugging Face ``model-index``.
+
+    Args:
+        doc: the card document.
+
+    Returns:
+        (label, metric type, value) triples; empty when the explanation section did not succeed.
+    """
     r = ok_result(doc, "explanations")
     if not r:
         return []
@@ -191,7 +227,14 @@ def faithfulness_metrics(doc: dict[str, Any]) -> list[tuple[str, str, float]]:
 
 
 def front_matter_fields(doc: dict[str, Any]) -> dict[str, Any]:
-    """Hugging Face card metadata: library_name, base_model (a hub id only), model-index metrics."""
+    """Hugging Face card metadata: library_name, base_model (a hub id only), model-index metrics.
+
+    Args:
+        doc: the card document.
+
+    Returns:
+        The fields of the YAML front matter.
+    """
     m = doc["model"]
     probe, dec, rules = ok_result(doc, "probe"), ok_result(doc, "decomposition"), ok_result(doc, "rules")
     metrics = []
@@ -210,6 +253,14 @@ def front_matter_fields(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def caveats(doc: dict[str, Any]) -> list[str]:
+    """The card's caveats, generated from what the audit saw (limits, classes without data, failed sections, ...).
+
+    Args:
+        doc: the card document.
+
+    Returns:
+        One sentence per caveat.
+    """
     out = []
     if doc["data"]["in_sample"]:
         out.append("All numbers are in-sample (no --eval data): they overstate generalisation.")
@@ -238,20 +289,39 @@ def caveats(doc: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(doc: dict[str, Any], sections: Mapping[str, SectionBlocks]) -> str:
-    """README.md: YAML front matter, then the card's sections (``templates/card.md.j2``)."""
+    """README.md: YAML front matter, then the card's sections (``templates/card.md.j2``).
+
+    Args:
+        doc: the card document.
+        sections: renders each stage's section.
+
+    Returns:
+        The Markdown.
+    """
     return render_markdown_template("card.md.j2", card=card_view(doc, sections))
 
 
 def render_html(doc: dict[str, Any], root: str | Path, sections: Mapping[str, SectionBlocks]) -> str:
-    """card.html: one self-contained page (``templates/card.html.j2``; PNGs from ``root`` embedded)."""
+    """card.html: one self-contained page (``templates/card.html.j2``; PNGs from ``root`` embedded).
+
+    Args:
+        doc: the card document.
+        root: the folder the card's figures are read from.
+        sections: renders each stage's section.
+
+    Returns:
+        The HTML.
+    """
     view = card_view(doc, sections)
     return render_html_template("card.html.j2", card=view, title=view.title, intro=view.intro,
                                 embed=_png_embedder(Path(root)))
 
 
 def _png_embedder(root: Path) -> Callable[[str], str | None]:
-    """path -> data URI of that PNG, or None for a missing file or one outside ``root``
-    (card.json names files inside the audit folder only)."""
+    """A function: path -> data URI of that PNG, or None for a missing file or one outside ``root``.
+
+    card.json names files inside the audit folder only.
+    """
     base = root.resolve()
 
     def embed(rel: str) -> str | None:
