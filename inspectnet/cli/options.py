@@ -180,8 +180,12 @@ def seed(text: str) -> int:
     Returns:
         The seed.
 
-    >>> seed("7")
-    7
+    Raises:
+        argparse.ArgumentTypeError: not a whole number in range (argparse names the flag).
+
+    Examples:
+        >>> seed("7")
+        7
     """
     try:
         value = int(text)

@@ -134,8 +134,9 @@ def seed_option(help: str) -> Any:
     Returns:
         A ``dataclasses.field`` as :func:`option` makes it.
 
-    >>> seed_option("seed of the shuffling").metadata[METADATA_KEY].maximum
-    4294967295
+    Examples:
+        >>> seed_option("seed of the shuffling").metadata[METADATA_KEY].maximum
+        4294967295
     """
     return option(0, help=help, minimum=0, maximum=MAX_SEED)
 

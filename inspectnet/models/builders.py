@@ -79,6 +79,28 @@ def torchvision_names() -> list[str]:
 
 def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None, pretrained: bool,
                img_size: int | None = None, build_args: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a timm architecture and its preprocessing.
+
+    Args:
+        arch: the timm name.
+        num_classes: classifier outputs (None: the architecture's default).
+        in_chans: input channels (None: 3).
+        pretrained: load the hub's weights.
+        img_size: the square input size; architectures built for one size (patch grids, attention biases)
+            are built for this one.
+        build_args: further constructor arguments.
+
+    Returns:
+        ``(module, data_config)`` with timm's preprocessing keys.
+
+    Raises:
+        InspectnetError: the constructor does not take ``build_args`` or cannot be built for ``img_size``.
+
+    Examples:
+        >>> model, cfg = build_timm("vit_tiny_patch16_224", num_classes=2, in_chans=None, pretrained=False, img_size=64)
+        >>> model.patch_embed.grid_size, cfg["input_size"]
+        ((4, 4), (3, 64, 64))
+    """
     import timm
 
     kwargs: dict[str, Any] = dict(build_args or {})
@@ -99,9 +121,16 @@ def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None, pret
 def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
     """The (H, W) a model is built for when it takes no other size (patch grids, attention biases), else None.
 
-    >>> import timm
-    >>> fixed_input_size(timm.create_model("vit_tiny_patch16_224")), fixed_input_size(timm.create_model("resnet18"))
-    ((224, 224), None)
+    Args:
+        model: a timm or torchvision module.
+
+    Returns:
+        ``(H, W)``, or None where any size that fits the strides works.
+
+    Examples:
+        >>> import timm
+        >>> fixed_input_size(timm.create_model("vit_tiny_patch16_224")), fixed_input_size(timm.create_model("resnet18"))
+        ((224, 224), None)
     """
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if cfg.get("fixed_input_size"):  # timm marks every architecture whose build depends on the input size
@@ -129,8 +158,9 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     Raises:
         InspectnetError: an item without ``=`` or with an empty key.
 
-    >>> parse_model_args(["depth=4", "patch_size=8", "global_pool=avg", "qkv_bias=false"])
-    {'depth': 4, 'patch_size': 8, 'global_pool': 'avg', 'qkv_bias': False}
+    Examples:
+        >>> parse_model_args(["depth=4", "patch_size=8", "global_pool=avg", "qkv_bias=false"])
+        {'depth': 4, 'patch_size': 8, 'global_pool': 'avg', 'qkv_bias': False}
     """
     out: dict[str, Any] = {}
     for item in items or []:
@@ -156,6 +186,27 @@ def _rebuilt_for_size(arch: str, fixed: tuple[int, int], img_size: int, build: A
 def build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | None, pretrained: bool,
                       img_size: int | None = None, build_args: dict[str, Any] | None = None
                       ) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a torchvision architecture and the ImageNet preprocessing it was trained with.
+
+    Args:
+        arch: the torchvision name.
+        num_classes: classifier outputs (None: 1000).
+        in_chans: input channels (None: 3); other than 3 re-makes the first convolution.
+        pretrained: load torchvision's default weights.
+        img_size: the square input size; a ViT is built for it (its random weights only).
+        build_args: refused: torchvision's constructors are used as the zoo defines them.
+
+    Returns:
+        ``(module, data_config)`` with timm's preprocessing keys.
+
+    Raises:
+        InspectnetError: ``build_args`` given, or a pretrained ViT asked for another size.
+
+    Examples:
+        >>> model, cfg = build_torchvision("resnet18", num_classes=3, in_chans=1, pretrained=False)
+        >>> model.fc.out_features, cfg["input_size"]
+        (3, (1, 224, 224))
+    """
     import torchvision
 
     if build_args:
