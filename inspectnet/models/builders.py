@@ -115,6 +115,8 @@ def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None, pret
         model = _rebuilt_for_size(arch, fixed, img_size,
                                   lambda: timm.create_model(arch, pretrained=pretrained, img_size=img_size, **kwargs))
     cfg = dict(timm.data.resolve_model_data_config(model))
+    if img_size is not None:  # the hub's preprocessing still names the size the weights were trained at
+        cfg.update(input_size=(3, img_size, img_size))
     return model, with_channels(cfg, in_chans or 3)
 
 
