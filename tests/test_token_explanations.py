@@ -61,3 +61,23 @@ def test_explanations_stage_measures_token_evidence_and_reports_the_remainder_sh
     assert sorted(layer["layer"] for layer in summary["layers"]) == list(range(DEPTH)) and totals == sorted(totals)[::-1]
     table = token_evidence_blocks(doc["token_evidence"])[1]
     assert table.rows[0][0] == "full" and table.rows[0][2].count("%") == 3
+
+
+def test_remainder_share_is_left_undefined_where_the_classifier_carries_nothing():
+    from inspectnet.analysis.explain.token_summary import token_evidence_summary
+
+    zm = _zoo("vit")
+    with torch.no_grad():
+        zm.model.head.weight.zero_()  # logits = bias: no map and no remainder to share
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    summary = token_evidence_summary(zm, x, torch.tensor([0, 1]))
+    assert summary["remainder_share"] == {"per_image": [None, None], "mean": None, "max": None}
+    assert token_evidence_blocks({"full": summary})[1].rows[0][2:] == ["—, —", "n/a", "n/a"]
+
+
+def test_trained_looking_gives_a_zero_initialised_classifier_weights_within_its_fan_in_bound():
+    head = torch.nn.Linear(16, 3)
+    with torch.no_grad():
+        head.weight.zero_()
+    trained_looking(head, 0)
+    assert head.weight.abs().min() > 0 and head.weight.abs().max() <= 16 ** -0.5

@@ -55,10 +55,15 @@ def token_evidence_summary(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor,
     dec = _concat(parts)
     classes = targets.to(dec.logits.device).long()
     share = remainder_share(dec, classes).double().cpu()
+    rows = torch.arange(len(classes), device=classes.device)
+    # no share where neither the maps nor the remainder carry anything (e.g. a classifier of zero weights)
+    empty = ((dec.evidence[rows, classes].abs().sum((1, 2)) + dec.remainder[rows, classes].abs()) == 0).cpu()
+    defined = share[~empty]
     ranked = rank_components(dec, classes, top=top)
     return {"images": len(x), "classes": "the class each map explains (the form's prediction)",
-            "remainder_share": {"per_image": [round(float(v), 4) for v in share], "mean": float(share.mean()),
-                                "max": float(share.max())},
+            "remainder_share": {"per_image": [None if e else round(float(v), 4) for v, e in zip(share, empty)],
+                                "mean": float(defined.mean()) if len(defined) else None,
+                                "max": float(defined.max()) if len(defined) else None},
             "layers": ranked["layers"], "heads": ranked["heads"]}
 
 

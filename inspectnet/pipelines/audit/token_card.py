@@ -32,7 +32,8 @@ def token_evidence_blocks(found: dict[str, dict[str, Any]] | None) -> list[Block
         "remainder's share is |r| / (Σ|E| + |r|) for the class each map explains: the part of the evidence no "
         "patch carries.")]
     blocks.append(Table(["model form", "images", "remainder share per image", "mean", "max"],
-                        [[form, s["images"], ", ".join(format_percent(v) for v in s["remainder_share"]["per_image"]),
+                        [[form, s["images"], ", ".join(format_percent(v) if v is not None else "—"
+                                                       for v in s["remainder_share"]["per_image"]),
                           format_percent(s["remainder_share"]["mean"]), format_percent(s["remainder_share"]["max"])]
                          for form, s in found.items()]))
     form, first = next(iter(found.items()))
