@@ -50,6 +50,10 @@ def test_token_evidence_export_sums_to_the_logits_in_onnx_runtime(name, tmp_path
     res = export_onnx(zm, tmp_path / "m.onnx", latency=False, evidence=2, exporter="torchscript")
     assert res.evidence["form"] == TOKENS and res.evidence["outputs"][-1] == "remainder"
     assert res.parity["evidence_sum_residual"] < 1e-4
+    from inspectnet.cli.export import summary
+
+    assert "evidence output (tokens): top-2 maps of [2, 2]" in summary(res.to_dict())
+    assert "|sum(E) + remainder + offset - logit|" in summary(res.to_dict())
     proto = onnx.load(str(tmp_path / "m.onnx"))
     meta = json.loads({p.key: p.value for p in proto.metadata_props}[KEY_MODEL])["evidence"]
     tokens = TokenEvidence(zm)
