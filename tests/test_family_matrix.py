@@ -16,10 +16,9 @@ from inspectnet.pipelines.families import OK, family_cells, matrix_markdown
 
 # families whose evidence must be exact, and the property each refusing family's reason must name
 EXACT = {"ResNet", "MobileNetV2", "RegNet", "DenseNet", "Inception-v3", "ConvNeXt", "EVA-02", "BEiT", "Swin",
-         "MobileViT-v2", "torchvision MobileNetV2"}
-REFUSED = {"MobileNetV3": "activation after global pooling", "VGG": "single position", "ViT": "class token",
-           "DeiT-distilled": "class token", "LeViT": "second head", "EfficientViT": "after global pooling",
-           "torchvision ViT": "class token"}
+         "MobileViT-v2", "torchvision MobileNetV2", "ViT", "DeiT-distilled", "torchvision ViT"}
+REFUSED = {"MobileNetV3": "activation after global pooling", "VGG": "single position", "LeViT": "second head",
+           "EfficientViT": "after global pooling"}
 # the rows run by default, one per head form: pool + linear (timm; torchvision without the split), activation
 # after pooling, class token, mean-pooled tokens + fc_norm, channels-last; their costly cells on fewer rows
 CHEAP_ROWS = {"ResNet", "torchvision MobileNetV2", "MobileNetV3", "ViT", "EVA-02", "Swin"}

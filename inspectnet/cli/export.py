@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_options(p, ExportOptions)
     p.add_argument("--evidence", type=int, nargs="?", const=1, metavar="K",
                    help="add the outputs 'evidence' (B, K, H, W): exact class-evidence maps of the top-K classes "
-                        "(default K=1), and 'evidence_classes' (B, K); checked against torch by the gate")
+                        "(default K=1), and 'evidence_classes' (B, K); for token transformers (ViT, DeiT, BEiT) the "
+                        "maps are the patch tokens' direct effects and 'remainder' (B, K) holds the input-dependent "
+                        "rest of each logit; checked against torch by the gate")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
 
@@ -110,8 +112,10 @@ def summary(r: dict) -> str:
     if r.get("exporter_fallback"):
         lines.append(f"written by the {r['exporter']} exporter because {r['exporter_fallback']}")
     if r.get("evidence"):
-        lines.append(f"evidence output: top-{r['evidence']['k']} maps of {r['evidence']['grid']}, max |onnx - torch| "
-                     f"{p['evidence_max_abs_diff']:.2e}, |sum(E) + offset - logit| {p['evidence_sum_residual']:.2e}")
+        plus = " + remainder" if r["evidence"].get("form") == "tokens" else ""
+        lines.append(f"evidence output ({r['evidence'].get('form', 'pooled')}): top-{r['evidence']['k']} maps of "
+                     f"{r['evidence']['grid']}, max |onnx - torch| {p['evidence_max_abs_diff']:.2e}, "
+                     f"|sum(E){plus} + offset - logit| {p['evidence_sum_residual']:.2e}")
     lat = r["latency_ms"]
     for b in lat.get("torch_eager", {}):
         row = ", ".join(f"{k} {v[b]:.2f} ms" for k, v in lat.items())

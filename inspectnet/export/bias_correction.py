@@ -118,12 +118,15 @@ def _mean_shifts(model, errors: dict[str, np.ndarray], calibration: np.ndarray, 
         outputs[node.name] = pooled
     session = make_session(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     feed_name = session.get_inputs()[0].name
-    sums = dict.fromkeys(outputs, 0.0)
+    sums, rows = dict.fromkeys(outputs, 0.0), dict.fromkeys(outputs, 0)
     for start in range(0, len(calibration), batch_size):
         batch = calibration[start:start + batch_size]
         for name, value in zip(outputs, session.run(list(outputs.values()), {feed_name: batch})):
-            sums[name] = sums[name] + value.reshape(len(batch), -1).sum(0, dtype=np.float64)
-    return {name: total / len(calibration) for name, total in sums.items()}
+            # rows of (rows, channels): one per image for a pooled Conv, but a Gemm inside a transformer runs on
+            # every token of every image (tokens flattened into its first axis) and its bias is added to each
+            sums[name] = sums[name] + value.reshape(value.shape[0], value.shape[1]).sum(0, dtype=np.float64)
+            rows[name] += value.shape[0]
+    return {name: total / rows[name] for name, total in sums.items()}
 
 
 def _has_bias(node) -> bool:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspectnet.analysis.explain.evidence import ClassEvidence
+from inspectnet.analysis.explain.exact_evidence import EVIDENCE_MODULES
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.timing import median_seconds
-from inspectnet.runtime.classifier import EVIDENCE, EVIDENCE_CLASSES, default_providers, make_session
+from inspectnet.runtime.classifier import EVIDENCE, EVIDENCE_CLASSES, REMAINDER, default_providers, make_session
 
 PARITY_BATCHES = (1, 8)
 LATENCY_BATCHES = (1, 32)
@@ -33,8 +33,8 @@ def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int =
     """The gate: ONNX Runtime vs PyTorch on seeded random inputs at each batch size.
 
     Top-1 disagreements count as failures unless torch's own margin between the two classes is
-    within the tolerance (a numerical tie that no exporter can be blamed for). A
-    :class:`ClassEvidence` module's evidence output is checked the same way (:func:`_verify_evidence`).
+    within the tolerance (a numerical tie that no exporter can be blamed for). An
+    evidence module's outputs (pooled or token form) are checked the same way (:func:`_verify_evidence`).
 
     Args:
         module: the exported module.
@@ -79,7 +79,7 @@ def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int =
         if not np.isfinite(got).all() or max_abs > tol:
             raise InspectnetError(f"export gate failed at batch {b}: max |onnx - torch| = {max_abs:.3g} exceeds "
                                   f"{tol:.3g} (atol {ATOL} + rtol {RTOL} x max|logit| {scale:.3g}); no file written")
-        if isinstance(module, ClassEvidence):
+        if isinstance(module, EVIDENCE_MODULES):
             report["batches"][str(b)].update(_verify_evidence(module, x, ref, outputs, tol))
         worst_abs, worst_rel = max(worst_abs, max_abs), max(worst_rel, max_rel)
         agree, total, real_flips = agree + int((t_top == o_top).sum()), total + b, real_flips + flips
@@ -88,26 +88,34 @@ def verify(module: nn.Module, path: Path, sample_shape: tuple, *, threads: int =
                               f"inputs beyond numerical ties; no file written")
     report.update(max_abs_diff=worst_abs, max_rel_diff=worst_rel, top1_agreement=agree / total,
                   providers=list(session.get_providers()))
-    if isinstance(module, ClassEvidence):
+    if isinstance(module, EVIDENCE_MODULES):
         report["evidence_max_abs_diff"] = max(v["evidence_max_abs_diff"] for v in report["batches"].values())
         report["evidence_sum_residual"] = max(v["evidence_sum_residual"] for v in report["batches"].values())
     return report
 
 
-def _verify_evidence(module: ClassEvidence, x: np.ndarray, ref_logits: np.ndarray, outputs: dict[str, np.ndarray],
+def _verify_evidence(module: nn.Module, x: np.ndarray, ref_logits: np.ndarray, outputs: dict[str, np.ndarray],
                      logit_tol: float) -> dict[str, Any]:
-    """The evidence part of the gate: ONNX's maps against torch's maps of the same classes.
+    """The evidence part of the gate: ONNX's maps (and remainder) against torch's of the same classes.
 
-    Also its classes against torch's top-k (ties within the logit tolerance excepted), and
-    Σ E + offset = logit in ONNX.
+    Also its classes against torch's top-k (ties within the logit tolerance excepted), and Σ E + offset =
+    logit in ONNX, the offset being the constant per class plus, in the token form, ONNX's own ``remainder``.
     """
     classes, maps, logits = outputs[EVIDENCE_CLASSES], outputs[EVIDENCE], outputs[OUTPUT_NAME]
     with torch.inference_mode():
         ref = module.evidence(torch.from_numpy(x), classes=torch.from_numpy(classes).long())
         offset = ref.offset.double().numpy()
+        constant = module.offset().double().numpy()[classes]
     ref_maps = ref.maps.double().numpy()
     tol = ATOL + RTOL * float(np.abs(ref_maps).max())
     max_abs = float(np.abs(maps - ref_maps).max())
+    extra: dict[str, Any] = {}
+    if REMAINDER in outputs:  # the remainder against torch's, and ONNX's own remainder in the sum
+        ref_rem = offset - constant
+        tol = max(tol, ATOL + RTOL * float(np.abs(ref_rem).max()))
+        extra["remainder_max_abs_diff"] = float(np.abs(outputs[REMAINDER] - ref_rem).max())
+        max_abs = max(max_abs, extra["remainder_max_abs_diff"])
+        offset = constant + outputs[REMAINDER].astype(np.float64)
     residual = float(np.abs(maps.astype(np.float64).sum((2, 3)) + offset
                             - np.take_along_axis(logits, classes, 1)).max())
     want = np.argsort(-ref_logits, axis=1, kind="stable")[:, :module.k]
@@ -116,10 +124,11 @@ def _verify_evidence(module: ClassEvidence, x: np.ndarray, ref_logits: np.ndarra
     flips = int(((want != classes) & (gap > 2 * logit_tol)).sum())
     if not np.isfinite(maps).all() or max_abs > tol or residual > logit_tol or flips:
         raise InspectnetError(f"export gate failed on the evidence output: max |onnx - torch| = {max_abs:.3g} "
-                              f"(tolerance {tol:.3g}), |sum(E) + offset - logit| = {residual:.3g} (tolerance "
-                              f"{logit_tol:.3g}), {flips} top-{module.k} classes differ beyond ties; no file written")
+                              f"(remainder included; tolerance {tol:.3g}), |sum(E) + offset - logit| = {residual:.3g} "
+                              f"(tolerance {logit_tol:.3g}), {flips} top-{module.k} classes differ beyond ties; "
+                              f"no file written")
     return {"evidence_max_abs_diff": max_abs, "evidence_sum_residual": residual, "evidence_tolerance": tol,
-            "evidence_class_agreement": float((want == classes).mean())}
+            "evidence_class_agreement": float((want == classes).mean()), **extra}
 
 
 @contextlib.contextmanager

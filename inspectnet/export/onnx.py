@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, evidence_module, pooled_head
+from inspectnet.analysis.explain.exact_evidence import TOKENS
 from inspectnet.core.errors import InspectnetError, strip_terminal_codes
 from inspectnet.core.results import Result
 from inspectnet.core.storage import prepare_output_file
 from inspectnet.data import load_data
 from inspectnet.data.subsets import calibration_arrays
+from inspectnet.export.evidence_outputs import evidence_metadata, evidence_plan
 from inspectnet.export.gate import OUTPUT_NAME, measure_latency, verify
 from inspectnet.export.gate import torch_threads as torch_threads  # callers time torch with it from here
 from inspectnet.models.heads import DecomposedLinear
@@ -96,8 +97,10 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     The file is verified against torch (:func:`~inspectnet.export.gate.verify`) before it is kept.
     ``evidence`` = k adds the outputs ``evidence`` (B, k, H, W), the exact class-evidence maps of the
     top-k classes, and ``evidence_classes`` (B, k)
-    (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); the gate checks them against torch
-    like the logits.
+    (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); for token transformers the maps are
+    the token direct effects and the output ``remainder`` (B, k) is added
+    (:mod:`inspectnet.export.evidence_outputs`). The gate checks them against torch like the logits, and
+    Σ evidence (+ remainder) + offset = logit in ONNX Runtime.
 
     Args:
         zm: the model.
@@ -129,8 +132,12 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     check_opset(opset, exporter)
     if threads < 1:
         raise InspectnetError(f"--threads must be at least 1, got {threads}")
-    pooled = _evidence_head(zm, evidence, head_only)
-    if int8 and pooled is not None and exporter == "torchscript":
+    plan = evidence_plan(zm, evidence, head_only)
+    if int8 and plan is not None and plan.form == TOKENS:
+        raise InspectnetError(f"--int8 with --evidence: {zm.spec} is a token transformer, whose evidence output "
+                              f"recomputes every block and would be quantized with them; export the int8 file "
+                              f"without --evidence, or the fp32 file with it")
+    if int8 and plan is not None and exporter == "torchscript":
         # ONNX Runtime's quantizer writes a per-axis QuantizeLinear onto this exporter's evidence Gather
         raise InspectnetError("--int8 with --evidence needs the dynamo exporter (the default): ONNX Runtime cannot "
                               "quantize the torchscript exporter's evidence graph; drop --exporter torchscript")
@@ -154,15 +161,13 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
         module, example, input_name = _export_target(zm, head_only)
         graph = export_form(zm, module, head_only)
         evidence_info = None
-        if pooled is not None:
-            # eval wrappers: the TorchScript exporter restores the wrapper's training flag recursively
-            # afterwards, which would put a shared (dense) model's BatchNorm into train mode for the gate
-            module = evidence_module(module, pooled, evidence).eval()
-            graph = module if graph is module.model else evidence_module(graph, pooled, evidence).eval()
-            evidence_info = _evidence_metadata(module, example)
+        if plan is not None:
+            wrapped = plan.module(zm, module)
+            graph = wrapped if graph is module else plan.module(zm, graph)
+            module, evidence_info = wrapped, evidence_metadata(plan, wrapped, example)
         try:
-            proto, exporter, fallback = _convert(graph, example, input_name, exporter, opset, evidence=pooled is not None,
-                                                 int8=int8)
+            proto, exporter, fallback = _convert(graph, example, input_name, exporter, opset,
+                                                 outputs=plan.outputs() if plan else [OUTPUT_NAME], int8=int8)
             if opset is not None and _opset_of(proto) != opset:
                 raise InspectnetError(f"the {exporter} exporter wrote opset {_opset_of(proto)}, not the --opset "
                                       f"{opset} asked for; no file written")
@@ -218,28 +223,6 @@ def check_opset(opset: int | None, exporter: str) -> None:
         raise InspectnetError(f"--opset {opset} is outside what the {exporter} exporter writes ({low}-{high}){hint}")
 
 
-def _evidence_head(zm: ZooModel, k: int | None, head_only: bool) -> PooledHead | None:
-    """The pooled head that ``--evidence k`` reads, or None without it; bad requests are refused first."""
-    if k is None:
-        return None
-    if head_only:
-        raise InspectnetError("--evidence needs the whole model: the maps come from the last spatial map, which a "
-                              "--head-only export never sees")
-    if not 1 <= k <= zm.num_classes:
-        raise InspectnetError(f"--evidence {k} asks for the maps of the top-{k} classes, but {zm.spec} has "
-                              f"{zm.num_classes} classes; expected 1 to {zm.num_classes}")
-    return pooled_head(zm)
-
-
-def _evidence_metadata(module: ClassEvidence, example: torch.Tensor) -> dict[str, Any]:
-    with torch.inference_mode():
-        maps = module(example[:1])[1]
-        offset = module.offset()
-    return {"k": module.k, "grid": list(maps.shape[2:]), "outputs": [OUTPUT_NAME, EVIDENCE, EVIDENCE_CLASSES],
-            "offset": [float(v) for v in offset.detach()], "definition": "E_c(h,w) = sum_j W[c,j] A_j(h,w) / (H W); "
-            "sum_hw E_c + offset_c = logit_c"}
-
-
 def _export_target(zm: ZooModel, head_only: bool) -> tuple[nn.Module, torch.Tensor, str]:
     """The module to export, an example input (batch 2: torch.export specialises batch 0/1) and its name."""
     if not head_only:
@@ -289,40 +272,39 @@ def head_features(zm: ZooModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def _convert(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None, *,
-             evidence: bool, int8: bool):
+             outputs: list[str], int8: bool):
     """(proto, the exporter that wrote it, why the first choice was not used or None).
 
     ``auto`` tries dynamo (torch's default) and, when it cannot convert the model (or cannot write
     ``opset``), the torchscript exporter; both failing is one error naming both causes.
     """
     if exporter != AUTO:
-        return _to_onnx(module, example, input_name, exporter, opset, evidence=evidence), exporter, None
+        return _to_onnx(module, example, input_name, exporter, opset, outputs=outputs), exporter, None
     low, high = OPSETS["dynamo"]
     if opset is not None and not low <= opset <= high:
         check_opset(opset, "torchscript")
-        return (_to_onnx(module, example, input_name, "torchscript", opset, evidence=evidence), "torchscript",
+        return (_to_onnx(module, example, input_name, "torchscript", opset, outputs=outputs), "torchscript",
                 f"opset {opset} is outside what the dynamo exporter writes ({low}-{high})")
     try:
-        return _to_onnx(module, example, input_name, "dynamo", opset, evidence=evidence), "dynamo", None
+        return _to_onnx(module, example, input_name, "dynamo", opset, outputs=outputs), "dynamo", None
     except InspectnetError as first:
-        if evidence and int8:
+        if len(outputs) > 1 and int8:
             raise InspectnetError(f"{first}; the torchscript exporter's evidence graph cannot be quantized, so "
                                   f"--int8 with --evidence has no fallback") from None
         why = str(first).split(" (try --exporter")[0]
         try:
-            proto = _to_onnx(module, example, input_name, "torchscript", opset, evidence=evidence)
+            proto = _to_onnx(module, example, input_name, "torchscript", opset, outputs=outputs)
         except InspectnetError as second:
             raise InspectnetError(f"{why}; and {str(second).split(' (try --exporter')[0]}") from None
         return proto, "torchscript", why
 
 
 def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter: str, opset: int | None, *,
-             evidence: bool = False):
+             outputs: list[str] = (OUTPUT_NAME,)):
     """Run torch.onnx.export with ``dynamo`` passed explicitly; any exporter error names the cause."""
     import onnx
 
-    outputs = [OUTPUT_NAME, EVIDENCE, EVIDENCE_CLASSES] if evidence else [OUTPUT_NAME]
-    kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": outputs}
+    kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": list(outputs)}
     if opset is not None:
         kwargs["opset_version"] = opset
     try:

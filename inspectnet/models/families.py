@@ -152,6 +152,9 @@ def _build(row: Family, num_classes: int) -> ZooModel:
 def trained_looking(model: nn.Module, seed: int = 0) -> None:
     """Move every norm's statistics and every classifier bias away from their initial values, in place (seeded).
 
+    A linear layer initialised to zero weights (torchvision's ViT classifier) gets uniform ±1/√fan_in
+    weights, so its logits depend on the input.
+
     Scales, shifts, running means and variances leave (1, 0, 0, 1) and biases 0. A freshly initialised
     BatchNorm is the identity in eval mode and a fresh head's bias is zero: a check of
     "evidence + offset = logit" would not see either term. Values stay in ranges a trained model has
@@ -179,5 +182,8 @@ def trained_looking(model: nn.Module, seed: int = 0) -> None:
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
                 uniform(m.running_mean, -0.2, 0.2)
                 uniform(m.running_var, 0.5, 2.0)
+            if isinstance(m, nn.Linear) and not m.weight.any():
+                bound = m.in_features ** -0.5
+                uniform(m.weight, -bound, bound)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 uniform(m.bias, -0.5, 0.5)

@@ -168,7 +168,10 @@ def last_stage(model: nn.Module, head_name: str | None = None) -> str:
     """The last top-level child of ``model`` before its head (the ``last_stage`` alias).
 
     Global pooling, flattening, dropout, identities, top-level LayerNorms and a second classifier are
-    skipped: this is the output the head's pooled features come from.
+    skipped: this is the output the head's pooled features come from. What runs after a top-level global
+    pooling (MobileNetV3's conv head) and timm's ``pre_logits`` (layers that timm counts as the head's,
+    e.g. VGG's 7×7 ConvMlp, which folds the map into one position) belong to the head, so the stage is
+    the last spatial map before them.
 
     Args:
         model: the network.
@@ -186,19 +189,30 @@ def last_stage(model: nn.Module, head_name: str | None = None) -> str:
         ('layer4', 'features')
         >>> import timm; last_stage(timm.create_model("deit_tiny_distilled_patch16_224"))  # not its distillation head
         'blocks'
+        >>> last_stage(timm.create_model("vgg11")), last_stage(timm.create_model("mobilenetv3_small_050"))
+        ('features', 'blocks')
     """
     if head_name is None:
         from inspectnet.models.zoo import find_head
 
         head_name = find_head(model)
     classes = getattr(model.get_submodule(head_name), "out_features", None)
-    for name, child in reversed(list(model.named_children())):
-        skipped = isinstance(child, (*_AFTER_LAST_STAGE, nn.LayerNorm)) or type(child).__name__.endswith("Pool2d") \
-            or _second_head(child, classes)
+    children = list(model.named_children())
+    pools = [i for i, (_, child) in enumerate(children) if _global_pool(child)]
+    if pools and pools[-1] > 0:  # what follows the global pooling is part of the head
+        children = children[:pools[-1]]
+    for name, child in reversed(children):
+        skipped = isinstance(child, (*_AFTER_LAST_STAGE, nn.LayerNorm)) or _global_pool(child) \
+            or _second_head(child, classes) or name == PRE_LOGITS
         if name != head_name and not head_name.startswith(name + ".") and not skipped:
             # a ModuleList is never called itself (EVA loops over its blocks): its last block is the stage's output
             return f"{name}.{len(child) - 1}" if isinstance(child, nn.ModuleList) and len(child) else name
     raise InspectnetError("alias last_stage: the model has no top-level block before its head; name a layer")
+
+
+def _global_pool(child: nn.Module) -> bool:
+    """A top-level pooling module (torch's adaptive pools, timm's SelectAdaptivePool2d, ...)."""
+    return type(child).__name__.endswith("Pool2d")
 
 
 def _second_head(child: nn.Module, classes: int | None) -> bool:

@@ -185,6 +185,8 @@ def explanation_quality(forms: Sequence[ModelForm], data: ImageDataset, out: str
                 examples.setdefault(f"{method} ({form.name})", maps)
         if form.zm is not None and entry["status"] == "ok" and config.sanity_images > 0:
             doc["sanity"][form.name] = _sanity(form.zm, x, entry["predictions"], indices, config, rows)
+        if form.zm is not None and entry["status"] == "ok" and "evidence" in config.methods:
+            _add_token_summary(doc, form, x, entry["predictions"], config)
     doc["cost"] = _cost(doc["rows"], config)
     doc["figures"] = _figures(doc, curves, examples, data, forms, indices, out)
     return doc
@@ -299,6 +301,16 @@ def _sanity(zm: ZooModel, x: torch.Tensor, preds: np.ndarray, indices: list[int]
                                     indices=[indices[i] for i in pick], config=config.method,
                                     max_steps=config.sanity_steps)
     return {**found, "samples": pick.tolist()}
+
+
+def _add_token_summary(doc: dict[str, Any], form: ModelForm, x: torch.Tensor, preds: np.ndarray,
+                       config: QualityConfig) -> None:
+    """For token transformers: the remainder's share per image and the layers and heads ranked by contribution."""
+    from inspectnet.analysis.explain.token_summary import token_evidence_summary
+
+    found = token_evidence_summary(form.zm, x, torch.as_tensor(preds), batch_size=config.method.batch_size)
+    if found is not None:
+        doc.setdefault("token_evidence", {})[form.name] = found
 
 
 def _cost(rows: list[dict[str, Any]], config: QualityConfig) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 Capabilities (columns) and what "works" means for each:
 
 * ``record`` — the probe record (features, logits) of the same images is the same at batch sizes 1 and 3;
-* ``evidence`` — exact class evidence: Σ_hw E_c + offset_c = logit_c for every class;
+* ``evidence`` — exact class evidence: Σ_hw E_c + offset_c = logit_c for every class (for token transformers the
+  offset is the head's bias plus the input-dependent remainder, :mod:`~inspectnet.analysis.explain.exact_evidence`);
 * ``onnx`` — the fp32 export passes its gate (ONNX Runtime = PyTorch at batch 1 and 8);
-* ``onnx_evidence`` — the export with the evidence output passes the gate on the maps and Σ E + offset = logit in ONNX;
+* ``onnx_evidence`` — the export with the evidence output (and the ``remainder`` output of token transformers) passes
+  the gate on the maps and Σ E (+ remainder) + offset = logit in ONNX;
 * ``int8`` — the int8 export is written (QDQ, calibrated, checked by onnx.checker and run by ONNX Runtime);
 * ``explain`` — the audit's explanations stage (faithfulness against the random control, sanity cascade) runs;
 * ``dissect`` — dissection of the last stage on ``shapes`` runs.
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from inspectnet.analysis.dissect.dissection import dissect
-from inspectnet.analysis.explain.evidence import class_evidence
+from inspectnet.analysis.explain.exact_evidence import exact_evidence
 from inspectnet.analysis.explain.faithfulness import FaithfulnessConfig
 from inspectnet.analysis.explain.methods import MethodConfig
 from inspectnet.core.errors import InspectnetError
@@ -114,7 +116,7 @@ def _record_is_batch_independent(zm: ZooModel, data, out: Path) -> None:
 
 def _evidence_is_exact(zm: ZooModel, data) -> None:
     x = torch.stack([data[i][0] for i in range(2)])
-    ev = class_evidence(zm, x, "all")
+    ev = exact_evidence(zm, x, "all")
     total = ev.maps.double().sum((2, 3)) + ev.offset.double()
     residual = float((total - ev.logits.double().gather(1, ev.classes)).abs().max())
     if residual > 1e-4 * float(ev.logits.abs().max()) + 1e-6:

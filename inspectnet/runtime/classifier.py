@@ -30,8 +30,9 @@ KEY_FORMAT = "inspectnet.format"
 KEY_PREPROCESSING = "inspectnet.preprocessing"
 KEY_CLASS_NAMES = "inspectnet.class_names"
 KEY_MODEL = "inspectnet.model"
-# output names; the evidence outputs exist only in files exported with --evidence
-LOGITS, EVIDENCE, EVIDENCE_CLASSES = "logits", "evidence", "evidence_classes"
+# output names; the evidence outputs exist only in files exported with --evidence, the remainder (the
+# input-dependent part of each evidence class's logit that no position carries) only for token transformers
+LOGITS, EVIDENCE, EVIDENCE_CLASSES, REMAINDER = "logits", "evidence", "evidence_classes", "remainder"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
@@ -405,10 +406,26 @@ class OnnxClassifier:
         Raises:
             InspectnetError: the file was exported without ``--evidence``.
         """
-        self._needs_evidence()
-        logits, maps, classes = self.session.run([LOGITS, EVIDENCE, EVIDENCE_CLASSES],
-                                                 {self.input_name: np.asarray(x, np.float32)})
-        return logits, maps, classes
+        return self.evidence_with_offsets(x)[:3]
+
+    def evidence_with_offsets(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`evidence` and each map's offset, so that Σ maps + offset = logit.
+
+        Args:
+            x: the (N, C, H, W) batch of :meth:`preprocess_images`.
+
+        Returns:
+            ``(logits, maps, classes, offsets (N, k))``: the offset is the file's constant of the map's
+            class, plus the ``remainder`` output where the file has one.
+
+        Raises:
+            InspectnetError: the file was exported without ``--evidence``.
+        """
+        info = self._needs_evidence()
+        names = [LOGITS, EVIDENCE, EVIDENCE_CLASSES] + ([REMAINDER] if REMAINDER in self.output_names else [])
+        logits, maps, classes, *rest = self.session.run(names, {self.input_name: np.asarray(x, np.float32)})
+        offset = np.asarray(info["offset"], dtype=np.float64)[classes]
+        return logits, maps, classes, offset + rest[0] if rest else offset
 
     def explain(self, images: Sequence[str | Path | Image.Image], out: str | Path, *, batch_size: int = 32,
                 names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -436,15 +453,14 @@ class OnnxClassifier:
                                                          for i, im in enumerate(images)]
         for name, im in zip(labels, pil):
             check_image_size(name, (im.size[1], im.size[0]), tuple(info["grid"]))
-        offsets = np.asarray(info["offset"], dtype=np.float64)
         items = []
         for start in range(0, len(pil), batch_size):
             chunk = pil[start:start + batch_size]
-            logits, maps, classes = self.evidence(self.preprocess_images(chunk))
+            logits, maps, classes, offsets = self.evidence_with_offsets(self.preprocess_images(chunk))
             for j, im in enumerate(chunk):
                 view = np.asarray(crop_view(im, self.preprocessing).convert("RGB"))
                 items.append({"name": labels[start + j], "view": view, "maps": maps[j], "classes": classes[j],
-                              "logits": logits[j], "offset": offsets[classes[j]]})
+                              "logits": logits[j], "offset": offsets[j]})
         return write_overlays(out, items, self.class_names,
                               {"model": str(self.path), "engine": "onnxruntime", "providers": self.providers,
                                "k": int(info["k"]), "grid": list(info["grid"])})

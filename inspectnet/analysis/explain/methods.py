@@ -3,8 +3,10 @@
 * ``integrated_gradients`` — captum Integrated Gradients from the all-zero input (the data mean in
   normalised space), |attribution| summed over channels, at input resolution;
 * ``gradcam`` — captum Layer Grad-CAM at the last convolution (ReLU applied), at that layer's resolution;
-* ``evidence`` — the exact class-evidence map (:mod:`~inspectnet.analysis.explain.evidence`) of the
-  model's head, dense or decomposed, at the last map's resolution;
+* ``evidence`` — the exact class-evidence map of the model's head, dense or decomposed
+  (:mod:`~inspectnet.analysis.explain.exact_evidence`): the pooled last map's evidence at its resolution,
+  or, for token transformers (ViT, DeiT-distilled, BEiT, torchvision's ViT), the patch tokens' direct
+  effects on the patch grid (the non-spatial remainder is not part of the map);
 * ``random`` — the control every method must beat: uniform noise at the Grad-CAM layer's resolution,
   seeded by the image's index, so it is the same for every model (it must *fail* the sanity check).
 
@@ -85,9 +87,9 @@ def gradcam_layer(zm: ZooModel, config: MethodConfig = MethodConfig()) -> str:
 
 def _evidence(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor, _indices: list[int],
               _config: MethodConfig) -> torch.Tensor:
-    from inspectnet.analysis.explain.evidence import class_evidence
+    from inspectnet.analysis.explain.exact_evidence import exact_evidence
 
-    return class_evidence(zm, x, targets[:, None]).maps[:, 0]
+    return exact_evidence(zm, x, targets[:, None]).maps[:, 0]
 
 
 def _random(zm: ZooModel, x: torch.Tensor, _targets: torch.Tensor, indices: list[int],

@@ -10,6 +10,7 @@ from inspectnet.data.subsets import spread_subset
 from inspectnet.models.zoo import ZooModel
 from inspectnet.pipelines.audit.context import AuditContext, describe_error
 from inspectnet.pipelines.audit.stage import Stage
+from inspectnet.pipelines.audit.token_card import token_evidence_blocks
 from inspectnet.reports.blocks import Block, BulletList, Paragraph, Table
 
 
@@ -29,6 +30,7 @@ class ExplanationsResult(TypedDict, total=False):
     sanity: dict[str, Any]
     cost: dict[str, Any]
     localisation: dict[str, Any]
+    token_evidence: dict[str, Any]
     figures: list[dict[str, str]]
 
 
@@ -155,6 +157,7 @@ def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
                              "mean |ρ| at the end", "threshold", "passes"],
                             [[m, form, v["spearman"][0], v["spearman"][-1], v["abs_spearman_final"], s["threshold"],
                               _verdict(v["passes"])] for form, s in r["sanity"].items() for m, v in s["methods"].items()]))
+    blocks += token_evidence_blocks(r.get("token_evidence"))
     cost = r.get("cost", {})
     if cost.get("forward_passes_per_image_per_method") is not None:
         blocks.append(Paragraph(f"Cost of the metrics: {format_value(cost['forward_passes_per_image_per_method'], 1)} "
