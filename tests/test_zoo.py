@@ -158,3 +158,28 @@ def test_model_args_build_a_smaller_timm_architecture_that_its_saved_folder_rebu
         load_model(str(tmp_path / "m"), build_args={"depth": 3})
     with pytest.raises(InspectnetError, match=r"cannot be built with \{'depth': 2\}"):
         load_model("resnet18", build_args={"depth": 2})
+
+
+@pytest.mark.parametrize("spec, args, slim", [
+    ("vit_tiny_patch16_224", {"depth": 1, "patch_size": 8, "embed_dim": 24, "num_heads": 2}, False),
+    ("resnet18", {"stem_width": 16}, True)])
+def test_the_decomposed_and_slimmed_forms_of_a_model_built_with_arguments_reload_from_their_folders(
+        tmp_path, spec, args, slim):
+    from inspectnet.analysis.heads.decompose import decompose_model
+    from inspectnet.analysis.heads.influence import InfluenceMap
+    from inspectnet.analysis.heads.slim import slim_model
+
+    zm = load_model(spec, num_classes=2, input_size=32, seed=0, build_args=args)
+    dim = zm.head.in_features
+    imap = InfluenceMap(k1=3, k2=2, layer="pre_logits", dim=dim, num_classes=2, supports=[[0, 5], [7, 9]],
+                        frequencies=[[1.0, 0.5], [1.0, 0.5]], class_counts=[4, 4], empty_classes=[],
+                        class_names=["a", "b"], record_fingerprint="0" * 16, weights_fingerprint=zm.fingerprint())
+    forms = [decompose_model(zm, imap)]
+    if slim:
+        forms.append(slim_model(forms[0], latency_reps=1)[0])
+    x = torch.randn(2, 3, 32, 32)
+    for form in forms:
+        assert form.build_args == args
+        save_model(form, tmp_path / "m")
+        with torch.no_grad():
+            torch.testing.assert_close(load_model(str(tmp_path / "m")).model(x), form.model(x))

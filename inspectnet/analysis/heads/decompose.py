@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,9 +133,9 @@ def decompose_model(zm: ZooModel, imap: InfluenceMap) -> ZooModel:
     set_submodule(model, zm.head_name, dec)
     mod = {"kind": DECOMPOSED, "head_name": zm.head_name, "in_features": head.in_features,
            "out_features": head.out_features, "bias": head.bias is not None, "k1": imap.k1, "k2": imap.k2}
-    return ZooModel(model=model, source=zm.source, arch=zm.arch, num_classes=zm.num_classes,
-                    in_chans=zm.in_chans, data_config=dict(zm.data_config), class_names=list(zm.class_names),
-                    head_name=zm.head_name, modifications=[*zm.modifications, mod], base=zm.base)
+    # replace keeps every other description field (constructor arguments included) as the model had it
+    return dataclasses.replace(zm, model=model, data_config=dict(zm.data_config), class_names=list(zm.class_names),
+                               modifications=[*zm.modifications, mod])
 
 
 def linear_params(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:

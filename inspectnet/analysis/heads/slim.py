@@ -14,6 +14,7 @@ True
 """
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -98,9 +99,8 @@ def slim_model(dzm: ZooModel, *, check_batch: torch.Tensor | None = None, atol: 
     keep = head.union()
     model = apply_slimming(copy.deepcopy(dzm.model), dzm.head_name, method, keep)
     mod = {"kind": SLIMMED, "method": method, "head_name": dzm.head_name, "keep": keep}
-    szm = ZooModel(model=model.eval(), source=dzm.source, arch=dzm.arch, num_classes=dzm.num_classes,
-                   in_chans=dzm.in_chans, data_config=dict(dzm.data_config), class_names=list(dzm.class_names),
-                   head_name=dzm.head_name, modifications=[*dzm.modifications, mod], base=dzm.base)
+    szm = dataclasses.replace(dzm, model=model.eval(), data_config=dict(dzm.data_config),
+                              class_names=list(dzm.class_names), modifications=[*dzm.modifications, mod])
     size = tuple(dzm.data_config["input_size"])
     x = check_batch if check_batch is not None else torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
     with eval_mode(dzm.model), eval_mode(model), torch.inference_mode():
