@@ -67,6 +67,19 @@ class ImageDataset(torch.utils.data.Dataset):
         None for built-in sources, whose contents are fixed."""
         return None
 
+    def origins(self) -> list[str] | None:
+        """The photo each sample was cut from, where several samples are crops of one photo; None where
+        every sample is an image of its own. Two splits cut from the same photos are not independent.
+
+        Returns:
+            One photo name per sample, or None.
+
+        >>> from inspectnet.data import load_data
+        >>> sorted(set(load_data("photos:test").origins())), load_data("digits").origins()
+        (['camera', 'chelsea', 'coffee', 'rocket'], None)
+        """
+        return None
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self.image(index)
         x = self.transform(img) if self.transform is not None else img
@@ -164,6 +177,10 @@ class CropDataset(ImageDataset):
 
     def name(self, index: int) -> str:
         return self.items[index][2]
+
+    def origins(self) -> list[str] | None:
+        # a crop is named STEM_INDEX after its photo (see sources.seeded_crops)
+        return [name.rsplit("_", 1)[0] for _, _, name in self.items]
 
 
 class FolderDataset(ImageDataset):

@@ -97,6 +97,35 @@ def imagenet_names() -> list[str]:
     return [names[0] for _, names in synsets]
 
 
+def shared_kind(model_classes: Sequence[str], a: int, b: int) -> str | None:
+    """The kind of object two model classes share, read from their names: the last word common to a name
+    (or, for ImageNet's classes, a synonym) of each, as ``cat`` in *tabby cat* and *tiger cat*; None when
+    they share none. ImageNet has several classes for one kind of object, and a model that names a
+    photo by a neighbouring class of the same kind is naming, not failing to see.
+
+    Args:
+        model_classes: the model's class names (ImageNet's 1000 names bring in their synonyms).
+        a: one class index.
+        b: the other class index.
+
+    Returns:
+        The shared word, or None.
+
+    >>> names = imagenet_names()
+    >>> shared_kind(names, 281, 282), shared_kind(names, 657, 517)
+    ('cat', None)
+    """
+    def kinds(c: int) -> set[str]:
+        names = [model_classes[c]]
+        synsets = imagenet_synsets() if len(model_classes) == 1000 else None
+        if synsets is not None and list(model_classes) == [n[0] for _, n in synsets]:
+            names += synsets[c][1]
+        return {re.split(r"[\s_\-]+", n.casefold().strip())[-1] for n in names if n.strip()}
+
+    common = sorted(kinds(a) & kinds(b)) if a != b else []
+    return common[0] if common else None
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelMapping:
     """Where each data class lands among the model's classes (see :func:`align_classes`).

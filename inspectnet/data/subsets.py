@@ -50,6 +50,10 @@ class SubsetDataset(ImageDataset):
     def source_folder(self):
         return self.base.source_folder()
 
+    def origins(self) -> list[str] | None:
+        base = self.base.origins()
+        return None if base is None else [base[i] for i in self.indices]
+
 
 def spread_indices(size: int, n: int) -> np.ndarray:
     """``min(n, size)`` distinct indices of ``range(size)`` at evenly spaced positions, first and last included.
