@@ -98,13 +98,13 @@ def imagenet_names() -> list[str]:
 
 
 def shared_kind(model_classes: Sequence[str], a: int, b: int) -> str | None:
-    """The kind of object two model classes share, read from their names: the last word common to a name
-    (or, for ImageNet's classes, a synonym) of each, as ``cat`` in *tabby cat* and *tiger cat*; None when
-    they share none. ImageNet has several classes for one kind of object, and a model that names a
-    photo by a neighbouring class of the same kind is naming, not failing to see.
+    """The kind of object two ImageNet classes share, read from their synonyms: the last word common to a synonym
+    of each, as ``cat`` in *tabby cat* and *tiger cat*; None when they share none or the model's classes are not
+    ImageNet's (other names carry no such convention). ImageNet has several classes for one kind of object, and a
+    model that names a photo by a neighbouring class of the same kind is naming, not failing to see.
 
     Args:
-        model_classes: the model's class names (ImageNet's 1000 names bring in their synonyms).
+        model_classes: the model's class names.
         a: one class index.
         b: the other class index.
 
@@ -112,17 +112,17 @@ def shared_kind(model_classes: Sequence[str], a: int, b: int) -> str | None:
         The shared word, or None.
 
     >>> names = imagenet_names()
-    >>> shared_kind(names, 281, 282), shared_kind(names, 657, 517)
-    ('cat', None)
+    >>> shared_kind(names, 281, 282), shared_kind(names, 657, 517), shared_kind(["tabby cat", "tiger cat"], 0, 1)
+    ('cat', None, None)
     """
-    def kinds(c: int) -> set[str]:
-        names = [model_classes[c]]
-        synsets = imagenet_synsets() if len(model_classes) == 1000 else None
-        if synsets is not None and list(model_classes) == [n[0] for _, n in synsets]:
-            names += synsets[c][1]
-        return {re.split(r"[\s_\-]+", n.casefold().strip())[-1] for n in names if n.strip()}
+    synsets = imagenet_synsets() if len(model_classes) == 1000 else None
+    if a == b or synsets is None or list(model_classes) != [names[0] for _, names in synsets]:
+        return None
 
-    common = sorted(kinds(a) & kinds(b)) if a != b else []
+    def kinds(c: int) -> set[str]:
+        return {re.split(r"[\s_\-]+", n.casefold().strip())[-1] for n in synsets[c][1] if n.strip()}
+
+    common = sorted(kinds(a) & kinds(b))
     return common[0] if common else None
 
 

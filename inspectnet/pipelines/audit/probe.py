@@ -144,4 +144,4 @@ def _probe_params(c: AuditConfig) -> dict[str, Any]:
 
 
 STAGE = Stage("probe", "Probed samples and layers", run, blocks=blocks,
-              params=lambda c: {**_probe_params(c), "format": 2}, resumable=True, distributed=True)
+              params=lambda c: {**_probe_params(c), "format": 3}, resumable=True, distributed=True)

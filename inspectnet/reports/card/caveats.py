@@ -27,9 +27,10 @@ def data_caveats(doc: dict[str, Any]) -> list[str]:
     'All numbers are in-sample (no --eval dat'
     """
     probe = ok_result(doc, "probe") or {}
-    out = [*_in_sample(doc), *_same_photos(probe), *_classes_without_data(doc, probe)]
-    out += [text for text in [near_synonyms(doc)] if text]
-    return out
+    everything = ["All numbers are in-sample (no --eval data): they overstate generalisation."] \
+        if doc["data"]["in_sample"] else []
+    return [*everything, *_same_photos(probe), *_classes_without_data(doc, probe),
+            *[text for text in [near_synonyms(doc)] if text], *_in_sample(doc)]
 
 
 def caveats(doc: dict[str, Any]) -> list[str]:
@@ -60,9 +61,9 @@ def caveats(doc: dict[str, Any]) -> list[str]:
 
 
 def _in_sample(doc: dict[str, Any]) -> list[str]:
-    """All numbers in-sample, or the ones that are in-sample even with separate evaluation data."""
+    """The numbers that are in-sample even with separate evaluation data."""
     if doc["data"]["in_sample"]:
-        return ["All numbers are in-sample (no --eval data): they overstate generalisation."]
+        return []
     measured = []
     if ok_result(doc, "linear_probes"):
         measured.append("the linear probes' train accuracy")
@@ -119,7 +120,7 @@ def near_synonyms(doc: dict[str, Any]) -> str | None:
             continue
         parts.append(f"{class_label(doc, row['class'])} → " + ", ".join(
             f"{class_label(doc, x['class'])} ({x['count']} of {row['samples']})" for x in same))
-        kinds += [x["kind"] for x in same if x["kind"] not in kinds]
+        kinds += [k for k in dict.fromkeys(x["kind"] for x in same) if k not in kinds]
     if not parts:
         return None
     shown = "; ".join(parts[:MAX_SYNONYM_CLASSES]) + (" …" if len(parts) > MAX_SYNONYM_CLASSES else "")

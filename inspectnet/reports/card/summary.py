@@ -196,18 +196,18 @@ def trust_text(doc: dict[str, Any]) -> str:
     trust = doc["sections"].get("trust")
     if trust is not None:
         if trust["status"] != "ok":
-            return "the trust check failed (see its section for why)."
+            return "The trust check failed (see its section for why)."
         verdict = trust["result"].get("verdict")
         if isinstance(verdict, str) and verdict:
             return verdict
     r = ok_result(doc, "explanations")
     if not r:
-        return ("not measured: this audit did not check its explanations (`--explain-images N` compares them with "
+        return ("Not measured: this audit did not check its explanations (--explain-images N compares them with "
                 "random maps and runs the sanity check).")
     full = r["forms"][0]["name"]
     rows = [x for x in r["rows"] if x["form"] == full and x["status"] == "ok" and x.get("vs_random")]
     if not rows:
-        return "not measured: no explanation method could be compared with the random control."
+        return "Not measured: no explanation method could be compared with the random control."
     beats = [x["method"] for x in rows if x["vs_random"]["beats_control"]]
     # the random control must fail the sanity check by design: it is no method to trust
     sanity = {m: v for m, v in r.get("sanity", {}).get(full, {}).get("methods", {}).items() if m != "random"}
