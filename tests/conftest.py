@@ -54,5 +54,10 @@ def shapes_audit(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes_audit") / "a"
     config = AuditConfig(data="shapes:train?n=160&task=pairs", eval_data="shapes:test?n=160&task=pairs", limit=64,
                          eval_limit=32, attribution_images=1, ig_steps=2, top_units=2, explain_images=2, sanity_images=1)
-    run_audit(zm, config, out, log=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model on a busy machine: one thread waits least for the others
+    try:
+        run_audit(zm, config, out, log=None)
+    finally:
+        torch.set_num_threads(threads)
     return out
