@@ -65,9 +65,9 @@ def _in_sample(doc: dict[str, Any]) -> list[str]:
     if doc["data"]["in_sample"]:
         return []
     measured = []
-    if ok_result(doc, "linear_probes"):
+    if ok_result(doc, "linear_probes") is not None:
         measured.append("the linear probes' train accuracy")
-    if ok_result(doc, "rules"):
+    if ok_result(doc, "rules") is not None:
         measured.append("the rules' support and confidence")
     if not measured:
         return []
