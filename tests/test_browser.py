@@ -158,8 +158,16 @@ def layout_report(page: Path, width: int, profile: Path) -> dict:
 
 @NO_CHROMIUM
 @pytest.mark.parametrize("width", [1280, 720])
-def test_card_layout_has_no_overlaps_no_broken_words_and_a_link_to_every_section(shapes_audit, tmp_path, width):
-    report = layout_report(shapes_audit / "card.html", width, tmp_path / "profile")
+@pytest.mark.parametrize("which", ["shapes audit", "shipped Lite0 card"])
+def test_card_layout_has_no_overlaps_no_broken_words_and_a_link_to_every_section(shapes_audit, tmp_path, width, which):
+    if which == "shapes audit":
+        folder = shapes_audit
+    else:  # the shipped Lite0 card on photo crops (1000 classes, every stage), rendered by this version
+        from inspectnet.pipelines.audit.card import publish
+
+        folder = tmp_path / "lite0"
+        publish(Path(__file__).resolve().parent.parent / "model_cards" / "lite0_imagenet_photos", folder)
+    report = layout_report(folder / "card.html", width, tmp_path / "profile")
     assert report["tables"] >= 8 and report["figures"] >= 3 and report["words"] > 500  # a whole card was measured
     assert report["overlaps"] == []
     assert report["broken"] == []
