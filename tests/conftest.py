@@ -40,3 +40,24 @@ def interrupt_at():
         stopping.__class__ = Stopping
         return stopping
     return make
+
+
+@pytest.fixture(scope="session")
+def shapes_audit(tmp_path_factory):
+    """A real audit folder: a random-weight ResNet18 (32 px, 45 classes) on the pairs task of shapes, every default
+    stage and the explanation checks, with most of its classes without data (shared by the card tests)."""
+    from inspectnet.models.zoo import load_model
+    from inspectnet.pipelines.audit import AuditConfig, run_audit
+
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=45, in_chans=3, input_size=32)
+    out = tmp_path_factory.mktemp("shapes_audit") / "a"
+    config = AuditConfig(data="shapes:train?n=160&task=pairs", eval_data="shapes:test?n=160&task=pairs", limit=64,
+                         eval_limit=32, attribution_images=1, ig_steps=2, top_units=2, explain_images=2, sanity_images=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model on a busy machine: one thread waits least for the others
+    try:
+        run_audit(zm, config, out, log=None)
+    finally:
+        torch.set_num_threads(threads)
+    return out

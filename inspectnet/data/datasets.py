@@ -93,6 +93,20 @@ class ImageDataset(torch.utils.data.Dataset):
         """
         return None
 
+    def origins(self) -> list[str] | None:
+        """The photo each sample was cut from, where several samples are crops of one photo.
+
+        None where every sample is an image of its own. Two splits cut from the same photos are not independent.
+
+        Returns:
+            One photo name per sample, or None.
+
+        >>> from inspectnet.data import load_data
+        >>> sorted(set(load_data("photos:test").origins())), load_data("digits").origins()
+        (['camera', 'chelsea', 'coffee', 'rocket'], None)
+        """
+        return None
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self.image(index)
         x = self.transform(img) if self.transform is not None else img
@@ -289,6 +303,14 @@ class CropDataset(ImageDataset):
             The name its item gives.
         """
         return self.items[index][2]
+
+    def origins(self) -> list[str] | None:
+        """The photo each crop was cut from (see :meth:`ImageDataset.origins`).
+
+        Returns:
+            One photo name per sample: a crop is named STEM_INDEX after its photo (see ``sources.seeded_crops``).
+        """
+        return [name.rsplit("_", 1)[0] for _, _, name in self.items]
 
 
 class FolderDataset(ImageDataset):

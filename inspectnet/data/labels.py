@@ -144,6 +144,37 @@ def imagenet_names() -> list[str]:
     return [names[0] for _, names in synsets]
 
 
+def shared_kind(model_classes: Sequence[str], a: int, b: int) -> str | None:
+    """The kind of object two ImageNet classes share, read from their synonyms.
+
+    The last word common to a synonym of each, as ``cat`` in *tabby cat* and *tiger cat*; None when they share none or
+    the model's classes are not ImageNet's (other names carry no such convention). ImageNet has several classes for one
+    kind of object, and a model that names a photo by a neighbouring class of the same kind is naming, not failing to
+    see.
+
+    Args:
+        model_classes: the model's class names.
+        a: one class index.
+        b: the other class index.
+
+    Returns:
+        The shared word, or None.
+
+    >>> names = imagenet_names()
+    >>> shared_kind(names, 281, 282), shared_kind(names, 657, 517), shared_kind(["tabby cat", "tiger cat"], 0, 1)
+    ('cat', None, None)
+    """
+    synsets = imagenet_synsets() if len(model_classes) == 1000 else None
+    if a == b or synsets is None or list(model_classes) != [names[0] for _, names in synsets]:
+        return None
+
+    def kinds(c: int) -> set[str]:
+        return {re.split(r"[\s_\-]+", n.casefold().strip())[-1] for n in synsets[c][1] if n.strip()}
+
+    common = sorted(kinds(a) & kinds(b))
+    return common[0] if common else None
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelMapping:
     """Where each data class lands among the model's classes (see :func:`align_classes`).

@@ -85,6 +85,15 @@ class SubsetDataset(ImageDataset):
         """
         return self.base.source_folder()
 
+    def origins(self) -> list[str] | None:
+        """The base dataset's origins of the chosen samples (see :meth:`ImageDataset.origins`).
+
+        Returns:
+            One photo name per sample, or None.
+        """
+        base = self.base.origins()
+        return None if base is None else [base[i] for i in self.indices]
+
 
 def spread_indices(size: int, n: int) -> np.ndarray:
     """``min(n, size)`` distinct indices of ``range(size)`` at evenly spaced positions, first and last included.

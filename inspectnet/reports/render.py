@@ -16,6 +16,7 @@ Filters: ``cell_text`` (:func:`~inspectnet.core.tables.format_value`, Markup kep
 import functools
 import html
 import json
+import re
 import urllib.parse
 from typing import Any
 
@@ -57,6 +58,30 @@ def cell_text(value: Any) -> str:
         ('0.5000', 'n/a')
     """
     return value if isinstance(value, Markup) else format_value(value)
+
+
+# a token a browser may break after "?", "!" or "/" (a data spec, a path): kept on one line in HTML
+_BREAKABLE = re.compile(r"[^\s<>]*[?!/][^\s<>]*")
+
+
+def keep_tokens(value: Any) -> Markup:
+    """``value`` as escaped HTML text in which a data spec or a path never breaks across lines.
+
+    Such tokens go into a span that does not wrap; Markup passes unchanged.
+
+    Args:
+        value: text (escaped here) or Markup.
+
+    Returns:
+        The HTML.
+
+    >>> keep_tokens("on shapes:test?n=8 <b>")
+    Markup('on <span class="tok">shapes:test?n=8</span> &lt;b&gt;')
+    """
+    if isinstance(value, Markup):
+        return value
+    text = html.escape(str(value), quote=True)
+    return Markup(_BREAKABLE.sub(lambda m: f'<span class="tok">{m.group(0)}</span>', text))
 
 
 def sort_key(value: Any) -> Any:
@@ -129,6 +154,7 @@ def _environment(markdown: bool) -> Environment:
     else:
         env = Environment(loader=loader, autoescape=True, finalize=escape_html, undefined=StrictUndefined,
                           trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+        env.filters.update(tokens=keep_tokens)
     env.filters.update(cell_text=cell_text, sort_key=sort_key)
     return env
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
+from inspectnet.data import ImageDataset
 from inspectnet.pipelines.audit.config import AuditConfig, probed_layers
 from inspectnet.pipelines.audit.context import AuditContext
 from inspectnet.pipelines.audit.stage import Stage
 from inspectnet.probe.record import ProbeRecord
 from inspectnet.reports.blocks import Block, Paragraph, Table
+
+MAX_NAMES = 20  # photo names a card lists
 
 
 # The analyses are imported inside each stage: a fully cached audit must not pay for importing
@@ -39,6 +43,9 @@ class ProbeResult(TypedDict):
     index_order: bool
     accuracy: float | None
     feature_dim: int
+    accuracy_among_present: NotRequired[float | None]  # top-1 among the classes with data only
+    sources: NotRequired[dict[str, Any] | None]  # photos both splits were cut from (crops), None: independent images
+    confusions: NotRequired[list[dict[str, Any]]]  # per class with eval data: the classes the model gave instead
 
 
 def run(ctx: AuditContext) -> ProbeResult:
@@ -62,14 +69,19 @@ def run(ctx: AuditContext) -> ProbeResult:
     ev = run_probe(zm, ctx.eval_dataset(), layers, ctx.out / "probe" / "eval", **kw) if cfg.eval_data else train
     labels = np.asarray(ev.labels)
     eval_limit = cfg.eval_limit if cfg.eval_data else cfg.limit
+    facts = _classes_of(train), _classes_of(ev)
+    present = sorted(set(facts[0]["classes_present"]) | set(facts[1]["classes_present"]))
     return {"layers": layers, "analysed_layer": analysed,
             "train": {"data": cfg.data, "samples": len(train), "available": len(ctx.aligned(cfg.data)),
-                      "limit": cfg.limit, **_classes_of(train)},
+                      "limit": cfg.limit, **facts[0]},
             "eval": {"data": eval_spec, "samples": len(ev), "available": len(ctx.aligned(eval_spec)),
-                     "limit": eval_limit, "in_sample": cfg.eval_data is None, **_classes_of(ev)},
+                     "limit": eval_limit, "in_sample": cfg.eval_data is None, **facts[1]},
             "num_classes": zm.num_classes, "index_order": ctx.index_order,
             "accuracy": ev.accuracy() if (labels >= 0).any() else None,
             "feature_dim": int(ev.manifest["features_dim"]),
+            "accuracy_among_present": _accuracy_among(ev, present),
+            "sources": _shared_sources(ctx.dataset(cfg.data, cfg.limit), ctx.eval_dataset()) if cfg.eval_data else None,
+            "confusions": _confusions(ev, zm.class_names),
             "positions": {e["name"]: Layout.from_dict(e["layout"]).describe()
                           for e in train.manifest["layers"] if e.get("layout")}}
 
@@ -79,6 +91,53 @@ def _classes_of(record: ProbeRecord) -> dict[str, Any]:
     labels = np.asarray(record.labels)
     return {"classes_present": [int(c) for c in np.unique(labels[labels >= 0])],
             "label_mapping": record.manifest.get("label_mapping"), "label_set": record.manifest["data"].get("label_set")}
+
+
+def _accuracy_among(record: ProbeRecord, present: list[int]) -> float | None:
+    """Top-1 accuracy when the model chooses among the classes with data only (their logits), on the labelled samples.
+
+    The accuracy a model trained on these classes alone would be compared with.
+    """
+    from inspectnet.core.streaming import row_blocks
+
+    labels = np.asarray(record.labels)
+    if not present or not (labels >= 0).any():
+        return None
+    logits, cols = record.logits, np.asarray(present)
+    choice = np.concatenate([cols[np.asarray(logits[rows])[:, cols].argmax(axis=1)] for rows in row_blocks(len(logits))])
+    mask = labels >= 0
+    return float((choice[mask] == labels[mask]).mean())
+
+
+def _shared_sources(fit: ImageDataset, ev: ImageDataset) -> dict[str, Any] | None:
+    """How many photos the fitting and evaluation crops were cut from, and how many photos both splits share.
+
+    None when the samples are images of their own.
+    """
+    fo, eo = fit.origins(), ev.origins()
+    if fo is None or eo is None:
+        return None
+    shared = sorted(set(fo) & set(eo))
+    return {"fit": len(set(fo)), "eval": len(set(eo)), "shared": len(shared), "names": shared[:MAX_NAMES]}
+
+
+def _confusions(record: ProbeRecord, names: list[str]) -> list[dict[str, Any]]:
+    """Per class with labelled eval samples.
+
+    How many, how many the model got right, and the (at most three) classes it gave instead with their counts and the
+    kind of object a class shares with the label.
+    """
+    from inspectnet.data.labels import shared_kind
+
+    labels, preds = np.asarray(record.labels), np.asarray(record.predictions)
+    rows = []
+    for c in np.unique(labels[labels >= 0]).tolist():
+        got = preds[labels == c]
+        others = collections.Counter(int(p) for p in got if p != c)
+        rows.append({"class": c, "samples": int(got.size), "correct": int((got == c).sum()),
+                     "instead": [{"class": k, "count": v, "kind": shared_kind(names, c, k)}
+                                 for k, v in others.most_common(3)]})
+    return rows
 
 
 def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
@@ -107,4 +166,4 @@ def _probe_params(c: AuditConfig) -> dict[str, Any]:
 
 
 STAGE = Stage("probe", "Probed samples and layers", run, blocks=blocks,
-              params=lambda c: {**_probe_params(c), "format": 2}, resumable=True, distributed=True)
+              params=lambda c: {**_probe_params(c), "format": 3}, resumable=True, distributed=True)

@@ -97,8 +97,9 @@ def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
         Paragraph(f"A decision tree over binarised filters of {r['layer']} (a filter is an atom, active above μ + σ), "
                   f"fitted to the model's own predictions on {r['n_train']:,} images. The readable tree is the "
                   f"smallest depth, of {min(x['depth'] for x in sel['curve'] if x['depth'])}–"
-                  f"{max(x['depth'] for x in sel['curve'] if x['depth'])}, whose fidelity on a held-out "
-                  f"{sel['n_val']:,} of those images is within {100 * sel['margin']:.0f} percentage points of the "
+                  f"{max(x['depth'] for x in sel['curve'] if x['depth'])}, whose fidelity on {sel['n_val']:,} of those "
+                  f"images, held out while the curve's trees are fitted on the other {sel.get('n_fit', '')} (not "
+                  f"the evaluation data), is within {100 * sel['margin']:.0f} percentage points of the "
                   f"best ({format_percent(sel['best_val_fidelity'])})"
                   + (f": depth {sel['max_depth']}." if sel.get("within_margin", True) else
                      f". No depth up to {max(x['depth'] for x in sel['curve'] if x['depth'])} is, so it is the most "
@@ -109,7 +110,7 @@ def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
                   f"accuracy against the labels {counted(r['extracted_accuracy'], n)}."
                   + (f" It names {len(classes)} classes: "
                      f"{', '.join(class_label(doc, c) for c in classes[:MAX_CLASS_NAMES])}." if classes else "")),
-        Table(["depth", "rules", "held-out fidelity"],
+        Table(["depth limit", "rules (leaves, unpruned)", f"fidelity on the {sel['n_val']:,} held out"],
               [[x["depth"] or f"no limit ({x['tree_depth']})", x["leaves"], format_percent(x["val_fidelity"])]
                for x in sel["curve"]]),
         Paragraph(f"Top {len(r['top_rules'])} rules of the readable tree by support (images of the fitting data that "
@@ -117,9 +118,12 @@ def blocks(doc: dict[str, Any], r: dict[str, Any]) -> list[Block]:
         Table(["rule", "support", "confidence", f"eval support (of {n:,})", "eval confidence"],
               [[t["text"], t["support"], format_percent(t["confidence"]), t["eval_support"],
                 format_percent(t["eval_confidence"])] for t in r["top_rules"]]),
-        Paragraph(f"The full tree (cost-complexity pruning, no depth limit) has {full['rules']} rules over "
-                  f"{full['atoms']} atoms, depth {full['max_depth']} (average {format_value(full['avg_depth'], 1)}), "
-                  f"fidelity {counted(full['fidelity'], n)}: too large to read, it is a download only.")]
+        Paragraph(f"The pruned tree without a depth limit (cost-complexity pruning, fitted on all {r['n_train']:,} "
+                  f"fitting images, unlike the curve's unpruned trees) has {full['rules']} rules over {full['atoms']} "
+                  f"atoms, depth {full['max_depth']} (average {format_value(full['avg_depth'], 1)}), fidelity "
+                  f"{counted(full['fidelity'], n)} on the evaluation data"
+                  + (": larger than the readable tree, it is a download only." if full["rules"] > r["rules"] else
+                     f"; pruning left it no larger than the readable tree ({r['rules']} rules)."))]
     for path, text in ((full["path"], "full tree: every rule (text)"), (r.get("rules_path"), "readable tree: every rule")):
         if path and _relative(path):
             blocks.append(Download(path, text))

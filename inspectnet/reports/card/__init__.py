@@ -20,6 +20,7 @@ The audit's writers (:mod:`inspectnet.pipelines.audit.card`) bind each stage's s
 """
 
 from inspectnet.core.tables import escape_markdown as md  # the README's escaping rule, public here
+from inspectnet.reports.card.caveats import caveats, data_caveats
 from inspectnet.reports.card.document import (
     CARD_SCHEMA,
     CARD_SCHEMA_VERSION,
@@ -33,11 +34,11 @@ from inspectnet.reports.card.document import (
     write_card,
 )
 from inspectnet.reports.card.sections import SectionBlocks, section_title
+from inspectnet.reports.card.summary import summary_section, trust_text
 from inspectnet.reports.card.view import (
     INTENDED_USE,
     CardView,
     card_view,
-    caveats,
     faithfulness_metrics,
     front_matter_fields,
     headline,
@@ -47,6 +48,6 @@ from inspectnet.reports.card.view import (
 )
 
 __all__ = ["CARD_SCHEMA", "CARD_SCHEMA_VERSION", "INTENDED_USE", "CardView", "SectionBlocks", "build_card", "card_view",
-           "caveats", "check_card", "check_copy_target", "faithfulness_metrics", "figure_paths",
+           "caveats", "check_card", "data_caveats", "check_copy_target", "faithfulness_metrics", "figure_paths",
            "front_matter_fields", "headline", "load_card", "md", "publish", "render_html", "render_markdown", "rerender",
-           "sample_text", "section_title", "write_card"]
+           "sample_text", "section_title", "summary_section", "trust_text", "write_card"]
