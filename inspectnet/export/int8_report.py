@@ -11,7 +11,6 @@ rather than fp32's own indecision. Where labels exist the accuracy change (int8 
 """
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ class Int8Request:
 
     keep_fp32: tuple[str, ...] = ()
     agreement: float | None = None
-    max_fp32: int = 8
+    max_fp32: int = 4
 
 
 def quantize_and_report(zm: ZooModel, fp32: Path, int8: Path, calibration: np.ndarray,
@@ -90,7 +89,8 @@ def quantize_and_report(zm: ZooModel, fp32: Path, int8: Path, calibration: np.nd
     _save(proto, int8)
     kept = {n: "requested (--int8-keep-fp32)" for n in request.keep_fp32}
     if mixed is not None:
-        kept.update({n: f"sensitivity {mixed.sensitivity[n]:.2g} (KL drop when kept alone)" for n in mixed.kept})
+        kept.update({n: f"chosen: sensitivity {mixed.sensitivity[n]:.2g} (KL drop when kept alone), input, weights "
+                        "and bias in fp32" for n in mixed.kept})
     info: dict[str, Any] = {"calibration_samples": len(calibration), "size_bytes": int(int8.stat().st_size),
                             "format": "QDQ", "activations": "QUInt8", "weights": f"QInt8 per-channel, {bits}-bit",
                             "weight_bits_why": WEIGHT_BITS_WHY[bits], "built_for_cpu": int8_cpu_record(bits),
@@ -105,21 +105,15 @@ def quantize_and_report(zm: ZooModel, fp32: Path, int8: Path, calibration: np.nd
 
 
 def _quantize(fp32: Path, int8: Path, calibration: np.ndarray, request: Int8Request, bits: int, threads: int):
-    """Write the int8 file; with an agreement target, choose the nodes kept in fp32 first (returns the choice)."""
+    """Write the int8 file; with an agreement target, then put the most sensitive nodes back in fp32 (returns the
+    choice)."""
     requested = list(request.keep_fp32)
+    quantize_int8(fp32, int8, calibration, keep_fp32=requested, weight_bits=bits)
     if request.agreement is None:
-        quantize_int8(fp32, int8, calibration, keep_fp32=requested, weight_bits=bits)
         return None
-    with tempfile.TemporaryDirectory(prefix="inspectnet-mixed-") as tmp:
-        cache = Path(tmp) / "ranges.json"  # every candidate set is quantized with the same activation ranges
-
-        def quantize(keep):
-            return quantize_int8(fp32, int8, calibration, keep_fp32=requested + list(keep), weight_bits=bits,
-                                 calibration_cache=cache)
-
-        candidates = [n for n in quantizable_nodes(fp32) if n not in requested]
-        return select_fp32_nodes(fp32, quantize, calibration, candidates, target=request.agreement,
-                                 max_nodes=request.max_fp32, threads=threads)
+    candidates = [n for n in quantizable_nodes(fp32) if n not in requested]
+    return select_fp32_nodes(fp32, int8, calibration, candidates, target=request.agreement,
+                             max_nodes=request.max_fp32, threads=threads)
 
 
 def _compare(fp32: Path, int8: Path, calibration: np.ndarray, evaluation: tuple[np.ndarray, np.ndarray] | None,

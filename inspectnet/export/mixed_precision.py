@@ -5,20 +5,20 @@ moves by up to one 8-bit grey level (:func:`fp32_stable`). Elsewhere fp32 itself
 there is within fp32's own noise.
 
 The nodes are chosen by measured sensitivity. One int8 graph is quantized; for each Conv/Gemm/MatMul node a copy of
-it with only that node's weight and bias back in fp32 (what the quantizer's exclusion of the node writes) runs on
-the selection data, and the node's sensitivity is how much that lowers the mean KL divergence of the int8 softmax
-from the fp32 one. Nodes are then kept in fp32 in that order, one at a time, until top-1 agreement on the
-fp32-stable selection inputs reaches the target; the file is quantized again with those nodes excluded (the ranges
-and the bias correction then match the graph that ships) and checked once more.
+it with only that node back in fp32 (its input read before the QuantizeLinear, its fp32 weight and bias:
+:func:`keep_in_float`) runs on the selection data, and the node's sensitivity is how much that lowers the mean
+KL divergence of the int8 softmax from the fp32 one. Nodes are then kept in fp32 in that order, one at a time,
+until top-1 agreement on the fp32-stable selection inputs reaches the target (or a cap on their number, each
+costing speed, is reached), and the file is rewritten with them.
 
-    >>> choice = select_fp32_nodes("m.onnx", "m.int8.onnx", calib, target=0.99)   # doctest: +SKIP
-    >>> choice.kept                                                                 # doctest: +SKIP
-    ['node_Conv_764', 'node_linear']
+    >>> choice = select_fp32_nodes("m.onnx", "m.int8.onnx", calib, nodes, target=0.99)   # doctest: +SKIP
+    >>> choice.kept                                                                      # doctest: +SKIP
+    ['node_Conv_766', 'node_Conv_764']
 """
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from inspectnet.runtime.classifier import KEY_PREPROCESSING, make_session, softm
 
 GREY_LEVEL = 1 / 255  # one 8-bit step of a [0, 1] image, before the model's normalisation
 OUTPUT = "logits"
+CLIPPING = ("Clip", "Relu")  # activations ONNX Runtime's quantizer folds into the QuantizeLinear after them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +130,13 @@ def mean_kl(l32: np.ndarray, l8: np.ndarray) -> float:
 
 
 def keep_in_float(int8_model, fp32_model, names: Sequence[str]):
-    """A copy of the QDQ graph ``int8_model`` with the nodes ``names`` as ONNX Runtime's quantizer leaves them when
-    told to exclude them: their weights and biases fp32 again.
+    """A copy of the QDQ graph ``int8_model`` with the nodes ``names`` computing wholly in fp32 again.
 
-    An activation keeps its QuantizeLinear -> DequantizeLinear pair, as the quantizer keeps it for the tensor its
-    quantized producer writes; only a graph input that nothing quantized reads any more is read as it is. Q/DQ
-    nodes nothing reads any more are dropped.
+    Each named node reads its activation before the QuantizeLinear -> DequantizeLinear pair in front of it and gets
+    the fp32 weight and bias of the node of the same name in ``fp32_model``. Where the quantizer folded a clipping
+    activation (Clip, Relu) into that QuantizeLinear (its range did the clipping), the activation is put back in
+    front of the node, as the fp32 graph has it. Q/DQ nodes nothing reads any more are dropped. (ONNX Runtime's own
+    exclusion of a node keeps its input quantized; reading it in float removes that error too.)
 
     Args:
         int8_model: ``onnx.ModelProto`` quantized from ``fp32_model`` (node names kept).
@@ -153,34 +155,45 @@ def keep_in_float(int8_model, fp32_model, names: Sequence[str]):
     graph = model.graph
     float_nodes = {n.name: n for n in fp32_model.graph.node}
     float_inits = {t.name: t for t in fp32_model.graph.initializer}
+    float_producers = {o: n for n in fp32_model.graph.node for o in n.output}
     nodes = {n.name: n for n in graph.node}
     unknown = [n for n in names if n not in nodes or n not in float_nodes]
     if unknown:
         raise InspectnetError(f"nodes {', '.join(unknown)} are not in both the fp32 and the int8 graph; expected "
                               f"names such as {', '.join(sorted(set(nodes) & set(float_nodes))[:3])}")
     for name in names:
-        node = nodes[name]
-        node.input[1:] = [_copied(graph, float_inits, t) for t in float_nodes[name].input[1:]]
-    _float_graph_inputs(graph, set(names))
+        node, original = nodes[name], float_nodes[name]
+        producers = {o: n for n in graph.node for o in n.output}
+        tensor = _before_qdq(producers, node.input[0])
+        activation = float_producers.get(original.input[0])
+        if activation is not None and activation.op_type in CLIPPING and producers.get(tensor) is not None \
+                and producers[tensor].op_type != activation.op_type:
+            tensor = _restore_activation(graph, node, activation, tensor, float_inits)
+        node.input[:] = [tensor] + [_copied(graph, float_inits, t) for t in original.input[1:]]
     _drop_dead_nodes(graph)
     return model
 
 
-def _float_graph_inputs(graph, kept: set[str]) -> None:
-    """Read a graph input unquantized where every reader of its Q/DQ pair is kept in fp32 (as the quantizer does)."""
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for tensor in node.input:
-            readers.setdefault(tensor, []).append(node)
-    inputs = {i.name for i in graph.input}
-    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
-        q = producers.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in inputs:
-            continue
-        if all(r.name in kept for r in readers.get(dq.output[0], [])):
-            for r in readers.get(dq.output[0], []):
-                r.input[:] = [q.input[0] if t == dq.output[0] else t for t in r.input]
+def _before_qdq(producers: dict, name: str) -> str:
+    """The float tensor behind ``name`` when it is the output of a QuantizeLinear -> DequantizeLinear pair."""
+    dq = producers.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return name
+    q = producers.get(dq.input[0])
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else name
+
+
+def _restore_activation(graph, reader, activation, tensor: str, float_inits: dict) -> str:
+    """Insert a copy of the fp32 graph's ``activation`` on ``tensor`` just before ``reader``; return its output."""
+    import copy
+
+    restored = copy.deepcopy(activation)
+    restored.name = f"{activation.name}__fp32_for_{reader.name}"
+    restored.input[:] = [tensor] + [_copied(graph, float_inits, t) if t else t for t in activation.input[1:]]
+    restored.output[:] = [f"{activation.output[0]}__fp32_for_{reader.name}"]
+    index = next(i for i, n in enumerate(graph.node) if n.name == reader.name)
+    graph.node.insert(index, restored)  # in front of its reader: the graph stays topologically sorted
+    return restored.output[0]
 
 
 def _copied(graph, float_inits: dict, tensor: str) -> str:
@@ -228,24 +241,18 @@ def node_sensitivity(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray
     return out
 
 
-Quantize = Callable[[Sequence[str]], Path]
-
-
-def select_fp32_nodes(fp32_path: str | Path, quantize: Quantize, x: np.ndarray, nodes: Sequence[str], *,
+def select_fp32_nodes(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray, nodes: Sequence[str], *,
                       target: float = 0.99, max_nodes: int | None = None, threads: int = 1) -> MixedPrecision:
-    """Keep the fewest of ``nodes`` in fp32, most sensitive first, until int8 agrees with fp32 on ``x``.
-
-    ``quantize(keep)`` writes the int8 file with the nodes ``keep`` in fp32 and returns its path; it is called
-    for the all-int8 graph (to rank the nodes) and for the chosen set (the file that ships). Between the two, each
-    step is measured on a copy of the all-int8 graph with the nodes put back in float (:func:`keep_in_float`).
+    """Keep the fewest of ``nodes`` in fp32, most sensitive first, until int8 agrees with fp32 on ``x``; rewrite
+    ``int8_path`` with them (:func:`keep_in_float`).
 
     Args:
         fp32_path: the float graph (with inspectnet's preprocessing metadata for the grey-level step).
-        quantize: writes an int8 file keeping the given nodes in fp32.
+        int8_path: its QDQ int8 version, rewritten in place.
         x: selection inputs (calibration data, not evaluation data).
         nodes: candidate nodes (Conv/Gemm/MatMul names of the graph).
         target: top-1 agreement to reach on the fp32-stable inputs of ``x``, in (0, 1].
-        max_nodes: at most this many kept (default: all candidates).
+        max_nodes: at most this many kept (default: all candidates): each costs speed.
         threads: ONNX Runtime threads.
 
     Returns:
@@ -253,9 +260,9 @@ def select_fp32_nodes(fp32_path: str | Path, quantize: Quantize, x: np.ndarray, 
         (the file then keeps ``max_nodes``).
 
     Example:
-        >>> select_fp32_nodes("m.onnx", lambda keep: quantize_int8("m.onnx", "q.onnx", cal, keep_fp32=keep),
-        ...                   cal, quantizable_nodes("m.onnx")).kept                     # doctest: +SKIP
-        ['node_linear']
+        >>> select_fp32_nodes("m.onnx", "m.int8.onnx", cal, quantizable_nodes("m.onnx"), max_nodes=4).kept
+        ...                                                                             # doctest: +SKIP
+        ['node_Conv_766', 'node_Conv_764']
     """
     import onnx
 
@@ -272,22 +279,17 @@ def select_fp32_nodes(fp32_path: str | Path, quantize: Quantize, x: np.ndarray, 
     def agreement(model) -> float:
         return float((run_logits(make_session(model, threads=threads), x[stable]).argmax(1) == top32).mean())
 
-    plain = quantize([])
-    sensitivity = node_sensitivity(fp32_path, plain, x, nodes, threads=threads)
+    sensitivity = node_sensitivity(fp32_path, int8_path, x, nodes, threads=threads)
     ranked = sorted(nodes, key=lambda n: -sensitivity[n])
-    fp32_model, int8_model = onnx.load(str(fp32_path)), onnx.load(str(plain))
-    steps = [{"kept": 0, "agreement": agreement(plain)}]
-    k = 0
-    while steps[-1]["agreement"] < target and k < limit:
-        k += 1
-        steps.append({"kept": k, "agreement": agreement(
-            keep_in_float(int8_model, fp32_model, ranked[:k]).SerializeToString())})
-    kept = ranked[:k]
-    final = agreement(quantize(kept)) if kept else steps[0]["agreement"]
-    while final < target and k < limit:  # the re-quantized file may differ from the copy a little: go on with it
-        k += 1
-        kept = ranked[:k]
-        final = agreement(quantize(kept))
-        steps.append({"kept": k, "agreement": final, "requantized": True})
+    fp32_model, int8_model = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
+    steps = [{"kept": 0, "agreement": agreement(str(int8_path))}]
+    model = int8_model
+    while steps[-1]["agreement"] < target and len(steps) - 1 < limit:
+        model = keep_in_float(int8_model, fp32_model, ranked[:len(steps)])
+        steps.append({"kept": len(steps), "agreement": agreement(model.SerializeToString())})
+    kept = ranked[:len(steps) - 1]
+    if kept:
+        onnx.save(model, str(int8_path))
     return MixedPrecision(kept=kept, sensitivity={n: round(sensitivity[n], 6) for n in ranked}, steps=steps,
-                          agreement=final, stable=int(stable.sum()), target=target, target_met=final >= target)
+                          agreement=steps[-1]["agreement"], stable=int(stable.sum()), target=target,
+                          target_met=steps[-1]["agreement"] >= target)

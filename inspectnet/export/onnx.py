@@ -88,7 +88,7 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                 latency: bool = True, threads: int = 1, device: str = "auto",
                 int8_keep_fp32: Sequence[str] = (), evidence: int | None = None,
-                int8_agreement: float | None = None, int8_max_fp32: int = 8) -> ExportResult:
+                int8_agreement: float | None = None, int8_max_fp32: int = 4) -> ExportResult:
     """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
 
     ``int8`` also writes ``<stem>.int8.onnx`` quantized on ``calibration`` (model inputs, see

@@ -33,7 +33,8 @@ class ExportOptions:
                                                      "on the calibration data) until int8's top-1 agrees with fp32's "
                                                      "on this fraction of the fp32-stable calibration inputs, e.g. 0.99",
                                           above=0, maximum=1, metavar="FRACTION")
-    int8_max_fp32: int = option(8, help="at most this many nodes kept in fp32 by --int8-agreement", minimum=0)
+    int8_max_fp32: int = option(4, help="at most this many nodes kept in fp32 by --int8-agreement (each costs speed)",
+                                minimum=0)
     eval_data: str | None = option(None, help="data for int8 top-1 agreement / accuracy (default: the calibration "
                                               "data)", metavar="DATA")
     eval_limit: int = option(500, help="evaluation samples", minimum=1)
