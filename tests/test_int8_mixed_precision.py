@@ -70,40 +70,57 @@ def mobilenet(tmp_path_factory):
     return tmp, cal
 
 
-def test_keep_in_float_matches_the_quantizer_leaving_the_node_out(mobilenet):
-    tmp, cal = mobilenet
-    fp32, cache = tmp / "m.onnx", tmp / "ranges.json"
-    nodes = quantizable_nodes(fp32)
-    kept = nodes[2]  # a pointwise conv reading a ReLU6 that the quantizer folds into the QuantizeLinear after it
-    plain = quantize_int8(fp32, tmp / "plain.onnx", cal, bias_correction=False, calibration_cache=cache)
-    left_out = quantize_int8(fp32, tmp / "left_out.onnx", cal, keep_fp32=[kept], bias_correction=False,
-                             calibration_cache=cache)
-    copy = keep_in_float(onnx.load(str(plain)), onnx.load(str(fp32)), [kept])
-    onnx.checker.check_model(copy)
-    want = run_logits(make_session(left_out), cal)
-    got = run_logits(make_session(copy.SerializeToString()), cal)
-    l32, l8 = run_logits(make_session(fp32), cal), run_logits(make_session(plain), cal)
-    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()  # the graph the quantizer writes
-    assert np.abs(want - l8).max() > 0.01 * np.abs(l32).max()  # ... which differs from the all-int8 one
-    every = keep_in_float(onnx.load(str(plain)), onnx.load(str(fp32)), nodes)
-    assert mean_kl(l32, run_logits(make_session(every.SerializeToString()), cal)) < mean_kl(l32, l8)
+def conv_relu_model(path) -> None:
+    """Conv -> Relu -> Conv -> Relu -> Conv 1x1 on (N, 1, 6, 6), seeded weights, output (N, 5, 6, 6): the quantizer
+    folds both Relus into the QuantizeLinear after them."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.normal(0, 0.5, (4, 1, 3, 3)), "b1": rng.normal(0, 0.1, 4),
+               "w2": rng.normal(0, 0.3, (4, 4, 3, 3)), "b2": rng.normal(0, 0.1, 4),
+               "w3": rng.normal(0, 0.5, (5, 4, 1, 1)), "b3": rng.normal(0, 0.1, 5)}
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3", "b3"], ["logits"], name="conv3")]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 1, 6, 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5, 6, 6])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_keep_in_float_puts_nodes_back_in_fp32_with_their_folded_activations(tmp_path):
+    conv_relu_model(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).normal(0, 1, (64, 1, 6, 6)).astype(np.float32)
+    plain = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", x)
+    int8_model, fp32_model = onnx.load(str(plain)), onnx.load(str(tmp_path / "m.onnx"))
+    assert not any(n.op_type == "Relu" for n in int8_model.graph.node)  # folded into the quantizer's ranges
+    l32, l8 = run_logits(make_session(tmp_path / "m.onnx"), x), run_logits(make_session(plain), x)
+    assert np.abs(l8 - l32).max() > 1e-3
+    every = keep_in_float(int8_model, fp32_model, ["conv1", "conv2", "conv3"])
+    onnx.checker.check_model(every)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in every.graph.node)
+    assert np.abs(run_logits(make_session(every.SerializeToString()), x) - l32).max() < 1e-5  # fp32 again
+    last = keep_in_float(int8_model, fp32_model, ["conv3"])  # only the last: its input relu2 read in float
+    got = run_logits(make_session(last.SerializeToString()), x)
+    assert np.abs(got - l32).max() < np.abs(l8 - l32).max()
+    with pytest.raises(Exception, match="not in both the fp32 and the int8 graph"):
+        keep_in_float(int8_model, fp32_model, ["no_such_node"])
 
 
 def test_select_fp32_nodes_keeps_the_shortest_sensitive_prefix_that_reaches_the_target(mobilenet):
     tmp, cal = mobilenet
-    fp32, cache, out = tmp / "m.onnx", tmp / "sel_ranges.json", tmp / "sel.onnx"
+    fp32, out = tmp / "m.onnx", tmp / "sel.onnx"
     nodes = quantizable_nodes(fp32)
-
-    def quantize(keep):
-        return quantize_int8(fp32, out, cal, keep_fp32=list(keep), calibration_cache=cache)
-
+    quantize_int8(fp32, out, cal)
     s32 = make_session(fp32)
     stable = fp32_stable(s32, cal, grey_level_step(fp32))
     top32 = run_logits(s32, cal[stable]).argmax(1)
-    plain_agreement = float((run_logits(make_session(quantize([])), cal[stable]).argmax(1) == top32).mean())
+    plain_agreement = float((run_logits(make_session(out), cal[stable]).argmax(1) == top32).mean())
     assert plain_agreement < 1.0  # the case is not trivial: int8 disagrees somewhere
     target = 1.0
-    choice = select_fp32_nodes(fp32, quantize, cal, nodes, target=target)
+    choice = select_fp32_nodes(fp32, out, cal, nodes, target=target)
     assert choice.steps[0] == {"kept": 0, "agreement": pytest.approx(plain_agreement)}
     ranking = list(choice.sensitivity)
     assert choice.kept == ranking[:len(choice.kept)]
@@ -111,7 +128,7 @@ def test_select_fp32_nodes_keeps_the_shortest_sensitive_prefix_that_reaches_the_
     assert all(s["agreement"] < target for s in choice.steps[:-1])  # no shorter prefix reached it
     written = float((run_logits(make_session(out), cal[stable]).argmax(1) == top32).mean())
     assert choice.agreement == pytest.approx(written) and choice.target_met == (written >= target)
-    assert choice.target_met or len(choice.kept) == len(nodes)
+    assert choice.target_met and 0 < len(choice.kept) < len(nodes)
     q = onnx.load(str(out))
     dq_outputs = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
     float_weights = {n.name for n in q.graph.node if n.name in nodes and n.input[1] not in dq_outputs}
@@ -120,14 +137,13 @@ def test_select_fp32_nodes_keeps_the_shortest_sensitive_prefix_that_reaches_the_
 
 def test_select_fp32_nodes_stops_at_max_nodes_and_says_the_target_was_missed(mobilenet):
     tmp, cal = mobilenet
-    fp32 = tmp / "m.onnx"
-    choice = select_fp32_nodes(fp32, lambda keep: quantize_int8(fp32, tmp / "cap.onnx", cal, keep_fp32=list(keep),
-                                                                calibration_cache=tmp / "cap.json"),
-                               cal, quantizable_nodes(fp32), target=1.0, max_nodes=1)
-    assert len(choice.kept) <= 1
+    fp32, out = tmp / "m.onnx", tmp / "cap.onnx"
+    quantize_int8(fp32, out, cal)
+    choice = select_fp32_nodes(fp32, out, cal, quantizable_nodes(fp32), target=1.0, max_nodes=1)
+    assert len(choice.kept) <= 1 and len(choice.steps) == len(choice.kept) + 1
     assert choice.target_met == (choice.agreement >= 1.0)
     with pytest.raises(Exception, match="target must be in"):
-        select_fp32_nodes(fp32, lambda keep: fp32, cal, [], target=1.5)
+        select_fp32_nodes(fp32, out, cal, [], target=1.5)
 
 
 def test_int8_cpu_family_from_the_flags(tmp_path):
