@@ -64,7 +64,7 @@ def quantize_and_report(zm: ZooModel, fp32: Path, int8: Path, calibration: np.nd
     Returns:
         The report's ``int8`` section.
 
-    Example:
+    Examples:
         >>> quantize_and_report(zm, Path("m.onnx"), Path("m.int8.onnx"), cal, None, Int8Request())  # doctest: +SKIP
     """
     import onnx

@@ -61,7 +61,7 @@ def grey_level_step(fp32_path: str | Path) -> np.ndarray:
     Returns:
         float32 array of shape (C, 1, 1), C the number of std values (1 without metadata).
 
-    Example:
+    Examples:
         >>> grey_level_step("lite0.onnx").ravel()   # doctest: +SKIP
         array([0.00784314, 0.00784314, 0.00784314], dtype=float32)
     """
@@ -84,7 +84,7 @@ def fp32_stable(session, x: np.ndarray, step: np.ndarray | float, *, seed: int =
     Returns:
         Boolean array (N,): True where fp32's top-1 is unchanged by the noise.
 
-    Example:
+    Examples:
         >>> fp32_stable(make_session("m.onnx"), x, grey_level_step("m.onnx")).mean()   # doctest: +SKIP
         0.96
     """
@@ -103,7 +103,7 @@ def run_logits(session, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     Returns:
         float array (N, classes).
 
-    Example:
+    Examples:
         >>> run_logits(make_session("m.onnx"), x).shape   # doctest: +SKIP
         (128, 1000)
     """
@@ -121,7 +121,7 @@ def mean_kl(l32: np.ndarray, l8: np.ndarray) -> float:
     Returns:
         The mean over the N rows.
 
-    Example:
+    Examples:
         >>> round(mean_kl(np.array([[0.0, 0.0]]), np.array([[0.0, np.log(3.0)]])), 4)
         0.1438
     """
@@ -146,7 +146,10 @@ def keep_in_float(int8_model, fp32_model, names: Sequence[str]):
     Returns:
         The modified copy (``onnx.ModelProto``).
 
-    Example:
+    Raises:
+        InspectnetError: a name is not a node of both graphs.
+
+    Examples:
         >>> keep_in_float(onnx.load("m.int8.onnx"), onnx.load("m.onnx"), ["node_conv2d"])   # doctest: +SKIP
     """
     import copy
@@ -225,7 +228,7 @@ def node_sensitivity(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray
     Returns:
         {node: KL(fp32 ‖ int8) - KL(fp32 ‖ int8 with the node in fp32)}; larger is more sensitive.
 
-    Example:
+    Examples:
         >>> node_sensitivity("m.onnx", "m.int8.onnx", x, quantizable_nodes("m.onnx"))   # doctest: +SKIP
         {'node_conv2d': 0.012, ...}
     """
@@ -259,7 +262,10 @@ def select_fp32_nodes(fp32_path: str | Path, int8_path: str | Path, x: np.ndarra
         :class:`MixedPrecision`; ``target_met`` is False when even ``max_nodes`` nodes do not reach ``target``
         (the file then keeps ``max_nodes``).
 
-    Example:
+    Raises:
+        InspectnetError: ``target`` is outside (0, 1], or no input of ``x`` is fp32-stable.
+
+    Examples:
         >>> select_fp32_nodes("m.onnx", "m.int8.onnx", cal, quantizable_nodes("m.onnx"), max_nodes=4).kept
         ...                                                                             # doctest: +SKIP
         ['node_Conv_766', 'node_Conv_764']

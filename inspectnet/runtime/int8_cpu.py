@@ -49,7 +49,7 @@ def int8_cpu_family(cpuinfo: str | Path | None = None) -> str:
     Returns:
         "x86-vnni" (avx512_vnni or avx_vnni), "x86-avx2" (avx2 without VNNI: 8-bit products clip), else "other".
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "cpuinfo"
         >>> _ = f.write_text("flags : fpu sse2 avx2 fma\\n"); int8_cpu_family(f)
@@ -70,7 +70,7 @@ def cpu_model(cpuinfo: str | Path | None = None) -> str:
     Returns:
         The first ``model name`` value.
 
-    Example:
+    Examples:
         >>> isinstance(cpu_model(), str)
         True
     """
@@ -88,7 +88,7 @@ def int8_cpu_record(weight_bits: int, cpuinfo: str | Path | None = None) -> str:
     Returns:
         JSON text: {"family", "weight_bits", "cpu"}.
 
-    Example:
+    Examples:
         >>> json.loads(int8_cpu_record(8))["weight_bits"]
         8
     """
@@ -106,7 +106,7 @@ def check_int8_cpu(props: dict[str, str], path: str | Path, cpuinfo: str | Path 
     Returns:
         The stored record (None for files without one: fp32 files, or int8 files written before it existed).
 
-    Example:
+    Examples:
         >>> check_int8_cpu({}, "m.onnx") is None
         True
     """
