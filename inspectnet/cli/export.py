@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                       force=args.force, int8=args.int8, calibration=calibration, evaluation=evaluation,
                       latency=not args.no_latency, threads=args.threads, device=args.device,
                       int8_keep_fp32=[n for n in args.int8_keep_fp32.split(",") if n],
-                      evidence=args.evidence)
+                      evidence=args.evidence, int8_agreement=args.int8_agreement, int8_max_fp32=args.int8_max_fp32)
     emit(res.to_dict(), args.json, summary(res.to_dict()))
     return 0
 
@@ -126,6 +126,17 @@ def summary(r: dict) -> str:
                if "accuracy_int8" in q else "")
         lines.append(f"int8 {q['path']} ({q['size_bytes'] / 1e6:.1f} MB): top-1 agreement with fp32 "
                      f"{q['top1_agreement_with_fp32']:.1%} on {q['eval_samples']} samples of the {q['eval_on']}{acc}")
+        if q.get("top1_agreement_fp32_stable") is not None:
+            change = (f"; accuracy change {q['accuracy_change_points']:+.2f} points"
+                      if "accuracy_change_points" in q else "")
+            lines.append(f"int8 agreement on the {q['fp32_stable_samples']} inputs whose fp32 top-1 is stable under "
+                         f"one grey level: {q['top1_agreement_fp32_stable']:.1%}{change}")
+        if q.get("mixed_precision"):
+            m = q["mixed_precision"]
+            lines.append(f"mixed precision: {len(m['kept'])} node(s) kept in fp32 for a target of {m['target']:.1%} "
+                         f"on the {m['stable']} fp32-stable calibration inputs: reached {m['agreement']:.1%}"
+                         + ("" if m["target_met"] else " (target not met: raise --int8-max-fp32 or add calibration "
+                                                        "images)"))
         if q.get("kept_fp32"):
             lines.append(f"int8 nodes kept in fp32: {', '.join(f'{n} ({why})' for n, why in q['kept_fp32'].items())}")
     return "\n".join(lines)

@@ -30,19 +30,20 @@ import numpy as np
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.runtime.classifier import import_ort
+from inspectnet.runtime.int8_cpu import int8_cpu_family
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 ADAROUND_SCOPES = ("off", "depthwise", "all")
 
 
-def saturating_int8_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+def saturating_int8_cpu(cpuinfo: str | Path | None = None) -> bool:
     r"""Whether this CPU's int8 kernels clip 8-bit weight products.
 
     That is x86 flags with ``avx2`` but neither ``avx512_vnni`` nor ``avx_vnni`` (Linux; elsewhere, or
     when the flags cannot be read, False).
 
     Args:
-        cpuinfo: the file the flags are read from.
+        cpuinfo: the file the flags are read from (None: this machine's).
 
     Returns:
         True where 8-bit weights would clip.
@@ -55,12 +56,7 @@ def saturating_int8_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         >>> _ = f.write_text("flags : fpu sse2 avx2 avx512f avx512_vnni\n"); saturating_int8_cpu(f)
         False
     """
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
-    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
+    return int8_cpu_family(cpuinfo) == "x86-avx2"
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,

@@ -43,16 +43,12 @@ from inspectnet.models.surgery import set_submodule
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe
 from inspectnet.runtime.classifier import (
-    EVIDENCE,
-    EVIDENCE_CLASSES,
     FORMAT,
     FORMAT_VERSION,
     KEY_CLASS_NAMES,
     KEY_FORMAT,
     KEY_MODEL,
     KEY_PREPROCESSING,
-    default_providers,
-    make_session,
 )
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -90,8 +86,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                 head_only: bool = False, force: bool = False, int8: bool = False,
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                 latency: bool = True, threads: int = 1, device: str = "auto",
-                int8_keep_fp32: Sequence[str] = (), evidence: int | None = None
-                ) -> ExportResult:
+                int8_keep_fp32: Sequence[str] = (), evidence: int | None = None,
+                int8_agreement: float | None = None, int8_max_fp32: int = 4) -> ExportResult:
     """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
 
     The file is verified against torch (:func:`~inspectnet.export.gate.verify`) before it is kept.
@@ -117,6 +113,10 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
         threads: used by both torch and ONNX Runtime when timing, so the latency ratio compares like with like.
         device: where to run the gate.
         int8_keep_fp32: graph nodes left in fp32 (listed in the report).
+        int8_agreement: keep the most sensitive other nodes in fp32 (at most ``int8_max_fp32``) until int8
+            agrees this well with fp32 on the fp32-stable calibration inputs
+            (:mod:`inspectnet.export.mixed_precision`); None: no such search.
+        int8_max_fp32: the most nodes that search keeps in fp32.
         evidence: k, for the evidence outputs.
 
     Returns:
@@ -176,8 +176,12 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
             parity = verify(module, tmp, example.shape[1:], threads=threads, device=device)
             int8_info = None
             if int8:
-                int8_info = _quantize(zm, module, tmp, tmp_int8, calibration, evaluation, head_only, input_name,
-                                      threads, device, list(int8_keep_fp32), evidence_info)
+                from inspectnet.export.int8_report import Int8Request, quantize_and_report
+
+                request = Int8Request(tuple(int8_keep_fp32), int8_agreement, int8_max_fp32)
+                int8_info = quantize_and_report(zm, tmp, tmp_int8, calibration, evaluation, request,
+                                                head_only=head_only, input_name=input_name, threads=threads,
+                                                device=device, evidence=evidence_info)
             lat = measure_latency(module, tmp, tmp_int8 if int8 else None, example.shape[1:], threads) \
                 if latency else {}
             os.replace(tmp, out)
@@ -363,79 +367,6 @@ def _save(proto, path: Path) -> None:
 
 def _opset_of(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _quantize(zm: ZooModel, module: nn.Module, fp32: Path, int8: Path, calibration: np.ndarray,
-              evaluation: tuple[np.ndarray, np.ndarray] | None, head_only: bool, input_name: str, threads: int,
-              device: str, keep_fp32: list[str], evidence: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Quantize, re-stamp the metadata, check the graph, and compare int8 with fp32 on evaluation data."""
-    import onnx
-
-    from inspectnet.export.int8 import int8_weight_bits, quantize_int8
-    from inspectnet.export.int8_evidence import float_evidence_branch
-
-    if head_only:
-        calibration = _features_of(zm, calibration)
-        if evaluation is not None:
-            evaluation = (_features_of(zm, evaluation[0]), evaluation[1])
-    bits = int8_weight_bits()
-    quantize_int8(fp32, int8, calibration, keep_fp32=keep_fp32, weight_bits=bits)
-    if evidence is not None:
-        float_evidence_branch(int8)
-    proto = onnx.load(str(int8))
-    _add_metadata(proto, zm, head_only, input_name, list(calibration.shape[1:]), evidence)
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                        "inspectnet.quantization": f"int8-static-qdq-u8s8-per-channel-{bits}bit-weights-"
-                                                                   "bias-corrected"})
-    _save(proto, int8)
-    x_eval, y_eval = evaluation if evaluation is not None else (calibration, np.full(len(calibration), -1))
-    s32 = make_session(fp32, providers=default_providers(device), threads=threads)
-    s8 = make_session(int8, providers=default_providers(device), threads=threads)
-    p32 = _argmax_batches(s32, x_eval)
-    p8 = _argmax_batches(s8, x_eval)
-    info: dict[str, Any] = {"calibration_samples": len(calibration), "eval_samples": len(x_eval),
-                            "eval_on": "evaluation data" if evaluation is not None else "calibration data",
-                            "top1_agreement_with_fp32": float((p32 == p8).mean()),
-                            "size_bytes": int(int8.stat().st_size), "format": "QDQ",
-                            "activations": "QUInt8", "weights": f"QInt8 per-channel, {bits}-bit",
-                            "weight_bits_why": _WEIGHT_BITS_WHY[bits], "calibration": "MinMax",
-                            "bias_correction": "weight-rounding mean error measured on the calibration data and "
-                                               "removed from the biases (Nagel et al. 2019)",
-                            "outputs": "float (no QDQ pair on the graph outputs)",
-                            "kept_fp32": {n: "requested (--int8-keep-fp32)" for n in keep_fp32}}
-    labelled = np.asarray(y_eval) >= 0
-    if labelled.any():
-        info["accuracy_fp32"] = float((p32[labelled] == y_eval[labelled]).mean())
-        info["accuracy_int8"] = float((p8[labelled] == y_eval[labelled]).mean())
-    if evidence is not None:
-        info["evidence_branch"] = "float: the k weight rows are gathered quantized and dequantized alone"
-        info["evidence_correlation_with_fp32"] = _evidence_correlation(s32, s8, x_eval)
-    return info
-
-
-_WEIGHT_BITS_WHY = {8: "this CPU's int8 kernels add 8-bit products without clipping (VNNI, or not x86 AVX2); on an "
-                       "x86 CPU with AVX2 but no VNNI they would clip: export there for such machines",
-                    7: "this CPU (x86 AVX2 without VNNI) adds pairs of u8 x s8 products in 16 bits and clips "
-                       "what does not fit; 7-bit weights keep every pair in range"}
-
-
-def _evidence_correlation(s32, s8, x: np.ndarray, batch_size: int = 64) -> float | None:
-    """Mean Pearson correlation of the int8 and fp32 top-1 evidence maps, over inputs whose top-1 agree."""
-    name, found = s32.get_inputs()[0].name, []
-    for i in range(0, len(x), batch_size):
-        feed = {name: x[i:i + batch_size]}
-        (m32, c32), (m8, c8) = (s.run([EVIDENCE, EVIDENCE_CLASSES], feed) for s in (s32, s8))
-        for a, b in zip(m32[c32[:, 0] == c8[:, 0], 0], m8[c32[:, 0] == c8[:, 0], 0]):
-            a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-            if a.std() > 0 and b.std() > 0:
-                found.append(float(np.corrcoef(a, b)[0, 1]))
-    return float(np.mean(found)) if found else None
-
-
-def _argmax_batches(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run([OUTPUT_NAME], {name: x[i:i + batch_size]})[0].argmax(1)
-                           for i in range(0, len(x), batch_size)])
 
 
 def _features_of(zm: ZooModel, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -33,6 +33,12 @@ class ExportOptions:
     int8_keep_fp32: str = option("", help="graph nodes (Conv/Gemm/MatMul names) left in fp32 in the int8 file, e.g. "
                                           "the ones benchmarks/int8_sensitivity.py finds most sensitive",
                                  metavar="NODE[,NODE]")
+    int8_agreement: float | None = option(None, help="keep the most sensitive Conv/Gemm/MatMul nodes in fp32 (measured "
+                                                     "on the calibration data) until int8's top-1 agrees with fp32's "
+                                                     "on this fraction of the fp32-stable calibration inputs, e.g. 0.99",
+                                          above=0, maximum=1, metavar="FRACTION")
+    int8_max_fp32: int = option(4, help="at most this many nodes kept in fp32 by --int8-agreement (each costs speed)",
+                                minimum=0)
     eval_data: str | None = option(None, help="data for int8 top-1 agreement / accuracy (default: the calibration "
                                               "data)", metavar="DATA")
     eval_limit: int = option(500, help="evaluation samples", minimum=1)

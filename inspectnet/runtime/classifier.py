@@ -21,6 +21,7 @@ from PIL import Image
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.images import open_image, to_8bit
+from inspectnet.runtime.int8_cpu import check_int8_cpu
 from inspectnet.runtime.metadata import check_metadata
 
 FORMAT = "inspectnet-onnx"
@@ -332,6 +333,7 @@ class OnnxClassifier:
         meta = read_metadata(self.session)
         logits = next((o.shape for o in self.session.get_outputs() if o.name == LOGITS), [])
         check_metadata(self.path, meta, list(self.session.get_inputs()[0].shape), list(logits or []))
+        check_int8_cpu(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.preprocessing: dict[str, Any] = meta["preprocessing"]
         self.class_names: list[str] = list(meta["class_names"])
         self.info: dict[str, Any] = meta["model"]
