@@ -24,17 +24,9 @@ from benchmarks import harness
 STEPS = (1, 2, 4, 7, 14)
 
 
-def interval_variation(curve: np.ndarray, steps: int) -> np.ndarray:
-    """Per row, the sum over the coarse intervals of (max − min) of the fine points inside each."""
-    reference = curve.shape[1] - 1
-    r = reference // steps
-    blocks = np.stack([curve[:, i * r:(i + 1) * r + 1] for i in range(steps)], axis=1)
-    return (blocks.max(2) - blocks.min(2)).sum(1)
-
-
 def measure(curves: dict, scores28: dict, steps: int) -> dict:
     from inspectnet.analysis.explain.faithfulness import auc, paired_differences
-    from inspectnet.analysis.explain.trust import REFERENCE_STEPS, coarse_curve, step_error_bound
+    from inspectnet.analysis.explain.trust import REFERENCE_STEPS, coarse_curve, interval_variation, step_error_bound
 
     fr = [i / steps for i in range(steps + 1)]
     errors, slack, scores = [], [], {}

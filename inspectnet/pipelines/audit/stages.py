@@ -14,6 +14,7 @@ from inspectnet.pipelines.audit import (
     probe,
     rules,
     sparsity,
+    trust,
 )
 from inspectnet.pipelines.audit.stage import Stage
 
@@ -24,6 +25,7 @@ STAGES: tuple[Stage, ...] = (
     sparsity.STAGE,
     linear_probes.STAGE,
     attributions.STAGE,
+    trust.STAGE,
     explanations.STAGE,
     dissection.STAGE,
     concepts.STAGE,
