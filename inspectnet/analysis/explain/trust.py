@@ -40,7 +40,7 @@ from inspectnet.analysis.explain.faithfulness import (
 from inspectnet.analysis.explain.methods import gradcam_layer, random_maps
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.options import option, validate
-from inspectnet.models.layers import eval_mode
+from inspectnet.models.layers import eval_mode, fast_input
 from inspectnet.runtime.overlays import map_status
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def maps_in_one_pass(zm: ZooModel, x: torch.Tensor, *, layer: str, pooled: Any |
             lambda _m, _i, out: caught.__setitem__("map", out.detach().clone())))
     try:
         with eval_mode(zm.model), torch.enable_grad():
-            logits = zm.model(x.detach().requires_grad_(True))
+            logits = zm.model(fast_input(x.detach()).requires_grad_(True))
             targets = logits.argmax(1)
             (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), caught["cam"])
     finally:
@@ -296,6 +296,4 @@ class _CountingScorer:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         self.count += len(batch)
-        # channels-last inputs let the CPU convolution kernels skip a layout change per layer: about half the
-        # time of a depthwise-separable network (EfficientNet-Lite0); the logits agree to float rounding
-        return self.model(batch.to(self.device).contiguous(memory_format=torch.channels_last))
+        return self.model(fast_input(batch.to(self.device)))
