@@ -21,7 +21,12 @@
    (each round starts at the next command).
 3. ``inspectnet --help`` and an argument error vs ``python -c pass``, alternated.
 
-Run: python -m benchmarks audit_cost [--photos 1000] [--threads 1] [--repeats 2], with OMP_NUM_THREADS=1 set
+The trust stage is left out of the core figure like attributions (its cost: the ``trust_cost`` benchmark);
+a second plain forward per slot feeds the batches channels-last as the probe pass does, for the like-for-like
+overhead. ``--core-only`` skips export and dissection in every audit.
+
+Run: python -m benchmarks audit_cost [--photos 1000] [--threads 1] [--repeats 2] [--core-only] [--models lite0],
+with OMP_NUM_THREADS=1 set
 (writes benchmarks/results/audit_cost.{json,md}). Wall times on a shared machine are noisy: only
 ratios measured side by side in this one run are reported, with the machine and its load average
 before and after.
@@ -40,7 +45,7 @@ import torch
 
 from benchmarks import harness
 
-SPARE = ("attributions", "export", "dissection")
+SPARE = ("attributions", "trust", "export", "dissection")  # trust: its own benchmark, trust_cost
 WARM_BATCHES = 2
 
 
@@ -72,10 +77,12 @@ class StageClock:
 
 
 def plain_forward(zm, datasets: list, batch_size: int, workers: int,
-                  batches: int | None = None) -> tuple[float, float]:
+                  batches: int | None = None, channels_last: bool = False) -> tuple[float, float]:
     """(wall, process CPU) seconds of one inference-mode forward over ``datasets`` (its first ``batches``
-    only, if given), loaded as the probe stage loads them."""
+    only, if given), loaded as the probe stage loads them; with ``channels_last``, each batch is first put in
+    the layout the probe pass feeds the model (:func:`inspectnet.models.layers.fast_input`)."""
     from inspectnet.data.loading import data_loader
+    from inspectnet.models.layers import fast_input
 
     zm.model.eval()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -84,7 +91,7 @@ def plain_forward(zm, datasets: list, batch_size: int, workers: int,
             for b, (x, _) in enumerate(data_loader(ds, batch_size=batch_size, num_workers=workers)):
                 if batches is not None and b >= batches:
                     break
-                zm.model(x)
+                zm.model(fast_input(x) if channels_last else x)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -101,15 +108,21 @@ def concept_forward(zm, spec: str, limit: int, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def audit_vs_forward(name: str, zm, config, out: Path, repeats: int, workers: int) -> dict:
-    """Forward passes alternated with ``repeats`` audits (the first with every stage); ratios to the adjacent forwards."""
+def audit_vs_forward(name: str, zm, config, out: Path, repeats: int, workers: int, core_only: bool = False) -> dict:
+    """Forward passes (as loaded, then channels-last) alternated with ``repeats`` audits (the first with every
+    stage unless ``core_only``); ratios to the adjacent forwards of each layout."""
     from inspectnet.pipelines.audit import run_audit
 
     datasets = probed_datasets(zm, config)
-    plain_forward(zm, datasets, config.batch_size, workers, batches=WARM_BATCHES)
-    forwards, audits = [plain_forward(zm, datasets, config.batch_size, workers)], []
+    for layout in (False, True):
+        plain_forward(zm, datasets, config.batch_size, workers, batches=WARM_BATCHES, channels_last=layout)
+
+    def both() -> tuple[tuple[float, float], tuple[float, float]]:
+        return tuple(plain_forward(zm, datasets, config.batch_size, workers, channels_last=cl) for cl in (False, True))
+
+    pairs, audits = [both()], []
     for r in range(repeats):
-        cfg = config if r == 0 else dataclasses.replace(config, concepts=None, export=False)
+        cfg = config if r == 0 and not core_only else dataclasses.replace(config, concepts=None, export=False)
         shutil.rmtree(out / f"run{r}", ignore_errors=True)
         clock, c0 = StageClock(), time.process_time()
         doc = run_audit(zm, cfg, out / f"run{r}", log=clock, num_workers=workers)
@@ -119,23 +132,36 @@ def audit_vs_forward(name: str, zm, config, out: Path, repeats: int, workers: in
         core_cpu = cpu_total - sum(clock.cpu.get(k, 0.0) for k in SPARE)
         audits.append({"core_s": round(core, 2), "core_cpu_s": round(core_cpu, 2), "stage_s": seconds,
                        "stage_cpu_s": clock.cpu, "statuses": {k: s["status"] for k, s in doc["sections"].items()}})
-        forwards.append(plain_forward(zm, datasets, config.batch_size, workers))
+        pairs.append(both())
+    forwards, forwards_cl = [p[0] for p in pairs], [p[1] for p in pairs]
     ratios = [a["core_s"] / ((forwards[r][0] + forwards[r + 1][0]) / 2) for r, a in enumerate(audits)]
     cpu_ratios = [a["core_cpu_s"] / ((forwards[r][1] + forwards[r + 1][1]) / 2) for r, a in enumerate(audits)]
+    cl_ratios = [a["core_s"] / ((forwards_cl[r][0] + forwards_cl[r + 1][0]) / 2) for r, a in enumerate(audits)]
+    cl_cpu_ratios = [a["core_cpu_s"] / ((forwards_cl[r][1] + forwards_cl[r + 1][1]) / 2) for r, a in enumerate(audits)]
+    probe_cpu = [a["stage_cpu_s"]["probe"] / ((forwards_cl[r][1] + forwards_cl[r + 1][1]) / 2)
+                 for r, a in enumerate(audits)]
     first, forward = audits[0]["stage_s"], statistics.mean(f for f, _ in forwards)
-    concepts = concept_forward(zm, config.concepts, config.concept_limit, config.batch_size)
+    concepts = concept_forward(zm, config.concepts, config.concept_limit, config.batch_size) if not core_only else None
     return {"model": name, "images": sum(len(ds) for ds in datasets),
             "forward_s": [round(f, 2) for f, _ in forwards], "forward_cpu_s": [round(c, 2) for _, c in forwards],
+            "forward_channels_last_s": [round(f, 2) for f, _ in forwards_cl],
+            "forward_channels_last_cpu_s": [round(c, 2) for _, c in forwards_cl],
+            "channels_last_ratios": [round(q, 3) for q in cl_ratios],
+            "channels_last_ratio": round(statistics.median(cl_ratios), 3),
+            "channels_last_cpu_ratios": [round(q, 3) for q in cl_cpu_ratios],
+            "channels_last_cpu_ratio": round(statistics.median(cl_cpu_ratios), 3),
+            "probe_stage_cpu_vs_channels_last_forward": round(statistics.median(probe_cpu), 3),
             "audits": audits,
             "ratios_audit_without_attributions_export_dissection": [round(q, 3) for q in ratios],
             "ratio_audit_without_attributions_export_dissection": round(statistics.median(ratios), 3),
             "cpu_ratios_audit_without_attributions_export_dissection": [round(q, 3) for q in cpu_ratios],
             "cpu_ratio_audit_without_attributions_export_dissection": round(statistics.median(cpu_ratios), 3),
-            "concept_forward_s": round(concepts, 2),
+            "concept_forward_s": round(concepts, 2) if concepts else None,
             "stage_s": first, "statuses": audits[0]["statuses"],
             "ratio_attributions": round(first["attributions"] / forward, 3),
             "ratio_export": round(first.get("export", float("nan")) / forward, 3),
-            "ratio_dissection_vs_concept_forward": round(first.get("dissection", float("nan")) / concepts, 3)}
+            "ratio_dissection_vs_concept_forward": round(first.get("dissection", float("nan")) / (concepts or float("nan")),
+                                                         3)}
 
 
 def alternated(commands: dict[str, list[str]], repeats: int) -> dict[str, dict]:
@@ -169,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared machine's fair share)")
     ap.add_argument("--workers", type=int, default=default_workers(), help="data loader processes, both sides")
     ap.add_argument("--models", default="lite0,mnist", help="which of lite0, mnist to measure")
+    ap.add_argument("--core-only", action="store_true", help="no audit runs export or dissection (their ratios are "
+                                                              "then not measured)")
     args = ap.parse_args(argv)
     run = harness.start()
     torch.set_num_threads(args.threads)
@@ -182,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(audit_vs_forward(
             "shipped:efficientnet_lite0 (224 px, 1000 classes)", load_model("shipped:efficientnet_lite0"),
             AuditConfig(data=f"photos?n={args.photos}", limit=args.photos, **common), work / "audit_lite0",
-            args.repeats, args.workers))
+            args.repeats, args.workers, args.core_only))
     if "mnist" in models:
         rows.append(audit_vs_forward(
             "MNIST ResNet18 (28 px, 10 classes)", mnist_model(Path(args.mnist_model)),
             AuditConfig(data="mnist5k:train", eval_data="mnist5k:test", limit=1000, eval_limit=500, **common),
-            work / "audit_mnist", args.repeats, args.workers))
+            work / "audit_mnist", args.repeats, args.workers, args.core_only))
     wall, timings = {}, {}
     if "mnist" in models:
         cached_cmd = [sys.executable, "-m", "inspectnet", "audit", args.mnist_model, "mnist5k:train", "--eval",
@@ -206,23 +234,32 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Audit cost vs one warm plain forward pass", "",
              f"torch threads {doc['torch_threads']}, data loader workers {args.workers} (machine and load: "
              "Environment below).", "",
-             "| model | images | warm plain forward s (F, A, F, ...) | audit w/o attributions, export, dissection "
-             "(median; each audit vs the forwards either side) | same in process CPU time | attributions | export | "
-             "dissection (vs forward over 200 concept images) |", "|---|---|---|---|---|---|---|---|"]
+             "The audit's probe pass feeds the model channels-last batches (`fast_input`): the like-for-like overhead "
+             "is the ratio to the channels-last plain forward; the ratio to the forward of the batches as loaded is "
+             "what the audit costs next to a user's plain `model(x)`.", "",
+             "| model | images | warm plain forward s as loaded / channels-last (F, A, F, ...) | audit w/o attributions, "
+             "trust, export, dissection vs forward as loaded (median; each audit vs the forwards either side) | same in "
+             "process CPU time | **same vs channels-last forward** (wall; CPU) | probe stage CPU vs channels-last "
+             "forward CPU | attributions | export | dissection (vs forward over 200 concept images) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         each = ", ".join(f"{q}×" for q in r["ratios_audit_without_attributions_export_dissection"])
         each_cpu = ", ".join(f"{q}×" for q in r["cpu_ratios_audit_without_attributions_export_dissection"])
-        lines.append(f"| {r['model']} | {r['images']} | {' / '.join(map(str, r['forward_s']))} | "
-                     f"**{r['ratio_audit_without_attributions_export_dissection']}×** ({each}) | "
+        each_cl = ", ".join(f"{q}×" for q in r["channels_last_ratios"])
+        lines.append(f"| {r['model']} | {r['images']} | {' / '.join(map(str, r['forward_s']))}; "
+                     f"{' / '.join(map(str, r['forward_channels_last_s']))} | "
+                     f"{r['ratio_audit_without_attributions_export_dissection']}× ({each}) | "
                      f"{r['cpu_ratio_audit_without_attributions_export_dissection']}× ({each_cpu}) | "
+                     f"**{r['channels_last_ratio']}×** ({each_cl}); {r['channels_last_cpu_ratio']}× | "
+                     f"{r['probe_stage_cpu_vs_channels_last_forward']}× | "
                      f"{r['ratio_attributions']}× | {r['ratio_export']}× | {r['ratio_dissection_vs_concept_forward']}× |")
     runs = [(f"{r['model'].split(' (')[0]} audit {i + 1}", a) for r in rows for i, a in enumerate(r["audits"])]
     lines += ["", "| stage seconds | " + " | ".join(name for name, _ in runs) + " |", "|---|" + "---|" * len(runs)]
     for stage in dict.fromkeys(k for _, a in runs for k in a["stage_s"]):
         lines.append(f"| {stage} | " + " | ".join(f"{a['stage_s'][stage]:.2f} ({a['statuses'][stage]})"
                                                   if stage in a["stage_s"] else "–" for _, a in runs) + " |")
-    lines.append("| **without attributions, export, dissection** | " + " | ".join(f"**{a['core_s']}**" for _, a in runs)
-                 + " |")
+    lines.append("| **without attributions, trust, export, dissection** | "
+                 + " | ".join(f"**{a['core_s']}**" for _, a in runs) + " |")
     lines.append("| same, process CPU s | " + " | ".join(str(a["core_cpu_s"]) for _, a in runs) + " |")
     if wall:
         lines += ["", "| command (wall s, alternated) | median | IQR |", "|---|---|---|"]

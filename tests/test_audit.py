@@ -13,7 +13,7 @@ from inspectnet.data.subsets import spread_subset
 from inspectnet.pipelines.audit import AuditConfig, run_audit
 from inspectnet.runtime.classifier import OnnxClassifier
 
-STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions", "explanations"]
+STAGES = ["probe", "decomposition", "rules", "sparsity", "linear_probes", "attributions", "trust", "explanations"]
 PARAMS = dict(data="digits:train", eval_data="digits:test", limit=48, eval_limit=48, layers=["layer4"],
               attribution_images=2, ig_steps=4, top_units=2, k1=5, k2=3, explain_images=6, sanity_images=3)
 

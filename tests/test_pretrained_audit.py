@@ -69,6 +69,10 @@ def test_wnid_folder_audit_reports_what_predict_gives(folders, tmp_path, capsys)
     # explanations of the 1000-class model on the photos: every form measured, the evidence maps ranked
     forms = card["sections"]["explanations"]["result"]["forms"]
     assert [f["status"] for f in forms] == ["ok", "ok", "ok", "missing"]
+    # the trust measurement every default audit runs: all 8 evaluation crops, evidence and Grad-CAM ranked
+    trust = card["sections"]["trust"]["result"]
+    assert trust["images"] == 8 and [trust["methods"][m]["evaluated"] for m in ("evidence", "gradcam")] == [8, 8]
+    assert "### Trust in the explanations" in readme
     rows = card["sections"]["explanations"]["result"]["rows"]
     assert {(r["form"], r["method"]) for r in rows if r["evaluated"] == 4} >= {("full", "evidence"),
                                                                                  ("decomposed", "evidence")}

@@ -22,7 +22,7 @@ from inspectnet.core.storage import atomic_write_json, output_dir, read_json
 from inspectnet.data import ImageDataset
 from inspectnet.data.index import INDEX_FILE, FolderIndex, index_folder, index_from_json
 from inspectnet.data.loading import check_workers, data_loader
-from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
+from inspectnet.models.layers import PRE_LOGITS, fast_input, model_state, resolve_layers
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe, get_reducer
 from inspectnet.probe.npy import NpyWriter, write_rows
@@ -305,7 +305,7 @@ def _probe_part(zm: ZooModel, dataset: ImageDataset, names: list[str], reducer: 
             for (x, y), pos in zip(progress(loader, total=len(loader), desc="probe", enabled=show_progress),
                                    part.positions):
                 watch.check()
-                logits = zm.model(x.to(dev, non_blocking=True))
+                logits = zm.model(fast_input(x.to(dev, non_blocking=True)))
                 block = {FEATURES: hooks.outputs[PRE_LOGITS], LOGITS: logits, LABELS: y}
                 block.update({f"layers/{k}": hooks.outputs[k] for k in names})
                 if not writers:

@@ -292,7 +292,23 @@ def summarise(c: Curves) -> dict[str, Any]:
     out: dict[str, Any] = {"images": len(c.status), "evaluated": c.status.count("ok"),
                            "constant_maps": c.status.count("constant"), "nan_maps": c.status.count("nan"),
                            "baseline": c.baseline}
-    for name, values in per_image_scores(c).items():
+    return {**out, **mean_and_se(per_image_scores(c))}
+
+
+def mean_and_se(scores: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Mean and standard error of each per-image score over the images where it is finite (None where too few).
+
+    Args:
+        scores: score name -> per-image values (NaN where not measured).
+
+    Returns:
+        ``{name: mean, name_se: standard error}``.
+
+    >>> {k: round(v, 6) for k, v in mean_and_se({"auc": np.array([0.2, np.nan, 0.4])}).items()}
+    {'auc': 0.3, 'auc_se': 0.1}
+    """
+    out: dict[str, float | None] = {}
+    for name, values in scores.items():
         v = values[np.isfinite(values)]
         out[name] = float(v.mean()) if len(v) else None
         out[name + "_se"] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
@@ -303,13 +319,26 @@ def compare_to_control(method: Curves, control: Curves) -> dict[str, Any]:
     """Paired per-image differences method − control (deletion/MoRF: negative is better; insertion/LeRF:
     positive is better), their standard errors, and ``beats_control``: deletion and insertion both
     better by more than two standard errors."""
-    a, b = per_image_scores(method), per_image_scores(control)
-    out: dict[str, Any] = {}
-    for name in a:
-        d = a[name] - b[name]
-        d = d[np.isfinite(d)]
-        out[name] = float(d.mean()) if len(d) else None
-        out[name + "_se"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+    return paired_differences(per_image_scores(method), per_image_scores(control))
+
+
+def paired_differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean and standard error of the per-image differences ``a[name] − b[name]`` (images where either is NaN
+    left out), the number of paired images and ``beats_control`` (see :func:`compare_to_control`).
+
+    Args:
+        a: score name -> per-image values of the method; must hold ``deletion_auc`` and ``insertion_auc``.
+        b: the same for the control, on the same images in the same order.
+
+    Returns:
+        ``{name: mean, name_se: standard error, paired_images, beats_control}``.
+
+    >>> d = paired_differences({"deletion_auc": np.array([0.1, 0.2]), "insertion_auc": np.array([0.9, 0.8])},
+    ...                        {"deletion_auc": np.array([0.5, 0.5]), "insertion_auc": np.array([0.5, 0.6])})
+    >>> round(d["deletion_auc"], 3), round(d["deletion_auc_se"], 3), d["beats_control"]
+    (-0.35, 0.05, True)
+    """
+    out: dict[str, Any] = mean_and_se({name: a[name] - b[name] for name in a})
     out["paired_images"] = int(np.isfinite(a["deletion_auc"] - b["deletion_auc"]).sum())
     out["beats_control"] = bool(out["deletion_auc_se"] is not None and out["insertion_auc_se"] is not None
                                 and out["deletion_auc"] + 2 * out["deletion_auc_se"] < 0

@@ -47,10 +47,18 @@ class AuditConfig:
     attribution_images: int = option(6, help="images to explain with IG / Grad-CAM", minimum=1, flag="--images")
     ig_steps: int = option(32, help="Integrated Gradients steps", minimum=1)
     top_units: int = option(6, help="units shown with their receptive fields", minimum=1)
+    # on by default: one forward + backward and batched few-step curves, a fraction of the rest of the audit
+    trust_images: int = option(16, help="evaluation images on which the class evidence and Grad-CAM of the full model "
+                                        "are compared with a random control by deletion and insertion (0 skips it)",
+                               minimum=0)
+    trust_steps: int = option(7, help="steps of the trust curves (a divisor of 28; their AUC is within "
+                                      "(1 - k/28)/k of the 28-step curve's for a monotone curve)",
+                              choices=(1, 2, 4, 7, 14, 28))
     # opt-in: faithfulness costs ~28 forward passes per image, method and model form
-    explain_images: int = option(0, help="images on which every explanation's faithfulness is measured (0 skips the "
-                                         "stage: it costs ~28 forward passes per image, method and model form; 64 "
-                                         "is a good size)", minimum=0)
+    explain_images: int = option(0, help="images on which every explanation of every model form (full, decomposed, "
+                                         "slimmed, int8) is measured: deletion, insertion, ROAD, Integrated Gradients, "
+                                         "the sanity cascade (0 skips it: it costs ~28 forward passes per image, "
+                                         "method and form, about 75 s of CPU per 224-px Lite0 image)", minimum=0)
     deletion_steps: int = option(10, help="steps of the deletion and insertion curves", minimum=1)
     baseline: str = option("blur", help="what deleted pixels become: a blurred image or its mean colour",
                            choices=("blur", "mean"))

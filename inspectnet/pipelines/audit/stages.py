@@ -17,6 +17,7 @@ from inspectnet.pipelines.audit import (
     probe,
     rules,
     sparsity,
+    trust,
 )
 from inspectnet.pipelines.audit.stage import Stage
 
@@ -27,6 +28,7 @@ STAGES: tuple[Stage, ...] = (
     sparsity.STAGE,
     linear_probes.STAGE,
     attributions.STAGE,
+    trust.STAGE,
     explanations.STAGE,
     dissection.STAGE,
     concepts.STAGE,
