@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evidence", type=int, nargs="?", const=1, metavar="K",
                    help="add the outputs 'evidence' (B, K, H, W): exact class-evidence maps of the top-K classes "
                         "(default K=1), and 'evidence_classes' (B, K); checked against torch by the gate")
+    p.add_argument("--concepts", metavar="DIR",
+                   help="add the output 'concepts' (B, K, h, w): the codes, at every position of the map the head "
+                        "pools, of the concepts `inspectnet concepts` discovered there and wrote to DIR; checked "
+                        "against torch by the gate")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
 
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                       force=args.force, int8=args.int8, calibration=calibration, evaluation=evaluation,
                       latency=not args.no_latency, threads=args.threads, device=args.device,
                       int8_keep_fp32=[n for n in args.int8_keep_fp32.split(",") if n],
-                      evidence=args.evidence)
+                      evidence=args.evidence, concepts=args.concepts)
     emit(res.to_dict(), args.json, summary(res.to_dict()))
     return 0
 
@@ -82,6 +86,10 @@ def summary(r: dict) -> str:
     if r.get("evidence"):
         lines.append(f"evidence output: top-{r['evidence']['k']} maps of {r['evidence']['grid']}, max |onnx - torch| "
                      f"{p['evidence_max_abs_diff']:.2e}, |sum(E) + offset - logit| {p['evidence_sum_residual']:.2e}")
+    if r.get("concepts"):
+        c = r["concepts"]
+        lines.append(f"concepts output: {c['k']} {c['method']} concepts of {c['layer']} on a {c['grid']} grid, max "
+                     f"|onnx - torch| {p['concepts_max_abs_diff']:.2e}")
     lat = r["latency_ms"]
     for b in lat.get("torch_eager", {}):
         row = ", ".join(f"{k} {v[b]:.2f} ms" for k, v in lat.items())

@@ -34,6 +34,7 @@ from inspectnet.core.results import Result
 from inspectnet.core.storage import prepare_output_file
 from inspectnet.data import load_data
 from inspectnet.data.subsets import calibration_arrays
+from inspectnet.export.concepts import add_concepts_metadata, concept_outputs, verify_concepts
 from inspectnet.export.gate import OUTPUT_NAME, measure_latency, verify
 from inspectnet.export.gate import torch_threads as torch_threads  # callers time torch with it from here
 from inspectnet.models.heads import DecomposedLinear
@@ -83,13 +84,14 @@ class ExportResult(Result):
     int8: dict | None = None
     evidence: dict | None = None
     exporter_fallback: str | None = None
+    concepts: dict | None = None
 
 
 def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = AUTO,
                 head_only: bool = False, force: bool = False, int8: bool = False,
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                 latency: bool = True, threads: int = 1, device: str = "auto",
-                int8_keep_fp32: Sequence[str] = (), evidence: int | None = None
+                int8_keep_fp32: Sequence[str] = (), evidence: int | None = None, concepts: Any = None
                 ) -> ExportResult:
     """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
 
@@ -100,7 +102,9 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     ONNX Runtime when timing, so the latency ratio compares like with like. ``evidence`` = k adds
     the outputs ``evidence`` (B, k, H, W), the exact class-evidence maps of the top-k classes, and
     ``evidence_classes`` (B, k) (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); the
-    gate checks them against torch like the logits.
+    gate checks them against torch like the logits. ``concepts`` (a discovery or the folder
+    ``inspectnet concepts`` wrote) adds the output ``concepts`` (B, K, h, w), checked the same way
+    (:mod:`inspectnet.export.concepts`).
     """
     if exporter not in (AUTO, *EXPORTERS):
         raise InspectnetError(f"--exporter {exporter!r} is unknown; expected one of {AUTO}, {', '.join(EXPORTERS)}")
@@ -112,6 +116,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
         # ONNX Runtime's quantizer writes a per-axis QuantizeLinear onto this exporter's evidence Gather
         raise InspectnetError("--int8 with --evidence needs the dynamo exporter (the default): ONNX Runtime cannot "
                               "quantize the torchscript exporter's evidence graph; drop --exporter torchscript")
+    if concepts is not None and (head_only or int8 or evidence is not None):
+        raise InspectnetError("--concepts goes with a whole-model fp32 export: drop --head-only, --int8 and --evidence")
     if int8 and (calibration is None or len(calibration) == 0):
         raise InspectnetError("--int8 needs calibration data: pass --calibration DATA (real images the model "
                               "will see, e.g. the training folder); static int8 ranges come from it")
@@ -138,6 +144,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
             module = evidence_module(module, pooled, evidence).eval()
             graph = module if graph is module.model else evidence_module(graph, pooled, evidence).eval()
             evidence_info = _evidence_metadata(module, example)
+        if concepts is not None:
+            module, graph, concepts_info = concept_outputs(zm, module, graph, concepts)
         try:
             proto, exporter, fallback = _convert(graph, example, input_name, exporter, opset, evidence=pooled is not None,
                                                  int8=int8)
@@ -145,8 +153,12 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                 raise InspectnetError(f"the {exporter} exporter wrote opset {_opset_of(proto)}, not the --opset "
                                       f"{opset} asked for; no file written")
             _add_metadata(proto, zm, head_only, input_name, list(example.shape[1:]), evidence_info)
+            if concepts is not None:
+                add_concepts_metadata(proto, concepts_info)
             _save(proto, tmp)
             parity = verify(module, tmp, example.shape[1:], threads=threads, device=device)
+            if concepts is not None:
+                parity.update(verify_concepts(module, tmp, example.shape[1:], threads=threads, device=device))
             int8_info = None
             if int8:
                 int8_info = _quantize(zm, module, tmp, tmp_int8, calibration, evaluation, head_only, input_name,
@@ -165,7 +177,7 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                           input_shape=["batch", *example.shape[1:]], parity=parity, latency_ms=lat, threads=threads,
                           size_bytes=out.stat().st_size, providers=parity.pop("providers"), int8=int8_info,
                           evidence={k: v for k, v in evidence_info.items() if k != "offset"} if evidence_info else None,
-                          exporter_fallback=fallback)
+                          exporter_fallback=fallback, concepts=concepts_info if concepts is not None else None)
     result.save(report_path)
     return result
 
@@ -275,7 +287,8 @@ def _to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, exporter
     """Run torch.onnx.export with ``dynamo`` passed explicitly; any exporter error names the cause."""
     import onnx
 
-    outputs = [OUTPUT_NAME, EVIDENCE, EVIDENCE_CLASSES] if evidence else [OUTPUT_NAME]
+    outputs = list(getattr(module, "output_names", None) or
+                   ([OUTPUT_NAME, EVIDENCE, EVIDENCE_CLASSES] if evidence else [OUTPUT_NAME]))
     kwargs: dict[str, Any] = {"input_names": [input_name], "output_names": outputs}
     if opset is not None:
         kwargs["opset_version"] = opset
