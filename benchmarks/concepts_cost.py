@@ -5,9 +5,10 @@ map the head pools), ``photos`` crops. In each of ``--repeats`` alternated round
 (:func:`benchmarks.harness.alternate`): the probe pass (``run_probe`` of the same layer into a fresh
 folder), ``discover_concepts`` with NMF at k = 16 (three seeds, two fitting epochs: the defaults) and
 with one seed. Reported: medians of wall and process CPU time, and the per-round ratio to the probe
-pass. The machine is shared with other jobs, so the CPU-time ratio is the steadier figure; the
-harness records the CPU model and the load before and after. One untimed call of each comes first
-(scikit-learn's import, seconds on a loaded machine, is a cost of the process, not of a discovery).
+pass. torch and numpy's BLAS both run ``--threads`` threads. The machine is shared with other jobs,
+so the CPU-time ratio is the steadier figure; the harness records the CPU model and the load before
+and after. One untimed call of each comes first (scikit-learn's import, seconds on a loaded machine,
+is a cost of the process, not of a discovery).
 
 Memory: one discovery on n and on 2n images with the replay cache off (every pass streams through
 the model), each in a fresh process; the peak resident set above the level before the call.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from benchmarks import harness
 from inspectnet.analysis.concepts.discover import discover_concepts
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-of", type=int, metavar="IMAGES", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # numpy's BLAS (the NMF) gets the same threads as torch: idle BLAS threads would spin on the CPU-time clock
+    threadpool_limits(args.threads)
     zm = load_model(MODEL)
     if args.memory_of:  # child process of the memory check
         data = load_data(f"photos?n={args.memory_of}")
@@ -104,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
            "ratio_to_probe": ratio, "memory_streaming": memory}
     lines = ["# Concept discovery cost vs the probe pass", "",
              f"`{doc['command']}` — {MODEL}, last stage (bn2, 1280 × 7 × 7), {n} `photos` crops at 224×224, batch "
-             f"{bs}, {args.threads} CPU thread(s), {args.repeats} alternated rounds; medians, ratios to the same "
-             f"round's probe pass (shared, loaded machine: process CPU time is the steadier measure).", "",
+             f"{bs}, {args.threads} CPU thread(s) for torch and BLAS, {args.repeats} alternated rounds; medians, ratios "
+             f"to the same round's probe pass (shared, loaded machine: process CPU time is the steadier measure).", "",
              "| run | wall s | CPU s | wall / probe | CPU / probe |", "|---|---|---|---|---|",
              f"| probe pass (`run_probe`, one layer) | {doc['median_wall_s']['probe']:.2f} | "
              f"{doc['median_cpu_s']['probe']:.2f} | 1 | 1 |",

@@ -322,3 +322,18 @@ def test_concept_output_runs_in_onnx_runtime_like_torch(tmp_path):
         assert np.allclose(out_logits, logits.numpy(), atol=1e-5)
         assert np.allclose(out_codes, codes.numpy(), atol=1e-5 * (1 + float(codes.abs().max())))
 
+
+
+def test_streaming_nmf_fits_the_same_factors_and_codes_as_scikit_learn_bit_for_bit():
+    from sklearn.decomposition import MiniBatchNMF
+
+    from inspectnet.analysis.concepts.factor import StreamingNMF
+
+    rng = np.random.default_rng(0)
+    batches = [rng.gamma(0.5, size=(300, 96)).astype(np.float32) for _ in range(4)]
+    ours, ref = StreamingNMF(k=6, seed=1), MiniBatchNMF(n_components=6, init="random", random_state=1)
+    for x in batches:
+        ours.partial_fit(torch.from_numpy(x))
+        ref.partial_fit(x)
+    assert np.array_equal(ours.model.components_, ref.components_) and ref.n_steps_ == 4
+    assert np.array_equal(ours.model.transform(batches[0]), ref.transform(batches[0]))

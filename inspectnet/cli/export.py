@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default K=1), and 'evidence_classes' (B, K); for token transformers (ViT, DeiT, BEiT) the "
                         "maps are the patch tokens' direct effects and 'remainder' (B, K) holds the input-dependent "
                         "rest of each logit; checked against torch by the gate")
+    p.add_argument("--concepts", metavar="DIR",
+                   help="add the output 'concepts' (B, K, h, w): the codes, at every position of the map the head "
+                        "pools, of the concepts `inspectnet concepts` discovered there and wrote to DIR; checked "
+                        "against torch by the gate")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
 
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                       force=args.force, int8=args.int8, calibration=calibration, evaluation=evaluation,
                       latency=not args.no_latency, threads=args.threads, device=args.device,
                       int8_keep_fp32=[n for n in args.int8_keep_fp32.split(",") if n],
-                      evidence=args.evidence, int8_agreement=args.int8_agreement, int8_max_fp32=args.int8_max_fp32)
+                      evidence=args.evidence, int8_agreement=args.int8_agreement, int8_max_fp32=args.int8_max_fp32,
+                      concepts=args.concepts)
     emit(res.to_dict(), args.json, summary(res.to_dict()))
     return 0
 
@@ -116,6 +121,10 @@ def summary(r: dict) -> str:
         lines.append(f"evidence output ({r['evidence'].get('form', 'pooled')}): top-{r['evidence']['k']} maps of "
                      f"{r['evidence']['grid']}, max |onnx - torch| {p['evidence_max_abs_diff']:.2e}, "
                      f"|sum(E){plus} + offset - logit| {p['evidence_sum_residual']:.2e}")
+    if r.get("concepts"):
+        c = r["concepts"]
+        lines.append(f"concepts output: {c['k']} {c['method']} concepts of {c['layer']} on a {c['grid']} grid, max "
+                     f"|onnx - torch| {p['concepts_max_abs_diff']:.2e}")
     lat = r["latency_ms"]
     for b in lat.get("torch_eager", {}):
         row = ", ".join(f"{k} {v[b]:.2f} ms" for k, v in lat.items())

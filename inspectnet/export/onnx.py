@@ -34,6 +34,7 @@ from inspectnet.core.results import Result
 from inspectnet.core.storage import prepare_output_file
 from inspectnet.data import load_data
 from inspectnet.data.subsets import calibration_arrays
+from inspectnet.export.concepts import add_concepts_metadata, concept_outputs, verify_concepts
 from inspectnet.export.evidence_outputs import evidence_metadata, evidence_plan
 from inspectnet.export.gate import OUTPUT_NAME, measure_latency, verify
 from inspectnet.export.gate import torch_threads as torch_threads  # callers time torch with it from here
@@ -80,6 +81,7 @@ class ExportResult(Result):
     int8: dict | None = None
     evidence: dict | None = None
     exporter_fallback: str | None = None
+    concepts: dict | None = None
 
 
 def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, exporter: str = AUTO,
@@ -87,7 +89,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                 latency: bool = True, threads: int = 1, device: str = "auto",
                 int8_keep_fp32: Sequence[str] = (), evidence: int | None = None,
-                int8_agreement: float | None = None, int8_max_fp32: int = 4) -> ExportResult:
+                int8_agreement: float | None = None, int8_max_fp32: int = 4, concepts: Any = None
+                ) -> ExportResult:
     """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
 
     The file is verified against torch (:func:`~inspectnet.export.gate.verify`) before it is kept.
@@ -96,7 +99,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
     (:class:`~inspectnet.analysis.explain.evidence.ClassEvidence`); for token transformers the maps are
     the token direct effects and the output ``remainder`` (B, k) is added
     (:mod:`inspectnet.export.evidence_outputs`). The gate checks them against torch like the logits, and
-    Σ evidence (+ remainder) + offset = logit in ONNX Runtime.
+    Σ evidence (+ remainder) + offset = logit in ONNX Runtime. ``concepts`` adds the output ``concepts``
+    (B, K, h, w), checked the same way (:mod:`inspectnet.export.concepts`).
 
     Args:
         zm: the model.
@@ -118,6 +122,7 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
             (:mod:`inspectnet.export.mixed_precision`); None: no such search.
         int8_max_fp32: the most nodes that search keeps in fp32.
         evidence: k, for the evidence outputs.
+        concepts: a discovery, or the folder ``inspectnet concepts`` wrote (a whole-model fp32 export only).
 
     Returns:
         The export report.
@@ -141,6 +146,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
         # ONNX Runtime's quantizer writes a per-axis QuantizeLinear onto this exporter's evidence Gather
         raise InspectnetError("--int8 with --evidence needs the dynamo exporter (the default): ONNX Runtime cannot "
                               "quantize the torchscript exporter's evidence graph; drop --exporter torchscript")
+    if concepts is not None and (head_only or int8 or evidence is not None):
+        raise InspectnetError("--concepts goes with a whole-model fp32 export: drop --head-only, --int8 and --evidence")
     if int8 and (calibration is None or len(calibration) == 0):
         raise InspectnetError("--int8 needs calibration data: pass --calibration DATA (real images the model "
                               "will see, e.g. the training folder); static int8 ranges come from it")
@@ -165,15 +172,21 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
             wrapped = plan.module(zm, module)
             graph = wrapped if graph is module else plan.module(zm, graph)
             module, evidence_info = wrapped, evidence_metadata(plan, wrapped, example)
+        if concepts is not None:
+            module, graph, concepts_info = concept_outputs(zm, module, graph, concepts)
+        outputs = plan.outputs() if plan else list(getattr(graph, "output_names", [OUTPUT_NAME]))
         try:
-            proto, exporter, fallback = _convert(graph, example, input_name, exporter, opset,
-                                                 outputs=plan.outputs() if plan else [OUTPUT_NAME], int8=int8)
+            proto, exporter, fallback = _convert(graph, example, input_name, exporter, opset, outputs=outputs, int8=int8)
             if opset is not None and _opset_of(proto) != opset:
                 raise InspectnetError(f"the {exporter} exporter wrote opset {_opset_of(proto)}, not the --opset "
                                       f"{opset} asked for; no file written")
             _add_metadata(proto, zm, head_only, input_name, list(example.shape[1:]), evidence_info)
+            if concepts is not None:
+                add_concepts_metadata(proto, concepts_info)
             _save(proto, tmp)
             parity = verify(module, tmp, example.shape[1:], threads=threads, device=device)
+            if concepts is not None:
+                parity.update(verify_concepts(module, tmp, example.shape[1:], threads=threads, device=device))
             int8_info = None
             if int8:
                 from inspectnet.export.int8_report import Int8Request, quantize_and_report
@@ -196,7 +209,7 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                           input_shape=["batch", *example.shape[1:]], parity=parity, latency_ms=lat, threads=threads,
                           size_bytes=out.stat().st_size, providers=parity.pop("providers"), int8=int8_info,
                           evidence={k: v for k, v in evidence_info.items() if k != "offset"} if evidence_info else None,
-                          exporter_fallback=fallback)
+                          exporter_fallback=fallback, concepts=concepts_info if concepts is not None else None)
     result.save(report_path)
     return result
 

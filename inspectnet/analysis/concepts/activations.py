@@ -31,6 +31,7 @@ from inspectnet.analysis.concepts.factor import StreamingNMF, TopKAutoencoder, m
 from inspectnet.core.errors import InspectnetError
 
 NMF_ITERATIONS = 200   # scikit-learn's default cap for the same updates
+OUTPUT_NAMES = ("logits", "concepts")
 
 
 class ConceptActivations(nn.Module):
@@ -39,9 +40,12 @@ class ConceptActivations(nn.Module):
     Args:
         model: a model with ``forward_features`` and ``forward_head`` (timm); its features are the map
             the factoriser was fitted on.
-        factoriser: a fitted :class:`StreamingNMF` or :class:`TopKAutoencoder`.
+        factoriser: a fitted :class:`StreamingNMF` or :class:`TopKAutoencoder`, or what
+            :func:`~inspectnet.analysis.concepts.saved.read_factoriser` reads back from ``basis.npz``.
         iterations: multiplicative updates of the NMF codes.
     """
+
+    output_names = OUTPUT_NAMES   # the exporter names the graph's outputs after these
 
     def __init__(self, model: nn.Module, factoriser: StreamingNMF | TopKAutoencoder, iterations: int = NMF_ITERATIONS):
         super().__init__()
@@ -51,7 +55,7 @@ class ConceptActivations(nn.Module):
         self.model, self.iterations = model, int(iterations)
         self.method = factoriser.method
         self.register_buffer("basis", factoriser.basis.float().clone())
-        if isinstance(factoriser, TopKAutoencoder):
+        if factoriser.method == "sae":
             self.active = factoriser.active
             self.register_buffer("encoder", factoriser.encoder.detach().float().clone())
             self.register_buffer("enc_bias", factoriser.enc_bias.detach().float().clone())

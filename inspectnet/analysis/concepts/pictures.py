@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from inspectnet.analysis.concepts.discover import Concepts, as_cells, as_maps
+from inspectnet.analysis.concepts.saved import factoriser_arrays
 from inspectnet.analysis.concepts.stream import MapStream, Source, as_source
 from inspectnet.core.errors import InspectnetError
 from inspectnet.core.figures import new_figure, save_figure
@@ -125,7 +126,8 @@ def _row_label(entry: dict[str, Any]) -> str:
 def write_concepts(result: Concepts, out: str | Path, *, model: ZooModel | nn.Module | None = None,
                    data: ImageDataset | ConceptDataset | None = None, per_concept: int = 6,
                    data_config: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Path]:
-    """Write ``concepts.json``, ``basis.npz`` (basis (K, C), centre (C,)) and, given the model and the data,
+    """Write ``concepts.json``, ``basis.npz`` (basis (K, C), centre (C,), the encoder: see
+    :mod:`~inspectnet.analysis.concepts.saved`) and, given the model and the data,
     the atlas pictures ``concepts.png`` and ``crops.png``.
 
     Args:
@@ -146,7 +148,8 @@ def write_concepts(result: Concepts, out: str | Path, *, model: ZooModel | nn.Mo
     out = output_dir(out)
     paths = {"json": result.save(out / "concepts.json")}
     buf = io.BytesIO()
-    np.savez_compressed(buf, basis=result.basis, centre=result.centre)
+    # and what encoding new cells needs (``inspectnet export --concepts`` reads it back)
+    np.savez_compressed(buf, basis=result.basis, centre=result.centre, **factoriser_arrays(result.factoriser))
     paths["basis"] = atomic_write_bytes(out / "basis.npz", buf.getvalue())
     if model is not None and data is not None:
         maps = top_image_maps(result, model, data, per_concept=per_concept, data_config=data_config, device=device)
