@@ -64,7 +64,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "analysis/explain/evidence": (["inspectnet/analysis/explain/evidence.py", "inspectnet/analysis/explain/pooled_map.py"],
                                   ["tests/test_evidence_values.py", "tests/test_evidence.py"]),
     "analysis/san": (["inspectnet/analysis/san/activations.py", "inspectnet/analysis/san/model.py"],
-                     ["tests/test_san.py", "tests/test_sparse_activations.py"]),
+                     ["tests/test_san_values.py", "tests/test_san.py", "tests/test_sparse_activations.py"]),
     "analysis/dissect": (["inspectnet/analysis/dissect/counts.py", "inspectnet/analysis/dissect/tail.py",
                           "inspectnet/analysis/dissect/sketch.py", "inspectnet/analysis/dissect/upsample.py"],
                          ["tests/test_dissect.py"]),
