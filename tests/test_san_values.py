@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from inspectnet.analysis.san.activations import max_activations, max_pool_indices, paper_k
+from inspectnet.analysis.san.activations import max_activations, max_pool_indices, paper_k, peaks
 from inspectnet.core.errors import InspectnetError
 
 
@@ -25,3 +25,11 @@ def test_a_window_or_k_of_one():
 def test_zero_window_or_k_is_refused(call):
     with pytest.raises(InspectnetError, match="must be at least 1"):
         call(torch.ones(1, 1, 4))
+
+
+def test_the_shortest_map_with_a_peak_has_three_entries():
+    assert peaks(torch.tensor([[[0.0, 2.0, 1.0]]]), 1).tolist() == [[[0.0, 2.0, 0.0]]]
+    assert peaks(torch.tensor([[[0.0, 2.0]]]), 1).tolist() == [[[0.0, 0.0]]]       # no two-sided derivative
+    image = torch.zeros(1, 1, 3, 3)
+    image[0, 0, 1, 1] = 5.0
+    assert torch.equal(peaks(image, 1), image)
