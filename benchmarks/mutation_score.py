@@ -77,6 +77,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 # survivors that cannot change any result: (file, "function: original -> mutated") -> why
 _SP, _LB = "inspectnet/analysis/sparsity.py", "inspectnet/data/labels.py"
 _IN, _FA = "inspectnet/analysis/heads/influence.py", "inspectnet/analysis/explain/faithfulness.py"
+_SA = "inspectnet/analysis/san/activations.py"
 _NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: the mask only restates what NaN "
               "propagation gives")
 _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0/0) s is already NaN: the mask only "
@@ -84,6 +85,12 @@ _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0
 _CHUNKS = ("images are explained in chunks, each with its own tie-break seed (seed + chunk start): another chunk "
            "size or seed offset draws another seeded random order among equal map values, nothing else")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_SA, "max_pool_indices: (1, m) -> (2, m)"):
+        "a signal is pooled as a (B, C, 1, L) image with ceil_mode: a window two rows high over one row covers the "
+        "same entries and gives the same single output row",
+    (_SA, "max_pool_indices: -2: -> 2:"): "x is (B, C, H, W): shape[-2:] and shape[2:] are the same two sides",
+    (_SA, "_rises_then_falls: n > 2 -> n >= 2"):
+        "at n = 2 the interior is empty: narrow(dim, 1, 0) copies nothing, the mask stays all False",
     (_SP, "hoyer: (l2 > 0) & (n > 1) -> (l2 > 0) | (n > 1)"): _NAN_HOYER,
     (_SP, "hoyer: l2 > 0 -> l2 >= 0"): _NAN_HOYER,
     (_SP, "hoyer: n > 1 -> n >= 1"): _NAN_HOYER,
@@ -381,7 +388,7 @@ class _Recorder:
 
 
 def _fork_pytest(args: list[str], timeout: float, finder: _MutantFinder | None = None,
-                 traced: set[str] | None = None) -> tuple[str, dict]:
+                 traced: set[str] | None = None, finders: list[_MutantFinder] = ()) -> tuple[str, dict]:
     """Run pytest with ``args`` in a forked child; returns (outcome, the recorder's data)."""
     fd, out_path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
@@ -394,8 +401,8 @@ def _fork_pytest(args: list[str], timeout: float, finder: _MutantFinder | None =
             os.dup2(devnull, 1), os.dup2(devnull, 2)
             for name in [n for n in sys.modules if n.split(".")[0] in ("inspectnet", "inspectnet_plugins", "tests")]:
                 del sys.modules[name]
-            if finder is not None:
-                sys.meta_path.insert(0, finder)
+            for f in [finder] if finder is not None else finders:
+                sys.meta_path.insert(0, f)
             rec = _Recorder(traced)
             code = int(pytest.main([*args, "-q", "-p", "no:cacheprovider", "-p", "no:randomly"], plugins=[rec]))
             Path(out_path).write_text(json.dumps({"lines": {k: sorted(v) for k, v in rec.lines.items()},
@@ -430,7 +437,10 @@ def baseline(files: list[str], tests: list[str], cache: Path | None = None
     if cache is not None and cache.exists() and json.loads(cache.read_text())["digest"] == digest:
         data = json.loads(cache.read_text())
     else:
-        outcome, data = _fork_pytest(tests, timeout=3600, traced={str(ROOT / f) for f in files})
+        # the files are served from this tree, as the mutants will be (an installed copy elsewhere is not traced)
+        same = [_MutantFinder(module_name(f), f, compile((ROOT / f).read_text(encoding="utf-8"), str(ROOT / f), "exec"))
+                for f in files]
+        outcome, data = _fork_pytest(tests, timeout=3600, finders=same, traced={str(ROOT / f) for f in files})
         if outcome != "passed":
             raise SystemExit(f"the tests {tests} do not pass on the unmodified code ({outcome}: {data.get('failed')})")
         if cache is not None:

@@ -93,3 +93,21 @@ def test_unlabelled_samples_and_a_missing_forward_are_refused():
     model(torch.ones(1, 2))
     with pytest.raises(InspectnetError, match="needs labels"):
         plugin.loss(None, torch.tensor([-1]), None)
+
+
+def test_signals_are_averaged_over_their_length():
+    model = nn.Sequential(nn.Identity())
+    plugin = make_plugin("ebp:K=1,lam=1.0,layer=0").attach(model, num_classes=1)
+    x = torch.tensor([[[1.0, -3.0], [2.0, 2.0]]])        # (B=1, C=2, L=2): A = (2, 2)
+    model(x)
+    plugin.loss(x, torch.tensor([0]), None)
+    assert plugin.D.tolist() == [[2.0, 2.0]]
+
+
+def test_ridge_reads_the_layer_right_after_the_regularised_one():
+    model = nn.Sequential(nn.Identity(), nn.Linear(3, 2), nn.Linear(2, 2))
+    plugin = make_plugin("ebp:K=1,lam=1.0,layer=0,ridge=1.0").attach(model, num_classes=2)
+    x = torch.randn(2, 3)
+    model(x)
+    terms = plugin.loss(x, torch.tensor([0, 1]), None)
+    assert terms["ebp_ridge"].item() == pytest.approx(float(model[1].weight.detach().pow(2).sum()), rel=1e-6)
