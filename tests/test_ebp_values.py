@@ -111,3 +111,23 @@ def test_ridge_reads_the_layer_right_after_the_regularised_one():
     model(x)
     terms = plugin.loss(x, torch.tensor([0, 1]), None)
     assert terms["ebp_ridge"].item() == pytest.approx(float(model[1].weight.detach().pow(2).sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("variant,expected", [("all", [0.4, 1.0, 0.2]), ("elite", [0.0, 0.0, 0.5])])
+def test_weights_of_activations_below_one(variant, expected):
+    """D = (0.2, 0.5, 0.1): the appendix variant divides by D_(1) = 0.5; with K = 2 the elites are filters 1 and 0,
+    and filter 2 weighs D_2 / D_(2) = 0.1 / 0.2."""
+    model = nn.Sequential(nn.Identity())
+    plugin = make_plugin(f"ebp:K=2,lam=1.0,layer=0,variant={variant}").attach(model, num_classes=1)
+    x = torch.tensor([[0.2, -0.5, 0.1]])
+    model(x)
+    plugin.loss(x, torch.tensor([0]), None)
+    assert plugin.penalty_weights()[0].tolist() == pytest.approx(expected)
+
+
+def test_k_may_equal_the_number_of_filters():
+    model = nn.Sequential(nn.Identity())
+    plugin = make_plugin("ebp:K=3,lam=1.0,layer=0").attach(model, num_classes=1)
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    model(x)
+    assert plugin.loss(x, torch.tensor([0]), None)["ebp"].item() == 0.0   # every filter is an elite
