@@ -20,6 +20,10 @@ first failure). A mutant that no test reaches survives as *not covered*.
     python benchmarks/mutation_score.py --list                # the module → test-file table
     python benchmarks/mutation_score.py --mode tally          # rewrite the results from the logged outcomes
     python benchmarks/mutation_score.py --mode survivors --modules data/labels --tests tests/test_labels.py
+    python benchmarks/mutation_score.py --modules analysis/dissect --cap 180 --budget 10   # on a busy machine
+
+``--cap S`` stops one mutant's tests after S seconds (it is then *capped*: undecided, scored as a survivor, never
+as a kill); ``--budget M`` starts no new mutant of a module after M minutes (its result says how many it reached).
 
 Every outcome is logged as it comes (``benchmarks/results/mutation.progress.jsonl``), so an interrupted run
 resumes where it was, and after tests are added ``--mode survivors`` runs only the logged survivors again.
@@ -599,7 +603,8 @@ def write_results(scores: dict[str, dict], out: Path) -> None:
         count = s["mutants"] if s.get("complete", True) else f"{s['mutants']} of {s['total']} (run not finished)"
         rows.append(f"| {s['name']} | {count} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} |")
     lines = ["# Mutation score of the core", "", "Written by `python benchmarks/mutation_score.py` (see its docstring). "
-             "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed.", "",
+             "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed, a mutant stopped "
+             "by `--cap` (capped) as a survivor.", "",
              f"Written on: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['date']}.", "",
              *rows, ""]
     for s in doc["modules"].values():
