@@ -100,11 +100,11 @@ def test_noise_ablation_is_the_seeded_replacement_written_out():
 
 
 def test_class_feature_means_skip_unlabelled_rows_and_empty_classes():
-    labels = np.array([0, -1, 2, 0, -1, 2])
+    labels = np.array([0, -1, 2, 0, -1, 1])
     means, counts = class_feature_means(_record(labels=labels), 4)
-    assert counts.tolist() == [2.0, 0.0, 2.0, 0.0]
-    np.testing.assert_allclose(means.numpy(), [F[[0, 3]].mean(0), np.zeros(4), F[[2, 5]].mean(0), np.zeros(4)])
-    assert mean_contributions(W, means, [[0, 2], [1], [2]]) == [[1.0, 1.0], [0.0], [2.0]]
+    assert counts.tolist() == [2.0, 1.0, 1.0, 0.0]
+    np.testing.assert_allclose(means.numpy(), [F[[0, 3]].mean(0), F[5], F[2], np.zeros(4)])
+    assert mean_contributions(W, means, [[0, 2], [1], [2]]) == [[1.0, 1.0], [0.0], [1.0]]
 
 
 def test_top_contributions_of_a_dense_head_are_its_largest_terms():
@@ -134,3 +134,18 @@ def test_top_contributions_of_a_head_without_bias_report_bias_zero():
     x = torch.randn(1, 1, 16, 16)
     row = top_contributions(zm, x, k=2)[0]
     assert row["bias"] == 0.0 and len(row["top"]) == 2
+
+
+def test_among_fitted_classes_with_no_eval_sample_of_them_says_so():
+    ev = evaluate_decomposition(W, B, _imap(empty=[0]), _record(F[[0, 3]], np.array([0, 0])))
+    assert ev["dense_classes"] == 1
+    assert ev["among_fitted_classes"] == {"num_classes": 2, "samples": 0,
+                                          "why": "no eval sample belongs to a class with fitting data"}
+
+
+def test_among_fitted_classes_compete_only_with_each_other():
+    """Class 0 has no fitting data (dense row); among classes 1 and 2 the full head predicts 1, 2, 2, 2, 2, 2 on the
+    eval samples of those classes (rows 1, 2, 4, 5: labels 1, 2, 2, 2): all four right."""
+    ev = evaluate_decomposition(W, B, _imap(empty=[0]), _record())
+    among = ev["among_fitted_classes"]
+    assert among["num_classes"] == 2 and among["samples"] == 4 and among["accuracy_full"] == 1.0
