@@ -149,3 +149,18 @@ def test_among_fitted_classes_compete_only_with_each_other():
     ev = evaluate_decomposition(W, B, _imap(empty=[0]), _record())
     among = ev["among_fitted_classes"]
     assert among["num_classes"] == 2 and among["samples"] == 4 and among["accuracy_full"] == 1.0
+
+
+def test_defaults_are_one_epoch_lr_0_1_batches_of_64_and_seed_0():
+    import copy
+
+    from inspectnet.analysis.heads.decompose import decompose_head, retrain_head
+
+    rng = np.random.default_rng(0)
+    feats, labels = rng.normal(size=(100, 4)).astype(np.float32), rng.integers(0, 3, 100)
+    head = decompose_head(torch.nn.Linear(4, 3), _imap([[0, 2], [1], [3]]))
+    a, b = copy.deepcopy(head), copy.deepcopy(head)
+    history = retrain_head(a, feats, labels)
+    assert history == retrain_head(b, feats, labels, epochs=1, lr=0.1, batch_size=64, seed=0) and len(history) == 1
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert noise_ablation(W, B, _imap(), _record()) == noise_ablation(W, B, _imap(), _record(), seed=0)
