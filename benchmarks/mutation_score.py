@@ -82,6 +82,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 _SP, _LB = "inspectnet/analysis/sparsity.py", "inspectnet/data/labels.py"
 _IN, _FA = "inspectnet/analysis/heads/influence.py", "inspectnet/analysis/explain/faithfulness.py"
 _SA, _EB = "inspectnet/analysis/san/activations.py", "plugins/ebp.py"
+_DE = "inspectnet/analysis/heads/decompose.py"
 _NO_EVIDENCE = ("D ≥ 0, so where that value is 0 every D_j it divides is 0 too (all of them, or the non-elites below "
                 "it): 0 / 1e-300 = 0 gives the same zero row as the guard")
 _NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: the mask only restates what NaN "
@@ -91,6 +92,10 @@ _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0
 _CHUNKS = ("images are explained in chunks, each with its own tie-break seed (seed + chunk start): another chunk "
            "size or seed offset draws another seeded random order among equal map values, nothing else")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_DE, "retrain_head: training=True -> training=False"):
+        "the retrained module is a DecomposedLinear: no layer in it behaves differently in training mode",
+    (_DE, "_retrain_epoch: set_to_none=True -> set_to_none=False"):
+        "every parameter of the head gets a gradient at every step: a zeroed gradient and none give the same step",
     (_EB, "EliteBackProp.penalty_weights: top > 0 -> top >= 0"): _NO_EVIDENCE,
     (_EB, "EliteBackProp.penalty_weights: kth > 0 -> kth >= 0"): _NO_EVIDENCE,
     (_SA, "max_pool_indices: (1, m) -> (2, m)"):

@@ -164,3 +164,35 @@ def test_defaults_are_one_epoch_lr_0_1_batches_of_64_and_seed_0():
     assert history == retrain_head(b, feats, labels, epochs=1, lr=0.1, batch_size=64, seed=0) and len(history) == 1
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     assert noise_ablation(W, B, _imap(), _record()) == noise_ablation(W, B, _imap(), _record(), seed=0)
+
+
+def test_retraining_is_seeded_momentum_sgd_on_the_labelled_rows_written_out():
+    import copy
+
+    from torch.nn import functional as nnf
+
+    from inspectnet.analysis.heads.decompose import decompose_head, retrain_head
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(50, 4)).astype(np.float32)
+    labels = rng.integers(-1, 3, 50)                                  # some rows unlabelled
+    head = decompose_head(torch.nn.Linear(4, 3), _imap([[0, 2], [1], [3]]))
+    ref = copy.deepcopy(head)
+    history = retrain_head(head, feats, labels, epochs=2, lr=0.05, batch_size=16, seed=4)
+    rows = np.flatnonzero(labels >= 0)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(4)
+    want = []
+    for epoch in range(2):
+        order, total = torch.randperm(len(rows), generator=gen), 0.0
+        for start in range(0, len(rows), 16):
+            pick = rows[order[start:start + 16].numpy()]
+            loss = nnf.cross_entropy(ref(torch.from_numpy(feats[pick])), torch.from_numpy(labels[pick]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(pick)
+        want.append({"epoch": epoch + 1, "loss": pytest.approx(total / len(rows), rel=1e-6)})
+    assert history == want
+    torch.testing.assert_close(head.weight, ref.weight * ref.mask)
+    assert bool((head.weight[~head.mask] == 0).all())
