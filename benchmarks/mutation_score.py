@@ -20,6 +20,10 @@ first failure). A mutant that no test reaches survives as *not covered*.
     python benchmarks/mutation_score.py --list                # the module → test-file table
     python benchmarks/mutation_score.py --mode tally          # rewrite the results from the logged outcomes
     python benchmarks/mutation_score.py --mode survivors --modules data/labels --tests tests/test_labels.py
+    python benchmarks/mutation_score.py --modules analysis/dissect --cap 180 --budget 10   # on a busy machine
+
+``--cap S`` stops one mutant's tests after S seconds (it is then *capped*: undecided, scored as a survivor, never
+as a kill); ``--budget M`` starts no new mutant of a module after M minutes (its result says how many it reached).
 
 Every outcome is logged as it comes (``benchmarks/results/mutation.progress.jsonl``), so an interrupted run
 resumes where it was, and after tests are added ``--mode survivors`` runs only the logged survivors again.
@@ -58,22 +62,29 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "analysis/explain/faithfulness": (["inspectnet/analysis/explain/faithfulness.py"], ["tests/test_faithfulness.py"]),
     "analysis/heads/influence": (["inspectnet/analysis/heads/influence.py"],
                                  ["tests/test_influence.py", "tests/test_decompose.py"]),
-    "analysis/heads/decompose": (["inspectnet/analysis/heads/decompose.py"], ["tests/test_decompose.py"]),
+    "analysis/heads/decompose": (["inspectnet/analysis/heads/decompose.py"],
+                                 ["tests/test_decompose_values.py", "tests/test_decompose.py"]),
     "analysis/heads/slim": (["inspectnet/analysis/heads/slim.py"], ["tests/test_slim.py"]),
-    "analysis/explain/evidence": (["inspectnet/analysis/explain/evidence.py"], ["tests/test_evidence.py"]),
+    "analysis/explain/evidence": (["inspectnet/analysis/explain/evidence.py", "inspectnet/analysis/explain/pooled_map.py"],
+                                  ["tests/test_evidence_values.py", "tests/test_evidence.py"]),
     "analysis/san": (["inspectnet/analysis/san/activations.py", "inspectnet/analysis/san/model.py"],
-                     ["tests/test_san.py", "tests/test_sparse_activations.py"]),
+                     ["tests/test_san_values.py", "tests/test_san.py", "tests/test_sparse_activations.py"]),
     "analysis/dissect": (["inspectnet/analysis/dissect/counts.py", "inspectnet/analysis/dissect/tail.py",
                           "inspectnet/analysis/dissect/sketch.py", "inspectnet/analysis/dissect/upsample.py"],
                          ["tests/test_dissect.py"]),
-    "plugins/ebp": (["plugins/ebp.py"], ["tests/test_plugins.py"]),
+    "plugins/ebp": (["plugins/ebp.py"], ["tests/test_ebp_values.py", "tests/test_plugins.py"]),
     "plugins/cgl": (["plugins/cgl.py"], ["tests/test_cgl.py"]),
-    "export/int8": (["inspectnet/export/int8.py"], ["tests/test_export.py"]),
+    "export/int8": (["inspectnet/export/int8.py", "inspectnet/export/qdq.py", "inspectnet/export/bias_correction.py"],
+                    ["tests/test_export.py"]),
 }
 
 # survivors that cannot change any result: (file, "function: original -> mutated") -> why
 _SP, _LB = "inspectnet/analysis/sparsity.py", "inspectnet/data/labels.py"
 _IN, _FA = "inspectnet/analysis/heads/influence.py", "inspectnet/analysis/explain/faithfulness.py"
+_SA, _EB = "inspectnet/analysis/san/activations.py", "plugins/ebp.py"
+_DE = "inspectnet/analysis/heads/decompose.py"
+_NO_EVIDENCE = ("D ≥ 0, so where that value is 0 every D_j it divides is 0 too (all of them, or the non-elites below "
+                "it): 0 / 1e-300 = 0 gives the same zero row as the guard")
 _NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: the mask only restates what NaN "
               "propagation gives")
 _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0/0) s is already NaN: the mask only "
@@ -81,6 +92,18 @@ _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0
 _CHUNKS = ("images are explained in chunks, each with its own tie-break seed (seed + chunk start): another chunk "
            "size or seed offset draws another seeded random order among equal map values, nothing else")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_DE, "retrain_head: training=True -> training=False"):
+        "the retrained module is a DecomposedLinear: no layer in it behaves differently in training mode",
+    (_DE, "_retrain_epoch: set_to_none=True -> set_to_none=False"):
+        "every parameter of the head gets a gradient at every step: a zeroed gradient and none give the same step",
+    (_EB, "EliteBackProp.penalty_weights: top > 0 -> top >= 0"): _NO_EVIDENCE,
+    (_EB, "EliteBackProp.penalty_weights: kth > 0 -> kth >= 0"): _NO_EVIDENCE,
+    (_SA, "max_pool_indices: (1, m) -> (2, m)"):
+        "a signal is pooled as a (B, C, 1, L) image with ceil_mode: a window two rows high over one row covers the "
+        "same entries and gives the same single output row",
+    (_SA, "max_pool_indices: -2: -> 2:"): "x is (B, C, H, W): shape[-2:] and shape[2:] are the same two sides",
+    (_SA, "_rises_then_falls: n > 2 -> n >= 2"):
+        "at n = 2 the interior is empty: narrow(dim, 1, 0) copies nothing, the mask stays all False",
     (_SP, "hoyer: (l2 > 0) & (n > 1) -> (l2 > 0) | (n > 1)"): _NAN_HOYER,
     (_SP, "hoyer: l2 > 0 -> l2 >= 0"): _NAN_HOYER,
     (_SP, "hoyer: n > 1 -> n >= 1"): _NAN_HOYER,
@@ -378,7 +401,7 @@ class _Recorder:
 
 
 def _fork_pytest(args: list[str], timeout: float, finder: _MutantFinder | None = None,
-                 traced: set[str] | None = None) -> tuple[str, dict]:
+                 traced: set[str] | None = None, finders: list[_MutantFinder] = ()) -> tuple[str, dict]:
     """Run pytest with ``args`` in a forked child; returns (outcome, the recorder's data)."""
     fd, out_path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
@@ -391,8 +414,8 @@ def _fork_pytest(args: list[str], timeout: float, finder: _MutantFinder | None =
             os.dup2(devnull, 1), os.dup2(devnull, 2)
             for name in [n for n in sys.modules if n.split(".")[0] in ("inspectnet", "inspectnet_plugins", "tests")]:
                 del sys.modules[name]
-            if finder is not None:
-                sys.meta_path.insert(0, finder)
+            for f in [finder] if finder is not None else finders:
+                sys.meta_path.insert(0, f)
             rec = _Recorder(traced)
             code = int(pytest.main([*args, "-q", "-p", "no:cacheprovider", "-p", "no:randomly"], plugins=[rec]))
             Path(out_path).write_text(json.dumps({"lines": {k: sorted(v) for k, v in rec.lines.items()},
@@ -427,7 +450,10 @@ def baseline(files: list[str], tests: list[str], cache: Path | None = None
     if cache is not None and cache.exists() and json.loads(cache.read_text())["digest"] == digest:
         data = json.loads(cache.read_text())
     else:
-        outcome, data = _fork_pytest(tests, timeout=3600, traced={str(ROOT / f) for f in files})
+        # the files are served from this tree, as the mutants will be (an installed copy elsewhere is not traced)
+        same = [_MutantFinder(module_name(f), f, compile((ROOT / f).read_text(encoding="utf-8"), str(ROOT / f), "exec"))
+                for f in files]
+        outcome, data = _fork_pytest(tests, timeout=3600, finders=same, traced={str(ROOT / f) for f in files})
         if outcome != "passed":
             raise SystemExit(f"the tests {tests} do not pass on the unmodified code ({outcome}: {data.get('failed')})")
         if cache is not None:
@@ -440,21 +466,27 @@ def baseline(files: list[str], tests: list[str], cache: Path | None = None
     return lines, data["seconds"]
 
 
-def run_mutant(m: Mutant, covering: list[str], seconds: dict[str, float]) -> None:
-    """Run the tests reaching ``m``'s lines against it (fastest first, ending at the first failure)."""
+def run_mutant(m: Mutant, covering: list[str], seconds: dict[str, float], cap: float | None = None) -> None:
+    """Run the tests reaching ``m``'s lines against it (fastest first, ending at the first failure).
+
+    The tests get three times their unmodified duration plus 30 s, or ``cap`` seconds where that is less; a
+    mutant stopped by the cap is ``capped`` (undecided), which the score counts as a survivor.
+    """
     if not covering:
         m.status = "not covered"
         return
     order = sorted(covering, key=lambda t: seconds.get(t, 0.0))
     finder = _MutantFinder(module_name(m.file), m.file, mutated_code(m.file, m))
-    limit = 30.0 + 3.0 * sum(seconds.get(t, 60.0) for t in order)
+    natural = 30.0 + 3.0 * sum(seconds.get(t, 60.0) for t in order)
+    limit = min(natural, cap) if cap else natural
     start = time.perf_counter()
     outcome, data = _fork_pytest([*order, "-x"], timeout=limit, finder=finder)
     m.seconds, m.tests_run = round(time.perf_counter() - start, 2), len(order)
     if outcome == "passed":
         m.status = "survived"
     elif outcome == "timeout":
-        m.status = "timeout"
+        # past the cap but within the tests' own time: undecided, scored as a survivor (never a false kill)
+        m.status = "timeout" if limit == natural else "capped"
     else:
         m.status = "killed" if outcome == "failed" else outcome  # "error (exit N)": the tests could not even run
         m.killed_by = (data.get("failed") or [None])[0]
@@ -479,7 +511,8 @@ class ModuleScore:
 
 
 def score_module(name: str, limit: int | None = None, *, log: Path | None = None, on_progress=None,
-                 first: tuple[str, ...] = (), mode: str = "run", tests: list[str] | None = None) -> ModuleScore:
+                 first: tuple[str, ...] = (), mode: str = "run", tests: list[str] | None = None,
+                 cap: float | None = None, budget: float | None = None) -> ModuleScore:
     """Run the mutants of the module group ``name`` against its tests (or ``tests``).
 
     Each outcome is appended to ``log`` (JSON lines) as it comes; outcomes already there are reused, so an
@@ -487,28 +520,32 @@ def score_module(name: str, limit: int | None = None, *, log: Path | None = None
     of the functions named in ``first`` (name prefixes) run before the others. ``mode``: ``run`` (every mutant
     without a logged outcome), ``tally`` (run nothing: score the logged outcomes; a module with mutants left
     says it is incomplete) or ``survivors`` (run again, against whole test files, the mutants logged as
-    survivors: tests added since can only kill more).
+    survivors: tests added since can only kill more). ``cap``: at most this many seconds for one mutant's tests;
+    ``budget``: no new mutant starts after this many seconds (the module's result then says it is incomplete).
     """
     files, tests = MODULES[name][0], tests or MODULES[name][1]
     done = _logged(log, name)
     mutants = [m for path in files for m in find_mutants(path)[:limit]]
     mutants.sort(key=lambda m: next((i for i, f in enumerate(first) if m.function.startswith(f)), len(first)))
     if mode == "survivors":
-        todo = [m for m in mutants if done.get((m.file, m.key), ("",))[0] in ("survived", "not covered")]
+        todo = [m for m in mutants if done.get((m.file, m.key), ("",))[0] in ("survived", "not covered", "capped")]
     else:
         todo = [m for m in mutants if (m.file, m.key) not in done] if mode == "run" else []
     cache = log.with_name(log.name.replace(".progress.jsonl", f".baseline.{name.replace('/', '_')}.json")) if log else None
     lines, seconds = baseline(files, tests, cache) if todo and mode == "run" else ({}, {})
     result = ModuleScore(name, files, MODULES[name][1], total=len(mutants))
     waiting = {(m.file, m.key) for m in todo}
+    began = time.monotonic()
     for i, m in enumerate(mutants):
+        if (m.file, m.key) in waiting and budget is not None and time.monotonic() - began > budget:
+            continue
         if (m.file, m.key) in waiting:
             if mode == "survivors":
                 covering = tests  # whole files: a new test may reach the line
             else:
                 reached = {t for t, hit in lines[m.file].items() if hit & set(range(m.line, m.end_line + 1))}
                 covering = list(seconds) if m.import_time or "<import>" in reached else sorted(reached)
-            run_mutant(m, covering, seconds)
+            run_mutant(m, covering, seconds, cap)
             if log is not None:
                 with log.open("a") as fh:
                     fh.write(json.dumps({"module": name, "file": m.file, "key": m.key, "status": m.status,
@@ -571,7 +608,8 @@ def write_results(scores: dict[str, dict], out: Path) -> None:
         count = s["mutants"] if s.get("complete", True) else f"{s['mutants']} of {s['total']} (run not finished)"
         rows.append(f"| {s['name']} | {count} | {s['killed']} | {s['survived']} | {s['equivalent']} | {score} |")
     lines = ["# Mutation score of the core", "", "Written by `python benchmarks/mutation_score.py` (see its docstring). "
-             "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed.", "",
+             "Score = killed / (mutants − equivalent); a timeout or a crash of the tests counts as killed, a mutant stopped "
+             "by `--cap` (capped) as a survivor.", "",
              f"Written on: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, {doc['machine']['date']}.", "",
              *rows, ""]
     for s in doc["modules"].values():
@@ -607,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", default="", help="comma-separated test files instead of the module's (with --mode "
                                                       "survivors: the files whose new tests may kill them)")
     parser.add_argument("--first", default="", help="comma-separated function names whose mutants run first")
+    parser.add_argument("--cap", type=float, default=None, help="at most this many seconds for one mutant's tests")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="minutes per module after which no new mutant starts (the result says it is incomplete)")
     parser.add_argument("--add-results", default=None, help="a results .json of another run: add its modules to --out")
     args = parser.parse_args(argv)
     if args.add_results:
@@ -637,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         log = Path(args.out).with_suffix(".progress.jsonl")
         first = tuple(f.strip() for f in args.first.split(",") if f.strip())
         tests = [t.strip() for t in args.tests.split(",") if t.strip()] or None
-        scores.append(score_module(n, args.limit, log=log, first=first, mode=args.mode, tests=tests,
+        scores.append(score_module(n, args.limit, log=log, first=first, mode=args.mode, tests=tests, cap=args.cap,
+                                   budget=60 * args.budget if args.budget else None,
                                    on_progress=lambda r: write_results({r.name: asdict(r)}, Path(args.out))))
         s = scores[-1]
         print(f"{n}: {s.killed} killed, {s.survived} survived, {s.equivalent} equivalent of {s.mutants} "

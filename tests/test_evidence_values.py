@@ -1,0 +1,169 @@
+"""Class-evidence maps checked value by value against the formula written out here (not only their sums):
+E_c(h, w) = W[c]·A(h, w) / (H·W) on a plain map, E_c(h, w) = W[c]·(γ ⊙ (A(h, w) − mean_j A_j(h, w)) / σ) / (H·W)
+with σ from the pooled vector behind a LayerNorm, offset b_c (+ W[c]·β); chosen classes that are not the first ones."""
+
+import pytest
+import timm
+import torch
+
+from inspectnet.analysis.explain.evidence import ClassEvidence, choose_classes, class_evidence, pooled_head
+from inspectnet.analysis.explain.pooled_map import pool_map
+from inspectnet.core.errors import InspectnetError
+from inspectnet.models.zoo import ZooModel, load_model
+
+
+def _timm_zm(arch, head_name, size=64, **kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=5, **kwargs).eval()
+    cfg = {"input_size": (3, size, size), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0,
+           "interpolation": "bilinear", "crop_mode": "center"}
+    return ZooModel(model=model, source="timm", arch=arch, num_classes=5, in_chans=3, data_config=cfg,
+                    class_names=list("abcde"), head_name=head_name)
+
+
+def _resnet():
+    zm = load_model("resnet18", num_classes=6, input_size=64, seed=0)
+    with torch.no_grad():
+        zm.head.bias.normal_()  # a bias that is not zero: the offset is a real term
+    return zm
+
+
+def test_plain_map_evidence_is_the_literal_formula_for_classes_that_are_not_the_first():
+    zm = _resnet()
+    x = torch.randn(2, 3, 64, 64)
+    ev = class_evidence(zm, x, "4,2")
+    caught = []
+    handle = zm.model.layer4.register_forward_hook(lambda _m, _i, out: caught.append(out.detach().double()))
+    with torch.no_grad():
+        logits = zm.model(x).double()
+    handle.remove()
+    a = caught[0]                                                   # (2, 512, 2, 2)
+    w, b = zm.head.weight.detach().double(), zm.head.bias.detach().double()
+    want = torch.stack([torch.einsum("j,bjhw->bhw", w[c], a) / 4 for c in (4, 2)], dim=1)
+    torch.testing.assert_close(ev.maps.double(), want, rtol=1e-5, atol=1e-6)
+    assert ev.classes.tolist() == [[4, 2], [4, 2]]
+    torch.testing.assert_close(ev.offset.double(), b[[4, 2]].expand(2, 2), rtol=0, atol=1e-7)
+    torch.testing.assert_close(ev.logits.double(), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_head_evidence_is_the_literal_formula_position_by_position():
+    zm = _timm_zm("convnext_atto", "head.fc")
+    norm = zm.model.head.norm
+    with torch.no_grad():  # γ, β and the head's bias away from their initial 1 / 0
+        norm.weight.normal_(1.0, 0.3)
+        norm.bias.normal_(0.0, 0.3)
+        zm.head.bias.normal_()
+    x = torch.randn(2, 3, 64, 64)
+    ev = class_evidence(zm, x, "3,1")
+    with torch.no_grad():
+        a = zm.model.forward_features(x).double()                  # (2, 320, 2, 2)
+    pooled = a.mean((2, 3))
+    sigma = torch.sqrt(pooled.var(1, unbiased=False) + norm.eps)    # the pooled vector's spread, one per image
+    g, beta = norm.weight.detach().double(), norm.bias.detach().double()
+    w, b = zm.head.weight.detach().double(), zm.head.bias.detach().double()
+    centred = a - a.mean(1, keepdim=True)
+    want = torch.stack([torch.einsum("j,bjhw->bhw", w[c] * g, centred) / sigma[:, None, None] / 4 for c in (3, 1)], 1)
+    torch.testing.assert_close(ev.maps.double(), want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ev.offset.double(), (b + w @ beta)[[3, 1]].expand(2, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norm_without_affine_terms_uses_gamma_one_and_no_shift():
+    zm = _timm_zm("convnext_atto", "head.fc")
+    norm = zm.model.head.norm
+    norm.weight, norm.bias = None, None     # elementwise_affine=False: γ = 1, β = 0
+    with torch.no_grad():
+        zm.head.bias.normal_()
+    x = torch.randn(1, 3, 64, 64)
+    ev = class_evidence(zm, x, "all")
+    with torch.no_grad():
+        a = zm.model.forward_features(x).double()
+    sigma = torch.sqrt(a.mean((2, 3)).var(1, unbiased=False) + norm.eps)
+    want = torch.einsum("cj,bjhw->bchw", zm.head.weight.detach().double(), a - a.mean(1, keepdim=True)) / 4
+    torch.testing.assert_close(ev.maps.double(), want / sigma, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ev.offset[0].double(), zm.head.bias.detach().double(), rtol=0, atol=1e-7)
+
+
+def test_evidence_module_gives_the_top_class_by_default():
+    zm = _resnet()
+    x = torch.randn(3, 3, 64, 64)
+    logits, maps, classes = ClassEvidence(zm.model, pooled_head(zm))(x)
+    assert maps.shape == (3, 1, 2, 2)
+    assert classes[:, 0].tolist() == logits.argmax(1).tolist()
+
+
+def test_token_grid_evidence_skips_the_prefix_tokens():
+    zm = _timm_zm("vit_tiny_patch16_224", "head", img_size=64, global_pool="avg")
+    with torch.no_grad():
+        zm.head.bias.normal_()
+    found = pooled_head(zm)
+    assert found.layout == "NLC" and found.prefix_tokens == 1 and found.grid == (4, 4)
+    x = torch.randn(1, 3, 64, 64)
+    ev = class_evidence(zm, x, "2", pooled=found)
+    with torch.no_grad():
+        tokens = zm.model.forward_features(x).double()              # (1, 17, 192): class token first
+    patches = tokens[:, 1:].transpose(1, 2).reshape(1, 192, 4, 4)    # row-major patch grid
+    centred = patches - patches.mean(1, keepdim=True)
+    norm = zm.model.fc_norm
+    sigma = torch.sqrt(patches.mean((2, 3)).var(1, unbiased=False) + norm.eps)
+    w = zm.head.weight.detach().double()[2] * norm.weight.detach().double()
+    want = torch.einsum("j,bjhw->bhw", w, centred) / sigma / 16
+    torch.testing.assert_close(ev.maps[:, 0].double(), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout,x,want", [
+    ("NCHW", torch.arange(8.0).view(1, 2, 2, 2), [[1.5, 5.5]]),
+    ("NHWC", torch.arange(8.0).view(1, 2, 2, 2), [[3.0, 4.0]]),
+    ("NLC", torch.arange(6.0).view(1, 3, 2), [[3.0, 4.0]]),      # prefix 1: tokens (2, 3) and (4, 5)
+])
+def test_pool_map_averages_the_positions_of_each_layout(layout, x, want):
+    assert pool_map(x, layout, prefix=1).tolist() == want
+
+
+def test_choose_classes_values():
+    logits = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.2, 0.3]])
+    assert choose_classes("top3", logits).tolist() == [[1, 2, 0], [0, 2, 1]]
+    assert choose_classes("all", logits).tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert choose_classes(torch.tensor([2, 0]), logits).tolist() == [[2, 0], [2, 0]]
+    assert choose_classes(torch.tensor([[1], [2]]), logits).tolist() == [[1], [2]]
+    assert choose_classes([2, "b"], logits, ["a", "b", "c"]).tolist() == [[2, 1], [2, 1]]
+    assert choose_classes("c, 0", logits, ["a", "b", "c"]).tolist() == [[2, 0], [2, 0]]
+    for bad, match in (("top0", "top1 to top3"), ("top4", "top1 to top3"), ("3", "classes 0..2"), ("-1", "classes 0..2"),
+                       ("", "chose no class"), ("d", "neither a class index")):
+        with pytest.raises(InspectnetError, match=match):
+            choose_classes(bad, logits, ["a", "b", "c"])
+    with pytest.raises(InspectnetError, match="chose no class"):
+        choose_classes(torch.tensor([[1], [2], [0]]), logits)   # three rows for two images
+
+
+def test_gathered_export_head_behind_a_layer_norm_keeps_the_shift_of_the_kept_channels():
+    """The export form of a slimmed head, gather(index) then Linear, behind a LayerNorm: offset b + W·β[index],
+    maps W·(γ ⊙ normalised A)[index] / (H·W)."""
+    import copy
+
+    from torch import nn
+
+    from inspectnet.models.heads import ChannelGather
+    from inspectnet.models.surgery import set_submodule
+
+    zm = _timm_zm("convnext_atto", "head.fc")
+    norm = zm.model.head.norm
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+        norm.bias.normal_(0.0, 0.3)
+    found = pooled_head(zm)
+    index = torch.tensor([300, 7, 41, 199])
+    fc = nn.Linear(4, 5)
+    model = copy.deepcopy(zm.model).eval()
+    set_submodule(model, "head.fc", nn.Sequential(ChannelGather(index), fc))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ev = ClassEvidence(model, found).evidence(x, "all")
+        a = model.forward_features(x).double()
+    sigma = torch.sqrt(a.mean((2, 3)).var(1, unbiased=False) + norm.eps)
+    g, beta = norm.weight.detach().double(), norm.bias.detach().double()
+    w, b = fc.weight.detach().double(), fc.bias.detach().double()
+    normalised = (a - a.mean(1, keepdim=True)) * g[None, :, None, None] / sigma[:, None, None, None]
+    want = torch.einsum("cj,bjhw->bchw", w, normalised[:, index]) / 4
+    torch.testing.assert_close(ev.maps.double(), want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ev.offset[0].double(), b + w @ beta[index], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ev.maps.double().sum((2, 3)) + ev.offset.double(), ev.logits.double(), rtol=1e-4, atol=1e-5)
