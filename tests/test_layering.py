@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("inspectnet.models",),
     ("inspectnet.probe",),
     ("inspectnet.analysis",),
-    ("inspectnet.plugins", "inspectnet.training", "inspectnet_plugins", "inspectnet.testing"),
+    ("inspectnet.plugins", "inspectnet.plugin_base", "inspectnet.training", "inspectnet_plugins", "inspectnet.testing"),
     ("inspectnet.export",),
     ("inspectnet.pipelines",),
     ("inspectnet.cli",),
@@ -129,3 +129,4 @@ def test_the_contract_catches_what_it_forbids(tmp_path):
     assert imports_of("inspectnet.analysis.fake", src) == [("inspectnet.reports.html", 1), ("inspectnet.reports.card", 1)]
     with pytest.raises(AssertionError, match="no layer"):
         layer_of("somewhere.else")
+
