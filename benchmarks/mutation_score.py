@@ -62,7 +62,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "analysis/explain/faithfulness": (["inspectnet/analysis/explain/faithfulness.py"], ["tests/test_faithfulness.py"]),
     "analysis/heads/influence": (["inspectnet/analysis/heads/influence.py"],
                                  ["tests/test_influence.py", "tests/test_decompose.py"]),
-    "analysis/heads/decompose": (["inspectnet/analysis/heads/decompose.py"],
+    "analysis/heads/decompose": (["inspectnet/analysis/heads/decompose.py", "inspectnet/analysis/heads/contributions.py",
+                                  "inspectnet/analysis/heads/retrain.py"],
                                  ["tests/test_decompose_values.py", "tests/test_decompose.py"]),
     "analysis/heads/slim": (["inspectnet/analysis/heads/slim.py"], ["tests/test_slim.py"]),
     "analysis/explain/evidence": (["inspectnet/analysis/explain/evidence.py", "inspectnet/analysis/explain/pooled_map.py"],
@@ -82,7 +83,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 _SP, _LB = "inspectnet/analysis/sparsity.py", "inspectnet/data/labels.py"
 _IN, _FA = "inspectnet/analysis/heads/influence.py", "inspectnet/analysis/explain/faithfulness.py"
 _SA, _EB = "inspectnet/analysis/san/activations.py", "plugins/ebp.py"
-_DE = "inspectnet/analysis/heads/decompose.py"
+_DE = "inspectnet/analysis/heads/retrain.py"  # the retraining moved out of decompose.py
 _NO_EVIDENCE = ("D ≥ 0, so where that value is 0 every D_j it divides is 0 too (all of them, or the non-elites below "
                 "it): 0 / 1e-300 = 0 gives the same zero row as the guard")
 _NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: the mask only restates what NaN "

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("inspectnet.models",),
     ("inspectnet.probe",),
     ("inspectnet.analysis",),
-    ("inspectnet.plugins", "inspectnet.training", "inspectnet_plugins", "inspectnet.testing"),
+    ("inspectnet.plugins", "inspectnet.plugin_base", "inspectnet.training", "inspectnet_plugins", "inspectnet.testing"),
     ("inspectnet.export",),
     ("inspectnet.pipelines",),
     ("inspectnet.cli",),
@@ -129,3 +129,15 @@ def test_the_contract_catches_what_it_forbids(tmp_path):
     assert imports_of("inspectnet.analysis.fake", src) == [("inspectnet.reports.html", 1), ("inspectnet.reports.card", 1)]
     with pytest.raises(AssertionError, match="no layer"):
         layer_of("somewhere.else")
+
+
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_is_longer_than_450_lines():
+    """Every module in inspectnet/ stays short enough to read in one sitting; the offenders are listed."""
+    lengths = {path: len(path.read_text(encoding="utf-8").splitlines())
+               for module, path in MODULES.items() if module == "inspectnet" or module.startswith("inspectnet.")}
+    assert len(lengths) > 60
+    offenders = sorted(f"{path.relative_to(ROOT)}: {n} lines" for path, n in lengths.items() if n > MAX_MODULE_LINES)
+    assert not offenders, f"modules above {MAX_MODULE_LINES} lines:\n" + "\n".join(offenders)

