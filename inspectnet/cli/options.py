@@ -76,7 +76,7 @@ def model_ref_from_args(args: argparse.Namespace, seed: int | None = 0) -> Model
     return ModelRef(args.model, dict(weights=args.weights, num_classes=args.num_classes, in_chans=args.in_chans,
                                      pretrained=args.pretrained, input_size=args.input_size,
                                      reset_head=args.reset_head, seed=getattr(args, "seed", seed),
-                                     build_args=parse_model_args(getattr(args, "model_arg", None))))
+                                     build_args=parse_model_args(getattr(args, "model_arg", None)) or None))
 
 
 def add_data_args(p: argparse.ArgumentParser, *, data: bool = True, limit: bool = True) -> None:
