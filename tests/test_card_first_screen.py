@@ -121,10 +121,16 @@ def test_trust_verdict_comes_from_the_trust_section_else_the_explanation_checks_
     text = trust_text(_doc(explanations=_explanations(True, True)))
     assert text.startswith("On 16 images, 1 of 2 methods beat random maps on both deletion and insertion (evidence). "
                            "2 of 2 pass the sanity check")
-    verdict = "Class evidence beats random maps on 16 images (paired); trust its maps."
-    doc = _doc(explanations=_explanations(True, True), trust={"title": "Trust", "status": "ok",
-                                                               "result": {"verdict": verdict}})
-    assert trust_text(doc) == verdict
+    vs = {"beats_control": True, "paired_images": 16}
+    trust = {"title": "Trust", "status": "ok", "result": {"images": 16, "methods": {
+        "gradcam": {"vs_random": {**vs, "beats_control": False}}, "evidence": {"vs_random": vs}, "random": {}}}}
+    doc = _doc(explanations=_explanations(False, True), trust=trust)
+    assert trust_text(doc) == ("On 16 evaluation images, 1 of 2 methods beat random maps on both deletion and "
+                               "insertion (class evidence). 2 of 2 pass the sanity check (their maps change when the "
+                               "model is randomised): evidence, gradcam. Trust a map only from a method that does both.")
+    del doc["sections"]["explanations"]
+    assert trust_text(doc).endswith("(class evidence). Whether the maps change when the model is randomised (the "
+                                    "sanity check) was not run: --explain-images N runs it.")
     doc["sections"]["trust"] = {"title": "Trust", "status": "failed", "error": "x"}
     assert trust_text(doc).startswith("The trust check failed")
 

@@ -204,9 +204,10 @@ def trust_text(doc: dict[str, Any]) -> str:
     if trust is not None:
         if trust["status"] != "ok":
             return "The trust check failed (see its section for why)."
-        verdict = trust["result"].get("verdict")
-        if isinstance(verdict, str) and verdict:
-            return verdict
+        text = _trust_section_text(trust["result"])
+        sanity = _sanity_text(ok_result(doc, "explanations"))
+        return text + (" " + sanity if sanity else " Whether the maps change when the model is randomised (the "
+                                                     "sanity check) was not run: --explain-images N runs it.")
     r = ok_result(doc, "explanations")
     if not r:
         return ("Not measured: this audit did not check its explanations (--explain-images N compares them with "
@@ -216,14 +217,34 @@ def trust_text(doc: dict[str, Any]) -> str:
     if not rows:
         return "Not measured: no explanation method could be compared with the random control."
     beats = [x["method"] for x in rows if x["vs_random"]["beats_control"]]
-    # the random control must fail the sanity check by design: it is no method to trust
-    sanity = {m: v for m, v in r.get("sanity", {}).get(full, {}).get("methods", {}).items() if m != "random"}
-    passed = [m for m, v in sanity.items() if v.get("passes")]
     images = rows[0]["vs_random"].get("paired_images", r["images"])
     text = (f"On {images} images, {len(beats)} of {len(rows)} methods beat random maps on both deletion and insertion"
             + (f" ({', '.join(beats)})" if beats else "") + ".")
-    if sanity:
-        text += (f" {len(passed)} of {len(sanity)} pass the sanity check (their maps change when the model is "
-                 f"randomised)" + (f": {', '.join(passed)}" if passed else "") + ".")
-    return text + " " + ("Trust a map only from a method that does both." if sanity else "")
+    sanity = _sanity_text(r)
+    return text + (" " + sanity if sanity else "")
+
+
+def _trust_section_text(result: dict[str, Any]) -> str:
+    """The trust stage's verdict: which methods beat the random control on both curves, on how many images."""
+    methods = {m: v for m, v in result["methods"].items() if m != "random" and v.get("vs_random")}
+    beats = [_METHOD_NAMES.get(m, m) for m, v in methods.items() if v["vs_random"]["beats_control"]]
+    return (f"On {result['images']} evaluation images, {len(beats)} of {len(methods)} methods beat random maps on "
+            f"both deletion and insertion" + (f" ({', '.join(beats)})" if beats else "") + ".")
+
+
+def _sanity_text(explanations: dict[str, Any] | None) -> str | None:
+    """How many methods pass the cascading-randomisation check on the full model, None where it was not run."""
+    if not explanations:
+        return None
+    full = explanations["forms"][0]["name"]
+    # the random control must fail the sanity check by design: it is no method to trust
+    sanity = {m: v for m, v in explanations.get("sanity", {}).get(full, {}).get("methods", {}).items() if m != "random"}
+    if not sanity:
+        return None
+    passed = [m for m, v in sanity.items() if v.get("passes")]
+    return (f"{len(passed)} of {len(sanity)} pass the sanity check (their maps change when the model is randomised)"
+            + (f": {', '.join(passed)}" if passed else "") + ". Trust a map only from a method that does both.")
+
+
+_METHOD_NAMES = {"gradcam": "Grad-CAM", "evidence": "class evidence"}
 
