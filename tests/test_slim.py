@@ -123,3 +123,23 @@ def test_saved_modifications_keep_their_format_and_load_without_the_analyses(tmp
     (tmp_path / "s" / "config.json").write_text(json.dumps(config))
     with pytest.raises(InspectnetError, match="needs modification 'pruned'"):
         load_model(str(tmp_path / "s"))
+
+
+def test_count_macs_of_token_outputs_grouped_and_oblong_kernels_by_hand():
+    dec = DecomposedLinear(6, 2)
+    dec.mask[0, 3:] = False                       # 9 supported (class, feature) pairs
+    tokens = count_macs(nn.Sequential(dec), (3, 6))  # (1, 3 tokens, 6): each token pays the 9 pairs
+    assert tokens == 27 and type(tokens) is int
+    conv = nn.Conv2d(4, 6, (3, 1), groups=2, padding=(1, 0))
+    macs = count_macs(nn.Sequential(conv), (4, 5, 5))
+    assert macs == 6 * 5 * 5 * (4 // 2) * 3 * 1 and type(macs) is int
+
+
+def test_slim_report_counts_the_parameters_it_saves():
+    dzm = decomposed("resnet18", 32, k=2)
+    szm, report = slim_model(dzm, latency_reps=1, batch=2)
+    before = sum(p.numel() for p in dzm.model.parameters())
+    after = sum(p.numel() for p in szm.model.parameters())
+    assert (report["params_before"], report["params_after"]) == (before, after) and after < before
+    assert report["params_saved"] == before - after
+    assert report["macs_saved"] == report["macs_before"] - report["macs_after"] > 0
