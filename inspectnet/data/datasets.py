@@ -110,6 +110,14 @@ class ImageDataset(torch.utils.data.Dataset):
         """
         return None
 
+    def nested(self) -> list[bool] | None:
+        """Per sample, whether its file lies in a sub-folder of its class folder (it counts for that class).
+
+        Returns:
+            One flag per sample; None for data that is not read from class folders.
+        """
+        return None
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self.image(index)
         x = self.transform(img) if self.transform is not None else img
@@ -366,6 +374,14 @@ class FolderDataset(ImageDataset):
         if not self.files:
             raise InspectnetError(f"image folder {root}: none of its {len(self.skipped)} files can be decoded")
         self.labels = np.asarray(labels, np.int64)
+
+    def nested(self) -> list[bool] | None:
+        """Per file, whether it lies below ROOT/CLASS/SUB/...: it counts for CLASS, as torchvision's ImageFolder does.
+
+        Returns:
+            One flag per sample.
+        """
+        return [len(f.relative_to(self.root).parts) > 2 for f in self.files]
 
     def image(self, index: int) -> Image.Image:
         """The picture of sample ``index``, read from its file.

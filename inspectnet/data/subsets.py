@@ -94,6 +94,15 @@ class SubsetDataset(ImageDataset):
         base = self.base.origins()
         return None if base is None else [base[i] for i in self.indices]
 
+    def nested(self) -> list[bool] | None:
+        """The base dataset's nested-file flags of the chosen samples (see :meth:`ImageDataset.nested`).
+
+        Returns:
+            One flag per sample, or None.
+        """
+        base = self.base.nested()
+        return None if base is None else [base[i] for i in self.indices]
+
 
 def spread_indices(size: int, n: int) -> np.ndarray:
     """``min(n, size)`` distinct indices of ``range(size)`` at evenly spaced positions, first and last included.

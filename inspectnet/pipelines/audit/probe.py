@@ -44,6 +44,7 @@ class ProbeResult(TypedDict):
     accuracy: float | None
     feature_dim: int
     accuracy_among_present: NotRequired[float | None]  # top-1 among the classes with data only
+    nested: NotRequired[dict[str, int] | None]  # files in sub-folders of their class folder, per split
     sources: NotRequired[dict[str, Any] | None]  # photos both splits were cut from (crops), None: independent images
     confusions: NotRequired[list[dict[str, Any]]]  # per class with eval data: the classes the model gave instead
 
@@ -81,6 +82,7 @@ def run(ctx: AuditContext) -> ProbeResult:
             "feature_dim": int(ev.manifest["features_dim"]),
             "accuracy_among_present": _accuracy_among(ev, present),
             "sources": _shared_sources(ctx.dataset(cfg.data, cfg.limit), ctx.eval_dataset()) if cfg.eval_data else None,
+            "nested": _nested_counts(ctx.dataset(cfg.data, cfg.limit), ctx.eval_dataset() if cfg.eval_data else None),
             "confusions": _confusions(ev, zm.class_names),
             "positions": {e["name"]: Layout.from_dict(e["layout"]).describe()
                           for e in train.manifest["layers"] if e.get("layout")}}
@@ -107,6 +109,13 @@ def _accuracy_among(record: ProbeRecord, present: list[int]) -> float | None:
     choice = np.concatenate([cols[np.asarray(logits[rows])[:, cols].argmax(axis=1)] for rows in row_blocks(len(logits))])
     mask = labels >= 0
     return float((choice[mask] == labels[mask]).mean())
+
+
+def _nested_counts(fit: ImageDataset, ev: ImageDataset | None) -> dict[str, int] | None:
+    """How many fitting and evaluation files lie in sub-folders of their class folder; None when none do."""
+    counts = {name: sum(flags) for name, d in (("fit", fit), ("eval", ev)) if d is not None
+              and (flags := d.nested()) is not None}
+    return counts if any(counts.values()) else None
 
 
 def _shared_sources(fit: ImageDataset, ev: ImageDataset) -> dict[str, Any] | None:

@@ -40,9 +40,9 @@ class CardView:
 
 
 def card_view(doc: dict[str, Any], sections: Mapping[str, SectionBlocks]) -> CardView:
-    """The card's content as sections of blocks (Mitchell et al. sections.
+    """The card's content as sections of blocks.
 
-    Then one per audit stage, each rendered by ``sections[stage name]``).
+    Mitchell et al.'s sections, then one per audit stage, each rendered by ``sections[stage name]``.
 
     >>> from inspectnet.pipelines.audit import card_sections
     >>> view = card_view(load_card("audit"), card_sections())    # doctest: +SKIP
@@ -90,12 +90,16 @@ def _model_blocks(m: dict[str, Any]) -> list[Block]:
 
 
 def _data_text(doc: dict[str, Any]) -> str:
-    """Which samples were fitted and evaluated (how many of how many.
+    """Which samples were fitted and evaluated, and whether the audit was recomputed because the data changed.
 
-    How they were chosen), and whether the audit was recomputed because the data changed.
+    It says how many of how many samples, and how they were chosen.
     """
     note = doc["data"].get("recomputed")
-    return _samples_text(doc) + (f" Recomputed: {note}." if note else "")
+    nested = (ok_result(doc, "probe") or {}).get("nested") or {}
+    where = " and ".join(f"{n:,} {'fitting' if split == 'fit' else 'evaluation'}" for split, n in nested.items() if n)
+    return (_samples_text(doc) + (f" Recomputed: {note}." if note else "")
+            + (f" {where} files lie in sub-folders of their class folder and count for that class (as in "
+               f"torchvision's ImageFolder)." if where else ""))
 
 
 def _samples_text(doc: dict[str, Any]) -> str:
