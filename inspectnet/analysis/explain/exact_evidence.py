@@ -168,9 +168,14 @@ class TokenClassEvidence(nn.Module):
         k: how many top classes ``forward`` returns.
 
     Examples:
-        >>> tokens = TokenClassEvidence(TokenEvidence(zm), k=2)    # doctest: +SKIP
-        >>> [t.shape for t in tokens(torch.randn(1, 3, 32, 32))]    # doctest: +SKIP
-        [torch.Size([1, 4]), torch.Size([1, 2, 2, 2]), torch.Size([1, 2]), torch.Size([1, 2])]
+        >>> import timm
+        >>> from inspectnet.models.zoo import ZooModel
+        >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3).eval()
+        >>> zm = ZooModel(model=m, source="timm", arch="vit", num_classes=3, in_chans=3, class_names=list("abc"),
+        ...               data_config={"input_size": (3, 32, 32)}, head_name="head")
+        >>> tokens = TokenClassEvidence(TokenEvidence(zm), k=2).eval()
+        >>> [tuple(t.shape) for t in tokens(torch.randn(1, 3, 32, 32))]
+        [(1, 3), (1, 2, 2, 2), (1, 2), (1, 2)]
     """
 
     def __init__(self, tokens: TokenEvidence, k: int = 1):

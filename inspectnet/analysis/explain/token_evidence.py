@@ -77,8 +77,10 @@ def token_evidence_supported(zm: ZooModel) -> str | None:
         None, or the reason (e.g. "… reads its class token through class-attention layers (CaiT) …").
 
     Examples:
-        >>> token_evidence_supported(load_model("resnet18", input_size=32))    # doctest: +SKIP
-        'timm:resnet18 is a timm.models.resnet.ResNet, not a ViT, DeiT or BEiT token transformer …'
+        >>> from inspectnet.models.zoo import load_model
+        >>> token_evidence_supported(load_model("resnet18", num_classes=3, input_size=32))
+        'timm:resnet18 is a timm.models.resnet.ResNet, not a ViT, DeiT or BEiT token transformer (no plain pre-norm \
+attention blocks reading patch tokens), so exact token evidence is refused'
     """
     try:
         module = TokenEvidence(zm)
@@ -255,8 +257,14 @@ class TokenEvidence(nn.Module):
             The decomposition; its first three fields are what ``forward`` returns.
 
         Examples:
-            >>> dec = TokenEvidence(zm).decompose(x)    # doctest: +SKIP
-            >>> (dec.total() - dec.logits).abs().max() < 1e-4    # doctest: +SKIP
+            >>> import timm
+            >>> from inspectnet.models.zoo import ZooModel
+            >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3).eval()
+            >>> zm = ZooModel(model=m, source="timm", arch="vit", num_classes=3, in_chans=3,
+            ...               class_names=list("abc"), data_config={"input_size": (3, 32, 32)}, head_name="head")
+            >>> dec = TokenEvidence(zm).decompose(torch.randn(2, 3, 32, 32))
+            >>> bool((dec.total() - dec.logits).abs().max() < 1e-4), tuple(dec.heads.shape)
+            (True, (2, 1, 3, 3))
         """
         fam, p = self.layout.family, self.layout.prefix_tokens
         tokens, grid = embed(self.layout, self.model, x)
@@ -344,7 +352,13 @@ def explain_tokens(zm: ZooModel, x: torch.Tensor, module: TokenEvidence | None =
         The decomposition.
 
     Examples:
-        >>> dec = explain_tokens(zm, torch.randn(2, 3, 32, 32))    # doctest: +SKIP
+        >>> import timm
+        >>> from inspectnet.models.zoo import ZooModel
+        >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+        >>> zm = ZooModel(model=m, source="timm", arch="vit", num_classes=3, in_chans=3, class_names=list("abc"),
+        ...               data_config={"input_size": (3, 32, 32)}, head_name="head")
+        >>> tuple(explain_tokens(zm, torch.randn(2, 3, 32, 32)).evidence.shape)
+        (2, 3, 2, 2)
     """
     module = module or TokenEvidence(zm)
     with eval_mode(zm.model), torch.no_grad():
@@ -364,9 +378,15 @@ def remainder_share(dec: TokenDecomposition, classes: torch.Tensor | None = None
     Returns:
         (B,) shares.
 
+    Raises:
+        InspectnetError: not one class per image, or a class out of range.
+
     Examples:
-        >>> remainder_share(dec)    # doctest: +SKIP
-        tensor([0.31, 0.27])
+        >>> z = torch.zeros
+        >>> dec = TokenDecomposition(torch.tensor([[1., 0.]]), torch.tensor([[[[1., -1.]], [[0., 0.]]]]),
+        ...                          torch.tensor([[2., 0.]]), z(2), {}, z(1, 1, 1, 2), z(1, 1, 2), z(1, 2))
+        >>> remainder_share(dec).tolist()
+        [0.5]
     """
     c = _classes(dec, classes)
     rows = torch.arange(c.shape[0], device=c.device)
@@ -402,9 +422,15 @@ def rank_components(dec: TokenDecomposition, classes: torch.Tensor | None = None
     Returns:
         ``{"layers": [{"layer", "attention", "mlp", "total"}, ...], "heads": [{"layer", "head", "contribution"}]}``.
 
+    Raises:
+        InspectnetError: not one class per image, or a class out of range.
+
     Examples:
-        >>> rank_components(dec, top=3)["heads"][0]    # doctest: +SKIP
-        {'layer': 11, 'head': 2, 'contribution': 1.84}
+        >>> z, heads = torch.zeros, torch.tensor([[[[0.5, 0.], [-2., 0.]]]])   # (B, L, H, C) = (1, 1, 2, 2)
+        >>> dec = TokenDecomposition(torch.tensor([[1., 0.]]), z(1, 2, 1, 1), z(1, 2), z(2), {}, heads,
+        ...                          torch.tensor([[[1., 0.]]]), z(1, 2))
+        >>> r = rank_components(dec); r["heads"][0], r["layers"][0]["total"]
+        ({'layer': 0, 'head': 1, 'contribution': -2.0}, -0.5)
     """
     c = _classes(dec, classes)
     rows = torch.arange(c.shape[0], device=c.device)

@@ -47,7 +47,9 @@ def token_evidence_summary(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor,
         :func:`~.token_evidence.rank_components` (mean direct effect on each image's class, largest first).
 
     Examples:
-        >>> token_evidence_summary(load_model("resnet18", input_size=32), x, t) is None    # doctest: +SKIP
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=32)
+        >>> token_evidence_summary(zm, torch.randn(1, 3, 32, 32), torch.tensor([0])) is None
         True
     """
     if evidence_form(zm) != TOKENS:

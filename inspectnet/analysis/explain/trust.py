@@ -238,7 +238,13 @@ def deletion_insertion(score: Scorer, images: torch.Tensor, maps: dict[str, torc
         method -> {"deletion": (N, steps + 1), "insertion": (N, steps + 1), "status": per-image map status}.
 
     Examples:
-        >>> curves = deletion_insertion(model, x, {"evidence": ev}, targets, probs)   # doctest: +SKIP
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+        >>> x, targets = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+        >>> with torch.no_grad():
+        ...     probs = net(x).softmax(1).gather(1, targets[:, None])[:, 0]
+        >>> c = deletion_insertion(net, x, {"evidence": torch.rand(2, 4, 4)}, targets, probs, TrustConfig(steps=2))
+        >>> c["evidence"]["deletion"].shape, c["evidence"]["status"]
+        ((2, 3), ['ok', 'ok'])
     """
     n, (h, w) = len(images), images.shape[2:]
     base = baseline_images(images, config.baseline)
