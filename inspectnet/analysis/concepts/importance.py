@@ -218,12 +218,12 @@ def deletion_check(net: nn.Module, layer: str, x: torch.Tensor, codes: torch.Ten
         "random_drop": (B, K) the same with a random component of equal norm removed}``.
 
     Examples:
-        >>> from inspectnet.models.zoo import load_model
-        >>> net = load_model("resnet18", num_classes=2, input_size=32).model.eval()
-        >>> codes, basis = torch.rand(2, 3, 1, 1), torch.rand(3, 512)
-        >>> check = deletion_check(net, "layer4", torch.rand(2, 3, 32, 32), codes, basis)
-        >>> check["estimate"].shape, check["drop"].shape, check["random_drop"].shape
-        ((2, 3), (2, 3), (2, 3))
+        A head that is linear after the layer: the estimate is then the measured drop, exactly.
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> check = deletion_check(net.eval(), "1", torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), torch.rand(3, 4))
+        >>> check["random_drop"].shape, bool(np.allclose(check["estimate"], check["drop"], atol=1e-5))
+        ((2, 3), True)
     """
     module = net.get_submodule(layer)
     gen = torch.Generator().manual_seed(seed)
