@@ -1,5 +1,7 @@
-"""Concepts discovered from a layer's activation map cells: non-negative factorisation and TopK sparse
-autoencoders, streamed over a dataset, with exact class importance where the head pools the layer.
+"""Concepts discovered from a layer's activation map cells.
+
+Non-negative factorisation and TopK sparse autoencoders, streamed over a dataset, with exact class
+importance where the head pools the layer.
 
 The defaults live here, free of torch, so the command line can show them without importing it.
 """

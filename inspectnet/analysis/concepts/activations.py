@@ -1,6 +1,6 @@
 """The model with a second output, its concept activations (B, K, H, W), in a form ONNX exporters take.
 
-:class:`ConceptActivations` wraps a timm-style model (``forward_features`` / ``forward_head``) whose
+The wrapper :class:`ConceptActivations` wraps a timm-style model (``forward_features`` / ``forward_head``) whose
 ``forward_features`` output is the map the concepts were discovered in (the layer the head pools,
 ``last_stage``): ``forward(x) -> (logits, concepts)``. The codes are computed with tensor operations
 only:
@@ -43,6 +43,17 @@ class ConceptActivations(nn.Module):
         factoriser: a fitted :class:`StreamingNMF` or :class:`TopKAutoencoder`, or what
             :func:`~inspectnet.analysis.concepts.saved.read_factoriser` reads back from ``basis.npz``.
         iterations: multiplicative updates of the NMF codes.
+
+    Raises:
+        InspectnetError: ``model`` has no ``forward_features`` / ``forward_head`` split.
+
+    Examples:
+        >>> from inspectnet.analysis.concepts.factor import make_factoriser
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=2, input_size=32)
+        >>> nmf = make_factoriser("nmf", 512, 3, 0); nmf.partial_fit(torch.rand(64, 512))
+        >>> ConceptActivations(zm.model, nmf, iterations=5).codes(torch.rand(2, 512, 2, 2)).shape
+        torch.Size([2, 3, 2, 2])
     """
 
     output_names = OUTPUT_NAMES   # the exporter names the graph's outputs after these
@@ -63,7 +74,14 @@ class ConceptActivations(nn.Module):
             self.register_buffer("scale", factoriser.scale.detach().float().clone())
 
     def codes(self, maps: torch.Tensor) -> torch.Tensor:
-        """Concept codes (B, K, H, W) of maps (B, C, H, W)."""
+        """Concept codes of feature maps, computed with tensor operations only.
+
+        Args:
+            maps: (B, C, H, W) feature maps of the layer the factoriser was fitted on.
+
+        Returns:
+            The (B, K, H, W) non-negative concept codes.
+        """
         b, c, h, w = maps.shape
         cells = maps.flatten(2).transpose(1, 2)                                  # (B, HW, C)
         u = self._sae(cells) if self.method == "sae" else self._nmf(cells)
@@ -79,5 +97,13 @@ class ConceptActivations(nn.Module):
         return multiplicative_codes(cells, self.basis, start, self.iterations)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's logits and the concept codes of the map its head pools.
+
+        Args:
+            x: (B, 3, H, W) input images.
+
+        Returns:
+            ``(logits (B, classes), concepts (B, K, h, w))``.
+        """
         features = self.model.forward_features(x)
         return self.model.forward_head(features), self.codes(features)

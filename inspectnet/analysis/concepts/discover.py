@@ -53,6 +53,13 @@ class Concepts(Result):
     mask IoU (or None), purest classes (or None); ``naming``: labelled concepts recovered by the
     concepts and by random directions. ``basis`` (K, C), ``centre`` (C,) and the fitted ``factoriser``
     (whose ``encode`` gives the codes of new cells) are kept out of the JSON.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model; from inspectnet.data import load_data
+        >>> zm = load_model("resnet18", num_classes=2, input_size=64)
+        >>> c = discover_concepts(zm, load_data("shapes?n=24"), "layer4", k=4, epochs=1)  # doctest: +SKIP
+        >>> sorted(c.to_dict())[:3], c.basis.shape  # doctest: +SKIP
+        (['channels', 'concepts', 'data'], (4, 512))
     """
 
     model: str
@@ -76,6 +83,11 @@ class Concepts(Result):
     factoriser: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """The discovery as plain JSON fields.
+
+        Returns:
+            Every field but ``basis``, ``centre`` and ``factoriser`` (the arrays are saved to an ``.npz``).
+        """
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _ARRAYS}
 
 
@@ -108,12 +120,36 @@ class _RunStats:
 
 
 def as_cells(maps: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B·h·w, C), image-major."""
+    """Map cells as rows: (B, C, h, w) -> (B·h·w, C), image-major.
+
+    Args:
+        maps: (B, C, h, w) maps.
+
+    Returns:
+        The (B·h·w, C) cells.
+
+    Examples:
+        >>> as_cells(torch.arange(8.).reshape(1, 2, 2, 2))[:, 0].tolist()
+        [0.0, 1.0, 2.0, 3.0]
+    """
     return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
 
 
 def as_maps(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """(B·h·w, K) -> (B, K, h, w)."""
+    """Rows back to maps: (B·h·w, K) -> (B, K, h, w), the inverse of :func:`as_cells`.
+
+    Args:
+        rows: (B·h·w, K) per-cell values, image-major.
+        shape: the (B, C, h, w) shape of the maps the rows came from (C is ignored).
+
+    Returns:
+        The (B, K, h, w) maps.
+
+    Examples:
+        >>> maps = torch.rand(2, 3, 2, 2)
+        >>> bool(torch.equal(as_maps(as_cells(maps), maps.shape), maps))
+        True
+    """
     b, _, h, w = shape
     return rows.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
 
@@ -125,7 +161,9 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
                       top_images: int = 8, check_images: int = 32, name_quantiles: tuple[float, ...] = NAME_QUANTILES,
                       run_seeds: list[int] | None = None, cache_bytes: int = CACHE_BYTES,
                       random_draws: int = 5) -> Concepts:
-    """Discover ``k`` concepts in ``layer``'s map cells over ``data`` (see the module doc for the passes).
+    """Discover ``k`` concepts in ``layer``'s map cells over ``data``.
+
+    The data is streamed twice (fit, then measure); see the module doc for the passes.
 
     Args:
         model: a :class:`ZooModel` (exact importance needs its head) or a plain module with ``data_config``.
@@ -152,7 +190,19 @@ def discover_concepts(model: ZooModel | nn.Module, data: ImageDataset | ConceptD
     Returns:
         The :class:`Concepts`.
 
-    Example: see the module doc.
+    Raises:
+        InspectnetError: an unknown ``method``, ``k`` < 1, ``active`` outside 1..k, ``epochs`` < 1 or
+            ``holdout_every`` < 2, or no images left to fit on.
+
+    Examples:
+        >>> discover_concepts(None, None, "layer4", method="pca")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: unknown concept method 'pca'; expected one of nmf, sae
+
+        A real discovery (as in the module doc):
+
+        >>> c = discover_concepts(zm, load_data("shapes?n=24"), "layer4", k=4, epochs=1)  # doctest: +SKIP
     """
     if method not in METHODS:
         raise InspectnetError(f"unknown concept method {method!r}; expected one of {', '.join(METHODS)}")
@@ -271,6 +321,10 @@ def concepts_summary(result: Concepts, classes: int = 8) -> dict[str, Any]:
     Returns:
         ``{"layer", "method", "k", "images", "r2", "l0", "dead", "stability", "importance", "closure_error",
         "classes", "concepts", "naming"}``.
+
+    Examples:
+        >>> concepts_summary(discover_concepts(zm, data, "layer4", k=4))["k"]  # doctest: +SKIP
+        4
     """
     run = result.runs[0]
     cosines = result.stability.get("matched_cosine") or [None] * result.k

@@ -29,12 +29,20 @@ EPSILON = float(np.finfo(np.float32).eps)   # scikit-learn's guard for a zero de
 
 
 class StreamingNMF:
-    """A ≈ U·V with U, V ≥ 0, fitted by mini-batches; ``seed`` draws the random initial factors.
+    """Non-negative factorisation A ≈ U·V with U, V ≥ 0, fitted by mini-batches.
+
+    ``seed`` draws the random initial factors, so runs with different seeds are independent.
 
     Args:
         k: number of concepts (rows of V).
         seed: random state of the initialisation.
         layer: the layer's name, for error messages.
+
+    Examples:
+        >>> nmf = StreamingNMF(k=2, seed=0)
+        >>> nmf.partial_fit(torch.rand(16, 3, generator=torch.Generator().manual_seed(0)))
+        >>> nmf.basis.shape, nmf.centre.tolist()
+        (torch.Size([2, 3]), [0.0, 0.0, 0.0])
     """
 
     method = "nmf"
@@ -53,7 +61,14 @@ class StreamingNMF:
         return x
 
     def partial_fit(self, cells: torch.Tensor) -> None:
-        """One mini-batch update on ``cells`` (n, C)."""
+        """One mini-batch update of the factors.
+
+        Args:
+            cells: (n, C) non-negative activation cells.
+
+        Raises:
+            InspectnetError: ``cells`` holds a negative value.
+        """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence warnings are meaningless for one-step updates
             self.model.partial_fit(self._array(cells))
@@ -61,7 +76,11 @@ class StreamingNMF:
 
     @property
     def basis(self) -> torch.Tensor:
-        """V (K, C) float32."""
+        """The concept basis V (K, C), float32.
+
+        Raises:
+            InspectnetError: nothing has been fitted yet.
+        """
         self._check()
         return torch.from_numpy(np.asarray(self.model.components_, np.float32))
 
@@ -71,8 +90,20 @@ class StreamingNMF:
         return torch.zeros(self.basis.shape[1])
 
     def encode(self, cells: torch.Tensor) -> torch.Tensor:
-        """U (n, K) ≥ 0 minimising ‖A − U·V‖ for the fitted V: scikit-learn's ``transform`` (the same start,
-        updates and stopping rule), with A·Vᵀ and V·Vᵀ computed once instead of at every update."""
+        """Codes U ≥ 0 minimising ‖A − U·V‖ for the fitted V.
+
+        This is scikit-learn's ``transform`` (the same start, updates and stopping rule), with A·Vᵀ and V·Vᵀ
+        computed once instead of at every update.
+
+        Args:
+            cells: (n, C) non-negative activation cells A.
+
+        Returns:
+            U (n, K), non-negative.
+
+        Raises:
+            InspectnetError: ``cells`` holds a negative value, or nothing has been fitted yet.
+        """
         x = torch.from_numpy(self._array(cells))
         start = torch.sqrt(x.mean() / self.k).reshape(1, 1)
         return multiplicative_codes(x, self.basis, start, self.model._transform_max_iter, tol=self.model.tol)
@@ -83,21 +114,24 @@ class StreamingNMF:
 
 
 def minibatch_nmf() -> type:
-    """scikit-learn's :class:`~sklearn.decomposition.MiniBatchNMF` whose per-batch solve for the codes W
-    computes X·Hᵀ and H·Hᵀ once instead of at each of its (up to 200) updates: the same arithmetic on the
-    same arrays, so the same factors bit for bit, with one C-wide product per batch instead of one per update
-    (that product was most of a discovery's fitting time).
+    """scikit-learn's MiniBatchNMF with the per-batch products computed once.
+
+    The per-batch solve of this :class:`~sklearn.decomposition.MiniBatchNMF` for the codes W computes X·Hᵀ
+    and H·Hᵀ once instead of at each of its (up to 200) updates: the same arithmetic on the same arrays, so
+    the same factors bit for bit, with one C-wide product per batch instead of one per update (that product
+    was most of a discovery's fitting time).
 
     Returns:
         The class (scikit-learn is imported on the first call).
 
-    >>> import numpy as np
-    >>> from sklearn.decomposition import MiniBatchNMF
-    >>> x = np.random.default_rng(0).random((64, 12)).astype(np.float32)
-    >>> a, b = minibatch_nmf()(3, init="random", random_state=0), MiniBatchNMF(3, init="random", random_state=0)
-    >>> for _ in range(3): _ = a.partial_fit(x), b.partial_fit(x)
-    >>> bool(np.array_equal(a.components_, b.components_))
-    True
+    Examples:
+        >>> import numpy as np
+        >>> from sklearn.decomposition import MiniBatchNMF
+        >>> x = np.random.default_rng(0).random((64, 12)).astype(np.float32)
+        >>> a, b = minibatch_nmf()(3, init="random", random_state=0), MiniBatchNMF(3, init="random", random_state=0)
+        >>> for _ in range(3): _ = a.partial_fit(x), b.partial_fit(x)
+        >>> bool(np.array_equal(a.components_, b.components_))
+        True
     """
     global _ONCE_NMF
     if _ONCE_NMF is None:
@@ -132,7 +166,9 @@ _ONCE_NMF: type | None = None
 
 def multiplicative_codes(cells: torch.Tensor, basis: torch.Tensor, start: torch.Tensor, iterations: int, *,
                          tol: float | None = None) -> torch.Tensor:
-    """Codes U ≥ 0 minimising ‖A − U·V‖ by multiplicative updates U ← U ⊙ (A·Vᵀ)/(U·V·Vᵀ) (Lee & Seung).
+    """Codes U ≥ 0 minimising ‖A − U·V‖ by multiplicative updates.
+
+    Each update is U ← U ⊙ (A·Vᵀ)/(U·V·Vᵀ) (Lee & Seung); a zero denominator is replaced by float32's epsilon.
 
     Args:
         cells: A (..., n, C).
@@ -144,9 +180,10 @@ def multiplicative_codes(cells: torch.Tensor, basis: torch.Tensor, start: torch.
     Returns:
         U (..., n, K).
 
-    >>> v = torch.tensor([[1., 0.], [0., 2.]])
-    >>> multiplicative_codes(torch.tensor([[3., 4.]]), v, torch.ones(1, 1), 50).tolist()
-    [[3.0, 2.0]]
+    Examples:
+        >>> v = torch.tensor([[1., 0.], [0., 2.]])
+        >>> multiplicative_codes(torch.tensor([[3., 4.]]), v, torch.ones(1, 1), 50).tolist()
+        [[3.0, 2.0]]
     """
     numerator, gram = cells @ basis.T, basis @ basis.T
     u = start.expand(*numerator.shape)
@@ -162,6 +199,8 @@ def multiplicative_codes(cells: torch.Tensor, basis: torch.Tensor, start: torch.
 class TopKAutoencoder(nn.Module):
     """A TopK sparse autoencoder over C channels with ``k`` codes, ``active`` of them non-zero per cell.
 
+    Codes are U = TopK(ReLU(W_e(a − b_d) + b_e)); reconstructions â = U·V + b_d with unit-norm decoder rows.
+
     Args:
         channels: C, the layer's channel count.
         k: number of concepts (decoder rows).
@@ -169,6 +208,15 @@ class TopKAutoencoder(nn.Module):
         seed: seeds the initial weights and the order of the training cells.
         lr: Adam learning rate (in units of the first batch's mean cell norm).
         steps_per_batch: optimiser steps on each streamed batch.
+
+    Raises:
+        InspectnetError: ``active`` is outside 1..k.
+
+    Examples:
+        >>> sae = TopKAutoencoder(channels=3, k=4, active=2, seed=0)
+        >>> sae.partial_fit(torch.rand(16, 3, generator=torch.Generator().manual_seed(0)))
+        >>> [int((row > 0).sum()) <= 2 for row in sae.encode(torch.rand(3, 3))]
+        [True, True, True]
     """
 
     method = "sae"
@@ -194,8 +242,13 @@ class TopKAutoencoder(nn.Module):
         return torch.zeros_like(pre).scatter(1, top.indices, top.values)
 
     def partial_fit(self, cells: torch.Tensor) -> None:
-        """``steps_per_batch`` Adam steps on shuffled halves of ``cells`` (n, C); the first batch sets the
-        scale (mean cell norm) and the decoder bias (mean cell)."""
+        """Train on one streamed batch: ``steps_per_batch`` Adam steps on shuffled halves of it.
+
+        The first batch sets the scale (mean cell norm) and the decoder bias (mean cell).
+
+        Args:
+            cells: (n, C) activation cells.
+        """
         x = cells.detach().to("cpu", torch.float32)
         with torch.no_grad():
             if float(self.scale) == 0:
@@ -215,18 +268,36 @@ class TopKAutoencoder(nn.Module):
 
     @property
     def basis(self) -> torch.Tensor:
-        """V (K, C): the decoder rows in the activations' own scale."""
+        """The concept basis V (K, C): the decoder rows in the activations' own scale.
+
+        Raises:
+            InspectnetError: nothing has been fitted yet.
+        """
         self._check()
         return (self.decoder * self.scale).detach().clone()
 
     @property
     def centre(self) -> torch.Tensor:
-        """The decoder bias b_d (C,) in the activations' own scale."""
+        """The decoder bias b_d (C,) in the activations' own scale.
+
+        Raises:
+            InspectnetError: nothing has been fitted yet.
+        """
         self._check()
         return (self.dec_bias * self.scale).detach().clone()
 
     def encode(self, cells: torch.Tensor) -> torch.Tensor:
-        """U (n, K) ≥ 0 with at most ``active`` non-zeros per row, so that A ≈ U·V + centre."""
+        """Codes U so that A ≈ U·V + centre.
+
+        Args:
+            cells: (n, C) activation cells A.
+
+        Returns:
+            U (n, K) ≥ 0 with at most ``active`` non-zeros per row.
+
+        Raises:
+            InspectnetError: nothing has been fitted yet.
+        """
         self._check()
         with torch.no_grad():
             return self._codes(cells.detach().to("cpu", torch.float32) / self.scale)
@@ -251,10 +322,14 @@ def make_factoriser(method: str, channels: int, k: int, seed: int, *, active: in
     Returns:
         A :class:`StreamingNMF` or :class:`TopKAutoencoder`.
 
-    >>> make_factoriser("sae", 8, 4, 0, active=2).basis
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: the autoencoder has seen no cells yet; fit it first
+    Raises:
+        InspectnetError: ``k`` < 1, or ``method`` is neither ``"nmf"`` nor ``"sae"``.
+
+    Examples:
+        >>> make_factoriser("sae", 8, 4, 0, active=2).basis
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: the autoencoder has seen no cells yet; fit it first
     """
     if k < 1:
         raise InspectnetError(f"the number of concepts k must be at least 1, got {k}")

@@ -27,8 +27,10 @@ def _grid(v: torch.Tensor) -> torch.Tensor:
 
 
 def concept_logits(evidence: ClassEvidence, basis: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, p): P[m, c] = V_m·W[c] (K, classes), the logit of one unit of concept m's code spread over the map,
-    and p[c] = centre·W[c] (classes,).
+    """The logit each class gets from one unit of each concept's code, and from the centre.
+
+    P[m, c] = V_m·W[c] (K, classes) is the logit of one unit of concept m's code spread over the map, and
+    p[c] = centre·W[c] (classes,) that of the centre.
 
     Args:
         evidence: the head's exact evidence module.
@@ -36,7 +38,15 @@ def concept_logits(evidence: ClassEvidence, basis: torch.Tensor, centre: torch.T
         centre: (C,).
 
     Returns:
-        (P, p).
+        ``(P (K, classes), p (classes,))`` on the CPU.
+
+    Examples:
+        >>> from inspectnet.analysis.explain.evidence import pooled_head
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=32).to("cpu")
+        >>> p, p0 = concept_logits(ClassEvidence(zm.model, pooled_head(zm)), torch.rand(2, 512), torch.zeros(512))
+        >>> p.shape, p0.abs().max().item()
+        (torch.Size([2, 3]), 0.0)
     """
     w = evidence.model.get_submodule(evidence.pooled.head_name)
     dev = next(w.parameters()).device
@@ -66,15 +76,16 @@ def exact_terms(evidence: ClassEvidence, maps: torch.Tensor, codes: torch.Tensor
         ``{"concepts": (B, K, k), "centre": (B, k), "residual": (B, k), "bias": (B, k)}`` whose sum over the
         concepts plus the other three is the logits of ``classes``.
 
-    >>> from inspectnet.analysis.explain.evidence import pooled_head
-    >>> from inspectnet.models.zoo import load_model
-    >>> zm = load_model("resnet18", num_classes=3, input_size=32).to("cpu")
-    >>> ev = ClassEvidence(zm.model, pooled_head(zm))
-    >>> a = torch.rand(1, 512, 1, 1); u = torch.rand(1, 2, 1, 1); v = torch.rand(2, 512)
-    >>> t = exact_terms(ev, a, u, v, torch.zeros(512), torch.tensor([[0, 2]]))
-    >>> total = t["concepts"].sum(1) + t["centre"] + t["residual"] + t["bias"]
-    >>> bool(torch.allclose(total, zm.model.forward_head(a)[:, [0, 2]], atol=1e-5))
-    True
+    Examples:
+        >>> from inspectnet.analysis.explain.evidence import pooled_head
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=32).to("cpu")
+        >>> ev = ClassEvidence(zm.model, pooled_head(zm))
+        >>> a = torch.rand(1, 512, 1, 1); u = torch.rand(1, 2, 1, 1); v = torch.rand(2, 512)
+        >>> t = exact_terms(ev, a, u, v, torch.zeros(512), torch.tensor([[0, 2]]))
+        >>> total = t["concepts"].sum(1) + t["centre"] + t["residual"] + t["bias"]
+        >>> bool(torch.allclose(total, zm.model.forward_head(a)[:, [0, 2]], atol=1e-5))
+        True
     """
     maps, codes, classes = maps.cpu().float(), codes.cpu().float(), classes.cpu()
     p_concepts, p_centre = projections if projections is not None else concept_logits(evidence, basis, centre)
@@ -89,7 +100,23 @@ def exact_terms(evidence: ClassEvidence, maps: torch.Tensor, codes: torch.Tensor
 
 
 class ExactImportance:
-    """Accumulates, per predicted class, the mean exact terms of its logit over the images predicting it."""
+    """Accumulates, per predicted class, the mean exact terms of its logit over the images predicting it.
+
+    Args:
+        evidence: the head's exact evidence module (the layer is the map it pools).
+        basis: V (K, C).
+        centre: (C,).
+
+    Examples:
+        >>> from inspectnet.analysis.explain.evidence import pooled_head
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=32).to("cpu")
+        >>> imp = ExactImportance(ClassEvidence(zm.model, pooled_head(zm)), torch.rand(2, 512), torch.zeros(512))
+        >>> a = torch.rand(4, 512, 1, 1)
+        >>> imp.add(a, torch.rand(4, 2, 1, 1), zm.model.forward_head(a).detach())
+        >>> s = imp.summary(["a", "b", "c"]); s["kind"], sum(c["images"] for c in s["classes"])
+        ('exact', 4)
+    """
 
     def __init__(self, evidence: ClassEvidence, basis: torch.Tensor, centre: torch.Tensor):
         self.evidence, self.basis, self.centre = evidence, basis, centre
@@ -101,7 +128,13 @@ class ExactImportance:
         self.closure = 0.0
 
     def add(self, maps: torch.Tensor, codes: torch.Tensor, logits: torch.Tensor) -> None:
-        """Add one batch: maps (B, C, H, W), codes (B, K, H, W), logits (B, classes)."""
+        """Add one batch.
+
+        Args:
+            maps: A (B, C, H, W), the layer's maps.
+            codes: U (B, K, H, W), their concept codes.
+            logits: (B, classes) the model's logits on the same images.
+        """
         pred = logits.argmax(1)
         terms = exact_terms(self.evidence, maps, codes, self.basis, self.centre, pred[:, None],
                             projections=self.projections)
@@ -115,8 +148,18 @@ class ExactImportance:
         np.add.at(self.sums["logit"], idx, logits.gather(1, pred[:, None])[:, 0].double().numpy())
 
     def summary(self, class_names: list[str], top: int = 3) -> dict[str, object]:
-        """Per predicted class: images, mean logit and its parts, the top concepts and the share of the
-        evidence (logit − bias) they carry; per concept its mean contribution over all images."""
+        """The mean exact split of each predicted class's logit, and each concept's mean contribution.
+
+        Per predicted class: images, mean logit and its parts, the top concepts and the share of the evidence
+        (logit − bias) they carry; per concept its mean contribution over all images.
+
+        Args:
+            class_names: the name of each class index.
+            top: concepts listed per class.
+
+        Returns:
+            ``{"kind": "exact", "max_closure_error", "classes": [per predicted class], "per_concept": [...]}``.
+        """
         per_class = []
         for c in np.nonzero(self.count)[0]:
             n = self.count[c]
@@ -173,6 +216,14 @@ def deletion_check(net: nn.Module, layer: str, x: torch.Tensor, codes: torch.Ten
     Returns:
         ``{"estimate": (B, K), "drop": (B, K) logit − logit with concept m's component U_m·V_m removed,
         "random_drop": (B, K) the same with a random component of equal norm removed}``.
+
+    Examples:
+        A head that is linear after the layer: the estimate is then the measured drop, exactly.
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> check = deletion_check(net.eval(), "1", torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), torch.rand(3, 4))
+        >>> check["random_drop"].shape, bool(np.allclose(check["estimate"], check["drop"], atol=1e-5))
+        ((2, 3), True)
     """
     module = net.get_submodule(layer)
     gen = torch.Generator().manual_seed(seed)
@@ -208,8 +259,10 @@ def _random_component(acts: torch.Tensor, part: torch.Tensor, gen: torch.Generat
 
 
 def faithfulness(checks: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Summary of :func:`deletion_check` batches: correlation of estimates with measured drops, and the mean
-    drop of each image's top-estimated concept against a random component of the same norm.
+    """Summary of :func:`deletion_check` batches: how well the estimates predict the measured drops.
+
+    Reports the correlation of estimates with measured drops, and the mean drop of each image's
+    top-estimated concept against a random component of the same norm.
 
     Args:
         checks: the per-batch results.
@@ -217,9 +270,10 @@ def faithfulness(checks: list[dict[str, np.ndarray]]) -> dict[str, float]:
     Returns:
         ``{"images", "correlation", "top_concept_drop", "random_drop", "mean_abs_error"}``.
 
-    >>> faithfulness([{"estimate": np.array([[1., 0.]]), "drop": np.array([[2., 0.]]),
-    ...                "random_drop": np.array([[0.5, 0.1]])}])["top_concept_drop"]
-    2.0
+    Examples:
+        >>> faithfulness([{"estimate": np.array([[1., 0.]]), "drop": np.array([[2., 0.]]),
+        ...                "random_drop": np.array([[0.5, 0.1]])}])["top_concept_drop"]
+        2.0
     """
     est = np.concatenate([c["estimate"] for c in checks])
     drop = np.concatenate([c["drop"] for c in checks])

@@ -21,17 +21,23 @@ from inspectnet.core.errors import InspectnetError
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """cos(a_i, b_j) (Ka, Kb) in float64; a zero row has cosine 0 with everything.
+    """Cosine of every pair of concepts of two bases, in float64.
+
+    A zero row has cosine 0 with everything.
 
     Args:
         a: (Ka, C) concept basis.
         b: (Kb, C) concept basis.
 
     Returns:
-        The (Ka, Kb) cosine matrix.
+        The (Ka, Kb) cosine matrix cos(a_i, b_j).
 
-    >>> cosine_matrix(torch.tensor([[1., 0.]]), torch.tensor([[1., 1.], [0., 0.]])).tolist()
-    [[0.7071067811865475, 0.0]]
+    Raises:
+        InspectnetError: ``a`` or ``b`` is not (K, C), or their C differ.
+
+    Examples:
+        >>> cosine_matrix(torch.tensor([[1., 0.]]), torch.tensor([[1., 1.], [0., 0.]])).tolist()
+        [[0.7071067811865475, 0.0]]
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise InspectnetError(f"concept bases to match must be (K, C) with the same C, got {tuple(a.shape)} and "
@@ -53,8 +59,9 @@ def match_concepts(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
         (pairs (m, 2) int64 of (index in a, index in b), cosines (m,) float64), m = min(Ka, Kb), sorted by
         index in a.
 
-    >>> match_concepts(torch.tensor([[1., 0.], [0., 1.]]), torch.tensor([[0., 1.], [1., 0.]]))[0].tolist()
-    [[0, 1], [1, 0]]
+    Examples:
+        >>> match_concepts(torch.tensor([[1., 0.], [0., 1.]]), torch.tensor([[0., 1.], [1., 0.]]))[0].tolist()
+        [[0, 1], [1, 0]]
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -65,7 +72,9 @@ def match_concepts(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def stability(bases: Sequence[torch.Tensor], threshold: float = MATCH_COSINE) -> dict[str, object]:
-    """Stability of the first run's concepts against each other run: share of matches with cosine ≥ ``threshold``.
+    """Stability of the first run's concepts against each other run.
+
+    A run's stability against another is its share of Hungarian matches with cosine ≥ ``threshold``.
 
     Args:
         bases: the concept bases (K, C) of runs with different seeds, the reported run first.
@@ -75,9 +84,13 @@ def stability(bases: Sequence[torch.Tensor], threshold: float = MATCH_COSINE) ->
         ``{"share": mean share over the other runs, "per_run": [share per other run], "threshold": ...,
         "matched_cosine": per concept of the first run, its mean matched cosine over the other runs}``.
 
-    >>> v = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
-    >>> stability([v, v, v])["share"]
-    1.0
+    Raises:
+        InspectnetError: fewer than two bases.
+
+    Examples:
+        >>> v = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
+        >>> stability([v, v, v])["share"]
+        1.0
     """
     if len(bases) < 2:
         raise InspectnetError(f"stability needs at least two runs, got {len(bases)}")

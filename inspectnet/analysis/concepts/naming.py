@@ -25,39 +25,83 @@ from inspectnet.analysis.dissect.dissection import iou_from_counts
 
 
 class TopImages:
-    """Per concept, the ``k`` images where its code reaches its highest value (ties to the smaller index)."""
+    """Per concept, the ``k`` images where its code reaches its highest value (ties to the smaller index).
+
+    Args:
+        num_concepts: K, the discovered concepts.
+        k: images kept per concept.
+
+    Examples:
+        >>> top = TopImages(num_concepts=1, k=2)
+        >>> top.add(torch.tensor([[[[1.]]], [[[3.]]], [[[2.]]]]), torch.tensor([10, 11, 12]))
+        >>> top.lists()
+        [[11, 12]]
+    """
 
     def __init__(self, num_concepts: int, k: int):
         self.k = k
         self.values, self.ids = no_images(num_concepts, "cpu")
 
     def add(self, codes: torch.Tensor, index: torch.Tensor) -> None:
-        """Add one batch: codes (B, K, h, w), dataset indices (B,)."""
+        """Add one batch.
+
+        Args:
+            codes: (B, K, h, w) concept codes.
+            index: (B,) dataset indices of the images.
+        """
         peak = codes.flatten(2).amax(2).T                                       # (K, B)
         self.values, self.ids = best_images(torch.cat([self.values, peak], 1),
                                             torch.cat([self.ids, index[None].expand(len(peak), -1)], 1), self.k)
 
     def lists(self) -> list[list[int]]:
-        """Per concept, its top images' indices, best first."""
+        """The top images so far.
+
+        Returns:
+            Per concept, its top images' dataset indices, best first.
+        """
         return [row.tolist() for row in self.ids]
 
 
 class ClassPurity:
-    """Per concept, how its code mass (summed over the cells) falls on each labelled class."""
+    """Per concept, how its code mass (summed over the cells) falls on each labelled class.
+
+    Args:
+        num_concepts: K, the discovered concepts.
+        num_classes: the labelled classes.
+
+    Examples:
+        >>> p = ClassPurity(num_concepts=1, num_classes=2)
+        >>> p.add(torch.tensor([[[[1.]]], [[[3.]]]]), np.array([0, 1]))
+        >>> p.summary(["a", "b"], top=1)
+        [{'concept': 0, 'classes': [{'class': 'b', 'share': 0.75, 'image_share': 0.5}]}]
+    """
 
     def __init__(self, num_concepts: int, num_classes: int):
         self.mass = np.zeros((num_concepts, num_classes))
         self.images = np.zeros(num_classes)
 
     def add(self, codes: torch.Tensor, labels: np.ndarray) -> None:
-        """Add one batch: codes (B, K, h, w), labels (B,) (−1 = unlabelled, skipped)."""
+        """Add one batch.
+
+        Args:
+            codes: (B, K, h, w) concept codes.
+            labels: (B,) class indices; −1 marks an unlabelled image, which is skipped.
+        """
         keep = labels >= 0
         mass = codes.sum((2, 3)).double().numpy()[keep]                         # (B', K)
         np.add.at(self.mass.T, labels[keep], mass)
         np.add.at(self.images, labels[keep], 1)
 
     def summary(self, class_names: Sequence[str], top: int = 3) -> list[dict[str, object]]:
-        """Per concept its ``top`` classes by share of its mass, with each class's share of the images."""
+        """Per concept its ``top`` classes by share of its mass, with each class's share of the images.
+
+        Args:
+            class_names: the name of each class index.
+            top: classes listed per concept.
+
+        Returns:
+            ``[{"concept": m, "classes": [{"class", "share", "image_share"}]}]``, one entry per concept.
+        """
         out = []
         image_share = self.images / max(1.0, self.images.sum())
         for m, row in enumerate(self.mass):
@@ -69,8 +113,16 @@ class ClassPurity:
 
 
 class MaskNames:
-    """IoU of thresholded concept maps with labelled concept masks, for several map families at once
-    (the discovered concepts and random directions), at each of ``quantiles``."""
+    """IoU of thresholded concept maps with labelled concept masks, at each of ``quantiles``.
+
+    Several map families (the discovered concepts and random directions) are counted at once.
+
+    Args:
+        num_images: the images of the whole pass.
+        mask_size: (H, W) of the concept masks.
+        concepts: the labelled concepts' names.
+        quantiles: the top fractions tried as a concept's mask.
+    """
 
     def __init__(self, num_images: int, mask_size: tuple[int, int], concepts: Sequence[str],
                  quantiles: Sequence[float] = NAME_QUANTILES):
@@ -79,12 +131,23 @@ class MaskNames:
                        for q in quantiles]
 
     def add(self, maps: dict[str, torch.Tensor], masks: torch.Tensor, index: torch.Tensor) -> None:
-        """Add one batch: ``maps[family]`` (B, K, h, w), masks (B, concepts, H, W) bool, dataset indices (B,)."""
+        """Add one batch.
+
+        Args:
+            maps: per family, the (B, K, h, w) maps.
+            masks: the (B, concepts, H, W) bool labelled concept masks.
+            index: the (B,) dataset indices of the images.
+        """
         for counts in self.counts:
             counts.accumulate(maps, masks, index)
 
     def best(self) -> dict[str, dict[str, np.ndarray]]:
-        """Per family: ``iou`` (K, concepts), best over the quantiles, and the ``quantile`` giving it."""
+        """The best IoU of every map with every labelled concept, over the quantiles.
+
+        Returns:
+            Per family: ``{"iou": (K, concepts), "quantile": (K, concepts)}``, the best IoU over the quantiles
+            and the quantile giving it.
+        """
         out: dict[str, dict[str, np.ndarray]] = {}
         for q, counts in zip(self.quantiles, self.counts):
             overlaps = counts.overlaps(counts.thresholds())
@@ -109,8 +172,9 @@ def recovered(iou: np.ndarray, threshold: float = NAME_IOU) -> list[int]:
     Returns:
         The column indices recovered.
 
-    >>> recovered(np.array([[0.6, 0.1], [0.2, 0.4]]))
-    [0]
+    Examples:
+        >>> recovered(np.array([[0.6, 0.1], [0.2, 0.4]]))
+        [0]
     """
     return [int(c) for c in np.nonzero(iou.max(0) >= threshold)[0]] if iou.size else []
 
@@ -125,8 +189,9 @@ def names_from_iou(best: dict[str, np.ndarray], concepts: Sequence[str]) -> list
     Returns:
         ``[{"name", "iou", "quantile"}]`` per discovered concept.
 
-    >>> names_from_iou({"iou": np.array([[0.1, 0.7]]), "quantile": np.array([[0.1, 0.05]])}, ["a", "b"])
-    [{'name': 'b', 'iou': 0.7, 'quantile': 0.05}]
+    Examples:
+        >>> names_from_iou({"iou": np.array([[0.1, 0.7]]), "quantile": np.array([[0.1, 0.05]])}, ["a", "b"])
+        [{'name': 'b', 'iou': 0.7, 'quantile': 0.05}]
     """
     out = []
     for row, qrow in zip(best["iou"], best["quantile"]):
@@ -136,10 +201,19 @@ def names_from_iou(best: dict[str, np.ndarray], concepts: Sequence[str]) -> list
 
 
 def random_directions(channels: int, k: int, seed: int) -> torch.Tensor:
-    """``k`` random unit directions (k, C) in channel space (seeded Gaussian), the naming baseline.
+    """``k`` random unit directions in channel space (seeded Gaussian), the naming baseline.
 
-    >>> random_directions(4, 2, 0).norm(dim=1).tolist()
-    [1.0, 1.0]
+    Args:
+        channels: C, the layer's channel count.
+        k: the directions drawn.
+        seed: seeds the draw.
+
+    Returns:
+        The (k, C) unit directions.
+
+    Examples:
+        >>> random_directions(4, 2, 0).norm(dim=1).tolist()
+        [1.0, 1.0]
     """
     r = torch.randn(k, channels, generator=torch.Generator().manual_seed(seed))
     return r / r.norm(dim=1, keepdim=True)
@@ -147,8 +221,10 @@ def random_directions(channels: int, k: int, seed: int) -> torch.Tensor:
 
 def recovery_summary(best: dict[str, dict[str, np.ndarray]], concepts: Sequence[str],
                      threshold: float = NAME_IOU) -> dict[str, object]:
-    """Labelled concepts recovered by the discovered concepts (family ``concepts``) against each draw of
-    random directions (families ``random0``, ``random1``, ...), and the margin over the draws' mean.
+    """Labelled concepts recovered by the discovered concepts against random directions.
+
+    The discovered concepts (family ``concepts``) are compared with each draw of random directions
+    (families ``random0``, ``random1``, ...), and the margin over the draws' mean is reported.
 
     Args:
         best: :meth:`MaskNames.best`.
@@ -159,9 +235,10 @@ def recovery_summary(best: dict[str, dict[str, np.ndarray]], concepts: Sequence[
         ``{"recovered": names, "random_recovered": count per draw, "margin": recovered − mean of the draws,
         "best_iou": per labelled concept, "random_best_iou": per labelled concept, mean over the draws, ...}``.
 
-    >>> best = {"concepts": {"iou": np.array([[0.6, 0.1]])}, "random0": {"iou": np.array([[0.2, 0.1]])}}
-    >>> recovery_summary(best, ["a", "b"])["margin"]
-    1.0
+    Examples:
+        >>> best = {"concepts": {"iou": np.array([[0.6, 0.1]])}, "random0": {"iou": np.array([[0.2, 0.1]])}}
+        >>> recovery_summary(best, ["a", "b"])["margin"]
+        1.0
     """
     draws = [name for name in best if name.startswith("random")]
     found = recovered(best["concepts"]["iou"], threshold)

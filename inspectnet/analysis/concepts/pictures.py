@@ -31,7 +31,9 @@ from inspectnet.reports.html import overlay
 def top_image_maps(result: Concepts, model: ZooModel | nn.Module, data: ImageDataset | ConceptDataset, *,
                    per_concept: int = 6, data_config: dict[str, Any] | None = None,
                    device: str = "cpu") -> dict[int, np.ndarray]:
-    """The concept maps (K, h, w) of every image shown, keyed by dataset index (one forward pass over them).
+    """The concept maps (K, h, w) of every image shown, keyed by dataset index.
+
+    One forward pass runs over the top images of every concept, and the fitted factoriser encodes their maps.
 
     Args:
         result: a discovery with its ``factoriser``.
@@ -43,6 +45,14 @@ def top_image_maps(result: Concepts, model: ZooModel | nn.Module, data: ImageDat
 
     Returns:
         ``{image index: codes (K, h, w)}``.
+
+    Raises:
+        InspectnetError: the discovery has no fitted factoriser (it was loaded from JSON).
+
+    Examples:
+        >>> maps = top_image_maps(result, zm, data, per_concept=2)    # doctest: +SKIP
+        >>> next(iter(maps.values())).shape                           # doctest: +SKIP
+        (4, 2, 2)
     """
     if result.factoriser is None:
         raise InspectnetError("this discovery was loaded from JSON; pictures need the fitted factoriser")
@@ -89,6 +99,11 @@ def atlas_figures(result: Concepts, data: ImageDataset | ConceptDataset, maps: d
 
     Returns:
         ``{"concepts": Figure, "crops": Figure}``.
+
+    Examples:
+        >>> figs = atlas_figures(result, data, top_image_maps(result, zm, data))    # doctest: +SKIP
+        >>> sorted(figs)                                                          # doctest: +SKIP
+        ['concepts', 'crops']
     """
     k = len(result.concepts)
     figs = {name: new_figure(figsize=(1.3 * per_concept + 1.6, 1.3 * k + 0.3)) for name in ("concepts", "crops")}
@@ -126,9 +141,10 @@ def _row_label(entry: dict[str, Any]) -> str:
 def write_concepts(result: Concepts, out: str | Path, *, model: ZooModel | nn.Module | None = None,
                    data: ImageDataset | ConceptDataset | None = None, per_concept: int = 6,
                    data_config: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Path]:
-    """Write ``concepts.json``, ``basis.npz`` (basis (K, C), centre (C,), the encoder: see
-    :mod:`~inspectnet.analysis.concepts.saved`) and, given the model and the data,
-    the atlas pictures ``concepts.png`` and ``crops.png``.
+    """Write a discovery's files: its JSON, its arrays and, given the model and the data, its pictures.
+
+    The files are ``concepts.json``, ``basis.npz`` (basis (K, C), centre (C,), the encoder: see
+    :mod:`~inspectnet.analysis.concepts.saved`) and the atlas pictures ``concepts.png`` and ``crops.png``.
 
     Args:
         result: the discovery.
@@ -142,8 +158,9 @@ def write_concepts(result: Concepts, out: str | Path, *, model: ZooModel | nn.Mo
     Returns:
         The written paths by kind.
 
-    >>> write_concepts(result, "out/concepts", model=zm, data=data)    # doctest: +SKIP
-    {'json': ..., 'basis': ..., 'concepts': ..., 'crops': ...}
+    Examples:
+        >>> write_concepts(result, "out/concepts", model=zm, data=data)    # doctest: +SKIP
+        {'json': ..., 'basis': ..., 'concepts': ..., 'crops': ...}
     """
     out = output_dir(out)
     paths = {"json": result.save(out / "concepts.json")}

@@ -37,7 +37,12 @@ def factoriser_arrays(factoriser: Any) -> dict[str, np.ndarray]:
     Returns:
         ``{"method": ...}`` and, for an autoencoder, its encoder, biases, scale and ``active``.
 
-    Example: see the module doc.
+    Examples:
+        >>> from inspectnet.analysis.concepts.factor import make_factoriser
+        >>> factoriser_arrays(make_factoriser("nmf", 8, 2, 0))
+        {'method': array('nmf', dtype='<U3')}
+        >>> factoriser_arrays(None)
+        {}
     """
     if factoriser is None:
         return {}
@@ -50,7 +55,20 @@ def factoriser_arrays(factoriser: Any) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class SavedFactoriser:
-    """A factoriser read back from a discovery folder: the attributes encoding needs, as tensors."""
+    """A factoriser read back from a discovery folder: the attributes encoding needs, as tensors.
+
+    Attributes:
+        method: ``"nmf"`` or ``"sae"``.
+        basis: the (K, C) concept basis V.
+        layer: the layer the concepts were discovered in.
+        k: the number of concepts.
+        fingerprint: the weight fingerprint of the model the discovery ran on.
+        active: codes a TopK autoencoder keeps per cell (0 for NMF).
+        encoder: the autoencoder's (K, C) encoder weights (None for NMF).
+        enc_bias: the autoencoder's (K,) encoder bias.
+        dec_bias: the autoencoder's (C,) decoder bias.
+        scale: the autoencoder's input scale.
+    """
 
     method: str
     basis: torch.Tensor
@@ -73,11 +91,15 @@ def read_factoriser(folder: str | Path) -> SavedFactoriser:
     Returns:
         A :class:`SavedFactoriser`.
 
-    >>> read_factoriser("no/such/folder")
-    Traceback (most recent call last):
-    ...
-    inspectnet.core.errors.InspectnetError: --concepts no/such/folder has no concepts.json and basis.npz; expected \
-the output folder of `inspectnet concepts`
+    Raises:
+        InspectnetError: the folder lacks ``concepts.json`` or ``basis.npz``, or ``basis.npz`` holds the basis only.
+
+    Examples:
+        >>> read_factoriser("no/such/folder")
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: --concepts no/such/folder has no concepts.json and basis.npz; \
+expected the output folder of `inspectnet concepts`
     """
     folder = Path(folder)
     if not (folder / JSON_FILE).is_file() or not (folder / BASIS_FILE).is_file():

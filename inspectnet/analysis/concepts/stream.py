@@ -35,7 +35,18 @@ CACHE_BYTES = 256 << 20
 
 @dataclasses.dataclass
 class Source:
-    """Images by index, with labels (or None) and concept masks (or None)."""
+    """Images by index, with labels (or None) and concept masks (or None).
+
+    Attributes:
+        spec: the data's spec string.
+        size: the number of images.
+        image: the image of an index.
+        labels: the (size,) class indices, or None for unlabelled data.
+        class_names: the name of each class index.
+        masks: the (concepts, H, W) bool masks of an index, or None without concept masks.
+        concepts: the labelled concepts' names.
+        categories: the category of each labelled concept.
+    """
 
     spec: str
     size: int
@@ -57,10 +68,14 @@ def as_source(data: ImageDataset | ConceptDataset, limit: int | None = None) -> 
     Returns:
         The source.
 
-    >>> from inspectnet.data import load_data
-    >>> s = as_source(load_data("shapes?n=8"), limit=4)
-    >>> s.size, s.masks(0).shape, s.class_names
-    (4, (15, 64, 64), ['no square', 'square'])
+    Raises:
+        InspectnetError: ``limit`` < 1, no images, or data that is neither image data nor concept data.
+
+    Examples:
+        >>> from inspectnet.data import load_data
+        >>> s = as_source(load_data("shapes?n=8"), limit=4)
+        >>> s.size, s.masks(0).shape, s.class_names
+        (4, (15, 64, 64), ['no square', 'square'])
     """
     if limit is not None and limit < 1:
         raise InspectnetError(f"--limit must be at least 1, got {limit}")
@@ -83,7 +98,13 @@ def as_source(data: ImageDataset | ConceptDataset, limit: int | None = None) -> 
 
 @dataclasses.dataclass
 class Batch:
-    """One batch: dataset indices (B,), the layer's maps (B, C, h, w) float32 and the logits (B, classes)."""
+    """One batch of a :class:`MapStream`.
+
+    Attributes:
+        index: the (B,) dataset indices.
+        maps: the layer's (B, C, h, w) float32 maps.
+        logits: the model's (B, classes) logits.
+    """
 
     index: torch.Tensor
     maps: torch.Tensor
@@ -101,6 +122,18 @@ class MapStream:
         batch_size: images per forward pass.
         device: ``cpu`` or ``cuda``.
         cache_bytes: the most bytes of maps kept for replaying later passes (0: never).
+
+    Raises:
+        InspectnetError: ``batch_size`` < 1, a plain module without ``data_config``, a model that is not a
+            module, or a ``layer`` that does not name one layer with spatial maps.
+
+    Examples:
+        >>> from inspectnet.data import load_data
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=2, input_size=32)
+        >>> stream = MapStream(zm, as_source(load_data("shapes?n=3")), "layer4", batch_size=2)
+        >>> [tuple(b.maps.shape) for b in stream.batches()]
+        [(2, 512, 1, 1), (1, 512, 1, 1)]
     """
 
     def __init__(self, model: ZooModel | nn.Module, source: Source, layer: str, *,
@@ -130,15 +163,33 @@ class MapStream:
         self.net.to(self.device).eval()
 
     def fingerprint(self) -> str:
+        """The weight fingerprint of the model.
+
+        Returns:
+            The zoo model's fingerprint, or that of a plain module's weights.
+        """
         return self.zoo.fingerprint() if self.zoo is not None else weights_fingerprint(self.net)
 
     def inputs(self, index: list[int]) -> torch.Tensor:
-        """The model inputs (B, C, H, W) of the given images."""
+        """The model inputs of the given images, transformed as dissection feeds them.
+
+        Args:
+            index: dataset indices of the images.
+
+        Returns:
+            The (B, C, H, W) inputs on the stream's device.
+        """
         return torch.stack([self.transform(self.source.image(i)) for i in index]).to(self.device)
 
     def batches(self) -> Iterator[Batch]:
-        """Every batch of the source, in order. The first pass keeps its batches while they fit in
-        ``cache_bytes``; if the whole source fit, later passes replay them instead of running the model."""
+        """Every batch of the source, in order.
+
+        The first pass keeps its batches while they fit in ``cache_bytes``; if the whole source fit, later
+        passes replay them instead of running the model.
+
+        Yields:
+            One :class:`Batch` per ``batch_size`` images.
+        """
         if self._cache is not None and self._cached_all:
             yield from self._cache
             return
@@ -168,6 +219,9 @@ class MapStream:
 
         The layer's map must equal, bit for bit, the grid the head pools on a real batch; heads with a
         LayerNorm after the pooling are not split by concept (the norm is not additive over parts).
+
+        Returns:
+            The :class:`~inspectnet.analysis.explain.evidence.ClassEvidence` on grids, or None.
         """
         if self.zoo is None:
             return None

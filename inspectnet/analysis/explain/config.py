@@ -1,5 +1,7 @@
-"""What ``explain_images`` is asked to draw (:class:`EvidenceConfig`), free of torch so that the command
-line generates its options from it without importing the library."""
+"""What ``explain_images`` is asked to draw (:class:`EvidenceConfig`).
+
+It is free of torch so that the command line generates its options from it without importing the library.
+"""
 
 import dataclasses
 
@@ -10,8 +12,14 @@ from inspectnet.core.options import option, validate
 class EvidenceConfig:
     """Which classes' evidence maps to draw, for how many images, in batches of what size; checked when built.
 
-    >>> EvidenceConfig(classes="top3").classes
-    'top3'
+    Attributes:
+        classes: ``top1``, ``topK``, ``all``, or class indices/names separated by commas.
+        limit: use only the first N images (None: all).
+        batch_size: images per forward pass.
+
+    Examples:
+        >>> EvidenceConfig(classes="top3").classes
+        'top3'
     """
 
     classes: str = option("top1", help="top1, topK, all, or class indices/names separated by commas (e.g. 3,7)")

@@ -56,12 +56,18 @@ def pooled_head(zm: ZooModel) -> PooledHead:
 
     Args:
         zm: the model (timm or torchvision; its head ``zm.head_name`` is the classifier).
+
     Returns:
         the :class:`PooledHead` that :class:`ClassEvidence` reads.
 
-    >>> from inspectnet.models.zoo import load_model
-    >>> pooled_head(load_model("resnet18", input_size=32)).head_name
-    'fc'
+    Raises:
+        InspectnetError: the head is not a linear layer, the model does not pool a last map (e.g. it reads a
+            class token), or its evidence does not sum to its logits.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> pooled_head(load_model("resnet18", input_size=32)).head_name
+        'fc'
     """
     head = zm.model.get_submodule(zm.head_name)
     if not isinstance(head, nn.Linear):
@@ -94,8 +100,14 @@ def _check_exact(zm: ZooModel, found: PooledHead) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Evidence:
-    """Class-evidence maps (B, k, H, W) of ``classes`` (B, k), the logits (B, C) and the offsets (B, k):
-    ``maps.sum((2, 3)) + offset == logits.gather(1, classes)``."""
+    """Class-evidence maps of a batch, with ``maps.sum((2, 3)) + offset == logits.gather(1, classes)``.
+
+    Attributes:
+        maps: (B, k, H, W) the evidence of ``classes``.
+        classes: (B, k) the explained classes.
+        logits: (B, C) the model's logits.
+        offset: (B, k) the part of each explained logit that no position carries.
+    """
 
     maps: torch.Tensor
     classes: torch.Tensor
@@ -104,12 +116,26 @@ class Evidence:
 
 
 class ClassEvidence(nn.Module):
-    """``model`` with a second output: ``forward(x) -> (logits, evidence (B, k, H, W), classes (B, k))``
-    for its top-``k`` classes. This is what ``inspectnet export --evidence`` puts into the ONNX graph.
+    """``model`` with its top-``k`` classes' evidence as a second output, as the ONNX export holds it.
+
+    ``forward(x) -> (logits, evidence (B, k, H, W), classes (B, k))`` for its top-``k`` classes. This is
+    what ``inspectnet export --evidence`` puts into the ONNX graph.
 
     The head may be a dense Linear, a :class:`DecomposedLinear` or its export form (a gather of the
     used features followed by a Linear): the weights are read from the module at ``head_name``, so
     the evidence always matches what the logits use. The maps cost B·k·d·H·W multiply-adds.
+
+    Args:
+        model: the model (or its export form: a copy with the same module names).
+        pooled: how its head reads the last map (:func:`pooled_head`).
+        k: the number of top classes ``forward`` returns maps of.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=64)
+        >>> ev = ClassEvidence(zm.model, pooled_head(zm)).evidence(torch.randn(2, 3, 64, 64), "all")
+        >>> bool(torch.allclose(ev.maps.sum((2, 3)) + ev.offset, ev.logits, atol=1e-4))
+        True
     """
 
     def __init__(self, model: nn.Module, pooled: PooledHead, k: int = 1):
@@ -129,7 +155,11 @@ class ClassEvidence(nn.Module):
         return self.model.get_submodule(self.pooled.norm) if self.pooled.norm else None
 
     def offset(self) -> torch.Tensor:
-        """Per class, the part of the logit that no position carries: b (+ Wβ after a LayerNorm)."""
+        """Per class, the part of the logit that no position carries.
+
+        Returns:
+            (C,) the head bias b (+ Wβ after a LayerNorm).
+        """
         channels, w, b = self._weights()
         out = b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         norm = self._norm()
@@ -143,6 +173,12 @@ class ClassEvidence(nn.Module):
 
         The map is caught by a forward hook held only during this call (both ONNX exporters trace
         through it), so the same code serves timm and torchvision models and copies of them.
+
+        Args:
+            x: (B, C, H, W) input images.
+
+        Returns:
+            ``(map module output, logits (B, classes))``.
         """
         caught: list[torch.Tensor] = []
         handle = self.model.get_submodule(self.pooled.map_module).register_forward_hook(
@@ -154,7 +190,14 @@ class ClassEvidence(nn.Module):
         return caught[-1], logits
 
     def grid(self, features: torch.Tensor) -> torch.Tensor:
-        """The map (B, d, H, W) that the head averages, from the map module's output in its layout."""
+        """The map that the head averages, from the map module's output in its layout.
+
+        Args:
+            features: the map module's output (NCHW, NHWC or tokens).
+
+        Returns:
+            The (B, d, H, W) map.
+        """
         if self.pooled.layout == "NHWC":
             return features.permute(0, 3, 1, 2)
         if not self.pooled.tokens:
@@ -178,7 +221,15 @@ class ClassEvidence(nn.Module):
         return grid.flatten(2)
 
     def maps_for(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Evidence (B, k, H, W) of ``classes`` (B, k) from the map module's output."""
+        """The evidence of ``classes`` from the map module's output.
+
+        Args:
+            features: the map module's output.
+            classes: (B, k) class indices.
+
+        Returns:
+            The (B, k, H, W) evidence maps.
+        """
         grid = self.grid(features)
         _, w, _ = self._weights()
         h, wd = grid.shape[2], grid.shape[3]
@@ -186,8 +237,20 @@ class ClassEvidence(nn.Module):
 
     def evidence(self, x: torch.Tensor, classes: ClassChoice | None = None,
                  class_names: Sequence[str] | None = None) -> Evidence:
-        """Logits and the evidence of ``classes`` (a (B, k) tensor or a :func:`choose_classes` choice, resolved
-        on this pass's logits); the top-``k`` classes when None."""
+        """Logits and the evidence of ``classes`` from one forward pass.
+
+        Args:
+            x: (B, C, H, W) input images.
+            classes: a (B, k) tensor or a :func:`choose_classes` choice, resolved on this pass's logits; the
+                top-``k`` classes when None.
+            class_names: the class names a choice by name is resolved against.
+
+        Returns:
+            The :class:`Evidence`.
+
+        Raises:
+            InspectnetError: ``classes`` chooses no class or one the model lacks.
+        """
         features, logits = self.features_and_logits(x)
         if classes is None:
             classes = logits.topk(self.k, dim=1).indices
@@ -197,17 +260,39 @@ class ClassEvidence(nn.Module):
         return Evidence(maps=maps, classes=classes, logits=logits, offset=self.offset()[classes])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits and the top-``k`` classes' evidence, as the exported graph outputs them.
+
+        Args:
+            x: (B, C, H, W) input images.
+
+        Returns:
+            ``(logits (B, C), evidence (B, k, H, W), classes (B, k))``.
+        """
         ev = self.evidence(x)
         return ev.logits, ev.maps, ev.classes
 
 
 def choose_classes(choice: ClassChoice, logits: torch.Tensor, class_names: Sequence[str] | None = None) -> torch.Tensor:
-    """(B, k) class indices: ``"top1"`` / ``"topK"``, ``"all"``, a list of indices or names ("3,7"), or a tensor.
+    """The (B, k) class indices a choice names for a batch's logits.
 
-    >>> choose_classes("top2", torch.tensor([[0.1, 0.9, 0.5]])).tolist()
-    [[1, 2]]
-    >>> choose_classes("0,2", torch.zeros(2, 3)).tolist()
-    [[0, 2], [0, 2]]
+    Args:
+        choice: ``"top1"`` / ``"topK"`` (per image), ``"all"``, a list of indices or names (``"3,7"``), or a
+            (k,) or (B, k) tensor.
+        logits: (B, C) the batch's logits.
+        class_names: the class names a choice by name is resolved against.
+
+    Returns:
+        The (B, k) int64 class indices.
+
+    Raises:
+        InspectnetError: ``topK`` beyond the class count, an empty choice, an unknown name or an index out of
+            range.
+
+    Examples:
+        >>> choose_classes("top2", torch.tensor([[0.1, 0.9, 0.5]])).tolist()
+        [[1, 2]]
+        >>> choose_classes("0,2", torch.zeros(2, 3)).tolist()
+        [[0, 2], [0, 2]]
     """
     b, c = logits.shape
     if isinstance(choice, torch.Tensor):
@@ -245,12 +330,24 @@ def class_evidence(zm: ZooModel, x: torch.Tensor, classes: ClassChoice = "top1",
                    pooled: PooledHead | None = None) -> Evidence:
     """Exact class-evidence maps of ``classes`` for the batch ``x`` (see the module doc), without gradients.
 
-    ``classes``: ``"top1"``/``"topK"`` (per image), ``"all"``, indices or names. ``pooled`` (from
-    :func:`pooled_head`) skips re-reading the head when called in a loop.
+    Args:
+        zm: the model.
+        x: (B, C, H, W) model inputs.
+        classes: ``"top1"``/``"topK"`` (per image), ``"all"``, indices or names, or a (B, k) tensor.
+        pooled: the head's reading (:func:`pooled_head`); given, it skips re-reading the head in a loop.
 
-    >>> ev = class_evidence(zm, x, "top1")        # doctest: +SKIP
-    >>> ev.maps.shape                              # doctest: +SKIP
-    torch.Size([8, 1, 7, 7])
+    Returns:
+        The :class:`Evidence`, its offset detached.
+
+    Raises:
+        InspectnetError: the head is refused (:func:`pooled_head`), ``classes`` is invalid, or the input is
+            smaller than the map.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=64)
+        >>> class_evidence(zm, torch.randn(2, 3, 64, 64), "top1").maps.shape
+        torch.Size([2, 1, 2, 2])
     """
     module = evidence_module(zm.model, pooled or pooled_head(zm))
     with eval_mode(zm.model), torch.no_grad():
@@ -261,19 +358,23 @@ def class_evidence(zm: ZooModel, x: torch.Tensor, classes: ClassChoice = "top1",
 
 
 def evidence_module(model: nn.Module, pooled: PooledHead, k: int = 1) -> ClassEvidence:
-    """The module that computes the evidence of ``model`` read as ``pooled``: what :func:`class_evidence`
-    runs and what the export puts into the ONNX graph. Every kind of evidence goes through here.
+    """The module that computes the evidence of ``model`` read as ``pooled``.
+
+    It is what :func:`class_evidence` runs and what the export puts into the ONNX graph. Every kind of
+    evidence goes through here.
 
     Args:
         model: the model (or its export form: a copy with the same module names).
         pooled: how its head reads the last map (:func:`pooled_head`).
         k: the number of top classes ``forward`` returns maps of.
+
     Returns:
         a :class:`ClassEvidence` (``forward(x) -> (logits, maps, classes)``, ``evidence(x, classes)``).
 
-    >>> from inspectnet.models.zoo import load_model
-    >>> zm = load_model("resnet18", num_classes=3, input_size=64)
-    >>> [t.shape[1] for t in evidence_module(zm.model, pooled_head(zm), k=2)(torch.randn(1, 3, 64, 64))]
-    [3, 2, 2]
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=64)
+        >>> [t.shape[1] for t in evidence_module(zm.model, pooled_head(zm), k=2)(torch.randn(1, 3, 64, 64))]
+        [3, 2, 2]
     """
     return ClassEvidence(model, pooled, k)

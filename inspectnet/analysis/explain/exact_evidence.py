@@ -1,6 +1,7 @@
-"""The exact class evidence of any supported head, in one form per model: pooled maps for heads that average a
-last map (CNNs, Swin, EVA), token direct effects for token transformers (ViT, DeiT-distilled, BEiT,
-torchvision's ViT).
+"""The exact class evidence of any supported head, in one form per model.
+
+Pooled maps for heads that average a last map (CNNs, Swin, EVA), token direct effects for token
+transformers (ViT, DeiT-distilled, BEiT, torchvision's ViT).
 
 * ``pooled`` (:mod:`.evidence`): Σ_hw E_c + offset_c = logit_c, the offset a constant of the model;
 * ``tokens`` (:mod:`.token_evidence`): Σ_hw E_c + remainder_c + bias_c = logit_c, the remainder an
@@ -60,8 +61,9 @@ def evidence_form(zm: ZooModel) -> str:
     Returns:
         :data:`TOKENS` or :data:`POOLED` (whether the pooled form applies is decided by its own reading).
 
-    Example:
-        >>> evidence_form(load_model("resnet18", input_size=32))    # doctest: +SKIP
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> evidence_form(load_model("resnet18", num_classes=3, input_size=32))
         'pooled'
     """
     return TOKENS if _is_token_model(zm) and token_evidence_supported(zm) is None else POOLED
@@ -77,8 +79,10 @@ def _is_token_model(zm: ZooModel) -> bool:
 
 
 def pooled_evidence_head(zm: ZooModel) -> PooledHead:
-    """:func:`~.evidence.pooled_head`, whose refusal of a token transformer also names why the token form is
-    refused (e.g. CaiT's class-attention layers), so one line says what prevents both.
+    """How the model's head pools its last map, refusing with both forms' reasons.
+
+    This is :func:`~.evidence.pooled_head`, whose refusal of a token transformer also names why the token
+    form is refused (e.g. CaiT's class-attention layers), so one line says what prevents both.
 
     Args:
         zm: the model.
@@ -86,8 +90,12 @@ def pooled_evidence_head(zm: ZooModel) -> PooledHead:
     Returns:
         The :class:`~.evidence.PooledHead`.
 
-    Example:
-        >>> pooled_evidence_head(load_model("resnet18", input_size=32)).head_name    # doctest: +SKIP
+    Raises:
+        InspectnetError: the head does not pool a last map (with the token form's reason where it has one).
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> pooled_evidence_head(load_model("resnet18", num_classes=3, input_size=32)).head_name
         'fc'
     """
     try:
@@ -113,9 +121,14 @@ def exact_evidence(zm: ZooModel, x: torch.Tensor, classes: ClassChoice = "top1")
     Returns:
         The :class:`~.evidence.Evidence`.
 
-    Example:
-        >>> exact_evidence(zm, x, "top1").maps.shape    # doctest: +SKIP
-        torch.Size([2, 1, 4, 4])
+    Raises:
+        InspectnetError: the model has neither exact form (see :func:`pooled_evidence_head`).
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=64)
+        >>> exact_evidence(zm, torch.randn(2, 3, 64, 64), "top1").maps.shape
+        torch.Size([2, 1, 2, 2])
     """
     if evidence_form(zm) == POOLED:
         return class_evidence(zm, x, classes, pooled=pooled_evidence_head(zm))
@@ -126,8 +139,15 @@ def exact_evidence(zm: ZooModel, x: torch.Tensor, classes: ClassChoice = "top1")
 
 @dataclasses.dataclass(frozen=True)
 class TokenOutputs:
-    """The top-k token evidence: ``evidence`` (B, k, gh, gw) of ``classes`` (B, k), their ``remainder``
-    (B, k) and ``bias`` (B, k), and the ``logits`` (B, C)."""
+    """The top-k token evidence of a batch.
+
+    Attributes:
+        logits: (B, C) the model's logits.
+        evidence: (B, k, gh, gw) the maps of ``classes``.
+        classes: (B, k) the explained classes.
+        remainder: (B, k) the non-spatial part of their logits.
+        bias: (B, k) the head bias of each class.
+    """
 
     logits: torch.Tensor
     evidence: torch.Tensor
@@ -137,13 +157,25 @@ class TokenOutputs:
 
 
 class TokenClassEvidence(nn.Module):
-    """``forward(x) -> (logits (B, C), evidence (B, k, gh, gw), classes (B, k), remainder (B, k))`` for the
-    top-``k`` classes: what ``export --evidence`` puts into the ONNX graph for a token transformer, with
+    """The top-``k`` token evidence module that ``export --evidence`` puts into the ONNX graph.
+
+    ``forward(x) -> (logits (B, C), evidence (B, k, gh, gw), classes (B, k), remainder (B, k))`` for the
+    top-``k`` classes of a token transformer, with
     ``evidence.sum((2, 3)) + remainder + bias[classes] == logits[classes]``.
 
     Args:
         tokens: the :class:`~.token_evidence.TokenEvidence` of the model (or of its export form).
         k: how many top classes ``forward`` returns.
+
+    Examples:
+        >>> import timm
+        >>> from inspectnet.models.zoo import ZooModel
+        >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3).eval()
+        >>> zm = ZooModel(model=m, source="timm", arch="vit", num_classes=3, in_chans=3, class_names=list("abc"),
+        ...               data_config={"input_size": (3, 32, 32)}, head_name="head")
+        >>> tokens = TokenClassEvidence(TokenEvidence(zm), k=2).eval()
+        >>> [tuple(t.shape) for t in tokens(torch.randn(1, 3, 32, 32))]
+        [(1, 3), (1, 2, 2, 2), (1, 2), (1, 2)]
     """
 
     def __init__(self, tokens: TokenEvidence, k: int = 1):
@@ -152,13 +184,26 @@ class TokenClassEvidence(nn.Module):
         self.model = tokens.model
 
     def offset(self) -> torch.Tensor:
-        """The constant part of every logit that no token carries: the head bias b (C,)."""
+        """The constant part of every logit that no token carries.
+
+        Returns:
+            The head bias b (C,).
+        """
         return self.tokens.bias()
 
     def outputs(self, x: torch.Tensor, classes: ClassChoice | None = None,
                 class_names: list[str] | None = None) -> TokenOutputs:
-        """The evidence and remainder of ``classes`` (a (B, k) tensor or a :func:`~.evidence.choose_classes`
-        choice resolved on this pass's logits; the top-``k`` when None) from one decomposition of ``x``."""
+        """The evidence and remainder of ``classes`` from one decomposition of ``x``.
+
+        Args:
+            x: (B, C_in, H, W) input images.
+            classes: a (B, k) tensor or a :func:`~.evidence.choose_classes` choice resolved on this pass's
+                logits; the top-``k`` when None.
+            class_names: the class names a choice by name is resolved against.
+
+        Returns:
+            The :class:`TokenOutputs`.
+        """
         logits, evidence, remainder = self.tokens(x)
         if classes is None:
             classes = logits.topk(self.k, dim=1).indices
@@ -170,18 +215,36 @@ class TokenClassEvidence(nn.Module):
 
     def evidence(self, x: torch.Tensor, classes: ClassChoice | None = None,
                  class_names: list[str] | None = None) -> Evidence:
-        """:class:`~.evidence.Evidence` of ``classes`` (top-``k`` when None), offset = bias + remainder (B, k)."""
+        """The :class:`~.evidence.Evidence` of ``classes``, whose offset is bias + remainder (B, k).
+
+        Args:
+            x: (B, C_in, H, W) input images.
+            classes: as in :meth:`outputs` (top-``k`` when None).
+            class_names: as in :meth:`outputs`.
+
+        Returns:
+            The :class:`~.evidence.Evidence`.
+        """
         out = self.outputs(x, classes, class_names)
         return Evidence(maps=out.evidence, classes=out.classes, logits=out.logits, offset=out.bias + out.remainder)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits and the top-``k`` classes' evidence, as the exported graph outputs them.
+
+        Args:
+            x: (B, C_in, H, W) input images.
+
+        Returns:
+            ``(logits (B, C), evidence (B, k, gh, gw), classes (B, k), remainder (B, k))``.
+        """
         out = self.outputs(x)
         return out.logits, out.evidence, out.classes, out.remainder
 
 
 def token_class_evidence(zm: ZooModel, model: nn.Module | None = None, k: int = 1) -> TokenClassEvidence:
-    """The :class:`TokenClassEvidence` of ``zm``, read from ``model`` (an export form with the same module
-    names, e.g. a gathered head) when given; refused (:class:`InspectnetError`) unless exact.
+    """The :class:`TokenClassEvidence` of ``zm``, refused unless its decomposition is exact.
+
+    It is read from ``model`` (an export form with the same module names, e.g. a gathered head) when given.
 
     Args:
         zm: the model.
@@ -191,7 +254,10 @@ def token_class_evidence(zm: ZooModel, model: nn.Module | None = None, k: int = 
     Returns:
         The module, in eval mode.
 
-    Example:
+    Raises:
+        InspectnetError: the token decomposition is not exact for the model (the reason named).
+
+    Examples:
         >>> token_class_evidence(zm, k=2)(x)[1].shape    # doctest: +SKIP
         torch.Size([2, 2, 4, 4])
     """

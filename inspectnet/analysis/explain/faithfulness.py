@@ -22,11 +22,7 @@ are solved on a 32-px grid and upsampled (:func:`road_fill`: ROAD "where it fits
 
 Maps that are constant (no ranking) or hold NaN are reported per image (``status``) and skipped,
 never crashed on. :func:`compare_to_control` pairs a method's per-image AUCs with the random
-control's on the same images.
-
->>> curves = faithfulness_curves(score, images, maps, targets, FaithfulnessConfig(steps=10))   # doctest: +SKIP
->>> summarise(curves)["deletion_auc"]                                                           # doctest: +SKIP
-0.21
+control's on the same images (a run on a small model: :func:`faithfulness_curves`).
 """
 
 from __future__ import annotations
@@ -50,7 +46,11 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]  # model inputs (B, C, H, W) -> 
 
 @dataclasses.dataclass(frozen=True)
 class FaithfulnessConfig:
-    """Deletion/insertion ``steps``, the ``baseline`` (blur or mean), the ROAD fractions and noise, batching."""
+    """Deletion/insertion ``steps``, the ``baseline`` (blur or mean), the ROAD fractions and noise, batching.
+
+    Raises:
+        InspectnetError: an option out of its range (checked when built).
+    """
 
     steps: int = option(10, help="steps of the deletion and insertion curves", minimum=1)
     baseline: str = option("blur", help="what deleted pixels become: a blurred image or its mean colour",
@@ -66,15 +66,27 @@ class FaithfulnessConfig:
         validate(self)
 
     def passes_per_image(self) -> int:
-        """Forward passes one explained image costs: 2·steps (deletion + insertion) + 2 per ROAD fraction."""
+        """Forward passes one explained image costs.
+
+        Returns:
+            2·steps (deletion + insertion) + 2 per ROAD fraction.
+        """
         return 2 * self.steps + 2 * len(self.road_fractions)
 
 
 def baseline_images(images: torch.Tensor, kind: str) -> torch.Tensor:
-    """The ``blur`` (σ = 1/8 of the shorter side) or ``mean`` (per-image, per-channel colour) baseline.
+    """The image deleted pixels become: a blurred copy or the mean colour.
 
-    >>> baseline_images(torch.ones(1, 3, 16, 16), "blur").allclose(torch.ones(1, 3, 16, 16))
-    True
+    Args:
+        images: (B, C, H, W) images.
+        kind: ``blur`` (Gaussian, σ = 1/8 of the shorter side) or ``mean`` (per-image, per-channel colour).
+
+    Returns:
+        The (B, C, H, W) baseline images.
+
+    Examples:
+        >>> baseline_images(torch.ones(1, 3, 16, 16), "blur").allclose(torch.ones(1, 3, 16, 16))
+        True
     """
     if kind == "mean":
         return images.mean((2, 3), keepdim=True).expand_as(images).clone()
@@ -95,16 +107,27 @@ _STENCIL = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 
 
 def linear_imputation(images: torch.Tensor, known: torch.Tensor, *, tolerance: float = 1e-5,
                       max_iterations: int = 500) -> torch.Tensor:
-    """ROAD's linear imputation (without noise): removed pixels (``known`` False, (B, 1, H, W)) become the
-    solution of x_p = Σ_q w_q x_q / Σ_q w_q over their in-image 8-neighbours; kept pixels stay.
+    """ROAD's linear imputation (without noise) of the pixels not ``known``.
+
+    Removed pixels solve x_p = Σ_q w_q x_q / Σ_q w_q over their in-image 8-neighbours; kept pixels stay.
 
     The system (symmetric positive definite wherever some pixel is kept) is solved for every image
     and channel at once by conjugate gradients, until each residual's RMS is below ``tolerance``
     times the image's value range (or ``max_iterations``).
 
-    >>> x = torch.tensor([[[[0.0, 0.0, 3.0]]]]); known = torch.tensor([[[[True, False, True]]]])
-    >>> [round(v, 4) for v in linear_imputation(x, known)[0, 0, 0].tolist()]
-    [0.0, 1.5, 3.0]
+    Args:
+        images: (B, C, H, W) images.
+        known: (B, 1, H, W) bool, True where a pixel is kept.
+        tolerance: the residual RMS to reach, relative to each image's value range.
+        max_iterations: the most conjugate-gradient steps.
+
+    Returns:
+        The (B, C, H, W) images with the removed pixels imputed.
+
+    Examples:
+        >>> x = torch.tensor([[[[0.0, 0.0, 3.0]]]]); known = torch.tensor([[[[True, False, True]]]])
+        >>> [round(v, 4) for v in linear_imputation(x, known)[0, 0, 0].tolist()]
+        [0.0, 1.5, 3.0]
     """
     c = images.shape[1]
     unknown = (~known.bool()).to(images.dtype).expand_as(images)
@@ -140,8 +163,10 @@ def linear_imputation(images: torch.Tensor, known: torch.Tensor, *, tolerance: f
 
 def _coarse_start(images: torch.Tensor, known: torch.Tensor, tolerance: float, max_iterations: int,
                   min_size: int = 8) -> torch.Tensor:
-    """A starting point for the solver: the same problem solved at half resolution (a coarse cell is kept
-    where any of its pixels is, at their mean), upsampled; the kept pixels' mean on the coarsest grid."""
+    """A starting point for the solver: the same problem solved at half resolution, upsampled.
+
+    A coarse cell is kept where any of its pixels is, at their mean; on the coarsest grid, the kept pixels' mean.
+    """
     known = known.bool()
     if min(images.shape[2:]) <= min_size:
         weight = known.to(images.dtype)
@@ -159,6 +184,14 @@ def road_fill(images: torch.Tensor, removed: torch.Tensor, size: int) -> torch.T
     Larger inputs are solved on a grid of at most ``size`` pixels a side (images area-averaged, a
     cell removed when at least half of it is) and the solution upsampled bilinearly: the exact
     solve grows with the pixel count and the hole diameter, too slow at 224 px on a CPU.
+
+    Args:
+        images: (B, C, H, W) images.
+        removed: (B, 1, H, W) bool, True where a pixel is removed.
+        size: the largest side solved exactly.
+
+    Returns:
+        The (B, C, H, W) images with the removed pixels imputed (see :func:`linear_imputation`).
     """
     h, w = images.shape[2:]
     if max(h, w) <= size:
@@ -170,10 +203,22 @@ def road_fill(images: torch.Tensor, removed: torch.Tensor, size: int) -> torch.T
 
 
 def pixel_ranks(maps: torch.Tensor, size: tuple[int, int], seed: int) -> torch.Tensor:
-    """Each pixel's position (0 = most relevant) after upsampling ``maps`` (N, h, w) to ``size``: (N, H·W).
+    """Each pixel's rank (0 = most relevant) after upsampling ``maps`` to ``size``.
 
     Ties are broken by a seeded random order, so flat regions (e.g. Grad-CAM zeros) are not removed
     in raster order.
+
+    Args:
+        maps: (N, h, w) explanation maps.
+        size: (H, W) of the input.
+        seed: seeds the tie-breaking order.
+
+    Returns:
+        (N, H·W) int64 ranks.
+
+    Examples:
+        >>> pixel_ranks(torch.tensor([[[0.1, 0.9], [0.5, 0.3]]]), (2, 2), 0).tolist()
+        [[3, 0, 1, 2]]
     """
     up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False).flatten(1)
     n, p = up.shape
@@ -187,7 +232,14 @@ def pixel_ranks(maps: torch.Tensor, size: tuple[int, int], seed: int) -> torch.T
 
 @dataclasses.dataclass(frozen=True)
 class Curves:
-    """Per-image curves of the target-class probability (NaN rows for skipped maps) and what they cost."""
+    """Per-image curves of the target-class probability (NaN rows for skipped maps) and what they cost.
+
+    Attributes:
+        fractions: the deletion/insertion fractions; ``deletion``, ``insertion`` (N, steps + 1) their curves.
+        road_fractions: ROAD's fractions; ``road_morf``, ``road_lerf`` (N, fractions) its curves.
+        status: per map ``ok``, ``constant`` or ``nan`` (only ``ok`` maps are measured).
+        forward_passes: every input the scorer was given; ``baseline``: the baseline kind.
+    """
 
     fractions: list[float]
     deletion: np.ndarray
@@ -204,8 +256,26 @@ def faithfulness_curves(score: Scorer, images: torch.Tensor, maps: torch.Tensor,
                         config: FaithfulnessConfig = FaithfulnessConfig()) -> Curves:
     """Deletion, insertion and ROAD curves for ``images`` (N, C, H, W) explained by ``maps`` (N, h, w).
 
-    ``score`` runs the model (torch or ONNX Runtime) on a batch on ``images``' device; it is called
-    with at most ``batch_size`` inputs at a time; ``forward_passes`` counts every input it was given.
+    Args:
+        score: model inputs (B, C, H, W) -> logits (B, classes), torch or ONNX Runtime, on ``images``' device;
+            given at most ``config.batch_size`` inputs at a time (``forward_passes`` counts them).
+        images: (N, C, H, W) the explained images.
+        maps: (N, h, w) their explanation maps.
+        targets: (N,) the class each map explains.
+        config: steps, baseline, ROAD settings and batching.
+
+    Returns:
+        The :class:`Curves`.
+
+    Raises:
+        InspectnetError: the numbers of images, maps and targets differ.
+
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+        >>> cfg = FaithfulnessConfig(steps=2, road_fractions=(0.5,))
+        >>> c = faithfulness_curves(net, torch.rand(2, 3, 8, 8), torch.rand(2, 4, 4), torch.tensor([0, 1]), cfg)
+        >>> c.deletion.shape, c.road_morf.shape, c.status
+        ((2, 3), (2, 1), ['ok', 'ok'])
     """
     if len(images) != len(maps) or len(images) != len(targets):
         raise InspectnetError(f"faithfulness needs one map and one target per image; got {len(images)} images, "
@@ -274,21 +344,43 @@ class _Counter:
 def auc(curve: np.ndarray, fractions: list[float]) -> np.ndarray:
     """Area under each row of ``curve`` over ``fractions`` (trapezoid), normalised by the fractions' span.
 
-    >>> auc(np.array([[1.0, 0.0]]), [0.0, 1.0]).tolist()
-    [0.5]
+    Args:
+        curve: (N, F) curves.
+        fractions: the F fractions they are sampled at.
+
+    Returns:
+        The (N,) areas.
+
+    Examples:
+        >>> auc(np.array([[1.0, 0.0]]), [0.0, 1.0]).tolist()
+        [0.5]
     """
     f = np.asarray(fractions, dtype=np.float64)
     return np.trapezoid(curve, f, axis=1) / (f[-1] - f[0])
 
 
 def per_image_scores(c: Curves) -> dict[str, np.ndarray]:
-    """Per-image deletion/insertion AUC and ROAD MoRF/LeRF mean probability (NaN where skipped)."""
+    """Per-image deletion/insertion AUC and ROAD MoRF/LeRF mean probability (NaN where skipped).
+
+    Args:
+        c: the curves.
+
+    Returns:
+        ``{"deletion_auc", "insertion_auc", "road_morf", "road_lerf"}``, each (N,).
+    """
     return {"deletion_auc": auc(c.deletion, c.fractions), "insertion_auc": auc(c.insertion, c.fractions),
             "road_morf": c.road_morf.mean(1), "road_lerf": c.road_lerf.mean(1)}
 
 
 def summarise(c: Curves) -> dict[str, Any]:
-    """Mean and standard error of each score over the images whose maps could be ranked, and the skips."""
+    """Mean and standard error of each score over the images whose maps could be ranked, and the skips.
+
+    Args:
+        c: the curves.
+
+    Returns:
+        ``{"images", "evaluated", "constant_maps", "nan_maps", "baseline"}`` and each score's mean and ``_se``.
+    """
     out: dict[str, Any] = {"images": len(c.status), "evaluated": c.status.count("ok"),
                            "constant_maps": c.status.count("constant"), "nan_maps": c.status.count("nan"),
                            "baseline": c.baseline}
@@ -296,7 +388,7 @@ def summarise(c: Curves) -> dict[str, Any]:
 
 
 def mean_and_se(scores: dict[str, np.ndarray]) -> dict[str, float | None]:
-    """Mean and standard error of each per-image score over the images where it is finite (None where too few).
+    """Mean and standard error (None where too few) of each per-image score over the images where it is finite.
 
     Args:
         scores: score name -> per-image values (NaN where not measured).
@@ -304,8 +396,9 @@ def mean_and_se(scores: dict[str, np.ndarray]) -> dict[str, float | None]:
     Returns:
         ``{name: mean, name_se: standard error}``.
 
-    >>> {k: round(v, 6) for k, v in mean_and_se({"auc": np.array([0.2, np.nan, 0.4])}).items()}
-    {'auc': 0.3, 'auc_se': 0.1}
+    Examples:
+        >>> {k: round(v, 6) for k, v in mean_and_se({"auc": np.array([0.2, np.nan, 0.4])}).items()}
+        {'auc': 0.3, 'auc_se': 0.1}
     """
     out: dict[str, float | None] = {}
     for name, values in scores.items():
@@ -316,15 +409,24 @@ def mean_and_se(scores: dict[str, np.ndarray]) -> dict[str, float | None]:
 
 
 def compare_to_control(method: Curves, control: Curves) -> dict[str, Any]:
-    """Paired per-image differences method − control (deletion/MoRF: negative is better; insertion/LeRF:
-    positive is better), their standard errors, and ``beats_control``: deletion and insertion both
-    better by more than two standard errors."""
+    """Paired per-image differences method − control, their standard errors, and ``beats_control``.
+
+    Deletion/MoRF: negative is better, insertion/LeRF: positive; ``beats_control``: both by over two errors.
+
+    Args:
+        method: the method's curves.
+        control: the control's curves, on the same images in the same order.
+
+    Returns:
+        As :func:`paired_differences`.
+    """
     return paired_differences(per_image_scores(method), per_image_scores(control))
 
 
 def paired_differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Mean and standard error of the per-image differences ``a[name] − b[name]`` (images where either is NaN
-    left out), the number of paired images and ``beats_control`` (see :func:`compare_to_control`).
+    """Mean and standard error of the per-image differences ``a[name] − b[name]``.
+
+    NaN pairs are left out; also the paired image count and ``beats_control`` (:func:`compare_to_control`).
 
     Args:
         a: score name -> per-image values of the method; must hold ``deletion_auc`` and ``insertion_auc``.
@@ -333,10 +435,11 @@ def paired_differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> di
     Returns:
         ``{name: mean, name_se: standard error, paired_images, beats_control}``.
 
-    >>> d = paired_differences({"deletion_auc": np.array([0.1, 0.2]), "insertion_auc": np.array([0.9, 0.8])},
-    ...                        {"deletion_auc": np.array([0.5, 0.5]), "insertion_auc": np.array([0.5, 0.6])})
-    >>> round(d["deletion_auc"], 3), round(d["deletion_auc_se"], 3), d["beats_control"]
-    (-0.35, 0.05, True)
+    Examples:
+        >>> d = paired_differences({"deletion_auc": np.array([0.1, 0.2]), "insertion_auc": np.array([0.9, 0.8])},
+        ...                        {"deletion_auc": np.array([0.5, 0.5]), "insertion_auc": np.array([0.5, 0.6])})
+        >>> round(d["deletion_auc"], 3), round(d["deletion_auc_se"], 3), d["beats_control"]
+        (-0.35, 0.05, True)
     """
     out: dict[str, Any] = mean_and_se({name: a[name] - b[name] for name in a})
     out["paired_images"] = int(np.isfinite(a["deletion_auc"] - b["deletion_auc"]).sum())

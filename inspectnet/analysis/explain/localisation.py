@@ -1,6 +1,7 @@
-"""Localisation of explanation maps on data whose objects are known pixel by pixel: the energy-based
-pointing game (Wang et al. 2020, "Score-CAM: Score-weighted visual explanations for convolutional
-neural networks", §5.2).
+"""Localisation of explanation maps on data whose objects are known pixel by pixel.
+
+The measure is the energy-based pointing game (Wang et al. 2020, "Score-CAM: Score-weighted visual
+explanations for convolutional neural networks", §5.2).
 
 For each image the map L is upsampled (bilinear, as the faithfulness metrics do) to the model's
 input, only its positive part is kept (the evidence *for* the class), and the score is the share
@@ -41,8 +42,12 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     Returns:
         (N,) float64 proportions in [0, 1]; NaN where a map has no positive energy (or holds NaN).
 
-    >>> energy_pointing_game(torch.tensor([[[4.0, 0.0]]]), torch.tensor([[[True, True, False, False]] * 2]))
-    array([0.875])
+    Raises:
+        InspectnetError: maps or masks not three-dimensional, or their image counts differ.
+
+    Examples:
+        >>> energy_pointing_game(torch.tensor([[[4.0, 0.0]]]), torch.tensor([[[True, True, False, False]] * 2]))
+        array([0.875])
     """
     if maps.ndim != 3 or masks.ndim != 3 or len(maps) != len(masks):
         raise InspectnetError(f"the pointing game needs maps (N, h, w) and masks (N, H, W) for the same images; got "
@@ -57,8 +62,10 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
 
 def localisation_summary(scores: np.ndarray, masks: torch.Tensor, control: np.ndarray | None = None
                          ) -> dict[str, Any]:
-    """Mean and standard error of the per-image pointing-game scores, the chance level, and the paired
-    difference with a control's scores on the same images.
+    """Mean and standard error of the per-image pointing-game scores, with chance level and control.
+
+    The chance level is ``object_share``, the masks' mean area share; the paired difference is with a control's scores on the
+    same images.
 
     Args:
         scores: (N,) per-image proportions (NaN = no positive energy).
@@ -70,9 +77,10 @@ def localisation_summary(scores: np.ndarray, masks: torch.Tensor, control: np.nd
         ``object_share`` (mean share of the image inside the mask) and, with a control,
         ``vs_random``: the mean paired difference and its standard error.
 
-    >>> m = torch.tensor([[[True, False]], [[True, True]]])
-    >>> localisation_summary(np.array([0.5, np.nan]), m)["object_share"], _mean_se(np.array([0.5, 0.7]))[0]
-    (0.75, 0.6)
+    Examples:
+        >>> m = torch.tensor([[[True, False]], [[True, True]]])
+        >>> localisation_summary(np.array([0.5, np.nan]), m)["object_share"], _mean_se(np.array([0.5, 0.7]))[0]
+        (0.75, 0.6)
     """
     ok = np.isfinite(scores)
     mean, se = _mean_se(scores[ok])
@@ -92,8 +100,10 @@ def _mean_se(v: np.ndarray) -> tuple[float | None, float | None]:
 
 
 def mask_view(mask: np.ndarray, config: dict[str, Any]) -> torch.Tensor:
-    """An object mask at the image's resolution, resized and cropped as the model's preprocessing does
-    to the image (:func:`~inspectnet.runtime.classifier.crop_view`): (H, W) bool at the model's input.
+    """An object mask at the model's input: (H, W) bool, resized and cropped as the image is.
+
+    The mask goes through what the model's preprocessing does to the image
+    (:func:`~inspectnet.runtime.classifier.crop_view`).
 
     Args:
         mask: (height, width) bool, aligned with the image.
@@ -102,9 +112,10 @@ def mask_view(mask: np.ndarray, config: dict[str, Any]) -> torch.Tensor:
     Returns:
         The mask the model's input sees (a resampled pixel counts as object when at least half is).
 
-    >>> mask = np.zeros((4, 4), bool); mask[:2, :2] = True
-    >>> mask_view(mask, {"input_size": [3, 2, 2], "crop_pct": 1.0}).tolist()
-    [[True, False], [False, False]]
+    Examples:
+        >>> mask = np.zeros((4, 4), bool); mask[:2, :2] = True
+        >>> mask_view(mask, {"input_size": [3, 2, 2], "crop_pct": 1.0}).tolist()
+        [[True, False], [False, False]]
     """
     view = np.asarray(crop_view(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255), config))
     return torch.from_numpy((view[..., 0] if view.ndim == 3 else view) >= 128)

@@ -36,7 +36,15 @@ METHODS = ("integrated_gradients", "gradcam", "evidence", "random")
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
-    """Parameters of the methods: IG steps and internal batch, the Grad-CAM layer, the random control's seed."""
+    """Parameters of the methods: IG steps and internal batch, the Grad-CAM layer, the random control's seed.
+
+    Attributes:
+        ig_steps: Integrated Gradients' steps from the zero baseline.
+        internal_batch_size: inputs per forward pass inside Integrated Gradients.
+        gradcam_layer: the Grad-CAM layer (a name or alias; default the last convolution).
+        seed: seeds the random control.
+        batch_size: images explained at a time.
+    """
 
     ig_steps: int = 16
     internal_batch_size: int = 64
@@ -47,10 +55,30 @@ class MethodConfig:
 
 def explanation_maps(method: str, zm: ZooModel, x: torch.Tensor, targets: torch.Tensor, *,
                      indices: Sequence[int], config: MethodConfig = MethodConfig()) -> torch.Tensor:
-    """Maps (B, h, w), float32 on the CPU, of ``method`` for the inputs ``x`` and classes ``targets`` (B,),
-    computed ``config.batch_size`` images at a time on the model's device.
+    """Explanation maps of ``method`` for the inputs ``x`` and classes ``targets``.
 
-    ``indices`` are the images' positions in their dataset (they seed the random control).
+    The maps are computed ``config.batch_size`` images at a time on the model's device.
+
+    Args:
+        method: ``integrated_gradients``, ``gradcam``, ``evidence`` or ``random``.
+        zm: the model.
+        x: (B, C, H, W) model inputs.
+        targets: (B,) the class each map explains.
+        indices: the images' positions in their dataset (they seed the random control).
+        config: the methods' parameters.
+
+    Returns:
+        The (B, h, w) maps, float32 on the CPU.
+
+    Raises:
+        InspectnetError: an unknown ``method``.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=64)
+        >>> x, t = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
+        >>> explanation_maps("gradcam", zm, x, t, indices=[0, 1]).shape
+        torch.Size([2, 2, 2])
     """
     if method not in METHODS:
         raise InspectnetError(f"explanation method {method!r} is unknown; expected one of {', '.join(METHODS)}")
@@ -81,7 +109,20 @@ def _gradcam(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor, _indices: lis
 
 
 def gradcam_layer(zm: ZooModel, config: MethodConfig = MethodConfig()) -> str:
-    """The resolved name of the Grad-CAM layer (default: the last convolution)."""
+    """The resolved name of the Grad-CAM layer (default: the last convolution).
+
+    Args:
+        zm: the model.
+        config: the methods' parameters (``gradcam_layer``).
+
+    Returns:
+        The module name.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> gradcam_layer(load_model("resnet18", num_classes=3, input_size=32))
+        'layer4.1.conv2'
+    """
     return resolve_layers(zm.model, config.gradcam_layer, head_name=zm.head_name)[-1]
 
 
@@ -98,17 +139,40 @@ def _random(zm: ZooModel, x: torch.Tensor, _targets: torch.Tensor, indices: list
 
 
 def random_maps(indices: Sequence[int], size: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """The random control: uniform noise (len(indices), h, w), seeded by each image's index.
+    """The random control: uniform noise, seeded by each image's index.
 
-    >>> bool(torch.equal(random_maps([3], (2, 2))[0], random_maps([1, 3], (2, 2))[1]))
-    True
+    Args:
+        indices: the images' positions in their dataset.
+        size: (h, w) of each map.
+        seed: offsets every image's seed.
+
+    Returns:
+        The (len(indices), h, w) maps.
+
+    Examples:
+        >>> bool(torch.equal(random_maps([3], (2, 2))[0], random_maps([1, 3], (2, 2))[1]))
+        True
     """
     return torch.stack([torch.rand(*size, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
                         for i in indices])
 
 
 def map_size(zm: ZooModel, x: torch.Tensor, config: MethodConfig = MethodConfig()) -> tuple[int, int]:
-    """(h, w) of the Grad-CAM layer's output for inputs shaped like ``x``."""
+    """The size of the Grad-CAM layer's output for inputs shaped like ``x`` (one forward pass of one image).
+
+    Args:
+        zm: the model.
+        x: (B, C, H, W) model inputs.
+        config: the methods' parameters (``gradcam_layer``).
+
+    Returns:
+        (h, w).
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> map_size(load_model("resnet18", num_classes=3, input_size=64), torch.randn(1, 3, 64, 64))
+        (2, 2)
+    """
     layer = zm.model.get_submodule(gradcam_layer(zm, config))
     seen: list[tuple[int, int]] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[-2:])))

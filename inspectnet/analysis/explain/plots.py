@@ -1,5 +1,6 @@
-"""The card's explanation pictures: mean deletion/insertion curves, the sanity-check cascade, example maps,
-the pointing game.
+"""The card's explanation pictures.
+
+Mean deletion/insertion curves, the sanity-check cascade, example maps, the pointing game.
 
 >>> plot_curves({"evidence": curves}, "out/curves.png")      # doctest: +SKIP
 """
@@ -19,7 +20,24 @@ if TYPE_CHECKING:
 
 
 def plot_curves(curves: dict[str, Curves], path: str | Path) -> Path:
-    """Deletion (left) and insertion (right) curves, mean probability of the target class per method."""
+    """Deletion (left) and insertion (right) curves, mean probability of the target class per method.
+
+    Args:
+        curves: label -> the method's :class:`~inspectnet.analysis.explain.faithfulness.Curves`.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    Examples:
+        >>> import tempfile
+        >>> from inspectnet.analysis.explain.faithfulness import Curves
+        >>> rows = np.array([[1.0, 0.5, 0.2]])
+        >>> c = Curves([0.0, 0.5, 1.0], rows, rows[:, ::-1], [0.5], rows[:, :1], rows[:, :1], ["ok"], 6, "blur")
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_curves({"evidence": c}, Path(d) / "curves.png").name
+        'curves.png'
+    """
     fig = new_figure(figsize=(8.4, 3.2))
     axes = fig.subplots(1, 2)
     for label, c in curves.items():
@@ -46,7 +64,23 @@ def _baseline(curves: dict[str, Curves]) -> str:
 
 
 def plot_sanity(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
-    """Mean Spearman ρ (trained vs randomised maps) along the cascade, one line per method and form."""
+    """Mean Spearman ρ (trained vs randomised maps) along the cascade, one line per method and form.
+
+    Args:
+        results: form -> ``{"threshold", "blocks", "methods": {method: {"spearman": [...]}}}`` (as
+            :func:`~inspectnet.analysis.explain.sanity.cascading_randomisation` gives, summarised).
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    Examples:
+        >>> import tempfile
+        >>> res = {"threshold": 0.5, "blocks": ["fc", "layer4"], "methods": {"gradcam": {"spearman": [0.9, 0.1]}}}
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_sanity({"full": res}, Path(d) / "sanity.png").name
+        'sanity.png'
+    """
     fig = new_figure(figsize=(6.4, 3.4))
     ax = fig.subplots()
     threshold = None
@@ -70,8 +104,26 @@ def plot_sanity(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
 
 
 def plot_examples(views: list[np.ndarray], maps: dict[str, np.ndarray], titles: list[str], path: str | Path) -> Path:
-    """One row per image: the image, then each method's map over it (signed evidence red/blue,
-    other maps red by relevance)."""
+    """One row per image: the image, then each method's map over it.
+
+    Signed evidence is shown red/blue, other maps red by relevance.
+
+    Args:
+        views: per image, the (H, W, 3) picture the model saw.
+        maps: method -> per image its (h, w) map.
+        titles: per image, its title.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    Examples:
+        >>> import tempfile
+        >>> views, maps = [np.zeros((8, 8, 3), np.uint8)], {"evidence": [np.random.rand(2, 2) - 0.5]}
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_examples(views, maps, ["a"], Path(d) / "examples.png").name
+        'examples.png'
+    """
     cols = ["input", *maps]
     fig = new_figure(figsize=(1.6 * len(cols), 1.7 * len(views) + 0.2))
     axes = fig.subplots(len(views), len(cols), squeeze=False)
@@ -98,8 +150,9 @@ def _signed(name: str, m: np.ndarray) -> np.ndarray:
 
 
 def plot_localisation(scores: dict[str, tuple[float, float | None]], chance: float, path: str | Path) -> Path:
-    """Energy-based pointing game per method and form (bars, ± one standard error), with the chance level
-    (the objects' share of the image: what a map spread evenly scores) as a dotted line.
+    """Energy-based pointing game per method and form (bars, ± one standard error), with the chance level.
+
+    The chance level (the objects' share of the image: what a map spread evenly scores) is a dotted line.
 
     Args:
         scores: label (``"method (form)"``) -> (mean proportion, its standard error or None).
@@ -109,7 +162,12 @@ def plot_localisation(scores: dict[str, tuple[float, float | None]], chance: flo
     Returns:
         ``path``.
 
-    >>> plot_localisation({"evidence (full)": (0.6, 0.05), "random 4x4 (full)": (0.2, None)}, 0.2, "l.png")  # doctest: +SKIP
+    Examples:
+        >>> import tempfile
+        >>> scores = {"evidence (full)": (0.6, 0.05), "random 4x4 (full)": (0.2, None)}
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_localisation(scores, 0.2, Path(d) / "pointing.png").name
+        'pointing.png'
     """
     labels = list(scores)
     fig = new_figure(figsize=(7.2, 1.1 + 0.28 * len(labels)))

@@ -42,11 +42,19 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoi
 class PooledHead:
     """Where the last map is and what lies between its average and the classifier.
 
-    ``map_module``: the module whose output is the map (hooked at run time); ``layout``: how that
-    output holds its positions (see :data:`LAYOUTS`); ``prefix_tokens``: leading tokens that are not
-    positions (class, distillation, register tokens); ``grid``: the (h, w) grid of the tokens;
-    ``norm``: the LayerNorm applied to the pooled vector, or None. Names, not modules, so the
-    description also holds for a copy of the model (the export form).
+    Names, not modules, so the description also holds for a copy of the model (the export form).
+
+    Attributes:
+        head_name: the dotted name of the classifier (a linear layer).
+        map_module: the module whose output is the map (hooked at run time).
+        layout: how that output holds its positions (see :data:`LAYOUTS`).
+        prefix_tokens: leading tokens that are not positions (class, distillation, register tokens).
+        grid: the (h, w) grid of the tokens (None for a spatial layout).
+        norm: the LayerNorm applied to the pooled vector, or None.
+
+    Examples:
+        >>> PooledHead("head", "blocks", layout="NLC", prefix_tokens=1, grid=(2, 2)).tokens
+        True
     """
 
     head_name: str
@@ -58,13 +66,17 @@ class PooledHead:
 
     @property
     def tokens(self) -> bool:
+        """Whether the map is a token sequence (layout ``NLC``) rather than a spatial map."""
         return self.layout == "NLC"
 
 
 @dataclasses.dataclass
 class _Trace:
-    """The modules of one forward pass: ``events`` are (kind, name) with kind ``start`` or ``end``;
-    ``outputs`` the last output of each module; ``head_input`` the classifier's input."""
+    """The modules of one forward pass.
+
+    ``events`` are (kind, name) with kind ``start`` or ``end``; ``outputs`` the last output of each module;
+    ``head_input`` the classifier's input.
+    """
 
     events: list[tuple[str, str]]
     outputs: dict[str, Any]
@@ -83,12 +95,17 @@ def trace_forward(model: nn.Module, x: torch.Tensor, head_name: str) -> _Trace:
         model: the classifier; ``head_name`` names its final linear layer.
         x: an input batch.
         head_name: the dotted name of the head, whose input is recorded.
+
     Returns:
         the trace: start/end events in order, each module's last output, the head's input, the logits.
 
-    >>> from torchvision.models import resnet18
-    >>> trace_forward(resnet18(num_classes=2), torch.randn(1, 3, 64, 64), "fc").head_input.shape
-    torch.Size([1, 512])
+    Raises:
+        InspectnetError: the head did not run, or the model does not return one logits tensor.
+
+    Examples:
+        >>> from torchvision.models import resnet18
+        >>> trace_forward(resnet18(num_classes=2), torch.randn(1, 3, 64, 64), "fc").head_input.shape
+        torch.Size([1, 512])
     """
     events: list[tuple[str, str]] = []
     outputs: dict[str, Any] = {}
@@ -121,12 +138,18 @@ def read_pooled_head(zm: ZooModel) -> PooledHead:
 
     Args:
         zm: the model; its head (``zm.head_name``) must be a linear layer.
+
     Returns:
         the :class:`PooledHead` read from one traced forward pass at the model's input size.
 
-    >>> from inspectnet.models.zoo import load_model
-    >>> read_pooled_head(load_model("resnet18", input_size=64)).layout
-    'NCHW'
+    Raises:
+        InspectnetError: no averaged map is found, a map is folded to one position before the head, or tokens
+            form no known grid (the property named).
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> read_pooled_head(load_model("resnet18", input_size=64)).layout
+        'NCHW'
     """
     size = tuple(zm.data_config["input_size"])
     device = next(zm.model.parameters()).device
@@ -181,12 +204,14 @@ def refusal(zm: ZooModel, reason: str, hint: str = "") -> InspectnetError:
         zm: the model (its spec starts the message).
         reason: what the head does, e.g. "reads the class token".
         hint: what would make it exact, or empty.
+
     Returns:
         the error to raise.
 
-    >>> from types import SimpleNamespace
-    >>> str(refusal(SimpleNamespace(spec="timm:x"), "pools with max")).split(":")[1]
-    'x pools with max'
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> str(refusal(SimpleNamespace(spec="timm:x"), "pools with max")).split(":")[1]
+        'x pools with max'
     """
     return InspectnetError(f"{zm.spec} {reason}: its head is not average pooling + linear, so exact class-evidence "
                            f"maps are refused" + (f" ({hint})" if hint else "") + "; the other metrics still run")
@@ -225,11 +250,13 @@ def pool_map(out: torch.Tensor, layout: str, prefix: int = 0) -> torch.Tensor:
         out: the map, (B, d, H, W), (B, H, W, d) or (B, L, d).
         layout: ``NCHW``, ``NHWC`` or ``NLC``.
         prefix: leading tokens that are not positions (``NLC`` only).
+
     Returns:
         the pooled vectors (B, d).
 
-    >>> pool_map(torch.ones(2, 3, 4, 5), "NHWC").shape
-    torch.Size([2, 5])
+    Examples:
+        >>> pool_map(torch.ones(2, 3, 4, 5), "NHWC").shape
+        torch.Size([2, 5])
     """
     if layout == "NCHW":
         return out.mean((2, 3))

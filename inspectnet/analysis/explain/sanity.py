@@ -1,5 +1,6 @@
-"""Sanity checks for saliency maps (Adebayo et al. 2018): cascading model-parameter randomisation and
-data randomisation.
+"""Sanity checks for saliency maps (Adebayo et al. 2018).
+
+Cascading model-parameter randomisation and data randomisation.
 
 A copy of the model is randomised block by block from the head down (each block's layers re-drawn
 with their own initialisers, seeded); after each step every method's maps are recomputed for the
@@ -46,12 +47,22 @@ THRESHOLD = 0.5
 
 
 def cascade_blocks(model: nn.Module, head_name: str) -> list[str]:
-    """The blocks randomised in turn, from the head down: the head, then the model's top-level children
-    with parameters in reverse order, stages (Sequential / ModuleList) split into their own children.
+    """The blocks randomised in turn, from the head down.
 
-    >>> from torchvision.models import resnet18
-    >>> cascade_blocks(resnet18(), "fc")[:4]
-    ['fc', 'layer4.1', 'layer4.0', 'layer3.1']
+    The head, then the model's top-level children with parameters in reverse order, stages
+    (Sequential / ModuleList) split into their own children.
+
+    Args:
+        model: the classifier.
+        head_name: the dotted name of its head.
+
+    Returns:
+        The block names, head first.
+
+    Examples:
+        >>> from torchvision.models import resnet18
+        >>> cascade_blocks(resnet18(), "fc")[:4]
+        ['fc', 'layer4.1', 'layer4.0', 'layer3.1']
     """
     blocks: list[str] = []
     for name, child in model.named_children():
@@ -68,8 +79,20 @@ def _has_params(module: nn.Module) -> bool:
 
 
 def randomise(module: nn.Module, seed: int) -> None:
-    """Re-initialise every layer of ``module`` that has an initialiser (``reset_parameters``), seeded;
-    batch norms also reset their running statistics. The global random state is left untouched."""
+    """Re-initialise every layer of ``module`` that has an initialiser (``reset_parameters``), seeded.
+
+    Batch norms also reset their running statistics. The global random state is left untouched.
+
+    Args:
+        module: the block to randomise, in place.
+        seed: seeds the new weights.
+
+    Examples:
+        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        >>> randomise(a, 0); randomise(b, 0)
+        >>> bool(torch.equal(a.weight, b.weight))
+        True
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in module.modules():
@@ -82,8 +105,15 @@ def randomise(module: nn.Module, seed: int) -> None:
 def average_ranks(values: np.ndarray) -> np.ndarray:
     """Ranks 1..n with ties sharing their average rank (as scipy.stats.rankdata).
 
-    >>> average_ranks(np.array([3.0, 1.0, 3.0])).tolist()
-    [2.5, 1.0, 2.5]
+    Args:
+        values: (n,) values.
+
+    Returns:
+        The (n,) float64 ranks.
+
+    Examples:
+        >>> average_ranks(np.array([3.0, 1.0, 3.0])).tolist()
+        [2.5, 1.0, 2.5]
     """
     order = np.argsort(values, kind="stable")
     sorted_values = values[order]
@@ -97,8 +127,16 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's ρ of two maps (flattened); 0 when exactly one is constant, NaN when both are or with NaN.
 
-    >>> spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0]))
-    0.5
+    Args:
+        a: a map.
+        b: a map with as many values.
+
+    Returns:
+        ρ of their average ranks.
+
+    Examples:
+        >>> spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 30.0, 20.0]))
+        0.5
     """
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
@@ -117,9 +155,32 @@ def cascading_randomisation(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor
                             threshold: float = THRESHOLD) -> dict[str, Any]:
     """Randomise ``zm`` (a copy) from the head down; per method, the mean Spearman ρ with its trained maps.
 
-    ``max_steps`` keeps that many cascade steps, evenly spread, always the first (head) and the last
-    (whole model). Returns ``{"blocks", "steps", "threshold", "methods": {name: {"spearman": [per step],
-    "abs_spearman_final", "passes", "skipped_nan"}}}``.
+    Args:
+        zm: the model (left unchanged).
+        x: (B, C, H, W) model inputs.
+        targets: (B,) the class each map explains.
+        methods: the explanation methods (see :func:`~inspectnet.analysis.explain.methods.explanation_maps`).
+        indices: the images' positions in their dataset (they seed the random control).
+        config: the methods' parameters.
+        max_steps: keep that many cascade steps, evenly spread, always the first (head) and the last (whole
+            model); None keeps every block.
+        seed: seeds the re-initialisation (block i with seed + i).
+        threshold: a method passes when its final mean |ρ| is below this.
+
+    Returns:
+        ``{"blocks", "steps", "total_blocks", "threshold", "images", "methods": {name: {"spearman": [per step],
+        "abs_spearman_final", "passes", "skipped"}}}``.
+
+    Raises:
+        InspectnetError: no methods, or ``max_steps`` < 2.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=2, input_size=64)
+        >>> res = cascading_randomisation(zm, torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), ["random"],
+        ...                               indices=[0, 1], max_steps=2)
+        >>> res["blocks"], res["methods"]["random"]["spearman"], res["methods"]["random"]["passes"]
+        (['fc', 'conv1'], [1.0, 1.0], False)
     """
     if not methods:
         raise InspectnetError("the sanity check needs at least one explanation method")
@@ -149,10 +210,30 @@ def cascading_randomisation(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor
 def data_randomisation(real: ZooModel, shuffled: ZooModel, x: torch.Tensor, targets: torch.Tensor,
                        methods: Sequence[str], *, indices: Sequence[int], config: MethodConfig = MethodConfig(),
                        threshold: float = THRESHOLD) -> dict[str, Any]:
-    """Per method, the Spearman ρ between ``real``'s maps and ``shuffled``'s (the same architecture trained
-    on shuffled labels) for the same inputs ``x`` and classes ``targets``, per image, averaged.
+    """Per method, the Spearman ρ between ``real``'s maps and ``shuffled``'s, per image, averaged.
 
-    Returns ``{"threshold", "images", "methods": {name: {"spearman", "abs_spearman", "passes", "skipped"}}}``.
+    Args:
+        real: the model trained on true labels.
+        shuffled: the same architecture trained on shuffled labels.
+        x: (B, C, H, W) model inputs.
+        targets: (B,) the class each map explains.
+        methods: the explanation methods.
+        indices: the images' positions in their dataset (they seed the random control).
+        config: the methods' parameters.
+        threshold: a method passes when its mean |ρ| is below this.
+
+    Returns:
+        ``{"threshold", "images", "methods": {name: {"spearman", "abs_spearman", "passes", "skipped"}}}``.
+
+    Raises:
+        InspectnetError: no methods, or the same model given twice.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> a, b = (load_model("resnet18", num_classes=2, input_size=64) for _ in range(2))
+        >>> res = data_randomisation(a, b, torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), ["random"], indices=[0, 1])
+        >>> res["methods"]["random"]["spearman"], res["methods"]["random"]["passes"]
+        (1.0, False)
     """
     if not methods:
         raise InspectnetError("the sanity check needs at least one explanation method")

@@ -1,6 +1,7 @@
-"""Exact class evidence for transformer heads: each logit split into per-patch-token maps plus a reported
-remainder, by the residual stream's direct effects (Gandelsman, Efros, Steinhardt, ICLR 2024,
-"Interpreting CLIP's image representation via text-based decomposition").
+"""Exact class evidence for transformer heads: per-patch-token maps plus a reported remainder.
+
+Each logit is split into per-patch-token maps plus a reported remainder, by the residual stream's direct
+effects (Gandelsman, Efros, Steinhardt, ICLR 2024, "Interpreting CLIP's image representation via text-based decomposition").
 
 The residual stream of token i after the last block is a sum of terms written into it: the embedding
 x₀[i], each block's attention output Σ_h Σ_j A^{l,h}[i, j]·u^{l,h}_j + b^l (u: the value vector of
@@ -75,9 +76,11 @@ def token_evidence_supported(zm: ZooModel) -> str | None:
     Returns:
         None, or the reason (e.g. "… reads its class token through class-attention layers (CaiT) …").
 
-    Example:
-        >>> token_evidence_supported(load_model("resnet18", input_size=32))    # doctest: +SKIP
-        'timm:resnet18 is a timm.models.resnet.ResNet, not a ViT, DeiT or BEiT token transformer …'
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> token_evidence_supported(load_model("resnet18", num_classes=3, input_size=32))
+        'timm:resnet18 is a timm.models.resnet.ResNet, not a ViT, DeiT or BEiT token transformer (no plain pre-norm \
+attention blocks reading patch tokens), so exact token evidence is refused'
     """
     try:
         module = TokenEvidence(zm)
@@ -128,13 +131,19 @@ class TokenDecomposition:
     embeddings: torch.Tensor
 
     def total(self) -> torch.Tensor:
-        """Σ evidence + remainder + bias: equal to ``logits`` up to float rounding."""
+        """The logits rebuilt from their parts.
+
+        Returns:
+            (B, C) Σ evidence + remainder + bias: equal to ``logits`` up to float rounding.
+        """
         return self.evidence.sum((2, 3)) + self.remainder + self.bias
 
 
 class TokenEvidence(nn.Module):
-    """``forward(x) -> (logits (B, C), evidence (B, C, gh, gw), remainder (B, C))`` for every class, with
-    ``evidence.sum((2, 3)) + remainder + bias == logits`` (see the module doc). ONNX-exportable.
+    """A token transformer with its exact class evidence as second and third outputs (ONNX-exportable).
+
+    ``forward(x) -> (logits (B, C), evidence (B, C, gh, gw), remainder (B, C))`` for every class, with
+    ``evidence.sum((2, 3)) + remainder + bias == logits`` (see the module doc).
 
     Every block is recomputed from its own weights (the attention probabilities and value vectors are
     needed per head and token); the logits come from that recomputation through the model's own norms
@@ -143,6 +152,20 @@ class TokenEvidence(nn.Module):
     Args:
         zm: a timm ViT (class token or mean pooling, registers), DeiT-distilled, BEiT or torchvision's ViT, in
             eval mode when used.
+
+    Raises:
+        InspectnetError: the model's layout is refused (:func:`read_layout`), with the property named.
+
+    Examples:
+        >>> import timm
+        >>> from inspectnet.models.zoo import ZooModel
+        >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3).eval()
+        >>> zm = ZooModel(model=m, source="timm", arch="vit", num_classes=3, in_chans=3, class_names=list("abc"),
+        ...               data_config={"input_size": (3, 32, 32)}, head_name="head")
+        >>> tokens = TokenEvidence(zm)
+        >>> logits, ev, rem = tokens(torch.randn(1, 3, 32, 32))
+        >>> ev.shape, bool(torch.allclose(ev.sum((2, 3)) + rem + tokens.bias(), logits, atol=1e-4))
+        (torch.Size([1, 3, 2, 2]), True)
     """
 
     def __init__(self, zm: ZooModel):
@@ -157,6 +180,14 @@ class TokenEvidence(nn.Module):
         self.two_pass = self.layout.token_norm is not None and any(r.token is None for r in self.layout.readouts)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits and their exact split for every class.
+
+        Args:
+            x: (B, C_in, H, W) input images.
+
+        Returns:
+            ``(logits (B, C), evidence (B, C, gh, gw), remainder (B, C))``.
+        """
         dec = self.decompose(x)
         return dec.logits, dec.evidence, dec.remainder
 
@@ -176,7 +207,11 @@ class TokenEvidence(nn.Module):
         return torch.stack(rows)
 
     def bias(self) -> torch.Tensor:
-        """The logits' constant b (C,): the heads' biases (averaged for DeiT's two heads)."""
+        """The logits' constant term.
+
+        Returns:
+            b (C,): the heads' biases (averaged for DeiT's two heads).
+        """
         return sum(r.factor * head_weights(self.model.get_submodule(r.head), self.layout.width)[1]
                    for r in self.layout.readouts)
 
@@ -197,8 +232,10 @@ class TokenEvidence(nn.Module):
         return torch.stack(res), torch.stack(beta_proj), torch.stack(beta2)
 
     def _final_scales(self, final: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """From the last residual stream (B, N, D): logits (B, C), the per-token norm's 1/σ (B, N), and
-        the pooled norm's 1/σ per readout (B, K)."""
+        """Logits and the final norms' scales from the last residual stream (B, N, D).
+
+        Returns logits (B, C), the per-token norm's 1/σ (B, N), and the pooled norm's 1/σ per readout (B, K).
+        """
         tok, pooled = self._norm(self.layout.token_norm), self._norm(self.layout.pooled_norm)
         normed = tok(final) if tok is not None else final
         inv_tok = _inverse_sigma(final, tok) if tok is not None else final.new_ones(final.shape[:2])
@@ -219,9 +256,15 @@ class TokenEvidence(nn.Module):
         Returns:
             The decomposition; its first three fields are what ``forward`` returns.
 
-        Example:
-            >>> dec = TokenEvidence(zm).decompose(x)    # doctest: +SKIP
-            >>> (dec.total() - dec.logits).abs().max() < 1e-4    # doctest: +SKIP
+        Examples:
+            >>> import timm
+            >>> from inspectnet.models.zoo import ZooModel
+            >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3).eval()
+            >>> zm = ZooModel(model=m, source="timm", arch="vit", num_classes=3, in_chans=3,
+            ...               class_names=list("abc"), data_config={"input_size": (3, 32, 32)}, head_name="head")
+            >>> dec = TokenEvidence(zm).decompose(torch.randn(2, 3, 32, 32))
+            >>> bool((dec.total() - dec.logits).abs().max() < 1e-4), tuple(dec.heads.shape)
+            (True, (2, 1, 3, 3))
         """
         fam, p = self.layout.family, self.layout.prefix_tokens
         tokens, grid = embed(self.layout, self.model, x)
@@ -308,8 +351,14 @@ def explain_tokens(zm: ZooModel, x: torch.Tensor, module: TokenEvidence | None =
     Returns:
         The decomposition.
 
-    Example:
-        >>> dec = explain_tokens(zm, torch.randn(2, 3, 32, 32))    # doctest: +SKIP
+    Examples:
+        >>> import timm
+        >>> from inspectnet.models.zoo import ZooModel
+        >>> m = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+        >>> zm = ZooModel(model=m, source="timm", arch="vit", num_classes=3, in_chans=3, class_names=list("abc"),
+        ...               data_config={"input_size": (3, 32, 32)}, head_name="head")
+        >>> tuple(explain_tokens(zm, torch.randn(2, 3, 32, 32)).evidence.shape)
+        (2, 3, 2, 2)
     """
     module = module or TokenEvidence(zm)
     with eval_mode(zm.model), torch.no_grad():
@@ -329,9 +378,15 @@ def remainder_share(dec: TokenDecomposition, classes: torch.Tensor | None = None
     Returns:
         (B,) shares.
 
-    Example:
-        >>> remainder_share(dec)    # doctest: +SKIP
-        tensor([0.31, 0.27])
+    Raises:
+        InspectnetError: not one class per image, or a class out of range.
+
+    Examples:
+        >>> z = torch.zeros
+        >>> dec = TokenDecomposition(torch.tensor([[1., 0.]]), torch.tensor([[[[1., -1.]], [[0., 0.]]]]),
+        ...                          torch.tensor([[2., 0.]]), z(2), {}, z(1, 1, 1, 2), z(1, 1, 2), z(1, 2))
+        >>> remainder_share(dec).tolist()
+        [0.5]
     """
     c = _classes(dec, classes)
     rows = torch.arange(c.shape[0], device=c.device)
@@ -367,9 +422,15 @@ def rank_components(dec: TokenDecomposition, classes: torch.Tensor | None = None
     Returns:
         ``{"layers": [{"layer", "attention", "mlp", "total"}, ...], "heads": [{"layer", "head", "contribution"}]}``.
 
-    Example:
-        >>> rank_components(dec, top=3)["heads"][0]    # doctest: +SKIP
-        {'layer': 11, 'head': 2, 'contribution': 1.84}
+    Raises:
+        InspectnetError: not one class per image, or a class out of range.
+
+    Examples:
+        >>> z, heads = torch.zeros, torch.tensor([[[[0.5, 0.], [-2., 0.]]]])   # (B, L, H, C) = (1, 1, 2, 2)
+        >>> dec = TokenDecomposition(torch.tensor([[1., 0.]]), z(1, 2, 1, 1), z(1, 2), z(2), {}, heads,
+        ...                          torch.tensor([[[1., 0.]]]), z(1, 2))
+        >>> r = rank_components(dec); r["heads"][0], r["layers"][0]["total"]
+        ({'layer': 0, 'head': 1, 'contribution': -2.0}, -0.5)
     """
     c = _classes(dec, classes)
     rows = torch.arange(c.shape[0], device=c.device)

@@ -1,6 +1,7 @@
-"""How a token transformer (timm's ViT, DeiT-distilled and BEiT, torchvision's ViT) turns its token
-states into logits, read from its modules, and each block recomputed with its attention probabilities
-and value vectors exposed.
+"""How a token transformer turns its token states into logits, read from its modules.
+
+The families are timm's ViT, DeiT-distilled and BEiT, and torchvision's ViT; each block is recomputed
+with its attention probabilities and value vectors exposed.
 
 :func:`read_layout` refuses, with the property named, every architecture whose blocks or head are not
 covered: class-attention layers (CaiT), windowed channels-last attention (Swin), post-norm or parallel
@@ -39,8 +40,11 @@ _REFUSED = {
 
 @dataclasses.dataclass(frozen=True)
 class Readout:
-    """One linear head reading the token states: the token at ``token``, or (None) the mean of tokens
-    from ``start`` on; its logits are multiplied by ``factor`` (½ for each of DeiT's two heads)."""
+    """One linear head (``head``) reading the token states.
+
+    It reads the token at ``token``, or (None) the mean of tokens from ``start`` on; its logits are scaled by
+    ``factor`` (½ for each of DeiT's two heads).
+    """
 
     head: str
     token: int | None
@@ -50,9 +54,12 @@ class Readout:
 
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
-    """Family (``vit``, ``beit`` or ``torchvision``), leading non-patch tokens (class, distillation,
+    """Where a token transformer keeps what its logits are computed from.
+
+    Family (``vit``, ``beit`` or ``torchvision``), leading non-patch tokens (class, distillation,
     registers), the heads' readouts, the LayerNorms on every token (``token_norm``) and after pooling
-    (``pooled_norm``), where the blocks are (``blocks``) and the token width."""
+    (``pooled_norm``), where the blocks are (``blocks``) and the token width.
+    """
 
     family: str
     prefix_tokens: int
@@ -73,7 +80,10 @@ def read_layout(model: nn.Module, head_name: str) -> TokenLayout:
     Returns:
         The :class:`TokenLayout`.
 
-    Example:
+    Raises:
+        InspectnetError: an architecture, pooling, final norm, block or head that the decomposition does not cover.
+
+    Examples:
         >>> read_layout(timm.create_model("beit_base_patch16_224", img_size=32, depth=1), "head").readouts
         ... # doctest: +SKIP
         (Readout(head='head', token=None, start=1, factor=1.0),)
@@ -189,9 +199,6 @@ def _check_torchvision_block(blk: nn.Module, where: str) -> None:
 def head_weights(head: nn.Module, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The affine map of a classifier over the full ``width`` features: (W (C, width), b (C,)).
 
-    A dense Linear, a decomposed head (its masked weights) and its export form (a gather of the used
-    features, then a Linear: W is scattered back onto the full width) are read; anything else is refused.
-
     Args:
         head: the classifier module.
         width: the token width D.
@@ -199,7 +206,11 @@ def head_weights(head: nn.Module, width: int) -> tuple[torch.Tensor, torch.Tenso
     Returns:
         W and b (zeros when the head has no bias).
 
-    Example:
+    Raises:
+        InspectnetError: a head other than a dense Linear, a decomposed head (its masked weights are read) or its
+            export form (a gather, then a Linear: W is scattered back onto the full width), or another width.
+
+    Examples:
         >>> head_weights(nn.Linear(4, 2), 4)[0].shape
         torch.Size([2, 4])
     """
@@ -222,15 +233,21 @@ def head_weights(head: nn.Module, width: int) -> tuple[torch.Tensor, torch.Tenso
 
 @dataclasses.dataclass
 class AttentionStep:
-    """One block's attention, recomputed: probabilities (B, H, N, N), per-head value vectors already
-    through the output projection and layer scale (B, H, N, D), and the bias that projection adds (D,)."""
+    """One block's attention, recomputed: probabilities, value vectors and the output projection's bias.
+
+    Probabilities (B, H, N, N), per-head values through the output projection and layer scale (B, H, N, D), bias (D,).
+    """
 
     probs: torch.Tensor
     values: torch.Tensor
     bias: torch.Tensor
 
     def output(self) -> torch.Tensor:
-        """The block's attention output for every token (B, N, D): Σ_h Σ_j probs·values + bias."""
+        """The block's attention output for every token.
+
+        Returns:
+            (B, N, D) Σ_h Σ_j probs·values + bias.
+        """
         return torch.einsum("bhij,bhjd->bid", self.probs, self.values) + self.bias
 
 
@@ -244,8 +261,8 @@ def layer_scales(family: str, blk: nn.Module) -> tuple[torch.Tensor | None, torc
     Returns:
         (attention branch scale, MLP branch scale), each (D,) or None.
 
-    Example:
-        >>> layer_scales("torchvision", blk)    # doctest: +SKIP
+    Examples:
+        >>> layer_scales("torchvision", nn.Identity())
         (None, None)
     """
     if family == "beit":
@@ -294,7 +311,7 @@ def attention_step(family: str, blk: nn.Module, x: torch.Tensor, shared_bias: to
     Returns:
         The :class:`AttentionStep`.
 
-    Example:
+    Examples:
         >>> step = attention_step("vit", model.blocks[0], tokens, None)    # doctest: +SKIP
     """
     pr = _projections(family, blk)
@@ -328,7 +345,7 @@ def mlp_step(family: str, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, N, D).
 
-    Example:
+    Examples:
         >>> mlp_step("vit", model.blocks[0], tokens).shape    # doctest: +SKIP
         torch.Size([2, 5, 192])
     """
@@ -346,7 +363,7 @@ def shared_position_bias(model: nn.Module) -> torch.Tensor | None:
     Returns:
         (1, H, N, N), or None when the model shares none.
 
-    Example:
+    Examples:
         >>> shared_position_bias(timm.create_model("vit_tiny_patch16_224")) is None    # doctest: +SKIP
         True
     """
@@ -365,7 +382,7 @@ def run_blocks(layout: TokenLayout, model: nn.Module, x: torch.Tensor) -> list[t
     Returns:
         One (B, N, D) tensor per block.
 
-    Example:
+    Examples:
         >>> run_blocks(layout, model, tokens)[-1].shape    # doctest: +SKIP
         torch.Size([2, 5, 192])
     """
@@ -388,7 +405,7 @@ def embed(layout: TokenLayout, model: nn.Module, images: torch.Tensor) -> tuple[
     Returns:
         (tokens (B, N, D), (gh, gw)).
 
-    Example:
+    Examples:
         >>> embed(layout, model, torch.zeros(1, 3, 32, 32))[1]    # doctest: +SKIP
         (2, 2)
     """
@@ -418,7 +435,7 @@ def block_mismatch(layout: TokenLayout, model: nn.Module, images: torch.Tensor) 
     Returns:
         max over blocks of max|real − recomputed| / (1 + max|real|).
 
-    Example:
+    Examples:
         >>> block_mismatch(layout, model, torch.randn(2, 3, 32, 32)) < 1e-4    # doctest: +SKIP
         True
     """

@@ -1,5 +1,7 @@
-"""What a card says about a token transformer's exact evidence: the remainder's share of each explained
-image's class evidence, and the layers and attention heads ranked by their direct contribution.
+"""What a card says about a token transformer's exact evidence.
+
+The remainder's share of each explained image's class evidence, and the layers and attention heads
+ranked by their direct contribution.
 
 >>> summary = token_evidence_summary(zm, x, targets)       # doctest: +SKIP
 >>> summary["remainder_share"]["per_image"][:2]            # doctest: +SKIP
@@ -28,8 +30,9 @@ if TYPE_CHECKING:
 
 def token_evidence_summary(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 16,
                            top: int = 5) -> dict[str, Any] | None:
-    """The remainder share per image and the component ranking for ``targets``, or None when the model's
-    exact evidence is not the token form.
+    """The remainder share per image and the component ranking for ``targets``.
+
+    None when the model's exact evidence is not the token form.
 
     Args:
         zm: the model.
@@ -43,8 +46,10 @@ def token_evidence_summary(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor,
         the share is |r_c| / (Σ_hw |E_c| + |r_c|) and the rankings are those of
         :func:`~.token_evidence.rank_components` (mean direct effect on each image's class, largest first).
 
-    Example:
-        >>> token_evidence_summary(load_model("resnet18", input_size=32), x, t) is None    # doctest: +SKIP
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=32)
+        >>> token_evidence_summary(zm, torch.randn(1, 3, 32, 32), torch.tensor([0])) is None
         True
     """
     if evidence_form(zm) != TOKENS:

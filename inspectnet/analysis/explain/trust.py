@@ -1,5 +1,7 @@
-"""A cheap measure of whether a model's explanations can be trusted: its class-evidence and Grad-CAM
-maps against the random control, by deletion and insertion, with the paired statistic.
+"""A cheap measure of whether a model's explanations can be trusted.
+
+Its class-evidence and Grad-CAM maps against the random control, by deletion and insertion, with the
+paired statistic.
 
 What makes it cheap, against :func:`~inspectnet.pipelines.explain.explanation_quality`:
 
@@ -52,8 +54,25 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class TrustConfig:
-    """Curve ``steps`` (on the grid of the 28-step reference: a divisor of 28), the ``baseline``, the batch of
-    perturbed images per forward, the random control's ``seed`` and the Grad-CAM layer."""
+    """What the trust measurement draws and how; checked when built.
+
+    Attributes:
+        steps: steps of the curves, on the grid of the 28-step reference (a divisor of 28).
+        baseline: what deleted pixels become (``blur`` or ``mean``).
+        batch_size: perturbed images per forward pass.
+        seed: seeds the random control and the ties in the ranking.
+        gradcam_layer: the Grad-CAM layer (a name or alias).
+
+    Raises:
+        InspectnetError: an option out of range, or ``steps`` that do not divide 28.
+
+    Examples:
+        >>> TrustConfig(steps=5)
+        Traceback (most recent call last):
+        ...
+        inspectnet.core.errors.InspectnetError: trust curve steps=5 do not divide 28; expected one of 1, 2, 4, 7, \
+14, 28 (the curve's points must lie on the reference curve's grid for its error bound to hold)
+    """
 
     steps: int = option(7, help="steps of the trust curves (a divisor of 28: 1, 2, 4, 7, 14 or 28)", minimum=1)
     baseline: str = option("blur", help="what deleted pixels become", choices=BASELINES)
@@ -70,10 +89,11 @@ class TrustConfig:
 
 
 def step_error_bound(steps: int, reference_steps: int = REFERENCE_STEPS, variation: float = 1.0) -> float:
-    """The largest difference between the trapezoid AUC of a curve sampled at ``steps`` steps and at
-    ``reference_steps`` (a multiple of ``steps``; both normalised to [0, 1]), for a curve whose ranges over
-    the coarse intervals add up to at most ``variation`` (its total variation: at most 1 for a monotone
-    probability curve).
+    """The largest difference between the trapezoid AUCs of a curve sampled at two step counts.
+
+    The curve is sampled at ``steps`` steps and at ``reference_steps`` (a multiple of ``steps``; both
+    normalised to [0, 1]); its ranges over the coarse intervals add up to at most ``variation`` (its total
+    variation: at most 1 for a monotone probability curve).
 
     On one coarse interval of width h = 1/steps holding r = reference_steps/steps fine intervals, the
     difference of the two trapezoid areas is h·Σ_j d_j·p_j with weights d = (−(r−1)/2r, 1/r, …, 1/r, −(r−1)/2r)
@@ -89,8 +109,12 @@ def step_error_bound(steps: int, reference_steps: int = REFERENCE_STEPS, variati
     Returns:
         The bound on |AUC(steps) − AUC(reference_steps)|.
 
-    >>> round(step_error_bound(7), 4), step_error_bound(28)
-    (0.1071, 0.0)
+    Raises:
+        InspectnetError: ``steps`` does not divide ``reference_steps``.
+
+    Examples:
+        >>> round(step_error_bound(7), 4), step_error_bound(28)
+        (0.1071, 0.0)
     """
     if steps < 1 or reference_steps % steps:
         raise InspectnetError(f"steps={steps} must divide reference_steps={reference_steps}")
@@ -100,8 +124,19 @@ def step_error_bound(steps: int, reference_steps: int = REFERENCE_STEPS, variati
 def coarse_curve(curve: np.ndarray, steps: int) -> np.ndarray:
     """The points of ``curve`` (N, R + 1), sampled at R steps, that a ``steps``-step curve has (R a multiple of it).
 
-    >>> coarse_curve(np.arange(5.0)[None], 2).tolist()
-    [[0.0, 2.0, 4.0]]
+    Args:
+        curve: (N, R + 1) curves.
+        steps: the coarse curve's steps.
+
+    Returns:
+        The (N, steps + 1) coarse curves.
+
+    Raises:
+        InspectnetError: ``steps`` does not divide R.
+
+    Examples:
+        >>> coarse_curve(np.arange(5.0)[None], 2).tolist()
+        [[0.0, 2.0, 4.0]]
     """
     reference = curve.shape[1] - 1
     if steps < 1 or reference % steps:
@@ -111,11 +146,21 @@ def coarse_curve(curve: np.ndarray, steps: int) -> np.ndarray:
 
 
 def interval_variation(curve: np.ndarray, steps: int) -> np.ndarray:
-    """Per row of ``curve`` (N, R + 1), the sum over the ``steps`` coarse intervals of the range (max − min) of the
-    fine points inside each: the V of :func:`step_error_bound` (at most the row's total variation).
+    """Per curve, the summed ranges over the coarse intervals: the V of :func:`step_error_bound`.
 
-    >>> interval_variation(np.array([[0.0, 1.0, 0.0, 0.5, 0.5]]), 2).tolist()
-    [1.5]
+    The sum over the ``steps`` coarse intervals of the range (max − min) of the fine points inside each; at
+    most the row's total variation.
+
+    Args:
+        curve: (N, R + 1) fine curves, R a multiple of ``steps``.
+        steps: the coarse curve's steps.
+
+    Returns:
+        The (N,) summed ranges.
+
+    Examples:
+        >>> interval_variation(np.array([[0.0, 1.0, 0.0, 0.5, 0.5]]), 2).tolist()
+        [1.5]
     """
     r = (curve.shape[1] - 1) // steps
     blocks = np.stack([curve[:, i * r:(i + 1) * r + 1] for i in range(steps)], axis=1)
@@ -124,13 +169,29 @@ def interval_variation(curve: np.ndarray, steps: int) -> np.ndarray:
 
 def maps_in_one_pass(zm: ZooModel, x: torch.Tensor, *, layer: str, pooled: Any | None = None,
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits (B, classes) and the top-1 class's Grad-CAM (at ``layer``) and, with ``pooled`` (from
-    :func:`~inspectnet.analysis.explain.evidence.pooled_head`), class-evidence maps (B, h, w), from one
-    forward and one backward of the whole batch.
+    """Logits and the top-1 class's Grad-CAM and class-evidence maps, from one forward and one backward.
 
     Grad-CAM is ReLU(Σ_k mean_hw(∂y_c/∂A_k)·A_k) as in Selvaraju et al. 2017 (and captum's LayerGradCam);
     the backward of Σ_i y_{c_i}(x_i) gives every image its own gradient because, in eval mode, no image's
     logit depends on another's.
+
+    Args:
+        zm: the model.
+        x: (B, C, H, W) inputs, on the model's device.
+        layer: the resolved Grad-CAM layer.
+        pooled: the head's reading (:func:`~inspectnet.analysis.explain.evidence.pooled_head`); with it the
+            class-evidence maps are computed too.
+
+    Returns:
+        ``(logits (B, classes), {"gradcam": (B, h, w), "evidence": (B, h, w) with pooled})``, maps on the CPU.
+
+    Examples:
+        >>> from inspectnet.analysis.explain.evidence import pooled_head
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=64)
+        >>> logits, maps = maps_in_one_pass(zm, torch.randn(2, 3, 64, 64), layer="layer4", pooled=pooled_head(zm))
+        >>> logits.shape, {k: tuple(v.shape) for k, v in maps.items()}
+        (torch.Size([2, 3]), {'gradcam': (2, 2, 2), 'evidence': (2, 2, 2)})
     """
     from inspectnet.analysis.explain.evidence import evidence_module
 
@@ -176,7 +237,14 @@ def deletion_insertion(score: Scorer, images: torch.Tensor, maps: dict[str, torc
     Returns:
         method -> {"deletion": (N, steps + 1), "insertion": (N, steps + 1), "status": per-image map status}.
 
-    >>> curves = deletion_insertion(model, x, {"evidence": ev}, targets, probs)   # doctest: +SKIP
+    Examples:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+        >>> x, targets = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+        >>> with torch.no_grad():
+        ...     probs = net(x).softmax(1).gather(1, targets[:, None])[:, 0]
+        >>> c = deletion_insertion(net, x, {"evidence": torch.rand(2, 4, 4)}, targets, probs, TrustConfig(steps=2))
+        >>> c["evidence"]["deletion"].shape, c["evidence"]["status"]
+        ((2, 3), ['ok', 'ok'])
     """
     n, (h, w) = len(images), images.shape[2:]
     base = baseline_images(images, config.baseline)
@@ -242,11 +310,15 @@ def trust_measurement(zm: ZooModel, x: torch.Tensor, *, indices: Sequence[int],
         "vs_random": paired differences or None (the control itself)}}}``; ``evidence_error`` says why a
         head has no evidence map (then only Grad-CAM is measured).
 
-    >>> from inspectnet.models.zoo import load_model
-    >>> zm = load_model("resnet18", num_classes=3, input_size=64)
-    >>> r = trust_measurement(zm, torch.randn(4, 3, 64, 64), indices=range(4), config=TrustConfig(steps=2))
-    >>> sorted(r["methods"]), r["methods"]["random"]["evaluated"]
-    (['evidence', 'gradcam', 'random'], 4)
+    Raises:
+        InspectnetError: no images, or the numbers of images and indices differ.
+
+    Examples:
+        >>> from inspectnet.models.zoo import load_model
+        >>> zm = load_model("resnet18", num_classes=3, input_size=64)
+        >>> r = trust_measurement(zm, torch.randn(4, 3, 64, 64), indices=range(4), config=TrustConfig(steps=2))
+        >>> sorted(r["methods"]), r["methods"]["random"]["evaluated"]
+        (['evidence', 'gradcam', 'random'], 4)
     """
     from inspectnet.analysis.explain.evidence import pooled_head
 
