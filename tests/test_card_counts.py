@@ -99,5 +99,6 @@ def test_the_first_screen_quotes_the_numbers_the_sections_derive(card):
     assert f"decomposed classes | {counted(among['accuracy_decomposed'], among['samples'])} |" in first
     # every sample count the first screen quotes is the eval set's or the decomposed classes' share of it
     assert set(re.findall(r"\(n = ([\d,]+)\)", first)) <= {f"{n:,}", f"{among['samples']:,}"}
-    # the explanation checks ran: the first screen gives their verdict, on the explained images
-    assert "Can its explanations be trusted? On 2 images," in first
+    # the default trust check ran: the first screen gives its verdict, on as many images as its section measured
+    trust = doc["sections"]["trust"]["result"]
+    assert f"Can its explanations be trusted? On {trust['images']} evaluation images," in first
