@@ -143,3 +143,4 @@ def test_slim_report_counts_the_parameters_it_saves():
     assert (report["params_before"], report["params_after"]) == (before, after) and after < before
     assert report["params_saved"] == before - after
     assert report["macs_saved"] == report["macs_before"] - report["macs_after"] > 0
+    assert report["latency_ratio"] == report["latency_after_s"] / report["latency_before_s"]
