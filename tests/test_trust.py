@@ -138,3 +138,25 @@ def test_default_audit_card_has_the_trust_section(tmp_path):
     for page in ("README.md", "card.html"):
         text = (tmp_path / "audit" / page).read_text()
         assert "Trust in the explanations" in text and "beats random" in text and "--explain-images" in text
+
+
+def test_a_class_token_vit_is_measured_with_its_exact_token_evidence():
+    from inspectnet.analysis.explain.exact_evidence import exact_evidence
+    from inspectnet.analysis.explain.trust import trust_measurement
+    from inspectnet.models.zoo import load_model
+
+    zm = load_model("vit_tiny_patch16_224", num_classes=3, input_size=32, seed=0,
+                    build_args={"depth": 1, "patch_size": 8, "embed_dim": 24, "num_heads": 2})
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    config = TrustConfig(steps=2)
+    r = trust_measurement(zm, x, indices=range(4), config=config)
+    assert r["evidence_error"] is None and r["methods"]["evidence"]["map_size"] == [4, 4]
+    with torch.no_grad():
+        logits = zm.model(x)
+    top1 = logits.argmax(1)
+    maps = exact_evidence(zm, x, top1[:, None]).maps[:, 0]
+    probs = logits.softmax(1).gather(1, top1[:, None])[:, 0]
+    # the per-image deletion AUCs are those of the exact token maps, recomputed here from the maps themselves
+    curves = deletion_insertion(zm.model, x, {"evidence": maps}, top1, probs, config)["evidence"]
+    expected = auc(curves["deletion"], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(r["per_image"]["evidence"]["deletion_auc"], expected, atol=1e-6)

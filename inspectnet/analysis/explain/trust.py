@@ -294,6 +294,15 @@ def _perturbed(job: tuple, images: torch.Tensor, base: torch.Tensor, ranks: dict
     return _replace(src, by, ranks[method][i:i + 1], f)[0]
 
 
+def _token_evidence(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """The exact token-form evidence map of each image's class (N, h, w); None where the model has no token form."""
+    from inspectnet.analysis.explain.exact_evidence import TOKENS, evidence_form, exact_evidence
+
+    if evidence_form(zm) != TOKENS:
+        return None
+    return exact_evidence(zm, x, targets[:, None]).maps[:, 0].float().cpu()
+
+
 def trust_measurement(zm: ZooModel, x: torch.Tensor, *, indices: Sequence[int],
                       config: TrustConfig = TrustConfig()) -> dict[str, Any]:
     """The trust measurement of ``zm`` on the images ``x`` (N, C, H, W), each explained for its top-1 class.
@@ -333,6 +342,8 @@ def trust_measurement(zm: ZooModel, x: torch.Tensor, *, indices: Sequence[int],
     layer = gradcam_layer(zm, _method_config(config))
     logits, maps = maps_in_one_pass(zm, x, layer=layer, pooled=pooled)
     targets = logits.argmax(1)
+    if pooled is None and (tokens := _token_evidence(zm, x, targets)) is not None:
+        maps["evidence"], why = tokens, None
     maps["random"] = random_maps(list(indices), tuple(maps["gradcam"].shape[1:]), config.seed)
     counter = _CountingScorer(zm)
     with eval_mode(zm.model):
