@@ -84,6 +84,8 @@ _SP, _LB = "inspectnet/analysis/sparsity.py", "inspectnet/data/labels.py"
 _IN, _FA = "inspectnet/analysis/heads/influence.py", "inspectnet/analysis/explain/faithfulness.py"
 _SA, _EB = "inspectnet/analysis/san/activations.py", "plugins/ebp.py"
 _DE = "inspectnet/analysis/heads/retrain.py"  # the retraining moved out of decompose.py
+_SL = "inspectnet/analysis/heads/slim.py"
+_TIMING = "a default of the latency measurement only: it changes how a time is measured, never a count or a logit"
 _NO_EVIDENCE = ("D ≥ 0, so where that value is 0 every D_j it divides is 0 too (all of them, or the non-elites below "
                 "it): 0 / 1e-300 = 0 gives the same zero row as the guard")
 _NAN_HOYER = ("where l2 = 0 (0/0) or n = 1 (l1 = l2, so 0/0) h is already NaN: the mask only restates what NaN "
@@ -93,6 +95,11 @@ _NAN_TR = ("where mean_sq = 0 (0/0) or n = 1 (mean² = mean_sq, 1 − 1/n = 0: 0
 _CHUNKS = ("images are explained in chunks, each with its own tie-break seed (seed + chunk start): another chunk "
            "size or seed offset draws another seeded random order among equal map values, nothing else")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_SL, "slim_model: 10 -> 11"): _TIMING,
+    (_SL, "slim_model: 8 -> 9"):
+        "the number of random inputs the exactness check and the timing use: exact slimming agrees on every input",
+    (_SL, "slim_model: torch.Generator().manual_seed(0) -> torch.Generator().manual_seed(1)"):
+        "exact slimming gives the same logits on every input, so any seeded check batch decides the same",
     (_DE, "retrain_head: training=True -> training=False"):
         "the retrained module is a DecomposedLinear: no layer in it behaves differently in training mode",
     (_DE, "_retrain_epoch: set_to_none=True -> set_to_none=False"):
