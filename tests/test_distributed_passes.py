@@ -271,7 +271,9 @@ def test_two_rank_audit_equals_the_one_process_audit(tmp_path, digits_setup, one
     one = run_audit(zm, config, tmp_path / "one", log=None)
     assert results[1] == ("ok", None)                  # rank 1 leaves after the shared passes
     kind, sections = results[0]
-    assert kind == "ok" and sections == _sections(one, tmp_path / "one")
+    # compared as JSON text: a map that cannot be ranked has a NaN curve on both sides, and NaN != NaN
+    assert kind == "ok" and json.dumps(sections, sort_keys=True) == json.dumps(_sections(one, tmp_path / "one"),
+                                                                           sort_keys=True)
     assert {s["status"] for s in sections.values()} == {"ok"} and "dissection" in sections
     for part in ("train", "eval"):
         _same_record(ProbeRecord.load(tmp_path / "one" / "probe" / part),
