@@ -183,7 +183,9 @@ def test_quick_start_card_states_both_accuracies_and_what_the_photos_cannot_show
     assert "Why the decomposed head scores 0.0 % over all classes" in first
     assert "crops of the same 4 photos (camera, chelsea, coffee, rocket)" in first
     assert "tabby → Egyptian cat (6 of 10), tiger cat (4 of 10)" in first
-    assert "Can its explanations be trusted? Not measured" in first
+    # the default trust stage measured it; the sanity check needs --explain-images
+    assert "Can its explanations be trusted? On 16 evaluation images, " in first
+    assert "(the sanity check) was not run: --explain-images N runs it." in first
 
 
 def test_evaluation_data_says_how_many_files_came_from_sub_folders_of_their_class_folder():
