@@ -66,8 +66,10 @@ def run(ctx: AuditContext) -> ProbeResult:
     eval_spec = cfg.eval_data or cfg.data
     kw = dict(batch_size=cfg.batch_size, device=cfg.device, show_progress=None, num_workers=ctx.num_workers,
               shard_order=ctx.shard_order)
-    train = run_probe(zm, ctx.dataset(cfg.data, cfg.limit), layers, ctx.out / "probe" / "train", **kw)
-    ev = run_probe(zm, ctx.eval_dataset(), layers, ctx.out / "probe" / "eval", **kw) if cfg.eval_data else train
+    fit_data = ctx.dataset(cfg.data, cfg.limit)
+    eval_data = ctx.eval_dataset() if cfg.eval_data else None
+    train = run_probe(zm, fit_data, layers, ctx.out / "probe" / "train", **kw)
+    ev = run_probe(zm, eval_data, layers, ctx.out / "probe" / "eval", **kw) if eval_data is not None else train
     labels = np.asarray(ev.labels)
     eval_limit = cfg.eval_limit if cfg.eval_data else cfg.limit
     facts = _classes_of(train), _classes_of(ev)
@@ -81,8 +83,8 @@ def run(ctx: AuditContext) -> ProbeResult:
             "accuracy": ev.accuracy() if (labels >= 0).any() else None,
             "feature_dim": int(ev.manifest["features_dim"]),
             "accuracy_among_present": _accuracy_among(ev, present),
-            "sources": _shared_sources(ctx.dataset(cfg.data, cfg.limit), ctx.eval_dataset()) if cfg.eval_data else None,
-            "nested": _nested_counts(ctx.dataset(cfg.data, cfg.limit), ctx.eval_dataset() if cfg.eval_data else None),
+            "sources": _shared_sources(fit_data, eval_data) if eval_data is not None else None,
+            "nested": _nested_counts(fit_data, eval_data),
             "confusions": _confusions(ev, zm.class_names),
             "positions": {e["name"]: Layout.from_dict(e["layout"]).describe()
                           for e in train.manifest["layers"] if e.get("layout")}}
