@@ -13,7 +13,12 @@ CPU gets). Speed: fp32
 and int8 sessions (one thread) alternated round by round, each sample 5 runs at batch 1; medians and IQR of wall
 and process CPU time, the speed-up from the CPU-time medians (the machine is shared).
 
-Run: python -m benchmarks int8_agreement [--ks 0 1 2 3 4 6 8] [--max-fp32 4] [--rounds 15]
+``--weight-bits 7`` builds the files an AVX2 CPU without VNNI gets (7-bit weights). Their agreement and accuracy
+measured on any x86 CPU are the AVX2 ones: with |w| ≤ 64 and activations ≤ 255, the AVX2 kernel's pairwise
+int16 sums (≤ 2 · 255 · 64 = 32640) never saturate, so both kernels compute the same exact int32 dot products.
+Their speed is this CPU's, not an AVX2 CPU's.
+
+Run: python -m benchmarks int8_agreement [--ks 0 1 2 3 4 6 8] [--max-fp32 4] [--rounds 15] [--weight-bits 7]
 """
 
 import argparse
@@ -81,7 +86,7 @@ def speed(s32, s8, x: np.ndarray, rounds: int, reps: int = 5) -> dict:
             "speedup_wall": round(t["fp32"]["median_s"] / t["int8"]["median_s"], 3)}
 
 
-def measure(ks: list[int], rounds: int, max_fp32: int, work: Path) -> dict:
+def measure(ks: list[int], rounds: int, max_fp32: int, work: Path, weight_bits: int | None = None) -> dict:
     zm = load_model("shipped:efficientnet_lite0")
     cal, sets = data(zm)
     fp32 = work / "fp32.onnx"
@@ -90,7 +95,8 @@ def measure(ks: list[int], rounds: int, max_fp32: int, work: Path) -> dict:
     step = grey_level_step(fp32)
     stable = {spec: fp32_stable(s32, x, step) for spec, (x, _) in sets.items()}
     plain, out = work / "plain.onnx", work / "int8.onnx"
-    quantize_int8(fp32, plain, cal)
+    weight_bits = int8_weight_bits(weight_bits)
+    quantize_int8(fp32, plain, cal, weight_bits=weight_bits)
     shutil.copy(plain, out)
     nodes = quantizable_nodes(fp32)
     choice = select_fp32_nodes(fp32, out, cal, nodes, target=TARGET, max_nodes=max_fp32)
@@ -106,9 +112,18 @@ def measure(ks: list[int], rounds: int, max_fp32: int, work: Path) -> dict:
         rows.append({"k": k, "kept": ranked[:k], **evaluate(s32, s8, sets, stable),
                      "speed": speed(s32, s8, sets[EVAL_SETS[0]][0], rounds)})
         print({key: rows[-1][key] for key in ("k", "pooled", "speed")}, flush=True)
-    return {"model": "shipped:efficientnet_lite0", "target": TARGET, "weight_bits": int8_weight_bits(),
+    return {"model": "shipped:efficientnet_lite0", "target": TARGET, "weight_bits": weight_bits,
             "int8_cpu_family": int8_cpu_family(), "calibration": len(cal), "nodes": len(nodes),
             "sensitivity_top": dict(list(choice.sensitivity.items())[:12]), "auto": auto, "frontier": rows}
+
+
+def _emulation_lines(doc: dict) -> list[str]:
+    """Where the files carry fewer weight bits than this CPU would get: whose agreement the table gives."""
+    if doc["weight_bits"] >= int8_weight_bits():
+        return []
+    return [f"{doc['weight_bits']}-bit weights on a CPU that gets {int8_weight_bits()}: the agreement and accuracy "
+            "columns are those of an AVX2 CPU without VNNI (no int16 pair sum saturates at 7 bits, so both kernels "
+            "compute the same integers); the speed columns are this CPU's.", ""]
 
 
 def _pct(a: int, n: int) -> str:
@@ -127,6 +142,7 @@ def table(doc: dict, run: dict) -> str:
              "counted on the evaluation crops whose fp32 top-1 survives ±1 grey level of uniform noise. Frontier row k "
              "keeps the k most sensitive of the "
              f"{doc['nodes']} Conv/Gemm nodes in fp32 (ranking measured on the calibration crops).", "",
+             *_emulation_lines(doc),
              f"Automatic mixed precision (target {doc['target']:.0%} on the calibration crops, at most "
              f"{a['max_fp32']} nodes): kept {len(a['kept'])} node(s); calibration agreement "
              f"{a['calibration_agreement_stable']:.2%} on {a['calibration_stable']} fp32-stable crops "
@@ -159,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--max-fp32", type=int, default=4, help="the automatic selection's cap (export --int8-max-fp32)")
     ap.add_argument("--name", default="int8_agreement", help="results name (keep CPUs of different int8 families apart)")
+    ap.add_argument("--weight-bits", type=int, choices=(7, 8), help="default: the bits this CPU gets (7 on AVX2 "
+                                                                     "without VNNI)")
     args = ap.parse_args(argv)
     run = harness.start()
     import torch
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="inspectnet-agree-") as tmp:
-        doc = measure(sorted(set(args.ks)), args.rounds, args.max_fp32, Path(tmp))
+        doc = measure(sorted(set(args.ks)), args.rounds, args.max_fp32, Path(tmp), args.weight_bits)
     md = table(doc, run)
     harness.write_results(args.name, doc, md, run)
     print(md)
