@@ -7,6 +7,7 @@ from inspectnet.analysis.heads.decompose import decompose_model
 from inspectnet.analysis.heads.influence import InfluenceMap
 from inspectnet.analysis.heads.slim import count_macs, slim_model
 from inspectnet.models.heads import ChannelGather, DecomposedLinear
+from inspectnet.models.surgery import apply_slimming
 
 
 def random_map(c, d, k, seed=0):
@@ -144,3 +145,39 @@ def test_slim_report_counts_the_parameters_it_saves():
     assert report["params_saved"] == before - after
     assert report["macs_saved"] == report["macs_before"] - report["macs_after"] > 0
     assert report["latency_ratio"] == report["latency_after_s"] / report["latency_before_s"]
+
+
+class _Shifted(nn.Module):
+    """A slimmed model whose logits are moved by ``delta``: a slimming that is not exact, by a known amount."""
+
+    def __init__(self, inner, delta):
+        super().__init__()
+        self.inner, self.delta = inner, delta
+
+    def forward(self, x):
+        return self.inner(x) + self.delta
+
+
+@pytest.mark.parametrize("largest_logit", [8.0, 0.5])
+def test_slimming_refuses_a_logit_change_above_atol_times_the_larger_of_one_and_the_largest_logit(
+        monkeypatch, largest_logit):
+    import inspectnet.analysis.heads.slim as slim
+
+    dzm = decomposed("resnet10t", 32)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        factor = largest_logit / dzm.model(x).abs().max()
+        dzm.head.weight.mul_(factor)
+        dzm.head.bias.mul_(factor)
+        assert dzm.model(x).abs().max().item() == pytest.approx(largest_logit, rel=1e-5)
+    tolerance = 1e-4 * max(1.0, largest_logit)  # the default atol times the documented scale
+
+    def shifted_by(delta):
+        monkeypatch.setattr(slim, "apply_slimming", lambda *a: _Shifted(apply_slimming(*a), delta))
+
+    shifted_by(0.5 * tolerance)
+    _, rep = slim_model(dzm, check_batch=x, latency_reps=1)
+    assert rep["logits_max_abs_diff"] == pytest.approx(0.5 * tolerance, rel=0.05)
+    shifted_by(1.5 * tolerance)
+    with pytest.raises(InspectnetError, match="changed the logits"):
+        slim_model(dzm, check_batch=x, latency_reps=1)
