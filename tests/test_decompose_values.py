@@ -196,3 +196,17 @@ def test_retraining_is_seeded_momentum_sgd_on_the_labelled_rows_written_out():
     assert history == want
     torch.testing.assert_close(head.weight, ref.weight * ref.mask)
     assert bool((head.weight[~head.mask] == 0).all())
+
+
+def test_sweep_keeps_every_pair_with_k2_up_to_k1_and_k1_up_to_the_feature_count():
+    from inspectnet.analysis.heads.decompose import sweep
+
+    rec = _record()
+    rec.activations = lambda layer: np.abs(rec.features)
+    rec.class_names, rec.fingerprint = ["a", "b", "c"], "hand-made"
+    rec.manifest = {"identity": {"weights_fingerprint": "hand-made"}}
+    rows = sweep(rec, rec, W, B, k1_values=[1, 4, 5], k2_values=[1, 2, 4, 5])
+    assert [(r["k1"], r["k2"]) for r in rows] == [(1, 1), (4, 1), (4, 2), (4, 4)]
+    every = rows[-1]  # k1 = k2 = 4: each class keeps all 4 features, so the decomposed head is the full one
+    assert every["rA"] == 1.0 and every["agreement"] == 1.0 and every["union_size"] == 4
+    assert every["accuracy_decomposed"] == every["accuracy_full"] == pytest.approx(4 / 6)
