@@ -185,3 +185,26 @@ def test_int8_export_records_its_cpu_family_reports_stable_agreement_and_warns_o
         warnings.simplefilter("error")
         OnnxClassifier(tmp_path / "m.int8.onnx")  # the family it was built for: silent
         int8_cpu.check_int8_cpu({}, "m.onnx")   # an fp32 file carries no record
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_int8_weight_bits_requested_reach_the_weights_and_the_record_names_the_family_that_needs_them(
+        tmp_path, monkeypatch, bits):
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    zm = load_model("resnet10t", num_classes=10, in_chans=1, input_size=16)
+    cal, _ = calibration_inputs(zm, "digits:train", limit=16)
+    (tmp_path / "cpuinfo").write_text(VNNI if bits == 7 else AVX2)  # built where the other precision is native
+    monkeypatch.setattr(int8_cpu, "CPUINFO", tmp_path / "cpuinfo")
+    res = export_onnx(zm, tmp_path / "m.onnx", int8=True, calibration=cal, latency=False, int8_weight_bits=bits)
+    proto = onnx.load(str(tmp_path / "m.int8.onnx"))
+    record = json.loads({p.key: p.value for p in proto.metadata_props}[int8_cpu.KEY_INT8_CPU])
+    assert record == {"family": "x86-avx2" if bits == 7 else "x86-vnni", "weight_bits": bits,
+                      "cpu": "Other x86" if bits == 7 else "Some x86"}
+    assert res.int8["weights"] == f"QInt8 per-channel, {bits}-bit"
+    weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == TensorProto.INT8]
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert 64 < largest <= 127 if bits == 8 else largest <= 64
+    with pytest.warns(UserWarning, match=f"quantized for {record['family']} CPUs"):
+        OnnxClassifier(tmp_path / "m.int8.onnx")  # built for the family this CPU is not

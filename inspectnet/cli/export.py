@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                       latency=not args.no_latency, threads=args.threads, device=args.device,
                       int8_keep_fp32=[n for n in args.int8_keep_fp32.split(",") if n],
                       evidence=args.evidence, int8_agreement=args.int8_agreement, int8_max_fp32=args.int8_max_fp32,
-                      concepts=args.concepts)
+                      concepts=args.concepts, int8_weight_bits=args.int8_weight_bits)
     emit(res.to_dict(), args.json, summary(res.to_dict()))
     return 0
 

@@ -25,9 +25,9 @@ from inspectnet.runtime.classifier import EVIDENCE, EVIDENCE_CLASSES, default_pr
 from inspectnet.runtime.int8_cpu import KEY_INT8_CPU, int8_cpu_record
 
 KEY_QUANTIZATION = "inspectnet.quantization"
-WEIGHT_BITS_WHY = {8: "this CPU's int8 kernels add 8-bit products without clipping (VNNI, or not x86 AVX2); on an "
-                      "x86 CPU with AVX2 but no VNNI they would clip: export there for such machines",
-                   7: "this CPU (x86 AVX2 without VNNI) adds pairs of u8 x s8 products in 16 bits and clips "
+WEIGHT_BITS_WHY = {8: "for int8 kernels that add 8-bit products without clipping (VNNI, or not x86 AVX2); an x86 "
+                      "CPU with AVX2 but no VNNI would clip them: export with 7-bit weights for such machines",
+                   7: "for x86 CPUs with AVX2 but no VNNI, which add pairs of u8 x s8 products in 16 bits and clip "
                       "what does not fit; 7-bit weights keep every pair in range"}
 
 
@@ -36,12 +36,14 @@ class Int8Request:
     """How the int8 file is built: nodes kept in fp32 by name, and the automatic mixed precision's target.
 
     ``agreement``: top-1 agreement with fp32 to reach on the fp32-stable calibration inputs by keeping the most
-    sensitive nodes in fp32 (None: no automatic selection); ``max_fp32``: at most this many nodes chosen so.
+    sensitive nodes in fp32 (None: no automatic selection); ``max_fp32``: at most this many nodes chosen so;
+    ``weight_bits``: 7 or 8 (None: what this CPU's kernels need).
     """
 
     keep_fp32: tuple[str, ...] = ()
     agreement: float | None = None
     max_fp32: int = 4
+    weight_bits: int | None = None
 
 
 def quantize_and_report(zm: ZooModel, fp32: Path, int8: Path, calibration: np.ndarray,
@@ -78,7 +80,7 @@ def quantize_and_report(zm: ZooModel, fp32: Path, int8: Path, calibration: np.nd
         calibration = _features_of(zm, calibration)
         if evaluation is not None:
             evaluation = (_features_of(zm, evaluation[0]), evaluation[1])
-    bits = int8_weight_bits()
+    bits = int8_weight_bits(request.weight_bits)
     mixed = _quantize(fp32, int8, calibration, request, bits, threads)
     if evidence is not None:
         float_evidence_branch(int8)

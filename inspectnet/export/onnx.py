@@ -89,8 +89,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
                 calibration: np.ndarray | None = None, evaluation: tuple[np.ndarray, np.ndarray] | None = None,
                 latency: bool = True, threads: int = 1, device: str = "auto",
                 int8_keep_fp32: Sequence[str] = (), evidence: int | None = None,
-                int8_agreement: float | None = None, int8_max_fp32: int = 4, concepts: Any = None
-                ) -> ExportResult:
+                int8_agreement: float | None = None, int8_max_fp32: int = 4, concepts: Any = None,
+                int8_weight_bits: int | None = None) -> ExportResult:
     """Export ``zm`` to ``out`` (ONNX, dynamic batch, input ``input``/``features``, output ``logits``).
 
     The file is verified against torch (:func:`~inspectnet.export.gate.verify`) before it is kept.
@@ -121,6 +121,8 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
             agrees this well with fp32 on the fp32-stable calibration inputs
             (:mod:`inspectnet.export.mixed_precision`); None: no such search.
         int8_max_fp32: the most nodes that search keeps in fp32.
+        int8_weight_bits: 7 or 8 (None: the bits this CPU's int8 kernels need, 7 on x86 AVX2 without VNNI): 7
+            builds a file for AVX2 CPUs on any machine.
         evidence: k, for the evidence outputs.
         concepts: a discovery, or the folder ``inspectnet concepts`` wrote (a whole-model fp32 export only).
 
@@ -191,7 +193,7 @@ def export_onnx(zm: ZooModel, out: str | Path, *, opset: int | None = None, expo
             if int8:
                 from inspectnet.export.int8_report import Int8Request, quantize_and_report
 
-                request = Int8Request(tuple(int8_keep_fp32), int8_agreement, int8_max_fp32)
+                request = Int8Request(tuple(int8_keep_fp32), int8_agreement, int8_max_fp32, int8_weight_bits)
                 int8_info = quantize_and_report(zm, tmp, tmp_int8, calibration, evaluation, request,
                                                 head_only=head_only, input_name=input_name, threads=threads,
                                                 device=device, evidence=evidence_info)

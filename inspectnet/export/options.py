@@ -39,6 +39,9 @@ class ExportOptions:
                                           above=0, maximum=1, metavar="FRACTION")
     int8_max_fp32: int = option(4, help="at most this many nodes kept in fp32 by --int8-agreement (each costs speed)",
                                 minimum=0)
+    int8_weight_bits: int | None = option(None, help="int8 weight precision: 7 for x86 CPUs with AVX2 but no VNNI "
+                                                     "(their kernels clip 8-bit products), 8 elsewhere (default: "
+                                                     "what this CPU needs)", choices=(7, 8))
     eval_data: str | None = option(None, help="data for int8 top-1 agreement / accuracy (default: the calibration "
                                               "data)", metavar="DATA")
     eval_limit: int = option(500, help="evaluation samples", minimum=1)

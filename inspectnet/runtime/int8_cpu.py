@@ -81,6 +81,8 @@ def cpu_model(cpuinfo: str | Path | None = None) -> str:
 def int8_cpu_record(weight_bits: int, cpuinfo: str | Path | None = None) -> str:
     """The metadata value stored under :data:`KEY_INT8_CPU` in an int8 file built on this CPU.
 
+    ``family`` is the family the file is meant for (:func:`target_family`), ``cpu`` the CPU it was built on.
+
     Args:
         weight_bits: the weight precision the file was quantized with (7 or 8).
         cpuinfo: the CPU description read.
@@ -92,7 +94,31 @@ def int8_cpu_record(weight_bits: int, cpuinfo: str | Path | None = None) -> str:
         >>> json.loads(int8_cpu_record(8))["weight_bits"]
         8
     """
-    return json.dumps({"family": int8_cpu_family(cpuinfo), "weight_bits": weight_bits, "cpu": cpu_model(cpuinfo)})
+    return json.dumps({"family": target_family(weight_bits, int8_cpu_family(cpuinfo)), "weight_bits": weight_bits,
+                       "cpu": cpu_model(cpuinfo)})
+
+
+def target_family(weight_bits: int, here: str) -> str:
+    """The int8 kernel family a file with ``weight_bits`` weights, built on a ``here`` CPU, is meant for.
+
+    The CPU's own family when the bits are the ones it needs (7 on x86 AVX2 without VNNI, 8 elsewhere); else
+    the x86 family that needs them: 7-bit files built on a VNNI CPU are for AVX2 CPUs, and 8-bit files
+    built on an AVX2 CPU for VNNI CPUs.
+
+    Args:
+        weight_bits: 7 or 8.
+        here: the building CPU's family (:func:`int8_cpu_family`).
+
+    Returns:
+        One of :data:`FAMILIES`.
+
+    Examples:
+        >>> target_family(7, "x86-vnni"), target_family(8, "x86-vnni"), target_family(8, "other")
+        ('x86-avx2', 'x86-vnni', 'other')
+    """
+    if weight_bits == (7 if here == "x86-avx2" else 8):
+        return here
+    return "x86-avx2" if weight_bits == 7 else "x86-vnni"
 
 
 def check_int8_cpu(props: dict[str, str], path: str | Path, cpuinfo: str | Path | None = None) -> dict[str, Any] | None:
