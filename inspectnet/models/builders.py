@@ -108,7 +108,9 @@ def build_timm(arch: str, *, num_classes: int | None, in_chans: int | None, pret
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    model = _built_with(arch, kwargs, lambda: timm.create_model(arch, pretrained=pretrained, **kwargs))
+    # TypeError: an argument the constructor does not take
+    model = _built_or_refused(lambda: timm.create_model(arch, pretrained=pretrained, **kwargs),
+                              f"timm's {arch} cannot be built with {kwargs}")
     fixed = fixed_input_size(model)
     if img_size is not None and fixed not in (None, (img_size, img_size)):
         # a patch embedding fixes its token grid and position table when the model is built
@@ -141,11 +143,18 @@ def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
     return (size, size) if isinstance(size, int) else None
 
 
-def _built_with(arch: str, kwargs: dict[str, Any], build: Any) -> nn.Module:
+def _built_or_refused(build: Any, refusal: str, errors: tuple[type[Exception], ...] = (TypeError,)) -> nn.Module:
+    """``build()``, with a constructor's refusal of its arguments (``errors``) raised as ``refusal: why``."""
     try:
         return build()
-    except TypeError as exc:  # an argument the constructor does not take
-        raise InspectnetError(f"timm's {arch} cannot be built with {kwargs}: {exc}") from exc
+    except errors as exc:
+        raise InspectnetError(f"{refusal}: {exc}") from exc
+
+
+def _rebuilt_for_size(arch: str, fixed: tuple[int, int], img_size: int, build: Any) -> nn.Module:
+    # a constructor refuses a size its patch grid or windows do not divide in any of these ways
+    return _built_or_refused(build, f"{arch} is built for {fixed[0]}×{fixed[1]} px inputs and cannot be rebuilt for "
+                                    f"--input-size {img_size}", (TypeError, ValueError, AssertionError, RuntimeError))
 
 
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:
@@ -175,13 +184,6 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
             out[key.strip()] = value
     return out
 
-
-def _rebuilt_for_size(arch: str, fixed: tuple[int, int], img_size: int, build: Any) -> nn.Module:
-    try:
-        return build()
-    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
-        raise InspectnetError(f"{arch} is built for {fixed[0]}×{fixed[1]} px inputs and cannot be rebuilt for "
-                              f"--input-size {img_size}: {exc}") from exc
 
 
 
