@@ -24,7 +24,7 @@ from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, pool
 from inspectnet.core.errors import InspectnetError
 from inspectnet.data.concepts import ConceptDataset
 from inspectnet.data.datasets import ImageDataset
-from inspectnet.models.layers import PRE_LOGITS, resolve_layers
+from inspectnet.models.layers import PRE_LOGITS, fast_input, resolve_layers
 from inspectnet.models.zoo import ZooModel, weights_fingerprint
 from inspectnet.probe.hooks import Probe
 
@@ -210,7 +210,7 @@ class MapStream:
                 index = list(range(s, min(s + self.batch_size, self.source.size)))
                 # no_grad per batch, never around the yield: the consumer trains autoencoders with gradients
                 with torch.no_grad():
-                    logits = self.net(self.inputs(index))
+                    logits = self.net(fast_input(self.inputs(index)))  # as the probe pass feeds it
                     maps = to_maps(probe.outputs[self.layer], self.layer, self.prefix).float()
                 yield Batch(torch.tensor(index), maps.cpu(), logits.float().cpu())
 
