@@ -320,3 +320,15 @@ def test_an_unmatched_class_beside_a_class_map_asks_to_extend_the_map_not_to_pas
     assert "pass --class-map" not in str(err.value)
     with pytest.raises(InspectnetError, match="or pass --class-map FILE.json"):
         align_classes(["tea", "cocoa"], ["tea", "milk", "water"])
+
+
+def test_shared_kind_is_the_last_word_two_imagenet_classes_share_and_none_elsewhere():
+    from inspectnet.data.labels import imagenet_names, shared_kind
+
+    names = imagenet_names()
+    assert shared_kind(names, 281, 282) == "cat"          # tabby cat / tiger cat
+    assert shared_kind(names, 2, 3) == "shark"            # great white shark / tiger shark
+    assert shared_kind(names, 281, 281) is None           # one class is not a neighbour of itself
+    assert shared_kind(names, 657, 517) is None           # missile / crane: nothing in common
+    assert shared_kind(names[::-1], 718, 717) is None     # 1000 names in another order are not ImageNet's classes
+    assert shared_kind(["tabby cat", "tiger cat"], 0, 1) is None
