@@ -32,8 +32,8 @@ from inspectnet.analysis.explain.sanity import (
 from inspectnet.core.errors import InspectnetError
 
 
-def _exact_imputation(image: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """ROAD's linear system built entry by entry and solved directly (the reference for the CG solver)."""
+def _road_system(image, known):
+    """ROAD's linear system on the removed pixels, built entry by entry: (matrix, right-hand side)."""
     h, w = image.shape
     unknown = np.argwhere(~known)
     index = {tuple(p): n for n, p in enumerate(unknown)}
@@ -52,7 +52,12 @@ def _exact_imputation(image: np.ndarray, known: np.ndarray) -> np.ndarray:
                 else:
                     rows.append(n), cols.append(index[(ii, jj)]), vals.append(-weight)
         rows.append(n), cols.append(n), vals.append(total)
-    matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(unknown), len(unknown)))
+    return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(unknown), len(unknown))), rhs
+
+
+def _exact_imputation(image, known):
+    """ROAD's linear system solved directly (the reference for the CG solver)."""
+    matrix, rhs = _road_system(image, known)
     out = image.copy()
     out[~known] = scipy.sparse.linalg.spsolve(matrix, rhs)
     return out
@@ -68,6 +73,27 @@ def test_linear_imputation_solves_roads_system(size, fraction):
     got = linear_imputation(torch.tensor(image)[None, None].double(), torch.tensor(known)[None, None])
     np.testing.assert_allclose(got[0, 0].numpy(), _exact_imputation(image, known), atol=2e-3)
     assert (got[0, 0].numpy()[known] == image[known]).all()  # kept pixels untouched
+
+
+def test_linear_imputation_stops_within_its_tolerance_of_each_images_range_from_an_interpolated_start():
+    rng = np.random.default_rng(7)
+    size, tolerance = 40, 1e-4
+    # value ranges 0.5 and 100, neither starting at 0: the stopping rule scales with max - min, not max
+    images = np.stack([0.5 + 0.5 * rng.random((size, size)), 50 + 100 * rng.random((size, size))])
+    blocky = torch.nn.functional.interpolate(torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(3)),
+                                             size=(size, size), mode="bilinear")[0, 0].numpy()
+    known = blocky >= np.quantile(blocky, 0.6)
+    x, k = torch.tensor(images)[:, None], torch.tensor(known)[None, None].expand(2, 1, size, size)
+    got = linear_imputation(x, k, tolerance=tolerance).numpy()[:, 0]
+    start = linear_imputation(x, k, max_iterations=0).numpy()[:, 0]  # the solver's starting point
+    for image, solved, first in zip(images, got, start):
+        matrix, rhs = _road_system(image, known)
+        residual = rhs - matrix @ solved[~known]
+        span = image.max() - image.min()
+        assert np.sqrt(np.mean(residual ** 2)) <= tolerance * span
+        # the start interpolates the kept pixels: inside their range and near the solution
+        assert image.min() <= first[~known].min() and first[~known].max() <= image.max()
+        assert np.abs(first - _exact_imputation(image, known)).mean() < 0.1 * span
 
 
 def test_road_fill_on_large_inputs_solves_a_coarser_grid():
@@ -409,3 +435,27 @@ def test_data_randomisation_tells_the_label_shuffled_model_from_the_trained_one(
         assert r["spearman"] == pytest.approx(1.0) and r["passes"] is False, (name, r)
     with pytest.raises(InspectnetError, match="same model twice"):
         data_randomisation(models["true"], models["true"], x, targets, methods, indices=range(6))
+
+
+def test_faithfulness_options_refuse_infinite_noise_and_a_road_side_below_one_by_name():
+    assert FaithfulnessConfig(road_size=1, road_noise=0.0).road_size == 1  # the smallest side and no noise are fine
+    for bad, name in (({"road_noise": float("inf")}, "road_noise"), ({"road_noise": float("nan")}, "road_noise"),
+                      ({"road_size": 0}, "road_size")):
+        with pytest.raises(InspectnetError, match=f"{name}= must be"):
+            FaithfulnessConfig(**bad)
+
+
+def test_linear_imputation_of_one_removed_pixel_iterates_until_the_residual_is_within_tolerance():
+    rng = np.random.default_rng(11)
+    image = 0.5 + 0.25 * rng.random((12, 12))  # a range of 0.25: a bound that multiplied instead of divided would show
+    known = np.ones((12, 12), bool)
+    known[5, 6] = False
+    x, k = torch.tensor(image)[None, None], torch.tensor(known)[None, None]
+    start = linear_imputation(x, k, max_iterations=0)[0, 0].numpy()
+    matrix, rhs = _road_system(image, known)
+    first_rms = abs(float((rhs - matrix @ start[~known])[0]))  # one removed pixel: the RMS is the residual itself
+    span = image.max() - image.min()
+    # a tolerance the start misses by a factor 1.2: the solver must take its (exact) step
+    got = linear_imputation(x, k, tolerance=first_rms / (1.2 * span))[0, 0].numpy()
+    assert got[5, 6] == pytest.approx(_exact_imputation(image, known)[5, 6], abs=1e-12)
+    assert got[5, 6] != pytest.approx(start[5, 6], abs=1e-6)
