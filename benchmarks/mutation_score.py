@@ -97,7 +97,26 @@ _CHUNKS = ("images are explained in chunks, each with its own tie-break seed (se
 _STRICTER_STOP = ("the conjugate-gradient stop test then compares each image's residual with every image's bound, or "
                   "with a bound no larger than its own: never looser than the right test, so the solve only takes more "
                   "steps towards the same solution")
+_CG = "plugins/cgl.py"
+_BLOCKS = ("the number of images per block of the pair distances: the same sums over another partition of the "
+           "minibatch (the blocks stay a partition: tested)")
+_EQUAL_ONLY = "the two differ only where a float equals the threshold exactly, a set the values never land on"
+_ON_CENTRE = ("the fill is the weight of a position on the ψ-weighted centre itself, which enters G only times "
+              "c − p = 0")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_CG, "<module>: 8 -> 9"): "the number of steps between two samples of the logged spread of ψ, a diagnostic: "
+                               "never a loss or a gradient",
+    (_CG, "_RowL2.backward: torch.where(norms > 0, grad / norms, 0.0) -> torch.where(norms > 0, grad / norms, 1.0)"):
+        "the fill multiplies an all-zero row (rows · fill): zero either way",
+    (_CG, "_FilterSigmoid.backward: std > 1e-06 -> std >= 1e-06"): _EQUAL_ONLY,
+    (_CG, "_pair_terms: raw >= 1e-12 -> raw > 1e-12"): _EQUAL_ONLY,
+    (_CG, "_StackTerms.forward: N > 1 -> N >= 1"):
+        "a 1×1 map's spread is 0 and its gradient 0 (every distance to the centre is 0): computing it or skipping "
+        "it adds the same zero",
+    (_CG, "_image_blocks: 256 -> 257"): _BLOCKS,
+    (_CG, "_image_blocks: max(1, pairs * N) -> max(2, pairs * N)"): _BLOCKS,
+    (_CG, "_spread_backward: nan=0.0 -> nan=1.0"): _ON_CENTRE,
+    (_CG, "_spread_backward: posinf=0.0 -> posinf=1.0"): _ON_CENTRE,
     (_FA, "linear_imputation: 500 -> 501"):
         "the default cap on conjugate-gradient steps: from the coarse start every solve tried (32–96 px, 20–90 % of "
         "the pixels removed) meets its tolerance within 50 steps",

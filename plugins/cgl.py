@@ -315,13 +315,12 @@ def _pooled_std(tensors: list[torch.Tensor]) -> torch.Tensor:
         return ((squares - total**2 / n) / (n - 1)).clamp_min(0).sqrt()
 
 
-def _positions(like: torch.Tensor, size: tuple[int, int] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _positions(like: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row and column coordinates of an H×W map in units of its longer side, per row/column (ys, xs),
     and the (3, H·W) basis whose rows are 1, y and x per position in row-major order (its product with
-    maps laid out as (positions, maps) gives each map's mass and first moments). ``size`` defaults to
-    the last two sides of ``like``."""
-    H, W = size or like.shape[-2:]
+    maps laid out as (positions, maps) gives each map's mass and first moments); ``like`` gives the device and
+    dtype."""
+    H, W = size
     unit = max(H, W)
     ys = torch.arange(H, device=like.device, dtype=like.dtype) / unit
     xs = torch.arange(W, device=like.device, dtype=like.dtype) / unit

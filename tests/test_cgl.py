@@ -345,3 +345,99 @@ def test_cgl_pair_distances_in_image_blocks_equal_one_piece():
     reference.backward()
     assert torch.allclose(_StackTerms.apply(i, j, weight, None, psi)[0], reference)
     assert torch.allclose(blocked, psi.grad)
+
+
+def test_cgl_pooled_std_is_the_sample_std_of_all_values_together():
+    from inspectnet_plugins.cgl import _pooled_std
+
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.rand(2, 3, 4, 4, generator=g), torch.randn(5, 7, generator=g) * 3 + 1]
+    want = torch.cat([t.flatten() for t in parts]).double().std()  # Bessel's n − 1
+    assert float(_pooled_std(parts)) == pytest.approx(float(want), rel=1e-9)
+
+
+def test_cgl_row_norm_gradient_is_zero_on_an_all_zero_row():
+    from inspectnet_plugins.cgl import _RowL2
+
+    rows = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    _RowL2.apply(rows).sum().backward()
+    assert torch.allclose(rows.grad[0], torch.tensor([0.6, 0.8], dtype=torch.float64), rtol=1e-12, atol=0)
+    assert torch.equal(rows.grad[1], torch.zeros(2, dtype=torch.float64))
+
+
+def test_cgl_filter_sigmoid_passes_no_gradient_through_a_std_below_its_clamp():
+    """A near-constant filter (std 1e-7 < 1e-6): S is the clamp, a constant, as in autograd through
+    ψ = σ(P1 · a / max(std, 1e-6) + P2); a small P1 leaves the gradient through S nowhere to hide."""
+    from inspectnet_plugins.cgl import _FilterSigmoid
+
+    g = torch.Generator().manual_seed(0)
+    a = (0.5 + 1e-7 * torch.randn(3, 2, 2, 5, dtype=torch.float64, generator=g)).requires_grad_()
+    P = torch.tensor([1e-6, 0.3], dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(3, 2, 2, 5, dtype=torch.float64, generator=g)
+    (_FilterSigmoid.apply(a, P) * weights).sum().backward()
+    got_a, got_P = a.grad.clone(), P.grad.clone()
+    a.grad = P.grad = None
+    std = a.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
+    (torch.sigmoid(P[0] * a / std + P[1]) * weights).sum().backward()
+    assert torch.allclose(got_a, a.grad, rtol=1e-9, atol=0) and torch.allclose(got_P, P.grad, rtol=1e-9, atol=0)
+
+
+def test_cgl_shifted_sigmoid_gives_the_scale_gradient_when_only_the_scale_needs_one():
+    from inspectnet_plugins.cgl import _ShiftedSigmoid
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, generator=g)
+    scale = torch.randn(3, dtype=torch.float64, generator=g).requires_grad_()
+    shift = torch.tensor(0.2, dtype=torch.float64)  # fixed P2
+    _ShiftedSigmoid.apply(x, scale, shift).sum().backward()
+    want = torch.autograd.grad(torch.sigmoid(x * scale.view(1, -1, 1, 1) + shift).sum(), scale)[0]
+    assert scale.grad is not None and torch.allclose(scale.grad, want)
+
+
+def test_cgl_spatial_loss_counts_maps_of_two_positions():
+    from inspectnet_plugins.cgl import _StackTerms
+
+    psi = torch.tensor([[[[0.9, 0.1]], [[0.5, 0.5]]]], dtype=torch.float64)  # (1, 2, 1, 2)
+    # positions 0 and 1/2 (units of the longer side): spread of (0.9, 0.1) is 2·0.9·0.1·(1/2) = 0.09, of a
+    # uniform pair 1/4
+    l_s = _StackTerms.apply(None, None, None, torch.tensor([1.0, 1.0], dtype=torch.float64), psi)[1]
+    assert float(l_s) == pytest.approx(0.09 + 0.25)
+
+
+def test_cgl_image_blocks_partition_the_batch_whatever_the_pair_count():
+    from inspectnet_plugins.cgl import _image_blocks
+
+    for shape, pairs in (((40, 4, 300), 590), ((8, 64, 1), 3), ((16, 9, 400), 5000), ((4, 5, 1024), 10 ** 6)):
+        blocks = _image_blocks(shape, pairs)
+        covered = [b for s in blocks for b in range(shape[1])[s]]
+        assert covered == list(range(shape[1])) and all(s.stop > s.start for s in blocks), (shape, pairs)
+
+
+def test_cgl_group_distance_of_faint_and_of_all_zero_maps_follows_the_literal_formula():
+    """ψ with masses far below 1 (the denominator is not clamped there) and a pair of all-zero maps (0/0:
+    D = 0 with no gradient, as through max(·, 1e-12) in autograd)."""
+    from inspectnet_plugins.cgl import _StackTerms
+
+    g = torch.Generator().manual_seed(2)
+    psi = 1e-3 * torch.rand(2, 4, 1, 3, dtype=torch.float64, generator=g)
+    psi[:, 2:] = 0.0
+    psi.requires_grad_()
+    i, j, weight = torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([0.7, 1.3], dtype=torch.float64)
+    _StackTerms.apply(i, j, weight, None, psi)[0].backward()
+    got = psi.grad.clone()
+    psi.grad = None
+    flat = psi.transpose(0, 1).flatten(1)
+    diff = (flat[i] - flat[j]).abs().sum(1)
+    reference = (weight * 2 * diff / (flat[i].sum(1) + flat[j].sum(1) + diff).clamp_min(1e-12)).sum()
+    reference.backward()
+    value = _StackTerms.apply(i, j, weight, None, psi.detach())[0]
+    assert float(value) == pytest.approx(float(reference.detach()), rel=1e-12)
+    assert torch.allclose(got, psi.grad, rtol=1e-9, atol=0) and torch.equal(got[:, 2:], torch.zeros_like(got[:, 2:]))
+
+
+def test_cgl_default_hyperparameters_are_the_documented_ones():
+    """Every user's run starts from these (`inspectnet plugins cgl` lists them): a change must be deliberate."""
+    defaults = {h.name: h.default for h in ConceptGroupLearning.hparams}
+    assert defaults == {"layers": "all", "groups": 8, "free": 0, "lam_bn": 1e-4, "lam_g": 0.05, "lam_s": 0.05,
+                        "p": 2.0, "q": 1.0, "bn": "auto", "pairs": 3.0, "P1": 1.0, "P2": 0.0, "P": "learned",
+                        "P1_min": 0.5, "seed": 0}
