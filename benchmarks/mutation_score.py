@@ -113,6 +113,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_CG, "_StackTerms.forward: N > 1 -> N >= 1"):
         "a 1×1 map's spread is 0 and its gradient 0 (every distance to the centre is 0): computing it or skipping "
         "it adds the same zero",
+    (_CG, "ConceptGroupLearning.setup: 0 -> 1"):
+        "the step count at attach: the training loop's epoch_begin sets it to 0 before the first step",
     (_CG, "_image_blocks: 256 -> 257"): _BLOCKS,
     (_CG, "_image_blocks: max(1, pairs * N) -> max(2, pairs * N)"): _BLOCKS,
     (_CG, "_spread_backward: nan=0.0 -> nan=1.0"): _ON_CENTRE,

@@ -441,3 +441,11 @@ def test_cgl_default_hyperparameters_are_the_documented_ones():
     assert defaults == {"layers": "all", "groups": 8, "free": 0, "lam_bn": 1e-4, "lam_g": 0.05, "lam_s": 0.05,
                         "p": 2.0, "q": 1.0, "bn": "auto", "pairs": 3.0, "P1": 1.0, "P2": 0.0, "P": "learned",
                         "P1_min": 0.5, "seed": 0}
+
+
+def test_cgl_groups_may_use_every_filter_and_no_more_and_pairs_may_be_fractional():
+    plugin = make_plugin("cgl:groups=6,layers=conv1,pairs=0.5").attach(TwoConv(), num_classes=2)  # 6 groups, 6 filters
+    assert plugin.split["conv1"] == (6, 1, 0)
+    plugin.detach()
+    with pytest.raises(InspectnetError, match="groups=6 \\+ free=1 exceed the 6 filters"):
+        make_plugin("cgl:groups=6,free=1,layers=conv1").attach(TwoConv(), num_classes=2)
