@@ -129,6 +129,12 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "it adds the same zero",
     (_CG, "ConceptGroupLearning.setup: 0 -> 1"):
         "the step count at attach: the training loop's epoch_begin sets it to 0 before the first step",
+    (_CG, "ConceptGroupLearning.sample_pairs: i + torch.randint(1, n_g, (G, r), generator=self.gen) -> "
+          "i - torch.randint(1, n_g, (G, r), generator=self.gen)"):
+        "j = i ± k mod N_g with k uniform on 1 … N_g − 1: either sign draws j uniformly among the group's other "
+        "filters (only the seeded sequence differs)",
+    (_CG, "ConceptGroupLearning._stacked_pairs: pairs[n][0] -> pairs[n][1]  [#2]"):
+        "the number of draws r per group: i and j have the same (G, r) shape",
     (_CG, "_image_blocks: 256 -> 257"): _BLOCKS,
     (_CG, "_image_blocks: max(1, pairs * N) -> max(2, pairs * N)"): _BLOCKS,
     (_CG, "_spread_backward: nan=0.0 -> nan=1.0"): _ON_CENTRE,

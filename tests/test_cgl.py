@@ -24,12 +24,13 @@ class BNNet(nn.Module):
 
 
 class TwoConv(nn.Module):
-    """Two convs without BatchNorm (ψ from a / S, Eq. 1), the second on half-size maps."""
+    """Two convs without BatchNorm (ψ from a / S, Eq. 1), the second on half-size maps (or, with stride
+    (2, 1), on maps as wide as the first's and half as high)."""
 
-    def __init__(self):
+    def __init__(self, stride=2):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
-        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, stride=2)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, stride=stride)
         self.fc = nn.Linear(8, 2)
 
     def forward(self, x):
@@ -101,7 +102,7 @@ def _trained_looking_norms(model: nn.Module) -> None:
                 m.bias.copy_(0.5 * torch.randn(m.num_features, generator=g))
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "twoconv"])
+@pytest.mark.parametrize("arch", ["resnet18", "twoconv", "tall_and_wide"])
 def test_cgl_terms_equal_the_literal_equations_on_a_fixed_batch(arch):
     """Every conv of ResNet18 (BN variant, incl. the shortcut convs) or two plain convs; the optimised
     plugin's three terms equal the layer-by-layer reference on the same batch and pairs."""
@@ -109,7 +110,7 @@ def test_cgl_terms_equal_the_literal_equations_on_a_fixed_batch(arch):
 
     torch.manual_seed(0)
     model = load_model("resnet18", num_classes=2, in_chans=1, input_size=64).model if arch == "resnet18" \
-        else TwoConv()
+        else TwoConv(stride=(2, 1) if arch == "tall_and_wide" else 2)
     model.train()
     _trained_looking_norms(model)
     x = torch.randn(4, 1, 64, 64)
@@ -449,3 +450,101 @@ def test_cgl_groups_may_use_every_filter_and_no_more_and_pairs_may_be_fractional
     plugin.detach()
     with pytest.raises(InspectnetError, match="groups=6 \\+ free=1 exceed the 6 filters"):
         make_plugin("cgl:groups=6,free=1,layers=conv1").attach(TwoConv(), num_classes=2)
+
+
+def test_cgl_bn_variant_clamps_a_zero_or_tiny_gamma_away_from_zero_keeping_its_sign():
+    model = BNNet(c=4)
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([0.0, -1e-4, 0.5, -0.7]))
+        model.bn.bias.copy_(torch.tensor([0.3, 0.2, -0.1, 0.4]))  # β ≠ 0: a zero γ's channel is not all zero
+    plugin = make_plugin("cgl:groups=2,layers=conv,P1=1.3,P2=-0.2").attach(model, num_classes=2)
+    x = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    captured = {}
+    model.bn.register_forward_hook(lambda _m, _i, out: captured.__setitem__("bn", out.detach().clone()))
+    model(x)
+    safe = torch.tensor([1e-3, -1e-3, 0.5, -0.7]).view(1, -1, 1, 1)
+    assert torch.allclose(plugin._psi["conv"], torch.sigmoid(1.3 * captured["bn"] / safe - 0.2), rtol=1e-5)
+    plugin.detach()
+
+
+def test_cgl_pairs_are_r_per_group_of_distinct_filters_drawn_from_every_filter():
+    plugin = make_plugin("cgl:pairs=0.25,seed=3")
+    i, j = plugin.sample_pairs(2, 4)
+    assert i.shape == j.shape == (2, 1)  # r = max(1, round(0.25 · 4)) = 1
+    plugin = make_plugin("cgl:pairs=3,seed=3")
+    i, j = plugin.sample_pairs(3, 5)
+    assert i.shape == (3, 15) and (i != j).all()
+    base = torch.arange(3).view(3, 1) * 5
+    local_i, local_j = i - base, j - base
+    assert local_i.min() >= 0 and local_i.max() <= 4 and local_j.min() >= 0 and local_j.max() <= 4
+    many = make_plugin("cgl:pairs=40,seed=0").sample_pairs(1, 5)[0]
+    assert set(many.flatten().tolist()) == set(range(5))  # the first filter of a group is drawn too
+
+
+def test_cgl_block_norm_alone_is_lam_bn_times_the_sum_of_group_norms():
+    model = BNNet(c=6)
+    plugin = make_plugin("cgl:groups=3,layers=conv,lam_bn=0.25,lam_g=0,lam_s=0").attach(model, num_classes=2)
+    terms = plugin.loss(torch.zeros(1, 1, 4, 4), None, None)
+    w = model.conv.weight.detach().flatten(1)
+    assert set(terms) == {"cgl_bn"}
+    groups = sum(w[k:k + 2].norm() for k in (0, 2, 4))  # R_bn with p = 2, q = 1: the sum of the group norms
+    assert float(terms["cgl_bn"].detach()) == pytest.approx(0.25 * float(groups), rel=1e-6)
+    plugin.detach()
+    cubic = make_plugin("cgl:groups=3,layers=conv,p=3,q=1,lam_g=0,lam_s=0").attach(model, num_classes=2)
+    want = sum(w[k:k + 2].abs().pow(3).sum().pow(1 / 3) for k in (0, 2, 4))
+    assert float(cubic.block_norm("conv").detach()) == pytest.approx(float(want), rel=1e-6)
+    cubic.detach()
+
+
+def _steps(plugin, model, n, size=8):
+    g = torch.Generator().manual_seed(1)
+    values = []
+    for _ in range(n):
+        model(torch.randn(2, 1, size, size, generator=g))
+        values.append({k: float(v.detach()) for k, v in plugin.loss(None, None, None).items()})
+    return values
+
+
+def test_cgl_epoch_log_averages_the_steps_and_logs_zero_for_a_term_switched_off():
+    model = TwoConv()
+    plugin = make_plugin("cgl:groups=2,lam_g=0,lam_s=1,seed=1").attach(model, num_classes=2)  # conv1: 3 per group
+    plugin.epoch_begin(0, model)
+    steps = _steps(plugin, model, 9)
+    samples = list(plugin._spread)  # the spread of ψ is sampled every 8 steps: steps 0 and 8
+    log = plugin.epoch_end(0)
+    assert log["L_g"] == 0.0 and log["L_s"] == pytest.approx(sum(s["cgl_s"] for s in steps) / 9, rel=1e-6)
+    assert len(samples) == 2 and log["psi_std"] == pytest.approx(sum(samples) / 2)
+    plugin.detach()
+    plugin = make_plugin("cgl:groups=4,layers=conv2,lam_g=1,lam_s=0,seed=1").attach(model, num_classes=2)
+    plugin.epoch_begin(0, model)
+    steps = _steps(plugin, model, 2)  # conv2: 8 filters in 4 groups of 2, the smallest group that has pairs
+    log = plugin.epoch_end(0)
+    assert log["L_s"] == 0.0 and log["L_g"] > 0
+    assert log["L_g"] == pytest.approx(sum(s["cgl_g"] for s in steps) / 2, rel=1e-6)
+    plugin.detach()
+
+
+def test_cgl_warns_once_about_one_by_one_maps_and_never_about_larger_square_ones():
+    import warnings
+
+    model = TwoConv()
+    plugin = make_plugin("cgl:groups=2").attach(model, num_classes=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _steps(plugin, model, 1, size=4)  # 4×4 and 2×2 maps: square, not flat
+    with pytest.warns(UserWarning, match="1×1 maps") as caught:
+        _steps(plugin, model, 2, size=1)
+    assert len([w for w in caught if "1×1 maps" in str(w.message)]) == 1
+    plugin.detach()
+
+
+def test_cgl_state_dict_round_trip_restores_p_and_the_pair_generator():
+    a = make_plugin("cgl:groups=2,seed=7").attach(TwoConv(), num_classes=2)
+    with torch.no_grad():
+        a.P.copy_(torch.tensor([1.7, -0.4]))
+    a.sample_pairs(2, 3)  # advance the generator
+    state = a.state_dict()
+    b = make_plugin("cgl:groups=2,seed=0").attach(TwoConv(), num_classes=2)
+    b.load_state_dict(state)
+    assert torch.equal(b.P.detach(), a.P.detach())
+    assert all(torch.equal(x, y) for x, y in zip(b.sample_pairs(2, 3), a.sample_pairs(2, 3)))
