@@ -135,6 +135,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "filters (only the seeded sequence differs)",
     (_CG, "ConceptGroupLearning._stacked_pairs: pairs[n][0] -> pairs[n][1]  [#2]"):
         "the number of draws r per group: i and j have the same (G, r) shape",
+    (_CG, "ConceptGroupLearning.epoch_end: round(b, 6) -> round(b, 7)"):
+        "the decimals a logged group relevance is rounded to for the log: never a loss or a gradient",
     (_CG, "_image_blocks: 256 -> 257"): _BLOCKS,
     (_CG, "_image_blocks: max(1, pairs * N) -> max(2, pairs * N)"): _BLOCKS,
     (_CG, "_spread_backward: nan=0.0 -> nan=1.0"): _ON_CENTRE,
