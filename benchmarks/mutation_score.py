@@ -105,7 +105,13 @@ _ON_CENTRE = ("the fill is the weight of a position on the ψ-weighted centre it
               "c − p = 0")
 _START = ("the conjugate-gradient solver's starting point only: the solve then meets the same tolerance on the same "
           "system (within 50 steps from the coarse start on every image tried), so the imputation is the same")
+_DP = "inspectnet/analysis/heads/decompose.py"
+_LOOK = "the sweep figure's size, resolution or font size: how the picture looks, never a number it shows"
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_DP, "sweep_plot: (5, 3.5) -> (6, 3.5)"): _LOOK,
+    (_DP, "sweep_plot: (5, 3.5) -> (5, 4.5)"): _LOOK,
+    (_DP, "sweep_plot: fontsize=7 -> fontsize=8"): _LOOK,
+    (_DP, "sweep_plot: dpi=110 -> dpi=111"): _LOOK,
     (_FA, "_coarse_start: 2: -> 3:"): _START,
     (_FA, "_coarse_start: weight.sum((2, 3), keepdim=True).clamp_min(1.0) -> "
           "weight.sum((2, 3), keepdim=True).clamp_min(2.0)"): _START,
