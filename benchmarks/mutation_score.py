@@ -113,6 +113,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_DP, "sweep_plot: fontsize=7 -> fontsize=8"): _LOOK,
     (_DP, "sweep_plot: dpi=110 -> dpi=111"): _LOOK,
     (_FA, "_coarse_start: 2: -> 3:"): _START,
+    (_FA, "_coarse_start: 8 -> 9"): _START,
+    (_FA, "_coarse_start: min(images.shape[2:]) <= min_size -> min(images.shape[2:]) < min_size"): _START,
     (_FA, "_coarse_start: weight.sum((2, 3), keepdim=True).clamp_min(1.0) -> "
           "weight.sum((2, 3), keepdim=True).clamp_min(2.0)"): _START,
     (_FA, "_coarse_start: ceil_mode=True -> ceil_mode=False"): _START,

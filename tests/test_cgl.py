@@ -456,7 +456,7 @@ def test_cgl_bn_variant_clamps_a_zero_or_tiny_gamma_away_from_zero_keeping_its_s
     model = BNNet(c=4)
     with torch.no_grad():
         model.bn.weight.copy_(torch.tensor([0.0, -1e-4, 0.5, -0.7]))
-        model.bn.bias.copy_(torch.tensor([0.3, 0.2, -0.1, 0.4]))  # β ≠ 0: a zero γ's channel is not all zero
+        model.bn.bias.copy_(torch.tensor([0.3, 0.0, -0.1, 0.4]))  # β ≠ 0: a zero γ's channel is not all zero
     plugin = make_plugin("cgl:groups=2,layers=conv,P1=1.3,P2=-0.2").attach(model, num_classes=2)
     x = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
     captured = {}

@@ -461,7 +461,7 @@ def test_linear_imputation_of_one_removed_pixel_iterates_until_the_residual_is_w
     assert got[5, 6] != pytest.approx(start[5, 6], abs=1e-6)
 
 
-@pytest.mark.parametrize("shape,size", [((40, 30), 20), ((100, 4), 20)])
+@pytest.mark.parametrize("shape,size", [((40, 30), 20), ((100, 4), 20), ((4, 100), 20)])
 def test_road_fill_of_a_large_input_is_the_exact_solve_on_the_area_averaged_grid_upsampled(shape, size):
     """The literal recipe: the grid of at most ``size`` a side (sides rounded, at least 1), images area-averaged, a
     cell removed when at least half of it is, the system solved exactly there, the solution upsampled bilinearly
