@@ -108,6 +108,8 @@ _START = ("the conjugate-gradient solver's starting point only: the solve then m
 _DP = "inspectnet/analysis/heads/decompose.py"
 _LOOK = "the sweep figure's size, resolution or font size: how the picture looks, never a number it shows"
 EQUIVALENT: dict[tuple[str, str], str] = {
+    ("inspectnet/analysis/san/model.py", "san_metrics: x[0] -> x[1]"):
+        "the size of one sample, the same for every sample of a batch (a batch of one fails at once)",
     (_DP, "sweep_plot: (5, 3.5) -> (6, 3.5)"): _LOOK,
     (_DP, "sweep_plot: (5, 3.5) -> (5, 4.5)"): _LOOK,
     (_DP, "sweep_plot: fontsize=7 -> fontsize=8"): _LOOK,
