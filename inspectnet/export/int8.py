@@ -30,7 +30,7 @@ import numpy as np
 
 from inspectnet.core.errors import InspectnetError
 from inspectnet.runtime.classifier import import_ort
-from inspectnet.runtime.int8_cpu import int8_cpu_family
+from inspectnet.runtime.int8_cpu import int8_cpu_family, native_weight_bits
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 ADAROUND_SCOPES = ("off", "depthwise", "all")
@@ -149,7 +149,7 @@ def int8_weight_bits(requested: int | None = None) -> int:
         8
     """
     if requested is None:
-        return 7 if saturating_int8_cpu() else 8
+        return native_weight_bits(int8_cpu_family())
     if requested not in (7, 8):
         raise InspectnetError(f"int8 weight bits must be 7 or 8; got {requested!r}")
     return requested

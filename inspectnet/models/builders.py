@@ -185,8 +185,6 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-
-
 def build_torchvision(arch: str, *, num_classes: int | None, in_chans: int | None, pretrained: bool,
                       img_size: int | None = None, build_args: dict[str, Any] | None = None
                       ) -> tuple[nn.Module, dict[str, Any]]:

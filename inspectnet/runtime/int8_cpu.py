@@ -98,6 +98,22 @@ def int8_cpu_record(weight_bits: int, cpuinfo: str | Path | None = None) -> str:
                        "cpu": cpu_model(cpuinfo)})
 
 
+def native_weight_bits(family: str) -> int:
+    """The int8 weight bits a kernel family computes exactly: 7 on x86 AVX2 without VNNI (8-bit pairs would clip), else 8.
+
+    Args:
+        family: one of :data:`FAMILIES`.
+
+    Returns:
+        7 or 8.
+
+    Examples:
+        >>> native_weight_bits("x86-avx2"), native_weight_bits("x86-vnni")
+        (7, 8)
+    """
+    return 7 if family == "x86-avx2" else 8
+
+
 def target_family(weight_bits: int, here: str) -> str:
     """The int8 kernel family a file with ``weight_bits`` weights, built on a ``here`` CPU, is meant for.
 
@@ -116,7 +132,7 @@ def target_family(weight_bits: int, here: str) -> str:
         >>> target_family(7, "x86-vnni"), target_family(8, "x86-vnni"), target_family(8, "other")
         ('x86-avx2', 'x86-vnni', 'other')
     """
-    if weight_bits == (7 if here == "x86-avx2" else 8):
+    if weight_bits == native_weight_bits(here):
         return here
     return "x86-avx2" if weight_bits == 7 else "x86-vnni"
 
