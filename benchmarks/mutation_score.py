@@ -67,7 +67,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                  ["tests/test_decompose_values.py", "tests/test_decompose.py"]),
     "analysis/heads/slim": (["inspectnet/analysis/heads/slim.py"], ["tests/test_slim.py"]),
     "analysis/explain/evidence": (["inspectnet/analysis/explain/evidence.py", "inspectnet/analysis/explain/pooled_map.py"],
-                                  ["tests/test_evidence_values.py", "tests/test_evidence.py"]),
+                                  ["tests/test_evidence_values.py", "tests/test_evidence.py", "tests/test_token_evidence.py",
+                                   "tests/test_token_grids.py", "tests/test_token_explanations.py"]),
     "analysis/san": (["inspectnet/analysis/san/activations.py", "inspectnet/analysis/san/model.py"],
                      ["tests/test_san_values.py", "tests/test_san.py", "tests/test_sparse_activations.py"]),
     "analysis/dissect": (["inspectnet/analysis/dissect/counts.py", "inspectnet/analysis/dissect/tail.py",
@@ -76,7 +77,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "plugins/ebp": (["plugins/ebp.py"], ["tests/test_ebp_values.py", "tests/test_plugins.py"]),
     "plugins/cgl": (["plugins/cgl.py"], ["tests/test_cgl.py"]),
     "export/int8": (["inspectnet/export/int8.py", "inspectnet/export/qdq.py", "inspectnet/export/bias_correction.py"],
-                    ["tests/test_export.py"]),
+                    ["tests/test_export.py", "tests/test_int8_mixed_precision.py",
+                     "tests/test_bias_correction_tokens.py"]),
 }
 
 # survivors that cannot change any result: (file, "function: original -> mutated") -> why
