@@ -87,9 +87,9 @@ def test_fitted_reconstruction_r2_matches_its_definition(lite0, photos):
 
 def _exact_case(zm, data, layer, classes):
     stream = MapStream(zm, as_source(data), layer, batch_size=8)
-    evidence = stream.pooled_evidence()
-    assert evidence is not None
     batch = next(stream.batches())
+    evidence = stream.pooled_evidence(batch)
+    assert evidence is not None
     sae = make_factoriser("sae", batch.maps.shape[1], 6, 0, active=3)
     sae.partial_fit(as_cells(batch.maps))
     codes = sae.encode(as_cells(batch.maps)).reshape(len(batch.maps), *batch.maps.shape[2:], 6).permute(0, 3, 1, 2)
@@ -148,6 +148,29 @@ def test_gradient_estimate_equals_the_deletion_drop_where_the_rest_is_linear():
     assert np.allclose(check["estimate"], check["drop"], atol=1e-4)
     assert np.abs(check["drop"]).max() > 1e-2
     assert not np.allclose(check["random_drop"], check["drop"], atol=1e-3)
+
+
+def test_only_the_map_the_head_pools_is_split_exactly_not_an_earlier_map_of_the_same_width():
+    zm, data = _resnet(), load_data("shapes?n=8")
+    pooled = MapStream(zm, as_source(data), "layer4", batch_size=8)
+    assert pooled.pooled_evidence(next(pooled.batches())) is not None
+    # 512 channels like layer4, but before the last block's residual sum and ReLU: the head does not pool it
+    inner = MapStream(zm, as_source(data), "layer4.1.bn2", batch_size=8)
+    assert inner.pooled_evidence(next(inner.batches())) is None
+    narrower = MapStream(zm, as_source(data), "layer3", batch_size=8)  # 256 channels: the head cannot read it
+    assert narrower.pooled_evidence(next(narrower.batches())) is None
+
+
+def test_discovery_feeds_each_image_to_the_model_exactly_once():
+    zm, data = _resnet(classes=2), load_data("shapes?n=20")
+    fed = []
+    handle = zm.model.register_forward_pre_hook(lambda _m, args: fed.append(len(args[0])))
+    try:
+        c = discover_concepts(zm, data, "layer4", "nmf", k=4, seeds=2, epochs=2, batch_size=8)
+    finally:
+        handle.remove()
+    assert c.importance["kind"] == "exact"
+    assert fed == [8, 8, 4]  # two fitting epochs and the measuring pass replay the first pass
 
 
 def test_earlier_layer_gets_the_gradient_estimate_with_its_faithfulness():

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from inspectnet.analysis.explain.evidence import ClassEvidence, choose_classes, class_evidence, pooled_head
+from inspectnet.analysis.explain.evidence import ClassEvidence, choose_classes, class_evidence, pooled_head, sums_to_logits
 from inspectnet.analysis.explain.pooled_map import pool_map
 from inspectnet.core.errors import InspectnetError
 from inspectnet.models.zoo import ZooModel, load_model
@@ -167,3 +167,32 @@ def test_gathered_export_head_behind_a_layer_norm_keeps_the_shift_of_the_kept_ch
     torch.testing.assert_close(ev.maps.double(), want, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(ev.offset[0].double(), b + w @ beta[index], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ev.maps.double().sum((2, 3)) + ev.offset.double(), ev.logits.double(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("logits, diff, accepted", [
+    # tolerance 1e-4 of the largest |logit| plus 1e-6: 0.010001 at a largest logit of -100
+    ([[-100.0, 3.0]], 0.0100, True), ([[-100.0, 3.0]], 0.0101, False),
+    # logits of 0.01 (a random head): 2e-6 at most
+    ([[0.01, -0.005]], 0.0000019, True), ([[0.01, -0.005]], 0.0000022, False),
+    # all-zero logits: the 1e-6 floor alone
+    ([[0.0, 0.0]], 0.0000009, True), ([[0.0, 0.0]], 0.0000011, False),
+])
+def test_evidence_sums_are_accepted_within_a_relative_tolerance_of_the_largest_logit(logits, diff, accepted):
+    want = torch.tensor(logits, dtype=torch.float64)
+    total = want.clone()
+    total[0, 1] += diff
+    got = sums_to_logits(total, want)
+    assert (got is None) == accepted
+    if not accepted:
+        assert got == pytest.approx(diff, rel=1e-9)
+
+
+def test_classes_shared_by_every_image_give_each_image_the_literal_evidence_of_those_classes():
+    zm = _resnet()
+    ev = ClassEvidence(zm.model, pooled_head(zm))
+    grid = torch.rand(3, 512, 2, 3, dtype=torch.float64)
+    w = zm.head.weight.detach().double()
+    with torch.no_grad():
+        got = ev.double().maps_for(grid, torch.tensor([5, 0, 3]))
+    want = torch.einsum("kj,bjhw->bkhw", w[[5, 0, 3]], grid) / 6
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

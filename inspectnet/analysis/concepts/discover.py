@@ -25,6 +25,7 @@ Stability: the runs' bases matched by cosine with the Hungarian algorithm, share
 """
 
 import dataclasses
+import itertools
 from typing import Any
 
 import numpy as np
@@ -254,7 +255,9 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
     basis, centre = main.basis, main.centre
     k, channels = basis.shape
     stats = [_RunStats(k, channels) for _ in runs]
-    evidence = stream.pooled_evidence()
+    batches = stream.batches()
+    first = next(batches)
+    evidence = stream.pooled_evidence(first)
     exact = ExactImportance(evidence, basis, centre) if evidence is not None else None
     tops, checks = naming.TopImages(k, top), []
     purity = naming.ClassPurity(k, len(source.class_names)) if source.labels is not None else None
@@ -263,7 +266,7 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
         names = naming.MaskNames(source.size, tuple(source.masks(0).shape[1:]), source.concepts, quantiles)
         directions = [naming.random_directions(channels, k, seed=12345 + d) for d in range(random_draws)]
     map_size = None
-    for batch in stream.batches():
+    for batch in itertools.chain([first], batches):
         cells = as_cells(batch.maps)
         heldout = (batch.index % every == 0).repeat_interleave(batch.maps.shape[2] * batch.maps.shape[3])
         for run, st in zip(runs, stats):

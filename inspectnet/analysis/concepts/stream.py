@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from inspectnet.analysis.dissect.dissection import dissection_transform, to_maps
-from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, pooled_head
+from inspectnet.analysis.dissect.dissection import dissection_transform, spatial_maps
+from inspectnet.analysis.explain.evidence import ClassEvidence, PooledHead, reads_weights_of, sums_to_logits
 from inspectnet.core.errors import InspectnetError
 from inspectnet.data.concepts import ConceptDataset
 from inspectnet.data.datasets import ImageDataset
@@ -159,7 +159,6 @@ class MapStream:
         self.class_names = list(model.class_names) if self.zoo is not None else []
         self.data_config, self.transform = cfg, dissection_transform(cfg)
         self.device = torch.device(device)
-        self.prefix = getattr(self.net, "num_prefix_tokens", None)
         self.net.to(self.device).eval()
 
     def fingerprint(self) -> str:
@@ -211,32 +210,38 @@ class MapStream:
                 # no_grad per batch, never around the yield: the consumer trains autoencoders with gradients
                 with torch.no_grad():
                     logits = self.net(fast_input(self.inputs(index)))  # as the probe pass feeds it
-                    maps = to_maps(probe.outputs[self.layer], self.layer, self.prefix).float()
+                    maps = spatial_maps(probe.outputs[self.layer], self.layer).float()  # the probe gives maps
                 yield Batch(torch.tensor(index), maps.cpu(), logits.float().cpu())
 
-    def pooled_evidence(self) -> ClassEvidence | None:
+    def pooled_evidence(self, batch: Batch) -> ClassEvidence | None:
         """The exact class-evidence module when ``layer``'s map is the one the head averages, else None.
 
-        The layer's map must equal, bit for bit, the grid the head pools on a real batch; heads with a
-        LayerNorm after the pooling are not split by concept (the norm is not additive over parts).
+        Checked on a real batch of the stream, so no extra forward pass: the head applied to the spatial
+        mean of the layer's maps must give the model's own logits, every class, to float tolerance. Heads
+        with a LayerNorm after the pooling fail it and are not split by concept (the norm is not additive
+        over parts).
+
+        Args:
+            batch: a batch of this stream (its maps and the model's logits on the same images).
 
         Returns:
             The :class:`~inspectnet.analysis.explain.evidence.ClassEvidence` on grids, or None.
         """
-        if self.zoo is None:
+        if self.zoo is None or not reads_weights_of(self.net.get_submodule(self.zoo.head_name)):
             return None
-        try:
-            found = pooled_head(self.zoo)
-        except InspectnetError:
+        # the evidence is computed on grids directly (token models included); a norm or a non-linearity
+        # between the pooling and the head, or a head that reads a class token, fails the check below
+        module = ClassEvidence(self.net, PooledHead(self.zoo.head_name))
+        classes = batch.logits.shape[1]
+        dev = module.offset().device
+        with torch.no_grad():
+            # a 1×1 grid of the spatial mean: by linearity its evidence is the sum of the full grid's
+            mean = batch.maps.mean((2, 3), keepdim=True).to(dev)
+            try:
+                total = module.maps_for(mean, torch.arange(classes, device=dev)).flatten(1)
+            except RuntimeError:  # the head cannot read this layer's channels at all
+                return None
+            total = total.cpu() + module.offset().cpu()
+        if sums_to_logits(total, batch.logits) is not None:
             return None
-        if found.norm is not None:
-            return None
-        module = ClassEvidence(self.net, found)
-        with torch.inference_mode(), Probe(self.net, [self.layer], reducer="full") as probe:
-            x = self.inputs(list(range(min(2, self.source.size))))
-            grid = module.grid(self.net.forward_features(x))
-            maps = to_maps(probe.outputs[self.layer], self.layer, self.prefix)
-        if maps.shape != grid.shape or not torch.equal(maps, grid):
-            return None
-        # the evidence is then computed on grids directly (token models included)
-        return ClassEvidence(self.net, PooledHead(found.head_name))
+        return module

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from inspectnet.models.zoo import ZooModel
 
 ClassChoice = str | Sequence[int] | torch.Tensor
-__all__ = ["ClassEvidence", "Evidence", "PooledHead", "choose_classes", "class_evidence", "pooled_head"]
+__all__ = ["ClassEvidence", "Evidence", "PooledHead", "choose_classes", "class_evidence", "pooled_head",
+           "reads_weights_of", "sums_to_logits"]
 
 
 def pooled_head(zm: ZooModel) -> PooledHead:
@@ -84,6 +85,50 @@ def pooled_head(zm: ZooModel) -> PooledHead:
     return found
 
 
+def reads_weights_of(head: nn.Module) -> bool:
+    """Whether :class:`ClassEvidence` can read ``W`` and ``b`` from ``head``.
+
+    Args:
+        head: the classifier module.
+
+    Returns:
+        True for a linear layer (dense or :class:`DecomposedLinear`) or its export form (a gather of the used
+        channels followed by a linear layer).
+
+    Examples:
+        >>> reads_weights_of(nn.Linear(4, 2)), reads_weights_of(nn.Conv2d(4, 2, 1))
+        (True, False)
+    """
+    return isinstance(head, nn.Linear) or (_gathered(head) and isinstance(head[1], nn.Linear))
+
+
+def _gathered(head: nn.Module) -> bool:
+    """Whether ``head`` is the export form of a slimmed head: a gather of the used channels, then a layer."""
+    return isinstance(head, nn.Sequential) and len(head) == 2 and isinstance(head[0], ChannelGather)
+
+
+def sums_to_logits(total: torch.Tensor, logits: torch.Tensor) -> float | None:
+    """Whether evidence sums equal the logits to float tolerance: the largest difference if not, else None.
+
+    The tolerance is relative (1e-4 of the largest logit, plus 1e-6): random heads give logits of 0.01.
+
+    Args:
+        total: (B, classes) the evidence summed over positions, plus the offset.
+        logits: (B, classes) the model's logits.
+
+    Returns:
+        None where every sum is within tolerance, else the largest absolute difference.
+
+    Examples:
+        >>> sums_to_logits(torch.tensor([[10.0, 2.0]]), torch.tensor([[10.0005, 2.0]])) is None
+        True
+        >>> round(sums_to_logits(torch.tensor([[10.0, 2.0]]), torch.tensor([[10.01, 2.0]])), 4)
+        0.01
+    """
+    diff = float((total - logits).abs().max())
+    return diff if diff > 1e-4 * float(logits.abs().max()) + 1e-6 else None
+
+
 def _check_exact(zm: ZooModel, found: PooledHead) -> None:
     module = evidence_module(zm.model, found)
     size = tuple(zm.data_config["input_size"])
@@ -92,9 +137,8 @@ def _check_exact(zm: ZooModel, found: PooledHead) -> None:
     with eval_mode(zm.model), torch.no_grad():
         want = zm.model(x)
         got = module.evidence(x, torch.arange(want.shape[1], device=device).expand(2, -1))
-    total = got.maps.sum((2, 3)) + got.offset
-    diff = float((total - want).abs().max())
-    if diff > 1e-4 * float(want.abs().max()) + 1e-6:  # relative: random heads give logits of 0.01
+    diff = sums_to_logits(got.maps.sum((2, 3)) + got.offset, want)
+    if diff is not None:
         raise refusal(zm, f"does not compute its logits as read (evidence sums differ from the logits by {diff:.3g})")
 
 
@@ -145,7 +189,7 @@ class ClassEvidence(nn.Module):
     def _weights(self) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """(channels the head reads or None for all, W over those channels, bias)."""
         head = self.model.get_submodule(self.pooled.head_name)
-        if isinstance(head, nn.Sequential) and len(head) == 2 and isinstance(head[0], ChannelGather):
+        if _gathered(head):
             return head[0].index, head[1].weight, head[1].bias
         if isinstance(head, DecomposedLinear):
             return None, head.effective_weight(), head.bias
@@ -225,7 +269,8 @@ class ClassEvidence(nn.Module):
 
         Args:
             features: the map module's output.
-            classes: (B, k) class indices.
+            classes: (B, k) class indices, or (k,) the same classes for every image (one read of their
+                weight rows instead of one per image: all classes of a large batch stay cheap).
 
         Returns:
             The (B, k, H, W) evidence maps.
@@ -233,7 +278,9 @@ class ClassEvidence(nn.Module):
         grid = self.grid(features)
         _, w, _ = self._weights()
         h, wd = grid.shape[2], grid.shape[3]
-        return torch.matmul(w[classes], self._positions(grid)).unflatten(2, (h, wd)) / (h * wd)
+        rows, positions = w[classes], self._positions(grid)
+        out = torch.einsum("kd,bdp->bkp", rows, positions) if classes.dim() == 1 else torch.matmul(rows, positions)
+        return out.unflatten(2, (h, wd)) / (h * wd)
 
     def evidence(self, x: torch.Tensor, classes: ClassChoice | None = None,
                  class_names: Sequence[str] | None = None) -> Evidence:
