@@ -74,6 +74,30 @@ class Layout:
         patches = t[:, self.prefix_tokens:]
         return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
 
+    def output_of(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) ``maps`` back in this layout, the inverse of :meth:`maps`; prefix tokens get zeros.
+
+        What a change made on the maps is in the layer's own output (to subtract a component from it).
+
+        Args:
+            maps: (B, C, h, w) maps on this layout's grid (or (B, C) for ``NC``).
+
+        Returns:
+            The tensor in the layer's output layout.
+
+        Examples:
+            >>> out = Layout("NLC", (2, 2), 1).output_of(torch.arange(8.).reshape(1, 2, 2, 2))
+            >>> out.shape, out[0, 0].tolist(), out[0, 1].tolist()
+            (torch.Size([1, 5, 2]), [0.0, 0.0], [0.0, 4.0])
+        """
+        if self.kind in ("NC", "NCHW"):
+            return maps
+        if self.kind == "NHWC":
+            return maps.permute(0, 2, 3, 1)
+        tokens = maps.flatten(2).transpose(1, 2)
+        prefix = tokens.new_zeros(tokens.shape[0], self.prefix_tokens, tokens.shape[2])
+        return torch.cat([prefix, tokens], 1)
+
     def to_dict(self) -> dict[str, Any]:
         """The layout as JSON-ready values (``grid`` as a list, ``excluded`` words).
 

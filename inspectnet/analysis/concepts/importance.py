@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from inspectnet.analysis.explain.evidence import ClassEvidence
+from inspectnet.models.layout import layer_layout
 
 
 def _grid(v: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,7 @@ def concept_logits(evidence: ClassEvidence, basis: torch.Tensor, centre: torch.T
     both = torch.cat([basis, centre[None]]).to(dev, torch.float32)
     with torch.no_grad():
         # a 1×1 map of V_m: its evidence is V_m·W[c] (the head's gather or support included)
-        out = evidence.maps_for(_grid(both), torch.arange(classes, device=dev).expand(len(both), -1)).flatten(1)
+        out = evidence.maps_for(_grid(both), torch.arange(classes, device=dev)).flatten(1)
     return out[:-1].cpu(), out[-1].cpu()
 
 
@@ -203,7 +204,8 @@ def deletion_check(net: nn.Module, layer: str, x: torch.Tensor, codes: torch.Ten
                    seed: int = 0) -> dict[str, np.ndarray]:
     """Gradient × activation estimates and measured deletion drops of each concept on one batch.
 
-    The layer must output NCHW maps. The class of each image is its predicted one.
+    The layer's output may be maps (channels first or last) or tokens with prefix tokens (read on their
+    grid; the prefix tokens are left as they are). The class of each image is its predicted one.
 
     Args:
         net: the model (eval mode).
@@ -234,16 +236,18 @@ def deletion_check(net: nn.Module, layer: str, x: torch.Tensor, codes: torch.Ten
         pred = logits.argmax(1)
         chosen = logits.gather(1, pred[:, None])[:, 0]
         chosen.sum().backward()
-        grad = cap.output.grad.detach().float().cpu()
-        acts = cap.output.detach().float().cpu()
+        # tokens and channels-last outputs are read as maps, and a map change is put back in their layout
+        layout = layer_layout(net, layer, cap.output, input_shape=x.shape)
+        grad = layout.maps(cap.output.grad.detach()).float().cpu()
+        acts = layout.maps(cap.output.detach()).float().cpu()
     estimate = (parts * grad[None]).sum((2, 3, 4)).T                          # (B, K)
     drops, random_drops = [], []
     base = chosen.detach().cpu()
     with _Capture(module) as cap, torch.no_grad():
         for part in parts:
-            cap.remove = part.to(x.device)
+            cap.remove = layout.output_of(part).to(x.device)
             drops.append(base - net(x).gather(1, pred[:, None])[:, 0].cpu())
-            cap.remove = _random_component(acts, part, gen).to(x.device)
+            cap.remove = layout.output_of(_random_component(acts, part, gen)).to(x.device)
             random_drops.append(base - net(x).gather(1, pred[:, None])[:, 0].cpu())
     return {"estimate": estimate.numpy(), "drop": torch.stack(drops, 1).numpy(),
             "random_drop": torch.stack(random_drops, 1).numpy()}
