@@ -109,7 +109,19 @@ _START = ("the conjugate-gradient solver's starting point only: the solve then m
           "system (within 50 steps from the coarse start on every image tried), so the imputation is the same")
 _DP = "inspectnet/analysis/heads/decompose.py"
 _LOOK = "the sweep figure's size, resolution or font size: how the picture looks, never a number it shows"
+_SM = "inspectnet/analysis/san/model.py"
+_LOOK_SAN = ("the kernel picture's size, resolution, font size or which panel of a row carries its label: how the "
+             "picture looks; the kernels it shows are tested (kernel_panels)")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    **{(_SM, f"save_kernel_picture: {change}"): _LOOK_SAN for change in (
+        "1.4 * result.kernels -> 1.4 / result.kernels", "1.5 * len(panels) -> 1.5 / len(panels)",
+        "1.4 * result.kernels -> 2.4 * result.kernels", "1.5 * len(panels) -> 2.5 * len(panels)",
+        "fontsize=7 -> fontsize=8", "dpi=100 -> dpi=101", "c == 0 -> c != 0", "c == 0 -> c == 1")},
+    (_SM, "train_san: (x_hat - x[idx]).abs().flatten(1) -> (x_hat - x[idx]).abs().flatten(2)"):
+        "the loss becomes the mean over positions instead of the sum, the same loss times 1/(H·W): Adam's step "
+        "m/(√v + ε) does not change with a constant factor of the gradient (ε = 1e-8 aside)",
+    (_SM, "train_san: set_to_none=True -> set_to_none=False"):
+        "every kernel gets a gradient at every step: a zeroed gradient and none give the same Adam step",
     ("inspectnet/analysis/san/model.py", "san_metrics: x[0] -> x[1]"):
         "the size of one sample, the same for every sample of a batch (a batch of one fails at once)",
     (_DP, "sweep_plot: (5, 3.5) -> (6, 3.5)"): _LOOK,

@@ -1,5 +1,6 @@
 """Sparse activations at their edges, by hand: a window or k of one, zero refused, one-dimensional windows."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,97 @@ def test_san_command_defaults_are_the_library_defaults():
     assert list(select["sizes"].default) == args.kernel_sizes
     for name in ("kernels", "epochs", "lr", "k", "seed"):
         assert select[name].default == train[name].default == getattr(args, name), name
+
+
+def test_default_window_and_peak_distance_are_two():
+    from inspectnet.analysis.san.activations import get_activation
+
+    x = torch.tensor([[[1.0, 3.0, 2.0, 0.5, 4.0]]])
+    assert get_activation("max-pool-indices")(x).tolist() == [[[0.0, 3.0, 2.0, 0.0, 4.0]]]  # windows of two
+    spikes = torch.tensor([[[0.0, 2.0, 0.0, 0.0, 3.0, 0.0, 0.0]]])  # peaks three apart: both kept at d = 2, one at 3
+    assert get_activation("peaks")(spikes).tolist() == [[[0.0, 2.0, 0.0, 0.0, 3.0, 0.0, 0.0]]]
+    assert get_activation("peaks", d=3)(spikes).tolist() == [[[0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0]]]
+
+
+def test_san_max_activations_keep_the_papers_k_by_default():
+    from inspectnet.analysis.san.activations import max_activations, paper_k
+    from inspectnet.analysis.san.model import SAN
+
+    s = torch.rand(1, 1, 9, 9, generator=torch.Generator().manual_seed(0))
+    kept = SAN(1, 3, "max-activations").phi(s)
+    assert torch.equal(kept, max_activations(s, paper_k((1, 1, 9, 9), 3))) and int((kept != 0).sum()) == 9
+
+
+def test_san_training_takes_batches_of_64_by_default():
+    from inspectnet.analysis.san.model import train_san
+
+    x = _signals().repeat(3, 1, 1, 1)[:65]  # 65 samples: two steps per epoch at 64, one at 65
+    default = train_san(x, "identity", 3, epochs=1, seed=2).weight
+    assert torch.equal(default, train_san(x, "identity", 3, epochs=1, batch_size=64, seed=2).weight)
+    assert not torch.equal(default, train_san(x, "identity", 3, epochs=1, batch_size=65, seed=2).weight)
+
+
+@pytest.mark.parametrize("train, val, refused", [(0, 2, True), (2, 0, True), (1, 1, False)])
+def test_san_selection_needs_one_training_and_one_validation_sample(train, val, refused):
+    from inspectnet.analysis.san.model import san_select
+
+    x = _signals()
+    call = lambda: san_select(x[:train], x[:val], ["identity"], [1], epochs=0)  # noqa: E731
+    if refused:
+        with pytest.raises(InspectnetError, match="at least one training and one validation sample"):
+            call()
+    else:
+        assert call().val_samples == 1
+
+
+def test_kernel_picture_shows_each_selected_kernel_averaged_over_its_channels(tmp_path):
+    from inspectnet.analysis.san.model import kernel_panels, san_select, save_kernel_picture
+
+    x = torch.rand(4, 2, 6, 6, generator=torch.Generator().manual_seed(0))  # two channels: the mean is visible
+    result = san_select(x, x, ["identity"], [3], kernels=2, epochs=0)
+    panels = kernel_panels(result)
+    w = result._models["identity"].weight.detach()
+    assert [(a, m) for a, m, _ in panels] == [("identity", 3)]
+    for c, image in enumerate(panels[0][2]):
+        np.testing.assert_array_equal(image, ((w[c, 0] + w[c, 1]) / 2).numpy())
+    assert save_kernel_picture(result, tmp_path / "k.png").stat().st_size > 500  # one activation: a single row
+
+
+def test_grey_images_are_the_pixels_over_255_and_unequal_sizes_are_refused(tmp_path):
+    from PIL import Image
+
+    from inspectnet.analysis.san.model import images_tensor
+    from inspectnet.data import load_data
+
+    digits = load_data("digits")
+    x = images_tensor(digits)
+    assert x.shape == (len(digits), 1, 8, 8)
+    want = np.asarray(digits.image(5).convert("L"), dtype=np.float32) / 255.0
+    np.testing.assert_array_equal(x[5, 0].numpy(), want)
+    assert float(x.max()) == 1.0
+    for name, size in (("a", (8, 8)), ("b", (8, 8)), ("c", (6, 8))):
+        (tmp_path / "k").mkdir(exist_ok=True)
+        Image.new("L", size, 200).save(tmp_path / "k" / f"{name}.png")
+    with pytest.raises(InspectnetError, match="images differ in size"):
+        images_tensor(load_data(str(tmp_path)))
+
+
+def test_layer_maps_are_the_first_channels_of_each_image_scaled_to_max_one():
+    from inspectnet.analysis.san.model import layer_maps
+    from inspectnet.data import load_data
+    from inspectnet.models.zoo import load_model
+
+    zm = load_model("resnet18", num_classes=2, input_size=32, seed=0)
+    data = load_data("shapes?n=3", zm.transform())
+    got = layer_maps(zm, data, "layer1", limit=2, channels=3)
+    caught = []
+    handle = zm.model.layer1.register_forward_hook(lambda _m, _i, out: caught.append(out.detach()))
+    with torch.no_grad():
+        zm.model(torch.stack([data[i][0] for i in range(2)]))
+    handle.remove()
+    maps = caught[0][:, :3].reshape(6, 1, 8, 8)
+    want = maps / maps.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(got, want)
+    assert layer_maps(zm, data, "layer1", channels=1).shape == (3, 1, 8, 8)  # every image without a limit
+    with pytest.raises(InspectnetError, match="SAN needs .B, C, H, W. maps"):
+        layer_maps(zm, data, "global_pool")

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -195,6 +196,19 @@ def san_select(x_train: torch.Tensor, x_val: torch.Tensor, activations: Sequence
     return result
 
 
+def kernel_panels(result: SANResult) -> list[tuple[str, int, list[np.ndarray]]]:
+    """What the kernel picture shows: per selected activation, its size and each kernel averaged over channels.
+
+    Args:
+        result: the selection.
+
+    Returns:
+        ``[(activation, kernel size, [(m, m) arrays, one per kernel])]``.
+    """
+    models = getattr(result, "_models", {})
+    return [(act, model.size, [k.mean(0).numpy() for k in model.weight.detach()]) for act, model in models.items()]
+
+
 def save_kernel_picture(result: SANResult, path: str | Path) -> Path:
     """Grid of the selected models' kernels (one row per activation).
 
@@ -207,19 +221,17 @@ def save_kernel_picture(result: SANResult, path: str | Path) -> Path:
     """
     from inspectnet.core.figures import new_figure, save_figure
 
-    models = getattr(result, "_models", {})
-    acts = list(models)
-    fig = new_figure(figsize=(1.4 * result.kernels, 1.5 * len(acts)))
-    axes = fig.subplots(len(acts), result.kernels, squeeze=False)
-    for r, act in enumerate(acts):
-        w = models[act].weight.detach()
-        for c in range(result.kernels):
+    panels = kernel_panels(result)
+    fig = new_figure(figsize=(1.4 * result.kernels, 1.5 * len(panels)))
+    axes = fig.subplots(len(panels), result.kernels, squeeze=False)
+    for r, (act, size, kernels) in enumerate(panels):
+        for c, kernel in enumerate(kernels):
             ax = axes[r][c]
-            ax.imshow(w[c].mean(0).numpy(), cmap="coolwarm")
+            ax.imshow(kernel, cmap="coolwarm")
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(f"{act}\nm={models[act].size}", fontsize=7)
+                ax.set_ylabel(f"{act}\nm={size}", fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
 
@@ -242,8 +254,6 @@ def images_tensor(dataset: ImageDataset, limit: int | None = None) -> torch.Tens
         >>> images_tensor(load_data("digits"), limit=3).shape
         torch.Size([3, 1, 8, 8])
     """
-    import numpy as np
-
     n = len(dataset) if limit is None else min(limit, len(dataset))
     arrays = [np.asarray(dataset.image(i).convert("L"), dtype=np.float32) / 255.0 for i in range(n)]
     if len({a.shape for a in arrays}) > 1:
