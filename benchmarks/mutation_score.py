@@ -110,9 +110,26 @@ _START = ("the conjugate-gradient solver's starting point only: the solve then m
 _DP = "inspectnet/analysis/heads/decompose.py"
 _LOOK = "the sweep figure's size, resolution or font size: how the picture looks, never a number it shows"
 _SM = "inspectnet/analysis/san/model.py"
+_EV, _PM = "inspectnet/analysis/explain/evidence.py", "inspectnet/analysis/explain/pooled_map.py"
+_CHECK_INPUT = ("the random input of the exactness check: a head read rightly sums to its logits to float rounding on any "
+                "input, and one read wrongly misses by far more on every seeded draw tried")
+_TRACE_INPUT = ("the traced input only shows which modules run, in which order, with which output shapes per image: any "
+                "seeded image, and a batch of two as well as one, give the same reading")
 _LOOK_SAN = ("the kernel picture's size, resolution, font size or which panel of a row carries its label: how the "
              "picture looks; the kernels it shows are tested (kernel_panels)")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    (_EV, "_check_exact: torch.Generator().manual_seed(0) -> torch.Generator().manual_seed(1)"): _CHECK_INPUT,
+    (_EV, "_check_exact: torch.randn(2, *size, generator=torch.Generator().manual_seed(0)) -> "
+          "torch.randn(3, *size, generator=torch.Generator().manual_seed(0))"): _CHECK_INPUT,
+    (_PM, "read_pooled_head: torch.randn(1, *size, generator=torch.Generator().manual_seed(0)) -> "
+          "torch.randn(2, *size, generator=torch.Generator().manual_seed(0))"): _TRACE_INPUT,
+    (_PM, "read_pooled_head: torch.Generator().manual_seed(0) -> torch.Generator().manual_seed(1)"): _TRACE_INPUT,
+    (_PM, "PooledHead: 0 -> 1"):
+        "the default prefix of a description built without one: only token layouts (NLC) read it, and every NLC "
+        "description is built with the model's own prefix count",
+    (_PM, "trace_forward: events.append(('start', n)) and None -> events.append(('start', n)) or None"):
+        "list.append returns None: None and None, None or None are both None (a pre-hook that returns None keeps "
+        "the input)",
     **{(_SM, f"save_kernel_picture: {change}"): _LOOK_SAN for change in (
         "1.4 * result.kernels -> 1.4 / result.kernels", "1.5 * len(panels) -> 1.5 / len(panels)",
         "1.4 * result.kernels -> 2.4 * result.kernels", "1.5 * len(panels) -> 2.5 * len(panels)",

@@ -6,8 +6,15 @@ import pytest
 import timm
 import torch
 
-from inspectnet.analysis.explain.evidence import ClassEvidence, choose_classes, class_evidence, pooled_head, sums_to_logits
-from inspectnet.analysis.explain.pooled_map import pool_map
+from inspectnet.analysis.explain.evidence import (
+    ClassEvidence,
+    choose_classes,
+    class_evidence,
+    evidence_module,
+    pooled_head,
+    sums_to_logits,
+)
+from inspectnet.analysis.explain.pooled_map import PooledHead, pool_map
 from inspectnet.core.errors import InspectnetError
 from inspectnet.models.zoo import ZooModel, load_model
 
@@ -53,6 +60,7 @@ def test_layer_norm_head_evidence_is_the_literal_formula_position_by_position():
         norm.weight.normal_(1.0, 0.3)
         norm.bias.normal_(0.0, 0.3)
         zm.head.bias.normal_()
+    norm.eps = 0.25  # an eps the pooled spread does not dwarf: its place in the formula shows
     x = torch.randn(2, 3, 64, 64)
     ev = class_evidence(zm, x, "3,1")
     with torch.no_grad():
@@ -89,6 +97,7 @@ def test_evidence_module_gives_the_top_class_by_default():
     logits, maps, classes = ClassEvidence(zm.model, pooled_head(zm))(x)
     assert maps.shape == (3, 1, 2, 2)
     assert classes[:, 0].tolist() == logits.argmax(1).tolist()
+    assert evidence_module(zm.model, pooled_head(zm))(x)[1].shape == (3, 1, 2, 2)
 
 
 def test_token_grid_evidence_skips_the_prefix_tokens():
@@ -196,3 +205,64 @@ def test_classes_shared_by_every_image_give_each_image_the_literal_evidence_of_t
         got = ev.double().maps_for(grid, torch.tensor([5, 0, 3]))
     want = torch.einsum("kj,bjhw->bkhw", w[[5, 0, 3]], grid) / 6
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+class _Upsampling(torch.nn.Module):
+    """The convolution's map resized by ``scale`` (per side), then pooled into a linear head."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.up = torch.nn.Upsample(scale_factor=scale)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.up(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("scale, size, grid", [((4.0, 1.0), (4, 30), (16, 30)), ((1.0, 4.0), (30, 4), (30, 16)),
+                                               ((4.0, 0.25), (4, 8), (16, 2))])
+def test_an_input_smaller_than_its_evidence_map_in_either_direction_is_refused(scale, size, grid):
+    torch.manual_seed(0)
+    cfg = {"input_size": (3, *size), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    zm = ZooModel(model=_Upsampling(scale).eval(), source="timm", arch="upsampling", num_classes=2, in_chans=3,
+                  data_config=cfg, class_names=["a", "b"], head_name="fc")
+    x = torch.randn(1, 3, *size)
+    with pytest.raises(InspectnetError, match=f"is {size[0]}x{size[1]} px, smaller than the {grid[0]}x{grid[1]} "):
+        class_evidence(zm, x)
+    assert class_evidence(zm, x, pooled=PooledHead("fc", "conv")).maps.shape == (1, 1, *size)  # a map as large
+
+
+class _TwoOutputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        logits = self.fc(self.conv(x).mean((2, 3)))
+        return logits, logits.detach()
+
+
+def test_a_model_that_returns_more_than_one_logits_tensor_is_refused():
+    cfg = {"input_size": (3, 8, 8), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    zm = ZooModel(model=_TwoOutputs().eval(), source="timm", arch="two", num_classes=2, in_chans=3,
+                  data_config=cfg, class_names=["a", "b"], head_name="fc")
+    with pytest.raises(InspectnetError, match="does not return one logits tensor"):
+        pooled_head(zm)
+
+
+@pytest.mark.parametrize("arch, kwargs", [("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg",
+                                                                    "img_size": 64, "depth": 1}),
+                                          ("mixer_s16_224", {"img_size": 64})])
+def test_token_models_without_prefix_tokens_keep_every_token_in_the_evidence(arch, kwargs):
+    zm = _timm_zm(arch, "head", **kwargs)
+    with torch.no_grad():
+        zm.head.bias.normal_()
+    found = pooled_head(zm)
+    assert found.layout == "NLC" and found.prefix_tokens == 0
+    x = torch.randn(2, 3, 64, 64)
+    ev = class_evidence(zm, x, "0,2,4", pooled=found)
+    assert ev.maps.shape == (2, 3, 4, 4)  # 16 patch tokens, none left out
+    torch.testing.assert_close(ev.maps.sum((2, 3)) + ev.offset, ev.logits[:, [0, 2, 4]], rtol=1e-4, atol=1e-5)

@@ -399,8 +399,7 @@ def class_evidence(zm: ZooModel, x: torch.Tensor, classes: ClassChoice = "top1",
     module = evidence_module(zm.model, pooled or pooled_head(zm))
     with eval_mode(zm.model), torch.no_grad():
         ev = module.evidence(x, classes, zm.class_names)
-    if x.shape[2] < ev.maps.shape[2] or x.shape[3] < ev.maps.shape[3]:
-        check_image_size("input", (x.shape[2], x.shape[3]), (ev.maps.shape[2], ev.maps.shape[3]))
+    check_image_size("input", (x.shape[2], x.shape[3]), (ev.maps.shape[2], ev.maps.shape[3]))
     return dataclasses.replace(ev, offset=ev.offset.detach())
 
 
