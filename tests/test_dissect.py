@@ -485,3 +485,71 @@ def test_default_threshold_keeps_the_top_half_percent_of_known_activations(shape
     inter = masks[:, :, active].sum(axis=(0, 2))
     union = 40 * active.sum() + masks.sum(axis=(0, 2)) - inter
     np.testing.assert_allclose(d.iou["ramp"][0], inter / np.maximum(union, 1), atol=1e-6)
+
+
+# ---------------------------------------------------------------- the one-pass counts' bookkeeping
+def test_one_pass_counts_on_oblong_maps_and_masks_lie_within_one_bin_of_the_exact_counts():
+    """Maps 6×10 under masks 12×20 (height and width differ everywhere), continuous values, random masks."""
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for start in range(0, 30, 10):
+        a = torch.rand(10, 4, 6, 10, generator=g) ** 2
+        m = torch.rand(10, 3, 12, 20, generator=g) < 0.3
+        batches.append((a, m, torch.arange(start, start + 10)))
+    inter, area, exact_inter, exact_area = _check_within_one_bin(batches, 30, (12, 20), 3)
+    assert (exact_area > 0).any() and (exact_inter > 0).any()  # the bracket above is not about empty counts
+
+
+def test_top_images_keep_the_largest_values_ties_to_the_smaller_index_padding_dropped():
+    from inspectnet.analysis.dissect.counts import best_images, no_images, padded_top
+
+    vals = torch.tensor([[1.0, 3.0, float("-inf"), 3.0, 0.5, 2.0]])
+    ids = torch.tensor([[0, 9, -1, 2, 7, 4]])           # image 0 is real; -1 is padding
+    v, i = best_images(vals, ids, 4)
+    assert v.tolist() == [[3.0, 3.0, 2.0, 1.0]] and i.tolist() == [[2, 9, 4, 0]]
+    v, i = best_images(vals, ids, 9)                    # more asked than real images: padding never kept
+    assert i.tolist() == [[2, 9, 4, 0, 7]]
+    assert [t.shape for t in best_images(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long), 2)] == [(0, 0)] * 2
+    empty = no_images(3, "cpu")
+    assert [tuple(t.shape) for t in empty] == [(3, 0), (3, 0)]
+    v, i = padded_top((torch.tensor([[5.0, 4.0]]), torch.tensor([[8, 1]])), 4)
+    assert v.tolist() == [[5.0, 4.0, float("-inf"), float("-inf")]] and i.tolist() == [[8, 1, -1, -1]]
+
+
+def test_a_batch_takes_the_bytes_of_its_maps_and_masks():
+    from inspectnet.analysis.dissect.counts import _size
+
+    maps = {"a": torch.zeros(2, 3, 4, 5), "b": torch.zeros(2, 1, 2, 2, dtype=torch.float64)}
+    assert _size(maps, torch.zeros(2, 7, 8, 9, dtype=torch.bool)) == 2 * 3 * 20 * 4 + 2 * 4 * 8 + 2 * 7 * 72
+
+
+def test_concept_counts_that_just_fit_the_memory_limit_are_kept_one_byte_more_is_refused(monkeypatch):
+    import inspectnet.analysis.dissect.counts as counts
+    from inspectnet.analysis.dissect.tail import CONCEPT_GROUP
+
+    units, concepts, bins = 3, 5, 4096
+    need = units * concepts * (bins // CONCEPT_GROUP) * 2 * 4       # two int32 counts per unit, concept and group
+    batch = ({"conv": torch.rand(2, units, 2, 2)}, torch.ones(2, concepts, 4, 4, dtype=torch.bool), torch.arange(2))
+    monkeypatch.setattr(counts, "MAX_CONCEPT_COUNT_BYTES", need)
+    counts.DissectionCounts(2, (4, 4), concepts, quantile=0.5, bins=bins).accumulate(*batch)
+    monkeypatch.setattr(counts, "MAX_CONCEPT_COUNT_BYTES", need - 1)
+    with pytest.raises(InspectnetError, match="one-pass concept counts of 3 units × 5 concepts"):
+        counts.DissectionCounts(2, (4, 4), concepts, quantile=0.5, bins=bins).accumulate(*batch)
+    # the first of two passes keeps no concept counts: never refused
+    counts.DissectionCounts(2, (4, 4), concepts, quantile=0.5, bins=bins, overlaps=False).accumulate(*batch)
+
+
+def test_batches_wait_until_their_bytes_pass_the_hold_limit(monkeypatch):
+    import inspectnet.analysis.dissect.counts as counts
+
+    batch = ({"conv": torch.rand(2, 3, 2, 2)}, torch.ones(2, 1, 4, 4, dtype=torch.bool))
+    size = counts._size(*batch)
+    monkeypatch.setattr(counts, "HOLD_BYTES", 2 * size)               # two batches may wait, not three
+    c = counts.DissectionCounts(8, (4, 4), 1, quantile=0.5)
+    held = []
+    for start in range(0, 8, 2):
+        c.accumulate(*batch, torch.arange(start, start + 2))
+        held.append((len(c._held), c._held_bytes))
+    assert held == [(1, size), (2, 2 * size), (2, 2 * size), (2, 2 * size)]
+    c.thresholds()
+    assert (len(c._held), c._held_bytes) == (0, 0)
