@@ -118,6 +118,9 @@ _TRACE_INPUT = ("the traced input only shows which modules run, in which order, 
 _LOOK_SAN = ("the kernel picture's size, resolution, font size or which panel of a row carries its label: how the "
              "picture looks; the kernels it shows are tested (kernel_panels)")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    ("inspectnet/export/int8.py", "quantize_int8: 16 -> 17"):
+        "the calibration's batch size: min-max ranges over batches are the min and max over all inputs, whatever "
+        "the batches",
     (_EV, "_check_exact: torch.Generator().manual_seed(0) -> torch.Generator().manual_seed(1)"): _CHECK_INPUT,
     (_EV, "_check_exact: torch.randn(2, *size, generator=torch.Generator().manual_seed(0)) -> "
           "torch.randn(3, *size, generator=torch.Generator().manual_seed(0))"): _CHECK_INPUT,

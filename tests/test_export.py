@@ -249,12 +249,14 @@ def test_int8_bias_correction_removes_the_mean_weight_error(tmp_path):
     cal, _ = calibration_inputs(zm, "digits:train", limit=64)
     export_onnx(zm, tmp_path / "m.onnx", latency=False)  # its folded batch norms have zero shifts: no Conv bias
     l32 = make_session(tmp_path / "m.onnx").run(["logits"], {"input": cal})[0]
-    offset = {}
-    for corrected in (False, True):
-        quantize_int8(tmp_path / "m.onnx", tmp_path / f"{corrected}.onnx", cal, bias_correction=corrected)
-        l8 = make_session(tmp_path / f"{corrected}.onnx").run(["logits"], {"input": cal})[0]
-        offset[corrected] = np.abs((l8 - l32).mean(0)).mean()
+    offset, logits = {}, {}
+    for corrected in (False, True, None):  # None: the default, which corrects
+        quantize_int8(tmp_path / "m.onnx", tmp_path / f"{corrected}.onnx", cal,
+                      **({} if corrected is None else {"bias_correction": corrected}))
+        logits[corrected] = make_session(tmp_path / f"{corrected}.onnx").run(["logits"], {"input": cal})[0]
+        offset[corrected] = np.abs((logits[corrected] - l32).mean(0)).mean()
     assert offset[True] < 0.6 * offset[False]
+    assert np.array_equal(logits[None], logits[True])
 
 
 def test_int8_runs_its_qdq_maths_fused_where_8_bit_products_would_clip(tmp_path):
