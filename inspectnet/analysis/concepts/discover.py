@@ -103,9 +103,10 @@ class _RunStats:
         self.sum, self.sq = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
         self.cells, self.nonzero, self.active = 0, 0.0, torch.zeros(k, dtype=torch.bool)
 
-    def add(self, cells: torch.Tensor, codes: torch.Tensor, recon: torch.Tensor, heldout: torch.Tensor) -> None:
+    def add(self, cells: torch.Tensor, codes: torch.Tensor, run, heldout: torch.Tensor) -> None:
         self.active |= (codes > 0).any(0)
-        a, u, r = cells[heldout].double(), codes[heldout], recon[heldout].double()
+        u = codes[heldout]
+        a, r = cells[heldout].double(), (u @ run.basis + run.centre).double()  # rebuilt where it is measured only
         self.res += float(((a - r) ** 2).sum())
         self.sum += a.sum(0)
         self.sq += (a ** 2).sum(0)
@@ -271,7 +272,7 @@ def _measure(stream: MapStream, runs: list, every: int, top: int, check_images: 
         heldout = (batch.index % every == 0).repeat_interleave(batch.maps.shape[2] * batch.maps.shape[3])
         for run, st in zip(runs, stats):
             codes = run.encode(cells)
-            st.add(cells, codes, codes @ run.basis + run.centre, heldout)
+            st.add(cells, codes, run, heldout)
             if run is main:
                 main_codes = as_maps(codes, batch.maps.shape)
         map_size = list(batch.maps.shape[2:])
