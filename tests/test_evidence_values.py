@@ -183,8 +183,8 @@ def test_gathered_export_head_behind_a_layer_norm_keeps_the_shift_of_the_kept_ch
     ([[-100.0, 3.0]], 0.0100, True), ([[-100.0, 3.0]], 0.0101, False),
     # logits of 0.01 (a random head): 2e-6 at most
     ([[0.01, -0.005]], 0.0000019, True), ([[0.01, -0.005]], 0.0000022, False),
-    # all-zero logits: the 1e-6 floor alone
-    ([[0.0, 0.0]], 0.0000009, True), ([[0.0, 0.0]], 0.0000011, False),
+    # all-zero logits: the 1e-6 floor alone, a difference equal to it still accepted
+    ([[0.0, 0.0]], 0.0000009, True), ([[0.0, 0.0]], 0.000001, True), ([[0.0, 0.0]], 0.0000011, False),
 ])
 def test_evidence_sums_are_accepted_within_a_relative_tolerance_of_the_largest_logit(logits, diff, accepted):
     want = torch.tensor(logits, dtype=torch.float64)
@@ -266,3 +266,17 @@ def test_token_models_without_prefix_tokens_keep_every_token_in_the_evidence(arc
     ev = class_evidence(zm, x, "0,2,4", pooled=found)
     assert ev.maps.shape == (2, 3, 4, 4)  # 16 patch tokens, none left out
     torch.testing.assert_close(ev.maps.sum((2, 3)) + ev.offset, ev.logits[:, [0, 2, 4]], rtol=1e-4, atol=1e-5)
+
+
+def test_evidence_reads_the_weights_of_linear_heads_and_their_gathered_export_form_only():
+    from inspectnet.analysis.explain.evidence import reads_weights_of
+    from inspectnet.models.heads import ChannelGather, DecomposedLinear
+
+    gather = ChannelGather(torch.tensor([0, 2]))
+    assert reads_weights_of(torch.nn.Linear(4, 2))
+    assert reads_weights_of(DecomposedLinear.from_linear(torch.nn.Linear(4, 2), torch.ones(2, 4, dtype=torch.bool)))
+    assert reads_weights_of(torch.nn.Sequential(gather, torch.nn.Linear(2, 2)))
+    assert not reads_weights_of(torch.nn.Sequential(gather, torch.nn.Conv2d(2, 2, 1)))
+    assert not reads_weights_of(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(4, 2)))
+    assert not reads_weights_of(torch.nn.Sequential(gather, torch.nn.Linear(2, 2), torch.nn.ReLU()))
+    assert not reads_weights_of(torch.nn.Conv2d(4, 2, 1))
