@@ -127,6 +127,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_PM, "read_pooled_head: torch.randn(1, *size, generator=torch.Generator().manual_seed(0)) -> "
           "torch.randn(2, *size, generator=torch.Generator().manual_seed(0))"): _TRACE_INPUT,
     (_PM, "read_pooled_head: torch.Generator().manual_seed(0) -> torch.Generator().manual_seed(1)"): _TRACE_INPUT,
+    (_PM, "read_pooled_head: prefix if layout == 'NLC' else 0 -> prefix if layout == 'NLC' else 1"):
+        "the prefix count kept for a map that is not tokens: only token layouts (NLC) read it (ClassEvidence.grid)",
     (_PM, "PooledHead: 0 -> 1"):
         "the default prefix of a description built without one: only token layouts (NLC) read it, and every NLC "
         "description is built with the model's own prefix count",

@@ -2,6 +2,8 @@
 E_c(h, w) = W[c]·A(h, w) / (H·W) on a plain map, E_c(h, w) = W[c]·(γ ⊙ (A(h, w) − mean_j A_j(h, w)) / σ) / (H·W)
 with σ from the pooled vector behind a LayerNorm, offset b_c (+ W[c]·β); chosen classes that are not the first ones."""
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -280,3 +282,15 @@ def test_evidence_reads_the_weights_of_linear_heads_and_their_gathered_export_fo
     assert not reads_weights_of(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(4, 2)))
     assert not reads_weights_of(torch.nn.Sequential(gather, torch.nn.Linear(2, 2), torch.nn.ReLU()))
     assert not reads_weights_of(torch.nn.Conv2d(4, 2, 1))
+
+
+def test_a_head_that_folds_a_map_into_one_position_is_refused_from_64_px_on_its_shorter_side():
+    """VGG's ConvMlp turns the last map into one position with a 7×7 convolution: at 64 px that single
+    position would carry the whole logit; below 64 px on the shorter side a one-position map is what any CNN gives."""
+    zm = _timm_zm("vgg11", "head.fc", size=64)
+    with pytest.raises(InspectnetError, match="folds its last multi-position map 'features'"):
+        pooled_head(zm)
+    oblong = dataclasses.replace(zm, data_config={**zm.data_config, "input_size": (3, 32, 96)})
+    found = pooled_head(oblong)                                     # 32 px on the shorter side: accepted
+    ev = class_evidence(oblong, torch.randn(1, 3, 32, 96), "0,3", pooled=found)
+    torch.testing.assert_close(ev.maps.sum((2, 3)) + ev.offset, ev.logits[:, [0, 3]], rtol=1e-4, atol=1e-5)
