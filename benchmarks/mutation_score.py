@@ -118,6 +118,8 @@ _TRACE_INPUT = ("the traced input only shows which modules run, in which order, 
 _LOOK_SAN = ("the kernel picture's size, resolution, font size or which panel of a row carries its label: how the "
              "picture looks; the kernels it shows are tested (kernel_panels)")
 EQUIVALENT: dict[tuple[str, str], str] = {
+    ("inspectnet/export/int8.py", "quantizable_nodes: load_external_data=False -> load_external_data=True"):
+        "the list reads node names and types only: weights stored outside the file, loaded or not, change no node",
     ("inspectnet/export/int8.py", "quantize_int8: 16 -> 17"):
         "the calibration's batch size: min-max ranges over batches are the min and max over all inputs, whatever "
         "the batches",

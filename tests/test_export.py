@@ -370,3 +370,26 @@ def test_adaround_lowers_layer_error_and_the_int8_file_keeps_its_integers(tmp_pa
         assert err["learned"] < 0.7 * err["nearest"], (node.name, err)
     with pytest.raises(InspectnetError, match="--int8-adaround must be one of off, depthwise, all; got 'some'"):
         quantize_int8(tmp_path / "m.onnx", tmp_path / "x.onnx", cal, adaround="some")
+
+
+def test_int8_calibrates_on_every_sample_the_first_included_and_one_sample_is_enough(tmp_path):
+    """The input's uint8 range is [min(x, 0), max(x, 0)] over all calibration samples: scale = range / 255."""
+    from onnx import numpy_helper
+
+    from inspectnet.export.int8 import quantize_int8
+
+    zm = load_model("mobilenetv2_050", num_classes=10, in_chans=1, input_size=32, seed=0)
+    export_onnx(zm, tmp_path / "m.onnx", latency=False)
+    cal = np.zeros((3, 1, 32, 32), np.float32)
+    cal[0], cal[1], cal[2] = 4.0, 1.0, -0.5                          # the largest value in the first sample
+
+    def input_scale(path):
+        graph = onnx.load(path).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        quant = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+        return float(inits[quant.input[1]])
+
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "all.onnx", cal, batch_size=2, bias_correction=False)
+    assert input_scale(tmp_path / "all.onnx") == pytest.approx(4.5 / 255, rel=1e-6)
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "one.onnx", cal[:1], bias_correction=False)
+    assert input_scale(tmp_path / "one.onnx") == pytest.approx(4.0 / 255, rel=1e-6)
