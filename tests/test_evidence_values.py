@@ -294,3 +294,34 @@ def test_a_head_that_folds_a_map_into_one_position_is_refused_from_64_px_on_its_
     found = pooled_head(oblong)                                     # 32 px on the shorter side: accepted
     ev = class_evidence(oblong, torch.randn(1, 3, 32, 96), "0,3", pooled=found)
     torch.testing.assert_close(ev.maps.sum((2, 3)) + ev.offset, ev.logits[:, [0, 3]], rtol=1e-4, atol=1e-5)
+
+
+class _Fold(torch.nn.Module):
+    """A map from ``stem``, then ``fold`` (a convolution over the whole map, as VGG's ConvMlp), pooled into ``fc``."""
+
+    def __init__(self, stem, fold):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, stem, stride=stem)
+        self.fold = torch.nn.Conv2d(4, 6, fold)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.fold(self.stem(x))).flatten(1))
+
+
+@pytest.mark.parametrize("stem, fold, refused", [
+    ((32, 32), (2, 2), True),    # 2×2 folded into one position
+    ((64, 32), (1, 2), True),    # 1×2 (two positions) folded into one
+    ((32, 32), (2, 1), False),   # 2×2 into 1×2: two positions left, a map
+])
+def test_a_map_folded_into_one_position_right_before_pooling_is_refused_and_two_positions_are_a_map(stem, fold, refused):
+    torch.manual_seed(0)
+    cfg = {"input_size": (3, 64, 64), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    zm = ZooModel(model=_Fold(stem, fold).eval(), source="timm", arch="fold", num_classes=2, in_chans=3,
+                  data_config=cfg, class_names=["a", "b"], head_name="fc")
+    if refused:
+        with pytest.raises(InspectnetError, match="folds its last multi-position map 'stem' into a single position"):
+            pooled_head(zm)
+    else:
+        assert pooled_head(zm).map_module == "fold"
