@@ -120,6 +120,18 @@ _LOOK_SAN = ("the kernel picture's size, resolution, font size or which panel of
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("inspectnet/export/int8.py", "quantizable_nodes: load_external_data=False -> load_external_data=True"):
         "the list reads node names and types only: weights stored outside the file, loaded or not, change no node",
+    ("inspectnet/export/int8.py", "_input_name: load_external_data=False -> load_external_data=True"):
+        "it reads the graph's input name only: weights stored outside the file, loaded or not, change no name",
+    ("inspectnet/export/qdq.py", "int8_weights: :3 -> :4"):
+        "a DequantizeLinear has at most three inputs (data, scale, zero point): [:4] is [:3]",
+    ("inspectnet/export/qdq.py",
+     "int8_weights: next((a.i for a in dq.attribute if a.name == 'axis'), 1) -> "
+     "next((a.i for a in dq.attribute if a.name == 'axis'), 2)"):
+        "the default axis is never read: ONNX Runtime's quantizer writes the axis on every per-channel "
+        "DequantizeLinear (53 of 53 in a MobileNetV2 file), and a per-tensor scale has no axis to run along",
+    ("inspectnet/export/bias_correction.py", "correct_biases: 16 -> 17"):
+        "the inputs per ONNX Runtime run while the mean shift is measured: a float64 sum over every row divided "
+        "by their count, whatever the batches",
     ("inspectnet/export/int8.py", "quantize_int8: 16 -> 17"):
         "the calibration's batch size: min-max ranges over batches are the min and max over all inputs, whatever "
         "the batches",
