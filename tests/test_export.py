@@ -393,3 +393,30 @@ def test_int8_calibrates_on_every_sample_the_first_included_and_one_sample_is_en
     assert input_scale(tmp_path / "all.onnx") == pytest.approx(4.5 / 255, rel=1e-6)
     quantize_int8(tmp_path / "m.onnx", tmp_path / "one.onnx", cal[:1], bias_correction=False)
     assert input_scale(tmp_path / "one.onnx") == pytest.approx(4.0 / 255, rel=1e-6)
+
+
+def test_bias_correction_of_a_gemm_with_alpha_and_beta_is_the_literal_mean_shift(tmp_path):
+    """Gemm: y = alpha·x·Wᵀ + beta·b. The int8 weights W̃ shift y by alpha·E[x·(W̃ − W)ᵀ]; the corrected bias is
+    b − that shift / beta (Nagel et al. 2019, §4.2, for a layer that scales its bias)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from inspectnet.export.bias_correction import correct_biases
+    from inspectnet.export.int8 import quantize_int8
+    from inspectnet.export.qdq import int8_weights
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(4, 8)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    gemm = helper.make_node("Gemm", ["input", "w", "b"], ["logits"], name="gemm", alpha=1.5, beta=2.0, transB=1)
+    graph = helper.make_graph([gemm], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    cal = rng.normal(size=(40, 8)).astype(np.float32)
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", cal, bias_correction=False)
+    assert correct_biases(tmp_path / "m.onnx", tmp_path / "q.onnx", cal, tmp_path / "c.onnx") == ["gemm"]
+    (_, q), = int8_weights(onnx.load(tmp_path / "m.onnx"), onnx.load(tmp_path / "q.onnx"), ("Gemm",))
+    w_int8 = (q.ints.astype(np.float64) - q.zero_point.reshape(-1, 1)) * q.scale.reshape(-1, 1)
+    shift = 1.5 * (cal.astype(np.float64) @ (w_int8 - w).T).mean(0)
+    corrected = numpy_helper.to_array(next(i for i in onnx.load(tmp_path / "c.onnx").graph.initializer if i.name == "b"))
+    np.testing.assert_allclose(corrected, b - shift / 2.0, rtol=1e-5, atol=1e-6)
+    assert np.abs(shift).max() > 1e-4  # the weights' rounding moved the outputs: the correction is not empty
