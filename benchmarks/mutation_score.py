@@ -143,6 +143,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_PM, "read_pooled_head: torch.Generator().manual_seed(0) -> torch.Generator().manual_seed(1)"): _TRACE_INPUT,
     (_PM, "read_pooled_head: prefix if layout == 'NLC' else 0 -> prefix if layout == 'NLC' else 1"):
         "the prefix count kept for a map that is not tokens: only token layouts (NLC) read it (ClassEvidence.grid)",
+    (_PM, "pool_map: 0 -> 1"):
+        "the default prefix: the one caller passes the model's own prefix count, so no code path reads it",
+    (_PM, "_matches: float((pooled - f).abs().max()) <= tol -> float((pooled - f).abs().max()) < tol"): _EQUAL_ONLY,
+    (_PM, "_matches: float((normed - f).abs().max()) <= tol -> float((normed - f).abs().max()) < tol"): _EQUAL_ONLY,
     (_PM, "PooledHead: 0 -> 1"):
         "the default prefix of a description built without one: only token layouts (NLC) read it, and every NLC "
         "description is built with the model's own prefix count",

@@ -325,3 +325,16 @@ def test_a_map_folded_into_one_position_right_before_pooling_is_refused_and_two_
             pooled_head(zm)
     else:
         assert pooled_head(zm).map_module == "fold"
+
+
+def test_an_oblong_token_grid_is_read_from_the_patch_embedding():
+    """ViT at 32×64 px, 16-px patches: 2×4 patch tokens after the class token, a grid no square of tokens gives."""
+    zm = _timm_zm("vit_tiny_patch16_224", "head", img_size=(32, 64), global_pool="avg", depth=1)
+    zm = dataclasses.replace(zm, data_config={**zm.data_config, "input_size": (3, 32, 64)})
+    with torch.no_grad():
+        zm.head.bias.normal_()
+    found = pooled_head(zm)
+    assert (found.layout, found.prefix_tokens, found.grid) == ("NLC", 1, (2, 4))
+    ev = class_evidence(zm, torch.randn(2, 3, 32, 64), "1,3", pooled=found)
+    assert ev.maps.shape == (2, 2, 2, 4)
+    torch.testing.assert_close(ev.maps.sum((2, 3)) + ev.offset, ev.logits[:, [1, 3]], rtol=1e-4, atol=1e-5)
