@@ -338,3 +338,50 @@ def test_an_oblong_token_grid_is_read_from_the_patch_embedding():
     ev = class_evidence(zm, torch.randn(2, 3, 32, 64), "1,3", pooled=found)
     assert ev.maps.shape == (2, 2, 2, 4)
     torch.testing.assert_close(ev.maps.sum((2, 3)) + ev.offset, ev.logits[:, [1, 3]], rtol=1e-4, atol=1e-5)
+
+
+class _AfterPooling(torch.nn.Module):
+    """A 3×3 convolution's map, ``pool``, then ``tail`` on the pooled vector, then the linear head ``fc``."""
+
+    def __init__(self, pool, tail):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.pool, self.tail, self.fc = pool, tail, torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.tail(self.pool(self.conv(x))).flatten(1))
+
+
+def _shifted_norm():
+    norm = torch.nn.BatchNorm2d(4)
+    norm.running_mean.fill_(0.5)
+    norm.running_var.fill_(4.0)  # statistics that move the pooled vector: not the identity of a fresh norm
+    return norm
+
+
+@pytest.mark.parametrize("build, reason", [
+    (lambda: _AfterPooling(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Sequential(
+        torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())),
+     "applies Conv2d, BatchNorm2d and ReLU after global pooling (activation after global pooling"),
+    (lambda: _AfterPooling(torch.nn.AdaptiveAvgPool2d(1), _shifted_norm()),
+     "applies BatchNorm2d after global pooling (a hidden layer between the pooling and classifier)"),
+    (lambda: _AfterPooling(torch.nn.AdaptiveMaxPool2d(1), torch.nn.Identity()),
+     "pools its last map with 'AdaptiveMaxPool2d' pooling; the sum over positions is exact only for average"),
+    (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=2),
+     "reads the class token, whose dependence on each patch goes through attention"),
+    (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=2, global_pool="map"),
+     "pools its tokens with attention"),
+    (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=2, global_pool="avg",
+                               pool_include_prefix=True),
+     "averages the class/register tokens together with the patches"),
+])
+def test_a_refused_head_is_refused_for_the_reason_it_has(build, reason):
+    torch.manual_seed(0)
+    model = build().eval()
+    head = "fc" if isinstance(model, _AfterPooling) else "head"
+    cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    zm = ZooModel(model=model, source="timm", arch="x", num_classes=2, in_chans=3, data_config=cfg,
+                  class_names=["a", "b"], head_name=head)
+    with pytest.raises(InspectnetError) as err:
+        pooled_head(zm)
+    assert reason in str(err.value) and "exact class-evidence maps are refused" in str(err.value)
