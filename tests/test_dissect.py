@@ -553,3 +553,26 @@ def test_batches_wait_until_their_bytes_pass_the_hold_limit(monkeypatch):
     assert held == [(1, size), (2, 2 * size), (2, 2 * size), (2, 2 * size)]
     c.thresholds()
     assert (len(c._held), c._held_bytes) == (0, 0)
+
+
+@pytest.mark.parametrize("bins, group, accepted", [(32, 16, True), (48, 16, True), (4096, 16, True), (16, 16, False),
+                                                   (40, 16, False), (48, 12, False), (24, 8, True), (8, 8, False)])
+def test_sketch_bins_must_be_a_multiple_of_a_power_of_two_group_and_at_least_two_groups(bins, group, accepted):
+    make = lambda: TailSketch(units=1, total=10, quantile=0.5, bins=bins, group=group)  # noqa: E731
+    if accepted:
+        assert make().bins == bins
+    else:
+        with pytest.raises(InspectnetError, match=f"multiple of {group} and ≥ {2 * group}, got {bins}"):
+            make()
+
+
+@pytest.mark.parametrize("q", [0.0, 1.0, 1.5, -0.1])
+def test_sketch_quantile_outside_zero_one_is_refused(q):
+    with pytest.raises(InspectnetError, match="quantile must be within"):
+        TailSketch(units=1, total=10, quantile=q)
+
+
+def test_sketch_defaults_are_4096_bins_in_groups_of_16_thresholds_only():
+    s = TailSketch(units=2, total=100, quantile=0.25)
+    assert (s.bins, s.group, s.up, s.inside) == (4096, 16, None, None)
+    assert s.raw_groups.shape == (2, 256)
