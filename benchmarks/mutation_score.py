@@ -129,6 +129,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
      "next((a.i for a in dq.attribute if a.name == 'axis'), 2)"):
         "the default axis is never read: ONNX Runtime's quantizer writes the axis on every per-channel "
         "DequantizeLinear (53 of 53 in a MobileNetV2 file), and a per-tensor scale has no axis to run along",
+    ("inspectnet/export/bias_correction.py", "_weight_errors: -1 -> -2"):
+        "numpy infers a dimension given as any negative size (numpy 2.4: reshape(-2) is reshape(-1))",
+    ("inspectnet/export/bias_correction.py", "_weight_errors: w_int - zero.reshape(shape) -> w_int + zero.reshape(shape)"):
+        "ONNX Runtime quantizes int8 weights symmetrically: their zero point is 0, so adding or subtracting it is the "
+        "same (tested: tests/test_export.py reads the zero points of a quantized Gemm)",
     ("inspectnet/export/bias_correction.py", "correct_biases: 16 -> 17"):
         "the inputs per ONNX Runtime run while the mean shift is measured: a float64 sum over every row divided "
         "by their count, whatever the batches",

@@ -415,6 +415,7 @@ def test_bias_correction_of_a_gemm_with_alpha_and_beta_is_the_literal_mean_shift
     quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", cal, bias_correction=False)
     assert correct_biases(tmp_path / "m.onnx", tmp_path / "q.onnx", cal, tmp_path / "c.onnx") == ["gemm"]
     (_, q), = int8_weights(onnx.load(tmp_path / "m.onnx"), onnx.load(tmp_path / "q.onnx"), ("Gemm",))
+    assert not q.zero_point.any()  # symmetric int8 weights
     w_int8 = (q.ints.astype(np.float64) - q.zero_point.reshape(-1, 1)) * q.scale.reshape(-1, 1)
     shift = 1.5 * (cal.astype(np.float64) @ (w_int8 - w).T).mean(0)
     corrected = numpy_helper.to_array(next(i for i in onnx.load(tmp_path / "c.onnx").graph.initializer if i.name == "b"))
