@@ -137,6 +137,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("inspectnet/export/bias_correction.py", "correct_biases: 16 -> 17"):
         "the inputs per ONNX Runtime run while the mean shift is measured: a float64 sum over every row divided "
         "by their count, whatever the batches",
+    ("inspectnet/export/int8.py", "_float_graph_outputs: dq is not None and dq.op_type == 'DequantizeLinear' -> "
+                                  "dq is not None or dq.op_type == 'DequantizeLinear'"):
+        "every graph output has a producer, so dq is never None; a producer that is not a DequantizeLinear (a node "
+        "kept in fp32) reads its input from a DequantizeLinear or the graph input, never a QuantizeLinear, so the "
+        "output is left as it is either way (tested with the classifier kept in fp32)",
     ("inspectnet/export/int8.py", "quantize_int8: 16 -> 17"):
         "the calibration's batch size: min-max ranges over batches are the min and max over all inputs, whatever "
         "the batches",

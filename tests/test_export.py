@@ -421,3 +421,19 @@ def test_bias_correction_of_a_gemm_with_alpha_and_beta_is_the_literal_mean_shift
     corrected = numpy_helper.to_array(next(i for i in onnx.load(tmp_path / "c.onnx").graph.initializer if i.name == "b"))
     np.testing.assert_allclose(corrected, b - shift / 2.0, rtol=1e-5, atol=1e-6)
     assert np.abs(shift).max() > 1e-4  # the weights' rounding moved the outputs: the correction is not empty
+
+
+def test_int8_with_its_classifier_kept_in_fp32_writes_the_logits_straight_from_it(tmp_path):
+    from inspectnet.export.int8 import quantizable_nodes, quantize_int8
+
+    zm = load_model("mobilenetv2_050", num_classes=10, in_chans=1, input_size=32, seed=0)
+    export_onnx(zm, tmp_path / "m.onnx", latency=False)
+    cal = np.random.default_rng(0).random((8, 1, 32, 32), dtype=np.float32)
+    last = quantizable_nodes(tmp_path / "m.onnx")[-1]
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", cal, keep_fp32=[last], bias_correction=False)
+    graph = onnx.load(tmp_path / "q.onnx").graph
+    producer = next(n for n in graph.node if graph.output[0].name in n.output)
+    assert producer.name == last and producer.op_type == "Gemm"
+    logits = make_session(tmp_path / "q.onnx").run(["logits"], {"input": cal})[0]
+    l32 = make_session(tmp_path / "m.onnx").run(["logits"], {"input": cal})[0]
+    assert logits.shape == (8, 10) and np.abs(logits - l32).max() < 0.5 * np.abs(l32).max()
