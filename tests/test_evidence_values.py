@@ -385,3 +385,26 @@ def test_a_refused_head_is_refused_for_the_reason_it_has(build, reason):
     with pytest.raises(InspectnetError) as err:
         pooled_head(zm)
     assert reason in str(err.value) and "exact class-evidence maps are refused" in str(err.value)
+
+
+class _TwoHeads(torch.nn.Module):
+    """The classifier ``fc`` and a second head ``fc_dist`` on the same pooled, rectified map, averaged and clipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.act = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.ReLU()
+        self.fc, self.fc_dist, self.clip = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2), torch.nn.Hardtanh(-50, 50)
+
+    def forward(self, x):
+        f = self.act(self.pool(self.conv(x)).flatten(1))
+        return self.clip((self.fc(f) + self.fc_dist(f)) / 2)
+
+
+def test_a_second_head_run_after_the_classifier_is_named_in_the_refusal():
+    torch.manual_seed(0)
+    cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    zm = ZooModel(model=_TwoHeads().eval(), source="timm", arch="x", num_classes=2, in_chans=3, data_config=cfg,
+                  class_names=["a", "b"], head_name="fc")
+    with pytest.raises(InspectnetError, match=r"combines its classifier 'fc' with a second head run after it \(fc_dist, "
+                                              r"e\.g\. a distillation head"):
+        pooled_head(zm)
