@@ -232,16 +232,17 @@ class MapStream:
         # the evidence is computed on grids directly (token models included); a norm or a non-linearity
         # between the pooling and the head, or a head that reads a class token, fails the check below
         module = ClassEvidence(self.net, PooledHead(self.zoo.head_name))
-        classes = batch.logits.shape[1]
-        dev = module.offset().device
         with torch.no_grad():
+            offset = module.offset()
+            if len(offset) != batch.logits.shape[1]:  # something after the head changes the logits' width
+                return None
             # a 1×1 grid of the spatial mean: by linearity its evidence is the sum of the full grid's
-            mean = batch.maps.mean((2, 3), keepdim=True).to(dev)
+            mean = batch.maps.mean((2, 3), keepdim=True).to(offset.device)
             try:
-                total = module.maps_for(mean, torch.arange(classes, device=dev)).flatten(1)
+                total = module.maps_for(mean, torch.arange(len(offset), device=offset.device)).flatten(1)
             except RuntimeError:  # the head cannot read this layer's channels at all
                 return None
-            total = total.cpu() + module.offset().cpu()
+            total = total.cpu() + offset.cpu()  # under no_grad: the offset may be the bias parameter itself
         if sums_to_logits(total, batch.logits) is not None:
             return None
         return module
