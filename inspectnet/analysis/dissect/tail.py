@@ -65,7 +65,7 @@ class TailSketch:
 
     Raises:
         InspectnetError: ``bins`` is not a multiple of ``group`` of at least ``2 * group``, or ``quantile``
-            is outside (0, 1).
+            is outside (0, 1), or ``total`` is below 1.
     """
 
     def __init__(self, units: int, total: int, quantile: float, *, concepts: int = 0, upsampled_total: int = 0,
@@ -74,6 +74,8 @@ class TailSketch:
             raise InspectnetError(f"dissection bins must be a multiple of {group} and ≥ {2 * group}, got {bins}")
         if not 0 < quantile < 1:
             raise InspectnetError(f"quantile must be within (0, 1), got {quantile}")
+        if total < 1:
+            raise InspectnetError(f"a tail sketch needs at least one value per unit, got total={total}")
         self.units, self.total, self.bins, self.group = units, int(total), bins, group
         self.target = (1.0 - quantile) * self.total          # rank of the threshold from the bottom
         self.seen = 0
@@ -187,12 +189,13 @@ class TailSketch:
         then in its group.
         """
         cum_groups = self.raw_groups.cumsum(dim=1)
+        # need ≤ counted, as target ≤ total: both searches land inside
         need = torch.ceil(self.target - self.total + cum_groups[:, -1:].double()).to(cum_groups.dtype)
-        g = torch.searchsorted(cum_groups, need).clamp(max=cum_groups.shape[1] - 1)
+        g = torch.searchsorted(cum_groups, need)
         before = torch.where(g > 0, cum_groups.gather(1, (g - 1).clamp(min=0)), torch.zeros_like(g))
         fine = g * self.group + torch.arange(self.group, device=g.device)
         cum = before + self.raw.counts.gather(1, fine).cumsum(dim=1)
-        return (fine.gather(1, torch.searchsorted(cum, need).clamp(max=self.group - 1))).squeeze(1)
+        return fine.gather(1, torch.searchsorted(cum, need)).squeeze(1)
 
     def _bin(self, units: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         j = torch.addcmul(self._shift.index_select(0, units), values.double(), self._scale.index_select(0, units))
@@ -200,11 +203,15 @@ class TailSketch:
 
     # ------------------------------------------------------------------ grid
     def _covering(self, lo: torch.Tensor, vmax: torch.Tensor, exp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The finest dyadic grid with width ≥ 2^exp whose range starts at or below ``lo`` and exceeds ``vmax``."""
-        # bins − group bins of width 2^e always cover [lo, vmax] (the start lies at most group bins below lo)
-        need = torch.ceil(torch.log2(((vmax - lo) / (self.bins - self.group)).clamp(min=2.0 ** -1000)))
-        exp = torch.maximum(exp, need.long())
-        for _ in range(2):
+        """The finest dyadic grid with width ≥ 2^exp whose range starts at or below ``lo`` and exceeds ``vmax``.
+
+        A grid that already covers ``vmax`` is kept: merging or reducing sketches never costs resolution.
+        """
+        # no grid of width w < (vmax − lo) / bins covers; one of twice that width always does, as its start lies
+        # less than group bins below lo and 2·(bins − group) ≥ bins; a third try absorbs a rounding of log2
+        least = torch.ceil(torch.log2(((vmax - lo) / self.bins).clamp(min=2.0 ** -1000)))
+        exp = torch.maximum(exp, least.long())
+        for _ in range(3):
             width = torch.ldexp(torch.ones_like(lo), exp)
             start = torch.floor(lo / (width * self.group)) * (width * self.group)
             short = start + width * self.bins <= vmax
@@ -318,11 +325,13 @@ class TailSketch:
         inside = counts.gather(1, b).squeeze(1).double()
         # values below bin b: the ones dropped under the floor and the counted ones in lower bins
         before = self.total - counts.sum(dim=1).double() + counts.cumsum(dim=1).gather(1, b).squeeze(1) - inside
-        frac = torch.where(inside > 0, (self.target - before) / inside.clamp(min=1), torch.zeros_like(inside))
+        # every value at or above the rank's is counted, so b holds that value: inside ≥ 1 and
+        # before < target ≤ before + inside, a share in (0, 1]
+        share = (self.target - before) / inside
         lo_v = self.raw.low.gather(1, b).squeeze(1).double()
         hi_v = self.raw.high.gather(1, b).squeeze(1).double()
-        est = torch.where(inside > 0, lo_v + (hi_v - lo_v) * frac.clamp(0, 1), self.lo + self.width * b.squeeze(1))
-        return torch.minimum(torch.maximum(est, self.vmin), self.vmax)
+        est = lo_v + (hi_v - lo_v) * share
+        return torch.minimum(torch.maximum(est, self.vmin), self.vmax)           # against rounding past the range
 
     def overlaps(self, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """|S_k ∩ L_c| and |S_k| for S_k = upsampled pixels > ``thresholds[k]``.
@@ -355,7 +364,7 @@ class TailSketch:
         beyond_group = above(first + self.group - 1)
         in_group = above(first - 1) - beyond_group
         above_in_group = higher - beyond_group + share * own
-        part = torch.where(in_group > 0, above_in_group / in_group.clamp(min=1), torch.zeros_like(in_group))
+        part = above_in_group / in_group.clamp(min=1)                            # an empty group has none above
         j = b // self.group
         concepts_above = self.inside.sum(dim=1, dtype=torch.int64) - _at(self.inside.cumsum(dim=1), j)
         inter = (concepts_above.double() + part[:, :, None] * _at(self.inside, j).double()).sum(dim=1)
@@ -369,7 +378,7 @@ class TailSketch:
         """Fraction of the raw values of bin b above t, read from their min and max (0 on a point mass at t)."""
         low = self.raw.low.gather(1, b[:, None]).squeeze(1).double()
         high = self.raw.high.gather(1, b[:, None]).squeeze(1).double()
-        spread = ((high - t) / (high - low).clamp(min=1e-300)).clamp(0, 1)
+        spread = (high - t) / (high - low).clamp(min=1e-300)                     # in (0, 1] where low ≤ t < high
         return torch.where(high <= t, 0.0, torch.where(low > t, 1.0, spread))
 
 
