@@ -73,7 +73,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                      ["tests/test_san_values.py", "tests/test_san.py", "tests/test_sparse_activations.py"]),
     "analysis/dissect": (["inspectnet/analysis/dissect/counts.py", "inspectnet/analysis/dissect/tail.py",
                           "inspectnet/analysis/dissect/sketch.py", "inspectnet/analysis/dissect/upsample.py"],
-                         ["tests/test_dissect.py"]),
+                         ["tests/test_dissect.py", "tests/test_dissect_tail.py"]),
     "plugins/ebp": (["plugins/ebp.py"], ["tests/test_ebp_values.py", "tests/test_plugins.py"]),
     "plugins/cgl": (["plugins/cgl.py"], ["tests/test_cgl.py"]),
     "export/int8": (["inspectnet/export/int8.py", "inspectnet/export/qdq.py", "inspectnet/export/bias_correction.py"],
