@@ -60,12 +60,12 @@ def _axis(n_in: int, n_out: int) -> _Axis:
     src = scale * (torch.arange(n_out, dtype=torch.float32) + 0.5) - 0.5
     clamped = src < 0
     src = src.clamp(min=0)
-    i0 = src.long()
-    lam = (src - i0).clamp(0, 1)
-    # group g reads inputs g − 1 and g: a clamped top position reads input 0 only (group 0, its weight on
-    # "input 0" is 1), the bottom border reads input n_in − 1 only (group n_in)
-    group = torch.where(clamped, 0, torch.where(i0 < n_in - 1, i0 + 1, n_in))
-    weight_upper = torch.where(clamped, 1.0, torch.where(i0 < n_in - 1, lam, 0.0))
+    i0 = src.long()                                   # ≤ n_in − 1: src stays below n_in − 1/2
+    # group g reads inputs g − 1 and g of the map padded by one copy of its border: a clamped top position
+    # lies in group 0, any other between inputs i0 and i0 + 1, the bottom border (i0 = n_in − 1) in group n_in.
+    # In groups 0 and n_in both neighbours are the same input, which any weight gives exactly.
+    group = torch.where(clamped, 0, i0 + 1)
+    weight_upper = src - i0                           # in [0, 1) and exact (Sterbenz), so no clamping
     sizes = torch.bincount(group, minlength=n_in + 1)
     slot = torch.arange(n_out) - (sizes.cumsum(0) - sizes)[group]
     positions = torch.zeros(n_in + 1, max(1, int(sizes.max())), dtype=torch.long)
