@@ -87,17 +87,43 @@ def test_eight_top_images_by_default_equal_values_to_the_smaller_index():
 
 
 # ---------------------------------------------------------------- cell upsampling
-def test_cell_upsampling_evaluates_at_most_four_million_values_per_chunk():
-    """2 × 2 maps to 1024 × 1024: cells of 512 × 512 pixels, so 16 cells per chunk; two units have 18 cells."""
-    maps = torch.arange(8.).reshape(1, 2, 2, 2) * torch.tensor([1.0, -1.0])[:, None, None]
-    chunks = list(CellUpsampler((2, 2), (1024, 1024)).above(maps, torch.full((2,), float("-inf"))))
-    assert len(chunks) == 2
-    assert [len(sel.pixels) for sel in chunks] == [(1 << 20) + 768 * 1024 + 256 * 256, 256 * 512 + 256 * 256]
-    full = F.interpolate(maps, size=(1024, 1024), mode="bilinear", align_corners=False).view(2, -1)
+def _chunks(in_size, out_size, maps, floors):
+    """The selections of ``above``, after checking that together they are the pixels above the floors."""
+    chunks = list(CellUpsampler(in_size, out_size).above(maps, floors))
+    full = F.interpolate(maps, size=out_size, mode="bilinear", align_corners=False)[0].flatten(1)
     got = torch.full_like(full, float("nan"))
     for sel in chunks:
         got[sel.units, sel.pixels] = sel.values
-    assert (got - full).abs().max() <= 1e-6
+    above = full > floors[:, None]
+    assert torch.equal(got.isnan(), ~above) and (got[above] - full[above]).abs().max() <= 1e-6
+    return chunks
+
+
+@pytest.mark.parametrize("in_size, out_size, units, cells_per_chunk, chunks", [
+    ((2, 2), (1024, 1024), 2, 16, 2),    # cells of up to 512 × 512 pixels; two units have 2 × 9 cells
+    ((64, 2), (64, 1024), 43, 8192, 2),  # cells of one row of up to 512 pixels; 43 units have 43 × 65 × 3 cells
+    ((1, 1), (2050, 4096), 1, 1, 4),     # cells of up to 1025 × 2048 pixels, over half the bound: one a chunk
+])
+def test_cell_upsampling_evaluates_at_most_four_million_values_per_chunk(in_size, out_size, units, cells_per_chunk,
+                                                                         chunks):
+    """A chunk holds the cells whose largest (rows × columns) fits 2^22 values, at least one."""
+    maps = torch.rand(1, units, *in_size, generator=torch.Generator().manual_seed(0))
+    got = _chunks(in_size, out_size, maps, torch.full((units,), float("-inf")))
+    assert len(got) == -(-units * (in_size[0] + 1) * (in_size[1] + 1) // cells_per_chunk) == chunks
+    if in_size == (2, 2):            # the first 16 cells: unit 0's nine, then seven of unit 1's (two rows and one)
+        assert [len(sel.pixels) for sel in got] == [(1 << 20) + 768 * 1024 + 256 * 256, 256 * 512 + 256 * 256]
+
+
+def test_cells_whose_corners_lie_at_the_floor_are_never_evaluated():
+    """Unit 0 is 0.5 everywhere, its floor: none of its nine cells is evaluated, unit 1's nine fill one chunk."""
+    maps = torch.stack([torch.full((2, 2), 0.5), torch.rand(2, 2, generator=torch.Generator().manual_seed(0))])[None]
+    got = _chunks((2, 2), (1024, 1024), maps, torch.tensor([0.5, float("-inf")]))
+    assert len(got) == 1 and got[0].units.unique().tolist() == [1]
+
+
+def test_upsampling_to_an_empty_size_selects_no_pixel():
+    sel = next(CellUpsampler((1, 1), (0, 0)).above(torch.ones(1, 1, 1, 1), torch.zeros(1)))
+    assert [len(t) for t in sel] == [0] * 5
 
 
 def _flat_by_cell(maps: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
@@ -119,7 +145,7 @@ def _flat_by_cell(maps: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor
 @pytest.mark.parametrize("second, out_size", [
     ([[2., 2., 5.], [3., 3., 5.]], (2, 3)),           # the same size: every pixel lies on an input
     ([[2., 2., 5.], [3., 3., 5.]], (6, 9)),           # three times: the second pixel of each axis lies on input 0
-    ([[2., 2.], [2., 2.], [3., 4.]], (5, 7)),
+    ([[2., 2.], [3., 2.], [2., 3.]], (5, 7)),          # cells with three, or two opposite, equal corners
 ])
 def test_pixels_are_flat_exactly_where_their_cell_has_four_equal_corners(second, out_size):
     """A pixel whose source lies on input 0 lies between inputs 0 and 1, as every other pixel on an input does."""
