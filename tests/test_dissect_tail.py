@@ -155,6 +155,18 @@ def test_single_values_and_empty_batches_are_counted_as_they_come():
     assert abs(float(whole.threshold()[0]) - exact) <= float(whole.width[0])
 
 
+def test_concept_bins_of_one_fine_bin_count_each_fine_bin():
+    """group = 1 (2^0): the concept counts are the fine counts, so overlaps are exact at bin edges."""
+    s = TailSketch(1, 10 ** 6, 0.5, concepts=1, upsampled_total=100, bins=4, group=1)
+    s.update(torch.tensor([[0.0, 1.0]]))
+    lo, w = _grid(s, 0)
+    values = torch.tensor([lo + 0.5 * w, lo + 1.5 * w, lo + 1.75 * w], dtype=torch.float32)
+    s.add_upsampled(torch.zeros(3, dtype=torch.long), values, torch.zeros(3, dtype=torch.long), torch.arange(3),
+                    torch.tensor([[1], [0], [1]], dtype=torch.int32), torch.tensor([True, False, True]))
+    inter, area = s.overlaps(torch.tensor([lo + w]))
+    assert area.tolist() == [2.0] and inter.tolist() == [[1.0]]
+
+
 def test_a_sketch_of_no_values_is_refused_one_value_is_its_own_threshold():
     with pytest.raises(InspectnetError, match="at least one value per unit, got total=0"):
         TailSketch(1, 0, 0.5, bins=32)
