@@ -325,6 +325,15 @@ def test_overlaps_and_areas_are_the_counts_above_the_threshold_with_its_bin_shar
         assert (area.numpy() > 0).all() and (inter.numpy() > 0).any()
 
 
+def test_a_threshold_above_the_grid_selects_no_pixel():
+    rng = np.random.default_rng(2)
+    s, raw = _sketch_with_raw(rng, 4.0, -1.0)
+    _feed_pixels(s, rng, 200, s.gate.double().numpy(), raw.max(axis=1))
+    for above in (s.lo + 32 * s.width, s.lo + 1000 * s.width):
+        inter, area = s.overlaps(above)
+        assert area.tolist() == [0.0, 0.0] and not inter.any()
+
+
 def test_a_single_pixel_in_the_thresholds_concept_bin_is_shared_by_its_place_in_the_bin():
     s = TailSketch(1, 10 ** 6, 0.5, concepts=2, upsampled_total=100, bins=32, group=8)
     s.update(torch.tensor([[0.0, 3.1]]))
