@@ -165,17 +165,16 @@ class UnitQuantiles:
             raise InspectnetError("no values were streamed; cannot compute a quantile")
         cum = self.counts.cumsum(dim=1).to(torch.float64)
         target = q * self.total
-        # first bin whose cumulative count reaches the target rank
-        b = torch.searchsorted(cum, torch.full((self.units, 1), target, dtype=torch.float64,
-                                                device=cum.device)).squeeze(1).clamp(max=self.bins - 1)
+        # first bin whose cumulative count reaches the target rank; q ≤ 1 keeps it within the last bin (cum = total)
+        b = torch.searchsorted(cum, torch.full((self.units, 1), target, dtype=torch.float64, device=cum.device)).squeeze(1)
         prev = cum.gather(1, (b - 1).clamp(min=0)[:, None]).squeeze(1)
         before = torch.where(b > 0, prev, torch.zeros_like(prev))
+        # bin b is never empty (bin 0 holds the minimum, a later b has before < target ≤ cum[b]), so the rank's
+        # fraction of it, (target − before) / inside, lies in [0, 1]
         inside = self.counts.gather(1, b[:, None]).squeeze(1).to(torch.float64)
-        frac = torch.where(inside > 0, (target - before) / inside.clamp(min=1), torch.zeros_like(inside))
         lo_v = self.bmin.gather(1, b[:, None]).squeeze(1)
         hi_v = self.bmax.gather(1, b[:, None]).squeeze(1)
-        edge = torch.ldexp((self.start + b).to(torch.float64), self.exp.to(torch.float64))
-        est = torch.where(inside > 0, lo_v + (hi_v - lo_v) * frac.clamp(0, 1), edge)
+        est = lo_v + (hi_v - lo_v) * ((target - before) / inside)
         # the estimate never leaves the observed range
         return torch.minimum(torch.maximum(est, self.min), self.max)
 
