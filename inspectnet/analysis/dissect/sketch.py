@@ -132,7 +132,7 @@ class UnitQuantiles:
         floor_exp = torch.frexp(scale).exponent.long() - _RELATIVE_FLOOR
         _, span_exp = torch.frexp((hi - lo) / (self.bins - 1))
         exp = torch.where(hi > lo, torch.maximum(floor_exp, span_exp.long() - 1), floor_exp)
-        for _ in range(4):  # frexp's rounding may leave the window one doubling short
+        for _ in range(4):  # exp may be one doubling short; exp + 1 always fits unless hi − lo overflows float64
             start = torch.floor(torch.ldexp(lo, -exp.to(lo.dtype))).long()
             last = torch.floor(torch.ldexp(hi, -exp.to(hi.dtype))).long()
             short = last - start >= self.bins
