@@ -188,3 +188,9 @@ def test_quantile_sketch_merged_while_empty_sits_on_the_grid_of_an_all_zero_unit
     fresh = fed(data, bins=8)
     for name in ("counts", "bmin", "bmax", "exp", "start", "min", "max"):
         assert torch.equal(getattr(sketch, name), getattr(fresh, name)), name
+
+
+def test_quantile_sketch_refuses_a_range_whose_width_overflows_float64():
+    sketch = UnitQuantiles(1, bins=4096)
+    with pytest.raises(InspectnetError, match="activation range cannot be represented"):
+        sketch.update(torch.tensor([[-1e308, 1e308]], dtype=torch.float64))
