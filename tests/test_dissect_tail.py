@@ -325,6 +325,49 @@ def test_overlaps_and_areas_are_the_counts_above_the_threshold_with_its_bin_shar
         assert (area.numpy() > 0).all() and (inter.numpy() > 0).any()
 
 
+def test_moving_onto_a_grid_that_starts_lower_keeps_every_count_in_its_bin_up_to_the_top_one():
+    """Values [0, 1.9375] on [0, 4) by eighths, moved onto [−2, 2) by eighths (the same width, a lower start):
+    the largest value lands in the new top fine bin and top concept bin."""
+    s = TailSketch(1, 10 ** 6, 0.5, concepts=1, upsampled_total=100, bins=32, group=16)
+    raw = torch.tensor([[0.0, 0.3, 1.0, 1.9375]])
+    s.update(raw)
+    assert _grid(s, 0) == (0.0, 0.125)
+    pixels = [0.3, 1.9375, 1.95]
+    s.add_upsampled(torch.zeros(3, dtype=torch.long), torch.tensor(pixels), torch.tensor([0, 1, 0]), torch.arange(3),
+                    torch.ones(3, 1, dtype=torch.int32), torch.ones(3, dtype=torch.bool))
+    s.regrid(torch.tensor([-2.0], dtype=torch.float64), s.vmax, s.exp)
+    assert _grid(s, 0) == (-2.0, 0.125)
+    _assert_every_count_in_its_bin(s, raw.double().numpy())
+    assert int(s.raw.counts[0, 31]) == 1 and s.up[0, 31].tolist() == [1, 1] and s.inside[0, 1, :, 0].tolist() == [2, 1]
+    for t in (1.875, 1.75, 0.25, -3.0):                                # bin edges, and below the grid
+        inter, area = s.overlaps(torch.tensor([t]))
+        expected = sum(1 for v in pixels if v > t)
+        assert area.tolist() == [expected] and inter.tolist() == [[expected]], t
+
+
+@pytest.mark.parametrize("lo_shift, exp_shift", [(100, 1), (0, -1)])
+def test_a_grid_that_does_not_cover_the_sketchs_own_is_refused(lo_shift, exp_shift):
+    """A start above the sketch's own, or a finer width: its counts would not fall into whole bins."""
+    s = TailSketch(1, 10 ** 6, 0.5, bins=32, group=16)
+    s.update(torch.tensor([[0.0, 1.0, 17.0]]))
+    lo, w = _grid(s, 0)
+    with pytest.raises(InspectnetError, match="only move onto a coarser grid that covers its own"):
+        s._regrid_to(s.lo + lo_shift * w, s.exp + exp_shift)
+
+
+def test_a_threshold_below_the_grid_counts_every_pixel_once():
+    s = TailSketch(1, 10 ** 6, 0.5, concepts=1, upsampled_total=100, bins=32, group=16)
+    s.update(torch.tensor([[0.0, 3.1]]))
+    lo, w = _grid(s, 0)
+    assert lo == 0.0
+    s.add_upsampled(torch.zeros(2, dtype=torch.long), torch.tensor([0.5 * w, 2.0], dtype=torch.float32),
+                    torch.tensor([0, 1]), torch.arange(2), torch.tensor([[1], [0]], dtype=torch.int32),
+                    torch.tensor([True, False]))
+    for t in (-2 * w, -0.5 * w, -100.0):
+        inter, area = s.overlaps(torch.tensor([t]))
+        assert area.tolist() == [2.0] and inter.tolist() == [[1.0]], t
+
+
 def test_a_threshold_above_the_grid_selects_no_pixel():
     rng = np.random.default_rng(2)
     s, raw = _sketch_with_raw(rng, 4.0, -1.0)
