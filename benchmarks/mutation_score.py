@@ -118,6 +118,18 @@ _TRACE_INPUT = ("the traced input only shows which modules run, in which order, 
                 "seeded image, and a batch of two as well as one, give the same reading")
 _LOOK_SAN = ("the kernel picture's size, resolution, font size or which panel of a row carries its label: how the "
              "picture looks; the kernels it shows are tested (kernel_panels)")
+_DC, _TS, _UQ = ("inspectnet/analysis/dissect/counts.py", "inspectnet/analysis/dissect/tail.py",
+                 "inspectnet/analysis/dissect/sketch.py")
+_EMPTY_GRID = ("the width exponent of a sketch that saw nothing only has to lie below every real one, which is at least "
+               "about -130 (spans are at least 2^-100): -3^20 and -2^21 do too")
+_REGRID_CHECK = ("the comparison only spares the search for a covering grid, and that search keeps a grid that covers the "
+                 "values (tested): searching on every batch changes nothing")
+_LOG2_FLOOR = ("the floor keeps log2 finite where vmax = lo only, and the maximum with the given exponent discards the "
+               "bound it gives; without it (2.0 * -1000, or 3.0 ** -1000 = 0.0) the bound is -inf, cast to the smallest "
+               "int64 and discarded the same way")
+_FIRST_TRY = ("the first exponent tried is lower but never above the answer, and the loop doubles it until the window "
+              "fits: the same smallest power-of-two window (checked on 6.5 million ranges, spans next to powers of two "
+              "among them)")
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("inspectnet/export/int8.py", "quantizable_nodes: load_external_data=False -> load_external_data=True"):
         "the list reads node names and types only: weights stored outside the file, loaded or not, change no node",
@@ -286,6 +298,38 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_LB, "_Vocabulary.closest: n * 3 -> n * 4"):
         "more candidates change the answer only when the 3·n closest keys name fewer than n classes: model names "
         "are one key per class, and no ImageNet synonym set does so (searched: 12 000 misspellings of its keys)",
+    (_DC, "best_images: stable=True -> stable=False"):
+        "a unit's image ids are unique but for the padding (-inf, -1), so equal ids carry equal values and the stable "
+        "sort by value that follows decides every order: the tie order of the sort by id cannot show",
+    (_TS, "TailSketch.__init__: 0 -> 1  [#2]"):
+        "the default upsampled total only picks the type of the upsampled counts, which a sketch without concepts (the "
+        "default) does not keep; the dissection counts always pass it",
+    (_TS, "TailSketch.__init__: 2 ** 20 -> 3 ** 20"): _EMPTY_GRID,
+    (_TS, "TailSketch.__init__: 2 ** 20 -> 2 ** 21"): _EMPTY_GRID,
+    (_TS, "TailSketch.__init__: torch.full((units,), -math.inf, **f64) -> torch.full((units,), math.inf, **f64)"):
+        "the first update sets the floor before anything reads it; merging and all-reduce combine counts, never floors",
+    (_TS, "TailSketch.update: self.lo + self.width * self.bins -> self.lo - self.width * self.bins"): _REGRID_CHECK,
+    (_TS, "TailSketch.update: self.width * self.bins -> self.width / self.bins"): _REGRID_CHECK,
+    (_TS, "TailSketch._first_floor: m < need -> m <= need"):
+        "with exactly `need` values in the batch its need-th largest is its smallest: kthvalue(1) is amin",
+    (_TS, "TailSketch._covering: 2.0 ** (-1000) -> 2.0 * -1000"): _LOG2_FLOOR,
+    (_TS, "TailSketch._covering: 2.0 ** (-1000) -> 3.0 ** (-1000)"): _LOG2_FLOOR,
+    (_TS, "TailSketch._covering: 2.0 ** (-1000) -> 2.0 ** (-1001)"): _LOG2_FLOOR,
+    (_TS, "TailSketch._covering: range(3) -> range(4)"):
+        "the second width tried always covers (twice the least width, a start less than a concept bin below lo); the "
+        "third only absorbs a rounding of log2, and a fourth is never reached",
+    (_TS, "TailSketch._share_of_raw: high <= t -> high < t"):
+        "at t = high the spread (high - t) / (high - low) is 0, the value the first branch gives",
+    (_TS, "TailSketch._share_of_raw: low > t -> low >= t"):
+        "at t = low < high the spread is (high - low) / (high - low) = 1, the value the second branch gives (t = low = "
+        "high is taken by the first)",
+    (_UQ, "UnitQuantiles._grid: self.bins - 1 -> self.bins + 1"): _FIRST_TRY,
+    (_UQ, "UnitQuantiles._grid: span_exp.long() - 1 -> span_exp.long() - 2"): _FIRST_TRY,
+    (_UQ, "UnitQuantiles._grid: range(4) -> range(5)"):
+        "without overflow the first or second exponent tried fits, so a third try never runs; a range whose width "
+        "overflows float64 is refused either way",
+    ("inspectnet/analysis/dissect/upsample.py", "_axis: n_in + 1 -> n_in + 2"):
+        "the extra, last group holds no position: its zero count is never read and does not change the largest group",
 }
 
 _BINOPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
