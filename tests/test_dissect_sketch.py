@@ -194,3 +194,13 @@ def test_quantile_sketch_refuses_a_range_whose_width_overflows_float64():
     sketch = UnitQuantiles(1, bins=4096)
     with pytest.raises(InspectnetError, match="activation range cannot be represented"):
         sketch.update(torch.tensor([[-1e308, 1e308]], dtype=torch.float64))
+
+
+def test_quantile_sketch_of_float64_values_near_the_smallest_normal_keeps_its_extremes():
+    """Magnitudes of 1e-300 would ask for bins of 2^-1036; they get 2^-1023, the narrowest ldexp can scale by."""
+    sketch = UnitQuantiles(1, bins=16)
+    values = torch.tensor([[1e-300, 1e-300 + 2e-314, 1e-300 + 1e-314]], dtype=torch.float64)
+    sketch.update(values)
+    assert float(sketch.bin_width()[0]) == 2.0 ** -1023
+    assert sketch.quantile(0.0).tolist() == [1e-300] and sketch.quantile(1.0).tolist() == [1e-300 + 2e-314]
+    assert int(sketch.counts.sum()) == 3

@@ -5,7 +5,7 @@ of the dataset; holding all those values is out of the question for real dataset
 ``bins`` counts over ``[s·2^e, (s + bins)·2^e)``: bin ``i`` holds the values ``v`` with
 ``floor(v / 2^e) = s + i``. The grid (``e``, ``s``) is a function of the smallest and largest value
 seen so far only: ``e`` is the smallest exponent whose window fits both (and not below the values'
-magnitude · 2^-40). When a batch widens the range, ``e`` grows and every old bin falls inside
+magnitude · 2^-40, nor below -1023). When a batch widens the range, ``e`` grows and every old bin falls inside
 exactly one new bin (power-of-two grids nest), so counts stay exact and no second pass for the
 range is needed. Because the final grid depends only on the overall minimum and maximum, the
 histogram does not depend on the order or the grouping of the data: sketches of the parts of a
@@ -31,6 +31,8 @@ from inspectnet.core.errors import InspectnetError
 
 # bins are never narrower than a value's magnitude · 2^-40, so v / 2^e stays an exact integer in float64
 _RELATIVE_FLOOR = 40
+# nor narrower than 2^-1023: torch.ldexp(v, -e) multiplies by 2^-e, which overflows float64 from 2^1024 on
+_LEAST_EXP = -1023
 
 
 class UnitQuantiles:
@@ -129,7 +131,7 @@ class UnitQuantiles:
         seen = torch.isfinite(lo)
         lo, hi = torch.where(seen, lo, 0.0), torch.where(seen, hi, 0.0)
         scale = torch.maximum(lo.abs(), hi.abs())
-        floor_exp = torch.frexp(scale).exponent.long() - _RELATIVE_FLOOR
+        floor_exp = (torch.frexp(scale).exponent.long() - _RELATIVE_FLOOR).clamp(min=_LEAST_EXP)
         _, span_exp = torch.frexp((hi - lo) / (self.bins - 1))
         exp = torch.where(hi > lo, torch.maximum(floor_exp, span_exp.long() - 1), floor_exp)
         for _ in range(4):  # exp may be one doubling short; exp + 1 always fits unless hi − lo overflows float64
