@@ -248,7 +248,7 @@ def deletion_insertion(score: Scorer, images: torch.Tensor, maps: dict[str, torc
     """
     n, (h, w) = len(images), images.shape[2:]
     base = baseline_images(images, config.baseline)
-    fr = [i / config.steps for i in range(config.steps + 1)]
+    fr = _fractions(config.steps)
     ranks = {m: pixel_ranks(v, (h, w), config.seed).view(n, 1, h, w) for m, v in maps.items()}
     status = {m: [map_status(v.numpy()) for v in maps[m]] for m in maps}
     jobs = [("base", None, i, 1.0) for i in range(n)]
@@ -290,8 +290,8 @@ def _perturbed(job: tuple, images: torch.Tensor, base: torch.Tensor, ranks: dict
     method, kind, i, f = job
     if method == "base":
         return base[i]
-    src, by = (images[i:i + 1], base[i:i + 1]) if kind == "deletion" else (base[i:i + 1], images[i:i + 1])
-    return _replace(src, by, ranks[method][i:i + 1], f)[0]
+    src, by = (images, base) if kind == "deletion" else (base, images)
+    return _replace(src[i][None], by[i][None], ranks[method][i][None], f)[0]
 
 
 def _token_evidence(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
@@ -367,6 +367,7 @@ def _method_config(config: TrustConfig) -> Any:
 
 
 def _fractions(steps: int) -> list[float]:
+    """The fractions of pixels deleted or inserted at each point of a ``steps``-step curve."""
     return [i / steps for i in range(steps + 1)]
 
 
