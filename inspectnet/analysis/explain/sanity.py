@@ -79,9 +79,11 @@ def _has_params(module: nn.Module) -> bool:
 
 
 def randomise(module: nn.Module, seed: int) -> None:
-    """Re-initialise every layer of ``module`` that has an initialiser (``reset_parameters``), seeded.
+    """Re-initialise every layer of ``module`` that holds parameters of its own and has an initialiser, seeded.
 
-    Batch norms also reset their running statistics. The global random state is left untouched.
+    The initialiser is the layer's ``reset_parameters``; a wrapper's, whose parameters are its children's, is not
+    called (the children re-initialise themselves). Batch norms also reset their running statistics. The global
+    random state is left untouched.
 
     Args:
         module: the block to randomise, in place.
