@@ -94,3 +94,17 @@ def test_cascading_randomisation_equals_a_literal_recomputation_step_by_step():
     default = cascading_randomisation(zm, x, targets, ["evidence"], indices=range(4), max_steps=2)
     assert default["methods"]["evidence"]["spearman"][-1] == pytest.approx(
         _literal_cascade(zm, x, targets, "evidence", [0, 10], seed=0)[1][-1], abs=1e-12)
+
+
+def test_every_block_is_a_step_by_default_and_a_final_rho_equal_to_the_threshold_does_not_pass():
+    torch.manual_seed(0)
+    zm = load_model("resnet18", num_classes=3, input_size=64)
+    x, targets = torch.rand(3, 3, 64, 64), torch.tensor([0, 1, 2])
+    every = cascading_randomisation(zm, x, targets, ["random"], indices=range(3))
+    assert every["steps"] == list(range(1, 12)) and every["methods"]["random"]["spearman"] == [1.0] * 11
+    res = cascading_randomisation(zm, x, targets, ["evidence"], indices=range(3), max_steps=2)
+    final = res["methods"]["evidence"]["abs_spearman_final"]
+    at = cascading_randomisation(zm, x, targets, ["evidence"], indices=range(3), max_steps=2, threshold=final)
+    above = cascading_randomisation(zm, x, targets, ["evidence"], indices=range(3), max_steps=2,
+                                    threshold=float(np.nextafter(final, 1.0)))
+    assert (at["methods"]["evidence"]["passes"], above["methods"]["evidence"]["passes"]) == (False, True)
