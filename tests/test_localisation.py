@@ -27,6 +27,19 @@ def test_pointing_game_is_the_positive_energy_inside_the_mask():
     assert energy_pointing_game(torch.tensor([[[4.0, -4.0]]]), second).tolist() == pytest.approx([1 / 3])
 
 
+def test_a_map_with_little_positive_energy_is_scored_by_its_share_not_its_size():
+    """Total energy 4 · 2^-10 (below 1): the share inside is still 2^-10 / (4 · 2^-10)."""
+    maps = torch.tensor([[[2.0 ** -10, 3 * 2.0 ** -10], [0.0, -0.5]]])
+    masks = torch.tensor([[[True, False], [True, True]]])
+    assert energy_pointing_game(maps, masks).tolist() == pytest.approx([0.25], rel=1e-12)
+
+
+def test_one_scored_image_has_a_mean_and_no_standard_error():
+    got = localisation_summary(np.array([0.4]), torch.ones(1, 2, 2, dtype=torch.bool), control=np.array([0.1]))
+    assert (got["energy_pointing_game"], got["energy_pointing_game_se"]) == (pytest.approx(0.4), None)
+    assert got["vs_random"] == {"difference": pytest.approx(0.3), "difference_se": None}
+
+
 def test_maps_without_positive_energy_are_not_scored():
     masks = torch.ones(3, 2, 2, dtype=torch.bool)
     maps = torch.tensor([[[-1.0, -2.0], [0.0, -3.0]], [[NAN, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]])
