@@ -40,6 +40,14 @@ def test_one_scored_image_has_a_mean_and_no_standard_error():
     assert got["vs_random"] == {"difference": pytest.approx(0.3), "difference_se": None}
 
 
+def test_a_resampled_pixel_half_inside_the_object_counts_as_object_a_quarter_does_not():
+    one_pixel = {"input_size": [3, 1, 1], "crop_pct": 1.0}
+    half = np.array([[True, False], [True, False]])
+    quarter = np.zeros((4, 4), bool)
+    quarter[:, 0] = True
+    assert mask_view(half, one_pixel).tolist() == [[True]] and mask_view(quarter, one_pixel).tolist() == [[False]]
+
+
 def test_maps_without_positive_energy_are_not_scored():
     masks = torch.ones(3, 2, 2, dtype=torch.bool)
     maps = torch.tensor([[[-1.0, -2.0], [0.0, -3.0]], [[NAN, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]])

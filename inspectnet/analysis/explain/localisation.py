@@ -117,5 +117,5 @@ def mask_view(mask: np.ndarray, config: dict[str, Any]) -> torch.Tensor:
         >>> mask_view(mask, {"input_size": [3, 2, 2], "crop_pct": 1.0}).tolist()
         [[True, False], [False, False]]
     """
-    view = np.asarray(crop_view(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255), config))
-    return torch.from_numpy((view[..., 0] if view.ndim == 3 else view) >= 128)
+    view = np.asarray(crop_view(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255), config).convert("L"))
+    return torch.from_numpy(view >= 128)
