@@ -1,0 +1,107 @@
+"""Exact token evidence where the terms a slip would drop are present: deeper and oblong models, a large LayerNorm
+eps, heads and projections without bias, pooling over prefix tokens, NHWC patch embeddings at another input size,
+BEiT's shared relative and absolute position terms; and the blocks that must be refused."""
+
+from functools import partial
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from inspectnet.analysis.explain.token_evidence import explain_tokens, token_evidence_supported
+from inspectnet.models.zoo import ZooModel, find_head
+
+CLASSES = 5
+
+
+def _zoo(model: nn.Module, size: tuple[int, int]) -> ZooModel:
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():                       # biases, γ, β, tokens and positions non-zero; a large head
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.startswith("head"):
+                p.copy_(noise)
+            elif p.dim() == 1 or name.endswith(("_token", "pos_embed", "bias_table")):
+                p.add_(noise * 0.3)
+    model.eval()
+    return ZooModel(model=model, source="timm", arch=type(model).__name__, num_classes=CLASSES, in_chans=3,
+                    class_names=[f"c{i}" for i in range(CLASSES)], data_config={"input_size": (3, *size)},
+                    head_name=find_head(model))
+
+
+def _vit(size=(32, 48), **kw) -> ZooModel:
+    torch.manual_seed(0)
+    args = {"img_size": size, "patch_size": 16, "embed_dim": 48, "num_heads": 3, "depth": 2, "num_classes": CLASSES,
+            "qkv_bias": True, "init_values": 0.5, **kw}
+    return _zoo(timm.create_model("vit_tiny_patch16_224", **args), size)
+
+
+CASES = {
+    "three blocks, oblong, LayerNorm eps 0.25": lambda: _vit(depth=3, norm_layer=partial(nn.LayerNorm, eps=0.25)),
+    "head and projections without bias": lambda: _vit(proj_bias=False),
+    "mean over every token, prefix included": lambda: _vit(depth=3, global_pool="avg", fc_norm=False,
+                                                           pool_include_prefix=True, reg_tokens=1),
+    "BEiT with shared relative and absolute positions": lambda: _zoo(timm.create_model(
+        "beit_base_patch16_224", img_size=(32, 48), depth=2, num_classes=CLASSES, embed_dim=48, num_heads=3,
+        mlp_ratio=2.0, use_abs_pos_emb=True, use_rel_pos_bias=False, use_shared_rel_pos_bias=True), (32, 48)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_token_evidence_sums_to_the_logits_where_every_term_is_present(case):
+    zm = CASES[case]()
+    if "without bias" in case:
+        zm.model.head = nn.Linear(48, CLASSES, bias=False)
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    dec = explain_tokens(zm, x)
+    with torch.no_grad():
+        want = zm.model(x)
+    scale = 1.0 + float(want.abs().max())
+    assert float((dec.logits - want).abs().max()) < 1e-4 * scale
+    assert float((dec.evidence.sum((2, 3)) + dec.remainder + dec.bias - want).abs().max()) < 1e-4 * scale
+    assert dec.evidence.shape == (2, CLASSES, 2, 3)
+    assert float(dec.evidence.abs().sum((2, 3)).mean()) > 0.01      # the maps carry a share of the logits
+
+
+def test_an_nhwc_patch_embedding_reads_its_grid_from_the_input_not_the_configured_size():
+    zm = _vit(size=(48, 48), dynamic_img_size=True)
+    x = torch.randn(2, 3, 32, 64, generator=torch.Generator().manual_seed(5))
+    dec = explain_tokens(zm, x)
+    with torch.no_grad():
+        want = zm.model(x)
+    assert dec.evidence.shape == (2, CLASSES, 2, 4)
+    assert float((dec.evidence.sum((2, 3)) + dec.remainder + dec.bias - want).abs().max()) < 1e-4 * (
+        1.0 + float(want.abs().max()))
+
+
+def test_a_vit_normalising_its_attention_output_is_refused():
+    zm = _vit(scale_attn_norm=True)
+    assert "gates or normalises the attention output" in token_evidence_supported(zm)
+
+
+def test_a_beit_block_with_plain_attention_is_refused():
+    from timm.layers.attention import Attention
+
+    zm = CASES["BEiT with shared relative and absolute positions"]()
+    zm.model.blocks[1].attn = Attention(48, num_heads=3, qkv_bias=True)
+    assert "block 1 (Block) is not a BEiT pre-norm attention block" in token_evidence_supported(zm)
+
+
+@pytest.mark.parametrize("attention, reason", [
+    (lambda: nn.Identity(), "is not a torchvision pre-norm encoder block"),
+    (lambda: nn.MultiheadAttention(48, 3, batch_first=False), "adds key/value biases or zero attention"),
+    (lambda: nn.MultiheadAttention(48, 3, batch_first=True, add_bias_kv=True), "adds key/value biases"),
+    (lambda: nn.MultiheadAttention(48, 3, batch_first=True, add_zero_attn=True), "zero attention"),
+    (lambda: nn.MultiheadAttention(48, 3, batch_first=True, kdim=24, vdim=24), "separate q/k/v widths"),
+])
+def test_torchvision_blocks_whose_attention_the_decomposition_cannot_read_are_refused(attention, reason):
+    from torchvision.models import VisionTransformer
+
+    tv = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=3, hidden_dim=48, mlp_dim=96,
+                           num_classes=CLASSES)
+    zm = _zoo(tv, (32, 32))
+    zm.source = "torchvision"
+    assert token_evidence_supported(zm) is None
+    tv.encoder.layers[1].self_attention = attention()
+    assert reason in token_evidence_supported(zm)
