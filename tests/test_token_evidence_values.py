@@ -105,3 +105,19 @@ def test_torchvision_blocks_whose_attention_the_decomposition_cannot_read_are_re
     assert token_evidence_supported(zm) is None
     tv.encoder.layers[1].self_attention = attention()
     assert reason in token_evidence_supported(zm)
+
+
+def test_a_head_with_large_logits_is_read_exactly_relative_to_its_scale():
+    """Logits in the thousands: float rounding makes absolute differences of about 1e-4, a relative 1e-7."""
+    zm = _vit(size=(32, 32))
+    with torch.no_grad():
+        zm.model.head.weight.mul_(1000.0)
+        zm.model.head.bias.mul_(1000.0)
+    assert token_evidence_supported(zm) is None
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    dec = explain_tokens(zm, x)
+    with torch.no_grad():
+        want = zm.model(x)
+    assert float(want.abs().max()) > 1000
+    assert float((dec.evidence.sum((2, 3)) + dec.remainder + dec.bias - want).abs().max()) < 1e-5 * float(
+        want.abs().max())

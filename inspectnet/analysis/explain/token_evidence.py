@@ -279,7 +279,7 @@ class TokenEvidence(nn.Module):
         moved = tokens.new_zeros(b, len(rho), n, d)
         embedded = weights[..., None] * tokens[:, None]
         on_token = torch.zeros_like(embedded)
-        constant = tokens.new_zeros(b, len(rho), 1, d)
+        constant = tokens.new_zeros(b, len(rho), d)
         heads, mlps = [], []
         shared = shared_position_bias(self.model)
         stream = tokens
@@ -288,7 +288,7 @@ class TokenEvidence(nn.Module):
             through = torch.einsum("bki,bhij->bkhj", weights, step.probs)                 # (B, K, H, N)
             moved = moved + torch.einsum("bkhj,bhjd->bkjd", through, step.values)
             heads.append(torch.einsum("bkhj,bhjd->bkhd", through, step.values))
-            constant = constant + weights.sum(-1)[..., None, None] * step.bias
+            constant = constant + weights.sum(-1)[..., None] * step.bias
             stream = stream + step.output()
             mlp = mlp_step(fam, blk, stream)
             read = weights[..., None] * mlp[:, None]                                        # (B, K, N, D)
@@ -314,7 +314,7 @@ class TokenEvidence(nn.Module):
             beta = beta + torch.einsum("kcd,d,bk->bc", beta_proj, tok.bias, inv_pool)
         kinds = {"attention": moved, "mlp": on_token, "embedding": embedded}
         parts = {f"prefix_{kind}": project(terms[:, :, :p].sum(2)) for kind, terms in kinds.items()}
-        parts["constant"] = project(constant)[:, 0] + beta
+        parts["constant"] = project(constant) + beta
         remainder = sum(parts[k] for k in REMAINDER_PARTS)
         return TokenDecomposition(logits=logits, evidence=evidence, remainder=remainder, bias=self.bias(),
                                   parts=parts, heads=project(torch.stack(heads, 2)),
