@@ -121,3 +121,65 @@ def test_a_head_with_large_logits_is_read_exactly_relative_to_its_scale():
     assert float(want.abs().max()) > 1000
     assert float((dec.evidence.sum((2, 3)) + dec.remainder + dec.bias - want).abs().max()) < 1e-5 * float(
         want.abs().max())
+
+
+def test_the_token_form_is_chosen_only_where_the_reading_is_checked_exact():
+    from inspectnet.analysis.explain.exact_evidence import POOLED, TOKENS, evidence_form
+    from inspectnet.models.zoo import load_model
+
+    zm = _vit(size=(32, 32))
+    assert evidence_form(zm) == TOKENS
+    hook = zm.model.blocks[0].register_forward_hook(lambda _m, _i, out: out + 0.5)   # a block not computed as read
+    try:
+        assert "does not compute its tokens as read" in token_evidence_supported(zm)
+        assert evidence_form(zm) == POOLED
+    finally:
+        hook.remove()
+    assert evidence_form(load_model("resnet18", num_classes=3, input_size=32)) == POOLED
+
+
+def test_a_pooled_head_refusal_names_the_token_forms_reason_only_where_there_is_one():
+    from inspectnet.analysis.explain.evidence import pooled_head
+    from inspectnet.analysis.explain.exact_evidence import pooled_evidence_head
+    from inspectnet.core.errors import InspectnetError
+    from inspectnet.models.zoo import load_model
+
+    def refusal(zm):
+        with pytest.raises(InspectnetError) as caught:
+            pooled_evidence_head(zm)
+        with pytest.raises(InspectnetError) as own:
+            pooled_head(zm)
+        return str(caught.value), str(own.value)
+
+    got, own = refusal(_vit(size=(32, 32)))                      # the token form applies: the pooled reason alone
+    assert got == own
+    cnn = load_model("resnet18", num_classes=3, input_size=32)
+    cnn.model.fc = nn.Sequential(nn.Linear(512, 8), nn.ReLU(), nn.Linear(8, 3))
+    cnn.head_name = "fc"
+    got, own = refusal(cnn)                                      # not a token model: the pooled reason alone
+    assert got == own
+    cait = _zoo(timm.create_model("cait_xxs24_224", depth=1, depth_token_only=1, img_size=32, num_classes=CLASSES),
+                (32, 32))
+    got, own = refusal(cait)
+    assert got.startswith(own + "; ") and "class-attention layers (CaiT)" in got
+
+
+def test_token_class_evidence_gives_the_top_class_by_default_and_its_offset_closes_the_sum():
+    from inspectnet.analysis.explain.exact_evidence import TokenClassEvidence, token_class_evidence
+    from inspectnet.analysis.explain.token_evidence import TokenEvidence
+    from inspectnet.core.errors import InspectnetError
+
+    zm = _vit(size=(32, 32))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    module = token_class_evidence(zm)
+    logits, evidence, classes, remainder = module(x)
+    assert evidence.shape == (2, 1, 2, 2) and torch.equal(classes[:, 0], logits.argmax(1))
+    assert TokenClassEvidence(TokenEvidence(zm)).k == 1
+    chosen = torch.tensor([[3, 1], [0, 4]])
+    ev = module.evidence(x, chosen)
+    assert torch.equal(ev.classes, chosen)
+    closed = ev.maps.sum((2, 3)) + ev.offset
+    assert float((closed - logits.gather(1, chosen)).abs().max()) < 1e-4 * (1 + float(logits.abs().max()))
+    zm.model.blocks[0].register_forward_hook(lambda _m, _i, out: out + 0.5)
+    with pytest.raises(InspectnetError, match="does not compute its tokens as read"):
+        token_class_evidence(zm)

@@ -66,16 +66,7 @@ def evidence_form(zm: ZooModel) -> str:
         >>> evidence_form(load_model("resnet18", num_classes=3, input_size=32))
         'pooled'
     """
-    return TOKENS if _is_token_model(zm) and token_evidence_supported(zm) is None else POOLED
-
-
-def _is_token_model(zm: ZooModel) -> bool:
-    """Cheap pre-check (no forward pass): a layout is read for the model."""
-    try:
-        TokenEvidence(zm)
-    except InspectnetError:
-        return False
-    return True
+    return TOKENS if token_evidence_supported(zm) is None else POOLED
 
 
 def pooled_evidence_head(zm: ZooModel) -> PooledHead:
