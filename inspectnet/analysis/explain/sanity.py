@@ -192,7 +192,7 @@ def cascading_randomisation(zm: ZooModel, x: torch.Tensor, targets: torch.Tensor
     copy_zm = dataclasses.replace(zm, model=copy.deepcopy(zm.model))
     curves: dict[str, list[float]] = {m: [] for m in methods}
     abs_final: dict[str, float] = {}
-    skipped = dict.fromkeys(methods, 0)
+    skipped: dict[str, int] = {}
     done = 0
     for step in steps:
         for i in range(done, step + 1):
