@@ -143,6 +143,8 @@ _LOG2_FLOOR = ("the floor keeps log2 finite where vmax = lo only, and the maximu
 _FIRST_TRY = ("the first exponent tried is lower but never above the answer, and the loop doubles it until the window "
               "fits: the same smallest power-of-two window (checked on 6.5 million ranges, spans next to powers of two "
               "among them)")
+_TE, _TL = "inspectnet/analysis/explain/token_evidence.py", "inspectnet/analysis/explain/token_layout.py"
+_ONE_TOKEN = "the class token is (1, 1, D): its middle axis expanded to -1 (kept) or to 1 is the same"
 EQUIVALENT: dict[tuple[str, str], str] = {
     ("inspectnet/export/int8.py", "quantizable_nodes: load_external_data=False -> load_external_data=True"):
         "the list reads node names and types only: weights stored outside the file, loaded or not, change no node",
@@ -341,6 +343,28 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     (_UQ, "UnitQuantiles._grid: range(4) -> range(5)"):
         "without overflow the first or second exponent tried fits, so a third try never runs; a range whose width "
         "overflows float64 is refused either way",
+    (_TE, "_check_exact: torch.randn(2, *size, generator=torch.Generator().manual_seed(0)) -> "
+          "torch.randn(3, *size, generator=torch.Generator().manual_seed(0))"): _CHECK_INPUT,
+    (_TE, "_check_exact: torch.Generator().manual_seed(0) -> torch.Generator().manual_seed(1)"): _CHECK_INPUT,
+    (_TE, "TokenEvidence._read_token_scale: (:, 0) -> (:, 1)"):
+        "ones_like reads only the shape of the column it is given, and every column has the same",
+    (_TL, "Readout: 0 -> 1"):
+        "the start is read by mean readouts only (token None), and each of them is built with its start",
+    (_TL, "TokenLayout: 0 -> 1"): "every layout is built with its token width",
+    (_TL, "attention_step: k.transpose(-2, -1) -> k.transpose(2, -1)"):
+        "the keys are (B, heads, N, head_dim): axis 2 is axis -2",
+    (_TL, "embed: images.shape[2] -> images.shape[3]"):
+        "torchvision's ViT takes square inputs only (it refuses any other size), so height and width are equal",
+    (_TL, "embed: model.class_token.expand(tokens.shape[0], -1, -1) -> "
+          "model.class_token.expand(tokens.shape[0], 1, -1)"): _ONE_TOKEN,
+    (_TL, "embed: model.cls_token.expand(tokens.shape[0], -1, -1) -> model.cls_token.expand(tokens.shape[0], 1, -1)"):
+        _ONE_TOKEN,
+    ("inspectnet/analysis/explain/sanity.py", "_spread: k >= n -> k > n"):
+        "with k = n the even spread round(i·(n - 1) / (n - 1)) is every index, what the first branch returns",
+    ("inspectnet/analysis/explain/methods.py", "map_size: -2: -> 2:"):
+        "the Grad-CAM layer's output is (B, C, h, w), whose [2:] is its [-2:]",
+    ("inspectnet/analysis/explain/methods.py", "map_size: :1 -> :2"):
+        "one image or two give the layer the same output size",
     ("inspectnet/analysis/dissect/upsample.py", "_axis: n_in + 1 -> n_in + 2"):
         "the extra, last group holds no position: its zero count is never read and does not change the largest group",
 }
