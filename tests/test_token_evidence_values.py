@@ -11,20 +11,13 @@ from torch import nn
 
 from inspectnet.analysis.explain.token_evidence import explain_tokens, token_evidence_supported
 from inspectnet.models.zoo import ZooModel, find_head
+from tests.test_token_evidence import _non_trivial
 
 CLASSES = 5
 
 
 def _zoo(model: nn.Module, size: tuple[int, int]) -> ZooModel:
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():                       # biases, γ, β, tokens and positions non-zero; a large head
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.startswith("head"):
-                p.copy_(noise)
-            elif p.dim() == 1 or name.endswith(("_token", "pos_embed", "bias_table")):
-                p.add_(noise * 0.3)
-    model.eval()
+    model = _non_trivial(model, 7)              # biases, γ, β, tokens and positions non-zero; a large head
     return ZooModel(model=model, source="timm", arch=type(model).__name__, num_classes=CLASSES, in_chans=3,
                     class_names=[f"c{i}" for i in range(CLASSES)], data_config={"input_size": (3, *size)},
                     head_name=find_head(model))
